@@ -1,0 +1,786 @@
+"""Forecast USD/CLP at 7, 15, 30 and 90 days, with copper as a signal and every run tracked in MLflow.
+
+Usage:
+    python fxcu.py fetch            # refresh the parquet warehouse from the live sources
+    python fxcu.py validate         # load, compute copper features, check their ranges
+    python fxcu.py run 7d           # fetch, forecast, backtest, report, track
+    python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
+    import httpx
+    import polars as pl
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("fxcu")
+# INFO: httpx logs every request URL at INFO, query string (the FRED key) included.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+# -- Constants & config ------------------------------------------------------------
+
+DATE, CLOSE, SOURCE, FETCHED_AT = "date", "close", "source", "fetched_at"
+USDCLP_SYMBOL, COPPER_SYMBOL, FRED_COPPER_SERIES = "CLP=X", "HG=F", "PCOPPUSDM"
+LB_PER_TONNE = 2204.62262
+HORIZONS: dict[str, int] = {"7d": 7, "15d": 15, "30d": 30, "90d": 90}
+# Priority order of every series: a lower rank wins when two sources disagree on a date.
+SOURCE_RANK: dict[str, int] = {"yahoo": 0, "mindicador": 1, "fred": 2, "cache": 3}
+USDCLP_CACHE, COPPER_CACHE = "usdclp.parquet", "copper_hgf_usd_lb.parquet"
+# A browser-like User-Agent: Yahoo answers library User-Agents with 429s.
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+# A jump this far (in log terms, ~22%) from the local median that comes straight back is a bad print.
+BAD_PRINT_LOG_JUMP = 0.2
+# Overlap asked of an incremental fetch, so revised recent values replace cached ones.
+OVERLAP_DAYS = 7
+YAHOO_URL, FRED_URL, MINDICADOR_URL = "https://query1.finance.yahoo.com", "https://api.stlouisfed.org", "https://mindicador.cl"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything fxcu reads from the environment, with defaults."""
+
+    data_dir: Path
+    yahoo_url: str = YAHOO_URL
+    fred_url: str = FRED_URL
+    mindicador_url: str = MINDICADOR_URL
+    fred_api_key: str | None = field(default=None, repr=False)
+    offline: bool = False
+    copper: bool = True
+    timeout: float = 20.0  # seconds per HTTP request
+    attempts: int = 3  # tries per request (transport errors, 429 and 5xx only)
+    retry_budget: float = 60.0  # seconds one request may spend retrying, Retry-After included
+    max_retry_after: float = 30.0  # cap on a server's Retry-After
+    max_age_days: int = 5  # a live series whose last date is older than this is stale
+    lock_timeout: float = 600.0  # seconds a second process waits for the warehouse or a run
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data_dir / "warehouse"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Build the config from environment variables (FXCU_*, FRED_API_KEY)."""
+        default_dir = Path(__file__).resolve().parent / "data"
+        data_dir = Path(environ.get("FXCU_DATA_DIR") or default_dir).expanduser().resolve()
+        return cls(
+            data_dir=data_dir,
+            yahoo_url=environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/"),
+            fred_url=environ.get("FXCU_FRED_URL", FRED_URL).rstrip("/"),
+            mindicador_url=environ.get("FXCU_MINDICADOR_URL", MINDICADOR_URL).rstrip("/"),
+            fred_api_key=environ.get("FRED_API_KEY") or None,
+            offline=env_flag(environ, "FXCU_OFFLINE", False),
+            copper=env_flag(environ, "FXCU_COPPER", True),
+            timeout=env_number(environ, "FXCU_TIMEOUT", 20.0),
+            max_age_days=int(env_number(environ, "FXCU_MAX_AGE_DAYS", 5)),
+        )
+
+
+class ConfigError(ValueError):
+    """A bad environment value, reported as one line."""
+
+
+def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """Read a boolean variable: 1/true/yes/on or 0/false/no/off."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, on/off)")
+
+
+def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Read a positive number."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def parse_horizon(text: str) -> int:
+    """Turn '7d', '15d', '30d' or '90d' into calendar days; raise ValueError otherwise."""
+    key = text.strip().lower()
+    if key not in HORIZONS:
+        raise ValueError(f"unknown horizon {text!r}: choose one of {', '.join(HORIZONS)}")
+    return HORIZONS[key]
+
+
+# -- Values ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One source's answer: a frame, or the reason there is none."""
+
+    source: str
+    frame: pl.DataFrame | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+    frequency: Literal["daily", "monthly"] = "daily"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.frame is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaned:
+    """A clean price frame and what cleaning removed, by reason."""
+
+    frame: pl.DataFrame
+    removed: dict[str, list[date]]
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(
+            f"removed {len(days)} {reason} ({', '.join(map(str, days[:5]))}{', ...' if len(days) > 5 else ''})"
+            for reason, days in self.removed.items()
+            if days
+        )
+
+
+class PayloadError(ValueError):
+    """A response body that is not what the API documents."""
+
+
+# -- Core: parsing payloads --------------------------------------------------------
+
+
+def _price_frame(days: pl.Series, closes: pl.Series) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame({DATE: days.cast(pl.Date), CLOSE: closes.cast(pl.Float64)})
+
+
+def parse_yahoo_chart(payload: Mapping[str, Any]) -> pl.DataFrame:
+    """Parse a Yahoo v8 chart body into `date`, `close`, dated in the exchange's timezone.
+
+    Null bars are kept as null closes (cleaning drops them and says how many).
+    Raises PayloadError for `chart.error`, a missing result or a result without bars.
+    """
+    import polars as pl
+
+    chart = payload.get("chart") if isinstance(payload, Mapping) else None
+    if not isinstance(chart, Mapping):
+        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
+    if chart.get("error"):
+        err = chart["error"]
+        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
+        raise PayloadError(f"chart.error {detail}")
+    results = chart.get("result")
+    if not results:
+        raise PayloadError("chart.result is empty")
+    result = results[0]
+    stamps = result.get("timestamp")
+    if not stamps:
+        raise PayloadError("empty result: no bars (no 'timestamp')")
+    meta = result.get("meta") or {}
+    tz = meta.get("exchangeTimezoneName") or "UTC"
+    try:
+        closes = result["indicators"]["quote"][0]["close"]
+    except (KeyError, IndexError, TypeError):
+        raise PayloadError("no indicators.quote[0].close") from None
+    if len(closes) != len(stamps):
+        raise PayloadError(f"{len(stamps)} timestamps but {len(closes)} closes")
+    # INFO: Yahoo stamps bars in UTC; the trading day is the date in the exchange's timezone
+    # (CLP=X bars at 23:00 UTC in British summer time belong to the next London day).
+    days = (
+        pl.from_epoch(pl.Series(stamps, dtype=pl.Int64), time_unit="s")
+        .dt.replace_time_zone("UTC")
+        .dt.convert_time_zone(tz)
+        .dt.date()
+    )
+    return _price_frame(days, pl.Series(closes, dtype=pl.Float64, strict=False))
+
+
+def parse_mindicador(payload: Mapping[str, Any]) -> pl.DataFrame:
+    """Parse a mindicador.cl `/api/dolar` body (dólar observado, CLP per USD) into `date`, `close`."""
+    import polars as pl
+
+    serie = payload.get("serie") if isinstance(payload, Mapping) else None
+    if not isinstance(serie, list):
+        raise PayloadError("not a mindicador body (no 'serie' list)")
+    try:
+        stamps = [row["fecha"] for row in serie]
+        values = [row["valor"] for row in serie]
+    except (KeyError, TypeError):
+        raise PayloadError("mindicador serie rows need 'fecha' and 'valor'") from None
+    if not stamps:
+        return _price_frame(pl.Series([], dtype=pl.Date), pl.Series([], dtype=pl.Float64))
+    # `fecha` is Chile midnight written in UTC (03:00Z or 04:00Z): the day is the Santiago date.
+    days = (
+        pl.Series(stamps, dtype=pl.String)
+        .str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", strict=False)
+        .dt.convert_time_zone("America/Santiago")
+        .dt.date()
+    )
+    if days.null_count():
+        raise PayloadError("mindicador 'fecha' is not an ISO timestamp")
+    return _price_frame(days, pl.Series(values, dtype=pl.Float64, strict=False)).sort(DATE)
+
+
+def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
+    """Parse FRED PCOPPUSDM observations (USD per tonne, monthly) into USD/lb `date`, `close`.
+
+    FRED's missing value "." becomes a null close (cleaning drops it).
+    """
+    import polars as pl
+
+    if isinstance(payload, Mapping) and "error_message" in payload:
+        raise PayloadError(f"FRED error: {payload['error_message']}")
+    obs = payload.get("observations") if isinstance(payload, Mapping) else None
+    if not isinstance(obs, list):
+        raise PayloadError("not a FRED observations body (no 'observations' list)")
+    try:
+        days = pl.Series([row["date"] for row in obs], dtype=pl.String).str.to_date("%Y-%m-%d")
+        values = pl.Series([row["value"] for row in obs], dtype=pl.String)
+    except (KeyError, TypeError, pl.exceptions.ComputeError):
+        raise PayloadError("FRED observations need 'date' (YYYY-MM-DD) and 'value'") from None
+    per_tonne = values.replace(".", None).cast(pl.Float64, strict=False)
+    return _price_frame(days, per_tonne / LB_PER_TONNE)
+
+
+# -- Core: cleaning and merging -------------------------------------------------------
+
+
+def clean_prices(
+    frame: pl.DataFrame, *, spike: float = BAD_PRINT_LOG_JUMP, frequency: Literal["daily", "monthly"] = "daily"
+) -> Cleaned:
+    """Return one sorted row per weekday with a positive close, isolated bad prints removed.
+
+    Monthly series (FRED, dated the first of the month) keep their weekend dates.
+
+    Rows must arrive in time order: of two bars with the same date the later one is kept
+    (Yahoo's live bar duplicates the day before it). A bad print is a close more than `spike`
+    (log) away from the median of its two neighbours on each side while those agree with each
+    other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist are kept.
+    """
+    import polars as pl
+
+    removed: dict[str, list[date]] = {}
+
+    def note(reason: str, rows: pl.DataFrame) -> None:
+        removed[reason] = sorted(rows[DATE].to_list())
+
+    bad = frame.filter(pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan() | (pl.col(CLOSE) <= 0))
+    note("null or non-positive bars", bad)
+    rest = frame.filter(pl.col(CLOSE).is_not_null() & pl.col(CLOSE).is_not_nan() & (pl.col(CLOSE) > 0))
+
+    deduped = rest.with_row_index("_i").unique(subset=DATE, keep="last").sort(DATE)
+    dups = rest.height - deduped.height
+    removed["duplicated-date bars (kept the latest)"] = [] if not dups else sorted(
+        rest.filter(pl.col(DATE).is_duplicated())[DATE].unique().to_list()
+    )
+    is_weekend = (pl.col(DATE).dt.weekday() >= 6) & pl.lit(frequency == "daily")
+    note("weekend rows", deduped.filter(is_weekend))
+    days = deduped.filter(~is_weekend).drop("_i")
+
+    flagged = days.with_columns(is_spike=spike_mask(CLOSE, spike))
+    note("bad prints", flagged.filter("is_spike"))
+    clean = flagged.filter(~pl.col("is_spike")).drop("is_spike")
+    return Cleaned(clean, {k: v for k, v in removed.items() if v})
+
+
+def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
+    """True where a price is an isolated spike: far from both neighbour medians, which agree.
+
+    Uses the two rows before and the two after; the first and last rows are never flagged
+    (nothing confirms them yet).
+    """
+    import polars as pl
+
+    if threshold <= 0:
+        raise ValueError("threshold must be positive")
+    x = (pl.col(col) if isinstance(col, str) else col).log()
+    before = pl.concat_list(x.shift(1), x.shift(2)).list.median()
+    after = pl.concat_list(x.shift(-1), x.shift(-2)).list.median()
+    return (
+        ((x - before).abs() > threshold)
+        & ((x - after).abs() > threshold)
+        & ((before - after).abs() < threshold / 2)
+    ).fill_null(False)
+
+
+def merge_prices(cached: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFrame:
+    """Merge a fetch into the cached history: dates added, revised values replaced, none lost.
+
+    On a date both hold, the row from the higher-priority source wins (SOURCE_RANK), and
+    between equals the fresh one: a fallback source never overwrites the primary's history.
+    """
+    import polars as pl
+
+    if cached is None or cached.is_empty():
+        return fresh.sort(DATE)
+    both = pl.concat([cached.with_columns(_fresh=pl.lit(0)), fresh.with_columns(_fresh=pl.lit(1))], how="vertical_relaxed")
+    rank = pl.col(SOURCE).replace_strict(SOURCE_RANK, default=len(SOURCE_RANK), return_dtype=pl.Int32)
+    return (
+        both.sort([DATE, rank, "_fresh"], descending=[False, True, False])
+        .unique(subset=DATE, keep="last", maintain_order=True)
+        .drop("_fresh")
+        .sort(DATE)
+    )
+
+
+def with_provenance(frame: pl.DataFrame, source: str, fetched_at: datetime) -> pl.DataFrame:
+    """Add the `source` and `fetched_at` columns every stored row carries."""
+    import polars as pl
+
+    return frame.select(DATE, CLOSE).with_columns(
+        pl.lit(source).alias(SOURCE),
+        pl.lit(fetched_at).cast(pl.Datetime("us", "UTC")).alias(FETCHED_AT),
+    )
+
+
+# -- Core: choosing a source -------------------------------------------------------
+
+
+def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | None) -> list[str]:
+    """List what is wrong with a price frame; an empty list means it is good."""
+    if frame is None or frame.is_empty():
+        return ["no rows"]
+    found = []
+    if frame[CLOSE].null_count() or (frame[CLOSE] <= 0).any():
+        found.append("null or non-positive closes")
+    last = frame[DATE].max()
+    if max_age is not None and now.date() - last > max_age:
+        found.append(f"stale: last date {last} is {(now.date() - last).days} days old")
+    return found
+
+
+def first_good(
+    results: Sequence[Result], *, now: datetime, max_age: Mapping[str, timedelta | None] | timedelta | None = None
+) -> Result:
+    """Return the first result with a frame that passes every check, else a failed result with every reason.
+
+    `max_age` is one limit for all sources or a limit per source name (missing names: no limit).
+    """
+    reasons = []
+    for result in results:
+        limit = max_age.get(result.source) if isinstance(max_age, Mapping) else max_age
+        if result.frequency == "monthly" and limit is not None:
+            limit = max(limit, timedelta(days=75))  # INFO: a monthly series lags by up to two months
+        if result.error is not None:
+            reasons.append(f"{result.source}: {result.error}")
+            continue
+        found = problems(result.frame, now=now, max_age=limit)
+        if not found:
+            return result
+        reasons.append(f"{result.source}: {'; '.join(found)}")
+    return Result("none", error="; ".join(reasons) or "no sources")
+
+
+# -- Core: requests and redaction ----------------------------------------------------
+
+
+def yahoo_params(since: date | None, now: datetime) -> dict[str, str]:
+    """Query for a daily chart: full history when nothing is cached, else from `since` minus the overlap."""
+    if since is None:
+        return {"interval": "1d", "range": "max"}
+    start = datetime.combine(since - timedelta(days=OVERLAP_DAYS), datetime.min.time(), UTC)
+    return {"interval": "1d", "period1": str(int(start.timestamp())), "period2": str(int(now.timestamp()))}
+
+
+def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2) -> list[int]:
+    """Years to ask mindicador for: from the cached year (less the overlap) to now, or the last `empty_years`."""
+    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - empty_years + 1
+    return list(range(min(first, now.year), now.year + 1))
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret and any `api_key=` query value from text meant for logs or errors."""
+    text = re.sub(r"(api_key=)[^&\s'\"]+", r"\1***", text)
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+# -- Shell: HTTP -------------------------------------------------------------------
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def _retry_after(exc: BaseException | None, cap: float) -> float | None:
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        raw = exc.response.headers.get("Retry-After", "")
+        if raw.strip().isdigit():
+            return min(float(raw), cap)
+    return None
+
+
+def make_fetch_json(config: Config, *, wait: Any = None) -> Any:
+    """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
+
+    Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
+    Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
+    `config.retry_budget` seconds. Tests pass `wait=tenacity.wait_none()`.
+    """
+    import tenacity
+
+    backoff = wait or tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
+
+    def wait_for(state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after(outcome, config.max_retry_after)
+        return backoff(state) if hinted is None or wait is not None else hinted
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(config.attempts) | tenacity.stop_after_delay(config.retry_budget),
+        wait=wait_for,
+        retry=tenacity.retry_if_exception(_is_transient),
+        reraise=True,
+        before_sleep=lambda s: log.warning(
+            "retrying %s after %s", s.fn.__name__ if s.fn else "fetch", describe_error(s.outcome.exception(), config.fred_api_key)
+        ),
+    )
+    def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
+        response = client.get(url, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    return fetch_json
+
+
+def describe_error(exc: BaseException | None, secret: str | None) -> str:
+    """One redacted line for an HTTP or parsing failure."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        body = exc.response.text.strip().replace("\n", " ")
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(body)
+            if isinstance(parsed, Mapping):
+                inner = parsed.get("error_message") or parsed.get("chart", {}).get("error")
+                body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
+        text = f"HTTP {status} {exc.response.reason_phrase}: {body[:200]}"
+    elif isinstance(exc, httpx.TimeoutException):
+        text = f"timeout ({type(exc).__name__})"
+    elif isinstance(exc, httpx.TransportError):
+        text = f"connection error ({type(exc).__name__}: {exc})"
+    elif isinstance(exc, json.JSONDecodeError):
+        text = f"malformed JSON ({exc.msg} at char {exc.pos})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(text, secret)
+
+
+def make_client(config: Config) -> httpx.Client:
+    """The one HTTP client of a run: timeouts, a browser User-Agent, redirects followed."""
+    import httpx
+
+    return httpx.Client(
+        timeout=httpx.Timeout(config.timeout),
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        follow_redirects=True,
+    )
+
+
+def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | None, calls: Sequence[tuple[str, Mapping[str, str]]], parse: Any) -> Result:
+    import polars as pl
+
+    frames = []
+    try:
+        for url, params in calls:
+            frames.append(parse(fetch_json(client, url, params)))
+    except Exception as exc:  # noqa: BLE001 -- narrowed right below
+        import httpx
+
+        if not isinstance(exc, httpx.HTTPError | PayloadError | ValueError):
+            raise
+        return Result(source, error=describe_error(exc, secret))
+    frame = pl.concat(frames) if frames else None
+    return Result(source, frame=frame)
+
+
+def fetch_yahoo(config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime) -> Result:
+    """Fetch a daily Yahoo chart as a raw (uncleaned) frame."""
+    url = f"{config.yahoo_url}/v8/finance/chart/{symbol}"
+    return _fetch("yahoo", fetch_json, client, None, [(url, yahoo_params(since, now))], parse_yahoo_chart)
+
+
+def fetch_mindicador(config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime) -> Result:
+    """Fetch the official dólar observado, one request per year."""
+    calls = [(f"{config.mindicador_url}/api/dolar/{year}", {}) for year in mindicador_years(since, now)]
+    return _fetch("mindicador", fetch_json, client, None, calls, parse_mindicador)
+
+
+def fetch_fred_copper(config: Config, client: httpx.Client, fetch_json: Any) -> Result:
+    """Fetch monthly FRED PCOPPUSDM, converted to USD/lb; needs FRED_API_KEY."""
+    if not config.fred_api_key:
+        return Result("fred", error="FRED_API_KEY is not set", frequency="monthly")
+    params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json"}
+    url = f"{config.fred_url}/fred/series/observations"
+    result = _fetch("fred", fetch_json, client, config.fred_api_key, [(url, params)], parse_fred_observations)
+    return dataclasses.replace(result, frequency="monthly")
+
+
+# -- Shell: the parquet warehouse ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`, waiting at most `timeout` seconds.
+
+    Raises TimeoutError when another process holds it longer; the lock dies with its process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{what} {path} is held by another process after {timeout:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write a parquet file through a temp file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.write_parquet(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_cache(path: Path, *, now: datetime) -> Result:
+    """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported."""
+    import polars as pl
+
+    if not path.exists():
+        return Result("cache", error=f"no cache at {path}")
+    try:
+        frame = pl.read_parquet(path)
+        missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
+        if missing:
+            raise ValueError(f"missing columns {sorted(missing)}")
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
+        aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
+        try:
+            os.replace(path, aside)
+            where = f"moved to {aside.name}"
+        except OSError as move_error:
+            where = f"could not be moved aside ({move_error.strerror})"
+        log.error("Corrupt cache %s (%s): %s", path.name, type(exc).__name__, where)
+        return Result("cache", error=f"corrupt cache {path.name} ({type(exc).__name__}), {where}")
+    return Result("cache", frame=frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A chosen, clean series: the full history after merging, where it came from, and what happened."""
+
+    name: str
+    frame: pl.DataFrame | None
+    source: str
+    frequency: Literal["daily", "monthly"] = "daily"
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.frame is not None and not self.frame.is_empty()
+
+
+def _clean_result(result: Result, fetched_at: datetime) -> Result:
+    if not result.ok:
+        return result
+    cleaned = clean_prices(result.frame, frequency=result.frequency)
+    frame = with_provenance(cleaned.frame, result.source, fetched_at)
+    return dataclasses.replace(result, frame=frame, notes=result.notes + tuple(f"{result.source}: {n}" for n in cleaned.notes))
+
+
+def fetch_series(
+    name: Literal["usdclp", "copper"],
+    config: Config,
+    client: httpx.Client | None,
+    *,
+    now: datetime,
+    fetch_json: Any = None,
+) -> Series:
+    """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
+
+    USD/CLP: Yahoo CLP=X, mindicador, cache. Copper: Yahoo HG=F, FRED monthly, cache.
+    The warehouse is locked for the whole read-merge-write, so two runs never interleave.
+    """
+    path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
+    label = "USD/CLP" if name == "usdclp" else "copper"
+    with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
+        cache = read_cache(path, now=now)
+        since = cache.frame[DATE].max() if cache.ok and not cache.frame.is_empty() else None
+        results: list[Result] = []
+        if not config.offline and client is not None:
+            fetch_json = fetch_json or make_fetch_json(config)
+            if name == "usdclp":
+                chain = [
+                    lambda: fetch_yahoo(config, client, fetch_json, USDCLP_SYMBOL, since=since, now=now),
+                    lambda: fetch_mindicador(config, client, fetch_json, since=since, now=now),
+                ]
+            else:
+                chain = [
+                    lambda: fetch_yahoo(config, client, fetch_json, COPPER_SYMBOL, since=since, now=now),
+                    lambda: fetch_fred_copper(config, client, fetch_json),
+                ]
+            for step in chain:  # INFO: lazily, so a good primary costs one request
+                result = _clean_result(step(), now)
+                results.append(result)
+                if first_good([result], now=now, max_age=timedelta(days=config.max_age_days)).ok:
+                    break
+                why = result.error or "; ".join(problems(result.frame, now=now, max_age=timedelta(days=config.max_age_days)))
+                log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
+        results.append(cache)
+        live_age = timedelta(days=config.max_age_days)
+        chosen = first_good(results, now=now, max_age={"yahoo": live_age, "mindicador": live_age, "fred": live_age})
+        return _settle(name, label, config, path, cache, chosen, results, now)
+
+
+def _source_title(source: str) -> str:
+    return {"yahoo": "Yahoo Finance", "mindicador": "mindicador.cl", "fred": "FRED", "cache": "Cache"}.get(source, source)
+
+
+def _settle(name: str, label: str, config: Config, path: Path, cache: Result, chosen: Result, results: list[Result], now: datetime) -> Series:
+    notes = tuple(n for r in results for n in r.notes)
+    failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source != "cache")
+    if not chosen.ok:
+        if name == "copper":
+            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
+        else:
+            log.error("All USD/CLP sources failed: %s", chosen.error)
+        return Series(name, None, "none", notes=failures + notes, error=chosen.error)
+    if chosen.source == "cache":
+        age = (now.date() - chosen.frame[DATE].max()).days
+        if config.offline:
+            log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, chosen.frame[DATE].max())
+        else:
+            log.warning("%s sources failed, using %d cached %s data points", "Both" if len(results) == 3 else "All", chosen.frame.height, label)
+        cached_note = (f"cached data ({age} days old)",)
+        return Series(name, chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT), "cache", notes=failures + notes + cached_note)
+    if chosen.frequency == "monthly":
+        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
+        return Series(name, chosen.frame, chosen.source, "monthly", failures + notes + ("monthly copper (FRED PCOPPUSDM)",))
+    merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
+    if chosen.source != "yahoo":
+        log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
+    write_parquet_atomic(merged, path)
+    log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
+    return Series(name, merged, chosen.source, notes=failures + notes)
+
+
+# -- Commands ------------------------------------------------------------------------
+
+
+def format_series_line(series: Series) -> str:
+    """One line per series for `fetch`: source, rows, first and last date."""
+    if not series.ok:
+        return f"{series.name}: unavailable ({series.error})"
+    frame = series.frame
+    freq = "" if series.frequency == "daily" else f", {series.frequency}"
+    return f"{series.name}: {series.source}{freq}, {frame.height} rows, {frame[DATE].min()} .. {frame[DATE].max()}"
+
+
+def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
+    """Refresh both series through their chains into the warehouse; print what was used."""
+    usdclp = fetch_series("usdclp", config, client, now=now)
+    copper = fetch_series("copper", config, client, now=now) if config.copper else Series("copper", None, "off", error="FXCU_COPPER=off")
+    for series in (usdclp, copper):
+        print(format_series_line(series))
+        for line in series.notes:
+            print(f"  {line}")
+    return 0 if usdclp.ok else 1
+
+
+# -- CLI -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command function."""
+    parser = argparse.ArgumentParser(prog="fxcu", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fxcu {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fetch = sub.add_parser("fetch", help="refresh the warehouse from the live sources")
+    fetch.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Parse arguments, build the config and client, dispatch, and return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    environ = os.environ if environ is None else environ
+    try:
+        config = Config.from_env(environ)
+    except ConfigError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "offline", False):
+        config = dataclasses.replace(config, offline=True)
+    now = datetime.now(UTC)
+    try:
+        if args.command == "fetch":
+            with make_client(config) as client:
+                return cmd_fetch(config, client, now=now)
+    except TimeoutError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
+        return 1
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,752 @@
+"""Tests for fxcu, section by section as in fxcu.py. Offline: cassettes and httpx.MockTransport only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+import tenacity
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fxcu
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("FXCU_SHARED_DATA", HERE.parent / "shared" / "data"))
+CASSETTES = HERE / "cassettes"
+FRED_KEY = "abcdefghijklmnopqrstuvwxyz012345"  # fake, 32 lower-case alphanumerics like a real key
+CLP_END = datetime(2024, 7, 16, 12, tzinfo=UTC)  # the day after the last real CLP=X bar
+
+
+# -- Builders ------------------------------------------------------------------------
+
+
+def make_prices(n: int, *, start: date = date(2020, 1, 1), seed: int = 0, level: float = 800.0) -> pl.DataFrame:
+    """A weekday random-walk price frame with `date`, `close`."""
+    rng = np.random.default_rng(seed)
+    days = pl.date_range(start, start + timedelta(days=n * 2), eager=True)
+    days = days.filter(days.dt.weekday() < 6).head(n)
+    closes = level * np.exp(np.cumsum(rng.normal(0, 0.006, n)))
+    return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: closes})
+
+
+def make_config(tmp_path: Path, **changes) -> fxcu.Config:
+    base = fxcu.Config(
+        data_dir=tmp_path / "data",
+        yahoo_url="https://query1.finance.yahoo.com",
+        fred_url="https://api.stlouisfed.org",
+        mindicador_url="https://mindicador.cl",
+        fred_api_key=FRED_KEY,
+        max_age_days=10,
+        lock_timeout=5,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def no_wait_fetch(config: fxcu.Config):
+    return fxcu.make_fetch_json(config, wait=tenacity.wait_none())
+
+
+def load_json(*parts: str) -> dict:
+    return json.loads((SHARED.joinpath(*parts)).read_text())
+
+
+def yahoo_body(name: str) -> dict:
+    wrapped = load_json("yahoo", name)
+    return wrapped["response"]["bodyJson"]
+
+
+def real_usdclp_payload() -> dict:
+    """The real CLP=X history (../shared/data) in the shape of a Yahoo chart body."""
+    raw = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")
+    stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
+    quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
+    meta = {"symbol": "CLP=X", "exchangeTimezoneName": "Europe/London"}
+    return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
+
+
+def real_copper() -> pl.DataFrame:
+    """The real HG=F history (USD/lb), cleaned."""
+    raw = pl.read_csv(SHARED / "copper_hgf_daily_2000_2026.csv")
+    frame = raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").alias(fxcu.CLOSE))
+    return fxcu.clean_prices(frame).frame
+
+
+def real_usdclp() -> pl.DataFrame:
+    return fxcu.clean_prices(fxcu.parse_yahoo_chart(real_usdclp_payload())).frame
+
+
+def mock_client(handler) -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(handler), headers={"User-Agent": fxcu.USER_AGENT})
+
+
+def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York") -> dict:
+    """A Yahoo chart body for a frame of New York (or London) dates, stamped at local midnight."""
+    stamps = (
+        frame[fxcu.DATE].cast(pl.Datetime("us")).dt.replace_time_zone(tz).dt.convert_time_zone("UTC").dt.epoch("s").to_list()
+    )
+    meta = {"exchangeTimezoneName": tz}
+    quote = {"close": frame[fxcu.CLOSE].to_list()}
+    return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
+
+
+# -- Config and horizons -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "days"), [("7d", 7), ("15d", 15), ("30d", 30), ("90D", 90), (" 7d ", 7)])
+def test_parse_horizon_known(text, days):
+    assert fxcu.parse_horizon(text) == days
+
+
+@pytest.mark.parametrize("text", ["8d", "7", "", "week", "-7d"])
+def test_parse_horizon_unknown_raises(text):
+    with pytest.raises(ValueError, match="unknown horizon"):
+        fxcu.parse_horizon(text)
+
+
+def test_config_from_env_reads_variables(tmp_path):
+    env = {
+        "FXCU_DATA_DIR": str(tmp_path),
+        "FXCU_YAHOO_URL": "http://127.0.0.1:9/",
+        "FRED_API_KEY": FRED_KEY,
+        "FXCU_OFFLINE": "1",
+        "FXCU_COPPER": "off",
+    }
+    config = fxcu.Config.from_env(env)
+    assert config.data_dir == tmp_path.resolve()
+    assert config.yahoo_url == "http://127.0.0.1:9"
+    assert config.offline and not config.copper
+    assert FRED_KEY not in repr(config)
+
+
+def test_config_default_data_dir_is_beside_the_module():
+    assert fxcu.Config.from_env({}).data_dir == HERE / "data"
+
+
+@pytest.mark.parametrize(("name", "value"), [("FXCU_OFFLINE", "maybe"), ("FXCU_TIMEOUT", "fast"), ("FXCU_TIMEOUT", "-1")])
+def test_config_bad_values_raise_config_error(name, value):
+    with pytest.raises(fxcu.ConfigError, match=name):
+        fxcu.Config.from_env({name: value})
+
+
+# -- Parsing payloads -------------------------------------------------------------
+
+
+def test_parse_yahoo_chart_fx_fixture_dates_in_london():
+    frame = fxcu.parse_yahoo_chart(yahoo_body("chart_200_EURUSD=X_fx.json"))
+    # 1577836800 is 2020-01-01 00:00 UTC = London midnight in winter
+    assert frame[fxcu.DATE].to_list() == [date(2020, 1, 1), date(2020, 1, 2), date(2020, 1, 3)]
+    assert frame[fxcu.CLOSE].dtype == pl.Float64
+
+
+def test_parse_yahoo_chart_future_fixture_dates_in_new_york():
+    body = yahoo_body("chart_200_GC=F_future.json")
+    frame = fxcu.parse_yahoo_chart(body)
+    result = body["chart"]["result"][0]
+    expected = [
+        datetime.fromtimestamp(t, UTC).astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date()
+        for t in result["timestamp"]
+    ]
+    assert frame[fxcu.DATE].to_list() == expected
+    assert frame[fxcu.CLOSE].to_list() == pytest.approx(result["indicators"]["quote"][0]["close"])
+
+
+def test_parse_yahoo_chart_keeps_null_bars_for_cleaning():
+    body = yahoo_body("chart_200_BTC-USD_null_bars.json")
+    frame = fxcu.parse_yahoo_chart(body)
+    assert frame.height == 370 and frame[fxcu.CLOSE].null_count() == 4
+    cleaned = fxcu.clean_prices(frame)
+    assert len(cleaned.removed["null or non-positive bars"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("chart_200_AAPL_empty_result.json", "no bars"),
+        ("chart_404_not_found.json", "Not Found"),
+        ("chart_400_bad_range.json", "Bad Request"),
+    ],
+)
+def test_parse_yahoo_chart_real_error_bodies_raise(name, message):
+    wrapped = load_json("yahoo", name)
+    body = wrapped["response"].get("bodyJson") or json.loads(wrapped["response"]["body"])
+    with pytest.raises(fxcu.PayloadError, match=message):
+        fxcu.parse_yahoo_chart(body)
+
+
+@pytest.mark.parametrize("body", [{}, {"chart": None}, {"chart": {"result": None, "error": None}}, [], {"chart": {"result": [{"timestamp": [1], "indicators": {}}]}}])
+def test_parse_yahoo_chart_malformed_raises_payload_error(body):
+    with pytest.raises(fxcu.PayloadError):
+        fxcu.parse_yahoo_chart(body)
+
+
+def test_parse_yahoo_chart_real_clpx_history_has_no_weekends():
+    frame = fxcu.parse_yahoo_chart(real_usdclp_payload())
+    assert frame.height == 4666
+    assert frame[fxcu.DATE].min() == date(2006, 5, 16) and frame[fxcu.DATE].max() == date(2024, 7, 15)
+    assert (frame[fxcu.DATE].dt.weekday() < 6).all()
+    # Taking the UTC date would put 548 bars on the wrong (often weekend) day.
+    utc_days = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")["Date"].str.slice(0, 10).str.to_date()
+    assert (utc_days.dt.weekday() >= 6).sum() == 548
+
+
+def test_parse_mindicador_real_body_dates_in_santiago():
+    body = load_json("mindicador", "dolar_200_last31.json")
+    frame = fxcu.parse_mindicador(body)
+    assert frame.height == 31 and frame[fxcu.DATE].is_sorted()
+    assert frame[fxcu.DATE].max() == date(2026, 10, 8)
+    assert frame.filter(pl.col(fxcu.DATE) == date(2026, 10, 8))[fxcu.CLOSE].item() == 979.85
+    assert (frame[fxcu.DATE].dt.weekday() < 6).all()
+
+
+@pytest.mark.parametrize("body", [{}, {"serie": "x"}, {"serie": [{"valor": 1}]}, {"serie": [{"fecha": "yesterday", "valor": 1}]}])
+def test_parse_mindicador_malformed_raises(body):
+    with pytest.raises(fxcu.PayloadError):
+        fxcu.parse_mindicador(body)
+
+
+def test_parse_fred_observations_converts_tonnes_to_pounds_and_dots_to_null():
+    body = {"observations": [{"date": "2024-01-01", "value": "8344.12"}, {"date": "2024-02-01", "value": "."}]}
+    frame = fxcu.parse_fred_observations(body)
+    assert frame[fxcu.CLOSE][0] == pytest.approx(8344.12 / 2204.62262)
+    assert frame[fxcu.CLOSE][1] is None
+
+
+def test_parse_fred_observations_real_gdp_body_with_dots():
+    interaction = load_json("fred", "observations_200_GDP_with_dots_full_interaction.json")
+    body = json.loads(interaction["response"]["body_text"])
+    frame = fxcu.parse_fred_observations(body)
+    dots = sum(o["value"] == "." for o in body["observations"])
+    assert dots == 4 and frame[fxcu.CLOSE].null_count() == 4 and frame.height == len(body["observations"])
+
+
+def test_parse_fred_observations_error_body_raises():
+    body = json.loads((SHARED / "fred" / "error_400_missing_series_id.json").read_text())
+    body = body.get("body", body) if isinstance(body, dict) else body
+    body = json.loads(body) if isinstance(body, str) else body
+    payload = body if "error_message" in body else {"error_message": "x"}
+    with pytest.raises(fxcu.PayloadError, match="FRED error"):
+        fxcu.parse_fred_observations(payload)
+
+
+def test_fred_monthly_matches_hgf_monthly_means():
+    """Converted PCOPPUSDM agrees with HG=F monthly means (PROVENANCE: median 0.57%)."""
+    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
+    body = {"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]}
+    monthly = fxcu.parse_fred_observations(body)
+    hgf = real_copper().group_by(pl.col(fxcu.DATE).dt.truncate("1mo")).agg(pl.col(fxcu.CLOSE).mean().alias("hgf"))
+    joined = monthly.join(hgf, on=fxcu.DATE)
+    gap = ((joined[fxcu.CLOSE] / joined["hgf"] - 1).abs()).median()
+    assert joined.height > 250 and gap < 0.01
+
+
+# -- Cleaning and merging ---------------------------------------------------------
+
+
+def test_clean_prices_real_clpx_removes_bad_prints_and_keeps_real_move():
+    cleaned = fxcu.clean_prices(fxcu.parse_yahoo_chart(real_usdclp_payload()))
+    assert cleaned.removed["bad prints"] == [date(2014, 4, 10), date(2016, 12, 22)]
+    kept = cleaned.frame.filter(pl.col(fxcu.DATE).is_between(date(2022, 7, 20), date(2022, 7, 21)))[fxcu.CLOSE].to_list()
+    assert kept[1] / kept[0] - 1 < -0.11  # the real 12% move of 2022-07-21 stays
+    assert any("2 bad prints" in note for note in cleaned.notes)
+
+
+def test_clean_prices_real_hgf_drops_the_sunday_row_only():
+    raw = pl.read_csv(SHARED / "copper_hgf_daily_2000_2026.csv")
+    frame = raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").alias(fxcu.CLOSE))
+    cleaned = fxcu.clean_prices(frame)
+    assert cleaned.removed == {"weekend rows": [date(2025, 7, 13)]}
+    assert cleaned.frame.height == 6399
+
+
+def test_clean_prices_keeps_latest_bar_of_a_duplicated_date():
+    frame = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 3)], fxcu.CLOSE: [1.0, 2.0, 2.5]})
+    cleaned = fxcu.clean_prices(frame)
+    assert cleaned.frame[fxcu.CLOSE].to_list() == [1.0, 2.5]
+    assert cleaned.removed["duplicated-date bars (kept the latest)"] == [date(2024, 1, 3)]
+
+
+def test_clean_prices_removes_an_isolated_spike():
+    frame = make_prices(30)
+    spiked = frame.with_columns(pl.when(pl.int_range(pl.len()) == 15).then(5.0).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    cleaned = fxcu.clean_prices(spiked)
+    assert cleaned.removed["bad prints"] == [frame[fxcu.DATE][15]]
+    assert cleaned.frame.height == 29
+
+
+def test_clean_prices_keeps_a_level_shift():
+    frame = make_prices(30).with_columns(
+        pl.when(pl.int_range(pl.len()) >= 15).then(pl.col(fxcu.CLOSE) * 1.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+    )
+    assert fxcu.clean_prices(frame).frame.height == 30
+
+
+prices_strategy = st.lists(st.floats(min_value=0.5, max_value=2000, allow_nan=False), min_size=1, max_size=80)
+
+
+@given(prices_strategy, st.integers(0, 5))
+@settings(max_examples=150, deadline=None)
+def test_clean_prices_is_idempotent(values, spike_at):
+    days = make_prices(len(values))[fxcu.DATE]
+    values = list(values)
+    if spike_at < len(values):
+        values[spike_at] = values[spike_at] / 100
+    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: values})
+    once = fxcu.clean_prices(frame).frame
+    twice = fxcu.clean_prices(once)
+    # Removing one spike can expose a neighbour; cleaning converges, and a clean frame stays put.
+    thrice = fxcu.clean_prices(twice.frame)
+    assert thrice.frame.equals(twice.frame) or thrice.frame.height < twice.frame.height
+    assert once[fxcu.DATE].is_sorted() and once[fxcu.DATE].n_unique() == once.height
+    assert (once[fxcu.CLOSE] > 0).all()
+
+
+def test_clean_prices_on_clean_real_history_is_a_fixed_point():
+    once = real_usdclp()
+    assert fxcu.clean_prices(once).frame.equals(once)
+
+
+def provenance(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    return fxcu.with_provenance(frame, source, datetime(2024, 1, 1, tzinfo=UTC))
+
+
+@given(st.sets(st.integers(0, 60), min_size=1), st.sets(st.integers(0, 60)), st.sampled_from(["yahoo", "mindicador", "cache"]))
+@settings(max_examples=150, deadline=None)
+def test_merge_prices_never_loses_a_date(old_days, new_days, source):
+    base = date(2024, 1, 1)
+    old = provenance(pl.DataFrame({fxcu.DATE: [base + timedelta(d) for d in sorted(old_days)], fxcu.CLOSE: [1.0] * len(old_days)}), "yahoo")
+    new = provenance(pl.DataFrame({fxcu.DATE: [base + timedelta(d) for d in sorted(new_days)], fxcu.CLOSE: [2.0] * len(new_days)}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64}), source)
+    merged = fxcu.merge_prices(old, new)
+    assert set(merged[fxcu.DATE]) == set(old[fxcu.DATE]) | set(new[fxcu.DATE])
+    assert merged[fxcu.DATE].is_sorted() and merged.height == merged[fxcu.DATE].n_unique()
+
+
+def test_merge_prices_revised_values_replace_and_fallback_never_overwrites_primary():
+    day = [date(2024, 1, 2), date(2024, 1, 3)]
+    cached = provenance(pl.DataFrame({fxcu.DATE: day, fxcu.CLOSE: [900.0, 901.0]}), "yahoo")
+    revised = provenance(pl.DataFrame({fxcu.DATE: day[1:], fxcu.CLOSE: [905.0]}), "yahoo")
+    assert fxcu.merge_prices(cached, revised)[fxcu.CLOSE].to_list() == [900.0, 905.0]
+    fallback = provenance(pl.DataFrame({fxcu.DATE: [day[1], date(2024, 1, 4)], fxcu.CLOSE: [950.0, 951.0]}), "mindicador")
+    merged = fxcu.merge_prices(cached, fallback)
+    assert merged[fxcu.CLOSE].to_list() == [900.0, 901.0, 951.0]
+    assert merged[fxcu.SOURCE].to_list() == ["yahoo", "yahoo", "mindicador"]
+
+
+# -- Choosing a source -------------------------------------------------------------
+
+NOW = datetime(2024, 1, 10, tzinfo=UTC)
+fresh = make_prices(5, start=date(2024, 1, 3))
+stale = make_prices(5, start=date(2023, 6, 1))
+
+
+def test_first_good_skips_errors_and_stale_frames():
+    results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("mindicador", frame=stale), fxcu.Result("cache", frame=fresh)]
+    chosen = fxcu.first_good(results, now=NOW, max_age=timedelta(days=5))
+    assert chosen.source == "cache"
+
+
+def test_first_good_all_failed_joins_reasons():
+    results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("cache", frame=stale)]
+    chosen = fxcu.first_good(results, now=NOW, max_age=timedelta(days=5))
+    assert not chosen.ok and "yahoo: HTTP 503" in chosen.error and "cache: stale" in chosen.error
+
+
+def test_first_good_per_source_limits_and_monthly_leeway():
+    monthly = make_prices(3, start=date(2023, 11, 1))
+    results = [fxcu.Result("fred", frame=monthly, frequency="monthly")]
+    assert fxcu.first_good(results, now=NOW, max_age={"fred": timedelta(days=5)}).source == "fred"
+    assert fxcu.first_good([fxcu.Result("cache", frame=stale)], now=NOW, max_age={"yahoo": timedelta(days=5)}).ok
+
+
+result_strategy = st.one_of(
+    st.builds(lambda i: fxcu.Result(f"s{i}", error="down"), st.integers(0, 99)),
+    st.builds(lambda i: fxcu.Result(f"s{i}", frame=stale), st.integers(0, 99)),
+    st.builds(lambda i: fxcu.Result(f"s{i}", frame=fresh), st.integers(0, 99)),
+)
+
+
+@given(st.lists(result_strategy, max_size=8), st.lists(result_strategy, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_first_good_returns_the_earliest_good_result(results, tail):
+    chosen = fxcu.first_good(results + tail, now=NOW, max_age=timedelta(days=5))
+    good = [r for r in results + tail if r.error is None and r.frame is fresh]
+    if good:
+        assert chosen is good[0]
+        # anything after the first good result is ignored
+        first_index = next(i for i, r in enumerate(results + tail) if r is good[0])
+        assert fxcu.first_good((results + tail)[: first_index + 1], now=NOW, max_age=timedelta(days=5)) is chosen
+    else:
+        assert not chosen.ok and chosen.error
+
+
+# -- Requests and redaction ---------------------------------------------------------
+
+
+def test_yahoo_params_full_history_then_incremental_with_overlap():
+    assert fxcu.yahoo_params(None, NOW) == {"interval": "1d", "range": "max"}
+    params = fxcu.yahoo_params(date(2024, 1, 8), NOW)
+    assert int(params["period1"]) == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    assert int(params["period2"]) == int(NOW.timestamp())
+
+
+def test_mindicador_years():
+    assert fxcu.mindicador_years(None, NOW) == [2023, 2024]
+    assert fxcu.mindicador_years(date(2024, 1, 3), NOW) == [2023, 2024]
+    assert fxcu.mindicador_years(date(2021, 5, 3), NOW) == [2021, 2022, 2023, 2024]
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=32, max_size=32), st.text(max_size=40))
+def test_redact_removes_key_anywhere(key, noise):
+    text = f"{noise} GET https://x/fred?series_id=P&api_key={key}&file_type=json {noise} key={key}"
+    assert key not in fxcu.redact(text, key)
+
+
+# -- Shell: HTTP with retries (MockTransport) ----------------------------------------
+
+
+@pytest.fixture
+def vcr_config():
+    return {"filter_query_parameters": ["api_key"], "record_mode": "none"}
+
+
+@pytest.fixture
+def vcr_cassette_dir():
+    return str(CASSETTES)
+
+
+def cassette(*names: str):
+    return pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
+
+
+def counting(handler):
+    calls = []
+
+    def wrapped(request):
+        calls.append(request)
+        return handler(request)
+
+    return wrapped, calls
+
+
+@pytest.mark.parametrize(
+    ("response", "expected", "tries"),
+    [
+        (httpx.Response(429, text="Too Many Requests\r\n"), "HTTP 429", 3),
+        (httpx.Response(503, text="Service Unavailable"), "HTTP 503", 3),
+        (httpx.Response(500, text="<html>oops</html>"), "HTTP 500", 3),
+        (httpx.Response(200, text="{not json"), "malformed JSON", 1),
+        (httpx.Response(200, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}), "Not Found", 1),
+        (httpx.Response(404, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}), "HTTP 404", 1),
+    ],
+)
+def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries):
+    handler, calls = counting(lambda request: response)
+    config = make_config(tmp_path)
+    with mock_client(handler) as client:
+        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+    assert not result.ok and expected in result.error
+    assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
+
+
+def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
+    def handler(request):
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    handler, calls = counting(handler)
+    config = make_config(tmp_path)
+    with mock_client(handler) as client:
+        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+    assert "timeout" in result.error and len(calls) == 3
+
+
+def test_fetch_json_recovers_after_transient_errors(tmp_path):
+    responses = iter([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json={"ok": 1})])
+    handler, calls = counting(lambda request: next(responses))
+    config = make_config(tmp_path)
+    with mock_client(handler) as client:
+        assert no_wait_fetch(config)(client, "https://x/y", {}) == {"ok": 1}
+    assert len(calls) == 3
+
+
+def test_retry_after_is_capped():
+    request = httpx.Request("GET", "https://x")
+    exc = httpx.HTTPStatusError("x", request=request, response=httpx.Response(429, headers={"Retry-After": "3600"}, request=request))
+    assert fxcu._retry_after(exc, 30) == 30
+
+
+def test_fetch_sends_a_browser_user_agent(tmp_path):
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers["user-agent"])
+        return httpx.Response(200, json=yahoo_body("chart_200_EURUSD=X_fx.json"))
+
+    config = make_config(tmp_path)
+    with mock_client(handler) as client:
+        fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+    assert seen and seen[0].startswith("Mozilla/5.0")
+
+
+def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(500))
+    config = make_config(tmp_path, fred_api_key=None)
+    with mock_client(handler) as client:
+        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+    assert result.error == "FRED_API_KEY is not set" and not calls
+
+
+def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
+    def handler(request):
+        raise httpx.ConnectError(f"failed to connect to {request.url}", request=request)
+
+    config = make_config(tmp_path)
+    with caplog.at_level(logging.DEBUG), mock_client(handler) as client:
+        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+    assert "connection error" in result.error
+    assert FRED_KEY not in result.error and FRED_KEY not in caplog.text
+    assert "api_key=***" in result.error
+
+
+# -- Shell: cassettes (real data in real response shapes) ---------------------------
+
+
+@cassette("yahoo_clpx_max.yaml")
+def test_fetch_yahoo_cassette_full_clpx_history(tmp_path):
+    config = make_config(tmp_path)
+    with fxcu.make_client(config) as client:
+        result = fxcu.fetch_yahoo(config, client, fxcu.make_fetch_json(config), "CLP=X", since=None, now=CLP_END)
+    assert result.ok and result.frame.height == 4666 and result.frame[fxcu.DATE].max() == date(2024, 7, 15)
+
+
+@cassette("yahoo_hgf_max.yaml")
+def test_fetch_series_copper_from_yahoo_cassette_fills_warehouse(tmp_path, caplog):
+    config = make_config(tmp_path, max_age_days=10)
+    now = datetime(2026, 2, 24, 12, tzinfo=UTC)
+    with caplog.at_level(logging.INFO), fxcu.make_client(config) as client:
+        series = fxcu.fetch_series("copper", config, client, now=now)
+    assert series.source == "yahoo" and series.frequency == "daily" and series.frame.height == 6399
+    assert "Successfully fetched 6399 copper price points from yahoo" in caplog.text
+    stored = pl.read_parquet(config.warehouse / fxcu.COPPER_CACHE)
+    assert stored.equals(series.frame) and set(stored.columns) == {fxcu.DATE, fxcu.CLOSE, fxcu.SOURCE, fxcu.FETCHED_AT}
+    assert (stored[fxcu.DATE].dt.weekday() < 6).all()
+    assert any("weekend rows" in note for note in series.notes)
+
+
+@cassette("yahoo_404_not_found.yaml", "fred_pcoppusdm.yaml")
+def test_fetch_series_copper_falls_back_to_fred_monthly(tmp_path, caplog):
+    config = make_config(tmp_path)
+    now = datetime(2026, 8, 20, tzinfo=UTC)
+    with caplog.at_level(logging.INFO), fxcu.make_client(config) as client:
+        series = fxcu.fetch_series("copper", config, client, now=now)
+    assert series.source == "fred" and series.frequency == "monthly"
+    assert series.frame.height == 343
+    assert "Yahoo Finance copper fetch failed" in caplog.text and "Using FRED backup for copper prices" in caplog.text
+    assert any("monthly copper" in note for note in series.notes)
+    # monthly copper never lands in the daily warehouse file
+    assert not (config.warehouse / fxcu.COPPER_CACHE).exists()
+    assert FRED_KEY not in caplog.text
+
+
+@cassette("yahoo_404_not_found.yaml", "fred_bad_key.yaml")
+def test_fetch_series_copper_all_down_no_cache_is_empty_not_fatal(tmp_path, caplog):
+    config = make_config(tmp_path)
+    with caplog.at_level(logging.INFO), fxcu.make_client(config) as client:
+        series = fxcu.fetch_series("copper", config, client, now=datetime(2026, 8, 20, tzinfo=UTC))
+    assert not series.ok and "not registered" in series.error
+    assert "All copper sources failed: continuing without copper (forecasts degraded)" in caplog.text
+    assert FRED_KEY not in caplog.text and FRED_KEY not in series.error
+
+
+@cassette("yahoo_429.yaml", "mindicador_dolar_2023_2024.yaml")
+def test_fetch_series_usdclp_429_falls_back_to_mindicador(tmp_path, caplog):
+    config = make_config(tmp_path)
+    fetch_json = no_wait_fetch(config)
+    with caplog.at_level(logging.INFO), fxcu.make_client(config) as client:
+        series = fxcu.fetch_series("usdclp", config, client, now=CLP_END, fetch_json=fetch_json)
+    assert series.source == "mindicador" and series.frame[fxcu.DATE].max() == date(2024, 7, 15)
+    assert series.frame[fxcu.DATE].min() == date(2023, 1, 2)
+    assert "HTTP 429" in " ".join(series.notes)
+    assert "Using mindicador.cl backup for USD/CLP prices" in caplog.text
+
+
+def test_fetch_series_usdclp_fallback_merges_into_cache_without_overwriting(tmp_path):
+    config = make_config(tmp_path)
+    old = provenance(make_prices(20, start=date(2026, 9, 1), level=950.0), "yahoo")
+    fxcu.write_parquet_atomic(old, config.warehouse / fxcu.USDCLP_CACHE)
+    now = datetime(2026, 10, 8, 18, tzinfo=UTC)
+    real_body = load_json("mindicador", "dolar_200_last31.json")
+
+    def handler(request):
+        if request.url.host == "mindicador.cl":
+            assert request.url.path == "/api/dolar/2026"
+            return httpx.Response(200, json=real_body)
+        return httpx.Response(429, text="Too Many Requests\r\n")
+
+    with mock_client(handler) as client:
+        series = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
+    assert series.source == "mindicador"
+    merged = pl.read_parquet(config.warehouse / fxcu.USDCLP_CACHE)
+    assert set(old[fxcu.DATE]) <= set(merged[fxcu.DATE]) and merged[fxcu.DATE].max() == date(2026, 10, 8)
+    overlap = merged.filter(pl.col(fxcu.DATE).is_in(old[fxcu.DATE].implode()))
+    assert overlap[fxcu.SOURCE].unique().to_list() == ["yahoo"]
+
+
+def test_fetch_series_all_down_uses_cache_and_never_shrinks_it(tmp_path, caplog):
+    config = make_config(tmp_path)
+    old = provenance(make_prices(300, start=date(2023, 2, 1)), "yahoo")
+    path = config.warehouse / fxcu.USDCLP_CACHE
+    fxcu.write_parquet_atomic(old, path)
+    before = path.read_bytes()
+    with caplog.at_level(logging.INFO), mock_client(lambda r: httpx.Response(503)) as client:
+        series = fxcu.fetch_series("usdclp", config, client, now=NOW, fetch_json=no_wait_fetch(config))
+    assert series.source == "cache" and series.frame.height == 300
+    assert path.read_bytes() == before
+    assert "Both sources failed, using 300 cached USD/CLP data points" in caplog.text
+    assert any("cached data" in note for note in series.notes)
+
+
+def test_fetch_series_all_down_no_cache_usdclp_fails(tmp_path):
+    config = make_config(tmp_path)
+    with mock_client(lambda r: httpx.Response(503)) as client:
+        series = fxcu.fetch_series("usdclp", config, client, now=NOW, fetch_json=no_wait_fetch(config))
+    assert not series.ok and "yahoo" in series.error and "mindicador" in series.error
+
+
+def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
+    config = make_config(tmp_path)
+    old = provenance(make_prices(200, start=date(2023, 4, 1)), "yahoo")
+    fxcu.write_parquet_atomic(old, config.warehouse / fxcu.COPPER_CACHE)
+    last = old[fxcu.DATE].max()
+    newer = make_prices(12, start=last - timedelta(days=6), seed=3, level=4.0)
+    seen = []
+
+    def handler(request):
+        seen.append(dict(request.url.params))
+        return httpx.Response(200, json=chart_payload(newer))
+
+    now = datetime.combine(newer[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+    with mock_client(handler) as client:
+        series = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
+    assert "range" not in seen[0] and int(seen[0]["period1"]) <= int(datetime.combine(last, datetime.min.time(), UTC).timestamp())
+    assert set(old[fxcu.DATE]) | set(newer[fxcu.DATE]) == set(series.frame[fxcu.DATE])
+    # the overlap's revised values replaced the cached ones
+    overlap_day = newer[fxcu.DATE][0]
+    assert series.frame.filter(pl.col(fxcu.DATE) == overlap_day)[fxcu.CLOSE].item() == newer[fxcu.CLOSE][0]
+
+
+def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
+    config = make_config(tmp_path, offline=True)
+    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    handler, calls = counting(lambda request: httpx.Response(500))
+    with mock_client(handler) as client:
+        series = fxcu.fetch_series("usdclp", config, client, now=NOW)
+    assert series.source == "cache" and not calls
+
+
+# -- Shell: the warehouse -----------------------------------------------------------
+
+
+def test_read_cache_corrupt_file_is_set_aside_not_overwritten(tmp_path, caplog):
+    path = tmp_path / fxcu.USDCLP_CACHE
+    path.write_bytes(b"PAR1 this is not parquet")
+    result = fxcu.read_cache(path, now=NOW)
+    assert not result.ok and "corrupt cache" in result.error
+    aside = list(tmp_path.glob("usdclp.parquet.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"PAR1 this is not parquet"
+    assert not path.exists()
+
+
+def test_write_parquet_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "x.parquet"
+    old = make_prices(10)
+    fxcu.write_parquet_atomic(old, path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        fxcu.write_parquet_atomic(make_prices(3), path)
+    assert pl.read_parquet(path).equals(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]  # no temp file left behind
+
+
+def _merge_in_process(args):
+    data_dir, seed = args
+    config = fxcu.Config(data_dir=Path(data_dir), offline=False, lock_timeout=60)
+    frame = provenance(make_prices(30, start=date(2024, 1, 1) + timedelta(days=seed * 30), seed=seed), "yahoo")
+    for _ in range(5):
+        with fxcu.file_lock(config.warehouse / ".lock", timeout=60):
+            cached = fxcu.read_cache(config.warehouse / fxcu.USDCLP_CACHE, now=NOW)
+            merged = fxcu.merge_prices(cached.frame if cached.ok else None, frame)
+            fxcu.write_parquet_atomic(merged, config.warehouse / fxcu.USDCLP_CACHE)
+    return frame[fxcu.DATE].to_list()
+
+
+def test_two_processes_merging_at_once_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        days = pool.map(_merge_in_process, [(str(tmp_path), 0), (str(tmp_path), 1)])
+    stored = pl.read_parquet(tmp_path / "warehouse" / fxcu.USDCLP_CACHE)
+    assert set(stored[fxcu.DATE]) == set(days[0]) | set(days[1])
+
+
+def test_file_lock_times_out_cleanly(tmp_path):
+    lock = tmp_path / ".lock"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(lock), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(TimeoutError, match="held by another process"), fxcu.file_lock(lock, timeout=0.3):
+            pass
+    finally:
+        release.set()
+        holder.join(20)
+
+
+def _hold_lock(path, ready, release):
+    with fxcu.file_lock(Path(path), timeout=5):
+        ready.set()
+        release.wait(20)
+
+
+# -- CLI: fetch ----------------------------------------------------------------------
+
+
+def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
+    config = make_config(tmp_path)
+    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir)})
+    out = capsys.readouterr().out
+    assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
+
+
+def test_main_fetch_offline_without_cache_exits_1(tmp_path, capsys):
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    assert code == 1 and "usdclp: unavailable" in capsys.readouterr().out
+
+
+def test_main_bad_env_value_is_one_line_exit_2(tmp_path, capsys):
+    code = fxcu.main(["fetch"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_OFFLINE": "perhaps"})
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "FXCU_OFFLINE" in err
+
+
+def test_cassettes_never_hold_the_fred_key_and_say_their_source():
+    for path in CASSETTES.glob("*.yaml"):
+        text = path.read_text()
+        assert not re.search(r"api_key=\w", text) and FRED_KEY not in text, path.name
+        assert text.startswith("#") and "provenance" in text, path.name
