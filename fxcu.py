@@ -399,6 +399,250 @@ def first_good(
     return Result("none", error="; ".join(reasons) or "no sources")
 
 
+# -- Core: copper features -----------------------------------------------------------
+
+FEATURES = (
+    "copper_returns_1d",
+    "copper_returns_5d",
+    "copper_returns_20d",
+    "copper_volatility_20d",
+    "copper_volatility_60d",
+    "copper_sma_20",
+    "copper_sma_50",
+    "copper_trend_signal",
+    "copper_rsi_14",
+    "copper_price_normalized",
+    "copper_usdclp_correlation_90d",
+)
+TRADING_DAYS_PER_YEAR = 252
+
+
+def _expr(col: str | pl.Expr) -> pl.Expr:
+    import polars as pl
+
+    return pl.col(col) if isinstance(col, str) else col
+
+
+def _check_window(n: int) -> None:
+    if n < 1:
+        raise ValueError(f"window must be at least 1, got {n}")
+
+
+def log_return(col: str | pl.Expr, n: int = 1) -> pl.Expr:
+    """Log return over `n` rows; the first `n` rows are null."""
+    _check_window(n)
+    x = _expr(col)
+    return (x / x.shift(n)).log().alias(f"copper_returns_{n}d")
+
+
+def volatility(col: str | pl.Expr, n: int) -> pl.Expr:
+    """Annualised (sqrt 252) sample std of daily log returns over `n` returns; the first `n` rows are null."""
+    _check_window(n)
+    return (log_return(col, 1).rolling_std(n, min_samples=n) * math.sqrt(TRADING_DAYS_PER_YEAR)).alias(
+        f"copper_volatility_{n}d"
+    )
+
+
+def sma(col: str | pl.Expr, n: int) -> pl.Expr:
+    """Simple moving average over `n` rows; the first `n-1` rows are null."""
+    _check_window(n)
+    return _expr(col).rolling_mean(n, min_samples=n).alias(f"copper_sma_{n}")
+
+
+def trend_signal(col: str | pl.Expr, fast: int = 20, slow: int = 50) -> pl.Expr:
+    """+1 when SMA `fast` is above SMA `slow`, -1 when below, 0 when equal or not yet known."""
+    import polars as pl
+
+    if fast >= slow:
+        raise ValueError("fast window must be shorter than slow")
+    gap = sma(col, fast) - sma(col, slow)
+    # INFO: rolling sums drift by a few ulps; a gap below 1e-9 of the price counts as equal
+    flat = gap.abs() <= 1e-9 * sma(col, slow).abs()
+    return pl.when(flat).then(0).otherwise(gap.sign()).fill_null(0).cast(pl.Int8).alias("copper_trend_signal")
+
+
+def rsi(col: str | pl.Expr, n: int = 14) -> pl.Expr:
+    """Wilder's RSI: averages seeded with the simple mean of the first `n` changes, then Wilder-smoothed.
+
+    The first `n` rows are null. 100 when there were no losses, 50 when nothing moved.
+    """
+    import polars as pl
+
+    _check_window(n)
+    change = _expr(col).diff()
+    row = pl.int_range(pl.len())
+
+    def wilder(moves: pl.Expr) -> pl.Expr:
+        # INFO: seed row n with the simple mean, then y_t = y_{t-1} + (x_t - y_{t-1}) / n (alpha = 1/n, no adjust)
+        seeded = pl.when(row == n).then(moves.rolling_mean(n, min_samples=n)).when(row > n).then(moves)
+        return seeded.ewm_mean(alpha=1 / n, adjust=False, ignore_nulls=True)
+
+    gain = wilder(change.clip(lower_bound=0))
+    loss = wilder((-change).clip(lower_bound=0))
+    value = (
+        pl.when((gain == 0) & (loss == 0)).then(50.0).when(loss == 0).then(100.0).otherwise(100 - 100 / (1 + gain / loss))
+    )
+    return pl.when(row >= n).then(value).alias(f"copper_rsi_{n}")
+
+
+def zscore(col: str | pl.Expr, n: int = 252) -> pl.Expr:
+    """Z-score of the price against its own trailing `n`-row mean and std (0 when the std is 0); first `n-1` rows null."""
+    import polars as pl
+
+    _check_window(n)
+    x = _expr(col)
+    mean, std = x.rolling_mean(n, min_samples=n), x.rolling_std(n, min_samples=n)
+    return pl.when(std == 0).then(0.0).otherwise((x - mean) / std).alias("copper_price_normalized")
+
+
+def rolling_correlation(a: str | pl.Expr, b: str | pl.Expr, n: int = 90) -> pl.Expr:
+    """Correlation of the daily log returns of two prices over the last `n` returns; the first `n` rows are null."""
+    import polars as pl
+
+    _check_window(n)
+    ra, rb = (_expr(a) / _expr(a).shift(1)).log(), (_expr(b) / _expr(b).shift(1)).log()
+    return pl.rolling_corr(ra, rb, window_size=n, min_samples=n).alias("copper_usdclp_correlation_90d")
+
+
+def feature_exprs(price: str, usdclp: str | None) -> Iterator[pl.Expr]:
+    """The 11 copper features as expressions over one frame with a copper price column (and USD/CLP)."""
+    import polars as pl
+
+    for n in (1, 5, 20):
+        yield log_return(price, n)
+    for n in (20, 60):
+        yield volatility(price, n)
+    for n in (20, 50):
+        yield sma(price, n)
+    yield trend_signal(price, 20, 50)
+    yield rsi(price, 14)
+    yield zscore(price, 252)
+    yield rolling_correlation(price, usdclp, 90) if usdclp else pl.lit(None, pl.Float64).alias(FEATURES[-1])
+
+
+def copper_frequency(copper: pl.DataFrame) -> Literal["daily", "monthly"]:
+    """'monthly' when the median gap between dates exceeds 20 days (FRED PCOPPUSDM), else 'daily'."""
+    if copper.height < 2:
+        return "daily"
+    gap = copper[DATE].sort().diff().dt.total_days().median()
+    return "monthly" if gap is not None and gap > 20 else "daily"
+
+
+def align_copper(usdclp: pl.DataFrame, copper: pl.DataFrame) -> pl.DataFrame:
+    """Put on each USD/CLP date the last copper close from a strictly earlier New York date.
+
+    A CLP=X bar dated D (London) is the quote at London midnight starting D, about 19:00 New
+    York on D-1, after COMEX settled D-1 but before it trades D; so copper of NY date D-1 is the
+    latest known, and copper dated D would be the future. Returns `date`, `usdclp`, `copper`.
+    """
+    import polars as pl
+
+    left = usdclp.select(pl.col(DATE), pl.col(CLOSE).alias("usdclp")).sort(DATE)
+    right = copper.select(pl.col(DATE).alias("copper_date"), pl.col(CLOSE).alias("copper")).sort("copper_date")
+    return left.join_asof(right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False).drop(
+        "copper_date"
+    )
+
+
+def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Compute the 11 copper features keyed by `date`: USD/CLP dates when given (no look-ahead), else copper dates.
+
+    Daily windows count copper trading days: they are computed on copper's own calendar, then
+    aligned to USD/CLP with `align_copper`. Monthly copper (FRED) gets nulls in every feature:
+    no daily window pretends to exist. Warm-up rows are null.
+    """
+    import polars as pl
+
+    monthly = copper_frequency(copper) == "monthly"
+    own = copper.select(DATE, CLOSE).sort(DATE)
+    if monthly:
+        own = own.select(DATE, *(pl.lit(None, pl.Int8 if f == "copper_trend_signal" else pl.Float64).alias(f) for f in FEATURES))
+    else:
+        own = own.with_columns(feature_exprs(CLOSE, None)).drop(CLOSE)
+    if usdclp is None:
+        return own.select(DATE, *FEATURES)
+    aligned = align_copper(usdclp, copper)
+    corr = aligned.select(DATE, rolling_correlation("copper", "usdclp", 90))
+    if monthly:
+        corr = corr.with_columns(pl.lit(None, pl.Float64).alias(FEATURES[-1]))
+    right = own.drop(FEATURES[-1]).rename({DATE: "copper_date"})
+    joined = usdclp.select(DATE).sort(DATE).join_asof(
+        right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False
+    )
+    return joined.drop("copper_date").join(corr, on=DATE, how="left").select(DATE, *FEATURES)
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What a run forecasts from (the original guide's DataBundle): prices, copper features, sources, notes."""
+
+    usdclp: pl.DataFrame
+    copper: pl.DataFrame | None
+    copper_features: pl.DataFrame | None
+    sources: dict[str, str]
+    copper_frequency: Literal["daily", "monthly"] | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def degraded(self) -> tuple[str, ...]:
+        """Reasons this run is weaker than a full one (no copper, monthly copper, cached data, removed prints)."""
+        reasons = []
+        if self.copper is None:
+            reasons.append("no copper")
+        elif self.copper_frequency == "monthly":
+            reasons.append("monthly copper")
+        if "cache" in self.sources.values():
+            reasons.append("cached data")
+        if any("bad prints" in n for n in self.notes):
+            reasons.append("removed bad prints")
+        return tuple(reasons)
+
+
+def build_bundle(usdclp: Series, copper: Series) -> Bundle:
+    """Assemble the bundle from two chosen series (USD/CLP must be ok)."""
+    if not usdclp.ok:
+        raise ValueError(f"no usable USD/CLP: {usdclp.error}")
+    has_copper = copper.ok
+    features = copper_features(copper.frame, usdclp.frame) if has_copper else None
+    return Bundle(
+        usdclp=usdclp.frame,
+        copper=copper.frame if has_copper else None,
+        copper_features=features,
+        sources={"usdclp": usdclp.source, "copper": copper.source if has_copper else "none"},
+        copper_frequency=copper.frequency if has_copper else None,
+        notes=usdclp.notes + copper.notes,
+    )
+
+
+def feature_problems(features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.DataFrame | None, *, now: datetime, max_age: timedelta) -> list[str]:
+    """Check every feature against its range and the prices against their units; empty means all good."""
+    import polars as pl
+
+    found = []
+    checks = {
+        "copper_rsi_14": pl.col("copper_rsi_14").is_between(0, 100),
+        "copper_volatility_20d": pl.col("copper_volatility_20d") >= 0,
+        "copper_volatility_60d": pl.col("copper_volatility_60d") >= 0,
+        "copper_usdclp_correlation_90d": pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
+        "copper_trend_signal": pl.col("copper_trend_signal").is_in([-1, 0, 1]),
+        "copper_sma_20": pl.col("copper_sma_20").is_between(0.3, 20),
+        "copper_sma_50": pl.col("copper_sma_50").is_between(0.3, 20),
+    }
+    for name, ok in checks.items():
+        bad = features.filter(~ok.fill_null(True)).height
+        if bad:
+            found.append(f"{name}: {bad} values out of range")
+    # INFO: plausibility by unit: USD/CLP has traded 370-1060 since 1990; COMEX copper 0.6-6 USD/lb since 2000.
+    if not usdclp[CLOSE].is_between(300, 2000).all():
+        found.append("usdclp: closes outside 300..2000 CLP per USD")
+    if copper is not None and not copper[CLOSE].is_between(0.3, 20).all():
+        found.append("copper: closes outside 0.3..20 USD/lb")
+    for name, frame in (("usdclp", usdclp), ("copper", copper)):
+        if frame is not None:
+            found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
+    return found
+
+
 # -- Core: requests and redaction ----------------------------------------------------
 
 
@@ -714,6 +958,25 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
     return Series(name, merged, chosen.source, notes=failures + notes)
 
 
+def load(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Bundle:
+    """Fetch (or read offline) both series and build the bundle; raises ValueError without USD/CLP.
+
+    With no arguments it reads the environment like the CLI does, for `import fxcu; fxcu.load()`.
+    """
+    config = config or Config.from_env(os.environ)
+    now = now or datetime.now(UTC)
+    with contextlib.ExitStack() as stack:
+        if client is None and not config.offline:
+            client = stack.enter_context(make_client(config))
+        usdclp = fetch_series("usdclp", config, client, now=now)
+        if not config.copper:
+            log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
+            copper = Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
+        else:
+            copper = fetch_series("copper", config, client, now=now)
+    return build_bundle(usdclp, copper)
+
+
 # -- Commands ------------------------------------------------------------------------
 
 
@@ -737,6 +1000,52 @@ def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> 
     return 0 if usdclp.ok else 1
 
 
+def format_validation(bundle: Bundle, found: Sequence[str]) -> str:
+    """The `validate` report: sources, latest feature values, and every problem."""
+    lines = [
+        f"usdclp: {bundle.sources['usdclp']}, {bundle.usdclp.height} rows, last {bundle.usdclp[DATE].max()} "
+        f"= {bundle.usdclp[CLOSE][-1]:.2f} CLP/USD",
+    ]
+    if bundle.copper is None:
+        lines.append("copper: unavailable (features not computed)")
+    else:
+        lines.append(
+            f"copper: {bundle.sources['copper']} ({bundle.copper_frequency}), {bundle.copper.height} rows, "
+            f"last {bundle.copper[DATE].max()} = {bundle.copper[CLOSE][-1]:.4f} USD/lb"
+        )
+        latest = bundle.copper_features.tail(1).row(0, named=True)
+        lines.append(f"features on {latest[DATE]}:")
+        lines += [f"  {name:<32} {_fmt(latest[name])}" for name in FEATURES]
+    lines += [f"note: {n}" for n in bundle.notes]
+    lines += [f"PROBLEM: {p}" for p in found] or ["all checks passed"]
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    return "null" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def cmd_validate(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
+    """Load, compute features, check ranges and freshness; 0 when every check passes, 1 otherwise."""
+    try:
+        bundle = load(config, client, now=now)
+    except ValueError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 1
+    features = bundle.copper_features if bundle.copper_features is not None else _empty_features()
+    found = feature_problems(features, bundle.usdclp, bundle.copper, now=now, max_age=timedelta(days=config.max_age_days))
+    if bundle.copper is None:
+        found.append("copper unavailable: forecasts would run without copper")
+    print(format_validation(bundle, found))
+    return 1 if found else 0
+
+
+def _empty_features() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}})
+
+
 # -- CLI -----------------------------------------------------------------------------
 
 
@@ -749,6 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fetch = sub.add_parser("fetch", help="refresh the warehouse from the live sources")
     fetch.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
+    validate = sub.add_parser("validate", help="load data, compute copper features, check their ranges")
+    validate.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
     return parser
 
 
@@ -773,6 +1084,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "fetch":
             with make_client(config) as client:
                 return cmd_fetch(config, client, now=now)
+        if args.command == "validate":
+            with make_client(config) as client:
+                return cmd_validate(config, client, now=now)
     except TimeoutError as exc:
         print(f"fxcu: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import polars as pl
+from polars.testing import assert_frame_equal
 import pytest
 import tenacity
 from hypothesis import given, settings
@@ -750,3 +751,218 @@ def test_cassettes_never_hold_the_fred_key_and_say_their_source():
         text = path.read_text()
         assert not re.search(r"api_key=\w", text) and FRED_KEY not in text, path.name
         assert text.startswith("#") and "provenance" in text, path.name
+
+
+# -- Copper features ----------------------------------------------------------------
+
+
+def oracle_features(prices: list[float]) -> dict[str, list[float | None]]:
+    """Plain-loop versions of the copper indicators (the utilsforecast oracle style)."""
+    n = len(prices)
+    logp = [math.log(p) for p in prices]
+    out: dict[str, list[float | None]] = {}
+    for k in (1, 5, 20):
+        out[f"copper_returns_{k}d"] = [None if i < k else logp[i] - logp[i - k] for i in range(n)]
+    rets = [None] + [logp[i] - logp[i - 1] for i in range(1, n)]
+    for k in (20, 60):
+        col = []
+        for i in range(n):
+            if i < k:
+                col.append(None)
+                continue
+            window = rets[i - k + 1 : i + 1]
+            col.append(float(np.std(window, ddof=1)) * math.sqrt(252))
+        out[f"copper_volatility_{k}d"] = col
+    for k in (20, 50):
+        out[f"copper_sma_{k}"] = [None if i < k - 1 else sum(prices[i - k + 1 : i + 1]) / k for i in range(n)]
+    trend = []
+    for fast, slow in zip(out["copper_sma_20"], out["copper_sma_50"]):
+        trend.append(0 if fast is None or slow is None or fast == slow else (1 if fast > slow else -1))
+    out["copper_trend_signal"] = trend
+    # Wilder's RSI as TA-Lib defines it: seed with simple means of the first 14 changes.
+    rsi: list[float | None] = [None] * n
+    if n > 14:
+        changes = [prices[i] - prices[i - 1] for i in range(1, n)]
+        gain = sum(max(c, 0) for c in changes[:14]) / 14
+        loss = sum(max(-c, 0) for c in changes[:14]) / 14
+        for i in range(14, n):
+            if i > 14:
+                c = changes[i - 1]
+                gain = (gain * 13 + max(c, 0)) / 14
+                loss = (loss * 13 + max(-c, 0)) / 14
+            rsi[i] = 50.0 if gain == 0 and loss == 0 else 100.0 if loss == 0 else 100 - 100 / (1 + gain / loss)
+    out["copper_rsi_14"] = rsi
+    z = []
+    for i in range(n):
+        if i < 251:
+            z.append(None)
+            continue
+        window = np.array(prices[i - 251 : i + 1])
+        sd = window.std(ddof=1)
+        z.append(0.0 if sd == 0 else float((prices[i] - window.mean()) / sd))
+    out["copper_price_normalized"] = z
+    return out
+
+
+def assert_matches(actual: list, expected: list, name: str, rel: float = 1e-7, abs_: float = 1e-9) -> None:
+    assert len(actual) == len(expected), name
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if e is None:
+            assert a is None, f"{name}[{i}] should be null (warm-up), got {a}"
+        else:
+            assert a is not None and a == pytest.approx(e, rel=rel, abs=abs_), f"{name}[{i}]: {a} != {e}"
+
+
+def test_copper_features_match_oracle_on_real_hgf_history():
+    copper = real_copper().tail(600)
+    features = fxcu.copper_features(copper)
+    expected = oracle_features(copper[fxcu.CLOSE].to_list())
+    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
+    for name, values in expected.items():
+        assert_matches(features[name].to_list(), values, name, rel=1e-6, abs_=1e-6)
+    assert features["copper_usdclp_correlation_90d"].null_count() == features.height
+
+
+@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=1, max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_copper_features_match_oracle_on_generated_series(values):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
+    features = fxcu.copper_features(copper)
+    for name, expected in oracle_features(values).items():
+        assert_matches(features[name].to_list(), expected, name, rel=1e-6, abs_=1e-6)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_feature_exprs_work_on_lazy_and_eager_frames(lazy):
+    copper = real_copper().tail(300)
+    frame = copper.lazy() if lazy else copper
+    out = frame.with_columns(fxcu.feature_exprs(fxcu.CLOSE, None))
+    out = out.collect() if lazy else out
+    assert_frame_equal(out.drop(fxcu.CLOSE), fxcu.copper_features(copper), check_exact=False, rel_tol=1e-9)
+
+
+@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=2, max_size=200))
+@settings(max_examples=80, deadline=None)
+def test_copper_features_ranges(values):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
+    features = fxcu.copper_features(copper)
+    rsi = features["copper_rsi_14"].drop_nulls()
+    assert ((rsi >= 0) & (rsi <= 100)).all()
+    for name in ("copper_volatility_20d", "copper_volatility_60d"):
+        assert (features[name].drop_nulls() >= 0).all()
+    assert set(features["copper_trend_signal"].to_list()) <= {-1, 0, 1}
+
+
+@given(st.floats(min_value=0.5, max_value=10), st.integers(min_value=1, max_value=300))
+@settings(max_examples=40, deadline=None)
+def test_copper_features_constant_prices(price, n):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(n)[fxcu.DATE], fxcu.CLOSE: [price] * n})
+    features = fxcu.copper_features(copper)
+    for name in ("copper_returns_1d", "copper_volatility_20d", "copper_price_normalized"):
+        assert all(v == pytest.approx(0, abs=1e-12) for v in features[name].drop_nulls())
+    assert all(v == pytest.approx(price) for v in features["copper_sma_20"].drop_nulls())
+    assert set(features["copper_trend_signal"]) <= {0}
+
+
+@given(st.integers(min_value=1, max_value=120), st.integers(min_value=0, max_value=10_000))
+@settings(max_examples=40, deadline=None)
+def test_copper_features_no_look_ahead(extra, seed):
+    """Appending future rows never changes any past feature value."""
+    copper = make_prices(420, seed=seed, level=4.0)
+    usdclp = make_prices(420, seed=seed + 1)
+    past = fxcu.copper_features(copper.head(300), usdclp.head(300))
+    full = fxcu.copper_features(copper.head(300 + extra), usdclp.head(300 + extra))
+    assert full.head(300).equals(past)
+
+
+def test_align_copper_never_uses_same_or_later_copper_dates():
+    usdclp = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [880.0, 881.0, 882.0]})
+    copper = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [3.0, 4.0, 5.0]})
+    aligned = fxcu.align_copper(usdclp, copper)
+    assert aligned["copper"].to_list() == [None, 3.0, 4.0]
+
+
+def test_copper_features_on_usdclp_dates_use_previous_new_york_day():
+    copper, usdclp = real_copper(), real_usdclp()
+    own = fxcu.copper_features(copper)
+    joined = fxcu.copper_features(copper, usdclp)
+    row = joined.filter(pl.col(fxcu.DATE) == date(2024, 7, 15)).row(0, named=True)
+    friday = own.filter(pl.col(fxcu.DATE) == date(2024, 7, 12)).row(0, named=True)
+    assert row["copper_sma_20"] == friday["copper_sma_20"]  # Monday's CLP bar sees Friday's copper
+
+
+def test_correlation_matches_numpy_on_real_data():
+    copper, usdclp = real_copper(), real_usdclp()
+    aligned = fxcu.align_copper(usdclp, copper).drop_nulls()
+    features = fxcu.copper_features(copper, usdclp)
+    day = aligned[fxcu.DATE][-1]
+    window = aligned.tail(91)
+    rc = np.diff(np.log(window["copper"].to_numpy()))
+    ru = np.diff(np.log(window["usdclp"].to_numpy()))
+    expected = np.corrcoef(rc, ru)[0, 1]
+    assert features.filter(pl.col(fxcu.DATE) == day)["copper_usdclp_correlation_90d"].item() == pytest.approx(expected)
+    in_range = features.filter(pl.col(fxcu.DATE).dt.year().is_between(2010, 2024))["copper_usdclp_correlation_90d"]
+    assert in_range.median() < 0  # copper up, peso up: USD/CLP down
+
+
+def test_copper_features_monthly_copper_are_all_null():
+    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
+    monthly = fxcu.parse_fred_observations({"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]})
+    assert fxcu.copper_frequency(monthly) == "monthly"
+    features = fxcu.copper_features(monthly, real_usdclp())
+    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
+    assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
+
+
+@pytest.mark.parametrize("bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)])
+def test_feature_parameters_are_checked(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_feature_problems_flags_out_of_range_values():
+    copper, usdclp = real_copper(), real_usdclp()
+    features = fxcu.copper_features(copper, usdclp)
+    now = datetime(2024, 7, 16, tzinfo=UTC)
+    assert fxcu.feature_problems(features, usdclp, copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15)), now=now, max_age=timedelta(days=5)) == []
+    broken = features.with_columns(pl.lit(140.0).alias("copper_rsi_14"))
+    found = fxcu.feature_problems(broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5))
+    assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
+
+
+def write_real_warehouse(data_dir: Path) -> None:
+    fetched = datetime(2024, 7, 16, tzinfo=UTC)
+    fxcu.write_parquet_atomic(provenance(real_usdclp(), "yahoo").with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)), data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    copper = real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
+    fxcu.write_parquet_atomic(provenance(copper, "yahoo"), data_dir / "warehouse" / fxcu.COPPER_CACHE)
+
+
+def test_load_offline_builds_the_bundle(tmp_path):
+    write_real_warehouse(tmp_path)
+    config = make_config(tmp_path, data_dir=tmp_path, offline=True)
+    bundle = fxcu.load(config, now=CLP_END)
+    assert bundle.sources == {"usdclp": "cache", "copper": "cache"}
+    assert bundle.copper_frequency == "daily" and bundle.copper_features.height == bundle.usdclp.height
+    assert "cached data" in bundle.degraded
+
+
+def test_load_copper_off_has_no_features(tmp_path):
+    write_real_warehouse(tmp_path)
+    config = make_config(tmp_path, data_dir=tmp_path, offline=True, copper=False)
+    bundle = fxcu.load(config, now=CLP_END)
+    assert bundle.copper_features is None and "no copper" in bundle.degraded
+
+
+def test_main_validate_offline_reports_features_and_staleness(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    out = capsys.readouterr().out
+    assert code == 1  # the 2024 history is stale today
+    assert "copper_rsi_14" in out and "PROBLEM: usdclp: stale" in out
+
+
+def test_main_validate_offline_fresh_data_passes(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "100000"})
+    out = capsys.readouterr().out
+    assert code == 0 and "all checks passed" in out
