@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
     import httpx
+    import numpy as np
     import polars as pl
 
 __version__ = "0.1.0"
@@ -641,6 +642,351 @@ def feature_problems(features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.Da
         if frame is not None:
             found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
     return found
+
+
+# -- Core: forecasting -----------------------------------------------------------------
+
+MODELS = ("Naive", "AutoETS", "AutoARIMA", "AutoTheta")
+COPPER_MODEL = "AutoARIMA_copper"  # AutoARIMA with log copper, lagged by the horizon, as a regressor
+ENSEMBLE = "Ensemble"
+RULES = ("inverse_mse", "equal", "naive")
+LEVELS = (80, 95)
+HISTORY = 2520  # trading days modelled: ten years
+WINDOWS, STEP = 60, 20  # backtest origins, and trading days between them (60 origins span ~4.8 years)
+
+
+def horizon_steps(days: int) -> int:
+    """The most weekdays any `days` consecutive calendar days can hold: 7d -> 5, 15d -> 11, 30d -> 22, 90d -> 65."""
+    if days < 1:
+        raise ValueError("horizon must be at least one day")
+    return 5 * (days // 7) + min(days % 7, 5)
+
+
+def trading_dates(last: date, days: int) -> list[date]:
+    """The weekdays after `last` up to `last + days` calendar days: the dates a forecast path covers.
+
+    Exchange holidays are not removed (no holiday calendar is assumed): they count as trading days.
+    """
+    return [d for d in (last + timedelta(days=k) for k in range(1, days + 1)) if d.weekday() < 5]
+
+
+def model_frames(usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
+    """Build statsforecast inputs on log prices with an integer trading-day index `ds`.
+
+    Returns the univariate frame, the frame with `copper_lag` (log copper as known `steps`
+    trading days earlier, so every value in a forecast window is known at its origin), or None
+    without daily copper, and the index-to-date map. Both frames cover the same rows.
+    """
+    import polars as pl
+
+    base = usdclp.select(DATE, CLOSE).sort(DATE)
+    with_copper = copper is not None and copper_frequency(copper) == "daily"
+    if with_copper:
+        aligned = align_copper(base, copper).with_columns(pl.col("copper").log().shift(steps).alias("copper_lag"))
+        base = aligned.drop_nulls("copper_lag").select(DATE, pl.col("usdclp").alias(CLOSE), "copper_lag")
+    base = base.tail(history).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
+    uni = base.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
+    exog = uni.with_columns(base["copper_lag"]) if with_copper else None
+    return uni, exog, base.select("ds", DATE)
+
+
+def _models(season_length: int = 1) -> list:
+    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, Naive
+
+    return [Naive(), AutoETS(season_length=season_length), AutoARIMA(season_length=season_length), AutoTheta(season_length=season_length)]
+
+
+def _copper_models() -> list:
+    from statsforecast.models import AutoARIMA
+
+    return [AutoARIMA(season_length=1, alias=COPPER_MODEL)]
+
+
+def _quiet_statsforecast() -> contextlib.AbstractContextManager:
+    import warnings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")  # INFO: statsforecast warns on every polars input about pandas conversions
+    return stack
+
+
+def cross_validate(frame: pl.DataFrame, models: list, steps: int, windows: int, step_size: int, *, refit: bool | int = False) -> pl.DataFrame:
+    """statsforecast rolling-origin predictions (log scale) for every step of every window.
+
+    With `refit=False` the models are fitted once on the data before the first origin and then
+    only `forward`ed over each later origin's history: no origin sees data after it.
+    """
+    from statsforecast import StatsForecast
+
+    with _quiet_statsforecast():
+        sf = StatsForecast(models=models, freq=1, n_jobs=1)
+        return sf.cross_validation(df=frame, h=steps, n_windows=windows, step_size=step_size, refit=refit, level=list(LEVELS))
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One model's backtest accuracy at the horizon date, in CLP per USD."""
+
+    rmse: float
+    mae: float
+    mape: float  # percent
+    ratio: float  # RMSE / Naive RMSE
+    direction: float | None  # share of origins with a called move whose sign was right; None if it never calls one
+    coverage_80: float
+    coverage_95: float
+    origins: int
+
+
+def score(pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mapping[str, np.ndarray], naive_rmse: float | None) -> Score:
+    """Accuracy of point forecasts and intervals against outcomes (all in price units)."""
+    import numpy as np
+
+    err = pred - actual
+    rmse = float(np.sqrt(np.mean(err**2)))
+    called = np.sign(pred - last) != 0
+    direction = float(np.mean(np.sign(pred - last)[called] == np.sign(actual - last)[called])) if called.any() else None
+    cover = {lv: float(np.mean((bounds[f"lo-{lv}"] <= actual) & (actual <= bounds[f"hi-{lv}"]))) for lv in LEVELS}
+    return Score(
+        rmse=rmse,
+        mae=float(np.mean(np.abs(err))),
+        mape=float(np.mean(np.abs(err / actual)) * 100),
+        ratio=rmse / naive_rmse if naive_rmse else 1.0,
+        direction=direction,
+        coverage_80=cover[80],
+        coverage_95=cover[95],
+        origins=len(actual),
+    )
+
+
+def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str) -> np.ndarray:
+    """Ensemble weights per origin (rows) and model (columns) using only errors realised before each origin.
+
+    `inverse_mse`: weights proportional to 1/MSE over origins whose horizon date (cutoff + steps)
+    is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on
+    column 0 (Naive).
+    """
+    import numpy as np
+
+    n, k = sq_errors.shape
+    if rule == "naive":
+        return np.tile(np.eye(k)[0], (n, 1))
+    if rule == "equal":
+        return np.full((n, k), 1 / k)
+    if rule != "inverse_mse":
+        raise ValueError(f"unknown ensemble rule {rule!r}")
+    weights = np.full((n, k), 1 / k)
+    for i in range(n):
+        known = cutoffs + steps <= cutoffs[i]
+        if known.any():
+            inv = 1 / np.maximum(sq_errors[known].mean(axis=0), 1e-18)
+            weights[i] = inv / inv.sum()
+    return weights
+
+
+def final_weights(sq_errors: np.ndarray, rule: str) -> np.ndarray:
+    """Weights for a live forecast: the rule applied to every backtest error."""
+    import numpy as np
+
+    k = sq_errors.shape[1]
+    if rule == "naive":
+        return np.eye(k)[0]
+    if rule == "equal":
+        return np.full(k, 1 / k)
+    inv = 1 / np.maximum(sq_errors.mean(axis=0), 1e-18)
+    return inv / inv.sum()
+
+
+@dataclass(frozen=True, slots=True)
+class Backtest:
+    """A rolling-origin backtest of every model and the ensemble at one horizon."""
+
+    horizon: str
+    steps: int
+    models: dict[str, Score]
+    rule: str
+    weights: dict[str, float]
+    origins: tuple[date, ...]
+    rule_rmse: dict[str, float]
+    copper_used: bool
+    copper_ablation_pct: float | None  # ensemble RMSE with copper vs without, same origins (negative: copper helped)
+    copper_model_pct: float | None  # AutoARIMA with copper vs the same AutoARIMA without, same origins
+    predictions: pl.DataFrame = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ensemble(self) -> Score:
+        return self.models[ENSEMBLE]
+
+
+def _combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (preds * weights).sum(axis=1)
+
+
+def _ensemble(names: Sequence[str], wide: pl.DataFrame, cutoffs: np.ndarray, steps: int, actual: np.ndarray) -> tuple[str, np.ndarray, dict[str, float], dict[str, np.ndarray]]:
+    """Pick the rule with the lowest backtest RMSE (ties to the simpler rule); return its online weights."""
+    import numpy as np
+
+    logs = np.column_stack([wide[n].to_numpy() for n in names])
+    sq = (np.exp(logs) - actual[:, None]) ** 2
+    rmse, weights = {}, {}
+    for rule in RULES:
+        w = online_weights(sq, cutoffs, steps, rule)
+        weights[rule] = w
+        rmse[rule] = float(np.sqrt(np.mean((np.exp(_combine(logs, w)) - actual) ** 2)))
+    best = min(RULES[::-1], key=lambda r: rmse[r])  # INFO: reversed so a tie goes to naive, then equal
+    return best, weights[best], rmse, {"sq": sq}
+
+
+def backtest(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizon: str = "7d",
+    windows: int = WINDOWS,
+    *,
+    step_size: int = STEP,
+    history: int = HISTORY,
+) -> Backtest:
+    """Backtest Naive, AutoETS, AutoARIMA, AutoTheta (and AutoARIMA with lagged copper) and the ensemble.
+
+    Rolling origin over the last `windows` origins `step_size` trading days apart, expanding
+    window, errors measured at the horizon date. The ensemble rule is the one of RULES with the
+    lowest RMSE, so it is never worse than Naive on this backtest; its weights at each origin
+    come only from outcomes known by then. The copper ablation repeats the ensemble without the
+    copper model on the same origins.
+    """
+    import numpy as np
+    import polars as pl
+
+    days = parse_horizon(horizon)
+    steps = horizon_steps(days)
+    uni, exog, dates = model_frames(usdclp, copper, steps, history)
+    needed = steps + (windows - 1) * step_size + 100
+    if uni.height < needed:
+        raise ValueError(f"{uni.height} trading days are too few for {windows} origins at {horizon} (need {needed})")
+    cv = cross_validate(uni, _models(), steps, windows, step_size)
+    names = list(MODELS)
+    if exog is not None:
+        cvx = cross_validate(exog, _copper_models(), steps, windows, step_size)
+        cv = cv.join(cvx.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
+        names.append(COPPER_MODEL)
+    at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps).sort("cutoff")
+    cutoffs = at_h["cutoff"].to_numpy()
+    last_log = uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy()
+    actual, last = np.exp(at_h["y"].to_numpy()), np.exp(last_log)
+
+    naive_rmse = float(np.sqrt(np.mean((np.exp(at_h["Naive"].to_numpy()) - actual) ** 2)))
+    scores = {}
+    for name in names:
+        bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
+        scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
+
+    rule, w, rule_rmse, extra = _ensemble(names, at_h, cutoffs, steps, actual)
+    logs = lambda suffix: np.column_stack([at_h[f"{n}{suffix}"].to_numpy() for n in names])  # noqa: E731
+    ens = np.exp(_combine(logs(""), w))
+    bounds = {f"{side}-{lv}": np.exp(_combine(logs(f"-{side}-{lv}"), w)) for lv in LEVELS for side in ("lo", "hi")}
+    scores[ENSEMBLE] = score(ens, actual, last, bounds, naive_rmse)
+
+    ablation = None
+    if exog is not None:
+        _, w0, _, _ = _ensemble(names[:-1], at_h, cutoffs, steps, actual)
+        logs0 = np.column_stack([at_h[n].to_numpy() for n in names[:-1]])
+        rmse0 = float(np.sqrt(np.mean((np.exp(_combine(logs0, w0)) - actual) ** 2)))
+        ablation = (scores[ENSEMBLE].rmse / rmse0 - 1) * 100
+    notes = []
+    if scores[ENSEMBLE].ratio > 1:
+        notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
+    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list()))
+    predictions = at_h.select("cutoff", "ds", "y", *names).with_columns(
+        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
+        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
+        pl.Series(ENSEMBLE, np.log(ens)),
+    )
+    return Backtest(
+        horizon=horizon,
+        steps=steps,
+        models=scores,
+        rule=rule,
+        weights=dict(zip(names, map(float, final_weights(extra["sq"], rule)))),
+        origins=tuple(predictions["origin"].to_list()),
+        rule_rmse=rule_rmse,
+        copper_used=exog is not None,
+        copper_ablation_pct=ablation,
+        copper_model_pct=(scores[COPPER_MODEL].rmse / scores["AutoARIMA"].rmse - 1) * 100 if exog is not None else None,
+        predictions=predictions,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """A forecast path for every model and the ensemble, with its backtest."""
+
+    horizon: str
+    origin: date
+    last_close: float
+    path: pl.DataFrame  # step, date, model, forecast, lo_80, hi_80, lo_95, hi_95 (CLP per USD)
+    backtest: Backtest
+
+    @property
+    def ensemble(self) -> pl.DataFrame:
+        import polars as pl
+
+        return self.path.filter(pl.col("model") == ENSEMBLE).drop("model")
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The ensemble's row at the horizon date."""
+        return self.ensemble.tail(1).row(0, named=True)
+
+
+def forecast(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizon: str = "7d",
+    *,
+    backtest_result: Backtest | None = None,
+    windows: int = WINDOWS,
+    history: int = HISTORY,
+) -> Forecast:
+    """Forecast USD/CLP `horizon` calendar days ahead: every model, and the ensemble its backtest chose.
+
+    Runs the backtest first unless one is given. Pure: no I/O, no clock.
+    """
+    import numpy as np
+    import polars as pl
+    from statsforecast import StatsForecast
+
+    days = parse_horizon(horizon)
+    steps = horizon_steps(days)
+    bt = backtest_result or backtest(usdclp, copper, horizon, windows, history=history)
+    uni, exog, dates = model_frames(usdclp, copper, steps, history)
+    last_day = usdclp[DATE].max()
+    path_dates = trading_dates(last_day, days)
+    with _quiet_statsforecast():
+        fc = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=steps, level=list(LEVELS))
+        if exog is not None and bt.copper_used:
+            last_ds = uni["ds"].max()
+            # The regressor's future is known: copper lagged by `steps` days, all on or before today.
+            aligned = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log()
+            future = aligned.tail(steps).to_numpy()
+            x_df = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(last_ds + 1, last_ds + 1 + steps), "copper_lag": future})
+            fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
+            fc = fc.join(fcx, on=["unique_id", "ds"])
+    names = list(bt.weights)
+    weights = np.array([bt.weights[n] for n in names])
+    cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
+    rows = []
+    for name in names:
+        rows.append(fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items())))
+    ens = fc.select(
+        pl.lit(ENSEMBLE).alias("model"),
+        *(pl.sum_horizontal([pl.col(f"{n}{s}") * w for n, w in zip(names, weights)]).exp().alias(c) for s, c in cols.items()),
+    )
+    n = len(path_dates)
+    step_cols = pl.DataFrame({"step": list(range(1, n + 1)), DATE: path_dates})
+    path = pl.concat([pl.concat([step_cols, r.head(n)], how="horizontal") for r in [*rows, ens]])
+    return Forecast(horizon=horizon, origin=last_day, last_close=float(usdclp.sort(DATE)[CLOSE][-1]), path=path, backtest=bt)
 
 
 # -- Core: requests and redaction ----------------------------------------------------

@@ -966,3 +966,146 @@ def test_main_validate_offline_fresh_data_passes(tmp_path, capsys):
     code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "100000"})
     out = capsys.readouterr().out
     assert code == 0 and "all checks passed" in out
+
+
+# -- Forecasting ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("days", "steps"), [(1, 1), (7, 5), (15, 11), (30, 22), (90, 65)])
+def test_horizon_steps(days, steps):
+    assert fxcu.horizon_steps(days) == steps
+
+
+@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 1, 1)), st.sampled_from([7, 15, 30, 90]))
+def test_trading_dates_are_weekdays_within_the_horizon(last, days):
+    dates = fxcu.trading_dates(last, days)
+    assert all(d.weekday() < 5 and last < d <= last + timedelta(days=days) for d in dates)
+    assert dates == sorted(set(dates))
+    assert 5 * (days // 7) + max(0, days % 7 - 2) <= len(dates) <= fxcu.horizon_steps(days)
+    brute = [last + timedelta(k) for k in range(1, days + 1) if (last + timedelta(k)).isoweekday() <= 5]
+    assert dates == brute
+
+
+def test_trading_dates_from_a_friday():
+    assert fxcu.trading_dates(date(2024, 7, 12), 7) == [date(2024, 7, 15), date(2024, 7, 16), date(2024, 7, 17), date(2024, 7, 18), date(2024, 7, 19)]
+
+
+def test_score_by_hand():
+    actual = np.array([100.0, 110.0])
+    pred = np.array([102.0, 107.0])
+    last = np.array([101.0, 108.0])
+    bounds = {"lo-80": np.array([99.0, 108.0]), "hi-80": np.array([101.0, 109.0]), "lo-95": np.array([90.0, 100.0]), "hi-95": np.array([110.0, 120.0])}
+    s = fxcu.score(pred, actual, last, bounds, naive_rmse=4.0)
+    assert s.rmse == pytest.approx(math.sqrt((4 + 9) / 2))
+    assert s.mae == pytest.approx(2.5)
+    assert s.mape == pytest.approx((2 / 100 + 3 / 110) / 2 * 100)
+    assert s.ratio == pytest.approx(math.sqrt(6.5) / 4)
+    assert s.direction == 0.0  # called up (102 > 101) but fell; called down (107 < 108) but rose
+    assert (s.coverage_80, s.coverage_95) == (0.5, 1.0)
+
+
+@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_online_weights_use_only_realised_errors(n, steps, seed):
+    rng = np.random.default_rng(seed)
+    cutoffs = np.arange(n) * 3
+    sq = rng.random((n, 4))
+    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse")
+    assert np.allclose(w.sum(axis=1), 1)
+    for i in range(n):
+        future = cutoffs + steps > cutoffs[i]
+        perturbed = sq.copy()
+        perturbed[future] = rng.random((int(future.sum()), 4)) * 100
+        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse")[i], w[i])
+
+
+def test_final_and_online_weight_rules():
+    sq = np.array([[1.0, 4.0], [1.0, 4.0]])
+    assert fxcu.final_weights(sq, "inverse_mse") == pytest.approx([0.8, 0.2])
+    assert fxcu.final_weights(sq, "naive") == pytest.approx([1, 0])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal")[1] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError):
+        fxcu.online_weights(sq, np.array([0, 10]), 5, "median")
+
+
+def test_model_frames_copper_regressor_is_known_at_every_origin():
+    usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
+    uni, exog, dates = fxcu.model_frames(usdclp, copper, steps=5)
+    aligned = fxcu.align_copper(usdclp, copper)
+    # row t's regressor is the copper known 5 trading days before t
+    for t in (10, 100, 250):
+        day = dates["ds"].to_list().index(t)
+        target = dates[fxcu.DATE][day]
+        source_row = aligned[fxcu.DATE].to_list().index(target) - 5
+        assert exog["copper_lag"][t] == pytest.approx(math.log(aligned["copper"][source_row]))
+    assert uni.height == exog.height == dates.height
+
+
+def test_backtest_never_uses_data_after_its_origin():
+    """Perturbing every price after an origin leaves that origin's forecasts unchanged."""
+    usdclp, copper = make_prices(700, seed=4), make_prices(700, seed=5, level=4.0)
+    kwargs = {"windows": 6, "step_size": 20, "history": 700}
+    base = fxcu.backtest(usdclp, copper, "7d", **kwargs)
+    origin = base.origins[2]
+    bumped = usdclp.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * 1.3).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+    )
+    bumped_copper = copper.with_columns(
+        pl.when(pl.col(fxcu.DATE) >= origin).then(pl.col(fxcu.CLOSE) * 0.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+    )
+    other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
+    cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE]
+    before = base.predictions.filter(pl.col("origin") <= origin).select(cols)
+    after = other.predictions.filter(pl.col("origin") <= origin).select(cols)
+    assert before.height == 3
+    assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
+    later = other.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy()
+    assert not np.allclose(later, base.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy())
+
+
+def test_backtest_too_little_history_is_a_clear_error():
+    with pytest.raises(ValueError, match="too few"):
+        fxcu.backtest(make_prices(200), None, "90d")
+
+
+@pytest.fixture(scope="module")
+def real_forecast_7d():
+    return fxcu.forecast(real_usdclp(), real_copper(), "7d")
+
+
+def test_backtest_on_real_data_is_honest(real_forecast_7d):
+    bt = real_forecast_7d.backtest
+    assert len(bt.origins) == 60 and bt.steps == 5
+    assert set(bt.models) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE}
+    assert bt.ensemble.ratio <= 1.0
+    assert 0.75 <= bt.ensemble.coverage_80 <= 0.85 and 0.91 <= bt.ensemble.coverage_95 <= 0.98
+    naive = bt.predictions
+    actual = np.exp(naive["y"].to_numpy())
+    assert bt.models["Naive"].rmse == pytest.approx(float(np.sqrt(np.mean((np.exp(naive["Naive"].to_numpy()) - actual) ** 2))))
+    # Naive at an origin is the close on that origin
+    closes = dict(real_usdclp().select(fxcu.DATE, fxcu.CLOSE).iter_rows())
+    first = naive.row(0, named=True)
+    assert math.exp(first["Naive"]) == pytest.approx(closes[first["origin"]])
+    assert bt.copper_used and bt.copper_ablation_pct is not None and bt.copper_model_pct is not None
+    assert sum(bt.weights.values()) == pytest.approx(1)
+
+
+def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_forecast_7d):
+    fc = real_forecast_7d
+    assert fc.origin == date(2024, 7, 15)
+    dates = fxcu.trading_dates(fc.origin, 7)
+    assert set(fc.path["model"]) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE}
+    for _, rows in fc.path.group_by("model"):
+        assert rows[fxcu.DATE].to_list() == dates and rows["step"].to_list() == list(range(1, len(dates) + 1))
+    ordered = fc.path.select(
+        (pl.col("lo_95") <= pl.col("lo_80")) & (pl.col("lo_80") <= pl.col("forecast")) & (pl.col("forecast") <= pl.col("hi_80")) & (pl.col("hi_80") <= pl.col("hi_95"))
+    )
+    assert ordered.to_series().all()
+    naive = fc.path.filter(pl.col("model") == "Naive")["forecast"]
+    assert np.allclose(naive.to_numpy(), fc.last_close)
+    assert fc.final[fxcu.DATE] == dates[-1]
+
+
+def test_forecast_without_copper_has_no_copper_model():
+    fc = fxcu.forecast(real_usdclp(), None, "15d", windows=60)
+    assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
