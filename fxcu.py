@@ -75,6 +75,7 @@ class Config:
     max_retry_after: float = 30.0  # cap on a server's Retry-After
     max_age_days: int = 5  # a live series whose last date is older than this is stale
     lock_timeout: float = 600.0  # seconds a second process waits for the warehouse or a run
+    tracking_timeout: float = 60.0  # seconds MLflow logging may take before the run goes on without it
 
     @property
     def warehouse(self) -> Path:
@@ -95,6 +96,8 @@ class Config:
             copper=env_flag(environ, "FXCU_COPPER", True),
             timeout=env_number(environ, "FXCU_TIMEOUT", 20.0),
             max_age_days=int(env_number(environ, "FXCU_MAX_AGE_DAYS", 5)),
+            lock_timeout=env_number(environ, "FXCU_LOCK_TIMEOUT", 600.0),
+            tracking_timeout=env_number(environ, "FXCU_TRACKING_TIMEOUT", 60.0),
         )
 
 
@@ -989,6 +992,92 @@ def forecast(
     return Forecast(horizon=horizon, origin=last_day, last_close=float(usdclp.sort(DATE)[CLOSE][-1]), path=path, backtest=bt)
 
 
+# -- Core: formatting -----------------------------------------------------------------
+
+
+def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
+    """The run's headline as plain data: last close, forecast at the horizon with intervals, accuracy, copper."""
+    final, bt = fc.final, fc.backtest
+    return {
+        "horizon": fc.horizon,
+        "last_date": str(fc.origin),
+        "last_close": round(fc.last_close, 4),
+        "target_date": str(final[DATE]),
+        "forecast": round(final["forecast"], 4),
+        "interval_80": [round(final["lo_80"], 4), round(final["hi_80"], 4)],
+        "interval_95": [round(final["lo_95"], 4), round(final["hi_95"], 4)],
+        "ensemble_rule": bt.rule,
+        "ratio_to_naive": round(bt.ensemble.ratio, 4),
+        "ensemble_rmse": round(bt.ensemble.rmse, 4),
+        "coverage_80": round(bt.ensemble.coverage_80, 4),
+        "coverage_95": round(bt.ensemble.coverage_95, 4),
+        "backtest_origins": len(bt.origins),
+        "copper_available": bundle.copper is not None,
+        "copper_frequency": bundle.copper_frequency,
+        "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
+        "sources": dict(bundle.sources),
+        "degraded": list(bundle.degraded),
+    }
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """The few lines `run` prints per horizon."""
+    lo80, hi80 = s["interval_80"]
+    lo95, hi95 = s["interval_95"]
+    copper = "off" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
+    lines = [
+        f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']} -> {s['forecast']:.2f} on {s['target_date']}",
+        f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
+        f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}), "
+        f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%}, {s['backtest_origins']} origins",
+        f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}",
+    ]
+    if s["degraded"]:
+        lines.append(f"  degraded: {', '.join(s['degraded'])}")
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in cells)]
+
+
+def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None) -> str:
+    """The Markdown report of one run: headline, chart, path, backtest against Naive, copper, degraded reasons."""
+    s, bt = summary(fc, bundle), fc.backtest
+    lines = [f"# USD/CLP forecast, {fc.horizon} ({now:%Y-%m-%d %H:%M} UTC)", "", "```", format_summary(s), "```", ""]
+    if chart:
+        lines += [f"![USD/CLP and forecast]({chart})", ""]
+    lines += ["## Forecast path (ensemble, CLP per USD)", ""]
+    lines += _table(
+        ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
+        [[str(r["step"]), str(r[DATE]), f"{r['forecast']:.2f}", f"{r['lo_80']:.2f}", f"{r['hi_80']:.2f}", f"{r['lo_95']:.2f}", f"{r['hi_95']:.2f}"] for r in fc.ensemble.iter_rows(named=True)],
+    )
+    lines += ["", f"## Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, {bt.steps} trading days ahead)", ""]
+    lines += _table(
+        ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
+        [
+            [name, f"{m.rmse:.2f}", f"{m.mae:.2f}", f"{m.mape:.2f}", f"{m.ratio:.4f}", "n/a" if m.direction is None else f"{m.direction:.0%}", f"{m.coverage_80:.0%}", f"{m.coverage_95:.0%}", f"{bt.weights.get(name, 1.0 if name == ENSEMBLE else 0):.2f}"]
+            for name, m in bt.models.items()
+        ],
+    )
+    lines += ["", f"Ensemble rule: `{bt.rule}` (backtest RMSE by rule: " + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items()) + ")."]
+    if bt.copper_ablation_pct is not None:
+        lines.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; AutoARIMA with copper {bt.copper_model_pct:+.2f}% against AutoARIMA alone.")
+    lines += [f"Note: {n}" for n in bt.notes]
+    lines += ["", "## Copper", ""]
+    if bundle.copper_features is None:
+        lines.append("Copper unavailable: this forecast runs without copper.")
+    else:
+        latest = bundle.copper_features.tail(1).row(0, named=True)
+        lines.append(f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last {bundle.copper[DATE].max()} at {bundle.copper[CLOSE][-1]:.4f} USD/lb. Features on {latest[DATE]}:")
+        lines += ["", *_table(["feature", "value"], [[f, _fmt(latest[f])] for f in FEATURES])]
+    lines += ["", "## Data and degraded reasons", ""]
+    lines += [f"- {n}" for n in bundle.notes] or ["- none"]
+    lines += [f"- degraded: {r}" for r in bundle.degraded]
+    return "\n".join(lines) + "\n"
+
+
 # -- Core: requests and redaction ----------------------------------------------------
 
 
@@ -1235,6 +1324,7 @@ def fetch_series(
     *,
     now: datetime,
     fetch_json: Any = None,
+    timings: dict[str, float] | None = None,
 ) -> Series:
     """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
 
@@ -1260,7 +1350,11 @@ def fetch_series(
                     lambda: fetch_fred_copper(config, client, fetch_json),
                 ]
             for step in chain:  # INFO: lazily, so a good primary costs one request
-                result = _clean_result(step(), now)
+                raw = step()
+                started = time.perf_counter()
+                result = _clean_result(raw, now)
+                if timings is not None:
+                    timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
                 results.append(result)
                 if first_good([result], now=now, max_age=timedelta(days=config.max_age_days)).ok:
                     break
@@ -1304,6 +1398,15 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
     return Series(name, merged, chosen.source, notes=failures + notes)
 
 
+def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None) -> tuple[Series, Series]:
+    """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains."""
+    usdclp = fetch_series("usdclp", config, client, now=now, timings=timings)
+    if not config.copper:
+        log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
+        return usdclp, Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
+    return usdclp, fetch_series("copper", config, client, now=now, timings=timings)
+
+
 def load(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Bundle:
     """Fetch (or read offline) both series and build the bundle; raises ValueError without USD/CLP.
 
@@ -1314,14 +1417,273 @@ def load(config: Config | None = None, client: httpx.Client | None = None, *, no
     with contextlib.ExitStack() as stack:
         if client is None and not config.offline:
             client = stack.enter_context(make_client(config))
-        usdclp = fetch_series("usdclp", config, client, now=now)
-        if not config.copper:
-            log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
-            copper = Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
-        else:
-            copper = fetch_series("copper", config, client, now=now)
+        usdclp, copper = fetch_both(config, client, now=now)
     return build_bundle(usdclp, copper)
 
+
+# -- Shell: reports, charts, status ---------------------------------------------------
+
+
+def write_text_atomic(text: str | bytes, path: Path) -> None:
+    """Write a file through a temp file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) -> None:
+    """Plot the last months of USD/CLP, the ensemble forecast with its 80/95% fan, and copper on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    start = fc.origin - timedelta(days=31 * months)
+    hist = bundle.usdclp.filter(pl.col(DATE) >= start)
+    ens = fc.ensemble
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    try:
+        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP")
+        x = [fc.origin, *ens[DATE].to_list()]
+        edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
+        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, label="95% interval")
+        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, label="80% interval")
+        ax.plot(x, edge("forecast"), color="tab:blue", lw=1.5, label=f"forecast ({fc.backtest.rule})")
+        ax.set_ylabel("CLP per USD")
+        ax.set_title(f"USD/CLP {fc.horizon} forecast from {fc.origin}")
+        if bundle.copper is not None:
+            cu = bundle.copper.filter(pl.col(DATE).is_between(start, ens[DATE].max()))
+            ax2 = ax.twinx()
+            ax2.plot(cu[DATE].to_list(), cu[CLOSE].to_list(), color="tab:orange", lw=1, alpha=0.8, label="copper (USD/lb)")
+            ax2.set_ylabel("copper, USD/lb", color="tab:orange")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        plt.close(fig)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Where one run's report files went."""
+
+    markdown: Path
+    chart: Path | None
+    table: Path
+
+
+def write_report(fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime) -> Report:
+    """Write the chart (PNG), the forecast table (CSV) and the Markdown report under `reports`."""
+    stem = f"forecast_{fc.horizon}_{now:%Y-%m-%d}"
+    chart = reports / f"{stem}.png"
+    try:
+        write_chart(fc, bundle, chart)
+    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
+        log.error("Chart failed (%s: %s); the report goes without it", type(exc).__name__, exc)
+        chart = None
+    table = reports / f"{stem}.csv"
+    write_text_atomic(fc.path.write_csv(), table)
+    markdown = reports / f"{stem}.md"
+    write_text_atomic(format_report(fc, bundle, now=now, chart=chart.name if chart else None), markdown)
+    return Report(markdown, chart, table)
+
+
+def status_path(config: Config) -> Path:
+    return config.data_dir / "status.json"
+
+
+def read_status(config: Config) -> dict[str, Any]:
+    """The last run per horizon, as `run` recorded it ({} when none or unreadable)."""
+    try:
+        return json.loads(status_path(config).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None:
+    """Record a horizon's last run for `check` (atomic, under the status lock)."""
+    with file_lock(config.data_dir / ".status.lock", timeout=30, what="status lock"):
+        status = read_status(config)
+        status[horizon] = dict(entry)
+        write_text_atomic(json.dumps(status, indent=2, sort_keys=True), status_path(config))
+
+# -- Shell: MLflow tracking -------------------------------------------------------------
+
+EXPERIMENT_PREFIX = "forecaster_"
+
+
+def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
+    """MLFLOW_TRACKING_URI when set (a team server), else the absolute SQLite file under the data dir (created)."""
+    if environ.get("MLFLOW_TRACKING_URI"):
+        return environ["MLFLOW_TRACKING_URI"]
+    folder = config.data_dir / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def artifact_root(config: Config) -> str:
+    return (config.data_dir / "mlflow" / "mlruns").as_uri()
+
+
+def _bounded(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 -- handed back to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"fxcu-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} did not finish within {seconds:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient on `uri` (creating the SQLite database and running its migrations when new)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, bool]:
+    """Return the experiment id, creating it (with an absolute artifact location) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id, False
+    return client.create_experiment(name, artifact_location=artifact_location), True
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """Everything one forecast logs to MLflow."""
+
+    horizon: str
+    run_name: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: tuple[Path, ...]
+
+
+def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[str, float], artifacts: Sequence[Path], input_hash: str) -> RunRecord:
+    """Turn a forecast into MLflow params, batch metrics and tags (pure)."""
+    import importlib.metadata as md
+
+    bt, h = fc.backtest, fc.horizon
+    versions = {}
+    for pkg in ("polars", "statsforecast", "mlflow", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[f"version_{pkg}"] = md.version(pkg)
+    params = {
+        "horizon": h,
+        "horizon_trading_days": str(bt.steps),
+        "models": ",".join(bt.weights),
+        "ensemble_rule": bt.rule,
+        "ensemble_weights": json.dumps({k: round(v, 4) for k, v in bt.weights.items()}),
+        "num_sources": str(sum(1 for v in bundle.sources.values() if v not in {"none", "off"})),
+        "copper_available": str(bundle.copper is not None),
+        "usdclp_source": bundle.sources["usdclp"],
+        "copper_source": bundle.sources["copper"],
+        "copper_frequency": bundle.copper_frequency or "none",
+        "data_first_date": str(bundle.usdclp[DATE].min()),
+        "data_last_date": str(bundle.usdclp[DATE].max()),
+        "observations": str(bundle.usdclp.height),
+        "backtest_origins": str(len(bt.origins)),
+        "backtest_first_origin": str(bt.origins[0]),
+        "backtest_last_origin": str(bt.origins[-1]),
+        "input_sha256": input_hash,
+        "version_fxcu": __version__,
+        **versions,
+    }
+    metrics: dict[str, float] = {}
+    for name, m in bt.models.items():
+        key = h if name == ENSEMBLE else name
+        metrics |= {f"{key}_rmse": m.rmse, f"{key}_mae": m.mae, f"{key}_mape": m.mape, f"{key}_ratio_to_naive": m.ratio}
+        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+        if m.direction is not None:
+            metrics[f"{key}_direction_hit"] = m.direction
+    if bt.copper_ablation_pct is not None:
+        metrics["copper_ablation_pct"] = bt.copper_ablation_pct
+        metrics["copper_model_pct"] = bt.copper_model_pct
+    final = fc.final
+    metrics |= {"forecast": final["forecast"], "forecast_lo_80": final["lo_80"], "forecast_hi_80": final["hi_80"]}
+    metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
+    metrics |= {f"seconds_{stage}": round(v, 4) for stage, v in seconds.items()}
+    tags = {"fxcu.status": "degraded" if bundle.degraded else "ok", "fxcu.degraded": ",".join(bundle.degraded) or "none"}
+    tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
+    if bt.notes:
+        tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
+    return RunRecord(h, f"forecast_{now:%Y-%m-%d}", params, metrics, tags, tuple(artifacts))
+
+
+def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
+    """Log one run to MLflow under the tracking lock, bounded in time; return its run id."""
+
+    def work() -> str:
+        started = time.perf_counter()
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = mlflow_client(tracking_uri(config, environ))
+        experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config))
+        run = client.create_run(experiment_id, run_name=record.run_name, tags={"mlflow.runName": record.run_name})
+        run_id = run.info.run_id
+        try:
+            stamp = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
+                params=[Param(k, v[:6000]) for k, v in record.params.items()],
+                tags=[RunTag(k, v) for k, v in record.tags.items()],
+            )
+            for path in record.artifacts:
+                client.log_artifact(run_id, str(path), artifact_path="inputs/warehouse" if path.suffix == ".parquet" else None)
+            client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    timeout = config.tracking_timeout
+    with file_lock(config.data_dir / "mlflow" / ".lock", timeout=min(timeout, config.lock_timeout), what="MLflow lock"):
+        return _bounded(timeout, "MLflow tracking", work)
+
+
+def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
+    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`); return files and sha256."""
+    import hashlib
+
+    paths = [folder / "warehouse" / USDCLP_CACHE]
+    write_parquet_atomic(bundle.usdclp, paths[0])
+    if bundle.copper is not None:
+        paths.append(folder / "warehouse" / COPPER_CACHE)
+        write_parquet_atomic(bundle.copper, paths[1])
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return paths, digest.hexdigest()
 
 # -- Commands ------------------------------------------------------------------------
 
@@ -1337,8 +1699,7 @@ def format_series_line(series: Series) -> str:
 
 def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
     """Refresh both series through their chains into the warehouse; print what was used."""
-    usdclp = fetch_series("usdclp", config, client, now=now)
-    copper = fetch_series("copper", config, client, now=now) if config.copper else Series("copper", None, "off", error="FXCU_COPPER=off")
+    usdclp, copper = fetch_both(config, client, now=now)
     for series in (usdclp, copper):
         print(format_series_line(series))
         for line in series.notes:
@@ -1392,6 +1753,417 @@ def _empty_features() -> pl.DataFrame:
     return pl.DataFrame(schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}})
 
 
+def cmd_run(
+    config: Config,
+    client: httpx.Client | None,
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    skip_email: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Fetch once, then per horizon: backtest, forecast, report, track, record status; print the summaries.
+
+    0 done (degraded or not, tracked or not); 1 no usable USD/CLP or no report could be written.
+    """
+    with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        usdclp, copper = fetch_both(config, client, now=now, timings=seconds)
+        seconds.setdefault("clean", 0.0)  # INFO: offline, the warehouse holds already-clean prices
+        seconds["fetch"] = time.perf_counter() - started - seconds["clean"]
+        if not usdclp.ok:
+            print(f"fxcu: no usable USD/CLP data: {usdclp.error}", file=sys.stderr)
+            for horizon in horizons:
+                write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": f"no usable USD/CLP: {usdclp.error}"})
+            return 1
+        started = time.perf_counter()
+        bundle = build_bundle(usdclp, copper)
+        seconds["features"] = time.perf_counter() - started
+        for reason in bundle.degraded:
+            log.warning("Degraded run: %s", reason)
+        code, summaries = 0, []
+        for index, horizon in enumerate(horizons, 1):
+            log.info("[%d/%d] %s: backtest and forecast", index, len(horizons), horizon)
+            stage = dict(seconds)
+            outcome = _run_horizon(config, bundle, horizon, now=now, environ=environ, seconds=stage, skip_email=skip_email)
+            summaries.append(outcome)
+            code = max(code, 0 if outcome.get("report") else 1)
+        if as_json:
+            print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2, default=str))
+        else:
+            for outcome in summaries:
+                print(format_summary(outcome))
+                print(f"  report: {outcome.get('report') or 'NOT WRITTEN'}; tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}")
+        return code
+
+
+def _run_horizon(config: Config, bundle: Bundle, horizon: str, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    bt = backtest(bundle.usdclp, bundle.copper, horizon)
+    seconds["backtest"] = time.perf_counter() - started
+    started = time.perf_counter()
+    fc = forecast(bundle.usdclp, bundle.copper, horizon, backtest_result=bt)
+    seconds["forecast"] = time.perf_counter() - started
+    for note in bt.notes:
+        log.warning("%s: %s", horizon, note)
+    outcome: dict[str, Any] = summary(fc, bundle)
+    started = time.perf_counter()
+    report = None
+    try:
+        report = write_report(fc, bundle, config.data_dir / "reports", now=now)
+        outcome["report"] = str(report.markdown)
+    except OSError as exc:
+        log.error("Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc)
+    seconds["report"] = time.perf_counter() - started
+    started = time.perf_counter()
+    run_id, tracking_error = None, None
+    try:
+        with tempfile_dir(config.data_dir) as tmp:
+            inputs, digest = write_inputs(bundle, tmp / "inputs")
+            files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+            record = run_record(fc, bundle, now=now, seconds=seconds, artifacts=[*files, *inputs], input_hash=digest)
+            run_id = log_run(config, record, environ=environ)
+        log.info("Tracked %s in MLflow as run %s", horizon, run_id)
+    except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
+        tracking_error = redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], config.fred_api_key)
+        log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
+    outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
+    if report and not skip_email:
+        send_report_email(config, environ, fc, report)
+    try:
+        write_status(config, horizon, {"time": now.isoformat(), "ok": report is not None, "tracked": run_id is not None, "run_id": run_id, "tracking_error": tracking_error, "forecast": outcome["forecast"], "target_date": outcome["target_date"], "degraded": outcome["degraded"]})
+    except (OSError, TimeoutError) as exc:
+        log.error("Status file could not be written (%s): `check` will not see this run", exc)
+    return outcome
+
+
+@contextlib.contextmanager
+def tempfile_dir(data_dir: Path) -> Iterator[Path]:
+    """A scratch folder under the data dir (same filesystem), removed afterwards."""
+    import shutil
+    import tempfile
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=data_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, report: Report) -> bool:
+    """Email the report with its chart when FXCU_SMTP_HOST and FXCU_SMTP_TO are set; a failure is logged, never raised."""
+    import smtplib
+    from email.message import EmailMessage
+
+    host, to = environ.get("FXCU_SMTP_HOST"), environ.get("FXCU_SMTP_TO")
+    if not host or not to:
+        return False
+    message = EmailMessage()
+    message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
+    message["From"] = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
+    message["To"] = to
+    message.set_content(report.markdown.read_text())
+    if report.chart:
+        message.add_attachment(report.chart.read_bytes(), maintype="image", subtype="png", filename=report.chart.name)
+    try:
+        port = int(environ.get("FXCU_SMTP_PORT") or 587)
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            if env_flag(environ, "FXCU_SMTP_STARTTLS", port == 587):
+                smtp.starttls()
+            if environ.get("FXCU_SMTP_USER"):
+                smtp.login(environ["FXCU_SMTP_USER"], environ.get("FXCU_SMTP_PASSWORD", ""))
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+    log.info("Report emailed to %s", to)
+    return True
+
+
+def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
+    """Create the MLflow database and the four experiments; running it again changes nothing."""
+    uri = tracking_uri(config, environ)
+    client = mlflow_client(uri)
+    print(f"tracking URI: {redact_uri(uri)}")
+    for horizon in HORIZONS:
+        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config))
+        location = client.get_experiment(experiment_id).artifact_location
+        print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
+    for folder in ("warehouse", "reports", "mlflow/mlruns"):
+        (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    print(f"data dir: {config.data_dir}")
+    return 0
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in a tracking URI (`postgresql://user:pw@host`)."""
+    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\\1***@", uri)
+
+
+def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None, environ: Mapping[str, str] | None = None) -> Any:
+    """The finished run of a horizon with the lowest `metric` (the original guide's get_best_run), or None.
+
+    `metric` is a full metric name (`7d_rmse`, `AutoETS_mae`) or a short one (`rmse`, `mae`, `mape`)
+    meaning the ensemble's `{horizon}_{metric}`.
+    """
+    parse_horizon(horizon)
+    environ = os.environ if environ is None else environ
+    config = config or Config.from_env(environ)
+    client = mlflow_client(tracking_uri(config, environ))
+    experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
+    if experiment is None:
+        return None
+    name = metric if "_" in metric else f"{horizon}_{metric}"
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=[f"metrics.`{name}` ASC"], max_results=1
+    )
+    return runs[0] if runs and name in runs[0].data.metrics else None
+
+
+def _recent_runs(client: Any, horizons: Sequence[str], last: int) -> list[tuple[str, Any]]:
+    rows = []
+    for horizon in horizons:
+        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
+        if experiment is not None:
+            rows += [(horizon, r) for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last)]
+    return rows
+
+
+def run_row(horizon: str, run: Any) -> dict[str, Any]:
+    """One run as a flat dict for `runs` (pure over the run's data)."""
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    return {
+        "horizon": horizon,
+        "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+        "run_id": run.info.run_id,
+        "usdclp": p.get("usdclp_source", "?"),
+        "copper": f"{p.get('copper_source', '?')}/{p.get('copper_frequency', '?')}",
+        "rmse": m.get(f"{horizon}_rmse"),
+        "ratio": m.get(f"{horizon}_ratio_to_naive"),
+        "cov80": m.get(f"{horizon}_coverage_80"),
+        "cov95": m.get(f"{horizon}_coverage_95"),
+        "status": run.info.status + ("" if t.get("fxcu.status", "ok") == "ok" else f" ({t.get('fxcu.degraded')})"),
+    }
+
+
+def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    """An aligned text table of dict rows."""
+    if not rows:
+        return "no runs"
+    cols = list(rows[0])
+    text = [[c for c in cols]] + [["-" if r[c] is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in text)
+
+
+def cmd_runs(config: Config, environ: Mapping[str, str], horizon: str | None, last: int, as_json: bool) -> int:
+    """Print the recent runs, newest first."""
+    client = mlflow_client(tracking_uri(config, environ))
+    rows = [run_row(h, r) for h, r in _recent_runs(client, [horizon] if horizon else list(HORIZONS), last)]
+    rows.sort(key=lambda r: r["date"], reverse=True)
+    print(json.dumps(rows, indent=2) if as_json else format_rows(rows))
+    return 0
+
+
+def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
+    """Print each horizon's models side by side on `metric`: the latest run and the best run."""
+    client = mlflow_client(tracking_uri(config, environ))
+    rows = []
+    for horizon in HORIZONS:
+        latest = _recent_runs(client, [horizon], 1)
+        best = best_run(horizon, metric, config=config, environ=environ)
+        if not latest:
+            continue
+        run = latest[0][1]
+        models = [m for m in run.data.params.get("models", "").split(",") if m]
+        row: dict[str, Any] = {"horizon": horizon}
+        for name in [*models, horizon]:
+            row["Ensemble" if name == horizon else name] = run.data.metrics.get(f"{name}_{metric}")
+        row["best_ensemble"] = best.data.metrics.get(f"{horizon}_{metric}") if best else None
+        row["best_run"] = best.info.run_id[:8] if best else "-"
+        rows.append(row)
+    print(json.dumps(rows, indent=2) if as_json else format_rows(rows) if rows else "no runs")
+    return 0
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
+    """Runs per experiment, success rate, last run age, database and artifact sizes."""
+    client = mlflow_client(tracking_uri(config, environ))
+    rows = []
+    for horizon in HORIZONS:
+        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
+        runs = client.search_runs([experiment.experiment_id], max_results=10000) if experiment else []
+        finished = sum(r.info.status == "FINISHED" for r in runs)
+        newest = max((r.info.start_time for r in runs), default=None)
+        age = None if newest is None else round((now.timestamp() * 1000 - newest) / 3_600_000, 1)
+        rows.append({"experiment": EXPERIMENT_PREFIX + horizon, "runs": len(runs), "success_rate": finished / len(runs) if runs else None, "last_run_age_h": age})
+    db = config.data_dir / "mlflow" / "mlflow.db"
+    sizes = {"database_bytes": db.stat().st_size if db.exists() else 0, "artifacts_bytes": dir_size(config.data_dir / "mlflow" / "mlruns")}
+    if as_json:
+        print(json.dumps({"experiments": rows, **sizes}, indent=2))
+    else:
+        print(format_rows(rows))
+        print(f"database {sizes['database_bytes'] / 1e6:.2f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.2f} MB")
+    return 0
+
+
+def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
+    """Write one dated archive with a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
+    import sqlite3
+    import tarfile
+
+    db = config.data_dir / "mlflow" / "mlflow.db"
+    if not db.exists():
+        print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
+        return 1
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
+    with tempfile_dir(config.data_dir) as tmp:
+        copy = tmp / "mlflow.db"
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
+            source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
+        partial = archive.with_name(f".{archive.name}.tmp")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(copy, arcname="mlflow/mlflow.db")
+            mlruns = config.data_dir / "mlflow" / "mlruns"
+            if mlruns.exists():
+                tar.add(mlruns, arcname="mlflow/mlruns")
+        os.replace(partial, archive)
+    print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+Level = Literal["OK", "WARNING", "CRITICAL"]
+LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+
+
+def check_age(name: str, last: date | None, *, today: date, warn_days: int, critical_days: int | None, missing: Level) -> tuple[str, Level, str]:
+    """Grade a series by the age of its last date (pure)."""
+    if last is None:
+        return name, missing, "no data"
+    age = (today - last).days
+    level: Level = "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
+    return name, level, f"last {last} ({age} days old{', stale' if level != 'OK' else ''})"
+
+
+def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 36) -> Iterator[tuple[str, Level, str]]:
+    """Grade the last run of each horizon from the status file (pure)."""
+    for horizon in HORIZONS:
+        entry = status.get(horizon)
+        name = f"run {horizon}"
+        if not entry:
+            yield name, "WARNING", "never run"
+            continue
+        age = (now - datetime.fromisoformat(entry["time"])).total_seconds() / 3600
+        if not entry.get("ok"):
+            yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
+        elif not entry.get("tracked"):
+            yield name, "WARNING", f"last run {age:.0f} h ago, NOT tracked in MLflow ({entry.get('tracking_error')})"
+        elif age > max_age_hours:
+            yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
+        else:
+            degraded = f", degraded: {', '.join(entry['degraded'])}" if entry.get("degraded") else ""
+            yield name, "OK", f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}"
+
+
+def overall(checks: Sequence[tuple[str, Level, str]]) -> Level:
+    """The worst level of all checks."""
+    return max((level for _, level, _ in checks), key=LEVEL_CODE.__getitem__, default="OK")
+
+
+def read_series_stats(path: Path) -> tuple[date | None, int]:
+    """Last date and row count of a warehouse file; raises on an unreadable one."""
+    import polars as pl
+
+    if not path.exists():
+        return None, 0
+    last, rows = pl.scan_parquet(path).select(pl.col(DATE).max(), pl.len()).collect().row(0)
+    return last, rows
+
+
+def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, as_json: bool) -> int:
+    """Health probe: one line per check, then the overall status; exit 0 OK, 1 WARNING, 2 CRITICAL.
+
+    Imports neither mlflow nor statsforecast, so monitoring can call it often.
+    """
+    import shutil
+    import sqlite3
+
+    checks: list[tuple[str, Level, str]] = []
+    today = now.date()
+    for name, file, missing, critical in (("usdclp data", USDCLP_CACHE, "CRITICAL", 30), ("copper data", COPPER_CACHE, "WARNING", None)):
+        try:
+            last, rows = read_series_stats(config.warehouse / file)
+        except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
+            checks.append((name, "CRITICAL", f"{file} unreadable ({type(exc).__name__})"))
+            continue
+        item = check_age(name, last, today=today, warn_days=5, critical_days=critical, missing=missing)  # type: ignore[arg-type]
+        checks.append((item[0], item[1], f"{item[2]}, {rows} rows" if rows else item[2]))
+    status = read_status(config)
+    latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
+    if latest is not None and "no copper" in latest.get("degraded", []):
+        checks.append(("copper available", "WARNING", "last run had no copper"))
+    elif latest is not None:
+        checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in latest.get("degraded", []) else "yes"))
+    checks += check_runs(status, now=now)
+    if environ.get("MLFLOW_TRACKING_URI"):
+        checks.append(("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)"))
+    else:
+        db = config.data_dir / "mlflow" / "mlflow.db"
+        if not db.exists():
+            checks.append(("mlflow database", "WARNING", f"missing ({db}); run `fxcu init`"))
+        else:
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                    count = conn.execute("select count(*) from runs").fetchone()[0]
+                size = db.stat().st_size / 1e6
+                checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
+            except sqlite3.Error as exc:
+                checks.append(("mlflow database", "CRITICAL", f"unreadable ({exc})"))
+    free = shutil.disk_usage(config.data_dir if config.data_dir.exists() else config.data_dir.parent).free
+    checks.append(("disk", "CRITICAL" if free < 100e6 else "WARNING" if free < 1e9 else "OK", f"{free / 1e9:.1f} GB free"))
+    if network:
+        checks += probe_sources(config)
+    level = overall(checks)
+    if as_json:
+        print(json.dumps({"status": level, "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks]}, indent=2))
+    else:
+        for name, lv, message in checks:
+            print(f"{lv:<8} {name}: {message}")
+        print(f"{level}: {sum(lv != 'OK' for _, lv, _ in checks)} of {len(checks)} checks need attention" if level != "OK" else f"OK: {len(checks)} checks passed")
+    return LEVEL_CODE[level]
+
+
+def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
+    """Ask each source for a few days with a short timeout, no retries."""
+    import httpx
+
+    probes = [
+        ("yahoo CLP=X", f"{config.yahoo_url}/v8/finance/chart/{USDCLP_SYMBOL}", {"interval": "1d", "range": "5d"}, parse_yahoo_chart),
+        ("yahoo HG=F", f"{config.yahoo_url}/v8/finance/chart/{COPPER_SYMBOL}", {"interval": "1d", "range": "5d"}, parse_yahoo_chart),
+        ("mindicador", f"{config.mindicador_url}/api/dolar", {}, parse_mindicador),
+    ]
+    if config.fred_api_key:
+        params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json", "sort_order": "desc", "limit": "3"}
+        probes.append(("fred", f"{config.fred_url}/fred/series/observations", params, parse_fred_observations))
+    found: list[tuple[str, Level, str]] = []
+    with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
+        for name, url, params, parse in probes:
+            try:
+                response = client.get(url, params=params)
+                response.raise_for_status()
+                rows = parse(response.json()).height
+                found.append((f"source {name}", "OK", f"{rows} rows"))
+            except Exception as exc:  # noqa: BLE001 -- every failure is a finding
+                found.append((f"source {name}", "WARNING", describe_error(exc, config.fred_api_key)))
+    return found
+
 # -- CLI -----------------------------------------------------------------------------
 
 
@@ -1402,22 +2174,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fetch = sub.add_parser("fetch", help="refresh the warehouse from the live sources")
-    fetch.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
-    validate = sub.add_parser("validate", help="load data, compute copper features, check their ranges")
-    validate.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
+
+    def offline(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
+        return p
+
+    def as_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        return p
+
+    offline(sub.add_parser("fetch", help="refresh the warehouse from the live sources"))
+    offline(sub.add_parser("validate", help="load data, compute copper features, check their ranges"))
+    run = as_json(offline(sub.add_parser("run", help="forecast: fetch, backtest, forecast, report, track")))
+    run.add_argument("horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four")
+    run.add_argument("--skip-email", action="store_true", help="do not email the report even if SMTP is configured")
+    check = as_json(sub.add_parser("check", help="health probe: 0 OK, 1 WARNING, 2 CRITICAL"))
+    check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
+    sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
+    runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))
+    runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d}")
+    runs.add_argument("--last", type=int, default=10, help="runs per horizon (default 10)")
+    compare = as_json(sub.add_parser("compare", help="horizons and models side by side on one metric"))
+    compare.add_argument("--metric", default="rmse", choices=["rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"])
+    as_json(sub.add_parser("stats", help="runs per experiment, success rate, sizes"))
+    backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
+    backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
+
+
+def run_horizons(text: str) -> list[str]:
+    """argparse type: '7d' -> ['7d'], 'all' -> all four horizons."""
+    if text.strip().lower() == "all":
+        return list(HORIZONS)
+    try:
+        parse_horizon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return [text.strip().lower()]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Parse arguments, build the config and client, dispatch, and return the exit code."""
     args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    environ = os.environ if environ is None else environ
     try:
         config = Config.from_env(environ)
     except ConfigError as exc:
@@ -1427,18 +2231,37 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         config = dataclasses.replace(config, offline=True)
     now = datetime.now(UTC)
     try:
-        if args.command == "fetch":
-            with make_client(config) as client:
-                return cmd_fetch(config, client, now=now)
-        if args.command == "validate":
-            with make_client(config) as client:
-                return cmd_validate(config, client, now=now)
-    except TimeoutError as exc:
-        print(f"fxcu: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+        return dispatch(args, config, environ, now)
+    except (TimeoutError, ValueError) as exc:
         print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"fxcu: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str], now: datetime) -> int:
+    """Call the command function for the parsed arguments."""
+    if args.command == "check":
+        return cmd_check(config, environ, now=now, network=args.network, as_json=args.json)
+    if args.command in {"fetch", "validate", "run"}:
+        with make_client(config) as client:
+            if args.command == "fetch":
+                return cmd_fetch(config, client, now=now)
+            if args.command == "validate":
+                return cmd_validate(config, client, now=now)
+            return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json)
+    if args.command == "init":
+        return cmd_init(config, environ)
+    if args.command == "runs":
+        return cmd_runs(config, environ, args.horizon[0] if args.horizon else None, args.last, args.json)
+    if args.command == "compare":
+        return cmd_compare(config, environ, args.metric, args.json)
+    if args.command == "stats":
+        return cmd_stats(config, environ, now=now, as_json=args.json)
+    if args.command == "backup":
+        return cmd_backup(config, args.dest or config.data_dir / "backups", now=now)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -1109,3 +1109,392 @@ def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_fo
 def test_forecast_without_copper_has_no_copper_model():
     fc = fxcu.forecast(real_usdclp(), None, "15d", windows=60)
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
+
+
+# -- Reports, MLflow, run -------------------------------------------------------------
+
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """One MLflow SQLite database, migrated once (about 1.5 s) and copied by each test."""
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    config = fxcu.Config(data_dir=folder)
+    fxcu.mlflow_client(fxcu.tracking_uri(config, {})).search_experiments()
+    return folder / "mlflow" / "mlflow.db"
+
+
+@pytest.fixture
+def data_dir(tmp_path, migrated_db) -> Path:
+    """A data dir with the real warehouse (CLP=X 2006-2024, HG=F to 2024-07-15) and a migrated MLflow database."""
+    folder = tmp_path / "data"
+    write_real_warehouse(folder)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    return folder
+
+
+def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {"FXCU_DATA_DIR": str(data_dir), "FXCU_TRACKING_TIMEOUT": "30", **extra}
+
+
+def read_runs(data_dir: Path, horizon: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"forecaster_{horizon}")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory, migrated_db):
+    """`fxcu run 7d --offline` once on the real warehouse, started from an unrelated working directory."""
+    folder = tmp_path_factory.mktemp("run") / "data"
+    write_real_warehouse(folder)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    result = subprocess.run(
+        [sys.executable, str(HERE / "fxcu.py"), "run", "7d", "--offline", "--json"],
+        cwd=elsewhere, env={**os.environ, **run_env(folder), "FRED_API_KEY": FRED_KEY}, capture_output=True, text=True, timeout=300,
+    )
+    return folder, elsewhere, result
+
+
+def test_run_offline_prints_json_summary_and_exits_0(offline_run):
+    _, _, result = offline_run
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["horizon"] == "7d" and out["last_date"] == "2024-07-15" and out["target_date"] == "2024-07-22"
+    assert out["interval_95"][0] <= out["interval_80"][0] <= out["forecast"] <= out["interval_80"][1] <= out["interval_95"][1]
+    assert out["ratio_to_naive"] <= 1.0 and out["tracked"] and out["copper_available"]
+    assert "cached data" in out["degraded"]
+
+
+def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
+    folder, elsewhere, result = offline_run
+    runs = read_runs(folder, "7d")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name.startswith("forecast_") and run.info.status == "FINISHED"
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
+    assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
+    assert "version_statsforecast" in p and len(p["input_sha256"]) == 64
+    for key in ("7d_rmse", "7d_mae", "7d_mape", "7d_ratio_to_naive", "7d_coverage_80", "Naive_rmse", "AutoETS_mape", "copper_ablation_pct", "seconds_backtest", "seconds_fetch", "seconds_clean", "seconds_tracking"):
+        assert key in m, key
+    assert m["7d_ratio_to_naive"] <= 1.0
+    assert t["fxcu.degraded"] == "cached data" and t["fxcu.degraded.cached_data"] == "true"
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
+    names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
+    assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
+    assert any(n.endswith(".md") for n in names) and any(n.endswith(".png") for n in names) and any(n.endswith(".csv") for n in names)
+    assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
+
+
+def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
+    folder, _, result = offline_run
+    run = read_runs(folder, "7d")[0]
+    inputs = Path(run.info.artifact_uri.removeprefix("file://")) / "inputs"
+    replay = tmp_path / "replay"
+    shutil.copytree(inputs, replay)
+    code = subprocess.run(
+        [sys.executable, str(HERE / "fxcu.py"), "-q", "run", "7d", "--offline", "--json"],
+        env={**os.environ, **run_env(replay, FXCU_TRACKING_TIMEOUT="1", MLFLOW_TRACKING_URI=f"sqlite:///{replay}/x.db/y.db")},
+        capture_output=True, text=True, timeout=300,
+    )
+    original, again = json.loads(result.stdout), json.loads(code.stdout)
+    assert again["forecast"] == original["forecast"] and again["interval_95"] == original["interval_95"]
+
+
+def test_run_never_leaks_the_fred_key(offline_run):
+    folder, _, result = offline_run
+    assert FRED_KEY not in result.stdout + result.stderr
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert FRED_KEY.encode() not in path.read_bytes(), path
+
+
+def test_report_has_chart_path_backtest_and_copper(offline_run):
+    folder, _, _ = offline_run
+    report = next((folder / "reports").glob("forecast_7d_*.md")).read_text()
+    assert "![USD/CLP and forecast](forecast_7d_" in report
+    for needle in ("## Forecast path", "## Backtest at the horizon date", "ratio to Naive", "copper_rsi_14", "degraded: cached data", "Copper ablation"):
+        assert needle in report
+    png = next((folder / "reports").glob("forecast_7d_*.png")).read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog):
+    env = run_env(data_dir, MLFLOW_TRACKING_URI=f"sqlite:///{data_dir}/warehouse/usdclp.parquet/mlflow.db", FXCU_TRACKING_TIMEOUT="20")
+    with caplog.at_level(logging.INFO):
+        code = fxcu.main(["run", "7d", "--offline", "--skip-email"], env)
+    out = capsys.readouterr().out
+    assert code == 0 and "tracked: no" in out
+    assert "MLflow tracking failed" in caplog.text
+    assert list((data_dir / "reports").glob("*.md"))
+    status = json.loads((data_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and not status["tracked"] and status["tracking_error"]
+    # check reports it
+    assert fxcu.main(["check"], run_env(data_dir)) >= 1
+    assert "NOT tracked" in capsys.readouterr().out
+
+
+def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
+    def hang(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(fxcu, "mlflow_client", hang)
+    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
+    record = fxcu.RunRecord("7d", "forecast_x", {}, {}, {}, ())
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="MLflow tracking did not finish"):
+        fxcu.log_run(config, record, environ={})
+    assert time.monotonic() - started < 5
+
+
+def test_two_runs_at_once_are_both_recorded(data_dir):
+    cmd = [sys.executable, str(HERE / "fxcu.py"), "-q", "run", "7d", "--offline", "--skip-email"]
+    env = {**os.environ, **run_env(data_dir)}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = read_runs(data_dir, "7d")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == real_usdclp().height
+
+
+def record(horizon: str, rmse: float, *, degraded: str = "none") -> fxcu.RunRecord:
+    metrics = {f"{horizon}_rmse": rmse, f"{horizon}_ratio_to_naive": rmse / 20, "Naive_rmse": 20.0, f"{horizon}_coverage_80": 0.8, f"{horizon}_coverage_95": 0.95}
+    params = {"horizon": horizon, "models": "Naive", "usdclp_source": "yahoo", "copper_source": "yahoo", "copper_frequency": "daily"}
+    tags = {"fxcu.status": "ok" if degraded == "none" else "degraded", "fxcu.degraded": degraded}
+    return fxcu.RunRecord(horizon, "forecast_2026-11-26", params, metrics, tags, ())
+
+
+def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    ids = {rmse: fxcu.log_run(config, record("7d", rmse), environ={}) for rmse in (21.0, 19.5, 20.2)}
+    fxcu.log_run(config, record("30d", 40.0, degraded="no copper"), environ={})
+    best = fxcu.best_run("7d", "rmse", config=config, environ={})
+    assert best.info.run_id == ids[19.5] and best.data.metrics["7d_rmse"] == 19.5
+    assert fxcu.best_run("7d", "7d_rmse", config=config, environ={}).info.run_id == ids[19.5]
+    assert fxcu.best_run("90d", "rmse", config=config, environ={}) is None
+
+    assert fxcu.main(["runs", "--json"], run_env(data_dir)) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and {r["horizon"] for r in rows} == {"7d", "30d"}
+    assert any(r["status"] == "FINISHED (no copper)" for r in rows)
+    assert fxcu.main(["runs", "7d", "--last", "2"], run_env(data_dir)) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["horizon", "date", "run_id"] and len(table) == 3
+
+    assert fxcu.main(["compare", "--metric", "rmse", "--json"], run_env(data_dir)) == 0
+    compared = {r["horizon"]: r for r in json.loads(capsys.readouterr().out)}
+    assert compared["7d"]["best_ensemble"] == 19.5 and compared["7d"]["Naive"] == 20.0
+    assert compared["30d"]["Ensemble"] == 40.0
+
+    assert fxcu.main(["stats", "--json"], run_env(data_dir)) == 0
+    stats = json.loads(capsys.readouterr().out)
+    per = {e["experiment"]: e for e in stats["experiments"]}
+    assert per["forecaster_7d"]["runs"] == 3 and per["forecaster_7d"]["success_rate"] == 1.0
+    assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0
+
+
+def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(migrated_db, tmp_path / "mlflow" / "mlflow.db")
+    assert fxcu.main(["init"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    first = capsys.readouterr().out
+    assert first.count("created") == 4 and str(tmp_path / "mlflow" / "mlruns") in first
+    assert fxcu.main(["init"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    second = capsys.readouterr().out
+    assert second.count("created") == 0 and second.count("exists") == 4
+
+
+def test_backup_is_a_consistent_archive(data_dir, tmp_path, capsys):
+    import sqlite3
+    import tarfile
+
+    config = fxcu.Config.from_env(run_env(data_dir))
+    fxcu.log_run(config, record("7d", 20.0), environ={})
+    assert fxcu.main(["backup", str(tmp_path / "bk")], run_env(data_dir)) == 0
+    archive = next((tmp_path / "bk").glob("fxcu_mlflow_*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    with sqlite3.connect(tmp_path / "out" / "mlflow" / "mlflow.db") as conn:
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_runs_over_http(data_dir):
+    from mlflow.tracking import MlflowClient
+
+    config = fxcu.Config.from_env(run_env(data_dir))
+    run_id = fxcu.log_run(config, record("7d", 18.5), environ={})
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name("forecaster_7d")
+        runs = client.search_runs([experiment.experiment_id])
+        assert [r.info.run_id for r in runs] == [run_id] and runs[0].data.metrics["7d_rmse"] == 18.5
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(20)
+
+
+# -- run and check from the CLI ------------------------------------------------------
+
+
+def test_run_unknown_horizon_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        fxcu.main(["run", "8d"], {})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown horizon '8d'" in err and "Traceback" not in err
+
+
+def test_run_without_usdclp_exits_1(tmp_path, capsys):
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    assert code == 1 and "no usable USD/CLP" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
+
+
+def test_run_copper_off_runs_without_copper(data_dir, capsys):
+    code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
+
+
+def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu, "write_text_atomic", full)
+    code = fxcu.main(["run", "7d", "--offline"], run_env(data_dir))
+    out = capsys.readouterr().out
+    assert code == 1 and "report: NOT WRITTEN" in out and "tracked: yes" in out
+    assert not list((data_dir / "reports").glob("*.md"))
+
+
+def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
+    assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
+    capsys.readouterr()
+    code = fxcu.main(["check", "--json"], run_env(data_dir))
+    report = json.loads(capsys.readouterr().out)
+    levels = {c["name"]: c["level"] for c in report["checks"]}
+    assert levels["run 7d"] == "OK" and levels["run 15d"] == "WARNING" and levels["mlflow database"] == "OK"
+    assert levels["usdclp data"] == "CRITICAL"  # the real history ends in 2024
+    assert code == 2 and report["status"] == "CRITICAL"
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path / "empty")}) == 2
+    assert "CRITICAL usdclp data: no data" in capsys.readouterr().out
+
+
+def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
+    assert "usdclp.parquet unreadable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("last", "level"), [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")]
+)
+def test_check_age(last, level):
+    assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
+
+
+def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
+    code = "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = "import sys; sys.argv=['fxcu','--help']\nimport fxcu\ntry: fxcu.main()\nexcept SystemExit: pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow','statsforecast','polars','httpx'}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- Email ------------------------------------------------------------------------------
+
+
+class SMTPServer:
+    """A minimal real SMTP server on 127.0.0.1 that stores each message it accepts."""
+
+    def __init__(self):
+        self.messages: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.sock.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 localhost test SMTP\r\n")
+            while line := reader.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 localhost\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = b""
+                    while (chunk := reader.readline()) != b".\r\n":
+                        data += chunk
+                    self.messages.append(data)
+                    conn.sendall(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+
+def test_run_emails_the_report_with_its_chart(data_dir, capsys):
+    server = SMTPServer()
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1
+    message = server.messages[0].decode()
+    assert "Subject: fxcu: USD/CLP 7d forecast" in message and "To: desk@example.cl" in message
+    assert "image/png" in message and "## Backtest at the horizon date" in message
+
+
+def test_email_failure_never_fails_the_run(data_dir, caplog):
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    assert "Email failed" in caplog.text
+
+
+def test_skip_email_sends_nothing(data_dir):
+    server = SMTPServer()
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
+    assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
+    assert server.messages == []
