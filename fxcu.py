@@ -1407,6 +1407,24 @@ def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, ti
     return usdclp, fetch_series("copper", config, client, now=now, timings=timings)
 
 
+def fetch_usdclp(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Series:
+    """Fetch USD/CLP through Yahoo CLP=X, mindicador and the cache; the history, its source and notes."""
+    return _fetch_alone("usdclp", config, client, now)
+
+
+def fetch_copper(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Series:
+    """Fetch copper (USD/lb) through Yahoo HG=F, FRED monthly and the cache; `.ok` is False when all failed."""
+    return _fetch_alone("copper", config, client, now)
+
+
+def _fetch_alone(name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None) -> Series:
+    config = config or Config.from_env(os.environ)
+    with contextlib.ExitStack() as stack:
+        if client is None and not config.offline:
+            client = stack.enter_context(make_client(config))
+        return fetch_series(name, config, client, now=now or datetime.now(UTC))
+
+
 def load(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Bundle:
     """Fetch (or read offline) both series and build the bundle; raises ValueError without USD/CLP.
 

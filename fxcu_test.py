@@ -418,7 +418,7 @@ def test_redact_removes_key_anywhere(key, noise):
 
 @pytest.fixture
 def vcr_config():
-    return {"filter_query_parameters": ["api_key"], "record_mode": "none"}
+    return {"filter_query_parameters": ["api_key"]}  # record mode: --record-mode=none in pyproject
 
 
 @pytest.fixture
@@ -644,6 +644,16 @@ def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
     # the overlap's revised values replaced the cached ones
     overlap_day = newer[fxcu.DATE][0]
     assert series.frame.filter(pl.col(fxcu.DATE) == overlap_day)[fxcu.CLOSE].item() == newer[fxcu.CLOSE][0]
+
+
+@cassette("yahoo_clpx_max.yaml", "yahoo_hgf_max.yaml")
+def test_library_fetch_usdclp_and_fetch_copper(tmp_path):
+    config = make_config(tmp_path)
+    usdclp = fxcu.fetch_usdclp(config, now=CLP_END)
+    copper = fxcu.fetch_copper(config, now=CLP_END)
+    assert usdclp.ok and usdclp.source == "yahoo" and usdclp.frame.height == 4664
+    assert any("2 bad prints" in n for n in usdclp.notes)
+    assert copper.ok and copper.source == "yahoo" and copper.frequency == "daily"
 
 
 def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
