@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -76,6 +77,7 @@ class Config:
     max_age_days: int = 5  # a live series whose last date is older than this is stale
     lock_timeout: float = 600.0  # seconds a second process waits for the warehouse or a run
     tracking_timeout: float = 60.0  # seconds MLflow logging may take before the run goes on without it
+    network_budget: float = 180.0  # seconds of network work per run before only the cache is used
 
     @property
     def warehouse(self) -> Path:
@@ -98,6 +100,7 @@ class Config:
             max_age_days=int(env_number(environ, "FXCU_MAX_AGE_DAYS", 5)),
             lock_timeout=env_number(environ, "FXCU_LOCK_TIMEOUT", 600.0),
             tracking_timeout=env_number(environ, "FXCU_TRACKING_TIMEOUT", 60.0),
+            network_budget=env_number(environ, "FXCU_NETWORK_BUDGET", 180.0),
         )
 
 
@@ -118,7 +121,7 @@ def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
-    """Read a positive number."""
+    """Read a positive number, at most 1e6."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -128,6 +131,8 @@ def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not value > 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
+    if value > 1e6:  # INFO: `inf` or 1e20 would overflow a socket timeout or a timedelta later, as a traceback
+        raise ConfigError(f"{name}={raw!r} is too large (at most 1000000)")
     return value
 
 
@@ -1202,7 +1207,7 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
     except Exception as exc:  # noqa: BLE001 -- narrowed right below
         import httpx
 
-        if not isinstance(exc, httpx.HTTPError | PayloadError | ValueError):
+        if not isinstance(exc, httpx.HTTPError | httpx.InvalidURL | PayloadError | ValueError):
             raise
         return Result(source, error=describe_error(exc, secret))
     frame = pl.concat(frames) if frames else None
@@ -1325,6 +1330,7 @@ def fetch_series(
     now: datetime,
     fetch_json: Any = None,
     timings: dict[str, float] | None = None,
+    deadline: float | None = None,
 ) -> Series:
     """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
 
@@ -1350,6 +1356,10 @@ def fetch_series(
                     lambda: fetch_fred_copper(config, client, fetch_json),
                 ]
             for step in chain:  # INFO: lazily, so a good primary costs one request
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label)
+                    results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
+                    break
                 raw = step()
                 started = time.perf_counter()
                 result = _clean_result(raw, now)
@@ -1399,12 +1409,17 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
 
 
 def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None) -> tuple[Series, Series]:
-    """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains."""
-    usdclp = fetch_series("usdclp", config, client, now=now, timings=timings)
+    """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains, within one network time budget.
+
+    Past `config.network_budget` seconds no new source is asked (the cache still answers); one
+    request already under way can add its own bound (`retry_budget` plus a timeout).
+    """
+    deadline = time.monotonic() + config.network_budget
+    usdclp = fetch_series("usdclp", config, client, now=now, timings=timings, deadline=deadline)
     if not config.copper:
         log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
         return usdclp, Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
-    return usdclp, fetch_series("copper", config, client, now=now, timings=timings)
+    return usdclp, fetch_series("copper", config, client, now=now, timings=timings, deadline=deadline)
 
 
 def fetch_usdclp(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Series:
@@ -2185,13 +2200,20 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
 # -- CLI -----------------------------------------------------------------------------
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (monitoring and cron mail read the first line)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per command function."""
-    parser = argparse.ArgumentParser(prog="fxcu", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="fxcu", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fxcu {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     def offline(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--offline", action="store_true", help="use only the warehouse (also FXCU_OFFLINE=1)")
@@ -2247,6 +2269,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     if getattr(args, "offline", False):
         config = dataclasses.replace(config, offline=True)
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
+        return 2
     now = datetime.now(UTC)
     try:
         return dispatch(args, config, environ, now)

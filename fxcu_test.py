@@ -665,6 +665,17 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
     assert series.source == "cache" and not calls
 
 
+def test_fetch_both_network_budget_spent_falls_back_to_cache(tmp_path, caplog):
+    config = make_config(tmp_path, network_budget=-1.0)
+    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    handler, calls = counting(lambda request: httpx.Response(200, json={}))
+    with caplog.at_level(logging.INFO), mock_client(handler) as client:
+        usdclp, copper = fxcu.fetch_both(config, client, now=NOW)
+    assert not calls  # no source is asked once the budget is spent
+    assert usdclp.source == "cache" and not copper.ok
+    assert "Network time budget" in caplog.text and "network time budget" in usdclp.notes[0]
+
+
 # -- Shell: the warehouse -----------------------------------------------------------
 
 
@@ -1383,7 +1394,7 @@ def test_run_unknown_horizon_is_one_line_exit_2(capsys):
         fxcu.main(["run", "8d"], {})
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown horizon '8d'" in err and "Traceback" not in err
+    assert "unknown horizon '8d'" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_run_without_usdclp_exits_1(tmp_path, capsys):
@@ -1407,6 +1418,17 @@ def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch,
     out = capsys.readouterr().out
     assert code == 1 and "report: NOT WRITTEN" in out and "tracked: yes" in out
     assert not list((data_dir / "reports").glob("*.md"))
+
+
+def test_run_all_fetches_once_and_forecasts_four_horizons(data_dir, capsys, monkeypatch):
+    calls = []
+    real = fxcu.fetch_series
+    monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and calls == ["usdclp", "copper"]
+    assert [s["horizon"] for s in out] == ["7d", "15d", "30d", "90d"] and all(s["tracked"] for s in out)
+    assert {r.data.params["horizon"] for h in fxcu.HORIZONS for r in read_runs(data_dir, h)} == set(fxcu.HORIZONS)
 
 
 def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
@@ -1508,3 +1530,512 @@ def test_skip_email_sends_nothing(data_dir):
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
     assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
     assert server.messages == []
+
+
+# -- Fault matrix (docs/RELIABILITY.md) ---------------------------------------------
+# Every row runs the real CLI (`python fxcu.py ...`, or `fxcu.main` in-process where retries
+# would sleep) against Yahoo, FRED and mindicador played by a local HTTP server, then proves
+# the exit code, the lines the user sees, that the warehouse and the MLflow database lost
+# nothing, and that the FRED key is nowhere: not in any output, file under the data dir or cassette.
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import sqlite3  # noqa: E402
+import urllib.parse  # noqa: E402
+
+YAHOO_CLP, YAHOO_HG = "/v8/finance/chart/CLP=X", "/v8/finance/chart/HG=F"
+MINDICADOR, FRED = "/api/dolar", "/fred/series/observations"
+TOO_MANY = "Too Many Requests\r\n"  # Yahoo's real 429 body: 19 bytes of text, not JSON (yahoo/ERRORS_AND_429.md)
+FRED_BAD_KEY = (  # verbatim (fred/ERRORS.md): two spaces after each sentence, `\/` escapes
+    '{"error_code":400,"error_message":"Bad Request.  The value for variable api_key is not registered.  '
+    'Read https:\\/\\/fred.stlouisfed.org\\/docs\\/api\\/api_key.html for more information."}'
+)
+LOG_LINE = re.compile(r"^(\S+ \S+ )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")  # fxcu's and MLflow's log formats
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One scripted answer: status, body (text, bytes or JSON), content type, a delay, and whether to echo the request line."""
+
+    status: int = 200
+    body: str | bytes | dict = b""
+    content_type: str = "application/json;charset=utf-8"
+    delay: float = 0.0
+    echo: bool = False
+
+
+class FakeSources:
+    """Yahoo, FRED and mindicador on one 127.0.0.1 port: a Reply per path prefix, every request recorded."""
+
+    def __init__(self, routes: dict[str, Reply]):
+        self.routes, self.requests, self.stop = dict(routes), [], threading.Event()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                fake.requests.append(self.path)
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                reply = next((r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route"))
+                if reply.delay:
+                    fake.stop.wait(reply.delay)
+                body = reply.body if isinstance(reply.body, bytes) else reply.body.encode() if isinstance(reply.body, str) else json.dumps(reply.body).encode()
+                if reply.echo:
+                    body += f" for GET {self.path}".encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (timeout row)
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads, self.server.block_on_close = True, False
+        self.server.handle_error = lambda request, address: None
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeSources:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def count(self, prefix: str) -> int:
+        return sum(urllib.parse.unquote(p).startswith(prefix) for p in self.requests)
+
+    def queries(self, prefix: str) -> list[dict[str, str]]:
+        return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query)) for p in self.requests if urllib.parse.unquote(p).startswith(prefix)]
+
+
+@functools.cache
+def fred_pcoppusdm_body() -> dict:
+    """The real PCOPPUSDM history (USD per tonne) in the shape of a real FRED observations body."""
+    raw = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
+    rows = [{"realtime_start": "2026-11-26", "realtime_end": "2026-11-26", "date": d, "value": str(v)} for d, v in raw.iter_rows()]
+    return {"units": "lin", "file_type": "json", "count": len(rows), "observations": rows}
+
+
+@functools.cache
+def good_routes() -> dict[str, Reply]:
+    """Every source answering with real data: CLP=X 2006-2024, HG=F 2000-2026, mindicador 2026 (its real body), PCOPPUSDM."""
+    return {
+        YAHOO_CLP: Reply(body=json.dumps(real_usdclp_payload())),
+        YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper()))),
+        MINDICADOR + "/2026": Reply(body=json.dumps(load_json("mindicador", "dolar_200_last31.json"))),
+        MINDICADOR: Reply(body=json.dumps({**load_json("mindicador", "dolar_200_last31.json"), "serie": []})),  # other years: none recorded
+        FRED: Reply(body=json.dumps(fred_pcoppusdm_body())),
+    }
+
+
+def routes(**changes: Reply) -> dict[str, Reply]:
+    named = {"clp": [YAHOO_CLP], "hg": [YAHOO_HG], "mindicador": [MINDICADOR + "/2026", MINDICADOR], "fred": [FRED]}
+    return {**good_routes(), **{path: reply for k, reply in changes.items() for path in named[k]}}
+
+
+def yahoo_reply(name: str) -> Reply:
+    """A real recorded Yahoo answer (status and body) from ../shared/data/yahoo."""
+    response = load_json("yahoo", name)["response"]
+    return Reply(response["status"], response.get("body") or json.dumps(response["bodyJson"]))
+
+
+def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
+    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024)."""
+    return {
+        "FXCU_DATA_DIR": str(data_dir), "FXCU_YAHOO_URL": url, "FXCU_FRED_URL": url, "FXCU_MINDICADOR_URL": url,
+        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30", **extra,
+    }
+
+
+def closed_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the user saw: exit code, stdout, stderr (log lines included), seconds taken."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def messages(self) -> list[str]:
+        """stderr lines that are not log records: what the CLI printed itself."""
+        return [line for line in self.err.splitlines() if line.strip() and not LOG_LINE.match(line)]
+
+
+def clean_environ() -> dict[str, str]:
+    skip = ("FXCU_", "MLFLOW_", "FRED_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(skip)}
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Outcome:
+    """`python fxcu.py ARGS` in a fresh process."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+@pytest.fixture
+def inprocess(monkeypatch, capsys, caplog):
+    """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
+    real = fxcu.make_fetch_json
+    monkeypatch.setattr(fxcu, "make_fetch_json", lambda config, wait=None: real(config, wait=tenacity.wait_none()))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(args: list[str], env: dict[str, str]) -> Outcome:
+        capsys.readouterr()
+        caplog.clear()
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO):
+            code = fxcu.main(args, env)
+        seconds = time.monotonic() - started
+        captured = capsys.readouterr()
+        assert not any(r.exc_info for r in caplog.records), "a log record carries a traceback"
+        logs = "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
+        return Outcome(code, captured.out, captured.err + logs, seconds)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The warehouse files (bytes, dates) and the MLflow runs at one moment."""
+
+    files: dict[str, bytes]
+    dates: dict[str, set]
+    runs: int
+    db: bytes | None
+
+
+def mlflow_runs(data_dir: Path) -> int:
+    db = data_dir / "mlflow" / "mlflow.db"
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        return conn.execute("select count(*) from runs").fetchone()[0]
+
+
+def kept(data_dir: Path) -> Kept:
+    files, dates = {}, {}
+    for name in (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE):
+        path = data_dir / "warehouse" / name
+        if path.exists():
+            files[name] = path.read_bytes()
+            try:
+                dates[name] = set(pl.read_parquet(path)[fxcu.DATE])
+            except Exception:  # noqa: BLE001 -- the corrupt-file row
+                dates[name] = None
+    db = data_dir / "mlflow" / "mlflow.db"
+    return Kept(files, dates, mlflow_runs(data_dir), db.read_bytes() if db.exists() else None)
+
+
+def assert_nothing_lost(before: Kept, data_dir: Path, *, unchanged: tuple[str, ...] = (), runs_added: int = 0, db_unchanged: bool = False) -> Kept:
+    """Every warehouse file still holds every date it held (`unchanged` ones byte for byte); MLflow lost no run."""
+    after = kept(data_dir)
+    for name, days in before.dates.items():
+        if days is not None:
+            assert after.dates.get(name) is not None and days <= after.dates[name], f"{name} lost dates"
+    for name in unchanged:
+        assert after.files[name] == before.files[name], f"{name} changed"
+    assert after.runs == before.runs + runs_added
+    if db_unchanged:
+        assert after.db == before.db
+    return after
+
+
+@functools.cache
+def cassette_texts() -> tuple[str, ...]:
+    return tuple(p.read_text() for p in sorted(CASSETTES.glob("*.yaml")))
+
+
+def assert_key_nowhere(data_dir: Path, *outcomes: Outcome) -> None:
+    """The FRED key is in no stdout or stderr line, no file under the data dir (db and mlruns too) and no cassette."""
+    unredacted = re.compile(r"api_key=(?!\*\*\*)")
+    for outcome in outcomes:
+        for text in (outcome.out, outcome.err):
+            assert FRED_KEY not in text and not unredacted.search(text)
+            assert "Traceback" not in text
+    if data_dir.is_dir():
+        for path in data_dir.rglob("*"):
+            if path.is_file():
+                assert FRED_KEY.encode() not in path.read_bytes(), path
+    for text in cassette_texts():
+        assert FRED_KEY not in text and not re.search(r"api_key=\w", text)
+
+
+# Yahoo: every answer that is not a price history.
+
+
+@pytest.mark.parametrize(
+    ("reply", "seen"),
+    [
+        (Reply(429, TOO_MANY, "text/plain"), "HTTP 429 Too Many Requests: Too Many Requests"),
+        (Reply(500, "<html><body>Internal Server Error</body></html>", "text/html"), "HTTP 500 Internal Server Error: <html><body>Internal Server Error</body></html>"),
+        (Reply(503, "Service Unavailable", "text/plain"), "HTTP 503 Service Unavailable: Service Unavailable"),
+    ],
+    ids=["429", "500", "503"],
+)
+def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply, seen):
+    before = kept(data_dir)
+    with FakeSources(routes(clp=reply, hg=reply)) as api:
+        result = inprocess(["fetch"], fault_env(data_dir, api.url))
+    assert result.code == 0 and "Traceback" not in result.err
+    assert api.count(YAHOO_CLP) == 3 and api.count(YAHOO_HG) == 3  # three tries each, then the backups
+    assert f"WARNING fxcu: retrying fetch_json after {seen}" in result.err
+    assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen})" in result.err
+    assert "WARNING fxcu: Using mindicador.cl backup for USD/CLP prices" in result.err
+    assert "WARNING fxcu: Using FRED backup for copper prices (monthly, degraded)" in result.err
+    assert re.search(r"^usdclp: mindicador, 4\d{3} rows, 2006-05-16 \.\. 2026-10-08$", result.out, re.M)
+    assert f"  yahoo failed: {seen}" in result.out and "copper: fred, monthly, 343 rows" in result.out
+    after = assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert len(after.dates[fxcu.USDCLP_CACHE]) > len(before.dates[fxcu.USDCLP_CACHE])  # mindicador's days merged in
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
+    slow = dataclasses.replace(good_routes()[YAHOO_CLP], delay=5)
+    before = kept(data_dir)
+    with FakeSources(routes(clp=slow, hg=slow)) as api:
+        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_TIMEOUT="0.3"))
+    assert result.code == 0 and "Traceback" not in result.err
+    assert result.seconds < 8  # 2 symbols x 3 tries x 0.3 s, then the backups answer at once
+    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (timeout (ReadTimeout))" in result.err
+    assert "  yahoo failed: timeout (ReadTimeout)" in result.out
+    assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+@pytest.mark.parametrize(
+    ("reply", "seen"),
+    [
+        (Reply(200, json.dumps(real_usdclp_payload())[:5000]), "malformed JSON (Expecting"),
+        (yahoo_reply("chart_404_not_found.json"), 'HTTP 404 Not Found: {"code": "Not Found", "description": "No data found, symbol may be delisted"}'),
+        (yahoo_reply("chart_200_AAPL_empty_result.json"), "PayloadError: empty result: no bars (no 'timestamp')"),
+    ],
+    ids=["garbage-json", "chart-error-404", "empty-result"],
+)
+def test_fault_yahoo_bad_body_is_not_retried_and_falls_back(data_dir, tmp_path, reply, seen):
+    before = kept(data_dir)
+    with FakeSources(routes(clp=reply, hg=reply)) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert api.count(YAHOO_CLP) == 1 and api.count(YAHOO_HG) == 1  # a bad body is an answer: no retry
+    assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen}" in result.err
+    assert f"WARNING fxcu: Yahoo Finance copper fetch failed ({seen}" in result.err
+    assert f"  yahoo failed: {seen}" in result.out
+    assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+# FRED: the copper backup.
+
+
+def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
+    before = kept(data_dir)
+    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(400, FRED_BAD_KEY, "application/json; charset=UTF-8"))) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY]  # the key was sent, once (400 is not retried)
+    seen = "HTTP 400 Bad Request: Bad Request.  The value for variable api_key is not registered.  Read https://fred.stlouisfed.org/docs/api/api_key.html"
+    assert f"WARNING fxcu: FRED copper fetch failed ({seen}" in result.err
+    assert "WARNING fxcu: Both sources failed, using 5993 cached copper data points" in result.err
+    assert "copper: cache, 5993 rows, 2000-08-30 .. 2024-07-15" in result.out and f"  fred failed: {seen}" in result.out
+    assert "usdclp: yahoo, 4664 rows" in result.out
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+@pytest.mark.parametrize("dots", [3, 343], ids=["last-3-months", "every-value"])
+def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
+    body = fred_pcoppusdm_body()
+    rows = body["observations"]
+    dotted = {**body, "observations": rows[: len(rows) - dots] + [{**r, "value": "."} for r in rows[len(rows) - dots :]]}
+    before = kept(data_dir)
+    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(200, dotted))) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert api.count(FRED) == 1
+    if dots == 3:
+        assert "copper: fred, monthly, 340 rows, 1998-01-01 .. 2026-04-01" in result.out
+        assert "  fred: removed 3 null or non-positive bars (2026-05-01, 2026-06-01, 2026-07-01)" in result.out
+    else:
+        assert "WARNING fxcu: FRED copper fetch failed (no rows)" in result.err
+        assert "copper: cache, 5993 rows" in result.out and "  fred: removed 343 null or non-positive bars" in result.out
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess):
+    """A proxy page that echoes the request line (api_key included) flows into logs, notes, the report and MLflow: redacted."""
+    page = Reply(503, "<html><body>503 Service Unavailable: upstream timed out", "text/html", echo=True)
+    before = kept(data_dir)
+    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=page)) as api:
+        result = inprocess(["run", "7d", "--skip-email"], fault_env(data_dir, api.url))
+    assert result.code == 0, result.err
+    assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY] * 3  # sent three times, never shown
+    assert "WARNING fxcu: retrying fetch_json after HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***" in result.err
+    assert "sources: usdclp yahoo, copper cache (daily)" in result.out and "; tracked: yes, run " in result.out
+    report = next((data_dir / "reports").glob("forecast_7d_*.md")).read_text()
+    assert "- fred failed: HTTP 503 Service Unavailable: " in report and "api_key=***" in report
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), runs_added=1)
+    assert_key_nowhere(data_dir, result)
+
+
+# mindicador, and everything at once.
+
+
+def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir, inprocess):
+    before = kept(data_dir)
+    with FakeSources(routes(clp=yahoo_reply("chart_200_AAPL_empty_result.json"))) as api:
+        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_MINDICADOR_URL=closed_url()))
+    assert result.code == 0 and "Traceback" not in result.err
+    refused = "connection error (ConnectError: [Errno 111] Connection refused)"
+    assert f"WARNING fxcu: mindicador.cl USD/CLP fetch failed ({refused})" in result.err
+    assert "WARNING fxcu: Both sources failed, using 4664 cached USD/CLP data points" in result.err
+    assert "usdclp: cache, 4664 rows, 2006-05-16 .. 2024-07-15" in result.out and f"  mindicador failed: {refused}" in result.out
+    assert "copper: yahoo, " in result.out
+    after = assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
+    assert len(after.dates[fxcu.COPPER_CACHE]) > len(before.dates[fxcu.COPPER_CACHE])  # HG=F 2024-2026 merged in
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess):
+    before = kept(data_dir)
+    down = closed_url()
+    env = fault_env(data_dir, down)
+    result = inprocess(["run", "7d", "--skip-email"], env)
+    assert result.code == 0, result.err
+    assert "WARNING fxcu: Both sources failed, using 4664 cached USD/CLP data points" in result.err
+    assert "WARNING fxcu: Both sources failed, using 5993 cached copper data points" in result.err
+    assert "sources: usdclp cache, copper cache (daily)" in result.out and "degraded: cached data" in result.out
+    assert "; tracked: yes, run " in result.out and list((data_dir / "reports").glob("forecast_7d_*.md"))
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=1)
+    assert_key_nowhere(data_dir, result)
+
+
+@pytest.mark.parametrize("args", [["fetch"], ["run", "7d"]], ids=["fetch", "run"])
+def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inprocess, args):
+    data = tmp_path / "empty"
+    result = inprocess(args, fault_env(data, closed_url()))
+    assert result.code == 1 and "Traceback" not in result.err
+    refused = "connection error (ConnectError: [Errno 111] Connection refused)"
+    why = f"yahoo: {refused}; mindicador: {refused}; cache: no cache at {data / 'warehouse' / fxcu.USDCLP_CACHE}"
+    if args == ["fetch"]:
+        assert f"usdclp: unavailable ({why})" in result.out.splitlines()
+        assert result.messages == []
+    else:
+        assert result.messages == [f"fxcu: no usable USD/CLP data: {why}"]
+        status = json.loads((data / "status.json").read_text())["7d"]
+        assert status["ok"] is False and status["tracked"] is False and status["error"] == f"no usable USD/CLP: {why}"
+    assert f"ERROR fxcu: All USD/CLP sources failed: {why}" in result.err
+    assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists() and mlflow_runs(data) == 0
+    assert_key_nowhere(data, result)
+
+
+# The warehouse and the MLflow database.
+
+
+def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, tmp_path):
+    garbage = b"PAR1\x00\x00 half-written by a crash PAR1"
+    (data_dir / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(garbage)
+    before = kept(data_dir)
+    with FakeSources(good_routes()) as api:
+        result = cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert re.search(r"ERROR fxcu: Corrupt cache usdclp\.parquet \(\w+\): moved to usdclp\.parquet\.corrupt-\d{8}T\d{6}$", result.err, re.M)
+    assert api.queries(YAHOO_CLP)[0]["range"] == "max"  # the whole history again, from the live source
+    assert "sources: usdclp yahoo, copper yahoo (daily)" in result.out and "; tracked: yes, run " in result.out
+    aside = list((data_dir / "warehouse").glob("usdclp.parquet.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage  # kept for a post-mortem, never overwritten
+    assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == 4664
+    assert_nothing_lost(before, data_dir, runs_added=1)
+    assert_key_nowhere(data_dir, result)
+
+
+@pytest.mark.parametrize("how", ["locked", "under-a-regular-file"])
+def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, tmp_path, how):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    fxcu.log_run(config, record("7d", 20.0), environ={})  # one run already recorded, which must survive
+    before = kept(data_dir)
+    extra = {"FXCU_TRACKING_TIMEOUT": "3"}
+    if how == "under-a-regular-file":
+        extra["MLFLOW_TRACKING_URI"] = f"sqlite:///{data_dir / 'warehouse' / fxcu.USDCLP_CACHE / 'mlflow.db'}"
+    lock = sqlite3.connect(data_dir / "mlflow" / "mlflow.db", isolation_level=None)
+    try:
+        if how == "locked":
+            lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database for the whole run
+        with FakeSources(good_routes()) as api:
+            result = cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url, **extra), tmp_path)
+    finally:
+        if lock.in_transaction:
+            lock.rollback()
+        lock.close()
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert re.search(r"^  report: \S+forecast_7d_\d{4}-\d\d-\d\d\.md; tracked: no$", result.out, re.M)
+    assert re.search(r"ERROR fxcu: MLflow tracking failed \(.+\): the forecast and its report are kept$", result.err, re.M)
+    assert list((data_dir / "reports").glob("forecast_7d_*.md")) and list((data_dir / "reports").glob("forecast_7d_*.png"))
+    status = json.loads((data_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and not status["tracked"] and status["tracking_error"]
+    assert_nothing_lost(before, data_dir)  # the earlier run is still there, nothing half-written
+    assert_key_nowhere(data_dir, result)
+
+
+# Bad input: nothing is fetched, nothing is written.
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "code", "line"),
+    [
+        (["run", "8d"], {}, 2, "fxcu run: error: argument {7d,15d,30d,90d,all}: unknown horizon '8d': choose one of 7d, 15d, 30d, 90d (see fxcu run --help)"),
+        (["fetch"], {"FXCU_OFFLINE": "maybe"}, 2, "fxcu: FXCU_OFFLINE='maybe' is not a boolean (use 1/0, true/false, on/off)"),
+        (["fetch"], {"FXCU_TIMEOUT": "-1"}, 2, "fxcu: FXCU_TIMEOUT='-1' must be positive"),
+        (["fetch"], {"FXCU_TIMEOUT": "inf"}, 2, "fxcu: FXCU_TIMEOUT='inf' is too large (at most 1000000)"),  # was a traceback
+        (["run", "7d"], {"FXCU_MAX_AGE_DAYS": "1e400"}, 2, "fxcu: FXCU_MAX_AGE_DAYS='1e400' is too large (at most 1000000)"),  # was a traceback
+        (["fetch"], {"FXCU_DATA_DIR": "{file}"}, 2, "fxcu: FXCU_DATA_DIR {file} is not a directory"),
+        (["run", "7d"], {"FXCU_DATA_DIR": "{file}"}, 2, "fxcu: FXCU_DATA_DIR {file} is not a directory"),
+    ],
+    ids=["unknown-horizon", "offline-maybe", "timeout-negative", "timeout-inf", "max-age-overflow", "data-dir-is-a-file-fetch", "data-dir-is-a-file-run"],
+)
+def test_fault_bad_input_is_one_line(data_dir, tmp_path, args, extra, code, line):
+    file = tmp_path / "not-a-dir"
+    file.write_text("a regular file\n")
+    extra = {k: v.replace("{file}", str(file)) for k, v in extra.items()}
+    line = line.replace("{file}", str(file))
+    before = kept(data_dir)
+    with FakeSources(good_routes()) as api:
+        result = cli(args, fault_env(data_dir, api.url, **extra), tmp_path)
+    assert result.code == code and "Traceback" not in result.err, result.err
+    assert result.messages == [line]  # one line, no usage block
+    assert result.out == "" and api.requests == []
+    assert file.read_text() == "a regular file\n"
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
+    assert not (data_dir / "status.json").exists()
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
+    """FXCU_YAHOO_URL=http://[::1 made httpx raise InvalidURL, which escaped as a traceback; now Yahoo just failed."""
+    before = kept(data_dir)
+    with FakeSources(good_routes()) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL="http://[::1"), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (InvalidURL: Invalid port: ':1')" in result.err
+    assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
+    assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
