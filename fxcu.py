@@ -5,6 +5,7 @@ Usage:
     python fxcu.py validate         # load, compute copper features, check their ranges
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL)
+    python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import os
 import re
 import sys
 import time
-import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
     import httpx
@@ -681,21 +681,22 @@ def trading_dates(last: date, days: int) -> list[date]:
 def model_frames(usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
     """Build statsforecast inputs on log prices with an integer trading-day index `ds`.
 
-    Returns the univariate frame, the frame with `copper_lag` (log copper as known `steps`
-    trading days earlier, so every value in a forecast window is known at its origin), or None
-    without daily copper, and the index-to-date map. Both frames cover the same rows.
+    Returns the univariate frame (the last `history` trading days), the frame with `copper_lag`
+    (log copper as known `steps` trading days earlier, so every value in a forecast window up to
+    `steps` is known at its origin), or None without daily copper, and the index-to-date map.
+    `ds` counts USD/CLP rows, so both frames share it and end on the same row.
     """
     import polars as pl
 
-    base = usdclp.select(DATE, CLOSE).sort(DATE)
-    with_copper = copper is not None and copper_frequency(copper) == "daily"
-    if with_copper:
-        aligned = align_copper(base, copper).with_columns(pl.col("copper").log().shift(steps).alias("copper_lag"))
-        base = aligned.drop_nulls("copper_lag").select(DATE, pl.col("usdclp").alias(CLOSE), "copper_lag")
-    base = base.tail(history).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
-    uni = base.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
-    exog = uni.with_columns(base["copper_lag"]) if with_copper else None
-    return uni, exog, base.select("ds", DATE)
+    base = usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
+    tail = base.tail(history)
+    uni = tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
+    exog = None
+    if copper is not None and copper_frequency(copper) == "daily":
+        aligned = align_copper(base.select(DATE, CLOSE), copper)
+        lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
+        exog = lagged.drop_nulls("copper_lag").select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag")
+    return uni, exog, tail.select("ds", DATE)
 
 
 def _models(season_length: int = 1) -> list:
@@ -831,8 +832,11 @@ def _combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (preds * weights).sum(axis=1)
 
 
-def _ensemble(names: Sequence[str], wide: pl.DataFrame, cutoffs: np.ndarray, steps: int, actual: np.ndarray) -> tuple[str, np.ndarray, dict[str, float], dict[str, np.ndarray]]:
-    """Pick the rule with the lowest backtest RMSE (ties to the simpler rule); return its online weights."""
+def _ensemble(names: Sequence[str], wide: pl.DataFrame, cutoffs: np.ndarray, steps: int, actual: np.ndarray) -> tuple[str, np.ndarray, dict[str, float], np.ndarray]:
+    """Pick the rule with the lowest backtest RMSE (ties to the simpler rule).
+
+    Returns the rule, its online weights per origin, every rule's RMSE, and the squared errors.
+    """
     import numpy as np
 
     logs = np.column_stack([wide[n].to_numpy() for n in names])
@@ -843,7 +847,51 @@ def _ensemble(names: Sequence[str], wide: pl.DataFrame, cutoffs: np.ndarray, ste
         weights[rule] = w
         rmse[rule] = float(np.sqrt(np.mean((np.exp(_combine(logs, w)) - actual) ** 2)))
     best = min(RULES[::-1], key=lambda r: rmse[r])  # INFO: reversed so a tie goes to naive, then equal
-    return best, weights[best], rmse, {"sq": sq}
+    return best, weights[best], rmse, sq
+
+
+def backtest_all(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizons: Sequence[str] = tuple(HORIZONS),
+    windows: int = WINDOWS,
+    *,
+    step_size: int = STEP,
+    history: int = HISTORY,
+) -> dict[str, Backtest]:
+    """Backtest every model and the ensemble at each horizon, on one shared set of origins.
+
+    The origins are the last `windows` trading days `step_size` apart whose longest horizon
+    (90d, 65 trading days) is already known, the same for every horizon: the univariate models
+    are cross-validated once and read at each horizon's step, and `run all` costs little more
+    than `run 90d`. The copper model is cross-validated per horizon (its lag is the horizon).
+    """
+    import polars as pl
+
+    steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
+    span = horizon_steps(max(HORIZONS.values()))
+    uni, _, dates = model_frames(usdclp, None, span, history)
+    needed = span + (windows - 1) * step_size + 100
+    if uni.height < needed:
+        raise ValueError(f"{uni.height} trading days are too few for {windows} backtest origins (need {needed})")
+    cv = cross_validate(uni, _models(), span, windows, step_size)
+    last_origin = uni["ds"].max() - span
+    results = {}
+    for horizon, steps in steps_of.items():
+        at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps)
+        names, notes = list(MODELS), []
+        _, exog, _ = model_frames(usdclp, copper, steps, history)
+        if exog is not None:
+            # INFO: cut the frame so this run's origins are the shared ones (last origin = last_origin)
+            exog = exog.filter(pl.col("ds") <= last_origin + steps)
+            if exog.height >= needed:
+                cvx = cross_validate(exog, _copper_models(), steps, windows, step_size)
+                at_h = at_h.join(cvx.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
+                names.append(COPPER_MODEL)
+            else:
+                notes.append(f"copper history too short for the copper model ({exog.height} of {needed} days)")
+        results[horizon] = _score_backtest(horizon, steps, at_h.sort("cutoff"), names, uni, dates, notes)
+    return results
 
 
 def backtest(
@@ -855,30 +903,20 @@ def backtest(
     step_size: int = STEP,
     history: int = HISTORY,
 ) -> Backtest:
-    """Backtest Naive, AutoETS, AutoARIMA, AutoTheta (and AutoARIMA with lagged copper) and the ensemble.
+    """Backtest Naive, AutoETS, AutoARIMA, AutoTheta (and AutoARIMA with lagged copper) and the ensemble at one horizon.
 
-    Rolling origin over the last `windows` origins `step_size` trading days apart, expanding
-    window, errors measured at the horizon date. The ensemble rule is the one of RULES with the
-    lowest RMSE, so it is never worse than Naive on this backtest; its weights at each origin
-    come only from outcomes known by then. The copper ablation repeats the ensemble without the
-    copper model on the same origins.
+    Rolling origin (see `backtest_all` for the origins), expanding window, errors measured at the
+    horizon date. The ensemble rule is the one of RULES with the lowest RMSE, so it is never
+    worse than Naive on this backtest; its weights at each origin come only from outcomes known
+    by then. The copper ablation repeats the ensemble without the copper model on the same origins.
     """
+    return backtest_all(usdclp, copper, [horizon], windows, step_size=step_size, history=history)[horizon]
+
+
+def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[str], uni: pl.DataFrame, dates: pl.DataFrame, notes: list[str]) -> Backtest:
     import numpy as np
     import polars as pl
 
-    days = parse_horizon(horizon)
-    steps = horizon_steps(days)
-    uni, exog, dates = model_frames(usdclp, copper, steps, history)
-    needed = steps + (windows - 1) * step_size + 100
-    if uni.height < needed:
-        raise ValueError(f"{uni.height} trading days are too few for {windows} origins at {horizon} (need {needed})")
-    cv = cross_validate(uni, _models(), steps, windows, step_size)
-    names = list(MODELS)
-    if exog is not None:
-        cvx = cross_validate(exog, _copper_models(), steps, windows, step_size)
-        cv = cv.join(cvx.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
-        names.append(COPPER_MODEL)
-    at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps).sort("cutoff")
     cutoffs = at_h["cutoff"].to_numpy()
     last_log = uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy()
     actual, last = np.exp(at_h["y"].to_numpy()), np.exp(last_log)
@@ -889,19 +927,21 @@ def backtest(
         bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
         scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
 
-    rule, w, rule_rmse, extra = _ensemble(names, at_h, cutoffs, steps, actual)
-    logs = lambda suffix: np.column_stack([at_h[f"{n}{suffix}"].to_numpy() for n in names])  # noqa: E731
-    ens = np.exp(_combine(logs(""), w))
-    bounds = {f"{side}-{lv}": np.exp(_combine(logs(f"-{side}-{lv}"), w)) for lv in LEVELS for side in ("lo", "hi")}
+    rule, w, rule_rmse, sq = _ensemble(names, at_h, cutoffs, steps, actual)
+    ens = np.exp(_combine(np.column_stack([at_h[n].to_numpy() for n in names]), w))
+    # The ensemble's interval is Naive's width around the ensemble's point: the other models'
+    # own intervals are measured far too narrow (53-75% cover at 80%), the random walk's are not.
+    width = lambda key: at_h[f"Naive-{key}"].to_numpy() - at_h["Naive"].to_numpy()  # noqa: E731
+    bounds = {f"{side}-{lv}": ens * np.exp(width(f"{side}-{lv}")) for lv in LEVELS for side in ("lo", "hi")}
     scores[ENSEMBLE] = score(ens, actual, last, bounds, naive_rmse)
 
+    copper_used = COPPER_MODEL in names
     ablation = None
-    if exog is not None:
+    if copper_used:
         _, w0, _, _ = _ensemble(names[:-1], at_h, cutoffs, steps, actual)
         logs0 = np.column_stack([at_h[n].to_numpy() for n in names[:-1]])
         rmse0 = float(np.sqrt(np.mean((np.exp(_combine(logs0, w0)) - actual) ** 2)))
         ablation = (scores[ENSEMBLE].rmse / rmse0 - 1) * 100
-    notes = []
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
     date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list()))
@@ -915,12 +955,12 @@ def backtest(
         steps=steps,
         models=scores,
         rule=rule,
-        weights=dict(zip(names, map(float, final_weights(extra["sq"], rule)))),
+        weights=dict(zip(names, map(float, final_weights(sq, rule)))),
         origins=tuple(predictions["origin"].to_list()),
         rule_rmse=rule_rmse,
-        copper_used=exog is not None,
+        copper_used=copper_used,
         copper_ablation_pct=ablation,
-        copper_model_pct=(scores[COPPER_MODEL].rmse / scores["AutoARIMA"].rmse - 1) * 100 if exog is not None else None,
+        copper_model_pct=(scores[COPPER_MODEL].rmse / scores["AutoARIMA"].rmse - 1) * 100 if copper_used else None,
         predictions=predictions,
         notes=tuple(notes),
     )
@@ -948,6 +988,47 @@ class Forecast:
         return self.ensemble.tail(1).row(0, named=True)
 
 
+def forecast_all(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizons: Sequence[str] = tuple(HORIZONS),
+    *,
+    backtests: Mapping[str, Backtest] | None = None,
+    windows: int = WINDOWS,
+    history: int = HISTORY,
+) -> dict[str, Forecast]:
+    """Forecast every horizon: the univariate models are fitted once (at the longest horizon), the copper model per horizon.
+
+    Runs the backtests first unless given. Pure: no I/O, no clock.
+    """
+    import numpy as np
+    import polars as pl
+    from statsforecast import StatsForecast
+
+    backtests = backtests or backtest_all(usdclp, copper, horizons, windows, history=history)
+    days_of = {h: parse_horizon(h) for h in horizons}
+    longest = max(horizon_steps(d) for d in days_of.values())
+    uni, _, _ = model_frames(usdclp, None, longest, history)
+    last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
+    with _quiet_statsforecast():
+        shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
+    results = {}
+    for horizon, days in days_of.items():
+        steps, bt = horizon_steps(days), backtests[horizon]
+        fc = shared.filter(pl.col("ds") <= last_ds + steps)
+        if bt.copper_used:
+            _, exog, _ = model_frames(usdclp, copper, steps, history)
+            # The regressor's future is known: copper lagged by `steps` days, all on or before today.
+            future = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log().tail(steps).to_numpy()
+            x_df = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(last_ds + 1, last_ds + 1 + steps), "copper_lag": future})
+            with _quiet_statsforecast():
+                fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
+            fc = fc.join(fcx, on=["unique_id", "ds"])
+        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days))
+        results[horizon] = Forecast(horizon=horizon, origin=last_day, last_close=float(usdclp.sort(DATE)[CLOSE][-1]), path=path, backtest=bt)
+    return results
+
+
 def forecast(
     usdclp: pl.DataFrame,
     copper: pl.DataFrame | None = None,
@@ -961,40 +1042,26 @@ def forecast(
 
     Runs the backtest first unless one is given. Pure: no I/O, no clock.
     """
-    import numpy as np
-    import polars as pl
-    from statsforecast import StatsForecast
+    given = {horizon: backtest_result} if backtest_result else None
+    return forecast_all(usdclp, copper, [horizon], backtests=given, windows=windows, history=history)[horizon]
 
-    days = parse_horizon(horizon)
-    steps = horizon_steps(days)
-    bt = backtest_result or backtest(usdclp, copper, horizon, windows, history=history)
-    uni, exog, dates = model_frames(usdclp, copper, steps, history)
-    last_day = usdclp[DATE].max()
-    path_dates = trading_dates(last_day, days)
-    with _quiet_statsforecast():
-        fc = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=steps, level=list(LEVELS))
-        if exog is not None and bt.copper_used:
-            last_ds = uni["ds"].max()
-            # The regressor's future is known: copper lagged by `steps` days, all on or before today.
-            aligned = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log()
-            future = aligned.tail(steps).to_numpy()
-            x_df = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(last_ds + 1, last_ds + 1 + steps), "copper_lag": future})
-            fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
-            fc = fc.join(fcx, on=["unique_id", "ds"])
-    names = list(bt.weights)
-    weights = np.array([bt.weights[n] for n in names])
+
+def _forecast_path(fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date]) -> pl.DataFrame:
+    import polars as pl
+
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
-    rows = []
-    for name in names:
-        rows.append(fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items())))
-    ens = fc.select(
-        pl.lit(ENSEMBLE).alias("model"),
-        *(pl.sum_horizontal([pl.col(f"{n}{s}") * w for n, w in zip(names, weights)]).exp().alias(c) for s, c in cols.items()),
+    fc = fc.sort("ds").head(len(dates))
+    frames = [fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items())) for name in weights]
+    point = pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()])
+    # Naive's interval width around the ensemble's point, as in the backtest (`_score_backtest`).
+    frames.append(
+        fc.select(
+            pl.lit(ENSEMBLE).alias("model"),
+            *((point + pl.col(f"Naive{s}") - pl.col("Naive")).exp().alias(c) for s, c in cols.items()),
+        )
     )
-    n = len(path_dates)
-    step_cols = pl.DataFrame({"step": list(range(1, n + 1)), DATE: path_dates})
-    path = pl.concat([pl.concat([step_cols, r.head(n)], how="horizontal") for r in [*rows, ens]])
-    return Forecast(horizon=horizon, origin=last_day, last_close=float(usdclp.sort(DATE)[CLOSE][-1]), path=path, backtest=bt)
+    steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
+    return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
 
 # -- Core: formatting -----------------------------------------------------------------
@@ -1816,11 +1883,18 @@ def cmd_run(
         seconds["features"] = time.perf_counter() - started
         for reason in bundle.degraded:
             log.warning("Degraded run: %s", reason)
+        log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
+        started = time.perf_counter()
+        backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+        seconds["backtest"] = time.perf_counter() - started
+        log.info("Forecasting %s", ", ".join(horizons))
+        started = time.perf_counter()
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests)
+        seconds["forecast"] = time.perf_counter() - started
         code, summaries = 0, []
         for index, horizon in enumerate(horizons, 1):
-            log.info("[%d/%d] %s: backtest and forecast", index, len(horizons), horizon)
-            stage = dict(seconds)
-            outcome = _run_horizon(config, bundle, horizon, now=now, environ=environ, seconds=stage, skip_email=skip_email)
+            log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
+            outcome = _run_horizon(config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_email=skip_email)
             summaries.append(outcome)
             code = max(code, 0 if outcome.get("report") else 1)
         if as_json:
@@ -1832,13 +1906,8 @@ def cmd_run(
         return code
 
 
-def _run_horizon(config: Config, bundle: Bundle, horizon: str, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool) -> dict[str, Any]:
-    started = time.perf_counter()
-    bt = backtest(bundle.usdclp, bundle.copper, horizon)
-    seconds["backtest"] = time.perf_counter() - started
-    started = time.perf_counter()
-    fc = forecast(bundle.usdclp, bundle.copper, horizon, backtest_result=bt)
-    seconds["forecast"] = time.perf_counter() - started
+def _run_horizon(config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool) -> dict[str, Any]:
+    horizon, bt = fc.horizon, fc.backtest
     for note in bt.notes:
         log.warning("%s: %s", horizon, note)
     outcome: dict[str, Any] = summary(fc, bundle)
@@ -2203,7 +2272,7 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (monitoring and cron mail read the first line)."""
 
-    def error(self, message: str) -> typing.NoReturn:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
