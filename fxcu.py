@@ -1218,7 +1218,11 @@ def make_fetch_json(config: Config, *, wait: Any = None) -> Any:
         retry=tenacity.retry_if_exception(_is_transient),
         reraise=True,
         before_sleep=lambda s: log.warning(
-            "retrying %s after %s", s.fn.__name__ if s.fn else "fetch", describe_error(s.outcome.exception(), config.fred_api_key)
+            "Retrying %s (try %d of %d failed: %s)",
+            _where(s.args[1] if len(s.args) > 1 else "?"),
+            s.attempt_number,
+            config.attempts,
+            describe_error(s.outcome.exception(), config.fred_api_key),
         ),
     )
     def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
@@ -1227,6 +1231,13 @@ def make_fetch_json(config: Config, *, wait: Any = None) -> Any:
         return response.json()
 
     return fetch_json
+
+
+def _where(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url))
+    return f"{parts.netloc}{parts.path}"  # INFO: never the query: it may hold the FRED key
 
 
 def describe_error(exc: BaseException | None, secret: str | None) -> str:
@@ -1321,7 +1332,7 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{what} {path} is held by another process after {timeout:.0f} s") from None
+                    raise TimeoutError(f"{what} {path} is held by another process after {timeout:g} s") from None
                 time.sleep(0.1)
         try:
             yield
@@ -1802,7 +1813,8 @@ def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> 
     usdclp, copper = fetch_both(config, client, now=now)
     for series in (usdclp, copper):
         print(format_series_line(series))
-        for line in series.notes:
+        # INFO: an unavailable series' line already lists every source's failure
+        for line in series.notes if series.ok else [n for n in series.notes if " failed: " not in n]:
             print(f"  {line}")
     return 0 if usdclp.ok else 1
 
@@ -1898,7 +1910,9 @@ def cmd_run(
             summaries.append(outcome)
             code = max(code, 0 if outcome.get("report") else 1)
         if as_json:
-            print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2, default=str))
+            # one JSON object: the summary itself, or for several horizons an object keyed by horizon
+            document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
+            print(json.dumps(document, indent=2, default=str))
         else:
             for outcome in summaries:
                 print(format_summary(outcome))

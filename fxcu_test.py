@@ -1428,7 +1428,7 @@ def test_run_all_fetches_once_and_forecasts_four_horizons(data_dir, capsys, monk
     code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir))
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and calls == ["usdclp", "copper"]
-    assert [s["horizon"] for s in out] == ["7d", "15d", "30d", "90d"] and all(s["tracked"] for s in out)
+    assert list(out) == ["7d", "15d", "30d", "90d"] and all(s["tracked"] and s["horizon"] == h for h, s in out.items())
     assert {r.data.params["horizon"] for h in fxcu.HORIZONS for r in read_runs(data_dir, h)} == set(fxcu.HORIZONS)
 
 
@@ -1795,7 +1795,7 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
         result = inprocess(["fetch"], fault_env(data_dir, api.url))
     assert result.code == 0 and "Traceback" not in result.err
     assert api.count(YAHOO_CLP) == 3 and api.count(YAHOO_HG) == 3  # three tries each, then the backups
-    assert f"WARNING fxcu: retrying fetch_json after {seen}" in result.err
+    assert f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X (try 1 of 3 failed: {seen})" in result.err
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen})" in result.err
     assert "WARNING fxcu: Using mindicador.cl backup for USD/CLP prices" in result.err
     assert "WARNING fxcu: Using FRED backup for copper prices (monthly, degraded)" in result.err
@@ -1889,7 +1889,7 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
         result = inprocess(["run", "7d", "--skip-email"], fault_env(data_dir, api.url))
     assert result.code == 0, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY] * 3  # sent three times, never shown
-    assert "WARNING fxcu: retrying fetch_json after HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***" in result.err
+    assert "/fred/series/observations (try 2 of 3 failed: HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***" in result.err
     assert "sources: usdclp yahoo, copper cache (daily)" in result.out and "; tracked: yes, run " in result.out
     report = next((data_dir / "reports").glob("forecast_7d_*.md")).read_text()
     assert "- fred failed: HTTP 503 Service Unavailable: " in report and "api_key=***" in report
@@ -2040,3 +2040,47 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# -- More CLI behaviour ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup"])
+def test_every_subcommand_help_is_fast_and_light(command):
+    code = f"import sys\nimport fxcu\ntry: fxcu.main([{command!r}, '--help'])\nexcept SystemExit as e: print('exit', e.code)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {{'mlflow','statsforecast','polars','httpx','matplotlib'}}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith(f"usage: fxcu {command}") and lines[-2] == "exit 0" and lines[-1] == "[]"
+
+
+def test_check_network_probes_each_source(tmp_path, capsys):
+    with FakeSources(good_routes()) as api:
+        code = fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url))
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    for name in ("source yahoo CLP=X", "source yahoo HG=F", "source mindicador", "source fred"):
+        assert checks[name]["level"] == "OK", checks[name]
+    assert api.count(YAHOO_CLP) == 1 and api.count(FRED) == 1
+    assert code == 2  # no data yet in this data dir
+
+
+def test_check_network_reports_sources_down_without_the_key(tmp_path, capsys):
+    fxcu.main(["check", "--network"], fault_env(tmp_path, closed_url()))
+    out = capsys.readouterr().out
+    assert "WARNING  source yahoo CLP=X: connection error" in out and "WARNING  source fred: connection error" in out
+    assert FRED_KEY not in out
+
+
+def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
+    finally:
+        release.set()
+        holder.join(20)
+    assert result.code == 1 and result.out == ""
+    assert result.err.strip().splitlines()[-1].startswith("fxcu: run lock ") and "held by another process after" in result.err
+    assert "Traceback" not in result.err and not (data_dir / "reports").exists()

@@ -2,9 +2,11 @@
 """Forecast-engine benchmarks for fxcu (issue 4) on the real CLP=X and HG=F histories; prints Markdown.
 
 Usage (from anywhere; the repository root is put on sys.path):
-    python docs/bench_forecast.py accuracy   # fxcu.backtest at 7d, 15d, 30d, 90d, with and without copper
-    python docs/bench_forecast.py speed      # fxcu.forecast vs statsforecast refit=True at the same 60 origins
-                                             # (7d and 90d), what refitting changes in accuracy, peak RSS
+    python docs/bench_forecast.py accuracy   # fxcu.backtest_all at 7d, 15d, 30d, 90d (one shared set of
+                                             # origins), with and without copper
+    python docs/bench_forecast.py speed      # fxcu.forecast (7d, 90d) and fxcu.forecast_all (all four) vs
+                                             # statsforecast refit=True at the same 60 origins, what refitting
+                                             # changes in accuracy, peak RSS
     python docs/bench_forecast.py all        # both
 
 Data directory: ../shared/data relative to the repository root, or FXCU_SHARED_DATA. The inputs are
@@ -12,8 +14,9 @@ cleaned exactly as fxcu_test.real_usdclp() / real_copper() do (the CSV as a Yaho
 fxcu.parse_yahoo_chart + fxcu.clean_prices; HG=F through fxcu.clean_prices).
 
 Timings are wall clock on a shared machine: compare the ratio measured in the same run, not the
-absolute seconds. fxcu.forecast is timed 3 times (after 1 warm-up, the third run after the baseline)
-and the median is reported; the statsforecast refit=True baseline runs once (it takes minutes).
+absolute seconds. fxcu.forecast / forecast_all are timed 3 times (after 1 warm-up, the third run after the
+baseline) and the median is reported; the statsforecast refit=True baseline runs once (it takes minutes): the
+univariate models once at h=65 (the shared origins, read at each horizon's step), the copper model per horizon.
 Peak memory is ru_maxrss in a fresh child started through /bin/sh (Linux carries ru_maxrss over
 fork and exec, so a direct child of this process would inherit our peak).
 """
@@ -124,28 +127,44 @@ def accuracy_table(bt: fxcu.Backtest) -> str:
     return table(["model", "RMSE CLP", "ratio to Naive", "MAE CLP", "MAPE %", "80% coverage", "95% coverage", "direction hit rate", "final weight"], rows)
 
 
-def section_accuracy() -> list[dict[str, Any]]:
+def same_backtest(a: fxcu.Backtest, b: fxcu.Backtest) -> bool:
+    return a.origins == b.origins and a.rule == b.rule and all(abs(a.models[m].rmse - b.models[m].rmse) < 1e-9 for m in a.models)
+
+
+def section_accuracy() -> dict[str, Any]:
     usdclp, copper = real_usdclp(), real_copper()
-    print("## Accuracy: `fxcu.backtest(usdclp, copper, h)` on the real CLP=X + HG=F histories\n")
+    print("## Accuracy: `fxcu.backtest_all(usdclp, copper, horizons)` on the real CLP=X + HG=F histories\n")
+    start = time.perf_counter()
+    bts = fxcu.backtest_all(usdclp, copper, ACCURACY_HORIZONS)
+    seconds_all = time.perf_counter() - start
+    bts0 = fxcu.backtest_all(usdclp, None, ACCURACY_HORIZONS)
+    start = time.perf_counter()
+    one = fxcu.backtest(usdclp, copper, "7d")
+    seconds_one = time.perf_counter() - start
+    shared = all(bts[h].origins == bts[ACCURACY_HORIZONS[0]].origins for h in ACCURACY_HORIZONS)
+    first = bts[ACCURACY_HORIZONS[0]]
     print(
         f"CLP=X {usdclp[fxcu.DATE].min()} .. {usdclp[fxcu.DATE].max()} ({usdclp.height} rows after cleaning), "
         f"HG=F {copper[fxcu.DATE].min()} .. {copper[fxcu.DATE].max()} ({copper.height} rows). "
         f"{fxcu.WINDOWS} origins {fxcu.STEP} trading days apart, expanding window over the last {fxcu.HISTORY} rows, "
         "errors at the horizon date, in CLP per USD. Direction: share of origins where the model's sign of "
-        "(forecast − last close) matched the outcome's, among origins where it called a move (— = never calls one).\n"
+        "(forecast − last close) matched the outcome's, among origins where it called a move (— = never calls one). "
+        "Ensemble interval: Naive's 80%/95% interval width in log space around the ensemble point.\n"
     )
-    results = []
+    print(
+        f"- One shared set of origins for every horizon: {shared} ({len(first.origins)} origins, {first.origins[0]} .. {first.origins[-1]}; "
+        f"the last origin is {fxcu.horizon_steps(90)} trading days before the data ends).\n"
+        f"- `backtest_all` over the four horizons took {seconds_all:.1f} s; `fxcu.backtest(usdclp, copper, \"7d\")` alone {seconds_one:.1f} s "
+        f"and reproduces `backtest_all`'s 7d: {same_backtest(one, first)}.\n"
+    )
     for horizon in ACCURACY_HORIZONS:
-        start = time.perf_counter()
-        bt = fxcu.backtest(usdclp, copper, horizon)
-        seconds = time.perf_counter() - start
-        bt0 = fxcu.backtest(usdclp, None, horizon)
+        bt, bt0 = bts[horizon], bts0[horizon]
         naive = bt.models["Naive"].rmse
         ens, ens0 = bt.ensemble, bt0.ensemble
         print(f"### {horizon} ({bt.steps} trading days ahead)\n")
         print(
             f"Naive RMSE **{naive:.2f} CLP**; {len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]} "
-            f"(horizon dates up to {bt.predictions['target'].max()}); backtest took {seconds:.1f} s.\n"
+            f"(horizon dates {bt.predictions['target'].min()} .. {bt.predictions['target'].max()}).\n"
         )
         print(accuracy_table(bt))
         rule_cells = ", ".join(f"{r} {bt.rule_rmse[r] / naive:.4f}" for r in fxcu.RULES)
@@ -158,10 +177,11 @@ def section_accuracy() -> list[dict[str, Any]]:
         same_origins = bt0.origins == bt.origins
         same_models = all(abs(bt0.models[m].rmse - bt.models[m].rmse) < 1e-9 for m in fxcu.MODELS)
         rule0 = ", ".join(f"{r} {bt0.rule_rmse[r] / bt0.models['Naive'].rmse:.4f}" for r in fxcu.RULES)
+        implied = "—" if rmse0_from_ablation is None else f"{rmse0_from_ablation:.2f}"
         print(
             f"- Same backtest with `copper=None`: rule **{bt0.rule}** ({rule0}); ensemble RMSE {ens0.rmse:.2f} "
             f"(ratio {ens0.ratio:.4f}), 80%/95% coverage {pct(ens0.coverage_80)}/{pct(ens0.coverage_95)}, "
-            f"direction {pct(ens0.direction)}. The ablation implies {rmse0_from_ablation:.2f} for the no-copper ensemble; "
+            f"direction {pct(ens0.direction)}. The ablation implies {implied} for the no-copper ensemble; "
             f"origins identical: {same_origins}; the 4 univariate models' RMSEs identical: {same_models}."
         )
         if bt.notes:
@@ -171,101 +191,159 @@ def section_accuracy() -> list[dict[str, Any]]:
             f"80% coverage {COVER_80[0]:.0%}–{COVER_80[1]:.0%}: {met(COVER_80[0] <= ens.coverage_80 <= COVER_80[1])} ({pct(ens.coverage_80)}); "
             f"95% coverage {COVER_95[0]:.0%}–{COVER_95[1]:.0%}: {met(COVER_95[0] <= ens.coverage_95 <= COVER_95[1])} ({pct(ens.coverage_95)}).\n"
         )
-        results.append({"horizon": horizon, "bt": bt, "bt0": bt0})
     print("### Summary across horizons (ensemble)\n")
     rows = []
-    for r in results:
-        bt, e = r["bt"], r["bt"].ensemble
+    for h in ACCURACY_HORIZONS:
+        bt, e = bts[h], bts[h].ensemble
         rows.append([
-            r["horizon"], f"{bt.models['Naive'].rmse:.2f}", f"{e.ratio:.4f}", bt.rule, pct(e.coverage_80), pct(e.coverage_95),
-            signed(bt.copper_ablation_pct), signed(bt.copper_model_pct), f"{r['bt0'].ensemble.ratio:.4f}",
+            h, f"{bt.models['Naive'].rmse:.2f}", f"{e.ratio:.4f}", bt.rule, pct(e.coverage_80), pct(e.coverage_95), pct(e.direction),
+            signed(bt.copper_ablation_pct), signed(bt.copper_model_pct), f"{bts0[h].ensemble.ratio:.4f}",
         ])
-    print(table(["horizon", "Naive RMSE", "ensemble ratio", "rule", "80% cov", "95% cov", "copper ablation", "copper model vs AutoARIMA", "no-copper ensemble ratio"], rows, "lrrlrrrrr"))
+    print(table(["horizon", "Naive RMSE", "ensemble ratio", "rule", "80% cov", "95% cov", "direction", "copper ablation", "copper model vs AutoARIMA", "no-copper ensemble ratio"], rows, "lrrlrrrrrr"))
     print()
-    return results
+    return {"bts": bts, "bts0": bts0}
 
 
 # -- Speed ------------------------------------------------------------------------------------------
 
 
-def at_horizon_scores(cv: Any, uni: Any, steps: int, names: list[str]) -> tuple[dict[str, fxcu.Score], Any]:
-    """Score each model at the horizon date exactly as fxcu.backtest does; plus the ensemble re-chosen by fxcu's rules."""
-    import numpy as np
+def shared_frames(usdclp: Any, copper: Any, horizons: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any]]:
+    """The frames fxcu.backtest_all cross-validates: the univariate frame (h = 65) and, per horizon, the exog frame cut so its last origin is the shared one."""
     import polars as pl
 
-    at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps).sort("cutoff")
-    cutoffs = at_h["cutoff"].to_numpy()
-    last = np.exp(uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy())
-    actual = np.exp(at_h["y"].to_numpy())
-    naive_rmse = float(np.sqrt(np.mean((np.exp(at_h["Naive"].to_numpy()) - actual) ** 2)))
-    scores = {}
-    for name in names:
-        bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in fxcu.LEVELS for side in ("lo", "hi")}
-        scores[name] = fxcu.score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
-    rule, w, _, _ = fxcu._ensemble(names, at_h, cutoffs, steps, actual)
-    logs = lambda suffix: np.column_stack([at_h[f"{n}{suffix}"].to_numpy() for n in names])  # noqa: E731
-    bounds = {f"{side}-{lv}": np.exp(fxcu._combine(logs(f"-{side}-{lv}"), w)) for lv in fxcu.LEVELS for side in ("lo", "hi")}
-    scores[fxcu.ENSEMBLE] = fxcu.score(np.exp(fxcu._combine(logs(""), w)), actual, last, bounds, naive_rmse)
-    return scores, (rule, cutoffs)
+    span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
+    uni, _, dates = fxcu.model_frames(usdclp, None, span)
+    last_origin = uni["ds"].max() - span
+    exogs = {}
+    for h in horizons:
+        steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
+        _, exog, _ = fxcu.model_frames(usdclp, copper, steps)
+        exogs[h] = exog.filter(pl.col("ds") <= last_origin + steps)
+    return uni, dates, exogs
 
 
-def speed_one(usdclp: Any, copper: Any, horizon: str) -> dict[str, Any]:
+def score_cv(horizon: str, cv_uni: Any, cv_exog: Any, uni: Any, dates: Any) -> fxcu.Backtest:
+    """Score cross-validation output at the horizon date with fxcu's own scoring (rule choice, Naive-width ensemble interval)."""
+    import polars as pl
+
     steps = fxcu.horizon_steps(fxcu.parse_horizon(horizon))
-    uni, exog, _ = fxcu.model_frames(usdclp, copper, steps)
-    names = [*fxcu.MODELS, fxcu.COPPER_MODEL]
+    at_h = cv_uni.filter(pl.col("ds") == pl.col("cutoff") + steps).join(cv_exog.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
+    return fxcu._score_backtest(horizon, steps, at_h.sort("cutoff"), [*fxcu.MODELS, fxcu.COPPER_MODEL], uni, dates, [])
 
-    def run_fxcu() -> tuple[float, Any]:
-        start = time.perf_counter()
-        fc = fxcu.forecast(usdclp, copper, horizon)
-        return time.perf_counter() - start, fc
 
-    run_fxcu()  # warm-up: lazy imports, polars set-up, caches
-    times = []
-    for _ in range(FORECAST_RUNS - 1):
-        t, fc = run_fxcu()
-        times.append(t)
-
+def timed(fn: Any) -> tuple[float, Any]:
     start = time.perf_counter()
-    cv_uni = fxcu.cross_validate(uni, fxcu._models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True)
-    base_uni = time.perf_counter() - start
-    start = time.perf_counter()
-    cv_exog = fxcu.cross_validate(exog, fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True)
-    base_exog = time.perf_counter() - start
+    out = fn()
+    return time.perf_counter() - start, out
 
-    t, fc = run_fxcu()
-    times.append(t)
-    start = time.perf_counter()
-    fxcu.forecast(usdclp, copper, horizon, backtest_result=fc.backtest)
-    final_fit = time.perf_counter() - start
 
-    refit_cv = cv_uni.join(cv_exog.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
-    refit_scores, (refit_rule, refit_cutoffs) = at_horizon_scores(refit_cv, uni, steps, names)
-    bt = fc.backtest
-    # The same scoring applied to fxcu's own refit=False predictions must reproduce bt (checks the helper).
-    own_cv = fxcu.cross_validate(uni, fxcu._models(), steps, fxcu.WINDOWS, fxcu.STEP).join(
-        fxcu.cross_validate(exog, fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP).drop("y"), on=["unique_id", "ds", "cutoff"], how="inner"
+def section_speed() -> dict[str, Any]:
+    usdclp, copper = real_usdclp(), real_copper()
+    horizons = tuple(fxcu.HORIZONS)
+    span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
+    uni, dates, exogs = shared_frames(usdclp, copper, horizons)
+    print("## Speed: `fxcu.forecast` / `fxcu.forecast_all` vs statsforecast `cross_validation(refit=True)` at the same 60 origins\n")
+    print(
+        f"Both on the frames `fxcu.backtest_all` builds (last {fxcu.HISTORY} rows, log prices), n_jobs=1. fxcu = "
+        f"`fxcu.forecast(usdclp, copper, h)` (7d, 90d) or `fxcu.forecast_all(usdclp, copper, all four)`: the shared "
+        f"{fxcu.WINDOWS}-origin backtest (models fitted once before the first origin, then `forward`ed; refit=False) + the final fit; "
+        f"median of {FORECAST_RUNS} after 1 warm-up (the third run after the baseline). Baseline, run once, on the same origins: "
+        f"`cross_validation(h={span}, n_windows={fxcu.WINDOWS}, step_size={fxcu.STEP}, level=[80, 95], refit=True)` for Naive, AutoETS, "
+        "AutoARIMA, AutoTheta on the univariate frame (read at each horizon's step), plus, per horizon, AutoARIMA with `copper_lag` "
+        "(`h=steps`) on the exog frame cut as `backtest_all` cuts it.\n"
     )
-    own, (own_rule, own_cutoffs) = at_horizon_scores(own_cv, uni, steps, names)
-    mismatch = [n for n in own if abs(own[n].rmse - bt.models[n].rmse) > 1e-6 or own[n].coverage_80 != bt.models[n].coverage_80]
-    if mismatch or own_rule != bt.rule:
-        raise RuntimeError(f"re-scoring fxcu's own cross-validation does not reproduce its backtest: {mismatch}, {own_rule} vs {bt.rule}")
-    return {
-        "horizon": horizon,
-        "steps": steps,
-        "rows": uni.height,
-        "times": times,
-        "final_fit": final_fit,
-        "base_uni": base_uni,
-        "base_exog": base_exog,
-        "refit": refit_scores,
-        "refit_rule": refit_rule,
-        "same_origins": list(refit_cutoffs) == list(own_cutoffs),
-        "bt": bt,
+    jobs = {
+        "7d": lambda: fxcu.forecast(usdclp, copper, "7d"),
+        "90d": lambda: fxcu.forecast(usdclp, copper, "90d"),
+        "all": lambda: fxcu.forecast_all(usdclp, copper, horizons),
     }
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    outputs: dict[str, Any] = {}
+    for fn in jobs.values():
+        fn()  # warm-up: lazy imports, polars set-up, caches
+    for _ in range(FORECAST_RUNS - 1):
+        for key, fn in jobs.items():
+            t, outputs[key] = timed(fn)
+            times[key].append(t)
+
+    base_uni, cv_uni = timed(lambda: fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP, refit=True))
+    base_exog, cv_exog = {}, {}
+    for h in horizons:
+        steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
+        base_exog[h], cv_exog[h] = timed(lambda: fxcu.cross_validate(exogs[h], fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True))
+
+    for key, fn in jobs.items():
+        t, outputs[key] = timed(fn)
+        times[key].append(t)
+    bts = {h: outputs["all"][h].backtest for h in horizons}
+    final_fit = {
+        "7d": timed(lambda: fxcu.forecast(usdclp, copper, "7d", backtest_result=outputs["7d"].backtest))[0],
+        "90d": timed(lambda: fxcu.forecast(usdclp, copper, "90d", backtest_result=outputs["90d"].backtest))[0],
+        "all": timed(lambda: fxcu.forecast_all(usdclp, copper, horizons, backtests=bts))[0],
+    }
+
+    # Check: re-scoring fxcu's own refit=False cross-validation of these frames must reproduce its backtests.
+    own_uni = fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP)
+    own = {h: score_cv(h, own_uni, fxcu.cross_validate(exogs[h], fxcu._copper_models(), fxcu.horizon_steps(fxcu.parse_horizon(h)), fxcu.WINDOWS, fxcu.STEP), uni, dates) for h in horizons}
+    bad = [h for h in horizons if not same_backtest(own[h], bts[h]) or own[h].models[fxcu.ENSEMBLE].coverage_80 != bts[h].models[fxcu.ENSEMBLE].coverage_80]
+    if bad:
+        raise RuntimeError(f"re-scoring fxcu's own cross-validation does not reproduce its backtest at {bad}")
+    refit = {h: score_cv(h, cv_uni, cv_exog[h], uni, dates) for h in horizons}
+    same_7d_90d = outputs["7d"].backtest.origins == bts["7d"].origins and outputs["90d"].backtest.origins == bts["90d"].origins
+
+    baseline = {"7d": base_uni + base_exog["7d"], "90d": base_uni + base_exog["90d"], "all": base_uni + sum(base_exog.values())}
+    rows = []
+    for key in jobs:
+        med = statistics.median(times[key])
+        split = f"{base_uni:.1f} + {base_exog[key]:.1f}" if key != "all" else f"{base_uni:.1f} + " + " + ".join(f"{base_exog[h]:.1f}" for h in horizons)
+        label = {"7d": f"7d ({fxcu.horizon_steps(7)} steps): `forecast`", "90d": f"90d ({span} steps): `forecast`", "all": "7d+15d+30d+90d: `forecast_all`"}[key]
+        rows.append([
+            label, f"{med:.2f}", f"[{min(times[key]):.2f}, {max(times[key]):.2f}]", f"{final_fit[key]:.2f}",
+            f"{baseline[key]:.1f}", split, f"**{med / baseline[key]:.3f}**", met(med / baseline[key] <= SPEED_TARGET),
+        ])
+    print(table(
+        ["what", "fxcu median s", "[min, max] s", "final fit only s", "refit=True baseline s", "univariate + copper s", "ratio fxcu/baseline", f"≤ {SPEED_TARGET}"],
+        rows, "lrlrrlrl",
+    ))
+    print(
+        f"\n- Origins: the one-horizon `forecast` backtests use the same origins as `forecast_all`'s: {same_7d_90d}; "
+        f"re-scoring fxcu's own refit=False cross-validation of these frames reproduces its backtests: True."
+    )
+    print()
+    print("### What the refit schedule costs in accuracy (same origins, RMSE at the horizon date, CLP)\n")
+    for h in horizons:
+        bt, rf = bts[h], refit[h]
+        print(f"**{h}** — origins identical: {bt.origins == rf.origins}; fxcu rule {bt.rule}, refit=True rule {rf.rule}.\n")
+        rows = []
+        for name in [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE]:
+            a, b = bt.models[name], rf.models[name]
+            rows.append([
+                name, f"{a.rmse:.2f}", f"{b.rmse:.2f}", signed((a.rmse / b.rmse - 1) * 100), f"{a.ratio:.4f}", f"{b.ratio:.4f}",
+                f"{pct(a.coverage_80)} / {pct(b.coverage_80)}", f"{pct(a.coverage_95)} / {pct(b.coverage_95)}",
+            ])
+        print(table(
+            ["model", "RMSE refit=False (fxcu)", "RMSE refit=True", "fxcu vs refit", "ratio to Naive, fxcu", "ratio to Naive, refit", "80% cov fxcu / refit", "95% cov fxcu / refit"],
+            rows,
+        ))
+        rules = ", ".join(f"{r} {rf.rule_rmse[r] / rf.models['Naive'].rmse:.4f}" for r in fxcu.RULES)
+        print(f"\nrefit=True rule RMSE ratios to Naive: {rules}.\n")
+    print("### Peak memory in a fresh process\n")
+    rows = []
+    for h in (*SPEED_HORIZONS, "all"):
+        m = rss(h)
+        label = f"`forecast` {h}" if h != "all" else "`forecast_all` (four horizons)"
+        rows.append([label, f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['delta_mib']:.0f}", ", ".join(map(str, m["peaks"]))])
+    print(table(["what", "RSS after imports + data MiB", "peak RSS (ru_maxrss) MiB", "delta MiB", "peaks of the runs MiB"], rows, "lrrrl"))
+    print(
+        f"\nMedian of {RSS_REPEATS} children started via /bin/sh. Each imports fxcu, polars and statsforecast, loads and "
+        "cleans both CSVs, reads its RSS, runs `fxcu.forecast(usdclp, copper, h)` (or `fxcu.forecast_all` over the four "
+        "horizons) once, then reads ru_maxrss.\n"
+    )
+    return {"times": times, "final_fit": final_fit, "base_uni": base_uni, "base_exog": base_exog}
 
 
 def rss_child(horizon: str) -> None:
-    """In a fresh process: import, load the data, take RSS; run fxcu.forecast once; print ru_maxrss (KiB)."""
+    """In a fresh process: import, load the data, take RSS; run fxcu.forecast (or forecast_all for "all") once; print ru_maxrss (KiB)."""
     import polars  # noqa: F401
     import statsforecast  # noqa: F401
     from statsforecast.models import AutoARIMA  # noqa: F401
@@ -273,7 +351,10 @@ def rss_child(horizon: str) -> None:
     usdclp, copper = real_usdclp(), real_copper()
     before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     before_rss = _vm_rss_kib()
-    fxcu.forecast(usdclp, copper, horizon)
+    if horizon == "all":
+        fxcu.forecast_all(usdclp, copper, tuple(fxcu.HORIZONS))
+    else:
+        fxcu.forecast(usdclp, copper, horizon)
     after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"maxrss_before_kib": before_max, "rss_before_kib": before_rss, "maxrss_after_kib": after_max, "rss_after_kib": _vm_rss_kib()}))
 
@@ -305,61 +386,6 @@ def rss(horizon: str) -> dict[str, float]:
         "delta_mib": statistics.median((s["maxrss_after_kib"] - s["maxrss_before_kib"]) / 1024 for s in samples),
         "peaks": [round(s["maxrss_after_kib"] / 1024) for s in samples],
     }
-
-
-def section_speed() -> None:
-    usdclp, copper = real_usdclp(), real_copper()
-    print("## Speed: `fxcu.forecast` vs statsforecast `cross_validation(refit=True)` at the same 60 origins\n")
-    print(
-        f"Both on the last {fxcu.HISTORY} rows from `fxcu.model_frames` (log prices), n_jobs=1. fxcu.forecast = its "
-        f"{fxcu.WINDOWS}-origin backtest (models fitted once before the first origin, then `forward`ed; refit=False) "
-        f"+ the final fit; median of {FORECAST_RUNS} after 1 warm-up (the third run after the baseline). Baseline = "
-        f"`cross_validation(h=steps, n_windows={fxcu.WINDOWS}, step_size={fxcu.STEP}, level=[80, 95], refit=True)` "
-        "for Naive, AutoETS, AutoARIMA, AutoTheta on the univariate frame plus AutoARIMA with `copper_lag` on the "
-        "exog frame, run once.\n"
-    )
-    results = [speed_one(usdclp, copper, h) for h in SPEED_HORIZONS]
-    rows = []
-    for r in results:
-        med = statistics.median(r["times"])
-        base = r["base_uni"] + r["base_exog"]
-        rows.append([
-            f"{r['horizon']} ({r['steps']} steps)", f"{med:.2f}", f"[{min(r['times']):.2f}, {max(r['times']):.2f}]", f"{r['final_fit']:.2f}",
-            f"{base:.1f}", f"{r['base_uni']:.1f} + {r['base_exog']:.1f}", f"**{med / base:.3f}**", met(med / base <= SPEED_TARGET),
-        ])
-    print(table(
-        ["horizon", "fxcu.forecast median s", "[min, max] s", "final fit only s", "refit=True baseline s", "univariate + copper s", "ratio fxcu/baseline", f"≤ {SPEED_TARGET}"],
-        rows, "lrlrrlrl",
-    ))
-    print()
-    print("### What the refit schedule costs in accuracy (same origins, RMSE at the horizon date, CLP)\n")
-    for r in results:
-        bt, refit = r["bt"], r["refit"]
-        print(f"**{r['horizon']}** — origins identical: {r['same_origins']}; fxcu rule {bt.rule}, refit=True rule {r['refit_rule']}.\n")
-        rows = []
-        for name in [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE]:
-            a, b = bt.models[name], refit[name]
-            rows.append([
-                name, f"{a.rmse:.2f}", f"{b.rmse:.2f}", signed((a.rmse / b.rmse - 1) * 100), f"{a.ratio:.4f}", f"{b.ratio:.4f}",
-                f"{pct(a.coverage_80)} / {pct(b.coverage_80)}", f"{pct(a.coverage_95)} / {pct(b.coverage_95)}",
-            ])
-        print(table(
-            ["model", "RMSE refit=False (fxcu)", "RMSE refit=True", "fxcu vs refit", "ratio to Naive, fxcu", "ratio to Naive, refit", "80% cov fxcu / refit", "95% cov fxcu / refit"],
-            rows,
-        ))
-        print()
-    print("### Peak memory of one `fxcu.forecast` (backtest + final fit) in a fresh process\n")
-    rows = []
-    for h in SPEED_HORIZONS:
-        m = rss(h)
-        rows.append([h, f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['delta_mib']:.0f}", ", ".join(map(str, m["peaks"]))])
-    print(table(["horizon", "RSS after imports + data MiB", "peak RSS (ru_maxrss) MiB", "delta MiB", "peaks of the runs MiB"], rows, "lrrrl"))
-    print(
-        f"\nMedian of {RSS_REPEATS} children started via /bin/sh. Each imports fxcu, polars and statsforecast, loads and "
-        "cleans both CSVs, reads its RSS, runs `fxcu.forecast(usdclp, copper, h)` once, then reads ru_maxrss "
-        "(statsforecast 2.x fits in its compiled extension, no numba JIT; repeating the forecast in one process "
-        "does not raise the peak).\n"
-    )
 
 
 def main(argv: list[str]) -> int:
