@@ -1645,8 +1645,9 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def artifact_root(config: Config) -> str:
-    return (config.data_dir / "mlflow" / "mlruns").as_uri()
+def artifact_root(config: Config, uri: str) -> str | None:
+    """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the working directory); a server chooses its own."""
+    return (config.data_dir / "mlflow" / "mlruns").as_uri() if uri.startswith("sqlite:") else None
 
 
 def _bounded(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -1756,8 +1757,9 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         started = time.perf_counter()
         from mlflow.entities import Metric, Param, RunTag
 
-        client = mlflow_client(tracking_uri(config, environ))
-        experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config))
+        uri = tracking_uri(config, environ)
+        client = mlflow_client(uri)
+        experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config, uri))
         run = client.create_run(experiment_id, run_name=record.run_name, tags={"mlflow.runName": record.run_name})
         run_id = run.info.run_id
         try:
@@ -2005,7 +2007,7 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     client = mlflow_client(uri)
     print(f"tracking URI: {redact_uri(uri)}")
     for horizon in HORIZONS:
-        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config))
+        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri))
         location = client.get_experiment(experiment_id).artifact_location
         print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
     for folder in ("warehouse", "reports", "mlflow/mlruns"):

@@ -1360,15 +1360,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_runs_over_http(data_dir):
+def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
     config = fxcu.Config.from_env(run_env(data_dir))
     run_id = fxcu.log_run(config, record("7d", 18.5), environ={})
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 90
@@ -1378,10 +1379,20 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir):
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        client = MlflowClient(tracking_uri=url)
         experiment = client.get_experiment_by_name("forecaster_7d")
         runs = client.search_runs([experiment.experiment_id])
         assert [r.info.run_id for r in runs] == [run_id] and runs[0].data.metrics["7d_rmse"] == 18.5
+        # MLFLOW_TRACKING_URI wins: fxcu logs through the server, artifacts included, where the server keeps them
+        report = tmp_path / "forecast_7d_2026-11-26.md"
+        report.write_text("# a report\n")
+        remote = dataclasses.replace(record("15d", 25.0), artifacts=(report,))
+        remote_id = fxcu.log_run(config, remote, environ={"MLFLOW_TRACKING_URI": url})
+        logged = client.get_run(remote_id)
+        assert logged.data.metrics["15d_rmse"] == 25.0 and logged.info.status == "FINISHED"
+        assert not logged.info.artifact_uri.startswith((data_dir / "mlflow" / "mlruns").as_uri())
+        assert [a.path for a in client.list_artifacts(remote_id)] == ["forecast_7d_2026-11-26.md"]
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
