@@ -656,7 +656,8 @@ def feature_problems(features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.Da
 
 MODELS = ("Naive", "AutoETS", "AutoARIMA", "AutoTheta")
 COPPER_MODEL = "AutoARIMA_copper"  # AutoARIMA with log copper, lagged by the horizon, as a regressor
-ENSEMBLE = "Ensemble"
+ENSEMBLE = "Ensemble"  # what fxcu serves: the combination when it beat Naive out of sample, else Naive
+COMBINATION = "Combination"  # the online-chosen rule's forecast, scored with no look-ahead
 RULES = ("inverse_mse", "equal", "naive")
 LEVELS = (80, 95)
 HISTORY = 2520  # trading days modelled: ten years
@@ -832,22 +833,59 @@ def _combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (preds * weights).sum(axis=1)
 
 
-def _ensemble(names: Sequence[str], wide: pl.DataFrame, cutoffs: np.ndarray, steps: int, actual: np.ndarray) -> tuple[str, np.ndarray, dict[str, float], np.ndarray]:
-    """Pick the rule with the lowest backtest RMSE (ties to the simpler rule).
+def online_rule(rule_sq: Mapping[str, np.ndarray], cutoffs: np.ndarray, steps: int) -> list[str]:
+    """The rule each origin would have chosen: lowest MSE over the origins already realised, `naive` until one is.
 
-    Returns the rule, its online weights per origin, every rule's RMSE, and the squared errors.
+    Ties go to `naive`, then `equal`: a rule must beat the simpler one to replace it.
     """
     import numpy as np
 
-    logs = np.column_stack([wide[n].to_numpy() for n in names])
+    chosen = []
+    for i in range(len(cutoffs)):
+        known = cutoffs + steps <= cutoffs[i]
+        if not known.any():
+            chosen.append("naive")
+            continue
+        mse = {rule: float(np.mean(rule_sq[rule][known])) for rule in RULES}
+        chosen.append(min(RULES[::-1], key=mse.__getitem__))
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleChoice:
+    """What the backtest says about combining: the served point per origin, the live rule and weights."""
+
+    served: np.ndarray  # log forecast per origin of what fxcu serves (the combination, or Naive)
+    combination: np.ndarray  # log forecast per origin of the online-chosen rule
+    rule: str  # the live rule: the combination's latest choice, or "naive" when combining lost
+    weights: np.ndarray  # live weights per model
+    rule_rmse: dict[str, float]
+    notes: tuple[str, ...]
+
+
+def choose_ensemble(logs: np.ndarray, actual: np.ndarray, cutoffs: np.ndarray, steps: int) -> EnsembleChoice:
+    """Combine the models (column 0 is Naive) with no look-ahead, and serve Naive if combining lost out of sample.
+
+    At each origin the rule (RULES) and its weights come only from outcomes realised before it
+    (`online_rule`, `online_weights`): that is the combination's honest score. If it is not
+    better than Naive, fxcu serves Naive and says so. Live: the rule with the lowest MSE over
+    every backtest origin, which is what the combination would choose next.
+    """
+    import numpy as np
+
     sq = (np.exp(logs) - actual[:, None]) ** 2
-    rmse, weights = {}, {}
-    for rule in RULES:
-        w = online_weights(sq, cutoffs, steps, rule)
-        weights[rule] = w
-        rmse[rule] = float(np.sqrt(np.mean((np.exp(_combine(logs, w)) - actual) ** 2)))
-    best = min(RULES[::-1], key=lambda r: rmse[r])  # INFO: reversed so a tie goes to naive, then equal
-    return best, weights[best], rmse, sq
+    per_rule = {rule: _combine(logs, online_weights(sq, cutoffs, steps, rule)) for rule in RULES}
+    rule_sq = {rule: (np.exp(pred) - actual) ** 2 for rule, pred in per_rule.items()}
+    picks = online_rule(rule_sq, cutoffs, steps)
+    combination = np.array([per_rule[rule][i] for i, rule in enumerate(picks)])
+    rmse = lambda pred: float(np.sqrt(np.mean((np.exp(pred) - actual) ** 2)))  # noqa: E731
+    rule_rmse = {rule: rmse(pred) for rule, pred in per_rule.items()}
+    if rmse(combination) < rmse(logs[:, 0]):
+        live = min(RULES[::-1], key=rule_rmse.__getitem__)
+        return EnsembleChoice(combination, combination, live, final_weights(sq, live), rule_rmse, ())
+    ratio = rmse(combination) / rmse(logs[:, 0])
+    note = f"combining models lost to Naive out of sample ({ratio:.4f}x its RMSE): serving Naive"
+    return EnsembleChoice(logs[:, 0], combination, "naive", final_weights(sq, "naive"), rule_rmse, (note,))
 
 
 def backtest_all(
@@ -927,37 +965,38 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
         bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
         scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
 
-    rule, w, rule_rmse, sq = _ensemble(names, at_h, cutoffs, steps, actual)
-    ens = np.exp(_combine(np.column_stack([at_h[n].to_numpy() for n in names]), w))
-    # The ensemble's interval is Naive's width around the ensemble's point: the other models'
-    # own intervals are measured far too narrow (53-75% cover at 80%), the random walk's are not.
+    logs = np.column_stack([at_h[n].to_numpy() for n in names])
+    choice = choose_ensemble(logs, actual, cutoffs, steps)
+    # Intervals of the served point and of the combination: Naive's width around the point. The
+    # other models' own intervals are measured far too narrow (53-75% cover at 80%); Naive's are not.
     width = lambda key: at_h[f"Naive-{key}"].to_numpy() - at_h["Naive"].to_numpy()  # noqa: E731
-    bounds = {f"{side}-{lv}": ens * np.exp(width(f"{side}-{lv}")) for lv in LEVELS for side in ("lo", "hi")}
-    scores[ENSEMBLE] = score(ens, actual, last, bounds, naive_rmse)
+    for name, point in ((COMBINATION, choice.combination), (ENSEMBLE, choice.served)):
+        bounds = {f"{side}-{lv}": np.exp(point + width(f"{side}-{lv}")) for lv in LEVELS for side in ("lo", "hi")}
+        scores[name] = score(np.exp(point), actual, last, bounds, naive_rmse)
+    notes += choice.notes
 
     copper_used = COPPER_MODEL in names
     ablation = None
     if copper_used:
-        _, w0, _, _ = _ensemble(names[:-1], at_h, cutoffs, steps, actual)
-        logs0 = np.column_stack([at_h[n].to_numpy() for n in names[:-1]])
-        rmse0 = float(np.sqrt(np.mean((np.exp(_combine(logs0, w0)) - actual) ** 2)))
-        ablation = (scores[ENSEMBLE].rmse / rmse0 - 1) * 100
+        without = choose_ensemble(logs[:, :-1], actual, cutoffs, steps)
+        ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
     date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list()))
     predictions = at_h.select("cutoff", "ds", "y", *names).with_columns(
         pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
         pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
-        pl.Series(ENSEMBLE, np.log(ens)),
+        pl.Series(COMBINATION, choice.combination),
+        pl.Series(ENSEMBLE, choice.served),
     )
     return Backtest(
         horizon=horizon,
         steps=steps,
         models=scores,
-        rule=rule,
-        weights=dict(zip(names, map(float, final_weights(sq, rule)))),
+        rule=choice.rule,
+        weights=dict(zip(names, map(float, choice.weights))),
         origins=tuple(predictions["origin"].to_list()),
-        rule_rmse=rule_rmse,
+        rule_rmse=choice.rule_rmse,
         copper_used=copper_used,
         copper_ablation_pct=ablation,
         copper_model_pct=(scores[COPPER_MODEL].rmse / scores["AutoARIMA"].rmse - 1) * 100 if copper_used else None,
@@ -1129,11 +1168,16 @@ def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | N
     lines += _table(
         ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
         [
-            [name, f"{m.rmse:.2f}", f"{m.mae:.2f}", f"{m.mape:.2f}", f"{m.ratio:.4f}", "n/a" if m.direction is None else f"{m.direction:.0%}", f"{m.coverage_80:.0%}", f"{m.coverage_95:.0%}", f"{bt.weights.get(name, 1.0 if name == ENSEMBLE else 0):.2f}"]
+            [name, f"{m.rmse:.2f}", f"{m.mae:.2f}", f"{m.mape:.2f}", f"{m.ratio:.4f}", "n/a" if m.direction is None else f"{m.direction:.0%}", f"{m.coverage_80:.0%}", f"{m.coverage_95:.0%}", "-" if name in (ENSEMBLE, COMBINATION) else f"{bt.weights.get(name, 0):.2f}"]
             for name, m in bt.models.items()
         ],
     )
-    lines += ["", f"Ensemble rule: `{bt.rule}` (backtest RMSE by rule: " + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items()) + ")."]
+    lines += [
+        "",
+        f"Ensemble: rule `{bt.rule}`, weights " + ", ".join(f"{k} {v:.2f}" for k, v in bt.weights.items()) + ". "
+        f"`{COMBINATION}` is the rule chosen at each origin from outcomes known by then (no look-ahead); the ensemble "
+        f"serves it only if it beat Naive. RMSE of each rule with its online weights: " + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items()) + ".",
+    ]
     if bt.copper_ablation_pct is not None:
         lines.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; AutoARIMA with copper {bt.copper_model_pct:+.2f}% against AutoARIMA alone.")
     lines += [f"Note: {n}" for n in bt.notes]

@@ -1040,6 +1040,35 @@ def test_online_weights_use_only_realised_errors(n, steps, seed):
         assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse")[i], w[i])
 
 
+@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_online_rule_uses_only_realised_outcomes(n, steps, seed):
+    rng = np.random.default_rng(seed)
+    cutoffs = np.arange(n) * 3
+    rule_sq = {rule: rng.random(n) for rule in fxcu.RULES}
+    picks = fxcu.online_rule(rule_sq, cutoffs, steps)
+    assert picks[0] == "naive"
+    for i in range(n):
+        future = cutoffs + steps > cutoffs[i]
+        perturbed = {rule: np.where(future, rng.random(n) * 100, sq) for rule, sq in rule_sq.items()}
+        assert fxcu.online_rule(perturbed, cutoffs, steps)[i] == picks[i]
+
+
+def test_choose_ensemble_serves_a_combination_only_when_it_beats_naive():
+    rng = np.random.default_rng(7)
+    actual = 900 * np.exp(np.cumsum(rng.normal(0, 0.01, 80)))
+    cutoffs = np.arange(80) * 2
+    naive = np.log(actual) + rng.normal(0, 0.02, 80)
+    good = np.log(actual) + rng.normal(0, 0.002, 80)  # a model far better than Naive
+    bad = naive + 0.05  # Naive's errors plus a 5% bias: any weight on it hurts
+    won = fxcu.choose_ensemble(np.column_stack([naive, good]), actual, cutoffs, 1)
+    assert won.rule != "naive" and won.notes == () and np.array_equal(won.served, won.combination)
+    assert won.weights[1] > won.weights[0]
+    lost = fxcu.choose_ensemble(np.column_stack([naive, bad]), actual, cutoffs, 1)
+    assert lost.rule == "naive" and np.array_equal(lost.served, naive) and "serving Naive" in lost.notes[0]
+    assert list(lost.weights) == [1.0, 0.0]
+
+
 def test_final_and_online_weight_rules():
     sq = np.array([[1.0, 4.0], [1.0, 4.0]])
     assert fxcu.final_weights(sq, "inverse_mse") == pytest.approx([0.8, 0.2])
@@ -1076,7 +1105,8 @@ def test_backtest_never_uses_data_after_its_origin():
         pl.when(pl.col(fxcu.DATE) >= origin).then(pl.col(fxcu.CLOSE) * 0.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
     )
     other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
-    cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE]
+    # Ensemble is left out: whether it serves the combination or Naive is one decision over all origins
+    cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION]
     before = base.predictions.filter(pl.col("origin") <= origin).select(cols)
     after = other.predictions.filter(pl.col("origin") <= origin).select(cols)
     assert before.height == 3
@@ -1098,8 +1128,10 @@ def real_forecast_7d():
 def test_backtest_on_real_data_is_honest(real_forecast_7d):
     bt = real_forecast_7d.backtest
     assert len(bt.origins) == 60 and bt.steps == 5
-    assert set(bt.models) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE}
+    assert set(bt.models) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION, fxcu.ENSEMBLE}
     assert bt.ensemble.ratio <= 1.0
+    # on this data combining loses to the random walk out of sample, and the run says so
+    assert bt.models[fxcu.COMBINATION].ratio > 1.0 and bt.rule == "naive" and "serving Naive" in bt.notes[0]
     assert 0.75 <= bt.ensemble.coverage_80 <= 0.85 and 0.91 <= bt.ensemble.coverage_95 <= 0.98
     naive = bt.predictions
     actual = np.exp(naive["y"].to_numpy())

@@ -118,7 +118,7 @@ def machine() -> str:
 
 
 def accuracy_table(bt: fxcu.Backtest) -> str:
-    names = [*bt.weights, fxcu.ENSEMBLE]
+    names = [*bt.weights, *(n for n in bt.models if n not in bt.weights and n != fxcu.ENSEMBLE), fxcu.ENSEMBLE]  # any extra rows fxcu scores
     rows = []
     for name in names:
         s = bt.models[name]
@@ -315,7 +315,7 @@ def section_speed() -> dict[str, Any]:
         bt, rf = bts[h], refit[h]
         print(f"**{h}** — origins identical: {bt.origins == rf.origins}; fxcu rule {bt.rule}, refit=True rule {rf.rule}.\n")
         rows = []
-        for name in [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE]:
+        for name in [*(n for n in bt.models if n != fxcu.ENSEMBLE), fxcu.ENSEMBLE]:
             a, b = bt.models[name], rf.models[name]
             rows.append([
                 name, f"{a.rmse:.2f}", f"{b.rmse:.2f}", signed((a.rmse / b.rmse - 1) * 100), f"{a.ratio:.4f}", f"{b.ratio:.4f}",
