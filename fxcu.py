@@ -291,7 +291,7 @@ def clean_prices(
 
     Rows must arrive in time order: of two bars with the same date the later one is kept
     (Yahoo's live bar duplicates the day before it). A bad print is a close more than `spike`
-    (log) away from the median of its two neighbours on each side while those agree with each
+    (log) away from the median of its three neighbours on each side while those agree with each
     other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist are kept.
     """
     import polars as pl
@@ -314,25 +314,34 @@ def clean_prices(
     note("weekend rows", deduped.filter(is_weekend))
     days = deduped.filter(~is_weekend).drop("_i")
 
-    flagged = days.with_columns(is_spike=spike_mask(CLOSE, spike))
-    note("bad prints", flagged.filter("is_spike"))
-    clean = flagged.filter(~pl.col("is_spike")).drop("is_spike")
-    return Cleaned(clean, {k: v for k, v in removed.items() if v})
+    # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
+    # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
+    spikes = []
+    while True:
+        flagged = days.with_columns(is_spike=spike_mask(CLOSE, spike))
+        found = flagged.filter("is_spike")
+        if found.is_empty():
+            break
+        spikes += found[DATE].to_list()
+        days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
+    removed["bad prints"] = sorted(spikes)
+    return Cleaned(days, {k: v for k, v in removed.items() if v})
 
 
 def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
     """True where a price is an isolated spike: far from both neighbour medians, which agree.
 
-    Uses the two rows before and the two after; the first and last rows are never flagged
-    (nothing confirms them yet).
+    Uses the three rows before and the three after (as many as exist); the first and last rows
+    are never flagged (nothing confirms them yet).
     """
     import polars as pl
 
     if threshold <= 0:
         raise ValueError("threshold must be positive")
     x = (pl.col(col) if isinstance(col, str) else col).log()
-    before = pl.concat_list(x.shift(1), x.shift(2)).list.median()
-    after = pl.concat_list(x.shift(-1), x.shift(-2)).list.median()
+    # three on each side, so two bad prints in a row do not vouch for each other
+    before = pl.concat_list(x.shift(1), x.shift(2), x.shift(3)).list.median()
+    after = pl.concat_list(x.shift(-1), x.shift(-2), x.shift(-3)).list.median()
     return (
         ((x - before).abs() > threshold)
         & ((x - after).abs() > threshold)
@@ -1293,9 +1302,9 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
         body = exc.response.text.strip().replace("\n", " ")
         with contextlib.suppress(ValueError):
             parsed = json.loads(body)
-            if isinstance(parsed, Mapping):
-                inner = parsed.get("error_message") or parsed.get("chart", {}).get("error")
-                body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
+            chart = parsed.get("chart") if isinstance(parsed, Mapping) else None
+            inner = (parsed.get("error_message") if isinstance(parsed, Mapping) else None) or (chart.get("error") if isinstance(chart, Mapping) else None)
+            body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
         text = f"HTTP {status} {exc.response.reason_phrase}: {body[:200]}"
     elif isinstance(exc, httpx.TimeoutException):
         text = f"timeout ({type(exc).__name__})"
@@ -1322,16 +1331,19 @@ def make_client(config: Config) -> httpx.Client:
 def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | None, calls: Sequence[tuple[str, Mapping[str, str]]], parse: Any) -> Result:
     import polars as pl
 
-    frames = []
-    try:
-        for url, params in calls:
-            frames.append(parse(fetch_json(client, url, params)))
-    except Exception as exc:  # noqa: BLE001 -- narrowed right below
-        import httpx
+    import httpx
 
-        if not isinstance(exc, httpx.HTTPError | httpx.InvalidURL | PayloadError | ValueError):
-            raise
-        return Result(source, error=describe_error(exc, secret))
+    frames = []
+    for url, params in calls:
+        try:
+            payload = fetch_json(client, url, params)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a body that is not JSON
+            return Result(source, error=describe_error(exc, secret))
+        try:
+            frames.append(parse(payload))
+        except Exception as exc:  # noqa: BLE001 -- a body of any shape is outside input: a failed source, never a crash
+            detail = str(exc) if isinstance(exc, PayloadError) else f"malformed payload ({type(exc).__name__}: {exc})"
+            return Result(source, error=redact(detail.splitlines()[0][:300] if detail else type(exc).__name__, secret))
     frame = pl.concat(frames) if frames else None
     return Result(source, frame=frame)
 
@@ -2062,14 +2074,28 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
 
 def redact_uri(uri: str) -> str:
     """Hide a password in a tracking URI (`postgresql://user:pw@host`)."""
-    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\\1***@", uri)
+    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
+
+
+SHORT_METRICS = ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95", "direction_hit")
+
+
+def metric_rank(name: str) -> Any:
+    """Sort key for "best" on a metric: closest to nominal for coverage, highest for hit rate, else lowest (pure)."""
+    nominal = re.search(r"coverage_(\d+)$", name)
+    if nominal:
+        return lambda value: abs(value - int(nominal.group(1)) / 100)
+    if name.endswith("direction_hit"):
+        return lambda value: -value
+    return lambda value: value
 
 
 def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None, environ: Mapping[str, str] | None = None) -> Any:
-    """The finished run of a horizon with the lowest `metric` (the original guide's get_best_run), or None.
+    """The finished run of a horizon that is best on `metric` (the original guide's get_best_run), or None.
 
-    `metric` is a full metric name (`7d_rmse`, `AutoETS_mae`) or a short one (`rmse`, `mae`, `mape`)
-    meaning the ensemble's `{horizon}_{metric}`.
+    `metric` is a short name (`rmse`, `mae`, `mape`, `ratio_to_naive`, `coverage_80`, ...) meaning
+    the ensemble's `{horizon}_{metric}`, or a full metric name (`7d_rmse`, `AutoETS_mae`). Best is
+    lowest, except coverage (closest to its nominal level) and direction hit rate (highest).
     """
     parse_horizon(horizon)
     environ = os.environ if environ is None else environ
@@ -2078,11 +2104,11 @@ def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None
     experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
     if experiment is None:
         return None
-    name = metric if "_" in metric else f"{horizon}_{metric}"
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=[f"metrics.`{name}` ASC"], max_results=1
-    )
-    return runs[0] if runs and name in runs[0].data.metrics else None
+    name = f"{horizon}_{metric}" if metric in SHORT_METRICS else metric
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000)
+    scored = [r for r in runs if name in r.data.metrics]
+    rank = metric_rank(name)
+    return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
 
 
 def _recent_runs(client: Any, horizons: Sequence[str], last: int) -> list[tuple[str, Any]]:
@@ -2121,10 +2147,10 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in text)
 
 
-def cmd_runs(config: Config, environ: Mapping[str, str], horizon: str | None, last: int, as_json: bool) -> int:
-    """Print the recent runs, newest first."""
+def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
+    """Print the recent runs of the horizons, newest first."""
     client = mlflow_client(tracking_uri(config, environ))
-    rows = [run_row(h, r) for h, r in _recent_runs(client, [horizon] if horizon else list(HORIZONS), last)]
+    rows = [run_row(h, r) for h, r in _recent_runs(client, horizons, last)]
     rows.sort(key=lambda r: r["date"], reverse=True)
     print(json.dumps(rows, indent=2) if as_json else format_rows(rows))
     return 0
@@ -2288,7 +2314,8 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
                 checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
             except sqlite3.Error as exc:
                 checks.append(("mlflow database", "CRITICAL", f"unreadable ({exc})"))
-    free = shutil.disk_usage(config.data_dir if config.data_dir.exists() else config.data_dir.parent).free
+    existing = next(p for p in (config.data_dir, *config.data_dir.parents) if p.exists())  # INFO: a data dir not made yet
+    free = shutil.disk_usage(existing).free
     checks.append(("disk", "CRITICAL" if free < 100e6 else "WARNING" if free < 1e9 else "OK", f"{free / 1e9:.1f} GB free"))
     if network:
         checks += probe_sources(config)
@@ -2361,10 +2388,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))
-    runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d}")
+    runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
     runs.add_argument("--last", type=int, default=10, help="runs per horizon (default 10)")
     compare = as_json(sub.add_parser("compare", help="horizons and models side by side on one metric"))
-    compare.add_argument("--metric", default="rmse", choices=["rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"])
+    compare.add_argument("--metric", default="rmse", choices=SHORT_METRICS)
     as_json(sub.add_parser("stats", help="runs per experiment, success rate, sizes"))
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
@@ -2427,7 +2454,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     if args.command == "init":
         return cmd_init(config, environ)
     if args.command == "runs":
-        return cmd_runs(config, environ, args.horizon[0] if args.horizon else None, args.last, args.json)
+        return cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json)
     if args.command == "compare":
         return cmd_compare(config, environ, args.metric, args.json)
     if args.command == "stats":

@@ -296,21 +296,28 @@ def test_clean_prices_keeps_a_level_shift():
 prices_strategy = st.lists(st.floats(min_value=0.5, max_value=2000, allow_nan=False), min_size=1, max_size=80)
 
 
-@given(prices_strategy, st.integers(0, 5))
-@settings(max_examples=150, deadline=None)
-def test_clean_prices_is_idempotent(values, spike_at):
-    days = make_prices(len(values))[fxcu.DATE]
+@given(prices_strategy, st.lists(st.integers(0, 79), max_size=4), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_clean_prices_is_idempotent(values, spikes, duplicate):
+    days = make_prices(len(values))[fxcu.DATE].to_list()
     values = list(values)
-    if spike_at < len(values):
-        values[spike_at] = values[spike_at] / 100
-    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: values})
-    once = fxcu.clean_prices(frame).frame
+    for at in spikes:
+        if at < len(values):
+            values[at] = values[at] / 100  # isolated or adjacent bad prints
+    if duplicate:
+        days, values = days + days[-1:], values + [values[-1] * 1.01]  # a live bar repeating the last date
+    once = fxcu.clean_prices(pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: values})).frame
     twice = fxcu.clean_prices(once)
-    # Removing one spike can expose a neighbour; cleaning converges, and a clean frame stays put.
-    thrice = fxcu.clean_prices(twice.frame)
-    assert thrice.frame.equals(twice.frame) or thrice.frame.height < twice.frame.height
+    assert twice.frame.equals(once) and twice.removed == {}
     assert once[fxcu.DATE].is_sorted() and once[fxcu.DATE].n_unique() == once.height
     assert (once[fxcu.CLOSE] > 0).all()
+
+
+def test_clean_prices_removes_two_adjacent_bad_prints():
+    frame = make_prices(30)
+    bad = frame.with_columns(pl.when(pl.int_range(pl.len()).is_in([14, 15])).then(pl.col(fxcu.CLOSE) / 100).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    cleaned = fxcu.clean_prices(bad)
+    assert cleaned.removed["bad prints"] == frame[fxcu.DATE].to_list()[14:16]
 
 
 def test_clean_prices_on_clean_real_history_is_a_fixed_point():
