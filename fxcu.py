@@ -1342,8 +1342,8 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
         try:
             frames.append(parse(payload))
         except Exception as exc:  # noqa: BLE001 -- a body of any shape is outside input: a failed source, never a crash
-            detail = str(exc) if isinstance(exc, PayloadError) else f"malformed payload ({type(exc).__name__}: {exc})"
-            return Result(source, error=redact(detail.splitlines()[0][:300] if detail else type(exc).__name__, secret))
+            detail = describe_error(exc, secret) if isinstance(exc, PayloadError) else f"malformed payload ({type(exc).__name__}: {exc})"
+            return Result(source, error=redact(detail.splitlines()[0][:300], secret))
     frame = pl.concat(frames) if frames else None
     return Result(source, frame=frame)
 

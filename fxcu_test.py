@@ -467,6 +467,33 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
     assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"chart": {"result": [None]}},
+        {"chart": {"result": [{"meta": "x", "timestamp": [1], "indicators": {"quote": [{"close": [1.0]}]}}]}},
+        {"chart": {"result": {"timestamp": [1]}}},
+        {"chart": {"result": [{"meta": {"exchangeTimezoneName": "Mars/Olympus"}, "timestamp": [1], "indicators": {"quote": [{"close": [1.0]}]}}]}},
+        {"chart": {"result": [{"timestamp": ["soon"], "indicators": {"quote": [{"close": [1.0]}]}}]}},
+        [1, 2, 3],
+        "just a string",
+    ],
+)
+def test_fetch_yahoo_any_body_shape_is_a_failed_source_not_a_crash(tmp_path, body):
+    config = make_config(tmp_path)
+    with mock_client(lambda request: httpx.Response(200, json=body)) as client:
+        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+    assert not result.ok and result.error
+
+
+def test_describe_error_on_odd_error_bodies():
+    request = httpx.Request("GET", "https://x/y?api_key=" + FRED_KEY)
+    for body in ('{"chart": null}', "[1]", '{"error_message": "Bad Request.  x"}', "plain"):
+        exc = httpx.HTTPStatusError("x", request=request, response=httpx.Response(503, text=body, request=request))
+        text = fxcu.describe_error(exc, FRED_KEY)
+        assert text.startswith("HTTP 503") and FRED_KEY not in text
+
+
 def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
     def handler(request):
         raise httpx.ReadTimeout("timed out", request=request)
