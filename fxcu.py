@@ -1249,24 +1249,33 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
     return None
 
 
-def make_fetch_json(config: Config, *, wait: Any = None) -> Any:
+def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None = None) -> Any:
     """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
 
     Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
     Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
-    `config.retry_budget` seconds. Tests pass `wait=tenacity.wait_none()`.
+    `config.retry_budget` seconds, and never past `deadline` (a `time.monotonic()` value: the
+    run's network budget), which also shortens the last request's timeout. Tests pass
+    `wait=tenacity.wait_none()`.
     """
+    import httpx
     import tenacity
 
     backoff = wait or tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
 
+    def left() -> float:
+        return math.inf if deadline is None else deadline - time.monotonic()
+
     def wait_for(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(outcome, config.max_retry_after)
-        return backoff(state) if hinted is None or wait is not None else hinted
+        seconds = backoff(state) if hinted is None or wait is not None else hinted
+        return max(0.0, min(seconds, left()))
 
     @tenacity.retry(
-        stop=tenacity.stop_after_attempt(config.attempts) | tenacity.stop_after_delay(config.retry_budget),
+        stop=tenacity.stop_after_attempt(config.attempts)
+        | tenacity.stop_after_delay(config.retry_budget)
+        | (lambda state: left() <= 1.0),  # INFO: a retry with under a second left would only time out
         wait=wait_for,
         retry=tenacity.retry_if_exception(_is_transient),
         reraise=True,
@@ -1279,7 +1288,9 @@ def make_fetch_json(config: Config, *, wait: Any = None) -> Any:
         ),
     )
     def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
-        response = client.get(url, params=params)
+        if left() <= 0:
+            raise httpx.TimeoutException("network time budget spent")
+        response = client.get(url, params=params, timeout=min(config.timeout, left()))
         response.raise_for_status()
         return response.json()
 
@@ -1307,7 +1318,7 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
             body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
         text = f"HTTP {status} {exc.response.reason_phrase}: {body[:200]}"
     elif isinstance(exc, httpx.TimeoutException):
-        text = f"timeout ({type(exc).__name__})"
+        text = f"timeout ({'network time budget spent' if 'budget' in str(exc) else type(exc).__name__})"
     elif isinstance(exc, httpx.TransportError):
         text = f"connection error ({type(exc).__name__}: {exc})"
     elif isinstance(exc, json.JSONDecodeError):
@@ -1478,7 +1489,7 @@ def fetch_series(
         since = cache.frame[DATE].max() if cache.ok and not cache.frame.is_empty() else None
         results: list[Result] = []
         if not config.offline and client is not None:
-            fetch_json = fetch_json or make_fetch_json(config)
+            fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
             if name == "usdclp":
                 chain = [
                     lambda: fetch_yahoo(config, client, fetch_json, USDCLP_SYMBOL, since=since, now=now),

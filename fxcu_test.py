@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import os
 import re
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -512,6 +513,19 @@ def test_fetch_json_recovers_after_transient_errors(tmp_path):
     with mock_client(handler) as client:
         assert no_wait_fetch(config)(client, "https://x/y", {}) == {"ok": 1}
     assert len(calls) == 3
+
+
+def test_fetch_json_never_retries_past_the_deadline(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(503))
+    config = make_config(tmp_path)
+    fetch_json = fxcu.make_fetch_json(config, wait=tenacity.wait_none(), deadline=time.monotonic() + 0.5)
+    with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
+        fetch_json(client, "https://x/y", {})
+    assert len(calls) == 1  # the real error, not a retry into the deadline
+    spent = fxcu.make_fetch_json(config, deadline=time.monotonic() - 1)
+    with mock_client(handler) as client, pytest.raises(httpx.TimeoutException, match="budget"):
+        spent(client, "https://x/y", {})
+    assert len(calls) == 1  # nothing sent once the budget is spent
 
 
 def test_retry_after_is_capped():
@@ -1769,7 +1783,7 @@ def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) ->
 def inprocess(monkeypatch, capsys, caplog):
     """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
     real = fxcu.make_fetch_json
-    monkeypatch.setattr(fxcu, "make_fetch_json", lambda config, wait=None: real(config, wait=tenacity.wait_none()))
+    monkeypatch.setattr(fxcu, "make_fetch_json", lambda config, wait=None, deadline=None: real(config, wait=tenacity.wait_none(), deadline=deadline))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
