@@ -1733,7 +1733,7 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> A
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise TimeoutError(f"{what} did not finish within {seconds:.0f} s")
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
     if "error" in box:
         raise box["error"]
     return box.get("value")
@@ -1846,9 +1846,13 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         client.set_terminated(run_id, status="FINISHED")
         return run_id
 
-    timeout = config.tracking_timeout
-    with file_lock(config.data_dir / "mlflow" / ".lock", timeout=min(timeout, config.lock_timeout), what="MLflow lock"):
-        return _bounded(timeout, "MLflow tracking", work)
+    def locked() -> str:
+        # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
+        # lock stays held until that thread's last write: no second writer can start meanwhile.
+        with file_lock(config.data_dir / "mlflow" / ".lock", timeout=config.tracking_timeout, what="MLflow lock"):
+            return work()
+
+    return _bounded(config.tracking_timeout, "MLflow tracking", locked)
 
 
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
@@ -1946,7 +1950,8 @@ def cmd_run(
 ) -> int:
     """Fetch once, then per horizon: backtest, forecast, report, track, record status; print the summaries.
 
-    0 done (degraded or not, tracked or not); 1 no usable USD/CLP or no report could be written.
+    0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
+    backtest, or no report could be written.
     """
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
         seconds: dict[str, float] = {}
@@ -1966,16 +1971,27 @@ def cmd_run(
             log.warning("Degraded run: %s", reason)
         log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
         started = time.perf_counter()
-        backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+        try:
+            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+        except ValueError as exc:  # too little history for an honest backtest: no forecast without one
+            print(f"fxcu: cannot forecast: {exc}", file=sys.stderr)
+            for horizon in horizons:
+                write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": str(exc)})
+            return 1
         seconds["backtest"] = time.perf_counter() - started
         log.info("Forecasting %s", ", ".join(horizons))
         started = time.perf_counter()
         forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests)
         seconds["forecast"] = time.perf_counter() - started
-        code, summaries = 0, []
+        code, summaries, skip_tracking = 0, [], None
         for index, horizon in enumerate(horizons, 1):
             log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
-            outcome = _run_horizon(config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_email=skip_email)
+            outcome = _run_horizon(
+                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_email=skip_email, skip_tracking=skip_tracking
+            )
+            if (outcome["tracking_error"] or "").startswith("TimeoutError"):
+                # a timed-out write may still be going on: the other horizons do not queue behind it
+                skip_tracking = f"skipped: MLflow tracking timed out for {horizon}"
             summaries.append(outcome)
             code = max(code, 0 if outcome.get("report") else 1)
         if as_json:
@@ -1989,7 +2005,9 @@ def cmd_run(
         return code
 
 
-def _run_horizon(config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool) -> dict[str, Any]:
+def _run_horizon(
+    config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool, skip_tracking: str | None
+) -> dict[str, Any]:
     horizon, bt = fc.horizon, fc.backtest
     for note in bt.notes:
         log.warning("%s: %s", horizon, note)
@@ -2003,8 +2021,10 @@ def _run_horizon(config: Config, bundle: Bundle, fc: Forecast, *, now: datetime,
         log.error("Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc)
     seconds["report"] = time.perf_counter() - started
     started = time.perf_counter()
-    run_id, tracking_error = None, None
+    run_id, tracking_error = None, skip_tracking
     try:
+        if skip_tracking:
+            raise RuntimeError(skip_tracking)
         with tempfile_dir(config.data_dir) as tmp:
             inputs, digest = write_inputs(bundle, tmp / "inputs")
             files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
@@ -2012,7 +2032,7 @@ def _run_horizon(config: Config, bundle: Bundle, fc: Forecast, *, now: datetime,
             run_id = log_run(config, record, environ=environ)
         log.info("Tracked %s in MLflow as run %s", horizon, run_id)
     except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
-        tracking_error = redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], config.fred_api_key)
+        tracking_error = skip_tracking or redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key)
         log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
     if report and not skip_email:

@@ -1495,6 +1495,31 @@ def test_run_without_usdclp_exits_1(tmp_path, capsys):
     assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
 
 
+def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
+    fxcu.write_parquet_atomic(provenance(real_usdclp().tail(400), "mindicador"), tmp_path / "warehouse" / fxcu.USDCLP_CACHE)
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    err = capsys.readouterr().err
+    assert code == 1 and "fxcu: cannot forecast: 400 trading days are too few for 60 backtest origins" in err
+    status = json.loads((tmp_path / "status.json").read_text())["7d"]
+    assert not status["ok"] and "too few" in status["error"]
+
+
+def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog):
+    def hang(uri):
+        time.sleep(3)
+        raise RuntimeError("unreachable")
+
+    monkeypatch.setattr(fxcu, "mlflow_client", hang)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir, FXCU_TRACKING_TIMEOUT="0.5"))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and all(s["report"] and not s["tracked"] for s in out.values())
+    assert out["7d"]["tracking_error"].startswith("TimeoutError: MLflow tracking did not finish within 0.5 s")
+    assert [out[h]["tracking_error"] for h in ("15d", "30d", "90d")] == ["skipped: MLflow tracking timed out for 7d"] * 3
+    assert caplog.text.count("MLflow tracking failed") == 4
+
+
 def test_run_copper_off_runs_without_copper(data_dir, capsys):
     code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
     out = json.loads(capsys.readouterr().out)
