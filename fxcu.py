@@ -2062,32 +2062,47 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
 
 
 def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, report: Report) -> bool:
-    """Email the report with its chart when FXCU_SMTP_HOST and FXCU_SMTP_TO are set; a failure is logged, never raised."""
+    """Email the report with its chart when FXCU_SMTP_HOST and FXCU_SMTP_TO are set; a failure is logged, never raised.
+
+    Port 465 speaks TLS from the start; other ports use STARTTLS unless FXCU_SMTP_STARTTLS=0.
+    Certificates are verified (FXCU_SMTP_CAFILE adds a private CA), and credentials are never
+    sent without TLS.
+    """
     import smtplib
+    import ssl
     from email.message import EmailMessage
 
     host, to = environ.get("FXCU_SMTP_HOST"), environ.get("FXCU_SMTP_TO")
     if not host or not to:
         return False
+    user = environ.get("FXCU_SMTP_USER")
     message = EmailMessage()
     message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-    message["From"] = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
-    message["To"] = to
+    message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
+    message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
     message.set_content(report.markdown.read_text())
     if report.chart:
         message.add_attachment(report.chart.read_bytes(), maintype="image", subtype="png", filename=report.chart.name)
     try:
         port = int(environ.get("FXCU_SMTP_PORT") or 587)
-        with smtplib.SMTP(host, port, timeout=30) as smtp:
-            if env_flag(environ, "FXCU_SMTP_STARTTLS", port == 587):
-                smtp.starttls()
-            if environ.get("FXCU_SMTP_USER"):
-                smtp.login(environ["FXCU_SMTP_USER"], environ.get("FXCU_SMTP_PASSWORD", ""))
+        implicit = port == 465
+        starttls = not implicit and env_flag(environ, "FXCU_SMTP_STARTTLS", True)
+        if user and not (implicit or starttls):
+            raise ValueError("refusing to send SMTP credentials without TLS (FXCU_SMTP_STARTTLS=0 on a plain port)")
+        context = ssl.create_default_context(cafile=environ.get("FXCU_SMTP_CAFILE") or None)
+        smtp_class = smtplib.SMTP_SSL if implicit else smtplib.SMTP
+        extra = {"context": context} if implicit else {}
+        with smtp_class(host, port, timeout=30, **extra) as smtp:
+            if starttls:
+                smtp.starttls(context=context)
+            if user:
+                smtp.login(user, environ.get("FXCU_SMTP_PASSWORD", ""))
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException, ValueError) as exc:
-        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
         return False
-    log.info("Report emailed to %s", to)
+    log.info("Report emailed to %s", message["To"])
     return True
 
 

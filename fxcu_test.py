@@ -1591,42 +1591,131 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 
 class SMTPServer:
-    """A minimal real SMTP server on 127.0.0.1 that stores each message it accepts."""
+    """A minimal real SMTP server on 127.0.0.1: STARTTLS (with `tls`, a ssl server context) and AUTH PLAIN.
 
-    def __init__(self):
+    Stores each accepted message and every command verb with whether TLS was on when it came.
+    """
+
+    def __init__(self, tls=None):
         self.messages: list[bytes] = []
+        self.verbs: list[tuple[str, bool]] = []
+        self.tls = tls
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
+        self.sock.settimeout(30)
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
     def serve(self):
-        conn, _ = self.sock.accept()
-        with conn, conn.makefile("rb") as reader:
-            conn.sendall(b"220 localhost test SMTP\r\n")
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        secure = False
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 localhost test SMTP\r\n")
+        try:
             while line := reader.readline():
-                verb = line[:4].upper()
-                if verb in (b"EHLO", b"HELO"):
-                    conn.sendall(b"250 localhost\r\n")
-                elif verb == b"DATA":
+                verb = line[:8].split()[0].upper().decode() if line.strip() else ""
+                self.verbs.append((verb, secure))
+                if verb in ("EHLO", "HELO"):
+                    offers = [] if secure or not self.tls else ["250-STARTTLS"]
+                    conn.sendall(("\r\n".join(["250-localhost", *offers, "250 AUTH PLAIN"]) + "\r\n").encode())
+                elif verb == "STARTTLS" and self.tls:
+                    conn.sendall(b"220 ready for TLS\r\n")
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    reader, secure = conn.makefile("rb"), True
+                elif verb == "AUTH":
+                    conn.sendall(b"235 accepted\r\n")
+                elif verb == "DATA":
                     conn.sendall(b"354 go ahead\r\n")
                     data = b""
                     while (chunk := reader.readline()) != b".\r\n":
                         data += chunk
                     self.messages.append(data)
                     conn.sendall(b"250 queued\r\n")
-                elif verb == b"QUIT":
+                elif verb == "QUIT":
                     conn.sendall(b"221 bye\r\n")
                     return
                 else:
                     conn.sendall(b"250 ok\r\n")
+        except OSError:  # the client gave up (a refused certificate)
+            return
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and a server context using it."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fxcu test SMTP")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return folder / "cert.pem", context
+
+
+def smtp_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    return run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(port), FXCU_SMTP_TO="desk@example.cl, treasury@example.cl", **extra)
+
+
+def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog):
+    cafile, context = tls_pair
+    server = SMTPServer(tls=context)
+    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile))
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1 and "Report emailed to desk@example.cl, treasury@example.cl" in caplog.text
+    assert ("STARTTLS", False) in server.verbs and ("AUTH", True) in server.verbs
+    assert all(secure for verb, secure in server.verbs if verb in ("AUTH", "MAIL", "DATA"))
+    assert "s3cret-pw" not in caplog.text
+
+
+def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
+    _, context = tls_pair
+    server = SMTPServer(tls=context)
+    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert "Email failed (SSLCertVerificationError" in caplog.text
+    assert server.messages == [] and not any(verb == "AUTH" for verb, _ in server.verbs)
+
+
+def test_email_never_sends_credentials_in_clear(data_dir, caplog):
+    server = SMTPServer()
+    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    assert "refusing to send SMTP credentials without TLS" in caplog.text
+    assert server.verbs == [] and server.messages == []
 
 
 def test_run_emails_the_report_with_its_chart(data_dir, capsys):
     server = SMTPServer()
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")  # a relay without TLS or login
     assert fxcu.main(["run", "7d", "--offline"], env) == 0
     server.thread.join(10)
     assert len(server.messages) == 1

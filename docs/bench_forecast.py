@@ -16,7 +16,8 @@ fxcu.parse_yahoo_chart + fxcu.clean_prices; HG=F through fxcu.clean_prices).
 Timings are wall clock on a shared machine: compare the ratio measured in the same run, not the
 absolute seconds. fxcu.forecast / forecast_all are timed 3 times (after 1 warm-up, the third run after the
 baseline) and the median is reported; the statsforecast refit=True baseline runs once (it takes minutes): the
-univariate models once at h=65 (the shared origins, read at each horizon's step), the copper model per horizon.
+univariate models once at h=65 (the shared origins, read at each horizon's step), the copper model
+(fxcu._copper_models(): Naive_copper, ARIMA(0,1,0) on lagged log copper) per horizon.
 Peak memory is ru_maxrss in a fresh child started through /bin/sh (Linux carries ru_maxrss over
 fork and exec, so a direct child of this process would inherit our peak).
 """
@@ -127,6 +128,22 @@ def accuracy_table(bt: fxcu.Backtest) -> str:
     return table(["model", "RMSE CLP", "ratio to Naive", "MAE CLP", "MAPE %", "80% coverage", "95% coverage", "direction hit rate", "final weight"], rows)
 
 
+def online_picks(bt: fxcu.Backtest) -> tuple[dict[str, int], bool]:
+    """How often each rule was the Combination's per-origin choice (fxcu.online_rule on the backtest's predictions),
+    and whether recombining those picks reproduces the Combination column fxcu returned."""
+    import numpy as np
+
+    names = list(bt.weights)
+    pred = bt.predictions.sort("cutoff")
+    cutoffs, actual = pred["cutoff"].to_numpy(), np.exp(pred["y"].to_numpy())
+    logs = np.column_stack([pred[n].to_numpy() for n in names])
+    sq = (np.exp(logs) - actual[:, None]) ** 2
+    per_rule = {r: fxcu._combine(logs, fxcu.online_weights(sq, cutoffs, bt.steps, r)) for r in fxcu.RULES}
+    picks = fxcu.online_rule({r: (np.exp(v) - actual) ** 2 for r, v in per_rule.items()}, cutoffs, bt.steps)
+    combo = np.array([per_rule[r][i] for i, r in enumerate(picks)])
+    return {r: picks.count(r) for r in fxcu.RULES}, bool(np.allclose(combo, pred[fxcu.COMBINATION].to_numpy()))
+
+
 def same_backtest(a: fxcu.Backtest, b: fxcu.Backtest) -> bool:
     return a.origins == b.origins and a.rule == b.rule and all(abs(a.models[m].rmse - b.models[m].rmse) < 1e-9 for m in a.models)
 
@@ -167,11 +184,18 @@ def section_accuracy() -> dict[str, Any]:
             f"(horizon dates {bt.predictions['target'].min()} .. {bt.predictions['target'].max()}).\n"
         )
         print(accuracy_table(bt))
-        rule_cells = ", ".join(f"{r} {bt.rule_rmse[r] / naive:.4f}" for r in fxcu.RULES)
-        print(f"\n- Live ensemble rule: **{bt.rule}**. RMSE ratio to Naive of each rule with its online weights (one rule for all origins, i.e. picked in hindsight): {rule_cells}.")
+        rule_cells = ", ".join(f"{r} {bt.rule_rmse[r]:.2f} CLP ({bt.rule_rmse[r] / naive:.4f})" for r in fxcu.RULES)
+        picks, reproduced = online_picks(bt)
+        combo = bt.models[fxcu.COMBINATION]
+        print(f"\n- Live ensemble rule: **{bt.rule}**. RMSE of each rule with its online weights, applied to all origins (so picked in hindsight; ratio to Naive in parentheses): {rule_cells}.")
         print(
-            f"- Copper ablation (ensemble with vs without AutoARIMA_copper, same origins): {signed(bt.copper_ablation_pct)}; "
-            f"AutoARIMA with lagged copper vs AutoARIMA alone: {signed(bt.copper_model_pct)} (negative: copper helped)."
+            f"- Combination (rule chosen per origin from realised outcomes only): RMSE {combo.rmse:.2f} CLP, ratio {combo.ratio:.4f}; "
+            f"origins on which each rule was chosen: " + ", ".join(f"{r} {n}" for r, n in picks.items())
+            + f" (recomputed with fxcu.online_rule; reproduces fxcu's Combination: {reproduced})."
+        )
+        print(
+            f"- Copper ablation (ensemble with vs without {fxcu.COPPER_MODEL}, same origins): {signed(bt.copper_ablation_pct)}; "
+            f"`copper_model_pct`, {fxcu.COPPER_MODEL} (random walk + lagged log copper) vs Naive: {signed(bt.copper_model_pct)} (negative: copper helped)."
         )
         rmse0_from_ablation = ens.rmse / (1 + bt.copper_ablation_pct / 100) if bt.copper_ablation_pct is not None else None
         same_origins = bt0.origins == bt.origins
@@ -200,7 +224,7 @@ def section_accuracy() -> dict[str, Any]:
             h, f"{bt.models['Naive'].rmse:.2f}", f"{e.ratio:.4f}", "—" if combo is None else f"{combo.ratio:.4f}", bt.rule, pct(e.coverage_80), pct(e.coverage_95), pct(e.direction),
             signed(bt.copper_ablation_pct), signed(bt.copper_model_pct), f"{bts0[h].ensemble.ratio:.4f}",
         ])
-    print(table(["horizon", "Naive RMSE", "ensemble ratio", "combination ratio (online rule)", "live rule", "80% cov", "95% cov", "direction", "copper ablation", "copper model vs AutoARIMA", "no-copper ensemble ratio"], rows, "lrrrlrrrrrr"))
+    print(table(["horizon", "Naive RMSE", "ensemble ratio", "combination ratio (online rule)", "live rule", "80% cov", "95% cov", "direction", "copper ablation", f"{fxcu.COPPER_MODEL} vs Naive (copper_model_pct)", "no-copper ensemble ratio"], rows, "lrrrlrrrrrr"))
     print()
     return {"bts": bts, "bts0": bts0}
 
@@ -250,8 +274,8 @@ def section_speed() -> dict[str, Any]:
         f"{fxcu.WINDOWS}-origin backtest (models fitted once before the first origin, then `forward`ed; refit=False) + the final fit; "
         f"median of {FORECAST_RUNS} after 1 warm-up (the third run after the baseline). Baseline, run once, on the same origins: "
         f"`cross_validation(h={span}, n_windows={fxcu.WINDOWS}, step_size={fxcu.STEP}, level=[80, 95], refit=True)` for Naive, AutoETS, "
-        "AutoARIMA, AutoTheta on the univariate frame (read at each horizon's step), plus, per horizon, AutoARIMA with `copper_lag` "
-        "(`h=steps`) on the exog frame cut as `backtest_all` cuts it.\n"
+        f"AutoARIMA, AutoTheta on the univariate frame (read at each horizon's step), plus, per horizon, {fxcu.COPPER_MODEL} "
+        "(`fxcu._copper_models()`: ARIMA(0,1,0) with `copper_lag`, `h=steps`) on the exog frame cut as `backtest_all` cuts it.\n"
     )
     jobs = {
         "7d": lambda: fxcu.forecast(usdclp, copper, "7d"),
@@ -347,7 +371,7 @@ def rss_child(horizon: str) -> None:
     """In a fresh process: import, load the data, take RSS; run fxcu.forecast (or forecast_all for "all") once; print ru_maxrss (KiB)."""
     import polars  # noqa: F401
     import statsforecast  # noqa: F401
-    from statsforecast.models import AutoARIMA  # noqa: F401
+    from statsforecast.models import ARIMA, AutoARIMA  # noqa: F401
 
     usdclp, copper = real_usdclp(), real_copper()
     before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
