@@ -546,28 +546,38 @@ def copper_frequency(copper: pl.DataFrame) -> Literal["daily", "monthly"]:
     return "monthly" if gap is not None and gap > 20 else "daily"
 
 
-def align_copper(usdclp: pl.DataFrame, copper: pl.DataFrame) -> pl.DataFrame:
+COPPER_MAX_GAP = timedelta(days=7)  # an as-of copper price older than this is missing, not carried
+
+
+def align_copper(usdclp: pl.DataFrame, copper: pl.DataFrame, *, max_gap: timedelta | None = None) -> pl.DataFrame:
     """Put on each USD/CLP date the last copper close from a strictly earlier New York date.
 
     A CLP=X bar dated D (London) is the quote at London midnight starting D, about 19:00 New
     York on D-1, after COMEX settled D-1 but before it trades D; so copper of NY date D-1 is the
-    latest known, and copper dated D would be the future. Returns `date`, `usdclp`, `copper`.
+    latest known, and copper dated D would be the future. With `max_gap`, a copper close older
+    than that is null rather than carried. Returns `date`, `usdclp`, `copper`.
     """
     import polars as pl
 
     left = usdclp.select(pl.col(DATE), pl.col(CLOSE).alias("usdclp")).sort(DATE)
     right = copper.select(pl.col(DATE).alias("copper_date"), pl.col(CLOSE).alias("copper")).sort("copper_date")
-    return left.join_asof(right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False).drop(
-        "copper_date"
-    )
+    return left.join_asof(
+        right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False, tolerance=max_gap
+    ).drop("copper_date")
+
+
+def copper_is_stale(usdclp: pl.DataFrame, copper: pl.DataFrame) -> bool:
+    """True when the last copper close is more than COPPER_MAX_GAP before the last USD/CLP date."""
+    return usdclp[DATE].max() - copper[DATE].max() > COPPER_MAX_GAP
 
 
 def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) -> pl.DataFrame:
     """Compute the 11 copper features keyed by `date`: USD/CLP dates when given (no look-ahead), else copper dates.
 
     Daily windows count copper trading days: they are computed on copper's own calendar, then
-    aligned to USD/CLP with `align_copper`. Monthly copper (FRED) gets nulls in every feature:
-    no daily window pretends to exist. Warm-up rows are null.
+    aligned to USD/CLP with `align_copper`; a USD/CLP date with no copper close in the 7 days
+    before it gets nulls (missing copper is not carried forward). Monthly copper (FRED) gets
+    nulls in every feature: no daily window pretends to exist. Warm-up rows are null.
     """
     import polars as pl
 
@@ -579,13 +589,13 @@ def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) ->
         own = own.with_columns(feature_exprs(CLOSE, None)).drop(CLOSE)
     if usdclp is None:
         return own.select(DATE, *FEATURES)
-    aligned = align_copper(usdclp, copper)
+    aligned = align_copper(usdclp, copper, max_gap=COPPER_MAX_GAP)
     corr = aligned.select(DATE, rolling_correlation("copper", "usdclp", 90))
     if monthly:
         corr = corr.with_columns(pl.lit(None, pl.Float64).alias(FEATURES[-1]))
     right = own.drop(FEATURES[-1]).rename({DATE: "copper_date"})
     joined = usdclp.select(DATE).sort(DATE).join_asof(
-        right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False
+        right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False, tolerance=COPPER_MAX_GAP
     )
     return joined.drop("copper_date").join(corr, on=DATE, how="left").select(DATE, *FEATURES)
 
@@ -931,6 +941,9 @@ def backtest_all(
         at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps)
         names, notes = list(MODELS), []
         _, exog, _ = model_frames(usdclp, copper, steps, history)
+        if exog is not None and copper_is_stale(usdclp, copper):
+            notes.append(f"copper stale (last {copper[DATE].max()}): no copper model")
+            exog = None
         if exog is not None:
             # INFO: cut the frame so this run's origins are the shared ones (last origin = last_origin)
             exog = exog.filter(pl.col("ds") <= last_origin + steps)

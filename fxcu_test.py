@@ -960,6 +960,24 @@ def test_copper_features_on_usdclp_dates_use_previous_new_york_day():
     assert row["copper_sma_20"] == friday["copper_sma_20"]  # Monday's CLP bar sees Friday's copper
 
 
+def test_copper_features_do_not_carry_stale_copper_forward():
+    usdclp = make_prices(200, seed=1)
+    copper = make_prices(150, seed=2, level=4.0)  # stops 50 trading days before USD/CLP does
+    features = fxcu.copper_features(copper, usdclp)
+    last_copper = copper[fxcu.DATE].max()
+    late = features.filter(pl.col(fxcu.DATE) > last_copper + timedelta(days=7))
+    assert late.height > 40 and all(late[name].null_count() == late.height for name in fxcu.FEATURES)
+    within = features.filter(pl.col(fxcu.DATE).is_between(last_copper + timedelta(days=1), last_copper + timedelta(days=7)))
+    assert within["copper_sma_20"].null_count() == 0  # a long weekend or a holiday is not a gap
+
+
+def test_backtest_drops_the_copper_model_when_copper_is_stale():
+    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
+    bt = fxcu.backtest(usdclp, copper, "7d", windows=6, step_size=20, history=700)
+    assert not bt.copper_used and fxcu.COPPER_MODEL not in bt.models
+    assert any(note.startswith("copper stale") for note in bt.notes)
+
+
 def test_correlation_matches_numpy_on_real_data():
     copper, usdclp = real_copper(), real_usdclp()
     aligned = fxcu.align_copper(usdclp, copper).drop_nulls()
