@@ -435,7 +435,9 @@ def vcr_cassette_dir():
 
 
 def cassette(*names: str):
-    return pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
+    """Play these cassettes (`-m cassette` selects every test that does, e.g. to re-record)."""
+    vcr = pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
+    return lambda test: pytest.mark.cassette(vcr(test))
 
 
 def counting(handler):
@@ -752,24 +754,28 @@ def test_write_parquet_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]  # no temp file left behind
 
 
-def _merge_in_process(args):
+def _fetch_in_process(args):
+    """Run the real fetch_series five times, its Yahoo answering with this process's own dates."""
     data_dir, seed = args
-    config = fxcu.Config(data_dir=Path(data_dir), offline=False, lock_timeout=60)
-    frame = provenance(make_prices(30, start=date(2024, 1, 1) + timedelta(days=seed * 30), seed=seed), "yahoo")
-    for _ in range(5):
-        with fxcu.file_lock(config.warehouse / ".lock", timeout=60):
-            cached = fxcu.read_cache(config.warehouse / fxcu.USDCLP_CACHE, now=NOW)
-            merged = fxcu.merge_prices(cached.frame if cached.ok else None, frame)
-            fxcu.write_parquet_atomic(merged, config.warehouse / fxcu.USDCLP_CACHE)
+    config = fxcu.Config(data_dir=Path(data_dir), max_age_days=10, lock_timeout=60)
+    frame = make_prices(30, start=date(2024, 1, 1) + timedelta(days=seed * 45), seed=seed)
+    payload = chart_payload(frame)
+    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+    with mock_client(lambda request: httpx.Response(200, json=payload)) as client:
+        for _ in range(5):
+            series = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
+            assert series.source == "yahoo"
     return frame[fxcu.DATE].to_list()
 
 
-def test_two_processes_merging_at_once_lose_nothing(tmp_path):
+def test_two_processes_fetching_at_once_lose_nothing(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
-        days = pool.map(_merge_in_process, [(str(tmp_path), 0), (str(tmp_path), 1)])
+        days = pool.map(_fetch_in_process, [(str(tmp_path), 0), (str(tmp_path), 1)])
     stored = pl.read_parquet(tmp_path / "warehouse" / fxcu.USDCLP_CACHE)
     assert set(stored[fxcu.DATE]) == set(days[0]) | set(days[1])
+    assert stored[fxcu.DATE].is_sorted() and stored.height == stored[fxcu.DATE].n_unique()
+    assert not list((tmp_path / "warehouse").glob("*.tmp"))
 
 
 def test_file_lock_times_out_cleanly(tmp_path):
@@ -1199,13 +1205,15 @@ def test_backtest_on_real_data_is_honest(real_forecast_7d):
     # on this data combining loses to the random walk out of sample, and the run says so
     assert bt.models[fxcu.COMBINATION].ratio > 1.0 and bt.rule == "naive" and "serving Naive" in bt.notes[0]
     assert 0.75 <= bt.ensemble.coverage_80 <= 0.85 and 0.91 <= bt.ensemble.coverage_95 <= 0.98
-    naive = bt.predictions
-    actual = np.exp(naive["y"].to_numpy())
-    assert bt.models["Naive"].rmse == pytest.approx(float(np.sqrt(np.mean((np.exp(naive["Naive"].to_numpy()) - actual) ** 2))))
-    # Naive at an origin is the close on that origin
-    closes = dict(real_usdclp().select(fxcu.DATE, fxcu.CLOSE).iter_rows())
-    first = naive.row(0, named=True)
-    assert math.exp(first["Naive"]) == pytest.approx(closes[first["origin"]])
+    # Naive's RMSE from the price history alone: the close at each origin against the close 5
+    # trading days later, origins every 20 trading days, the last one 65 trading days before the end
+    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
+    n = len(closes)
+    origins = [n - 1 - 65 - 20 * k for k in range(60)][::-1]
+    errors = np.array([closes[i] - closes[i + 5] for i in origins])
+    assert bt.models["Naive"].rmse == pytest.approx(float(np.sqrt(np.mean(errors**2))), rel=1e-9)
+    dates = real_usdclp()[fxcu.DATE].to_list()
+    assert list(bt.origins) == [dates[i] for i in origins]
     assert bt.copper_used and bt.copper_ablation_pct is not None and bt.copper_model_pct is not None
     assert sum(bt.weights.values()) == pytest.approx(1)
 
