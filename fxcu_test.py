@@ -1435,6 +1435,23 @@ def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
     assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0
 
 
+@pytest.mark.parametrize(
+    ("name", "values", "best"),
+    [("7d_rmse", [20.0, 18.5, 19.0], 18.5), ("7d_coverage_80", [0.70, 0.83, 0.95], 0.83), ("7d_coverage_95", [0.99, 0.90, 0.96], 0.96), ("Naive_copper_direction_hit", [0.5, 0.67, 0.6], 0.67)],
+)
+def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
+    assert min(values, key=fxcu.metric_rank(name)) == best
+
+
+def test_best_run_on_coverage_is_closest_to_nominal(data_dir):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    ids = {}
+    for cov in (0.70, 0.82, 0.90):
+        rec = record("7d", 20.0)
+        ids[cov] = fxcu.log_run(config, dataclasses.replace(rec, metrics={**rec.metrics, "7d_coverage_80": cov}), environ={})
+    assert fxcu.best_run("7d", "coverage_80", config=config, environ={}).info.run_id == ids[0.82]
+
+
 def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
     (tmp_path / "mlflow").mkdir()
     shutil.copy(migrated_db, tmp_path / "mlflow" / "mlflow.db")
