@@ -613,12 +613,14 @@ class Bundle:
 
     @property
     def degraded(self) -> tuple[str, ...]:
-        """Reasons this run is weaker than a full one (no copper, monthly copper, cached data, removed prints)."""
+        """Reasons this run is weaker than a full one (no, monthly or stale copper, cached data, removed prints)."""
         reasons = []
         if self.copper is None:
             reasons.append("no copper")
         elif self.copper_frequency == "monthly":
             reasons.append("monthly copper")
+        elif copper_is_stale(self.usdclp, self.copper):
+            reasons.append("stale copper")
         if "cache" in self.sources.values():
             reasons.append("cached data")
         if any("bad prints" in n for n in self.notes):
@@ -1144,6 +1146,7 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "interval_95": [round(final["lo_95"], 4), round(final["hi_95"], 4)],
         "ensemble_rule": bt.rule,
         "ratio_to_naive": round(bt.ensemble.ratio, 4),
+        "combination_ratio_to_naive": round(bt.models[COMBINATION].ratio, 4),
         "ensemble_rmse": round(bt.ensemble.rmse, 4),
         "coverage_80": round(bt.ensemble.coverage_80, 4),
         "coverage_95": round(bt.ensemble.coverage_95, 4),
@@ -1164,7 +1167,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lines = [
         f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']} -> {s['forecast']:.2f} on {s['target_date']}",
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
-        f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}), "
+        f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
+        f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
         f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%}, {s['backtest_origins']} origins",
         f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}",
     ]
@@ -1286,7 +1290,7 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
         outcome = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(outcome, config.max_retry_after)
         seconds = backoff(state) if hinted is None or wait is not None else hinted
-        return max(0.0, min(seconds, left()))
+        return max(0.0, min(seconds, left(), config.retry_budget - state.seconds_since_start))
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(config.attempts)
@@ -1555,7 +1559,8 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
         if config.offline:
             log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, chosen.frame[DATE].max())
         else:
-            log.warning("%s sources failed, using %d cached %s data points", "Both" if len(results) == 3 else "All", chosen.frame.height, label)
+            tried = sum(r.source not in {"cache", "network"} for r in results)
+            log.warning("%s failed, using %d cached %s data points", {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"), chosen.frame.height, label)
         cached_note = (f"cached data ({age} days old)",)
         return Series(name, chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT), "cache", notes=failures + notes + cached_note)
     if chosen.frequency == "monthly":
@@ -1733,8 +1738,11 @@ def artifact_root(config: Config, uri: str) -> str | None:
     return (config.data_dir / "mlflow" / "mlruns").as_uri() if uri.startswith("sqlite:") else None
 
 
-def _bounded(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s)."""
+def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
+    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s).
+
+    On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write.
+    """
     import threading
 
     box: dict[str, Any] = {}
@@ -1749,6 +1757,8 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> A
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
+        if cancel is not None:
+            cancel.set()
         raise TimeoutError(f"{what} did not finish within {seconds:g} s")
     if "error" in box:
         raise box["error"]
@@ -1862,13 +1872,20 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         client.set_terminated(run_id, status="FINISHED")
         return run_id
 
+    import threading
+
+    cancel = threading.Event()
+
     def locked() -> str:
         # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
-        with file_lock(config.data_dir / "mlflow" / ".lock", timeout=config.tracking_timeout, what="MLflow lock"):
+        # It waits half the budget for the lock, and starts no run once the caller has given up.
+        with file_lock(config.data_dir / "mlflow" / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+            if cancel.is_set():
+                raise TimeoutError("MLflow tracking gave up before writing")
             return work()
 
-    return _bounded(config.tracking_timeout, "MLflow tracking", locked)
+    return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
 
 
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
@@ -2089,14 +2106,14 @@ def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, 
     if not host or not to:
         return False
     user = environ.get("FXCU_SMTP_USER")
-    message = EmailMessage()
-    message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-    message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
-    message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
-    message.set_content(report.markdown.read_text())
-    if report.chart:
-        message.add_attachment(report.chart.read_bytes(), maintype="image", subtype="png", filename=report.chart.name)
     try:
+        message = EmailMessage()
+        message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
+        message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
+        message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
+        message.set_content(report.markdown.read_text())
+        if report.chart:
+            message.add_attachment(report.chart.read_bytes(), maintype="image", subtype="png", filename=report.chart.name)
         port = int(environ.get("FXCU_SMTP_PORT") or 587)
         implicit = port == 465
         starttls = not implicit and env_flag(environ, "FXCU_SMTP_STARTTLS", True)
@@ -2112,7 +2129,8 @@ def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, 
                 smtp.login(user, environ.get("FXCU_SMTP_PASSWORD", ""))
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException, ValueError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        # INFO: a UnicodeError's text quotes the offending characters, which may be the password's
+        detail = "" if isinstance(exc, UnicodeError) else str(exc).splitlines()[0] if str(exc) else ""
         log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
         return False
     log.info("Report emailed to %s", message["To"])
@@ -2302,8 +2320,11 @@ def check_age(name: str, last: date | None, *, today: date, warn_days: int, crit
     return name, level, f"last {last} ({age} days old{', stale' if level != 'OK' else ''})"
 
 
-def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 36) -> Iterator[tuple[str, Level, str]]:
-    """Grade the last run of each horizon from the status file (pure)."""
+def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 80) -> Iterator[tuple[str, Level, str]]:
+    """Grade the last run of each horizon from the status file (pure).
+
+    80 hours: a weekday cron's Friday run is still fresh on Monday evening.
+    """
     for horizon in HORIZONS:
         entry = status.get(horizon)
         name = f"run {horizon}"
@@ -2357,8 +2378,8 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
         checks.append((item[0], item[1], f"{item[2]}, {rows} rows" if rows else item[2]))
     status = read_status(config)
     latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
-    if latest is not None and "no copper" in latest.get("degraded", []):
-        checks.append(("copper available", "WARNING", "last run had no copper"))
+    if latest is not None and {"no copper", "stale copper"} & set(latest.get("degraded", [])):
+        checks.append(("copper available", "WARNING", f"last run had {'no' if 'no copper' in latest['degraded'] else 'stale'} copper"))
     elif latest is not None:
         checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in latest.get("degraded", []) else "yes"))
     checks += check_runs(status, now=now)
@@ -2451,13 +2472,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))
     runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
-    runs.add_argument("--last", type=int, default=10, help="runs per horizon (default 10)")
+    runs.add_argument("--last", type=positive_int, default=10, help="runs per horizon (default 10)")
     compare = as_json(sub.add_parser("compare", help="horizons and models side by side on one metric"))
     compare.add_argument("--metric", default="rmse", choices=SHORT_METRICS)
     as_json(sub.add_parser("stats", help="runs per experiment, success rate, sizes"))
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def run_horizons(text: str) -> list[str]:
@@ -2513,17 +2545,22 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
             if args.command == "validate":
                 return cmd_validate(config, client, now=now)
             return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json)
-    if args.command == "init":
-        return cmd_init(config, environ)
-    if args.command == "runs":
-        return cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json)
-    if args.command == "compare":
-        return cmd_compare(config, environ, args.metric, args.json)
-    if args.command == "stats":
-        return cmd_stats(config, environ, now=now, as_json=args.json)
-    if args.command == "backup":
-        return cmd_backup(config, args.dest or config.data_dir / "backups", now=now)
-    raise AssertionError(f"unhandled command {args.command}")
+    commands = {
+        "init": lambda: cmd_init(config, environ),
+        "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),
+        "compare": lambda: cmd_compare(config, environ, args.metric, args.json),
+        "stats": lambda: cmd_stats(config, environ, now=now, as_json=args.json),
+        "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now),
+    }
+    try:
+        # INFO: bounded like tracking: MLflow retries an unreachable server or a locked database for minutes
+        return _bounded(max(config.tracking_timeout, 60.0), f"fxcu {args.command}", commands[args.command])
+    except (TimeoutError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 -- MlflowException, sqlite3 and SQLAlchemy errors: one line, not a traceback
+        text = redact(redact_uri(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), config.fred_api_key)
+        print(f"fxcu: {args.command} failed ({type(exc).__name__}: {text})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -530,6 +530,20 @@ def test_fetch_json_never_retries_past_the_deadline(tmp_path):
     assert len(calls) == 1  # nothing sent once the budget is spent
 
 
+def test_fetch_json_cuts_the_last_timeout_to_the_budget(tmp_path):
+    seen = []
+
+    def handler(request):
+        seen.append(request.extensions["timeout"]["read"])
+        return httpx.Response(200, json={})
+
+    config = make_config(tmp_path, timeout=20.0)
+    with mock_client(handler) as client:
+        fxcu.make_fetch_json(config, deadline=time.monotonic() + 3)(client, "https://x/y", {})
+        fxcu.make_fetch_json(config)(client, "https://x/y", {})
+    assert 2 < seen[0] <= 3 and seen[1] == 20.0
+
+
 def test_retry_after_is_capped():
     request = httpx.Request("GET", "https://x")
     exc = httpx.HTTPStatusError("x", request=request, response=httpx.Response(429, headers={"Retry-After": "3600"}, request=request))
@@ -982,6 +996,21 @@ def test_backtest_drops_the_copper_model_when_copper_is_stale():
     bt = fxcu.backtest(usdclp, copper, "7d", windows=6, step_size=20, history=700)
     assert not bt.copper_used and fxcu.COPPER_MODEL not in bt.models
     assert any(note.startswith("copper stale") for note in bt.notes)
+
+
+@pytest.mark.parametrize(("gap", "stale"), [(7, False), (8, True)])
+def test_copper_is_stale_after_seven_days(gap, stale):
+    usdclp = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15)], fxcu.CLOSE: [900.0]})
+    copper = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15) - timedelta(days=gap)], fxcu.CLOSE: [4.0]})
+    assert fxcu.copper_is_stale(usdclp, copper) is stale
+
+
+def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
+    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
+    bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"}, "daily")
+    assert "stale copper" in bundle.degraded
+    fc = fxcu.forecast(usdclp, copper, "7d", windows=6, history=700)
+    assert fxcu.COPPER_MODEL not in set(fc.path["model"])
 
 
 def test_correlation_matches_numpy_on_real_data():
@@ -1452,6 +1481,16 @@ def test_best_run_on_coverage_is_closest_to_nominal(data_dir):
     assert fxcu.best_run("7d", "coverage_80", config=config, environ={}).info.run_id == ids[0.82]
 
 
+@pytest.mark.parametrize("command", [["runs"], ["stats"], ["compare"], ["init"], ["backup", "{tmp}/bk"]])
+def test_mlflow_commands_on_a_corrupt_database_are_one_line(tmp_path, command, capsys):
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "mlflow.db").write_text("not a database\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    assert fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"fxcu: {command[0]} failed (") and "Traceback" not in err
+
+
 def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
     (tmp_path / "mlflow").mkdir()
     shutil.copy(migrated_db, tmp_path / "mlflow" / "mlflow.db")
@@ -1618,6 +1657,14 @@ def test_check_age(last, level):
     assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
 
 
+@pytest.mark.parametrize(("hours", "level"), [(10, "OK"), (72, "OK"), (90, "WARNING")])
+def test_check_runs_allows_a_weekend(hours, level):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    entry = {"time": (now - timedelta(hours=hours)).isoformat(), "ok": True, "tracked": True, "forecast": 950.0, "target_date": "2026-12-07", "degraded": []}
+    graded = dict((name, lv) for name, lv, _ in fxcu.check_runs({"7d": entry}, now=now))
+    assert graded["run 7d"] == level and graded["run 15d"] == "WARNING"
+
+
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
     code = "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
@@ -1639,10 +1686,10 @@ class SMTPServer:
     Stores each accepted message and every command verb with whether TLS was on when it came.
     """
 
-    def __init__(self, tls=None):
+    def __init__(self, tls=None, implicit=False):
         self.messages: list[bytes] = []
         self.verbs: list[tuple[str, bool]] = []
-        self.tls = tls
+        self.tls, self.implicit = tls, implicit
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
@@ -1657,6 +1704,11 @@ class SMTPServer:
         except OSError:
             return
         secure = False
+        try:
+            if self.implicit:  # port 465: TLS before the greeting
+                conn, secure = self.tls.wrap_socket(conn, server_side=True), True
+        except OSError:
+            return
         reader = conn.makefile("rb")
         conn.sendall(b"220 localhost test SMTP\r\n")
         try:
@@ -1664,7 +1716,7 @@ class SMTPServer:
                 verb = line[:8].split()[0].upper().decode() if line.strip() else ""
                 self.verbs.append((verb, secure))
                 if verb in ("EHLO", "HELO"):
-                    offers = [] if secure or not self.tls else ["250-STARTTLS"]
+                    offers = [] if secure or not self.tls or self.implicit else ["250-STARTTLS"]
                     conn.sendall(("\r\n".join(["250-localhost", *offers, "250 AUTH PLAIN"]) + "\r\n").encode())
                 elif verb == "STARTTLS" and self.tls:
                     conn.sendall(b"220 ready for TLS\r\n")
@@ -1745,6 +1797,26 @@ def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
     server.thread.join(10)
     assert "Email failed (SSLCertVerificationError" in caplog.text
     assert server.messages == [] and not any(verb == "AUTH" for verb, _ in server.verbs)
+
+
+def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch):
+    import smtplib
+
+    cafile, context = tls_pair
+    server = SMTPServer(tls=context, implicit=True)
+    real = smtplib.SMTP_SSL
+
+    class ToTestPort(real):  # the code picks implicit TLS for port 465; the test server listens elsewhere
+        def __init__(self, host, port, **kwargs):
+            super().__init__(host, server.port, **kwargs)
+
+    monkeypatch.setattr(smtplib, "SMTP_SSL", ToTestPort)
+    env = smtp_env(data_dir, 465, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile))
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1 and all(secure for _, secure in server.verbs)
+    assert ("STARTTLS", False) not in server.verbs and ("AUTH", True) in server.verbs
 
 
 def test_email_never_sends_credentials_in_clear(data_dir, caplog):
