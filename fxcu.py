@@ -1009,7 +1009,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
         ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
-    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list()))
+    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
     predictions = at_h.select("cutoff", "ds", "y", *names).with_columns(
         pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
         pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
@@ -1021,7 +1021,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
         steps=steps,
         models=scores,
         rule=choice.rule,
-        weights=dict(zip(names, map(float, choice.weights))),
+        weights=dict(zip(names, map(float, choice.weights), strict=True)),
         origins=tuple(predictions["origin"].to_list()),
         rule_rmse=choice.rule_rmse,
         copper_used=copper_used,
@@ -2224,7 +2224,7 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = list(rows[0])
     text = [[c for c in cols]] + [["-" if r[c] is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in text)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in text)
 
 
 def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:

@@ -1275,7 +1275,6 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -1592,7 +1591,6 @@ def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, c
         raise RuntimeError("unreachable")
 
     monkeypatch.setattr(fxcu, "mlflow_client", hang)
-    started = time.monotonic()
     with caplog.at_level(logging.INFO):
         code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir, FXCU_TRACKING_TIMEOUT="0.5"))
     out = json.loads(capsys.readouterr().out)

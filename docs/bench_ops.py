@@ -284,8 +284,8 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
     if reopened:
         rows.append((f"(b') warm database, store and engine re-created each run (what a new `fxcu run` process pays, less imports), {len(reopened)} runs", reopened))
     rows.append((f"(b'') warm database, first `log_run` in a new process (after `run`'s imports): `import mlflow`, {FRESH_PROCESSES} processes", [f["import"] for f in fresh_process]))
-    rows.append((f"(b'') ... then `log_run` itself (store creation, schema check, MLflow's lazy imports, writes, artifact copies)", [f["log_run"] for f in fresh_process]))
-    rows.append((f"(b'') ... sum: what `seconds_tracking` of a one-horizon `fxcu run` measures", [f["import"] + f["log_run"] for f in fresh_process]))
+    rows.append(("(b'') ... then `log_run` itself (store creation, schema check, MLflow's lazy imports, writes, artifact copies)", [f["log_run"] for f in fresh_process]))
+    rows.append(("(b'') ... sum: what `seconds_tracking` of a one-horizon `fxcu run` measures", [f["import"] + f["log_run"] for f in fresh_process]))
     rows.append((f"warm database, {STORAGE_RUNS} more runs in a row (store cached)", hundred))
     print("**Time of `fxcu.log_run(config, record, environ={})`** (file lock + bounded thread + MLflow), seconds:\n")
     print("| what | n | median s | [25%, 75%] | min | max |")
@@ -296,7 +296,7 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
 
     warm_median = median(reopened or cached)
     print()
-    print(f"- Guide: +0.1–0.5 s per run, success criterion under 1 s.")
+    print("- Guide: +0.1–0.5 s per run, success criterion under 1 s.")
     print(f"- (a) new database, median {median(cold):.2f} s: under 1 s {verdict(median(cold), GUIDE_SECONDS_MAX)}; "
           f"at or under the guide's 0.5 s upper bound: {'yes' if median(cold) <= GUIDE_SECONDS_HIGH else 'no'}.")
     print(f"- (b) warm database, store cached, median {median(cached):.3f} s: under 1 s {verdict(median(cached), GUIDE_SECONDS_MAX)}; "
@@ -533,7 +533,7 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     if seven_rows:
         med = {s: median([r.get(s, 0.0) for r in seven_rows]) for s in stages}
         total = sum(med.values())
-        print(f"| `run 7d` | " + " | ".join(f"{med[s]:.2f}" for s in stages) + f" | {total:.2f} | {median(walls7):.2f} | {median(walls7) - total:.2f} |")
+        print("| `run 7d` | " + " | ".join(f"{med[s]:.2f}" for s in stages) + f" | {total:.2f} | {median(walls7):.2f} | {median(walls7) - total:.2f} |")
     for horizon in fxcu.HORIZONS:
         # each `run all` prints (and logs) its four runs in horizon order
         rows = [list(s.values())[list(fxcu.HORIZONS).index(horizon)] for s in alls if len(s) == len(fxcu.HORIZONS)]
