@@ -1078,6 +1078,7 @@ def forecast_all(
     last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
     with _quiet_statsforecast():
         shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
+    known_copper = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log() if copper is not None else None
     results = {}
     for horizon, days in days_of.items():
         steps, bt = horizon_steps(days), backtests[horizon]
@@ -1085,7 +1086,7 @@ def forecast_all(
         if bt.copper_used:
             _, exog, _ = model_frames(usdclp, copper, steps, history)
             # The regressor's future is known: copper lagged by `steps` days, all on or before today.
-            future = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log().tail(steps).to_numpy()
+            future = known_copper.tail(steps).to_numpy()
             x_df = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(last_ds + 1, last_ds + 1 + steps), "copper_lag": future})
             with _quiet_statsforecast():
                 fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
@@ -1427,17 +1428,27 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Write a parquet file through a temp file and a rename, so readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once the block has written it, fsync and rename it over `path`.
+
+    Readers never see half a file, and on any failure the old file stays and the temp file goes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        frame.write_parquet(tmp)
+        yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write a parquet file atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
 
 
 def read_cache(path: Path, *, now: datetime) -> Result:
@@ -1600,10 +1611,18 @@ def fetch_copper(config: Config | None = None, client: httpx.Client | None = Non
 
 def _fetch_alone(name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None) -> Series:
     config = config or Config.from_env(os.environ)
-    with contextlib.ExitStack() as stack:
-        if client is None and not config.offline:
-            client = stack.enter_context(make_client(config))
+    with _client_scope(config, client) as client:
         return fetch_series(name, config, client, now=now or datetime.now(UTC))
+
+
+@contextlib.contextmanager
+def _client_scope(config: Config, client: httpx.Client | None) -> Iterator[httpx.Client | None]:
+    """The caller's client, or one made (and closed) here; none offline."""
+    if client is not None or config.offline:
+        yield client
+        return
+    with make_client(config) as made:
+        yield made
 
 
 def load(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Bundle:
@@ -1612,11 +1631,8 @@ def load(config: Config | None = None, client: httpx.Client | None = None, *, no
     With no arguments it reads the environment like the CLI does, for `import fxcu; fxcu.load()`.
     """
     config = config or Config.from_env(os.environ)
-    now = now or datetime.now(UTC)
-    with contextlib.ExitStack() as stack:
-        if client is None and not config.offline:
-            client = stack.enter_context(make_client(config))
-        usdclp, copper = fetch_both(config, client, now=now)
+    with _client_scope(config, client) as client:
+        usdclp, copper = fetch_both(config, client, now=now or datetime.now(UTC))
     return build_bundle(usdclp, copper)
 
 
@@ -1624,14 +1640,9 @@ def load(config: Config | None = None, client: httpx.Client | None = None, *, no
 
 
 def write_text_atomic(text: str | bytes, path: Path) -> None:
-    """Write a file through a temp file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write a text or bytes file atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) -> None:
@@ -1664,13 +1675,8 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) ->
         ax.grid(alpha=0.3)
         fig.autofmt_xdate()
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     finally:
         plt.close(fig)
 
@@ -1993,10 +1999,7 @@ def cmd_run(
         seconds.setdefault("clean", 0.0)  # INFO: offline, the warehouse holds already-clean prices
         seconds["fetch"] = time.perf_counter() - started - seconds["clean"]
         if not usdclp.ok:
-            print(f"fxcu: no usable USD/CLP data: {usdclp.error}", file=sys.stderr)
-            for horizon in horizons:
-                write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": f"no usable USD/CLP: {usdclp.error}"})
-            return 1
+            return _fail_run(config, horizons, now, f"no usable USD/CLP data: {usdclp.error}")
         started = time.perf_counter()
         bundle = build_bundle(usdclp, copper)
         seconds["features"] = time.perf_counter() - started
@@ -2007,10 +2010,7 @@ def cmd_run(
         try:
             backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
         except ValueError as exc:  # too little history for an honest backtest: no forecast without one
-            print(f"fxcu: cannot forecast: {exc}", file=sys.stderr)
-            for horizon in horizons:
-                write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": str(exc)})
-            return 1
+            return _fail_run(config, horizons, now, f"cannot forecast: {exc}")
         seconds["backtest"] = time.perf_counter() - started
         log.info("Forecasting %s", ", ".join(horizons))
         started = time.perf_counter()
@@ -2036,6 +2036,14 @@ def cmd_run(
                 print(format_summary(outcome))
                 print(f"  report: {outcome.get('report') or 'NOT WRITTEN'}; tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}")
         return code
+
+
+def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: str) -> int:
+    """Say why no forecast was made, record it for `check` under every horizon, and return exit code 1."""
+    print(f"fxcu: {reason}", file=sys.stderr)
+    for horizon in horizons:
+        write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": reason})
+    return 1
 
 
 def _run_horizon(
@@ -2297,13 +2305,11 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
         copy = tmp / "mlflow.db"
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
-        partial = archive.with_name(f".{archive.name}.tmp")
-        with tarfile.open(partial, "w:gz") as tar:
+        with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
             mlruns = config.data_dir / "mlflow" / "mlruns"
             if mlruns.exists():
                 tar.add(mlruns, arcname="mlflow/mlruns")
-        os.replace(partial, archive)
     print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
     return 0
 

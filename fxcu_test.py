@@ -2260,7 +2260,7 @@ def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inp
     else:
         assert result.messages == [f"fxcu: no usable USD/CLP data: {why}"]
         status = json.loads((data / "status.json").read_text())["7d"]
-        assert status["ok"] is False and status["tracked"] is False and status["error"] == f"no usable USD/CLP: {why}"
+        assert status["ok"] is False and status["tracked"] is False and status["error"] == f"no usable USD/CLP data: {why}"
     assert f"ERROR fxcu: All USD/CLP sources failed: {why}" in result.err
     assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists() and mlflow_runs(data) == 0
     assert_key_nowhere(data, result)
