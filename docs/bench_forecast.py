@@ -42,9 +42,7 @@ if str(ROOT) not in sys.path:
 
 import fxcu  # noqa: E402  (after the sys.path change)
 
-SHARED = Path(os.environ.get("FXCU_SHARED_DATA") or ROOT.parent / "shared" / "data")
-HGF_CSV = "copper_hgf_daily_2000_2026.csv"
-CLP_CSV = "usdclp_clpx_daily_2006_2024.csv"
+from benchmarks import CLP_CSV, HGF_CSV, SHARED, _vm_rss_kib  # noqa: E402  (docs/ is on the path when run as a script)
 
 ACCURACY_HORIZONS = ("7d", "15d", "30d", "90d")
 SPEED_HORIZONS = ("7d", "90d")
@@ -57,26 +55,9 @@ COVER_95 = (0.91, 0.98)
 MIB = 1024 * 1024
 
 
-# -- Inputs: as fxcu_test.real_usdclp() and real_copper() ------------------------------------------
+# -- Inputs: the test suite's own builders (real data, ../shared/data or FXCU_SHARED_DATA) ----
 
-
-def real_usdclp() -> Any:
-    import polars as pl
-
-    raw = pl.read_csv(SHARED / CLP_CSV)
-    stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
-    quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
-    meta = {"symbol": "CLP=X", "exchangeTimezoneName": "Europe/London"}
-    payload = {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
-    return fxcu.clean_prices(fxcu.parse_yahoo_chart(payload)).frame
-
-
-def real_copper() -> Any:
-    import polars as pl
-
-    raw = pl.read_csv(SHARED / HGF_CSV)
-    frame = raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").alias(fxcu.CLOSE))
-    return fxcu.clean_prices(frame).frame
+from fxcu_test import real_copper, real_usdclp  # noqa: E402
 
 
 # -- Formatting -------------------------------------------------------------------------------------
@@ -382,14 +363,6 @@ def rss_child(horizon: str) -> None:
         fxcu.forecast(usdclp, copper, horizon)
     after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"maxrss_before_kib": before_max, "rss_before_kib": before_rss, "maxrss_after_kib": after_max, "rss_after_kib": _vm_rss_kib()}))
-
-
-def _vm_rss_kib() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def rss(horizon: str) -> dict[str, float]:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,31 +64,21 @@ RUN_IMPORTS = "import httpx, polars, statsforecast.models, matplotlib.pyplot, ml
 FULL_IMPORTS = RUN_IMPORTS + ", mlflow.tracking, mlflow.store.tracking.sqlalchemy_store"
 
 
-# -- Inputs ---------------------------------------------------------------------------
+# -- Inputs: the test suite's own builders (real data, ../shared/data or FXCU_SHARED_DATA) ----
 
-
-def write_real_warehouse(data_dir: Path) -> None:
-    """A warm warehouse from the real data, as `fxcu_test.write_real_warehouse` builds it (copied: no pytest import)."""
-    import polars as pl
-
-    raw = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")
-    stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
-    quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
-    meta = {"symbol": "CLP=X", "exchangeTimezoneName": "Europe/London"}
-    payload = {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
-    usdclp = fxcu.clean_prices(fxcu.parse_yahoo_chart(payload)).frame
-    raw = pl.read_csv(SHARED / "copper_hgf_daily_2000_2026.csv")
-    copper = fxcu.clean_prices(raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").alias(fxcu.CLOSE))).frame
-    copper = copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
-    stamped, fetched = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 7, 16, tzinfo=UTC)
-    fxcu.write_parquet_atomic(
-        fxcu.with_provenance(usdclp, "yahoo", stamped).with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)),
-        data_dir / "warehouse" / fxcu.USDCLP_CACHE,
-    )
-    fxcu.write_parquet_atomic(fxcu.with_provenance(copper, "yahoo", stamped), data_dir / "warehouse" / fxcu.COPPER_CACHE)
+from fxcu_test import write_real_warehouse  # noqa: E402
 
 
 # -- Helpers --------------------------------------------------------------------------
+
+
+def in_temp_dir(prefix: str, work: Callable[[Path], Any]) -> Any:
+    """Run `work(root)` in a fresh temp folder, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return work(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def median(values: Sequence[float]) -> float:
@@ -200,11 +190,7 @@ def forget_tracking_stores() -> bool:
 
 def bench_tracking() -> dict[str, Any]:
     header("MLflow tracking (issue 5)", "python docs/bench_ops.py tracking")
-    root = Path(tempfile.mkdtemp(prefix="fxcu-bench-tracking-"))
-    try:
-        return _bench_tracking(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    return in_temp_dir("fxcu-bench-tracking-", _bench_tracking)
 
 
 def _bench_tracking(root: Path) -> dict[str, Any]:
@@ -457,11 +443,7 @@ def import_times(env: dict[str, str], cwd: Path) -> dict[str, float]:
 
 def bench_ops() -> dict[str, Any]:
     header("Operations: run and check (issue 6)", "python docs/bench_ops.py ops")
-    root = Path(tempfile.mkdtemp(prefix="fxcu-bench-ops-"))
-    try:
-        return _bench_ops(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    return in_temp_dir("fxcu-bench-ops-", _bench_ops)
 
 
 def _bench_ops(root: Path) -> dict[str, Any]:
