@@ -608,8 +608,12 @@ class Bundle:
     copper: pl.DataFrame | None
     copper_features: pl.DataFrame | None
     sources: dict[str, str]
-    copper_frequency: Literal["daily", "monthly"] | None
     notes: tuple[str, ...] = ()
+
+    @property
+    def copper_frequency(self) -> Literal["daily", "monthly"] | None:
+        """'daily' or 'monthly' (FRED), read off the copper dates; None without copper."""
+        return None if self.copper is None else copper_frequency(self.copper)
 
     @property
     def degraded(self) -> tuple[str, ...]:
@@ -639,7 +643,6 @@ def build_bundle(usdclp: Series, copper: Series) -> Bundle:
         copper=copper.frame if has_copper else None,
         copper_features=features,
         sources={"usdclp": usdclp.source, "copper": copper.source if has_copper else "none"},
-        copper_frequency=copper.frequency if has_copper else None,
         notes=usdclp.notes + copper.notes,
     )
 

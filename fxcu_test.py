@@ -1007,7 +1007,7 @@ def test_copper_is_stale_after_seven_days(gap, stale):
 
 def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
     usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
-    bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"}, "daily")
+    bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"})
     assert "stale copper" in bundle.degraded
     fc = fxcu.forecast(usdclp, copper, "7d", windows=6, history=700)
     assert fxcu.COPPER_MODEL not in set(fc.path["model"])
