@@ -1545,9 +1545,10 @@ def fetch_series(
                 if timings is not None:
                     timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
                 results.append(result)
-                if first_good([result], now=now, max_age=timedelta(days=config.max_age_days)).ok:
+                verdict = first_good([result], now=now, max_age=timedelta(days=config.max_age_days))
+                if verdict.ok:
                     break
-                why = result.error or "; ".join(problems(result.frame, now=now, max_age=timedelta(days=config.max_age_days)))
+                why = verdict.error.removeprefix(f"{result.source}: ")
                 log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
         results.append(cache)
         live_age = timedelta(days=config.max_age_days)
