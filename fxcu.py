@@ -4,7 +4,7 @@ Usage:
     python fxcu.py fetch            # refresh the parquet warehouse from the live sources
     python fxcu.py validate         # load, compute copper features, check their ranges
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
-    python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL)
+    python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
 """
 
@@ -2319,18 +2319,90 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
 
 Level = Literal["OK", "WARNING", "CRITICAL"]
 LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+UNKNOWN = 3  # Nagios: the probe itself could not run (bad threshold, unexpected error)
+Check = tuple[str, Level, str]  # name, level, message: the message reads after "name: "
 
 
-def check_age(name: str, last: date | None, *, today: date, warn_days: int, critical_days: int | None, missing: Level) -> tuple[str, Level, str]:
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """`check`'s limits, defaulting to the levels fxcu has always used; flags beat FXCU_CHECK_* variables."""
+
+    data_warn_days: float = 5  # USD/CLP and copper: a long weekend is 4 days
+    data_critical_days: float = 30  # USD/CLP only: copper never stops a forecast
+    run_warn_hours: float = 80  # a weekday cron's Friday run is still fresh on Monday evening
+    db_warn_mb: float = 100
+    disk_warn_gb: float = 1.0
+    disk_critical_gb: float = 0.1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **flags: float | None) -> Thresholds:
+        """Defaults, then FXCU_CHECK_<FIELD> variables, then flags that were given; raise ConfigError if inconsistent."""
+        values = {f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", f.default) for f in dataclasses.fields(cls)}
+        values |= {name: value for name, value in flags.items() if value is not None}
+        limits = cls(**values)
+        if limits.data_critical_days <= limits.data_warn_days:
+            raise ConfigError(f"data critical age ({limits.data_critical_days:g} days) must exceed the warning age ({limits.data_warn_days:g})")
+        if limits.disk_critical_gb >= limits.disk_warn_gb:
+            raise ConfigError(f"disk critical free space ({limits.disk_critical_gb:g} GB) must be below the warning ({limits.disk_warn_gb:g} GB)")
+        return limits
+
+
+@dataclass(frozen=True, slots=True)
+class Perf:
+    """One Nagios performance datum, rendered `'label'=value[uom];warn;crit;min;max`.
+
+    Nagios knows only the units s, %, B and c (and none), so ages carry their unit in the label.
+    A threshold `10:` alerts below 10 (Nagios range syntax), as free disk space needs.
+    """
+
+    label: str
+    value: float
+    uom: str = ""
+    warn: str = ""
+    crit: str = ""
+    min: float | None = 0
+    max: float | None = None
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_perf(perf: Sequence[Perf]) -> str:
+    """Perfdata for the part of the status line after `|`, trailing empty fields dropped."""
+    items = []
+    for p in perf:
+        fields = [f"{_num(p.value)}{p.uom}", p.warn, p.crit, _num(p.min), _num(p.max)]
+        items.append(f"'{p.label}'=" + ";".join(fields).rstrip(";"))
+    return " ".join(items)
+
+
+def check_age(name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level) -> Check:
     """Grade a series by the age of its last date (pure)."""
     if last is None:
         return name, missing, "no data"
     age = (today - last).days
     level: Level = "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
-    return name, level, f"last {last} ({age} days old{', stale' if level != 'OK' else ''})"
+    return name, level, f"{age} days old (last {last})"
 
 
-def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 80) -> Iterator[tuple[str, Level, str]]:
+def check_copper(last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds) -> Check:
+    """One verdict on copper from its warehouse age and the last run's degraded reasons, so the two never disagree (pure)."""
+    name, level, message = check_age("copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING")
+    if last is None:
+        message = "no data: forecasts run without copper"
+    elif rows:
+        message = f"{message[:-1]}, {rows} rows)"
+    said = {"no copper": "the last run had no copper", "stale copper": "the last run had stale copper (no copper model)"}
+    found = [said[r] for r in degraded or () if r in said]
+    if found and last is not None:
+        level, message = "WARNING", f"{found[0]}; data {message}"
+    elif degraded and "monthly copper" in degraded:
+        message += "; the last run used monthly FRED copper (degraded)"
+    return name, level, message
+
+
+def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 80) -> Iterator[Check]:
     """Grade the last run of each horizon from the status file (pure).
 
     80 hours: a weekday cron's Friday run is still fresh on Monday evening.
@@ -2341,7 +2413,7 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         if not entry:
             yield name, "WARNING", "never run"
             continue
-        age = (now - datetime.fromisoformat(entry["time"])).total_seconds() / 3600
+        age = run_age_hours(entry, now)
         if not entry.get("ok"):
             yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
         elif not entry.get("tracked"):
@@ -2353,9 +2425,42 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
             yield name, "OK", f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}"
 
 
-def overall(checks: Sequence[tuple[str, Level, str]]) -> Level:
+def run_age_hours(entry: Mapping[str, Any], now: datetime) -> float:
+    """Hours since a status entry's run."""
+    return (now - datetime.fromisoformat(entry["time"])).total_seconds() / 3600
+
+
+def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
+    """Grade the local MLflow database by its size (pure)."""
+    over = size_bytes > limits.db_warn_mb * 1e6
+    return "mlflow database", "WARNING" if over else "OK", f"{runs} runs, {size_bytes / 1e6:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else "")
+
+
+def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
+    """Grade the free space on the data dir's disk (pure)."""
+    level: Level = "CRITICAL" if free_bytes < limits.disk_critical_gb * 1e9 else "WARNING" if free_bytes < limits.disk_warn_gb * 1e9 else "OK"
+    return "disk", level, f"{free_bytes / 1e9:.1f} GB free"
+
+
+def overall(checks: Sequence[Check]) -> Level:
     """The worst level of all checks."""
     return max((level for _, level, _ in checks), key=LEVEL_CODE.__getitem__, default="OK")
+
+
+def headline(checks: Sequence[Check]) -> str:
+    """The Nagios status line: the overall level and the worst problem, e.g. `WARNING - copper data: 9 days old` (pure)."""
+    level = overall(checks)
+    if level == "OK":
+        return f"OK - all {len(checks)} checks passed"
+    worst = [c for c in checks if c[1] == level]
+    others = sum(lv != "OK" for _, lv, _ in checks) - 1
+    return f"{level} - {worst[0][0]}: {worst[0][2]}" + (f" (+{others} more {'problem' if others == 1 else 'problems'})" if others else "")
+
+
+def format_check(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
+    """The plugin output: status line with perfdata after `|`, then one line per check (pure)."""
+    first = headline(checks) + (f" | {format_perf(perf)}" if perf else "")
+    return "\n".join([first, *(f"{lv:<8} {name}: {message}" for name, lv, message in checks)])
 
 
 def read_series_stats(path: Path) -> tuple[date | None, int]:
@@ -2368,31 +2473,61 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
     return last, rows
 
 
-def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, as_json: bool) -> int:
-    """Health probe: one line per check, then the overall status; exit 0 OK, 1 WARNING, 2 CRITICAL.
+def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, as_json: bool, limits: Thresholds | None = None) -> int:
+    """Health probe in the Nagios plugin format; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the probe itself failed).
 
     Imports neither mlflow nor statsforecast, so monitoring can call it often.
     """
+    try:
+        limits = limits or Thresholds.from_env(environ)
+        checks, perf = gather_checks(config, environ, now=now, network=network, limits=limits)
+    except ConfigError as exc:
+        print(f"UNKNOWN - {exc}")
+        return UNKNOWN
+    except Exception as exc:  # noqa: BLE001 -- a probe that breaks says UNKNOWN, never a traceback monitoring reads as CRITICAL
+        print(f"UNKNOWN - check failed ({type(exc).__name__}: {redact(str(exc).splitlines()[0][:200] if str(exc) else '', config.fred_api_key)})")
+        return UNKNOWN
+    level = overall(checks)
+    if as_json:
+        document = {
+            "status": level,
+            "headline": headline(checks),
+            "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks],
+            "perfdata": [dataclasses.asdict(p) for p in perf],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_check(checks, perf))
+    return LEVEL_CODE[level]
+
+
+def gather_checks(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds) -> tuple[list[Check], list[Perf]]:
+    """Read the warehouse, status file, MLflow database and disk, and grade each; perfdata beside."""
     import shutil
     import sqlite3
 
-    checks: list[tuple[str, Level, str]] = []
+    checks: list[Check] = []
+    perf: list[Perf] = []
     today = now.date()
-    for name, file, missing, critical in (("usdclp data", USDCLP_CACHE, "CRITICAL", 30), ("copper data", COPPER_CACHE, "WARNING", None)):
+    warn, crit = f"{limits.data_warn_days:g}", f"{limits.data_critical_days:g}"
+    status = read_status(config)
+    latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
+    for name, file in (("usdclp data", USDCLP_CACHE), ("copper data", COPPER_CACHE)):
         try:
             last, rows = read_series_stats(config.warehouse / file)
         except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
             checks.append((name, "CRITICAL", f"{file} unreadable ({type(exc).__name__})"))
             continue
-        item = check_age(name, last, today=today, warn_days=5, critical_days=critical, missing=missing)  # type: ignore[arg-type]
-        checks.append((item[0], item[1], f"{item[2]}, {rows} rows" if rows else item[2]))
-    status = read_status(config)
-    latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
-    if latest is not None and {"no copper", "stale copper"} & set(latest.get("degraded", [])):
-        checks.append(("copper available", "WARNING", f"last run had {'no' if 'no copper' in latest['degraded'] else 'stale'} copper"))
-    elif latest is not None:
-        checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in latest.get("degraded", []) else "yes"))
-    checks += check_runs(status, now=now)
+        if name == "usdclp data":
+            item = check_age(name, last, today=today, warn_days=limits.data_warn_days, critical_days=limits.data_critical_days, missing="CRITICAL")
+            checks.append((name, item[1], f"{item[2][:-1]}, {rows} rows)" if rows else item[2]))
+        else:
+            checks.append(check_copper(last, rows, latest.get("degraded", []) if latest else None, today=today, limits=limits))
+        if last is not None:
+            label = name.split()[0] + "_age_days"
+            perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
+    checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
+    perf += [Perf(f"run_{h}_age_hours", round(run_age_hours(status[h], now), 2), warn=f"{limits.run_warn_hours:g}") for h in HORIZONS if status.get(h)]
     if environ.get("MLFLOW_TRACKING_URI"):
         checks.append(("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)"))
     else:
@@ -2403,23 +2538,18 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
             try:
                 with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
-                size = db.stat().st_size / 1e6
-                checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
+                size = db.stat().st_size
+                checks.append(check_database(size, count, limits=limits))
+                perf.append(Perf("mlflow_db", size, "B", warn=f"{limits.db_warn_mb * 1e6:.0f}"))
             except sqlite3.Error as exc:
                 checks.append(("mlflow database", "CRITICAL", f"unreadable ({exc})"))
     existing = next(p for p in (config.data_dir, *config.data_dir.parents) if p.exists())  # INFO: a data dir not made yet
     free = shutil.disk_usage(existing).free
-    checks.append(("disk", "CRITICAL" if free < 100e6 else "WARNING" if free < 1e9 else "OK", f"{free / 1e9:.1f} GB free"))
+    checks.append(check_disk(free, limits=limits))
+    perf.append(Perf("disk_free", free, "B", warn=f"{limits.disk_warn_gb * 1e9:.0f}:", crit=f"{limits.disk_critical_gb * 1e9:.0f}:"))
     if network:
         checks += probe_sources(config)
-    level = overall(checks)
-    if as_json:
-        print(json.dumps({"status": level, "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks]}, indent=2))
-    else:
-        for name, lv, message in checks:
-            print(f"{lv:<8} {name}: {message}")
-        print(f"{level}: {sum(lv != 'OK' for _, lv, _ in checks)} of {len(checks)} checks need attention" if level != "OK" else f"OK: {len(checks)} checks passed")
-    return LEVEL_CODE[level]
+    return checks, perf
 
 
 def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
@@ -2453,7 +2583,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (monitoring and cron mail read the first line)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # INFO: a monitoring plugin given bad arguments exits UNKNOWN (3), not 2, which Nagios reads as CRITICAL
+        self.exit(UNKNOWN if self.prog.endswith(" check") else 2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2477,8 +2608,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = as_json(offline(sub.add_parser("run", help="forecast: fetch, backtest, forecast, report, track")))
     run.add_argument("horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four")
     run.add_argument("--skip-email", action="store_true", help="do not email the report even if SMTP is configured")
-    check = as_json(sub.add_parser("check", help="health probe: 0 OK, 1 WARNING, 2 CRITICAL"))
+    check = as_json(sub.add_parser("check", help="health probe (Nagios plugin): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
     check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
+    limits = check.add_argument_group("thresholds (default: FXCU_CHECK_<NAME> variables, else the value shown)")
+    for flags, name, unit in (
+        (("-w", "--data-warn-days"), "data_warn_days", "days"),
+        (("-c", "--data-critical-days"), "data_critical_days", "days"),
+        (("--run-warn-hours",), "run_warn_hours", "hours"),
+        (("--db-warn-mb",), "db_warn_mb", "MB"),
+        (("--disk-warn-gb",), "disk_warn_gb", "GB"),
+        (("--disk-critical-gb",), "disk_critical_gb", "GB"),
+    ):
+        default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
+        limits.add_argument(*flags, dest=name, type=positive_float, metavar=unit.upper(), help=f"{unit} (default {default:g})")
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))
     runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
@@ -2499,6 +2641,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1e12:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
 
 
@@ -2526,12 +2679,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         config = Config.from_env(environ)
     except ConfigError as exc:
         print(f"fxcu: {exc}", file=sys.stderr)
-        return 2
+        return UNKNOWN if args.command == "check" else 2
     if getattr(args, "offline", False):
         config = dataclasses.replace(config, offline=True)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
-        return 2
+        return UNKNOWN if args.command == "check" else 2
     now = datetime.now(UTC)
     try:
         return dispatch(args, config, environ, now)
@@ -2547,7 +2700,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str], now: datetime) -> int:
     """Call the command function for the parsed arguments."""
     if args.command == "check":
-        return cmd_check(config, environ, now=now, network=args.network, as_json=args.json)
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)}
+        try:
+            limits = Thresholds.from_env(environ, **flags)
+        except ConfigError as exc:
+            print(f"UNKNOWN - {exc}")
+            return UNKNOWN
+        return cmd_check(config, environ, now=now, network=args.network, as_json=args.json, limits=limits)
     if args.command in {"fetch", "validate", "run"}:
         with make_client(config) as client:
             if args.command == "fetch":

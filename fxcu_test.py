@@ -1663,6 +1663,118 @@ def test_check_runs_allows_a_weekend(hours, level):
     assert graded["run 7d"] == level and graded["run 15d"] == "WARNING"
 
 
+# Checks graded by hand: the status line names the worst problem, never contradicts the lines below it.
+OK_DISK = ("disk", "OK", "50.0 GB free")
+
+
+def test_headline_is_the_overall_level_and_the_worst_problem():
+    checks = [("usdclp data", "OK", "1 days old"), ("copper data", "WARNING", "9 days old (last 2026-11-17)"), ("run 7d", "WARNING", "never run"), OK_DISK]
+    assert fxcu.headline(checks) == "WARNING - copper data: 9 days old (last 2026-11-17) (+1 more problem)"
+    checks.append(("usdclp data", "CRITICAL", "40 days old"))
+    assert fxcu.headline(checks) == "CRITICAL - usdclp data: 40 days old (+2 more problems)"
+    assert fxcu.headline([OK_DISK, OK_DISK]) == "OK - all 2 checks passed"
+
+
+def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
+    perf = [fxcu.Perf("usdclp_age_days", 2, warn="5", crit="30"), fxcu.Perf("disk_free", 5e10, "B", warn="1000000000:", crit="100000000:"), fxcu.Perf("ratio", 0.25, min=None)]
+    text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
+    assert text.splitlines() == [
+        "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25",
+        "OK       usdclp data: 2 days old",
+        "OK       disk: 50.0 GB free",
+    ]
+
+
+LIMITS = fxcu.Thresholds()
+TODAY = date(2026, 11, 26)
+
+
+@pytest.mark.parametrize(
+    ("last", "degraded", "level", "words"),
+    [
+        (date(2026, 11, 25), [], "OK", "1 days old (last 2026-11-25, 10 rows)"),
+        (date(2026, 11, 17), [], "WARNING", "9 days old"),
+        (None, None, "WARNING", "no data: forecasts run without copper"),
+        (None, ["no copper"], "WARNING", "no data: forecasts run without copper"),
+        (date(2026, 11, 25), ["no copper", "cached data"], "WARNING", "the last run had no copper; data 1 days old"),
+        (date(2026, 11, 25), ["stale copper"], "WARNING", "the last run had stale copper"),
+        (date(2026, 11, 25), ["monthly copper"], "OK", "monthly FRED copper (degraded)"),
+    ],
+)
+def test_check_copper_is_one_verdict(last, degraded, level, words):
+    name, got, message = fxcu.check_copper(last, 10 if last else 0, degraded, today=TODAY, limits=LIMITS)
+    assert (name, got) == ("copper data", level) and words in message
+
+
+@given(
+    age=st.one_of(st.none(), st.integers(0, 60)),
+    degraded=st.one_of(st.none(), st.lists(st.sampled_from(["no copper", "stale copper", "monthly copper", "cached data"]), unique=True)),
+    warn=st.integers(1, 30),
+)
+def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, warn):
+    last = None if age is None else TODAY - timedelta(days=age)
+    limits = dataclasses.replace(LIMITS, data_warn_days=warn)
+    _, level, message = fxcu.check_copper(last, 5, degraded, today=TODAY, limits=limits)
+    bad = last is None or age > warn or bool({"no copper", "stale copper"} & set(degraded or ()))
+    assert level == ("WARNING" if bad else "OK")
+    assert "days old" in message or message.startswith("no data")  # the age is always said, with any run finding
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["OK", "WARNING", "CRITICAL"]), st.text("xyz ", max_size=5)), min_size=1))
+def test_headline_level_is_the_exit_level(checks):
+    assert fxcu.headline(checks).split(" - ")[0] == fxcu.overall(checks)
+
+
+def test_thresholds_default_to_todays_levels_env_then_flags_win():
+    assert fxcu.Thresholds.from_env({}) == fxcu.Thresholds(5, 30, 80, 100, 1.0, 0.1)
+    env = {"FXCU_CHECK_DATA_WARN_DAYS": "8", "FXCU_CHECK_RUN_WARN_HOURS": "30"}
+    limits = fxcu.Thresholds.from_env(env, data_warn_days=10, run_warn_hours=None)
+    assert (limits.data_warn_days, limits.run_warn_hours, limits.data_critical_days) == (10, 30, 30)
+    with pytest.raises(fxcu.ConfigError, match="must exceed"):
+        fxcu.Thresholds.from_env({}, data_warn_days=40)
+    with pytest.raises(fxcu.ConfigError, match="must be below"):
+        fxcu.Thresholds.from_env({"FXCU_CHECK_DISK_CRITICAL_GB": "2"})
+
+
+def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path, capsys):
+    write_real_warehouse(tmp_path)  # the real history ends 2024-07-15: hundreds of days old
+    env = {"FXCU_DATA_DIR": str(tmp_path)}
+    code = fxcu.main(["check"], env)
+    first, *rest = capsys.readouterr().out.splitlines()
+    assert code == 2 and first.startswith("CRITICAL - usdclp data: ") and " days old (last 2024-07-15, 4664 rows)" in first
+    assert re.search(r"\| 'usdclp_age_days'=\d+;5;30;0 'copper_age_days'=\d+;5;;0 'disk_free'=\d+B;1000000000:;100000000:;0$", first)
+    assert not any(line.startswith("OK       copper") for line in rest)
+    code = fxcu.main(["check", "-w", "5000", "-c", "9000", "--json"], {**env, "FXCU_CHECK_RUN_WARN_HOURS": "1"})
+    report = json.loads(capsys.readouterr().out)
+    levels = {c["name"]: c["level"] for c in report["checks"]}
+    assert levels["usdclp data"] == levels["copper data"] == "OK" and code == 1 and report["status"] == "WARNING"
+    assert report["headline"] == "WARNING - run 7d: never run (+4 more problems)"
+    assert {"label": "usdclp_age_days", "warn": "5000", "crit": "9000"}.items() <= report["perfdata"][0].items()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["check", "-w", "soon"], {}, "fxcu check: error: argument -w/--data-warn-days: 'soon' is not a number"),
+        (["check", "-w", "40"], {}, "UNKNOWN - data critical age (30 days) must exceed the warning age (40)"),
+        (["check"], {"FXCU_CHECK_DB_WARN_MB": "-1"}, "UNKNOWN - FXCU_CHECK_DB_WARN_MB='-1' must be positive"),
+    ],
+)
+def test_check_bad_thresholds_are_unknown_exit_3(tmp_path, capsys, args, env, line):
+    try:
+        code = fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path), **env})
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    assert code == 3 and (out.out + out.err).strip().splitlines()[0].startswith(line)
+
+
+def test_check_a_broken_status_file_is_unknown_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "status.json").write_text(json.dumps({"7d": {"time": "yesterday", "ok": True}}))
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 3
+    assert capsys.readouterr().out.startswith("UNKNOWN - check failed (ValueError: ")
+
+
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
     code = "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
