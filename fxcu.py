@@ -1186,45 +1186,154 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in cells)]
 
 
-def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None) -> str:
-    """The Markdown report of one run: headline, chart, path, backtest against Naive, copper, degraded reasons."""
-    s, bt = summary(fc, bundle), fc.backtest
-    lines = [f"# USD/CLP forecast, {fc.horizon} ({now:%Y-%m-%d %H:%M} UTC)", "", "```", format_summary(s), "```", ""]
+SANTIAGO = "America/Santiago"  # the treasury desk's clock: report headers, chart stamps and email dates
+
+
+def santiago_time(now: datetime) -> str:
+    """`now` on the Santiago clock, e.g. '2026-11-26 08:06 (Santiago, UTC-03)'."""
+    from zoneinfo import ZoneInfo
+
+    local = now.astimezone(ZoneInfo(SANTIAGO))
+    offset = local.utcoffset() or timedelta(0)
+    hours, minutes = divmod(int(offset.total_seconds()) // 60, 60)
+    return f"{local:%Y-%m-%d %H:%M} (Santiago, UTC{hours:+03d}{f':{minutes:02d}' if minutes else ''})"
+
+
+def range_words(fc: Forecast) -> str:
+    """How the served range was made, when the forecast says (issue 9's `interval_label`), as a suffix ' (...)'."""
+    label = getattr(fc, "interval_label", None)
+    return f" ({label})" if label else ""
+
+
+# Each copper feature's name for people, and how its value reads (unit, percent, scale).
+FEATURE_WORDS: dict[str, tuple[str, str]] = {
+    "copper_returns_1d": ("return over 1 trading day", "pct"),
+    "copper_returns_5d": ("return over 5 trading days", "pct"),
+    "copper_returns_20d": ("return over 20 trading days", "pct"),
+    "copper_volatility_20d": ("volatility, last 20 days (annualised)", "vol"),
+    "copper_volatility_60d": ("volatility, last 60 days (annualised)", "vol"),
+    "copper_sma_20": ("20-day average price", "usd_lb"),
+    "copper_sma_50": ("50-day average price", "usd_lb"),
+    "copper_trend_signal": ("trend: 20-day average against 50-day", "trend"),
+    "copper_rsi_14": ("RSI, 14 days (0-100; over 70 overbought, under 30 oversold)", "rsi"),
+    "copper_price_normalized": ("price against its 1-year mean", "z"),
+    "copper_usdclp_correlation_90d": ("correlation of daily returns with USD/CLP, 90 days", "corr"),
+}
+
+
+def format_feature(name: str, value: float | None) -> str:
+    """A copper feature's value with its unit: '+1.25%', '23.4% a year', '4.1234 USD/lb', 'up', '+0.8 sd' (pure)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a (not enough history)"
+    kind = FEATURE_WORDS[name][1]
+    if kind == "pct":
+        return f"{math.expm1(value):+.2%}"  # INFO: the feature is a log return; people read simple percent changes
+    if kind == "vol":
+        return f"{value:.1%} a year"
+    if kind == "usd_lb":
+        return f"{value:.4f} USD/lb"
+    if kind == "trend":
+        return {1: "up (20-day above 50-day)", -1: "down (20-day below 50-day)"}.get(int(value), "flat")
+    if kind == "rsi":
+        return f"{value:.1f}"
+    if kind == "z":
+        return f"{value:+.2f} standard deviations"
+    return f"{value:+.2f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One titled part of a report or email, as Markdown lines; `key` lets a reader pick, drop or add sections."""
+
+    key: str
+    title: str
+    lines: tuple[str, ...]
+
+
+def _pct(new: float, old: float) -> str:
+    return f"{new / old - 1:+.2%}"
+
+
+def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
+    """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
+    s, bt, final = summary(fc, bundle), fc.backtest, fc.final
+    target = final[DATE]
+    copper = "off: this forecast runs without copper" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
+    rows = [
+        ["Last close", f"**{fc.last_close:.2f}** CLP per USD on {fc.origin:%a %d %b %Y}"],
+        [f"Forecast for {target:%a %d %b %Y}", f"**{final['forecast']:.2f}** ({_pct(final['forecast'], fc.last_close)} from the last close)"],
+        [f"80% range{range_words(fc)}", f"{final['lo_80']:.2f} to {final['hi_80']:.2f}"],
+        ["95% range", f"{final['lo_95']:.2f} to {final['hi_95']:.2f}"],
+        [
+            "Backtest",
+            f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; "
+            f"ranges held {s['coverage_80']:.0%} (80%) and {s['coverage_95']:.0%} (95%) of {s['backtest_origins']} past outcomes",
+        ],
+        ["Served", f"`{bt.rule}` rule: " + ", ".join(f"{k} {v:.0%}" for k, v in bt.weights.items() if v > 0)],
+        ["Sources", f"USD/CLP {s['sources']['usdclp']}, copper {copper}"],
+    ]
+    if s["degraded"]:
+        rows.append(["Degraded", ", ".join(s["degraded"])])
+    sections = [Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))]
     if chart:
-        lines += [f"![USD/CLP and forecast]({chart})", ""]
-    lines += ["## Forecast path (ensemble, CLP per USD)", ""]
-    lines += _table(
-        ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
-        [[str(r["step"]), str(r[DATE]), f"{r['forecast']:.2f}", f"{r['lo_80']:.2f}", f"{r['hi_80']:.2f}", f"{r['lo_95']:.2f}", f"{r['hi_95']:.2f}"] for r in fc.ensemble.iter_rows(named=True)],
-    )
-    lines += ["", f"## Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, {bt.steps} trading days ahead)", ""]
-    lines += _table(
+        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    backtest = _table(
         ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
         [
             [name, f"{m.rmse:.2f}", f"{m.mae:.2f}", f"{m.mape:.2f}", f"{m.ratio:.4f}", "n/a" if m.direction is None else f"{m.direction:.0%}", f"{m.coverage_80:.0%}", f"{m.coverage_95:.0%}", "-" if name in (ENSEMBLE, COMBINATION) else f"{bt.weights.get(name, 0):.2f}"]
             for name, m in bt.models.items()
         ],
     )
-    lines += [
+    backtest += [
         "",
         f"Ensemble: rule `{bt.rule}`, weights " + ", ".join(f"{k} {v:.2f}" for k, v in bt.weights.items()) + ". "
         f"`{COMBINATION}` is the rule chosen at each origin from outcomes known by then (no look-ahead); the ensemble "
         f"serves it only if it beat Naive. RMSE of each rule with its online weights: " + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items()) + ".",
     ]
     if bt.copper_ablation_pct is not None:
-        lines.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; the random walk with lagged copper {bt.copper_model_pct:+.2f}% against the random walk alone.")
-    lines += [f"Note: {n}" for n in bt.notes]
-    lines += ["", "## Copper", ""]
+        backtest.append("")
+        backtest.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; the random walk with lagged copper {bt.copper_model_pct:+.2f}% against the random walk alone.")
+    backtest += [line for n in bt.notes for line in ("", f"Note: {n}")]
+    title = f"Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, {bt.steps} trading days ahead)"
+    sections.append(Section("backtest", title, tuple(backtest)))
     if bundle.copper_features is None:
-        lines.append("Copper unavailable: this forecast runs without copper.")
+        copper_lines = ["Copper unavailable: this forecast runs without copper."]
     else:
         latest = bundle.copper_features.tail(1).row(0, named=True)
-        lines.append(f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last {bundle.copper[DATE].max()} at {bundle.copper[CLOSE][-1]:.4f} USD/lb. Features on {latest[DATE]}:")
-        lines += ["", *_table(["feature", "value"], [[f, _fmt(latest[f])] for f in FEATURES])]
-    lines += ["", "## Data and degraded reasons", ""]
-    lines += [f"- {n}" for n in bundle.notes] or ["- none"]
-    lines += [f"- degraded: {r}" for r in bundle.degraded]
-    return "\n".join(lines) + "\n"
+        copper_lines = [
+            f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close {bundle.copper[CLOSE][-1]:.4f} USD/lb on "
+            f"{bundle.copper[DATE].max()}. Features on {latest[DATE]}:",
+            "",
+            *_table(["feature", "meaning", "value"], [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES]),
+        ]
+    sections.append(Section("copper", "Copper", tuple(copper_lines)))
+    path = _table(
+        ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
+        [[str(r["step"]), str(r[DATE]), f"{r['forecast']:.2f}", f"{r['lo_80']:.2f}", f"{r['hi_80']:.2f}", f"{r['lo_95']:.2f}", f"{r['hi_95']:.2f}"] for r in fc.ensemble.iter_rows(named=True)],
+    )
+    sections.append(Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path)))
+    data = [f"- {n}" for n in bundle.notes] or ["- none"]
+    data += [f"- degraded: {r}" for r in bundle.degraded]
+    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
+    return sections
+
+
+def report_title(fc: Forecast, *, now: datetime) -> str:
+    """The report's first line: horizon, forecast and when it was made, on the Santiago clock."""
+    return f"USD/CLP {fc.horizon} forecast: {fc.final['forecast']:.2f} for {fc.final[DATE]}, made {santiago_time(now)}"
+
+
+def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
+    """Markdown for a list of sections, each under a heading of `level` (pure)."""
+    lines: list[str] = []
+    for section in sections:
+        lines += [f"{'#' * level} {section.title}", "", *section.lines, ""]
+    return lines
+
+
+def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None) -> str:
+    """The Markdown report of one run: summary, chart, backtest against Naive, copper, path, degraded reasons."""
+    return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(report_sections(fc, bundle, chart=chart))]).rstrip() + "\n"
 
 
 # -- Core: requests and redaction ----------------------------------------------------
@@ -1649,36 +1758,65 @@ def write_text_atomic(text: str | bytes, path: Path) -> None:
         tmp.write_bytes(text.encode() if isinstance(text, str) else text)
 
 
-def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) -> None:
-    """Plot the last months of USD/CLP, the ensemble forecast with its 80/95% fan, and copper on a second axis."""
+def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
+    """Plot the last months of USD/CLP with the forecast's 80/95% fan, labelled, and copper up to the origin in its own panel."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import polars as pl
 
-    start = fc.origin - timedelta(days=31 * months)
+    # History four times the horizon (at least three months), so a 7d fan is not a sliver at the edge.
+    start = fc.origin - timedelta(days=max(91, 4 * parse_horizon(fc.horizon)))
     hist = bundle.usdclp.filter(pl.col(DATE) >= start)
-    ens = fc.ensemble
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    ens, final = fc.ensemble, fc.final
+    # Copper only up to the origin: its future is unknown, and a line through the fan reads as a forecast.
+    cu = None if bundle.copper is None else bundle.copper.filter(pl.col(DATE).is_between(start, fc.origin))
+    panels = 2 if cu is not None and cu.height else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 6.4 if panels == 2 else 5), dpi=110, sharex=True, squeeze=False,
+                             height_ratios=[3, 1][:panels], layout="constrained")
+    ax = axes[0][0]
     try:
-        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP")
+        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
         x = [fc.origin, *ens[DATE].to_list()]
         edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
-        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, label="95% interval")
-        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, label="80% interval")
-        ax.plot(x, edge("forecast"), color="tab:blue", lw=1.5, label=f"forecast ({fc.backtest.rule})")
+        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
+        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}")
+        ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
+        for axis in (a[0] for a in axes):
+            axis.axvline(fc.origin, color="grey", ls=":", lw=1)
+            axis.grid(alpha=0.3)
+        ax.annotate(f"origin {fc.origin:%d %b %Y}", (fc.origin, 1), xycoords=("data", "axes fraction"), xytext=(-4, -4),
+                    textcoords="offset points", ha="right", va="top", fontsize=8, color="dimgrey")
+        ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
+        # below and left of the point, with an arrow: the history runs into the point from the left at its own height
+        ax.annotate(f"last close {fc.last_close:.2f}", (fc.origin, fc.last_close), xytext=(-30, -34), textcoords="offset points",
+                    ha="right", va="center", fontsize=9, arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9})
+        ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
+        ax.annotate(
+            f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
+            (final[DATE], final["forecast"]), xytext=(8, 0), textcoords="offset points", ha="left", va="center", fontsize=9, color="tab:blue",
+        )
         ax.set_ylabel("CLP per USD")
-        ax.set_title(f"USD/CLP {fc.horizon} forecast from {fc.origin}")
-        if bundle.copper is not None:
-            cu = bundle.copper.filter(pl.col(DATE).is_between(start, ens[DATE].max()))
-            ax2 = ax.twinx()
-            ax2.plot(cu[DATE].to_list(), cu[CLOSE].to_list(), color="tab:orange", lw=1, alpha=0.8, label="copper (USD/lb)")
-            ax2.set_ylabel("copper, USD/lb", color="tab:orange")
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
+        # room on the right for the horizon label
+        ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
+        title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({_pct(final['forecast'], fc.last_close)})"
+        ax.set_title(title, loc="left", fontsize=12)
+        stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
+        ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
+        handles, labels = ax.get_legend_handles_labels()
+        if panels == 2:
+            ax2 = axes[1][0]
+            ax2.plot(cu[DATE].to_list(), cu[CLOSE].to_list(), color="tab:orange", lw=1.1, label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})")
+            ax2.set_ylabel("copper, USD/lb")
+            extra, extra_labels = ax2.get_legend_handles_labels()
+            handles, labels = handles + extra, labels + extra_labels
+        elif bundle.copper is None:
+            ax.text(0.01, 0.02, "copper unavailable: forecast made without copper", transform=ax.transAxes, fontsize=8, color="tab:red")
+        axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:
@@ -1694,12 +1832,21 @@ class Report:
     table: Path
 
 
+def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A report's file name without suffix, stamped to the minute on the Santiago clock; never one already taken (pure)."""
+    from zoneinfo import ZoneInfo
+
+    stem = f"forecast_{horizon}_{now.astimezone(ZoneInfo(SANTIAGO)):%Y-%m-%d_%H%M}"
+    # INFO: two runs in one minute, or the hour Santiago repeats when summer time ends
+    return next(s for s in (stem, *(f"{stem}_{n}" for n in range(2, len(taken) + 3))) if s not in taken)
+
+
 def write_report(fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime) -> Report:
     """Write the chart (PNG), the forecast table (CSV) and the Markdown report under `reports`."""
-    stem = f"forecast_{fc.horizon}_{now:%Y-%m-%d}"
+    stem = report_stem(fc.horizon, now, taken={p.stem for p in reports.glob(f"forecast_{fc.horizon}_*.md")})
     chart = reports / f"{stem}.png"
     try:
-        write_chart(fc, bundle, chart)
+        write_chart(fc, bundle, chart, now=now)
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Chart failed (%s: %s); the report goes without it", type(exc).__name__, exc)
         chart = None

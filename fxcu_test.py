@@ -2417,7 +2417,7 @@ def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, 
             lock.rollback()
         lock.close()
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert re.search(r"^  report: \S+forecast_7d_\d{4}-\d\d-\d\d\.md; tracked: no$", result.out, re.M)
+    assert re.search(r"^  report: \S+forecast_7d_\d{4}-\d\d-\d\d_\d{4}\.md; tracked: no$", result.out, re.M)
     assert re.search(r"ERROR fxcu: MLflow tracking failed \(.+\): the forecast and its report are kept$", result.err, re.M)
     assert list((data_dir / "reports").glob("forecast_7d_*.md")) and list((data_dir / "reports").glob("forecast_7d_*.png"))
     status = json.loads((data_dir / "status.json").read_text())["7d"]
