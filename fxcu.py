@@ -1336,6 +1336,94 @@ def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | N
     return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(report_sections(fc, bundle, chart=chart))]).rstrip() + "\n"
 
 
+def digest_sections(forecasts: Sequence[Forecast], bundle: Bundle, *, charts: Mapping[str, str | None]) -> list[Section]:
+    """One email's sections for one or more horizons: a table of all, then each horizon's own sections, then copper and data once (pure).
+
+    A horizon's report sections all go in except the path (it stays in the report file) and the
+    copper and data sections, which are the same for every horizon.
+    """
+    shared = ("copper", "data")
+    rows = [
+        [f"**{fc.horizon}**", f"{fc.final[DATE]:%a %d %b %Y}", f"**{fc.final['forecast']:.2f}**", _pct(fc.final["forecast"], fc.last_close),
+         f"{fc.final['lo_80']:.2f} to {fc.final['hi_80']:.2f}", f"{fc.final['lo_95']:.2f} to {fc.final['hi_95']:.2f}"]
+        for fc in forecasts
+    ]
+    first = forecasts[0]
+    intro = (f"Last close **{first.last_close:.2f}** CLP per USD on {first.origin:%a %d %b %Y}.", "",
+             *_table(["horizon", "for", "forecast", "change", f"80% range{range_words(first)}", "95% range"], rows))
+    sections = [Section("digest", "Forecasts", intro)] if len(forecasts) > 1 else []
+    for fc in forecasts:
+        own = [s for s in report_sections(fc, bundle, chart=charts.get(fc.horizon)) if s.key not in (*shared, "path")]
+        if len(forecasts) > 1:
+            own = [dataclasses.replace(s, title=f"{fc.horizon}: {s.title}") for s in own]
+        sections += own
+    sections += [s for s in report_sections(first, bundle, chart=None) if s.key in shared]
+    return sections
+
+
+def email_subject(forecasts: Sequence[Forecast]) -> str:
+    """'fxcu: USD/CLP 7d forecast 951.20 for 2026-12-03', or for a digest every horizon's forecast (pure)."""
+    if len(forecasts) == 1:
+        fc = forecasts[0]
+        return f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
+    return "fxcu: USD/CLP forecasts " + ", ".join(f"{fc.horizon} {fc.final['forecast']:.2f}" for fc in forecasts) + f" (data to {forecasts[0].origin})"
+
+
+EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <style> blocks
+    "<table>": '<table style="border-collapse:collapse;font-size:13px;margin:4px 0 12px 0">',
+    "<th>": '<th style="border-bottom:1px solid #999;padding:3px 8px;text-align:left">',
+    "<td>": '<td style="border-bottom:1px solid #e5e5e5;padding:3px 8px">',
+    "<img ": '<img style="max-width:100%;height:auto" ',
+    "<h1>": '<h1 style="font-size:20px">',
+    "<h2>": '<h2 style="font-size:16px;margin-top:20px;border-bottom:1px solid #ccc">',
+}
+
+
+def email_html(markdown: str) -> str:
+    """The HTML body of an email from its Markdown, rendered with markdown-it-py (CommonMark and tables, raw HTML off)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    for tag, styled in EMAIL_STYLE.items():
+        body = body.replace(tag, styled)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
+        '<body style="font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px">\n' + body + "</body></html>\n"
+    )
+
+
+def build_email(
+    forecasts: Sequence[Forecast], bundle: Bundle, charts: Mapping[str, bytes | None], *, now: datetime, sender: str, to: Sequence[str], message_id: str
+) -> Any:
+    """One email for one or more horizons: multipart/alternative with a text part and an HTML part whose charts are inline (cid:).
+
+    Pure apart from its inputs: the caller passes `now` and the Message-ID.
+    """
+    from email.message import EmailMessage
+    from email.utils import format_datetime
+    from zoneinfo import ZoneInfo
+
+    domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
+    cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
+    title = report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
+    sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()})
+    markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
+    # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
+    text = re.sub(r"!\[[^\]]*\]\(cid:[^)]*\)", "(chart in the HTML version of this email)", markdown)
+    message = EmailMessage()
+    message["Subject"] = email_subject(forecasts)
+    message["From"] = sender
+    message["To"] = ", ".join(to)
+    message["Date"] = format_datetime(now.astimezone(ZoneInfo(SANTIAGO)))
+    message["Message-ID"] = message_id
+    message.set_content(text)
+    message.add_alternative(email_html(markdown), subtype="html")
+    html_part = message.get_payload()[1]
+    for horizon, cid in cids.items():
+        html_part.add_related(charts[horizon], maintype="image", subtype="png", cid=f"<{cid}>", filename=f"usdclp_{horizon}.png")
+    return message
+
+
 # -- Core: requests and redaction ----------------------------------------------------
 
 
@@ -1857,6 +1945,12 @@ def write_report(fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime) 
     return Report(markdown, chart, table)
 
 
+def report_files(markdown: Path) -> Report:
+    """The files `write_report` wrote beside a Markdown report (the chart only if it was drawn)."""
+    chart = markdown.with_suffix(".png")
+    return Report(markdown, chart if chart.exists() else None, markdown.with_suffix(".csv"))
+
+
 def status_path(config: Config) -> Path:
     return config.data_dir / "status.json"
 
@@ -2137,8 +2231,9 @@ def cmd_run(
     environ: Mapping[str, str],
     skip_email: bool = False,
     as_json: bool = False,
+    email_preview: Path | None = None,
 ) -> int:
-    """Fetch once, then per horizon: backtest, forecast, report, track, record status; print the summaries.
+    """Fetch once, then per horizon: backtest, forecast, report, track, record status; email one digest; print the summaries.
 
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
     backtest, or no report could be written.
@@ -2171,13 +2266,17 @@ def cmd_run(
         for index, horizon in enumerate(horizons, 1):
             log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
             outcome = _run_horizon(
-                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_email=skip_email, skip_tracking=skip_tracking
+                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_tracking=skip_tracking
             )
             if (outcome["tracking_error"] or "").startswith("TimeoutError"):
                 # a timed-out write may still be going on: the other horizons do not queue behind it
                 skip_tracking = f"skipped: MLflow tracking timed out for {horizon}"
             summaries.append(outcome)
             code = max(code, 0 if outcome.get("report") else 1)
+        # One email for the whole run (a digest for `run all`), with every horizon whose report was written.
+        written = [(forecasts[o["horizon"]], report_files(Path(o["report"]))) for o in summaries if o.get("report")]
+        if written and (email_preview or not skip_email):
+            email_reports(config, environ, [f for f, _ in written], bundle, [r for _, r in written], now=now, preview=email_preview)
         if as_json:
             # one JSON object: the summary itself, or for several horizons an object keyed by horizon
             document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
@@ -2198,7 +2297,7 @@ def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: st
 
 
 def _run_horizon(
-    config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool, skip_tracking: str | None
+    config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_tracking: str | None
 ) -> dict[str, Any]:
     horizon, bt = fc.horizon, fc.backtest
     for note in bt.notes:
@@ -2227,8 +2326,6 @@ def _run_horizon(
         tracking_error = skip_tracking or redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key)
         log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
-    if report and not skip_email:
-        send_report_email(config, environ, fc, report)
     try:
         write_status(config, horizon, {"time": now.isoformat(), "ok": report is not None, "tracked": run_id is not None, "run_id": run_id, "tracking_error": tracking_error, "forecast": outcome["forecast"], "target_date": outcome["target_date"], "degraded": outcome["degraded"]})
     except (OSError, TimeoutError) as exc:
@@ -2250,8 +2347,32 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, report: Report) -> bool:
-    """Email the report with its chart when FXCU_SMTP_HOST and FXCU_SMTP_TO are set; a failure is logged, never raised.
+def email_reports(
+    config: Config, environ: Mapping[str, str], forecasts: Sequence[Forecast], bundle: Bundle, reports: Sequence[Report], *, now: datetime, preview: Path | None = None
+) -> bool:
+    """Build one email for every horizon of the run, then write it to `preview` (no sending) or send it; a failure is logged, never raised."""
+    from email.utils import make_msgid
+
+    to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
+    if preview is None and not (environ.get("FXCU_SMTP_HOST") and to):
+        return False
+    sender = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
+    try:
+        charts = {fc.horizon: r.chart.read_bytes() if r.chart else None for fc, r in zip(forecasts, reports, strict=True)}
+        domain = sender.rpartition("@")[2] or "localhost"
+        message = build_email(forecasts, bundle, charts, now=now, sender=sender, to=to or ["undisclosed-recipients:;"], message_id=make_msgid("fxcu", domain=domain))
+        if preview is not None:
+            write_text_atomic(message.as_bytes(), preview)
+            log.info("Email written to %s, not sent", preview)
+            return True
+    except (OSError, ValueError) as exc:
+        log.error("Email could not be built (%s: %s); the run is not affected", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+    return send_email(environ, message)
+
+
+def send_email(environ: Mapping[str, str], message: Any) -> bool:
+    """Send a message to FXCU_SMTP_HOST; a failure is logged, never raised.
 
     Port 465 speaks TLS from the start; other ports use STARTTLS unless FXCU_SMTP_STARTTLS=0.
     Certificates are verified (FXCU_SMTP_CAFILE adds a private CA), and credentials are never
@@ -2259,20 +2380,9 @@ def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, 
     """
     import smtplib
     import ssl
-    from email.message import EmailMessage
 
-    host, to = environ.get("FXCU_SMTP_HOST"), environ.get("FXCU_SMTP_TO")
-    if not host or not to:
-        return False
-    user = environ.get("FXCU_SMTP_USER")
+    host, user = environ["FXCU_SMTP_HOST"], environ.get("FXCU_SMTP_USER")
     try:
-        message = EmailMessage()
-        message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-        message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
-        message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
-        message.set_content(report.markdown.read_text())
-        if report.chart:
-            message.add_attachment(report.chart.read_bytes(), maintype="image", subtype="png", filename=report.chart.name)
         port = int(environ.get("FXCU_SMTP_PORT") or 587)
         implicit = port == 465
         starttls = not implicit and env_flag(environ, "FXCU_SMTP_STARTTLS", True)
@@ -2755,6 +2865,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = as_json(offline(sub.add_parser("run", help="forecast: fetch, backtest, forecast, report, track")))
     run.add_argument("horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four")
     run.add_argument("--skip-email", action="store_true", help="do not email the report even if SMTP is configured")
+    run.add_argument("--email-preview", type=Path, metavar="PATH", help="write the email as a .eml file instead of sending it")
     check = as_json(sub.add_parser("check", help="health probe (Nagios plugin): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
     check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
     limits = check.add_argument_group("thresholds (default: FXCU_CHECK_<NAME> variables, else the value shown)")
@@ -2860,7 +2971,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
                 return cmd_fetch(config, client, now=now)
             if args.command == "validate":
                 return cmd_validate(config, client, now=now)
-            return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json)
+            return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json, email_preview=args.email_preview)
     commands = {
         "init": lambda: cmd_init(config, environ),
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),

@@ -1617,15 +1617,25 @@ def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch,
     assert not list((data_dir / "reports").glob("*.md"))
 
 
-def test_run_all_fetches_once_and_forecasts_four_horizons(data_dir, capsys, monkeypatch):
+@pytest.mark.slow
+def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data_dir, capsys, monkeypatch):
     calls = []
     real = fxcu.fetch_series
     monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
-    code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir))
+    server = SMTPServer(wait=600)
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    code = fxcu.main(["run", "all", "--offline", "--json"], env)
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and calls == ["usdclp", "copper"]
     assert list(out) == ["7d", "15d", "30d", "90d"] and all(s["tracked"] and s["horizon"] == h for h, s in out.items())
     assert {r.data.params["horizon"] for h in fxcu.HORIZONS for r in read_runs(data_dir, h)} == set(fxcu.HORIZONS)
+    server.thread.join(10)
+    (raw,) = server.messages
+    message = parse_email(raw)
+    assert_renders(message, ["7d", "15d", "30d", "90d"])
+    assert message["Subject"] == "fxcu: USD/CLP forecasts " + ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS) + " (data to 2024-07-15)"
+    html = message.get_body(("html",)).get_content()
+    assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
 
 def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
@@ -1787,6 +1797,174 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
 
+# -- Reports, charts and email as people read them ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_bundle():
+    """The real CLP=X history and HG=F copper up to its last date, 2024-07-15, as a run on 2024-07-16 saw them."""
+    usdclp, copper = real_usdclp(), real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
+    return fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "yahoo"})
+
+
+@pytest.mark.parametrize(
+    ("now", "words"),
+    [
+        (datetime(2026, 1, 19, 15, 0, tzinfo=UTC), "2026-01-19 12:00 (Santiago, UTC-03)"),  # summer time
+        (datetime(2026, 7, 1, 15, 30, tzinfo=UTC), "2026-07-01 11:30 (Santiago, UTC-04)"),
+        (datetime(2026, 7, 1, 2, 0, tzinfo=UTC), "2026-06-30 22:00 (Santiago, UTC-04)"),  # the day before in Santiago
+    ],
+)
+def test_santiago_time(now, words):
+    assert fxcu.santiago_time(now) == words
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("copper_returns_1d", math.log(1.02), "+2.00%"),
+        ("copper_returns_20d", math.log(0.95), "-5.00%"),
+        ("copper_volatility_20d", 0.234, "23.4% a year"),
+        ("copper_sma_50", 4.5, "4.5000 USD/lb"),
+        ("copper_trend_signal", -1, "down (20-day below 50-day)"),
+        ("copper_trend_signal", 0, "flat"),
+        ("copper_rsi_14", 52.63, "52.6"),
+        ("copper_price_normalized", 1.5, "+1.50 standard deviations"),
+        ("copper_usdclp_correlation_90d", -0.234, "-0.23"),
+        ("copper_rsi_14", None, "n/a (not enough history)"),
+    ],
+)
+def test_format_feature_gives_units_and_percentages(name, value, words):
+    assert fxcu.format_feature(name, value) == words
+
+
+def test_every_feature_has_words():
+    assert set(fxcu.FEATURE_WORDS) == set(fxcu.FEATURES)
+
+
+def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
+    from types import SimpleNamespace
+
+    assert fxcu.range_words(real_forecast_7d) == ""
+    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
+
+
+def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, made 2026-01-19 12:00 (Santiago, UTC-03)"
+    assert [h.split(" (")[0] for h in headings[1:]] == [
+        "## Summary", "## Chart", "## Backtest at the horizon date", "## Copper", "## Forecast path", "## Data and degraded reasons"
+    ]
+    assert "UTC)" not in text and "| Last close | **898.95** CLP per USD on Mon 15 Jul 2024 |" in text
+    assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
+
+
+def test_report_stem_never_reuses_a_name():
+    now = datetime(2026, 1, 19, 15, 4, 59, tzinfo=UTC)
+    assert fxcu.report_stem("7d", now) == "forecast_7d_2026-01-19_1204"
+    assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204"}) == "forecast_7d_2026-01-19_1204_2"
+    assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204", "forecast_7d_2026-01-19_1204_2"}) == "forecast_7d_2026-01-19_1204_3"
+
+
+def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bundle, tmp_path):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    first = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
+    before = first.markdown.read_bytes()
+    second = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
+    assert first.markdown != second.markdown and first.markdown.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"forecast_7d_2026-01-19_1200{n}.{ext}" for n in ("", "_2") for ext in ("csv", "md", "png")
+    ]
+
+
+def drawn_chart(monkeypatch, fc, bundle, tmp_path):
+    """Draw the chart and keep its figure open for inspection."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    fxcu.write_chart(fc, bundle, tmp_path / "chart.png", now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
+    (fig,) = kept
+    fig.canvas.draw()
+    return fig
+
+
+def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
+    import matplotlib.dates as mdates
+
+    fc = real_forecast_7d
+    fig = drawn_chart(monkeypatch, fc, real_bundle, tmp_path)
+    price_ax, copper_ax = fig.axes
+    (copper_line,) = [line for line in copper_ax.get_lines() if line.get_label().startswith("copper")]
+    assert mdates.date2num(fc.origin) == pytest.approx(max(mdates.date2num(d) for d in copper_line.get_xdata()))
+    assert not [line for line in price_ax.get_lines() if "copper" in line.get_label()]
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[0] == "USD/CLP close" and any(label.startswith("copper, USD/lb") for label in labels) and "95% range" in labels
+    assert price_ax.get_legend() is None and copper_ax.get_legend() is None
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    texts = [t.get_text() for t in price_ax.texts]
+    final = fc.final
+    assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
+    assert f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}" in texts
+    assert "2026-01-19 12:00 (Santiago, UTC-03)" in price_ax.get_title("right")
+
+
+def test_chart_without_copper_has_one_panel_and_says_so(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
+    bundle = dataclasses.replace(real_bundle, copper=None, copper_features=None)
+    fig = drawn_chart(monkeypatch, real_forecast_7d, bundle, tmp_path)
+    assert len(fig.axes) == 1 and "copper unavailable: forecast made without copper" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def parse_email(raw: bytes):
+    """A received message parsed the way a mail client does."""
+    import email
+    import email.policy
+
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def assert_renders(message, horizons: list[str]) -> None:
+    """multipart/alternative: text, then HTML related to one inline PNG per horizon, each referenced by cid:."""
+    from email.utils import parsedate_to_datetime
+
+    assert message.get_content_type() == "multipart/alternative"
+    text, related = message.get_payload()
+    assert text.get_content_type() == "text/plain" and related.get_content_type() == "multipart/related"
+    html, *images = related.get_payload()
+    assert html.get_content_type() == "text/html" and [i.get_content_type() for i in images] == ["image/png"] * len(horizons)
+    body = html.get_content()
+    for horizon, image in zip(horizons, images, strict=True):
+        assert image.get_filename() == f"usdclp_{horizon}.png" and image.get_content().startswith(b"\x89PNG")
+        assert f'src="cid:{image["Content-ID"].strip("<>")}"' in body
+    assert "cid:" not in text.get_content() and "(chart in the HTML version of this email)" in text.get_content()
+    assert "<table" in body and "<th " in body and "**" not in body  # Markdown rendered, not pasted
+    assert parsedate_to_datetime(message["Date"]).utcoffset() in (timedelta(hours=-3), timedelta(hours=-4))
+    assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", message["Message-ID"])
+
+
+def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
+    chart = tmp_path / "c.png"
+    fxcu.write_chart(real_forecast_7d, real_bundle, chart)
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    message = fxcu.build_email([real_forecast_7d], real_bundle, {"7d": chart.read_bytes()}, now=now, sender="fxcu@bank.cl", to=["desk@bank.cl"], message_id="<1.2@bank.cl>")
+    assert_renders(message, ["7d"])
+    assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
+    assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
+    text = message.get_payload()[0].get_content()
+    assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
+
+
+def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_forecast_7d, real_bundle):
+    sections = fxcu.digest_sections([real_forecast_7d, real_forecast_7d], real_bundle, charts={"7d": "cid:x"})
+    keys = [s.key for s in sections]
+    assert keys == ["digest", "summary", "chart", "backtest", "summary", "chart", "backtest", "copper", "data"]
+    assert sections[1].title == "7d: Summary"
+
+
 # -- Email ------------------------------------------------------------------------------
 
 
@@ -1796,14 +1974,14 @@ class SMTPServer:
     Stores each accepted message and every command verb with whether TLS was on when it came.
     """
 
-    def __init__(self, tls=None, implicit=False):
+    def __init__(self, tls=None, implicit=False, wait=30):
         self.messages: list[bytes] = []
         self.verbs: list[tuple[str, bool]] = []
         self.tls, self.implicit = tls, implicit
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
-        self.sock.settimeout(30)
+        self.sock.settimeout(wait)  # seconds to wait for the client: a whole `run all` comes first
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
@@ -1944,9 +2122,20 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys):
     assert fxcu.main(["run", "7d", "--offline"], env) == 0
     server.thread.join(10)
     assert len(server.messages) == 1
-    message = server.messages[0].decode()
-    assert "Subject: fxcu: USD/CLP 7d forecast" in message and "To: desk@example.cl" in message
-    assert "image/png" in message and "## Backtest at the horizon date" in message
+    message = parse_email(server.messages[0])
+    assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
+    assert_renders(message, ["7d"])
+    assert "Backtest at the horizon date" in message.get_body(("html",)).get_content()
+
+
+@pytest.mark.slow
+def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
+    server = SMTPServer()
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
+    assert server.messages == [] and server.verbs == []
+    message = parse_email((tmp_path / "preview.eml").read_bytes())
+    assert_renders(message, ["7d"]) and message["To"] == "desk@example.cl"
 
 
 def test_email_failure_never_fails_the_run(data_dir, caplog):
