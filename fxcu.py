@@ -1258,16 +1258,26 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
     s, bt, final = summary(fc, bundle), fc.backtest, fc.final
     target = final[DATE]
-    copper = "off: this forecast runs without copper" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
+    copper = (
+        "off: this forecast runs without copper"
+        if not s["copper_available"]
+        else f"{s['sources']['copper']} ({s['copper_frequency']})"
+    )
     rows = [
         ["Last close", f"**{fc.last_close:.2f}** CLP per USD on {fc.origin:%a %d %b %Y}"],
-        [f"Forecast for {target:%a %d %b %Y}", f"**{final['forecast']:.2f}** ({_pct(final['forecast'], fc.last_close)} from the last close)"],
+        [
+            f"Forecast for {target:%a %d %b %Y}",
+            f"**{final['forecast']:.2f}** ({_pct(final['forecast'], fc.last_close)} from the last close)",
+        ],
         [f"80% range{range_words(fc)}", f"{final['lo_80']:.2f} to {final['hi_80']:.2f}"],
         ["95% range", f"{final['lo_95']:.2f} to {final['hi_95']:.2f}"],
         [
             "Backtest",
-            f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; "
-            f"ranges held {s['coverage_80']:.0%} (80%) and {s['coverage_95']:.0%} (95%) of {s['backtest_origins']} past outcomes",
+            (
+                f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; ranges held "
+                f"{s['coverage_80']:.0%} (80%) and {s['coverage_95']:.0%} (95%) "
+                f"of {s['backtest_origins']} past outcomes"
+            ),
         ],
         ["Served", f"`{bt.rule}` rule: " + ", ".join(f"{k} {v:.0%}" for k, v in bt.weights.items() if v > 0)],
         ["Sources", f"USD/CLP {s['sources']['usdclp']}, copper {copper}"],
@@ -1280,7 +1290,17 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     backtest = _table(
         ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
         [
-            [name, f"{m.rmse:.2f}", f"{m.mae:.2f}", f"{m.mape:.2f}", f"{m.ratio:.4f}", "n/a" if m.direction is None else f"{m.direction:.0%}", f"{m.coverage_80:.0%}", f"{m.coverage_95:.0%}", "-" if name in (ENSEMBLE, COMBINATION) else f"{bt.weights.get(name, 0):.2f}"]
+            [
+                name,
+                f"{m.rmse:.2f}",
+                f"{m.mae:.2f}",
+                f"{m.mape:.2f}",
+                f"{m.ratio:.4f}",
+                "n/a" if m.direction is None else f"{m.direction:.0%}",
+                f"{m.coverage_80:.0%}",
+                f"{m.coverage_95:.0%}",
+                "-" if name in (ENSEMBLE, COMBINATION) else f"{bt.weights.get(name, 0):.2f}",
+            ]
             for name, m in bt.models.items()
         ],
     )
@@ -1288,28 +1308,52 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         "",
         f"Ensemble: rule `{bt.rule}`, weights " + ", ".join(f"{k} {v:.2f}" for k, v in bt.weights.items()) + ". "
         f"`{COMBINATION}` is the rule chosen at each origin from outcomes known by then (no look-ahead); the ensemble "
-        f"serves it only if it beat Naive. RMSE of each rule with its online weights: " + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items()) + ".",
+        f"serves it only if it beat Naive. RMSE of each rule with its online weights: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in bt.rule_rmse.items())
+        + ".",
     ]
     if bt.copper_ablation_pct is not None:
         backtest.append("")
-        backtest.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; the random walk with lagged copper {bt.copper_model_pct:+.2f}% against the random walk alone.")
+        backtest.append(
+            f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; the random walk with lagged "
+            f"copper {bt.copper_model_pct:+.2f}% against the random walk alone."
+        )
     backtest += [line for n in bt.notes for line in ("", f"Note: {n}")]
-    title = f"Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, {bt.steps} trading days ahead)"
+    title = (
+        f"Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, "
+        f"{bt.steps} trading days ahead)"
+    )
     sections.append(Section("backtest", title, tuple(backtest)))
     if bundle.copper_features is None:
         copper_lines = ["Copper unavailable: this forecast runs without copper."]
     else:
         latest = bundle.copper_features.tail(1).row(0, named=True)
         copper_lines = [
-            f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close {bundle.copper[CLOSE][-1]:.4f} USD/lb on "
-            f"{bundle.copper[DATE].max()}. Features on {latest[DATE]}:",
+            (
+                f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close "
+                f"{bundle.copper[CLOSE][-1]:.4f} USD/lb on {bundle.copper[DATE].max()}. Features on {latest[DATE]}:"
+            ),
             "",
-            *_table(["feature", "meaning", "value"], [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES]),
+            *_table(
+                ["feature", "meaning", "value"],
+                [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES],
+            ),
         ]
     sections.append(Section("copper", "Copper", tuple(copper_lines)))
     path = _table(
         ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
-        [[str(r["step"]), str(r[DATE]), f"{r['forecast']:.2f}", f"{r['lo_80']:.2f}", f"{r['hi_80']:.2f}", f"{r['lo_95']:.2f}", f"{r['hi_95']:.2f}"] for r in fc.ensemble.iter_rows(named=True)],
+        [
+            [
+                str(r["step"]),
+                str(r[DATE]),
+                f"{r['forecast']:.2f}",
+                f"{r['lo_80']:.2f}",
+                f"{r['hi_80']:.2f}",
+                f"{r['lo_95']:.2f}",
+                f"{r['hi_95']:.2f}",
+            ]
+            for r in fc.ensemble.iter_rows(named=True)
+        ],
     )
     sections.append(Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path)))
     data = [f"- {n}" for n in bundle.notes] or ["- none"]
@@ -1333,24 +1377,40 @@ def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
 
 def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None) -> str:
     """The Markdown report of one run: summary, chart, backtest against Naive, copper, path, degraded reasons."""
-    return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(report_sections(fc, bundle, chart=chart))]).rstrip() + "\n"
+    return (
+        "\n".join(
+            [f"# {report_title(fc, now=now)}", "", *format_sections(report_sections(fc, bundle, chart=chart))]
+        ).rstrip()
+        + "\n"
+    )
 
 
-def digest_sections(forecasts: Sequence[Forecast], bundle: Bundle, *, charts: Mapping[str, str | None]) -> list[Section]:
-    """One email's sections for one or more horizons: a table of all, then each horizon's own sections, then copper and data once (pure).
+def digest_sections(
+    forecasts: Sequence[Forecast], bundle: Bundle, *, charts: Mapping[str, str | None]
+) -> list[Section]:
+    """One email's sections: a table of every horizon, each horizon's own sections, then copper and data once (pure).
 
     A horizon's report sections all go in except the path (it stays in the report file) and the
     copper and data sections, which are the same for every horizon.
     """
     shared = ("copper", "data")
     rows = [
-        [f"**{fc.horizon}**", f"{fc.final[DATE]:%a %d %b %Y}", f"**{fc.final['forecast']:.2f}**", _pct(fc.final["forecast"], fc.last_close),
-         f"{fc.final['lo_80']:.2f} to {fc.final['hi_80']:.2f}", f"{fc.final['lo_95']:.2f} to {fc.final['hi_95']:.2f}"]
+        [
+            f"**{fc.horizon}**",
+            f"{fc.final[DATE]:%a %d %b %Y}",
+            f"**{fc.final['forecast']:.2f}**",
+            _pct(fc.final["forecast"], fc.last_close),
+            f"{fc.final['lo_80']:.2f} to {fc.final['hi_80']:.2f}",
+            f"{fc.final['lo_95']:.2f} to {fc.final['hi_95']:.2f}",
+        ]
         for fc in forecasts
     ]
     first = forecasts[0]
-    intro = (f"Last close **{first.last_close:.2f}** CLP per USD on {first.origin:%a %d %b %Y}.", "",
-             *_table(["horizon", "for", "forecast", "change", f"80% range{range_words(first)}", "95% range"], rows))
+    intro = (
+        f"Last close **{first.last_close:.2f}** CLP per USD on {first.origin:%a %d %b %Y}.",
+        "",
+        *_table(["horizon", "for", "forecast", "change", f"80% range{range_words(first)}", "95% range"], rows),
+    )
     sections = [Section("digest", "Forecasts", intro)] if len(forecasts) > 1 else []
     for fc in forecasts:
         own = [s for s in report_sections(fc, bundle, chart=charts.get(fc.horizon)) if s.key not in (*shared, "path")]
@@ -1366,7 +1426,11 @@ def email_subject(forecasts: Sequence[Forecast]) -> str:
     if len(forecasts) == 1:
         fc = forecasts[0]
         return f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-    return "fxcu: USD/CLP forecasts " + ", ".join(f"{fc.horizon} {fc.final['forecast']:.2f}" for fc in forecasts) + f" (data to {forecasts[0].origin})"
+    return (
+        "fxcu: USD/CLP forecasts "
+        + ", ".join(f"{fc.horizon} {fc.final['forecast']:.2f}" for fc in forecasts)
+        + f" (data to {forecasts[0].origin})"
+    )
 
 
 EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <style> blocks
@@ -1380,7 +1444,7 @@ EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <st
 
 
 def email_html(markdown: str) -> str:
-    """The HTML body of an email from its Markdown, rendered with markdown-it-py (CommonMark and tables, raw HTML off)."""
+    """The HTML body of an email from its Markdown, rendered by markdown-it-py (CommonMark, tables, raw HTML off)."""
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
@@ -1388,14 +1452,23 @@ def email_html(markdown: str) -> str:
         body = body.replace(tag, styled)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
-        '<body style="font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px">\n' + body + "</body></html>\n"
+        '<body style="font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px">\n'
+        + body
+        + "</body></html>\n"
     )
 
 
 def build_email(
-    forecasts: Sequence[Forecast], bundle: Bundle, charts: Mapping[str, bytes | None], *, now: datetime, sender: str, to: Sequence[str], message_id: str
+    forecasts: Sequence[Forecast],
+    bundle: Bundle,
+    charts: Mapping[str, bytes | None],
+    *,
+    now: datetime,
+    sender: str,
+    to: Sequence[str],
+    message_id: str,
 ) -> Any:
-    """One email for one or more horizons: multipart/alternative with a text part and an HTML part whose charts are inline (cid:).
+    """One email for one or more horizons: multipart/alternative, text and HTML, the charts inline (cid:).
 
     Pure apart from its inputs: the caller passes `now` and the Message-ID.
     """
@@ -1405,7 +1478,9 @@ def build_email(
 
     domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
     cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
-    title = report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
+    title = (
+        report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
+    )
     sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()})
     markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
     # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
@@ -1420,7 +1495,9 @@ def build_email(
     message.add_alternative(email_html(markdown), subtype="html")
     html_part = message.get_payload()[1]
     for horizon, cid in cids.items():
-        html_part.add_related(charts[horizon], maintype="image", subtype="png", cid=f"<{cid}>", filename=f"usdclp_{horizon}.png")
+        html_part.add_related(
+            charts[horizon], maintype="image", subtype="png", cid=f"<{cid}>", filename=f"usdclp_{horizon}.png"
+        )
     return message
 
 
@@ -1847,7 +1924,7 @@ def write_text_atomic(text: str | bytes, path: Path) -> None:
 
 
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
-    """Plot the last months of USD/CLP with the forecast's 80/95% fan, labelled, and copper up to the origin in its own panel."""
+    """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1862,47 +1939,95 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | Non
     # Copper only up to the origin: its future is unknown, and a line through the fan reads as a forecast.
     cu = None if bundle.copper is None else bundle.copper.filter(pl.col(DATE).is_between(start, fc.origin))
     panels = 2 if cu is not None and cu.height else 1
-    fig, axes = plt.subplots(panels, 1, figsize=(10, 6.4 if panels == 2 else 5), dpi=110, sharex=True, squeeze=False,
-                             height_ratios=[3, 1][:panels], layout="constrained")
+    fig, axes = plt.subplots(
+        panels,
+        1,
+        figsize=(10, 6.4 if panels == 2 else 5),
+        dpi=110,
+        sharex=True,
+        squeeze=False,
+        height_ratios=[3, 1][:panels],
+        layout="constrained",
+    )
     ax = axes[0][0]
     try:
         ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
         x = [fc.origin, *ens[DATE].to_list()]
         edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
         ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
-        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}")
+        ax.fill_between(
+            x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+        )
         ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
         for axis in (a[0] for a in axes):
             axis.axvline(fc.origin, color="grey", ls=":", lw=1)
             axis.grid(alpha=0.3)
-        ax.annotate(f"origin {fc.origin:%d %b %Y}", (fc.origin, 1), xycoords=("data", "axes fraction"), xytext=(-4, -4),
-                    textcoords="offset points", ha="right", va="top", fontsize=8, color="dimgrey")
+        ax.annotate(
+            f"origin {fc.origin:%d %b %Y}",
+            (fc.origin, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, -4),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="dimgrey",
+        )
         ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
         # below and left of the point, with an arrow: the history runs into the point from the left at its own height
-        ax.annotate(f"last close {fc.last_close:.2f}", (fc.origin, fc.last_close), xytext=(-30, -34), textcoords="offset points",
-                    ha="right", va="center", fontsize=9, arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9})
+        ax.annotate(
+            f"last close {fc.last_close:.2f}",
+            (fc.origin, fc.last_close),
+            xytext=(-30, -34),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=9,
+            arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9},
+        )
         ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
         ax.annotate(
-            f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
-            (final[DATE], final["forecast"]), xytext=(8, 0), textcoords="offset points", ha="left", va="center", fontsize=9, color="tab:blue",
+            f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
+            f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
+            (final[DATE], final["forecast"]),
+            xytext=(8, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=9,
+            color="tab:blue",
         )
         ax.set_ylabel("CLP per USD")
         # room on the right for the horizon label
         ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
-        title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({_pct(final['forecast'], fc.last_close)})"
+        change = _pct(final["forecast"], fc.last_close)
+        title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
         ax.set_title(title, loc="left", fontsize=12)
         stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
         ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
         handles, labels = ax.get_legend_handles_labels()
         if panels == 2:
             ax2 = axes[1][0]
-            ax2.plot(cu[DATE].to_list(), cu[CLOSE].to_list(), color="tab:orange", lw=1.1, label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})")
+            ax2.plot(
+                cu[DATE].to_list(),
+                cu[CLOSE].to_list(),
+                color="tab:orange",
+                lw=1.1,
+                label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})",
+            )
             ax2.set_ylabel("copper, USD/lb")
             extra, extra_labels = ax2.get_legend_handles_labels()
             handles, labels = handles + extra, labels + extra_labels
         elif bundle.copper is None:
-            ax.text(0.01, 0.02, "copper unavailable: forecast made without copper", transform=ax.transAxes, fontsize=8, color="tab:red")
+            ax.text(
+                0.01,
+                0.02,
+                "copper unavailable: forecast made without copper",
+                transform=ax.transAxes,
+                fontsize=8,
+                color="tab:red",
+            )
         axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
         with atomic_path(path) as tmp:
@@ -1921,7 +2046,7 @@ class Report:
 
 
 def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str] = frozenset()) -> str:
-    """A report's file name without suffix, stamped to the minute on the Santiago clock; never one already taken (pure)."""
+    """A report's file name without suffix, to the minute on the Santiago clock, never one already taken (pure)."""
     from zoneinfo import ZoneInfo
 
     stem = f"forecast_{horizon}_{now.astimezone(ZoneInfo(SANTIAGO)):%Y-%m-%d_%H%M}"
@@ -2233,7 +2358,7 @@ def cmd_run(
     as_json: bool = False,
     email_preview: Path | None = None,
 ) -> int:
-    """Fetch once, then per horizon: backtest, forecast, report, track, record status; email one digest; print the summaries.
+    """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
 
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
     backtest, or no report could be written.
@@ -2276,7 +2401,8 @@ def cmd_run(
         # One email for the whole run (a digest for `run all`), with every horizon whose report was written.
         written = [(forecasts[o["horizon"]], report_files(Path(o["report"]))) for o in summaries if o.get("report")]
         if written and (email_preview or not skip_email):
-            email_reports(config, environ, [f for f, _ in written], bundle, [r for _, r in written], now=now, preview=email_preview)
+            fcs, files = [f for f, _ in written], [r for _, r in written]
+            email_reports(config, environ, fcs, bundle, files, now=now, preview=email_preview)
         if as_json:
             # one JSON object: the summary itself, or for several horizons an object keyed by horizon
             document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
@@ -2348,9 +2474,16 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
 
 
 def email_reports(
-    config: Config, environ: Mapping[str, str], forecasts: Sequence[Forecast], bundle: Bundle, reports: Sequence[Report], *, now: datetime, preview: Path | None = None
+    config: Config,
+    environ: Mapping[str, str],
+    forecasts: Sequence[Forecast],
+    bundle: Bundle,
+    reports: Sequence[Report],
+    *,
+    now: datetime,
+    preview: Path | None = None,
 ) -> bool:
-    """Build one email for every horizon of the run, then write it to `preview` (no sending) or send it; a failure is logged, never raised."""
+    """Build one email for the run's horizons, write it to `preview` or send it; a failure is logged, never raised."""
     from email.utils import make_msgid
 
     to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
@@ -2358,15 +2491,29 @@ def email_reports(
         return False
     sender = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
     try:
-        charts = {fc.horizon: r.chart.read_bytes() if r.chart else None for fc, r in zip(forecasts, reports, strict=True)}
+        charts = {
+            fc.horizon: r.chart.read_bytes() if r.chart else None for fc, r in zip(forecasts, reports, strict=True)
+        }
         domain = sender.rpartition("@")[2] or "localhost"
-        message = build_email(forecasts, bundle, charts, now=now, sender=sender, to=to or ["undisclosed-recipients:;"], message_id=make_msgid("fxcu", domain=domain))
+        message = build_email(
+            forecasts,
+            bundle,
+            charts,
+            now=now,
+            sender=sender,
+            to=to or ["undisclosed-recipients:;"],
+            message_id=make_msgid("fxcu", domain=domain),
+        )
         if preview is not None:
             write_text_atomic(message.as_bytes(), preview)
             log.info("Email written to %s, not sent", preview)
             return True
     except (OSError, ValueError) as exc:
-        log.error("Email could not be built (%s: %s); the run is not affected", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.error(
+            "Email could not be built (%s: %s); the run is not affected",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return False
     return send_email(environ, message)
 
@@ -2593,14 +2740,22 @@ class Thresholds:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **flags: float | None) -> Thresholds:
-        """Defaults, then FXCU_CHECK_<FIELD> variables, then flags that were given; raise ConfigError if inconsistent."""
-        values = {f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", f.default) for f in dataclasses.fields(cls)}
+        """Defaults, then FXCU_CHECK_<FIELD> variables, then the flags given; ConfigError if inconsistent."""
+        values = {
+            f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", f.default) for f in dataclasses.fields(cls)
+        }
         values |= {name: value for name, value in flags.items() if value is not None}
         limits = cls(**values)
         if limits.data_critical_days <= limits.data_warn_days:
-            raise ConfigError(f"data critical age ({limits.data_critical_days:g} days) must exceed the warning age ({limits.data_warn_days:g})")
+            raise ConfigError(
+                f"data critical age ({limits.data_critical_days:g} days) must exceed "
+                f"the warning age ({limits.data_warn_days:g})"
+            )
         if limits.disk_critical_gb >= limits.disk_warn_gb:
-            raise ConfigError(f"disk critical free space ({limits.disk_critical_gb:g} GB) must be below the warning ({limits.disk_warn_gb:g} GB)")
+            raise ConfigError(
+                f"disk critical free space ({limits.disk_critical_gb:g} GB) must be below "
+                f"the warning ({limits.disk_warn_gb:g} GB)"
+            )
         return limits
 
 
@@ -2634,23 +2789,34 @@ def format_perf(perf: Sequence[Perf]) -> str:
     return " ".join(items)
 
 
-def check_age(name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level) -> Check:
+def check_age(
+    name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
+) -> Check:
     """Grade a series by the age of its last date (pure)."""
     if last is None:
         return name, missing, "no data"
     age = (today - last).days
-    level: Level = "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
+    level: Level = (
+        "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
+    )
     return name, level, f"{age} days old (last {last})"
 
 
-def check_copper(last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds) -> Check:
-    """One verdict on copper from its warehouse age and the last run's degraded reasons, so the two never disagree (pure)."""
-    name, level, message = check_age("copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING")
+def check_copper(
+    last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds
+) -> Check:
+    """One copper verdict from its warehouse age and the last run's degraded reasons, so none contradict (pure)."""
+    name, level, message = check_age(
+        "copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING"
+    )
     if last is None:
         message = "no data: forecasts run without copper"
     elif rows:
         message = f"{message[:-1]}, {rows} rows)"
-    said = {"no copper": "the last run had no copper", "stale copper": "the last run had stale copper (no copper model)"}
+    said = {
+        "no copper": "the last run had no copper",
+        "stale copper": "the last run had stale copper (no copper model)",
+    }
     found = [said[r] for r in degraded or () if r in said]
     if found and last is not None:
         level, message = "WARNING", f"{found[0]}; data {message}"
@@ -2679,7 +2845,11 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
             yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
         else:
             degraded = f", degraded: {', '.join(entry['degraded'])}" if entry.get("degraded") else ""
-            yield name, "OK", f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}"
+            yield (
+                name,
+                "OK",
+                f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}",
+            )
 
 
 def run_age_hours(entry: Mapping[str, Any], now: datetime) -> float:
@@ -2690,12 +2860,22 @@ def run_age_hours(entry: Mapping[str, Any], now: datetime) -> float:
 def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
     """Grade the local MLflow database by its size (pure)."""
     over = size_bytes > limits.db_warn_mb * 1e6
-    return "mlflow database", "WARNING" if over else "OK", f"{runs} runs, {size_bytes / 1e6:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else "")
+    return (
+        "mlflow database",
+        "WARNING" if over else "OK",
+        f"{runs} runs, {size_bytes / 1e6:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
+    )
 
 
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
     """Grade the free space on the data dir's disk (pure)."""
-    level: Level = "CRITICAL" if free_bytes < limits.disk_critical_gb * 1e9 else "WARNING" if free_bytes < limits.disk_warn_gb * 1e9 else "OK"
+    level: Level = (
+        "CRITICAL"
+        if free_bytes < limits.disk_critical_gb * 1e9
+        else "WARNING"
+        if free_bytes < limits.disk_warn_gb * 1e9
+        else "OK"
+    )
     return "disk", level, f"{free_bytes / 1e9:.1f} GB free"
 
 
@@ -2705,13 +2885,15 @@ def overall(checks: Sequence[Check]) -> Level:
 
 
 def headline(checks: Sequence[Check]) -> str:
-    """The Nagios status line: the overall level and the worst problem, e.g. `WARNING - copper data: 9 days old` (pure)."""
+    """The Nagios status line: overall level and worst problem, e.g. `WARNING - copper data: 9 days old` (pure)."""
     level = overall(checks)
     if level == "OK":
         return f"OK - all {len(checks)} checks passed"
     worst = [c for c in checks if c[1] == level]
     others = sum(lv != "OK" for _, lv, _ in checks) - 1
-    return f"{level} - {worst[0][0]}: {worst[0][2]}" + (f" (+{others} more {'problem' if others == 1 else 'problems'})" if others else "")
+    return f"{level} - {worst[0][0]}: {worst[0][2]}" + (
+        f" (+{others} more {'problem' if others == 1 else 'problems'})" if others else ""
+    )
 
 
 def format_check(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
@@ -2730,7 +2912,15 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
     return last, rows
 
 
-def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, as_json: bool, limits: Thresholds | None = None) -> int:
+def cmd_check(
+    config: Config,
+    environ: Mapping[str, str],
+    *,
+    now: datetime,
+    network: bool,
+    as_json: bool,
+    limits: Thresholds | None = None,
+) -> int:
     """Health probe in the Nagios plugin format; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the probe itself failed).
 
     Imports neither mlflow nor statsforecast, so monitoring can call it often.
@@ -2741,8 +2931,11 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
     except ConfigError as exc:
         print(f"UNKNOWN - {exc}")
         return UNKNOWN
-    except Exception as exc:  # noqa: BLE001 -- a probe that breaks says UNKNOWN, never a traceback monitoring reads as CRITICAL
-        print(f"UNKNOWN - check failed ({type(exc).__name__}: {redact(str(exc).splitlines()[0][:200] if str(exc) else '', config.fred_api_key)})")
+    except Exception as exc:  # noqa: BLE001 -- a broken probe says UNKNOWN, not a traceback read as CRITICAL
+        print(
+            f"UNKNOWN - check failed ({type(exc).__name__}: "
+            f"{redact(str(exc).splitlines()[0][:200] if str(exc) else '', config.fred_api_key)})"
+        )
         return UNKNOWN
     level = overall(checks)
     if as_json:
@@ -2758,7 +2951,9 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
     return LEVEL_CODE[level]
 
 
-def gather_checks(config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds) -> tuple[list[Check], list[Perf]]:
+def gather_checks(
+    config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
+) -> tuple[list[Check], list[Perf]]:
     """Read the warehouse, status file, MLflow database and disk, and grade each; perfdata beside."""
     import shutil
     import sqlite3
@@ -2776,17 +2971,32 @@ def gather_checks(config: Config, environ: Mapping[str, str], *, now: datetime, 
             checks.append((name, "CRITICAL", f"{file} unreadable ({type(exc).__name__})"))
             continue
         if name == "usdclp data":
-            item = check_age(name, last, today=today, warn_days=limits.data_warn_days, critical_days=limits.data_critical_days, missing="CRITICAL")
+            item = check_age(
+                name,
+                last,
+                today=today,
+                warn_days=limits.data_warn_days,
+                critical_days=limits.data_critical_days,
+                missing="CRITICAL",
+            )
             checks.append((name, item[1], f"{item[2][:-1]}, {rows} rows)" if rows else item[2]))
         else:
-            checks.append(check_copper(last, rows, latest.get("degraded", []) if latest else None, today=today, limits=limits))
+            checks.append(
+                check_copper(last, rows, latest.get("degraded", []) if latest else None, today=today, limits=limits)
+            )
         if last is not None:
             label = name.split()[0] + "_age_days"
             perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
     checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
-    perf += [Perf(f"run_{h}_age_hours", round(run_age_hours(status[h], now), 2), warn=f"{limits.run_warn_hours:g}") for h in HORIZONS if status.get(h)]
+    perf += [
+        Perf(f"run_{h}_age_hours", round(run_age_hours(status[h], now), 2), warn=f"{limits.run_warn_hours:g}")
+        for h in HORIZONS
+        if status.get(h)
+    ]
     if environ.get("MLFLOW_TRACKING_URI"):
-        checks.append(("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)"))
+        checks.append(
+            ("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)")
+        )
     else:
         db = config.data_dir / "mlflow" / "mlflow.db"
         if not db.exists():
@@ -2800,10 +3010,20 @@ def gather_checks(config: Config, environ: Mapping[str, str], *, now: datetime, 
                 perf.append(Perf("mlflow_db", size, "B", warn=f"{limits.db_warn_mb * 1e6:.0f}"))
             except sqlite3.Error as exc:
                 checks.append(("mlflow database", "CRITICAL", f"unreadable ({exc})"))
-    existing = next(p for p in (config.data_dir, *config.data_dir.parents) if p.exists())  # INFO: a data dir not made yet
+    existing = next(
+        p for p in (config.data_dir, *config.data_dir.parents) if p.exists()
+    )  # INFO: a data dir not made yet
     free = shutil.disk_usage(existing).free
     checks.append(check_disk(free, limits=limits))
-    perf.append(Perf("disk_free", free, "B", warn=f"{limits.disk_warn_gb * 1e9:.0f}:", crit=f"{limits.disk_critical_gb * 1e9:.0f}:"))
+    perf.append(
+        Perf(
+            "disk_free",
+            free,
+            "B",
+            warn=f"{limits.disk_warn_gb * 1e9:.0f}:",
+            crit=f"{limits.disk_critical_gb * 1e9:.0f}:",
+        )
+    )
     if network:
         checks += probe_sources(config)
     return checks, perf
@@ -2841,7 +3061,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # INFO: a monitoring plugin given bad arguments exits UNKNOWN (3), not 2, which Nagios reads as CRITICAL
-        self.exit(UNKNOWN if self.prog.endswith(" check") else 2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        code = UNKNOWN if self.prog.endswith(" check") else 2
+        self.exit(code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2865,8 +3086,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = as_json(offline(sub.add_parser("run", help="forecast: fetch, backtest, forecast, report, track")))
     run.add_argument("horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four")
     run.add_argument("--skip-email", action="store_true", help="do not email the report even if SMTP is configured")
-    run.add_argument("--email-preview", type=Path, metavar="PATH", help="write the email as a .eml file instead of sending it")
-    check = as_json(sub.add_parser("check", help="health probe (Nagios plugin): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
+    run.add_argument("--email-preview", type=Path, metavar="PATH", help="write the email to a .eml file; send nothing")
+    check = as_json(sub.add_parser("check", help="Nagios-style health probe: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
     check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
     limits = check.add_argument_group("thresholds (default: FXCU_CHECK_<NAME> variables, else the value shown)")
     for flags, name, unit in (
@@ -2878,7 +3099,8 @@ def build_parser() -> argparse.ArgumentParser:
         (("--disk-critical-gb",), "disk_critical_gb", "GB"),
     ):
         default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
-        limits.add_argument(*flags, dest=name, type=positive_float, metavar=unit.upper(), help=f"{unit} (default {default:g})")
+        help_text = f"{unit} (default {default:g})"
+        limits.add_argument(*flags, dest=name, type=positive_float, metavar=unit.upper(), help=help_text)
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))
     runs.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
@@ -2971,7 +3193,10 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
                 return cmd_fetch(config, client, now=now)
             if args.command == "validate":
                 return cmd_validate(config, client, now=now)
-            return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json, email_preview=args.email_preview)
+            return cmd_run(
+                config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json,
+                email_preview=args.email_preview,
+            )
     commands = {
         "init": lambda: cmd_init(config, environ),
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),

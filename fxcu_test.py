@@ -1623,7 +1623,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data
     real = fxcu.fetch_series
     monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
     server = SMTPServer(wait=600)
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    env = relay_env(data_dir, server.port)
     code = fxcu.main(["run", "all", "--offline", "--json"], env)
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and calls == ["usdclp", "copper"]
@@ -1633,7 +1633,8 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data
     (raw,) = server.messages
     message = parse_email(raw)
     assert_renders(message, ["7d", "15d", "30d", "90d"])
-    assert message["Subject"] == "fxcu: USD/CLP forecasts " + ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS) + " (data to 2024-07-15)"
+    forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
+    assert message["Subject"] == f"fxcu: USD/CLP forecasts {forecasts} (data to 2024-07-15)"
     html = message.get_body(("html",)).get_content()
     assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
@@ -1678,7 +1679,12 @@ OK_DISK = ("disk", "OK", "50.0 GB free")
 
 
 def test_headline_is_the_overall_level_and_the_worst_problem():
-    checks = [("usdclp data", "OK", "1 days old"), ("copper data", "WARNING", "9 days old (last 2026-11-17)"), ("run 7d", "WARNING", "never run"), OK_DISK]
+    checks = [
+        ("usdclp data", "OK", "1 days old"),
+        ("copper data", "WARNING", "9 days old (last 2026-11-17)"),
+        ("run 7d", "WARNING", "never run"),
+        OK_DISK,
+    ]
     assert fxcu.headline(checks) == "WARNING - copper data: 9 days old (last 2026-11-17) (+1 more problem)"
     checks.append(("usdclp data", "CRITICAL", "40 days old"))
     assert fxcu.headline(checks) == "CRITICAL - usdclp data: 40 days old (+2 more problems)"
@@ -1686,10 +1692,14 @@ def test_headline_is_the_overall_level_and_the_worst_problem():
 
 
 def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
-    perf = [fxcu.Perf("usdclp_age_days", 2, warn="5", crit="30"), fxcu.Perf("disk_free", 5e10, "B", warn="1000000000:", crit="100000000:"), fxcu.Perf("ratio", 0.25, min=None)]
+    perf = [
+        fxcu.Perf("usdclp_age_days", 2, warn="5", crit="30"),
+        fxcu.Perf("disk_free", 5e10, "B", warn="1000000000:", crit="100000000:"),
+        fxcu.Perf("ratio", 0.25, min=None),
+    ]
     text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
     assert text.splitlines() == [
-        "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25",
+        ("OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"),
         "OK       usdclp data: 2 days old",
         "OK       disk: 50.0 GB free",
     ]
@@ -1718,7 +1728,10 @@ def test_check_copper_is_one_verdict(last, degraded, level, words):
 
 @given(
     age=st.one_of(st.none(), st.integers(0, 60)),
-    degraded=st.one_of(st.none(), st.lists(st.sampled_from(["no copper", "stale copper", "monthly copper", "cached data"]), unique=True)),
+    degraded=st.one_of(
+        st.none(),
+        st.lists(st.sampled_from(["no copper", "stale copper", "monthly copper", "cached data"]), unique=True),
+    ),
     warn=st.integers(1, 30),
 )
 def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, warn):
@@ -1730,7 +1743,14 @@ def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, 
     assert "days old" in message or message.startswith("no data")  # the age is always said, with any run finding
 
 
-@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["OK", "WARNING", "CRITICAL"]), st.text("xyz ", max_size=5)), min_size=1))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), st.sampled_from(["OK", "WARNING", "CRITICAL"]), st.text("xyz ", max_size=5)
+        ),
+        min_size=1,
+    )
+)
 def test_headline_level_is_the_exit_level(checks):
     assert fxcu.headline(checks).split(" - ")[0] == fxcu.overall(checks)
 
@@ -1751,8 +1771,12 @@ def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path,
     env = {"FXCU_DATA_DIR": str(tmp_path)}
     code = fxcu.main(["check"], env)
     first, *rest = capsys.readouterr().out.splitlines()
-    assert code == 2 and first.startswith("CRITICAL - usdclp data: ") and " days old (last 2024-07-15, 4664 rows)" in first
-    assert re.search(r"\| 'usdclp_age_days'=\d+;5;30;0 'copper_age_days'=\d+;5;;0 'disk_free'=\d+B;1000000000:;100000000:;0$", first)
+    assert (
+        code == 2 and first.startswith("CRITICAL - usdclp data: ") and " days old (last 2024-07-15, 4664 rows)" in first
+    )
+    assert re.search(
+        r"\| 'usdclp_age_days'=\d+;5;30;0 'copper_age_days'=\d+;5;;0 'disk_free'=\d+B;1000000000:;100000000:;0$", first
+    )
     assert not any(line.startswith("OK       copper") for line in rest)
     code = fxcu.main(["check", "-w", "5000", "-c", "9000", "--json"], {**env, "FXCU_CHECK_RUN_WARN_HOURS": "1"})
     report = json.loads(capsys.readouterr().out)
@@ -1853,9 +1877,18 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
     headings = [line for line in text.splitlines() if line.startswith("#")]
-    assert headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, made 2026-01-19 12:00 (Santiago, UTC-03)"
+    assert (
+        headings[0]
+        == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
+        "made 2026-01-19 12:00 (Santiago, UTC-03)"
+    )
     assert [h.split(" (")[0] for h in headings[1:]] == [
-        "## Summary", "## Chart", "## Backtest at the horizon date", "## Copper", "## Forecast path", "## Data and degraded reasons"
+        "## Summary",
+        "## Chart",
+        "## Backtest at the horizon date",
+        "## Copper",
+        "## Forecast path",
+        "## Data and degraded reasons",
     ]
     assert "UTC)" not in text and "| Last close | **898.95** CLP per USD on Mon 15 Jul 2024 |" in text
     assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
@@ -1865,7 +1898,10 @@ def test_report_stem_never_reuses_a_name():
     now = datetime(2026, 1, 19, 15, 4, 59, tzinfo=UTC)
     assert fxcu.report_stem("7d", now) == "forecast_7d_2026-01-19_1204"
     assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204"}) == "forecast_7d_2026-01-19_1204_2"
-    assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204", "forecast_7d_2026-01-19_1204_2"}) == "forecast_7d_2026-01-19_1204_3"
+    assert (
+        fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204", "forecast_7d_2026-01-19_1204_2"})
+        == "forecast_7d_2026-01-19_1204_3"
+    )
 
 
 def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bundle, tmp_path):
@@ -1891,7 +1927,9 @@ def drawn_chart(monkeypatch, fc, bundle, tmp_path):
     return fig
 
 
-def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
+def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(
+    real_forecast_7d, real_bundle, tmp_path, monkeypatch
+):
     import matplotlib.dates as mdates
 
     fc = real_forecast_7d
@@ -1902,21 +1940,31 @@ def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers
     assert not [line for line in price_ax.get_lines() if "copper" in line.get_label()]
     (legend,) = fig.legends
     labels = [t.get_text() for t in legend.get_texts()]
-    assert labels[0] == "USD/CLP close" and any(label.startswith("copper, USD/lb") for label in labels) and "95% range" in labels
+    assert (
+        labels[0] == "USD/CLP close"
+        and any(label.startswith("copper, USD/lb") for label in labels)
+        and "95% range" in labels
+    )
     assert price_ax.get_legend() is None and copper_ax.get_legend() is None
     box = legend.get_window_extent()
     assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
     texts = [t.get_text() for t in price_ax.texts]
     final = fc.final
     assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
-    assert f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}" in texts
+    assert (
+        f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
+        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}"
+        in texts
+    )
     assert "2026-01-19 12:00 (Santiago, UTC-03)" in price_ax.get_title("right")
 
 
 def test_chart_without_copper_has_one_panel_and_says_so(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
     bundle = dataclasses.replace(real_bundle, copper=None, copper_features=None)
     fig = drawn_chart(monkeypatch, real_forecast_7d, bundle, tmp_path)
-    assert len(fig.axes) == 1 and "copper unavailable: forecast made without copper" in [t.get_text() for t in fig.axes[0].texts]
+    assert len(fig.axes) == 1 and "copper unavailable: forecast made without copper" in [
+        t.get_text() for t in fig.axes[0].texts
+    ]
 
 
 def parse_email(raw: bytes):
@@ -1935,7 +1983,9 @@ def assert_renders(message, horizons: list[str]) -> None:
     text, related = message.get_payload()
     assert text.get_content_type() == "text/plain" and related.get_content_type() == "multipart/related"
     html, *images = related.get_payload()
-    assert html.get_content_type() == "text/html" and [i.get_content_type() for i in images] == ["image/png"] * len(horizons)
+    assert html.get_content_type() == "text/html" and [i.get_content_type() for i in images] == ["image/png"] * len(
+        horizons
+    )
     body = html.get_content()
     for horizon, image in zip(horizons, images, strict=True):
         assert image.get_filename() == f"usdclp_{horizon}.png" and image.get_content().startswith(b"\x89PNG")
@@ -1950,7 +2000,15 @@ def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7
     chart = tmp_path / "c.png"
     fxcu.write_chart(real_forecast_7d, real_bundle, chart)
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
-    message = fxcu.build_email([real_forecast_7d], real_bundle, {"7d": chart.read_bytes()}, now=now, sender="fxcu@bank.cl", to=["desk@bank.cl"], message_id="<1.2@bank.cl>")
+    message = fxcu.build_email(
+        [real_forecast_7d],
+        real_bundle,
+        {"7d": chart.read_bytes()},
+        now=now,
+        sender="fxcu@bank.cl",
+        to=["desk@bank.cl"],
+        message_id="<1.2@bank.cl>",
+    )
     assert_renders(message, ["7d"])
     assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
     assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
@@ -2063,6 +2121,12 @@ def smtp_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(port), FXCU_SMTP_TO="desk@example.cl, treasury@example.cl", **extra)
 
 
+def relay_env(data_dir: Path, port: int) -> dict[str, str]:
+    """A relay on 127.0.0.1 without TLS or login, as inside a bank's network."""
+    smtp = {"FXCU_SMTP_HOST": "127.0.0.1", "FXCU_SMTP_PORT": str(port), "FXCU_SMTP_TO": "desk@example.cl", "FXCU_SMTP_STARTTLS": "0"}
+    return run_env(data_dir, **smtp)
+
+
 def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog):
     cafile, context = tls_pair
     server = SMTPServer(tls=context)
@@ -2131,7 +2195,7 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys):
 @pytest.mark.slow
 def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
     server = SMTPServer()
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")
+    env = relay_env(data_dir, server.port)
     assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
     assert server.messages == [] and server.verbs == []
     message = parse_email((tmp_path / "preview.eml").read_bytes())
