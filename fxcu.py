@@ -1205,8 +1205,9 @@ def range_words(fc: Forecast) -> str:
     return f" ({label})" if label else ""
 
 
+FeatureKind = Literal["pct", "vol", "usd_lb", "trend", "rsi", "z", "corr"]
 # Each copper feature's name for people, and how its value reads (unit, percent, scale).
-FEATURE_WORDS: dict[str, tuple[str, str]] = {
+FEATURE_WORDS: dict[str, tuple[str, FeatureKind]] = {
     "copper_returns_1d": ("return over 1 trading day", "pct"),
     "copper_returns_5d": ("return over 5 trading days", "pct"),
     "copper_returns_20d": ("return over 20 trading days", "pct"),
