@@ -3090,17 +3090,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--email-preview", type=Path, metavar="PATH", help="write the email to a .eml file; send nothing")
     check = as_json(sub.add_parser("check", help="Nagios-style health probe: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
     check.add_argument("--network", action="store_true", help="also probe each source with a short timeout")
-    limits = check.add_argument_group("thresholds (default: FXCU_CHECK_<NAME> variables, else the value shown)")
-    for flags, name, unit in (
-        (("-w", "--data-warn-days"), "data_warn_days", "days"),
-        (("-c", "--data-critical-days"), "data_critical_days", "days"),
-        (("--run-warn-hours",), "run_warn_hours", "hours"),
-        (("--db-warn-mb",), "db_warn_mb", "MB"),
-        (("--disk-warn-gb",), "disk_warn_gb", "GB"),
-        (("--disk-critical-gb",), "disk_critical_gb", "GB"),
+    limits = check.add_argument_group("thresholds (else FXCU_CHECK_<FLAG NAME>, e.g. FXCU_CHECK_DATA_WARN_DAYS)")
+    for flags, name, unit, words in (
+        (("-w", "--data-warn-days"), "data_warn_days", "days", "WARNING when USD/CLP or copper data is older"),
+        (("-c", "--data-critical-days"), "data_critical_days", "days", "CRITICAL when USD/CLP data is older"),
+        (("--run-warn-hours",), "run_warn_hours", "hours", "WARNING when a horizon's last run is older"),
+        (("--db-warn-mb",), "db_warn_mb", "MB", "WARNING when the MLflow database is larger"),
+        (("--disk-warn-gb",), "disk_warn_gb", "GB", "WARNING below this free disk"),
+        (("--disk-critical-gb",), "disk_critical_gb", "GB", "CRITICAL below this free disk"),
     ):
         default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
-        help_text = f"{unit} (default {default:g})"
+        help_text = f"{words} (default {default:g} {unit})"
         limits.add_argument(*flags, dest=name, type=positive_float, metavar=unit.upper(), help=help_text)
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))

@@ -1777,7 +1777,7 @@ def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path,
     assert re.search(
         r"\| 'usdclp_age_days'=\d+;5;30;0 'copper_age_days'=\d+;5;;0 'disk_free'=\d+B;1000000000:;100000000:;0$", first
     )
-    assert not any(line.startswith("OK       copper") for line in rest)
+    assert [line for line in rest if "copper" in line] == [next(line for line in rest if line.startswith("WARNING  copper data: "))]
     code = fxcu.main(["check", "-w", "5000", "-c", "9000", "--json"], {**env, "FXCU_CHECK_RUN_WARN_HOURS": "1"})
     report = json.loads(capsys.readouterr().out)
     levels = {c["name"]: c["level"] for c in report["checks"]}
