@@ -74,7 +74,7 @@ def real_usdclp_payload() -> dict:
     raw = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")
     stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
     quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
-    meta = {"symbol": "CLP=X", "exchangeTimezoneName": "Europe/London"}
+    meta = {"symbol": "CLP=X", "currency": "CLP", "exchangeTimezoneName": "Europe/London"}
     return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
 
 
@@ -93,12 +93,12 @@ def mock_client(handler) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(handler), headers={"User-Agent": fxcu.USER_AGENT})
 
 
-def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York") -> dict:
-    """A Yahoo chart body for a frame of New York (or London) dates, stamped at local midnight."""
+def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York", symbol: str = "HG=F", currency: str = "USD") -> dict:
+    """A Yahoo chart body (HG=F unless told) for a frame of New York (or London) dates, stamped at local midnight."""
     stamps = (
         frame[fxcu.DATE].cast(pl.Datetime("us")).dt.replace_time_zone(tz).dt.convert_time_zone("UTC").dt.epoch("s").to_list()
     )
-    meta = {"exchangeTimezoneName": tz}
+    meta = {"symbol": symbol, "currency": currency, "exchangeTimezoneName": tz}
     quote = {"close": frame[fxcu.CLOSE].to_list()}
     return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
 
@@ -669,7 +669,7 @@ def test_fetch_series_usdclp_fallback_merges_into_cache_without_overwriting(tmp_
 
 def test_fetch_series_all_down_uses_cache_and_never_shrinks_it(tmp_path, caplog):
     config = make_config(tmp_path)
-    old = provenance(make_prices(300, start=date(2023, 2, 1)), "yahoo")
+    old = provenance(make_prices(300, start=date(2022, 11, 1)), "yahoo")  # ends before NOW: no future rows
     path = config.warehouse / fxcu.USDCLP_CACHE
     fxcu.write_parquet_atomic(old, path)
     before = path.read_bytes()
@@ -690,7 +690,7 @@ def test_fetch_series_all_down_no_cache_usdclp_fails(tmp_path):
 
 def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
     config = make_config(tmp_path)
-    old = provenance(make_prices(200, start=date(2023, 4, 1)), "yahoo")
+    old = provenance(make_prices(200, start=date(2023, 4, 1), level=4.0), "yahoo")  # copper: USD/lb
     fxcu.write_parquet_atomic(old, config.warehouse / fxcu.COPPER_CACHE)
     last = old[fxcu.DATE].max()
     newer = make_prices(12, start=last - timedelta(days=6), seed=3, level=4.0)
@@ -714,7 +714,7 @@ def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
 def test_library_fetch_usdclp_and_fetch_copper(tmp_path):
     config = make_config(tmp_path)
     usdclp = fxcu.fetch_usdclp(config, now=CLP_END)
-    copper = fxcu.fetch_copper(config, now=CLP_END)
+    copper = fxcu.fetch_copper(config, now=datetime(2026, 2, 24, tzinfo=UTC))  # HG=F runs to 2026: an earlier `now` makes it future-dated
     assert usdclp.ok and usdclp.source == "yahoo" and usdclp.frame.height == 4664
     assert any("2 bad prints" in n for n in usdclp.notes)
     assert copper.ok and copper.source == "yahoo" and copper.frequency == "daily"
@@ -771,10 +771,10 @@ def test_write_parquet_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
 def _fetch_in_process(args):
     """Run the real fetch_series five times, its Yahoo answering with this process's own dates."""
     data_dir, seed = args
-    config = fxcu.Config(data_dir=Path(data_dir), max_age_days=10, lock_timeout=60)
+    config = fxcu.Config(data_dir=Path(data_dir), max_age_days=1000, lock_timeout=60)
     frame = make_prices(30, start=date(2024, 1, 1) + timedelta(days=seed * 45), seed=seed)
-    payload = chart_payload(frame)
-    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+    payload = chart_payload(frame, symbol="CLP=X", currency="CLP")
+    now = datetime(2024, 6, 1, tzinfo=UTC)  # one clock for both: rows after it would be future-dated, and refused
     with mock_client(lambda request: httpx.Response(200, json=payload)) as client:
         for _ in range(5):
             series = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
