@@ -1997,7 +1997,7 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
     age = (now.date() - last).days
     leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in first_good: a monthly series lags by up to two months
     stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if age > max(config.max_age_days, leeway) else ()
-    if stale:
+    if stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
         log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
     reasons = rejected + cache.degraded
     if chosen.source in {"cache", "seed"}:

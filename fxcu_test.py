@@ -819,13 +819,13 @@ def _hold_lock(path, ready, release):
 def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
     config = make_config(tmp_path)
     fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir)})
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir), "FXCU_SEED": "0"})
     out = capsys.readouterr().out
     assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
 
 
 def test_main_fetch_offline_without_cache_exits_1(tmp_path, capsys):
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
     assert code == 1 and "usdclp: unavailable" in capsys.readouterr().out
 
 
@@ -1571,7 +1571,7 @@ def test_run_unknown_horizon_is_one_line_exit_2(capsys):
 
 
 def test_run_without_usdclp_exits_1(tmp_path, capsys):
-    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
     assert code == 1 and "no usable USD/CLP" in capsys.readouterr().err
     assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
 
@@ -1968,10 +1968,11 @@ def yahoo_reply(name: str) -> Reply:
 
 
 def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024)."""
+    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024), no seed."""
     return {
         "FXCU_DATA_DIR": str(data_dir), "FXCU_YAHOO_URL": url, "FXCU_FRED_URL": url, "FXCU_MINDICADOR_URL": url,
-        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30", **extra,
+        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30",
+        "FXCU_SEED": "0", **extra,  # the seed rows (issue 10) turn it on
     }
 
 
