@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -397,6 +398,236 @@ def test_first_good_returns_the_earliest_good_result(results, tail):
         assert fxcu.first_good((results + tail)[: first_index + 1], now=NOW, max_age=timedelta(days=5)) is chosen
     else:
         assert not chosen.ok and chosen.error
+
+
+def test_first_good_serves_the_freshest_stale_answer_only_when_asked():
+    older = make_prices(5, start=date(2023, 3, 1))
+    results = [fxcu.Result("yahoo", frame=older), fxcu.Result("mindicador", frame=stale), fxcu.Result("cache", error="no cache")]
+    assert not fxcu.first_good(results, now=NOW, max_age=timedelta(days=5)).ok
+    assert fxcu.first_good(results, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "mindicador"
+    with_good = [*results, fxcu.Result("seed", frame=fresh)]
+    assert fxcu.first_good(with_good, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "seed"
+
+
+# -- Plausibility (issue 10): every fetched frame, and the cache when read ----------------
+# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (../shared/data) in Yahoo's
+# chart shape, changed one way each; the cached history is the real one up to 2024-07-04.
+
+CACHE_END = date(2024, 7, 4)  # the real CLP=X file has no 2024-07-05
+FETCH_DAY = datetime(2024, 7, 16, 12, tzinfo=UTC)
+
+
+@functools.cache
+def clpx_tail_json() -> str:
+    """The last 14 real CLP=X bars (2024-06-26 .. 2024-07-15) as a Yahoo chart body."""
+    body = real_usdclp_payload()
+    result = body["chart"]["result"][0]
+    result["timestamp"] = result["timestamp"][-14:]
+    result["indicators"]["quote"][0] = {k: v[-14:] for k, v in result["indicators"]["quote"][0].items()}
+    return json.dumps(body)
+
+
+HOSTILE = {  # mode -> the Problem the check must name (the issue's table, plus a jump that stays in range)
+    "1e308": fxcu.Problem.OUT_OF_RANGE,
+    "infinity": fxcu.Problem.NOT_FINITE,
+    "last-x10": fxcu.Problem.OUT_OF_RANGE,
+    "last-three-1.0": fxcu.Problem.OUT_OF_RANGE,
+    "copper-under-clp": fxcu.Problem.WRONG_SYMBOL,
+    "duplicated+50%": fxcu.Problem.CONFLICTING_DUPLICATES,
+    "dated-2099": fxcu.Problem.FUTURE_DATE,
+    "year-33658": fxcu.Problem.FUTURE_DATE,
+    "negative-year": fxcu.Problem.TOO_EARLY,
+    "last+50%": fxcu.Problem.JUMP,
+}
+
+
+def hostile_chart(mode: str) -> dict:
+    """A CLP=X chart body gone wrong the way `mode` says (json.dumps writes `Infinity` as Yahoo's JSON would carry it)."""
+    if mode == "copper-under-clp":  # the real HG=F bars of the same days, with HG=F's meta
+        return chart_payload(real_copper().filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 26), date(2024, 7, 15))))
+    body = json.loads(clpx_tail_json())
+    result = body["chart"]["result"][0]
+    stamps, closes = result["timestamp"], result["indicators"]["quote"][0]["close"]
+    if mode == "1e308":
+        closes[-1] = 1e308
+    elif mode == "infinity":
+        closes[-1] = math.inf
+    elif mode == "last-x10":
+        closes[-1] *= 10
+    elif mode == "last-three-1.0":
+        closes[-3:] = [1.0, 1.0, 1.0]
+    elif mode == "last+50%":
+        closes[-1] *= 1.5
+    elif mode == "duplicated+50%":
+        result["timestamp"] = stamps + stamps
+        result["indicators"]["quote"][0] = {"close": closes + [c * 1.5 for c in closes]}
+    elif mode == "dated-2099":
+        stamps[-1] = int(datetime(2099, 1, 5, 23, tzinfo=UTC).timestamp())
+    elif mode == "year-33658":
+        stamps[-1] = 10**12  # 33658-09-27
+    elif mode == "negative-year":
+        stamps[-1] = -62201779200  # -0002-11-26
+    elif mode != "good":
+        raise ValueError(mode)
+    return body
+
+
+def cached_usdclp() -> pl.DataFrame:
+    return real_usdclp().filter(pl.col(fxcu.DATE) <= CACHE_END)
+
+
+def vet(payload: dict, *, history: pl.DataFrame | None = None, now: datetime = FETCH_DAY) -> list:
+    raw = fxcu.parse_yahoo_chart(payload, symbol="CLP=X", currency="CLP")
+    return fxcu.implausible(raw, fxcu.clean_prices(raw).frame, rules=fxcu.USDCLP_RULES, now=now, history=history)
+
+
+def test_implausible_passes_the_real_answer():
+    assert vet(hostile_chart("good"), history=cached_usdclp()) == []
+    assert vet(hostile_chart("good")) == []
+
+
+@pytest.mark.parametrize("mode", list(HOSTILE))
+def test_implausible_names_every_hostile_answer(mode):
+    try:
+        found = vet(hostile_chart(mode), history=cached_usdclp())
+    except fxcu.Implausible as exc:  # meta names another symbol: refused while parsing
+        found = list(exc.findings)
+    assert HOSTILE[mode] in [f.kind for f in found], found
+    assert all(str(f) for f in found)
+
+
+def test_implausible_jump_needs_no_cache_and_dates_the_jump():
+    found = vet(hostile_chart("last+50%"))
+    assert [f.kind for f in found] == [fxcu.Problem.JUMP] and found[0].since == date(2024, 7, 15)
+
+
+def test_implausible_cached_days_revised_beyond_the_limit():
+    history = cached_usdclp().with_columns(pl.when(pl.col(fxcu.DATE) == CACHE_END).then(pl.col(fxcu.CLOSE) * 0.7).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    found = vet(hostile_chart("good"), history=history)
+    assert {f.kind for f in found} == {fxcu.Problem.JUMP} and "1 cached days revised" in str(found[0]) and found[0].since == CACHE_END
+
+
+@pytest.mark.parametrize(("name", "rules"), [("usdclp", fxcu.USDCLP_RULES), ("copper", fxcu.COPPER_RULES)])
+def test_implausible_never_refuses_the_real_histories(name, rules):
+    """Every 20-bar stretch of 18 (CLP=X) and 26 (HG=F) real years, fetched on the next day over the history before it."""
+    frame = real_usdclp() if name == "usdclp" else real_copper()
+    for cut in range(40, frame.height - 20, 20):
+        history, fresh = frame.head(cut), frame.slice(cut - 5, 25)
+        now = datetime.combine(fresh[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+        assert fxcu.implausible(fresh, fresh, rules=rules, now=now, history=history) == [], (name, cut)
+        assert fxcu.implausible(fresh, fresh, rules=rules, now=now) == [], (name, cut)
+
+
+def test_jump_limits_sit_above_the_worst_real_move():
+    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
+        worst = frame[fxcu.CLOSE].log().diff().abs().max()
+        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
+        assert rules.jump < math.log(1.5)
+
+
+def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1)) -> pl.DataFrame:
+    days = [d for d in (start + timedelta(days=k) for k in range(3 * n)) if d.weekday() < 5][:n]
+    return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: level * np.exp(np.cumsum([0.0, *moves[: n - 1]]))})
+
+
+@given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40))
+@settings(max_examples=100, deadline=None)
+def test_implausible_accepts_any_quiet_walk_in_range(n, level, moves):
+    frame = walk(n, level, moves)
+    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
+    assert fxcu.implausible(frame, frame, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n // 2)) == []
+
+
+@given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40), st.floats(0.3, 3.0), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_implausible_refuses_any_last_bar_beyond_the_limit(n, level, moves, extra, up):
+    frame = walk(n, level, moves)
+    factor = math.exp((fxcu.USDCLP_RULES.jump + 0.05 + extra * 0.1) * (1 if up else -1))
+    bad = frame.with_columns(pl.when(pl.int_range(pl.len()) == n - 1).then(pl.col(fxcu.CLOSE) * factor).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
+    kinds = {f.kind for f in fxcu.implausible(bad, bad, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n - 3))}
+    assert kinds & {fxcu.Problem.JUMP, fxcu.Problem.OUT_OF_RANGE}
+
+
+BAD_ROWS = {"null": None, "nan": math.nan, "inf": math.inf, "1e308": 1e308, "negative": -5.0, "tiny": 1.0}
+
+
+@given(st.integers(30, 60), st.lists(st.floats(-0.01, 0.01), min_size=60, max_size=60), st.dictionaries(st.integers(0, 59), st.sampled_from(list(BAD_ROWS)), max_size=6), st.integers(0, 3))
+@settings(max_examples=100, deadline=None)
+def test_repair_drops_exactly_the_bad_rows_and_is_idempotent(n, moves, poison, future):
+    good = walk(n, 900.0, moves)
+    now = datetime.combine(good[fxcu.DATE].max(), datetime.min.time(), UTC)
+    poisoned_at = {i: BAD_ROWS[k] for i, k in poison.items() if i < n}
+    closes = [poisoned_at.get(i, c) if i in poisoned_at else c for i, c in enumerate(good[fxcu.CLOSE].to_list())]
+    ahead = [now.date() + timedelta(days=30 + k) for k in range(future)]  # rows an older release took from a bar dated ahead
+    frame = pl.DataFrame({fxcu.DATE: good[fxcu.DATE].to_list() + ahead, fxcu.CLOSE: closes + [900.0] * future}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64})
+    kept, found = fxcu.repair(frame, rules=fxcu.USDCLP_RULES, now=now)
+    expected = good.filter(~pl.int_range(pl.len()).is_in(list(poisoned_at)))
+    assert kept[fxcu.DATE].to_list() == expected[fxcu.DATE].to_list()
+    assert bool(found) == bool(poisoned_at or future)
+    again, refound = fxcu.repair(kept, rules=fxcu.USDCLP_RULES, now=now)
+    assert again.equals(kept) and refound == []
+
+
+def test_repair_cuts_a_poisoned_tail_and_keeps_a_real_crash():
+    history = real_usdclp()
+    tail = history.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5)  # an older release overwrote the last days at +50%
+    poisoned = pl.concat([history.head(history.height - 3), tail])
+    kept, found = fxcu.repair(poisoned, rules=fxcu.USDCLP_RULES, now=CLP_END)
+    assert kept.equals(history.head(history.height - 3)) and [f.kind for f in found] == [fxcu.Problem.JUMP]
+    copper = real_copper()  # HG=F fell 25% on 2025-07-31 (real): kept
+    kept, found = fxcu.repair(copper, rules=fxcu.COPPER_RULES, now=datetime(2026, 2, 24, tzinfo=UTC))
+    assert kept.equals(copper) and found == []
+
+
+def test_confirms_needs_the_same_closes_on_the_jumped_days():
+    suspect = fxcu.parse_yahoo_chart(hostile_chart("last+50%"))
+    assert fxcu.confirms(suspect, suspect.tail(2), since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)
+    real = fxcu.parse_yahoo_chart(hostile_chart("good"))
+    assert not fxcu.confirms(suspect, real, since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)
+    assert not fxcu.confirms(suspect, real.head(3), since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)  # no common day
+
+
+def test_parse_yahoo_chart_refuses_another_symbol_or_currency():
+    copper = hostile_chart("copper-under-clp")
+    with pytest.raises(fxcu.Implausible) as caught:
+        fxcu.parse_yahoo_chart(copper, symbol="CLP=X", currency="CLP")
+    assert [f.kind for f in caught.value.findings] == [fxcu.Problem.WRONG_SYMBOL, fxcu.Problem.WRONG_CURRENCY]
+    assert fxcu.parse_yahoo_chart(copper, symbol="HG=F", currency="USD").height == 13  # COMEX closed on July 4
+
+
+def test_read_cache_drops_null_closes_instead_of_rejecting_the_cache(tmp_path):
+    frame = provenance(real_usdclp(), "yahoo")
+    holes = frame.with_columns(pl.when(pl.int_range(pl.len()).is_in([100, 2000, 4600])).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    path = tmp_path / fxcu.USDCLP_CACHE
+    fxcu.write_parquet_atomic(holes, path)
+    result = fxcu.read_cache(path, now=CLP_END, rules=fxcu.USDCLP_RULES)
+    assert result.ok and result.frame.height == frame.height - 3 and result.frame[fxcu.CLOSE].null_count() == 0
+    assert [r.kind for r in result.degraded] == [fxcu.Degraded.REPAIRED]
+    assert pl.read_parquet(path).height == frame.height - 3  # rewritten, and the dropped rows kept aside
+    assert pl.read_parquet(next(tmp_path.glob(f"{fxcu.USDCLP_CACHE}.rejected-*"))).height == 3
+
+
+@pytest.mark.parametrize(("last", "level"), [(date(2099, 1, 5), "CRITICAL"), (date(2026, 11, 27), "OK")])
+def test_check_age_never_calls_a_future_date_fresh(last, level):
+    assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
+
+
+def test_every_source_is_described_once():
+    for series, sources in fxcu.SOURCES.items():
+        assert [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
+    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
+
+
+def test_degraded_reasons_are_values_not_sentences():
+    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
+    series = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
+    bundle = fxcu.build_bundle(series, fxcu.Series("copper", None, "none"))
+    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
+    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
+    reworded = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),))
+    assert fxcu.build_bundle(reworded, fxcu.Series("copper", None, "none")).degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE)
 
 
 # -- Requests and redaction ---------------------------------------------------------
