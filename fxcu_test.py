@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import math
@@ -2590,6 +2591,185 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# Hostile sources (issue 10): answers that are well-formed but wrong. Each row is a failed source
+# (the next one answers), says why in the log, in stdout and in `degraded`, and stores nothing wrong.
+
+
+@pytest.fixture
+def hostile_dir(tmp_path, migrated_db) -> Path:
+    """The real warehouse with USD/CLP cut at CACHE_END (so the hostile answer brings new days) and a migrated MLflow db."""
+    folder = tmp_path / "data"
+    write_real_warehouse(folder)
+    path = folder / "warehouse" / fxcu.USDCLP_CACHE
+    fxcu.write_parquet_atomic(pl.read_parquet(path).filter(pl.col(fxcu.DATE) <= CACHE_END), path)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    return folder
+
+
+TOMORROW = date.today() + timedelta(days=1)
+SEEN = {  # mode -> the reason fxcu logs, prints and records (its Finding sentence)
+    "1e308": "1 closes outside 300..2000 CLP per USD (last 1e+308 on 2024-07-15)",
+    "infinity": "1 non-finite closes (first on 2024-07-15)",
+    "last-x10": "1 closes outside 300..2000 CLP per USD (last 8989.52 on 2024-07-15)",
+    "last-three-1.0": "3 closes outside 300..2000 CLP per USD (last 1 on 2024-07-15)",
+    "copper-under-clp": "wrong symbol: asked for CLP=X, meta says 'HG=F'; wrong currency: expected CLP, meta says 'USD'",
+    "duplicated+50%": "14 dates sent twice with closes 41% (log) apart",
+    "dated-2099": f"1 bars dated after {TOMORROW} (last 2099-01-05)",
+    "year-33658": f"1 bars dated after {TOMORROW} (last +33658-09-27)",
+    "negative-year": "1 bars dated before 1984-01-01 (first -0002-11-26)",
+    "last+50%": "newest bars jump 39% (log) on 2024-07-15 to 1348.43, over the credible 16%",
+}
+
+
+def assert_nothing_implausible_stored(data_dir: Path) -> None:
+    stored = pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored[fxcu.CLOSE].is_between(300, 2000).all() and stored[fxcu.DATE].max() <= TOMORROW
+    assert stored[fxcu.DATE].min() >= date(1984, 1, 1) and stored[fxcu.CLOSE].null_count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(SEEN))
+def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, inprocess, mode):
+    before = kept(hostile_dir)
+    with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
+        result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert api.count(YAHOO_CLP) == 1 and api.count(MINDICADOR) == 3  # refused once (no retry), then mindicador 2024..2026
+    assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({SEEN[mode]})" in result.err
+    assert re.search(r"^usdclp: mindicador, \d+ rows, 2006-05-16 \.\. 2026-10-08$", result.out, re.M)
+    assert f"  yahoo failed: {SEEN[mode]}" in result.out and f"  degraded: rejected yahoo USD/CLP: {SEEN[mode]}" in result.out
+    after = assert_nothing_lost(before, hostile_dir, db_unchanged=True)  # copper grew: HG=F answered well
+    stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert (stored.filter(pl.col(fxcu.DATE) > CACHE_END)[fxcu.SOURCE] == "mindicador").all()  # not one Yahoo bar merged
+    assert stored.filter(pl.col(fxcu.DATE) <= CACHE_END).equals(pl.read_parquet(io.BytesIO(before.files[fxcu.USDCLP_CACHE])))
+    assert len(after.dates[fxcu.USDCLP_CACHE]) == len(before.dates[fxcu.USDCLP_CACHE]) + 31
+    assert_nothing_implausible_stored(hostile_dir)
+    assert_key_nowhere(hostile_dir, result)
+
+
+@pytest.mark.slow
+def test_hostile_copper_chart_under_clpx_is_refused_on_a_fresh_install(tmp_path, inprocess):
+    """No cache and no seed: the meta check alone stops copper's 5.8 becoming the peso's price."""
+    data = tmp_path / "empty"
+    with FakeSources(routes(clp=Reply(body=json.dumps(chart_payload(real_copper()))))) as api:
+        result = inprocess(["fetch"], fault_env(data, api.url))
+    assert result.code == 0 and "Yahoo Finance USD/CLP fetch failed (wrong symbol: asked for CLP=X, meta says 'HG=F'" in result.err
+    assert "usdclp: mindicador, 31 rows, 2026-08-26 .. 2026-10-08" in result.out
+    assert_nothing_implausible_stored(data)
+
+
+@pytest.mark.slow
+def test_hostile_jump_confirmed_by_the_next_source_is_accepted(hostile_dir, inprocess):
+    """A +50% last bar that mindicador shows too is real: Yahoo's answer is stored, not refused."""
+    body = hostile_chart("last+50%")
+    quote = body["chart"]["result"][0]
+    day = fxcu.parse_yahoo_chart(body).tail(1).row(0, named=True)  # 2024-07-15 at 1348.43
+    fecha = datetime.combine(day[fxcu.DATE], datetime.min.time()).replace(hour=4).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    mindicador = {**load_json("mindicador", "dolar_200_last31.json"), "serie": [{"fecha": fecha, "valor": round(day[fxcu.CLOSE] * 1.01, 2)}]}
+    assert quote["indicators"]["quote"][0]["close"][-1] == day[fxcu.CLOSE]
+    with FakeSources(routes(clp=Reply(body=json.dumps(body)), mindicador=Reply(body=json.dumps(mindicador)))) as api:
+        result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
+    assert result.code == 0 and "Yahoo Finance USD/CLP: the jump from 2024-07-15 is confirmed by mindicador.cl" in result.err
+    assert re.search(r"^usdclp: yahoo, \d+ rows, 2006-05-16 \.\. 2024-07-15$", result.out, re.M)
+    assert "  yahoo: jump from 2024-07-15 confirmed by mindicador" in result.out and "rejected" not in result.out
+    stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored.filter(pl.col(fxcu.DATE) == day[fxcu.DATE])[fxcu.CLOSE].item() == day[fxcu.CLOSE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["infinity", "year-33658", "negative-year"])
+def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode):
+    """Section 2's bad values: no crash, no exit 1, status.json says what happened, and the next run works."""
+    with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
+        first = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
+    assert first.code == 0 and "Traceback" not in first.err, first.err
+    assert "sources: usdclp mindicador, copper yahoo (daily)" in first.out and f"rejected yahoo USD/CLP: {SEEN[mode]}" in first.out
+    status = json.loads((hostile_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and "rejected source" in status["degraded"]
+    assert any(f"rejected yahoo USD/CLP: {SEEN[mode]}" in line for line in (hostile_dir / "reports").glob("*.md").__next__().read_text().splitlines())
+    with FakeSources(good_routes()) as api:
+        second = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
+    assert second.code == 0 and "sources: usdclp yahoo, copper yahoo (daily)" in second.out and "rejected" not in second.out
+    status = json.loads((hostile_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and status["tracked"] and "rejected source" not in status["degraded"]
+    assert_nothing_implausible_stored(hostile_dir)
+    assert mlflow_runs(hostile_dir) == 2
+
+
+@pytest.mark.slow
+def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
+    """A warehouse an older release wrote from bad answers: a 2099 bar at 1e308, the last 3 days at +50%, a null close."""
+    path = data_dir / "warehouse" / fxcu.USDCLP_CACHE
+    real = pl.read_parquet(path)
+    poisoned = pl.concat([
+        real.head(real.height - 3).with_columns(pl.when(pl.int_range(pl.len()) == 1000).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)),
+        real.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5),
+        real.tail(1).with_columns(pl.lit(date(2099, 1, 5)).alias(fxcu.DATE), pl.lit(1e308).alias(fxcu.CLOSE)),
+    ])
+    fxcu.write_parquet_atomic(poisoned, path)
+    assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2
+    assert "CRITICAL usdclp data: last 2099-01-05 is in the future: the file holds implausible rows" in capsys.readouterr().out
+    offline = inprocess(["fetch", "--offline"], fault_env(data_dir, closed_url()))
+    assert offline.code == 0 and "WARNING fxcu: Cache usdclp.parquet held rows that cannot be right (1 rows null closes; 1 rows dated after" in offline.err
+    assert f"usdclp: cache, {real.height - 4} rows, 2006-05-16 .. 2024-07-10" in offline.out and "  degraded: repaired cache: usdclp.parquet dropped " in offline.out
+    repaired = pl.read_parquet(path)
+    assert repaired.equals(real.head(real.height - 3).filter(pl.int_range(pl.len()) != 1000))
+    assert pl.read_parquet(next(path.parent.glob("usdclp.parquet.rejected-*"))).height == 5  # kept for a post-mortem
+    assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2  # still CRITICAL: 2024 is old; but not "in the future"
+    assert "usdclp data: last 2024-07-10 (" in capsys.readouterr().out
+    with FakeSources(good_routes()) as api:
+        live = inprocess(["fetch"], fault_env(data_dir, api.url))
+    assert live.code == 0 and "usdclp: yahoo, 4664 rows, 2006-05-16 .. 2024-07-15" in live.out
+    assert pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE).filter(pl.int_range(pl.len()) != 1000))
+
+
+@pytest.mark.slow
+def test_stale_sources_without_a_cache_serve_the_freshest_loudly(tmp_path, inprocess):
+    """Every source answers with old data and there is no cache: the freshest is served, said to be stale, exit 0."""
+    data = tmp_path / "empty"
+    with FakeSources(good_routes()) as api:
+        result = inprocess(["fetch"], fault_env(data, api.url, FXCU_MAX_AGE_DAYS="5"))
+    age = (date.today() - date(2026, 10, 8)).days
+    assert result.code == 0 and "Traceback" not in result.err
+    assert "usdclp: mindicador, 31 rows, 2026-08-26 .. 2026-10-08" in result.out
+    assert f"  degraded: stale: USD/CLP last date 2026-10-08, {age} days old" in result.out
+    assert f"WARNING fxcu: Serving stale USD/CLP data: last date 2026-10-08, {age} days old" in result.err
+
+
+@pytest.mark.slow
+def test_seed_first_run_without_network_forecasts_from_the_seed(tmp_path, migrated_db):
+    """A fresh clone, no network: `python fxcu.py run 7d` forecasts from data/seed and says so."""
+    data = tmp_path / "data"
+    (data / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, data / "mlflow" / "mlflow.db")
+    env = {k: v for k, v in fault_env(data, closed_url()).items() if k not in {"FXCU_SEED", "FXCU_MAX_AGE_DAYS"}}
+    result = cli(["run", "7d", "--skip-email"], env, tmp_path, timeout=300)
+    age = (date.today() - date(2024, 7, 15)).days
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "USD/CLP 7d: last 898.95 on 2024-07-15 -> " in result.out and "sources: usdclp seed, copper seed (daily)" in result.out
+    assert f"seed history: USD/CLP from the shipped seed, last date 2024-07-15, {age} days old" in result.out
+    assert f"WARNING fxcu: No USD/CLP history yet: starting from the shipped seed (last date 2024-07-15, {age} days old)" in result.err
+    assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists()  # the seed is read, never copied as if fetched
+
+
+@pytest.mark.slow
+def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, inprocess):
+    data = tmp_path / "data"
+    env = {**fault_env(data, "http://unused"), "FXCU_SEED": "1"}
+    with FakeSources(good_routes()) as api:
+        result = inprocess(["fetch"], {**env, "FXCU_YAHOO_URL": api.url, "FXCU_MINDICADOR_URL": api.url, "FXCU_FRED_URL": api.url})
+    assert result.code == 0, result.err
+    seed_end = {"CLP=X": date(2024, 7, 15), "HG=F": date(2026, 2, 23)}
+    for route, symbol in ((YAHOO_CLP, "CLP=X"), (YAHOO_HG, "HG=F")):
+        (query,) = api.queries(route)
+        asked_from = datetime.fromtimestamp(int(query["period1"]), UTC).date()
+        assert "range" not in query and asked_from == seed_end[symbol] - timedelta(days=fxcu.OVERLAP_DAYS)
+    assert api.count(MINDICADOR) == 0 and api.count(FRED) == 0
+    stored = pl.read_parquet(data / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored[fxcu.DATE].min() == date(2006, 5, 16) and set(stored[fxcu.SOURCE]) == {"yahoo"}  # live values replace the seed's
 
 
 # -- More CLI behaviour ----------------------------------------------------------------
