@@ -2723,7 +2723,7 @@ def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
     with FakeSources(good_routes()) as api:
         live = inprocess(["fetch"], fault_env(data_dir, api.url))
     assert live.code == 0 and "usdclp: yahoo, 4664 rows, 2006-05-16 .. 2024-07-15" in live.out
-    assert pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE).filter(pl.int_range(pl.len()) != 1000))
+    assert pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE))  # every dropped day back, real
 
 
 @pytest.mark.slow
