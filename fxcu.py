@@ -114,7 +114,7 @@ class Config:
 
 
 def find_seed_dir() -> Path | None:
-    """The seed folder beside the module (a checkout, `pip install -e`), else the one a wheel installs under sys.prefix."""
+    """The seed folder beside the module (a checkout, `pip install -e`), else the one a wheel put under sys.prefix."""
     for folder in (SEED_DIR, Path(sys.prefix) / "share" / "fxcu" / "seed"):
         if (folder / SEED_FILES["usdclp"]).is_file():
             return folder
@@ -296,7 +296,9 @@ def _price_frame(days: pl.Series, closes: pl.Series) -> pl.DataFrame:
     return pl.DataFrame({DATE: days.cast(pl.Date), CLOSE: closes.cast(pl.Float64)})
 
 
-def parse_yahoo_chart(payload: Mapping[str, Any], *, symbol: str | None = None, currency: str | None = None) -> pl.DataFrame:
+def parse_yahoo_chart(
+    payload: Mapping[str, Any], *, symbol: str | None = None, currency: str | None = None
+) -> pl.DataFrame:
     """Parse a Yahoo v8 chart body into `date`, `close`, dated in the exchange's timezone.
 
     Null bars are kept as null closes (cleaning drops them and says how many).
@@ -349,7 +351,9 @@ def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency
         found.append(Finding(Problem.WRONG_SYMBOL, f"wrong symbol: asked for {symbol}, meta says {str(got)[:20]!r}"))
     got = meta.get("currency") if isinstance(meta, Mapping) else None
     if currency is not None and got != currency:
-        found.append(Finding(Problem.WRONG_CURRENCY, f"wrong currency: expected {currency}, meta says {str(got)[:20]!r}"))
+        found.append(
+            Finding(Problem.WRONG_CURRENCY, f"wrong currency: expected {currency}, meta says {str(got)[:20]!r}")
+        )
     return found
 
 
@@ -591,22 +595,37 @@ def implausible(
     latest = now.date() + timedelta(days=1)
     late = raw.filter(pl.col(DATE) > latest)
     if late.height:
-        found.append(Finding(Problem.FUTURE_DATE, f"{late.height} bars dated after {latest} (last {_when(late, 'max')})"))
+        found.append(
+            Finding(Problem.FUTURE_DATE, f"{late.height} bars dated after {latest} (last {_when(late, 'max')})")
+        )
     early = raw.filter(pl.col(DATE) < rules.earliest)
     if early.height:
-        found.append(Finding(Problem.TOO_EARLY, f"{early.height} bars dated before {rules.earliest} (first {_when(early, 'min')})"))
+        found.append(
+            Finding(
+                Problem.TOO_EARLY, f"{early.height} bars dated before {rules.earliest} (first {_when(early, 'min')})"
+            )
+        )
     valid = raw.filter(pl.col(CLOSE).is_finite() & (pl.col(CLOSE) > 0))
     spread = valid.group_by(DATE).agg((pl.col(CLOSE).max() / pl.col(CLOSE).min()).log().alias("spread"))
     torn = spread.filter(pl.col("spread") > rules.jump)
     if torn.height:
-        found.append(Finding(Problem.CONFLICTING_DUPLICATES, f"{torn.height} dates sent twice with closes {torn['spread'].max():.0%} (log) apart"))
+        found.append(
+            Finding(
+                Problem.CONFLICTING_DUPLICATES,
+                f"{torn.height} dates sent twice with closes {torn['spread'].max():.0%} (log) apart",
+            )
+        )
     if found:
         return found  # INFO: the range and jump checks below need real dates and finite closes
     out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
     if out.height:
         last = out.sort(DATE).tail(1).row(0, named=True)
         found.append(
-            Finding(Problem.OUT_OF_RANGE, f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} (last {last[CLOSE]:.6g} on {last[DATE]})")
+            Finding(
+                Problem.OUT_OF_RANGE,
+                f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
+                f"(last {last[CLOSE]:.6g} on {last[DATE]})",
+            )
         )
         return found
     found += _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
@@ -633,14 +652,19 @@ def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) 
                 )
             )
         newest = fresh.filter(pl.col(DATE) > history[DATE].max()).sort(DATE)
-        path = pl.concat([history.filter(pl.col(DATE) < newest[DATE].min()).sort(DATE).tail(1), newest]) if newest.height else newest
+        path = (
+            pl.concat([history.filter(pl.col(DATE) < newest[DATE].min()).sort(DATE).tail(1), newest])
+            if newest.height
+            else newest
+        )
     far = _moves(path, rules.jump).slice(1).filter(pl.col("move") > pl.col("allowed"))
     if far.height:
         first = far.row(0, named=True)
         found.append(
             Finding(
                 Problem.JUMP,
-                f"newest bars jump {first['move']:.0%} (log) on {first[DATE]} to {first[CLOSE]:.6g}, over the credible {first['allowed']:.0%}",
+                f"newest bars jump {first['move']:.0%} (log) on {first[DATE]} to {first[CLOSE]:.6g}, "
+                f"over the credible {first['allowed']:.0%}",
                 since=first[DATE],
             )
         )
@@ -648,7 +672,7 @@ def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) 
 
 
 def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: Plausible) -> bool:
-    """True when `other` (the next source) has closes on the suspect's dates from `since` on, all within `rules.jump`."""
+    """True when `other` (the next source) has closes on the suspect's dates from `since` on, all within the jump."""
     import polars as pl
 
     mine = suspect.filter(pl.col(DATE) >= since).select(DATE, CLOSE)
@@ -670,20 +694,39 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
     checks = (
         (Problem.NULL_CLOSES, pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan(), "null closes"),
         (Problem.NOT_FINITE, pl.col(CLOSE).is_infinite(), "non-finite closes"),
-        (Problem.FUTURE_DATE, pl.col(DATE) > now.date() + timedelta(days=1), f"dated after {now.date() + timedelta(days=1)}"),
+        (
+            Problem.FUTURE_DATE,
+            pl.col(DATE) > now.date() + timedelta(days=1),
+            f"dated after {now.date() + timedelta(days=1)}",
+        ),
         (Problem.TOO_EARLY, pl.col(DATE) < rules.earliest, f"dated before {rules.earliest}"),
-        (Problem.OUT_OF_RANGE, ~pl.col(CLOSE).is_between(rules.low, rules.high), f"outside {rules.low:g}..{rules.high:g} {rules.unit}"),
+        (
+            Problem.OUT_OF_RANGE,
+            ~pl.col(CLOSE).is_between(rules.low, rules.high),
+            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
+        ),
     )
     for kind, bad, what in checks:
         dropped = rows.filter(bad.fill_null(False))
         if dropped.height:
             found.append(Finding(kind, f"{dropped.height} rows {what}"))
             rows = rows.filter(~bad.fill_null(False))
-    far = _moves(rows.select(DATE, CLOSE), rules.jump).with_row_index("_i").slice(1).filter(pl.col("move") > pl.col("allowed"))
+    far = (
+        _moves(rows.select(DATE, CLOSE), rules.jump)
+        .with_row_index("_i")
+        .slice(1)
+        .filter(pl.col("move") > pl.col("allowed"))
+    )
     if far.height:
         cut = far["_i"].max()
         if rows.height - cut < cut:
-            found.append(Finding(Problem.JUMP, f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump", since=rows[DATE][cut]))
+            found.append(
+                Finding(
+                    Problem.JUMP,
+                    f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump",
+                    since=rows[DATE][cut],
+                )
+            )
             rows = rows.head(cut)
     return rows, found
 
@@ -900,7 +943,7 @@ class Bundle:
 
     @property
     def degraded(self) -> tuple[Degraded, ...]:
-        """Why this run is weaker than a full one, as values (no/monthly/stale copper, cache, seed, stale, rejected sources...)."""
+        """Why this run is weaker than a full one, as values (no, monthly or stale copper, cache, seed, stale...)."""
         return tuple(dict.fromkeys(r.kind for r in self._all_reasons))
 
     @property
@@ -1540,7 +1583,9 @@ class Source:
     name: Literal["yahoo", "mindicador", "fred"]
     series: Literal["usdclp", "copper"]
     rank: int  # a lower rank wins when two sources disagree on a date (SOURCE_RANK)
-    base: Literal["yahoo_url", "mindicador_url", "fred_url"]  # the Config field with the base URL (tests point it at 127.0.0.1)
+    base: Literal[
+        "yahoo_url", "mindicador_url", "fred_url"
+    ]  # the Config field with the base URL (tests point it at 127.0.0.1)
     path: str
     requests: Callable[[date | None, datetime], list[tuple[str, dict[str, str]]]]  # (path suffix, params) per request
     parse: Callable[[Mapping[str, Any]], pl.DataFrame]
@@ -1557,10 +1602,16 @@ class Source:
 
 def _yahoo(symbol: str, series: Literal["usdclp", "copper"], currency: str, rules: Plausible) -> Source:
     return Source(
-        "yahoo", series, SOURCE_RANK["yahoo"], "yahoo_url", f"/v8/finance/chart/{symbol}",
+        "yahoo",
+        series,
+        SOURCE_RANK["yahoo"],
+        "yahoo_url",
+        f"/v8/finance/chart/{symbol}",
         requests=lambda since, now: [("", yahoo_params(since, now))],
         parse=lambda payload: parse_yahoo_chart(payload, symbol=symbol, currency=currency),
-        plausible=rules, probe=("", {"interval": "1d", "range": "5d"}), symbol=symbol,
+        plausible=rules,
+        probe=("", {"interval": "1d", "range": "5d"}),
+        symbol=symbol,
     )
 
 
@@ -1568,19 +1619,40 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "usdclp": (
         _yahoo(USDCLP_SYMBOL, "usdclp", "CLP", USDCLP_RULES),
         Source(
-            "mindicador", "usdclp", SOURCE_RANK["mindicador"], "mindicador_url", "/api/dolar",
+            "mindicador",
+            "usdclp",
+            SOURCE_RANK["mindicador"],
+            "mindicador_url",
+            "/api/dolar",
             requests=lambda since, now: [(f"/{year}", {}) for year in mindicador_years(since, now)],
-            parse=parse_mindicador, plausible=USDCLP_RULES, probe=("", {}),
+            parse=parse_mindicador,
+            plausible=USDCLP_RULES,
+            probe=("", {}),
         ),
     ),
     "copper": (
         _yahoo(COPPER_SYMBOL, "copper", "USD", COPPER_RULES),
         Source(
-            "fred", "copper", SOURCE_RANK["fred"], "fred_url", "/fred/series/observations",
+            "fred",
+            "copper",
+            SOURCE_RANK["fred"],
+            "fred_url",
+            "/fred/series/observations",
             requests=lambda since, now: [("", {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"})],
-            parse=parse_fred_observations, plausible=COPPER_RULES,
-            probe=("", {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json", "sort_order": "desc", "limit": "3"}),
-            frequency="monthly", key=True,
+            parse=parse_fred_observations,
+            plausible=COPPER_RULES,
+            probe=(
+                "",
+                {
+                    "series_id": FRED_COPPER_SERIES,
+                    "api_key": "",
+                    "file_type": "json",
+                    "sort_order": "desc",
+                    "limit": "3",
+                },
+            ),
+            frequency="monthly",
+            key=True,
         ),
     ),
 }
@@ -1732,23 +1804,33 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
     return Result(source, frame=frame)
 
 
-def fetch_source(source: Source, config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime) -> Result:
+def fetch_source(
+    source: Source, config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
+) -> Result:
     """Ask one source (its description in SOURCES) for what the cache lacks; a raw (uncleaned) frame or the failure."""
     secret = config.fred_api_key if source.key else None
     if source.key and not secret:
         return Result(source.name, error="FRED_API_KEY is not set", frequency=source.frequency)
     base = getattr(config, source.base)
-    calls = [(f"{base}{source.path}{suffix}", with_key(params, secret)) for suffix, params in source.requests(since, now)]
-    return dataclasses.replace(_fetch(source.name, fetch_json, client, secret, calls, source.parse), frequency=source.frequency)
+    calls = [
+        (f"{base}{source.path}{suffix}", with_key(params, secret)) for suffix, params in source.requests(since, now)
+    ]
+    return dataclasses.replace(
+        _fetch(source.name, fetch_json, client, secret, calls, source.parse), frequency=source.frequency
+    )
 
 
-def fetch_yahoo(config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime) -> Result:
+def fetch_yahoo(
+    config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime
+) -> Result:
     """Fetch a daily Yahoo chart as a raw (uncleaned) frame."""
     source = next(s for series in SOURCES.values() for s in series if s.symbol == symbol)
     return fetch_source(source, config, client, fetch_json, since=since, now=now)
 
 
-def fetch_mindicador(config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime) -> Result:
+def fetch_mindicador(
+    config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
+) -> Result:
     """Fetch the official dólar observado, one request per year."""
     return fetch_source(source_named("usdclp", "mindicador"), config, client, fetch_json, since=since, now=now)
 
@@ -1837,7 +1919,9 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     what = "; ".join(map(str, found))
     aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
     try:
-        write_parquet_atomic(frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside)
+        write_parquet_atomic(
+            frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
+        )
         write_parquet_atomic(kept, path)
         where = f"rewritten, the rows kept in {aside.name}"
     except OSError as exc:
@@ -1901,7 +1985,7 @@ def _vet(raw: Result, cleaned: Result, *, rules: Plausible, now: datetime, histo
 
 
 def _confirm(results: list[Result], rules: Plausible) -> bool:
-    """Accept an earlier answer refused only for a jump when the newest answer shows the same closes; True if one was."""
+    """Accept an earlier answer refused only for a jump when the newest shows the same closes; True if one was."""
     newest = results[-1]
     if newest.frame is None or newest.frame.is_empty() or not (newest.ok or _jump_only(newest)):
         return False
@@ -1909,7 +1993,13 @@ def _confirm(results: list[Result], rules: Plausible) -> bool:
         if _jump_only(suspect):
             since = min(f.since for f in suspect.findings if f.since is not None)
             if confirms(suspect.frame, newest.frame, since=since, rules=rules):
-                log.warning("%s %s: the jump from %s is confirmed by %s", _source_title(suspect.source), rules.label, since, _source_title(newest.source))
+                log.warning(
+                    "%s %s: the jump from %s is confirmed by %s",
+                    _source_title(suspect.source),
+                    rules.label,
+                    since,
+                    _source_title(newest.source),
+                )
                 note = f"{suspect.source}: jump from {since} confirmed by {newest.source}"
                 results[i] = dataclasses.replace(suspect, error=None, findings=(), notes=suspect.notes + (note,))
                 return True
@@ -1917,7 +2007,11 @@ def _confirm(results: list[Result], rules: Plausible) -> bool:
 
 
 def _jump_only(result: Result) -> bool:
-    return bool(result.findings) and result.frame is not None and all(f.kind is Problem.JUMP and f.since for f in result.findings)
+    return (
+        bool(result.findings)
+        and result.frame is not None
+        and all(f.kind is Problem.JUMP and f.since for f in result.findings)
+    )
 
 
 def fetch_series(
@@ -1957,8 +2051,12 @@ def fetch_series(
             }
             for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
                 if deadline is not None and time.monotonic() > deadline:
-                    log.warning("Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label)
-                    results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
+                    log.warning(
+                        "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label
+                    )
+                    results.append(
+                        Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent")
+                    )
                     break
                 raw = fetchers[source.name](source)
                 started = time.perf_counter()
@@ -1980,40 +2078,76 @@ def fetch_series(
 
 
 def _source_title(source: str) -> str:
-    return {"yahoo": "Yahoo Finance", "mindicador": "mindicador.cl", "fred": "FRED", "cache": "Cache", "seed": "Seed"}.get(source, source)
+    return {
+        "yahoo": "Yahoo Finance",
+        "mindicador": "mindicador.cl",
+        "fred": "FRED",
+        "cache": "Cache",
+        "seed": "Seed",
+    }.get(source, source)
 
 
-def _settle(name: str, label: str, config: Config, path: Path, cache: Result, chosen: Result, results: list[Result], now: datetime) -> Series:
+def _settle(
+    name: str,
+    label: str,
+    config: Config,
+    path: Path,
+    cache: Result,
+    chosen: Result,
+    results: list[Result],
+    now: datetime,
+) -> Series:
     notes = tuple(n for r in results for n in r.notes)
     failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
-    rejected = tuple(Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings)
+    rejected = tuple(
+        Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
+    )
     if not chosen.ok:
         if name == "copper":
             log.error("All copper sources failed: continuing without copper (forecasts degraded)")
         else:
             log.error("All USD/CLP sources failed: %s", chosen.error)
-        return Series(name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures)
+        return Series(
+            name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
+        )
     last = chosen.frame[DATE].max()
     age = (now.date() - last).days
-    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in first_good: a monthly series lags by up to two months
-    stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if age > max(config.max_age_days, leeway) else ()
+    leeway = (
+        75 if chosen.frequency == "monthly" else 0
+    )  # INFO: as in first_good: a monthly series lags by up to two months
+    stale = (
+        (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),)
+        if age > max(config.max_age_days, leeway)
+        else ()
+    )
     if stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
         log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
     reasons = rejected + cache.degraded
     if chosen.source in {"cache", "seed"}:
         if chosen.source == "seed":
-            log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
-            reasons += (Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),)
+            log.warning(
+                "No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age
+            )
+            reasons += (
+                Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
+            )
         elif config.offline:
             log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
             reasons += (Reason(Degraded.CACHED), *stale)
         else:
             tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
-            log.warning("%s failed, using %d cached %s data points", {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"), chosen.frame.height, label)
+            log.warning(
+                "%s failed, using %d cached %s data points",
+                {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
+                chosen.frame.height,
+                label,
+            )
             reasons += (Reason(Degraded.CACHED), *stale)
         cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
         frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
-        return Series(name, frame, chosen.source, notes=failures + notes + cached_note, degraded=reasons, failures=failures)
+        return Series(
+            name, frame, chosen.source, notes=failures + notes + cached_note, degraded=reasons, failures=failures
+        )
     reasons += chosen.degraded + stale
     if chosen.frequency == "monthly":
         log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
@@ -2807,7 +2941,12 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
     if not path.exists():
         return None, 0
     # INFO: a poisoned file can hold year 33658, which Python's date cannot: clip it to a date that says "future"
-    last, rows = pl.scan_parquet(path).select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len()).collect().row(0)
+    last, rows = (
+        pl.scan_parquet(path)
+        .select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len())
+        .collect()
+        .row(0)
+    )
     return last, rows
 
 
@@ -2833,9 +2972,16 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
     latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
     degraded = latest.get("degraded", []) if latest is not None else []
     if latest is not None and (Degraded.NO_COPPER in degraded or Degraded.STALE_COPPER in degraded):
-        checks.append(("copper available", "WARNING", f"last run had {'no' if Degraded.NO_COPPER in degraded else 'stale'} copper"))
+        checks.append(
+            (
+                "copper available",
+                "WARNING",
+                f"last run had {'no' if Degraded.NO_COPPER in degraded else 'stale'} copper",
+            )
+        )
     elif latest is not None:
-        checks.append(("copper available", "OK", "monthly (degraded)" if Degraded.MONTHLY_COPPER in degraded else "yes"))
+        monthly = Degraded.MONTHLY_COPPER in degraded
+        checks.append(("copper available", "OK", "monthly (degraded)" if monthly else "yes"))
     checks += check_runs(status, now=now)
     if environ.get("MLFLOW_TRACKING_URI"):
         checks.append(("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)"))
@@ -2871,7 +3017,11 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
     import httpx
 
     probes = [
-        (source, f"{getattr(config, source.base)}{source.path}{source.probe[0]}", with_key(source.probe[1], config.fred_api_key))
+        (
+            source,
+            f"{getattr(config, source.base)}{source.path}{source.probe[0]}",
+            with_key(source.probe[1], config.fred_api_key),
+        )
         for series in SOURCES.values()
         for source in series
         if config.fred_api_key or not source.key
