@@ -1578,7 +1578,9 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     for key in ("7d_rmse", "7d_mae", "7d_mape", "7d_ratio_to_naive", "7d_coverage_80", "Naive_rmse", "AutoETS_mape", "copper_ablation_pct", "seconds_backtest", "seconds_fetch", "seconds_clean", "seconds_tracking"):
         assert key in m, key
     assert m["7d_ratio_to_naive"] <= 1.0
-    assert t["fxcu.degraded"] == "cached data" and t["fxcu.degraded.cached_data"] == "true"
+    # the history ends 2024-07-15, older than FXCU_MAX_AGE_DAYS (5): stale as well as cached (issue 10)
+    assert t["fxcu.degraded"] == "cached data,stale data" and t["fxcu.degraded.cached_data"] == "true"
+    assert t["fxcu.degraded.stale_data"] == "true"
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
     names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
