@@ -2002,6 +2002,8 @@ def _confirm(results: list[Result], rules: Plausible) -> bool:
                 )
                 note = f"{suspect.source}: jump from {since} confirmed by {newest.source}"
                 results[i] = dataclasses.replace(suspect, error=None, findings=(), notes=suspect.notes + (note,))
+                if _jump_only(newest):  # INFO: two sources showing the same jump vouch for each other
+                    results[-1] = dataclasses.replace(newest, error=None, findings=())
                 return True
     return False
 
