@@ -11,6 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 1000 fxcu && mkdir -p /app /data && chown fxcu:fxcu /data
 WORKDIR /app
 COPY pyproject.toml README.md fxcu.py ./
+# the shipped seed history: a first run with no network still forecasts (data/seed/README.md)
+COPY data/seed/ ./data/seed/
 RUN pip install -e .
 
 USER fxcu

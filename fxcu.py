@@ -21,9 +21,10 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -44,9 +45,11 @@ DATE, CLOSE, SOURCE, FETCHED_AT = "date", "close", "source", "fetched_at"
 USDCLP_SYMBOL, COPPER_SYMBOL, FRED_COPPER_SERIES = "CLP=X", "HG=F", "PCOPPUSDM"
 LB_PER_TONNE = 2204.62262
 HORIZONS: dict[str, int] = {"7d": 7, "15d": 15, "30d": 30, "90d": 90}
-# Priority order of every series: a lower rank wins when two sources disagree on a date.
-SOURCE_RANK: dict[str, int] = {"yahoo": 0, "mindicador": 1, "fred": 2, "cache": 3}
+# Priority order of every series: a lower rank wins when two sources disagree on a date. The live
+# sources' ranks are also in their descriptions (SOURCES); the shipped seed history ranks last.
+SOURCE_RANK: dict[str, int] = {"yahoo": 0, "mindicador": 1, "fred": 2, "cache": 3, "seed": 4}
 USDCLP_CACHE, COPPER_CACHE = "usdclp.parquet", "copper_hgf_usd_lb.parquet"
+SEED_FILES: dict[str, str] = {"usdclp": "usdclp_clpx_daily.csv", "copper": "copper_hgf_daily.csv"}
 # A browser-like User-Agent: Yahoo answers library User-Agents with 429s.
 USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -56,6 +59,10 @@ USER_AGENT = (
 BAD_PRINT_LOG_JUMP = 0.2
 # Overlap asked of an incremental fetch, so revised recent values replace cached ones.
 OVERLAP_DAYS = 7
+# Without a cached history, the last this many bars of a fresh frame are checked for jumps.
+NEWEST_BARS = 10
+# The small real history shipped with fxcu (data/seed/README.md): an empty warehouse starts from it.
+SEED_DIR = Path(__file__).resolve().parent / "data" / "seed"
 YAHOO_URL, FRED_URL, MINDICADOR_URL = "https://query1.finance.yahoo.com", "https://api.stlouisfed.org", "https://mindicador.cl"
 
 
@@ -78,6 +85,7 @@ class Config:
     lock_timeout: float = 600.0  # seconds a second process waits for the warehouse or a run
     tracking_timeout: float = 60.0  # seconds MLflow logging may take before the run goes on without it
     network_budget: float = 180.0  # seconds of network work per run before only the cache is used
+    seed_dir: Path | None = None  # the shipped seed history an empty warehouse starts from (None: no seed)
 
     @property
     def warehouse(self) -> Path:
@@ -101,7 +109,16 @@ class Config:
             lock_timeout=env_number(environ, "FXCU_LOCK_TIMEOUT", 600.0),
             tracking_timeout=env_number(environ, "FXCU_TRACKING_TIMEOUT", 60.0),
             network_budget=env_number(environ, "FXCU_NETWORK_BUDGET", 180.0),
+            seed_dir=find_seed_dir() if env_flag(environ, "FXCU_SEED", True) else None,
         )
+
+
+def find_seed_dir() -> Path | None:
+    """The seed folder beside the module (a checkout, `pip install -e`), else the one a wheel put under sys.prefix."""
+    for folder in (SEED_DIR, Path(sys.prefix) / "share" / "fxcu" / "seed"):
+        if (folder / SEED_FILES["usdclp"]).is_file():
+            return folder
+    return None
 
 
 class ConfigError(ValueError):
@@ -147,15 +164,95 @@ def parse_horizon(text: str) -> int:
 # -- Values ------------------------------------------------------------------------
 
 
+class Problem(StrEnum):
+    """Why a frame, or a row of it, may not be stored or served (code acts on these, never on sentences)."""
+
+    NO_ROWS = "no rows"
+    NULL_CLOSES = "null or non-positive closes"
+    STALE = "stale"
+    NOT_FINITE = "non-finite close"
+    OUT_OF_RANGE = "implausible close"
+    FUTURE_DATE = "date after the fetch day"
+    TOO_EARLY = "date before the series exists"
+    WRONG_SYMBOL = "wrong symbol"
+    WRONG_CURRENCY = "wrong currency"
+    CONFLICTING_DUPLICATES = "conflicting duplicated dates"
+    JUMP = "jump from the history"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem found, with the sentence that tells a person about it; `since` dates a jump."""
+
+    kind: Problem
+    detail: str = ""
+    since: date | None = None
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
+
+
+class Degraded(StrEnum):
+    """Why a run is weaker than a full one: stored in status.json and MLflow tags, matched by value."""
+
+    NO_COPPER = "no copper"
+    MONTHLY_COPPER = "monthly copper"
+    STALE_COPPER = "stale copper"
+    CACHED = "cached data"
+    BAD_PRINTS = "removed bad prints"
+    STALE = "stale data"
+    SEED = "seed history"
+    REJECTED = "rejected source"
+    REPAIRED = "repaired cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A degraded reason as a value, and the sentence shown for it."""
+
+    kind: Degraded
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
+
+
+@dataclass(frozen=True, slots=True)
+class Plausible:
+    """What a series can hold: closes in [low, high] (its unit), no date before `earliest`, no move beyond `jump`.
+
+    `jump` is the largest credible |log move| between two bars one trading day apart (it scales with the
+    square root of the trading days between them) and between two values for one date; measured on the
+    real histories in ../shared/data (docs/BENCHMARKS.md, issue 10).
+    """
+
+    label: str
+    unit: str
+    low: float
+    high: float
+    earliest: date
+    jump: float
+
+
+# INFO: USD/CLP traded 370-1060 since 1990 and the dólar observado starts in 1984; COMEX copper traded
+# 0.6-6.2 USD/lb since 2000 and the IMF monthly series starts before 1990. Jumps: 1.25 x the worst real
+# move per sqrt(trading day): USD/CLP -12.5% on 2022-07-21, HG=F -25% on 2025-07-31 (both real).
+USDCLP_RULES = Plausible("USD/CLP", "CLP per USD", 300.0, 2000.0, date(1984, 1, 1), 0.16)
+COPPER_RULES = Plausible("copper", "USD/lb", 0.3, 20.0, date(1980, 1, 1), 0.32)
+PLAUSIBLE: dict[str, Plausible] = {"usdclp": USDCLP_RULES, "copper": COPPER_RULES}
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One source's answer: a frame, or the reason there is none."""
+    """One source's answer: a frame, or the reason there is none (`findings` when the answer was implausible)."""
 
     source: str
     frame: pl.DataFrame | None = None
     error: str | None = None
     notes: tuple[str, ...] = ()
     frequency: Literal["daily", "monthly"] = "daily"
+    findings: tuple[Finding, ...] = ()
+    degraded: tuple[Reason, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -182,6 +279,14 @@ class PayloadError(ValueError):
     """A response body that is not what the API documents."""
 
 
+class Implausible(PayloadError):
+    """A well-formed body whose content cannot be right (another symbol, another currency)."""
+
+    def __init__(self, findings: Sequence[Finding]):
+        super().__init__("; ".join(map(str, findings)))
+        self.findings = tuple(findings)
+
+
 # -- Core: parsing payloads --------------------------------------------------------
 
 
@@ -191,11 +296,14 @@ def _price_frame(days: pl.Series, closes: pl.Series) -> pl.DataFrame:
     return pl.DataFrame({DATE: days.cast(pl.Date), CLOSE: closes.cast(pl.Float64)})
 
 
-def parse_yahoo_chart(payload: Mapping[str, Any]) -> pl.DataFrame:
+def parse_yahoo_chart(
+    payload: Mapping[str, Any], *, symbol: str | None = None, currency: str | None = None
+) -> pl.DataFrame:
     """Parse a Yahoo v8 chart body into `date`, `close`, dated in the exchange's timezone.
 
     Null bars are kept as null closes (cleaning drops them and says how many).
-    Raises PayloadError for `chart.error`, a missing result or a result without bars.
+    Raises PayloadError for `chart.error`, a missing result or a result without bars, and
+    Implausible when `symbol` or `currency` is given and `meta` names another.
     """
     import polars as pl
 
@@ -214,6 +322,9 @@ def parse_yahoo_chart(payload: Mapping[str, Any]) -> pl.DataFrame:
     if not stamps:
         raise PayloadError("empty result: no bars (no 'timestamp')")
     meta = result.get("meta") or {}
+    wrong = yahoo_meta_findings(meta, symbol=symbol, currency=currency)
+    if wrong:
+        raise Implausible(wrong)
     tz = meta.get("exchangeTimezoneName") or "UTC"
     try:
         closes = result["indicators"]["quote"][0]["close"]
@@ -230,6 +341,20 @@ def parse_yahoo_chart(payload: Mapping[str, Any]) -> pl.DataFrame:
         .dt.date()
     )
     return _price_frame(days, pl.Series(closes, dtype=pl.Float64, strict=False))
+
+
+def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency: str | None) -> list[Finding]:
+    """What in a chart's `meta` says it is not the series asked for (Yahoo always sends both fields)."""
+    found = []
+    got = meta.get("symbol") if isinstance(meta, Mapping) else None
+    if symbol is not None and got != symbol:
+        found.append(Finding(Problem.WRONG_SYMBOL, f"wrong symbol: asked for {symbol}, meta says {str(got)[:20]!r}"))
+    got = meta.get("currency") if isinstance(meta, Mapping) else None
+    if currency is not None and got != currency:
+        found.append(
+            Finding(Problem.WRONG_CURRENCY, f"wrong currency: expected {currency}, meta says {str(got)[:20]!r}")
+        )
+    return found
 
 
 def parse_mindicador(payload: Mapping[str, Any]) -> pl.DataFrame:
@@ -282,6 +407,9 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 # -- Core: cleaning and merging -------------------------------------------------------
 
 
+BAD_PRINTS = "bad prints"  # the key of `Cleaned.removed` that makes a run degraded
+
+
 def clean_prices(
     frame: pl.DataFrame, *, spike: float = BAD_PRINT_LOG_JUMP, frequency: Literal["daily", "monthly"] = "daily"
 ) -> Cleaned:
@@ -324,7 +452,7 @@ def clean_prices(
             break
         spikes += found[DATE].to_list()
         days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
-    removed["bad prints"] = sorted(spikes)
+    removed[BAD_PRINTS] = sorted(spikes)
     return Cleaned(days, {k: v for k, v in removed.items() if v})
 
 
@@ -382,27 +510,33 @@ def with_provenance(frame: pl.DataFrame, source: str, fetched_at: datetime) -> p
 # -- Core: choosing a source -------------------------------------------------------
 
 
-def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | None) -> list[str]:
+def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | None) -> list[Finding]:
     """List what is wrong with a price frame; an empty list means it is good."""
     if frame is None or frame.is_empty():
-        return ["no rows"]
+        return [Finding(Problem.NO_ROWS)]
     found = []
     if frame[CLOSE].null_count() or (frame[CLOSE] <= 0).any():
-        found.append("null or non-positive closes")
+        found.append(Finding(Problem.NULL_CLOSES))
     last = frame[DATE].max()
     if max_age is not None and now.date() - last > max_age:
-        found.append(f"stale: last date {last} is {(now.date() - last).days} days old")
+        found.append(Finding(Problem.STALE, f"stale: last date {last} is {(now.date() - last).days} days old"))
     return found
 
 
 def first_good(
-    results: Sequence[Result], *, now: datetime, max_age: Mapping[str, timedelta | None] | timedelta | None = None
+    results: Sequence[Result],
+    *,
+    now: datetime,
+    max_age: Mapping[str, timedelta | None] | timedelta | None = None,
+    serve_stale: bool = False,
 ) -> Result:
     """Return the first result with a frame that passes every check, else a failed result with every reason.
 
     `max_age` is one limit for all sources or a limit per source name (missing names: no limit).
+    With `serve_stale`, when no result passes but some fail only for being stale, the freshest of
+    those is returned (the earliest on a tie): stale data served loudly beats no data.
     """
-    reasons = []
+    reasons, stale = [], []
     for result in results:
         limit = max_age.get(result.source) if isinstance(max_age, Mapping) else max_age
         if result.frequency == "monthly" and limit is not None:
@@ -413,8 +547,188 @@ def first_good(
         found = problems(result.frame, now=now, max_age=limit)
         if not found:
             return result
-        reasons.append(f"{result.source}: {'; '.join(found)}")
+        if all(f.kind is Problem.STALE for f in found):
+            stale.append(result)
+        reasons.append(f"{result.source}: {'; '.join(map(str, found))}")
+    if serve_stale and stale:
+        return max(stale, key=lambda r: r.frame[DATE].max())  # INFO: max keeps the first of equals
     return Result("none", error="; ".join(reasons) or "no sources")
+
+
+# -- Core: plausibility --------------------------------------------------------------
+
+
+def _when(frame: pl.DataFrame, which: Literal["min", "max"]) -> str:
+    import polars as pl
+
+    # INFO: polars holds dates Python cannot (year 33658, year -2): render them in polars
+    return frame.select(getattr(pl.col(DATE), which)().cast(pl.String)).item()
+
+
+def _moves(path: pl.DataFrame, jump: float) -> pl.DataFrame:
+    """Each row's |log move| from the row before and the move credible over that many trading days."""
+    import polars as pl
+
+    days = pl.business_day_count(pl.col(DATE).shift(1), pl.col(DATE)).clip(lower_bound=1).cast(pl.Float64)
+    return path.sort(DATE).with_columns(
+        move=(pl.col(CLOSE).log() - pl.col(CLOSE).shift(1).log()).abs(), allowed=jump * days.sqrt()
+    )
+
+
+def implausible(
+    raw: pl.DataFrame, clean: pl.DataFrame, *, rules: Plausible, now: datetime, history: pl.DataFrame | None = None
+) -> list[Finding]:
+    """Check a fetched frame before it may be merged; an empty list means it is plausible.
+
+    `raw` is the frame as parsed (for non-finite closes, impossible dates and conflicting duplicates),
+    `clean` the same after `clean_prices` (for the range and the jumps: real isolated bad prints are
+    removed by cleaning, a bad last bar is not). The newest bars (after the cached `history`, or the
+    last NEWEST_BARS without one) must not move beyond `rules.jump`, and no cached day may be revised
+    by more than `rules.jump`.
+    """
+    import polars as pl
+
+    found = []
+    inf = raw.filter(pl.col(CLOSE).is_infinite())
+    if inf.height:
+        found.append(Finding(Problem.NOT_FINITE, f"{inf.height} non-finite closes (first on {_when(inf, 'min')})"))
+    latest = now.date() + timedelta(days=1)
+    late = raw.filter(pl.col(DATE) > latest)
+    if late.height:
+        found.append(
+            Finding(Problem.FUTURE_DATE, f"{late.height} bars dated after {latest} (last {_when(late, 'max')})")
+        )
+    early = raw.filter(pl.col(DATE) < rules.earliest)
+    if early.height:
+        found.append(
+            Finding(
+                Problem.TOO_EARLY, f"{early.height} bars dated before {rules.earliest} (first {_when(early, 'min')})"
+            )
+        )
+    valid = raw.filter(pl.col(CLOSE).is_finite() & (pl.col(CLOSE) > 0))
+    spread = valid.group_by(DATE).agg((pl.col(CLOSE).max() / pl.col(CLOSE).min()).log().alias("spread"))
+    torn = spread.filter(pl.col("spread") > rules.jump)
+    if torn.height:
+        found.append(
+            Finding(
+                Problem.CONFLICTING_DUPLICATES,
+                f"{torn.height} dates sent twice with closes {torn['spread'].max():.0%} (log) apart",
+            )
+        )
+    if found:
+        return found  # INFO: the range and jump checks below need real dates and finite closes
+    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
+    if out.height:
+        last = out.sort(DATE).tail(1).row(0, named=True)
+        found.append(
+            Finding(
+                Problem.OUT_OF_RANGE,
+                f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
+                f"(last {last[CLOSE]:.6g} on {last[DATE]})",
+            )
+        )
+        return found
+    found += _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
+    return found
+
+
+def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
+    import polars as pl
+
+    found = []
+    if history is None or history.is_empty():
+        path = fresh.sort(DATE).tail(NEWEST_BARS + 1)
+    else:
+        both = fresh.join(history, on=DATE, suffix="_cached")
+        revised = both.filter((pl.col(CLOSE) / pl.col(f"{CLOSE}_cached")).log().abs() > rules.jump).sort(DATE)
+        if revised.height:
+            first = revised.row(0, named=True)
+            found.append(
+                Finding(
+                    Problem.JUMP,
+                    f"{revised.height} cached days revised by more than {rules.jump:.0%} (log), "
+                    f"{first[DATE]}: {first[f'{CLOSE}_cached']:.6g} -> {first[CLOSE]:.6g}",
+                    since=first[DATE],
+                )
+            )
+        newest = fresh.filter(pl.col(DATE) > history[DATE].max()).sort(DATE)
+        path = (
+            pl.concat([history.filter(pl.col(DATE) < newest[DATE].min()).sort(DATE).tail(1), newest])
+            if newest.height
+            else newest
+        )
+    far = _moves(path, rules.jump).slice(1).filter(pl.col("move") > pl.col("allowed"))
+    if far.height:
+        first = far.row(0, named=True)
+        found.append(
+            Finding(
+                Problem.JUMP,
+                f"newest bars jump {first['move']:.0%} (log) on {first[DATE]} to {first[CLOSE]:.6g}, "
+                f"over the credible {first['allowed']:.0%}",
+                since=first[DATE],
+            )
+        )
+    return found
+
+
+def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: Plausible) -> bool:
+    """True when `other` (the next source) has closes on the suspect's dates from `since` on, all within the jump."""
+    import polars as pl
+
+    mine = suspect.filter(pl.col(DATE) >= since).select(DATE, CLOSE)
+    both = mine.join(other.select(DATE, pl.col(CLOSE).alias("other")), on=DATE)
+    return both.height > 0 and bool(((pl.Series(both[CLOSE] / both["other"])).log().abs() <= rules.jump).all())
+
+
+def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.DataFrame, list[Finding]]:
+    """The rows of a stored history that may be served, and what was dropped (a warehouse an older release poisoned).
+
+    Drops null, non-finite and out-of-range closes, rows dated after tomorrow or before the series
+    exists, and, after the last move beyond `rules.jump`, the side with fewer rows when that is the
+    newer one (a bad answer merged at the end of the history).
+    """
+    import polars as pl
+
+    found = []
+    rows = frame.sort(DATE)
+    checks = (
+        (Problem.NULL_CLOSES, pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan(), "null closes"),
+        (Problem.NOT_FINITE, pl.col(CLOSE).is_infinite(), "non-finite closes"),
+        (
+            Problem.FUTURE_DATE,
+            pl.col(DATE) > now.date() + timedelta(days=1),
+            f"dated after {now.date() + timedelta(days=1)}",
+        ),
+        (Problem.TOO_EARLY, pl.col(DATE) < rules.earliest, f"dated before {rules.earliest}"),
+        (
+            Problem.OUT_OF_RANGE,
+            ~pl.col(CLOSE).is_between(rules.low, rules.high),
+            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
+        ),
+    )
+    for kind, bad, what in checks:
+        dropped = rows.filter(bad.fill_null(False))
+        if dropped.height:
+            found.append(Finding(kind, f"{dropped.height} rows {what}"))
+            rows = rows.filter(~bad.fill_null(False))
+    far = (
+        _moves(rows.select(DATE, CLOSE), rules.jump)
+        .with_row_index("_i")
+        .slice(1)
+        .filter(pl.col("move") > pl.col("allowed"))
+    )
+    if far.height:
+        cut = far["_i"].max()
+        if rows.height - cut < cut:
+            found.append(
+                Finding(
+                    Problem.JUMP,
+                    f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump",
+                    since=rows[DATE][cut],
+                )
+            )
+            rows = rows.head(cut)
+    return rows, found
 
 
 # -- Core: copper features -----------------------------------------------------------
@@ -609,6 +923,7 @@ class Bundle:
     copper_features: pl.DataFrame | None
     sources: dict[str, str]
     notes: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()  # what the series said about themselves (cache, seed, stale, rejected, bad prints)
 
     @property
     def copper_frequency(self) -> Literal["daily", "monthly"] | None:
@@ -616,20 +931,25 @@ class Bundle:
         return None if self.copper is None else copper_frequency(self.copper)
 
     @property
-    def degraded(self) -> tuple[str, ...]:
-        """Reasons this run is weaker than a full one (no, monthly or stale copper, cached data, removed prints)."""
-        reasons = []
+    def _all_reasons(self) -> list[Reason]:
+        found = []
         if self.copper is None:
-            reasons.append("no copper")
+            found.append(Reason(Degraded.NO_COPPER))
         elif self.copper_frequency == "monthly":
-            reasons.append("monthly copper")
+            found.append(Reason(Degraded.MONTHLY_COPPER))
         elif copper_is_stale(self.usdclp, self.copper):
-            reasons.append("stale copper")
-        if "cache" in self.sources.values():
-            reasons.append("cached data")
-        if any("bad prints" in n for n in self.notes):
-            reasons.append("removed bad prints")
-        return tuple(reasons)
+            found.append(Reason(Degraded.STALE_COPPER))
+        return found + list(self.reasons)
+
+    @property
+    def degraded(self) -> tuple[Degraded, ...]:
+        """Why this run is weaker than a full one, as values (no, monthly or stale copper, cache, seed, stale...)."""
+        return tuple(dict.fromkeys(r.kind for r in self._all_reasons))
+
+    @property
+    def degraded_detail(self) -> tuple[str, ...]:
+        """The same reasons as sentences for people ("stale: USD/CLP last date 2024-07-15, 864 days old")."""
+        return tuple(dict.fromkeys(str(r) for r in self._all_reasons))
 
 
 def build_bundle(usdclp: Series, copper: Series) -> Bundle:
@@ -644,6 +964,7 @@ def build_bundle(usdclp: Series, copper: Series) -> Bundle:
         copper_features=features,
         sources={"usdclp": usdclp.source, "copper": copper.source if has_copper else "none"},
         notes=usdclp.notes + copper.notes,
+        reasons=usdclp.degraded + copper.degraded,
     )
 
 
@@ -665,11 +986,10 @@ def feature_problems(features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.Da
         bad = features.filter(~ok.fill_null(True)).height
         if bad:
             found.append(f"{name}: {bad} values out of range")
-    # INFO: plausibility by unit: USD/CLP has traded 370-1060 since 1990; COMEX copper 0.6-6 USD/lb since 2000.
-    if not usdclp[CLOSE].is_between(300, 2000).all():
-        found.append("usdclp: closes outside 300..2000 CLP per USD")
-    if copper is not None and not copper[CLOSE].is_between(0.3, 20).all():
-        found.append("copper: closes outside 0.3..20 USD/lb")
+    # INFO: plausibility by unit (USDCLP_RULES, COPPER_RULES): the same ranges every fetch is held to
+    for name, frame, rules in (("usdclp", usdclp, USDCLP_RULES), ("copper", copper, COPPER_RULES)):
+        if frame is not None and not frame[CLOSE].is_between(rules.low, rules.high).all():
+            found.append(f"{name}: closes outside {rules.low:g}..{rules.high:g} {rules.unit}")
     for name, frame in (("usdclp", usdclp), ("copper", copper)):
         if frame is not None:
             found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
@@ -1160,6 +1480,7 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
         "sources": dict(bundle.sources),
         "degraded": list(bundle.degraded),
+        "degraded_detail": list(bundle.degraded_detail),
     }
 
 
@@ -1177,7 +1498,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
         f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}",
     ]
     if s["degraded"]:
-        lines.append(f"  degraded: {', '.join(s['degraded'])}")
+        lines.append(f"  degraded: {', '.join(s.get('degraded_detail') or s['degraded'])}")
     return "\n".join(lines)
 
 
@@ -1358,7 +1679,7 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     )
     sections.append(Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path)))
     data = [f"- {n}" for n in bundle.notes] or ["- none"]
-    data += [f"- degraded: {r}" for r in bundle.degraded]
+    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
     sections.append(Section("data", "Data and degraded reasons", tuple(data)))
     return sections
 
@@ -1527,6 +1848,104 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+# -- Core: the sources, each described in one place ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One live source of one series: where it is, what to ask, how to read the answer, what to expect of it."""
+
+    name: Literal["yahoo", "mindicador", "fred"]
+    series: Literal["usdclp", "copper"]
+    rank: int  # a lower rank wins when two sources disagree on a date (SOURCE_RANK)
+    base: Literal[
+        "yahoo_url", "mindicador_url", "fred_url"
+    ]  # the Config field with the base URL (tests point it at 127.0.0.1)
+    path: str
+    requests: Callable[[date | None, datetime], list[tuple[str, dict[str, str]]]]  # (path suffix, params) per request
+    parse: Callable[[Mapping[str, Any]], pl.DataFrame]
+    plausible: Plausible
+    probe: tuple[str, Mapping[str, str]]  # (path suffix, params) of the short `check --network` request
+    frequency: Literal["daily", "monthly"] = "daily"
+    symbol: str | None = None
+    key: bool = False  # needs FRED_API_KEY: it fills the empty `api_key` param (redacted everywhere)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.symbol}" if self.symbol else self.name
+
+
+def _yahoo(symbol: str, series: Literal["usdclp", "copper"], currency: str, rules: Plausible) -> Source:
+    return Source(
+        "yahoo",
+        series,
+        SOURCE_RANK["yahoo"],
+        "yahoo_url",
+        f"/v8/finance/chart/{symbol}",
+        requests=lambda since, now: [("", yahoo_params(since, now))],
+        parse=lambda payload: parse_yahoo_chart(payload, symbol=symbol, currency=currency),
+        plausible=rules,
+        probe=("", {"interval": "1d", "range": "5d"}),
+        symbol=symbol,
+    )
+
+
+SOURCES: dict[str, tuple[Source, ...]] = {
+    "usdclp": (
+        _yahoo(USDCLP_SYMBOL, "usdclp", "CLP", USDCLP_RULES),
+        Source(
+            "mindicador",
+            "usdclp",
+            SOURCE_RANK["mindicador"],
+            "mindicador_url",
+            "/api/dolar",
+            requests=lambda since, now: [(f"/{year}", {}) for year in mindicador_years(since, now)],
+            parse=parse_mindicador,
+            plausible=USDCLP_RULES,
+            probe=("", {}),
+        ),
+    ),
+    "copper": (
+        _yahoo(COPPER_SYMBOL, "copper", "USD", COPPER_RULES),
+        Source(
+            "fred",
+            "copper",
+            SOURCE_RANK["fred"],
+            "fred_url",
+            "/fred/series/observations",
+            requests=lambda since, now: [("", {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"})],
+            parse=parse_fred_observations,
+            plausible=COPPER_RULES,
+            probe=(
+                "",
+                {
+                    "series_id": FRED_COPPER_SERIES,
+                    "api_key": "",
+                    "file_type": "json",
+                    "sort_order": "desc",
+                    "limit": "3",
+                },
+            ),
+            frequency="monthly",
+            key=True,
+        ),
+    ),
+}
+
+
+def with_key(params: Mapping[str, str], key: str | None) -> dict[str, str]:
+    """The params with an empty `api_key` filled in (its place kept: the query reads as FRED documents it)."""
+    return {k: (key or "") if k == "api_key" else v for k, v in params.items()}
+
+
+def source_named(series: Literal["usdclp", "copper"], name: str) -> Source:
+    """The description of `series`' source called `name`."""
+    for source in SOURCES[series]:
+        if source.name == name:
+            return source
+    raise KeyError(f"{series} has no source {name!r}")
+
+
 # -- Shell: HTTP -------------------------------------------------------------------
 
 
@@ -1651,6 +2070,8 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
             return Result(source, error=describe_error(exc, secret))
         try:
             frames.append(parse(payload))
+        except Implausible as exc:  # a well-formed wrong answer: its findings are values `degraded` reports
+            return Result(source, error=redact(str(exc)[:300], secret), findings=exc.findings)
         except Exception as exc:  # noqa: BLE001 -- a body of any shape is outside input: a failed source, never a crash
             detail = describe_error(exc, secret) if isinstance(exc, PayloadError) else f"malformed payload ({type(exc).__name__}: {exc})"
             return Result(source, error=redact(detail.splitlines()[0][:300], secret))
@@ -1658,26 +2079,40 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
     return Result(source, frame=frame)
 
 
-def fetch_yahoo(config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime) -> Result:
+def fetch_source(
+    source: Source, config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
+) -> Result:
+    """Ask one source (its description in SOURCES) for what the cache lacks; a raw (uncleaned) frame or the failure."""
+    secret = config.fred_api_key if source.key else None
+    if source.key and not secret:
+        return Result(source.name, error="FRED_API_KEY is not set", frequency=source.frequency)
+    base = getattr(config, source.base)
+    calls = [
+        (f"{base}{source.path}{suffix}", with_key(params, secret)) for suffix, params in source.requests(since, now)
+    ]
+    return dataclasses.replace(
+        _fetch(source.name, fetch_json, client, secret, calls, source.parse), frequency=source.frequency
+    )
+
+
+def fetch_yahoo(
+    config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime
+) -> Result:
     """Fetch a daily Yahoo chart as a raw (uncleaned) frame."""
-    url = f"{config.yahoo_url}/v8/finance/chart/{symbol}"
-    return _fetch("yahoo", fetch_json, client, None, [(url, yahoo_params(since, now))], parse_yahoo_chart)
+    source = next(s for series in SOURCES.values() for s in series if s.symbol == symbol)
+    return fetch_source(source, config, client, fetch_json, since=since, now=now)
 
 
-def fetch_mindicador(config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime) -> Result:
+def fetch_mindicador(
+    config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
+) -> Result:
     """Fetch the official dólar observado, one request per year."""
-    calls = [(f"{config.mindicador_url}/api/dolar/{year}", {}) for year in mindicador_years(since, now)]
-    return _fetch("mindicador", fetch_json, client, None, calls, parse_mindicador)
+    return fetch_source(source_named("usdclp", "mindicador"), config, client, fetch_json, since=since, now=now)
 
 
 def fetch_fred_copper(config: Config, client: httpx.Client, fetch_json: Any) -> Result:
     """Fetch monthly FRED PCOPPUSDM, converted to USD/lb; needs FRED_API_KEY."""
-    if not config.fred_api_key:
-        return Result("fred", error="FRED_API_KEY is not set", frequency="monthly")
-    params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json"}
-    url = f"{config.fred_url}/fred/series/observations"
-    result = _fetch("fred", fetch_json, client, config.fred_api_key, [(url, params)], parse_fred_observations)
-    return dataclasses.replace(result, frequency="monthly")
+    return fetch_source(source_named("copper", "fred"), config, client, fetch_json, since=None, now=datetime.now(UTC))
 
 
 # -- Shell: the parquet warehouse ---------------------------------------------------
@@ -1729,8 +2164,12 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
         frame.write_parquet(tmp)
 
 
-def read_cache(path: Path, *, now: datetime) -> Result:
-    """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported."""
+def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> Result:
+    """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported.
+
+    With `rules`, rows `repair` refuses (null or implausible closes, impossible dates, a bad tail)
+    are not served: they are saved beside the file as `.rejected-*` and the file is rewritten.
+    """
     import polars as pl
 
     if not path.exists():
@@ -1740,6 +2179,7 @@ def read_cache(path: Path, *, now: datetime) -> Result:
         missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
+        kept, found = repair(frame, rules=rules, now=now) if rules is not None else (frame, [])
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
         try:
@@ -1749,7 +2189,36 @@ def read_cache(path: Path, *, now: datetime) -> Result:
             where = f"could not be moved aside ({move_error.strerror})"
         log.error("Corrupt cache %s (%s): %s", path.name, type(exc).__name__, where)
         return Result("cache", error=f"corrupt cache {path.name} ({type(exc).__name__}), {where}")
-    return Result("cache", frame=frame)
+    if not found:
+        return Result("cache", frame=frame)
+    what = "; ".join(map(str, found))
+    aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
+    try:
+        write_parquet_atomic(
+            frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
+        )
+        write_parquet_atomic(kept, path)
+        where = f"rewritten, the rows kept in {aside.name}"
+    except OSError as exc:
+        where = f"served without them, not rewritten ({exc.strerror or exc})"
+    log.warning("Cache %s held rows that cannot be right (%s): %s", path.name, what, where)
+    reason = Reason(Degraded.REPAIRED, f"repaired cache: {path.name} dropped {what}")
+    return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
+
+
+SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from ../shared/data (its README says how)
+
+
+def read_seed(folder: Path, name: Literal["usdclp", "copper"]) -> Result:
+    """The shipped seed history of a series (data/seed), as a stored history with source `seed`."""
+    import polars as pl
+
+    path = folder / SEED_FILES[name]
+    try:
+        frame = pl.read_csv(path, schema={DATE: pl.Date, CLOSE: pl.Float64})
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        return Result("seed", error=f"seed {path.name} unreadable ({type(exc).__name__})")
+    return Result("seed", frame=with_provenance(frame, "seed", SEED_BUILT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1762,6 +2231,8 @@ class Series:
     frequency: Literal["daily", "monthly"] = "daily"
     notes: tuple[str, ...] = ()
     error: str | None = None
+    degraded: tuple[Reason, ...] = ()
+    failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
 
     @property
     def ok(self) -> bool:
@@ -1773,7 +2244,51 @@ def _clean_result(result: Result, fetched_at: datetime) -> Result:
         return result
     cleaned = clean_prices(result.frame, frequency=result.frequency)
     frame = with_provenance(cleaned.frame, result.source, fetched_at)
-    return dataclasses.replace(result, frame=frame, notes=result.notes + tuple(f"{result.source}: {n}" for n in cleaned.notes))
+    reasons = (Reason(Degraded.BAD_PRINTS),) if cleaned.removed.get(BAD_PRINTS) else ()
+    notes = result.notes + tuple(f"{result.source}: {n}" for n in cleaned.notes)
+    return dataclasses.replace(result, frame=frame, notes=notes, degraded=result.degraded + reasons)
+
+
+def _vet(raw: Result, cleaned: Result, *, rules: Plausible, now: datetime, history: pl.DataFrame | None) -> Result:
+    """The cleaned result, or a failed one when `implausible` finds anything (the frame is kept for `confirms`)."""
+    if not cleaned.ok:
+        return cleaned
+    found = implausible(raw.frame, cleaned.frame, rules=rules, now=now, history=history)
+    if not found:
+        return cleaned
+    return dataclasses.replace(cleaned, error="; ".join(map(str, found)), findings=tuple(found))
+
+
+def _confirm(results: list[Result], rules: Plausible) -> bool:
+    """Accept an earlier answer refused only for a jump when the newest shows the same closes; True if one was."""
+    newest = results[-1]
+    if newest.frame is None or newest.frame.is_empty() or not (newest.ok or _jump_only(newest)):
+        return False
+    for i, suspect in enumerate(results[:-1]):
+        if _jump_only(suspect):
+            since = min(f.since for f in suspect.findings if f.since is not None)
+            if confirms(suspect.frame, newest.frame, since=since, rules=rules):
+                log.warning(
+                    "%s %s: the jump from %s is confirmed by %s",
+                    _source_title(suspect.source),
+                    rules.label,
+                    since,
+                    _source_title(newest.source),
+                )
+                note = f"{suspect.source}: jump from {since} confirmed by {newest.source}"
+                results[i] = dataclasses.replace(suspect, error=None, findings=(), notes=suspect.notes + (note,))
+                if _jump_only(newest):  # INFO: two sources showing the same jump vouch for each other
+                    results[-1] = dataclasses.replace(newest, error=None, findings=())
+                return True
+    return False
+
+
+def _jump_only(result: Result) -> bool:
+    return (
+        bool(result.findings)
+        and result.frame is not None
+        and all(f.kind is Problem.JUMP and f.since for f in result.findings)
+    )
 
 
 def fetch_series(
@@ -1788,80 +2303,139 @@ def fetch_series(
 ) -> Series:
     """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
 
-    USD/CLP: Yahoo CLP=X, mindicador, cache. Copper: Yahoo HG=F, FRED monthly, cache.
+    USD/CLP: Yahoo CLP=X, mindicador, cache. Copper: Yahoo HG=F, FRED monthly, cache. Every answer
+    passes `implausible` against the cached history first. An empty warehouse starts from the
+    shipped seed (`config.seed_dir`). When everything is stale, the freshest is served (degraded).
     The warehouse is locked for the whole read-merge-write, so two runs never interleave.
     """
     path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
-    label = "USD/CLP" if name == "usdclp" else "copper"
+    rules = PLAUSIBLE[name]
+    label = rules.label
     with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
-        cache = read_cache(path, now=now)
-        since = cache.frame[DATE].max() if cache.ok and not cache.frame.is_empty() else None
+        cache = read_cache(path, now=now, rules=rules)
+        if not cache.ok and not path.exists() and config.seed_dir is not None:
+            cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
+        history = cache.frame if cache.ok and not cache.frame.is_empty() else None
+        since = history[DATE].max() if history is not None else None
+        live_age = timedelta(days=config.max_age_days)
         results: list[Result] = []
         if not config.offline and client is not None:
             fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
-            if name == "usdclp":
-                chain = [
-                    lambda: fetch_yahoo(config, client, fetch_json, USDCLP_SYMBOL, since=since, now=now),
-                    lambda: fetch_mindicador(config, client, fetch_json, since=since, now=now),
-                ]
-            else:
-                chain = [
-                    lambda: fetch_yahoo(config, client, fetch_json, COPPER_SYMBOL, since=since, now=now),
-                    lambda: fetch_fred_copper(config, client, fetch_json),
-                ]
-            for step in chain:  # INFO: lazily, so a good primary costs one request
+            fetchers = {
+                "yahoo": lambda source: fetch_yahoo(config, client, fetch_json, source.symbol, since=since, now=now),
+                "mindicador": lambda source: fetch_mindicador(config, client, fetch_json, since=since, now=now),
+                "fred": lambda source: fetch_fred_copper(config, client, fetch_json),
+            }
+            for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
                 if deadline is not None and time.monotonic() > deadline:
-                    log.warning("Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label)
-                    results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
+                    log.warning(
+                        "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label
+                    )
+                    results.append(
+                        Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent")
+                    )
                     break
-                raw = step()
+                raw = fetchers[source.name](source)
                 started = time.perf_counter()
-                result = _clean_result(raw, now)
+                result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
                 if timings is not None:
                     timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
                 results.append(result)
-                verdict = first_good([result], now=now, max_age=timedelta(days=config.max_age_days))
+                if _confirm(results, rules):
+                    break
+                verdict = first_good([result], now=now, max_age=live_age)
                 if verdict.ok:
                     break
                 why = verdict.error.removeprefix(f"{result.source}: ")
                 log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
         results.append(cache)
-        live_age = timedelta(days=config.max_age_days)
-        chosen = first_good(results, now=now, max_age={"yahoo": live_age, "mindicador": live_age, "fred": live_age})
+        ages = {r.source: live_age for r in results}
+        chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
         return _settle(name, label, config, path, cache, chosen, results, now)
 
 
 def _source_title(source: str) -> str:
-    return {"yahoo": "Yahoo Finance", "mindicador": "mindicador.cl", "fred": "FRED", "cache": "Cache"}.get(source, source)
+    return {
+        "yahoo": "Yahoo Finance",
+        "mindicador": "mindicador.cl",
+        "fred": "FRED",
+        "cache": "Cache",
+        "seed": "Seed",
+    }.get(source, source)
 
 
-def _settle(name: str, label: str, config: Config, path: Path, cache: Result, chosen: Result, results: list[Result], now: datetime) -> Series:
+def _settle(
+    name: str,
+    label: str,
+    config: Config,
+    path: Path,
+    cache: Result,
+    chosen: Result,
+    results: list[Result],
+    now: datetime,
+) -> Series:
     notes = tuple(n for r in results for n in r.notes)
-    failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source != "cache")
+    failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
+    rejected = tuple(
+        Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
+    )
     if not chosen.ok:
         if name == "copper":
             log.error("All copper sources failed: continuing without copper (forecasts degraded)")
         else:
             log.error("All USD/CLP sources failed: %s", chosen.error)
-        return Series(name, None, "none", notes=failures + notes, error=chosen.error)
-    if chosen.source == "cache":
-        age = (now.date() - chosen.frame[DATE].max()).days
-        if config.offline:
-            log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, chosen.frame[DATE].max())
+        return Series(
+            name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
+        )
+    last = chosen.frame[DATE].max()
+    age = (now.date() - last).days
+    leeway = (
+        75 if chosen.frequency == "monthly" else 0
+    )  # INFO: as in first_good: a monthly series lags by up to two months
+    stale = (
+        (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),)
+        if age > max(config.max_age_days, leeway)
+        else ()
+    )
+    if stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
+        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    reasons = rejected + cache.degraded
+    if chosen.source in {"cache", "seed"}:
+        if chosen.source == "seed":
+            log.warning(
+                "No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age
+            )
+            reasons += (
+                Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
+            )
+        elif config.offline:
+            log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
+            reasons += (Reason(Degraded.CACHED), *stale)
         else:
-            tried = sum(r.source not in {"cache", "network"} for r in results)
-            log.warning("%s failed, using %d cached %s data points", {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"), chosen.frame.height, label)
-        cached_note = (f"cached data ({age} days old)",)
-        return Series(name, chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT), "cache", notes=failures + notes + cached_note)
+            tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
+            log.warning(
+                "%s failed, using %d cached %s data points",
+                {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
+                chosen.frame.height,
+                label,
+            )
+            reasons += (Reason(Degraded.CACHED), *stale)
+        cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
+        frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
+        return Series(
+            name, frame, chosen.source, notes=failures + notes + cached_note, degraded=reasons, failures=failures
+        )
+    reasons += chosen.degraded + stale
     if chosen.frequency == "monthly":
         log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
-        return Series(name, chosen.frame, chosen.source, "monthly", failures + notes + ("monthly copper (FRED PCOPPUSDM)",))
+        notes = failures + notes + ("monthly copper (FRED PCOPPUSDM)",)
+        return Series(name, chosen.frame, chosen.source, "monthly", notes, degraded=reasons, failures=failures)
     merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
     if chosen.source != "yahoo":
         log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
     write_parquet_atomic(merged, path)
     log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
-    return Series(name, merged, chosen.source, notes=failures + notes)
+    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
 
 
 def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None) -> tuple[Series, Series]:
@@ -2297,8 +2871,10 @@ def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> 
     for series in (usdclp, copper):
         print(format_series_line(series))
         # INFO: an unavailable series' line already lists every source's failure
-        for line in series.notes if series.ok else [n for n in series.notes if " failed: " not in n]:
+        for line in series.notes if series.ok else [n for n in series.notes if n not in series.failures]:
             print(f"  {line}")
+        for reason in dict.fromkeys(map(str, series.degraded)):
+            print(f"  degraded: {reason}")
     return 0 if usdclp.ok else 1
 
 
@@ -2375,7 +2951,7 @@ def cmd_run(
         started = time.perf_counter()
         bundle = build_bundle(usdclp, copper)
         seconds["features"] = time.perf_counter() - started
-        for reason in bundle.degraded:
+        for reason in bundle.degraded_detail:
             log.warning("Degraded run: %s", reason)
         log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
         started = time.perf_counter()
@@ -2796,6 +3372,8 @@ def check_age(
     """Grade a series by the age of its last date (pure)."""
     if last is None:
         return name, missing, "no data"
+    if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
+        return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
     age = (today - last).days
     level: Level = (
         "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
@@ -2812,16 +3390,16 @@ def check_copper(
     )
     if last is None:
         message = "no data: forecasts run without copper"
-    elif rows:
+    elif rows and message.endswith(")"):
         message = f"{message[:-1]}, {rows} rows)"
     said = {
-        "no copper": "the last run had no copper",
-        "stale copper": "the last run had stale copper (no copper model)",
+        Degraded.NO_COPPER: "the last run had no copper",
+        Degraded.STALE_COPPER: "the last run had stale copper (no copper model)",
     }
     found = [said[r] for r in degraded or () if r in said]
     if found and last is not None:
         level, message = "WARNING", f"{found[0]}; data {message}"
-    elif degraded and "monthly copper" in degraded:
+    elif degraded and Degraded.MONTHLY_COPPER in degraded:
         message += "; the last run used monthly FRED copper (degraded)"
     return name, level, message
 
@@ -2909,7 +3487,13 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
 
     if not path.exists():
         return None, 0
-    last, rows = pl.scan_parquet(path).select(pl.col(DATE).max(), pl.len()).collect().row(0)
+    # INFO: a poisoned file can hold year 33658, which Python's date cannot: clip it to a date that says "future"
+    last, rows = (
+        pl.scan_parquet(path)
+        .select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len())
+        .collect()
+        .row(0)
+    )
     return last, rows
 
 
@@ -2980,7 +3564,8 @@ def gather_checks(
                 critical_days=limits.data_critical_days,
                 missing="CRITICAL",
             )
-            checks.append((name, item[1], f"{item[2][:-1]}, {rows} rows)" if rows else item[2]))
+            message = f"{item[2][:-1]}, {rows} rows)" if rows and item[2].endswith(")") else item[2]
+            checks.append((name, item[1], message))
         else:
             checks.append(
                 check_copper(last, rows, latest.get("degraded", []) if latest else None, today=today, limits=limits)
@@ -3035,23 +3620,25 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
     import httpx
 
     probes = [
-        ("yahoo CLP=X", f"{config.yahoo_url}/v8/finance/chart/{USDCLP_SYMBOL}", {"interval": "1d", "range": "5d"}, parse_yahoo_chart),
-        ("yahoo HG=F", f"{config.yahoo_url}/v8/finance/chart/{COPPER_SYMBOL}", {"interval": "1d", "range": "5d"}, parse_yahoo_chart),
-        ("mindicador", f"{config.mindicador_url}/api/dolar", {}, parse_mindicador),
+        (
+            source,
+            f"{getattr(config, source.base)}{source.path}{source.probe[0]}",
+            with_key(source.probe[1], config.fred_api_key),
+        )
+        for series in SOURCES.values()
+        for source in series
+        if config.fred_api_key or not source.key
     ]
-    if config.fred_api_key:
-        params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json", "sort_order": "desc", "limit": "3"}
-        probes.append(("fred", f"{config.fred_url}/fred/series/observations", params, parse_fred_observations))
     found: list[tuple[str, Level, str]] = []
     with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
-        for name, url, params, parse in probes:
+        for source, url, params in probes:
             try:
                 response = client.get(url, params=params)
                 response.raise_for_status()
-                rows = parse(response.json()).height
-                found.append((f"source {name}", "OK", f"{rows} rows"))
+                rows = source.parse(response.json()).height
+                found.append((f"source {source.label}", "OK", f"{rows} rows"))
             except Exception as exc:  # noqa: BLE001 -- every failure is a finding
-                found.append((f"source {name}", "WARNING", describe_error(exc, config.fred_api_key)))
+                found.append((f"source {source.label}", "WARNING", describe_error(exc, config.fred_api_key)))
     return found
 
 # -- CLI -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
 import logging
 import math
@@ -74,7 +76,7 @@ def real_usdclp_payload() -> dict:
     raw = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")
     stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
     quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
-    meta = {"symbol": "CLP=X", "exchangeTimezoneName": "Europe/London"}
+    meta = {"symbol": "CLP=X", "currency": "CLP", "exchangeTimezoneName": "Europe/London"}
     return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
 
 
@@ -93,12 +95,12 @@ def mock_client(handler) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(handler), headers={"User-Agent": fxcu.USER_AGENT})
 
 
-def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York") -> dict:
-    """A Yahoo chart body for a frame of New York (or London) dates, stamped at local midnight."""
+def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York", symbol: str = "HG=F", currency: str = "USD") -> dict:
+    """A Yahoo chart body (HG=F unless told) for a frame of New York (or London) dates, stamped at local midnight."""
     stamps = (
         frame[fxcu.DATE].cast(pl.Datetime("us")).dt.replace_time_zone(tz).dt.convert_time_zone("UTC").dt.epoch("s").to_list()
     )
-    meta = {"exchangeTimezoneName": tz}
+    meta = {"symbol": symbol, "currency": currency, "exchangeTimezoneName": tz}
     quote = {"close": frame[fxcu.CLOSE].to_list()}
     return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
 
@@ -399,6 +401,236 @@ def test_first_good_returns_the_earliest_good_result(results, tail):
         assert not chosen.ok and chosen.error
 
 
+def test_first_good_serves_the_freshest_stale_answer_only_when_asked():
+    older = make_prices(5, start=date(2023, 3, 1))
+    results = [fxcu.Result("yahoo", frame=older), fxcu.Result("mindicador", frame=stale), fxcu.Result("cache", error="no cache")]
+    assert not fxcu.first_good(results, now=NOW, max_age=timedelta(days=5)).ok
+    assert fxcu.first_good(results, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "mindicador"
+    with_good = [*results, fxcu.Result("seed", frame=fresh)]
+    assert fxcu.first_good(with_good, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "seed"
+
+
+# -- Plausibility (issue 10): every fetched frame, and the cache when read ----------------
+# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (../shared/data) in Yahoo's
+# chart shape, changed one way each; the cached history is the real one up to 2024-07-04.
+
+CACHE_END = date(2024, 7, 4)  # the real CLP=X file has no 2024-07-05
+FETCH_DAY = datetime(2024, 7, 16, 12, tzinfo=UTC)
+
+
+@functools.cache
+def clpx_tail_json() -> str:
+    """The last 14 real CLP=X bars (2024-06-26 .. 2024-07-15) as a Yahoo chart body."""
+    body = real_usdclp_payload()
+    result = body["chart"]["result"][0]
+    result["timestamp"] = result["timestamp"][-14:]
+    result["indicators"]["quote"][0] = {k: v[-14:] for k, v in result["indicators"]["quote"][0].items()}
+    return json.dumps(body)
+
+
+HOSTILE = {  # mode -> the Problem the check must name (the issue's table, plus a jump that stays in range)
+    "1e308": fxcu.Problem.OUT_OF_RANGE,
+    "infinity": fxcu.Problem.NOT_FINITE,
+    "last-x10": fxcu.Problem.OUT_OF_RANGE,
+    "last-three-1.0": fxcu.Problem.OUT_OF_RANGE,
+    "copper-under-clp": fxcu.Problem.WRONG_SYMBOL,
+    "duplicated+50%": fxcu.Problem.CONFLICTING_DUPLICATES,
+    "dated-2099": fxcu.Problem.FUTURE_DATE,
+    "year-33658": fxcu.Problem.FUTURE_DATE,
+    "negative-year": fxcu.Problem.TOO_EARLY,
+    "last+50%": fxcu.Problem.JUMP,
+}
+
+
+def hostile_chart(mode: str) -> dict:
+    """A CLP=X chart body gone wrong the way `mode` says (json.dumps writes `Infinity` as Yahoo's JSON would carry it)."""
+    if mode == "copper-under-clp":  # the real HG=F bars of the same days, with HG=F's meta
+        return chart_payload(real_copper().filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 26), date(2024, 7, 15))))
+    body = json.loads(clpx_tail_json())
+    result = body["chart"]["result"][0]
+    stamps, closes = result["timestamp"], result["indicators"]["quote"][0]["close"]
+    if mode == "1e308":
+        closes[-1] = 1e308
+    elif mode == "infinity":
+        closes[-1] = math.inf
+    elif mode == "last-x10":
+        closes[-1] *= 10
+    elif mode == "last-three-1.0":
+        closes[-3:] = [1.0, 1.0, 1.0]
+    elif mode == "last+50%":
+        closes[-1] *= 1.5
+    elif mode == "duplicated+50%":
+        result["timestamp"] = stamps + stamps
+        result["indicators"]["quote"][0] = {"close": closes + [c * 1.5 for c in closes]}
+    elif mode == "dated-2099":
+        stamps[-1] = int(datetime(2099, 1, 5, 23, tzinfo=UTC).timestamp())
+    elif mode == "year-33658":
+        stamps[-1] = 10**12  # 33658-09-27
+    elif mode == "negative-year":
+        stamps[-1] = -62201779200  # -0002-11-26
+    elif mode != "good":
+        raise ValueError(mode)
+    return body
+
+
+def cached_usdclp() -> pl.DataFrame:
+    return real_usdclp().filter(pl.col(fxcu.DATE) <= CACHE_END)
+
+
+def vet(payload: dict, *, history: pl.DataFrame | None = None, now: datetime = FETCH_DAY) -> list:
+    raw = fxcu.parse_yahoo_chart(payload, symbol="CLP=X", currency="CLP")
+    return fxcu.implausible(raw, fxcu.clean_prices(raw).frame, rules=fxcu.USDCLP_RULES, now=now, history=history)
+
+
+def test_implausible_passes_the_real_answer():
+    assert vet(hostile_chart("good"), history=cached_usdclp()) == []
+    assert vet(hostile_chart("good")) == []
+
+
+@pytest.mark.parametrize("mode", list(HOSTILE))
+def test_implausible_names_every_hostile_answer(mode):
+    try:
+        found = vet(hostile_chart(mode), history=cached_usdclp())
+    except fxcu.Implausible as exc:  # meta names another symbol: refused while parsing
+        found = list(exc.findings)
+    assert HOSTILE[mode] in [f.kind for f in found], found
+    assert all(str(f) for f in found)
+
+
+def test_implausible_jump_needs_no_cache_and_dates_the_jump():
+    found = vet(hostile_chart("last+50%"))
+    assert [f.kind for f in found] == [fxcu.Problem.JUMP] and found[0].since == date(2024, 7, 15)
+
+
+def test_implausible_cached_days_revised_beyond_the_limit():
+    history = cached_usdclp().with_columns(pl.when(pl.col(fxcu.DATE) == CACHE_END).then(pl.col(fxcu.CLOSE) * 0.7).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    found = vet(hostile_chart("good"), history=history)
+    assert {f.kind for f in found} == {fxcu.Problem.JUMP} and "1 cached days revised" in str(found[0]) and found[0].since == CACHE_END
+
+
+@pytest.mark.parametrize(("name", "rules"), [("usdclp", fxcu.USDCLP_RULES), ("copper", fxcu.COPPER_RULES)])
+def test_implausible_never_refuses_the_real_histories(name, rules):
+    """Every 20-bar stretch of 18 (CLP=X) and 26 (HG=F) real years, fetched on the next day over the history before it."""
+    frame = real_usdclp() if name == "usdclp" else real_copper()
+    for cut in range(40, frame.height - 20, 20):
+        history, fresh = frame.head(cut), frame.slice(cut - 5, 25)
+        now = datetime.combine(fresh[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+        assert fxcu.implausible(fresh, fresh, rules=rules, now=now, history=history) == [], (name, cut)
+        assert fxcu.implausible(fresh, fresh, rules=rules, now=now) == [], (name, cut)
+
+
+def test_jump_limits_sit_above_the_worst_real_move():
+    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
+        worst = frame[fxcu.CLOSE].log().diff().abs().max()
+        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
+        assert rules.jump < math.log(1.5)
+
+
+def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1)) -> pl.DataFrame:
+    days = [d for d in (start + timedelta(days=k) for k in range(3 * n)) if d.weekday() < 5][:n]
+    return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: level * np.exp(np.cumsum([0.0, *moves[: n - 1]]))})
+
+
+@given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40))
+@settings(max_examples=100, deadline=None)
+def test_implausible_accepts_any_quiet_walk_in_range(n, level, moves):
+    frame = walk(n, level, moves)
+    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
+    assert fxcu.implausible(frame, frame, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n // 2)) == []
+
+
+@given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40), st.floats(0.3, 3.0), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_implausible_refuses_any_last_bar_beyond_the_limit(n, level, moves, extra, up):
+    frame = walk(n, level, moves)
+    factor = math.exp((fxcu.USDCLP_RULES.jump + 0.05 + extra * 0.1) * (1 if up else -1))
+    bad = frame.with_columns(pl.when(pl.int_range(pl.len()) == n - 1).then(pl.col(fxcu.CLOSE) * factor).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
+    kinds = {f.kind for f in fxcu.implausible(bad, bad, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n - 3))}
+    assert kinds & {fxcu.Problem.JUMP, fxcu.Problem.OUT_OF_RANGE}
+
+
+BAD_ROWS = {"null": None, "nan": math.nan, "inf": math.inf, "1e308": 1e308, "negative": -5.0, "tiny": 1.0}
+
+
+@given(st.integers(30, 60), st.lists(st.floats(-0.01, 0.01), min_size=60, max_size=60), st.dictionaries(st.integers(0, 59), st.sampled_from(list(BAD_ROWS)), max_size=6), st.integers(0, 3))
+@settings(max_examples=100, deadline=None)
+def test_repair_drops_exactly_the_bad_rows_and_is_idempotent(n, moves, poison, future):
+    good = walk(n, 900.0, moves)
+    now = datetime.combine(good[fxcu.DATE].max(), datetime.min.time(), UTC)
+    poisoned_at = {i: BAD_ROWS[k] for i, k in poison.items() if i < n}
+    closes = [poisoned_at.get(i, c) if i in poisoned_at else c for i, c in enumerate(good[fxcu.CLOSE].to_list())]
+    ahead = [now.date() + timedelta(days=30 + k) for k in range(future)]  # rows an older release took from a bar dated ahead
+    frame = pl.DataFrame({fxcu.DATE: good[fxcu.DATE].to_list() + ahead, fxcu.CLOSE: closes + [900.0] * future}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64})
+    kept, found = fxcu.repair(frame, rules=fxcu.USDCLP_RULES, now=now)
+    expected = good.filter(~pl.int_range(pl.len()).is_in(list(poisoned_at)))
+    assert kept[fxcu.DATE].to_list() == expected[fxcu.DATE].to_list()
+    assert bool(found) == bool(poisoned_at or future)
+    again, refound = fxcu.repair(kept, rules=fxcu.USDCLP_RULES, now=now)
+    assert again.equals(kept) and refound == []
+
+
+def test_repair_cuts_a_poisoned_tail_and_keeps_a_real_crash():
+    history = real_usdclp()
+    tail = history.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5)  # an older release overwrote the last days at +50%
+    poisoned = pl.concat([history.head(history.height - 3), tail])
+    kept, found = fxcu.repair(poisoned, rules=fxcu.USDCLP_RULES, now=CLP_END)
+    assert kept.equals(history.head(history.height - 3)) and [f.kind for f in found] == [fxcu.Problem.JUMP]
+    copper = real_copper()  # HG=F fell 25% on 2025-07-31 (real): kept
+    kept, found = fxcu.repair(copper, rules=fxcu.COPPER_RULES, now=datetime(2026, 2, 24, tzinfo=UTC))
+    assert kept.equals(copper) and found == []
+
+
+def test_confirms_needs_the_same_closes_on_the_jumped_days():
+    suspect = fxcu.parse_yahoo_chart(hostile_chart("last+50%"))
+    assert fxcu.confirms(suspect, suspect.tail(2), since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)
+    real = fxcu.parse_yahoo_chart(hostile_chart("good"))
+    assert not fxcu.confirms(suspect, real, since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)
+    assert not fxcu.confirms(suspect, real.head(3), since=date(2024, 7, 15), rules=fxcu.USDCLP_RULES)  # no common day
+
+
+def test_parse_yahoo_chart_refuses_another_symbol_or_currency():
+    copper = hostile_chart("copper-under-clp")
+    with pytest.raises(fxcu.Implausible) as caught:
+        fxcu.parse_yahoo_chart(copper, symbol="CLP=X", currency="CLP")
+    assert [f.kind for f in caught.value.findings] == [fxcu.Problem.WRONG_SYMBOL, fxcu.Problem.WRONG_CURRENCY]
+    assert fxcu.parse_yahoo_chart(copper, symbol="HG=F", currency="USD").height == 13  # COMEX closed on July 4
+
+
+def test_read_cache_drops_null_closes_instead_of_rejecting_the_cache(tmp_path):
+    frame = provenance(real_usdclp(), "yahoo")
+    holes = frame.with_columns(pl.when(pl.int_range(pl.len()).is_in([100, 2000, 4600])).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    path = tmp_path / fxcu.USDCLP_CACHE
+    fxcu.write_parquet_atomic(holes, path)
+    result = fxcu.read_cache(path, now=CLP_END, rules=fxcu.USDCLP_RULES)
+    assert result.ok and result.frame.height == frame.height - 3 and result.frame[fxcu.CLOSE].null_count() == 0
+    assert [r.kind for r in result.degraded] == [fxcu.Degraded.REPAIRED]
+    assert pl.read_parquet(path).height == frame.height - 3  # rewritten, and the dropped rows kept aside
+    assert pl.read_parquet(next(tmp_path.glob(f"{fxcu.USDCLP_CACHE}.rejected-*"))).height == 3
+
+
+@pytest.mark.parametrize(("last", "level"), [(date(2099, 1, 5), "CRITICAL"), (date(2026, 11, 27), "OK")])
+def test_check_age_never_calls_a_future_date_fresh(last, level):
+    assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
+
+
+def test_every_source_is_described_once():
+    for series, sources in fxcu.SOURCES.items():
+        assert [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
+    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
+
+
+def test_degraded_reasons_are_values_not_sentences():
+    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
+    series = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
+    bundle = fxcu.build_bundle(series, fxcu.Series("copper", None, "none"))
+    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
+    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
+    reworded = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),))
+    assert fxcu.build_bundle(reworded, fxcu.Series("copper", None, "none")).degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE)
+
+
 # -- Requests and redaction ---------------------------------------------------------
 
 
@@ -669,7 +901,7 @@ def test_fetch_series_usdclp_fallback_merges_into_cache_without_overwriting(tmp_
 
 def test_fetch_series_all_down_uses_cache_and_never_shrinks_it(tmp_path, caplog):
     config = make_config(tmp_path)
-    old = provenance(make_prices(300, start=date(2023, 2, 1)), "yahoo")
+    old = provenance(make_prices(300, start=date(2022, 11, 1)), "yahoo")  # ends before NOW: no future rows
     path = config.warehouse / fxcu.USDCLP_CACHE
     fxcu.write_parquet_atomic(old, path)
     before = path.read_bytes()
@@ -690,7 +922,7 @@ def test_fetch_series_all_down_no_cache_usdclp_fails(tmp_path):
 
 def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
     config = make_config(tmp_path)
-    old = provenance(make_prices(200, start=date(2023, 4, 1)), "yahoo")
+    old = provenance(make_prices(200, start=date(2023, 4, 1), level=4.0), "yahoo")  # copper: USD/lb
     fxcu.write_parquet_atomic(old, config.warehouse / fxcu.COPPER_CACHE)
     last = old[fxcu.DATE].max()
     newer = make_prices(12, start=last - timedelta(days=6), seed=3, level=4.0)
@@ -714,7 +946,7 @@ def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
 def test_library_fetch_usdclp_and_fetch_copper(tmp_path):
     config = make_config(tmp_path)
     usdclp = fxcu.fetch_usdclp(config, now=CLP_END)
-    copper = fxcu.fetch_copper(config, now=CLP_END)
+    copper = fxcu.fetch_copper(config, now=datetime(2026, 2, 24, tzinfo=UTC))  # HG=F runs to 2026: an earlier `now` makes it future-dated
     assert usdclp.ok and usdclp.source == "yahoo" and usdclp.frame.height == 4664
     assert any("2 bad prints" in n for n in usdclp.notes)
     assert copper.ok and copper.source == "yahoo" and copper.frequency == "daily"
@@ -771,10 +1003,10 @@ def test_write_parquet_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
 def _fetch_in_process(args):
     """Run the real fetch_series five times, its Yahoo answering with this process's own dates."""
     data_dir, seed = args
-    config = fxcu.Config(data_dir=Path(data_dir), max_age_days=10, lock_timeout=60)
+    config = fxcu.Config(data_dir=Path(data_dir), max_age_days=1000, lock_timeout=60)
     frame = make_prices(30, start=date(2024, 1, 1) + timedelta(days=seed * 45), seed=seed)
-    payload = chart_payload(frame)
-    now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
+    payload = chart_payload(frame, symbol="CLP=X", currency="CLP")
+    now = datetime(2024, 6, 1, tzinfo=UTC)  # one clock for both: rows after it would be future-dated, and refused
     with mock_client(lambda request: httpx.Response(200, json=payload)) as client:
         for _ in range(5):
             series = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
@@ -819,13 +1051,13 @@ def _hold_lock(path, ready, release):
 def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
     config = make_config(tmp_path)
     fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir)})
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir), "FXCU_SEED": "0"})
     out = capsys.readouterr().out
     assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
 
 
 def test_main_fetch_offline_without_cache_exits_1(tmp_path, capsys):
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
     assert code == 1 and "usdclp: unavailable" in capsys.readouterr().out
 
 
@@ -1346,7 +1578,9 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     for key in ("7d_rmse", "7d_mae", "7d_mape", "7d_ratio_to_naive", "7d_coverage_80", "Naive_rmse", "AutoETS_mape", "copper_ablation_pct", "seconds_backtest", "seconds_fetch", "seconds_clean", "seconds_tracking"):
         assert key in m, key
     assert m["7d_ratio_to_naive"] <= 1.0
-    assert t["fxcu.degraded"] == "cached data" and t["fxcu.degraded.cached_data"] == "true"
+    # the history ends 2024-07-15, older than FXCU_MAX_AGE_DAYS (5): stale as well as cached (issue 10)
+    assert t["fxcu.degraded"] == "cached data,stale data" and t["fxcu.degraded.cached_data"] == "true"
+    assert t["fxcu.degraded.stale_data"] == "true"
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
     names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
@@ -1571,7 +1805,7 @@ def test_run_unknown_horizon_is_one_line_exit_2(capsys):
 
 
 def test_run_without_usdclp_exits_1(tmp_path, capsys):
-    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
     assert code == 1 and "no usable USD/CLP" in capsys.readouterr().err
     assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
 
@@ -2333,10 +2567,11 @@ def yahoo_reply(name: str) -> Reply:
 
 
 def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024)."""
+    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024), no seed."""
     return {
         "FXCU_DATA_DIR": str(data_dir), "FXCU_YAHOO_URL": url, "FXCU_FRED_URL": url, "FXCU_MINDICADOR_URL": url,
-        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30", **extra,
+        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30",
+        "FXCU_SEED": "0", **extra,  # the seed rows (issue 10) turn it on
     }
 
 
@@ -2723,6 +2958,185 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# Hostile sources (issue 10): answers that are well-formed but wrong. Each row is a failed source
+# (the next one answers), says why in the log, in stdout and in `degraded`, and stores nothing wrong.
+
+
+@pytest.fixture
+def hostile_dir(tmp_path, migrated_db) -> Path:
+    """The real warehouse with USD/CLP cut at CACHE_END (so the hostile answer brings new days) and a migrated MLflow db."""
+    folder = tmp_path / "data"
+    write_real_warehouse(folder)
+    path = folder / "warehouse" / fxcu.USDCLP_CACHE
+    fxcu.write_parquet_atomic(pl.read_parquet(path).filter(pl.col(fxcu.DATE) <= CACHE_END), path)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    return folder
+
+
+TOMORROW = date.today() + timedelta(days=1)
+SEEN = {  # mode -> the reason fxcu logs, prints and records (its Finding sentence)
+    "1e308": "1 closes outside 300..2000 CLP per USD (last 1e+308 on 2024-07-15)",
+    "infinity": "1 non-finite closes (first on 2024-07-15)",
+    "last-x10": "1 closes outside 300..2000 CLP per USD (last 8989.52 on 2024-07-15)",
+    "last-three-1.0": "3 closes outside 300..2000 CLP per USD (last 1 on 2024-07-15)",
+    "copper-under-clp": "wrong symbol: asked for CLP=X, meta says 'HG=F'; wrong currency: expected CLP, meta says 'USD'",
+    "duplicated+50%": "14 dates sent twice with closes 41% (log) apart",
+    "dated-2099": f"1 bars dated after {TOMORROW} (last 2099-01-05)",
+    "year-33658": f"1 bars dated after {TOMORROW} (last +33658-09-27)",
+    "negative-year": "1 bars dated before 1984-01-01 (first -0002-11-26)",
+    "last+50%": "newest bars jump 39% (log) on 2024-07-15 to 1348.43, over the credible 16%",
+}
+
+
+def assert_nothing_implausible_stored(data_dir: Path) -> None:
+    stored = pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored[fxcu.CLOSE].is_between(300, 2000).all() and stored[fxcu.DATE].max() <= TOMORROW
+    assert stored[fxcu.DATE].min() >= date(1984, 1, 1) and stored[fxcu.CLOSE].null_count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(SEEN))
+def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, inprocess, mode):
+    before = kept(hostile_dir)
+    with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
+        result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert api.count(YAHOO_CLP) == 1 and api.count(MINDICADOR) == 3  # refused once (no retry), then mindicador 2024..2026
+    assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({SEEN[mode]})" in result.err
+    assert re.search(r"^usdclp: mindicador, \d+ rows, 2006-05-16 \.\. 2026-10-08$", result.out, re.M)
+    assert f"  yahoo failed: {SEEN[mode]}" in result.out and f"  degraded: rejected yahoo USD/CLP: {SEEN[mode]}" in result.out
+    after = assert_nothing_lost(before, hostile_dir, db_unchanged=True)  # copper grew: HG=F answered well
+    stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert (stored.filter(pl.col(fxcu.DATE) > CACHE_END)[fxcu.SOURCE] == "mindicador").all()  # not one Yahoo bar merged
+    assert stored.filter(pl.col(fxcu.DATE) <= CACHE_END).equals(pl.read_parquet(io.BytesIO(before.files[fxcu.USDCLP_CACHE])))
+    assert len(after.dates[fxcu.USDCLP_CACHE]) == len(before.dates[fxcu.USDCLP_CACHE]) + 31
+    assert_nothing_implausible_stored(hostile_dir)
+    assert_key_nowhere(hostile_dir, result)
+
+
+@pytest.mark.slow
+def test_hostile_copper_chart_under_clpx_is_refused_on_a_fresh_install(tmp_path, inprocess):
+    """No cache and no seed: the meta check alone stops copper's 5.8 becoming the peso's price."""
+    data = tmp_path / "empty"
+    with FakeSources(routes(clp=Reply(body=json.dumps(chart_payload(real_copper()))))) as api:
+        result = inprocess(["fetch"], fault_env(data, api.url))
+    assert result.code == 0 and "Yahoo Finance USD/CLP fetch failed (wrong symbol: asked for CLP=X, meta says 'HG=F'" in result.err
+    assert "usdclp: mindicador, 31 rows, 2026-08-26 .. 2026-10-08" in result.out
+    assert_nothing_implausible_stored(data)
+
+
+@pytest.mark.slow
+def test_hostile_jump_confirmed_by_the_next_source_is_accepted(hostile_dir, inprocess):
+    """A +50% last bar that mindicador shows too is real: Yahoo's answer is stored, not refused."""
+    body = hostile_chart("last+50%")
+    quote = body["chart"]["result"][0]
+    day = fxcu.parse_yahoo_chart(body).tail(1).row(0, named=True)  # 2024-07-15 at 1348.43
+    fecha = datetime.combine(day[fxcu.DATE], datetime.min.time()).replace(hour=4).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    mindicador = {**load_json("mindicador", "dolar_200_last31.json"), "serie": [{"fecha": fecha, "valor": round(day[fxcu.CLOSE] * 1.01, 2)}]}
+    assert quote["indicators"]["quote"][0]["close"][-1] == day[fxcu.CLOSE]
+    with FakeSources(routes(clp=Reply(body=json.dumps(body)), mindicador=Reply(body=json.dumps(mindicador)))) as api:
+        result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
+    assert result.code == 0 and "Yahoo Finance USD/CLP: the jump from 2024-07-15 is confirmed by mindicador.cl" in result.err
+    assert re.search(r"^usdclp: yahoo, \d+ rows, 2006-05-16 \.\. 2024-07-15$", result.out, re.M)
+    assert "  yahoo: jump from 2024-07-15 confirmed by mindicador" in result.out and "rejected" not in result.out
+    stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored.filter(pl.col(fxcu.DATE) == day[fxcu.DATE])[fxcu.CLOSE].item() == day[fxcu.CLOSE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["infinity", "year-33658", "negative-year"])
+def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode):
+    """Section 2's bad values: no crash, no exit 1, status.json says what happened, and the next run works."""
+    with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
+        first = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
+    assert first.code == 0 and "Traceback" not in first.err, first.err
+    assert "sources: usdclp mindicador, copper yahoo (daily)" in first.out and f"rejected yahoo USD/CLP: {SEEN[mode]}" in first.out
+    status = json.loads((hostile_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and "rejected source" in status["degraded"]
+    assert any(f"rejected yahoo USD/CLP: {SEEN[mode]}" in line for line in (hostile_dir / "reports").glob("*.md").__next__().read_text().splitlines())
+    with FakeSources(good_routes()) as api:
+        second = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
+    assert second.code == 0 and "sources: usdclp yahoo, copper yahoo (daily)" in second.out and "rejected" not in second.out
+    status = json.loads((hostile_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and status["tracked"] and "rejected source" not in status["degraded"]
+    assert_nothing_implausible_stored(hostile_dir)
+    assert mlflow_runs(hostile_dir) == 2
+
+
+@pytest.mark.slow
+def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
+    """A warehouse an older release wrote from bad answers: a 2099 bar at 1e308, the last 3 days at +50%, a null close."""
+    path = data_dir / "warehouse" / fxcu.USDCLP_CACHE
+    real = pl.read_parquet(path)
+    poisoned = pl.concat([
+        real.head(real.height - 3).with_columns(pl.when(pl.int_range(pl.len()) == 1000).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)),
+        real.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5),
+        real.tail(1).with_columns(pl.lit(date(2099, 1, 5)).alias(fxcu.DATE), pl.lit(1e308).alias(fxcu.CLOSE)),
+    ])
+    fxcu.write_parquet_atomic(poisoned, path)
+    assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2
+    assert "CRITICAL usdclp data: last 2099-01-05 is in the future: the file holds implausible rows" in capsys.readouterr().out
+    offline = inprocess(["fetch", "--offline"], fault_env(data_dir, closed_url()))
+    assert offline.code == 0 and "WARNING fxcu: Cache usdclp.parquet held rows that cannot be right (1 rows null closes; 1 rows dated after" in offline.err
+    assert f"usdclp: cache, {real.height - 4} rows, 2006-05-16 .. 2024-07-10" in offline.out and "  degraded: repaired cache: usdclp.parquet dropped " in offline.out
+    repaired = pl.read_parquet(path)
+    assert repaired.equals(real.head(real.height - 3).filter(pl.int_range(pl.len()) != 1000))
+    assert pl.read_parquet(next(path.parent.glob("usdclp.parquet.rejected-*"))).height == 5  # kept for a post-mortem
+    assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2  # still CRITICAL: 2024 is old; but not "in the future"
+    assert "usdclp data: last 2024-07-10 (" in capsys.readouterr().out
+    with FakeSources(good_routes()) as api:
+        live = inprocess(["fetch"], fault_env(data_dir, api.url))
+    assert live.code == 0 and "usdclp: yahoo, 4664 rows, 2006-05-16 .. 2024-07-15" in live.out
+    assert pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE))  # every dropped day back, real
+
+
+@pytest.mark.slow
+def test_stale_sources_without_a_cache_serve_the_freshest_loudly(tmp_path, inprocess):
+    """Every source answers with old data and there is no cache: the freshest is served, said to be stale, exit 0."""
+    data = tmp_path / "empty"
+    with FakeSources(good_routes()) as api:
+        result = inprocess(["fetch"], fault_env(data, api.url, FXCU_MAX_AGE_DAYS="5"))
+    age = (date.today() - date(2026, 10, 8)).days
+    assert result.code == 0 and "Traceback" not in result.err
+    assert "usdclp: mindicador, 31 rows, 2026-08-26 .. 2026-10-08" in result.out
+    assert f"  degraded: stale: USD/CLP last date 2026-10-08, {age} days old" in result.out
+    assert f"WARNING fxcu: Serving stale USD/CLP data: last date 2026-10-08, {age} days old" in result.err
+
+
+@pytest.mark.slow
+def test_seed_first_run_without_network_forecasts_from_the_seed(tmp_path, migrated_db):
+    """A fresh clone, no network: `python fxcu.py run 7d` forecasts from data/seed and says so."""
+    data = tmp_path / "data"
+    (data / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, data / "mlflow" / "mlflow.db")
+    env = {k: v for k, v in fault_env(data, closed_url()).items() if k not in {"FXCU_SEED", "FXCU_MAX_AGE_DAYS"}}
+    result = cli(["run", "7d", "--skip-email"], env, tmp_path, timeout=300)
+    age = (date.today() - date(2024, 7, 15)).days
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "USD/CLP 7d: last 898.95 on 2024-07-15 -> " in result.out and "sources: usdclp seed, copper seed (daily)" in result.out
+    assert f"seed history: USD/CLP from the shipped seed, last date 2024-07-15, {age} days old" in result.out
+    assert f"WARNING fxcu: No USD/CLP history yet: starting from the shipped seed (last date 2024-07-15, {age} days old)" in result.err
+    assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists()  # the seed is read, never copied as if fetched
+
+
+@pytest.mark.slow
+def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, inprocess):
+    data = tmp_path / "data"
+    env = {**fault_env(data, "http://unused"), "FXCU_SEED": "1"}
+    with FakeSources(good_routes()) as api:
+        result = inprocess(["fetch"], {**env, "FXCU_YAHOO_URL": api.url, "FXCU_MINDICADOR_URL": api.url, "FXCU_FRED_URL": api.url})
+    assert result.code == 0, result.err
+    seed_end = {"CLP=X": date(2024, 7, 15), "HG=F": date(2026, 2, 23)}
+    for route, symbol in ((YAHOO_CLP, "CLP=X"), (YAHOO_HG, "HG=F")):
+        (query,) = api.queries(route)
+        asked_from = datetime.fromtimestamp(int(query["period1"]), UTC).date()
+        assert "range" not in query and asked_from == seed_end[symbol] - timedelta(days=fxcu.OVERLAP_DAYS)
+    assert api.count(MINDICADOR) == 0 and api.count(FRED) == 0
+    stored = pl.read_parquet(data / "warehouse" / fxcu.USDCLP_CACHE)
+    assert stored[fxcu.DATE].min() == date(2006, 5, 16) and set(stored[fxcu.SOURCE]) == {"yahoo"}  # live values replace the seed's
 
 
 # -- More CLI behaviour ----------------------------------------------------------------
