@@ -1422,7 +1422,9 @@ class BrowserTransport:
             self.impersonating, self.detail = True, f"{DEFAULT_CHROME} TLS fingerprint (curl_cffi {curl_version})"
         except (ImportError, OSError) as exc:  # OSError: a wheel whose libcurl-impersonate cannot load here
             self.impersonating, self.detail = False, f"curl_cffi could not load ({type(exc).__name__}: {exc})"
-            log.warning("Browser TLS fingerprint unavailable, Yahoo requests use plain httpx and may draw 429s: %s", self.detail)
+            log.warning(
+                "Browser TLS fingerprint unavailable, Yahoo requests use plain httpx and may draw 429s: %s", self.detail
+            )
             self.inner = httpx.HTTPTransport(proxy=self.proxy, verify=True, trust_env=True)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -1438,12 +1440,14 @@ class BrowserTransport:
         if limits.get("connect") and limits.get("read"):
             # INFO: curl_cffi turns (connect, read) into one limit of connect + read seconds on the whole request:
             # keep it to httpx's read timeout, so fetch_json's budget-trimmed timeout still ends the request in time
-            request.extensions = {**request.extensions, "timeout": {**limits, "read": max(limits["read"] - limits["connect"], 0.0)}}
+            read = max(limits["read"] - limits["connect"], 0.0)
+            request.extensions = {**request.extensions, "timeout": {**limits, "read": read}}
         try:
             return self.inner.handle_request(request)
         except httpx.RequestError as exc:
             # INFO: httpx-curl-cffi raises a bare TimeoutException (libcurl has one code for both) and a bare
-            # RequestError for codes it does not map (52 empty reply, 16/92 HTTP/2, 60 certificate): name them as httpx does
+            # RequestError for codes it does not map (52 empty reply, 16/92 HTTP/2, 60 certificate): name them as
+            # httpx's own transport would, so that tenacity retries them and describe_error words them alike
             if type(exc) is httpx.TimeoutException:
                 connecting = "Connection timed out" in str(exc) or "Resolving timed out" in str(exc)
                 raise (httpx.ConnectTimeout if connecting else httpx.ReadTimeout)(str(exc), request=request) from exc
@@ -1503,7 +1507,8 @@ class YahooSession:
         """Which transport Yahoo requests used, in words."""
         if self.transport is None:
             return "plain httpx (FXCU_HTTP_IMPERSONATE=off)"
-        return self.transport.detail if self.transport.impersonating is not False else f"plain httpx: {self.transport.detail}"
+        detail = self.transport.detail
+        return detail if self.transport.impersonating is not False else f"plain httpx: {detail}"
 
     def level(self) -> Level:
         """WARNING when Yahoo went without the browser fingerprint it was meant to have, or refused a crumb."""
@@ -1532,15 +1537,18 @@ class YahooSession:
             return
         if not asks_for_crumb(response.status_code, response.read().decode(errors="replace")):
             return
-        log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them as a browser does, then retrying once", response.status_code)
+        log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
         self._cookies = httpx.Cookies()
-        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in {"host", "cookie", "content-length"}]
+        # INFO: requests made here skip the client's header and cookie merging: carry the request's own headers
+        skip = {"host", "cookie", "content-length"}
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in skip]
+        same = {"headers": headers, "extensions": request.extensions}  # extensions: the (budget-trimmed) timeout
         done = False
         try:
-            cookie_answer = yield httpx.Request("GET", self.config.yahoo_cookie_url, headers=headers, extensions=request.extensions)
+            cookie_answer = yield httpx.Request("GET", self.config.yahoo_cookie_url, **same)
             for answer in (*cookie_answer.history, cookie_answer):  # INFO: fc.yahoo.com sets the cookie on a 404
                 self._cookies.extract_cookies(answer)
-            ask = httpx.Request("GET", f"{self.config.yahoo_url}{YAHOO_CRUMB_PATH}", headers=headers, extensions=request.extensions)
+            ask = httpx.Request("GET", f"{self.config.yahoo_url}{YAHOO_CRUMB_PATH}", **same)
             self._cookies.set_cookie_header(ask)
             crumb_answer = yield ask
             done = True
@@ -1554,8 +1562,8 @@ class YahooSession:
             log.warning("Yahoo refused a crumb (%s): retrying once without, and asking no more this run", self.refusal)
         else:
             self.crumb_state, self.refusal = "fetched", None
-        url = request.url.copy_merge_params({"crumb": self.crumb}) if self.crumb else request.url
-        retry = httpx.Request(request.method, url, headers=headers, extensions=request.extensions)
+        url = request.url.copy_merge_params({"crumb": self.crumb}) if self.crumb else request.url.copy_remove_param("crumb")
+        retry = httpx.Request(request.method, url, **same)
         self._cookies.set_cookie_header(retry)
         yield retry
 
@@ -1570,7 +1578,8 @@ def make_client(config: Config, yahoo: YahooSession | None = None) -> httpx.Clie
 
     yahoo = yahoo or YahooSession(config)
     auth = httpx.Auth()
-    auth.auth_flow = yahoo.auth_flow  # type: ignore[method-assign]  # INFO: an instance hook keeps httpx out of `import fxcu`
+    # INFO: httpx.Auth's hook set on an instance, so that `import fxcu` needs no httpx for a subclass
+    auth.auth_flow = yahoo.auth_flow  # type: ignore[method-assign]
     return httpx.Client(
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": USER_AGENT, "Accept": "application/json"},

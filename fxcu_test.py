@@ -2608,7 +2608,7 @@ def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(
     assert paths == [YAHOO_CLP, "/fc", fxcu.YAHOO_CRUMB_PATH, YAHOO_CLP, YAHOO_HG]  # one retry, then the crumb is reused
     assert [f"crumb={CRUMB}" in p for p in api.requests] == [False, False, False, True, True]
     assert session.crumb_state == "fetched" and session.level() == "OK"
-    assert "Yahoo asked for a cookie and crumb (HTTP 401)" in caplog.text
+    assert "Yahoo asked for a cookie and crumb (HTTP 401): fetching them, retrying once" in caplog.text
     assert CRUMB not in caplog.text and "fxcu-test-cookie" not in caplog.text and CRUMB not in repr(session)
     for path in config.data_dir.rglob("*"):  # never on disk
         assert not path.is_file() or (CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes())
