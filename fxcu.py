@@ -1448,12 +1448,14 @@ class BrowserTransport:
             # INFO: httpx-curl-cffi raises a bare TimeoutException (libcurl has one code for both) and a bare
             # RequestError for codes it does not map (52 empty reply, 16/92 HTTP/2, 60 certificate): name them as
             # httpx's own transport would, so that tenacity retries them and describe_error words them alike
-            if type(exc) is httpx.TimeoutException:
-                connecting = "Connection timed out" in str(exc) or "Resolving timed out" in str(exc)
-                raise (httpx.ConnectTimeout if connecting else httpx.ReadTimeout)(str(exc), request=request) from exc
-            if type(exc) is httpx.RequestError:
-                raise httpx.NetworkError(str(exc), request=request) from exc
-            raise
+            # and one line without curl_cffi's boilerplate ("Failed to perform, ... See https://curl.se/...")
+            text = re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", str(exc))
+            kind: type[httpx.RequestError] = type(exc)
+            if kind is httpx.TimeoutException:
+                kind = httpx.ConnectTimeout if "Connection timed out" in text or "Resolving timed out" in text else httpx.ReadTimeout
+            elif kind is httpx.RequestError:
+                kind = httpx.NetworkError
+            raise kind(text, request=request) from exc
 
     def close(self) -> None:
         if self.inner is not None:

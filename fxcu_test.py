@@ -624,6 +624,13 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
+# curl_cffi 0.17's message for a refused connection, verbatim
+CURL_REFUSED = (
+    "Failed to perform, curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server. "
+    "See https://curl.se/libcurl/c/libcurl-errors.html first for more details."
+)
+
+
 class RecordingTransport:
     """Stands in for curl_cffi's transport: records each request, answers 200 or raises `error`."""
 
@@ -663,13 +670,22 @@ def test_browser_transport_keeps_httpx_timeouts_and_lets_chrome_send_its_own_hea
         (httpx.TimeoutException("Failed to perform, curl: (28) Operation timed out after 7500 milliseconds with 0 bytes received"), httpx.ReadTimeout),
         (httpx.RequestError("Failed to perform, curl: (52) Empty reply from server"), httpx.NetworkError),
         (httpx.RequestError("Failed to perform, curl: (60) SSL certificate problem: self-signed certificate"), httpx.NetworkError),
-        (httpx.ConnectError("Failed to perform, curl: (7) Failed to connect"), httpx.ConnectError),
+        (httpx.ConnectError(CURL_REFUSED), httpx.ConnectError),
     ],
 )
 def test_browser_transport_names_curl_errors_as_httpx_does(raised, expected):
     with httpx.Client(transport=impersonating(RecordingTransport(raised))) as client, pytest.raises(httpx.HTTPError) as caught:
         client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
     assert type(caught.value) is expected and fxcu._is_transient(caught.value)  # retried like httpx's own errors
+    assert str(caught.value).startswith("curl: (") and "curl.se" not in str(caught.value)  # one line, no boilerplate
+
+
+def test_browser_transport_curl_error_reads_as_one_short_line():
+    with httpx.Client(transport=impersonating(RecordingTransport(httpx.ConnectError(CURL_REFUSED)))) as client:
+        with pytest.raises(httpx.ConnectError) as caught:
+            client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
+    text = fxcu.describe_error(caught.value, None)
+    assert text == "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server.)"
 
 
 def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
@@ -2429,7 +2445,9 @@ def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inp
 @pytest.mark.parametrize("args", [["fetch"], ["run", "7d"]], ids=["fetch", "run"])
 def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inprocess, args):
     data = tmp_path / "empty"
-    result = inprocess(args, fault_env(data, closed_url()))
+    # INFO: the three sources share one closed port here, so Yahoo's curl_cffi mount would carry all of them: the
+    # wording asserted is httpx's (curl's own is checked in test_browser_transport_names_curl_errors_as_httpx_does)
+    result = inprocess(args, fault_env(data, closed_url(), FXCU_HTTP_IMPERSONATE="off"))
     assert result.code == 1 and "Traceback" not in result.err
     refused = "connection error (ConnectError: [Errno 111] Connection refused)"
     why = f"yahoo: {refused}; mindicador: {refused}; cache: no cache at {data / 'warehouse' / fxcu.USDCLP_CACHE}"
@@ -2655,6 +2673,17 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
         with fxcu.make_client(config) as client:
             result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
     assert not result.ok and "connection error" in result.error and api.requests == []
+
+
+def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
+    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
+    with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
+        config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
+        with fxcu.make_client(config) as client:
+            assert fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW).ok
+            assert fxcu.fetch_mindicador(config, client, no_wait_fetch(config), since=None, now=CLP_END).ok
+    assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
+    assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
 
 
 def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, monkeypatch, caplog):
