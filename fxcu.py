@@ -1452,7 +1452,8 @@ class BrowserTransport:
             text = re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", str(exc))
             kind: type[httpx.RequestError] = type(exc)
             if kind is httpx.TimeoutException:
-                kind = httpx.ConnectTimeout if "Connection timed out" in text or "Resolving timed out" in text else httpx.ReadTimeout
+                connecting = "Connection timed out" in text or "Resolving timed out" in text
+                kind = httpx.ConnectTimeout if connecting else httpx.ReadTimeout
             elif kind is httpx.RequestError:
                 kind = httpx.NetworkError
             raise kind(text, request=request) from exc
@@ -1564,7 +1565,8 @@ class YahooSession:
             log.warning("Yahoo refused a crumb (%s): retrying once without, and asking no more this run", self.refusal)
         else:
             self.crumb_state, self.refusal = "fetched", None
-        url = request.url.copy_merge_params({"crumb": self.crumb}) if self.crumb else request.url.copy_remove_param("crumb")
+        url = request.url.copy_remove_param("crumb")
+        url = url.copy_merge_params({"crumb": self.crumb}) if self.crumb else url
         retry = httpx.Request(request.method, url, **same)
         self._cookies.set_cookie_header(retry)
         yield retry
