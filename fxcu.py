@@ -1386,10 +1386,13 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     return redact(text, secret)
 
 
-def _origin(url: str) -> str:
+def _origin(url: str) -> str | None:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # INFO: a malformed base URL fails its source on request (InvalidURL), never the client
+        return None
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -1472,12 +1475,16 @@ class BrowserTransport:
 
 def yahoo_transport(config: Config) -> BrowserTransport | None:
     """The transport for Yahoo's hosts: a browser fingerprint unless FXCU_HTTP_IMPERSONATE=off (then plain httpx)."""
+    import urllib.parse
     import urllib.request
 
     if config.impersonate == "off":
         return None
     # INFO: httpx reads proxies and SSL_CERT_FILE from the environment only for its own transports: do the same here
-    host = urllib.request.urlparse(config.yahoo_url).hostname or ""
+    try:
+        host = urllib.parse.urlsplit(config.yahoo_url).hostname or ""
+    except ValueError:  # a malformed URL: its requests fail as InvalidURL
+        host = ""
     proxies = urllib.request.getproxies()
     proxy = None if urllib.request.proxy_bypass(host) else proxies.get("https") or proxies.get("all")
     return BrowserTransport(proxy, os.environ.get("SSL_CERT_FILE") or True)
@@ -1497,7 +1504,7 @@ class YahooSession:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.transport = yahoo_transport(config)
-        self.origins = {_origin(config.yahoo_url), _origin(config.yahoo_cookie_url)}
+        self.origins = {o for o in (_origin(config.yahoo_url), _origin(config.yahoo_cookie_url)) if o}
         self.crumb: str | None = None
         self.crumb_state: CrumbState = "not asked"
         self.refusal: str | None = None
