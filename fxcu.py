@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Self
 
 if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
     import httpx
@@ -38,6 +38,8 @@ __version__ = "0.1.0"
 log = logging.getLogger("fxcu")
 # INFO: httpx logs every request URL at INFO, query string (the FRED key) included.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+# INFO: httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 # -- Constants & config ------------------------------------------------------------
 
@@ -64,6 +66,9 @@ NEWEST_BARS = 10
 # The small real history shipped with fxcu (data/seed/README.md): an empty warehouse starts from it.
 SEED_DIR = Path(__file__).resolve().parent / "data" / "seed"
 YAHOO_URL, FRED_URL, MINDICADOR_URL = "https://query1.finance.yahoo.com", "https://api.stlouisfed.org", "https://mindicador.cl"
+# Where a browser gets Yahoo's cookie (an A3 cookie on a 404 page) before asking for a crumb, as yfinance does.
+YAHOO_COOKIE_URL, YAHOO_CRUMB_PATH = "https://fc.yahoo.com", "/v1/test/getcrumb"
+IMPERSONATE: tuple[str, ...] = ("chrome", "off")  # FXCU_HTTP_IMPERSONATE: Yahoo's TLS fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class Config:
 
     data_dir: Path
     yahoo_url: str = YAHOO_URL
+    yahoo_cookie_url: str = YAHOO_COOKIE_URL
+    impersonate: Literal["chrome", "off"] = "chrome"  # Yahoo requests present Chrome's TLS fingerprint (curl_cffi)
     fred_url: str = FRED_URL
     mindicador_url: str = MINDICADOR_URL
     fred_api_key: str | None = field(default=None, repr=False)
@@ -96,9 +103,17 @@ class Config:
         """Build the config from environment variables (FXCU_*, FRED_API_KEY)."""
         default_dir = Path(__file__).resolve().parent / "data"
         data_dir = Path(environ.get("FXCU_DATA_DIR") or default_dir).expanduser().resolve()
+        yahoo_url = environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/")
+        impersonate = environ.get("FXCU_HTTP_IMPERSONATE", "chrome").strip().lower() or "chrome"
+        if impersonate not in IMPERSONATE:
+            raise ConfigError(f"FXCU_HTTP_IMPERSONATE={impersonate!r} is not one of {', '.join(IMPERSONATE)}")
+        # INFO: a Yahoo mirror or test server set in FXCU_YAHOO_URL serves the cookie too, not fc.yahoo.com
+        cookie_url = environ.get("FXCU_YAHOO_COOKIE_URL") or (YAHOO_COOKIE_URL if yahoo_url == YAHOO_URL else yahoo_url)
         return cls(
             data_dir=data_dir,
-            yahoo_url=environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/"),
+            yahoo_url=yahoo_url,
+            yahoo_cookie_url=cookie_url.rstrip("/"),
+            impersonate=impersonate,  # type: ignore[arg-type]
             fred_url=environ.get("FXCU_FRED_URL", FRED_URL).rstrip("/"),
             mindicador_url=environ.get("FXCU_MINDICADOR_URL", MINDICADOR_URL).rstrip("/"),
             fred_api_key=environ.get("FRED_API_KEY") or None,
@@ -1841,11 +1856,30 @@ def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2)
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Remove a secret and any `api_key=` query value from text meant for logs or errors."""
-    text = re.sub(r"(api_key=)[^&\s'\"]+", r"\1***", text)
+    """Remove a secret and any `api_key=` or `crumb=` query value from text meant for logs or errors."""
+    text = re.sub(r"((?:api_key|crumb)=)[^&\s'\"]+", r"\1***", text)
     if secret:
         text = text.replace(secret, "***")
     return text
+
+
+# Yahoo asks for a cookie and crumb with one of these statuses and one of these phrases in the body:
+# 401 `{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}`,
+# 429 `Too Many Requests` (plain text, shared/data/yahoo/ERRORS_AND_429.md).
+CRUMB_STATUSES = (401, 403, 429)
+CRUMB_ASKS = ("invalid crumb", "unauthorized", "too many requests")
+
+
+def asks_for_crumb(status: int, body: str) -> bool:
+    """True when a Yahoo answer is a 401, 403 or 429 whose body asks for a cookie and crumb."""
+    return status in CRUMB_STATUSES and any(phrase in body.lower() for phrase in CRUMB_ASKS)
+
+
+def crumb_from(status: int, body: str) -> str | None:
+    """The crumb in a getcrumb answer, or None when Yahoo refused one (an error status, HTML or prose)."""
+    crumb = body.strip()
+    # INFO: a refusal comes back as 200 HTML or as text like "Edge: Too Many Requests"; a crumb is one short token
+    return crumb if status == 200 and re.fullmatch(r"[A-Za-z0-9./_-]{1,64}", crumb) else None
 
 
 # -- Core: the sources, each described in one place ------------------------------------
@@ -2046,14 +2080,217 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     return redact(text, secret)
 
 
-def make_client(config: Config) -> httpx.Client:
-    """The one HTTP client of a run: timeouts, a browser User-Agent, redirects followed."""
+def _origin(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # INFO: a malformed base URL fails its source on request (InvalidURL), never the client
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class BrowserTransport:
+    """An httpx transport that presents Chrome's TLS and HTTP/2 fingerprint (curl_cffi through httpx-curl-cffi).
+
+    curl_cffi is loaded on the first request, so `import fxcu`, `--help` and `check` never pay for it. Where it
+    cannot load, one warning is logged and the requests go through plain httpx.
+    """
+
+    def __init__(self, proxy: str | None, verify: str | bool) -> None:
+        self.proxy, self.verify = proxy, verify
+        self.inner: Any = None
+        self.impersonating: bool | None = None  # None until the first request
+        self.detail = "not used yet"
+
+    def _load(self) -> None:
+        import httpx
+
+        try:
+            from curl_cffi import __version__ as curl_version
+            from curl_cffi.requests.impersonate import DEFAULT_CHROME
+            from httpx_curl_cffi import CurlTransport
+
+            # INFO: default_headers: curl sends the impersonated Chrome's own headers, User-Agent included
+            self.inner = CurlTransport(impersonate="chrome", default_headers=True, proxy=self.proxy, verify=self.verify)
+            # INFO: unstreamed, curl_cffi bounds the whole request in milliseconds; streamed, it bounds stalls in
+            # whole seconds (LOW_SPEED_TIME), which would stretch a 0.3 s budget-trimmed timeout to 1 s
+            self.inner._stream_enabled = False
+            self.impersonating, self.detail = True, f"{DEFAULT_CHROME} TLS fingerprint (curl_cffi {curl_version})"
+        except (ImportError, OSError) as exc:  # OSError: a wheel whose libcurl-impersonate cannot load here
+            self.impersonating, self.detail = False, f"curl_cffi could not load ({type(exc).__name__}: {exc})"
+            log.warning(
+                "Browser TLS fingerprint unavailable, Yahoo requests use plain httpx and may draw 429s: %s", self.detail
+            )
+            self.inner = httpx.HTTPTransport(proxy=self.proxy, verify=True, trust_env=True)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        import httpx
+
+        if self.inner is None:
+            self._load()
+        if not self.impersonating:
+            return self.inner.handle_request(request)
+        for name in ("User-Agent", "Accept"):  # the client's Chrome 131 User-Agent would contradict the fingerprint
+            request.headers.pop(name, None)
+        limits = request.extensions.get("timeout") or {}
+        if limits.get("connect") and limits.get("read"):
+            # INFO: curl_cffi turns (connect, read) into one limit of connect + read seconds on the whole request:
+            # keep it to httpx's read timeout, so fetch_json's budget-trimmed timeout still ends the request in time
+            read = max(limits["read"] - limits["connect"], 0.0)
+            request.extensions = {**request.extensions, "timeout": {**limits, "read": read}}
+        try:
+            return self.inner.handle_request(request)
+        except httpx.RequestError as exc:
+            # INFO: httpx-curl-cffi raises a bare TimeoutException (libcurl has one code for both) and a bare
+            # RequestError for codes it does not map (52 empty reply, 16/92 HTTP/2, 60 certificate): name them as
+            # httpx's own transport would, so that tenacity retries them and describe_error words them alike
+            # and one line without curl_cffi's boilerplate ("Failed to perform, ... See https://curl.se/...")
+            text = re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", str(exc))
+            kind: type[httpx.RequestError] = type(exc)
+            if kind is httpx.TimeoutException:
+                connecting = "Connection timed out" in text or "Resolving timed out" in text
+                kind = httpx.ConnectTimeout if connecting else httpx.ReadTimeout
+            elif kind is httpx.RequestError:
+                kind = httpx.NetworkError
+            raise kind(text, request=request) from exc
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def yahoo_transport(config: Config) -> BrowserTransport | None:
+    """The transport for Yahoo's hosts: a browser fingerprint unless FXCU_HTTP_IMPERSONATE=off (then plain httpx)."""
+    import urllib.parse
+    import urllib.request
+
+    if config.impersonate == "off":
+        return None
+    # INFO: httpx reads proxies and SSL_CERT_FILE from the environment only for its own transports: do the same here
+    try:
+        host = urllib.parse.urlsplit(config.yahoo_url).hostname or ""
+    except ValueError:  # a malformed URL: its requests fail as InvalidURL
+        host = ""
+    proxies = urllib.request.getproxies()
+    proxy = None if urllib.request.proxy_bypass(host) else proxies.get("https") or proxies.get("all")
+    return BrowserTransport(proxy, os.environ.get("SSL_CERT_FILE") or True)
+
+
+CrumbState = Literal["not asked", "fetched", "refused"]
+
+
+class YahooSession:
+    """A run's Yahoo side: its transport, and the cookie and crumb Yahoo asked for (in memory only, never logged).
+
+    `auth_flow` is httpx's auth hook: a Yahoo answer of 401, 403 or 429 that asks for a crumb makes it fetch a
+    cookie (fc.yahoo.com) and a crumb (getcrumb) as a browser does, then retry the request once. Later requests
+    carry the crumb. If Yahoo refuses a crumb, no further crumb is asked this run.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.transport = yahoo_transport(config)
+        self.origins = {o for o in (_origin(config.yahoo_url), _origin(config.yahoo_cookie_url)) if o}
+        self.crumb: str | None = None
+        self.crumb_state: CrumbState = "not asked"
+        self.refusal: str | None = None
+        self._cookies: Any = None  # httpx.Cookies, made on first use
+
+    def __repr__(self) -> str:  # INFO: never the crumb
+        return f"YahooSession(transport={self.transport_text()!r}, crumb_state={self.crumb_state!r})"
+
+    def transport_text(self) -> str:
+        """Which transport Yahoo requests used, in words."""
+        if self.transport is None:
+            return "plain httpx (FXCU_HTTP_IMPERSONATE=off)"
+        detail = self.transport.detail
+        return detail if self.transport.impersonating is not False else f"plain httpx: {detail}"
+
+    def level(self) -> Level:
+        """WARNING when Yahoo went without the browser fingerprint it was meant to have, or refused a crumb."""
+        fell_back = self.transport is not None and self.transport.impersonating is False
+        return "WARNING" if fell_back or self.crumb_state == "refused" else "OK"
+
+    def crumb_text(self) -> str:
+        """The cookie and crumb state, in words (never the values)."""
+        return {"not asked": "no cookie or crumb asked for", "fetched": "cookie and crumb fetched on demand"}.get(
+            self.crumb_state, f"crumb refused ({self.refusal})"
+        )
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        """Send a request; for Yahoo, carry the crumb once there is one, and fetch one when Yahoo asks (one retry)."""
+        import httpx
+
+        if f"{request.url.scheme}://{request.url.netloc.decode()}" != _origin(self.config.yahoo_url):
+            yield request
+            return
+        if self.crumb:
+            request.url = request.url.copy_merge_params({"crumb": self.crumb})
+        response = yield request
+        if self.crumb_state == "refused" or response.status_code not in CRUMB_STATUSES:
+            return
+        if int(response.headers.get("Content-Length") or 0) > 65536:  # INFO: Yahoo's asks are under 200 bytes
+            return
+        if not asks_for_crumb(response.status_code, response.read().decode(errors="replace")):
+            return
+        log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
+        self._cookies = httpx.Cookies()
+        # INFO: requests made here skip the client's header and cookie merging: carry the request's own headers
+        skip = {"host", "cookie", "content-length"}
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in skip]
+        same = {"headers": headers, "extensions": request.extensions}  # extensions: the (budget-trimmed) timeout
+        done = False
+        try:
+            cookie_answer = yield httpx.Request("GET", self.config.yahoo_cookie_url, **same)
+            for answer in (*cookie_answer.history, cookie_answer):  # INFO: fc.yahoo.com sets the cookie on a 404
+                self._cookies.extract_cookies(answer)
+            ask = httpx.Request("GET", f"{self.config.yahoo_url}{YAHOO_CRUMB_PATH}", **same)
+            self._cookies.set_cookie_header(ask)
+            crumb_answer = yield ask
+            done = True
+        finally:
+            if not done:  # INFO: the cookie or crumb request failed in transport; httpx raises that error to the caller
+                self.crumb_state, self.refusal = "refused", "cookie or crumb request failed"
+        self._cookies.extract_cookies(crumb_answer)
+        self.crumb = crumb_from(crumb_answer.status_code, crumb_answer.read().decode(errors="replace"))
+        if self.crumb is None:
+            self.crumb_state, self.refusal = "refused", f"getcrumb answered HTTP {crumb_answer.status_code}"
+            log.warning("Yahoo refused a crumb (%s): retrying once without, and asking no more this run", self.refusal)
+        else:
+            self.crumb_state, self.refusal = "fetched", None
+        url = request.url.copy_remove_param("crumb")
+        url = url.copy_merge_params({"crumb": self.crumb}) if self.crumb else url
+        retry = httpx.Request(request.method, url, **same)
+        self._cookies.set_cookie_header(retry)
+        yield retry
+
+
+def make_client(config: Config, yahoo: YahooSession | None = None) -> httpx.Client:
+    """The one HTTP client of a run: timeouts, a browser User-Agent, redirects followed.
+
+    Yahoo's hosts go through `yahoo_transport` (a browser TLS fingerprint unless FXCU_HTTP_IMPERSONATE=off) and get
+    their cookie and crumb on demand (`YahooSession`); the other sources use plain httpx.
+    """
     import httpx
 
+    yahoo = yahoo or YahooSession(config)
+    auth = httpx.Auth()
+    # INFO: httpx.Auth's hook set on an instance, so that `import fxcu` needs no httpx for a subclass
+    auth.auth_flow = yahoo.auth_flow  # type: ignore[method-assign]
     return httpx.Client(
         timeout=httpx.Timeout(config.timeout),
         headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         follow_redirects=True,
+        auth=auth,
+        mounts={origin: yahoo.transport for origin in yahoo.origins} if yahoo.transport else None,
     )
 
 
@@ -3616,9 +3853,8 @@ def gather_checks(
 
 
 def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
-    """Ask each source for a few days with a short timeout, no retries."""
-    import httpx
-
+    """Ask each source for a few days with a short timeout, no retries; then say how Yahoo was reached."""
+    config = dataclasses.replace(config, timeout=timeout)
     probes = [
         (
             source,
@@ -3630,7 +3866,8 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
         if config.fred_api_key or not source.key
     ]
     found: list[tuple[str, Level, str]] = []
-    with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
+    yahoo = YahooSession(config)
+    with make_client(config, yahoo) as client:
         for source, url, params in probes:
             try:
                 response = client.get(url, params=params)
@@ -3639,6 +3876,7 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
                 found.append((f"source {source.label}", "OK", f"{rows} rows"))
             except Exception as exc:  # noqa: BLE001 -- every failure is a finding
                 found.append((f"source {source.label}", "WARNING", describe_error(exc, config.fred_api_key)))
+    found.append(("yahoo session", yahoo.level(), f"{yahoo.transport_text()}; {yahoo.crumb_text()}"))
     return found
 
 # -- CLI -----------------------------------------------------------------------------

@@ -130,15 +130,23 @@ def test_config_from_env_reads_variables(tmp_path):
     config = fxcu.Config.from_env(env)
     assert config.data_dir == tmp_path.resolve()
     assert config.yahoo_url == "http://127.0.0.1:9"
+    assert config.yahoo_cookie_url == "http://127.0.0.1:9"  # a mirror of Yahoo serves the cookie too
+    assert config.impersonate == "chrome"
     assert config.offline and not config.copper
     assert FRED_KEY not in repr(config)
+
+
+def test_config_yahoo_cookie_and_impersonation_defaults_and_off():
+    assert fxcu.Config.from_env({}).yahoo_cookie_url == "https://fc.yahoo.com"
+    config = fxcu.Config.from_env({"FXCU_HTTP_IMPERSONATE": " OFF ", "FXCU_YAHOO_COOKIE_URL": "http://127.0.0.1:9/fc/"})
+    assert config.impersonate == "off" and config.yahoo_cookie_url == "http://127.0.0.1:9/fc"
 
 
 def test_config_default_data_dir_is_beside_the_module():
     assert fxcu.Config.from_env({}).data_dir == HERE / "data"
 
 
-@pytest.mark.parametrize(("name", "value"), [("FXCU_OFFLINE", "maybe"), ("FXCU_TIMEOUT", "fast"), ("FXCU_TIMEOUT", "-1")])
+@pytest.mark.parametrize(("name", "value"), [("FXCU_OFFLINE", "maybe"), ("FXCU_TIMEOUT", "fast"), ("FXCU_TIMEOUT", "-1"), ("FXCU_HTTP_IMPERSONATE", "firefox")])
 def test_config_bad_values_raise_config_error(name, value):
     with pytest.raises(fxcu.ConfigError, match=name):
         fxcu.Config.from_env({name: value})
@@ -653,12 +661,65 @@ def test_redact_removes_key_anywhere(key, noise):
     assert key not in fxcu.redact(text, key)
 
 
+def test_redact_removes_a_crumb_from_urls():
+    text = "GET https://query1.finance.yahoo.com/v8/finance/chart/CLP=X?interval=1d&crumb=Phb0wzVdPs6&range=max"
+    assert fxcu.redact(text, None) == text.replace("Phb0wzVdPs6", "***")
+
+
+# Yahoo's answers that ask for a cookie and crumb: the 401 body is the one public logs quote verbatim,
+# the 429 body is the 19-byte text of shared/data/yahoo/ERRORS_AND_429.md.
+INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "asks"),
+    [
+        (401, INVALID_CRUMB, True),
+        (401, '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"User is unable to access this feature"}}}', True),
+        (429, "Too Many Requests\r\n", True),
+        (429, "Edge: Too Many Requests", True),
+        (403, "Unauthorized", True),
+        (429, "", False),  # a bare 429 is rate limiting: tenacity's backoff, not a crumb
+        (404, '{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found, symbol may be delisted"}}}', False),
+        (500, "Unauthorized", False),
+        (200, "Too Many Requests", False),
+    ],
+)
+def test_asks_for_crumb(status, body, asks):
+    assert fxcu.asks_for_crumb(status, body) is asks
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "crumb"),
+    [
+        (200, "Phb0wzVdPs6", "Phb0wzVdPs6"),
+        (200, "zLoP.Fp75Uh\n", "zLoP.Fp75Uh"),
+        (429, "Too Many Requests\r\n", None),
+        (200, "Edge: Too Many Requests", None),  # yfinance #2284 read this back as a crumb
+        (200, "<html><body>consent</body></html>", None),
+        (200, "", None),
+        (401, INVALID_CRUMB, None),
+    ],
+)
+def test_crumb_from(status, body, crumb):
+    assert fxcu.crumb_from(status, body) == crumb
+
+
 # -- Shell: HTTP with retries (MockTransport) ----------------------------------------
 
 
 @pytest.fixture
 def vcr_config():
-    return {"filter_query_parameters": ["api_key"]}  # record mode: --record-mode=none in pyproject
+    # record mode: --record-mode=none in pyproject; a re-record keeps no key, crumb or cookie
+    return {"filter_query_parameters": ["api_key", "crumb"], "filter_headers": ["cookie"]}
+
+
+@pytest.fixture
+def plain_httpx(monkeypatch):
+    """Every client a cassette test makes runs with FXCU_HTTP_IMPERSONATE=off: vcrpy only intercepts httpx's own
+    transport, not a custom one like curl_cffi's (vcrpy#968), so a cassette would otherwise never be played."""
+    real = fxcu.make_client
+    monkeypatch.setattr(fxcu, "make_client", lambda config, *args: real(dataclasses.replace(config, impersonate="off"), *args))
 
 
 @pytest.fixture
@@ -669,7 +730,7 @@ def vcr_cassette_dir():
 def cassette(*names: str):
     """Play these cassettes (`-m cassette` selects every test that does, e.g. to re-record)."""
     vcr = pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
-    return lambda test: pytest.mark.cassette(vcr(test))
+    return lambda test: pytest.mark.cassette(pytest.mark.usefixtures("plain_httpx")(vcr(test)))
 
 
 def counting(handler):
@@ -795,6 +856,70 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
+# curl_cffi 0.17's message for a refused connection, verbatim
+CURL_REFUSED = (
+    "Failed to perform, curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server. "
+    "See https://curl.se/libcurl/c/libcurl-errors.html first for more details."
+)
+
+
+class RecordingTransport:
+    """Stands in for curl_cffi's transport: records each request, answers 200 or raises `error`."""
+
+    def __init__(self, error: Exception | None = None):
+        self.requests, self.error = [], error
+
+    def handle_request(self, request):
+        self.requests.append(request)
+        if self.error:
+            raise self.error
+        return httpx.Response(200, json={}, request=request)
+
+    def close(self):
+        pass
+
+
+def impersonating(inner) -> fxcu.BrowserTransport:
+    transport = fxcu.BrowserTransport(None, True)
+    transport.inner, transport.impersonating = inner, True
+    return transport
+
+
+def test_browser_transport_keeps_httpx_timeouts_and_lets_chrome_send_its_own_headers():
+    inner = RecordingTransport()
+    with httpx.Client(transport=impersonating(inner), headers={"User-Agent": fxcu.USER_AGENT, "Accept": "application/json"}) as client:
+        client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F", timeout=httpx.Timeout(7.5, connect=2.0))
+    sent = inner.requests[0]
+    assert "user-agent" not in sent.headers and "accept" not in sent.headers  # curl-impersonate sends Chrome's
+    limits = sent.extensions["timeout"]
+    assert limits["connect"] == 2.0 and limits["connect"] + limits["read"] == 7.5  # curl_cffi's whole-request limit
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.TimeoutException("Failed to perform, curl: (28) Connection timed out after 2001 milliseconds"), httpx.ConnectTimeout),
+        (httpx.TimeoutException("Failed to perform, curl: (28) Operation timed out after 7500 milliseconds with 0 bytes received"), httpx.ReadTimeout),
+        (httpx.RequestError("Failed to perform, curl: (52) Empty reply from server"), httpx.NetworkError),
+        (httpx.RequestError("Failed to perform, curl: (60) SSL certificate problem: self-signed certificate"), httpx.NetworkError),
+        (httpx.ConnectError(CURL_REFUSED), httpx.ConnectError),
+    ],
+)
+def test_browser_transport_names_curl_errors_as_httpx_does(raised, expected):
+    with httpx.Client(transport=impersonating(RecordingTransport(raised))) as client, pytest.raises(httpx.HTTPError) as caught:
+        client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
+    assert type(caught.value) is expected and fxcu._is_transient(caught.value)  # retried like httpx's own errors
+    assert str(caught.value).startswith("curl: (") and "curl.se" not in str(caught.value)  # one line, no boilerplate
+
+
+def test_browser_transport_curl_error_reads_as_one_short_line():
+    with httpx.Client(transport=impersonating(RecordingTransport(httpx.ConnectError(CURL_REFUSED)))) as client:
+        with pytest.raises(httpx.ConnectError) as caught:
+            client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
+    text = fxcu.describe_error(caught.value, None)
+    assert text == "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server.)"
+
+
 def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
     handler, calls = counting(lambda request: httpx.Response(500))
     config = make_config(tmp_path, fred_api_key=None)
@@ -875,6 +1000,8 @@ def test_fetch_series_usdclp_429_falls_back_to_mindicador(tmp_path, caplog):
     assert series.frame[fxcu.DATE].min() == date(2023, 1, 2)
     assert "HTTP 429" in " ".join(series.notes)
     assert "Using mindicador.cl backup for USD/CLP prices" in caplog.text
+    # the cassette's cookie and refused getcrumb were played, and the placeholder cookie is in no log line
+    assert "Yahoo refused a crumb (getcrumb answered HTTP 429)" in caplog.text and "placeholder" not in caplog.text
 
 
 def test_fetch_series_usdclp_fallback_merges_into_cache_without_overwriting(tmp_path):
@@ -2055,6 +2182,17 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
+    code = (
+        "import sys, fxcu\nfxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]})\n"
+        "try: fxcu.main(['--help'])\nexcept SystemExit: pass\n"
+        "fxcu.make_client(fxcu.Config.from_env({})).close()\n"  # curl_cffi loads on the first Yahoo request only
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'curl_cffi', 'httpx_curl_cffi'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
 # -- Reports, charts and email as people read them ------------------------------------
 
 
@@ -2325,6 +2463,11 @@ class SMTPServer:
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 and a server context using it."""
+    return make_tls_pair(tmp_path_factory.mktemp("tls"))
+
+
+def make_tls_pair(folder: Path):
+    """Write a self-signed certificate for 127.0.0.1 into `folder`; return its path and a server context using it."""
     import ipaddress
     import ssl
 
@@ -2333,7 +2476,6 @@ def tls_pair(tmp_path_factory):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    folder = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fxcu test SMTP")])
     now = datetime.now(UTC)
@@ -2481,13 +2623,20 @@ class Reply:
     content_type: str = "application/json;charset=utf-8"
     delay: float = 0.0
     echo: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class FakeSources:
-    """Yahoo, FRED and mindicador on one 127.0.0.1 port: a Reply per path prefix, every request recorded."""
+    """Yahoo, FRED and mindicador on one 127.0.0.1 port: a Reply per path prefix, every request recorded.
 
-    def __init__(self, routes: dict[str, Reply]):
+    A route may be a function of the request handler that returns the Reply. With `tls` (a server
+    context) it serves HTTPS and keeps each connection's raw TLS ClientHello in `hellos`.
+    """
+
+    def __init__(self, routes: dict[str, Reply], tls=None):
         self.routes, self.requests, self.stop = dict(routes), [], threading.Event()
+        self.headers: list[dict[str, str]] = []
+        self.hellos: list[bytes] = []
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -2495,8 +2644,10 @@ class FakeSources:
 
             def do_GET(self):
                 fake.requests.append(self.path)
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 reply = next((r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route"))
+                reply = reply(self) if callable(reply) else reply
                 if reply.delay:
                     fake.stop.wait(reply.delay)
                 body = reply.body if isinstance(reply.body, bytes) else reply.body.encode() if isinstance(reply.body, str) else json.dumps(reply.body).encode()
@@ -2506,6 +2657,8 @@ class FakeSources:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)
                     self.send_header("Content-Length", str(len(body)))
+                    for name, value in reply.headers:
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:  # the client gave up (timeout row)
@@ -2514,10 +2667,18 @@ class FakeSources:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def get_request(self):
+                sock, address = self.socket.accept()
+                if tls is None:
+                    return sock, address
+                fake.hellos.append(peek_client_hello(sock))
+                return tls.wrap_socket(sock, server_side=True), address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads, self.server.block_on_close = True, False
         self.server.handle_error = lambda request, address: None
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> FakeSources:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -2533,6 +2694,36 @@ class FakeSources:
 
     def queries(self, prefix: str) -> list[dict[str, str]]:
         return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query)) for p in self.requests if urllib.parse.unquote(p).startswith(prefix)]
+
+
+def peek_client_hello(sock: socket.socket) -> bytes:
+    """The first TLS record a client sent (its ClientHello), read without consuming it."""
+    sock.settimeout(10)
+    data = sock.recv(65536, socket.MSG_PEEK)
+    while data and len(data) < 5 + int.from_bytes(data[3:5], "big"):
+        time.sleep(0.001)  # INFO: the rest of a large hello (post-quantum key share) is still in flight
+        data = sock.recv(65536, socket.MSG_PEEK)
+    return data
+
+
+def client_hello_fields(hello: bytes) -> tuple[list[int], list[int]]:
+    """The cipher suites and extension types of a raw ClientHello record (RFC 8446 section 4.1.2)."""
+    at = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
+    at += 1 + hello[at]  # session id
+    n = int.from_bytes(hello[at : at + 2], "big")
+    ciphers = [int.from_bytes(hello[i : i + 2], "big") for i in range(at + 2, at + 2 + n, 2)]
+    at += 2 + n
+    at += 1 + hello[at]  # compression methods
+    end, at, extensions = at + 2 + int.from_bytes(hello[at : at + 2], "big"), at + 2, []
+    while at < end:
+        extensions.append(int.from_bytes(hello[at : at + 2], "big"))
+        at += 4 + int.from_bytes(hello[at + 2 : at + 4], "big")
+    return ciphers, extensions
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 GREASE values (0x0a0a, 0x1a1a, ... 0xfafa): Chrome sends them, OpenSSL never does."""
+    return value & 0x0F0F == 0x0A0A and value >> 8 == value & 0xFF
 
 
 @functools.cache
@@ -2712,7 +2903,11 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
     with FakeSources(routes(clp=reply, hg=reply)) as api:
         result = inprocess(["fetch"], fault_env(data_dir, api.url))
     assert result.code == 0 and "Traceback" not in result.err
-    assert api.count(YAHOO_CLP) == 3 and api.count(YAHOO_HG) == 3  # three tries each, then the backups
+    # three tries each, then the backups; Yahoo's 429 text asks for a crumb: one cookie and getcrumb (refused, a 404 on
+    # this server) and one retry of CLP=X on the first try, none for HG=F once a crumb was refused
+    crumb = reply.status == 429
+    assert api.count(YAHOO_CLP) == 3 + crumb and api.count(YAHOO_HG) == 3 and api.count(fxcu.YAHOO_CRUMB_PATH) == crumb
+    assert ("WARNING fxcu: Yahoo refused a crumb (getcrumb answered HTTP 404)" in result.err) is crumb
     assert f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X (try 1 of 3 failed: {seen})" in result.err
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen})" in result.err
     assert "WARNING fxcu: Using mindicador.cl backup for USD/CLP prices" in result.err
@@ -2850,7 +3045,9 @@ def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inp
 @pytest.mark.parametrize("args", [["fetch"], ["run", "7d"]], ids=["fetch", "run"])
 def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inprocess, args):
     data = tmp_path / "empty"
-    result = inprocess(args, fault_env(data, closed_url()))
+    # INFO: the three sources share one closed port here, so Yahoo's curl_cffi mount would carry all of them: the
+    # wording asserted is httpx's (curl's own is checked in test_browser_transport_names_curl_errors_as_httpx_does)
+    result = inprocess(args, fault_env(data, closed_url(), FXCU_HTTP_IMPERSONATE="off"))
     assert result.code == 1 and "Traceback" not in result.err
     refused = "connection error (ConnectError: [Errno 111] Connection refused)"
     why = f"yahoo: {refused}; mindicador: {refused}; cache: no cache at {data / 'warehouse' / fxcu.USDCLP_CACHE}"
@@ -3157,6 +3354,7 @@ def test_check_network_probes_each_source(tmp_path, capsys):
     for name in ("source yahoo CLP=X", "source yahoo HG=F", "source mindicador", "source fred"):
         assert checks[name]["level"] == "OK", checks[name]
     assert api.count(YAHOO_CLP) == 1 and api.count(FRED) == 1
+    assert checks["yahoo session"]["message"].endswith("; no cookie or crumb asked for")
     assert code == 2  # no data yet in this data dir
 
 
@@ -3165,6 +3363,131 @@ def test_check_network_reports_sources_down_without_the_key(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "WARNING  source yahoo CLP=X: connection error" in out and "WARNING  source fred: connection error" in out
     assert FRED_KEY not in out
+
+
+# -- Yahoo's browser fingerprint, cookie and crumb ---------------------------------------
+
+CRUMB, COOKIE = "fxcuTestCrumb7", "A3=d=fxcu-test-cookie-value"  # fakes, in the shape of Yahoo's
+
+
+def crumb_yahoo() -> dict:
+    """Yahoo as it answers a client it does not trust yet: the chart only with its cookie and crumb, the crumb only
+    with the cookie, and the cookie on a 404 page (as fc.yahoo.com does). The cookie URL is `/fc` here."""
+
+    def has_cookie(handler) -> bool:
+        return COOKIE in (handler.headers.get("Cookie") or "")
+
+    def chart(handler):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
+        if query.get("crumb") != CRUMB or not has_cookie(handler):
+            return Reply(401, INVALID_CRUMB)
+        return good_routes()[YAHOO_CLP if "CLP" in urllib.parse.unquote(handler.path) else YAHOO_HG]
+
+    def getcrumb(handler):
+        return Reply(200, CRUMB, "text/plain;charset=utf-8") if has_cookie(handler) else Reply(401, INVALID_CRUMB)
+
+    cookie = Reply(404, "<html>404</html>", "text/html", headers=(("Set-Cookie", f"{COOKIE}; Path=/; HttpOnly"),))
+    return {"/fc": cookie, fxcu.YAHOO_CRUMB_PATH: getcrumb, "/v8/finance/chart/": chart}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impersonate", ["off", "chrome"])
+def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(tmp_path, caplog, impersonate):
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    with FakeSources(crumb_yahoo()) as api:
+        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=f"{api.url}/fc", impersonate=impersonate, max_age_days=100000)
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.DEBUG), fxcu.make_client(config, session) as client:
+            usdclp = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
+            copper = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
+    assert usdclp.source == "yahoo" and usdclp.frame.height == 4664 and copper.source == "yahoo"
+    paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) for p in api.requests]
+    assert paths == [YAHOO_CLP, "/fc", fxcu.YAHOO_CRUMB_PATH, YAHOO_CLP, YAHOO_HG]  # one retry, then the crumb is reused
+    assert [f"crumb={CRUMB}" in p for p in api.requests] == [False, False, False, True, True]
+    assert session.crumb_state == "fetched" and session.level() == "OK"
+    assert "Yahoo asked for a cookie and crumb (HTTP 401): fetching them, retrying once" in caplog.text
+    assert CRUMB not in caplog.text and "fxcu-test-cookie" not in caplog.text and CRUMB not in repr(session)
+    for path in config.data_dir.rglob("*"):  # never on disk
+        assert not path.is_file() or (CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes())
+
+
+def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_yahoo_answered(tmp_path, caplog):
+    with FakeSources(crumb_yahoo()) as api:
+        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
+            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+    # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
+    # try 2: the same 401, no second crumb attempt, and a 401 is final
+    assert not result.ok and result.error.startswith("HTTP 401 Unauthorized") and "Invalid Crumb" in result.error
+    assert api.count(YAHOO_CLP) == 2 and api.count(fxcu.YAHOO_CRUMB_PATH) == 0
+    assert session.crumb_state == "refused" and session.crumb_text() == "crumb refused (cookie or crumb request failed)"
+
+
+@pytest.mark.slow
+def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, monkeypatch):
+    cafile, context = make_tls_pair(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cafile))  # both transports trust it as httpx does from the environment
+    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
+    seen = {}
+    for mode in ("chrome", "off"):
+        with FakeSources({YAHOO_HG: chart}, tls=context) as api:
+            config = make_config(tmp_path, yahoo_url=api.url, impersonate=mode)
+            session = fxcu.YahooSession(config)
+            with fxcu.make_client(config, session) as client:
+                result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+        assert result.ok and result.frame.height == 30, result.error
+        seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
+    ciphers, extensions, headers, transport = seen["chrome"]
+    assert any(map(is_grease, ciphers)) and any(map(is_grease, extensions))  # RFC 8701 GREASE, as Chrome sends
+    assert 0x001B in extensions  # compress_certificate (brotli), a BoringSSL/Chrome extension
+    assert "Chrome/" in headers["user-agent"] and headers["user-agent"] != fxcu.USER_AGENT and "sec-ch-ua" in headers
+    assert transport.endswith("TLS fingerprint (curl_cffi 0.17.0)") and transport.startswith("chrome")
+    ciphers, extensions, headers, transport = seen["off"]
+    assert not any(map(is_grease, ciphers + extensions)) and 0x001B not in extensions  # OpenSSL's hello
+    assert headers["user-agent"] == fxcu.USER_AGENT and transport == "plain httpx (FXCU_HTTP_IMPERSONATE=off)"
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with FakeSources({YAHOO_HG: chart}, tls=context) as api:  # a certificate nobody vouches for is refused
+        config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
+        with fxcu.make_client(config) as client:
+            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+    assert not result.ok and "connection error" in result.error and api.requests == []
+
+
+def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
+    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
+    with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
+        config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
+        with fxcu.make_client(config) as client:
+            assert fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW).ok
+            assert fxcu.fetch_mindicador(config, client, no_wait_fetch(config), since=None, now=CLP_END).ok
+    assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
+    assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
+
+
+def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "httpx_curl_cffi", None)  # as where no curl_cffi wheel installs
+    with FakeSources({YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper().tail(30))))}) as api:
+        config = make_config(tmp_path, yahoo_url=api.url)
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
+            results = [fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW) for _ in range(2)]
+    assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
+    lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert session.transport_text().startswith("plain httpx: curl_cffi could not load (ModuleNotFoundError") and session.level() == "WARNING"
+
+
+def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
+    with FakeSources({**crumb_yahoo(), **good_routes()}) as api:
+        fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url, FXCU_YAHOO_COOKIE_URL=f"{api.url}/fc"))
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["source yahoo CLP=X"]["level"] == "OK" and checks["source yahoo HG=F"]["level"] == "OK"
+    session = checks["yahoo session"]
+    assert session["level"] == "OK" and re.fullmatch(
+        r"chrome\d+ TLS fingerprint \(curl_cffi [\d.]+\); cookie and crumb fetched on demand", session["message"]
+    )
+    assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
 
 
 def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):

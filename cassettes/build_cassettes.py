@@ -47,6 +47,8 @@ MINDICADOR_CT = "application/json; charset=utf-8"
 
 CLPX_URI = "https://query1.finance.yahoo.com/v8/finance/chart/CLP=X?interval=1d&range=max"
 HGF_URI = "https://query1.finance.yahoo.com/v8/finance/chart/HG=F?interval=1d&range=max"
+COOKIE_URI, CRUMB_URI = "https://fc.yahoo.com", "https://query1.finance.yahoo.com/v1/test/getcrumb"
+COOKIE_SET = "A3=d=placeholder-not-a-real-cookie; Max-Age=31557600; Domain=.yahoo.com; Path=/; SameSite=None; Secure"
 # vcrpy rewrites the query (sorted) when filter_query_parameters removes api_key, so this
 # is exactly what vcr records for ?series_id=PCOPPUSDM&api_key=...&file_type=json.
 # Matching is on the sorted parsed query, so parameter order does not matter.
@@ -467,15 +469,26 @@ Body: plain text 'Too Many Requests\\r\\n' (19 bytes), not JSON, as documented i
   shared/data/yahoo/ERRORS_AND_429.md (no recorded 429 file exists publicly; the text and
   length come from public logs cited there: moneymanagerex PR #7497, cmallwitz/Financials-
   Extension #160). content-type text/plain."""
+    comment += f"""
+Cookie and crumb (fxcu asks for them once when Yahoo's 429 says 'Too Many Requests', as yfinance
+  does): GET {COOKIE_URI} -> 404 with an A3 cookie (fc.yahoo.com sets its cookie on a 404 page:
+  karlwancl/YahooFinanceApi #61; the cookie value here is a placeholder, not a real cookie), then
+  GET {CRUMB_URI} -> the same 429 text (cmallwitz/Financials-Extension #160:
+  "GET /v1/test/getcrumb" 429 19), then the chart once more: 4 chart interactions in all."""
+    def chart() -> dict:  # a fresh dict each time: yaml would write repeats as anchors
+        return interaction(CLPX_URI, 429, "Too Many Requests", {"content-type": "text/plain"}, body)
+
+    cookie = interaction(
+        COOKIE_URI, 404, "Not Found", {"content-type": "text/html; charset=utf-8", "set-cookie": COOKIE_SET}, "<html>404</html>"
+    )
+    crumb = interaction(CRUMB_URI, 429, "Too Many Requests", {"content-type": "text/plain"}, body)
     write_cassette(
         "yahoo_429.yaml",
         comment,
         "Yahoo 429: plain-text body 'Too Many Requests\\r\\n' per public logs cited in "
-        "shared/data/yahoo/ERRORS_AND_429.md, 3 identical interactions; built by build_cassettes.py.",
-        [
-            interaction(CLPX_URI, 429, "Too Many Requests", {"content-type": "text/plain"}, body)
-            for _ in range(3)
-        ],
+        "shared/data/yahoo/ERRORS_AND_429.md, 4 chart interactions around one cookie (placeholder) and "
+        "one refused getcrumb; built by build_cassettes.py.",
+        [chart(), cookie, crumb, chart(), chart(), chart()],
     )
 
 
