@@ -1663,8 +1663,27 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "copper_available": bundle.copper is not None,
         "copper_frequency": bundle.copper_frequency,
         "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
+        **range_summary(fc),
         "sources": dict(bundle.sources),
         "degraded": list(bundle.degraded),
+    }
+
+
+def range_summary(fc: Forecast) -> dict[str, Any]:
+    """The served range as plain data: its model, its words, and its weekly density backtest against Naive's range."""
+    out: dict[str, Any] = {"interval_model": fc.interval_model, "interval_label": fc.interval_label}
+    if fc.density is None:
+        return out
+    served = fc.density.served
+    return out | {
+        "range_crps_ratio": round(served.crps_ratio.value, 4),
+        "range_crps_ratio_ci": [round(served.crps_ratio.lo, 4), round(served.crps_ratio.hi, 4)],
+        "range_is80_ratio": round(served.is80_ratio.value, 4),
+        "range_is95_ratio": round(served.is95_ratio.value, 4),
+        "range_coverage_80": round(served.coverage_80, 4),
+        "range_coverage_95": round(served.coverage_95, 4),
+        "range_coverage_80_by": {group: round(cover[0], 4) for group, cover in served.coverage_by.items()},
+        "range_origins": served.origins,
     }
 
 
@@ -1679,8 +1698,15 @@ def format_summary(s: Mapping[str, Any]) -> str:
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
         f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%}, {s['backtest_origins']} origins",
-        f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}",
+        f"  served: {s['interval_label']}",
     ]
+    if "range_crps_ratio" in s:
+        lo, hi = s["range_crps_ratio_ci"]
+        lines.append(
+            f"  range backtest: CRPS {s['range_crps_ratio']:.4f}x Naive's [{lo:.4f}, {hi:.4f}], IS80 {s['range_is80_ratio']:.4f}x, "
+            f"IS95 {s['range_is95_ratio']:.4f}x, coverage {s['range_coverage_80']:.0%}/{s['range_coverage_95']:.0%}, {s['range_origins']} weekly origins"
+        )
+    lines.append(f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}")
     if s["degraded"]:
         lines.append(f"  degraded: {', '.join(s['degraded'])}")
     return "\n".join(lines)
@@ -1719,6 +1745,8 @@ def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | N
     if bt.copper_ablation_pct is not None:
         lines.append(f"Copper ablation: ensemble RMSE {bt.copper_ablation_pct:+.2f}% with copper; the random walk with lagged copper {bt.copper_model_pct:+.2f}% against the random walk alone.")
     lines += [f"Note: {n}" for n in bt.notes]
+    if fc.density is not None:
+        lines += ["", *format_density(fc.density, fc.interval_model)]
     lines += ["", "## Copper", ""]
     if bundle.copper_features is None:
         lines.append("Copper unavailable: this forecast runs without copper.")
@@ -1730,6 +1758,24 @@ def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | N
     lines += [f"- {n}" for n in bundle.notes] or ["- none"]
     lines += [f"- degraded: {r}" for r in bundle.degraded]
     return "\n".join(lines) + "\n"
+
+
+def format_density(db: DensityBacktest, served: str) -> list[str]:
+    """The range section of the report: every interval model's scores against Naive's range, and what is served."""
+    d = db.predictions
+    header = f"## Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, {db.steps} trading days ahead)"
+    lines = [header, "", f"Served range: {INTERVAL_MODELS[served]} (`{served}`). Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.", ""]
+    pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
+    rows = []
+    for name, m in db.models.items():
+        ci = f"{m.crps_ratio.value:.4f} [{m.crps_ratio.lo:.4f}, {m.crps_ratio.hi:.4f}]"
+        by = m.coverage_by
+        rows.append([name, f"{m.crps * 100:.4f}", ci, f"{m.is80_ratio.value:.4f}", f"{m.is95_ratio.value:.4f}", f"{m.coverage_80:.0%} / {m.coverage_95:.0%}", pct(by["calm"][0]), pct(by["turbulent"][0]), pct(by["2022"][0])])
+    lines += _table(["model", "CRPS (%)", "CRPS ratio [CI]", "IS80 ratio", "IS95 ratio", "80% / 95% cover", "80% calm", "80% turbulent", "80% in 2022"], rows)
+    lines += ["", f"`{SERVED}` is the model chosen at each origin from outcomes known by then ({d['pick'].n_unique()} distinct picks)."]
+    if db.copper_ablation_pct is not None:
+        lines.append(f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal).")
+    return lines + [f"Note: {n}" for n in db.notes]
 
 
 # -- Core: requests and redaction ----------------------------------------------------
@@ -2170,11 +2216,11 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) ->
         ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP")
         x = [fc.origin, *ens[DATE].to_list()]
         edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
-        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, label="95% interval")
-        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, label="80% interval")
+        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, label=f"95% interval ({fc.interval_model})")
+        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, label=f"80% interval ({fc.interval_model})")
         ax.plot(x, edge("forecast"), color="tab:blue", lw=1.5, label=f"forecast ({fc.backtest.rule})")
         ax.set_ylabel("CLP per USD")
-        ax.set_title(f"USD/CLP {fc.horizon} forecast from {fc.origin}")
+        ax.set_title(f"USD/CLP {fc.horizon} forecast from {fc.origin}\n{fc.interval_label}", fontsize=10)
         if bundle.copper is not None:
             cu = bundle.copper.filter(pl.col(DATE).is_between(start, ens[DATE].max()))
             ax2 = ax.twinx()
@@ -2333,6 +2379,8 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
         "backtest_origins": str(len(bt.origins)),
         "backtest_first_origin": str(bt.origins[0]),
         "backtest_last_origin": str(bt.origins[-1]),
+        "interval_model": fc.interval_model,
+        "interval_label": fc.interval_label,
         "input_sha256": input_hash,
         "version_fxcu": __version__,
         **versions,
@@ -2347,6 +2395,8 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     if bt.copper_ablation_pct is not None:
         metrics["copper_ablation_pct"] = bt.copper_ablation_pct
         metrics["copper_model_pct"] = bt.copper_model_pct
+    if fc.density is not None:
+        metrics |= density_metrics(fc.density, fc.horizon)
     final = fc.final
     metrics |= {"forecast": final["forecast"], "forecast_lo_80": final["lo_80"], "forecast_hi_80": final["hi_80"]}
     metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
@@ -2355,7 +2405,29 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
     if bt.notes:
         tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
+    if fc.density is not None and fc.density.notes:
+        tags["fxcu.range_notes"] = "; ".join(fc.density.notes)
     return RunRecord(h, f"forecast_{now:%Y-%m-%d}", params, metrics, tags, tuple(artifacts))
+
+
+def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
+    """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
+    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
+    """
+    metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
+    if db.copper_ablation_pct is not None:
+        metrics["range_copper_ablation_pct"] = db.copper_ablation_pct
+    for name, m in {**db.models, "range": db.served}.items():
+        key = f"{horizon}_range" if name == "range" else f"range_{name}"
+        metrics |= {f"{key}_crps": m.crps, f"{key}_wis": m.wis, f"{key}_is80": m.is80, f"{key}_is95": m.is95}
+        for score, ratio in (("crps", m.crps_ratio), ("wis", m.wis_ratio), ("is80", m.is80_ratio), ("is95", m.is95_ratio)):
+            metrics |= {f"{key}_{score}_ratio": ratio.value, f"{key}_{score}_ratio_lo": ratio.lo, f"{key}_{score}_ratio_hi": ratio.hi}
+        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+        for group, (c80, c95) in m.coverage_by.items():
+            slug = re.sub(r"\W+", "_", group).strip("_")
+            if not math.isnan(c80):
+                metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
+    return metrics
 
 
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
@@ -2521,9 +2593,13 @@ def cmd_run(
         except ValueError as exc:  # too little history for an honest backtest: no forecast without one
             return _fail_run(config, horizons, now, f"cannot forecast: {exc}")
         seconds["backtest"] = time.perf_counter() - started
+        log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
+        started = time.perf_counter()
+        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
+        seconds["density_backtest"] = time.perf_counter() - started
         log.info("Forecasting %s", ", ".join(horizons))
         started = time.perf_counter()
-        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests)
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
         seconds["forecast"] = time.perf_counter() - started
         code, summaries, skip_tracking = 0, [], None
         for index, horizon in enumerate(horizons, 1):
@@ -2559,8 +2635,9 @@ def _run_horizon(
     config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_email: bool, skip_tracking: str | None
 ) -> dict[str, Any]:
     horizon, bt = fc.horizon, fc.backtest
-    for note in bt.notes:
+    for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
         log.warning("%s: %s", horizon, note)
+    log.info("%s: serving %s", horizon, fc.interval_label)
     outcome: dict[str, Any] = summary(fc, bundle)
     started = time.perf_counter()
     report = None
@@ -2625,7 +2702,7 @@ def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, 
     user = environ.get("FXCU_SMTP_USER")
     try:
         message = EmailMessage()
-        message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
+        message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]} ({fc.interval_label})"
         message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
         message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
         message.set_content(report.markdown.read_text())
