@@ -797,18 +797,18 @@ def score(pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mappin
     )
 
 
-def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str) -> np.ndarray:
-    """Ensemble weights per origin (rows) and model (columns) using only errors realised before each origin.
+def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str, names: Sequence[str]) -> np.ndarray:
+    """Ensemble weights per origin (rows) and model (columns, named by `names`) using only errors realised before each origin.
 
     `inverse_mse`: weights proportional to 1/MSE over origins whose horizon date (cutoff + steps)
-    is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on
-    column 0 (Naive).
+    is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on the
+    column named Naive.
     """
     import numpy as np
 
     n, k = sq_errors.shape
     if rule == "naive":
-        return np.tile(np.eye(k)[0], (n, 1))
+        return np.tile(np.eye(k)[list(names).index("Naive")], (n, 1))
     if rule == "equal":
         return np.full((n, k), 1 / k)
     if rule != "inverse_mse":
@@ -822,13 +822,13 @@ def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule:
     return weights
 
 
-def final_weights(sq_errors: np.ndarray, rule: str) -> np.ndarray:
-    """Weights for a live forecast: the rule applied to every backtest error."""
+def final_weights(sq_errors: np.ndarray, rule: str, names: Sequence[str]) -> np.ndarray:
+    """Weights for a live forecast (columns named by `names`): the rule applied to every backtest error."""
     import numpy as np
 
     k = sq_errors.shape[1]
     if rule == "naive":
-        return np.eye(k)[0]
+        return np.eye(k)[list(names).index("Naive")]
     if rule == "equal":
         return np.full(k, 1 / k)
     inv = 1 / np.maximum(sq_errors.mean(axis=0), 1e-18)
@@ -891,8 +891,8 @@ class EnsembleChoice:
     notes: tuple[str, ...]
 
 
-def choose_ensemble(logs: np.ndarray, actual: np.ndarray, cutoffs: np.ndarray, steps: int) -> EnsembleChoice:
-    """Combine the models (column 0 is Naive) with no look-ahead, and serve Naive if combining lost out of sample.
+def choose_ensemble(predictions: Mapping[str, np.ndarray], actual: np.ndarray, cutoffs: np.ndarray, steps: int) -> EnsembleChoice:
+    """Combine the models (log forecasts by name, Naive among them) with no look-ahead, and serve Naive if combining lost out of sample.
 
     At each origin the rule (RULES) and its weights come only from outcomes realised before it
     (`online_rule`, `online_weights`): that is the combination's honest score. If it is not
@@ -901,19 +901,21 @@ def choose_ensemble(logs: np.ndarray, actual: np.ndarray, cutoffs: np.ndarray, s
     """
     import numpy as np
 
+    names = list(predictions)
+    logs, naive = np.column_stack([predictions[n] for n in names]), predictions["Naive"]
     sq = (np.exp(logs) - actual[:, None]) ** 2
-    per_rule = {rule: _combine(logs, online_weights(sq, cutoffs, steps, rule)) for rule in RULES}
+    per_rule = {rule: _combine(logs, online_weights(sq, cutoffs, steps, rule, names)) for rule in RULES}
     rule_sq = {rule: (np.exp(pred) - actual) ** 2 for rule, pred in per_rule.items()}
     picks = online_rule(rule_sq, cutoffs, steps)
     combination = np.array([per_rule[rule][i] for i, rule in enumerate(picks)])
     rmse = lambda pred: float(np.sqrt(np.mean((np.exp(pred) - actual) ** 2)))  # noqa: E731
     rule_rmse = {rule: rmse(pred) for rule, pred in per_rule.items()}
-    if rmse(combination) < rmse(logs[:, 0]):
+    if rmse(combination) < rmse(naive):
         live = min(RULES[::-1], key=rule_rmse.__getitem__)
-        return EnsembleChoice(combination, combination, live, final_weights(sq, live), rule_rmse, ())
-    ratio = rmse(combination) / rmse(logs[:, 0])
+        return EnsembleChoice(combination, combination, live, final_weights(sq, live, names), rule_rmse, ())
+    ratio = rmse(combination) / rmse(naive)
     note = f"combining models lost to Naive out of sample ({ratio:.4f}x its RMSE): serving Naive"
-    return EnsembleChoice(logs[:, 0], combination, "naive", final_weights(sq, "naive"), rule_rmse, (note,))
+    return EnsembleChoice(naive, combination, "naive", final_weights(sq, "naive", names), rule_rmse, (note,))
 
 
 def backtest_all(
@@ -996,7 +998,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
         bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
         scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
 
-    logs = np.column_stack([at_h[n].to_numpy() for n in names])
+    logs = {n: at_h[n].to_numpy() for n in names}
     choice = choose_ensemble(logs, actual, cutoffs, steps)
     # Intervals of the served point and of the combination: Naive's width around the point. The
     # other models' own intervals are measured far too narrow (53-75% cover at 80%); Naive's are not.
@@ -1009,7 +1011,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
     copper_used = COPPER_MODEL in names
     ablation = None
     if copper_used:
-        without = choose_ensemble(logs[:, :-1], actual, cutoffs, steps)
+        without = choose_ensemble({n: v for n, v in logs.items() if n != COPPER_MODEL}, actual, cutoffs, steps)
         ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")

@@ -1132,13 +1132,13 @@ def test_online_weights_use_only_realised_errors(n, steps, seed):
     rng = np.random.default_rng(seed)
     cutoffs = np.arange(n) * 3
     sq = rng.random((n, 4))
-    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse")
+    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse", fxcu.MODELS)
     assert np.allclose(w.sum(axis=1), 1)
     for i in range(n):
         future = cutoffs + steps > cutoffs[i]
         perturbed = sq.copy()
         perturbed[future] = rng.random((int(future.sum()), 4)) * 100
-        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse")[i], w[i])
+        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse", fxcu.MODELS)[i], w[i])
 
 
 @given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
@@ -1162,21 +1162,25 @@ def test_choose_ensemble_serves_a_combination_only_when_it_beats_naive():
     naive = np.log(actual) + rng.normal(0, 0.02, 80)
     good = np.log(actual) + rng.normal(0, 0.002, 80)  # a model far better than Naive
     bad = naive + 0.05  # Naive's errors plus a 5% bias: any weight on it hurts
-    won = fxcu.choose_ensemble(np.column_stack([naive, good]), actual, cutoffs, 1)
+    won = fxcu.choose_ensemble({"Naive": naive, "good": good}, actual, cutoffs, 1)
     assert won.rule != "naive" and won.notes == () and np.array_equal(won.served, won.combination)
     assert won.weights[1] > won.weights[0]
-    lost = fxcu.choose_ensemble(np.column_stack([naive, bad]), actual, cutoffs, 1)
+    lost = fxcu.choose_ensemble({"Naive": naive, "bad": bad}, actual, cutoffs, 1)
     assert lost.rule == "naive" and np.array_equal(lost.served, naive) and "serving Naive" in lost.notes[0]
     assert list(lost.weights) == [1.0, 0.0]
 
 
 def test_final_and_online_weight_rules():
     sq = np.array([[1.0, 4.0], [1.0, 4.0]])
-    assert fxcu.final_weights(sq, "inverse_mse") == pytest.approx([0.8, 0.2])
-    assert fxcu.final_weights(sq, "naive") == pytest.approx([1, 0])
-    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal")[1] == pytest.approx([0.5, 0.5])
+    names = ["Naive", "AutoETS"]
+    assert fxcu.final_weights(sq, "inverse_mse", names) == pytest.approx([0.8, 0.2])
+    assert fxcu.final_weights(sq, "naive", names) == pytest.approx([1, 0])
+    # Naive is found by name, wherever its column is
+    assert fxcu.final_weights(sq, "naive", names[::-1]) == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "naive", names[::-1])[1] == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal", names)[1] == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError):
-        fxcu.online_weights(sq, np.array([0, 10]), 5, "median")
+        fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
 
 
 def test_model_frames_copper_regressor_is_known_at_every_origin():
