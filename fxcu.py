@@ -1402,6 +1402,8 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     served_crps, naive_crps = float(crps(y, last, served).mean()), float(score["Naive"].mean())
     if served_crps < naive_crps:
         return IntervalChoice(tuple(picks), served, pick(np.ones(len(ds), bool)), ())
+    if set(picks) == {"Naive"}:
+        return IntervalChoice(tuple(picks), served, "Naive", ())
     note = f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
     return IntervalChoice(tuple(picks), served, "Naive", (note,))
 
