@@ -1377,12 +1377,13 @@ def ratio_ci(scores: Mapping[str, np.ndarray], base: str, steps: int, *, every: 
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
 
 
-def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int) -> IntervalChoice:
+def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int, *, window: int | None = None) -> IntervalChoice:
     """Pick an interval model at each origin by mean CRPS over outcomes known by then; Naive unless one beats it.
 
-    An origin's pick uses only origins whose horizon date (ds + steps) is on or before it; ties
-    and the first origins go to Naive. The live model is the next pick (over every origin) if
-    the picks' own CRPS beat Naive's, else Naive, and the run says so.
+    An origin's pick uses only origins whose horizon date (ds + steps) is on or before it and,
+    with `window`, only the last `window` origins before it (what a run on that day would
+    backtest); ties and the first origins go to Naive. The live model is the next pick if the
+    picks' own CRPS beat Naive's, else Naive, and the run says so.
     """
     import numpy as np
 
@@ -1397,11 +1398,12 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
         best = min(models, key=mean.__getitem__)
         return best if mean[best] < mean["Naive"] else "Naive"
 
-    picks = [pick(ds + steps <= origin) for origin in ds]
+    rank = np.arange(len(ds))
+    picks = [pick((ds + steps <= origin) & (rank >= i - (window or len(ds)))) for i, origin in enumerate(ds)]
     served = np.array([sigma[m][i] for i, m in enumerate(picks)])
     served_crps, naive_crps = float(crps(y, last, served).mean()), float(score["Naive"].mean())
     if served_crps < naive_crps:
-        return IntervalChoice(tuple(picks), served, pick(np.ones(len(ds), bool)), ())
+        return IntervalChoice(tuple(picks), served, pick(rank >= len(ds) - (window or len(ds))), ())
     if set(picks) == {"Naive"}:
         return IntervalChoice(tuple(picks), served, "Naive", ())
     note = f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
