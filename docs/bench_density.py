@@ -50,6 +50,25 @@ def ratio(r: fxcu.Ratio) -> str:
     return f"{r.value:.3f} [{r.lo:.3f}, {r.hi:.3f}]"
 
 
+RUN = "Run"  # what a run on each origin's day would have served, its Naive fallback included
+
+
+def served_as_run(sub, steps: int):
+    """At each origin, the range a run on that day serves: `choose_interval_model(...).live` over the last
+    DENSITY_ORIGINS origins whose longest horizon was known by then (the run's own density backtest)."""
+    import numpy as np
+
+    longest = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
+    ds = sub["ds"].to_numpy()
+    sigma, served = [], []
+    for i, origin in enumerate(ds):
+        past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
+        live = fxcu.choose_interval_model(sub[past], list(fxcu.RUN_INTERVAL_MODELS), steps).live if len(past) else "Naive"
+        served.append(live)
+        sigma.append(sub[live][i])
+    return np.array(sigma), served
+
+
 def section_accuracy() -> None:
     import polars as pl
 
@@ -63,19 +82,23 @@ def section_accuracy() -> None:
           f"at every origin on the last {fxcu.HISTORY} trading days (built in {seconds:.0f} s, GARCH_t included). Ratios are "
           "mean score / Naive's mean score with 95% circular block bootstrap CIs; coverage is of the 80% (95%) interval. "
           "`Served` is the run's choice at each origin: from the run's candidates, on the outcomes known by then among "
-          f"the last {fxcu.DENSITY_ORIGINS} origins (what a run on that day backtests).\n")
+          f"the last {fxcu.DENSITY_ORIGINS} origins (what a run on that day backtests). `Run` is what a run on that day "
+          "would have served: its whole decision, repeated at each origin on the density backtest it would have run "
+          f"(the last {fxcu.DENSITY_ORIGINS} origins whose 90d outcome was known), Naive fallback included.\n")
     for horizon in fxcu.HORIZONS:
         sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
         steps = int(sub["steps"][0])
         # a run on an origin's day backtests the DENSITY_ORIGINS weekly origins before it, so it chooses from those
         choice = fxcu.choose_interval_model(sub, list(fxcu.RUN_INTERVAL_MODELS), steps, window=fxcu.DENSITY_ORIGINS)
-        sub = sub.with_columns(pl.Series(fxcu.SERVED, choice.served_sigma), pl.Series("pick", choice.picks))
+        run_sigma, run_served = served_as_run(sub, steps)
+        sub = sub.with_columns(pl.Series(fxcu.SERVED, choice.served_sigma), pl.Series("pick", choice.picks), pl.Series(RUN, run_sigma))
         picks = {m: choice.picks.count(m) for m in fxcu.RUN_INTERVAL_MODELS if choice.picks.count(m)}
-        print(f"#### {horizon} ({steps} trading days); picks over all origins: " + ", ".join(f"{m} {n}" for m, n in picks.items())
-              + f"; live choice at the end: {choice.live}\n")
+        runs = {m: run_served.count(m) for m in fxcu.RUN_INTERVAL_MODELS if run_served.count(m)}
+        print(f"#### {horizon} ({steps} trading days)\n\n`Served` picks over all origins: " + ", ".join(f"{m} {n}" for m, n in picks.items())
+              + f"; live choice at the end: {choice.live}. `Run` served: " + ", ".join(f"{m} {n}" for m, n in runs.items()) + ".\n")
         for period, (a, b) in PERIODS.items():
             part = sub.filter(pl.col("origin").is_between(a, b))
-            scores = fxcu.score_density(part, [*CANDIDATES, fxcu.SERVED], steps)
+            scores = fxcu.score_density(part, [*CANDIDATES, fxcu.SERVED, RUN], steps)
             print(f"{period}, {part.height} origins:\n")
             print("| model | CRPS ratio [CI] | IS80 ratio [CI] | IS95 ratio [CI] | 80% cover [CI] | 95% cover | 80% calm | 80% middle | 80% turbulent | 80% / 95% in 2022 | 80% in 2019-10..2020-06 |")
             print("|---|---|---|---|---|---:|---:|---:|---:|---|---:|")
