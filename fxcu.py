@@ -1062,7 +1062,7 @@ K_DAYS = 5  # trading days per multi-day return: a week, longer than the quote n
 PERSISTENCE = 0.98  # daily persistence of a variance shock (a typical FX GARCH alpha+beta), for the blend
 REGIMES = ("calm", "middle", "turbulent")  # terciles of trailing 20-day realised volatility at the origin
 NAMED_WINDOWS: dict[str, tuple[date, date]] = {"2019-10..2020-06": (date(2019, 10, 1), date(2020, 6, 30)), "2022": (date(2022, 1, 1), date(2022, 12, 31))}
-BOOTSTRAP_REPS = 1000
+BOOTSTRAP_REPS = 500
 
 
 def z_value(level: int) -> float:
@@ -1156,11 +1156,11 @@ def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str
 def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: int) -> dict[str, float]:
     """Variance of the `steps`-day log return at the origin (the last day) from regressions on outcomes already known.
 
-    On every past day t whose outcome (t + steps) is on or before the origin, the squared
-    `steps`-day return is regressed (OLS) on the blended 5-day variance known at t (`Recal`) and
-    also on copper's 20-day realised variance at t (`Recal_copper`, when `features` has it). A
-    prediction is floored at a quarter of the blend (a linear fit can go below zero); the first
-    65 days are warm-up.
+    On every 5th past day t counted back from the origin whose outcome (t + steps) is on or
+    before the origin, the squared `steps`-day return is regressed (OLS) on the blended 5-day
+    variance known at t (`Recal`) and also on copper's 20-day realised variance at t
+    (`Recal_copper`, when `features` has it). A prediction is floored at a quarter of the blend
+    (a linear fit can go below zero); the first 65 days are warm-up.
     """
     import numpy as np
 
@@ -1171,14 +1171,16 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     target[:-steps] = (logp[steps:] - logp[:-steps]) ** 2
     usable = ~np.isnan(target) & ~np.isnan(x[:, 2])
     usable[: K_DAYS + 60] = False  # INFO: the EWMA and long-run mean need a few weeks before they mean anything
+    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = False  # INFO: weekly rows: overlapping targets add little, cost 5x
     out = {"Recal": float(blend[-1]), "Recal_copper": float(blend[-1])}
     if usable.sum() < 50 or np.isnan(x[-1]).any():
         return out if "copper_rv" in features else {"Recal": out["Recal"]}
     xu, yu = x[usable], target[usable]
     gram, moment = xu.T @ xu, xu.T @ yu  # INFO: normal equations: one pass over the rows serves both regressions
     for name, k in (("Recal", 2), ("Recal_copper", 3)):
-        coef = np.linalg.lstsq(gram[:k, :k], moment[:k], rcond=None)[0]
-        out[name] = float(max(x[-1, :k] @ coef, blend[-1] / 4))
+        with contextlib.suppress(np.linalg.LinAlgError):  # a singular fit (constant regressor) keeps the blend
+            coef = np.linalg.solve(gram[:k, :k], moment[:k])
+            out[name] = float(max(x[-1, :k] @ coef, blend[-1] / 4))
     return out if "copper_rv" in features else {"Recal": out["Recal"]}
 
 
@@ -1370,7 +1372,9 @@ def ratio_ci(scores: Mapping[str, np.ndarray], base: str, steps: int, *, every: 
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
     counts = bootstrap_counts(len(values), max(1, math.ceil(steps / every)) + 1, reps, seed)
-    sums = counts @ values  # INFO: one product gives every resample's total for every model
+    # INFO: one product gives every resample's total for every model; einsum, not BLAS matmul, whose threads
+    # cost 5x more than the work on a busy 2-core machine
+    sums = np.einsum("rn,nm->rm", counts, values)
     draws = sums / sums[:, [names.index(base)]]
     means = values.mean(axis=0) / values[:, names.index(base)].mean()
     lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
@@ -1388,22 +1392,22 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     import numpy as np
 
     ds, y, last = frame["ds"].to_numpy(), frame["y"].to_numpy(), frame["last"].to_numpy()
-    sigma = {m: frame[m].to_numpy() for m in models}
-    score = {m: crps(y, last, sigma[m]) for m in models}
-
-    def pick(known: np.ndarray) -> str:
-        if not known.any():
-            return "Naive"
-        mean = {m: float(score[m][known].mean()) for m in models}
-        best = min(models, key=mean.__getitem__)
-        return best if mean[best] < mean["Naive"] else "Naive"
-
-    rank = np.arange(len(ds))
-    picks = [pick((ds + steps <= origin) & (rank >= i - (window or len(ds)))) for i, origin in enumerate(ds)]
-    served = np.array([sigma[m][i] for i, m in enumerate(picks)])
-    served_crps, naive_crps = float(crps(y, last, served).mean()), float(score["Naive"].mean())
+    sigma = np.column_stack([frame[m].to_numpy() for m in models])
+    score = crps(y[:, None], last[:, None], sigma)
+    naive, n = list(models).index("Naive"), len(ds)
+    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [lo, known): mean CRPS from cumsums
+    total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
+    known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")  # the last entry: after every origin
+    lo = np.maximum(np.arange(n + 1) - (window or n + 1), 0)
+    mean = (total[known] - total[np.minimum(lo, known)]) / np.maximum(known - lo, 1)[:, None]
+    best = mean.argmin(axis=1)
+    # ties and no known outcome go to Naive: a candidate must beat it
+    best = np.where((known > lo) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
+    picks = [models[j] for j in best[:n]]
+    served = sigma[np.arange(n), best[:n]]
+    served_crps, naive_crps = float(crps(y, last, served).mean()), float(score[:, naive].mean())
     if served_crps < naive_crps:
-        return IntervalChoice(tuple(picks), served, pick(rank >= len(ds) - (window or len(ds))), ())
+        return IntervalChoice(tuple(picks), served, models[best[n]], ())
     if set(picks) == {"Naive"}:
         return IntervalChoice(tuple(picks), served, "Naive", ())
     note = f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
