@@ -797,8 +797,10 @@ def score(pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mappin
     )
 
 
-def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str, names: Sequence[str]) -> np.ndarray:
-    """Ensemble weights per origin (rows) and model (columns, named by `names`) using only errors realised before each origin.
+def online_weights(
+    sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str, names: Sequence[str]
+) -> np.ndarray:
+    """Ensemble weights per origin (rows) and model (columns named by `names`) from errors realised before each origin.
 
     `inverse_mse`: weights proportional to 1/MSE over origins whose horizon date (cutoff + steps)
     is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on the
@@ -891,8 +893,10 @@ class EnsembleChoice:
     notes: tuple[str, ...]
 
 
-def choose_ensemble(predictions: Mapping[str, np.ndarray], actual: np.ndarray, cutoffs: np.ndarray, steps: int) -> EnsembleChoice:
-    """Combine the models (log forecasts by name, Naive among them) with no look-ahead, and serve Naive if combining lost out of sample.
+def choose_ensemble(
+    predictions: Mapping[str, np.ndarray], actual: np.ndarray, cutoffs: np.ndarray, steps: int
+) -> EnsembleChoice:
+    """Combine the models (log forecasts by name, Naive among them) with no look-ahead; Naive if combining lost.
 
     At each origin the rule (RULES) and its weights come only from outcomes realised before it
     (`online_rule`, `online_weights`): that is the combination's honest score. If it is not
@@ -1061,7 +1065,10 @@ DAILY_DECAY, MULTI_DAY_DECAY = 0.94, 0.97  # RiskMetrics' daily and monthly deca
 K_DAYS = 5  # trading days per multi-day return: a week, longer than the quote noise that reverses next day
 PERSISTENCE = 0.98  # daily persistence of a variance shock (a typical FX GARCH alpha+beta), for the blend
 REGIMES = ("calm", "middle", "turbulent")  # terciles of trailing 20-day realised volatility at the origin
-NAMED_WINDOWS: dict[str, tuple[date, date]] = {"2019-10..2020-06": (date(2019, 10, 1), date(2020, 6, 30)), "2022": (date(2022, 1, 1), date(2022, 12, 31))}
+NAMED_WINDOWS: dict[str, tuple[date, date]] = {
+    "2019-10..2020-06": (date(2019, 10, 1), date(2020, 6, 30)),
+    "2022": (date(2022, 1, 1), date(2022, 12, 31)),
+}
 BOOTSTRAP_REPS = 500
 
 
@@ -1080,7 +1087,7 @@ def ewma(values: np.ndarray, decay: float) -> np.ndarray:
 
 
 def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
-    """Weight of today's variance in the mean variance over the next `steps` days when shocks decay by `persistence` a day."""
+    """Weight of today's variance in the mean variance of the next `steps` days (shocks decay by `persistence`)."""
     return (1 - persistence**steps) / (steps * (1 - persistence))
 
 
@@ -1171,7 +1178,9 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     target[:-steps] = (logp[steps:] - logp[:-steps]) ** 2
     usable = ~np.isnan(target) & ~np.isnan(x[:, 2])
     usable[: K_DAYS + 60] = False  # INFO: the EWMA and long-run mean need a few weeks before they mean anything
-    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = False  # INFO: weekly rows: overlapping targets add little, cost 5x
+    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = (
+        False  # INFO: weekly rows: overlapping targets add little, cost 5x
+    )
     out = {"Recal": float(blend[-1]), "Recal_copper": float(blend[-1])}
     if usable.sum() < 50 or np.isnan(x[-1]).any():
         return out if "copper_rv" in features else {"Recal": out["Recal"]}
@@ -1184,7 +1193,9 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     return out if "copper_rv" in features else {"Recal": out["Recal"]}
 
 
-def variance_paths(logp: np.ndarray, copper_logp: np.ndarray | None, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS) -> dict[str, np.ndarray]:
+def variance_paths(
+    logp: np.ndarray, copper_logp: np.ndarray | None, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS
+) -> dict[str, np.ndarray]:
     """Variance of the k-day log return for k = 1..steps at the end of `logp`, per model in `models`.
 
     The Recal models are fitted at k = steps and carried to shorter k in proportion to the blend.
@@ -1197,7 +1208,7 @@ def variance_paths(logp: np.ndarray, copper_logp: np.ndarray | None, steps: int,
 
 
 def log_prices(usdclp: pl.DataFrame, copper: pl.DataFrame | None) -> tuple[np.ndarray, list[date], np.ndarray | None]:
-    """Log USD/CLP closes, their dates, and log copper as known on each date (NaN where unknown; None without fresh daily copper)."""
+    """Log USD/CLP closes, their dates, and log copper as known on each date (NaN unknown; None: no fresh daily copper)."""
     import numpy as np
     import polars as pl
 
@@ -1208,7 +1219,9 @@ def log_prices(usdclp: pl.DataFrame, copper: pl.DataFrame | None) -> tuple[np.nd
     return logp, days, np.log(align_copper(prices, copper)["copper"].cast(pl.Float64).fill_null(np.nan).to_numpy())
 
 
-def density_origins(n: int, *, longest: int, origins: int = DENSITY_ORIGINS, every: int = DENSITY_EVERY, min_history: int = 500) -> list[int]:
+def density_origins(
+    n: int, *, longest: int, origins: int = DENSITY_ORIGINS, every: int = DENSITY_EVERY, min_history: int = 500
+) -> list[int]:
     """Row indices of the weekly origins: every `every`-th row back from the last one whose `longest` horizon is known.
 
     At most `origins` of them, each with at least `min_history` rows before it.
@@ -1259,7 +1272,16 @@ def density_frame(
             var = {m: base[m][steps - 1] for m in models if m in base}
             if features:
                 var |= {name: v for name, v in recalibrated(window, features, steps).items() if name in models}
-            record = {"horizon": horizon, "steps": steps, "ds": i, "origin": days[i], "target": days[i + steps], "last": logp[i], "y": logp[i + steps], "vol20": vol20}
+            record = {
+                "horizon": horizon,
+                "steps": steps,
+                "ds": i,
+                "origin": days[i],
+                "target": days[i + steps],
+                "last": logp[i],
+                "y": logp[i + steps],
+                "vol20": vol20,
+            }
             records.append(record | {m: float(np.sqrt(var[m])) for m in models})
     return pl.DataFrame(records)
 
@@ -1288,7 +1310,9 @@ class DensityScore:
     coverage_80: float
     coverage_95: float
     coverage_80_ci: tuple[float, float]
-    coverage_by: dict[str, tuple[float, float]]  # regime or named window -> (80% cover, 95% cover); NaN if no origin there
+    coverage_by: dict[
+        str, tuple[float, float]
+    ]  # regime or named window -> (80% cover, 95% cover); NaN if no origin there
     origins: int
 
 
@@ -1341,11 +1365,13 @@ def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) ->
     import scoringrules as sr
 
     z = np.array([z_value(lv) for lv in LEVELS])
-    return sr.weighted_interval_score(y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100)
+    return sr.weighted_interval_score(
+        y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100
+    )
 
 
 def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: str) -> dict[str, dict[str, float]]:
-    """Share of outcomes inside each model's `level`% interval per value of column `by` (utilsforecast.losses.coverage)."""
+    """Share of outcomes inside each model's `level`% interval per value of `by` (utilsforecast.losses.coverage)."""
     from utilsforecast.losses import coverage
 
     table = coverage(frame, list(models), level, id_col=by, target_col="y")
@@ -1354,7 +1380,7 @@ def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: s
 
 @functools.lru_cache(maxsize=16)
 def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
-    """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples (arch), one row each."""
+    """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples (arch)."""
     import numpy as np
     from arch.bootstrap import CircularBlockBootstrap
 
@@ -1362,7 +1388,15 @@ def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
     return np.array([np.bincount(data[0][0], minlength=n) for data in boot.bootstrap(reps)], dtype=float)
 
 
-def ratio_ci(scores: Mapping[str, np.ndarray], base: str, steps: int, *, every: int = DENSITY_EVERY, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Ratio]:
+def ratio_ci(
+    scores: Mapping[str, np.ndarray],
+    base: str,
+    steps: int,
+    *,
+    every: int = DENSITY_EVERY,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+) -> dict[str, Ratio]:
     """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
 
     Blocks span the origins whose outcomes overlap (steps / every), plus one.
@@ -1381,7 +1415,9 @@ def ratio_ci(scores: Mapping[str, np.ndarray], base: str, steps: int, *, every: 
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
 
 
-def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int, *, window: int | None = None) -> IntervalChoice:
+def choose_interval_model(
+    frame: pl.DataFrame, models: Sequence[str], steps: int, *, window: int | None = None
+) -> IntervalChoice:
     """Pick an interval model at each origin by mean CRPS over outcomes known by then; Naive unless one beats it.
 
     An origin's pick uses only origins whose horizon date (ds + steps) is on or before it and,
@@ -1395,7 +1431,7 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     sigma = np.column_stack([frame[m].to_numpy() for m in models])
     score = crps(y[:, None], last[:, None], sigma)
     naive, n = list(models).index("Naive"), len(ds)
-    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [lo, known): mean CRPS from cumsums
+    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [lo, known): cumsums
     total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
     known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")  # the last entry: after every origin
     lo = np.maximum(np.arange(n + 1) - (window or n + 1), 0)
@@ -1414,7 +1450,9 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     return IntervalChoice(tuple(picks), served, "Naive", (note,))
 
 
-def score_density(frame: pl.DataFrame, models: Sequence[str], steps: int, *, reps: int = BOOTSTRAP_REPS) -> dict[str, DensityScore]:
+def score_density(
+    frame: pl.DataFrame, models: Sequence[str], steps: int, *, reps: int = BOOTSTRAP_REPS
+) -> dict[str, DensityScore]:
     """Score each model's Gaussian log-price distribution (centre `last`, sd the model's column) against `y`.
 
     CRPS, WIS, IS80 and IS95 with ratios to Naive (block-bootstrap CIs), coverage overall with a
@@ -1431,11 +1469,19 @@ def score_density(frame: pl.DataFrame, models: Sequence[str], steps: int, *, rep
             bounds[f"{m}-hi-{lv}"] = last + z_value(lv) * frame[m].to_numpy()
     crps_of = {m: crps(y, last, frame[m].to_numpy()) for m in models}
     wis_of = {m: weighted_interval_score(y, last, frame[m].to_numpy()) for m in models}
-    is_of = {lv: {m: interval_score(y, bounds[f"{m}-lo-{lv}"], bounds[f"{m}-hi-{lv}"], lv) for m in models} for lv in LEVELS}
-    ratios = {name: ratio_ci(values, "Naive", steps, reps=reps) for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))}
+    is_of = {
+        lv: {m: interval_score(y, bounds[f"{m}-lo-{lv}"], bounds[f"{m}-hi-{lv}"], lv) for m in models} for lv in LEVELS
+    }
+    ratios = {
+        name: ratio_ci(values, "Naive", steps, reps=reps)
+        for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))
+    }
     cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
     regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
-    windows = [next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other") for d in frame["origin"].to_list()]
+    windows = [
+        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
+        for d in frame["origin"].to_list()
+    ]
     scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
     # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
     groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
@@ -1458,7 +1504,9 @@ def score_density(frame: pl.DataFrame, models: Sequence[str], steps: int, *, rep
             coverage_80=cover[80]["all"][m],
             coverage_95=cover[95]["all"][m],
             coverage_80_ci=(cover_ci[m].lo, cover_ci[m].hi),
-            coverage_by={g: (cover[80][g][m], cover[95][g][m]) if g in cover[80] else (math.nan, math.nan) for g in groups},
+            coverage_by={
+                g: (cover[80][g][m], cover[95][g][m]) if g in cover[80] else (math.nan, math.nan) for g in groups
+            },
             origins=len(y),
         )
         for m in models
@@ -1516,7 +1564,7 @@ def density_backtest_all(
 
 
 def interval_label(rule: str, interval_model: str) -> str:
-    """The served forecast in words: its point and its range, e.g. "random walk; range from the EWMA of 5-day returns"."""
+    """The served forecast in words, point and range: "random walk; range from the EWMA of 5-day returns"."""
     point = "random walk" if rule == "naive" else f"{rule} combination"
     return f"{point}; {INTERVAL_MODELS[interval_model]}"
 
@@ -1593,7 +1641,10 @@ def forecast_all(
                 fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
             fc = fc.join(fcx, on=["unique_id", "ds"])
         model = densities[horizon].live
-        variances = None if model == "Naive" else variance_paths(logp[-history:], None if copper_logp is None else copper_logp[-history:], steps, [model])[model]
+        variances = None
+        if model != "Naive":
+            cu = None if copper_logp is None else copper_logp[-history:]
+            variances = variance_paths(logp[-history:], cu, steps, [model])[model]
         path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
         results[horizon] = Forecast(
             horizon=horizon,
@@ -1623,10 +1674,13 @@ def forecast(
     """
     given = {horizon: backtest_result} if backtest_result else None
     density = {horizon: density_result} if density_result else None
-    return forecast_all(usdclp, copper, [horizon], backtests=given, densities=density, windows=windows, history=history)[horizon]
+    fcs = forecast_all(usdclp, copper, [horizon], backtests=given, densities=density, windows=windows, history=history)
+    return fcs[horizon]
 
 
-def _forecast_path(fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None) -> pl.DataFrame:
+def _forecast_path(
+    fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None
+) -> pl.DataFrame:
     """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
 
     The served range is Naive's width around the ensemble's point (as in `_score_backtest`), or,
@@ -1643,8 +1697,11 @@ def _forecast_path(fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequen
         width = {s: pl.col(f"Naive{s}") - pl.col("Naive") for s in cols}
     else:
         sd = np.sqrt(variances[: len(dates)])
-        width = {"": pl.lit(0.0)} | {f"-{side}-{lv}": pl.Series((1 if side == "hi" else -1) * z_value(lv) * sd) for lv in LEVELS for side in ("lo", "hi")}
-    frames.append(fc.select(pl.lit(ENSEMBLE).alias("model"), *((point + width[s]).exp().alias(c) for s, c in cols.items())))
+        width = {"": pl.lit(0.0)}
+        for lv in LEVELS:
+            width |= {f"-lo-{lv}": pl.Series(-z_value(lv) * sd), f"-hi-{lv}": pl.Series(z_value(lv) * sd)}
+    ensemble = ((point + width[s]).exp().alias(c) for s, c in cols.items())
+    frames.append(fc.select(pl.lit(ENSEMBLE).alias("model"), *ensemble))
     steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
@@ -1774,17 +1831,52 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
     """The range section of the report: every interval model's scores against Naive's range, and what is served."""
     d = db.predictions
     header = f"## Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, {db.steps} trading days ahead)"
-    lines = [header, "", f"Served range: {INTERVAL_MODELS[served]} (`{served}`). Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.", ""]
+    lines = [
+        header,
+        "",
+        f"Served range: {INTERVAL_MODELS[served]} (`{served}`). Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
+        "",
+    ]
     pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
     rows = []
     for name, m in db.models.items():
         ci = f"{m.crps_ratio.value:.4f} [{m.crps_ratio.lo:.4f}, {m.crps_ratio.hi:.4f}]"
         by = m.coverage_by
-        rows.append([name, f"{m.crps * 100:.4f}", ci, f"{m.is80_ratio.value:.4f}", f"{m.is95_ratio.value:.4f}", f"{m.coverage_80:.0%} / {m.coverage_95:.0%}", pct(by["calm"][0]), pct(by["turbulent"][0]), pct(by["2022"][0])])
-    lines += _table(["model", "CRPS (%)", "CRPS ratio [CI]", "IS80 ratio", "IS95 ratio", "80% / 95% cover", "80% calm", "80% turbulent", "80% in 2022"], rows)
-    lines += ["", f"`{SERVED}` is the model chosen at each origin from outcomes known by then ({d['pick'].n_unique()} distinct picks)."]
+        rows.append(
+            [
+                name,
+                f"{m.crps * 100:.4f}",
+                ci,
+                f"{m.is80_ratio.value:.4f}",
+                f"{m.is95_ratio.value:.4f}",
+                f"{m.coverage_80:.0%} / {m.coverage_95:.0%}",
+                pct(by["calm"][0]),
+                pct(by["turbulent"][0]),
+                pct(by["2022"][0]),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "CRPS (%)",
+            "CRPS ratio [CI]",
+            "IS80 ratio",
+            "IS95 ratio",
+            "80% / 95% cover",
+            "80% calm",
+            "80% turbulent",
+            "80% in 2022",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        f"`{SERVED}` is the model chosen at each origin from outcomes known by then ({d['pick'].n_unique()} distinct picks).",
+    ]
     if db.copper_ablation_pct is not None:
-        lines.append(f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal).")
+        lines.append(
+            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal)."
+        )
     return lines + [f"Note: {n}" for n in db.notes]
 
 
@@ -2226,8 +2318,9 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, months: int = 6) ->
         ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP")
         x = [fc.origin, *ens[DATE].to_list()]
         edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
-        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, label=f"95% interval ({fc.interval_model})")
-        ax.fill_between(x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, label=f"80% interval ({fc.interval_model})")
+        for level, alpha in ((95, 0.15), (80, 0.3)):
+            label = f"{level}% interval ({fc.interval_model})"
+            ax.fill_between(x, edge(f"lo_{level}"), edge(f"hi_{level}"), color="tab:blue", alpha=alpha, label=label)
         ax.plot(x, edge("forecast"), color="tab:blue", lw=1.5, label=f"forecast ({fc.backtest.rule})")
         ax.set_ylabel("CLP per USD")
         ax.set_title(f"USD/CLP {fc.horizon} forecast from {fc.origin}\n{fc.interval_label}", fontsize=10)
@@ -2430,8 +2523,17 @@ def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
     for name, m in {**db.models, "range": db.served}.items():
         key = f"{horizon}_range" if name == "range" else f"range_{name}"
         metrics |= {f"{key}_crps": m.crps, f"{key}_wis": m.wis, f"{key}_is80": m.is80, f"{key}_is95": m.is95}
-        for score, ratio in (("crps", m.crps_ratio), ("wis", m.wis_ratio), ("is80", m.is80_ratio), ("is95", m.is95_ratio)):
-            metrics |= {f"{key}_{score}_ratio": ratio.value, f"{key}_{score}_ratio_lo": ratio.lo, f"{key}_{score}_ratio_hi": ratio.hi}
+        for score, ratio in (
+            ("crps", m.crps_ratio),
+            ("wis", m.wis_ratio),
+            ("is80", m.is80_ratio),
+            ("is95", m.is95_ratio),
+        ):
+            metrics |= {
+                f"{key}_{score}_ratio": ratio.value,
+                f"{key}_{score}_ratio_lo": ratio.lo,
+                f"{key}_{score}_ratio_hi": ratio.hi,
+            }
         metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
         for group, (c80, c95) in m.coverage_by.items():
             slug = re.sub(r"\W+", "_", group).strip("_")
@@ -2712,7 +2814,8 @@ def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, 
     user = environ.get("FXCU_SMTP_USER")
     try:
         message = EmailMessage()
-        message["Subject"] = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]} ({fc.interval_label})"
+        headline = f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
+        message["Subject"] = f"{headline} ({fc.interval_label})"
         message["From"] = environ.get("FXCU_SMTP_FROM") or user or "fxcu@localhost"
         message["To"] = ", ".join(a.strip() for a in to.split(",") if a.strip())
         message.set_content(report.markdown.read_text())

@@ -30,13 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import fxcu  # noqa: E402  (after the sys.path change)
+from bench_ops import interleave, timed
 
-from bench_ops import interleave, timed  # noqa: E402  (docs/ is on the path when run as a script)
-from fxcu_test import real_copper, real_usdclp, write_real_warehouse  # noqa: E402
+import fxcu
+from fxcu_test import real_copper, real_usdclp, write_real_warehouse
 
 FIRST = date(2014, 1, 1)
-PERIODS = {"2014-01..2019-09": (date(2014, 1, 1), date(2019, 9, 30)), "2019-10..2024-06": (date(2019, 10, 1), date(2024, 6, 30))}
+PERIODS = {
+    "2014-01..2019-09": (date(2014, 1, 1), date(2019, 9, 30)),
+    "2019-10..2024-06": (date(2019, 10, 1), date(2024, 6, 30)),
+}
 CANDIDATES = (*fxcu.RUN_INTERVAL_MODELS, "GARCH_t")
 SPEED_ROUNDS, RUN_ROUNDS = 3, 3
 SPEED_TARGET = 0.2
@@ -63,7 +66,9 @@ def served_as_run(sub, steps: int):
     sigma, served = [], []
     for i, origin in enumerate(ds):
         past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
-        live = fxcu.choose_interval_model(sub[past], list(fxcu.RUN_INTERVAL_MODELS), steps).live if len(past) else "Naive"
+        live = (
+            fxcu.choose_interval_model(sub[past], list(fxcu.RUN_INTERVAL_MODELS), steps).live if len(past) else "Naive"
+        )
         served.append(live)
         sigma.append(sub[live][i])
     return np.array(sigma), served
@@ -76,37 +81,50 @@ def section_accuracy() -> None:
     started = time.perf_counter()
     frame = fxcu.density_frame(usdclp, copper, first=FIRST, models=CANDIDATES)
     seconds = time.perf_counter() - started
-    print(f"### Weekly density backtest, 2014-01..2024-06 (`python docs/bench_density.py accuracy`)\n")
-    print(f"Origins every {fxcu.DENSITY_EVERY} trading days from {frame['origin'].min()} to {frame['origin'].max()} "
-          f"({frame.filter(pl.col('horizon') == '7d').height} per horizon), the same for every horizon; every model refitted "
-          f"at every origin on the last {fxcu.HISTORY} trading days (built in {seconds:.0f} s, GARCH_t included). Ratios are "
-          "mean score / Naive's mean score with 95% circular block bootstrap CIs; coverage is of the 80% (95%) interval. "
-          "`Served` is the run's choice at each origin: from the run's candidates, on the outcomes known by then among "
-          f"the last {fxcu.DENSITY_ORIGINS} origins (what a run on that day backtests). `Run` is what a run on that day "
-          "would have served: its whole decision, repeated at each origin on the density backtest it would have run "
-          f"(the last {fxcu.DENSITY_ORIGINS} origins whose 90d outcome was known), Naive fallback included.\n")
+    print("### Weekly density backtest, 2014-01..2024-06 (`python docs/bench_density.py accuracy`)\n")
+    print(
+        f"Origins every {fxcu.DENSITY_EVERY} trading days from {frame['origin'].min()} to {frame['origin'].max()} "
+        f"({frame.filter(pl.col('horizon') == '7d').height} per horizon), the same for every horizon; every model refitted "
+        f"at every origin on the last {fxcu.HISTORY} trading days (built in {seconds:.0f} s, GARCH_t included). Ratios are "
+        "mean score / Naive's mean score with 95% circular block bootstrap CIs; coverage is of the 80% (95%) interval. "
+        "`Served` is the run's choice at each origin: from the run's candidates, on the outcomes known by then among "
+        f"the last {fxcu.DENSITY_ORIGINS} origins (what a run on that day backtests). `Run` is what a run on that day "
+        "would have served: its whole decision, repeated at each origin on the density backtest it would have run "
+        f"(the last {fxcu.DENSITY_ORIGINS} origins whose 90d outcome was known), Naive fallback included.\n"
+    )
     for horizon in fxcu.HORIZONS:
         sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
         steps = int(sub["steps"][0])
         # a run on an origin's day backtests the DENSITY_ORIGINS weekly origins before it, so it chooses from those
         choice = fxcu.choose_interval_model(sub, list(fxcu.RUN_INTERVAL_MODELS), steps, window=fxcu.DENSITY_ORIGINS)
         run_sigma, run_served = served_as_run(sub, steps)
-        sub = sub.with_columns(pl.Series(fxcu.SERVED, choice.served_sigma), pl.Series("pick", choice.picks), pl.Series(RUN, run_sigma))
+        sub = sub.with_columns(
+            pl.Series(fxcu.SERVED, choice.served_sigma), pl.Series("pick", choice.picks), pl.Series(RUN, run_sigma)
+        )
         picks = {m: choice.picks.count(m) for m in fxcu.RUN_INTERVAL_MODELS if choice.picks.count(m)}
         runs = {m: run_served.count(m) for m in fxcu.RUN_INTERVAL_MODELS if run_served.count(m)}
-        print(f"#### {horizon} ({steps} trading days)\n\n`Served` picks over all origins: " + ", ".join(f"{m} {n}" for m, n in picks.items())
-              + f"; live choice at the end: {choice.live}. `Run` served: " + ", ".join(f"{m} {n}" for m, n in runs.items()) + ".\n")
+        print(
+            f"#### {horizon} ({steps} trading days)\n\n`Served` picks over all origins: "
+            + ", ".join(f"{m} {n}" for m, n in picks.items())
+            + f"; live choice at the end: {choice.live}. `Run` served: "
+            + ", ".join(f"{m} {n}" for m, n in runs.items())
+            + ".\n"
+        )
         for period, (a, b) in PERIODS.items():
             part = sub.filter(pl.col("origin").is_between(a, b))
             scores = fxcu.score_density(part, [*CANDIDATES, fxcu.SERVED, RUN], steps)
             print(f"{period}, {part.height} origins:\n")
-            print("| model | CRPS ratio [CI] | IS80 ratio [CI] | IS95 ratio [CI] | 80% cover [CI] | 95% cover | 80% calm | 80% middle | 80% turbulent | 80% / 95% in 2022 | 80% in 2019-10..2020-06 |")
+            print(
+                "| model | CRPS ratio [CI] | IS80 ratio [CI] | IS95 ratio [CI] | 80% cover [CI] | 95% cover | 80% calm | 80% middle | 80% turbulent | 80% / 95% in 2022 | 80% in 2019-10..2020-06 |"
+            )
             print("|---|---|---|---|---|---:|---:|---:|---:|---|---:|")
             for name, s in scores.items():
                 by = s.coverage_by
-                print(f"| {name} | {ratio(s.crps_ratio)} | {ratio(s.is80_ratio)} | {ratio(s.is95_ratio)} | {pct(s.coverage_80)} "
-                      f"[{pct(s.coverage_80_ci[0])}, {pct(s.coverage_80_ci[1])}] | {pct(s.coverage_95)} | {pct(by['calm'][0])} | "
-                      f"{pct(by['middle'][0])} | {pct(by['turbulent'][0])} | {pct(by['2022'][0])} / {pct(by['2022'][1])} | {pct(by['2019-10..2020-06'][0])} |")
+                print(
+                    f"| {name} | {ratio(s.crps_ratio)} | {ratio(s.is80_ratio)} | {ratio(s.is95_ratio)} | {pct(s.coverage_80)} "
+                    f"[{pct(s.coverage_80_ci[0])}, {pct(s.coverage_80_ci[1])}] | {pct(s.coverage_95)} | {pct(by['calm'][0])} | "
+                    f"{pct(by['middle'][0])} | {pct(by['turbulent'][0])} | {pct(by['2022'][0])} / {pct(by['2022'][1])} | {pct(by['2019-10..2020-06'][0])} |"
+                )
             ablation = fxcu.copper_variance_ablation(scores)
             print(f"\nCopper as a variance signal (Recal_copper vs Recal, CRPS): {ablation:+.2f}%.\n")
 
@@ -118,7 +136,7 @@ def section_speed() -> None:
     fxcu.backtest_all(usdclp, copper, horizons)
     point, density = [], []
     for i in range(SPEED_ROUNDS):
-        for which in (("point", "density") if i % 2 == 0 else ("density", "point")):
+        for which in ("point", "density") if i % 2 == 0 else ("density", "point"):
             started = time.perf_counter()
             if which == "point":
                 fxcu.backtest_all(usdclp, copper, horizons)
@@ -128,11 +146,19 @@ def section_speed() -> None:
                 density.append(time.perf_counter() - started)
     r = statistics.median(density) / statistics.median(point)
     print("### Speed: density backtest vs point backtest (`python docs/bench_density.py speed`)\n")
-    print(f"In one process, after one warm-up each, {SPEED_ROUNDS} rounds interleaved (order alternating), four horizons:\n")
+    print(
+        f"In one process, after one warm-up each, {SPEED_ROUNDS} rounds interleaved (order alternating), four horizons:\n"
+    )
     print("| call | median s | min–max s |\n|---|---:|---|")
-    print(f"| `fxcu.backtest_all(usdclp, copper)` (60 origins, 5 statsforecast models + Naive_copper) | {statistics.median(point):.2f} | {min(point):.2f}–{max(point):.2f} |")
-    print(f"| `fxcu.density_backtest_all(usdclp, copper)` ({fxcu.DENSITY_ORIGINS} weekly origins, {len(fxcu.RUN_INTERVAL_MODELS)} interval models, CIs) | {statistics.median(density):.2f} | {min(density):.2f}–{max(density):.2f} |")
-    print(f"\nRatio density / point: **{r:.2f}** (target ≤ {SPEED_TARGET}: {'met' if r <= SPEED_TARGET else 'not met'}).\n")
+    print(
+        f"| `fxcu.backtest_all(usdclp, copper)` (60 origins, 5 statsforecast models + Naive_copper) | {statistics.median(point):.2f} | {min(point):.2f}–{max(point):.2f} |"
+    )
+    print(
+        f"| `fxcu.density_backtest_all(usdclp, copper)` ({fxcu.DENSITY_ORIGINS} weekly origins, {len(fxcu.RUN_INTERVAL_MODELS)} interval models, CIs) | {statistics.median(density):.2f} | {min(density):.2f}–{max(density):.2f} |"
+    )
+    print(
+        f"\nRatio density / point: **{r:.2f}** (target ≤ {SPEED_TARGET}: {'met' if r <= SPEED_TARGET else 'not met'}).\n"
+    )
 
 
 def section_run(base: Path) -> None:
@@ -154,12 +180,16 @@ def section_run(base: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
     med = {name: statistics.median(t.seconds for t in runs) for name, runs in results.items()}
     print("### Speed: `run all --offline` against the release (`python docs/bench_density.py run /tmp/base`)\n")
-    print(f"Release: a `git worktree` of 4f1cd23 at {base}; each command as a subprocess with its own warm warehouse and "
-          f"migrated database, {RUN_ROUNDS} rounds interleaved after one uncounted round, same interpreter.\n")
+    print(
+        f"Release: a `git worktree` of 4f1cd23 at {base}; each command as a subprocess with its own warm warehouse and "
+        f"migrated database, {RUN_ROUNDS} rounds interleaved after one uncounted round, same interpreter.\n"
+    )
     print("| command | median s | min–max s |\n|---|---:|---|")
     for name, runs in results.items():
         secs = [t.seconds for t in runs]
-        print(f"| {name}: `python fxcu.py run all --offline --skip-email` | {med[name]:.2f} | {min(secs):.2f}–{max(secs):.2f} |")
+        print(
+            f"| {name}: `python fxcu.py run all --offline --skip-email` | {med[name]:.2f} | {min(secs):.2f}–{max(secs):.2f} |"
+        )
     print(f"\nRatio this / release: **{med['this'] / med['release']:.2f}**.\n")
 
 
