@@ -1056,8 +1056,8 @@ INTERVAL_MODELS: dict[str, str] = {
     "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
     "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
 }
-# GARCH_t costs ~30 ms per fit (arch), 1.4x the whole point backtest at 252 origins: the run leaves
-# it out and docs/bench_forecast.py scores it (docs/FORECASTING.md, "Ranges").
+# GARCH_t costs 30-300 ms per arch fit (more on a busy machine): refitted at 252 origins it alone takes 1-9x
+# the whole point backtest (the target is 0.2x), so the run leaves it out; docs/bench_density.py scores it.
 RUN_INTERVAL_MODELS = ("Naive", "EWMA", "EWMA_5d", "EWMA_5d_blend", "Recal", "Recal_copper")
 SERVED = "Served"  # the interval model chosen at each origin from outcomes known by then
 DENSITY_ORIGINS, DENSITY_EVERY = 252, 5  # weekly origins over the last five years, the same for every horizon

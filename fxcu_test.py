@@ -1413,6 +1413,25 @@ def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
     assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
 
 
+def test_choose_interval_model_window_looks_only_at_recent_origins():
+    """With a window, a candidate that was right long ago but too narrow lately is dropped sooner."""
+    n = 120
+    y = np.where(np.arange(n) < 60, 0.01, 0.04) * np.where(np.arange(n) % 2, 1, -1)  # calm, then turbulent
+    frame = pl.DataFrame({"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)})
+    always = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1).picks
+    recent = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1, window=10).picks
+    assert always[60] == recent[60] == "narrow"
+    assert recent.index("Naive", 60) < always.index("Naive", 60)
+    assert recent[70:] == ("Naive",) * 50
+
+
+def test_density_origins_are_weekly_and_leave_the_longest_horizon_known():
+    rows = fxcu.density_origins(1000, longest=65, origins=50, every=5, min_history=500)
+    assert rows[-1] == 1000 - 1 - 65 and np.all(np.diff(rows) == 5) and len(rows) == 50
+    # too little history for 252 origins: as many as leave 500 rows before the first one
+    assert fxcu.density_origins(600, longest=65) == [504, 509, 514, 519, 524, 529, 534]
+
+
 def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
     rng = np.random.default_rng(0)
     naive = rng.gamma(2, 1, 250)
