@@ -1764,9 +1764,10 @@ def format_summary(s: Mapping[str, Any]) -> str:
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
-        f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%}, {s['backtest_origins']} origins",
-        f"  served: {s['interval_label']}",
+        f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%} (Naive's range), {s['backtest_origins']} origins",
     ]
+    if "interval_label" in s:
+        lines.append(f"  served: {s['interval_label']}")
     if "range_crps_ratio" in s:
         lo, hi = s["range_crps_ratio_ci"]
         lines.append(
