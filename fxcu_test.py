@@ -1470,17 +1470,26 @@ def test_density_backtest_on_real_data(real_density_7d):
 def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     fc = real_forecast_7d
     assert fc.density is not None and fc.interval_model == fc.density.live
-    assert fc.interval_label.startswith("random walk; ") and fc.interval_label.endswith(fxcu.INTERVAL_MODELS[fc.interval_model])
+    assert fc.interval_label == "random walk; " + fxcu.INTERVAL_MODELS[fc.interval_model]
+    # on the shared data every candidate's picks lost to Naive's range out of sample: Naive's range is served
+    assert fc.interval_model == "Naive" and "serving Naive's range" in fc.density.notes[0]
     naive, ens = (fc.path.filter(pl.col("model") == name) for name in ("Naive", fxcu.ENSEMBLE))
-    if fc.interval_model == "Naive":
-        assert np.allclose(ens["lo_80"], naive["lo_80"])
-    else:
-        logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
-        var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, [fc.interval_model])[fc.interval_model]
-        assert np.log(ens["hi_95"].to_numpy() / ens["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
-        assert not np.allclose(ens["lo_80"], naive["lo_80"])
-    # the random walk's own range stays in the path
-    assert naive["hi_95"][-1] / naive["forecast"][-1] == pytest.approx(math.exp(1.959964 * math.sqrt(5 * np.mean(np.diff(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-2520:])) ** 2))), rel=1e-3)
+    assert np.allclose(ens["lo_80"], naive["lo_80"]) and np.allclose(ens["hi_95"], naive["hi_95"])
+    # the random walk's own range: sqrt(steps) times the root mean squared daily log change over 2520 days
+    daily = np.diff(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-2520:]))
+    sd = np.sqrt(np.arange(1, 6) * np.mean(daily**2))
+    assert np.log(naive["hi_95"].to_numpy() / naive["forecast"].to_numpy()) == pytest.approx(1.959964 * sd, rel=1e-3)
+    # a density backtest that chose another range: the ensemble carries that model's width, Naive keeps its own
+    chosen = dataclasses.replace(fc.density, live="EWMA_5d_blend")
+    other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
+    assert other.interval_model == "EWMA_5d_blend" and "EWMA of 5-day returns blended" in other.interval_label
+    logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
+    var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, ["EWMA_5d_blend"])["EWMA_5d_blend"]
+    ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
+    assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
+    assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
+    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(other.final["lo_80"], fc.final["lo_80"])
+    assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
 
 
 # -- Reports, MLflow, run -------------------------------------------------------------
