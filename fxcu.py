@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -1131,18 +1132,20 @@ def score(pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mappin
     )
 
 
-def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str) -> np.ndarray:
-    """Ensemble weights per origin (rows) and model (columns) using only errors realised before each origin.
+def online_weights(
+    sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule: str, names: Sequence[str]
+) -> np.ndarray:
+    """Ensemble weights per origin (rows) and model (columns named by `names`) from errors realised before each origin.
 
     `inverse_mse`: weights proportional to 1/MSE over origins whose horizon date (cutoff + steps)
-    is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on
-    column 0 (Naive).
+    is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on the
+    column named Naive.
     """
     import numpy as np
 
     n, k = sq_errors.shape
     if rule == "naive":
-        return np.tile(np.eye(k)[0], (n, 1))
+        return np.tile(np.eye(k)[list(names).index("Naive")], (n, 1))
     if rule == "equal":
         return np.full((n, k), 1 / k)
     if rule != "inverse_mse":
@@ -1156,13 +1159,13 @@ def online_weights(sq_errors: np.ndarray, cutoffs: np.ndarray, steps: int, rule:
     return weights
 
 
-def final_weights(sq_errors: np.ndarray, rule: str) -> np.ndarray:
-    """Weights for a live forecast: the rule applied to every backtest error."""
+def final_weights(sq_errors: np.ndarray, rule: str, names: Sequence[str]) -> np.ndarray:
+    """Weights for a live forecast (columns named by `names`): the rule applied to every backtest error."""
     import numpy as np
 
     k = sq_errors.shape[1]
     if rule == "naive":
-        return np.eye(k)[0]
+        return np.eye(k)[list(names).index("Naive")]
     if rule == "equal":
         return np.full(k, 1 / k)
     inv = 1 / np.maximum(sq_errors.mean(axis=0), 1e-18)
@@ -1225,8 +1228,10 @@ class EnsembleChoice:
     notes: tuple[str, ...]
 
 
-def choose_ensemble(logs: np.ndarray, actual: np.ndarray, cutoffs: np.ndarray, steps: int) -> EnsembleChoice:
-    """Combine the models (column 0 is Naive) with no look-ahead, and serve Naive if combining lost out of sample.
+def choose_ensemble(
+    predictions: Mapping[str, np.ndarray], actual: np.ndarray, cutoffs: np.ndarray, steps: int
+) -> EnsembleChoice:
+    """Combine the models (log forecasts by name, Naive among them) with no look-ahead; Naive if combining lost.
 
     At each origin the rule (RULES) and its weights come only from outcomes realised before it
     (`online_rule`, `online_weights`): that is the combination's honest score. If it is not
@@ -1235,19 +1240,21 @@ def choose_ensemble(logs: np.ndarray, actual: np.ndarray, cutoffs: np.ndarray, s
     """
     import numpy as np
 
+    names = list(predictions)
+    logs, naive = np.column_stack([predictions[n] for n in names]), predictions["Naive"]
     sq = (np.exp(logs) - actual[:, None]) ** 2
-    per_rule = {rule: _combine(logs, online_weights(sq, cutoffs, steps, rule)) for rule in RULES}
+    per_rule = {rule: _combine(logs, online_weights(sq, cutoffs, steps, rule, names)) for rule in RULES}
     rule_sq = {rule: (np.exp(pred) - actual) ** 2 for rule, pred in per_rule.items()}
     picks = online_rule(rule_sq, cutoffs, steps)
     combination = np.array([per_rule[rule][i] for i, rule in enumerate(picks)])
     rmse = lambda pred: float(np.sqrt(np.mean((np.exp(pred) - actual) ** 2)))  # noqa: E731
     rule_rmse = {rule: rmse(pred) for rule, pred in per_rule.items()}
-    if rmse(combination) < rmse(logs[:, 0]):
+    if rmse(combination) < rmse(naive):
         live = min(RULES[::-1], key=rule_rmse.__getitem__)
-        return EnsembleChoice(combination, combination, live, final_weights(sq, live), rule_rmse, ())
-    ratio = rmse(combination) / rmse(logs[:, 0])
+        return EnsembleChoice(combination, combination, live, final_weights(sq, live, names), rule_rmse, ())
+    ratio = rmse(combination) / rmse(naive)
     note = f"combining models lost to Naive out of sample ({ratio:.4f}x its RMSE): serving Naive"
-    return EnsembleChoice(logs[:, 0], combination, "naive", final_weights(sq, "naive"), rule_rmse, (note,))
+    return EnsembleChoice(naive, combination, "naive", final_weights(sq, "naive", names), rule_rmse, (note,))
 
 
 def backtest_all(
@@ -1330,7 +1337,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
         bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
         scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
 
-    logs = np.column_stack([at_h[n].to_numpy() for n in names])
+    logs = {n: at_h[n].to_numpy() for n in names}
     choice = choose_ensemble(logs, actual, cutoffs, steps)
     # Intervals of the served point and of the combination: Naive's width around the point. The
     # other models' own intervals are measured far too narrow (53-75% cover at 80%); Naive's are not.
@@ -1343,7 +1350,7 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
     copper_used = COPPER_MODEL in names
     ablation = None
     if copper_used:
-        without = choose_ensemble(logs[:, :-1], actual, cutoffs, steps)
+        without = choose_ensemble({n: v for n, v in logs.items() if n != COPPER_MODEL}, actual, cutoffs, steps)
         ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
@@ -1370,6 +1377,533 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
     )
 
 
+# -- Core: interval (variance) models and the weekly density backtest -------------------
+
+# Candidate variance models for the served range, by name. Each gives the variance of the k-day
+# log return at an origin from data up to that origin only; the range is Gaussian in log price
+# around the served point.
+INTERVAL_MODELS: dict[str, str] = {
+    "Naive": "Naive's range (daily volatility times the square root of trading days)",
+    "EWMA": "range from the EWMA of daily returns (RiskMetrics)",
+    "EWMA_5d": "range from the EWMA of 5-day returns",
+    "EWMA_5d_blend": "range from the EWMA of 5-day returns blended with their long-run variance",
+    "GARCH_t": "range from a GARCH(1,1) with Student-t errors",
+    "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
+    "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
+}
+# GARCH_t costs 30-300 ms per arch fit (more on a busy machine): refitted at 252 origins it alone takes 1-9x
+# the whole point backtest (the target is 0.2x), so the run leaves it out; docs/bench_density.py scores it.
+RUN_INTERVAL_MODELS = ("Naive", "EWMA", "EWMA_5d", "EWMA_5d_blend", "Recal", "Recal_copper")
+SERVED = "Served"  # the interval model chosen at each origin from outcomes known by then
+DENSITY_ORIGINS, DENSITY_EVERY = 252, 5  # weekly origins over the last five years, the same for every horizon
+DAILY_DECAY, MULTI_DAY_DECAY = 0.94, 0.97  # RiskMetrics' daily and monthly decay factors (1996), not fitted here
+K_DAYS = 5  # trading days per multi-day return: a week, longer than the quote noise that reverses next day
+PERSISTENCE = 0.98  # daily persistence of a variance shock (a typical FX GARCH alpha+beta), for the blend
+REGIMES = ("calm", "middle", "turbulent")  # terciles of trailing 20-day realised volatility at the origin
+NAMED_WINDOWS: dict[str, tuple[date, date]] = {
+    "2019-10..2020-06": (date(2019, 10, 1), date(2020, 6, 30)),
+    "2022": (date(2022, 1, 1), date(2022, 12, 31)),
+}
+BOOTSTRAP_REPS = 500
+
+
+def z_value(level: int) -> float:
+    """The standard normal quantile that bounds a central `level`% interval: 80 -> 1.2816."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + level / 200)
+
+
+def ewma(values: np.ndarray, decay: float) -> np.ndarray:
+    """Exponentially weighted mean s_t = decay * s_(t-1) + (1 - decay) * x_t, started at x_0 (scipy's `lfilter`)."""
+    from scipy.signal import lfilter
+
+    return lfilter([1 - decay], [1, -decay], values, zi=[decay * values[0]])[0]
+
+
+def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
+    """Weight of today's variance in the mean variance of the next `steps` days (shocks decay by `persistence`)."""
+    return (1 - persistence**steps) / (steps * (1 - persistence))
+
+
+def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS) -> dict[str, np.ndarray]:
+    """Variance of the k-day log return for k = 1..steps, per model, at the last point of `logp` (the origin).
+
+    Only `logp` is used, so an origin's variances never see a later price. `Naive` is statsforecast
+    Naive's width (mean squared daily change, times k); `EWMA` RiskMetrics' daily EWMA times k;
+    `EWMA_5d` the EWMA of overlapping 5-day squared returns times k/5; `EWMA_5d_blend` that blended
+    with the mean 5-day squared return of the whole window, the EWMA's weight falling with k as a
+    variance shock decays; `GARCH_t` arch's GARCH(1,1) with Student-t errors, refitted here.
+    """
+    import numpy as np
+
+    k = np.arange(1, steps + 1)
+    daily = np.diff(logp)
+    weekly = logp[K_DAYS:] - logp[:-K_DAYS]
+    out: dict[str, np.ndarray] = {}
+    if "Naive" in models:
+        out["Naive"] = np.mean(daily**2) * k
+    if "EWMA" in models:
+        out["EWMA"] = ewma(daily**2, DAILY_DECAY)[-1] * k
+    ewma_5d, long_run = ewma(weekly**2, MULTI_DAY_DECAY)[-1] / K_DAYS, np.mean(weekly**2) / K_DAYS
+    if "EWMA_5d" in models:
+        out["EWMA_5d"] = ewma_5d * k
+    if {"EWMA_5d_blend", "Recal", "Recal_copper"} & set(models):
+        weight = np.array([blend_weight(int(s)) for s in k])
+        out["EWMA_5d_blend"] = (weight * ewma_5d + (1 - weight) * long_run) * k
+    if "GARCH_t" in models:
+        out["GARCH_t"] = garch_variances(daily, steps)
+    return out
+
+
+def garch_variances(daily: np.ndarray, steps: int) -> np.ndarray:
+    """k-day log-return variance for k = 1..steps from arch's GARCH(1,1) with Student-t errors fitted to `daily`."""
+    import numpy as np
+    from arch import arch_model
+
+    # INFO: arch fits percent returns (its optimiser is tuned for that scale)
+    fit = arch_model(daily * 100, mean="Zero", vol="GARCH", p=1, q=1, dist="t").fit(disp="off", show_warning=False)
+    return np.cumsum(fit.forecast(horizon=steps, reindex=False).variance.to_numpy()[-1]) / 1e4
+
+
+def realised_vol(logp: np.ndarray, window: int = 20) -> float:
+    """Standard deviation of the last `window` daily log returns (the origin's trailing realised volatility)."""
+    import numpy as np
+
+    return float(np.std(np.diff(logp[-window - 1 :]), ddof=1))
+
+
+def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per day of `logp`, what the recalibration regresses on, each known on that day.
+
+    `ewma_5d` and `long_run`: EWMA and expanding mean of squared overlapping 5-day returns, per
+    day; `copper_rv`: copper's mean squared daily log return over 20 days (NaN where unknown).
+    """
+    import numpy as np
+
+    weekly = np.concatenate([np.zeros(K_DAYS), logp[K_DAYS:] - logp[:-K_DAYS]]) ** 2
+    seen = np.maximum(np.arange(1, len(logp) + 1) - K_DAYS, 1)
+    out = {"ewma_5d": ewma(weekly, MULTI_DAY_DECAY) / K_DAYS, "long_run": np.cumsum(weekly) / seen / K_DAYS}
+    if copper_logp is not None:
+        sq = np.concatenate([[np.nan], np.diff(copper_logp)]) ** 2
+        missing = np.concatenate([[0], np.cumsum(np.isnan(sq))])
+        total = np.concatenate([[0.0], np.cumsum(np.nan_to_num(sq))])
+        rv = np.full(len(logp), np.nan)
+        rv[19:] = (total[20:] - total[:-20]) / 20
+        rv[19:][missing[20:] - missing[:-20] > 0] = np.nan  # INFO: a window with a missing copper day is unknown
+        out["copper_rv"] = rv
+    return out
+
+
+def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: int) -> dict[str, float]:
+    """Variance of the `steps`-day log return at the origin (the last day) from regressions on outcomes already known.
+
+    On every 5th past day t counted back from the origin whose outcome (t + steps) is on or
+    before the origin, the squared `steps`-day return is regressed (OLS) on the blended 5-day
+    variance known at t (`Recal`) and also on copper's 20-day realised variance at t
+    (`Recal_copper`, when `features` has it). A prediction is floored at a quarter of the blend
+    (a linear fit can go below zero); the first 65 days are warm-up.
+    """
+    import numpy as np
+
+    weight = blend_weight(steps)
+    blend = (weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps
+    x = np.column_stack([np.ones_like(blend), blend, features.get("copper_rv", np.zeros_like(blend)) * steps])
+    target = np.full(len(logp), np.nan)
+    target[:-steps] = (logp[steps:] - logp[:-steps]) ** 2
+    usable = ~np.isnan(target) & ~np.isnan(x[:, 2])
+    usable[: K_DAYS + 60] = False  # INFO: the EWMA and long-run mean need a few weeks before they mean anything
+    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = (
+        False  # INFO: weekly rows: overlapping targets add little, cost 5x
+    )
+    out = {"Recal": float(blend[-1]), "Recal_copper": float(blend[-1])}
+    if usable.sum() < 50 or np.isnan(x[-1]).any():
+        return out if "copper_rv" in features else {"Recal": out["Recal"]}
+    xu, yu = x[usable], target[usable]
+    gram, moment = xu.T @ xu, xu.T @ yu  # INFO: normal equations: one pass over the rows serves both regressions
+    for name, k in (("Recal", 2), ("Recal_copper", 3)):
+        with contextlib.suppress(np.linalg.LinAlgError):  # a singular fit (constant regressor) keeps the blend
+            coef = np.linalg.solve(gram[:k, :k], moment[:k])
+            out[name] = float(max(x[-1, :k] @ coef, blend[-1] / 4))
+    return out if "copper_rv" in features else {"Recal": out["Recal"]}
+
+
+def variance_paths(
+    logp: np.ndarray, copper_logp: np.ndarray | None, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS
+) -> dict[str, np.ndarray]:
+    """Variance of the k-day log return for k = 1..steps at the end of `logp`, per model in `models`.
+
+    The Recal models are fitted at k = steps and carried to shorter k in proportion to the blend.
+    """
+    out = base_variances(logp, steps, [*models, "EWMA_5d_blend"])
+    if {"Recal", "Recal_copper"} & set(models):
+        for name, var in recalibrated(logp, recal_features(logp, copper_logp), steps).items():
+            out[name] = out["EWMA_5d_blend"] * var / out["EWMA_5d_blend"][-1]
+    return {name: out[name] for name in models if name in out}
+
+
+def log_prices(usdclp: pl.DataFrame, copper: pl.DataFrame | None) -> tuple[np.ndarray, list[date], np.ndarray | None]:
+    """Log USD/CLP closes, their dates, and log copper as known on each date (NaN unknown; None: no fresh daily copper)."""
+    import numpy as np
+    import polars as pl
+
+    prices = usdclp.select(DATE, CLOSE).sort(DATE)
+    logp, days = np.log(prices[CLOSE].to_numpy()), prices[DATE].to_list()
+    if copper is None or copper_frequency(copper) != "daily" or copper_is_stale(usdclp, copper):
+        return logp, days, None
+    return logp, days, np.log(align_copper(prices, copper)["copper"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+
+
+def density_origins(
+    n: int, *, longest: int, origins: int = DENSITY_ORIGINS, every: int = DENSITY_EVERY, min_history: int = 500
+) -> list[int]:
+    """Row indices of the weekly origins: every `every`-th row back from the last one whose `longest` horizon is known.
+
+    At most `origins` of them, each with at least `min_history` rows before it.
+    """
+    last = n - 1 - longest
+    return [i for i in range(last, min_history - 1, -every)][:origins][::-1]
+
+
+def density_frame(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None,
+    horizons: Sequence[str] = tuple(HORIZONS),
+    *,
+    origins: int = DENSITY_ORIGINS,
+    every: int = DENSITY_EVERY,
+    history: int = HISTORY,
+    models: Sequence[str] = RUN_INTERVAL_MODELS,
+    first: date | None = None,
+) -> pl.DataFrame:
+    """The prediction frame: one row per origin and horizon with each model's k-day log-return standard deviation.
+
+    Columns: horizon, steps, ds (the origin's row), origin, target, last and y (log price at the
+    origin and at the horizon date), vol20 (trailing 20-day realised volatility), one column per
+    model. Every value at an origin comes from the last `history` rows up to it (copper as known
+    at the origin, `align_copper`); models are refitted at every origin. `first`: take every
+    weekly origin from that date on instead of the last `origins`.
+    """
+    import numpy as np
+    import polars as pl
+
+    logp, days, copper_logp = log_prices(usdclp, copper)
+    if copper_logp is None:
+        models = [m for m in models if m != "Recal_copper"]
+    steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
+    longest = horizon_steps(max(HORIZONS.values()))
+    rows = density_origins(len(logp), longest=longest, origins=len(logp) if first else origins, every=every)
+    if first:
+        rows = [i for i in rows if days[i] >= first]
+    base_models = [m for m in models if not m.startswith("Recal")] + ["EWMA_5d_blend"]
+    records = []
+    for i in rows:
+        window = logp[max(0, i + 1 - history) : i + 1]
+        cu = copper_logp[max(0, i + 1 - history) : i + 1] if copper_logp is not None else None
+        base = base_variances(window, longest, base_models)
+        features = recal_features(window, cu) if any(m.startswith("Recal") for m in models) else {}
+        vol20 = realised_vol(window)
+        for horizon, steps in steps_of.items():
+            var = {m: base[m][steps - 1] for m in models if m in base}
+            if features:
+                var |= {name: v for name, v in recalibrated(window, features, steps).items() if name in models}
+            record = {
+                "horizon": horizon,
+                "steps": steps,
+                "ds": i,
+                "origin": days[i],
+                "target": days[i + steps],
+                "last": logp[i],
+                "y": logp[i + steps],
+                "vol20": vol20,
+            }
+            records.append(record | {m: float(np.sqrt(var[m])) for m in models})
+    return pl.DataFrame(records)
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A candidate's mean score over Naive's, with a block-bootstrap confidence interval (95%)."""
+
+    value: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True, slots=True)
+class DensityScore:
+    """One interval model's distribution scores at the horizon date, over the weekly origins (log-price units)."""
+
+    crps: float
+    wis: float
+    is80: float
+    is95: float
+    crps_ratio: Ratio
+    wis_ratio: Ratio
+    is80_ratio: Ratio
+    is95_ratio: Ratio
+    coverage_80: float
+    coverage_95: float
+    coverage_80_ci: tuple[float, float]
+    coverage_by: dict[
+        str, tuple[float, float]
+    ]  # regime or named window -> (80% cover, 95% cover); NaN if no origin there
+    origins: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalChoice:
+    """The interval model chosen at each origin (no look-ahead) and the one served live."""
+
+    picks: tuple[str, ...]
+    served_sigma: np.ndarray
+    live: str
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DensityBacktest:
+    """The weekly density backtest of every interval model at one horizon."""
+
+    horizon: str
+    steps: int
+    models: dict[str, DensityScore]  # each candidate and SERVED
+    live: str  # the interval model served live ("Naive" unless one beat it out of sample)
+    copper_ablation_pct: float | None  # CRPS of Recal_copper against Recal, same origins (negative: copper helped)
+    origins: tuple[date, ...]
+    predictions: pl.DataFrame = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def served(self) -> DensityScore:
+        """The honest score of what is served: the picks made at each origin, or Naive's when choosing lost."""
+        return self.models["Naive" if self.live == "Naive" else SERVED]
+
+
+def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """CRPS of Gaussian forecasts N(mu, sigma^2) per outcome (scoringrules' closed form)."""
+    import scoringrules as sr
+
+    return sr.crps_normal(y, mu, sigma)
+
+
+def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) -> np.ndarray:
+    """Interval score per outcome, width plus 2/alpha times the miss (scoringrules, Gneiting & Raftery 2007)."""
+    import scoringrules as sr
+
+    return sr.interval_score(y, lo, hi, 1 - level / 100)
+
+
+def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Weighted interval score from the served median and 80/95% intervals (scoringrules, Bracher et al. 2021)."""
+    import numpy as np
+    import scoringrules as sr
+
+    z = np.array([z_value(lv) for lv in LEVELS])
+    return sr.weighted_interval_score(
+        y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100
+    )
+
+
+def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: str) -> dict[str, dict[str, float]]:
+    """Share of outcomes inside each model's `level`% interval per value of `by` (utilsforecast.losses.coverage)."""
+    from utilsforecast.losses import coverage
+
+    table = coverage(frame, list(models), level, id_col=by, target_col="y")
+    return {str(row[by]): {m: float(row[m]) for m in models} for row in table.iter_rows(named=True)}
+
+
+@functools.lru_cache(maxsize=16)
+def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
+    """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples (arch)."""
+    import numpy as np
+    from arch.bootstrap import CircularBlockBootstrap
+
+    boot = CircularBlockBootstrap(block, np.arange(n), seed=seed)
+    return np.array([np.bincount(data[0][0], minlength=n) for data in boot.bootstrap(reps)], dtype=float)
+
+
+def ratio_ci(
+    scores: Mapping[str, np.ndarray],
+    base: str,
+    steps: int,
+    *,
+    every: int = DENSITY_EVERY,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+) -> dict[str, Ratio]:
+    """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
+
+    Blocks span the origins whose outcomes overlap (steps / every), plus one.
+    """
+    import numpy as np
+
+    names = list(scores)
+    values = np.column_stack([scores[m] for m in names])
+    counts = bootstrap_counts(len(values), max(1, math.ceil(steps / every)) + 1, reps, seed)
+    # INFO: one product gives every resample's total for every model; einsum, not BLAS matmul, whose threads
+    # cost 5x more than the work on a busy 2-core machine
+    sums = np.einsum("rn,nm->rm", counts, values)
+    draws = sums / sums[:, [names.index(base)]]
+    means = values.mean(axis=0) / values[:, names.index(base)].mean()
+    lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
+    return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
+
+
+def choose_interval_model(
+    frame: pl.DataFrame, models: Sequence[str], steps: int, *, window: int | None = None
+) -> IntervalChoice:
+    """Pick an interval model at each origin by mean CRPS over outcomes known by then; Naive unless one beats it.
+
+    An origin's pick uses only origins whose horizon date (ds + steps) is on or before it and,
+    with `window`, only the last `window` origins before it (what a run on that day would
+    backtest); ties and the first origins go to Naive. The live model is the next pick if the
+    picks' own CRPS beat Naive's, else Naive, and the run says so.
+    """
+    import numpy as np
+
+    ds, y, last = frame["ds"].to_numpy(), frame["y"].to_numpy(), frame["last"].to_numpy()
+    sigma = np.column_stack([frame[m].to_numpy() for m in models])
+    score = crps(y[:, None], last[:, None], sigma)
+    naive, n = list(models).index("Naive"), len(ds)
+    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [lo, known): cumsums
+    total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
+    known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")  # the last entry: after every origin
+    lo = np.maximum(np.arange(n + 1) - (window or n + 1), 0)
+    mean = (total[known] - total[np.minimum(lo, known)]) / np.maximum(known - lo, 1)[:, None]
+    best = mean.argmin(axis=1)
+    # ties and no known outcome go to Naive: a candidate must beat it
+    best = np.where((known > lo) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
+    picks = [models[j] for j in best[:n]]
+    served = sigma[np.arange(n), best[:n]]
+    served_crps, naive_crps = float(crps(y, last, served).mean()), float(score[:, naive].mean())
+    if served_crps < naive_crps:
+        return IntervalChoice(tuple(picks), served, models[best[n]], ())
+    if set(picks) == {"Naive"}:
+        return IntervalChoice(tuple(picks), served, "Naive", ())
+    note = f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
+    return IntervalChoice(tuple(picks), served, "Naive", (note,))
+
+
+def score_density(
+    frame: pl.DataFrame, models: Sequence[str], steps: int, *, reps: int = BOOTSTRAP_REPS
+) -> dict[str, DensityScore]:
+    """Score each model's Gaussian log-price distribution (centre `last`, sd the model's column) against `y`.
+
+    CRPS, WIS, IS80 and IS95 with ratios to Naive (block-bootstrap CIs), coverage overall with a
+    CI, by volatility tercile of `vol20` (cut points from these origins) and in NAMED_WINDOWS.
+    """
+    import numpy as np
+    import polars as pl
+
+    y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
+    bounds = {}
+    for m in models:
+        for lv in LEVELS:
+            bounds[f"{m}-lo-{lv}"] = last - z_value(lv) * frame[m].to_numpy()
+            bounds[f"{m}-hi-{lv}"] = last + z_value(lv) * frame[m].to_numpy()
+    crps_of = {m: crps(y, last, frame[m].to_numpy()) for m in models}
+    wis_of = {m: weighted_interval_score(y, last, frame[m].to_numpy()) for m in models}
+    is_of = {
+        lv: {m: interval_score(y, bounds[f"{m}-lo-{lv}"], bounds[f"{m}-hi-{lv}"], lv) for m in models} for lv in LEVELS
+    }
+    ratios = {
+        name: ratio_ci(values, "Naive", steps, reps=reps)
+        for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))
+    }
+    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
+    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
+    windows = [
+        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
+        for d in frame["origin"].to_list()
+    ]
+    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
+    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
+    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
+    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
+    cover = {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
+    # INFO: a coverage is a mean of hits, so its CI is the hits' "ratio" to a column of ones
+    hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
+    cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
+    groups = (*REGIMES, *NAMED_WINDOWS)
+    return {
+        m: DensityScore(
+            crps=float(crps_of[m].mean()),
+            wis=float(wis_of[m].mean()),
+            is80=float(is_of[80][m].mean()),
+            is95=float(is_of[95][m].mean()),
+            crps_ratio=ratios["crps"][m],
+            wis_ratio=ratios["wis"][m],
+            is80_ratio=ratios["is80"][m],
+            is95_ratio=ratios["is95"][m],
+            coverage_80=cover[80]["all"][m],
+            coverage_95=cover[95]["all"][m],
+            coverage_80_ci=(cover_ci[m].lo, cover_ci[m].hi),
+            coverage_by={
+                g: (cover[80][g][m], cover[95][g][m]) if g in cover[80] else (math.nan, math.nan) for g in groups
+            },
+            origins=len(y),
+        )
+        for m in models
+    }
+
+
+def copper_variance_ablation(scores: Mapping[str, DensityScore]) -> float | None:
+    """CRPS of the recalibrated range with copper's volatility against without it, in percent (None without copper)."""
+    if "Recal_copper" not in scores or "Recal" not in scores:
+        return None
+    return (scores["Recal_copper"].crps / scores["Recal"].crps - 1) * 100
+
+
+def density_backtest_all(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizons: Sequence[str] = tuple(HORIZONS),
+    *,
+    origins: int = DENSITY_ORIGINS,
+    every: int = DENSITY_EVERY,
+    history: int = HISTORY,
+    models: Sequence[str] = RUN_INTERVAL_MODELS,
+    reps: int = BOOTSTRAP_REPS,
+) -> dict[str, DensityBacktest]:
+    """Backtest every interval model's distribution at each horizon on weekly origins, and choose the one to serve.
+
+    `density_frame` builds the predictions (refitted at every origin, no look-ahead),
+    `choose_interval_model` the served column, `score_density` the scores and
+    `copper_variance_ablation` copper's effect.
+    """
+    import polars as pl
+
+    frame = density_frame(usdclp, copper, horizons, origins=origins, every=every, history=history, models=models)
+    if frame.is_empty():
+        raise ValueError(f"{usdclp.height} trading days are too few for a density backtest")
+    results = {}
+    for horizon in horizons:
+        sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
+        names = [m for m in models if m in sub.columns]
+        steps = int(sub["steps"][0])
+        choice = choose_interval_model(sub, names, steps)
+        sub = sub.with_columns(pl.Series(SERVED, choice.served_sigma), pl.Series("pick", choice.picks))
+        scores = score_density(sub, [*names, SERVED], steps, reps=reps)
+        results[horizon] = DensityBacktest(
+            horizon=horizon,
+            steps=steps,
+            models=scores,
+            live=choice.live,
+            copper_ablation_pct=copper_variance_ablation(scores),
+            origins=tuple(sub["origin"].to_list()),
+            predictions=sub,
+            notes=choice.notes,
+        )
+    return results
+
+
+def interval_label(rule: str, interval_model: str) -> str:
+    """The served forecast in words, point and range: "random walk; range from the EWMA of 5-day returns"."""
+    point = "random walk" if rule == "naive" else f"{rule} combination"
+    return f"{point}; {INTERVAL_MODELS[interval_model]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Forecast:
     """A forecast path for every model and the ensemble, with its backtest."""
@@ -1379,6 +1913,13 @@ class Forecast:
     last_close: float
     path: pl.DataFrame  # step, date, model, forecast, lo_80, hi_80, lo_95, hi_95 (CLP per USD)
     backtest: Backtest
+    density: DensityBacktest | None = None  # the weekly density backtest that chose the range
+    interval_model: str = "Naive"  # the interval model whose width the ensemble's range uses
+
+    @property
+    def interval_label(self) -> str:
+        """What is served, in words: "random walk; range from the EWMA of 5-day returns"."""
+        return interval_label(self.backtest.rule, self.interval_model)
 
     @property
     def ensemble(self) -> pl.DataFrame:
@@ -1398,18 +1939,23 @@ def forecast_all(
     horizons: Sequence[str] = tuple(HORIZONS),
     *,
     backtests: Mapping[str, Backtest] | None = None,
+    densities: Mapping[str, DensityBacktest] | None = None,
     windows: int = WINDOWS,
     history: int = HISTORY,
 ) -> dict[str, Forecast]:
     """Forecast every horizon: the univariate models are fitted once (at the longest horizon), the copper model per horizon.
 
-    Runs the backtests first unless given. Pure: no I/O, no clock.
+    Runs the point backtests and the density backtests (which choose each horizon's range) first
+    unless given. The ensemble's range is the chosen interval model's width around its point.
+    Pure: no I/O, no clock.
     """
     import numpy as np
     import polars as pl
     from statsforecast import StatsForecast
 
     backtests = backtests or backtest_all(usdclp, copper, horizons, windows, history=history)
+    densities = densities or density_backtest_all(usdclp, copper, horizons, history=history)
+    logp, _, copper_logp = log_prices(usdclp, copper)
     days_of = {h: parse_horizon(h) for h in horizons}
     longest = max(horizon_steps(d) for d in days_of.values())
     uni, _, _ = model_frames(usdclp, None, longest, history)
@@ -1429,8 +1975,21 @@ def forecast_all(
             with _quiet_statsforecast():
                 fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
             fc = fc.join(fcx, on=["unique_id", "ds"])
-        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days))
-        results[horizon] = Forecast(horizon=horizon, origin=last_day, last_close=float(usdclp.sort(DATE)[CLOSE][-1]), path=path, backtest=bt)
+        model = densities[horizon].live
+        variances = None
+        if model != "Naive":
+            cu = None if copper_logp is None else copper_logp[-history:]
+            variances = variance_paths(logp[-history:], cu, steps, [model])[model]
+        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
+        results[horizon] = Forecast(
+            horizon=horizon,
+            origin=last_day,
+            last_close=float(usdclp.sort(DATE)[CLOSE][-1]),
+            path=path,
+            backtest=bt,
+            density=densities[horizon],
+            interval_model=model,
+        )
     return results
 
 
@@ -1440,31 +1999,44 @@ def forecast(
     horizon: str = "7d",
     *,
     backtest_result: Backtest | None = None,
+    density_result: DensityBacktest | None = None,
     windows: int = WINDOWS,
     history: int = HISTORY,
 ) -> Forecast:
-    """Forecast USD/CLP `horizon` calendar days ahead: every model, and the ensemble its backtest chose.
+    """Forecast USD/CLP `horizon` calendar days ahead: every model, and the ensemble and range its backtests chose.
 
-    Runs the backtest first unless one is given. Pure: no I/O, no clock.
+    Runs the backtests first unless given. Pure: no I/O, no clock.
     """
     given = {horizon: backtest_result} if backtest_result else None
-    return forecast_all(usdclp, copper, [horizon], backtests=given, windows=windows, history=history)[horizon]
+    density = {horizon: density_result} if density_result else None
+    fcs = forecast_all(usdclp, copper, [horizon], backtests=given, densities=density, windows=windows, history=history)
+    return fcs[horizon]
 
 
-def _forecast_path(fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date]) -> pl.DataFrame:
+def _forecast_path(
+    fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None
+) -> pl.DataFrame:
+    """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
+
+    The served range is Naive's width around the ensemble's point (as in `_score_backtest`), or,
+    given `variances` (the chosen interval model's k-day log variances), that model's Gaussian range.
+    """
+    import numpy as np
     import polars as pl
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
     fc = fc.sort("ds").head(len(dates))
     frames = [fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items())) for name in weights]
     point = pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()])
-    # Naive's interval width around the ensemble's point, as in the backtest (`_score_backtest`).
-    frames.append(
-        fc.select(
-            pl.lit(ENSEMBLE).alias("model"),
-            *((point + pl.col(f"Naive{s}") - pl.col("Naive")).exp().alias(c) for s, c in cols.items()),
-        )
-    )
+    if variances is None:
+        width = {s: pl.col(f"Naive{s}") - pl.col("Naive") for s in cols}
+    else:
+        sd = np.sqrt(variances[: len(dates)])
+        width = {"": pl.lit(0.0)}
+        for lv in LEVELS:
+            width |= {f"-lo-{lv}": pl.Series(-z_value(lv) * sd), f"-hi-{lv}": pl.Series(z_value(lv) * sd)}
+    ensemble = ((point + width[s]).exp().alias(c) for s, c in cols.items())
+    frames.append(fc.select(pl.lit(ENSEMBLE).alias("model"), *ensemble))
     steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
@@ -1493,9 +2065,28 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "copper_available": bundle.copper is not None,
         "copper_frequency": bundle.copper_frequency,
         "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
+        **range_summary(fc),
         "sources": dict(bundle.sources),
         "degraded": list(bundle.degraded),
         "degraded_detail": list(bundle.degraded_detail),
+    }
+
+
+def range_summary(fc: Forecast) -> dict[str, Any]:
+    """The served range as plain data: its model, its words, and its weekly density backtest against Naive's range."""
+    out: dict[str, Any] = {"interval_model": fc.interval_model, "interval_label": fc.interval_label}
+    if fc.density is None:
+        return out
+    served = fc.density.served
+    return out | {
+        "range_crps_ratio": round(served.crps_ratio.value, 4),
+        "range_crps_ratio_ci": [round(served.crps_ratio.lo, 4), round(served.crps_ratio.hi, 4)],
+        "range_is80_ratio": round(served.is80_ratio.value, 4),
+        "range_is95_ratio": round(served.is95_ratio.value, 4),
+        "range_coverage_80": round(served.coverage_80, 4),
+        "range_coverage_95": round(served.coverage_95, 4),
+        "range_coverage_80_by": {group: round(cover[0], 4) for group, cover in served.coverage_by.items()},
+        "range_origins": served.origins,
     }
 
 
@@ -1509,9 +2100,17 @@ def format_summary(s: Mapping[str, Any]) -> str:
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
-        f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%}, {s['backtest_origins']} origins",
-        f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}",
+        f"coverage {s['coverage_80']:.0%}/{s['coverage_95']:.0%} (Naive's range), {s['backtest_origins']} origins",
     ]
+    if "interval_label" in s:
+        lines.append(f"  served: {s['interval_label']}")
+    if "range_crps_ratio" in s:
+        lo, hi = s["range_crps_ratio_ci"]
+        lines.append(
+            f"  range backtest: CRPS {s['range_crps_ratio']:.4f}x Naive's [{lo:.4f}, {hi:.4f}], IS80 {s['range_is80_ratio']:.4f}x, "
+            f"IS95 {s['range_is95_ratio']:.4f}x, coverage {s['range_coverage_80']:.0%}/{s['range_coverage_95']:.0%}, {s['range_origins']} weekly origins"
+        )
+    lines.append(f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}")
     if s["degraded"]:
         lines.append(f"  degraded: {', '.join(s.get('degraded_detail') or s['degraded'])}")
     return "\n".join(lines)
@@ -1536,9 +2135,8 @@ def santiago_time(now: datetime) -> str:
 
 
 def range_words(fc: Forecast) -> str:
-    """How the served range was made, when the forecast says (issue 9's `interval_label`), as a suffix ' (...)'."""
-    label = getattr(fc, "interval_label", None)
-    return f" ({label})" if label else ""
+    """How the served range was made, as a suffix ' (...)'."""
+    return f" ({fc.interval_label})"
 
 
 FeatureKind = Literal["pct", "vol", "usd_lb", "trend", "rsi", "z", "corr"]
@@ -1611,12 +2209,17 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         [
             "Backtest",
             (
-                f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; ranges held "
+                f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; Naive's ranges held "
                 f"{s['coverage_80']:.0%} (80%) and {s['coverage_95']:.0%} (95%) "
                 f"of {s['backtest_origins']} past outcomes"
             ),
         ],
-        ["Served", f"`{bt.rule}` rule: " + ", ".join(f"{k} {v:.0%}" for k, v in bt.weights.items() if v > 0)],
+        [
+            "Served",
+            f"`{bt.rule}` rule: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in bt.weights.items() if v > 0)
+            + f"; range served: {fc.interval_label}",
+        ],
         ["Sources", f"USD/CLP {s['sources']['usdclp']}, copper {copper}"],
     ]
     if s["degraded"]:
@@ -1661,6 +2264,13 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         f"{bt.steps} trading days ahead)"
     )
     sections.append(Section("backtest", title, tuple(backtest)))
+    if fc.density is not None:
+        db = fc.density
+        title = (
+            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
+            f"{db.steps} trading days ahead)"
+        )
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
     if bundle.copper_features is None:
         copper_lines = ["Copper unavailable: this forecast runs without copper."]
     else:
@@ -1836,6 +2446,56 @@ def build_email(
             charts[horizon], maintype="image", subtype="png", cid=f"<{cid}>", filename=f"usdclp_{horizon}.png"
         )
     return message
+
+
+def format_density(db: DensityBacktest, served: str) -> list[str]:
+    """The range section's lines: every interval model's scores against Naive's range, and what is served."""
+    d = db.predictions
+    lines = [
+        f"Served range: {INTERVAL_MODELS[served]} (`{served}`). Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
+        "",
+    ]
+    pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
+    rows = []
+    for name, m in db.models.items():
+        ci = f"{m.crps_ratio.value:.4f} [{m.crps_ratio.lo:.4f}, {m.crps_ratio.hi:.4f}]"
+        by = m.coverage_by
+        rows.append(
+            [
+                name,
+                f"{m.crps * 100:.4f}",
+                ci,
+                f"{m.is80_ratio.value:.4f}",
+                f"{m.is95_ratio.value:.4f}",
+                f"{m.coverage_80:.0%} / {m.coverage_95:.0%}",
+                pct(by["calm"][0]),
+                pct(by["turbulent"][0]),
+                pct(by["2022"][0]),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "CRPS (%)",
+            "CRPS ratio [CI]",
+            "IS80 ratio",
+            "IS95 ratio",
+            "80% / 95% cover",
+            "80% calm",
+            "80% turbulent",
+            "80% in 2022",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        f"`{SERVED}` is the model chosen at each origin from outcomes known by then ({d['pick'].n_unique()} distinct picks).",
+    ]
+    if db.copper_ablation_pct is not None:
+        lines.append(
+            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal)."
+        )
+    return lines + [f"Note: {n}" for n in db.notes]
 
 
 # -- Core: requests and redaction ----------------------------------------------------
@@ -3006,6 +3666,8 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
         "backtest_origins": str(len(bt.origins)),
         "backtest_first_origin": str(bt.origins[0]),
         "backtest_last_origin": str(bt.origins[-1]),
+        "interval_model": fc.interval_model,
+        "interval_label": fc.interval_label,
         "input_sha256": input_hash,
         "version_fxcu": __version__,
         **versions,
@@ -3020,6 +3682,8 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     if bt.copper_ablation_pct is not None:
         metrics["copper_ablation_pct"] = bt.copper_ablation_pct
         metrics["copper_model_pct"] = bt.copper_model_pct
+    if fc.density is not None:
+        metrics |= density_metrics(fc.density, fc.horizon)
     final = fc.final
     metrics |= {"forecast": final["forecast"], "forecast_lo_80": final["lo_80"], "forecast_hi_80": final["hi_80"]}
     metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
@@ -3028,7 +3692,38 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
     if bt.notes:
         tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
+    if fc.density is not None and fc.density.notes:
+        tags["fxcu.range_notes"] = "; ".join(fc.density.notes)
     return RunRecord(h, f"forecast_{now:%Y-%m-%d}", params, metrics, tags, tuple(artifacts))
+
+
+def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
+    """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
+    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
+    """
+    metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
+    if db.copper_ablation_pct is not None:
+        metrics["range_copper_ablation_pct"] = db.copper_ablation_pct
+    for name, m in {**db.models, "range": db.served}.items():
+        key = f"{horizon}_range" if name == "range" else f"range_{name}"
+        metrics |= {f"{key}_crps": m.crps, f"{key}_wis": m.wis, f"{key}_is80": m.is80, f"{key}_is95": m.is95}
+        for score, ratio in (
+            ("crps", m.crps_ratio),
+            ("wis", m.wis_ratio),
+            ("is80", m.is80_ratio),
+            ("is95", m.is95_ratio),
+        ):
+            metrics |= {
+                f"{key}_{score}_ratio": ratio.value,
+                f"{key}_{score}_ratio_lo": ratio.lo,
+                f"{key}_{score}_ratio_hi": ratio.hi,
+            }
+        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+        for group, (c80, c95) in m.coverage_by.items():
+            slug = re.sub(r"\W+", "_", group).strip("_")
+            if not math.isnan(c80):
+                metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
+    return metrics
 
 
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
@@ -3197,9 +3892,13 @@ def cmd_run(
         except ValueError as exc:  # too little history for an honest backtest: no forecast without one
             return _fail_run(config, horizons, now, f"cannot forecast: {exc}")
         seconds["backtest"] = time.perf_counter() - started
+        log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
+        started = time.perf_counter()
+        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
+        seconds["density_backtest"] = time.perf_counter() - started
         log.info("Forecasting %s", ", ".join(horizons))
         started = time.perf_counter()
-        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests)
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
         seconds["forecast"] = time.perf_counter() - started
         code, summaries, skip_tracking = 0, [], None
         for index, horizon in enumerate(horizons, 1):
@@ -3240,8 +3939,9 @@ def _run_horizon(
     config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_tracking: str | None
 ) -> dict[str, Any]:
     horizon, bt = fc.horizon, fc.backtest
-    for note in bt.notes:
+    for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
         log.warning("%s: %s", horizon, note)
+    log.info("%s: serving %s", horizon, fc.interval_label)
     outcome: dict[str, Any] = summary(fc, bundle)
     started = time.perf_counter()
     report = None

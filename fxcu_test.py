@@ -1491,13 +1491,13 @@ def test_online_weights_use_only_realised_errors(n, steps, seed):
     rng = np.random.default_rng(seed)
     cutoffs = np.arange(n) * 3
     sq = rng.random((n, 4))
-    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse")
+    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse", fxcu.MODELS)
     assert np.allclose(w.sum(axis=1), 1)
     for i in range(n):
         future = cutoffs + steps > cutoffs[i]
         perturbed = sq.copy()
         perturbed[future] = rng.random((int(future.sum()), 4)) * 100
-        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse")[i], w[i])
+        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse", fxcu.MODELS)[i], w[i])
 
 
 @given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
@@ -1521,21 +1521,25 @@ def test_choose_ensemble_serves_a_combination_only_when_it_beats_naive():
     naive = np.log(actual) + rng.normal(0, 0.02, 80)
     good = np.log(actual) + rng.normal(0, 0.002, 80)  # a model far better than Naive
     bad = naive + 0.05  # Naive's errors plus a 5% bias: any weight on it hurts
-    won = fxcu.choose_ensemble(np.column_stack([naive, good]), actual, cutoffs, 1)
+    won = fxcu.choose_ensemble({"Naive": naive, "good": good}, actual, cutoffs, 1)
     assert won.rule != "naive" and won.notes == () and np.array_equal(won.served, won.combination)
     assert won.weights[1] > won.weights[0]
-    lost = fxcu.choose_ensemble(np.column_stack([naive, bad]), actual, cutoffs, 1)
+    lost = fxcu.choose_ensemble({"Naive": naive, "bad": bad}, actual, cutoffs, 1)
     assert lost.rule == "naive" and np.array_equal(lost.served, naive) and "serving Naive" in lost.notes[0]
     assert list(lost.weights) == [1.0, 0.0]
 
 
 def test_final_and_online_weight_rules():
     sq = np.array([[1.0, 4.0], [1.0, 4.0]])
-    assert fxcu.final_weights(sq, "inverse_mse") == pytest.approx([0.8, 0.2])
-    assert fxcu.final_weights(sq, "naive") == pytest.approx([1, 0])
-    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal")[1] == pytest.approx([0.5, 0.5])
+    names = ["Naive", "AutoETS"]
+    assert fxcu.final_weights(sq, "inverse_mse", names) == pytest.approx([0.8, 0.2])
+    assert fxcu.final_weights(sq, "naive", names) == pytest.approx([1, 0])
+    # Naive is found by name, wherever its column is
+    assert fxcu.final_weights(sq, "naive", names[::-1]) == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "naive", names[::-1])[1] == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal", names)[1] == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError):
-        fxcu.online_weights(sq, np.array([0, 10]), 5, "median")
+        fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
 
 
 def test_model_frames_copper_regressor_is_known_at_every_origin():
@@ -1627,6 +1631,226 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
+# -- Ranges: interval models and the weekly density backtest ---------------------------
+
+
+def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
+    from scipy.stats import norm
+
+    z = (y - mu) / sigma
+    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+
+
+@given(st.integers(0, 10_000), st.floats(0.002, 0.05), st.sampled_from([0.5, 0.7, 0.8, 1.25, 1.5, 2.0]))
+@settings(max_examples=40, deadline=None)
+def test_proper_scores_rank_the_right_scale_first(seed, sigma, factor):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0, sigma, 4000)
+    mu = np.zeros_like(y)
+    right, wrong = np.full_like(y, sigma), np.full_like(y, sigma * factor)
+    assert fxcu.crps(y, mu, right).mean() < fxcu.crps(y, mu, wrong).mean()
+    assert fxcu.weighted_interval_score(y, mu, right).mean() < fxcu.weighted_interval_score(y, mu, wrong).mean()
+    for level in fxcu.LEVELS:
+        z = fxcu.z_value(level)
+        assert fxcu.interval_score(y, -z * right, z * right, level).mean() < fxcu.interval_score(y, -z * wrong, z * wrong, level).mean()
+
+
+def test_scores_match_their_textbook_forms():
+    y, mu, sigma = np.array([0.0, 0.3, -2.0]), np.array([0.0, 0.0, 0.5]), np.array([1.0, 0.5, 2.0])
+    assert fxcu.crps(y, mu, sigma) == pytest.approx(oracle_crps_normal(y, mu, sigma))
+    # interval score: width, plus 2/alpha times the miss (alpha = 0.2 at 80%)
+    assert fxcu.interval_score(np.array([0.0, 3.0]), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 80) == pytest.approx([2.0, 2 + 10 * 2])
+    assert fxcu.z_value(80) == pytest.approx(1.2815516) and fxcu.z_value(95) == pytest.approx(1.9599640)
+
+
+def noisy_random_walk(n: int, sigma: float, noise: float, seed: int) -> np.ndarray:
+    """Log prices: a random walk with daily sd `sigma`, each close quoted with i.i.d. noise of sd `noise`."""
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(0, sigma, n)) + rng.normal(0, noise, n)
+
+
+def test_multi_day_estimator_is_right_and_sqrt_k_daily_too_wide_under_quote_noise():
+    sigma, noise = 0.005, 0.003
+    logp = noisy_random_walk(10_000, sigma, noise, seed=3)
+    truth_5d = 5 * sigma**2 + 2 * noise**2  # the noise enters a k-day return twice, whatever k
+    daily = fxcu.base_variances(logp, 5)
+    # Naive: sqrt(steps) times the daily sd, i.e. 5 x (sigma^2 + 2 noise^2): 50% too much variance here
+    assert daily["Naive"][4] == pytest.approx(5 * (sigma**2 + 2 * noise**2), rel=0.05)
+    assert daily["Naive"][4] > 1.35 * truth_5d and daily["EWMA"][4] > 1.2 * truth_5d
+    # the long-run variance of 5-day returns is right
+    assert fxcu.recal_features(logp, None)["long_run"][-1] * 5 == pytest.approx(truth_5d, rel=0.08)
+    # the EWMA of 5-day returns is right on average over origins (each one is noisy: ~30 weeks' worth)
+    ewma_5d = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d"][4] for end in range(2000, 10_000, 40)]
+    assert np.mean(ewma_5d) == pytest.approx(truth_5d, rel=0.1)
+    blend = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d_blend"][4] for end in range(2000, 10_000, 40)]
+    assert np.mean(blend) == pytest.approx(truth_5d, rel=0.1)
+
+
+def prices_from_log(logp: np.ndarray, *, start: date = date(2010, 1, 4)) -> pl.DataFrame:
+    days = pl.date_range(start, start + timedelta(days=len(logp) * 2), eager=True)
+    return pl.DataFrame({fxcu.DATE: days.filter(days.dt.weekday() < 6).head(len(logp)), fxcu.CLOSE: 800 * np.exp(logp)})
+
+
+@pytest.fixture(scope="module")
+def garch_prices() -> pl.DataFrame:
+    """Prices whose daily log returns are GARCH(1,1) with Gaussian errors (arch's simulator, seeded)."""
+    from arch.univariate import GARCH, Normal, ZeroMean
+
+    sim = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=Normal(seed=11)).simulate([0.02, 0.12, 0.86], 3000, burn=500)
+    return prices_from_log(np.concatenate([[0.0], np.cumsum(sim["data"].to_numpy() / 100)]))
+
+
+def test_coverage_on_simulated_garch_data(garch_prices):
+    """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks included; Naive's constant width does not."""
+    db = fxcu.density_backtest_all(garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200)["7d"]
+    scores = db.models
+    assert scores["Naive"].origins == 300
+    for name in ("EWMA", "EWMA_5d"):
+        assert 0.72 <= scores[name].coverage_80 <= 0.88 and 0.89 <= scores[name].coverage_95 <= 0.99
+        assert scores[name].coverage_by["turbulent"][0] > scores["Naive"].coverage_by["turbulent"][0]
+    assert scores["EWMA"].crps_ratio.value < 1
+    # Naive's constant width is too wide in calm weeks and too narrow in turbulent ones
+    assert scores["Naive"].coverage_by["calm"][0] > 0.88 and scores["Naive"].coverage_by["turbulent"][0] < 0.8
+
+
+@pytest.mark.slow
+def test_garch_t_covers_simulated_garch_data(garch_prices):
+    """arch's GARCH(1,1)-t, refitted at each of 80 weekly origins, covers GARCH data near nominal."""
+    db = fxcu.density_backtest_all(garch_prices, None, ["7d"], origins=80, history=1000, models=["Naive", "GARCH_t"], reps=200)["7d"]
+    garch = db.models["GARCH_t"]
+    assert 0.7 <= garch.coverage_80 <= 0.9 and 0.88 <= garch.coverage_95 <= 1.0
+    assert garch.crps_ratio.value < 1.01
+
+
+def test_density_backtest_never_uses_data_after_its_origin():
+    """Perturbing every price after an origin leaves every interval model's range at that origin, and the pick, unchanged."""
+    usdclp, copper = make_prices(900, seed=4), make_prices(900, seed=5, level=4.0)
+    models = [*fxcu.RUN_INTERVAL_MODELS, "GARCH_t"]
+    kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
+    base = fxcu.density_backtest_all(usdclp, copper, **kwargs)
+    origin = base["7d"].origins[8]
+    bumped = usdclp.with_columns(pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * 1.3).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bumped = bumped.with_columns(pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900))).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bumped_copper = copper.with_columns(pl.when(pl.col(fxcu.DATE) >= origin).then(pl.col(fxcu.CLOSE) * 0.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    other = fxcu.density_backtest_all(bumped, bumped_copper, **kwargs)
+    for horizon in kwargs["horizons"]:
+        cols = ["origin", "vol20", "last", *models, fxcu.SERVED, "pick"]
+        before = base[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
+        after = other[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
+        assert before.height == 9
+        assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
+        later = pl.col("origin") > origin
+        assert not np.allclose(base[horizon].predictions.filter(later)["EWMA"], other[horizon].predictions.filter(later)["EWMA"])
+
+
+@given(st.integers(0, 1000), st.integers(1, 15))
+@settings(max_examples=30, deadline=None)
+def test_choose_interval_model_uses_only_realised_outcomes(seed, steps):
+    rng = np.random.default_rng(seed)
+    n = 40
+    frame = pl.DataFrame({"ds": np.arange(n) * 5, "last": np.zeros(n), "y": rng.normal(0, 0.02, n), "Naive": np.full(n, 0.02), "EWMA": rng.uniform(0.005, 0.05, n)})
+    picks = fxcu.choose_interval_model(frame, ["Naive", "EWMA"], steps).picks
+    assert picks[0] == "Naive"
+    for i in (5, 20, 35):
+        future = frame["ds"] + steps > frame["ds"][i]
+        perturbed = frame.with_columns(pl.when(future).then(pl.col("y") * 10).otherwise(pl.col("y")).alias("y"))
+        assert fxcu.choose_interval_model(perturbed, ["Naive", "EWMA"], steps).picks[i] == picks[i]
+
+
+def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
+    rng = np.random.default_rng(2)
+    n = 200
+    y = rng.normal(0, 0.01, n)
+    frame = pl.DataFrame({"ds": np.arange(n) * 5, "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "right": np.full(n, 0.01), "wider": np.full(n, 0.06)})
+    won = fxcu.choose_interval_model(frame, ["Naive", "right", "wider"], 5)
+    assert won.live == "right" and won.notes == () and won.picks[-1] == "right"
+    lost = fxcu.choose_interval_model(frame, ["Naive", "wider"], 5)
+    assert lost.live == "Naive" and set(lost.picks) == {"Naive"} and lost.notes == ()
+    flip = frame.with_columns(pl.Series("y", rng.normal(0, 0.03, n) * np.where(np.arange(n) < 100, 0.3, 1)))
+    late = fxcu.choose_interval_model(flip, ["Naive", "right"], 5)  # right early, far too narrow later
+    assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
+
+
+def test_choose_interval_model_window_looks_only_at_recent_origins():
+    """With a window, a candidate that was right long ago but too narrow lately is dropped sooner."""
+    n = 120
+    y = np.where(np.arange(n) < 60, 0.01, 0.04) * np.where(np.arange(n) % 2, 1, -1)  # calm, then turbulent
+    frame = pl.DataFrame({"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)})
+    always = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1).picks
+    recent = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1, window=10).picks
+    assert always[60] == recent[60] == "narrow"
+    assert recent.index("Naive", 60) < always.index("Naive", 60)
+    assert recent[70:] == ("Naive",) * 50
+
+
+def test_density_origins_are_weekly_and_leave_the_longest_horizon_known():
+    rows = fxcu.density_origins(1000, longest=65, origins=50, every=5, min_history=500)
+    assert rows[-1] == 1000 - 1 - 65 and np.all(np.diff(rows) == 5) and len(rows) == 50
+    # too little history for 252 origins: as many as leave 500 rows before the first one
+    assert fxcu.density_origins(600, longest=65) == [504, 509, 514, 519, 524, 529, 534]
+
+
+def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
+    rng = np.random.default_rng(0)
+    naive = rng.gamma(2, 1, 250)
+    scores = {"Naive": naive, "same": naive.copy(), "better": naive * rng.uniform(0.8, 1.0, 250)}
+    ratios = fxcu.ratio_ci(scores, "Naive", steps=22)
+    assert (ratios["same"].value, ratios["same"].lo, ratios["same"].hi) == pytest.approx((1, 1, 1))
+    assert ratios["better"].lo <= ratios["better"].value <= ratios["better"].hi < 1
+    assert ratios["better"].value == pytest.approx(scores["better"].mean() / naive.mean())
+
+
+@pytest.fixture(scope="module")
+def real_density_7d():
+    return fxcu.density_backtest_all(real_usdclp(), real_copper(), ["7d"], origins=60)["7d"]
+
+
+def test_density_backtest_on_real_data(real_density_7d):
+    """60 weekly origins on the real CLP=X history: origins, Naive's width and CRPS checked from the prices alone."""
+    db = real_density_7d
+    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
+    n = len(closes)
+    rows = [n - 1 - 65 - 5 * k for k in range(60)][::-1]
+    assert list(db.origins) == [real_usdclp()[fxcu.DATE][i] for i in rows]
+    logp = np.log(closes)
+    sigma = np.array([math.sqrt(5 * np.mean(np.diff(logp[i - 2519 : i + 1]) ** 2)) for i in rows])
+    y, last = logp[[i + 5 for i in rows]], logp[rows]
+    assert db.models["Naive"].crps == pytest.approx(oracle_crps_normal(y, last, sigma).mean(), rel=1e-9)
+    z80 = 1.2815515655446004
+    assert db.models["Naive"].coverage_80 == pytest.approx(np.mean(np.abs(y - last) <= z80 * sigma))
+    assert set(db.models) == {*fxcu.RUN_INTERVAL_MODELS, fxcu.SERVED} and db.copper_ablation_pct is not None
+    for m in db.models.values():
+        assert m.origins == 60 and m.crps_ratio.lo - 1e-12 <= m.crps_ratio.value <= m.crps_ratio.hi + 1e-12
+        assert 0.6 <= m.coverage_80 <= 0.95 and set(m.coverage_by) == {*fxcu.REGIMES, *fxcu.NAMED_WINDOWS}
+    assert db.live in fxcu.RUN_INTERVAL_MODELS
+
+
+def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
+    fc = real_forecast_7d
+    assert fc.density is not None and fc.interval_model == fc.density.live
+    assert fc.interval_label == "random walk; " + fxcu.INTERVAL_MODELS[fc.interval_model]
+    # on the shared data every candidate's picks lost to Naive's range out of sample: Naive's range is served
+    assert fc.interval_model == "Naive" and "serving Naive's range" in fc.density.notes[0]
+    naive, ens = (fc.path.filter(pl.col("model") == name) for name in ("Naive", fxcu.ENSEMBLE))
+    assert np.allclose(ens["lo_80"], naive["lo_80"]) and np.allclose(ens["hi_95"], naive["hi_95"])
+    # the random walk's own range: sqrt(steps) times the root mean squared daily log change over 2520 days
+    daily = np.diff(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-2520:]))
+    sd = np.sqrt(np.arange(1, 6) * np.mean(daily**2))
+    assert np.log(naive["hi_95"].to_numpy() / naive["forecast"].to_numpy()) == pytest.approx(1.959964 * sd, rel=1e-3)
+    # a density backtest that chose another range: the ensemble carries that model's width, Naive keeps its own
+    chosen = dataclasses.replace(fc.density, live="EWMA_5d_blend")
+    other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
+    assert other.interval_model == "EWMA_5d_blend" and "EWMA of 5-day returns blended" in other.interval_label
+    logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
+    var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, ["EWMA_5d_blend"])["EWMA_5d_blend"]
+    ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
+    assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
+    assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
+    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(other.final["lo_80"], fc.final["lo_80"])
+    assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
+
+
 # -- Reports, MLflow, run -------------------------------------------------------------
 
 import shutil  # noqa: E402
@@ -1714,6 +1938,26 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
     assert any(n.endswith(".md") for n in names) and any(n.endswith(".png") for n in names) and any(n.endswith(".csv") for n in names)
     assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
+
+
+def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run):
+    folder, _, result = offline_run
+    out = json.loads(result.stdout)
+    model = out["interval_model"]
+    assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == fxcu.interval_label("naive", model)
+    assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
+    assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {*fxcu.REGIMES, *fxcu.NAMED_WINDOWS}
+    run = read_runs(folder, "7d")[0]
+    p, m = run.data.params, run.data.metrics
+    assert p["interval_model"] == model and p["interval_label"] == out["interval_label"]
+    assert m["7d_range_crps_ratio"] == pytest.approx(out["range_crps_ratio"], abs=1e-4) and m["range_origins"] == fxcu.DENSITY_ORIGINS
+    for key in ("range_Naive_crps", "range_EWMA_5d_is80_ratio", "range_EWMA_5d_blend_crps_ratio_lo", "7d_range_is95_ratio_hi", "7d_range_wis", "range_copper_ablation_pct"):
+        assert key in m, key
+    for group in ("calm", "middle", "turbulent", "2022", "2019_10_2020_06"):
+        assert f"7d_range_coverage_80_{group}" in m and f"range_Naive_coverage_95_{group}" in m
+    report = Path(out["report"]).read_text()
+    assert "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
+    assert f"served: {out['interval_label']}" in report
 
 
 def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
@@ -2241,7 +2485,7 @@ def test_every_feature_has_words():
 def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
     from types import SimpleNamespace
 
-    assert fxcu.range_words(real_forecast_7d) == ""
+    assert fxcu.range_words(real_forecast_7d).startswith(" (random walk; ")
     assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
 
 
@@ -2258,6 +2502,7 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
         "## Summary",
         "## Chart",
         "## Backtest at the horizon date",
+        "## Range backtest",
         "## Copper",
         "## Forecast path",
         "## Data and degraded reasons",
@@ -2391,7 +2636,7 @@ def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7
 def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_forecast_7d, real_bundle):
     sections = fxcu.digest_sections([real_forecast_7d, real_forecast_7d], real_bundle, charts={"7d": "cid:x"})
     keys = [s.key for s in sections]
-    assert keys == ["digest", "summary", "chart", "backtest", "summary", "chart", "backtest", "copper", "data"]
+    assert keys == ["digest", "summary", "chart", "backtest", "range", "summary", "chart", "backtest", "range", "copper", "data"]
     assert sections[1].title == "7d: Summary"
 
 
@@ -2565,7 +2810,9 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys):
     message = parse_email(server.messages[0])
     assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
     assert_renders(message, ["7d"])
-    assert "Backtest at the horizon date" in message.get_body(("html",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert "Backtest at the horizon date" in html and "Range backtest" in html
+    assert "random walk; range" in html or "random walk; Naive's range" in html  # the served range in words
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def online_picks(bt: fxcu.Backtest) -> tuple[dict[str, int], bool]:
     cutoffs, actual = pred["cutoff"].to_numpy(), np.exp(pred["y"].to_numpy())
     logs = np.column_stack([pred[n].to_numpy() for n in names])
     sq = (np.exp(logs) - actual[:, None]) ** 2
-    per_rule = {r: fxcu._combine(logs, fxcu.online_weights(sq, cutoffs, bt.steps, r)) for r in fxcu.RULES}
+    per_rule = {r: fxcu._combine(logs, fxcu.online_weights(sq, cutoffs, bt.steps, r, names)) for r in fxcu.RULES}
     picks = fxcu.online_rule({r: (np.exp(v) - actual) ** 2 for r, v in per_rule.items()}, cutoffs, bt.steps)
     combo = np.array([per_rule[r][i] for i, r in enumerate(picks)])
     return {r: picks.count(r) for r in fxcu.RULES}, bool(np.allclose(combo, pred[fxcu.COMBINATION].to_numpy()))
