@@ -6,6 +6,7 @@ Usage:
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL)
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
+    python fxcu.py ui               # the MLflow UI on the data dir's store, http://127.0.0.1:5000
 """
 
 from __future__ import annotations
@@ -1732,6 +1733,23 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
 # -- Shell: MLflow tracking -------------------------------------------------------------
 
 EXPERIMENT_PREFIX = "forecaster_"
+NOTE_TAG = "mlflow.note.content"  # MLflow's description field, for runs and experiments alike
+# The served forecast's scores under names that are the same in every experiment, so MLflow's
+# compare view lines 7d up against 90d; the `{horizon}_*` names of the original guide stay too.
+SERVED_PREFIX = "served_"
+
+
+def experiment_description(horizon: str) -> str:
+    """The Markdown description of a horizon's experiment (pure)."""
+    days = parse_horizon(horizon)
+    return (
+        f"USD/CLP forecast {days} calendar days ({horizon_steps(days)} trading days) ahead, made by `fxcu run {horizon}`, "
+        f"with copper as a signal. One run per forecast, named by horizon and data date (`{horizon} · data YYYY-MM-DD`); "
+        "its description holds the forecast, its range and the served models.\n\n"
+        f"Metrics `{SERVED_PREFIX}rmse`, `{SERVED_PREFIX}ratio_to_naive`, `{SERVED_PREFIX}coverage_80` ... score the served "
+        f"forecast in the backtest and are named alike in every fxcu experiment; `{horizon}_rmse` ... are the same numbers "
+        "under the original guide's names. RMSE and MAE are in CLP per USD; a ratio below 1 beats the random walk (Naive)."
+    )
 
 
 def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
@@ -1782,12 +1800,30 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, bool]:
-    """Return the experiment id, creating it (with an absolute artifact location) when missing."""
+def ensure_experiment(client: Any, name: str, artifact_location: str | None, description: str | None = None) -> tuple[str, bool]:
+    """Return the experiment id, creating it (with an absolute artifact location) when missing; describe it when undescribed."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id, False
-    return client.create_experiment(name, artifact_location=artifact_location), True
+    tags = {NOTE_TAG: description} if description else None
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+    if description and NOTE_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, NOTE_TAG, description)
+    return found.experiment_id, False
+
+
+def retire_default_experiment(client: Any) -> bool:
+    """Delete MLflow's empty `Default` experiment, whose artifact folder is the working directory of whoever made the store.
+
+    Only for a local store; an experiment with runs is left alone. Return whether it was deleted.
+    """
+    try:
+        default = client.get_experiment("0")
+    except Exception:  # noqa: BLE001 -- no experiment 0: nothing to retire
+        return False
+    if default is None or default.lifecycle_stage != "active" or client.search_runs(["0"], max_results=1, run_view_type=3):
+        return False
+    client.delete_experiment("0")
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1800,10 +1836,90 @@ class RunRecord:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: tuple[Path, ...]
+    start_ms: int | None = None  # when the run began (the command's start); None: when it is logged
+    # MLflow Dataset fields (name, digest, source_type, source, schema, profile), one per input series
+    datasets: tuple[dict[str, str], ...] = ()
 
 
-def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[str, float], artifacts: Sequence[Path], input_hash: str) -> RunRecord:
-    """Turn a forecast into MLflow params, batch metrics and tags (pure)."""
+def served_models(bt: Backtest) -> str:
+    """The models the served forecast is made of, with their weights when more than one: 'AutoETS 60%, Naive 40%' (pure)."""
+    used = {name: w for name, w in bt.weights.items() if w > 0}
+    return next(iter(used)) if len(used) == 1 else ", ".join(f"{n} {w:.0%}" for n, w in used.items())
+
+
+def run_name(fc: Forecast) -> str:
+    """The MLflow run name: horizon and data date, e.g. `7d · data 2026-01-19` (pure)."""
+    return f"{fc.horizon} · data {fc.origin}"
+
+
+def run_note(fc: Forecast, bundle: Bundle) -> str:
+    """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest, data (pure)."""
+    final, bt = fc.final, fc.backtest
+    change = (final["forecast"] / fc.last_close - 1) * 100
+    # Issue 9 names the model behind the range (e.g. a GARCH); until then the range is Naive's width.
+    interval = getattr(fc, "interval_label", None) or "the random walk's width around the served forecast"
+    copper = "off" if bundle.copper is None else f"{bundle.sources['copper']} ({bundle.copper_frequency})"
+    return "\n".join(
+        [
+            (
+                f"**USD/CLP {fc.horizon}: {final['forecast']:.2f}** on {final[DATE]} "
+                f"(last close {fc.last_close:.2f} on {fc.origin}, {change:+.2f}%)"
+            ),
+            "",
+            f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, 95% {final['lo_95']:.2f} – {final['hi_95']:.2f} ({interval})",
+            f"- Served models: {served_models(bt)} (rule `{bt.rule}`)",
+            (
+                f"- Backtest: RMSE {bt.ensemble.rmse:.2f} CLP, {bt.ensemble.ratio:.3f}x Naive's, coverage "
+                f"{bt.ensemble.coverage_80:.0%} (80%) / {bt.ensemble.coverage_95:.0%} (95%), {len(bt.origins)} origins"
+            ),
+            f"- Data: USD/CLP {bundle.sources['usdclp']} to {fc.origin}, copper {copper}; degraded: {', '.join(bundle.degraded) or 'no'}",
+        ]
+    )
+
+
+def prices_digest(*frames: pl.DataFrame | None) -> str:
+    """sha256 of the series' dates and closes only: the same prices give the same digest, whenever fetched (pure).
+
+    `fetched_at` and `source` are left out on purpose: a refetch of identical prices is the same input.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for frame in frames:
+        if frame is not None:
+            digest.update(frame.select(DATE, CLOSE).sort(DATE).write_csv().encode())
+    return digest.hexdigest()
+
+
+def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
+    """The input series as MLflow Dataset fields: name, digest of the prices, source, schema and profile (pure)."""
+    series = [("usdclp", bundle.usdclp, "CLP per USD", bundle.sources["usdclp"])]
+    if bundle.copper is not None:
+        series.append(("copper", bundle.copper, "USD per lb", bundle.sources["copper"]))
+    found = []
+    for name, frame, unit, source in series:
+        schema = {"mlflow_colspec": [{"type": "datetime", "name": DATE, "required": True}, {"type": "double", "name": CLOSE, "required": True}]}
+        profile = {"rows": frame.height, "first_date": str(frame[DATE].min()), "last_date": str(frame[DATE].max()), "unit": unit}
+        found.append(
+            {
+                "name": name,
+                "digest": prices_digest(frame)[:16],  # MLflow's digest column holds 36 characters
+                "source_type": "local",
+                "source": json.dumps({"uri": f"inputs/warehouse/{USDCLP_CACHE if name == 'usdclp' else COPPER_CACHE}", "fetched_from": source}),
+                "schema": json.dumps(schema),
+                "profile": json.dumps(profile),
+            }
+        )
+    return tuple(found)
+
+
+def run_record(
+    fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[str, float], artifacts: Sequence[Path], input_hash: str | None = None
+) -> RunRecord:
+    """Turn a forecast into MLflow params, batch metrics, tags, description and datasets (pure).
+
+    `now` is when the command started: the run's start time. `input_hash` defaults to the digest of the prices.
+    """
     import importlib.metadata as md
 
     bt, h = fc.backtest, fc.horizon
@@ -1811,10 +1927,13 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     for pkg in ("polars", "statsforecast", "mlflow", "numpy"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[f"version_{pkg}"] = md.version(pkg)
+    if input_hash is None:
+        input_hash = prices_digest(bundle.usdclp, bundle.copper)
     params = {
         "horizon": h,
         "horizon_trading_days": str(bt.steps),
         "models": ",".join(bt.weights),
+        "served_models": served_models(bt),
         "ensemble_rule": bt.rule,
         "ensemble_weights": json.dumps({k: round(v, 4) for k, v in bt.weights.items()}),
         "num_sources": str(sum(1 for v in bundle.sources.values() if v not in {"none", "off"})),
@@ -1824,6 +1943,7 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
         "copper_frequency": bundle.copper_frequency or "none",
         "data_first_date": str(bundle.usdclp[DATE].min()),
         "data_last_date": str(bundle.usdclp[DATE].max()),
+        "target_date": str(fc.final[DATE]),
         "observations": str(bundle.usdclp.height),
         "backtest_origins": str(len(bt.origins)),
         "backtest_first_origin": str(bt.origins[0]),
@@ -1834,23 +1954,28 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     }
     metrics: dict[str, float] = {}
     for name, m in bt.models.items():
-        key = h if name == ENSEMBLE else name
-        metrics |= {f"{key}_rmse": m.rmse, f"{key}_mae": m.mae, f"{key}_mape": m.mape, f"{key}_ratio_to_naive": m.ratio}
-        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
-        if m.direction is not None:
-            metrics[f"{key}_direction_hit"] = m.direction
+        keys = [h, SERVED_PREFIX.rstrip("_")] if name == ENSEMBLE else [name]
+        for key in keys:
+            metrics |= {f"{key}_rmse": m.rmse, f"{key}_mae": m.mae, f"{key}_mape": m.mape, f"{key}_ratio_to_naive": m.ratio}
+            metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+            if m.direction is not None:
+                metrics[f"{key}_direction_hit"] = m.direction
     if bt.copper_ablation_pct is not None:
         metrics["copper_ablation_pct"] = bt.copper_ablation_pct
         metrics["copper_model_pct"] = bt.copper_model_pct
     final = fc.final
     metrics |= {"forecast": final["forecast"], "forecast_lo_80": final["lo_80"], "forecast_hi_80": final["hi_80"]}
     metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
+    metrics["forecast_change_pct"] = (final["forecast"] / fc.last_close - 1) * 100
     metrics |= {f"seconds_{stage}": round(v, 4) for stage, v in seconds.items()}
     tags = {"fxcu.status": "degraded" if bundle.degraded else "ok", "fxcu.degraded": ",".join(bundle.degraded) or "none"}
     tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
     if bt.notes:
         tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
-    return RunRecord(h, f"forecast_{now:%Y-%m-%d}", params, metrics, tags, tuple(artifacts))
+    tags |= {NOTE_TAG: run_note(fc, bundle), "fxcu.version": __version__, "fxcu.served_models": served_models(bt)}
+    tags |= {"mlflow.source.name": f"fxcu run {h}", "mlflow.source.type": "LOCAL"}
+    start_ms = int(now.timestamp() * 1000)
+    return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=input_datasets(bundle))
 
 
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
@@ -1858,12 +1983,16 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
 
     def work() -> str:
         started = time.perf_counter()
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
         uri = tracking_uri(config, environ)
         client = mlflow_client(uri)
-        experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config, uri))
-        run = client.create_run(experiment_id, run_name=record.run_name, tags={"mlflow.runName": record.run_name})
+        if uri.startswith("sqlite:"):
+            retire_default_experiment(client)
+        name = EXPERIMENT_PREFIX + record.horizon
+        experiment_id, _ = ensure_experiment(client, name, artifact_root(config, uri), experiment_description(record.horizon))
+        tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
+        run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
         run_id = run.info.run_id
         try:
             stamp = int(time.time() * 1000)
@@ -1871,15 +2000,18 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
                 run_id,
                 metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
                 params=[Param(k, v[:6000]) for k, v in record.params.items()],
-                tags=[RunTag(k, v) for k, v in record.tags.items()],
             )
-            for path in record.artifacts:
-                client.log_artifact(run_id, str(path), artifact_path="inputs/warehouse" if path.suffix == ".parquet" else None)
+            context = [InputTag("mlflow.data.context", "training")]
+            client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
+            with tempfile_dir(config.data_dir) as tmp:
+                for path in record.artifacts:
+                    for file in artifact_files(path, record.artifacts, tmp):
+                        client.log_artifact(run_id, str(file), artifact_path="inputs/warehouse" if path.suffix == ".parquet" else None)
             client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
-        client.set_terminated(run_id, status="FINISHED")
+        client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         return run_id
 
     import threading
@@ -1898,19 +2030,68 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
     return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
 
 
-def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
-    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`); return files and sha256."""
-    import hashlib
+def run_user(environ: Mapping[str, str]) -> str:
+    """Who ran it, for `mlflow.user`: $LOGNAME/$USER (cron sets them), else the account name."""
+    import getpass
 
+    with contextlib.suppress(Exception):  # INFO: getpass raises when a container's uid has no passwd entry
+        return environ.get("LOGNAME") or environ.get("USER") or getpass.getuser()
+    return "unknown"
+
+
+def embed_images(markdown: str, images: Mapping[str, bytes]) -> str:
+    """Inline each `![alt](name.png)` whose file is given as a data URI, so the text shows its chart anywhere (pure)."""
+    import base64
+
+    def inline(match: re.Match[str]) -> str:
+        data = images.get(match.group(2))
+        if data is None:
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, markdown)
+
+
+REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:1em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f4f4f4}img{max-width:100%}"
+    "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
+)
+
+
+def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
+    """The Markdown report as one self-contained HTML page, charts inlined (pure).
+
+    MLflow's artifact viewer draws no image of a Markdown file (3.17: a relative link shows as text and
+    a data URI is stripped) but renders HTML in a sandboxed frame, data-URI images included.
+    """
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(embed_images(markdown, images))
+    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
+    return f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style></head>\n<body>\n{body}</body></html>\n'
+
+
+def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Path]:
+    """The files to log for `path`: a Markdown report goes with its HTML twin, chart inlined, that MLflow's viewer draws."""
+    if path.suffix != ".md":
+        return [path]
+    images = {p.name: p.read_bytes() for p in artifacts if p.suffix == ".png" and p.exists()}
+    twin = tmp / path.with_suffix(".html").name
+    write_text_atomic(report_html(path.read_text(), images), twin)
+    return [path, twin]
+
+
+def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
+    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`); return files and the prices' sha256."""
     paths = [folder / "warehouse" / USDCLP_CACHE]
     write_parquet_atomic(bundle.usdclp, paths[0])
     if bundle.copper is not None:
         paths.append(folder / "warehouse" / COPPER_CACHE)
         write_parquet_atomic(bundle.copper, paths[1])
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return paths, digest.hexdigest()
+    return paths, prices_digest(bundle.usdclp, bundle.copper)
 
 # -- Commands ------------------------------------------------------------------------
 
@@ -2154,14 +2335,44 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     uri = tracking_uri(config, environ)
     client = mlflow_client(uri)
     print(f"tracking URI: {redact_uri(uri)}")
+    if uri.startswith("sqlite:") and retire_default_experiment(client):
+        print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
     for horizon in HORIZONS:
-        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri))
+        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri), experiment_description(horizon))
         location = client.get_experiment(experiment_id).artifact_location
         print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
     for folder in ("warehouse", "reports", "mlflow/mlruns"):
         (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
     print(f"data dir: {config.data_dir}")
     return 0
+
+
+def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
+    artifacts = (config.data_dir / "mlflow" / "mlruns").as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+        "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
+    """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
+    import subprocess
+
+    uri = tracking_uri(config, environ)
+    if not uri.startswith("sqlite:"):
+        print(f"fxcu: MLFLOW_TRACKING_URI is a server ({redact_uri(uri)}): open its own UI", file=sys.stderr)
+        return 1
+    shown = f"[{host}]" if ":" in host else host
+    print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
+    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(30)
+        return 0
 
 
 def redact_uri(uri: str) -> str:
@@ -2486,6 +2697,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = as_json(sub.add_parser("compare", help="horizons and models side by side on one metric"))
     compare.add_argument("--metric", default="rmse", choices=SHORT_METRICS)
     as_json(sub.add_parser("stats", help="runs per experiment, success rate, sizes"))
+    ui = sub.add_parser("ui", help="start the MLflow UI on the data dir's store and print its URL")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=positive_int, default=5000, help="port (default 5000)")
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
@@ -2555,6 +2769,8 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
             if args.command == "validate":
                 return cmd_validate(config, client, now=now)
             return cmd_run(config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json)
+    if args.command == "ui":  # INFO: a long-running server, so not bounded like the commands below
+        return cmd_ui(config, environ, host=args.host, port=args.port)
     commands = {
         "init": lambda: cmd_init(config, environ),
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),
