@@ -1338,7 +1338,7 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     runs = read_runs(folder, "7d")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name.startswith("forecast_") and run.info.status == "FINISHED"
+    assert run.info.run_name == "7d · data 2024-07-15" and run.info.status == "FINISHED"
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
     assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
@@ -1353,6 +1353,87 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
     assert any(n.endswith(".md") for n in names) and any(n.endswith(".png") for n in names) and any(n.endswith(".csv") for n in names)
     assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
+
+
+def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
+    folder, _, result = offline_run
+    out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
+    t, m = run.data.tags, run.data.metrics
+    note = t["mlflow.note.content"]
+    assert note.startswith(f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15")
+    lo80, hi80 = out["interval_80"]
+    assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
+    assert t["mlflow.source.name"] == "fxcu run 7d" and t["mlflow.source.type"] == "LOCAL" and t["mlflow.user"]
+    assert t["fxcu.version"] == fxcu.__version__ == run.data.params["version_fxcu"]
+    # the run spans the backtest: created when the command started, ended after the tracking
+    assert run.info.end_time - run.info.start_time >= 1000 * m["seconds_backtest"]
+    for short in ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"):
+        assert m[f"served_{short}"] == m[f"7d_{short}"]
+    assert run.data.params["target_date"] == "2024-07-22"
+
+
+def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
+    import hashlib
+
+    folder, _, _ = offline_run
+    run = read_runs(folder, "7d")[0]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"usdclp", "copper"}
+    warehouse = Path(run.info.artifact_uri.removeprefix("file://")) / "inputs" / "warehouse"
+    for name, file in (("usdclp", fxcu.USDCLP_CACHE), ("copper", fxcu.COPPER_CACHE)):
+        frame = pl.read_parquet(warehouse / file)
+        # the oracle: sha256 of the "date,close" CSV of the sorted prices, nothing else
+        assert inputs[name].dataset.digest == hashlib.sha256(frame.select("date", "close").sort("date").write_csv().encode()).hexdigest()[:16]
+        assert json.loads(inputs[name].dataset.profile)["rows"] == frame.height
+        assert [tag.value for tag in inputs[name].tags if tag.key == "mlflow.data.context"] == ["training"]
+
+
+def test_prices_digest_ignores_fetch_time_and_source_but_not_prices():
+    frame = provenance(make_prices(30), "yahoo")
+    later = frame.with_columns(pl.lit(datetime(2030, 1, 1, tzinfo=UTC)).alias(fxcu.FETCHED_AT), pl.lit("cache").alias(fxcu.SOURCE))
+    assert fxcu.prices_digest(later) == fxcu.prices_digest(frame) == fxcu.prices_digest(frame.reverse())
+    moved = frame.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.col("close") + 0.01).otherwise(pl.col("close")).alias("close"))
+    assert fxcu.prices_digest(moved) != fxcu.prices_digest(frame)
+    assert fxcu.prices_digest(frame, None) == fxcu.prices_digest(frame) != fxcu.prices_digest(frame, frame)
+
+
+def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
+    import base64
+
+    folder, _, _ = offline_run
+    run = read_runs(folder, "7d")[0]
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    page = next(artifacts.glob("forecast_7d_*.html")).read_text()
+    png = next(artifacts.glob("forecast_7d_*.png")).read_bytes()
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert "<table>" in page and "<h2>Forecast path" in page and "](forecast_7d_" not in page
+    # the Markdown stays as written, with its relative link, for file viewers
+    assert "![USD/CLP and forecast](forecast_7d_" in next(artifacts.glob("forecast_7d_*.md")).read_text()
+
+
+def test_run_leaves_no_stray_default_experiment(offline_run):
+    from mlflow.tracking import MlflowClient
+
+    folder, elsewhere, _ = offline_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["forecaster_7d"]
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    assert client.get_experiment_by_name("forecaster_7d").tags["mlflow.note.content"].startswith("USD/CLP forecast 7 calendar days")
+
+
+def test_retire_default_experiment_keeps_one_with_runs(data_dir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    client.create_run("0")
+    assert fxcu.retire_default_experiment(client) is False and client.get_experiment("0").lifecycle_stage == "active"
+
+
+@pytest.mark.parametrize(("weights", "served"), [({"Naive": 1.0, "AutoETS": 0.0}, "Naive"), ({"AutoETS": 0.6, "Naive": 0.4}, "AutoETS 60%, Naive 40%")])
+def test_served_models_names_the_models_with_weight(weights, served):
+    from types import SimpleNamespace
+
+    assert fxcu.served_models(SimpleNamespace(weights=weights)) == served
 
 
 def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
@@ -1557,6 +1638,68 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
+
+
+def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
+    """Poll `url`/health until the server answers (no sleep-and-retry on results: only while it boots)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise AssertionError(f"no MLflow server at {url} (exit code {server.poll()})")
+
+
+@pytest.mark.slow
+def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(offline_run, tmp_path):
+    folder, _, result = offline_run
+    out, port = json.loads(result.stdout), free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "fxcu.py"), "ui", "--port", str(port)], env={**os.environ, "FXCU_DATA_DIR": str(folder)},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert server.stdout.readline().startswith(f"MLflow UI: {url}/#/experiments")
+        wait_healthy(url, server)
+        # the experiment list the UI draws: fxcu's experiment, described, and no `Default`
+        experiments = httpx.get(f"{url}/ajax-api/2.0/mlflow/experiments/search", params={"max_results": 100}).json()["experiments"]
+        assert [e["name"] for e in experiments] == ["forecaster_7d"]
+        assert any(t["key"] == "mlflow.note.content" for t in experiments[0]["tags"])
+        # the runs table and the run page: name, times, source, user, description, datasets
+        runs = httpx.post(f"{url}/ajax-api/2.0/mlflow/runs/search", json={"experiment_ids": [experiments[0]["experiment_id"]]}).json()["runs"]
+        assert len(runs) == 1
+        info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+        assert info["run_name"] == "7d · data 2024-07-15" and int(info["end_time"]) > int(info["start_time"])
+        assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
+        assert f"**USD/CLP 7d: {out['forecast']:.2f}**" in tags["mlflow.note.content"]
+        assert {d["dataset"]["name"] for d in runs[0]["inputs"]["dataset_inputs"]} == {"usdclp", "copper"}
+        metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
+        assert metrics["served_rmse"] == metrics["7d_rmse"] and metrics["forecast"] == pytest.approx(out["forecast"], abs=1e-4)
+        # the artifact viewer's request for the HTML report: the chart travels inside it
+        listed = httpx.get(f"{url}/ajax-api/2.0/mlflow/artifacts/list", params={"run_uuid": info["run_id"]}).json()["files"]
+        page = next(f["path"] for f in listed if f["path"].endswith(".html"))
+        body = httpx.get(f"{url}/get-artifact", params={"path": page, "run_uuid": info["run_id"]}).text
+        assert "<img src=\"data:image/png;base64," in body
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(20)
+
+
+def test_ui_refuses_a_tracking_server_uri(tmp_path, capsys):
+    assert fxcu.main(["ui"], {"FXCU_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": "http://user:pw@mlflow.internal:5000"}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pw" not in err and "open its own UI" in err
+
+
+def test_ui_command_points_the_server_at_the_data_dir(tmp_path):
+    config = fxcu.Config(data_dir=tmp_path)
+    cmd = fxcu.ui_command(config, f"sqlite:///{tmp_path}/mlflow/mlflow.db", "127.0.0.1", 5000)
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlflow" / "mlruns").as_uri()
+    assert cmd[cmd.index("--host") + 1 :][:3] == ["127.0.0.1", "--port", "5000"]
 
 
 # -- run and check from the CLI ------------------------------------------------------
