@@ -2011,7 +2011,9 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
-        client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
+        # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         return run_id
 
     import threading
@@ -2414,69 +2416,328 @@ def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None
     return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
 
 
-def _recent_runs(client: Any, horizons: Sequence[str], last: int) -> list[tuple[str, Any]]:
-    rows = []
+# The dashboard reads a local SQLite store with sqlite3 alone: `import mlflow` costs ~2-3 s, the
+# query a few ms. MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """One tracked run as the dashboard reads it, from a SQLite store or a tracking server."""
+
+    run_id: str
+    horizon: str
+    name: str
+    status: str  # MLflow's: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
+    start_ms: int
+    end_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
+    """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return config.data_dir / "mlflow" / "mlflow.db"
+    if uri.startswith("sqlite:///"):
+        from urllib.parse import unquote
+
+        return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    return None
+
+
+def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """The newest `last` active runs per horizon (all when None), newest first, straight from MLflow's tables."""
+    import sqlite3
+    from urllib.parse import quote
+
+    if not db.exists():
+        return []
+    names = {EXPERIMENT_PREFIX + h: h for h in horizons}
+    marks = ",".join("?" * len(names))
+    query = f"""
+        select * from (
+            select r.run_uuid, e.name, r.name, r.status, r.start_time, r.end_time,
+                   row_number() over (partition by e.experiment_id order by r.start_time desc) as k
+            from runs r join experiments e on e.experiment_id = r.experiment_id
+            where e.name in ({marks}) and r.lifecycle_stage = 'active' and e.lifecycle_stage = 'active'
+        ) where ? is null or k <= ? order by 5 desc"""  # INFO: only placeholders are interpolated
+    with contextlib.closing(sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=5)) as conn:
+        rows = conn.execute(query, [*names, last, last]).fetchall()
+        ids = [r[0] for r in rows]
+        found: dict[str, dict[str, dict[str, Any]]] = {i: {"params": {}, "latest_metrics": {}, "tags": {}} for i in ids}
+        for start in range(0, len(ids), 500):  # INFO: SQLite caps the number of placeholders
+            chunk = ids[start : start + 500]
+            for table in ("params", "latest_metrics", "tags"):
+                sql = f"select run_uuid, key, value from {table} where run_uuid in ({','.join('?' * len(chunk))})"
+                for run_id, key, value in conn.execute(sql, chunk):
+                    found[run_id][table][key] = value
+    return [
+        StoredRun(i, names[e], n or "", s, int(st or 0), en, found[i]["params"], found[i]["latest_metrics"], found[i]["tags"])
+        for i, e, n, s, st, en, _ in rows
+    ]
+
+
+def read_runs_mlflow(uri: str, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """The same as `read_runs_sqlite`, through mlflow's client (a tracking server)."""
+    client = mlflow_client(uri)
+    runs = []
     for horizon in horizons:
         experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
-        if experiment is not None:
-            rows += [(horizon, r) for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last)]
+        if experiment is None:
+            continue
+        found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000)
+        for r in found:
+            info, data = r.info, r.data
+            runs.append(StoredRun(info.run_id, horizon, info.run_name or "", info.status, info.start_time or 0, info.end_time, data.params, data.metrics, data.tags))
+    return sorted(runs, key=lambda r: r.start_ms, reverse=True)
+
+
+def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """Read the runs from wherever they are tracked: sqlite3 for a local store, mlflow for a server."""
+    db = store_path(config, environ)
+    return read_runs_sqlite(db, horizons, last) if db is not None else read_runs_mlflow(tracking_uri(config, environ), horizons, last)
+
+
+def age_words(seconds: float) -> str:
+    """An age in words: 'just now', '5 minutes ago', '3 hours ago', '2 days ago', '6 weeks ago' (pure)."""
+    for size, unit in ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        count = int(seconds // size)
+        if count >= (2 if unit == "week" else 1):
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now" if seconds >= -60 else "in the future"
+
+
+def run_status(run: StoredRun) -> str:
+    """A run's status in words: ok, degraded (why), failed, running (pure)."""
+    if run.status != "FINISHED":
+        return run.status.lower()
+    degraded = run.tags.get("fxcu.degraded", "none")
+    return "ok" if degraded in {"none", ""} else f"degraded: {degraded.replace(',', ', ')}"
+
+
+def run_served(run: StoredRun) -> str:
+    """The served models of a run: its tag, else read off the logged weights (runs before the tag existed) (pure)."""
+    if "fxcu.served_models" in run.tags:
+        return run.tags["fxcu.served_models"]
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        weights = {k: v for k, v in json.loads(run.params.get("ensemble_weights", "")).items() if v > 0}
+        return next(iter(weights)) if len(weights) == 1 else ", ".join(f"{k} {v:.0%}" for k, v in weights.items())
+    return "-"
+
+
+def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
+    """One row per run for `runs`, newest first, `last` per horizon; change is against the horizon's previous run (pure)."""
+    rows, shown = [], dict.fromkeys({r.horizon for r in runs}, 0)
+    for index, run in enumerate(runs):
+        if shown[run.horizon] >= last:
+            continue
+        shown[run.horizon] += 1
+        forecast = run.metrics.get("forecast")
+        previous = next((r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics), None)
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "started": datetime.fromtimestamp(run.start_ms / 1000, UTC).isoformat(timespec="seconds"),
+                "data_date": run.params.get("data_last_date"),
+                "horizon": run.horizon,
+                "target_date": run.params.get("target_date"),
+                "forecast": forecast,
+                "lo_80": run.metrics.get("forecast_lo_80"),
+                "hi_80": run.metrics.get("forecast_hi_80"),
+                "change": None if forecast is None or previous is None else forecast - previous,
+                "served": run_served(run),
+                "status": run_status(run),
+            }
+        )
     return rows
 
 
-def run_row(horizon: str, run: Any) -> dict[str, Any]:
-    """One run as a flat dict for `runs` (pure over the run's data)."""
-    p, m, t = run.data.params, run.data.metrics, run.data.tags
-    return {
-        "horizon": horizon,
-        "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
-        "run_id": run.info.run_id,
-        "usdclp": p.get("usdclp_source", "?"),
-        "copper": f"{p.get('copper_source', '?')}/{p.get('copper_frequency', '?')}",
-        "rmse": m.get(f"{horizon}_rmse"),
-        "ratio": m.get(f"{horizon}_ratio_to_naive"),
-        "cov80": m.get(f"{horizon}_coverage_80"),
-        "cov95": m.get(f"{horizon}_coverage_95"),
-        "status": run.info.status + ("" if t.get("fxcu.status", "ok") == "ok" else f" ({t.get('fxcu.degraded')})"),
-    }
+def _titled(title: str, table: Any, footer: str | None = None) -> Any:
+    """A table under a bold title line (and over a footer line), neither wrapped to the table's width."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="bold"), table, *([Text(footer)] if footer else []))
 
 
-def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """An aligned text table of dict rows."""
-    if not rows:
-        return "no runs"
-    cols = list(rows[0])
-    text = [[c for c in cols]] + [["-" if r[c] is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in text)
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def _styled(text: str, style: str) -> Any:
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("data", "left"), ("h", "right"), ("target", "left"), ("forecast", "right"), ("80% range", "right"), ("change", "right"), ("served", "left"), ("status", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        change = "-" if r["change"] is None else f"{r['change']:+.2f}"
+        span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
+        tone = "green" if r["status"] == "ok" else "yellow" if r["status"].startswith("degraded") else "red"
+        table.add_row(r["data_date"] or "-", r["horizon"], r["target_date"] or "-", _money(r["forecast"]), span, change, r["served"], _styled(r["status"], tone))
+    return _titled("USD/CLP forecasts tracked in MLflow (CLP per USD), newest first", table)
+
+
+METRIC_INFO: dict[str, tuple[str, str, str]] = {
+    "rmse": ("RMSE", "CLP per USD", "lower is better"),
+    "mae": ("MAE", "CLP per USD", "lower is better"),
+    "mape": ("MAPE", "%", "lower is better"),
+    "ratio_to_naive": ("RMSE ratio to Naive", "x Naive's RMSE", "lower is better, below 1 beats the random walk"),
+    "coverage_80": ("80% interval coverage", "% of outcomes inside", "closest to 80% is best"),
+    "coverage_95": ("95% interval coverage", "% of outcomes inside", "closest to 95% is best"),
+    "direction_hit": ("direction hit rate", "% of origins", "higher is better"),
+}
+
+
+def compare_rows(runs: Sequence[StoredRun], metric: str) -> list[dict[str, Any]]:
+    """Per horizon, the latest run's value of `metric` for every model, the best model, and the best served run (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        if not mine:
+            continue
+        latest, name = mine[0], f"{horizon}_{metric}"
+        models = [m for m in latest.params.get("models", "").split(",") if m]
+        values = {m: latest.metrics.get(f"{m}_{metric}") for m in [*models, COMBINATION]}
+        values[ENSEMBLE] = latest.metrics.get(name)
+        scored = {k: v for k, v in values.items() if v is not None}
+        finished = [r for r in mine if r.status == "FINISHED" and name in r.metrics]
+        best = min(finished, key=lambda r: metric_rank(name)(r.metrics[name]), default=None)
+        rows.append(
+            {
+                "horizon": horizon,
+                "run_id": latest.run_id,
+                "data_date": latest.params.get("data_last_date"),
+                "models": values,
+                "best_model": min(scored, key=lambda k: metric_rank(name)(scored[k])) if scored else None,
+                "best_served": best.metrics[name] if best else None,
+                "best_served_data_date": best.params.get("data_last_date") if best else None,
+                "best_served_run": best.run_id if best else None,
+            }
+        )
+    return rows
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
+    """The `compare` table (Rich): models down, horizons across, the best of each column marked (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    label, unit, better = METRIC_INFO[metric]
+    share = metric.startswith(("coverage", "direction"))
+    fmt = (lambda v: f"{v:.0%}") if share else (lambda v: f"{v:.4f}") if metric == "ratio_to_naive" else (lambda v: f"{v:.2f}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model")
+    for r in rows:
+        table.add_column(r["horizon"], justify="right")
+    models = list(dict.fromkeys(m for r in rows for m in r["models"]))
+    for model in models:
+        cells = []
+        for r in rows:
+            value = r["models"].get(model)
+            best = model == r["best_model"]
+            cells.append("-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else ""))
+        table.add_row(f"{model} (served)" if model == ENSEMBLE else model, *cells)
+    table.add_section()
+    table.add_row("best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows))
+    table.add_row("  its data date", *((r["best_served_data_date"] or "-") + "  " for r in rows))
+    return _titled(f"{label} ({unit}): {better}", table, "Latest run of each horizon; * marks the best in its column.")
+
+
+def stats_rows(runs: Sequence[StoredRun], *, now: datetime) -> list[dict[str, Any]]:
+    """Per experiment: runs, share finished, failures, newest run's age and data date (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        finished = sum(r.status == "FINISHED" for r in mine)
+        newest = mine[0] if mine else None
+        age = None if newest is None else now.timestamp() - newest.start_ms / 1000
+        rows.append(
+            {
+                "experiment": EXPERIMENT_PREFIX + horizon,
+                "runs": len(mine),
+                "success_rate": finished / len(mine) if mine else None,
+                "failed": sum(r.status == "FAILED" for r in mine),
+                "degraded": sum(run_status(r).startswith("degraded") for r in mine),
+                "last_run_age_s": None if age is None else round(age),
+                "last_run": None if age is None else age_words(age),
+                "last_data_date": newest.params.get("data_last_date") if newest else None,
+            }
+        )
+    return rows
+
+
+def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> Any:
+    """The `stats` table (Rich) (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("experiment", "left"), ("runs", "right"), ("finished", "right"), ("failed", "right"), ("degraded", "right"), ("last run", "left"), ("data", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
+        tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
+        failed = _styled(str(r["failed"]), "red" if r["failed"] else "")
+        table.add_row(r["experiment"], str(r["runs"]), _styled(rate, tone), failed, str(r["degraded"]), r["last_run"] or "never", r["last_data_date"] or "-")
+    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
+
+
+def render(table: Any, *, color: bool, width: int = 100) -> str:
+    """Draw a Rich table as text at most `width` columns wide, with ANSI colour only when `color`."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system="standard" if color else None, force_terminal=color, no_color=not color, highlight=False)
+    console.print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
+
+
+def print_table(table: Any, environ: Mapping[str, str]) -> None:
+    """Print a table: colour on a terminal unless NO_COLOR is set, never 100 columns wider."""
+    import shutil
+
+    tty = sys.stdout.isatty()
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100) if tty else 100
+    print(render(table, color=tty and not environ.get("NO_COLOR"), width=width))
 
 
 def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
-    """Print the recent runs of the horizons, newest first."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = [run_row(h, r) for h, r in _recent_runs(client, horizons, last)]
-    rows.sort(key=lambda r: r["date"], reverse=True)
-    print(json.dumps(rows, indent=2) if as_json else format_rows(rows))
+    """Print the recent runs of the horizons, newest first: forecast, range, change, served models, status."""
+    runs = read_runs(config, environ, horizons, last + 1)  # one more per horizon: the change of the oldest shown
+    rows = runs_rows(runs, last)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(runs_table(rows), environ)
     return 0
 
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
-    """Print each horizon's models side by side on `metric`: the latest run and the best run."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = []
-    for horizon in HORIZONS:
-        latest = _recent_runs(client, [horizon], 1)
-        best = best_run(horizon, metric, config=config, environ=environ)
-        if not latest:
-            continue
-        run = latest[0][1]
-        models = [m for m in run.data.params.get("models", "").split(",") if m]
-        row: dict[str, Any] = {"horizon": horizon}
-        for name in [*models, horizon]:
-            row["Ensemble" if name == horizon else name] = run.data.metrics.get(f"{name}_{metric}")
-        row["best_ensemble"] = best.data.metrics.get(f"{horizon}_{metric}") if best else None
-        row["best_run"] = best.info.run_id[:8] if best else "-"
-        rows.append(row)
-    print(json.dumps(rows, indent=2) if as_json else format_rows(rows) if rows else "no runs")
+    """Print each horizon's models on `metric` (latest run), naming its unit and which way is better, the best marked."""
+    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
+    label, unit, better = METRIC_INFO[metric]
+    if as_json:
+        print(json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2))
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(compare_table(rows, metric), environ)
     return 0
 
 
@@ -2485,23 +2746,14 @@ def dir_size(path: Path) -> int:
 
 
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
-    """Runs per experiment, success rate, last run age, database and artifact sizes."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = []
-    for horizon in HORIZONS:
-        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
-        runs = client.search_runs([experiment.experiment_id], max_results=10000) if experiment else []
-        finished = sum(r.info.status == "FINISHED" for r in runs)
-        newest = max((r.info.start_time for r in runs), default=None)
-        age = None if newest is None else round((now.timestamp() * 1000 - newest) / 3_600_000, 1)
-        rows.append({"experiment": EXPERIMENT_PREFIX + horizon, "runs": len(runs), "success_rate": finished / len(runs) if runs else None, "last_run_age_h": age})
-    db = config.data_dir / "mlflow" / "mlflow.db"
-    sizes = {"database_bytes": db.stat().st_size if db.exists() else 0, "artifacts_bytes": dir_size(config.data_dir / "mlflow" / "mlruns")}
+    """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
+    rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
+    db = store_path(config, environ)
+    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": dir_size(config.data_dir / "mlflow" / "mlruns")}
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
     else:
-        print(format_rows(rows))
-        print(f"database {sizes['database_bytes'] / 1e6:.2f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.2f} MB")
+        print_table(stats_table(rows, sizes), environ)
     return 0
 
 

@@ -1508,16 +1508,19 @@ def test_two_runs_at_once_are_both_recorded(data_dir):
     assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == real_usdclp().height
 
 
-def record(horizon: str, rmse: float, *, degraded: str = "none") -> fxcu.RunRecord:
+def record(horizon: str, rmse: float, *, degraded: str = "none", forecast: float = 900.0) -> fxcu.RunRecord:
     metrics = {f"{horizon}_rmse": rmse, f"{horizon}_ratio_to_naive": rmse / 20, "Naive_rmse": 20.0, f"{horizon}_coverage_80": 0.8, f"{horizon}_coverage_95": 0.95}
+    metrics |= {"forecast": forecast, "forecast_lo_80": forecast - 12.5, "forecast_hi_80": forecast + 12.5}
     params = {"horizon": horizon, "models": "Naive", "usdclp_source": "yahoo", "copper_source": "yahoo", "copper_frequency": "daily"}
-    tags = {"fxcu.status": "ok" if degraded == "none" else "degraded", "fxcu.degraded": degraded}
-    return fxcu.RunRecord(horizon, "forecast_2026-11-26", params, metrics, tags, ())
+    params |= {"data_last_date": "2026-01-19", "target_date": "2026-01-26"}
+    tags = {"fxcu.status": "ok" if degraded == "none" else "degraded", "fxcu.degraded": degraded, "fxcu.served_models": "Naive"}
+    return fxcu.RunRecord(horizon, f"{horizon} · data 2026-01-19", params, metrics, tags, ())
 
 
 def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
     config = fxcu.Config.from_env(run_env(data_dir))
-    ids = {rmse: fxcu.log_run(config, record("7d", rmse), environ={}) for rmse in (21.0, 19.5, 20.2)}
+    forecasts = {21.0: 900.0, 19.5: 905.5, 20.2: 903.0}  # logged in this order: 903.0 is the newest 7d forecast
+    ids = {rmse: fxcu.log_run(config, record("7d", rmse, forecast=forecasts[rmse]), environ={}) for rmse in forecasts}
     fxcu.log_run(config, record("30d", 40.0, degraded="no copper"), environ={})
     best = fxcu.best_run("7d", "rmse", config=config, environ={})
     assert best.info.run_id == ids[19.5] and best.data.metrics["7d_rmse"] == 19.5
@@ -1526,22 +1529,104 @@ def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
 
     assert fxcu.main(["runs", "--json"], run_env(data_dir)) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 4 and {r["horizon"] for r in rows} == {"7d", "30d"}
-    assert any(r["status"] == "FINISHED (no copper)" for r in rows)
+    assert [(r["horizon"], r["forecast"]) for r in rows if r["horizon"] == "7d"] == [("7d", 903.0), ("7d", 905.5), ("7d", 900.0)]
+    assert [r["change"] for r in rows if r["horizon"] == "7d"] == [-2.5, 5.5, None]
+    assert {r["horizon"]: r["status"] for r in rows} == {"7d": "ok", "30d": "degraded: no copper"}
+    assert rows[0]["data_date"] == "2026-01-19" and rows[0]["target_date"] == "2026-01-26" and rows[0]["served"] == "Naive"
     assert fxcu.main(["runs", "7d", "--last", "2"], run_env(data_dir)) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["horizon", "date", "run_id"] and len(table) == 3
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 100 and "\x1b[" not in table
+    assert lines[2].split() == ["data", "h", "target", "forecast", "80%", "range", "change", "served", "status"]
+    assert lines[4].split() == ["2026-01-19", "7d", "2026-01-26", "903.00", "890.50–915.50", "-2.50", "Naive", "ok"]
+    assert lines[5].split()[5] == "+5.50" and len(lines) == 6  # --last 2, yet the change of the older one is known
 
     assert fxcu.main(["compare", "--metric", "rmse", "--json"], run_env(data_dir)) == 0
-    compared = {r["horizon"]: r for r in json.loads(capsys.readouterr().out)}
-    assert compared["7d"]["best_ensemble"] == 19.5 and compared["7d"]["Naive"] == 20.0
-    assert compared["30d"]["Ensemble"] == 40.0
+    compared = json.loads(capsys.readouterr().out)
+    assert (compared["label"], compared["unit"], compared["better"]) == ("RMSE", "CLP per USD", "lower is better")
+    per = {r["horizon"]: r for r in compared["horizons"]}
+    assert per["7d"]["best_served"] == 19.5 and per["7d"]["best_served_run"] == ids[19.5]
+    assert per["7d"]["models"]["Naive"] == 20.0 and per["7d"]["best_model"] == "Naive" and per["30d"]["models"]["Ensemble"] == 40.0
+    assert fxcu.main(["compare", "--metric", "rmse"], run_env(data_dir)) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("RMSE (CLP per USD): lower is better") and max(map(len, text.splitlines())) <= 100
+    naive = next(line for line in text.splitlines() if line.split()[:1] == ["Naive"])
+    assert naive.split() == ["Naive", "20.00", "*", "20.00", "*"]  # 7d: Naive 20.0 beats the served 20.2; 30d: Naive 20.0 beats 40.0
 
     assert fxcu.main(["stats", "--json"], run_env(data_dir)) == 0
     stats = json.loads(capsys.readouterr().out)
     per = {e["experiment"]: e for e in stats["experiments"]}
-    assert per["forecaster_7d"]["runs"] == 3 and per["forecaster_7d"]["success_rate"] == 1.0
-    assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0
+    assert per["forecaster_7d"]["runs"] == 3 and per["forecaster_7d"]["success_rate"] == 1.0 and per["forecaster_7d"]["last_run"] == "just now"
+    assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0 and per["forecaster_30d"]["degraded"] == 1
+    assert fxcu.main(["stats"], run_env(data_dir)) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["forecaster_7d"])
+    assert row.split() == ["forecaster_7d", "3", "100%", "0", "0", "just", "now", "2026-01-19"] and "1.0000" not in text
+
+
+def stored(horizon: str, start_s: int, *, forecast: float | None = None, status: str = "FINISHED", **metrics: float) -> fxcu.StoredRun:
+    extra = {} if forecast is None else {"forecast": forecast}
+    return fxcu.StoredRun(f"r{start_s}", horizon, "", status, start_s * 1000, None, {"models": "Naive,AutoETS"}, {**metrics, **extra}, {})
+
+
+def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
+    runs = [stored("7d", 50, forecast=910.0), stored("30d", 40, forecast=930.0), stored("7d", 30), stored("7d", 20, forecast=900.0)]
+    rows = fxcu.runs_rows(runs, last=2)
+    assert [(r["horizon"], r["change"]) for r in rows] == [("7d", 10.0), ("30d", None), ("7d", None)]
+    assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
+
+
+def test_compare_rows_best_coverage_is_closest_to_nominal():
+    runs = [stored("7d", 9, Naive_coverage_80=0.95, AutoETS_coverage_80=0.78, **{"7d_coverage_80": 0.70}), stored("7d", 5, **{"7d_coverage_80": 0.81})]
+    (row,) = fxcu.compare_rows(runs, "coverage_80")
+    assert row["best_model"] == "AutoETS" and row["best_served"] == 0.81 and row["best_served_run"] == "r5"
+    text = fxcu.render(fxcu.compare_table([row], "coverage_80"), color=False)
+    assert text.startswith("80% interval coverage (% of outcomes inside): closest to 80% is best")
+    assert "78% *" in text and "95%" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(5, "just now"), (90, "1 minute ago"), (3 * 3600 + 5, "3 hours ago"), (86400, "1 day ago"), (9 * 86400, "9 days ago"), (15 * 86400, "2 weeks ago")],
+)
+def test_age_words(seconds, words):
+    assert fxcu.age_words(seconds) == words
+
+
+def test_render_colours_only_when_asked_and_fits_100_columns():
+    runs = [stored("90d", 9, forecast=1234.5)]
+    rows = fxcu.runs_rows(runs, last=1)
+    rows[0] |= {"served": "AutoETS 40%, AutoARIMA 30%, AutoTheta 20%, Naive 10%", "status": "degraded: no copper, cached data, removed bad prints"}
+    plain, colour = fxcu.render(fxcu.runs_table(rows), color=False), fxcu.render(fxcu.runs_table(rows), color=True)
+    assert "\x1b[" not in plain and "\x1b[33m" in colour  # yellow: degraded
+    assert max(map(len, plain.splitlines())) <= 100 and "1,234.50" in plain
+
+
+def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
+    fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
+    code = (
+        "import sys, fxcu\n"
+        "for c in (['runs'], ['compare'], ['stats']): assert fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast', 'polars'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(data_dir)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert "903" not in out.stdout and "900.00" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [(None, "{data}/mlflow/mlflow.db"), ("sqlite:////srv/my%20db/m.db", "/srv/my db/m.db"), ("http://mlflow:5000", None), ("postgresql://u:p@h/db", None)],
+)
+def test_store_path_reads_sqlite_uris_only(tmp_path, uri, path):
+    config = fxcu.Config(data_dir=tmp_path)
+    found = fxcu.store_path(config, {} if uri is None else {"MLFLOW_TRACKING_URI": uri})
+    assert found == (None if path is None else Path(path.format(data=tmp_path)))
+
+
+def test_dashboard_without_a_database_says_so(tmp_path, capsys):
+    assert fxcu.main(["runs"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    assert capsys.readouterr().out.startswith("no runs yet")
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -1602,7 +1687,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
+def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     config = fxcu.Config.from_env(run_env(data_dir))
@@ -1631,10 +1716,14 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
         report.write_text("# a report\n")
         remote = dataclasses.replace(record("15d", 25.0), artifacts=(report,))
         remote_id = fxcu.log_run(config, remote, environ={"MLFLOW_TRACKING_URI": url})
+        assert capsys.readouterr().out == ""  # MLflow's "View run ... at" line goes to stderr: stdout holds results
         logged = client.get_run(remote_id)
         assert logged.data.metrics["15d_rmse"] == 25.0 and logged.info.status == "FINISHED"
         assert not logged.info.artifact_uri.startswith((data_dir / "mlflow" / "mlruns").as_uri())
-        assert [a.path for a in client.list_artifacts(remote_id)] == ["forecast_7d_2026-11-26.md"]
+        assert [a.path for a in client.list_artifacts(remote_id)] == ["forecast_7d_2026-11-26.html", "forecast_7d_2026-11-26.md"]
+        assert fxcu.main(["runs", "--json"], {"FXCU_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": url}) == 0
+        captured = capsys.readouterr()
+        assert {r["run_id"] for r in json.loads(captured.out)} == {run_id, remote_id}, captured
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
