@@ -2368,7 +2368,8 @@ def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) 
         return 1
     shown = f"[{host}]" if ":" in host else host
     print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
-    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir)
+    # INFO: the server's own log lines go to stderr, so stdout holds only the URL
+    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
     try:
         return server.wait()
     except KeyboardInterrupt:
