@@ -2595,7 +2595,7 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
 # -- More CLI behaviour ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup"])
+@pytest.mark.parametrize("command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup", "ui"])
 def test_every_subcommand_help_is_fast_and_light(command):
     code = f"import sys\nimport fxcu\ntry: fxcu.main([{command!r}, '--help'])\nexcept SystemExit as e: print('exit', e.code)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {{'mlflow','statsforecast','polars','httpx','matplotlib'}}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
