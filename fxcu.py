@@ -1743,12 +1743,14 @@ def experiment_description(horizon: str) -> str:
     """The Markdown description of a horizon's experiment (pure)."""
     days = parse_horizon(horizon)
     return (
-        f"USD/CLP forecast {days} calendar days ({horizon_steps(days)} trading days) ahead, made by `fxcu run {horizon}`, "
-        f"with copper as a signal. One run per forecast, named by horizon and data date (`{horizon} · data YYYY-MM-DD`); "
-        "its description holds the forecast, its range and the served models.\n\n"
-        f"Metrics `{SERVED_PREFIX}rmse`, `{SERVED_PREFIX}ratio_to_naive`, `{SERVED_PREFIX}coverage_80` ... score the served "
-        f"forecast in the backtest and are named alike in every fxcu experiment; `{horizon}_rmse` ... are the same numbers "
-        "under the original guide's names. RMSE and MAE are in CLP per USD; a ratio below 1 beats the random walk (Naive)."
+        f"USD/CLP forecast {days} calendar days ({horizon_steps(days)} trading days) ahead, "
+        f"made by `fxcu run {horizon}`, with copper as a signal. One run per forecast, named by horizon "
+        f"and data date (`{horizon} · data YYYY-MM-DD`); its description holds the forecast, its range "
+        "and the served models.\n\n"
+        f"Metrics `{SERVED_PREFIX}rmse`, `{SERVED_PREFIX}ratio_to_naive`, `{SERVED_PREFIX}coverage_80` ... "
+        "score the served forecast in the backtest and are named alike in every fxcu experiment; "
+        f"`{horizon}_rmse` ... are the same numbers under the original guide's names. RMSE and MAE are "
+        "in CLP per USD; a ratio below 1 beats the random walk (Naive)."
     )
 
 
@@ -1800,8 +1802,10 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client: Any, name: str, artifact_location: str | None, description: str | None = None) -> tuple[str, bool]:
-    """Return the experiment id, creating it (with an absolute artifact location) when missing; describe it when undescribed."""
+def ensure_experiment(
+    client: Any, name: str, artifact_location: str | None, description: str | None = None
+) -> tuple[str, bool]:
+    """Return the experiment id, creating it (absolute artifact location) when missing; describe it if undescribed."""
     found = client.get_experiment_by_name(name)
     tags = {NOTE_TAG: description} if description else None
     if found is None:
@@ -1812,7 +1816,7 @@ def ensure_experiment(client: Any, name: str, artifact_location: str | None, des
 
 
 def retire_default_experiment(client: Any) -> bool:
-    """Delete MLflow's empty `Default` experiment, whose artifact folder is the working directory of whoever made the store.
+    """Delete MLflow's empty `Default` experiment, whose artifacts go to the working directory of the store's maker.
 
     Only for a local store; an experiment with runs is left alone. Return whether it was deleted.
     """
@@ -1820,7 +1824,11 @@ def retire_default_experiment(client: Any) -> bool:
         default = client.get_experiment("0")
     except Exception:  # noqa: BLE001 -- no experiment 0: nothing to retire
         return False
-    if default is None or default.lifecycle_stage != "active" or client.search_runs(["0"], max_results=1, run_view_type=3):
+    if (
+        default is None
+        or default.lifecycle_stage != "active"
+        or client.search_runs(["0"], max_results=1, run_view_type=3)
+    ):
         return False
     client.delete_experiment("0")
     return True
@@ -1842,7 +1850,7 @@ class RunRecord:
 
 
 def served_models(bt: Backtest) -> str:
-    """The models the served forecast is made of, with their weights when more than one: 'AutoETS 60%, Naive 40%' (pure)."""
+    """The models the served forecast is made of, weighted when several: 'AutoETS 60%, Naive 40%' (pure)."""
     used = {name: w for name, w in bt.weights.items() if w > 0}
     return next(iter(used)) if len(used) == 1 else ", ".join(f"{n} {w:.0%}" for n, w in used.items())
 
@@ -1853,7 +1861,7 @@ def run_name(fc: Forecast) -> str:
 
 
 def run_note(fc: Forecast, bundle: Bundle) -> str:
-    """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest, data (pure)."""
+    """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest (pure)."""
     final, bt = fc.final, fc.backtest
     change = (final["forecast"] / fc.last_close - 1) * 100
     # Issue 9 names the model behind the range (e.g. a GARCH); until then the range is Naive's width.
@@ -1866,13 +1874,19 @@ def run_note(fc: Forecast, bundle: Bundle) -> str:
                 f"(last close {fc.last_close:.2f} on {fc.origin}, {change:+.2f}%)"
             ),
             "",
-            f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, 95% {final['lo_95']:.2f} – {final['hi_95']:.2f} ({interval})",
+            (
+                f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, "
+                f"95% {final['lo_95']:.2f} – {final['hi_95']:.2f} ({interval})"
+            ),
             f"- Served models: {served_models(bt)} (rule `{bt.rule}`)",
             (
                 f"- Backtest: RMSE {bt.ensemble.rmse:.2f} CLP, {bt.ensemble.ratio:.3f}x Naive's, coverage "
                 f"{bt.ensemble.coverage_80:.0%} (80%) / {bt.ensemble.coverage_95:.0%} (95%), {len(bt.origins)} origins"
             ),
-            f"- Data: USD/CLP {bundle.sources['usdclp']} to {fc.origin}, copper {copper}; degraded: {', '.join(bundle.degraded) or 'no'}",
+            (
+                f"- Data: USD/CLP {bundle.sources['usdclp']} to {fc.origin}, copper {copper}; "
+                f"degraded: {', '.join(bundle.degraded) or 'no'}"
+            ),
         ]
     )
 
@@ -1898,14 +1912,29 @@ def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
         series.append(("copper", bundle.copper, "USD per lb", bundle.sources["copper"]))
     found = []
     for name, frame, unit, source in series:
-        schema = {"mlflow_colspec": [{"type": "datetime", "name": DATE, "required": True}, {"type": "double", "name": CLOSE, "required": True}]}
-        profile = {"rows": frame.height, "first_date": str(frame[DATE].min()), "last_date": str(frame[DATE].max()), "unit": unit}
+        schema = {
+            "mlflow_colspec": [
+                {"type": "datetime", "name": DATE, "required": True},
+                {"type": "double", "name": CLOSE, "required": True},
+            ]
+        }
+        profile = {
+            "rows": frame.height,
+            "first_date": str(frame[DATE].min()),
+            "last_date": str(frame[DATE].max()),
+            "unit": unit,
+        }
         found.append(
             {
                 "name": name,
                 "digest": prices_digest(frame)[:16],  # MLflow's digest column holds 36 characters
                 "source_type": "local",
-                "source": json.dumps({"uri": f"inputs/warehouse/{USDCLP_CACHE if name == 'usdclp' else COPPER_CACHE}", "fetched_from": source}),
+                "source": json.dumps(
+                    {
+                        "uri": f"inputs/warehouse/{USDCLP_CACHE if name == 'usdclp' else COPPER_CACHE}",
+                        "fetched_from": source,
+                    }
+                ),
                 "schema": json.dumps(schema),
                 "profile": json.dumps(profile),
             }
@@ -1914,7 +1943,13 @@ def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
 
 
 def run_record(
-    fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[str, float], artifacts: Sequence[Path], input_hash: str | None = None
+    fc: Forecast,
+    bundle: Bundle,
+    *,
+    now: datetime,
+    seconds: Mapping[str, float],
+    artifacts: Sequence[Path],
+    input_hash: str | None = None,
 ) -> RunRecord:
     """Turn a forecast into MLflow params, batch metrics, tags, description and datasets (pure).
 
@@ -1956,7 +1991,12 @@ def run_record(
     for name, m in bt.models.items():
         keys = [h, SERVED_PREFIX.rstrip("_")] if name == ENSEMBLE else [name]
         for key in keys:
-            metrics |= {f"{key}_rmse": m.rmse, f"{key}_mae": m.mae, f"{key}_mape": m.mape, f"{key}_ratio_to_naive": m.ratio}
+            metrics |= {
+                f"{key}_rmse": m.rmse,
+                f"{key}_mae": m.mae,
+                f"{key}_mape": m.mape,
+                f"{key}_ratio_to_naive": m.ratio,
+            }
             metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
             if m.direction is not None:
                 metrics[f"{key}_direction_hit"] = m.direction
@@ -1975,7 +2015,8 @@ def run_record(
     tags |= {NOTE_TAG: run_note(fc, bundle), "fxcu.version": __version__, "fxcu.served_models": served_models(bt)}
     tags |= {"mlflow.source.name": f"fxcu run {h}", "mlflow.source.type": "LOCAL"}
     start_ms = int(now.timestamp() * 1000)
-    return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=input_datasets(bundle))
+    datasets = input_datasets(bundle)
+    return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets)
 
 
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
@@ -1990,7 +2031,9 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         if uri.startswith("sqlite:"):
             retire_default_experiment(client)
         name = EXPERIMENT_PREFIX + record.horizon
-        experiment_id, _ = ensure_experiment(client, name, artifact_root(config, uri), experiment_description(record.horizon))
+        experiment_id, _ = ensure_experiment(
+            client, name, artifact_root(config, uri), experiment_description(record.horizon)
+        )
         tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
         run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
         run_id = run.info.run_id
@@ -2006,7 +2049,8 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
             with tempfile_dir(config.data_dir) as tmp:
                 for path in record.artifacts:
                     for file in artifact_files(path, record.artifacts, tmp):
-                        client.log_artifact(run_id, str(file), artifact_path="inputs/warehouse" if path.suffix == ".parquet" else None)
+                        folder = "inputs/warehouse" if path.suffix == ".parquet" else None
+                        client.log_artifact(run_id, str(file), artifact_path=folder)
             client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
@@ -2073,11 +2117,12 @@ def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(embed_images(markdown, images))
     title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
-    return f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style></head>\n<body>\n{body}</body></html>\n'
+    head = f'<meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style>'
+    return f"<!doctype html>\n<html><head>{head}</head>\n<body>\n{body}</body></html>\n"
 
 
 def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Path]:
-    """The files to log for `path`: a Markdown report goes with its HTML twin, chart inlined, that MLflow's viewer draws."""
+    """The files to log for `path`: a Markdown report goes with its HTML twin (chart inlined) that MLflow draws."""
     if path.suffix != ".md":
         return [path]
     images = {p.name: p.read_bytes() for p in artifacts if p.suffix == ".png" and p.exists()}
@@ -2087,7 +2132,10 @@ def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Pat
 
 
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
-    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`); return files and the prices' sha256."""
+    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`).
+
+    Return the files and the sha256 of the prices (`prices_digest`).
+    """
     paths = [folder / "warehouse" / USDCLP_CACHE]
     write_parquet_atomic(bundle.usdclp, paths[0])
     if bundle.copper is not None:
@@ -2340,7 +2388,8 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     if uri.startswith("sqlite:") and retire_default_experiment(client):
         print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
     for horizon in HORIZONS:
-        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri), experiment_description(horizon))
+        name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
+        experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
         location = client.get_experiment(experiment_id).artifact_location
         print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
     for folder in ("warehouse", "reports", "mlflow/mlruns"):
@@ -2475,7 +2524,9 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
                 for run_id, key, value in conn.execute(sql, chunk):
                     found[run_id][table][key] = value
     return [
-        StoredRun(i, names[e], n or "", s, int(st or 0), en, found[i]["params"], found[i]["latest_metrics"], found[i]["tags"])
+        StoredRun(
+            i, names[e], n or "", s, int(st or 0), en, found[i]["params"], found[i]["latest_metrics"], found[i]["tags"]
+        )
         for i, e, n, s, st, en, _ in rows
     ]
 
@@ -2488,17 +2539,35 @@ def read_runs_mlflow(uri: str, horizons: Sequence[str], last: int | None) -> lis
         experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
         if experiment is None:
             continue
-        found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000)
+        found = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000
+        )
         for r in found:
             info, data = r.info, r.data
-            runs.append(StoredRun(info.run_id, horizon, info.run_name or "", info.status, info.start_time or 0, info.end_time, data.params, data.metrics, data.tags))
+            runs.append(
+                StoredRun(
+                    info.run_id,
+                    horizon,
+                    info.run_name or "",
+                    info.status,
+                    info.start_time or 0,
+                    info.end_time,
+                    data.params,
+                    data.metrics,
+                    data.tags,
+                )
+            )
     return sorted(runs, key=lambda r: r.start_ms, reverse=True)
 
 
 def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """Read the runs from wherever they are tracked: sqlite3 for a local store, mlflow for a server."""
     db = store_path(config, environ)
-    return read_runs_sqlite(db, horizons, last) if db is not None else read_runs_mlflow(tracking_uri(config, environ), horizons, last)
+    return (
+        read_runs_sqlite(db, horizons, last)
+        if db is not None
+        else read_runs_mlflow(tracking_uri(config, environ), horizons, last)
+    )
 
 
 def age_words(seconds: float) -> str:
@@ -2529,14 +2598,17 @@ def run_served(run: StoredRun) -> str:
 
 
 def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
-    """One row per run for `runs`, newest first, `last` per horizon; change is against the horizon's previous run (pure)."""
+    """One row per run for `runs`, newest first, `last` per horizon; change from the horizon's previous run (pure)."""
     rows, shown = [], dict.fromkeys({r.horizon for r in runs}, 0)
     for index, run in enumerate(runs):
         if shown[run.horizon] >= last:
             continue
         shown[run.horizon] += 1
         forecast = run.metrics.get("forecast")
-        previous = next((r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics), None)
+        previous = next(
+            (r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics),
+            None,
+        )
         rows.append(
             {
                 "run_id": run.run_id,
@@ -2579,13 +2651,31 @@ def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (("data", "left"), ("h", "right"), ("target", "left"), ("forecast", "right"), ("80% range", "right"), ("change", "right"), ("served", "left"), ("status", "left")):
+    for name, justify in (
+        ("data", "left"),
+        ("h", "right"),
+        ("target", "left"),
+        ("forecast", "right"),
+        ("80% range", "right"),
+        ("change", "right"),
+        ("served", "left"),
+        ("status", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
         change = "-" if r["change"] is None else f"{r['change']:+.2f}"
         span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
         tone = "green" if r["status"] == "ok" else "yellow" if r["status"].startswith("degraded") else "red"
-        table.add_row(r["data_date"] or "-", r["horizon"], r["target_date"] or "-", _money(r["forecast"]), span, change, r["served"], _styled(r["status"], tone))
+        table.add_row(
+            r["data_date"] or "-",
+            r["horizon"],
+            r["target_date"] or "-",
+            _money(r["forecast"]),
+            span,
+            change,
+            r["served"],
+            _styled(r["status"], tone),
+        )
     return _titled("USD/CLP forecasts tracked in MLflow (CLP per USD), newest first", table)
 
 
@@ -2601,7 +2691,7 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
 
 
 def compare_rows(runs: Sequence[StoredRun], metric: str) -> list[dict[str, Any]]:
-    """Per horizon, the latest run's value of `metric` for every model, the best model, and the best served run (pure)."""
+    """Per horizon: the latest run's `metric` for every model, the best model, and the best served run (pure)."""
     rows = []
     for horizon in HORIZONS:
         mine = [r for r in runs if r.horizon == horizon]
@@ -2636,7 +2726,13 @@ def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
 
     label, unit, better = METRIC_INFO[metric]
     share = metric.startswith(("coverage", "direction"))
-    fmt = (lambda v: f"{v:.0%}") if share else (lambda v: f"{v:.4f}") if metric == "ratio_to_naive" else (lambda v: f"{v:.2f}")
+    fmt = (
+        (lambda v: f"{v:.0%}")
+        if share
+        else (lambda v: f"{v:.4f}")
+        if metric == "ratio_to_naive"
+        else (lambda v: f"{v:.2f}")
+    )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("model")
     for r in rows:
@@ -2647,10 +2743,14 @@ def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
         for r in rows:
             value = r["models"].get(model)
             best = model == r["best_model"]
-            cells.append("-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else ""))
+            cells.append(
+                "-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else "")
+            )
         table.add_row(f"{model} (served)" if model == ENSEMBLE else model, *cells)
     table.add_section()
-    table.add_row("best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows))
+    table.add_row(
+        "best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows)
+    )
     table.add_row("  its data date", *((r["best_served_data_date"] or "-") + "  " for r in rows))
     return _titled(f"{label} ({unit}): {better}", table, "Latest run of each horizon; * marks the best in its column.")
 
@@ -2684,13 +2784,29 @@ def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> 
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (("experiment", "left"), ("runs", "right"), ("finished", "right"), ("failed", "right"), ("degraded", "right"), ("last run", "left"), ("data", "left")):
+    for name, justify in (
+        ("experiment", "left"),
+        ("runs", "right"),
+        ("finished", "right"),
+        ("failed", "right"),
+        ("degraded", "right"),
+        ("last run", "left"),
+        ("data", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
         tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
         failed = _styled(str(r["failed"]), "red" if r["failed"] else "")
-        table.add_row(r["experiment"], str(r["runs"]), _styled(rate, tone), failed, str(r["degraded"]), r["last_run"] or "never", r["last_data_date"] or "-")
+        table.add_row(
+            r["experiment"],
+            str(r["runs"]),
+            _styled(rate, tone),
+            failed,
+            str(r["degraded"]),
+            r["last_run"] or "never",
+            r["last_data_date"] or "-",
+        )
     sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
     return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
 
@@ -2702,7 +2818,14 @@ def render(table: Any, *, color: bool, width: int = 100) -> str:
     from rich.console import Console
 
     out = io.StringIO()
-    console = Console(file=out, width=width, color_system="standard" if color else None, force_terminal=color, no_color=not color, highlight=False)
+    console = Console(
+        file=out,
+        width=width,
+        color_system="standard" if color else None,
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+    )
     console.print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
 
@@ -2730,11 +2853,13 @@ def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str]
 
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
-    """Print each horizon's models on `metric` (latest run), naming its unit and which way is better, the best marked."""
+    """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
     rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
     label, unit, better = METRIC_INFO[metric]
     if as_json:
-        print(json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2))
+        print(
+            json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2)
+        )
     elif not rows:
         print("no runs yet: `fxcu run 7d` makes one")
     else:
@@ -2750,7 +2875,8 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
     db = store_path(config, environ)
-    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": dir_size(config.data_dir / "mlflow" / "mlruns")}
+    artifacts = dir_size(config.data_dir / "mlflow" / "mlruns")
+    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
     else:
