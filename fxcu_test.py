@@ -1406,6 +1406,19 @@ def test_prices_digest_ignores_fetch_time_and_source_but_not_prices():
     assert fxcu.prices_digest(frame, None) == fxcu.prices_digest(frame) != fxcu.prices_digest(frame, frame)
 
 
+@given(st.lists(st.floats(min_value=100, max_value=2000, allow_nan=False), min_size=1, max_size=40), st.randoms())
+@settings(max_examples=60, deadline=None)
+def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
+    frame = provenance(
+        pl.DataFrame({"date": [date(2024, 1, 1) + timedelta(days=i) for i in range(len(closes))], "close": closes}),
+        "yahoo",
+    )
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=rng.randint(0, 2**31)).with_columns(
+        pl.lit("cache").alias(fxcu.SOURCE)
+    )
+    assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
+
+
 def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
     import base64
 
@@ -1630,6 +1643,27 @@ def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
     rows = fxcu.runs_rows(runs, last=2)
     assert [(r["horizon"], r["change"]) for r in rows] == [("7d", 10.0), ("30d", None), ("7d", None)]
     assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["7d", "30d"]), st.one_of(st.none(), st.floats(800, 1000))), max_size=12),
+    st.integers(1, 5),
+)
+@settings(max_examples=100, deadline=None)
+def test_runs_rows_changes_add_up_to_the_forecasts(spec, last):
+    runs = [stored(h, 100 - i, forecast=f) for i, (h, f) in enumerate(spec)]  # newest first
+    rows = fxcu.runs_rows(runs, last)
+    for horizon in ("7d", "30d"):
+        mine = [r for r in rows if r["horizon"] == horizon]
+        assert len(mine) == min(last, sum(h == horizon for h, _ in spec))
+        for row in mine:
+            older = [
+                f
+                for h, f in spec[[r.run_id for r in runs].index(row["run_id"]) + 1 :]
+                if h == horizon and f is not None
+            ]
+            expected = None if row["forecast"] is None or not older else row["forecast"] - older[0]
+            assert row["change"] == expected
 
 
 def test_compare_rows_best_coverage_is_closest_to_nominal():
