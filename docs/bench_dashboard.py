@@ -38,13 +38,25 @@ def build_store(data: Path) -> None:
 
     fxcu_test.write_real_warehouse(data)
     env = {**os.environ, "FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "120"}
-    subprocess.run([sys.executable, str(ROOT / "fxcu.py"), "-q", "run", "all", "--offline", "--skip-email"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "fxcu.py"), "-q", "run", "all", "--offline", "--skip-email"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     client = MlflowClient(tracking_uri=fxcu.tracking_uri(fxcu.Config(data_dir=data), {}))
     config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "120"})
     for horizon in fxcu.HORIZONS:
         experiment = client.get_experiment_by_name(fxcu.EXPERIMENT_PREFIX + horizon)
         (run,) = client.search_runs([experiment.experiment_id])
-        record = fxcu.RunRecord(horizon, run.info.run_name, dict(run.data.params), dict(run.data.metrics), {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}, ())
+        record = fxcu.RunRecord(
+            horizon,
+            run.info.run_name,
+            dict(run.data.params),
+            dict(run.data.metrics),
+            {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            (),
+        )
         for _ in range(RUNS_PER_HORIZON - 1):
             fxcu.log_run(config, record, environ={})
 
@@ -76,7 +88,9 @@ def main() -> None:
             for name, cmd in commands.items():
                 times[name].append(timed(cmd, env, cwd))
         base = statistics.median(times['`python -c "import mlflow"`'])
-        print(f"{rounds} interleaved rounds, {RUNS_PER_HORIZON * len(fxcu.HORIZONS)} runs in the store, Python {sys.version.split()[0]}\n")
+        print(
+            f"{rounds} interleaved rounds, {RUNS_PER_HORIZON * len(fxcu.HORIZONS)} runs in the store, Python {sys.version.split()[0]}\n"
+        )
         print("| command | median s | min–max s | ratio to `import mlflow` |\n|---|---:|---|---:|")
         for name, values in times.items():
             median = statistics.median(values)
