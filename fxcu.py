@@ -6,6 +6,7 @@ Usage:
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
+    python fxcu.py ui               # the MLflow UI on the data dir's store, http://127.0.0.1:5000
 """
 
 from __future__ import annotations
@@ -3570,6 +3571,25 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
 # -- Shell: MLflow tracking -------------------------------------------------------------
 
 EXPERIMENT_PREFIX = "forecaster_"
+NOTE_TAG = "mlflow.note.content"  # MLflow's description field, for runs and experiments alike
+# The served forecast's scores under names that are the same in every experiment, so MLflow's
+# compare view lines 7d up against 90d; the `{horizon}_*` names of the original guide stay too.
+SERVED_PREFIX = "served_"
+
+
+def experiment_description(horizon: str) -> str:
+    """The Markdown description of a horizon's experiment (pure)."""
+    days = parse_horizon(horizon)
+    return (
+        f"USD/CLP forecast {days} calendar days ({horizon_steps(days)} trading days) ahead, "
+        f"made by `fxcu run {horizon}`, with copper as a signal. One run per forecast, named by horizon "
+        f"and data date (`{horizon} · data YYYY-MM-DD`); its description holds the forecast, its range "
+        "and the served models.\n\n"
+        f"Metrics `{SERVED_PREFIX}rmse`, `{SERVED_PREFIX}ratio_to_naive`, `{SERVED_PREFIX}coverage_80` ... "
+        "score the served forecast in the backtest and are named alike in every fxcu experiment; "
+        f"`{horizon}_rmse` ... are the same numbers under the original guide's names. RMSE and MAE are "
+        "in CLP per USD; a ratio below 1 beats the random walk (Naive)."
+    )
 
 
 def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
@@ -3620,12 +3640,36 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, bool]:
-    """Return the experiment id, creating it (with an absolute artifact location) when missing."""
+def ensure_experiment(
+    client: Any, name: str, artifact_location: str | None, description: str | None = None
+) -> tuple[str, bool]:
+    """Return the experiment id, creating it (absolute artifact location) when missing; describe it if undescribed."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id, False
-    return client.create_experiment(name, artifact_location=artifact_location), True
+    tags = {NOTE_TAG: description} if description else None
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+    if description and NOTE_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, NOTE_TAG, description)
+    return found.experiment_id, False
+
+
+def retire_default_experiment(client: Any) -> bool:
+    """Delete MLflow's empty `Default` experiment, whose artifacts go to the working directory of the store's maker.
+
+    Only for a local store; an experiment with runs is left alone. Return whether it was deleted.
+    """
+    try:
+        default = client.get_experiment("0")
+    except Exception:  # noqa: BLE001 -- no experiment 0: nothing to retire
+        return False
+    if (
+        default is None
+        or default.lifecycle_stage != "active"
+        or client.search_runs(["0"], max_results=1, run_view_type=3)
+    ):
+        return False
+    client.delete_experiment("0")
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -3638,10 +3682,116 @@ class RunRecord:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: tuple[Path, ...]
+    start_ms: int | None = None  # when the run began (the command's start); None: when it is logged
+    # MLflow Dataset fields (name, digest, source_type, source, schema, profile), one per input series
+    datasets: tuple[dict[str, str], ...] = ()
 
 
-def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[str, float], artifacts: Sequence[Path], input_hash: str) -> RunRecord:
-    """Turn a forecast into MLflow params, batch metrics and tags (pure)."""
+def served_models(bt: Backtest) -> str:
+    """The models the served forecast is made of, weighted when several: 'AutoETS 60%, Naive 40%' (pure)."""
+    used = {name: w for name, w in bt.weights.items() if w > 0}
+    return next(iter(used)) if len(used) == 1 else ", ".join(f"{n} {w:.0%}" for n, w in used.items())
+
+
+def run_name(fc: Forecast) -> str:
+    """The MLflow run name: horizon and data date, e.g. `7d · data 2026-01-19` (pure)."""
+    return f"{fc.horizon} · data {fc.origin}"
+
+
+def run_note(fc: Forecast, bundle: Bundle) -> str:
+    """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest (pure)."""
+    final, bt = fc.final, fc.backtest
+    change = (final["forecast"] / fc.last_close - 1) * 100
+    interval = fc.interval_label
+    copper = "off" if bundle.copper is None else f"{bundle.sources['copper']} ({bundle.copper_frequency})"
+    return "\n".join(
+        [
+            (
+                f"**USD/CLP {fc.horizon}: {final['forecast']:.2f}** on {final[DATE]} "
+                f"(last close {fc.last_close:.2f} on {fc.origin}, {change:+.2f}%)"
+            ),
+            "",
+            (
+                f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, "
+                f"95% {final['lo_95']:.2f} – {final['hi_95']:.2f} ({interval})"
+            ),
+            f"- Served models: {served_models(bt)} (rule `{bt.rule}`)",
+            (
+                f"- Backtest: RMSE {bt.ensemble.rmse:.2f} CLP, {bt.ensemble.ratio:.3f}x Naive's, coverage "
+                f"{bt.ensemble.coverage_80:.0%} (80%) / {bt.ensemble.coverage_95:.0%} (95%), {len(bt.origins)} origins"
+            ),
+            (
+                f"- Data: USD/CLP {bundle.sources['usdclp']} to {fc.origin}, copper {copper}; "
+                f"degraded: {', '.join(bundle.degraded) or 'no'}"
+            ),
+        ]
+    )
+
+
+def prices_digest(*frames: pl.DataFrame | None) -> str:
+    """sha256 of the series' dates and closes only: the same prices give the same digest, whenever fetched (pure).
+
+    `fetched_at` and `source` are left out on purpose: a refetch of identical prices is the same input.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for frame in frames:
+        if frame is not None:
+            digest.update(frame.select(DATE, CLOSE).sort(DATE).write_csv().encode())
+    return digest.hexdigest()
+
+
+def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
+    """The input series as MLflow Dataset fields: name, digest of the prices, source, schema and profile (pure)."""
+    series = [("usdclp", bundle.usdclp, "CLP per USD", bundle.sources["usdclp"])]
+    if bundle.copper is not None:
+        series.append(("copper", bundle.copper, "USD per lb", bundle.sources["copper"]))
+    found = []
+    for name, frame, unit, source in series:
+        schema = {
+            "mlflow_colspec": [
+                {"type": "datetime", "name": DATE, "required": True},
+                {"type": "double", "name": CLOSE, "required": True},
+            ]
+        }
+        profile = {
+            "rows": frame.height,
+            "first_date": str(frame[DATE].min()),
+            "last_date": str(frame[DATE].max()),
+            "unit": unit,
+        }
+        found.append(
+            {
+                "name": name,
+                "digest": prices_digest(frame)[:16],  # MLflow's digest column holds 36 characters
+                "source_type": "local",
+                "source": json.dumps(
+                    {
+                        "uri": f"inputs/warehouse/{USDCLP_CACHE if name == 'usdclp' else COPPER_CACHE}",
+                        "fetched_from": source,
+                    }
+                ),
+                "schema": json.dumps(schema),
+                "profile": json.dumps(profile),
+            }
+        )
+    return tuple(found)
+
+
+def run_record(
+    fc: Forecast,
+    bundle: Bundle,
+    *,
+    now: datetime,
+    seconds: Mapping[str, float],
+    artifacts: Sequence[Path],
+    input_hash: str | None = None,
+) -> RunRecord:
+    """Turn a forecast into MLflow params, batch metrics, tags, description and datasets (pure).
+
+    `now` is when the command started: the run's start time. `input_hash` defaults to the digest of the prices.
+    """
     import importlib.metadata as md
 
     bt, h = fc.backtest, fc.horizon
@@ -3649,10 +3799,13 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     for pkg in ("polars", "statsforecast", "mlflow", "numpy"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[f"version_{pkg}"] = md.version(pkg)
+    if input_hash is None:
+        input_hash = prices_digest(bundle.usdclp, bundle.copper)
     params = {
         "horizon": h,
         "horizon_trading_days": str(bt.steps),
         "models": ",".join(bt.weights),
+        "served_models": served_models(bt),
         "ensemble_rule": bt.rule,
         "ensemble_weights": json.dumps({k: round(v, 4) for k, v in bt.weights.items()}),
         "num_sources": str(sum(1 for v in bundle.sources.values() if v not in {"none", "off"})),
@@ -3662,6 +3815,7 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
         "copper_frequency": bundle.copper_frequency or "none",
         "data_first_date": str(bundle.usdclp[DATE].min()),
         "data_last_date": str(bundle.usdclp[DATE].max()),
+        "target_date": str(fc.final[DATE]),
         "observations": str(bundle.usdclp.height),
         "backtest_origins": str(len(bt.origins)),
         "backtest_first_origin": str(bt.origins[0]),
@@ -3674,11 +3828,17 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     }
     metrics: dict[str, float] = {}
     for name, m in bt.models.items():
-        key = h if name == ENSEMBLE else name
-        metrics |= {f"{key}_rmse": m.rmse, f"{key}_mae": m.mae, f"{key}_mape": m.mape, f"{key}_ratio_to_naive": m.ratio}
-        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
-        if m.direction is not None:
-            metrics[f"{key}_direction_hit"] = m.direction
+        keys = [h, SERVED_PREFIX.rstrip("_")] if name == ENSEMBLE else [name]
+        for key in keys:
+            metrics |= {
+                f"{key}_rmse": m.rmse,
+                f"{key}_mae": m.mae,
+                f"{key}_mape": m.mape,
+                f"{key}_ratio_to_naive": m.ratio,
+            }
+            metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+            if m.direction is not None:
+                metrics[f"{key}_direction_hit"] = m.direction
     if bt.copper_ablation_pct is not None:
         metrics["copper_ablation_pct"] = bt.copper_ablation_pct
         metrics["copper_model_pct"] = bt.copper_model_pct
@@ -3687,6 +3847,7 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
     final = fc.final
     metrics |= {"forecast": final["forecast"], "forecast_lo_80": final["lo_80"], "forecast_hi_80": final["hi_80"]}
     metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
+    metrics["forecast_change_pct"] = (final["forecast"] / fc.last_close - 1) * 100
     metrics |= {f"seconds_{stage}": round(v, 4) for stage, v in seconds.items()}
     tags = {"fxcu.status": "degraded" if bundle.degraded else "ok", "fxcu.degraded": ",".join(bundle.degraded) or "none"}
     tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
@@ -3694,7 +3855,11 @@ def run_record(fc: Forecast, bundle: Bundle, *, now: datetime, seconds: Mapping[
         tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
     if fc.density is not None and fc.density.notes:
         tags["fxcu.range_notes"] = "; ".join(fc.density.notes)
-    return RunRecord(h, f"forecast_{now:%Y-%m-%d}", params, metrics, tags, tuple(artifacts))
+    tags |= {NOTE_TAG: run_note(fc, bundle), "fxcu.version": __version__, "fxcu.served_models": served_models(bt)}
+    tags |= {"mlflow.source.name": f"fxcu run {h}", "mlflow.source.type": "LOCAL"}
+    start_ms = int(now.timestamp() * 1000)
+    datasets = input_datasets(bundle)
+    return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets)
 
 
 def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
@@ -3731,12 +3896,18 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
 
     def work() -> str:
         started = time.perf_counter()
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
         uri = tracking_uri(config, environ)
         client = mlflow_client(uri)
-        experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config, uri))
-        run = client.create_run(experiment_id, run_name=record.run_name, tags={"mlflow.runName": record.run_name})
+        if uri.startswith("sqlite:"):
+            retire_default_experiment(client)
+        name = EXPERIMENT_PREFIX + record.horizon
+        experiment_id, _ = ensure_experiment(
+            client, name, artifact_root(config, uri), experiment_description(record.horizon)
+        )
+        tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
+        run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
         run_id = run.info.run_id
         try:
             stamp = int(time.time() * 1000)
@@ -3744,15 +3915,21 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
                 run_id,
                 metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
                 params=[Param(k, v[:6000]) for k, v in record.params.items()],
-                tags=[RunTag(k, v) for k, v in record.tags.items()],
             )
-            for path in record.artifacts:
-                client.log_artifact(run_id, str(path), artifact_path="inputs/warehouse" if path.suffix == ".parquet" else None)
+            context = [InputTag("mlflow.data.context", "training")]
+            client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
+            with tempfile_dir(config.data_dir) as tmp:
+                for path in record.artifacts:
+                    for file in artifact_files(path, record.artifacts, tmp):
+                        folder = "inputs/warehouse" if path.suffix == ".parquet" else None
+                        client.log_artifact(run_id, str(file), artifact_path=folder)
             client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
-        client.set_terminated(run_id, status="FINISHED")
+        # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         return run_id
 
     import threading
@@ -3771,19 +3948,72 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
     return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
 
 
-def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
-    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`); return files and sha256."""
-    import hashlib
+def run_user(environ: Mapping[str, str]) -> str:
+    """Who ran it, for `mlflow.user`: $LOGNAME/$USER (cron sets them), else the account name."""
+    import getpass
 
+    with contextlib.suppress(Exception):  # INFO: getpass raises when a container's uid has no passwd entry
+        return environ.get("LOGNAME") or environ.get("USER") or getpass.getuser()
+    return "unknown"
+
+
+def embed_images(markdown: str, images: Mapping[str, bytes]) -> str:
+    """Inline each `![alt](name.png)` whose file is given as a data URI, so the text shows its chart anywhere (pure)."""
+    import base64
+
+    def inline(match: re.Match[str]) -> str:
+        data = images.get(match.group(2))
+        if data is None:
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, markdown)
+
+
+REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:1em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f4f4f4}img{max-width:100%}"
+    "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
+)
+
+
+def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
+    """The Markdown report as one self-contained HTML page, charts inlined (pure).
+
+    MLflow's artifact viewer draws no image of a Markdown file (3.17: a relative link shows as text and
+    a data URI is stripped) but renders HTML in a sandboxed frame, data-URI images included.
+    """
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(embed_images(markdown, images))
+    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
+    head = f'<meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style>'
+    return f"<!doctype html>\n<html><head>{head}</head>\n<body>\n{body}</body></html>\n"
+
+
+def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Path]:
+    """The files to log for `path`: a Markdown report goes with its HTML twin (chart inlined) that MLflow draws."""
+    if path.suffix != ".md":
+        return [path]
+    images = {p.name: p.read_bytes() for p in artifacts if p.suffix == ".png" and p.exists()}
+    twin = tmp / path.with_suffix(".html").name
+    write_text_atomic(report_html(path.read_text(), images), twin)
+    return [path, twin]
+
+
+def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
+    """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`).
+
+    Return the files and the sha256 of the prices (`prices_digest`).
+    """
     paths = [folder / "warehouse" / USDCLP_CACHE]
     write_parquet_atomic(bundle.usdclp, paths[0])
     if bundle.copper is not None:
         paths.append(folder / "warehouse" / COPPER_CACHE)
         write_parquet_atomic(bundle.copper, paths[1])
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return paths, digest.hexdigest()
+    return paths, prices_digest(bundle.usdclp, bundle.copper)
 
 # -- Commands ------------------------------------------------------------------------
 
@@ -4072,14 +4302,46 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     uri = tracking_uri(config, environ)
     client = mlflow_client(uri)
     print(f"tracking URI: {redact_uri(uri)}")
+    if uri.startswith("sqlite:") and retire_default_experiment(client):
+        print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
     for horizon in HORIZONS:
-        experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri))
+        name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
+        experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
         location = client.get_experiment(experiment_id).artifact_location
         print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
     for folder in ("warehouse", "reports", "mlflow/mlruns"):
         (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
     print(f"data dir: {config.data_dir}")
     return 0
+
+
+def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
+    artifacts = (config.data_dir / "mlflow" / "mlruns").as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+        "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
+    """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
+    import subprocess
+
+    uri = tracking_uri(config, environ)
+    if not uri.startswith("sqlite:"):
+        print(f"fxcu: MLFLOW_TRACKING_URI is a server ({redact_uri(uri)}): open its own UI", file=sys.stderr)
+        return 1
+    shown = f"[{host}]" if ":" in host else host
+    print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
+    # INFO: the server's own log lines go to stderr, so stdout holds only the URL
+    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(30)
+        return 0
 
 
 def redact_uri(uri: str) -> str:
@@ -4121,69 +4383,404 @@ def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None
     return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
 
 
-def _recent_runs(client: Any, horizons: Sequence[str], last: int) -> list[tuple[str, Any]]:
-    rows = []
+# The dashboard reads a local SQLite store with sqlite3 alone: `import mlflow` costs ~2-3 s, the
+# query a few ms. MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """One tracked run as the dashboard reads it, from a SQLite store or a tracking server."""
+
+    run_id: str
+    horizon: str
+    name: str
+    status: str  # MLflow's: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
+    start_ms: int
+    end_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
+    """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return config.data_dir / "mlflow" / "mlflow.db"
+    if uri.startswith("sqlite:///"):
+        from urllib.parse import unquote
+
+        return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    return None
+
+
+def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """The newest `last` active runs per horizon (all when None), newest first, straight from MLflow's tables."""
+    import sqlite3
+    from urllib.parse import quote
+
+    if not db.exists():
+        return []
+    names = {EXPERIMENT_PREFIX + h: h for h in horizons}
+    marks = ",".join("?" * len(names))
+    query = f"""
+        select * from (
+            select r.run_uuid, e.name, r.name, r.status, r.start_time, r.end_time,
+                   row_number() over (partition by e.experiment_id order by r.start_time desc) as k
+            from runs r join experiments e on e.experiment_id = r.experiment_id
+            where e.name in ({marks}) and r.lifecycle_stage = 'active' and e.lifecycle_stage = 'active'
+        ) where ? is null or k <= ? order by 5 desc"""  # INFO: only placeholders are interpolated
+    with contextlib.closing(sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=5)) as conn:
+        rows = conn.execute(query, [*names, last, last]).fetchall()
+        ids = [r[0] for r in rows]
+        found: dict[str, dict[str, dict[str, Any]]] = {i: {"params": {}, "latest_metrics": {}, "tags": {}} for i in ids}
+        for start in range(0, len(ids), 500):  # INFO: SQLite caps the number of placeholders
+            chunk = ids[start : start + 500]
+            for table in ("params", "latest_metrics", "tags"):
+                sql = f"select run_uuid, key, value from {table} where run_uuid in ({','.join('?' * len(chunk))})"
+                for run_id, key, value in conn.execute(sql, chunk):
+                    found[run_id][table][key] = value
+    return [
+        StoredRun(
+            i, names[e], n or "", s, int(st or 0), en, found[i]["params"], found[i]["latest_metrics"], found[i]["tags"]
+        )
+        for i, e, n, s, st, en, _ in rows
+    ]
+
+
+def read_runs_mlflow(uri: str, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """The same as `read_runs_sqlite`, through mlflow's client (a tracking server)."""
+    client = mlflow_client(uri)
+    runs = []
     for horizon in horizons:
         experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
-        if experiment is not None:
-            rows += [(horizon, r) for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last)]
+        if experiment is None:
+            continue
+        found = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000
+        )
+        for r in found:
+            info, data = r.info, r.data
+            runs.append(
+                StoredRun(
+                    info.run_id,
+                    horizon,
+                    info.run_name or "",
+                    info.status,
+                    info.start_time or 0,
+                    info.end_time,
+                    data.params,
+                    data.metrics,
+                    data.tags,
+                )
+            )
+    return sorted(runs, key=lambda r: r.start_ms, reverse=True)
+
+
+def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+    """Read the runs from wherever they are tracked: sqlite3 for a local store, mlflow for a server."""
+    db = store_path(config, environ)
+    return (
+        read_runs_sqlite(db, horizons, last)
+        if db is not None
+        else read_runs_mlflow(tracking_uri(config, environ), horizons, last)
+    )
+
+
+def age_words(seconds: float) -> str:
+    """An age in words: 'just now', '5 minutes ago', '3 hours ago', '2 days ago', '6 weeks ago' (pure)."""
+    for size, unit in ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        count = int(seconds // size)
+        if count >= (2 if unit == "week" else 1):
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now" if seconds >= -60 else "in the future"
+
+
+def run_status(run: StoredRun) -> str:
+    """A run's status in words: ok, degraded (why), failed, running (pure)."""
+    if run.status != "FINISHED":
+        return run.status.lower()
+    degraded = run.tags.get("fxcu.degraded", "none")
+    return "ok" if degraded in {"none", ""} else f"degraded: {degraded.replace(',', ', ')}"
+
+
+def run_served(run: StoredRun) -> str:
+    """The served models of a run: its tag, else read off the logged weights (runs before the tag existed) (pure)."""
+    if "fxcu.served_models" in run.tags:
+        return run.tags["fxcu.served_models"]
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        weights = {k: v for k, v in json.loads(run.params.get("ensemble_weights", "")).items() if v > 0}
+        return next(iter(weights)) if len(weights) == 1 else ", ".join(f"{k} {v:.0%}" for k, v in weights.items())
+    return "-"
+
+
+def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
+    """One row per run for `runs`, newest first, `last` per horizon; change from the horizon's previous run (pure)."""
+    rows, shown = [], dict.fromkeys({r.horizon for r in runs}, 0)
+    for index, run in enumerate(runs):
+        if shown[run.horizon] >= last:
+            continue
+        shown[run.horizon] += 1
+        forecast = run.metrics.get("forecast")
+        previous = next(
+            (r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics),
+            None,
+        )
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "started": datetime.fromtimestamp(run.start_ms / 1000, UTC).isoformat(timespec="seconds"),
+                "data_date": run.params.get("data_last_date"),
+                "horizon": run.horizon,
+                "target_date": run.params.get("target_date"),
+                "forecast": forecast,
+                "lo_80": run.metrics.get("forecast_lo_80"),
+                "hi_80": run.metrics.get("forecast_hi_80"),
+                "change": None if forecast is None or previous is None else forecast - previous,
+                "served": run_served(run),
+                "status": run_status(run),
+            }
+        )
     return rows
 
 
-def run_row(horizon: str, run: Any) -> dict[str, Any]:
-    """One run as a flat dict for `runs` (pure over the run's data)."""
-    p, m, t = run.data.params, run.data.metrics, run.data.tags
-    return {
-        "horizon": horizon,
-        "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
-        "run_id": run.info.run_id,
-        "usdclp": p.get("usdclp_source", "?"),
-        "copper": f"{p.get('copper_source', '?')}/{p.get('copper_frequency', '?')}",
-        "rmse": m.get(f"{horizon}_rmse"),
-        "ratio": m.get(f"{horizon}_ratio_to_naive"),
-        "cov80": m.get(f"{horizon}_coverage_80"),
-        "cov95": m.get(f"{horizon}_coverage_95"),
-        "status": run.info.status + ("" if t.get("fxcu.status", "ok") == "ok" else f" ({t.get('fxcu.degraded')})"),
-    }
+def _titled(title: str, table: Any, footer: str | None = None) -> Any:
+    """A table under a bold title line (and over a footer line), neither wrapped to the table's width."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="bold"), table, *([Text(footer)] if footer else []))
 
 
-def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """An aligned text table of dict rows."""
-    if not rows:
-        return "no runs"
-    cols = list(rows[0])
-    text = [[c for c in cols]] + [["-" if r[c] is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in text)
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def _styled(text: str, style: str) -> Any:
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("data", "left"),
+        ("h", "right"),
+        ("target", "left"),
+        ("forecast", "right"),
+        ("80% range", "right"),
+        ("change", "right"),
+        ("served", "left"),
+        ("status", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        change = "-" if r["change"] is None else f"{r['change']:+.2f}"
+        span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
+        tone = "green" if r["status"] == "ok" else "yellow" if r["status"].startswith("degraded") else "red"
+        table.add_row(
+            r["data_date"] or "-",
+            r["horizon"],
+            r["target_date"] or "-",
+            _money(r["forecast"]),
+            span,
+            change,
+            r["served"],
+            _styled(r["status"], tone),
+        )
+    return _titled("USD/CLP forecasts tracked in MLflow (CLP per USD), newest first", table)
+
+
+METRIC_INFO: dict[str, tuple[str, str, str]] = {
+    "rmse": ("RMSE", "CLP per USD", "lower is better"),
+    "mae": ("MAE", "CLP per USD", "lower is better"),
+    "mape": ("MAPE", "%", "lower is better"),
+    "ratio_to_naive": ("RMSE ratio to Naive", "x Naive's RMSE", "lower is better, below 1 beats the random walk"),
+    "coverage_80": ("80% interval coverage", "% of outcomes inside", "closest to 80% is best"),
+    "coverage_95": ("95% interval coverage", "% of outcomes inside", "closest to 95% is best"),
+    "direction_hit": ("direction hit rate", "% of origins", "higher is better"),
+}
+
+
+def compare_rows(runs: Sequence[StoredRun], metric: str) -> list[dict[str, Any]]:
+    """Per horizon: the latest run's `metric` for every model, the best model, and the best served run (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        if not mine:
+            continue
+        latest, name = mine[0], f"{horizon}_{metric}"
+        models = [m for m in latest.params.get("models", "").split(",") if m]
+        values = {m: latest.metrics.get(f"{m}_{metric}") for m in [*models, COMBINATION]}
+        values[ENSEMBLE] = latest.metrics.get(name)
+        scored = {k: v for k, v in values.items() if v is not None}
+        finished = [r for r in mine if r.status == "FINISHED" and name in r.metrics]
+        best = min(finished, key=lambda r: metric_rank(name)(r.metrics[name]), default=None)
+        rows.append(
+            {
+                "horizon": horizon,
+                "run_id": latest.run_id,
+                "data_date": latest.params.get("data_last_date"),
+                "models": values,
+                "best_model": min(scored, key=lambda k: metric_rank(name)(scored[k])) if scored else None,
+                "best_served": best.metrics[name] if best else None,
+                "best_served_data_date": best.params.get("data_last_date") if best else None,
+                "best_served_run": best.run_id if best else None,
+            }
+        )
+    return rows
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
+    """The `compare` table (Rich): models down, horizons across, the best of each column marked (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    label, unit, better = METRIC_INFO[metric]
+    share = metric.startswith(("coverage", "direction"))
+    fmt = (
+        (lambda v: f"{v:.0%}")
+        if share
+        else (lambda v: f"{v:.4f}")
+        if metric == "ratio_to_naive"
+        else (lambda v: f"{v:.2f}")
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model")
+    for r in rows:
+        table.add_column(r["horizon"], justify="right")
+    models = list(dict.fromkeys(m for r in rows for m in r["models"]))
+    for model in models:
+        cells = []
+        for r in rows:
+            value = r["models"].get(model)
+            best = model == r["best_model"]
+            cells.append(
+                "-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else "")
+            )
+        table.add_row(f"{model} (served)" if model == ENSEMBLE else model, *cells)
+    table.add_section()
+    table.add_row(
+        "best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows)
+    )
+    table.add_row("  its data date", *((r["best_served_data_date"] or "-") + "  " for r in rows))
+    return _titled(f"{label} ({unit}): {better}", table, "Latest run of each horizon; * marks the best in its column.")
+
+
+def stats_rows(runs: Sequence[StoredRun], *, now: datetime) -> list[dict[str, Any]]:
+    """Per experiment: runs, share finished, failures, newest run's age and data date (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        finished = sum(r.status == "FINISHED" for r in mine)
+        newest = mine[0] if mine else None
+        age = None if newest is None else now.timestamp() - newest.start_ms / 1000
+        rows.append(
+            {
+                "experiment": EXPERIMENT_PREFIX + horizon,
+                "runs": len(mine),
+                "success_rate": finished / len(mine) if mine else None,
+                "failed": sum(r.status == "FAILED" for r in mine),
+                "degraded": sum(run_status(r).startswith("degraded") for r in mine),
+                "last_run_age_s": None if age is None else round(age),
+                "last_run": None if age is None else age_words(age),
+                "last_data_date": newest.params.get("data_last_date") if newest else None,
+            }
+        )
+    return rows
+
+
+def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> Any:
+    """The `stats` table (Rich) (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("experiment", "left"),
+        ("runs", "right"),
+        ("finished", "right"),
+        ("failed", "right"),
+        ("degraded", "right"),
+        ("last run", "left"),
+        ("data", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
+        tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
+        failed = _styled(str(r["failed"]), "red" if r["failed"] else "")
+        table.add_row(
+            r["experiment"],
+            str(r["runs"]),
+            _styled(rate, tone),
+            failed,
+            str(r["degraded"]),
+            r["last_run"] or "never",
+            r["last_data_date"] or "-",
+        )
+    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
+
+
+def render(table: Any, *, color: bool, width: int = 100) -> str:
+    """Draw a Rich table as text at most `width` columns wide, with ANSI colour only when `color`."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=width,
+        color_system="standard" if color else None,
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
+
+
+def print_table(table: Any, environ: Mapping[str, str]) -> None:
+    """Print a table: colour on a terminal unless NO_COLOR is set, never 100 columns wider."""
+    import shutil
+
+    tty = sys.stdout.isatty()
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100) if tty else 100
+    print(render(table, color=tty and not environ.get("NO_COLOR"), width=width))
 
 
 def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
-    """Print the recent runs of the horizons, newest first."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = [run_row(h, r) for h, r in _recent_runs(client, horizons, last)]
-    rows.sort(key=lambda r: r["date"], reverse=True)
-    print(json.dumps(rows, indent=2) if as_json else format_rows(rows))
+    """Print the recent runs of the horizons, newest first: forecast, range, change, served models, status."""
+    runs = read_runs(config, environ, horizons, last + 1)  # one more per horizon: the change of the oldest shown
+    rows = runs_rows(runs, last)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(runs_table(rows), environ)
     return 0
 
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
-    """Print each horizon's models side by side on `metric`: the latest run and the best run."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = []
-    for horizon in HORIZONS:
-        latest = _recent_runs(client, [horizon], 1)
-        best = best_run(horizon, metric, config=config, environ=environ)
-        if not latest:
-            continue
-        run = latest[0][1]
-        models = [m for m in run.data.params.get("models", "").split(",") if m]
-        row: dict[str, Any] = {"horizon": horizon}
-        for name in [*models, horizon]:
-            row["Ensemble" if name == horizon else name] = run.data.metrics.get(f"{name}_{metric}")
-        row["best_ensemble"] = best.data.metrics.get(f"{horizon}_{metric}") if best else None
-        row["best_run"] = best.info.run_id[:8] if best else "-"
-        rows.append(row)
-    print(json.dumps(rows, indent=2) if as_json else format_rows(rows) if rows else "no runs")
+    """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
+    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
+    label, unit, better = METRIC_INFO[metric]
+    if as_json:
+        print(
+            json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2)
+        )
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(compare_table(rows, metric), environ)
     return 0
 
 
@@ -4192,23 +4789,15 @@ def dir_size(path: Path) -> int:
 
 
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
-    """Runs per experiment, success rate, last run age, database and artifact sizes."""
-    client = mlflow_client(tracking_uri(config, environ))
-    rows = []
-    for horizon in HORIZONS:
-        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
-        runs = client.search_runs([experiment.experiment_id], max_results=10000) if experiment else []
-        finished = sum(r.info.status == "FINISHED" for r in runs)
-        newest = max((r.info.start_time for r in runs), default=None)
-        age = None if newest is None else round((now.timestamp() * 1000 - newest) / 3_600_000, 1)
-        rows.append({"experiment": EXPERIMENT_PREFIX + horizon, "runs": len(runs), "success_rate": finished / len(runs) if runs else None, "last_run_age_h": age})
-    db = config.data_dir / "mlflow" / "mlflow.db"
-    sizes = {"database_bytes": db.stat().st_size if db.exists() else 0, "artifacts_bytes": dir_size(config.data_dir / "mlflow" / "mlruns")}
+    """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
+    rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
+    db = store_path(config, environ)
+    artifacts = dir_size(config.data_dir / "mlflow" / "mlruns")
+    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
     else:
-        print(format_rows(rows))
-        print(f"database {sizes['database_bytes'] / 1e6:.2f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.2f} MB")
+        print_table(stats_table(rows, sizes), environ)
     return 0
 
 
@@ -4634,6 +5223,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = as_json(sub.add_parser("compare", help="horizons and models side by side on one metric"))
     compare.add_argument("--metric", default="rmse", choices=SHORT_METRICS)
     as_json(sub.add_parser("stats", help="runs per experiment, success rate, sizes"))
+    ui = sub.add_parser("ui", help="start the MLflow UI on the data dir's store and print its URL")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=positive_int, default=5000, help="port (default 5000)")
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
@@ -4723,6 +5315,8 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
                 config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json,
                 email_preview=args.email_preview,
             )
+    if args.command == "ui":  # INFO: a long-running server, so not bounded like the commands below
+        return cmd_ui(config, environ, host=args.host, port=args.port)
     commands = {
         "init": lambda: cmd_init(config, environ),
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),

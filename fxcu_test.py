@@ -1921,7 +1921,7 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     runs = read_runs(folder, "7d")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name.startswith("forecast_") and run.info.status == "FINISHED"
+    assert run.info.run_name == "7d · data 2024-07-15" and run.info.status == "FINISHED"
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
     assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
@@ -1958,6 +1958,114 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
     report = Path(out["report"]).read_text()
     assert "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
     assert f"served: {out['interval_label']}" in report
+def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
+    folder, _, result = offline_run
+    out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
+    t, m = run.data.tags, run.data.metrics
+    note = t["mlflow.note.content"]
+    assert note.startswith(
+        f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15"
+    )
+    lo80, hi80 = out["interval_80"]
+    assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
+    assert t["mlflow.source.name"] == "fxcu run 7d" and t["mlflow.source.type"] == "LOCAL" and t["mlflow.user"]
+    assert t["fxcu.version"] == fxcu.__version__ == run.data.params["version_fxcu"]
+    # the run spans the backtest: created when the command started, ended after the tracking
+    assert run.info.end_time - run.info.start_time >= 1000 * m["seconds_backtest"]
+    for short in ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"):
+        assert m[f"served_{short}"] == m[f"7d_{short}"]
+    assert run.data.params["target_date"] == "2024-07-22"
+
+
+def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
+    import hashlib
+
+    folder, _, _ = offline_run
+    run = read_runs(folder, "7d")[0]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"usdclp", "copper"}
+    warehouse = Path(run.info.artifact_uri.removeprefix("file://")) / "inputs" / "warehouse"
+    for name, file in (("usdclp", fxcu.USDCLP_CACHE), ("copper", fxcu.COPPER_CACHE)):
+        frame = pl.read_parquet(warehouse / file)
+        # the oracle: sha256 of the "date,close" CSV of the sorted prices, nothing else
+        assert (
+            inputs[name].dataset.digest
+            == hashlib.sha256(frame.select("date", "close").sort("date").write_csv().encode()).hexdigest()[:16]
+        )
+        assert json.loads(inputs[name].dataset.profile)["rows"] == frame.height
+        assert [tag.value for tag in inputs[name].tags if tag.key == "mlflow.data.context"] == ["training"]
+
+
+def test_prices_digest_ignores_fetch_time_and_source_but_not_prices():
+    frame = provenance(make_prices(30), "yahoo")
+    later = frame.with_columns(
+        pl.lit(datetime(2030, 1, 1, tzinfo=UTC)).alias(fxcu.FETCHED_AT), pl.lit("cache").alias(fxcu.SOURCE)
+    )
+    assert fxcu.prices_digest(later) == fxcu.prices_digest(frame) == fxcu.prices_digest(frame.reverse())
+    moved = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(pl.col("close") + 0.01).otherwise(pl.col("close")).alias("close")
+    )
+    assert fxcu.prices_digest(moved) != fxcu.prices_digest(frame)
+    assert fxcu.prices_digest(frame, None) == fxcu.prices_digest(frame) != fxcu.prices_digest(frame, frame)
+
+
+@given(st.lists(st.floats(min_value=100, max_value=2000, allow_nan=False), min_size=1, max_size=40), st.randoms())
+@settings(max_examples=60, deadline=None)
+def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
+    frame = provenance(
+        pl.DataFrame({"date": [date(2024, 1, 1) + timedelta(days=i) for i in range(len(closes))], "close": closes}),
+        "yahoo",
+    )
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=rng.randint(0, 2**31)).with_columns(
+        pl.lit("cache").alias(fxcu.SOURCE)
+    )
+    assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
+
+
+def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
+    import base64
+
+    folder, _, _ = offline_run
+    run = read_runs(folder, "7d")[0]
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    page = next(artifacts.glob("forecast_7d_*.html")).read_text()
+    png = next(artifacts.glob("forecast_7d_*.png")).read_bytes()
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert "<table>" in page and "<h2>Forecast path" in page and "](forecast_7d_" not in page
+    # the Markdown stays as written, with its relative link, for file viewers
+    assert "![USD/CLP and forecast](forecast_7d_" in next(artifacts.glob("forecast_7d_*.md")).read_text()
+
+
+def test_run_leaves_no_stray_default_experiment(offline_run):
+    from mlflow.tracking import MlflowClient
+
+    folder, elsewhere, _ = offline_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["forecaster_7d"]
+    assert client.get_experiment("0").lifecycle_stage == "deleted" and not (elsewhere / "mlruns").exists()
+    assert (
+        client.get_experiment_by_name("forecaster_7d")
+        .tags["mlflow.note.content"]
+        .startswith("USD/CLP forecast 7 calendar days")
+    )
+
+
+def test_retire_default_experiment_keeps_one_with_runs(data_dir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    client.create_run("0")
+    assert fxcu.retire_default_experiment(client) is False and client.get_experiment("0").lifecycle_stage == "active"
+
+
+@pytest.mark.parametrize(
+    ("weights", "served"),
+    [({"Naive": 1.0, "AutoETS": 0.0}, "Naive"), ({"AutoETS": 0.6, "Naive": 0.4}, "AutoETS 60%, Naive 40%")],
+)
+def test_served_models_names_the_models_with_weight(weights, served):
+    from types import SimpleNamespace
+
+    assert fxcu.served_models(SimpleNamespace(weights=weights)) == served
 
 
 def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
@@ -2032,16 +2140,35 @@ def test_two_runs_at_once_are_both_recorded(data_dir):
     assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == real_usdclp().height
 
 
-def record(horizon: str, rmse: float, *, degraded: str = "none") -> fxcu.RunRecord:
-    metrics = {f"{horizon}_rmse": rmse, f"{horizon}_ratio_to_naive": rmse / 20, "Naive_rmse": 20.0, f"{horizon}_coverage_80": 0.8, f"{horizon}_coverage_95": 0.95}
-    params = {"horizon": horizon, "models": "Naive", "usdclp_source": "yahoo", "copper_source": "yahoo", "copper_frequency": "daily"}
-    tags = {"fxcu.status": "ok" if degraded == "none" else "degraded", "fxcu.degraded": degraded}
-    return fxcu.RunRecord(horizon, "forecast_2026-11-26", params, metrics, tags, ())
+def record(horizon: str, rmse: float, *, degraded: str = "none", forecast: float = 900.0) -> fxcu.RunRecord:
+    metrics = {
+        f"{horizon}_rmse": rmse,
+        f"{horizon}_ratio_to_naive": rmse / 20,
+        "Naive_rmse": 20.0,
+        f"{horizon}_coverage_80": 0.8,
+        f"{horizon}_coverage_95": 0.95,
+    }
+    metrics |= {"forecast": forecast, "forecast_lo_80": forecast - 12.5, "forecast_hi_80": forecast + 12.5}
+    params = {
+        "horizon": horizon,
+        "models": "Naive",
+        "usdclp_source": "yahoo",
+        "copper_source": "yahoo",
+        "copper_frequency": "daily",
+    }
+    params |= {"data_last_date": "2026-01-19", "target_date": "2026-01-26"}
+    tags = {
+        "fxcu.status": "ok" if degraded == "none" else "degraded",
+        "fxcu.degraded": degraded,
+        "fxcu.served_models": "Naive",
+    }
+    return fxcu.RunRecord(horizon, f"{horizon} · data 2026-01-19", params, metrics, tags, ())
 
 
 def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
     config = fxcu.Config.from_env(run_env(data_dir))
-    ids = {rmse: fxcu.log_run(config, record("7d", rmse), environ={}) for rmse in (21.0, 19.5, 20.2)}
+    forecasts = {21.0: 900.0, 19.5: 905.5, 20.2: 903.0}  # logged in this order: 903.0 is the newest 7d forecast
+    ids = {rmse: fxcu.log_run(config, record("7d", rmse, forecast=forecasts[rmse]), environ={}) for rmse in forecasts}
     fxcu.log_run(config, record("30d", 40.0, degraded="no copper"), environ={})
     best = fxcu.best_run("7d", "rmse", config=config, environ={})
     assert best.info.run_id == ids[19.5] and best.data.metrics["7d_rmse"] == 19.5
@@ -2050,22 +2177,171 @@ def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
 
     assert fxcu.main(["runs", "--json"], run_env(data_dir)) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 4 and {r["horizon"] for r in rows} == {"7d", "30d"}
-    assert any(r["status"] == "FINISHED (no copper)" for r in rows)
+    assert [(r["horizon"], r["forecast"]) for r in rows if r["horizon"] == "7d"] == [
+        ("7d", 903.0),
+        ("7d", 905.5),
+        ("7d", 900.0),
+    ]
+    assert [r["change"] for r in rows if r["horizon"] == "7d"] == [-2.5, 5.5, None]
+    assert {r["horizon"]: r["status"] for r in rows} == {"7d": "ok", "30d": "degraded: no copper"}
+    assert (
+        rows[0]["data_date"] == "2026-01-19" and rows[0]["target_date"] == "2026-01-26" and rows[0]["served"] == "Naive"
+    )
     assert fxcu.main(["runs", "7d", "--last", "2"], run_env(data_dir)) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["horizon", "date", "run_id"] and len(table) == 3
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 100 and "\x1b[" not in table
+    assert lines[2].split() == ["data", "h", "target", "forecast", "80%", "range", "change", "served", "status"]
+    assert lines[4].split() == ["2026-01-19", "7d", "2026-01-26", "903.00", "890.50–915.50", "-2.50", "Naive", "ok"]
+    assert lines[5].split()[5] == "+5.50" and len(lines) == 6  # --last 2, yet the change of the older one is known
 
     assert fxcu.main(["compare", "--metric", "rmse", "--json"], run_env(data_dir)) == 0
-    compared = {r["horizon"]: r for r in json.loads(capsys.readouterr().out)}
-    assert compared["7d"]["best_ensemble"] == 19.5 and compared["7d"]["Naive"] == 20.0
-    assert compared["30d"]["Ensemble"] == 40.0
+    compared = json.loads(capsys.readouterr().out)
+    assert (compared["label"], compared["unit"], compared["better"]) == ("RMSE", "CLP per USD", "lower is better")
+    per = {r["horizon"]: r for r in compared["horizons"]}
+    assert per["7d"]["best_served"] == 19.5 and per["7d"]["best_served_run"] == ids[19.5]
+    assert (
+        per["7d"]["models"]["Naive"] == 20.0
+        and per["7d"]["best_model"] == "Naive"
+        and per["30d"]["models"]["Ensemble"] == 40.0
+    )
+    assert fxcu.main(["compare", "--metric", "rmse"], run_env(data_dir)) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("RMSE (CLP per USD): lower is better") and max(map(len, text.splitlines())) <= 100
+    naive = next(line for line in text.splitlines() if line.split()[:1] == ["Naive"])
+    # 7d: Naive's 20.0 beats the served 20.2; 30d: Naive's 20.0 beats the served 40.0
+    assert naive.split() == ["Naive", "20.00", "*", "20.00", "*"]
 
     assert fxcu.main(["stats", "--json"], run_env(data_dir)) == 0
     stats = json.loads(capsys.readouterr().out)
     per = {e["experiment"]: e for e in stats["experiments"]}
-    assert per["forecaster_7d"]["runs"] == 3 and per["forecaster_7d"]["success_rate"] == 1.0
-    assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0
+    assert (
+        per["forecaster_7d"]["runs"] == 3
+        and per["forecaster_7d"]["success_rate"] == 1.0
+        and per["forecaster_7d"]["last_run"] == "just now"
+    )
+    assert per["forecaster_90d"]["runs"] == 0 and stats["database_bytes"] > 0 and per["forecaster_30d"]["degraded"] == 1
+    assert fxcu.main(["stats"], run_env(data_dir)) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["forecaster_7d"])
+    assert row.split() == ["forecaster_7d", "3", "100%", "0", "0", "just", "now", "2026-01-19"] and "1.0000" not in text
+
+
+def stored(
+    horizon: str, start_s: int, *, forecast: float | None = None, status: str = "FINISHED", **metrics: float
+) -> fxcu.StoredRun:
+    extra = {} if forecast is None else {"forecast": forecast}
+    return fxcu.StoredRun(
+        f"r{start_s}", horizon, "", status, start_s * 1000, None, {"models": "Naive,AutoETS"}, {**metrics, **extra}, {}
+    )
+
+
+def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
+    runs = [
+        stored("7d", 50, forecast=910.0),
+        stored("30d", 40, forecast=930.0),
+        stored("7d", 30),
+        stored("7d", 20, forecast=900.0),
+    ]
+    rows = fxcu.runs_rows(runs, last=2)
+    assert [(r["horizon"], r["change"]) for r in rows] == [("7d", 10.0), ("30d", None), ("7d", None)]
+    assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["7d", "30d"]), st.one_of(st.none(), st.floats(800, 1000))), max_size=12),
+    st.integers(1, 5),
+)
+@settings(max_examples=100, deadline=None)
+def test_runs_rows_changes_add_up_to_the_forecasts(spec, last):
+    runs = [stored(h, 100 - i, forecast=f) for i, (h, f) in enumerate(spec)]  # newest first
+    rows = fxcu.runs_rows(runs, last)
+    for horizon in ("7d", "30d"):
+        mine = [r for r in rows if r["horizon"] == horizon]
+        assert len(mine) == min(last, sum(h == horizon for h, _ in spec))
+        for row in mine:
+            older = [
+                f
+                for h, f in spec[[r.run_id for r in runs].index(row["run_id"]) + 1 :]
+                if h == horizon and f is not None
+            ]
+            expected = None if row["forecast"] is None or not older else row["forecast"] - older[0]
+            assert row["change"] == expected
+
+
+def test_compare_rows_best_coverage_is_closest_to_nominal():
+    runs = [
+        stored("7d", 9, Naive_coverage_80=0.95, AutoETS_coverage_80=0.78, **{"7d_coverage_80": 0.70}),
+        stored("7d", 5, **{"7d_coverage_80": 0.81}),
+    ]
+    (row,) = fxcu.compare_rows(runs, "coverage_80")
+    assert row["best_model"] == "AutoETS" and row["best_served"] == 0.81 and row["best_served_run"] == "r5"
+    text = fxcu.render(fxcu.compare_table([row], "coverage_80"), color=False)
+    assert text.startswith("80% interval coverage (% of outcomes inside): closest to 80% is best")
+    assert "78% *" in text and "95%" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (5, "just now"),
+        (90, "1 minute ago"),
+        (3 * 3600 + 5, "3 hours ago"),
+        (86400, "1 day ago"),
+        (9 * 86400, "9 days ago"),
+        (15 * 86400, "2 weeks ago"),
+    ],
+)
+def test_age_words(seconds, words):
+    assert fxcu.age_words(seconds) == words
+
+
+def test_render_colours_only_when_asked_and_fits_100_columns():
+    runs = [stored("90d", 9, forecast=1234.5)]
+    rows = fxcu.runs_rows(runs, last=1)
+    rows[0] |= {
+        "served": "AutoETS 40%, AutoARIMA 30%, AutoTheta 20%, Naive 10%",
+        "status": "degraded: no copper, cached data, removed bad prints",
+    }
+    plain, colour = fxcu.render(fxcu.runs_table(rows), color=False), fxcu.render(fxcu.runs_table(rows), color=True)
+    assert "\x1b[" not in plain and "\x1b[33m" in colour  # yellow: degraded
+    assert max(map(len, plain.splitlines())) <= 100 and "1,234.50" in plain
+
+
+def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
+    fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
+    code = (
+        "import sys, fxcu\n"
+        "for c in (['runs'], ['compare'], ['stats']): assert fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast', 'polars'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "903" not in out.stdout and "900.00" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", (
+        out.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        (None, "{data}/mlflow/mlflow.db"),
+        ("sqlite:////srv/my%20db/m.db", "/srv/my db/m.db"),
+        ("http://mlflow:5000", None),
+        ("postgresql://u:p@h/db", None),
+    ],
+)
+def test_store_path_reads_sqlite_uris_only(tmp_path, uri, path):
+    config = fxcu.Config(data_dir=tmp_path)
+    found = fxcu.store_path(config, {} if uri is None else {"MLFLOW_TRACKING_URI": uri})
+    assert found == (None if path is None else Path(path.format(data=tmp_path)))
+
+
+def test_dashboard_without_a_database_says_so(tmp_path, capsys):
+    assert fxcu.main(["runs"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    assert capsys.readouterr().out.startswith("no runs yet")
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -2126,7 +2402,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
+def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     config = fxcu.Config.from_env(run_env(data_dir))
@@ -2155,13 +2431,100 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
         report.write_text("# a report\n")
         remote = dataclasses.replace(record("15d", 25.0), artifacts=(report,))
         remote_id = fxcu.log_run(config, remote, environ={"MLFLOW_TRACKING_URI": url})
+        assert capsys.readouterr().out == ""  # MLflow's "View run ... at" line goes to stderr: stdout holds results
         logged = client.get_run(remote_id)
         assert logged.data.metrics["15d_rmse"] == 25.0 and logged.info.status == "FINISHED"
         assert not logged.info.artifact_uri.startswith((data_dir / "mlflow" / "mlruns").as_uri())
-        assert [a.path for a in client.list_artifacts(remote_id)] == ["forecast_7d_2026-11-26.md"]
+        assert [a.path for a in client.list_artifacts(remote_id)] == [
+            "forecast_7d_2026-11-26.html",
+            "forecast_7d_2026-11-26.md",
+        ]
+        assert fxcu.main(["runs", "--json"], {"FXCU_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": url}) == 0
+        captured = capsys.readouterr()
+        assert {r["run_id"] for r in json.loads(captured.out)} == {run_id, remote_id}, captured
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
+
+
+def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
+    """Poll `url`/health until the server answers (no sleep-and-retry on results: only while it boots)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise AssertionError(f"no MLflow server at {url} (exit code {server.poll()})")
+
+
+@pytest.mark.slow
+def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(offline_run, tmp_path):
+    folder, _, result = offline_run
+    out, port = json.loads(result.stdout), free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "fxcu.py"), "ui", "--port", str(port)],
+        env={**os.environ, "FXCU_DATA_DIR": str(folder)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert server.stdout.readline().startswith(f"MLflow UI: {url}/#/experiments")
+        wait_healthy(url, server)
+        # the experiment list the UI draws: fxcu's experiment, described, and no `Default`
+        experiments = httpx.get(f"{url}/ajax-api/2.0/mlflow/experiments/search", params={"max_results": 100}).json()[
+            "experiments"
+        ]
+        assert [e["name"] for e in experiments] == ["forecaster_7d"]
+        assert any(t["key"] == "mlflow.note.content" for t in experiments[0]["tags"])
+        # the runs table and the run page: name, times, source, user, description, datasets
+        runs = httpx.post(
+            f"{url}/ajax-api/2.0/mlflow/runs/search", json={"experiment_ids": [experiments[0]["experiment_id"]]}
+        ).json()["runs"]
+        assert len(runs) == 1
+        info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+        assert info["run_name"] == "7d · data 2024-07-15" and int(info["end_time"]) > int(info["start_time"])
+        assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
+        assert f"**USD/CLP 7d: {out['forecast']:.2f}**" in tags["mlflow.note.content"]
+        assert {d["dataset"]["name"] for d in runs[0]["inputs"]["dataset_inputs"]} == {"usdclp", "copper"}
+        metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
+        assert metrics["served_rmse"] == metrics["7d_rmse"] and metrics["forecast"] == pytest.approx(
+            out["forecast"], abs=1e-4
+        )
+        # the artifact viewer's request for the HTML report: the chart travels inside it
+        listed = httpx.get(f"{url}/ajax-api/2.0/mlflow/artifacts/list", params={"run_uuid": info["run_id"]}).json()[
+            "files"
+        ]
+        page = next(f["path"] for f in listed if f["path"].endswith(".html"))
+        body = httpx.get(f"{url}/get-artifact", params={"path": page, "run_uuid": info["run_id"]}).text
+        assert '<img src="data:image/png;base64,' in body
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(20)
+
+
+def test_ui_refuses_a_tracking_server_uri(tmp_path, capsys):
+    assert (
+        fxcu.main(
+            ["ui"], {"FXCU_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": "http://user:pw@mlflow.internal:5000"}
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pw" not in err and "open its own UI" in err
+
+
+def test_ui_command_points_the_server_at_the_data_dir(tmp_path):
+    config = fxcu.Config(data_dir=tmp_path)
+    cmd = fxcu.ui_command(config, f"sqlite:///{tmp_path}/mlflow/mlflow.db", "127.0.0.1", 5000)
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlflow" / "mlruns").as_uri()
+    assert cmd[cmd.index("--host") + 1 :][:3] == ["127.0.0.1", "--port", "5000"]
 
 
 # -- run and check from the CLI ------------------------------------------------------
@@ -3586,7 +3949,9 @@ def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, 
 # -- More CLI behaviour ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup"])
+@pytest.mark.parametrize(
+    "command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup", "ui"]
+)
 def test_every_subcommand_help_is_fast_and_light(command):
     code = f"import sys\nimport fxcu\ntry: fxcu.main([{command!r}, '--help'])\nexcept SystemExit as e: print('exit', e.code)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {{'mlflow','statsforecast','polars','httpx','matplotlib'}}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
