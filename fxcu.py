@@ -1327,16 +1327,24 @@ def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl
     return both.unique(subset=list(LEDGER_KEY), keep="last", maintain_order=True).sort(list(LEDGER_KEY))
 
 
-def wis(actual: np.ndarray, point: np.ndarray, lo: np.ndarray, hi: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
-    """Weighted interval score (Bracher et al. 2021) of a point and central intervals, by scoringrules (NaN stays NaN)."""
-    import numpy as np
-    import scoringrules as sr
+WIS_QUANTILES = (0.025, 0.1, 0.5, 0.9, 0.975)  # the 95% and 80% bounds, and the point forecast as the median
 
-    ok = np.isfinite(actual)
-    out = np.full(len(actual), np.nan)
-    if ok.any():
-        out[ok] = sr.weighted_interval_score(actual[ok], point[ok], lo[ok], hi[ok], np.asarray(alphas, dtype=float))
-    return out
+
+def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = "actual") -> pl.DataFrame:
+    """Weighted interval score per row (Bracher et al. 2021, canonical weights) of each model's WIS_QUANTILES columns.
+
+    With the point as the median and K central intervals, WIS is twice the mean pinball loss over the
+    2K+1 quantiles, which utilsforecast.losses.mqloss computes. (scoringrules 0.10.0's numpy WIS adds
+    half the median itself instead of half |y - median|, so it is not used.) Returns `row` and one column per model.
+    """
+    import numpy as np
+    import polars as pl
+    from utilsforecast.losses import mqloss
+
+    cols = [target, *{c for names in models.values() for c in names}]
+    rows = frame.select(cols).with_row_index("row")
+    out = mqloss(rows, models={m: list(c) for m, c in models.items()}, quantiles=np.array(WIS_QUANTILES), id_col="row", target_col=target)
+    return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
 
 
 def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
@@ -1347,7 +1355,6 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
     the random walk from the same origin (its point is the last close, its range Naive's).
     """
-    import numpy as np
     import polars as pl
 
     if ledger.is_empty():
@@ -1369,15 +1376,17 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
             yield y.is_between(pl.col(f"{p}lo_{lv}"), pl.col(f"{p}hi_{lv}")).alias(f"{p}hit_{lv}")
 
     joined = joined.with_columns(*scores("", pl.col("forecast")), *scores("rw", pl.col("last_close")))
-    alphas = [1 - lv / 100 for lv in LEVELS]
-    actual = joined["actual"].fill_null(np.nan).to_numpy()
-
-    def bounds(p: str) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(np.column_stack([joined[f"{p}{side}_{lv}"].to_numpy() for lv in LEVELS]) for side in ("lo", "hi"))
-
-    served = wis(actual, joined["forecast"].to_numpy(), *bounds(""), alphas)
-    walk = wis(actual, joined["last_close"].to_numpy(), *bounds("rw_"), alphas)
-    joined = joined.with_columns(pl.Series("wis", served).fill_nan(None), pl.Series("rw_wis", walk).fill_nan(None))
+    ready = joined.filter(pl.col("actual").is_not_null()).with_columns(point=pl.col("forecast"), rw_point=pl.col("last_close"))
+    quantiles = {  # in WIS_QUANTILES order
+        "wis": ["lo_95", "lo_80", "point", "hi_80", "hi_95"],
+        "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
+    }
+    if ready.height:
+        scored = wis(ready, quantiles)
+        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
+        joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
+    else:
+        joined = joined.with_columns(pl.lit(None, pl.Float64).alias("wis"), pl.lit(None, pl.Float64).alias("rw_wis"))
     return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
 
 
