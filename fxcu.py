@@ -1515,8 +1515,8 @@ def check_track(ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, le
 
     - coverage: the last `last` scored forecasts' 80% and 95% coverage against their binomial band;
     - error ratio: WARNING when the served squared error exceeds the backtest's ratio squared times the
-      random walk's, by a one-sided t-test at RATIO_TEST_P on non-overlapping forecasts (overlapping
-      windows share shocks, which would make any test over-confident);
+      random walk's, by a one-sided t-test at RATIO_TEST_P on the last `last` non-overlapping scored
+      forecasts (overlapping windows share shocks, which would make any test over-confident);
     - scoring: WARNING when a forecast's target is UNSCORED_GRACE_DAYS past with no realised close.
     """
     import polars as pl
@@ -1543,7 +1543,7 @@ def check_track(ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, le
                 outside.append(f"{lv}% coverage {cover:.0%} outside [{lo:.0%}, {hi:.0%}]")
         detail = ", ".join(f"{lv}% {float(scored[f'hit_{lv}'].mean()):.0%}" for lv in LEVELS)
         found.append((f"track {horizon} coverage", "WARNING" if outside else "OK", "; ".join(outside) + f" over the last {n}" if outside else f"{detail} over the last {n}, within chance"))
-        apart = _non_overlapping(scored)
+        apart = _non_overlapping(rows.filter(pl.col("actual").is_not_null())).tail(last)
         ratio = float(scored["backtest_ratio"][-1])
         if apart.height < RATIO_TEST_MIN:
             found.append((f"track {horizon} error ratio", "OK", f"{apart.height} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})"))
