@@ -11,8 +11,9 @@ Usage (from anywhere; the repository root is put on sys.path):
    and `update_ledger` again to add its row. Timed in
    the process, next to `python fxcu.py run 7d --offline --skip-email` as a subprocess on the same
    warehouse (the run's `seconds_score` is the same work, logged to MLflow).
-2. `python fxcu.py track` (all horizons, the same ledger) next to `python -c "import mlflow"`, both as
-   fresh subprocesses, interleaved, after one uncounted round.
+2. `python fxcu.py track` (all horizons, the same ledger) next to `python -c "import mlflow"`, and
+   `python fxcu.py check` (which now grades that ledger), as fresh subprocesses, interleaved, after one
+   uncounted round.
 FXCU_BENCH_QUICK=1 cuts the repeat counts to a smoke test (its numbers mean nothing).
 """
 
@@ -67,7 +68,7 @@ def ten_year_ledger(prices):
 
 def wall(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=True, capture_output=True)
+    subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=False, capture_output=True)  # check exits 1-2 on old data
     return time.perf_counter() - started
 
 
@@ -110,11 +111,13 @@ def main() -> int:
         runs = [wall(run_cmd, env) for _ in range(RUN_REPEATS)]
         track_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "track"]
         mlflow_cmd = [sys.executable, "-c", "import mlflow"]
+        check_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "check"]
         wall(track_cmd, env), wall(mlflow_cmd, env)
-        tracks, mlflows = [], []
+        tracks, mlflows, checks = [], [], []
         for _ in range(TRACK_REPEATS):
             tracks.append(wall(track_cmd, env))
             mlflows.append(wall(mlflow_cmd, env))
+            checks.append(wall(check_cmd, env))
         med = statistics.median
         print(f"Ledger: {ledger.height} rows ({ledger.height // 4} origins x 4 horizons), "
               f"{path.stat().st_size / 1e6:.2f} MB on disk; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")  # fmt: skip
@@ -132,7 +135,9 @@ def main() -> int:
               f"({med(one) / r:.3f}x for 7d).\n")  # fmt: skip
         print("| command | n | median s | min-max s | ratio to `import mlflow` |")
         print("|---|---|---|---|---|")
-        for label, times in (("`python fxcu.py track` (10-year ledger)", tracks), ('`python -c "import mlflow"`', mlflows)):
+        rows = (("`python fxcu.py track` (10-year ledger)", tracks), ('`python -c "import mlflow"`', mlflows),
+                ("`python fxcu.py check` (grades the same ledger)", checks))
+        for label, times in rows:
             print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / med(mlflows):.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
