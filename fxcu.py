@@ -2947,8 +2947,8 @@ def cmd_track(
 ) -> int:
     """Score the ledger against the warehouse and print the track record per horizon (imports no mlflow).
 
-    With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then
-    (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
+    With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then, at
+    these horizons (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
     """
     import polars as pl
 
@@ -2959,11 +2959,12 @@ def cmd_track(
     ledger = update_ledger(config, environ, prices.frame)
     if backfill is not None:
         copper = read_cache(config.warehouse / COPPER_CACHE, now=now)
-        done = set(ledger.filter(pl.col("kind") == "reconstructed")["origin"].to_list())
+        made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
+        done = {o for o, n in made.group_by("origin").len().iter_rows() if n == len(horizons)}
         origins = [d for d in weekly_origins(prices.frame[DATE].to_list(), backfill) if d not in done]
         log.info("Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done))
         for index, origin in enumerate(origins, 1):
-            rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], list(HORIZONS), now=now))
+            rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
             ledger = update_ledger(config, environ, prices.frame, rows)  # INFO: one write per origin: an interrupted backfill resumes
             log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
     record = track_record(ledger, horizons, last=last)
