@@ -2273,15 +2273,16 @@ def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, 
     import polars as pl
 
     rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
+    shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
     if rows.is_empty():
         return False
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     try:
-        start = rows["origin"].min()
+        start = min(frame["origin"].min() for frame in shown.values() if frame.height)
         hist = prices.filter(pl.col(DATE) >= start)
         ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
         for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
-            mine = rows.filter(pl.col("kind") == kind).tail(last)
+            mine = shown[kind]
             if mine.is_empty():
                 continue
             x = mine["target"].to_list()
@@ -2650,7 +2651,8 @@ def _track_horizon(config: Config, fc: Forecast, bundle: Bundle, ledger: pl.Data
     stats = track_record(ledger, [fc.horizon])[fc.horizon]
     chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
     try:
-        if not write_track_chart(ledger, bundle.usdclp, fc.horizon, chart):
+        # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
+        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
             chart = None
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)

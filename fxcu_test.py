@@ -1917,7 +1917,7 @@ def test_live_metrics_names():
 def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     write_real_warehouse(tmp_path)
     code = "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
 
@@ -1959,20 +1959,26 @@ def test_run_logs_live_metrics_and_the_track_chart(offline_run):
     assert json.loads(result.stdout)["changed"] is None
     report = next((folder / "reports").glob("forecast_7d_*.md")).read_text()
     assert "## What changed since the last run" in report and "## Live track record (7d)" in report
+    assert "![Realised USD/CLP against the served ranges](track_7d_" in report
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    chart = next(artifacts.glob("track_7d_*.png")).read_bytes()
+    assert chart.startswith(b"\x89PNG") and len(chart) > 10_000
 
 
 @pytest.mark.slow
 def test_replay_runs_as_of_successive_dates_then_track_matches_independent_scores(data_dir, capsys):
     """Runs on the real history cut at successive Fridays (and a Saturday rerun), then `track` on the full history."""
     full = pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE)
-    env = run_env(data_dir)
+    env = run_env(data_dir, FXCU_TRACKING_TIMEOUT="300")  # every run must be tracked, however loaded the machine
     config = dataclasses.replace(fxcu.Config.from_env(env), offline=True)
     served = {}
     for clock, cutoff in [(datetime(2024, 5, 31, 18, tzinfo=UTC), date(2024, 5, 31)), (datetime(2024, 6, 7, 18, tzinfo=UTC), date(2024, 6, 7)),
                           (datetime(2024, 6, 8, 9, tzinfo=UTC), date(2024, 6, 7)),  # Saturday: same data, same origin, replaces
                           (datetime(2024, 6, 14, 18, tzinfo=UTC), date(2024, 6, 14)), (datetime(2024, 6, 21, 18, tzinfo=UTC), date(2024, 6, 21))]:  # fmt: skip
         fxcu.write_parquet_atomic(full.filter(pl.col(fxcu.DATE) <= cutoff), data_dir / "warehouse" / fxcu.USDCLP_CACHE)
-        assert fxcu.cmd_run(config, None, ["7d"], now=clock, environ=env, skip_email=True, as_json=True) == 0
+        server = SMTPServer() if clock.day == 21 else None  # the last run emails its report
+        mail = {"FXCU_SMTP_HOST": "127.0.0.1", "FXCU_SMTP_PORT": str(server.port), "FXCU_SMTP_TO": "desk@example.cl", "FXCU_SMTP_STARTTLS": "0"} if server else {}
+        assert fxcu.cmd_run(config, None, ["7d"], now=clock, environ=env | mail, skip_email=server is None, as_json=True) == 0
         out = json.loads(capsys.readouterr().out)
         naive = pl.read_csv(data_dir / "reports" / f"forecast_7d_{clock:%Y-%m-%d}.csv").filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
         served[out["last_date"]] = (out, naive)
@@ -1982,13 +1988,17 @@ def test_replay_runs_as_of_successive_dates_then_track_matches_independent_score
             assert out["changed"]["reasons"] == [] and out["changed"]["forecast_change"] == 0
         else:
             assert "new data" in out["changed"]["reasons"]
+        if server:
+            server.thread.join(10)
+            body = server.messages[0].decode()
+            assert "## What changed since the last run" in body and "since the run from 2024-06-14" in body
     fxcu.write_parquet_atomic(full, data_dir / "warehouse" / fxcu.USDCLP_CACHE)
     assert fxcu.main(["track", "7d", "--json"], env) == 0
     track = json.loads(capsys.readouterr().out)["7d"]
 
     closes = dict(zip(full[fxcu.DATE].to_list(), full[fxcu.CLOSE].to_list(), strict=True))
     errors, walk, hits80, hits95, scores, rw_scores = [], [], [], [], [], []
-    for origin, (out, naive) in served.items():
+    for out, naive in served.values():
         target = date.fromisoformat(out["target_date"])
         day = next(target + timedelta(days=k) for k in range(10) if target + timedelta(days=k) in closes)
         y = closes[day]
