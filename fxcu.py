@@ -1253,9 +1253,21 @@ RATIO_TEST_MIN, RATIO_TEST_P = 8, 0.01  # non-overlapping forecasts needed, and 
 UNSCORED_GRACE_DAYS = 7  # a target this far past with no close (a week of holidays at most): scoring has stopped
 SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a data gap, not the target's close
 SCORE_COLUMNS = (
-    "actual_date", "actual", "error", "abs_error", "pct_error", "hit_80", "hit_95", "wis",
-    "rw_error", "rw_abs_error", "rw_pct_error", "rw_hit_80", "rw_hit_95", "rw_wis",
-)  # fmt: skip
+    "actual_date",
+    "actual",
+    "error",
+    "abs_error",
+    "pct_error",
+    "hit_80",
+    "hit_95",
+    "wis",
+    "rw_error",
+    "rw_abs_error",
+    "rw_pct_error",
+    "rw_hit_80",
+    "rw_hit_95",
+    "rw_wis",
+)
 
 
 def ledger_schema() -> dict[str, Any]:
@@ -1264,17 +1276,46 @@ def ledger_schema() -> dict[str, Any]:
 
     num = pl.Float64
     return {
-        "horizon": pl.String, "origin": pl.Date, "target": pl.Date, "kind": pl.String,
-        "last_close": num, "forecast": num, "lo_80": num, "hi_80": num, "lo_95": num, "hi_95": num,
+        "horizon": pl.String,
+        "origin": pl.Date,
+        "target": pl.Date,
+        "kind": pl.String,
+        "last_close": num,
+        "forecast": num,
+        "lo_80": num,
+        "hi_80": num,
+        "lo_95": num,
+        "hi_95": num,
         # the random walk made at the same origin: the last close, with Naive's range
-        "rw_lo_80": num, "rw_hi_80": num, "rw_lo_95": num, "rw_hi_95": num,
-        "point_model": pl.String, "interval_model": pl.String, "sources": pl.String, "degraded": pl.String,
-        "run_id": pl.String, "recorded_at": pl.Datetime("us", "UTC"),
-        "backtest_ratio": num, "backtest_coverage_80": num, "backtest_coverage_95": num, "backtest_origins": pl.Int64,
-        "actual_date": pl.Date, "actual": num, "error": num, "abs_error": num, "pct_error": num,
-        "hit_80": pl.Boolean, "hit_95": pl.Boolean, "wis": num,
-        "rw_error": num, "rw_abs_error": num, "rw_pct_error": num, "rw_hit_80": pl.Boolean, "rw_hit_95": pl.Boolean, "rw_wis": num,
-    }  # fmt: skip
+        "rw_lo_80": num,
+        "rw_hi_80": num,
+        "rw_lo_95": num,
+        "rw_hi_95": num,
+        "point_model": pl.String,
+        "interval_model": pl.String,
+        "sources": pl.String,
+        "degraded": pl.String,
+        "run_id": pl.String,
+        "recorded_at": pl.Datetime("us", "UTC"),
+        "backtest_ratio": num,
+        "backtest_coverage_80": num,
+        "backtest_coverage_95": num,
+        "backtest_origins": pl.Int64,
+        "actual_date": pl.Date,
+        "actual": num,
+        "error": num,
+        "abs_error": num,
+        "pct_error": num,
+        "hit_80": pl.Boolean,
+        "hit_95": pl.Boolean,
+        "wis": num,
+        "rw_error": num,
+        "rw_abs_error": num,
+        "rw_pct_error": num,
+        "rw_hit_80": pl.Boolean,
+        "rw_hit_95": pl.Boolean,
+        "rw_wis": num,
+    }
 
 
 def empty_ledger() -> pl.DataFrame:
@@ -1285,7 +1326,7 @@ def empty_ledger() -> pl.DataFrame:
 
 
 def served_interval_model(fc: Forecast) -> str:
-    """The interval model fxcu served: `Forecast.interval_model` where it exists, else Naive's width (the only one before)."""
+    """The interval model fxcu served: `Forecast.interval_model` where it exists, else Naive's width (the old one)."""
     return getattr(fc, "interval_model", "Naive")
 
 
@@ -1294,22 +1335,33 @@ def served_point_model(rule: str) -> str:
     return "Naive" if rule == "naive" else f"{ENSEMBLE}:{rule}"
 
 
-def ledger_entry(fc: Forecast, bundle: Bundle, *, run_id: str | None, now: datetime, kind: Kind = "live") -> dict[str, Any]:
+def ledger_entry(
+    fc: Forecast, bundle: Bundle, *, run_id: str | None, now: datetime, kind: Kind = "live"
+) -> dict[str, Any]:
     """The ledger row of one served forecast (pure): what was served at the horizon date, and by what."""
     import polars as pl
 
     final, bt = fc.final, fc.backtest
     naive = fc.path.filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
     return {
-        "horizon": fc.horizon, "origin": fc.origin, "target": final[DATE], "kind": kind,
-        "last_close": fc.last_close, **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
+        "horizon": fc.horizon,
+        "origin": fc.origin,
+        "target": final[DATE],
+        "kind": kind,
+        "last_close": fc.last_close,
+        **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
         **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
-        "point_model": served_point_model(bt.rule), "interval_model": served_interval_model(fc),
-        "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())), "degraded": ",".join(bundle.degraded),
-        "run_id": run_id, "recorded_at": now,
-        "backtest_ratio": bt.ensemble.ratio, "backtest_coverage_80": bt.ensemble.coverage_80,
-        "backtest_coverage_95": bt.ensemble.coverage_95, "backtest_origins": len(bt.origins),
-    }  # fmt: skip
+        "point_model": served_point_model(bt.rule),
+        "interval_model": served_interval_model(fc),
+        "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
+        "degraded": ",".join(bundle.degraded),
+        "run_id": run_id,
+        "recorded_at": now,
+        "backtest_ratio": bt.ensemble.ratio,
+        "backtest_coverage_80": bt.ensemble.coverage_80,
+        "backtest_coverage_95": bt.ensemble.coverage_95,
+        "backtest_origins": len(bt.origins),
+    }
 
 
 def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
@@ -1343,7 +1395,13 @@ def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = 
 
     cols = [target, *{c for names in models.values() for c in names}]
     rows = frame.select(cols).with_row_index("row")
-    out = mqloss(rows, models={m: list(c) for m, c in models.items()}, quantiles=np.array(WIS_QUANTILES), id_col="row", target_col=target)
+    out = mqloss(
+        rows,
+        models={m: list(c) for m, c in models.items()},
+        quantiles=np.array(WIS_QUANTILES),
+        id_col="row",
+        target_col=target,
+    )
     return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
 
 
@@ -1376,7 +1434,9 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
             yield y.is_between(pl.col(f"{p}lo_{lv}"), pl.col(f"{p}hi_{lv}")).alias(f"{p}hit_{lv}")
 
     joined = joined.with_columns(*scores("", pl.col("forecast")), *scores("rw", pl.col("last_close")))
-    ready = joined.filter(pl.col("actual").is_not_null()).with_columns(point=pl.col("forecast"), rw_point=pl.col("last_close"))
+    ready = joined.filter(pl.col("actual").is_not_null()).with_columns(
+        point=pl.col("forecast"), rw_point=pl.col("last_close")
+    )
     quantiles = {  # in WIS_QUANTILES order
         "wis": ["lo_95", "lo_80", "point", "hi_80", "hi_95"],
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
@@ -1416,21 +1476,36 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         scored = scored.tail(last)
     n = scored.height
     latest = rows.sort("origin").tail(1)
-    expected = None if latest.is_empty() else {
-        "rmse_ratio_rw": latest["backtest_ratio"][0], "coverage_80": latest["backtest_coverage_80"][0],
-        "coverage_95": latest["backtest_coverage_95"][0], "origins": latest["backtest_origins"][0],
-    }  # fmt: skip
-    out: dict[str, Any] = {"forecasts": rows.height, "scored": n, "unscored": rows.height - rows.filter(pl.col("actual").is_not_null()).height}
+    expected = (
+        None
+        if latest.is_empty()
+        else {
+            "rmse_ratio_rw": latest["backtest_ratio"][0],
+            "coverage_80": latest["backtest_coverage_80"][0],
+            "coverage_95": latest["backtest_coverage_95"][0],
+            "origins": latest["backtest_origins"][0],
+        }
+    )
+    out: dict[str, Any] = {
+        "forecasts": rows.height,
+        "scored": n,
+        "unscored": rows.height - rows.filter(pl.col("actual").is_not_null()).height,
+    }
     out["backtest"] = expected
     if not n:
         return out | {"rmse": None, "rmse_ratio_rw": None, "coverage_80": None, "coverage_95": None, "misses": []}
     rmse, rw_rmse = _rmse(scored["error"]), _rmse(scored["rw_error"])
     out |= {
-        "first_origin": str(scored["origin"][0]), "last_origin": str(scored["origin"][-1]),
-        "rmse": rmse, "rw_rmse": rw_rmse, "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
-        "mae": float(scored["abs_error"].mean()), "mape": float(scored["pct_error"].abs().mean()),
-        "wis": float(scored["wis"].mean()), "rw_wis": float(scored["rw_wis"].mean()),
-    }  # fmt: skip
+        "first_origin": str(scored["origin"][0]),
+        "last_origin": str(scored["origin"][-1]),
+        "rmse": rmse,
+        "rw_rmse": rw_rmse,
+        "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
+        "mae": float(scored["abs_error"].mean()),
+        "mape": float(scored["pct_error"].abs().mean()),
+        "wis": float(scored["wis"].mean()),
+        "rw_wis": float(scored["rw_wis"].mean()),
+    }
     out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["rw_wis"] else None
     for lv in LEVELS:
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
@@ -1438,14 +1513,24 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         out[f"band_{lv}"] = list(binomial_band(n, lv / 100))
     missed = scored.filter(~pl.col("hit_80")).tail(misses).reverse()
     out["misses"] = [
-        {"origin": str(r["origin"]), "target": str(r["target"]), "actual_date": str(r["actual_date"]), "actual": r["actual"],
-         "forecast": r["forecast"], "lo_80": r["lo_80"], "hi_80": r["hi_80"], "hit_95": r["hit_95"]}
+        {
+            "origin": str(r["origin"]),
+            "target": str(r["target"]),
+            "actual_date": str(r["actual_date"]),
+            "actual": r["actual"],
+            "forecast": r["forecast"],
+            "lo_80": r["lo_80"],
+            "hi_80": r["hi_80"],
+            "hit_95": r["hit_95"],
+        }
         for r in missed.iter_rows(named=True)
-    ]  # fmt: skip
+    ]
     return out
 
 
-def track_record(ledger: pl.DataFrame, horizons: Sequence[str], *, last: int | None = None) -> dict[str, dict[str, Any]]:
+def track_record(
+    ledger: pl.DataFrame, horizons: Sequence[str], *, last: int | None = None
+) -> dict[str, dict[str, Any]]:
     """The track record per horizon: live numbers at the top level, reconstructed ones apart under `reconstructed`."""
     import polars as pl
 
@@ -1453,7 +1538,9 @@ def track_record(ledger: pl.DataFrame, horizons: Sequence[str], *, last: int | N
     for horizon in horizons:
         mine = ledger.filter(pl.col("horizon") == horizon)
         live = track_stats(mine.filter(pl.col("kind") == "live"), last=last)
-        record[horizon] = live | {"reconstructed": track_stats(mine.filter(pl.col("kind") == "reconstructed"), last=last)}
+        record[horizon] = live | {
+            "reconstructed": track_stats(mine.filter(pl.col("kind") == "reconstructed"), last=last)
+        }
     return record
 
 
@@ -1470,22 +1557,30 @@ def _band(stats: Mapping[str, Any], level: int) -> str:
 
 
 def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
-    """The `track` table: per horizon and kind, the live numbers next to the chance band and the backtest's expectation."""
+    """The `track` table: per horizon and kind, live numbers next to the chance band and the backtest's expectation."""
     rows, misses = [], []
     for horizon, live in record.items():
         for kind, s in (("live", live), ("reconstructed", live["reconstructed"])):
             if not s["forecasts"]:
                 continue
             bt = s["backtest"] or {}
-            rows.append({
-                "horizon": horizon, "kind": kind, "scored": f"{s['scored']}/{s['forecasts']}", "rmse": _num(s["rmse"]),
-                "ratio_rw": _num(s["rmse_ratio_rw"], ".3f"), "cov80 [band]": _pct(s["coverage_80"]) + _band(s, 80),
-                "cov95 [band]": _pct(s["coverage_95"]) + _band(s, 95), "wis_ratio": _num(s.get("wis_ratio"), ".3f"),
-                "backtest ratio/cov80/cov95": f"{_num(bt.get('rmse_ratio_rw'), '.3f')}/{_pct(bt.get('coverage_80'))}/{_pct(bt.get('coverage_95'))}",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "horizon": horizon,
+                    "kind": kind,
+                    "scored": f"{s['scored']}/{s['forecasts']}",
+                    "rmse": _num(s["rmse"]),
+                    "ratio_rw": _num(s["rmse_ratio_rw"], ".3f"),
+                    "cov80 [band]": _pct(s["coverage_80"]) + _band(s, 80),
+                    "cov95 [band]": _pct(s["coverage_95"]) + _band(s, 95),
+                    "wis_ratio": _num(s.get("wis_ratio"), ".3f"),
+                    "backtest ratio/cov80/cov95": f"{_num(bt.get('rmse_ratio_rw'), '.3f')}/"
+                    f"{_pct(bt.get('coverage_80'))}/{_pct(bt.get('coverage_95'))}",
+                }
+            )
             misses += [
-                f"  {horizon} {kind}: {m['origin']} -> {m['target']}: {m['actual']:.2f} on {m['actual_date']} outside 80% "
-                f"[{m['lo_80']:.2f}, {m['hi_80']:.2f}]{'' if m['hit_95'] else ' and 95%'}"
+                f"  {horizon} {kind}: {m['origin']} -> {m['target']}: {m['actual']:.2f} on {m['actual_date']} "
+                f"outside 80% [{m['lo_80']:.2f}, {m['hi_80']:.2f}]{'' if m['hit_95'] else ' and 95%'}"
                 for m in s["misses"]
             ]
     if not rows:
@@ -1495,7 +1590,7 @@ def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def live_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
-    """The live track record of a horizon as MLflow metrics (`live_rmse`, `live_coverage_80`, ...); only numbers that exist."""
+    """A horizon's live track record as MLflow metrics (`live_rmse`, `live_coverage_80`, ...), the numbers that exist."""
     keys = ("scored", "rmse", "rmse_ratio_rw", "coverage_80", "coverage_95", "wis", "wis_ratio", "mae", "mape")
     return {f"live_{k}": float(stats[k]) for k in keys if stats.get(k) is not None}
 
@@ -1510,7 +1605,9 @@ def _non_overlapping(rows: pl.DataFrame) -> pl.DataFrame:
     return rows[kept]
 
 
-def check_track(ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, level: float = CHECK_BAND_LEVEL) -> list[tuple[str, Level, str]]:
+def check_track(
+    ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, level: float = CHECK_BAND_LEVEL
+) -> list[tuple[str, Level, str]]:
     """Grade the live track record of each horizon (pure, on a scored ledger): coverage, error ratio, scoring.
 
     - coverage: the last `last` scored forecasts' 80% and 95% coverage against their binomial band;
@@ -1530,11 +1627,19 @@ def check_track(ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, le
         rows = live.filter(pl.col("horizon") == horizon).sort("origin")
         due = rows.filter(pl.col("actual").is_null() & (pl.col("target") < today - timedelta(days=UNSCORED_GRACE_DAYS)))
         if due.height:
-            found.append((f"track {horizon} scoring", "WARNING", f"{due.height} forecasts due since {due['target'].min()} not scored (no realised close)"))
+            found.append(
+                (
+                    f"track {horizon} scoring",
+                    "WARNING",
+                    f"{due.height} forecasts due since {due['target'].min()} not scored (no realised close)",
+                )
+            )
         scored = rows.filter(pl.col("actual").is_not_null()).tail(last)
         n = scored.height
         if n < CHECK_MIN_SCORED:
-            found.append((f"track {horizon} coverage", "OK", f"{n} scored forecasts (grading starts at {CHECK_MIN_SCORED})"))
+            found.append(
+                (f"track {horizon} coverage", "OK", f"{n} scored forecasts (grading starts at {CHECK_MIN_SCORED})")
+            )
             continue
         outside = []
         for lv in LEVELS:
@@ -1542,17 +1647,38 @@ def check_track(ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, le
             if not lo <= cover <= hi:
                 outside.append(f"{lv}% coverage {cover:.0%} outside [{lo:.0%}, {hi:.0%}]")
         detail = ", ".join(f"{lv}% {float(scored[f'hit_{lv}'].mean()):.0%}" for lv in LEVELS)
-        found.append((f"track {horizon} coverage", "WARNING" if outside else "OK", "; ".join(outside) + f" over the last {n}" if outside else f"{detail} over the last {n}, within chance"))
+        found.append(
+            (
+                f"track {horizon} coverage",
+                "WARNING" if outside else "OK",
+                "; ".join(outside) + f" over the last {n}" if outside else f"{detail} over the last {n}, within chance",
+            )
+        )
         apart = _non_overlapping(rows.filter(pl.col("actual").is_not_null())).tail(last)
         ratio = float(scored["backtest_ratio"][-1])
         if apart.height < RATIO_TEST_MIN:
-            found.append((f"track {horizon} error ratio", "OK", f"{apart.height} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})"))
+            found.append(
+                (
+                    f"track {horizon} error ratio",
+                    "OK",
+                    f"{apart.height} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})",
+                )
+            )
             continue
         excess = (apart["error"] ** 2 - ratio**2 * apart["rw_error"] ** 2).to_numpy()
         p = float(ttest_1samp(excess, 0.0, alternative="greater").pvalue) if excess.std() > 0 else 1.0
         live_ratio = _rmse(apart["error"]) / max(_rmse(apart["rw_error"]), 1e-12)
         level_: Level = "WARNING" if p < RATIO_TEST_P else "OK"
-        found.append((f"track {horizon} error ratio", level_, f"live {live_ratio:.3f}x the random walk vs backtest {ratio:.3f}x over {apart.height} non-overlapping (p={p:.3f})"))
+        found.append(
+            (
+                f"track {horizon} error ratio",
+                level_,
+                (
+                    f"live {live_ratio:.3f}x the random walk vs backtest {ratio:.3f}x "
+                    f"over {apart.height} non-overlapping (p={p:.3f})"
+                ),
+            )
+        )
     return found
 
 
@@ -1582,14 +1708,18 @@ def what_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any])
     if current["sources"] != previous["sources"] and Change.DEGRADED not in reasons:
         reasons.append(Change.SOURCE)
     return {
-        "previous_origin": str(previous["origin"]), "previous_run_id": previous["run_id"],
+        "previous_origin": str(previous["origin"]),
+        "previous_run_id": previous["run_id"],
         "forecast_change": current["forecast"] - previous["forecast"],
-        "lo_80_change": current["lo_80"] - previous["lo_80"], "hi_80_change": current["hi_80"] - previous["hi_80"],
+        "lo_80_change": current["lo_80"] - previous["lo_80"],
+        "hi_80_change": current["hi_80"] - previous["hi_80"],
         "width_80_change": (current["hi_80"] - current["lo_80"]) - (previous["hi_80"] - previous["lo_80"]),
-        "previous_point_model": previous["point_model"], "point_model": current["point_model"],
-        "previous_degraded": previous["degraded"], "degraded": current["degraded"],
+        "previous_point_model": previous["point_model"],
+        "point_model": current["point_model"],
+        "previous_degraded": previous["degraded"],
+        "degraded": current["degraded"],
         "reasons": [str(r) for r in reasons],
-    }  # fmt: skip
+    }
 
 
 def format_change(change: Mapping[str, Any] | None) -> str:
@@ -1603,13 +1733,24 @@ def format_change(change: Mapping[str, Any] | None) -> str:
         why += f" ({change['degraded']})"
     return (
         f"since the run from {change['previous_origin']}: forecast {change['forecast_change']:+.2f}, 80% range "
-        f"{change['lo_80_change']:+.2f}/{change['hi_80_change']:+.2f} (width {change['width_80_change']:+.2f}); why: {why}"
+        f"{change['lo_80_change']:+.2f}/{change['hi_80_change']:+.2f} (width {change['width_80_change']:+.2f}); "
+        f"why: {why}"
     )
 
 
-def format_track_section(horizon: str, stats: Mapping[str, Any], change: Mapping[str, Any] | None, chart: str | None) -> str:
+def format_track_section(
+    horizon: str, stats: Mapping[str, Any], change: Mapping[str, Any] | None, chart: str | None
+) -> str:
     """The report's track-record section: what changed, the live numbers, and the chart of served ranges."""
-    lines = ["", "## What changed since the last run", "", format_change(change), "", f"## Live track record ({horizon})", ""]
+    lines = [
+        "",
+        "## What changed since the last run",
+        "",
+        format_change(change),
+        "",
+        f"## Live track record ({horizon})",
+        "",
+    ]
     lines += format_track({horizon: stats}).splitlines()
     if chart:
         lines += ["", f"![Realised USD/CLP against the served ranges]({chart})"]
@@ -1625,9 +1766,14 @@ def weekly_origins(days: Sequence[date], start: date) -> list[date]:
 
 
 def reconstruct(
-    usdclp: pl.DataFrame, copper: pl.DataFrame | None, origins: Sequence[date], horizons: Sequence[str], *, now: datetime
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None,
+    origins: Sequence[date],
+    horizons: Sequence[str],
+    *,
+    now: datetime,
 ) -> Iterator[dict[str, Any]]:
-    """What fxcu would have served at each origin, from the data up to that origin only: ledger rows marked reconstructed.
+    """What fxcu would have served at each origin, from the data up to it only: ledger rows marked reconstructed.
 
     An origin with too little history for the backtest is skipped (logged).
     """
@@ -1638,7 +1784,9 @@ def reconstruct(
         cut_copper = None if copper is None else copper.filter(pl.col(DATE) <= origin)
         if cut_copper is not None and cut_copper.is_empty():
             cut_copper = None
-        bundle = Bundle(cut, cut_copper, None, {"usdclp": "warehouse", "copper": "warehouse" if cut_copper is not None else "none"})
+        bundle = Bundle(
+            cut, cut_copper, None, {"usdclp": "warehouse", "copper": "warehouse" if cut_copper is not None else "none"}
+        )
         try:
             forecasts = forecast_all(cut, cut_copper, horizons)
         except ValueError as exc:
@@ -2162,7 +2310,7 @@ def ledger_path(config: Config) -> Path:
 
 
 def read_ledger(path: Path) -> pl.DataFrame:
-    """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, which stays untouched."""
+    """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, left untouched."""
     import polars as pl
 
     if not path.exists():
@@ -2171,7 +2319,11 @@ def read_ledger(path: Path) -> pl.DataFrame:
         frame = pl.read_parquet(path)
         schema = ledger_schema()
         # INFO: a ledger written before a column existed gains it as nulls, never loses rows
-        return frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns).select(list(schema)).cast(schema)
+        return (
+            frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns)
+            .select(list(schema))
+            .cast(schema)
+        )
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is reported, never overwritten
         raise LedgerError(f"forecast ledger {path} unreadable ({type(exc).__name__}); left untouched") from None
 
@@ -2197,7 +2349,8 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
 
     query = """
         select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
-        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%' order by r.start_time
+        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
+        order by r.start_time
     """
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         runs = conn.execute(query).fetchall()
@@ -2211,22 +2364,42 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
     for run_id, start_ms, experiment in runs:
         values = by_run.get(run_id, {})
         horizon = experiment.removeprefix(EXPERIMENT_PREFIX)
-        needed = ("forecast", "forecast_lo_80", "forecast_hi_80", "forecast_lo_95", "forecast_hi_95", "last_close", "data_last_date")
+        needed = (
+            "forecast",
+            "forecast_lo_80",
+            "forecast_hi_80",
+            "forecast_lo_95",
+            "forecast_hi_95",
+            "last_close",
+            "data_last_date",
+        )
         if horizon not in HORIZONS or any(k not in values for k in needed):
             continue
         origin = date.fromisoformat(values["data_last_date"])
         served = {k: float(values[f"forecast_{k}"]) for k in ("lo_80", "hi_80", "lo_95", "hi_95")}
         point, last = float(values["forecast"]), float(values["last_close"])
-        rows.append({
-            "horizon": horizon, "origin": origin, "target": trading_dates(origin, HORIZONS[horizon])[-1], "kind": "live",
-            "last_close": last, "forecast": point, **served, **{f"rw_{k}": v * last / point for k, v in served.items()},
-            "point_model": served_point_model(values.get("ensemble_rule", "naive")), "interval_model": "Naive",
-            "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
-            "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"], "run_id": run_id, "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
-            "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"), "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
-            "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
-            "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "horizon": horizon,
+                "origin": origin,
+                "target": trading_dates(origin, HORIZONS[horizon])[-1],
+                "kind": "live",
+                "last_close": last,
+                "forecast": point,
+                **served,
+                **{f"rw_{k}": v * last / point for k, v in served.items()},
+                "point_model": served_point_model(values.get("ensemble_rule", "naive")),
+                "interval_model": "Naive",
+                "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
+                "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"],
+                "run_id": run_id,
+                "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
+                "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"),
+                "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
+                "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
+                "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
+            }
+        )
     return rows
 
 
@@ -2248,8 +2421,10 @@ def ledger_lock(config: Config) -> Iterator[None]:
         yield
 
 
-def update_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()) -> pl.DataFrame:
-    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it against `prices`, write it."""
+def update_ledger(
+    config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()
+) -> pl.DataFrame:
+    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it on `prices`, write it."""
     path = ledger_path(config)
     with ledger_lock(config):
         ledger = read_ledger(path)
@@ -2286,11 +2461,29 @@ def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, 
             if mine.is_empty():
                 continue
             x = mine["target"].to_list()
-            ax.vlines(x, mine["lo_95"].to_list(), mine["hi_95"].to_list(), color=colour, alpha=0.25, lw=3, label=f"95% served ({kind})")
-            ax.vlines(x, mine["lo_80"].to_list(), mine["hi_80"].to_list(), color=colour, alpha=0.6, lw=3, label=f"80% served ({kind})")
+            ax.vlines(
+                x,
+                mine["lo_95"].to_list(),
+                mine["hi_95"].to_list(),
+                color=colour,
+                alpha=0.25,
+                lw=3,
+                label=f"95% served ({kind})",
+            )
+            ax.vlines(
+                x,
+                mine["lo_80"].to_list(),
+                mine["hi_80"].to_list(),
+                color=colour,
+                alpha=0.6,
+                lw=3,
+                label=f"80% served ({kind})",
+            )
             ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
             missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
-            ax.scatter(missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4)
+            ax.scatter(
+                missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
+            )
         ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
         ax.set_ylabel("CLP per USD")
         ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
@@ -2639,7 +2832,9 @@ def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame
         return None
 
 
-def _track_horizon(config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime) -> dict[str, Any]:
+def _track_horizon(
+    config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime
+) -> dict[str, Any]:
     """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
     import polars as pl
 
@@ -2945,7 +3140,14 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     return 0
 
 def cmd_track(
-    config: Config, environ: Mapping[str, str], horizons: Sequence[str], *, now: datetime, last: int | None, as_json: bool, backfill: date | None
+    config: Config,
+    environ: Mapping[str, str],
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+    last: int | None,
+    as_json: bool,
+    backfill: date | None,
 ) -> int:
     """Score the ledger against the warehouse and print the track record per horizon (imports no mlflow).
 
@@ -2964,10 +3166,14 @@ def cmd_track(
         made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
         done = {o for o, n in made.group_by("origin").len().iter_rows() if n == len(horizons)}
         origins = [d for d in weekly_origins(prices.frame[DATE].to_list(), backfill) if d not in done]
-        log.info("Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done))
+        log.info(
+            "Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done)
+        )
         for index, origin in enumerate(origins, 1):
             rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
-            ledger = update_ledger(config, environ, prices.frame, rows)  # INFO: one write per origin: an interrupted backfill resumes
+            ledger = update_ledger(
+                config, environ, prices.frame, rows
+            )  # INFO: one write per origin: an interrupted backfill resumes
             log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
     record = track_record(ledger, horizons, last=last)
     print(json.dumps(record, indent=2, default=str) if as_json else format_track(record))
@@ -3081,7 +3287,7 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
 
 
 def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, str]]:
-    """`check_track` on the ledger scored in memory against the warehouse (nothing is written); none without a ledger."""
+    """`check_track` on the ledger scored in memory against the warehouse (nothing written); none without a ledger."""
     path = ledger_path(config)
     if not path.exists():
         return []
@@ -3091,7 +3297,9 @@ def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, 
         ledger = read_ledger(path)
     except LedgerError as exc:
         return [("track record", "WARNING", str(exc))]
-    with contextlib.suppress(Exception):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
+    with contextlib.suppress(
+        Exception
+    ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
         ledger = score_ledger(ledger, pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE]))
     return check_track(ledger, today=today)
 
@@ -3163,7 +3371,9 @@ def build_parser() -> argparse.ArgumentParser:
     track = as_json(sub.add_parser("track", help="live track record: served forecasts scored against what happened"))
     track.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
     track.add_argument("--last", type=positive_int, default=None, help="only the latest N scored forecasts per horizon")
-    track.add_argument("--backfill", type=iso_date, metavar="START", default=None, help="first reconstruct weekly origins since START (YYYY-MM-DD)")
+    track.add_argument(
+        "--backfill", type=iso_date, metavar="START", default=None, help="first reconstruct weekly origins since START (YYYY-MM-DD)"
+    )
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
@@ -3235,7 +3445,8 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     if args.command == "check":
         return cmd_check(config, environ, now=now, network=args.network, as_json=args.json)
     if args.command == "track":
-        return cmd_track(config, environ, args.horizon or list(HORIZONS), now=now, last=args.last, as_json=args.json, backfill=args.backfill)
+        horizons = args.horizon or list(HORIZONS)
+        return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
     if args.command in {"fetch", "validate", "run"}:
         with make_client(config) as client:
             if args.command == "fetch":
