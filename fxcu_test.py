@@ -1688,37 +1688,87 @@ def bracher_wis(y: float, point: float, bounds: dict[int, tuple[float, float]]) 
     return total / (len(bounds) + 0.5)
 
 
-def ledger_row(origin: date, target: date, *, horizon: str = "7d", kind: str = "live", forecast: float = 800.0, last: float = 800.0,
-               half80: float = 10.0, half95: float = 16.0, rw_half80: float = 10.0, rw_half95: float = 16.0, ratio: float = 1.0, **extra) -> dict:
-    """A served forecast as `fxcu.ledger_entry` records it, with symmetric ranges around the point (and the last close)."""
+def ledger_row(
+    origin: date,
+    target: date,
+    *,
+    horizon: str = "7d",
+    kind: str = "live",
+    forecast: float = 800.0,
+    last: float = 800.0,
+    half80: float = 10.0,
+    half95: float = 16.0,
+    rw_half80: float = 10.0,
+    rw_half95: float = 16.0,
+    ratio: float = 1.0,
+    **extra,
+) -> dict:
+    """A served forecast as `fxcu.ledger_entry` records it: symmetric ranges around the point and the last close."""
     return {
-        "horizon": horizon, "origin": origin, "target": target, "kind": kind, "last_close": last, "forecast": forecast,
-        "lo_80": forecast - half80, "hi_80": forecast + half80, "lo_95": forecast - half95, "hi_95": forecast + half95,
-        "rw_lo_80": last - rw_half80, "rw_hi_80": last + rw_half80, "rw_lo_95": last - rw_half95, "rw_hi_95": last + rw_half95,
-        "point_model": "Naive", "interval_model": "Naive", "sources": "copper=yahoo,usdclp=yahoo", "degraded": "",
-        "run_id": None, "recorded_at": datetime(2024, 1, 1, tzinfo=UTC), "backtest_ratio": ratio,
-        "backtest_coverage_80": 0.8, "backtest_coverage_95": 0.95, "backtest_origins": 60, **extra,
-    }  # fmt: skip
+        "horizon": horizon,
+        "origin": origin,
+        "target": target,
+        "kind": kind,
+        "last_close": last,
+        "forecast": forecast,
+        "lo_80": forecast - half80,
+        "hi_80": forecast + half80,
+        "lo_95": forecast - half95,
+        "hi_95": forecast + half95,
+        "rw_lo_80": last - rw_half80,
+        "rw_hi_80": last + rw_half80,
+        "rw_lo_95": last - rw_half95,
+        "rw_hi_95": last + rw_half95,
+        "point_model": "Naive",
+        "interval_model": "Naive",
+        "sources": "copper=yahoo,usdclp=yahoo",
+        "degraded": "",
+        "run_id": None,
+        "recorded_at": datetime(2024, 1, 1, tzinfo=UTC),
+        "backtest_ratio": ratio,
+        "backtest_coverage_80": 0.8,
+        "backtest_coverage_95": 0.95,
+        "backtest_origins": 60,
+        **extra,
+    }
 
 
 def prices_on(closes: dict[date, float]) -> pl.DataFrame:
-    return pl.DataFrame({fxcu.DATE: list(closes), fxcu.CLOSE: list(closes.values())}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64})
+    return pl.DataFrame(
+        {fxcu.DATE: list(closes), fxcu.CLOSE: list(closes.values())},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
 
 
 def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
     # 2024-09-18/19 are Chilean national holidays (Fiestas Patrias): say no close came on either.
-    prices = prices_on({date(2024, 9, 13): 930.0, date(2024, 9, 16): 940.0, date(2024, 9, 17): 935.0, date(2024, 9, 20): 925.0,
-                        date(2024, 10, 31): 950.0})  # fmt: skip
+    prices = prices_on(
+        {
+            date(2024, 9, 13): 930.0,
+            date(2024, 9, 16): 940.0,
+            date(2024, 9, 17): 935.0,
+            date(2024, 9, 20): 925.0,
+            date(2024, 10, 31): 950.0,
+        }
+    )
     rows = [
         ledger_row(date(2024, 9, 6), date(2024, 9, 13), forecast=920.0, last=915.0),  # a close on the target date
         ledger_row(date(2024, 9, 7), date(2024, 9, 14), forecast=930.0, last=931.0),  # a Saturday: Monday's close
-        ledger_row(date(2024, 9, 11), date(2024, 9, 18), forecast=936.0, last=934.0, half80=5.0, half95=9.0),  # holidays: Friday's
-        ledger_row(date(2024, 10, 1), date(2024, 10, 8), forecast=900.0),  # next close 23 days later: a data gap, unscored
+        ledger_row(
+            date(2024, 9, 11), date(2024, 9, 18), forecast=936.0, last=934.0, half80=5.0, half95=9.0
+        ),  # holidays: Friday's
+        ledger_row(
+            date(2024, 10, 1), date(2024, 10, 8), forecast=900.0
+        ),  # next close 23 days later: a data gap, unscored
         ledger_row(date(2024, 10, 31), date(2024, 11, 7), forecast=950.0),  # not come yet
     ]
     scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices).sort("origin")
     got = scored.rows_by_key("origin", named=True, unique=True)
-    expected = {date(2024, 9, 6): (date(2024, 9, 13), 930.0), date(2024, 9, 7): (date(2024, 9, 16), 940.0), date(2024, 9, 11): (date(2024, 9, 20), 925.0)}
+    expected = {
+        date(2024, 9, 6): (date(2024, 9, 13), 930.0),
+        date(2024, 9, 7): (date(2024, 9, 16), 940.0),
+        date(2024, 9, 11): (date(2024, 9, 20), 925.0),
+    }
     for row in rows:
         out = got[row["origin"]]
         if row["origin"] not in expected:
@@ -1726,9 +1776,13 @@ def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
             continue
         day, y = expected[row["origin"]]
         assert out["actual_date"] == day and out["actual"] == y
-        assert out["error"] == pytest.approx(row["forecast"] - y) and out["abs_error"] == pytest.approx(abs(row["forecast"] - y))
+        assert out["error"] == pytest.approx(row["forecast"] - y) and out["abs_error"] == pytest.approx(
+            abs(row["forecast"] - y)
+        )
         assert out["pct_error"] == pytest.approx((row["forecast"] - y) / y * 100)
-        assert out["hit_80"] == (row["lo_80"] <= y <= row["hi_80"]) and out["hit_95"] == (row["lo_95"] <= y <= row["hi_95"])
+        assert out["hit_80"] == (row["lo_80"] <= y <= row["hi_80"]) and out["hit_95"] == (
+            row["lo_95"] <= y <= row["hi_95"]
+        )
         assert out["rw_error"] == pytest.approx(row["last_close"] - y)
         assert out["rw_hit_80"] == (row["rw_lo_80"] <= y <= row["rw_hi_80"])
         served = {80: (row["lo_80"], row["hi_80"]), 95: (row["lo_95"], row["hi_95"])}
@@ -1741,21 +1795,38 @@ def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
 
 def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
     first = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0, run_id="a")
-    ledger = fxcu.upsert_ledger(fxcu.empty_ledger(), [first, ledger_row(date(2024, 5, 3), date(2024, 5, 10), horizon="15d")])
+    ledger = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [first, ledger_row(date(2024, 5, 3), date(2024, 5, 10), horizon="15d")]
+    )
     again = fxcu.upsert_ledger(ledger, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=905.0, run_id="b")])
     assert again.height == 2
     row = again.filter(pl.col("horizon") == "7d").row(0, named=True)
     assert row["forecast"] == 905.0 and row["run_id"] == "b"
-    both = fxcu.upsert_ledger(again, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), kind="reconstructed", forecast=1.0)])
-    assert both.height == 3 and both.filter(pl.col("kind") == "live", pl.col("horizon") == "7d")["forecast"].to_list() == [905.0]
+    both = fxcu.upsert_ledger(
+        again, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), kind="reconstructed", forecast=1.0)]
+    )
+    assert both.height == 3 and both.filter(pl.col("kind") == "live", pl.col("horizon") == "7d")[
+        "forecast"
+    ].to_list() == [905.0]
 
 
-@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])), max_size=25),
-       st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])), max_size=25))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+)
 @settings(max_examples=40, deadline=None)
 def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
     def rows(keys):
-        return [ledger_row(date(2024, 1, 1) + timedelta(days=d), date(2024, 1, 8) + timedelta(days=d), horizon=h, kind=k) for d, h, k in keys]
+        return [
+            ledger_row(date(2024, 1, 1) + timedelta(days=d), date(2024, 1, 8) + timedelta(days=d), horizon=h, kind=k)
+            for d, h, k in keys
+        ]
 
     before = fxcu.upsert_ledger(fxcu.empty_ledger(), rows(old))
     after = fxcu.upsert_ledger(before, rows(new))
@@ -1766,7 +1837,9 @@ def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
 
 def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
     path = tmp_path / "warehouse" / fxcu.LEDGER
-    three = fxcu.upsert_ledger(fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)])
+    three = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
+    )
     fxcu.write_ledger(three, path)
     with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
         fxcu.write_ledger(three.head(1), path)
@@ -1799,11 +1872,19 @@ def test_binomial_band_matches_the_binomial_distribution():
     # scipy's interval: the smallest k with cdf >= 2.5% and the smallest k with cdf >= 97.5%
     cdf = np.cumsum(pmf)
     assert lo * n == int(np.argmax(cdf >= 0.025)) and hi * n == int(np.argmax(cdf >= 0.975))
-    assert sum(pmf[round(lo * n): round(hi * n) + 1]) >= 0.95
+    assert sum(pmf[round(lo * n) : round(hi * n) + 1]) >= 0.95
 
 
-def synthetic_ledger(n: int, *, z80: float, z95: float, served_scale: float = 1.0, ratio: float = 1.0, seed: int = 0,
-                     start: date = date(2023, 1, 2)) -> tuple[pl.DataFrame, pl.DataFrame]:
+def synthetic_ledger(
+    n: int,
+    *,
+    z80: float,
+    z95: float,
+    served_scale: float = 1.0,
+    ratio: float = 1.0,
+    seed: int = 0,
+    start: date = date(2023, 1, 2),
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """n daily 7d forecasts and the closes on their targets: the served error is sigma*u, the random walk's sigma*v.
 
     With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction.
@@ -1816,8 +1897,19 @@ def synthetic_ledger(n: int, *, z80: float, z95: float, served_scale: float = 1.
         y = 800 + rng.normal(0, 30)
         point, last = y + served_scale * sigma * rng.normal(), y + sigma * rng.normal()
         closes[target] = y
-        rows.append(ledger_row(origin, target, forecast=point, last=last, half80=z80 * sigma * served_scale,
-                               half95=z95 * sigma * served_scale, rw_half80=1.2816 * sigma, rw_half95=1.96 * sigma, ratio=ratio))  # fmt: skip
+        rows.append(
+            ledger_row(
+                origin,
+                target,
+                forecast=point,
+                last=last,
+                half80=z80 * sigma * served_scale,
+                half95=z95 * sigma * served_scale,
+                rw_half80=1.2816 * sigma,
+                rw_half95=1.96 * sigma,
+                ratio=ratio,
+            )
+        )
     prices = prices_on(dict(sorted(closes.items())))
     return fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices), prices
 
@@ -1841,7 +1933,9 @@ def test_check_track_under_coverage_warns():
 
 
 def test_check_track_error_ratio_worse_than_backtest_warns():
-    ledger, _ = synthetic_ledger(200, z80=1.2816, z95=1.96, served_scale=2.0)  # twice the random walk's error, ranges to match
+    ledger, _ = synthetic_ledger(
+        200, z80=1.2816, z95=1.96, served_scale=2.0
+    )  # twice the random walk's error, ranges to match
     checks = levels_of(fxcu.check_track(ledger, today=date(2024, 1, 15)))
     assert checks == {"track 7d coverage": "OK", "track 7d error ratio": "WARNING"}
 
@@ -1852,21 +1946,32 @@ def test_check_track_unscored_forecasts_warn_and_few_scores_do_not_grade():
     checks = fxcu.check_track(stale, today=date(2023, 2, 1))
     assert levels_of(checks) == {"track 7d scoring": "WARNING", "track 7d coverage": "OK"}
     assert "7 forecasts due since 2023-01-12 not scored" in checks[0][2]
-    assert fxcu.check_track(fxcu.empty_ledger(), today=date(2023, 2, 1)) == [("track record", "OK", "no live forecasts in the ledger yet")]
+    assert fxcu.check_track(fxcu.empty_ledger(), today=date(2023, 2, 1)) == [
+        ("track record", "OK", "no live forecasts in the ledger yet")
+    ]
 
 
 def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
     write_real_warehouse(tmp_path)
     prices = pl.read_parquet(tmp_path / "warehouse" / fxcu.USDCLP_CACHE).filter(pl.col(fxcu.DATE) >= date(2023, 1, 1))
     days = prices[fxcu.DATE].to_list()
-    rows = [ledger_row(origin, target, forecast=close + 50, last=close + 50)  # every range misses by 50 CLP
-            for origin, target, close in zip(days, days[5:], prices[fxcu.CLOSE].to_list()[5:])]  # fmt: skip
+    rows = [
+        ledger_row(origin, target, forecast=close + 50, last=close + 50)  # every range misses by 50 CLP
+        for origin, target, close in zip(days, days[5:], prices[fxcu.CLOSE].to_list()[5:])
+    ]
     rows.append(ledger_row(date(2024, 7, 15), date(2024, 7, 22)))  # aims past the end of the real history
-    fxcu.write_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), tmp_path / "warehouse" / fxcu.LEDGER)  # stored unscored
+    fxcu.write_ledger(
+        fxcu.upsert_ledger(fxcu.empty_ledger(), rows), tmp_path / "warehouse" / fxcu.LEDGER
+    )  # stored unscored
     fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path)})
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
-    assert checks["track 7d coverage"]["level"] == "WARNING" and "80% coverage 0%" in checks["track 7d coverage"]["message"]
-    assert checks["track 7d scoring"]["level"] == "WARNING"  # the real history ends in 2024: that target is never scored
+    assert (
+        checks["track 7d coverage"]["level"] == "WARNING"
+        and "80% coverage 0%" in checks["track 7d coverage"]["message"]
+    )
+    assert (
+        checks["track 7d scoring"]["level"] == "WARNING"
+    )  # the real history ends in 2024: that target is never scored
 
 
 def test_check_track_grades_only_live_rows():
@@ -1891,8 +1996,16 @@ def test_track_stats_last_n_and_misses_by_hand():
 def test_what_changed_names_the_reasons():
     before = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0)
     same = fxcu.what_changed(before, before | {"run_id": "x"})
-    assert same["reasons"] == [] and same["forecast_change"] == 0 and "same data, same model" in fxcu.format_change(same)
-    after = before | {"origin": date(2024, 5, 6), "forecast": 903.5, "hi_80": 915.0, "point_model": "Ensemble:equal", "degraded": "no copper"}
+    assert (
+        same["reasons"] == [] and same["forecast_change"] == 0 and "same data, same model" in fxcu.format_change(same)
+    )
+    after = before | {
+        "origin": date(2024, 5, 6),
+        "forecast": 903.5,
+        "hi_80": 915.0,
+        "point_model": "Ensemble:equal",
+        "degraded": "no copper",
+    }
     change = fxcu.what_changed(before, after)
     assert change["reasons"] == ["new data", "different chosen model", "degraded source"]
     assert change["forecast_change"] == pytest.approx(3.5) and change["hi_80_change"] == pytest.approx(5.0)
@@ -1910,14 +2023,26 @@ def test_weekly_origins_take_each_weeks_last_trading_day():
 def test_live_metrics_names():
     ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96)
     metrics = fxcu.live_metrics(fxcu.track_record(ledger, ["7d"])["7d"])
-    assert {"live_scored", "live_rmse", "live_rmse_ratio_rw", "live_coverage_80", "live_coverage_95", "live_wis_ratio"} <= set(metrics)
+    assert {
+        "live_scored",
+        "live_rmse",
+        "live_rmse_ratio_rw",
+        "live_coverage_80",
+        "live_coverage_95",
+        "live_wis_ratio",
+    } <= set(metrics)
     assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
 
 
 def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     write_real_warehouse(tmp_path)
-    code = "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False)
+    code = (
+        "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
 
@@ -1945,8 +2070,22 @@ def test_ledger_is_backfilled_from_mlflow_runs_without_mlflow(offline_run, tmp_p
     rebuilt = fxcu.read_ledger(copy / "warehouse" / fxcu.LEDGER)
     assert rebuilt.height == 1 and rebuilt["run_id"][0] == served["run_id"] == recorded["run_id"][0]
     row, want = rebuilt.row(0, named=True), recorded.row(0, named=True)
-    assert str(row["target"]) == served["target_date"] and row["forecast"] == pytest.approx(served["forecast"], abs=1e-3)
-    for key in ("last_close", "forecast", "lo_80", "hi_80", "lo_95", "hi_95", "rw_lo_80", "rw_hi_80", "rw_lo_95", "rw_hi_95", "backtest_ratio"):
+    assert str(row["target"]) == served["target_date"] and row["forecast"] == pytest.approx(
+        served["forecast"], abs=1e-3
+    )
+    for key in (
+        "last_close",
+        "forecast",
+        "lo_80",
+        "hi_80",
+        "lo_95",
+        "hi_95",
+        "rw_lo_80",
+        "rw_hi_80",
+        "rw_lo_95",
+        "rw_hi_95",
+        "backtest_ratio",
+    ):
         assert row[key] == pytest.approx(want[key], rel=1e-9), key
     assert row["point_model"] == want["point_model"] and row["degraded"] == "cached data"
 
@@ -1972,15 +2111,36 @@ def test_replay_runs_as_of_successive_dates_then_track_matches_independent_score
     env = run_env(data_dir, FXCU_TRACKING_TIMEOUT="300")  # every run must be tracked, however loaded the machine
     config = dataclasses.replace(fxcu.Config.from_env(env), offline=True)
     served = {}
-    for clock, cutoff in [(datetime(2024, 5, 31, 18, tzinfo=UTC), date(2024, 5, 31)), (datetime(2024, 6, 7, 18, tzinfo=UTC), date(2024, 6, 7)),
-                          (datetime(2024, 6, 8, 9, tzinfo=UTC), date(2024, 6, 7)),  # Saturday: same data, same origin, replaces
-                          (datetime(2024, 6, 14, 18, tzinfo=UTC), date(2024, 6, 14)), (datetime(2024, 6, 21, 18, tzinfo=UTC), date(2024, 6, 21))]:  # fmt: skip
+    for clock, cutoff in [
+        (datetime(2024, 5, 31, 18, tzinfo=UTC), date(2024, 5, 31)),
+        (datetime(2024, 6, 7, 18, tzinfo=UTC), date(2024, 6, 7)),
+        (datetime(2024, 6, 8, 9, tzinfo=UTC), date(2024, 6, 7)),  # Saturday: same data, same origin, replaces
+        (datetime(2024, 6, 14, 18, tzinfo=UTC), date(2024, 6, 14)),
+        (datetime(2024, 6, 21, 18, tzinfo=UTC), date(2024, 6, 21)),
+    ]:
         fxcu.write_parquet_atomic(full.filter(pl.col(fxcu.DATE) <= cutoff), data_dir / "warehouse" / fxcu.USDCLP_CACHE)
         server = SMTPServer() if clock.day == 21 else None  # the last run emails its report
-        mail = {"FXCU_SMTP_HOST": "127.0.0.1", "FXCU_SMTP_PORT": str(server.port), "FXCU_SMTP_TO": "desk@example.cl", "FXCU_SMTP_STARTTLS": "0"} if server else {}
-        assert fxcu.cmd_run(config, None, ["7d"], now=clock, environ=env | mail, skip_email=server is None, as_json=True) == 0
+        mail = (
+            {
+                "FXCU_SMTP_HOST": "127.0.0.1",
+                "FXCU_SMTP_PORT": str(server.port),
+                "FXCU_SMTP_TO": "desk@example.cl",
+                "FXCU_SMTP_STARTTLS": "0",
+            }
+            if server
+            else {}
+        )
+        assert (
+            fxcu.cmd_run(config, None, ["7d"], now=clock, environ=env | mail, skip_email=server is None, as_json=True)
+            == 0
+        )
         out = json.loads(capsys.readouterr().out)
-        naive = pl.read_csv(data_dir / "reports" / f"forecast_7d_{clock:%Y-%m-%d}.csv").filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
+        naive = (
+            pl.read_csv(data_dir / "reports" / f"forecast_7d_{clock:%Y-%m-%d}.csv")
+            .filter(pl.col("model") == "Naive")
+            .tail(1)
+            .row(0, named=True)
+        )
         served[out["last_date"]] = (out, naive)
         if len(served) == 1:
             assert out["changed"] is None  # the first forecast in the ledger
@@ -2008,7 +2168,11 @@ def test_replay_runs_as_of_successive_dates_then_track_matches_independent_score
         hits80.append(lo80 <= y <= hi80)
         hits95.append(lo95 <= y <= hi95)
         scores.append(bracher_wis(y, out["forecast"], {80: (lo80, hi80), 95: (lo95, hi95)}))
-        rw_scores.append(bracher_wis(y, out["last_close"], {80: (naive["lo_80"], naive["hi_80"]), 95: (naive["lo_95"], naive["hi_95"])}))
+        rw_scores.append(
+            bracher_wis(
+                y, out["last_close"], {80: (naive["lo_80"], naive["hi_80"]), 95: (naive["lo_95"], naive["hi_95"])}
+            )
+        )
     rmse = math.sqrt(sum(e * e for e in errors) / len(errors))
     assert track["scored"] == len(served) == 4 and track["forecasts"] == 4
     assert track["rmse"] == pytest.approx(rmse, rel=1e-4)  # the JSON summary rounds to 4 decimals
@@ -2025,7 +2189,15 @@ def test_backfill_reconstructs_weekly_origins_with_no_look_ahead(data_dir, capsy
     usdclp, copper = real_usdclp(), real_copper()
     origin = date(2024, 5, 31)
     with_future = list(fxcu.reconstruct(usdclp, copper, [origin], ["7d"], now=CLP_END))
-    cut = list(fxcu.reconstruct(usdclp.filter(pl.col(fxcu.DATE) <= origin), copper.filter(pl.col(fxcu.DATE) <= origin), [origin], ["7d"], now=CLP_END))
+    cut = list(
+        fxcu.reconstruct(
+            usdclp.filter(pl.col(fxcu.DATE) <= origin),
+            copper.filter(pl.col(fxcu.DATE) <= origin),
+            [origin],
+            ["7d"],
+            now=CLP_END,
+        )
+    )
     assert with_future == cut and cut[0]["kind"] == "reconstructed" and cut[0]["run_id"] is None
     assert fxcu.main(["track", "--backfill", "2024-06-24", "--json"], run_env(data_dir)) == 0
     record = json.loads(capsys.readouterr().out)
