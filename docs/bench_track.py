@@ -2,7 +2,8 @@
 """Track-record benchmarks (issue 11) on the real CLP=X history in ../shared/data; prints Markdown.
 
 Usage (from anywhere; the repository root is put on sys.path):
-    python docs/bench_track.py
+    python docs/bench_track.py            # both parts
+    python docs/bench_track.py commands   # part 2 only
 
 1. The time a run spends on the ledger when it holds ten years of daily runs: a ledger of one row per
    trading day and horizon over 2014-07-15 .. 2024-07-15 (2,521 origins x 4 horizons), built from the
@@ -72,7 +73,7 @@ def wall(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     import polars as pl
 
     root = Path(tempfile.mkdtemp(prefix="fxcu-bench-track-"))
@@ -85,64 +86,78 @@ def main() -> int:
         fxcu.write_ledger(ledger, path)
         env = {**os.environ, "FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "60"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        config = fxcu.Config.from_env(env)
-        entry = ledger.filter(pl.col("horizon") == "7d").tail(1).to_dicts()[0]
-
-        def run_work(horizons: int) -> float:
-            # what cmd_run and _track_horizon add: score once, then per horizon the numbers, the chart and the row
-            started = time.perf_counter()
-            scored = fxcu.update_ledger(config, env, prices)
-            for horizon in list(fxcu.HORIZONS)[:horizons]:
-                fxcu.live_metrics(fxcu.track_record(scored, [horizon])[horizon])
-                fxcu.write_track_chart(scored, prices, horizon, root / f"track_{horizon}.png")
-                fxcu.update_ledger(config, env, prices, [entry])
-            return time.perf_counter() - started
-
-        run_work(1)  # warm-up (imports, page cache)
-        one = [run_work(1) for _ in range(LEDGER_REPEATS)]
-        four = [run_work(4) for _ in range(LEDGER_REPEATS)]
-        score_only = []
-        for _ in range(LEDGER_REPEATS):
-            started = time.perf_counter()
-            fxcu.score_ledger(ledger, prices)
-            score_only.append(time.perf_counter() - started)
-        run_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "run", "7d", "--offline", "--skip-email"]
-        wall(run_cmd, env)
-        runs = [wall(run_cmd, env) for _ in range(RUN_REPEATS)]
-        track_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "track"]
-        mlflow_cmd = [sys.executable, "-c", "import mlflow"]
-        check_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "check"]
-        wall(track_cmd, env), wall(mlflow_cmd, env)
-        tracks, mlflows, checks = [], [], []
-        for _ in range(TRACK_REPEATS):
-            tracks.append(wall(track_cmd, env))
-            mlflows.append(wall(mlflow_cmd, env))
-            checks.append(wall(check_cmd, env))
-        med = statistics.median
         print(f"Ledger: {ledger.height} rows ({ledger.height // 4} origins x 4 horizons), "
               f"{path.stat().st_size / 1e6:.2f} MB on disk; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-        print("| what | n | median s | min-max s | share of `run 7d` |")
-        print("|---|---|---|---|---|")
-        r = med(runs)
-        for label, times in (
-            ("`score_ledger` alone (10-year ledger, in memory)", score_only),
-            ("track-record work of a `run 7d`: score, live numbers, chart, add its row", one),
-            ("track-record work of a `run all` (4 horizons)", four),
-            ("`python fxcu.py run 7d --offline --skip-email` (subprocess)", runs),
-        ):
-            print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / r:.3f} |")
-        print(f"\nTarget: ledger work <= {TARGET_RUN_SHARE}x the run: {'met' if med(one) / r <= TARGET_RUN_SHARE else 'NOT met'} "
-              f"({med(one) / r:.3f}x for 7d).\n")  # fmt: skip
-        print("| command | n | median s | min-max s | ratio to `import mlflow` |")
-        print("|---|---|---|---|---|")
-        rows = (("`python fxcu.py track` (10-year ledger)", tracks), ('`python -c "import mlflow"`', mlflows),
-                ("`python fxcu.py check` (grades the same ledger)", checks))
-        for label, times in rows:
-            print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / med(mlflows):.2f} |")
+        if argv[:1] != ["commands"]:
+            in_run(root, env, ledger, prices)
+        commands(env)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
+def in_run(root: Path, env: dict[str, str], ledger, prices) -> None:
+    """Part 1: the track-record work a run adds, next to a whole `run 7d`."""
+    import polars as pl
+
+    config = fxcu.Config.from_env(env)
+    entry = ledger.filter(pl.col("horizon") == "7d").tail(1).to_dicts()[0]
+
+    def run_work(horizons: int) -> float:
+        # what cmd_run and _track_horizon add: score once, then per horizon the numbers, the chart and the row
+        started = time.perf_counter()
+        scored = fxcu.update_ledger(config, env, prices)
+        for horizon in list(fxcu.HORIZONS)[:horizons]:
+            fxcu.live_metrics(fxcu.track_record(scored, [horizon])[horizon])
+            fxcu.write_track_chart(scored, prices, horizon, root / f"track_{horizon}.png")
+            fxcu.update_ledger(config, env, prices, [entry])
+        return time.perf_counter() - started
+
+    run_work(1)  # warm-up (imports, page cache)
+    one = [run_work(1) for _ in range(LEDGER_REPEATS)]
+    four = [run_work(4) for _ in range(LEDGER_REPEATS)]
+    score_only = []
+    for _ in range(LEDGER_REPEATS):
+        started = time.perf_counter()
+        fxcu.score_ledger(ledger, prices)
+        score_only.append(time.perf_counter() - started)
+    run_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "run", "7d", "--offline", "--skip-email"]
+    wall(run_cmd, env)
+    runs = [wall(run_cmd, env) for _ in range(RUN_REPEATS)]
+    med, r = statistics.median, statistics.median(runs)
+    print("| what | n | median s | min-max s | share of `run 7d` |")
+    print("|---|---|---|---|---|")
+    for label, times in (
+        ("`score_ledger` alone (10-year ledger, in memory)", score_only),
+        ("track-record work of a `run 7d`: score, live numbers, chart, add its row", one),
+        ("track-record work of a `run all` (4 horizons)", four),
+        ("`python fxcu.py run 7d --offline --skip-email` (subprocess)", runs),
+    ):
+        print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / r:.3f} |")
+    print(f"\nTarget: ledger work <= {TARGET_RUN_SHARE}x the run: {'met' if med(one) / r <= TARGET_RUN_SHARE else 'NOT met'} "
+          f"({med(one) / r:.3f}x for 7d).\n")  # fmt: skip
+
+
+def commands(env: dict[str, str]) -> None:
+    """Part 2: `track` and `check` next to `import mlflow`, as fresh interleaved subprocesses."""
+    track_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "track"]
+    mlflow_cmd = [sys.executable, "-c", "import mlflow"]
+    check_cmd = [sys.executable, str(ROOT / "fxcu.py"), "-q", "check"]
+    wall(track_cmd, env), wall(mlflow_cmd, env), wall(check_cmd, env)
+    tracks, mlflows, checks = [], [], []
+    for _ in range(TRACK_REPEATS):
+        tracks.append(wall(track_cmd, env))
+        mlflows.append(wall(mlflow_cmd, env))
+        checks.append(wall(check_cmd, env))
+    med = statistics.median
+    print(f"load {os.getloadavg()[0]:.1f}\n")
+    print("| command | n | median s | min-max s | ratio to `import mlflow` |")
+    print("|---|---|---|---|---|")
+    rows = (("`python fxcu.py track` (10-year ledger)", tracks), ('`python -c "import mlflow"`', mlflows),
+            ("`python fxcu.py check` (grades the same ledger)", checks))  # fmt: skip
+    for label, times in rows:
+        print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / med(mlflows):.2f} |")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
