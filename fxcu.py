@@ -1405,13 +1405,14 @@ def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = 
     return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
 
 
-def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
+def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool = True) -> pl.DataFrame:
     """Score every row whose target has a realised close: the first close on or after the target date.
 
     Scores are recomputed from the prices each time (a revised close revises its score). A target
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
-    the random walk from the same origin (its point is the last close, its range Naive's).
+    the random walk from the same origin (its point is the last close, its range Naive's). `check`
+    passes `with_wis=False`: it grades no WIS, and utilsforecast's import would cost it half a second.
     """
     import polars as pl
 
@@ -1441,7 +1442,7 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
         "wis": ["lo_95", "lo_80", "point", "hi_80", "hi_95"],
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
     }
-    if ready.height:
+    if ready.height and with_wis:
         scored = wis(ready, quantiles)
         ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
@@ -3300,7 +3301,7 @@ def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, 
     with contextlib.suppress(
         Exception
     ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
-        ledger = score_ledger(ledger, pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE]))
+        ledger = score_ledger(ledger, pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE]), with_wis=False)
     return check_track(ledger, today=today)
 
 
