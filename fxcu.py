@@ -3301,7 +3301,8 @@ def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, 
     with contextlib.suppress(
         Exception
     ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
-        ledger = score_ledger(ledger, pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE]), with_wis=False)
+        prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
+        ledger = score_ledger(ledger, prices, with_wis=False)
     return check_track(ledger, today=today)
 
 
