@@ -5,6 +5,7 @@ Usage:
     python fxcu.py validate         # load, compute copper features, check their ranges
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
+    python fxcu.py track 7d         # live track record: served forecasts scored when their day came
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
     python fxcu.py ui               # the MLflow UI on the data dir's store, http://127.0.0.1:5000
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import enum
 import fcntl
 import functools
 import json
@@ -2114,6 +2116,15 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lines.append(f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}")
     if s["degraded"]:
         lines.append(f"  degraded: {', '.join(s.get('degraded_detail') or s['degraded'])}")
+    if "changed" in s:
+        lines.append(f"  what changed: {format_change(s['changed'])}")
+    if s.get("live"):
+        live = s["live"]
+        lines.append(
+            f"  live: {live['live_scored']:.0f} scored, RMSE {live.get('live_rmse', math.nan):.2f} CLP, "
+            f"{live.get('live_rmse_ratio_rw', math.nan):.4f}x the random walk, coverage "
+            f"{live.get('live_coverage_80', math.nan):.0%}/{live.get('live_coverage_95', math.nan):.0%}"
+        )
     return "\n".join(lines)
 
 
@@ -2323,18 +2334,32 @@ def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
     return lines
 
 
-def format_report(fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None) -> str:
-    """The Markdown report of one run: summary, chart, backtest against Naive, copper, path, degraded reasons."""
-    return (
-        "\n".join(
-            [f"# {report_title(fc, now=now)}", "", *format_sections(report_sections(fc, bundle, chart=chart))]
-        ).rstrip()
-        + "\n"
-    )
+def with_extra(sections: Sequence[Section], extra: Sequence[Section]) -> list[Section]:
+    """`sections` with `extra` placed: what changed right after the summary, anything else before copper (pure)."""
+    out = list(sections)
+    for section in extra:
+        keys = [s.key for s in out]
+        if section.key == "changed" and "summary" in keys:
+            out.insert(keys.index("summary") + 1, section)
+        else:
+            out.insert(keys.index("copper") if "copper" in keys else len(out), section)
+    return out
+
+
+def format_report(
+    fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None, extra: Sequence[Section] = ()
+) -> str:
+    """The Markdown report of one run: summary, what changed, chart, backtests, track record, copper, path, data."""
+    sections = with_extra(report_sections(fc, bundle, chart=chart), extra)
+    return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(sections)]).rstrip() + "\n"
 
 
 def digest_sections(
-    forecasts: Sequence[Forecast], bundle: Bundle, *, charts: Mapping[str, str | None]
+    forecasts: Sequence[Forecast],
+    bundle: Bundle,
+    *,
+    charts: Mapping[str, str | None],
+    extra: Mapping[str, Sequence[Section]] | None = None,
 ) -> list[Section]:
     """One email's sections: a table of every horizon, each horizon's own sections, then copper and data once (pure).
 
@@ -2361,7 +2386,8 @@ def digest_sections(
     )
     sections = [Section("digest", "Forecasts", intro)] if len(forecasts) > 1 else []
     for fc in forecasts:
-        own = [s for s in report_sections(fc, bundle, chart=charts.get(fc.horizon)) if s.key not in (*shared, "path")]
+        own = with_extra(report_sections(fc, bundle, chart=charts.get(fc.horizon)), (extra or {}).get(fc.horizon, ()))
+        own = [s for s in own if s.key not in (*shared, "path")]
         if len(forecasts) > 1:
             own = [dataclasses.replace(s, title=f"{fc.horizon}: {s.title}") for s in own]
         sections += own
@@ -2415,6 +2441,7 @@ def build_email(
     sender: str,
     to: Sequence[str],
     message_id: str,
+    extra: Mapping[str, Sequence[Section]] | None = None,
 ) -> Any:
     """One email for one or more horizons: multipart/alternative, text and HTML, the charts inline (cid:).
 
@@ -2429,7 +2456,7 @@ def build_email(
     title = (
         report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
     )
-    sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()})
+    sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()}, extra=extra)
     markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
     # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
     text = re.sub(r"!\[[^\]]*\]\(cid:[^)]*\)", "(chart in the HTML version of this email)", markdown)
@@ -2497,6 +2524,559 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
             f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal)."
         )
     return lines + [f"Note: {n}" for n in db.notes]
+
+
+# -- Core: the track record ------------------------------------------------------------
+
+LEDGER = "forecast_ledger.parquet"
+Kind = Literal["live", "reconstructed"]
+LEDGER_KEY = ("horizon", "origin", "kind")  # a reconstructed row never replaces a live one, nor the reverse
+BAND_LEVEL = 0.95  # the chance band `track` prints beside each coverage
+# `check` grades 8 coverages a day (4 horizons x 2 levels); at 95% a calibrated system would warn on
+# about a third of days, at 99% on under a tenth.
+CHECK_BAND_LEVEL = 0.99
+CHECK_LAST = 60  # scored forecasts per horizon that `check` grades
+CHECK_MIN_SCORED = 20  # fewer than this and the band is too wide to say anything
+RATIO_TEST_MIN, RATIO_TEST_P = 8, 0.01  # non-overlapping forecasts needed, and the one-sided p-value that warns
+UNSCORED_GRACE_DAYS = 7  # a target this far past with no close (a week of holidays at most): scoring has stopped
+SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a data gap, not the target's close
+SCORE_COLUMNS = (
+    "actual_date",
+    "actual",
+    "error",
+    "abs_error",
+    "pct_error",
+    "hit_80",
+    "hit_95",
+    "wis",
+    "rw_error",
+    "rw_abs_error",
+    "rw_pct_error",
+    "rw_hit_80",
+    "rw_hit_95",
+    "rw_wis",
+)
+
+
+def ledger_schema() -> dict[str, Any]:
+    """Column names and polars types of the forecast ledger, served fields first, then the scores."""
+    import polars as pl
+
+    num = pl.Float64
+    return {
+        "horizon": pl.String,
+        "origin": pl.Date,
+        "target": pl.Date,
+        "kind": pl.String,
+        "last_close": num,
+        "forecast": num,
+        "lo_80": num,
+        "hi_80": num,
+        "lo_95": num,
+        "hi_95": num,
+        # the random walk made at the same origin: the last close, with Naive's range
+        "rw_lo_80": num,
+        "rw_hi_80": num,
+        "rw_lo_95": num,
+        "rw_hi_95": num,
+        "point_model": pl.String,
+        "interval_model": pl.String,
+        "sources": pl.String,
+        "degraded": pl.String,
+        "run_id": pl.String,
+        "recorded_at": pl.Datetime("us", "UTC"),
+        "backtest_ratio": num,
+        "backtest_coverage_80": num,
+        "backtest_coverage_95": num,
+        "backtest_origins": pl.Int64,
+        "actual_date": pl.Date,
+        "actual": num,
+        "error": num,
+        "abs_error": num,
+        "pct_error": num,
+        "hit_80": pl.Boolean,
+        "hit_95": pl.Boolean,
+        "wis": num,
+        "rw_error": num,
+        "rw_abs_error": num,
+        "rw_pct_error": num,
+        "rw_hit_80": pl.Boolean,
+        "rw_hit_95": pl.Boolean,
+        "rw_wis": num,
+    }
+
+
+def empty_ledger() -> pl.DataFrame:
+    """A ledger with no rows."""
+    import polars as pl
+
+    return pl.DataFrame(schema=ledger_schema())
+
+
+def served_interval_model(fc: Forecast) -> str:
+    """The interval model fxcu served: `Forecast.interval_model` where it exists, else Naive's width (the old one)."""
+    return getattr(fc, "interval_model", "Naive")
+
+
+def served_point_model(rule: str) -> str:
+    """The point model fxcu served, from the ensemble rule: `Naive`, or `Ensemble:<rule>`."""
+    return "Naive" if rule == "naive" else f"{ENSEMBLE}:{rule}"
+
+
+def ledger_entry(
+    fc: Forecast, bundle: Bundle, *, run_id: str | None, now: datetime, kind: Kind = "live"
+) -> dict[str, Any]:
+    """The ledger row of one served forecast (pure): what was served at the horizon date, and by what."""
+    import polars as pl
+
+    final, bt = fc.final, fc.backtest
+    naive = fc.path.filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
+    return {
+        "horizon": fc.horizon,
+        "origin": fc.origin,
+        "target": final[DATE],
+        "kind": kind,
+        "last_close": fc.last_close,
+        **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
+        **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
+        "point_model": served_point_model(bt.rule),
+        "interval_model": served_interval_model(fc),
+        "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
+        "degraded": ",".join(bundle.degraded),
+        "run_id": run_id,
+        "recorded_at": now,
+        "backtest_ratio": bt.ensemble.ratio,
+        "backtest_coverage_80": bt.ensemble.coverage_80,
+        "backtest_coverage_95": bt.ensemble.coverage_95,
+        "backtest_origins": len(bt.origins),
+    }
+
+
+def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Add rows to the ledger; a row with the key (horizon, origin, kind) of an existing one replaces it.
+
+    The result never has fewer rows than `ledger`. New rows arrive unscored (`score_ledger` scores them).
+    """
+    import polars as pl
+
+    if not rows:
+        return ledger
+    schema = ledger_schema()
+    fresh = pl.DataFrame([{k: row.get(k) for k in schema} for row in rows], schema=schema)
+    both = pl.concat([ledger.select(list(schema)).cast(schema), fresh])
+    return both.unique(subset=list(LEDGER_KEY), keep="last", maintain_order=True).sort(list(LEDGER_KEY))
+
+
+WIS_QUANTILES = (0.025, 0.1, 0.5, 0.9, 0.975)  # the 95% and 80% bounds, and the point forecast as the median
+
+
+def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = "actual") -> pl.DataFrame:
+    """Weighted interval score per row (Bracher et al. 2021, canonical weights) of each model's WIS_QUANTILES columns.
+
+    With the point as the median and K central intervals, WIS is twice the mean pinball loss over the
+    2K+1 quantiles, which utilsforecast.losses.mqloss computes. (scoringrules 0.10.0's numpy WIS adds
+    half the median itself instead of half |y - median|, so it is not used.) Returns `row` and one column per model.
+    """
+    import numpy as np
+    import polars as pl
+    from utilsforecast.losses import mqloss
+
+    cols = [target, *{c for names in models.values() for c in names}]
+    rows = frame.select(cols).with_row_index("row")
+    out = mqloss(
+        rows,
+        models={m: list(c) for m, c in models.items()},
+        quantiles=np.array(WIS_QUANTILES),
+        id_col="row",
+        target_col=target,
+    )
+    return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
+
+
+def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool = True) -> pl.DataFrame:
+    """Score every row whose target has a realised close: the first close on or after the target date.
+
+    Scores are recomputed from the prices each time (a revised close revises its score). A target
+    whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
+    row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
+    the random walk from the same origin (its point is the last close, its range Naive's). `check`
+    passes `with_wis=False`: it grades no WIS, and utilsforecast's import would cost it half a second.
+    """
+    import polars as pl
+
+    if ledger.is_empty():
+        return ledger
+    closes = prices.select(pl.col(DATE).alias("actual_date"), pl.col(CLOSE).alias("actual")).sort("actual_date")
+    joined = (
+        ledger.drop(SCORE_COLUMNS, strict=False)
+        .sort("target")
+        .join_asof(closes, left_on="target", right_on="actual_date", strategy="forward", tolerance=SCORE_TOLERANCE)
+    )
+    y = pl.col("actual")
+
+    def scores(prefix: str, point: pl.Expr) -> Iterator[pl.Expr]:
+        p = f"{prefix}_" if prefix else ""
+        yield (point - y).alias(f"{p}error")
+        yield (point - y).abs().alias(f"{p}abs_error")
+        yield ((point - y) / y * 100).alias(f"{p}pct_error")
+        for lv in LEVELS:
+            yield y.is_between(pl.col(f"{p}lo_{lv}"), pl.col(f"{p}hi_{lv}")).alias(f"{p}hit_{lv}")
+
+    joined = joined.with_columns(*scores("", pl.col("forecast")), *scores("rw", pl.col("last_close")))
+    ready = joined.filter(pl.col("actual").is_not_null()).with_columns(
+        point=pl.col("forecast"), rw_point=pl.col("last_close")
+    )
+    quantiles = {  # in WIS_QUANTILES order
+        "wis": ["lo_95", "lo_80", "point", "hi_80", "hi_95"],
+        "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
+    }
+    if ready.height and with_wis:
+        scored = wis(ready, quantiles)
+        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
+        joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
+    else:
+        joined = joined.with_columns(pl.lit(None, pl.Float64).alias("wis"), pl.lit(None, pl.Float64).alias("rw_wis"))
+    return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
+
+
+def binomial_band(n: int, p: float, level: float = BAND_LEVEL) -> tuple[float, float]:
+    """The coverage range a calibrated p-interval stays in with probability `level` over n independent forecasts."""
+    from scipy.stats import binom
+
+    if n < 1:
+        return 0.0, 1.0
+    lo, hi = binom.interval(level, n, p)
+    return float(lo) / n, float(hi) / n
+
+
+def _rmse(values: pl.Series) -> float:
+    return math.sqrt(float((values**2).mean()))
+
+
+def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5) -> dict[str, Any]:
+    """The track record of one horizon's rows (one kind): counts, errors, coverage with its band, WIS, misses.
+
+    Only scored rows count; with `last`, only the latest `last` of them (by origin).
+    """
+    import polars as pl
+
+    scored = rows.filter(pl.col("actual").is_not_null()).sort("origin")
+    if last is not None:
+        scored = scored.tail(last)
+    n = scored.height
+    latest = rows.sort("origin").tail(1)
+    expected = (
+        None
+        if latest.is_empty()
+        else {
+            "rmse_ratio_rw": latest["backtest_ratio"][0],
+            "coverage_80": latest["backtest_coverage_80"][0],
+            "coverage_95": latest["backtest_coverage_95"][0],
+            "origins": latest["backtest_origins"][0],
+        }
+    )
+    out: dict[str, Any] = {
+        "forecasts": rows.height,
+        "scored": n,
+        "unscored": rows.height - rows.filter(pl.col("actual").is_not_null()).height,
+    }
+    out["backtest"] = expected
+    if not n:
+        return out | {"rmse": None, "rmse_ratio_rw": None, "coverage_80": None, "coverage_95": None, "misses": []}
+    rmse, rw_rmse = _rmse(scored["error"]), _rmse(scored["rw_error"])
+    out |= {
+        "first_origin": str(scored["origin"][0]),
+        "last_origin": str(scored["origin"][-1]),
+        "rmse": rmse,
+        "rw_rmse": rw_rmse,
+        "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
+        "mae": float(scored["abs_error"].mean()),
+        "mape": float(scored["pct_error"].abs().mean()),
+        "wis": float(scored["wis"].mean()),
+        "rw_wis": float(scored["rw_wis"].mean()),
+    }
+    out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["rw_wis"] else None
+    for lv in LEVELS:
+        out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
+        out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
+        out[f"band_{lv}"] = list(binomial_band(n, lv / 100))
+    missed = scored.filter(~pl.col("hit_80")).tail(misses).reverse()
+    out["misses"] = [
+        {
+            "origin": str(r["origin"]),
+            "target": str(r["target"]),
+            "actual_date": str(r["actual_date"]),
+            "actual": r["actual"],
+            "forecast": r["forecast"],
+            "lo_80": r["lo_80"],
+            "hi_80": r["hi_80"],
+            "hit_95": r["hit_95"],
+        }
+        for r in missed.iter_rows(named=True)
+    ]
+    return out
+
+
+def track_record(
+    ledger: pl.DataFrame, horizons: Sequence[str], *, last: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The track record per horizon: live numbers at the top level, reconstructed ones apart under `reconstructed`."""
+    import polars as pl
+
+    record = {}
+    for horizon in horizons:
+        mine = ledger.filter(pl.col("horizon") == horizon)
+        live = track_stats(mine.filter(pl.col("kind") == "live"), last=last)
+        record[horizon] = live | {
+            "reconstructed": track_stats(mine.filter(pl.col("kind") == "reconstructed"), last=last)
+        }
+    return record
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _fixed(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _band(stats: Mapping[str, Any], level: int) -> str:
+    return "" if not stats["scored"] else " [" + "-".join(f"{b:.0%}" for b in stats[f"band_{level}"]) + "]"
+
+
+def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
+    """The `track` table: per horizon and kind, live numbers next to the chance band and the backtest's expectation."""
+    rows, misses = [], []
+    for horizon, live in record.items():
+        for kind, s in (("live", live), ("reconstructed", live["reconstructed"])):
+            if not s["forecasts"]:
+                continue
+            bt = s["backtest"] or {}
+            rows.append(
+                {
+                    "horizon": horizon,
+                    "kind": kind,
+                    "scored": f"{s['scored']}/{s['forecasts']}",
+                    "rmse": _fixed(s["rmse"]),
+                    "ratio_rw": _fixed(s["rmse_ratio_rw"], ".3f"),
+                    "cov80 [band]": _share(s["coverage_80"]) + _band(s, 80),
+                    "cov95 [band]": _share(s["coverage_95"]) + _band(s, 95),
+                    "wis_ratio": _fixed(s.get("wis_ratio"), ".3f"),
+                    "backtest ratio/cov80/cov95": f"{_fixed(bt.get('rmse_ratio_rw'), '.3f')}/"
+                    f"{_share(bt.get('coverage_80'))}/{_share(bt.get('coverage_95'))}",
+                }
+            )
+            misses += [
+                f"  {horizon} {kind}: {m['origin']} -> {m['target']}: {m['actual']:.2f} on {m['actual_date']} "
+                f"outside 80% [{m['lo_80']:.2f}, {m['hi_80']:.2f}]{'' if m['hit_95'] else ' and 95%'}"
+                for m in s["misses"]
+            ]
+    if not rows:
+        return "no forecasts in the ledger yet (run `fxcu run`, or `fxcu track --backfill START`)"
+    lines = [*_table(list(rows[0]), [list(r.values()) for r in rows]), "", "latest 80% misses:" if misses else "no 80% misses", *misses]
+    return "\n".join(lines)
+
+
+def live_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """A horizon's live track record as MLflow metrics (`live_rmse`, `live_coverage_80`, ...), the numbers that exist."""
+    keys = ("scored", "rmse", "rmse_ratio_rw", "coverage_80", "coverage_95", "wis", "wis_ratio", "mae", "mape")
+    return {f"live_{k}": float(stats[k]) for k in keys if stats.get(k) is not None}
+
+
+def _non_overlapping(rows: pl.DataFrame) -> pl.DataFrame:
+    """Keep forecasts whose windows do not overlap: each origin on or after the previous kept one's target."""
+    kept, free_from = [], None
+    for i, (origin, target) in enumerate(zip(rows["origin"], rows["target"], strict=True)):
+        if free_from is None or origin >= free_from:
+            kept.append(i)
+            free_from = target
+    return rows[kept]
+
+
+def check_track(
+    ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, level: float = CHECK_BAND_LEVEL
+) -> list[tuple[str, Level, str]]:
+    """Grade the live track record of each horizon (pure, on a scored ledger): coverage, error ratio, scoring.
+
+    - coverage: the last `last` scored forecasts' 80% and 95% coverage against their binomial band;
+    - error ratio: WARNING when the served squared error exceeds the backtest's ratio squared times the
+      random walk's, by a one-sided t-test at RATIO_TEST_P on the last `last` non-overlapping scored
+      forecasts (overlapping windows share shocks, which would make any test over-confident);
+    - scoring: WARNING when a forecast's target is UNSCORED_GRACE_DAYS past with no realised close.
+    """
+    import polars as pl
+    from scipy.stats import ttest_1samp
+
+    live = ledger.filter(pl.col("kind") == "live")
+    if live.is_empty():
+        return [("track record", "OK", "no live forecasts in the ledger yet")]
+    found: list[tuple[str, Level, str]] = []
+    for horizon in [h for h in HORIZONS if h in set(live["horizon"])]:
+        rows = live.filter(pl.col("horizon") == horizon).sort("origin")
+        due = rows.filter(pl.col("actual").is_null() & (pl.col("target") < today - timedelta(days=UNSCORED_GRACE_DAYS)))
+        if due.height:
+            found.append(
+                (
+                    f"track {horizon} scoring",
+                    "WARNING",
+                    f"{due.height} forecasts due since {due['target'].min()} not scored (no realised close)",
+                )
+            )
+        scored = rows.filter(pl.col("actual").is_not_null()).tail(last)
+        n = scored.height
+        if n < CHECK_MIN_SCORED:
+            found.append(
+                (f"track {horizon} coverage", "OK", f"{n} scored forecasts (grading starts at {CHECK_MIN_SCORED})")
+            )
+            continue
+        outside = []
+        for lv in LEVELS:
+            cover, (lo, hi) = float(scored[f"hit_{lv}"].mean()), binomial_band(n, lv / 100, level)
+            if not lo <= cover <= hi:
+                outside.append(f"{lv}% coverage {cover:.0%} outside [{lo:.0%}, {hi:.0%}]")
+        detail = ", ".join(f"{lv}% {float(scored[f'hit_{lv}'].mean()):.0%}" for lv in LEVELS)
+        found.append(
+            (
+                f"track {horizon} coverage",
+                "WARNING" if outside else "OK",
+                "; ".join(outside) + f" over the last {n}" if outside else f"{detail} over the last {n}, within chance",
+            )
+        )
+        apart = _non_overlapping(rows.filter(pl.col("actual").is_not_null())).tail(last)
+        ratio = float(scored["backtest_ratio"][-1])
+        if apart.height < RATIO_TEST_MIN:
+            found.append(
+                (
+                    f"track {horizon} error ratio",
+                    "OK",
+                    f"{apart.height} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})",
+                )
+            )
+            continue
+        excess = (apart["error"] ** 2 - ratio**2 * apart["rw_error"] ** 2).to_numpy()
+        p = float(ttest_1samp(excess, 0.0, alternative="greater").pvalue) if excess.std() > 0 else 1.0
+        live_ratio = _rmse(apart["error"]) / max(_rmse(apart["rw_error"]), 1e-12)
+        level_: Level = "WARNING" if p < RATIO_TEST_P else "OK"
+        found.append(
+            (
+                f"track {horizon} error ratio",
+                level_,
+                (
+                    f"live {live_ratio:.3f}x the random walk vs backtest {ratio:.3f}x "
+                    f"over {apart.height} non-overlapping (p={p:.3f})"
+                ),
+            )
+        )
+    return found
+
+
+class Change(enum.StrEnum):
+    """Why a forecast moved against the previous run of its horizon."""
+
+    NEW_DATA = "new data"
+    MODEL = "different chosen model"
+    DEGRADED = "degraded source"
+    SOURCE = "different data source"
+    RECOVERED = "source recovered"
+
+
+def what_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How this forecast and its 80% range moved against the previous ledger row of the horizon, and why (pure)."""
+    if previous is None:
+        return None
+    reasons: list[Change] = []
+    if current["origin"] != previous["origin"]:
+        reasons.append(Change.NEW_DATA)
+    if (current["point_model"], current["interval_model"]) != (previous["point_model"], previous["interval_model"]):
+        reasons.append(Change.MODEL)
+    if current["degraded"] and current["degraded"] != previous["degraded"]:
+        reasons.append(Change.DEGRADED)
+    elif previous["degraded"] and not current["degraded"]:
+        reasons.append(Change.RECOVERED)
+    if current["sources"] != previous["sources"] and Change.DEGRADED not in reasons:
+        reasons.append(Change.SOURCE)
+    return {
+        "previous_origin": str(previous["origin"]),
+        "previous_run_id": previous["run_id"],
+        "forecast_change": current["forecast"] - previous["forecast"],
+        "lo_80_change": current["lo_80"] - previous["lo_80"],
+        "hi_80_change": current["hi_80"] - previous["hi_80"],
+        "width_80_change": (current["hi_80"] - current["lo_80"]) - (previous["hi_80"] - previous["lo_80"]),
+        "previous_point_model": previous["point_model"],
+        "point_model": current["point_model"],
+        "previous_degraded": previous["degraded"],
+        "degraded": current["degraded"],
+        "reasons": [str(r) for r in reasons],
+    }
+
+
+def format_change(change: Mapping[str, Any] | None) -> str:
+    """One sentence: how the forecast and its range moved since the previous run, and why."""
+    if change is None:
+        return "first forecast of this horizon in the ledger"
+    why = ", ".join(change["reasons"]) or "same data, same model"
+    if str(Change.MODEL) in change["reasons"]:
+        why += f" ({change['previous_point_model']} -> {change['point_model']})"
+    if str(Change.DEGRADED) in change["reasons"]:
+        why += f" ({change['degraded']})"
+    return (
+        f"since the run from {change['previous_origin']}: forecast {change['forecast_change']:+.2f}, 80% range "
+        f"{change['lo_80_change']:+.2f}/{change['hi_80_change']:+.2f} (width {change['width_80_change']:+.2f}); "
+        f"why: {why}"
+    )
+
+
+def format_track_section(
+    horizon: str, stats: Mapping[str, Any], change: Mapping[str, Any] | None, chart: str | None
+) -> list[Section]:
+    """The report's track-record sections: what changed, then the live numbers and the chart of served ranges."""
+    lines = format_track({horizon: stats}).splitlines()
+    if chart:
+        lines += ["", f"![Realised USD/CLP against the served ranges]({chart})"]
+    return [
+        Section("changed", "What changed since the last run", (format_change(change),)),
+        Section("track", f"Live track record ({horizon})", tuple(lines)),
+    ]
+
+
+def weekly_origins(days: Sequence[date], start: date) -> list[date]:
+    """The last trading day of each week (Monday to Sunday) from `start` on, among `days` (sorted or not)."""
+    by_week: dict[tuple[int, int], date] = {}
+    for day in sorted(d for d in days if d >= start):
+        by_week[day.isocalendar()[:2]] = day
+    return sorted(by_week.values())
+
+
+def reconstruct(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None,
+    origins: Sequence[date],
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+) -> Iterator[dict[str, Any]]:
+    """What fxcu would have served at each origin, from the data up to it only: ledger rows marked reconstructed.
+
+    An origin with too little history for the backtest is skipped (logged).
+    """
+    import polars as pl
+
+    for origin in origins:
+        cut = usdclp.filter(pl.col(DATE) <= origin)
+        cut_copper = None if copper is None else copper.filter(pl.col(DATE) <= origin)
+        if cut_copper is not None and cut_copper.is_empty():
+            cut_copper = None
+        bundle = Bundle(
+            cut, cut_copper, None, {"usdclp": "warehouse", "copper": "warehouse" if cut_copper is not None else "none"}
+        )
+        try:
+            forecasts = forecast_all(cut, cut_copper, horizons)
+        except ValueError as exc:
+            log.warning("Backfill: origin %s skipped (%s)", origin, exc)
+            continue
+        for fc in forecasts.values():
+            yield ledger_entry(fc, bundle, run_id=None, now=now, kind="reconstructed")
 
 
 # -- Core: requests and redaction ----------------------------------------------------
@@ -3527,7 +4107,9 @@ def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str]
     return next(s for s in (stem, *(f"{stem}_{n}" for n in range(2, len(taken) + 3))) if s not in taken)
 
 
-def write_report(fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime) -> Report:
+def write_report(
+    fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime, extra: Sequence[Section] = ()
+) -> Report:
     """Write the chart (PNG), the forecast table (CSV) and the Markdown report under `reports`."""
     stem = report_stem(fc.horizon, now, taken={p.stem for p in reports.glob(f"forecast_{fc.horizon}_*.md")})
     chart = reports / f"{stem}.png"
@@ -3539,7 +4121,7 @@ def write_report(fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime) 
     table = reports / f"{stem}.csv"
     write_text_atomic(fc.path.write_csv(), table)
     markdown = reports / f"{stem}.md"
-    write_text_atomic(format_report(fc, bundle, now=now, chart=chart.name if chart else None), markdown)
+    write_text_atomic(format_report(fc, bundle, now=now, chart=chart.name if chart else None, extra=extra), markdown)
     return Report(markdown, chart, table)
 
 
@@ -3567,6 +4149,206 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
         status = read_status(config)
         status[horizon] = dict(entry)
         write_text_atomic(json.dumps(status, indent=2, sort_keys=True), status_path(config))
+
+# -- Shell: the forecast ledger ---------------------------------------------------------
+
+
+class LedgerError(ValueError):
+    """A ledger that cannot be read or would shrink: it is left as it is."""
+
+
+def ledger_path(config: Config) -> Path:
+    return config.warehouse / LEDGER
+
+
+def read_ledger(path: Path) -> pl.DataFrame:
+    """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, left untouched."""
+    import polars as pl
+
+    if not path.exists():
+        return empty_ledger()
+    try:
+        frame = pl.read_parquet(path)
+        schema = ledger_schema()
+        # INFO: a ledger written before a column existed gains it as nulls, never loses rows
+        return (
+            frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns)
+            .select(list(schema))
+            .cast(schema)
+        )
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is reported, never overwritten
+        raise LedgerError(f"forecast ledger {path} unreadable ({type(exc).__name__}); left untouched") from None
+
+
+def write_ledger(ledger: pl.DataFrame, path: Path) -> None:
+    """Write the ledger atomically, refusing to replace it with fewer rows."""
+    import polars as pl
+
+    if path.exists():
+        before = pl.scan_parquet(path).select(pl.len()).collect().item()
+        if ledger.height < before:
+            raise LedgerError(f"refusing to shrink the forecast ledger from {before} to {ledger.height} rows")
+    write_parquet_atomic(ledger, path)
+
+
+def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
+    """Every finished fxcu run in an MLflow SQLite database as a ledger row, read with sqlite3 (no mlflow import).
+
+    The served interval then was Naive's width around the point, so the random walk's bounds are the
+    served bounds scaled by last close / forecast. Of several runs from one origin the latest wins.
+    """
+    import sqlite3
+
+    query = """
+        select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
+        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
+        order by r.start_time
+    """
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        runs = conn.execute(query).fetchall()
+        metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
+        params = conn.execute("select run_uuid, key, value from params").fetchall()
+        tags = conn.execute("select run_uuid, 'fxcu.degraded', value from tags where key = 'fxcu.degraded'").fetchall()
+    by_run: dict[str, dict[str, Any]] = {}
+    for run_id, key, value in [*metrics, *params, *tags]:
+        by_run.setdefault(run_id, {})[key] = value
+    rows = []
+    for run_id, start_ms, experiment in runs:
+        values = by_run.get(run_id, {})
+        horizon = experiment.removeprefix(EXPERIMENT_PREFIX)
+        needed = (
+            "forecast",
+            "forecast_lo_80",
+            "forecast_hi_80",
+            "forecast_lo_95",
+            "forecast_hi_95",
+            "last_close",
+            "data_last_date",
+        )
+        if horizon not in HORIZONS or any(k not in values for k in needed):
+            continue
+        origin = date.fromisoformat(values["data_last_date"])
+        served = {k: float(values[f"forecast_{k}"]) for k in ("lo_80", "hi_80", "lo_95", "hi_95")}
+        point, last = float(values["forecast"]), float(values["last_close"])
+        rows.append(
+            {
+                "horizon": horizon,
+                "origin": origin,
+                "target": trading_dates(origin, HORIZONS[horizon])[-1],
+                "kind": "live",
+                "last_close": last,
+                "forecast": point,
+                **served,
+                **{f"rw_{k}": v * last / point for k, v in served.items()},
+                "point_model": served_point_model(values.get("ensemble_rule", "naive")),
+                "interval_model": "Naive",
+                "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
+                "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"],
+                "run_id": run_id,
+                "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
+                "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"),
+                "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
+                "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
+                "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
+            }
+        )
+    return rows
+
+
+def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
+    """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
+    uri = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.data_dir / 'mlflow' / 'mlflow.db'}"
+    if not uri.startswith("sqlite:///"):
+        return None
+    from urllib.parse import unquote
+
+    path = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    return path if path.is_absolute() else None
+
+
+@contextlib.contextmanager
+def ledger_lock(config: Config) -> Iterator[None]:
+    """Hold the ledger's lock: one read-modify-write at a time."""
+    with file_lock(config.warehouse / ".ledger.lock", timeout=config.lock_timeout, what="ledger lock"):
+        yield
+
+
+def update_ledger(
+    config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()
+) -> pl.DataFrame:
+    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it on `prices`, write it."""
+    path = ledger_path(config)
+    with ledger_lock(config):
+        ledger = read_ledger(path)
+        if not path.exists():
+            db = mlflow_sqlite_db(config, environ)
+            found = read_mlflow_forecasts(db) if db is not None and db.exists() else []
+            if found:
+                log.info("Forecast ledger backfilled from %d MLflow runs", len(found))
+            ledger = upsert_ledger(ledger, found)
+        ledger = score_ledger(upsert_ledger(ledger, rows), prices)
+        write_ledger(ledger, path)
+        return ledger
+
+
+def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, path: Path, *, last: int = 120) -> bool:
+    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; False with none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
+    shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
+    if rows.is_empty():
+        return False
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    try:
+        start = min(frame["origin"].min() for frame in shown.values() if frame.height)
+        hist = prices.filter(pl.col(DATE) >= start)
+        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
+        for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
+            mine = shown[kind]
+            if mine.is_empty():
+                continue
+            x = mine["target"].to_list()
+            ax.vlines(
+                x,
+                mine["lo_95"].to_list(),
+                mine["hi_95"].to_list(),
+                color=colour,
+                alpha=0.25,
+                lw=3,
+                label=f"95% served ({kind})",
+            )
+            ax.vlines(
+                x,
+                mine["lo_80"].to_list(),
+                mine["hi_80"].to_list(),
+                color=colour,
+                alpha=0.6,
+                lw=3,
+                label=f"80% served ({kind})",
+            )
+            ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
+            missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
+            ax.scatter(
+                missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
+            )
+        ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
+        ax.set_ylabel("CLP per USD")
+        ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return True
+
 
 # -- Shell: MLflow tracking -------------------------------------------------------------
 
@@ -4130,11 +4912,15 @@ def cmd_run(
         started = time.perf_counter()
         forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
         seconds["forecast"] = time.perf_counter() - started
+        started = time.perf_counter()
+        ledger = _run_ledger(config, environ, bundle.usdclp)
+        seconds["score"] = time.perf_counter() - started
         code, summaries, skip_tracking = 0, [], None
         for index, horizon in enumerate(horizons, 1):
             log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
             outcome = _run_horizon(
-                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds), skip_tracking=skip_tracking
+                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds),
+                skip_tracking=skip_tracking, ledger=ledger,
             )
             if (outcome["tracking_error"] or "").startswith("TimeoutError"):
                 # a timed-out write may still be going on: the other horizons do not queue behind it
@@ -4145,7 +4931,12 @@ def cmd_run(
         written = [(forecasts[o["horizon"]], report_files(Path(o["report"]))) for o in summaries if o.get("report")]
         if written and (email_preview or not skip_email):
             fcs, files = [f for f, _ in written], [r for _, r in written]
-            email_reports(config, environ, fcs, bundle, files, now=now, preview=email_preview)
+            changed = {
+                o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
+                for o in summaries
+                if o.get("changed") is not None
+            }
+            email_reports(config, environ, fcs, bundle, files, now=now, preview=email_preview, extra=changed)
         if as_json:
             # one JSON object: the summary itself, or for several horizons an object keyed by horizon
             document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
@@ -4165,18 +4956,62 @@ def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: st
     return 1
 
 
+def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame) -> pl.DataFrame | None:
+    """The run's scored ledger (backfilled from MLflow the first time), or None when it cannot be updated."""
+    try:
+        return update_ledger(config, environ, prices)
+    except Exception as exc:  # noqa: BLE001 -- the track record is never worth a failed forecast
+        log.error("Forecast ledger not updated (%s: %s): forecasting without the track record", type(exc).__name__, exc)
+        return None
+
+
+def _track_horizon(
+    config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime
+) -> dict[str, Any]:
+    """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
+    import polars as pl
+
+    entry = ledger_entry(fc, bundle, run_id=None, now=now)
+    if ledger is None:
+        return {"entry": entry, "metrics": {}, "change": None, "chart": None, "section": []}
+    mine = ledger.filter((pl.col("horizon") == fc.horizon) & (pl.col("kind") == "live"))
+    previous = mine.sort("recorded_at").tail(1).row(0, named=True) if mine.height else None
+    stats = track_record(ledger, [fc.horizon])[fc.horizon]
+    chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
+    try:
+        # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
+        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
+            chart = None
+    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
+        log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
+        chart = None
+    change = what_changed(previous, entry)
+    section = format_track_section(fc.horizon, stats, change, chart.name if chart else None)
+    return {"entry": entry, "metrics": live_metrics(stats), "change": change, "chart": chart, "section": section}
+
+
 def _run_horizon(
-    config: Config, bundle: Bundle, fc: Forecast, *, now: datetime, environ: Mapping[str, str], seconds: dict[str, float], skip_tracking: str | None
+    config: Config,
+    bundle: Bundle,
+    fc: Forecast,
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    seconds: dict[str, float],
+    skip_tracking: str | None,
+    ledger: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
     horizon, bt = fc.horizon, fc.backtest
     for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
         log.warning("%s: %s", horizon, note)
     log.info("%s: serving %s", horizon, fc.interval_label)
     outcome: dict[str, Any] = summary(fc, bundle)
+    track = _track_horizon(config, fc, bundle, ledger, now=now)
+    outcome |= {"changed": track["change"], "live": track["metrics"]}
     started = time.perf_counter()
     report = None
     try:
-        report = write_report(fc, bundle, config.data_dir / "reports", now=now)
+        report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
         outcome["report"] = str(report.markdown)
     except OSError as exc:
         log.error("Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc)
@@ -4190,12 +5025,24 @@ def _run_horizon(
             inputs, digest = write_inputs(bundle, tmp / "inputs")
             files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
             record = run_record(fc, bundle, now=now, seconds=seconds, artifacts=[*files, *inputs], input_hash=digest)
+            reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
+            record = dataclasses.replace(
+                record,
+                metrics=record.metrics | track["metrics"],
+                tags=record.tags | {"fxcu.changed": reasons or "nothing"},
+                artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+            )
             run_id = log_run(config, record, environ=environ)
         log.info("Tracked %s in MLflow as run %s", horizon, run_id)
     except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
         tracking_error = skip_tracking or redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key)
         log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
+    if ledger is not None:
+        try:
+            update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
+        except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
+            log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
     try:
         write_status(config, horizon, {"time": now.isoformat(), "ok": report is not None, "tracked": run_id is not None, "run_id": run_id, "tracking_error": tracking_error, "forecast": outcome["forecast"], "target_date": outcome["target_date"], "degraded": outcome["degraded"]})
     except (OSError, TimeoutError) as exc:
@@ -4226,8 +5073,12 @@ def email_reports(
     *,
     now: datetime,
     preview: Path | None = None,
+    extra: Mapping[str, Sequence[Section]] | None = None,
 ) -> bool:
-    """Build one email for the run's horizons, write it to `preview` or send it; a failure is logged, never raised."""
+    """Build one email for the run's horizons, write it to `preview` or send it; a failure is logged, never raised.
+
+    `extra` adds sections per horizon (what changed since the last run).
+    """
     from email.utils import make_msgid
 
     to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
@@ -4247,6 +5098,7 @@ def email_reports(
             sender=sender,
             to=to or ["undisclosed-recipients:;"],
             message_id=make_msgid("fxcu", domain=domain),
+            extra=extra,
         )
         if preview is not None:
             write_text_atomic(message.as_bytes(), preview)
@@ -4824,6 +5676,47 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
     return 0
 
+def cmd_track(
+    config: Config,
+    environ: Mapping[str, str],
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+    last: int | None,
+    as_json: bool,
+    backfill: date | None,
+) -> int:
+    """Score the ledger against the warehouse and print the track record per horizon (imports no mlflow).
+
+    With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then, at
+    these horizons (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
+    """
+    import polars as pl
+
+    prices = read_cache(config.warehouse / USDCLP_CACHE, now=now)
+    if not prices.ok:
+        print(f"fxcu: no USD/CLP history in {config.warehouse} (run `fxcu fetch` first)", file=sys.stderr)
+        return 1
+    ledger = update_ledger(config, environ, prices.frame)
+    if backfill is not None:
+        copper = read_cache(config.warehouse / COPPER_CACHE, now=now)
+        made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
+        done = {o for o, n in made.group_by("origin").len().iter_rows() if n == len(horizons)}
+        origins = [d for d in weekly_origins(prices.frame[DATE].to_list(), backfill) if d not in done]
+        log.info(
+            "Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done)
+        )
+        for index, origin in enumerate(origins, 1):
+            rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
+            ledger = update_ledger(
+                config, environ, prices.frame, rows
+            )  # INFO: one write per origin: an interrupted backfill resumes
+            log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
+    record = track_record(ledger, horizons, last=last)
+    print(json.dumps(record, indent=2, default=str) if as_json else format_track(record))
+    return 0
+
+
 Level = Literal["OK", "WARNING", "CRITICAL"]
 LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
 UNKNOWN = 3  # Nagios: the probe itself could not run (bad threshold, unexpected error)
@@ -5100,6 +5993,7 @@ def gather_checks(
             label = name.split()[0] + "_age_days"
             perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
     checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
+    checks += read_track_checks(config, today=today)
     perf += [
         Perf(f"run_{h}_age_hours", round(run_age_hours(status[h], now), 2), warn=f"{limits.run_warn_hours:g}")
         for h in HORIZONS
@@ -5139,6 +6033,25 @@ def gather_checks(
     if network:
         checks += probe_sources(config)
     return checks, perf
+
+
+def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, str]]:
+    """`check_track` on the ledger scored in memory against the warehouse (nothing written); none without a ledger."""
+    path = ledger_path(config)
+    if not path.exists():
+        return []
+    import polars as pl
+
+    try:
+        ledger = read_ledger(path)
+    except LedgerError as exc:
+        return [("track record", "WARNING", str(exc))]
+    with contextlib.suppress(
+        Exception
+    ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
+        prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
+        ledger = score_ledger(ledger, prices, with_wis=False)
+    return check_track(ledger, today=today)
 
 
 def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
@@ -5226,6 +6139,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on the data dir's store and print its URL")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=positive_int, default=5000, help="port (default 5000)")
+    track = as_json(sub.add_parser("track", help="live track record: served forecasts scored against what happened"))
+    track.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
+    track.add_argument("--last", type=positive_int, default=None, help="only the latest N scored forecasts per horizon")
+    track.add_argument(
+        "--backfill", type=iso_date, metavar="START", default=None, help="first reconstruct weekly origins since START (YYYY-MM-DD)"
+    )
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
     return parser
@@ -5251,6 +6170,12 @@ def positive_float(text: str) -> float:
     if not 0 < value < 1e12:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
+def iso_date(text: str) -> date:
+    """argparse type: a YYYY-MM-DD date."""
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def run_horizons(text: str) -> list[str]:
@@ -5305,6 +6230,9 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
             print(f"UNKNOWN - {exc}")
             return UNKNOWN
         return cmd_check(config, environ, now=now, network=args.network, as_json=args.json, limits=limits)
+    if args.command == "track":
+        horizons = args.horizon or list(HORIZONS)
+        return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
     if args.command in {"fetch", "validate", "run"}:
         with make_client(config) as client:
             if args.command == "fetch":

@@ -3001,6 +3001,539 @@ def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_for
     keys = [s.key for s in sections]
     assert keys == ["digest", "summary", "chart", "backtest", "range", "summary", "chart", "backtest", "range", "copper", "data"]
     assert sections[1].title == "7d: Summary"
+# -- Track record -----------------------------------------------------------------------
+
+
+def bracher_wis(y: float, point: float, bounds: dict[int, tuple[float, float]]) -> float:
+    """WIS written out from Bracher et al. (2021), eq. 2: (|y - m| / 2 + sum alpha_k / 2 * IS_alpha_k) / (K + 1/2)."""
+    total = 0.5 * abs(y - point)
+    for level, (lo, hi) in bounds.items():
+        alpha = 1 - level / 100
+        interval = (hi - lo) + 2 / alpha * max(lo - y, 0) + 2 / alpha * max(y - hi, 0)
+        total += alpha / 2 * interval
+    return total / (len(bounds) + 0.5)
+
+
+def ledger_row(
+    origin: date,
+    target: date,
+    *,
+    horizon: str = "7d",
+    kind: str = "live",
+    forecast: float = 800.0,
+    last: float = 800.0,
+    half80: float = 10.0,
+    half95: float = 16.0,
+    rw_half80: float = 10.0,
+    rw_half95: float = 16.0,
+    ratio: float = 1.0,
+    **extra,
+) -> dict:
+    """A served forecast as `fxcu.ledger_entry` records it: symmetric ranges around the point and the last close."""
+    return {
+        "horizon": horizon,
+        "origin": origin,
+        "target": target,
+        "kind": kind,
+        "last_close": last,
+        "forecast": forecast,
+        "lo_80": forecast - half80,
+        "hi_80": forecast + half80,
+        "lo_95": forecast - half95,
+        "hi_95": forecast + half95,
+        "rw_lo_80": last - rw_half80,
+        "rw_hi_80": last + rw_half80,
+        "rw_lo_95": last - rw_half95,
+        "rw_hi_95": last + rw_half95,
+        "point_model": "Naive",
+        "interval_model": "Naive",
+        "sources": "copper=yahoo,usdclp=yahoo",
+        "degraded": "",
+        "run_id": None,
+        "recorded_at": datetime(2024, 1, 1, tzinfo=UTC),
+        "backtest_ratio": ratio,
+        "backtest_coverage_80": 0.8,
+        "backtest_coverage_95": 0.95,
+        "backtest_origins": 60,
+        **extra,
+    }
+
+
+def prices_on(closes: dict[date, float]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {fxcu.DATE: list(closes), fxcu.CLOSE: list(closes.values())},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
+
+
+def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
+    # 2024-09-18/19 are Chilean national holidays (Fiestas Patrias): say no close came on either.
+    prices = prices_on(
+        {
+            date(2024, 9, 13): 930.0,
+            date(2024, 9, 16): 940.0,
+            date(2024, 9, 17): 935.0,
+            date(2024, 9, 20): 925.0,
+            date(2024, 10, 31): 950.0,
+        }
+    )
+    rows = [
+        ledger_row(date(2024, 9, 6), date(2024, 9, 13), forecast=920.0, last=915.0),  # a close on the target date
+        ledger_row(date(2024, 9, 7), date(2024, 9, 14), forecast=930.0, last=931.0),  # a Saturday: Monday's close
+        ledger_row(
+            date(2024, 9, 11), date(2024, 9, 18), forecast=936.0, last=934.0, half80=5.0, half95=9.0
+        ),  # holidays: Friday's
+        ledger_row(
+            date(2024, 10, 1), date(2024, 10, 8), forecast=900.0
+        ),  # next close 23 days later: a data gap, unscored
+        ledger_row(date(2024, 10, 31), date(2024, 11, 7), forecast=950.0),  # not come yet
+    ]
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices).sort("origin")
+    got = scored.rows_by_key("origin", named=True, unique=True)
+    expected = {
+        date(2024, 9, 6): (date(2024, 9, 13), 930.0),
+        date(2024, 9, 7): (date(2024, 9, 16), 940.0),
+        date(2024, 9, 11): (date(2024, 9, 20), 925.0),
+    }
+    for row in rows:
+        out = got[row["origin"]]
+        if row["origin"] not in expected:
+            assert out["actual"] is None and out["wis"] is None and out["hit_80"] is None
+            continue
+        day, y = expected[row["origin"]]
+        assert out["actual_date"] == day and out["actual"] == y
+        assert out["error"] == pytest.approx(row["forecast"] - y) and out["abs_error"] == pytest.approx(
+            abs(row["forecast"] - y)
+        )
+        assert out["pct_error"] == pytest.approx((row["forecast"] - y) / y * 100)
+        assert out["hit_80"] == (row["lo_80"] <= y <= row["hi_80"]) and out["hit_95"] == (
+            row["lo_95"] <= y <= row["hi_95"]
+        )
+        assert out["rw_error"] == pytest.approx(row["last_close"] - y)
+        assert out["rw_hit_80"] == (row["rw_lo_80"] <= y <= row["rw_hi_80"])
+        served = {80: (row["lo_80"], row["hi_80"]), 95: (row["lo_95"], row["hi_95"])}
+        walk = {80: (row["rw_lo_80"], row["rw_hi_80"]), 95: (row["rw_lo_95"], row["rw_hi_95"])}
+        assert out["wis"] == pytest.approx(bracher_wis(y, row["forecast"], served))
+        assert out["rw_wis"] == pytest.approx(bracher_wis(y, row["last_close"], walk))
+    holiday = got[date(2024, 9, 11)]
+    assert holiday["hit_80"] is False and holiday["hit_95"] is False  # 925 is outside [931, 941] and [927, 945]
+
+
+def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
+    first = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0, run_id="a")
+    ledger = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [first, ledger_row(date(2024, 5, 3), date(2024, 5, 10), horizon="15d")]
+    )
+    again = fxcu.upsert_ledger(ledger, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=905.0, run_id="b")])
+    assert again.height == 2
+    row = again.filter(pl.col("horizon") == "7d").row(0, named=True)
+    assert row["forecast"] == 905.0 and row["run_id"] == "b"
+    both = fxcu.upsert_ledger(
+        again, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), kind="reconstructed", forecast=1.0)]
+    )
+    assert both.height == 3 and both.filter(pl.col("kind") == "live", pl.col("horizon") == "7d")[
+        "forecast"
+    ].to_list() == [905.0]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+)
+@settings(max_examples=40, deadline=None)
+def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
+    def rows(keys):
+        return [
+            ledger_row(date(2024, 1, 1) + timedelta(days=d), date(2024, 1, 8) + timedelta(days=d), horizon=h, kind=k)
+            for d, h, k in keys
+        ]
+
+    before = fxcu.upsert_ledger(fxcu.empty_ledger(), rows(old))
+    after = fxcu.upsert_ledger(before, rows(new))
+    assert after.height >= before.height
+    assert after.height == len(set(old) | set(new))
+    assert not after.select(fxcu.LEDGER_KEY).is_duplicated().any()
+
+
+def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    three = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
+    )
+    fxcu.write_ledger(three, path)
+    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
+        fxcu.write_ledger(three.head(1), path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
+    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
+    with pytest.raises(OSError):
+        fxcu.write_ledger(four, path)
+    assert_frame_equal(fxcu.read_ledger(path), three)
+    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
+
+
+def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    path.write_bytes(b"not parquet")
+    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
+    assert path.read_bytes() == b"not parquet"
+
+
+def test_binomial_band_matches_the_binomial_distribution():
+    n, p = 50, 0.8
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo, hi = fxcu.binomial_band(n, p, 0.95)
+    # scipy's interval: the smallest k with cdf >= 2.5% and the smallest k with cdf >= 97.5%
+    cdf = np.cumsum(pmf)
+    assert lo * n == int(np.argmax(cdf >= 0.025)) and hi * n == int(np.argmax(cdf >= 0.975))
+    assert sum(pmf[round(lo * n) : round(hi * n) + 1]) >= 0.95
+
+
+def synthetic_ledger(
+    n: int,
+    *,
+    z80: float,
+    z95: float,
+    served_scale: float = 1.0,
+    ratio: float = 1.0,
+    seed: int = 0,
+    start: date = date(2023, 1, 2),
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """n daily 7d forecasts and the closes on their targets: the served error is sigma*u, the random walk's sigma*v.
+
+    With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction.
+    """
+    rng = np.random.default_rng(seed)
+    sigma, rows, closes = 10.0, [], {}
+    origins = [d for d in (start + timedelta(days=k) for k in range(n * 2)) if d.weekday() < 5][:n]
+    for origin in origins:
+        target = origin + timedelta(days=7)
+        y = 800 + rng.normal(0, 30)
+        point, last = y + served_scale * sigma * rng.normal(), y + sigma * rng.normal()
+        closes[target] = y
+        rows.append(
+            ledger_row(
+                origin,
+                target,
+                forecast=point,
+                last=last,
+                half80=z80 * sigma * served_scale,
+                half95=z95 * sigma * served_scale,
+                rw_half80=1.2816 * sigma,
+                rw_half95=1.96 * sigma,
+                ratio=ratio,
+            )
+        )
+    prices = prices_on(dict(sorted(closes.items())))
+    return fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices), prices
+
+
+def levels_of(checks) -> dict[str, str]:
+    return {name: level for name, level, _ in checks}
+
+
+def test_check_track_calibrated_ledger_is_ok():
+    ledger, _ = synthetic_ledger(200, z80=1.2816, z95=1.96)
+    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
+    assert levels_of(checks) == {"track 7d coverage": "OK", "track 7d error ratio": "OK"}
+    assert fxcu.overall(checks) == "OK"
+
+
+def test_check_track_under_coverage_warns():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)  # nominal 45% and 68% ranges sold as 80% and 95%
+    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
+    assert levels_of(checks)["track 7d coverage"] == "WARNING"
+    assert "80% coverage" in next(m for n, _, m in checks if n == "track 7d coverage")
+
+
+def test_check_track_error_ratio_worse_than_backtest_warns():
+    ledger, _ = synthetic_ledger(
+        200, z80=1.2816, z95=1.96, served_scale=2.0
+    )  # twice the random walk's error, ranges to match
+    checks = levels_of(fxcu.check_track(ledger, today=date(2024, 1, 15)))
+    assert checks == {"track 7d coverage": "OK", "track 7d error ratio": "WARNING"}
+
+
+def test_check_track_unscored_forecasts_warn_and_few_scores_do_not_grade():
+    ledger, prices = synthetic_ledger(10, z80=1.2816, z95=1.96)
+    stale = fxcu.score_ledger(ledger, prices.head(3))  # the prices stopped coming
+    checks = fxcu.check_track(stale, today=date(2023, 2, 1))
+    assert levels_of(checks) == {"track 7d scoring": "WARNING", "track 7d coverage": "OK"}
+    assert "7 forecasts due since 2023-01-12 not scored" in checks[0][2]
+    assert fxcu.check_track(fxcu.empty_ledger(), today=date(2023, 2, 1)) == [
+        ("track record", "OK", "no live forecasts in the ledger yet")
+    ]
+
+
+def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    prices = pl.read_parquet(tmp_path / "warehouse" / fxcu.USDCLP_CACHE).filter(pl.col(fxcu.DATE) >= date(2023, 1, 1))
+    days = prices[fxcu.DATE].to_list()
+    rows = [
+        ledger_row(origin, target, forecast=close + 50, last=close + 50)  # every range misses by 50 CLP
+        for origin, target, close in zip(days, days[5:], prices[fxcu.CLOSE].to_list()[5:])
+    ]
+    rows.append(ledger_row(date(2024, 7, 15), date(2024, 7, 22)))  # aims past the end of the real history
+    fxcu.write_ledger(
+        fxcu.upsert_ledger(fxcu.empty_ledger(), rows), tmp_path / "warehouse" / fxcu.LEDGER
+    )  # stored unscored
+    fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path)})
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert (
+        checks["track 7d coverage"]["level"] == "WARNING"
+        and "80% coverage 0%" in checks["track 7d coverage"]["message"]
+    )
+    assert (
+        checks["track 7d scoring"]["level"] == "WARNING"
+    )  # the real history ends in 2024: that target is never scored
+
+
+def test_check_track_grades_only_live_rows():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
+    assert fxcu.check_track(ledger.with_columns(kind=pl.lit("reconstructed")), today=date(2024, 1, 15))[0][1] == "OK"
+
+
+def test_track_stats_last_n_and_misses_by_hand():
+    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96, seed=3)
+    stats = fxcu.track_record(ledger, ["7d"], last=20)["7d"]
+    tail = ledger.sort("origin").tail(20)
+    errors, walk = tail["error"].to_list(), tail["rw_error"].to_list()
+    rmse = math.sqrt(sum(e * e for e in errors) / 20)
+    assert stats["scored"] == 20 and stats["rmse"] == pytest.approx(rmse)
+    assert stats["rmse_ratio_rw"] == pytest.approx(rmse / math.sqrt(sum(e * e for e in walk) / 20))
+    assert stats["coverage_80"] == sum(tail["hit_80"]) / 20
+    missed = [str(o) for o, hit in zip(tail["origin"], tail["hit_80"], strict=True) if not hit]
+    assert [m["origin"] for m in stats["misses"]] == missed[::-1][:5]
+    assert stats["reconstructed"]["scored"] == 0 and stats["backtest"]["coverage_80"] == 0.8
+
+
+def test_what_changed_names_the_reasons():
+    before = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0)
+    same = fxcu.what_changed(before, before | {"run_id": "x"})
+    assert (
+        same["reasons"] == [] and same["forecast_change"] == 0 and "same data, same model" in fxcu.format_change(same)
+    )
+    after = before | {
+        "origin": date(2024, 5, 6),
+        "forecast": 903.5,
+        "hi_80": 915.0,
+        "point_model": "Ensemble:equal",
+        "degraded": "no copper",
+    }
+    change = fxcu.what_changed(before, after)
+    assert change["reasons"] == ["new data", "different chosen model", "degraded source"]
+    assert change["forecast_change"] == pytest.approx(3.5) and change["hi_80_change"] == pytest.approx(5.0)
+    text = fxcu.format_change(change)
+    assert "forecast +3.50" in text and "Naive -> Ensemble:equal" in text and "(no copper)" in text
+    assert fxcu.what_changed(after, before)["reasons"] == ["new data", "different chosen model", "source recovered"]
+    assert fxcu.what_changed(None, before) is None and fxcu.format_change(None).startswith("first forecast")
+
+
+def test_weekly_origins_take_each_weeks_last_trading_day():
+    days = [date(2024, 3, d) for d in (4, 5, 6, 7, 8, 11, 12, 13, 14, 18, 19)]  # Friday 15th missing
+    assert fxcu.weekly_origins(days, date(2024, 3, 5)) == [date(2024, 3, 8), date(2024, 3, 14), date(2024, 3, 19)]
+
+
+def test_live_metrics_names():
+    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96)
+    metrics = fxcu.live_metrics(fxcu.track_record(ledger, ["7d"])["7d"])
+    assert {
+        "live_scored",
+        "live_rmse",
+        "live_rmse_ratio_rw",
+        "live_coverage_80",
+        "live_coverage_95",
+        "live_wis_ratio",
+    } <= set(metrics)
+    assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
+
+
+def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
+    write_real_warehouse(tmp_path)
+    code = (
+        "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
+
+
+@pytest.mark.parametrize("args", [["track", "--backfill", "2024-13-01"], ["track", "8d"], ["track", "--last", "0"]])
+def test_track_bad_arguments_are_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fxcu.main(args, {})
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_track_without_prices_is_one_line(tmp_path, capsys):
+    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    assert capsys.readouterr().err.startswith("fxcu: no USD/CLP history")
+
+
+def test_ledger_is_backfilled_from_mlflow_runs_without_mlflow(offline_run, tmp_path, capsys):
+    folder, _, result = offline_run
+    served = json.loads(result.stdout)
+    recorded = fxcu.read_ledger(folder / "warehouse" / fxcu.LEDGER)
+    copy = tmp_path / "data"
+    shutil.copytree(folder, copy)
+    (copy / "warehouse" / fxcu.LEDGER).unlink()  # an install from before the ledger: only MLflow knows what was served
+    assert fxcu.main(["track", "7d", "--json"], run_env(copy)) == 0
+    rebuilt = fxcu.read_ledger(copy / "warehouse" / fxcu.LEDGER)
+    assert rebuilt.height == 1 and rebuilt["run_id"][0] == served["run_id"] == recorded["run_id"][0]
+    row, want = rebuilt.row(0, named=True), recorded.row(0, named=True)
+    assert str(row["target"]) == served["target_date"] and row["forecast"] == pytest.approx(
+        served["forecast"], abs=1e-3
+    )
+    for key in (
+        "last_close",
+        "forecast",
+        "lo_80",
+        "hi_80",
+        "lo_95",
+        "hi_95",
+        "rw_lo_80",
+        "rw_hi_80",
+        "rw_lo_95",
+        "rw_hi_95",
+        "backtest_ratio",
+    ):
+        assert row[key] == pytest.approx(want[key], rel=1e-9), key
+    assert row["point_model"] == want["point_model"] and row["degraded"] == "cached data"
+
+
+def test_run_logs_live_metrics_and_the_track_chart(offline_run):
+    folder, _, result = offline_run
+    run = read_runs(folder, "7d")[0]
+    assert run.data.metrics["live_scored"] == 0 and run.data.tags["fxcu.changed"] == "first"
+    assert "seconds_score" in run.data.metrics
+    assert json.loads(result.stdout)["changed"] is None
+    report = next((folder / "reports").glob("forecast_7d_*.md")).read_text()
+    assert "## What changed since the last run" in report and "## Live track record (7d)" in report
+    assert "![Realised USD/CLP against the served ranges](track_7d_" in report
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    chart = next(artifacts.glob("track_7d_*.png")).read_bytes()
+    assert chart.startswith(b"\x89PNG") and len(chart) > 10_000
+
+
+@pytest.mark.slow
+def test_replay_runs_as_of_successive_dates_then_track_matches_independent_scores(data_dir, capsys):
+    """Runs on the real history cut at successive Fridays (and a Saturday rerun), then `track` on the full history."""
+    full = pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    env = run_env(data_dir, FXCU_TRACKING_TIMEOUT="300")  # every run must be tracked, however loaded the machine
+    config = dataclasses.replace(fxcu.Config.from_env(env), offline=True)
+    served = {}
+    for clock, cutoff in [
+        (datetime(2024, 5, 31, 18, tzinfo=UTC), date(2024, 5, 31)),
+        (datetime(2024, 6, 7, 18, tzinfo=UTC), date(2024, 6, 7)),
+        (datetime(2024, 6, 8, 9, tzinfo=UTC), date(2024, 6, 7)),  # Saturday: same data, same origin, replaces
+        (datetime(2024, 6, 14, 18, tzinfo=UTC), date(2024, 6, 14)),
+        (datetime(2024, 6, 21, 18, tzinfo=UTC), date(2024, 6, 21)),
+    ]:
+        fxcu.write_parquet_atomic(full.filter(pl.col(fxcu.DATE) <= cutoff), data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+        server = SMTPServer() if clock.day == 21 else None  # the last run emails its report
+        mail = (
+            {
+                "FXCU_SMTP_HOST": "127.0.0.1",
+                "FXCU_SMTP_PORT": str(server.port),
+                "FXCU_SMTP_TO": "desk@example.cl",
+                "FXCU_SMTP_STARTTLS": "0",
+            }
+            if server
+            else {}
+        )
+        assert (
+            fxcu.cmd_run(config, None, ["7d"], now=clock, environ=env | mail, skip_email=server is None, as_json=True)
+            == 0
+        )
+        out = json.loads(capsys.readouterr().out)
+        naive = (
+            pl.read_csv(data_dir / "reports" / f"forecast_7d_{clock:%Y-%m-%d}.csv")
+            .filter(pl.col("model") == "Naive")
+            .tail(1)
+            .row(0, named=True)
+        )
+        served[out["last_date"]] = (out, naive)
+        if len(served) == 1:
+            assert out["changed"] is None  # the first forecast in the ledger
+        elif clock.weekday() == 5:
+            assert out["changed"]["reasons"] == [] and out["changed"]["forecast_change"] == 0
+        else:
+            assert "new data" in out["changed"]["reasons"]
+        if server:
+            server.thread.join(10)
+            body = server.messages[0].decode()
+            assert "## What changed since the last run" in body and "since the run from 2024-06-14" in body
+    fxcu.write_parquet_atomic(full, data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    assert fxcu.main(["track", "7d", "--json"], env) == 0
+    track = json.loads(capsys.readouterr().out)["7d"]
+
+    closes = dict(zip(full[fxcu.DATE].to_list(), full[fxcu.CLOSE].to_list(), strict=True))
+    errors, walk, hits80, hits95, scores, rw_scores = [], [], [], [], [], []
+    for out, naive in served.values():
+        target = date.fromisoformat(out["target_date"])
+        day = next(target + timedelta(days=k) for k in range(10) if target + timedelta(days=k) in closes)
+        y = closes[day]
+        (lo80, hi80), (lo95, hi95) = out["interval_80"], out["interval_95"]
+        errors.append(out["forecast"] - y)
+        walk.append(out["last_close"] - y)
+        hits80.append(lo80 <= y <= hi80)
+        hits95.append(lo95 <= y <= hi95)
+        scores.append(bracher_wis(y, out["forecast"], {80: (lo80, hi80), 95: (lo95, hi95)}))
+        rw_scores.append(
+            bracher_wis(
+                y, out["last_close"], {80: (naive["lo_80"], naive["hi_80"]), 95: (naive["lo_95"], naive["hi_95"])}
+            )
+        )
+    rmse = math.sqrt(sum(e * e for e in errors) / len(errors))
+    assert track["scored"] == len(served) == 4 and track["forecasts"] == 4
+    assert track["rmse"] == pytest.approx(rmse, rel=1e-4)  # the JSON summary rounds to 4 decimals
+    assert track["rmse_ratio_rw"] == pytest.approx(rmse / math.sqrt(sum(e * e for e in walk) / len(walk)), rel=1e-3)
+    assert track["coverage_80"] == sum(hits80) / 4 and track["coverage_95"] == sum(hits95) / 4
+    assert track["wis_ratio"] == pytest.approx(sum(scores) / sum(rw_scores), rel=1e-3)
+    assert track["reconstructed"]["forecasts"] == 0
+    last = max(read_runs(data_dir, "7d"), key=lambda r: r.info.start_time)
+    assert last.data.metrics["live_scored"] == 3  # the run of 06-21 saw the three forecasts whose day had come
+
+
+@pytest.mark.slow
+def test_backfill_reconstructs_weekly_origins_with_no_look_ahead(data_dir, capsys):
+    usdclp, copper = real_usdclp(), real_copper()
+    origin = date(2024, 5, 31)
+    with_future = list(fxcu.reconstruct(usdclp, copper, [origin], ["7d"], now=CLP_END))
+    cut = list(
+        fxcu.reconstruct(
+            usdclp.filter(pl.col(fxcu.DATE) <= origin),
+            copper.filter(pl.col(fxcu.DATE) <= origin),
+            [origin],
+            ["7d"],
+            now=CLP_END,
+        )
+    )
+    assert with_future == cut and cut[0]["kind"] == "reconstructed" and cut[0]["run_id"] is None
+    assert fxcu.main(["track", "--backfill", "2024-06-24", "--json"], run_env(data_dir)) == 0
+    record = json.loads(capsys.readouterr().out)
+    for horizon in fxcu.HORIZONS:
+        # the last trading day of the weeks of 06-24, 07-01, 07-08 and 07-15 (the history ends on Monday 07-15)
+        assert record[horizon]["forecasts"] == 0 and record[horizon]["reconstructed"]["forecasts"] == 4
+    assert record["7d"]["reconstructed"]["scored"] == 2  # 07-12 and 07-15 aim past the end of the history
+    assert fxcu.main(["track"], run_env(data_dir)) == 0
+    text = capsys.readouterr().out
+    assert "| 7d | live |" not in text and "| 7d | reconstructed |" in text
 
 
 # -- Email ------------------------------------------------------------------------------
