@@ -1314,11 +1314,58 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
     def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
         if left() <= 0:
             raise httpx.TimeoutException("network time budget spent")
-        response = client.get(url, params=params, timeout=min(config.timeout, left()))
-        response.raise_for_status()
-        return response.json()
+        # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
+        ends = time.monotonic() + min(left(), config.network_budget)
+        with client.stream("GET", url, params=params, timeout=min(config.timeout, left())) as response:
+            cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+            body = _read_capped(response, cap=cap, ends=ends)
+        if not response.is_success:
+            # the body is kept (whole or cut) so that describe_error can quote it
+            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in {"content-encoding", "content-length", "transfer-encoding"}]
+            kept = httpx.Response(response.status_code, headers=headers, content=body, request=response.request, extensions={"reason_phrase": response.extensions.get("reason_phrase", b"")})
+            kept.raise_for_status()
+        try:
+            return json.loads(body)
+        except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+            raise PayloadError("malformed JSON (nested too deeply)") from None
 
     return fetch_json
+
+
+MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
+MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
+
+
+def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
+    """Read a streamed body, inflating gzip/deflate at most `cap` bytes at a time; raise past `cap` or the wall-clock `ends`."""
+    import zlib
+
+    import httpx
+
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    # INFO: httpx inflates each 64 KB read whole (a gzip bomb gives ~64 MB a read); zlib's max_length bounds it
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in {"gzip", "x-gzip", "deflate"} else None
+    chunks: list[bytes] = []
+    size = 0
+    for raw in response.iter_raw() if inflater else response.iter_bytes():
+        pending = raw
+        while pending:
+            try:
+                data = inflater.decompress(pending, cap - size + 1) if inflater else pending
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"bad {encoding} body ({exc})", request=response.request) from None
+            pending = inflater.unconsumed_tail if inflater else b""
+            size += len(data)
+            if size > cap:
+                if cap < MAX_BODY_BYTES:  # an error body: the start is enough to quote
+                    return b"".join(chunks)
+                raise PayloadError(f"response body over {cap / 2**20:g} MB (decompressed): not read further")
+            chunks.append(data)
+        if time.monotonic() > ends:
+            raise httpx.ReadTimeout("network time budget spent while reading the body", request=response.request)
+    if inflater:
+        chunks.append(inflater.flush())
+    return b"".join(chunks)
 
 
 def _where(url: str) -> str:
@@ -1335,7 +1382,7 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         body = exc.response.text.strip().replace("\n", " ")
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(body)
             chart = parsed.get("chart") if isinstance(parsed, Mapping) else None
             inner = (parsed.get("error_message") if isinstance(parsed, Mapping) else None) or (chart.get("error") if isinstance(chart, Mapping) else None)
