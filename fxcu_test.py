@@ -1882,6 +1882,8 @@ class Reply:
     content_type: str = "application/json;charset=utf-8"
     delay: float = 0.0
     echo: bool = False
+    encoding: str = ""  # sent as Content-Encoding; the body is sent as given (already compressed)
+    trickle: float = 0.0  # seconds between chunks of 16 bytes: a server that never stops for a whole read timeout
 
 
 class FakeSources:
@@ -1907,8 +1909,17 @@ class FakeSources:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)
                     self.send_header("Content-Length", str(len(body)))
+                    if reply.encoding:
+                        self.send_header("Content-Encoding", reply.encoding)
                     self.end_headers()
-                    self.wfile.write(body)
+                    if reply.trickle:
+                        for start in range(0, len(body), 16):
+                            if fake.stop.wait(reply.trickle):
+                                break
+                            self.wfile.write(body[start:start + 16])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(body)
                 except OSError:  # the client gave up (timeout row)
                     self.close_connection = True
 
@@ -2158,6 +2169,91 @@ def test_fault_yahoo_bad_body_is_not_retried_and_falls_back(data_dir, tmp_path, 
     assert f"  yahoo failed: {seen}" in result.out
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+# Hostile bodies: answers built to exhaust the parser, the memory or the clock.
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """About 1 MB of gzip that inflates to 1 GiB: `[` then spaces then `]`, valid JSON if read whole."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # 16: a gzip header
+    block = b" " * 2**24
+    parts = [packer.compress(b"[")] + [packer.compress(block) for _ in range(64)] + [packer.compress(b"]"), packer.flush()]
+    return b"".join(parts)
+
+
+def cli_rss(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> tuple[Outcome, float]:
+    """`python fxcu.py ARGS` in a fresh process, and that process's peak RSS in MB."""
+    code = (
+        "import atexit, resource, runpy, sys\n"
+        "atexit.register(lambda: print(f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr))\n"
+        f"sys.argv = ['fxcu.py', *{args!r}]\n"
+        f"runpy.run_path({str(HERE / 'fxcu.py')!r}, run_name='__main__')\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    err, rss = proc.stderr.rsplit("peak_rss_kb=", 1)
+    return Outcome(proc.returncode, proc.stdout, err, time.monotonic() - started), int(rss) / 1024
+
+
+@pytest.mark.slow
+def test_fault_gzip_bomb_is_cut_at_the_size_cap_and_falls_back(data_dir, tmp_path):
+    """A 1 MB gzip body inflating to 1 GiB cost 2.2 GB of RSS; now it is read to 32 MB and dropped."""
+    bomb = Reply(body=gzip_bomb(), encoding="gzip")
+    assert len(bomb.body) < 1.1e6
+    before = kept(data_dir)
+    with FakeSources(routes(clp=bomb, hg=bomb)) as api:
+        result, rss = cli_rss(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    with FakeSources(good_routes()) as api:
+        baseline, baseline_rss = cli_rss(["fetch"], fault_env(tmp_path / "fresh", api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: response body over 32 MB (decompressed): not read further)" in result.err
+    assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
+    assert api.count(YAHOO_CLP) == 1  # an oversized body is an answer: no retry
+    assert baseline.code == 0 and rss < baseline_rss + 200, (rss, baseline_rss)  # the cap (32 MB) plus a read, not 1 GB
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_json_nested_100k_deep_is_a_failed_source(data_dir, tmp_path):
+    """`[[[[...` 100,000 deep raised RecursionError out of json.loads: a traceback. Now Yahoo just failed."""
+    deep = Reply(body="[" * 100_000 + "]" * 100_000)
+    before = kept(data_dir)
+    with FakeSources(routes(clp=deep, hg=deep)) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: malformed JSON (nested too deeply))" in result.err
+    assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
+    assert api.count(YAHOO_CLP) == 1 and api.count(YAHOO_HG) == 1
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
+    assert_key_nowhere(data_dir, result)
+
+
+def test_fault_deep_json_error_body_is_quoted_not_a_crash():
+    deep = "[" * 100_000 + "]" * 100_000
+    response = httpx.Response(503, text=deep, request=httpx.Request("GET", "http://x"))
+    line = fxcu.describe_error(httpx.HTTPStatusError("", request=response.request, response=response), None)
+    assert line.startswith("HTTP 503 Service Unavailable: [[[[") and len(line) < 260
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["yahoo", "every-source"])
+def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_dir, tmp_path, who):
+    """16 bytes every 0.2 s never trips a 2 s read timeout; the wall-clock budget of 4 s cuts it."""
+    trickle = dataclasses.replace(good_routes()[YAHOO_CLP], trickle=0.2)
+    changes = {"clp": trickle, "hg": trickle} if who == "yahoo" else {k: trickle for k in ("clp", "hg", "mindicador", "fred")}
+    before = kept(data_dir)
+    with FakeSources(routes(**changes)) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url, FXCU_TIMEOUT="2", FXCU_NETWORK_BUDGET="4"), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (timeout (network time budget spent))" in result.err
+    assert "usdclp: cache, 4664 rows" in result.out and "copper: cache, 5993 rows" in result.out
+    assert result.seconds < 4 + 2 + 4  # budget + one read timeout + interpreter start and imports
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
 
 
