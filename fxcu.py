@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -1462,7 +1463,16 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
     Raises TimeoutError when another process holds it longer; the lock dies with its process.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 -- closed by the `with` below
+    except OSError as exc:
+        if exc.errno not in {errno.EACCES, errno.EPERM, errno.EROFS}:
+            raise
+        if not path.exists():  # a read-only dir with no lock file: this process cannot write, so nothing to serialise
+            yield
+            return
+        handle = open(path)  # noqa: SIM115 -- INFO: flock works on a read-only handle too
+    with handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -1496,22 +1506,59 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Write a parquet file atomically (`atomic_path`)."""
+    """Write a parquet file atomically (`atomic_path`); a full disk or a denied write is an OSError."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)  # INFO: in memory first: polars reports ENOSPC as a ComputeError, Python as OSError
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def cache_schema() -> dict[str, pl.DataType]:
+    """The column types of a warehouse file."""
+    import polars as pl
+
+    return {DATE: pl.Date(), CLOSE: pl.Float64(), SOURCE: pl.String(), FETCHED_AT: pl.Datetime("us", "UTC")}
+
+
+def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
+    import polars as pl
+
+    if have == pl.String and want == pl.Date:  # INFO: polars 2 removed the string-to-date cast
+        return pl.col(name).str.to_date("%Y-%m-%d", strict=True)
+    if have == pl.String and isinstance(want, pl.Datetime):
+        return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC", strict=True)
+    return pl.col(name).cast(want, strict=True)
 
 
 def read_cache(path: Path, *, now: datetime) -> Result:
-    """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported."""
+    """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported.
+
+    A file that cannot be read (permissions, I/O) is not corrupt: it stays where it is. Columns of
+    the wrong type are converted when every value converts, else the file is corrupt.
+    """
+    import io
+
     import polars as pl
 
     if not path.exists():
         return Result("cache", error=f"no cache at {path}")
     try:
-        frame = pl.read_parquet(path)
+        data = path.read_bytes()
+    except OSError as exc:
+        log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, exc.strerror or type(exc).__name__)
+        return Result("cache", error=f"cache {path.name} unreadable ({exc.strerror or type(exc).__name__})")
+    try:
+        frame = pl.read_parquet(io.BytesIO(data))
         missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
+        schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
+        wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
+        if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
+            frame = frame.with_columns(_convert(name, frame.schema[name], schema[name]) for name in wrong)
+            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, ", ".join(f"{k} {v}" for k, v in wrong.items()))
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
         try:
@@ -1631,7 +1678,13 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
     merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
     if chosen.source != "yahoo":
         log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
-    write_parquet_atomic(merged, path)
+    try:
+        if not cache.ok and path.exists():
+            path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
+        write_parquet_atomic(merged, path)
+    except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
+        log.error("Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc)
+        notes += (f"warehouse not updated ({exc.strerror or exc})",)
     log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
     return Series(name, merged, chosen.source, notes=failures + notes)
 
@@ -1764,9 +1817,10 @@ def status_path(config: Config) -> Path:
 def read_status(config: Config) -> dict[str, Any]:
     """The last run per horizon, as `run` recorded it ({} when none or unreadable)."""
     try:
-        return json.loads(status_path(config).read_text())
-    except (OSError, ValueError):
+        status = json.loads(status_path(config).read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return status if isinstance(status, dict) else {}  # INFO: `[]` or a bare string is no status; `check` says "never run"
 
 
 def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None:
@@ -2388,7 +2442,11 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         if not entry:
             yield name, "WARNING", "never run"
             continue
-        age = (now - datetime.fromisoformat(entry["time"])).total_seconds() / 3600
+        stamp = _entry_time(entry)
+        if stamp is None:
+            yield name, "WARNING", "status.json entry malformed (no valid time); the next run rewrites it"
+            continue
+        age = (now - stamp).total_seconds() / 3600
         if not entry.get("ok"):
             yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
         elif not entry.get("tracked"):
@@ -2396,8 +2454,17 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         elif age > max_age_hours:
             yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
         else:
-            degraded = f", degraded: {', '.join(entry['degraded'])}" if entry.get("degraded") else ""
+            degraded = f", degraded: {', '.join(map(str, entry['degraded']))}" if isinstance(entry.get("degraded"), list) and entry["degraded"] else ""
             yield name, "OK", f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}"
+
+
+def _entry_time(entry: Any) -> datetime | None:
+    """The time of a status entry, or None when the entry is not a mapping with an ISO time (with zone)."""
+    try:
+        stamp = datetime.fromisoformat(entry["time"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return stamp if stamp.tzinfo is not None else None
 
 
 def overall(checks: Sequence[tuple[str, Level, str]]) -> Level:
@@ -2434,11 +2501,13 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
         item = check_age(name, last, today=today, warn_days=5, critical_days=critical, missing=missing)  # type: ignore[arg-type]
         checks.append((item[0], item[1], f"{item[2]}, {rows} rows" if rows else item[2]))
     status = read_status(config)
-    latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
-    if latest is not None and {"no copper", "stale copper"} & set(latest.get("degraded", [])):
-        checks.append(("copper available", "WARNING", f"last run had {'no' if 'no copper' in latest['degraded'] else 'stale'} copper"))
+    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
+    latest = max(timed, key=lambda pair: pair[0])[1] if timed else None
+    degraded = [str(d) for d in latest.get("degraded") or []] if latest is not None and isinstance(latest.get("degraded") or [], list) else []
+    if latest is not None and {"no copper", "stale copper"} & set(degraded):
+        checks.append(("copper available", "WARNING", f"last run had {'no' if 'no copper' in degraded else 'stale'} copper"))
     elif latest is not None:
-        checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in latest.get("degraded", []) else "yes"))
+        checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in degraded else "yes"))
     checks += check_runs(status, now=now)
     if environ.get("MLFLOW_TRACKING_URI"):
         checks.append(("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)"))

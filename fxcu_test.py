@@ -1861,6 +1861,7 @@ import contextlib  # noqa: E402
 import functools  # noqa: E402
 import http.server  # noqa: E402
 import sqlite3  # noqa: E402
+import tempfile  # noqa: E402
 import urllib.parse  # noqa: E402
 
 YAHOO_CLP, YAHOO_HG = "/v8/finance/chart/CLP=X", "/v8/finance/chart/HG=F"
@@ -2408,6 +2409,141 @@ def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, 
     assert status["ok"] and not status["tracked"] and status["tracking_error"]
     assert_nothing_lost(before, data_dir)  # the earlier run is still there, nothing half-written
     assert_key_nowhere(data_dir, result)
+
+
+# Permissions and bad files: unreadable is not corrupt, wrong types are converted or set aside.
+
+
+@functools.cache
+def unprivileged() -> tuple[str, ...] | None:
+    """A command prefix under which file permissions bind (root without CAP_DAC_OVERRIDE and friends), or None.
+
+    A real non-root user cannot run this interpreter here (pyenv's Python lives under /root, mode
+    0700), so root drops the capabilities that let it ignore permissions: the kernel then checks
+    the same mode bits it checks for any user.
+    """
+    if os.geteuid() != 0:
+        return ()
+    drop = "-dac_override,-dac_read_search,-fowner"
+    prefix = ("setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", "--")
+    if not shutil.which("setpriv"):
+        return None
+    folder = Path(tempfile.mkdtemp())
+    try:
+        (folder / "secret").write_text("x")
+        (folder / "secret").chmod(0)
+        probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(folder / 'secret')!r}).read()"], capture_output=True)
+        return prefix if probe.returncode != 0 else None
+    finally:
+        shutil.rmtree(folder)
+
+
+def cli_unprivileged(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> Outcome:
+    prefix = unprivileged()
+    if prefix is None:
+        pytest.skip("cannot run without root's power over file permissions (no setpriv, or dropping capabilities had no effect)")
+    started = time.monotonic()
+    proc = subprocess.run([*prefix, sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def chmod_tree(folder: Path, *, writable: bool) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755 if writable else 0o555)
+        else:
+            path.chmod(0o644 if writable else 0o444)
+
+
+@pytest.mark.slow
+def test_fault_unreadable_cache_is_not_corrupt_and_never_replaced(data_dir, tmp_path):
+    """A permission error on usdclp.parquet renamed a good cache aside for good; now it stays, untouched."""
+    cache = data_dir / "warehouse" / fxcu.USDCLP_CACHE
+    before = kept(data_dir)
+    cache.chmod(0)
+    try:
+        with FakeSources(good_routes()) as api:
+            result = cli_unprivileged(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    finally:
+        cache.chmod(0o644)
+    assert "Traceback" not in result.err, result.err
+    assert "ERROR fxcu: Cache usdclp.parquet unreadable (Permission denied): left in place, not replaced" in result.err
+    assert "ERROR fxcu: Warehouse usdclp.parquet not updated (Permission denied): using the fetched data for this run only" in result.err
+    assert result.code == 0 and "usdclp: yahoo, 4664 rows" in result.out
+    assert not list(cache.parent.glob("*.corrupt-*"))
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
+
+
+@pytest.mark.slow
+def test_fault_read_only_data_dir_serves_the_forecast_with_one_line_errors(data_dir, tmp_path):
+    """Every write fails: the forecast is still printed, each failure is one log line, nothing on disk changes."""
+    (data_dir / ".run.lock").touch()
+    (data_dir / "warehouse" / ".lock").touch()
+    before = kept(data_dir)
+    listing = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
+    chmod_tree(data_dir, writable=False)
+    try:
+        with FakeSources(good_routes()) as api:
+            env = fault_env(data_dir, api.url)
+            fetch = cli_unprivileged(["fetch"], env, tmp_path)
+            run = cli_unprivileged(["run", "7d", "--skip-email"], env, tmp_path)
+            check = cli_unprivileged(["check"], env, tmp_path)
+    finally:
+        chmod_tree(data_dir, writable=True)
+    for result in (fetch, run, check):
+        assert "Traceback" not in result.err + result.out, result.err
+    assert fetch.code == 0 and "usdclp: yahoo, 4664 rows" in fetch.out and "  warehouse not updated (Permission denied)" in fetch.out
+    assert run.code == 1 and run.out.startswith("USD/CLP 7d: last ") and "report: NOT WRITTEN; tracked: no" in run.out
+    assert "ERROR fxcu: Report for 7d could not be written (Permission denied)" in run.err
+    assert "ERROR fxcu: MLflow tracking failed (PermissionError" in run.err
+    assert run.messages == []  # every failure is a log record: no stray traceback or print
+    assert check.code in (1, 2)
+    assert sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) == listing  # nothing created, no temp file left
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
+
+
+@pytest.mark.parametrize("convertible", [True, False], ids=["strings-that-convert", "not-a-number"])
+def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(data_dir, tmp_path, convertible):
+    """A cache whose date and close were strings was a traceback, and `fetch` then persisted the strings."""
+    cache = data_dir / "warehouse" / fxcu.USDCLP_CACHE
+    good = pl.read_parquet(cache)
+    bad = good.with_columns(pl.col(fxcu.DATE).cast(pl.String), pl.col(fxcu.CLOSE).cast(pl.String))
+    if not convertible:
+        bad = bad.with_columns(pl.when(pl.int_range(pl.len()) == 10).then(pl.lit("n/a")).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bad.write_parquet(cache)
+    with FakeSources(good_routes()) as api:
+        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    stored = pl.read_parquet(cache)
+    assert stored.schema == fxcu.cache_schema()
+    assert set(good[fxcu.DATE]) <= set(stored[fxcu.DATE])
+    if convertible:
+        assert "WARNING fxcu: Cache usdclp.parquet had columns of the wrong type (date String, close String): converted" in result.err
+        assert "period1" in api.queries(YAHOO_CLP)[0]  # the converted cache counts: an incremental fetch
+    else:
+        assert "ERROR fxcu: Corrupt cache usdclp.parquet (InvalidOperationError): moved to usdclp.parquet.corrupt-" in result.err
+        assert len(list(cache.parent.glob("usdclp.parquet.corrupt-*"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("[]", "WARNING  run 7d: never run"),
+        ('{"7d": "x"}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
+        ('{"7d": {"ok": true, "tracked": true}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
+        ('{"7d": {"time": "2026-01-01T00:00:00", "ok": true}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
+        ('{"7d": {"time": 5, "degraded": 7}, "15d": {"time": "2026-01-01T00:00:00+00:00", "ok": true, "tracked": true, "degraded": 3}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
+        ("[" * 100_000, "WARNING  run 7d: never run"),
+    ],
+    ids=["list", "string-entry", "no-time", "naive-time", "odd-types", "deep"],
+)
+def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(data_dir, body, line, capsys):
+    (data_dir / "status.json").write_text(body)
+    code = fxcu.main(["check"], run_env(data_dir))
+    out = capsys.readouterr().out
+    assert code in (1, 2) and line in out.splitlines()
+    fxcu.write_status(fxcu.Config.from_env(run_env(data_dir)), "7d", {"time": "2026-11-26T00:00:00+00:00", "ok": True})
+    assert json.loads((data_dir / "status.json").read_text())["7d"]["ok"] is True
 
 
 # Bad input: nothing is fetched, nothing is written.
