@@ -88,7 +88,11 @@ class Config:
     def from_env(cls, environ: Mapping[str, str]) -> Config:
         """Build the config from environment variables (FXCU_*, FRED_API_KEY)."""
         default_dir = Path(__file__).resolve().parent / "data"
-        data_dir = Path(environ.get("FXCU_DATA_DIR") or default_dir).expanduser().resolve()
+        raw_dir = environ.get("FXCU_DATA_DIR") or default_dir
+        try:
+            data_dir = Path(raw_dir).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # INFO: a symlink loop is a RuntimeError before Python 3.13
+            raise ConfigError(f"FXCU_DATA_DIR {raw_dir} is unusable ({getattr(exc, 'strerror', None) or 'symlink loop'})") from None
         return cls(
             data_dir=data_dir,
             yahoo_url=environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/"),
@@ -1841,7 +1845,22 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
         return environ["MLFLOW_TRACKING_URI"]
     folder = config.data_dir / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return sqlite_uri(folder / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """The SQLAlchemy URI of a SQLite file, with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
+    # INFO: SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
+    return "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a `sqlite:///` URI (inverse of `sqlite_uri`), or None for any other store."""
+    from urllib.parse import unquote
+
+    if not uri.startswith("sqlite:///") or "?" in uri:
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///")))
 
 
 def artifact_root(config: Config, uri: str) -> str | None:
@@ -1877,10 +1896,47 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None,
 
 
 def mlflow_client(uri: str) -> Any:
-    """An MlflowClient on `uri` (creating the SQLite database and running its migrations when new)."""
+    """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
     from mlflow.tracking import MlflowClient
 
+    db = sqlite_file(uri)
+    if db is not None:
+        _share_engine(uri)
+        if not db.exists():
+            create_database(db)
     return MlflowClient(tracking_uri=uri)
+
+
+def _share_engine(uri: str) -> None:
+    # INFO: MLflow's engine factory mkdirs the *escaped* path's parent (a stray `a%23b/` beside `a#b/`);
+    # an engine made here without that step is the one its store then reuses.
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    if isinstance(engines, dict) and uri not in engines:
+        engines.setdefault(uri, create_sqlalchemy_engine(uri))
+
+
+def create_database(db: Path) -> None:
+    """Migrate a new SQLite database beside `db`, then rename it in: a failure (a full disk) leaves none half-made."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(db.parent / ".create.lock", timeout=60, what="MLflow database creation lock"):
+        if db.exists():  # another process made it while this one waited
+            return
+        with atomic_path(db) as tmp:
+            uri = sqlite_uri(tmp)
+            try:
+                _share_engine(uri)
+                SqlAlchemyStore(uri, (db.parent / "mlruns").as_uri())
+            finally:
+                engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+                if engine is not None:
+                    engine.dispose()
+                tmp.with_name(tmp.name + "-journal").unlink(missing_ok=True)
+        log.info("Created the MLflow database %s", db)
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> tuple[str, bool]:
@@ -2408,8 +2464,12 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
     with tempfile_dir(config.data_dir) as tmp:
         copy = tmp / "mlflow.db"
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
+            tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
+        if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
+            print(f"fxcu: {db} is not an MLflow database (no experiments or runs table): no backup written", file=sys.stderr)
+            return 1
         with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
             mlruns = config.data_dir / "mlflow" / "mlruns"
@@ -2517,7 +2577,7 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
             checks.append(("mlflow database", "WARNING", f"missing ({db}); run `fxcu init`"))
         else:
             try:
-                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
                 size = db.stat().st_size / 1e6
                 checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
@@ -2645,7 +2705,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     if getattr(args, "offline", False):
         config = dataclasses.replace(config, offline=True)
-    if config.data_dir.exists() and not config.data_dir.is_dir():
+    try:
+        not_a_dir = config.data_dir.exists() and not config.data_dir.is_dir()
+    except OSError as exc:  # a component over 255 bytes (ENAMETOOLONG), a loop below the resolved path
+        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is unusable ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    if not_a_dir:
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
         return 2
     now = datetime.now(UTC)
