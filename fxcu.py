@@ -2253,11 +2253,56 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
     import tempfile
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=data_dir))
+    path = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=data_dir))  # the pid: `clean_leftovers` spares live runs
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
+
+
+def leftover_pid(name: str) -> int | None:
+    """The process id in a temp name (`.tmp-PID-xyz` from tempfile_dir, `.NAME.PID.tmp` from atomic_path), else None."""
+    found = re.fullmatch(r"\.tmp-(\d+)-.*|\..+\.(\d+)\.tmp(?:-journal)?", name)
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
+    """Remove temp files and folders a killed run left (their process is gone); return how many.
+
+    A temp name without a process id (an older release) is removed once it is a day old.
+    """
+    import shutil
+
+    now = time.time() if now is None else now
+    removed = 0
+    for folder in LEFTOVER_FOLDERS:
+        with contextlib.suppress(OSError):
+            for path in (data_dir / folder).iterdir():
+                pid = leftover_pid(path.name)
+                stale = (pid is not None and pid != os.getpid() and not _alive(pid)) or (
+                    pid is None and path.name.startswith(".tmp-") and now - path.stat().st_mtime > 86400
+                )
+                if not stale:
+                    continue
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                    removed += 1
+    if removed:
+        log.info("Removed %d leftover temp file(s) of an interrupted run", removed)
+    return removed
 
 
 def send_report_email(config: Config, environ: Mapping[str, str], fc: Forecast, report: Report) -> bool:
@@ -2714,8 +2759,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
         return 2
     now = datetime.now(UTC)
+    if args.command != "check":  # INFO: the monitoring probe only reads
+        clean_leftovers(config.data_dir)
     try:
-        return dispatch(args, config, environ, now)
+        with _sigterm_as_exception():
+            return dispatch(args, config, environ, now)
+    except KeyboardInterrupt:
+        print("fxcu: interrupted (Ctrl-C): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("fxcu: terminated (SIGTERM): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 143
     except (TimeoutError, ValueError) as exc:
         print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
         return 1
@@ -2723,6 +2777,29 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"fxcu: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+
+
+class Terminated(BaseException):  # noqa: N818 -- like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
+    """SIGTERM, raised in the main thread so that every `finally` (temp files, locks) runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> NoReturn:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str], now: datetime) -> int:

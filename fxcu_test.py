@@ -1860,6 +1860,8 @@ def test_skip_email_sends_nothing(data_dir):
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import http.server  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
 import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import urllib.parse  # noqa: E402
@@ -2590,6 +2592,101 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# Interrupts and kills: one line, no temp files left, a killed run's leftovers cleaned on the next start.
+
+
+def temp_leftovers(data_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith((".tmp", ".tmp-journal")))
+
+
+def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, Path]:
+    """`python fxcu.py ARGS` started in the background; stderr goes to a file that can be watched."""
+    err = cwd / f"stderr-{time.monotonic_ns()}.txt"
+    with open(err, "w") as handle:
+        proc = subprocess.Popen([sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=handle, text=True)
+    return proc, err
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("moment", ["backtest", "tracking"])
+def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path, sig, moment):
+    """Ctrl-C was a KeyboardInterrupt traceback and SIGTERM printed nothing; both now say one line and clean up."""
+    before = kept(data_dir)
+    proc, err = start_cli(["run", "7d", "--offline", "--skip-email"], run_env(data_dir), tmp_path)
+    try:
+        if moment == "backtest":
+            wait_for(lambda: "Backtesting" in err.read_text())
+        else:  # while the inputs are copied for MLflow into a temp folder under the data dir
+            wait_for(lambda: any(p.name.startswith(".tmp-") for p in data_dir.iterdir()))
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    text = err.read_text()
+    lines = [line for line in text.splitlines() if line.strip() and not LOG_LINE.match(line)]
+    name = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143) and "Traceback" not in text, text
+    assert lines == [f"fxcu: {name}: stopped, temp files removed, nothing half-written kept"]
+    assert temp_leftovers(data_dir) == []
+    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=mlflow_runs(data_dir) - before.runs)
+    with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    live = str(os.getpid())
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / f".tmp-{dead}-abc").mkdir()
+    (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
+    (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
+    (tmp_path / f".tmp-{live}-mine").mkdir()
+    (tmp_path / "warehouse" / f".copper.parquet.{live}.tmp").write_text("being written")
+    (tmp_path / ".tmp-oldrelease").mkdir()
+    (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
+    assert fxcu.clean_leftovers(tmp_path) == 2
+    assert temp_leftovers(tmp_path) == sorted([".tmp-oldrelease", f".tmp-{live}-mine", f"warehouse/.copper.parquet.{live}.tmp"])
+    assert fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 86400) == 1  # no pid: removed once a day old
+    assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_path):
+    """SIGKILL at 8 seeded random moments of `fetch` and `run`: every file stays readable and whole, nothing is lost,
+    the MLflow database passes SQLite's integrity check, and the next start removes the leftovers."""
+    rng = random.Random(20261126)
+    originals = kept(data_dir)
+    with FakeSources(good_routes()) as api:
+        env = fault_env(data_dir, api.url)
+        for trial in range(8):
+            args = ["fetch"] if trial % 2 == 0 else ["run", "7d", "--skip-email"]
+            before = kept(data_dir)
+            proc, err = start_cli(args, env, tmp_path)
+            time.sleep(rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0))  # INFO: the moment of the kill, not a wait for a result
+            proc.kill()
+            proc.wait(30)
+            assert "Traceback" not in err.read_text()
+            after = assert_nothing_lost(before, data_dir, runs_added=mlflow_runs(data_dir) - before.runs)
+            assert all(days is not None for days in after.dates.values())  # every warehouse file parses
+            with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
+                assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+            if (data_dir / "status.json").exists():
+                assert isinstance(json.loads((data_dir / "status.json").read_text()), dict)
+        result = cli(["fetch", "--offline"], env, tmp_path)
+    assert result.code == 0 and temp_leftovers(data_dir) == []  # the next start removed what the kills left
+    assert_nothing_lost(originals, data_dir, runs_added=mlflow_runs(data_dir) - originals.runs)
+    check = cli(["check"], env, tmp_path)
+    assert "Traceback" not in check.err + check.out and "unreadable" not in check.out
 
 
 # -- More CLI behaviour ----------------------------------------------------------------
