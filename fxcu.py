@@ -1895,10 +1895,30 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None,
     return box.get("value")
 
 
+class OneLineRecords(logging.Filter):
+    """Cut other libraries' records to one redacted line with no traceback (MLflow logs SQLAlchemy errors whole)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] != "fxcu" and (record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in str(record.msg)):
+            text = record.getMessage().strip()
+            record.msg, record.args = redact_uri(text.splitlines()[0][:300] if text else ""), None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def one_line_logs() -> None:
+    """Put `OneLineRecords` on every handler that reaches stderr: the root's and those MLflow and alembic install."""
+    for name in (None, "mlflow", "alembic"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, OneLineRecords) for f in handler.filters):
+                handler.addFilter(OneLineRecords())
+
+
 def mlflow_client(uri: str) -> Any:
     """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
     from mlflow.tracking import MlflowClient
 
+    one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
     db = sqlite_file(uri)
     if db is not None:
         _share_engine(uri)
@@ -2624,6 +2644,8 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
             try:
                 with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
+                    if not conn.execute("select version_num from alembic_version").fetchone():  # half-made by a crash
+                        raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
                 size = db.stat().st_size / 1e6
                 checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
             except sqlite3.Error as exc:
