@@ -1858,6 +1858,7 @@ def test_skip_email_sends_nothing(data_dir):
 # nothing, and that the FRED key is nowhere: not in any output, file under the data dir or cassette.
 
 import contextlib  # noqa: E402
+import errno  # noqa: E402
 import functools  # noqa: E402
 import http.server  # noqa: E402
 import random  # noqa: E402
@@ -2592,6 +2593,131 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# Disk full: an injected ENOSPC at each write, and a real full tmpfs.
+
+
+@contextlib.contextmanager
+def disk_full_at(monkeypatch, k: int):
+    """Make the k-th atomic write (1-based) fail with ENOSPC after writing its temp file; yield the paths written."""
+    real, calls = fxcu.atomic_path, []
+
+    @contextlib.contextmanager
+    def failing(path):
+        calls.append(path)
+        with real(path) as tmp:
+            yield tmp
+            if len(calls) == k:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(fxcu, "atomic_path", failing)
+    yield calls
+    monkeypatch.setattr(fxcu, "atomic_path", real)
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["usdclp-file", "copper-file"])
+def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, inprocess, monkeypatch, k):
+    """ENOSPC in the parquet write was a polars traceback with no forecast; now one line, the fetched data is used."""
+    before = kept(data_dir)
+    with FakeSources(good_routes()) as api, disk_full_at(monkeypatch, k) as calls:
+        result = inprocess(["fetch"], fault_env(data_dir, api.url))
+    name = (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE)[k - 1]
+    assert result.code == 0 and "Traceback" not in result.err
+    assert calls[k - 1].name == name
+    assert f"ERROR fxcu: Warehouse {name} not updated (No space left on device): using the fetched data for this run only" in result.err
+    assert "  warehouse not updated (No space left on device)" in result.out
+    assert_nothing_lost(before, data_dir, unchanged=(name,), db_unchanged=True)
+    assert temp_leftovers(data_dir) == []
+
+
+@pytest.fixture(scope="module")
+def memo_forecasts():
+    """The real backtest and forecast of the real warehouse, computed once: the disk-full rows test the writes, not the models."""
+    return {}
+
+
+@pytest.mark.slow
+def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess, monkeypatch, memo_forecasts):
+    """`run 7d` with ENOSPC injected at each of its atomic writes in turn: never a traceback, the forecast always
+    printed, each failure one ERROR line, the warehouse and the earlier MLflow runs intact, no temp file left."""
+    real_backtest, real_forecast = fxcu.backtest_all, fxcu.forecast_all
+
+    def backtest_all(usdclp, copper, horizons):
+        return memo_forecasts.setdefault(("bt", usdclp.height), real_backtest(usdclp, copper, horizons))
+
+    def forecast_all(usdclp, copper, horizons, **kw):
+        return memo_forecasts.setdefault(("fc", usdclp.height), real_forecast(usdclp, copper, horizons, **kw))
+
+    monkeypatch.setattr(fxcu, "backtest_all", backtest_all)
+    monkeypatch.setattr(fxcu, "forecast_all", forecast_all)
+    env = run_env(data_dir, FXCU_MAX_AGE_DAYS="100000")
+    with disk_full_at(monkeypatch, 0) as calls:  # a clean run: which writes does `run` make?
+        clean = inprocess(["run", "7d", "--offline", "--skip-email"], env)
+    assert clean.code == 0
+    writes = [p.name for p in calls]
+    assert len(writes) >= 6, writes  # csv, png, md, two input parquets, status.json
+    for k, name in enumerate(writes, 1):
+        before = kept(data_dir)
+        with disk_full_at(monkeypatch, k):
+            result = inprocess(["run", "7d", "--offline", "--skip-email"], env)
+        assert "Traceback" not in result.err and result.out.startswith("USD/CLP 7d: last "), (name, result.err)
+        assert re.search(r"^ERROR fxcu: .*No space left on device", result.err, re.M), (name, result.err)
+        assert result.code in (0, 1) and result.messages == []
+        assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=mlflow_runs(data_dir) - before.runs)
+        assert temp_leftovers(data_dir) == [], name
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 4 MB tmpfs mounted under tmp_path (root only), unmounted afterwards; skipped where mounting is not allowed."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte of the filesystem holding `folder`."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+    return filler
+
+
+@pytest.mark.slow
+def test_fault_real_full_disk_fetch_and_first_init(tmpfs, tmp_path, migrated_db):
+    """On a real full tmpfs: `fetch` keeps the warehouse and says one line; the first `init` leaves no half-made MLflow
+    database (it used to, while `check` said OK), and works once space is freed."""
+    data = tmpfs / "data"
+    write_real_warehouse(data)
+    before = kept(data)
+    filler = fill(tmpfs)
+    with FakeSources(good_routes()) as api:
+        env = fault_env(data, api.url)
+        fetch = cli(["fetch"], env, tmp_path)
+        init = cli(["init"], env, tmp_path)
+        check = cli(["check", "--json"], env, tmp_path)
+    assert fetch.code == 0 and "Traceback" not in fetch.err, fetch.err
+    assert "ERROR fxcu: Warehouse usdclp.parquet not updated (No space left on device)" in fetch.err
+    assert_nothing_lost(before, data, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE))
+    assert init.code == 1 and "Traceback" not in init.err, init.err
+    assert len(init.messages) == 1 and init.messages[0].startswith("fxcu: init failed (") and "full" in init.messages[0]
+    assert not (data / "mlflow" / "mlflow.db").exists() and temp_leftovers(data) == []
+    levels = {c["name"]: c["level"] for c in json.loads(check.out)["checks"]}
+    assert levels["mlflow database"] != "OK" and levels["disk"] == "CRITICAL"
+    filler.unlink()
+    again = cli(["init"], env, tmp_path)
+    assert again.code == 0 and "created forecaster_7d" in again.out
+    levels = {c["name"]: c["level"] for c in json.loads(cli(["check", "--json"], env, tmp_path).out)["checks"]}
+    assert levels["mlflow database"] == "OK"
 
 
 # Interrupts and kills: one line, no temp files left, a killed run's leftovers cleaned on the next start.
