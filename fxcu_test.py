@@ -2058,7 +2058,7 @@ def mlflow_runs(data_dir: Path) -> int:
     db = data_dir / "mlflow" / "mlflow.db"
     if not db.exists():
         return 0
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
         return conn.execute("select count(*) from runs").fetchone()[0]
 
 
@@ -2593,6 +2593,70 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
+
+
+# Odd paths: characters that mean something in a URI, names the kernel refuses, loops.
+
+
+@pytest.mark.slow
+def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(tmp_path, migrated_db):
+    """`#`, `?` and `%` in the data dir put the database elsewhere and `backup` archived an empty one, reporting success."""
+    parent = tmp_path / "parent"
+    data = parent / "fx #1?x=%41 data"
+    write_real_warehouse(data)
+    env = run_env(data)
+    init = cli(["init"], env, tmp_path)
+    run = cli(["run", "7d", "--offline", "--skip-email"], env, tmp_path)
+    backup = cli(["backup", str(tmp_path / "backups")], env, tmp_path)
+    for result in (init, run, backup):
+        assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert sorted(p.name for p in parent.iterdir()) == [data.name]  # nothing made beside it (no `fx %231%3F...`)
+    assert mlflow_runs(data) == 1 and "tracked: yes, run " in run.out
+    run_id = run.out.split("tracked: yes, run ")[1].split()[0]
+    assert list((data / "mlflow" / "mlruns").rglob(f"{run_id}/artifacts/*.md"))  # artifacts under the real data dir
+    import tarfile
+
+    (archive,) = (tmp_path / "backups").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extract("mlflow/mlflow.db", tmp_path / "restored", filter="data")
+    assert mlflow_runs(tmp_path / "restored") == 1  # the real database, not an empty one
+
+
+def test_backup_refuses_a_database_that_is_not_mlflow(tmp_path, capsys):
+    (tmp_path / "mlflow").mkdir()
+    sqlite3.connect(tmp_path / "mlflow" / "mlflow.db").close()  # an empty SQLite file, as the unescaped URI made
+    code = fxcu.main(["backup", str(tmp_path / "out")], run_env(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1 and "is not an MLflow database (no experiments or runs table): no backup written" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("how", ["component-over-255", "symlink-loop"])
+@pytest.mark.parametrize("command", ["fetch", "run", "check", "init"])
+def test_fault_unusable_data_dir_path_is_one_line(tmp_path, how, command):
+    if how == "symlink-loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        data, reason = tmp_path / "a" / "data", "symlink loop"
+    else:
+        data, reason = tmp_path / ("x" * 300), "File name too long"
+    result = cli([command, *(["7d"] if command == "run" else [])], {"FXCU_DATA_DIR": str(data)}, tmp_path)
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    assert len(result.messages) == 1 and result.messages[0].startswith("fxcu: FXCU_DATA_DIR ") and result.messages[0].endswith(f"is unusable ({reason})")
+
+
+def test_fault_mlflow_sqlalchemy_errors_reach_stderr_as_one_line(tmp_path):
+    """A half-made database made MLflow log a SQLAlchemy traceback of ~60 lines; now one line each, and check is CRITICAL."""
+    (tmp_path / "mlflow").mkdir()
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow" / "mlflow.db")) as conn:
+        conn.execute("create table experiments (x int)")
+        conn.execute("create table runs (x int)")
+        conn.commit()
+    check = cli(["check"], run_env(tmp_path), tmp_path)  # first: MLflow itself then tries to migrate the file in place
+    runs = cli(["runs"], run_env(tmp_path), tmp_path)
+    assert runs.code == 1 and "Traceback" not in runs.err and "[SQL:" not in runs.err, runs.err
+    assert all(LOG_LINE.match(line) or line.startswith("fxcu: runs failed (") for line in runs.err.splitlines())
+    assert "CRITICAL mlflow database: unreadable (no schema version: half-made; move it aside and run `fxcu init`)" in check.out
 
 
 # Disk full: an injected ENOSPC at each write, and a real full tmpfs.
