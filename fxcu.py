@@ -2644,7 +2644,8 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
             try:
                 with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
-                    if not conn.execute("select version_num from alembic_version").fetchone():  # half-made by a crash
+                    versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
+                    if not versioned or not conn.execute("select version_num from alembic_version").fetchone():  # half-made by a crash
                         raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
                 size = db.stat().st_size / 1e6
                 checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
