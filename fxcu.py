@@ -1252,6 +1252,7 @@ def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2)
 def redact(text: str, secret: str | None) -> str:
     """Remove a secret and any `api_key=` query value from text meant for logs or errors."""
     text = re.sub(r"(api_key=)[^&\s'\"]+", r"\1***", text)
+    text = re.sub(r"(//)[^/@\s'\"]*:[^/@\s'\"]*@", r"\1***@", text)  # user:password in a base or proxy URL
     if secret:
         text = text.replace(secret, "***")
     return text
@@ -1377,7 +1378,8 @@ def _where(url: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(str(url))
-    return f"{parts.netloc}{parts.path}"  # INFO: never the query: it may hold the FRED key
+    host = parts.netloc.rpartition("@")[2]  # INFO: never the user:password before `@`
+    return f"{host}{parts.path}"  # INFO: never the query: it may hold the FRED key
 
 
 def describe_error(exc: BaseException | None, secret: str | None) -> str:
@@ -1899,9 +1901,9 @@ class OneLineRecords(logging.Filter):
     """Cut other libraries' records to one redacted line with no traceback (MLflow logs SQLAlchemy errors whole)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".")[0] != "fxcu" and (record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in str(record.msg)):
+        if record.name.split(".")[0] != "fxcu" and (record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in str(record.msg) or "@" in str(record.msg)):
             text = record.getMessage().strip()
-            record.msg, record.args = redact_uri(text.splitlines()[0][:300] if text else ""), None
+            record.msg, record.args = redact(text.splitlines()[0][:300] if text else "", None), None
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 
@@ -1924,7 +1926,38 @@ def mlflow_client(uri: str) -> Any:
         _share_engine(uri)
         if not db.exists():
             create_database(db)
+    if uri.startswith(("http:", "https:")):
+        for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
+
+
+# A down tracking server cost 65 s (MLflow retries 7 times with backoff 2); these bound one call to ~2 x 5 s.
+MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def relocate_artifacts(db: Path, root: str) -> int:
+    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`; return how many experiments.
+
+    A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
+    under it, old ones are found there, and nothing is recreated at the old path.
+    """
+    import sqlite3
+
+    tail = "/mlflow/mlruns"
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        rows = conn.execute("select experiment_id, artifact_location from experiments where artifact_location like 'file:%'").fetchall()
+        olds = {loc[: loc.rindex(tail) + len(tail)] for _, loc in rows if tail in loc}
+        moved = 0
+        for old in olds - {root}:
+            n = len(old)
+            moved += conn.execute(
+                "update experiments set artifact_location = ? || substr(artifact_location, ?) where substr(artifact_location, 1, ?) = ?", (root, n + 1, n, old)
+            ).rowcount
+            conn.execute("update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", (root, n + 1, n, old))
+    if moved:
+        log.warning("The data dir moved: %d experiment(s) now keep their artifacts under %s", moved, root)
+    return moved
 
 
 def _share_engine(uri: str) -> None:
@@ -2038,7 +2071,10 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         from mlflow.entities import Metric, Param, RunTag
 
         uri = tracking_uri(config, environ)
+        if uri in _UNREACHABLE:
+            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {_UNREACHABLE[uri]}")
         client = mlflow_client(uri)
+        _follow_data_dir(config, uri)
         experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config, uri))
         run = client.create_run(experiment_id, run_name=record.run_name, tags={"mlflow.runName": record.run_name})
         run_id = run.info.run_id
@@ -2072,7 +2108,23 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
                 raise TimeoutError("MLflow tracking gave up before writing")
             return work()
 
-    return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+    uri = tracking_uri(config, environ)
+    try:
+        return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+    except Exception as exc:
+        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:  # the other horizons do not wait for it again
+            _UNREACHABLE[uri] = type(exc).__name__
+        raise
+
+
+_UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
+
+
+def _follow_data_dir(config: Config, uri: str) -> None:
+    """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
+    db = sqlite_file(uri)
+    if db is not None and db == config.data_dir / "mlflow" / "mlflow.db" and db.exists():
+        relocate_artifacts(db, artifact_root(config, uri))
 
 
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
@@ -2375,6 +2427,7 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     """Create the MLflow database and the four experiments; running it again changes nothing."""
     uri = tracking_uri(config, environ)
     client = mlflow_client(uri)
+    _follow_data_dir(config, uri)
     print(f"tracking URI: {redact_uri(uri)}")
     for horizon in HORIZONS:
         experiment_id, created = ensure_experiment(client, EXPERIMENT_PREFIX + horizon, artifact_root(config, uri))

@@ -1559,6 +1559,105 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path):
         server.wait(20)
 
 
+# Relocatable data dir and a bounded tracking server (issue 10, section 3).
+
+
+def artifact_file(folder: Path) -> Path:
+    path = folder / "forecast_7d.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# a report\n")
+    return path
+
+
+def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp_path, migrated_db):
+    """Moving the data dir left experiments pointing at the old path, which the next run recreated."""
+    old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
+    (old / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, old / "mlflow" / "mlflow.db")
+    first = fxcu.log_run(fxcu.Config(data_dir=old), dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)), environ={})
+    new.parent.mkdir()
+    shutil.move(old, new)
+    second = fxcu.log_run(fxcu.Config(data_dir=new), dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "b"),)), environ={})
+    assert not old.exists()  # nothing recreated at the old path
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=fxcu.sqlite_uri(new / "mlflow" / "mlflow.db"))
+    root = (new / "mlflow" / "mlruns").as_uri()
+    assert client.get_experiment_by_name("forecaster_7d").artifact_location == root
+    for run_id in (first, second):
+        assert client.get_run(run_id).info.artifact_uri.startswith(root + "/")
+        assert [a.path for a in client.list_artifacts(run_id)] == ["forecast_7d.md"]  # the old run's files, found in their new home
+
+
+@pytest.mark.slow
+def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_db):
+    """`fxcu backup` restored into another path: `init`, `runs` and new runs use the new path, the original is untouched."""
+    import tarfile
+
+    original, restored = tmp_path / "original", tmp_path / "restored"
+    (original / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, original / "mlflow" / "mlflow.db")
+    fxcu.log_run(fxcu.Config(data_dir=original), dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)), environ={})
+    assert cli(["backup", str(tmp_path / "b")], run_env(original), tmp_path).code == 0
+    (archive,) = (tmp_path / "b").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(restored, filter="data")
+    files = sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db")
+    init = cli(["init"], run_env(restored), tmp_path)
+    runs = cli(["runs", "7d", "--json"], run_env(restored), tmp_path)
+    fxcu.log_run(fxcu.Config(data_dir=restored), dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "c"),)), environ={})
+    assert init.code == 0 and f"artifacts {(restored / 'mlflow' / 'mlruns').as_uri()})" in init.out, init.out + init.err
+    assert runs.code == 0 and len(json.loads(runs.out)) == 1
+    assert sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == files  # nothing new at the old path
+    assert len(list((restored / "mlflow" / "mlruns").rglob("forecast_7d.md"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["refused", "hanging"])
+def test_down_tracking_server_costs_a_run_at_most_15_s(tmp_path, how):
+    """A down MLFLOW_TRACKING_URI cost 65 s per run (MLflow's retries); now at most 15 s for all four horizons."""
+    import mlflow.tracking  # noqa: F401 -- imported first: the bound is on the waiting, not on the import
+
+    listener = None
+    if how == "hanging":  # accepts connections (the kernel's backlog) and never answers
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    else:
+        uri = closed_url()
+    config = fxcu.Config(data_dir=tmp_path)
+    started = time.monotonic()
+    try:
+        errors = []
+        for horizon in fxcu.HORIZONS:
+            with pytest.raises(Exception) as caught:  # noqa: PT011 -- MlflowException first, then ConnectionError
+                fxcu.log_run(config, record(horizon, 20.0), environ={"MLFLOW_TRACKING_URI": uri})
+            errors.append(type(caught.value).__name__)
+    finally:
+        if listener:
+            listener.close()
+    assert time.monotonic() - started < 15
+    assert errors[1:] == ["ConnectionError"] * 3  # the other horizons do not wait for it again
+
+
+def test_redact_hides_user_and_password_in_urls():
+    line = "Retrying http://alice:s3cr%40t@proxy.local:3128/x and https://bob:pw@h/api?api_key=abc"
+    assert fxcu.redact(line, None) == "Retrying http://***@proxy.local:3128/x and https://***@h/api?api_key=***"
+    assert fxcu._where("https://alice:s3cret@127.0.0.1:8080/v8/finance/chart/CLP=X?x=1") == "127.0.0.1:8080/v8/finance/chart/CLP=X"
+
+
+def test_fault_credentials_in_base_and_proxy_urls_never_reach_the_log(data_dir, inprocess, monkeypatch):
+    with FakeSources(routes(clp=Reply(503, "down", "text/plain"), hg=Reply(503, "down", "text/plain"))) as api:
+        base = api.url.replace("http://", "http://alice:base-s3cret@")
+        monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}")  # a dead proxy for the others
+        monkeypatch.setenv("NO_PROXY", "")
+        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL=base))
+    assert result.code == 0
+    assert "Retrying 127.0.0.1:" in result.err
+    assert "s3cret" not in result.err + result.out and "alice" not in result.err + result.out and "proxyuser" not in result.err + result.out
+
+
 # -- run and check from the CLI ------------------------------------------------------
 
 
