@@ -2732,12 +2732,12 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
         params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json", "sort_order": "desc", "limit": "3"}
         probes.append(("fred", f"{config.fred_url}/fred/series/observations", params, parse_fred_observations))
     found: list[tuple[str, Level, str]] = []
+    # the run's own bounded reader (size cap, wall-clock end), with one try: a hostile body costs a probe no more than a run
+    fetch_json = make_fetch_json(dataclasses.replace(config, attempts=1, timeout=timeout, network_budget=2 * timeout))
     with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
         for name, url, params, parse in probes:
             try:
-                response = client.get(url, params=params)
-                response.raise_for_status()
-                rows = parse(response.json()).height
+                rows = parse(fetch_json(client, url, params)).height
                 found.append((f"source {name}", "OK", f"{rows} rows"))
             except Exception as exc:  # noqa: BLE001 -- every failure is a finding
                 found.append((f"source {name}", "WARNING", describe_error(exc, config.fred_api_key)))
