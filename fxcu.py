@@ -2855,7 +2855,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
 
 
-class Terminated(BaseException):  # noqa: N818 -- like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
+class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
     """SIGTERM, raised in the main thread so that every `finally` (temp files, locks) runs."""
 
 

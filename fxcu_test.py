@@ -1631,7 +1631,7 @@ def test_down_tracking_server_costs_a_run_at_most_15_s(tmp_path, how):
     try:
         errors = []
         for horizon in fxcu.HORIZONS:
-            with pytest.raises(Exception) as caught:  # noqa: PT011 -- MlflowException first, then ConnectionError
+            with pytest.raises(Exception) as caught:  # MlflowException first, then ConnectionError
                 fxcu.log_run(config, record(horizon, 20.0), environ={"MLFLOW_TRACKING_URI": uri})
             errors.append(type(caught.value).__name__)
     finally:
@@ -2298,7 +2298,7 @@ def cli_rss(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
         f"runpy.run_path({str(HERE / 'fxcu.py')!r}, run_name='__main__')\n"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", code], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-c", code], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     err, rss = proc.stderr.rsplit("peak_rss_kb=", 1)
     return Outcome(proc.returncode, proc.stdout, err, time.monotonic() - started), int(rss) / 1024
 
@@ -2534,7 +2534,7 @@ def unprivileged() -> tuple[str, ...] | None:
     try:
         (folder / "secret").write_text("x")
         (folder / "secret").chmod(0)
-        probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(folder / 'secret')!r}).read()"], capture_output=True)
+        probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(folder / 'secret')!r}).read()"], capture_output=True, check=False)
         return prefix if probe.returncode != 0 else None
     finally:
         shutil.rmtree(folder)
@@ -2545,7 +2545,7 @@ def cli_unprivileged(args: list[str], env: dict[str, str], cwd: Path, timeout: f
     if prefix is None:
         pytest.skip("cannot run without root's power over file permissions (no setpriv, or dropping capabilities had no effect)")
     started = time.monotonic()
-    proc = subprocess.run([*prefix, sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*prefix, sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
@@ -2825,7 +2825,7 @@ def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess,
         with disk_full_at(monkeypatch, k):
             result = inprocess(["run", "7d", "--offline", "--skip-email"], env)
         assert "Traceback" not in result.err and result.out.startswith("USD/CLP 7d: last "), (name, result.err)
-        assert re.search(r"^ERROR fxcu: .*No space left on device", result.err, re.M), (name, result.err)
+        assert re.search(r"^ERROR fxcu: .*No space left on device", result.err, re.MULTILINE), (name, result.err)
         assert result.code in (0, 1) and result.messages == []
         assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=mlflow_runs(data_dir) - before.runs)
         assert temp_leftovers(data_dir) == [], name
@@ -2836,7 +2836,7 @@ def tmpfs(tmp_path):
     """A 4 MB tmpfs mounted under tmp_path (root only), unmounted afterwards; skipped where mounting is not allowed."""
     mount = tmp_path / "fs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()})")
     try:
@@ -2848,10 +2848,9 @@ def tmpfs(tmp_path):
 def fill(folder: Path) -> Path:
     """Take every free byte of the filesystem holding `folder`."""
     filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0" * 4096)
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
     return filler
 
 
@@ -2933,7 +2932,7 @@ def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path
 
 
 def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
     live = str(os.getpid())
     (tmp_path / "warehouse").mkdir()
     (tmp_path / f".tmp-{dead}-abc").mkdir()
