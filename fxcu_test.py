@@ -2721,6 +2721,17 @@ def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(
     assert mlflow_runs(tmp_path / "restored") == 1  # the real database, not an empty one
 
 
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=12), min_size=1, max_size=4))
+@settings(deadline=None)  # the first example imports SQLAlchemy
+def test_sqlite_uri_round_trips_any_path_through_sqlalchemy(parts):
+    from sqlalchemy.engine import make_url
+
+    path = Path("/", *parts, "mlflow.db")
+    uri = fxcu.sqlite_uri(path)
+    assert make_url(uri).database == str(path) and not make_url(uri).query  # what SQLAlchemy opens is the file itself
+    assert fxcu.sqlite_file(uri) == path
+
+
 def test_backup_refuses_a_database_that_is_not_mlflow(tmp_path, capsys):
     (tmp_path / "mlflow").mkdir()
     sqlite3.connect(tmp_path / "mlflow" / "mlflow.db").close()  # an empty SQLite file, as the unescaped URI made
