@@ -2225,6 +2225,7 @@ def cmd_run(
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
     backtest, or no report could be written.
     """
+    _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
         seconds: dict[str, float] = {}
         started = time.perf_counter()
