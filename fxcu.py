@@ -1494,6 +1494,13 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def temp_owner() -> str:
+    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's (containers: HOST)."""
+    import socket
+
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; once the block has written it, fsync and rename it over `path`.
@@ -1501,7 +1508,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Readers never see half a file, and on any failure the old file stays and the temp file goes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{temp_owner()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -2326,7 +2333,7 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
     import tempfile
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=data_dir))  # the pid: `clean_leftovers` spares live runs
+    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))  # the owner: `clean_leftovers` spares live runs
     try:
         yield path
     finally:
@@ -2336,10 +2343,13 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
 LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
 
 
-def leftover_pid(name: str) -> int | None:
-    """The process id in a temp name (`.tmp-PID-xyz` from tempfile_dir, `.NAME.PID.tmp` from atomic_path), else None."""
-    found = re.fullmatch(r"\.tmp-(\d+)-.*|\..+\.(\d+)\.tmp(?:-journal)?", name)
-    return int(found.group(1) or found.group(2)) if found else None
+def leftover_owner(name: str) -> tuple[int, str] | None:
+    """The (pid, host) of a temp name (`.tmp-PID@HOST-xyz` from tempfile_dir, `.NAME.PID@HOST.tmp` from atomic_path), else None."""
+    found = re.fullmatch(r"\.tmp-(\d+)@(\w+)-.*|\..+\.(\d+)@(\w+)\.tmp(?:-journal)?", name)
+    if not found:
+        return None
+    pid, host = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+    return int(pid), host
 
 
 def _alive(pid: int) -> bool:
@@ -2353,21 +2363,27 @@ def _alive(pid: int) -> bool:
 
 
 def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
-    """Remove temp files and folders a killed run left (their process is gone); return how many.
+    """Remove temp files and folders a killed run left; return how many.
 
-    A temp name without a process id (an older release) is removed once it is a day old.
+    Stale: made on this host by a process that is gone, or an hour old whoever made it (another
+    container, whose process ids this one cannot see, or an older release with no owner in the name).
     """
     import shutil
 
     now = time.time() if now is None else now
+    me = temp_owner()
+    host = me.split("@", 1)[1]
     removed = 0
     for folder in LEFTOVER_FOLDERS:
         with contextlib.suppress(OSError):
             for path in (data_dir / folder).iterdir():
-                pid = leftover_pid(path.name)
-                stale = (pid is not None and pid != os.getpid() and not _alive(pid)) or (
-                    pid is None and path.name.startswith(".tmp-") and now - path.stat().st_mtime > 86400
-                )
+                owner = leftover_owner(path.name)
+                if owner is None and not (path.name.startswith(".tmp-") or (path.name.startswith(".") and path.name.endswith((".tmp", ".tmp-journal")))):
+                    continue  # not a temp name
+                if owner is not None and owner[1] == host:  # this host's process ids can be checked
+                    stale = f"{owner[0]}@{owner[1]}" != me and not _alive(owner[0])
+                else:
+                    stale = now - path.lstat().st_mtime > 3600
                 if not stale:
                     continue
                 with contextlib.suppress(OSError):

@@ -2943,19 +2943,23 @@ def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path
 
 
 def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
-    live = str(os.getpid())
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    live, host = fxcu.temp_owner().split("@")
+    dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
     (tmp_path / "warehouse").mkdir()
     (tmp_path / f".tmp-{dead}-abc").mkdir()
     (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
     (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
-    (tmp_path / f".tmp-{live}-mine").mkdir()
-    (tmp_path / "warehouse" / f".copper.parquet.{live}.tmp").write_text("being written")
+    (tmp_path / f".tmp-{live}@{host}-mine").mkdir()
+    (tmp_path / "warehouse" / f".copper.parquet.{live}@{host}.tmp").write_text("being written")
+    (tmp_path / "warehouse" / f".copper.parquet.{other}.tmp").write_text("another container's, maybe live")
     (tmp_path / ".tmp-oldrelease").mkdir()
     (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
     assert fxcu.clean_leftovers(tmp_path) == 2
-    assert temp_leftovers(tmp_path) == sorted([".tmp-oldrelease", f".tmp-{live}-mine", f"warehouse/.copper.parquet.{live}.tmp"])
-    assert fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 86400) == 1  # no pid: removed once a day old
+    kept_now = [".tmp-oldrelease", f".tmp-{live}@{host}-mine", f"warehouse/.copper.parquet.{live}@{host}.tmp", f"warehouse/.copper.parquet.{other}.tmp"]
+    assert temp_leftovers(tmp_path) == sorted(kept_now)
+    assert fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2  # no owner, or another host's: removed once an hour old
+    assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
     assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
 
 
