@@ -92,7 +92,8 @@ class Config:
         try:
             data_dir = Path(raw_dir).expanduser().resolve()
         except (OSError, RuntimeError) as exc:  # INFO: a symlink loop is a RuntimeError before Python 3.13
-            raise ConfigError(f"FXCU_DATA_DIR {raw_dir} is unusable ({getattr(exc, 'strerror', None) or 'symlink loop'})") from None
+            reason = getattr(exc, "strerror", None) or "symlink loop"
+            raise ConfigError(f"FXCU_DATA_DIR {raw_dir} is unusable ({reason})") from None
         return cls(
             data_dir=data_dir,
             yahoo_url=environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/"),
@@ -1327,8 +1328,12 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
             body = _read_capped(response, cap=cap, ends=ends)
         if not response.is_success:
             # the body is kept (whole or cut) so that describe_error can quote it
-            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in {"content-encoding", "content-length", "transfer-encoding"}]
-            kept = httpx.Response(response.status_code, headers=headers, content=body, request=response.request, extensions={"reason_phrase": response.extensions.get("reason_phrase", b"")})
+            framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+            reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+            kept = httpx.Response(
+                response.status_code, headers=headers, content=body, request=response.request, extensions=reason
+            )
             kept.raise_for_status()
         try:
             return json.loads(body)
@@ -1343,7 +1348,7 @@ MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
 
 
 def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
-    """Read a streamed body, inflating gzip/deflate at most `cap` bytes at a time; raise past `cap` or the wall-clock `ends`."""
+    """Read a streamed body, inflating gzip/deflate at most `cap` bytes; raise past `cap` or the wall-clock `ends`."""
     import zlib
 
     import httpx
@@ -1495,7 +1500,7 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
 
 
 def temp_owner() -> str:
-    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's (containers: HOST)."""
+    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's."""
     import socket
 
     return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
@@ -1560,8 +1565,9 @@ def read_cache(path: Path, *, now: datetime) -> Result:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, exc.strerror or type(exc).__name__)
-        return Result("cache", error=f"cache {path.name} unreadable ({exc.strerror or type(exc).__name__})")
+        why = exc.strerror or type(exc).__name__
+        log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, why)
+        return Result("cache", error=f"cache {path.name} unreadable ({why})")
     try:
         frame = pl.read_parquet(io.BytesIO(data))
         missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
@@ -1571,7 +1577,8 @@ def read_cache(path: Path, *, now: datetime) -> Result:
         wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
         if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
             frame = frame.with_columns(_convert(name, frame.schema[name], schema[name]) for name in wrong)
-            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, ", ".join(f"{k} {v}" for k, v in wrong.items()))
+            found = ", ".join(f"{k} {v}" for k, v in wrong.items())
+            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, found)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
         try:
@@ -1696,7 +1703,9 @@ def _settle(name: str, label: str, config: Config, path: Path, cache: Result, ch
             path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
         write_parquet_atomic(merged, path)
     except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
-        log.error("Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc)
+        log.error(
+            "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
+        )
         notes += (f"warehouse not updated ({exc.strerror or exc})",)
     log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
     return Series(name, merged, chosen.source, notes=failures + notes)
@@ -1833,7 +1842,7 @@ def read_status(config: Config) -> dict[str, Any]:
         status = json.loads(status_path(config).read_text())
     except (OSError, ValueError, RecursionError):
         return {}
-    return status if isinstance(status, dict) else {}  # INFO: `[]` or a bare string is no status; `check` says "never run"
+    return status if isinstance(status, dict) else {}  # INFO: `[]` or a bare string is no status: "never run"
 
 
 def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None:
@@ -1908,7 +1917,9 @@ class OneLineRecords(logging.Filter):
     """Cut other libraries' records to one redacted line with no traceback (MLflow logs SQLAlchemy errors whole)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".")[0] != "fxcu" and (record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in str(record.msg) or "@" in str(record.msg)):
+        raw = str(record.msg)
+        extra = record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in raw or "@" in raw
+        if record.name.split(".")[0] != "fxcu" and extra:
             text = record.getMessage().strip()
             record.msg, record.args = redact(text.splitlines()[0][:300] if text else "", None), None
             record.exc_info, record.exc_text, record.stack_info = None, None, None
@@ -1940,11 +1951,17 @@ def mlflow_client(uri: str) -> Any:
 
 
 # A down tracking server cost 65 s (MLflow retries 7 times with backoff 2); these bound one call to ~2 x 5 s.
-MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+MLFLOW_HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 
 
 def relocate_artifacts(db: Path, root: str) -> int:
-    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`; return how many experiments.
+    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`.
+
+    Returns how many experiments moved.
 
     A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
     under it, old ones are found there, and nothing is recreated at the old path.
@@ -1953,15 +1970,20 @@ def relocate_artifacts(db: Path, root: str) -> int:
 
     tail = "/mlflow/mlruns"
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
-        rows = conn.execute("select experiment_id, artifact_location from experiments where artifact_location like 'file:%'").fetchall()
-        olds = {loc[: loc.rindex(tail) + len(tail)] for _, loc in rows if tail in loc}
+        query = "select artifact_location from experiments where artifact_location like 'file:%'"
+        rows = conn.execute(query).fetchall()
+        olds = {loc[: loc.rindex(tail) + len(tail)] for (loc,) in rows if tail in loc}
         moved = 0
         for old in olds - {root}:
-            n = len(old)
+            swap = (root, len(old) + 1, len(old), old)  # the prefix `old` becomes `root`
             moved += conn.execute(
-                "update experiments set artifact_location = ? || substr(artifact_location, ?) where substr(artifact_location, 1, ?) = ?", (root, n + 1, n, old)
+                "update experiments set artifact_location = ? || substr(artifact_location, ?)"
+                " where substr(artifact_location, 1, ?) = ?",
+                swap,
             ).rowcount
-            conn.execute("update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", (root, n + 1, n, old))
+            conn.execute(
+                "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", swap
+            )
     if moved:
         log.warning("The data dir moved: %d experiment(s) now keep their artifacts under %s", moved, root)
     return moved
@@ -2079,7 +2101,8 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
 
         uri = tracking_uri(config, environ)
         if uri in _UNREACHABLE:
-            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {_UNREACHABLE[uri]}")
+            why = _UNREACHABLE[uri]
+            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
         client = mlflow_client(uri)
         _follow_data_dir(config, uri)
         experiment_id, _ = ensure_experiment(client, EXPERIMENT_PREFIX + record.horizon, artifact_root(config, uri))
@@ -2119,7 +2142,8 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
     try:
         return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
     except Exception as exc:
-        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:  # the other horizons do not wait for it again
+        # the other horizons do not wait for it again
+        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
             _UNREACHABLE[uri] = type(exc).__name__
         raise
 
@@ -2333,7 +2357,8 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
     import tempfile
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))  # the owner: `clean_leftovers` spares live runs
+    # the owner in the name: `clean_leftovers` spares live runs
+    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))
     try:
         yield path
     finally:
@@ -2344,7 +2369,10 @@ LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
 
 
 def leftover_owner(name: str) -> tuple[int, str] | None:
-    """The (pid, host) of a temp name (`.tmp-PID@HOST-xyz` from tempfile_dir, `.NAME.PID@HOST.tmp` from atomic_path), else None."""
+    """The (pid, host) of a temp name, else None.
+
+    Temp names are `.tmp-PID@HOST-xyz` (tempfile_dir) and `.NAME.PID@HOST.tmp` (atomic_path).
+    """
     found = re.fullmatch(r"\.tmp-(\d+)@(\w+)-.*|\..+\.(\d+)@(\w+)\.tmp(?:-journal)?", name)
     if not found:
         return None
@@ -2378,7 +2406,9 @@ def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
         with contextlib.suppress(OSError):
             for path in (data_dir / folder).iterdir():
                 owner = leftover_owner(path.name)
-                if owner is None and not (path.name.startswith(".tmp-") or (path.name.startswith(".") and path.name.endswith((".tmp", ".tmp-journal")))):
+                name = path.name
+                temp_like = name.startswith(".tmp-") or (name[:1] == "." and name.endswith((".tmp", ".tmp-journal")))
+                if owner is None and not temp_like:
                     continue  # not a temp name
                 if owner is not None and owner[1] == host:  # this host's process ids can be checked
                     stale = f"{owner[0]}@{owner[1]}" != me and not _alive(owner[0])
@@ -2603,7 +2633,8 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
             tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
         if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
-            print(f"fxcu: {db} is not an MLflow database (no experiments or runs table): no backup written", file=sys.stderr)
+            why = "no experiments or runs table"
+            print(f"fxcu: {db} is not an MLflow database ({why}): no backup written", file=sys.stderr)
             return 1
         with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
@@ -2649,7 +2680,8 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         elif age > max_age_hours:
             yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
         else:
-            degraded = f", degraded: {', '.join(map(str, entry['degraded']))}" if isinstance(entry.get("degraded"), list) and entry["degraded"] else ""
+            reasons = entry.get("degraded") if isinstance(entry.get("degraded"), list) else []
+            degraded = f", degraded: {', '.join(map(str, reasons))}" if reasons else ""
             yield name, "OK", f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}"
 
 
@@ -2698,9 +2730,11 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
     status = read_status(config)
     timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
     latest = max(timed, key=lambda pair: pair[0])[1] if timed else None
-    degraded = [str(d) for d in latest.get("degraded") or []] if latest is not None and isinstance(latest.get("degraded") or [], list) else []
+    listed = latest.get("degraded") if latest is not None else None
+    degraded = [str(d) for d in listed] if isinstance(listed, list) else []
     if latest is not None and {"no copper", "stale copper"} & set(degraded):
-        checks.append(("copper available", "WARNING", f"last run had {'no' if 'no copper' in degraded else 'stale'} copper"))
+        which = "no" if "no copper" in degraded else "stale"
+        checks.append(("copper available", "WARNING", f"last run had {which} copper"))
     elif latest is not None:
         checks.append(("copper available", "OK", "monthly (degraded)" if "monthly copper" in degraded else "yes"))
     checks += check_runs(status, now=now)
@@ -2715,7 +2749,8 @@ def cmd_check(config: Config, environ: Mapping[str, str], *, now: datetime, netw
                 with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
                     versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
-                    if not versioned or not conn.execute("select version_num from alembic_version").fetchone():  # half-made by a crash
+                    # no schema version: half-made by a crash
+                    if not versioned or not conn.execute("select version_num from alembic_version").fetchone():
                         raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
                 size = db.stat().st_size / 1e6
                 checks.append(("mlflow database", "WARNING" if size > 100 else "OK", f"{count} runs, {size:.1f} MB{' (over 100 MB)' if size > 100 else ''}"))
@@ -2749,7 +2784,7 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
         params = {"series_id": FRED_COPPER_SERIES, "api_key": config.fred_api_key, "file_type": "json", "sort_order": "desc", "limit": "3"}
         probes.append(("fred", f"{config.fred_url}/fred/series/observations", params, parse_fred_observations))
     found: list[tuple[str, Level, str]] = []
-    # the run's own bounded reader (size cap, wall-clock end), with one try: a hostile body costs a probe no more than a run
+    # the run's own bounded reader (size cap, wall-clock end), one try: a hostile body costs a probe no more than a run
     fetch_json = make_fetch_json(dataclasses.replace(config, attempts=1, timeout=timeout, network_budget=2 * timeout))
     with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
         for name, url, params, parse in probes:
