@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import enum
+import errno
 import fcntl
 import functools
 import json
@@ -106,7 +107,12 @@ class Config:
     def from_env(cls, environ: Mapping[str, str]) -> Config:
         """Build the config from environment variables (FXCU_*, FRED_API_KEY)."""
         default_dir = Path(__file__).resolve().parent / "data"
-        data_dir = Path(environ.get("FXCU_DATA_DIR") or default_dir).expanduser().resolve()
+        raw_dir = environ.get("FXCU_DATA_DIR") or default_dir
+        try:
+            data_dir = Path(raw_dir).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # INFO: a symlink loop is a RuntimeError before Python 3.13
+            reason = getattr(exc, "strerror", None) or "symlink loop"
+            raise ConfigError(f"FXCU_DATA_DIR {raw_dir} is unusable ({reason})") from None
         yahoo_url = environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/")
         impersonate = environ.get("FXCU_HTTP_IMPERSONATE", "chrome").strip().lower() or "chrome"
         if impersonate not in IMPERSONATE:
@@ -3097,8 +3103,9 @@ def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2)
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Remove a secret and any `api_key=` or `crumb=` query value from text meant for logs or errors."""
+    """Remove a secret and any `api_key=` or `crumb=` query value, and user:password in URLs from text meant for logs or errors."""
     text = re.sub(r"((?:api_key|crumb)=)[^&\s'\"]+", r"\1***", text)
+    text = re.sub(r"(//)[^/@\s'\"]*:[^/@\s'\"]*@", r"\1***@", text)  # user:password in a base or proxy URL
     if secret:
         text = text.replace(secret, "***")
     return text
@@ -3283,18 +3290,70 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
     def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
         if left() <= 0:
             raise httpx.TimeoutException("network time budget spent")
-        response = client.get(url, params=params, timeout=min(config.timeout, left()))
-        response.raise_for_status()
-        return response.json()
+        # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
+        ends = time.monotonic() + min(left(), config.network_budget)
+        with client.stream("GET", url, params=params, timeout=min(config.timeout, left())) as response:
+            cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+            body = _read_capped(response, cap=cap, ends=ends)
+        if not response.is_success:
+            # the body is kept (whole or cut) so that describe_error can quote it
+            framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+            reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+            kept = httpx.Response(
+                response.status_code, headers=headers, content=body, request=response.request, extensions=reason
+            )
+            kept.raise_for_status()
+        try:
+            return json.loads(body)
+        except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+            raise PayloadError("malformed JSON (nested too deeply)") from None
 
     return fetch_json
+
+
+MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
+MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
+
+
+def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
+    """Read a streamed body, inflating gzip/deflate at most `cap` bytes; raise past `cap` or the wall-clock `ends`."""
+    import zlib
+
+    import httpx
+
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    # INFO: httpx inflates each 64 KB read whole (a gzip bomb gives ~64 MB a read); zlib's max_length bounds it
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in {"gzip", "x-gzip", "deflate"} else None
+    chunks: list[bytes] = []
+    size = 0
+    for raw in response.iter_raw() if inflater else response.iter_bytes():
+        pending = raw
+        while pending:
+            try:
+                data = inflater.decompress(pending, cap - size + 1) if inflater else pending
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"bad {encoding} body ({exc})", request=response.request) from None
+            pending = inflater.unconsumed_tail if inflater else b""
+            size += len(data)
+            if size > cap:
+                if cap < MAX_BODY_BYTES:  # an error body: the start is enough to quote
+                    return b"".join(chunks)
+                raise PayloadError(f"response body over {cap / 2**20:g} MB (decompressed): not read further")
+            chunks.append(data)
+        if time.monotonic() > ends:
+            raise httpx.ReadTimeout("network time budget spent while reading the body", request=response.request)
+    if inflater:
+        chunks.append(inflater.flush())
+    return b"".join(chunks)
 
 
 def _where(url: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(str(url))
-    return f"{parts.netloc}{parts.path}"  # INFO: never the query: it may hold the FRED key
+    host = parts.netloc.rpartition("@")[2]  # INFO: never the user:password before `@`
+    return f"{host}{parts.path}"  # INFO: never the query: it may hold the FRED key
 
 
 def describe_error(exc: BaseException | None, secret: str | None) -> str:
@@ -3304,7 +3363,7 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         body = exc.response.text.strip().replace("\n", " ")
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(body)
             chart = parsed.get("chart") if isinstance(parsed, Mapping) else None
             inner = (parsed.get("error_message") if isinstance(parsed, Mapping) else None) or (chart.get("error") if isinstance(chart, Mapping) else None)
@@ -3603,7 +3662,16 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
     Raises TimeoutError when another process holds it longer; the lock dies with its process.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 -- closed by the `with` below
+    except OSError as exc:
+        if exc.errno not in {errno.EACCES, errno.EPERM, errno.EROFS}:
+            raise
+        if not path.exists():  # a read-only dir with no lock file: this process cannot write, so nothing to serialise
+            yield
+            return
+        handle = open(path)  # noqa: SIM115 -- INFO: flock works on a read-only handle too
+    with handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -3619,6 +3687,13 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def temp_owner() -> str:
+    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's."""
+    import socket
+
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; once the block has written it, fsync and rename it over `path`.
@@ -3626,7 +3701,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Readers never see half a file, and on any failure the old file stays and the temp file goes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{temp_owner()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -3637,26 +3712,63 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Write a parquet file atomically (`atomic_path`)."""
+    """Write a parquet file atomically (`atomic_path`); a full disk or a denied write is an OSError."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)  # INFO: in memory first: polars reports ENOSPC as a ComputeError, Python as OSError
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def cache_schema() -> dict[str, pl.DataType]:
+    """The column types of a warehouse file."""
+    import polars as pl
+
+    return {DATE: pl.Date(), CLOSE: pl.Float64(), SOURCE: pl.String(), FETCHED_AT: pl.Datetime("us", "UTC")}
+
+
+def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
+    import polars as pl
+
+    if have == pl.String and want == pl.Date:  # INFO: polars 2 removed the string-to-date cast
+        return pl.col(name).str.to_date("%Y-%m-%d", strict=True)
+    if have == pl.String and isinstance(want, pl.Datetime):
+        return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC", strict=True)
+    return pl.col(name).cast(want, strict=True)
 
 
 def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> Result:
     """Read a warehouse file; a corrupt one is renamed aside (never overwritten) and reported.
 
-    With `rules`, rows `repair` refuses (null or implausible closes, impossible dates, a bad tail)
-    are not served: they are saved beside the file as `.rejected-*` and the file is rewritten.
+    A file that cannot be read (permissions, I/O) is not corrupt: it stays where it is. Columns of
+    the wrong type are converted when every value converts, else the file is corrupt. With `rules`,
+    rows `repair` refuses (null or implausible closes, impossible dates, a bad tail) are not served:
+    they are saved beside the file as `.rejected-*` and the file is rewritten.
     """
+    import io
+
     import polars as pl
 
     if not path.exists():
         return Result("cache", error=f"no cache at {path}")
     try:
-        frame = pl.read_parquet(path)
+        data = path.read_bytes()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, why)
+        return Result("cache", error=f"cache {path.name} unreadable ({why})")
+    try:
+        frame = pl.read_parquet(io.BytesIO(data))
         missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
+        schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
+        wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
+        if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
+            frame = frame.with_columns(_convert(name, frame.schema[name], schema[name]) for name in wrong)
+            found = ", ".join(f"{k} {v}" for k, v in wrong.items())
+            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, found)
         kept, found = repair(frame, rules=rules, now=now) if rules is not None else (frame, [])
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
@@ -3911,7 +4023,15 @@ def _settle(
     merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
     if chosen.source != "yahoo":
         log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
-    write_parquet_atomic(merged, path)
+    try:
+        if not cache.ok and path.exists():
+            path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
+        write_parquet_atomic(merged, path)
+    except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
+        log.error(
+            "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
+        )
+        notes += (f"warehouse not updated ({exc.strerror or exc})",)
     log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
     return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
 
@@ -4138,9 +4258,10 @@ def status_path(config: Config) -> Path:
 def read_status(config: Config) -> dict[str, Any]:
     """The last run per horizon, as `run` recorded it ({} when none or unreadable)."""
     try:
-        return json.loads(status_path(config).read_text())
-    except (OSError, ValueError):
+        status = json.loads(status_path(config).read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return status if isinstance(status, dict) else {}  # INFO: `[]` or a bare string is no status: "never run"
 
 
 def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None:
@@ -4380,7 +4501,22 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
         return environ["MLFLOW_TRACKING_URI"]
     folder = config.data_dir / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return sqlite_uri(folder / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """The SQLAlchemy URI of a SQLite file, with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
+    # INFO: SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
+    return "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a `sqlite:///` URI (inverse of `sqlite_uri`), or None for any other store."""
+    from urllib.parse import unquote
+
+    if not uri.startswith("sqlite:///") or "?" in uri:
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///")))
 
 
 def artifact_root(config: Config, uri: str) -> str | None:
@@ -4415,11 +4551,112 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None,
     return box.get("value")
 
 
+class OneLineRecords(logging.Filter):
+    """Cut other libraries' records to one redacted line with no traceback (MLflow logs SQLAlchemy errors whole)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raw = str(record.msg)
+        extra = record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in raw or "@" in raw
+        if record.name.split(".")[0] != "fxcu" and extra:
+            text = record.getMessage().strip()
+            record.msg, record.args = redact(text.splitlines()[0][:300] if text else "", None), None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def one_line_logs() -> None:
+    """Put `OneLineRecords` on every handler that reaches stderr: the root's and those MLflow and alembic install."""
+    for name in (None, "mlflow", "alembic"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, OneLineRecords) for f in handler.filters):
+                handler.addFilter(OneLineRecords())
+
+
 def mlflow_client(uri: str) -> Any:
-    """An MlflowClient on `uri` (creating the SQLite database and running its migrations when new)."""
+    """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
     from mlflow.tracking import MlflowClient
 
+    one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
+    db = sqlite_file(uri)
+    if db is not None:
+        _share_engine(uri)
+        if not db.exists():
+            create_database(db)
+    if uri.startswith(("http:", "https:")):
+        for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
+
+
+# A down tracking server cost 65 s (MLflow retries 7 times with backoff 2); these bound one call to ~2 x 5 s.
+MLFLOW_HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+def relocate_artifacts(db: Path, root: str) -> int:
+    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`.
+
+    Returns how many experiments moved.
+
+    A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
+    under it, old ones are found there, and nothing is recreated at the old path.
+    """
+    import sqlite3
+
+    tail = "/mlflow/mlruns"
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        query = "select artifact_location from experiments where artifact_location like 'file:%'"
+        rows = conn.execute(query).fetchall()
+        olds = {loc[: loc.rindex(tail) + len(tail)] for (loc,) in rows if tail in loc}
+        moved = 0
+        for old in olds - {root}:
+            swap = (root, len(old) + 1, len(old), old)  # the prefix `old` becomes `root`
+            moved += conn.execute(
+                "update experiments set artifact_location = ? || substr(artifact_location, ?)"
+                " where substr(artifact_location, 1, ?) = ?",
+                swap,
+            ).rowcount
+            conn.execute(
+                "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", swap
+            )
+    if moved:
+        log.warning("The data dir moved: %d experiment(s) now keep their artifacts under %s", moved, root)
+    return moved
+
+
+def _share_engine(uri: str) -> None:
+    # INFO: MLflow's engine factory mkdirs the *escaped* path's parent (a stray `a%23b/` beside `a#b/`);
+    # an engine made here without that step is the one its store then reuses.
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    if isinstance(engines, dict) and uri not in engines:
+        engines.setdefault(uri, create_sqlalchemy_engine(uri))
+
+
+def create_database(db: Path) -> None:
+    """Migrate a new SQLite database beside `db`, then rename it in: a failure (a full disk) leaves none half-made."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(db.parent / ".create.lock", timeout=60, what="MLflow database creation lock"):
+        if db.exists():  # another process made it while this one waited
+            return
+        with atomic_path(db) as tmp:
+            uri = sqlite_uri(tmp)
+            try:
+                _share_engine(uri)
+                SqlAlchemyStore(uri, (db.parent / "mlruns").as_uri())
+            finally:
+                engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+                if engine is not None:
+                    engine.dispose()
+                tmp.with_name(tmp.name + "-journal").unlink(missing_ok=True)
+        log.info("Created the MLflow database %s", db)
 
 
 def ensure_experiment(
@@ -4681,7 +4918,11 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
         uri = tracking_uri(config, environ)
+        if uri in _UNREACHABLE:
+            why = _UNREACHABLE[uri]
+            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
         client = mlflow_client(uri)
+        _follow_data_dir(config, uri)
         if uri.startswith("sqlite:"):
             retire_default_experiment(client)
         name = EXPERIMENT_PREFIX + record.horizon
@@ -4727,7 +4968,24 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
                 raise TimeoutError("MLflow tracking gave up before writing")
             return work()
 
-    return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+    uri = tracking_uri(config, environ)
+    try:
+        return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+    except Exception as exc:
+        # the other horizons do not wait for it again
+        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
+            _UNREACHABLE[uri] = type(exc).__name__
+        raise
+
+
+_UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
+
+
+def _follow_data_dir(config: Config, uri: str) -> None:
+    """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
+    db = sqlite_file(uri)
+    if db is not None and db == config.data_dir / "mlflow" / "mlflow.db" and db.exists():
+        relocate_artifacts(db, artifact_root(config, uri))
 
 
 def run_user(environ: Mapping[str, str]) -> str:
@@ -4884,6 +5142,7 @@ def cmd_run(
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
     backtest, or no report could be written.
     """
+    _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
         seconds: dict[str, float] = {}
         started = time.perf_counter()
@@ -5057,11 +5316,71 @@ def tempfile_dir(data_dir: Path) -> Iterator[Path]:
     import tempfile
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=data_dir))
+    # the owner in the name: `clean_leftovers` spares live runs
+    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
+
+
+def leftover_owner(name: str) -> tuple[int, str] | None:
+    """The (pid, host) of a temp name, else None.
+
+    Temp names are `.tmp-PID@HOST-xyz` (tempfile_dir) and `.NAME.PID@HOST.tmp` (atomic_path).
+    """
+    found = re.fullmatch(r"\.tmp-(\d+)@(\w+)-.*|\..+\.(\d+)@(\w+)\.tmp(?:-journal)?", name)
+    if not found:
+        return None
+    pid, host = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+    return int(pid), host
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
+    """Remove temp files and folders a killed run left; return how many.
+
+    Stale: made on this host by a process that is gone, or an hour old whoever made it (another
+    container, whose process ids this one cannot see, or an older release with no owner in the name).
+    """
+    import shutil
+
+    now = time.time() if now is None else now
+    me = temp_owner()
+    host = me.split("@", 1)[1]
+    removed = 0
+    for folder in LEFTOVER_FOLDERS:
+        with contextlib.suppress(OSError):
+            for path in (data_dir / folder).iterdir():
+                owner = leftover_owner(path.name)
+                name = path.name
+                temp_like = name.startswith(".tmp-") or (name[:1] == "." and name.endswith((".tmp", ".tmp-journal")))
+                if owner is None and not temp_like:
+                    continue  # not a temp name
+                if owner is not None and owner[1] == host:  # this host's process ids can be checked
+                    stale = f"{owner[0]}@{owner[1]}" != me and not _alive(owner[0])
+                else:
+                    stale = now - path.lstat().st_mtime > 3600
+                if not stale:
+                    continue
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                    removed += 1
+    if removed:
+        log.info("Removed %d leftover temp file(s) of an interrupted run", removed)
+    return removed
 
 
 def email_reports(
@@ -5153,6 +5472,7 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     """Create the MLflow database and the four experiments; running it again changes nothing."""
     uri = tracking_uri(config, environ)
     client = mlflow_client(uri)
+    _follow_data_dir(config, uri)
     print(f"tracking URI: {redact_uri(uri)}")
     if uri.startswith("sqlite:") and retire_default_experiment(client):
         print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
@@ -5666,8 +5986,13 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
     with tempfile_dir(config.data_dir) as tmp:
         copy = tmp / "mlflow.db"
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
+            tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
+        if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
+            why = "no experiments or runs table"
+            print(f"fxcu: {db} is not an MLflow database ({why}): no backup written", file=sys.stderr)
+            return 1
         with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
             mlruns = config.data_dir / "mlflow" / "mlruns"
@@ -5834,7 +6159,11 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         if not entry:
             yield name, "WARNING", "never run"
             continue
-        age = run_age_hours(entry, now)
+        stamp = _entry_time(entry)
+        if stamp is None:
+            yield name, "WARNING", "status.json entry malformed (no valid time); the next run rewrites it"
+            continue
+        age = (now - stamp).total_seconds() / 3600
         if not entry.get("ok"):
             yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
         elif not entry.get("tracked"):
@@ -5842,7 +6171,8 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
         elif age > max_age_hours:
             yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
         else:
-            degraded = f", degraded: {', '.join(entry['degraded'])}" if entry.get("degraded") else ""
+            reasons = entry.get("degraded") if isinstance(entry.get("degraded"), list) else []
+            degraded = f", degraded: {', '.join(map(str, reasons))}" if reasons else ""
             yield (
                 name,
                 "OK",
@@ -5850,9 +6180,13 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
             )
 
 
-def run_age_hours(entry: Mapping[str, Any], now: datetime) -> float:
-    """Hours since a status entry's run."""
-    return (now - datetime.fromisoformat(entry["time"])).total_seconds() / 3600
+def _entry_time(entry: Any) -> datetime | None:
+    """The time of a status entry, or None when the entry is not a mapping with an ISO time (with zone)."""
+    try:
+        stamp = datetime.fromisoformat(entry["time"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return stamp if stamp.tzinfo is not None else None
 
 
 def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
@@ -5967,7 +6301,10 @@ def gather_checks(
     today = now.date()
     warn, crit = f"{limits.data_warn_days:g}", f"{limits.data_critical_days:g}"
     status = read_status(config)
-    latest = max(status.values(), key=lambda e: e.get("time", ""), default=None)
+    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
+    latest = max(timed, key=lambda pair: pair[0])[1] if timed else None
+    listed = latest.get("degraded") if latest is not None else None
+    degraded = [str(d) for d in listed] if isinstance(listed, list) else []
     for name, file in (("usdclp data", USDCLP_CACHE), ("copper data", COPPER_CACHE)):
         try:
             last, rows = read_series_stats(config.warehouse / file)
@@ -5987,7 +6324,7 @@ def gather_checks(
             checks.append((name, item[1], message))
         else:
             checks.append(
-                check_copper(last, rows, latest.get("degraded", []) if latest else None, today=today, limits=limits)
+                check_copper(last, rows, degraded if latest else None, today=today, limits=limits)
             )
         if last is not None:
             label = name.split()[0] + "_age_days"
@@ -5995,9 +6332,9 @@ def gather_checks(
     checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
     checks += read_track_checks(config, today=today)
     perf += [
-        Perf(f"run_{h}_age_hours", round(run_age_hours(status[h], now), 2), warn=f"{limits.run_warn_hours:g}")
+        Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
         for h in HORIZONS
-        if status.get(h)
+        if (stamp := _entry_time(status.get(h))) is not None
     ]
     if environ.get("MLFLOW_TRACKING_URI"):
         checks.append(
@@ -6009,8 +6346,12 @@ def gather_checks(
             checks.append(("mlflow database", "WARNING", f"missing ({db}); run `fxcu init`"))
         else:
             try:
-                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
                     count = conn.execute("select count(*) from runs").fetchone()[0]
+                    versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
+                    # no schema version: half-made by a crash
+                    if not versioned or not conn.execute("select version_num from alembic_version").fetchone():
+                        raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
                 size = db.stat().st_size
                 checks.append(check_database(size, count, limits=limits))
                 perf.append(Perf("mlflow_db", size, "B", warn=f"{limits.db_warn_mb * 1e6:.0f}"))
@@ -6068,13 +6409,13 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
         if config.fred_api_key or not source.key
     ]
     found: list[tuple[str, Level, str]] = []
+    # the run's own bounded reader (size cap, wall-clock end), one try: a hostile body costs a probe no more than a run
+    fetch_json = make_fetch_json(dataclasses.replace(config, attempts=1, network_budget=2 * timeout))
     yahoo = YahooSession(config)
     with make_client(config, yahoo) as client:
         for source, url, params in probes:
             try:
-                response = client.get(url, params=params)
-                response.raise_for_status()
-                rows = source.parse(response.json()).height
+                rows = source.parse(fetch_json(client, url, params)).height
                 found.append((f"source {source.label}", "OK", f"{rows} rows"))
             except Exception as exc:  # noqa: BLE001 -- every failure is a finding
                 found.append((f"source {source.label}", "WARNING", describe_error(exc, config.fred_api_key)))
@@ -6205,12 +6546,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return UNKNOWN if args.command == "check" else 2
     if getattr(args, "offline", False):
         config = dataclasses.replace(config, offline=True)
-    if config.data_dir.exists() and not config.data_dir.is_dir():
+    try:
+        not_a_dir = config.data_dir.exists() and not config.data_dir.is_dir()
+    except OSError as exc:  # a component over 255 bytes (ENAMETOOLONG), a loop below the resolved path
+        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is unusable ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    if not_a_dir:
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
         return UNKNOWN if args.command == "check" else 2
     now = datetime.now(UTC)
+    if args.command != "check":  # INFO: the monitoring probe only reads
+        clean_leftovers(config.data_dir)
     try:
-        return dispatch(args, config, environ, now)
+        with _sigterm_as_exception():
+            return dispatch(args, config, environ, now)
+    except KeyboardInterrupt:
+        print("fxcu: interrupted (Ctrl-C): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("fxcu: terminated (SIGTERM): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 143
     except (TimeoutError, ValueError) as exc:
         print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
         return 1
@@ -6218,6 +6573,29 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"fxcu: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+
+
+class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
+    """SIGTERM, raised in the main thread so that every `finally` (temp files, locks) runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> NoReturn:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str], now: datetime) -> int:
