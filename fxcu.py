@@ -6550,7 +6550,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         not_a_dir = config.data_dir.exists() and not config.data_dir.is_dir()
     except OSError as exc:  # a component over 255 bytes (ENAMETOOLONG), a loop below the resolved path
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is unusable ({exc.strerror or exc})", file=sys.stderr)
-        return 2
+        return UNKNOWN if args.command == "check" else 2
     if not_a_dir:
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
         return UNKNOWN if args.command == "check" else 2

@@ -2552,7 +2552,8 @@ def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp
     assert client.get_experiment_by_name("forecaster_7d").artifact_location == root
     for run_id in (first, second):
         assert client.get_run(run_id).info.artifact_uri.startswith(root + "/")
-        assert [a.path for a in client.list_artifacts(run_id)] == ["forecast_7d.md"]  # the old run's files, found in their new home
+        # the old run's files (the report and its HTML twin), found in their new home
+        assert [a.path for a in client.list_artifacts(run_id)] == ["forecast_7d.html", "forecast_7d.md"]
 
 
 @pytest.mark.slow
@@ -2868,10 +2869,11 @@ def test_check_bad_thresholds_are_unknown_exit_3(tmp_path, capsys, args, env, li
     assert code == 3 and (out.out + out.err).strip().splitlines()[0].startswith(line)
 
 
-def test_check_a_broken_status_file_is_unknown_not_a_traceback(tmp_path, capsys):
+def test_check_a_broken_status_entry_is_a_finding_not_a_traceback(tmp_path, capsys):
     (tmp_path / "status.json").write_text(json.dumps({"7d": {"time": "yesterday", "ok": True}}))
-    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 3
-    assert capsys.readouterr().out.startswith("UNKNOWN - check failed (ValueError: ")
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2  # CRITICAL: no USD/CLP data at all
+    out = capsys.readouterr().out
+    assert "WARNING  run 7d: status.json entry malformed (no valid time)" in out and "Traceback" not in out
 
 
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
@@ -4867,7 +4869,8 @@ def test_fault_unusable_data_dir_path_is_one_line(tmp_path, how, command):
     else:
         data, reason = tmp_path / ("x" * 300), "File name too long"
     result = cli([command, *(["7d"] if command == "run" else [])], {"FXCU_DATA_DIR": str(data)}, tmp_path)
-    assert result.code == 2 and "Traceback" not in result.err, result.err
+    # a monitoring probe that cannot run is UNKNOWN (3), as Nagios expects; the other commands exit 2 (usage)
+    assert result.code == (3 if command == "check" else 2) and "Traceback" not in result.err, result.err
     assert len(result.messages) == 1 and result.messages[0].startswith("fxcu: FXCU_DATA_DIR ") and result.messages[0].endswith(f"is unusable ({reason})")
 
 
