@@ -58,10 +58,7 @@ SOURCE_RANK: dict[str, int] = {"yahoo": 0, "mindicador": 1, "fred": 2, "cache": 
 USDCLP_CACHE, COPPER_CACHE = "usdclp.parquet", "copper_hgf_usd_lb.parquet"
 SEED_FILES: dict[str, str] = {"usdclp": "usdclp_clpx_daily.csv", "copper": "copper_hgf_daily.csv"}
 # A browser-like User-Agent: Yahoo answers library User-Agents with 429s.
-USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/131.0.0.0 Safari/537.36"
-)
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 # A jump this far (in log terms, ~22%) from the local median that comes straight back is a bad print.
 BAD_PRINT_LOG_JUMP = 0.2
 # Overlap asked of an incremental fetch, so revised recent values replace cached ones.
@@ -70,7 +67,11 @@ OVERLAP_DAYS = 7
 NEWEST_BARS = 10
 # The small real history shipped with fxcu (data/seed/README.md): an empty warehouse starts from it.
 SEED_DIR = Path(__file__).resolve().parent / "data" / "seed"
-YAHOO_URL, FRED_URL, MINDICADOR_URL = "https://query1.finance.yahoo.com", "https://api.stlouisfed.org", "https://mindicador.cl"
+YAHOO_URL, FRED_URL, MINDICADOR_URL = (
+    "https://query1.finance.yahoo.com",
+    "https://api.stlouisfed.org",
+    "https://mindicador.cl",
+)
 # Where a browser gets Yahoo's cookie (an A3 cookie on a 404 page) before asking for a crumb, as yfinance does.
 YAHOO_COOKIE_URL, YAHOO_CRUMB_PATH = "https://fc.yahoo.com", "/v1/test/getcrumb"
 IMPERSONATE: tuple[str, ...] = ("chrome", "off")  # FXCU_HTTP_IMPERSONATE: Yahoo's TLS fingerprint
@@ -460,8 +461,8 @@ def clean_prices(
 
     deduped = rest.with_row_index("_i").unique(subset=DATE, keep="last").sort(DATE)
     dups = rest.height - deduped.height
-    removed["duplicated-date bars (kept the latest)"] = [] if not dups else sorted(
-        rest.filter(pl.col(DATE).is_duplicated())[DATE].unique().to_list()
+    removed["duplicated-date bars (kept the latest)"] = (
+        [] if not dups else sorted(rest.filter(pl.col(DATE).is_duplicated())[DATE].unique().to_list())
     )
     is_weekend = (pl.col(DATE).dt.weekday() >= 6) & pl.lit(frequency == "daily")
     note("weekend rows", deduped.filter(is_weekend))
@@ -496,9 +497,7 @@ def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
     before = pl.concat_list(x.shift(1), x.shift(2), x.shift(3)).list.median()
     after = pl.concat_list(x.shift(-1), x.shift(-2), x.shift(-3)).list.median()
     return (
-        ((x - before).abs() > threshold)
-        & ((x - after).abs() > threshold)
-        & ((before - after).abs() < threshold / 2)
+        ((x - before).abs() > threshold) & ((x - after).abs() > threshold) & ((before - after).abs() < threshold / 2)
     ).fill_null(False)
 
 
@@ -512,7 +511,9 @@ def merge_prices(cached: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFra
 
     if cached is None or cached.is_empty():
         return fresh.sort(DATE)
-    both = pl.concat([cached.with_columns(_fresh=pl.lit(0)), fresh.with_columns(_fresh=pl.lit(1))], how="vertical_relaxed")
+    both = pl.concat(
+        [cached.with_columns(_fresh=pl.lit(0)), fresh.with_columns(_fresh=pl.lit(1))], how="vertical_relaxed"
+    )
     rank = pl.col(SOURCE).replace_strict(SOURCE_RANK, default=len(SOURCE_RANK), return_dtype=pl.Int32)
     return (
         both.sort([DATE, rank, "_fresh"], descending=[False, True, False])
@@ -837,13 +838,20 @@ def rsi(col: str | pl.Expr, n: int = 14) -> pl.Expr:
     gain = wilder(change.clip(lower_bound=0))
     loss = wilder((-change).clip(lower_bound=0))
     value = (
-        pl.when((gain == 0) & (loss == 0)).then(50.0).when(loss == 0).then(100.0).otherwise(100 - 100 / (1 + gain / loss))
+        pl.when((gain == 0) & (loss == 0))
+        .then(50.0)
+        .when(loss == 0)
+        .then(100.0)
+        .otherwise(100 - 100 / (1 + gain / loss))
     )
     return pl.when(row >= n).then(value).alias(f"copper_rsi_{n}")
 
 
 def zscore(col: str | pl.Expr, n: int = 252) -> pl.Expr:
-    """Z-score of the price against its own trailing `n`-row mean and std (0 when the std is 0); first `n-1` rows null."""
+    """Z-score of the price against its own trailing `n`-row mean and std (0 when the std is 0).
+
+    The first `n-1` rows are null.
+    """
     import polars as pl
 
     _check_window(n)
@@ -923,7 +931,9 @@ def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) ->
     monthly = copper_frequency(copper) == "monthly"
     own = copper.select(DATE, CLOSE).sort(DATE)
     if monthly:
-        own = own.select(DATE, *(pl.lit(None, pl.Int8 if f == "copper_trend_signal" else pl.Float64).alias(f) for f in FEATURES))
+        own = own.select(
+            DATE, *(pl.lit(None, pl.Int8 if f == "copper_trend_signal" else pl.Float64).alias(f) for f in FEATURES)
+        )
     else:
         own = own.with_columns(feature_exprs(CLOSE, None)).drop(CLOSE)
     if usdclp is None:
@@ -933,8 +943,17 @@ def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) ->
     if monthly:
         corr = corr.with_columns(pl.lit(None, pl.Float64).alias(FEATURES[-1]))
     right = own.drop(FEATURES[-1]).rename({DATE: "copper_date"})
-    joined = usdclp.select(DATE).sort(DATE).join_asof(
-        right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False, tolerance=COPPER_MAX_GAP
+    joined = (
+        usdclp.select(DATE)
+        .sort(DATE)
+        .join_asof(
+            right,
+            left_on=DATE,
+            right_on="copper_date",
+            strategy="backward",
+            allow_exact_matches=False,
+            tolerance=COPPER_MAX_GAP,
+        )
     )
     return joined.drop("copper_date").join(corr, on=DATE, how="left").select(DATE, *FEATURES)
 
@@ -993,7 +1012,9 @@ def build_bundle(usdclp: Series, copper: Series) -> Bundle:
     )
 
 
-def feature_problems(features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.DataFrame | None, *, now: datetime, max_age: timedelta) -> list[str]:
+def feature_problems(
+    features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.DataFrame | None, *, now: datetime, max_age: timedelta
+) -> list[str]:
     """Check every feature against its range and the prices against their units; empty means all good."""
     import polars as pl
 
@@ -1051,7 +1072,9 @@ def trading_dates(last: date, days: int) -> list[date]:
     return [d for d in (last + timedelta(days=k) for k in range(1, days + 1)) if d.weekday() < 5]
 
 
-def model_frames(usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
+def model_frames(
+    usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY
+) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
     """Build statsforecast inputs on log prices with an integer trading-day index `ds`.
 
     Returns the univariate frame (the last `history` trading days), the frame with `copper_lag`
@@ -1068,14 +1091,21 @@ def model_frames(usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, 
     if copper is not None and copper_frequency(copper) == "daily":
         aligned = align_copper(base.select(DATE, CLOSE), copper)
         lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
-        exog = lagged.drop_nulls("copper_lag").select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag")
+        exog = lagged.drop_nulls("copper_lag").select(
+            pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag"
+        )
     return uni, exog, tail.select("ds", DATE)
 
 
 def _models(season_length: int = 1) -> list:
     from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, Naive
 
-    return [Naive(), AutoETS(season_length=season_length), AutoARIMA(season_length=season_length), AutoTheta(season_length=season_length)]
+    return [
+        Naive(),
+        AutoETS(season_length=season_length),
+        AutoARIMA(season_length=season_length),
+        AutoTheta(season_length=season_length),
+    ]
 
 
 def _copper_models() -> list:
@@ -1093,7 +1123,9 @@ def _quiet_statsforecast() -> contextlib.AbstractContextManager:
     return stack
 
 
-def cross_validate(frame: pl.DataFrame, models: list, steps: int, windows: int, step_size: int, *, refit: bool | int = False) -> pl.DataFrame:
+def cross_validate(
+    frame: pl.DataFrame, models: list, steps: int, windows: int, step_size: int, *, refit: bool | int = False
+) -> pl.DataFrame:
     """statsforecast rolling-origin predictions (log scale) for every step of every window.
 
     With `refit=False` the models are fitted once on the data before the first origin and then
@@ -1103,7 +1135,9 @@ def cross_validate(frame: pl.DataFrame, models: list, steps: int, windows: int, 
 
     with _quiet_statsforecast():
         sf = StatsForecast(models=models, freq=1, n_jobs=1)
-        return sf.cross_validation(df=frame, h=steps, n_windows=windows, step_size=step_size, refit=refit, level=list(LEVELS))
+        return sf.cross_validation(
+            df=frame, h=steps, n_windows=windows, step_size=step_size, refit=refit, level=list(LEVELS)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1120,7 +1154,9 @@ class Score:
     origins: int
 
 
-def score(pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mapping[str, np.ndarray], naive_rmse: float | None) -> Score:
+def score(
+    pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mapping[str, np.ndarray], naive_rmse: float | None
+) -> Score:
     """Accuracy of point forecasts and intervals against outcomes (all in price units)."""
     import numpy as np
 
@@ -1322,7 +1358,7 @@ def backtest(
     step_size: int = STEP,
     history: int = HISTORY,
 ) -> Backtest:
-    """Backtest Naive, AutoETS, AutoARIMA, AutoTheta (and Naive_copper, with lagged copper) and the ensemble at one horizon.
+    """Backtest Naive, AutoETS, AutoARIMA, AutoTheta, Naive_copper (lagged copper) and the ensemble at one horizon.
 
     Rolling origin (see `backtest_all` for the origins), expanding window, errors measured at the
     horizon date. The ensemble rule is the one of RULES with the lowest RMSE, so it is never
@@ -1332,7 +1368,15 @@ def backtest(
     return backtest_all(usdclp, copper, [horizon], windows, step_size=step_size, history=history)[horizon]
 
 
-def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[str], uni: pl.DataFrame, dates: pl.DataFrame, notes: list[str]) -> Backtest:
+def _score_backtest(
+    horizon: str,
+    steps: int,
+    at_h: pl.DataFrame,
+    names: list[str],
+    uni: pl.DataFrame,
+    dates: pl.DataFrame,
+    notes: list[str],
+) -> Backtest:
     import numpy as np
     import polars as pl
 
@@ -1343,7 +1387,9 @@ def _score_backtest(horizon: str, steps: int, at_h: pl.DataFrame, names: list[st
     naive_rmse = float(np.sqrt(np.mean((np.exp(at_h["Naive"].to_numpy()) - actual) ** 2)))
     scores = {}
     for name in names:
-        bounds = {f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")}
+        bounds = {
+            f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")
+        }
         scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
 
     logs = {n: at_h[n].to_numpy() for n in names}
@@ -1552,7 +1598,10 @@ def variance_paths(
 
 
 def log_prices(usdclp: pl.DataFrame, copper: pl.DataFrame | None) -> tuple[np.ndarray, list[date], np.ndarray | None]:
-    """Log USD/CLP closes, their dates, and log copper as known on each date (NaN unknown; None: no fresh daily copper)."""
+    """Log USD/CLP closes, their dates, and log copper as known on each date.
+
+    Copper is NaN where unknown, and None when there is no fresh daily copper.
+    """
     import numpy as np
     import polars as pl
 
@@ -1790,7 +1839,10 @@ def choose_interval_model(
         return IntervalChoice(tuple(picks), served, models[best[n]], ())
     if set(picks) == {"Naive"}:
         return IntervalChoice(tuple(picks), served, "Naive", ())
-    note = f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
+    note = (
+        "choosing a range model lost to Naive's range out of sample "
+        f"({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
+    )
     return IntervalChoice(tuple(picks), served, "Naive", (note,))
 
 
@@ -1952,7 +2004,7 @@ def forecast_all(
     windows: int = WINDOWS,
     history: int = HISTORY,
 ) -> dict[str, Forecast]:
-    """Forecast every horizon: the univariate models are fitted once (at the longest horizon), the copper model per horizon.
+    """Forecast every horizon: univariate models fitted once (at the longest horizon), the copper model per horizon.
 
     Runs the point backtests and the density backtests (which choose each horizon's range) first
     unless given. The ensemble's range is the chosen interval model's width around its point.
@@ -1971,7 +2023,9 @@ def forecast_all(
     last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
     with _quiet_statsforecast():
         shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
-    known_copper = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log() if copper is not None else None
+    known_copper = (
+        align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log() if copper is not None else None
+    )
     results = {}
     for horizon, days in days_of.items():
         steps, bt = horizon_steps(days), backtests[horizon]
@@ -1980,9 +2034,17 @@ def forecast_all(
             _, exog, _ = model_frames(usdclp, copper, steps, history)
             # The regressor's future is known: copper lagged by `steps` days, all on or before today.
             future = known_copper.tail(steps).to_numpy()
-            x_df = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(last_ds + 1, last_ds + 1 + steps), "copper_lag": future})
+            x_df = pl.DataFrame(
+                {
+                    "unique_id": ["usdclp"] * steps,
+                    "ds": np.arange(last_ds + 1, last_ds + 1 + steps),
+                    "copper_lag": future,
+                }
+            )
             with _quiet_statsforecast():
-                fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(df=exog, h=steps, X_df=x_df, level=list(LEVELS))
+                fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(
+                    df=exog, h=steps, X_df=x_df, level=list(LEVELS)
+                )
             fc = fc.join(fcx, on=["unique_id", "ds"])
         model = densities[horizon].live
         variances = None
@@ -2035,7 +2097,10 @@ def _forecast_path(
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
     fc = fc.sort("ds").head(len(dates))
-    frames = [fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items())) for name in weights]
+    frames = [
+        fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items()))
+        for name in weights
+    ]
     point = pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()])
     if variances is None:
         width = {s: pl.col(f"Naive{s}") - pl.col("Naive") for s in cols}
@@ -2105,7 +2170,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lo95, hi95 = s["interval_95"]
     copper = "off" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
     lines = [
-        f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']} -> {s['forecast']:.2f} on {s['target_date']}",
+        f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']}"
+        f" -> {s['forecast']:.2f} on {s['target_date']}",
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
@@ -2116,8 +2182,10 @@ def format_summary(s: Mapping[str, Any]) -> str:
     if "range_crps_ratio" in s:
         lo, hi = s["range_crps_ratio_ci"]
         lines.append(
-            f"  range backtest: CRPS {s['range_crps_ratio']:.4f}x Naive's [{lo:.4f}, {hi:.4f}], IS80 {s['range_is80_ratio']:.4f}x, "
-            f"IS95 {s['range_is95_ratio']:.4f}x, coverage {s['range_coverage_80']:.0%}/{s['range_coverage_95']:.0%}, {s['range_origins']} weekly origins"
+            f"  range backtest: CRPS {s['range_crps_ratio']:.4f}x Naive's [{lo:.4f}, {hi:.4f}],"
+            f" IS80 {s['range_is80_ratio']:.4f}x, "
+            f"IS95 {s['range_is95_ratio']:.4f}x, coverage {s['range_coverage_80']:.0%}/{s['range_coverage_95']:.0%},"
+            f" {s['range_origins']} weekly origins"
         )
     lines.append(f"  sources: usdclp {s['sources']['usdclp']}, copper {copper}")
     if s["degraded"]:
@@ -2227,7 +2295,8 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         [
             "Backtest",
             (
-                f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's; Naive's ranges held "
+                f"error (RMSE) {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.3f}x the random walk's;"
+                f" Naive's ranges held "
                 f"{s['coverage_80']:.0%} (80%) and {s['coverage_95']:.0%} (95%) "
                 f"of {s['backtest_origins']} past outcomes"
             ),
@@ -2486,7 +2555,8 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
     """The range section's lines: every interval model's scores against Naive's range, and what is served."""
     d = db.predictions
     lines = [
-        f"Served range: {INTERVAL_MODELS[served]} (`{served}`). Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
+        f"Served range: {INTERVAL_MODELS[served]} (`{served}`)."
+        f" Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
         "",
     ]
     pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
@@ -2523,11 +2593,13 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
     )
     lines += [
         "",
-        f"`{SERVED}` is the model chosen at each origin from outcomes known by then ({d['pick'].n_unique()} distinct picks).",
+        f"`{SERVED}` is the model chosen at each origin from outcomes known by then"
+        f" ({d['pick'].n_unique()} distinct picks).",
     ]
     if db.copper_ablation_pct is not None:
         lines.append(
-            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility (Recal_copper against Recal)."
+            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility"
+            f" (Recal_copper against Recal)."
         )
     return lines + [f"Note: {n}" for n in db.notes]
 
@@ -2880,12 +2952,17 @@ def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
             ]
     if not rows:
         return "no forecasts in the ledger yet (run `fxcu run`, or `fxcu track --backfill START`)"
-    lines = [*_table(list(rows[0]), [list(r.values()) for r in rows]), "", "latest 80% misses:" if misses else "no 80% misses", *misses]
+    lines = [
+        *_table(list(rows[0]), [list(r.values()) for r in rows]),
+        "",
+        "latest 80% misses:" if misses else "no 80% misses",
+        *misses,
+    ]
     return "\n".join(lines)
 
 
 def live_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
-    """A horizon's live track record as MLflow metrics (`live_rmse`, `live_coverage_80`, ...), the numbers that exist."""
+    """A horizon's live track record as MLflow metrics (`live_rmse`, `live_coverage_80`, ...) that exist."""
     keys = ("scored", "rmse", "rmse_ratio_rw", "coverage_80", "coverage_95", "wis", "wis_ratio", "mae", "mape")
     return {f"live_{k}": float(stats[k]) for k in keys if stats.get(k) is not None}
 
@@ -3103,7 +3180,7 @@ def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2)
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Remove a secret and any `api_key=` or `crumb=` query value, and user:password in URLs from text meant for logs or errors."""
+    """Remove a secret, any `api_key=` or `crumb=` query value and user:password in URLs from text for logs."""
     text = re.sub(r"((?:api_key|crumb)=)[^&\s'\"]+", r"\1***", text)
     text = re.sub(r"(//)[^/@\s'\"]*:[^/@\s'\"]*@", r"\1***@", text)  # user:password in a base or proxy URL
     if secret:
@@ -3366,7 +3443,9 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
         with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(body)
             chart = parsed.get("chart") if isinstance(parsed, Mapping) else None
-            inner = (parsed.get("error_message") if isinstance(parsed, Mapping) else None) or (chart.get("error") if isinstance(chart, Mapping) else None)
+            inner = (parsed.get("error_message") if isinstance(parsed, Mapping) else None) or (
+                chart.get("error") if isinstance(chart, Mapping) else None
+            )
             body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
         text = f"HTTP {status} {exc.response.reason_phrase}: {body[:200]}"
     elif isinstance(exc, httpx.TimeoutException):
@@ -3594,10 +3673,16 @@ def make_client(config: Config, yahoo: YahooSession | None = None) -> httpx.Clie
     )
 
 
-def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | None, calls: Sequence[tuple[str, Mapping[str, str]]], parse: Any) -> Result:
-    import polars as pl
-
+def _fetch(
+    source: str,
+    fetch_json: Any,
+    client: httpx.Client,
+    secret: str | None,
+    calls: Sequence[tuple[str, Mapping[str, str]]],
+    parse: Any,
+) -> Result:
     import httpx
+    import polars as pl
 
     frames = []
     for url, params in calls:
@@ -3610,7 +3695,11 @@ def _fetch(source: str, fetch_json: Any, client: httpx.Client, secret: str | Non
         except Implausible as exc:  # a well-formed wrong answer: its findings are values `degraded` reports
             return Result(source, error=redact(str(exc)[:300], secret), findings=exc.findings)
         except Exception as exc:  # noqa: BLE001 -- a body of any shape is outside input: a failed source, never a crash
-            detail = describe_error(exc, secret) if isinstance(exc, PayloadError) else f"malformed payload ({type(exc).__name__}: {exc})"
+            detail = (
+                describe_error(exc, secret)
+                if isinstance(exc, PayloadError)
+                else f"malformed payload ({type(exc).__name__}: {exc})"
+            )
             return Result(source, error=redact(detail.splitlines()[0][:300], secret))
     frame = pl.concat(frames) if frames else None
     return Result(source, frame=frame)
@@ -4036,7 +4125,9 @@ def _settle(
     return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
 
 
-def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None) -> tuple[Series, Series]:
+def fetch_both(
+    config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None
+) -> tuple[Series, Series]:
     """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains, within one network time budget.
 
     Past `config.network_budget` seconds no new source is asked (the cache still answers); one
@@ -4050,17 +4141,23 @@ def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime, ti
     return usdclp, fetch_series("copper", config, client, now=now, timings=timings, deadline=deadline)
 
 
-def fetch_usdclp(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Series:
+def fetch_usdclp(
+    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
+) -> Series:
     """Fetch USD/CLP through Yahoo CLP=X, mindicador and the cache; the history, its source and notes."""
     return _fetch_alone("usdclp", config, client, now)
 
 
-def fetch_copper(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Series:
+def fetch_copper(
+    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
+) -> Series:
     """Fetch copper (USD/lb) through Yahoo HG=F, FRED monthly and the cache; `.ok` is False when all failed."""
     return _fetch_alone("copper", config, client, now)
 
 
-def _fetch_alone(name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None) -> Series:
+def _fetch_alone(
+    name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None
+) -> Series:
     config = config or Config.from_env(os.environ)
     with _client_scope(config, client) as client:
         return fetch_series(name, config, client, now=now or datetime.now(UTC))
@@ -4270,6 +4367,7 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
         status = read_status(config)
         status[horizon] = dict(entry)
         write_text_atomic(json.dumps(status, indent=2, sort_keys=True), status_path(config))
+
 
 # -- Shell: the forecast ledger ---------------------------------------------------------
 
@@ -4520,7 +4618,7 @@ def sqlite_file(uri: str) -> Path | None:
 
 
 def artifact_root(config: Config, uri: str) -> str | None:
-    """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the working directory); a server chooses its own."""
+    """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the cwd); a server picks its own."""
     return (config.data_dir / "mlflow" / "mlruns").as_uri() if uri.startswith("sqlite:") else None
 
 
@@ -4868,7 +4966,10 @@ def run_record(
     metrics |= {"forecast_lo_95": final["lo_95"], "forecast_hi_95": final["hi_95"], "last_close": fc.last_close}
     metrics["forecast_change_pct"] = (final["forecast"] / fc.last_close - 1) * 100
     metrics |= {f"seconds_{stage}": round(v, 4) for stage, v in seconds.items()}
-    tags = {"fxcu.status": "degraded" if bundle.degraded else "ok", "fxcu.degraded": ",".join(bundle.degraded) or "none"}
+    tags = {
+        "fxcu.status": "degraded" if bundle.degraded else "ok",
+        "fxcu.degraded": ",".join(bundle.degraded) or "none",
+    }
     tags |= {f"fxcu.degraded.{r.replace(' ', '_')}": "true" for r in bundle.degraded}
     if bt.notes:
         tags["fxcu.backtest_notes"] = "; ".join(bt.notes)
@@ -5055,6 +5156,7 @@ def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
         write_parquet_atomic(bundle.copper, paths[1])
     return paths, prices_digest(bundle.usdclp, bundle.copper)
 
+
 # -- Commands ------------------------------------------------------------------------
 
 
@@ -5113,7 +5215,9 @@ def cmd_validate(config: Config, client: httpx.Client | None, *, now: datetime) 
         print(f"fxcu: {exc}", file=sys.stderr)
         return 1
     features = bundle.copper_features if bundle.copper_features is not None else _empty_features()
-    found = feature_problems(features, bundle.usdclp, bundle.copper, now=now, max_age=timedelta(days=config.max_age_days))
+    found = feature_problems(
+        features, bundle.usdclp, bundle.copper, now=now, max_age=timedelta(days=config.max_age_days)
+    )
     if bundle.copper is None:
         found.append("copper unavailable: forecasts would run without copper")
     print(format_validation(bundle, found))
@@ -5123,7 +5227,9 @@ def cmd_validate(config: Config, client: httpx.Client | None, *, now: datetime) 
 def _empty_features() -> pl.DataFrame:
     import polars as pl
 
-    return pl.DataFrame(schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}})
+    return pl.DataFrame(
+        schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}}
+    )
 
 
 def cmd_run(
@@ -5178,8 +5284,14 @@ def cmd_run(
         for index, horizon in enumerate(horizons, 1):
             log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
             outcome = _run_horizon(
-                config, bundle, forecasts[horizon], now=now, environ=environ, seconds=dict(seconds),
-                skip_tracking=skip_tracking, ledger=ledger,
+                config,
+                bundle,
+                forecasts[horizon],
+                now=now,
+                environ=environ,
+                seconds=dict(seconds),
+                skip_tracking=skip_tracking,
+                ledger=ledger,
             )
             if (outcome["tracking_error"] or "").startswith("TimeoutError"):
                 # a timed-out write may still be going on: the other horizons do not queue behind it
@@ -5203,7 +5315,10 @@ def cmd_run(
         else:
             for outcome in summaries:
                 print(format_summary(outcome))
-                print(f"  report: {outcome.get('report') or 'NOT WRITTEN'}; tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}")
+                print(
+                    f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
+                    f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
+                )
         return code
 
 
@@ -5294,7 +5409,9 @@ def _run_horizon(
             run_id = log_run(config, record, environ=environ)
         log.info("Tracked %s in MLflow as run %s", horizon, run_id)
     except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
-        tracking_error = skip_tracking or redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key)
+        tracking_error = skip_tracking or redact(
+            redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key
+        )
         log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
     if ledger is not None:
@@ -5303,7 +5420,20 @@ def _run_horizon(
         except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
             log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
     try:
-        write_status(config, horizon, {"time": now.isoformat(), "ok": report is not None, "tracked": run_id is not None, "run_id": run_id, "tracking_error": tracking_error, "forecast": outcome["forecast"], "target_date": outcome["target_date"], "degraded": outcome["degraded"]})
+        write_status(
+            config,
+            horizon,
+            {
+                "time": now.isoformat(),
+                "ok": report is not None,
+                "tracked": run_id is not None,
+                "run_id": run_id,
+                "tracking_error": tracking_error,
+                "forecast": outcome["forecast"],
+                "target_date": outcome["target_date"],
+                "degraded": outcome["degraded"],
+            },
+        )
     except (OSError, TimeoutError) as exc:
         log.error("Status file could not be written (%s): `check` will not see this run", exc)
     return outcome
@@ -5480,7 +5610,10 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
         name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
         experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
         location = client.get_experiment(experiment_id).artifact_location
-        print(f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon} (id {experiment_id}, artifacts {location})")
+        print(
+            f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon}"
+            f" (id {experiment_id}, artifacts {location})"
+        )
     for folder in ("warehouse", "reports", "mlflow/mlruns"):
         (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
     print(f"data dir: {config.data_dir}")
@@ -5534,7 +5667,9 @@ def metric_rank(name: str) -> Any:
     return lambda value: value
 
 
-def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None, environ: Mapping[str, str] | None = None) -> Any:
+def best_run(
+    horizon: str, metric: str = "rmse", *, config: Config | None = None, environ: Mapping[str, str] | None = None
+) -> Any:
     """The finished run of a horizon that is best on `metric` (the original guide's get_best_run), or None.
 
     `metric` is a short name (`rmse`, `mae`, `mape`, `ratio_to_naive`, `coverage_80`, ...) meaning
@@ -5549,7 +5684,9 @@ def best_run(horizon: str, metric: str = "rmse", *, config: Config | None = None
     if experiment is None:
         return None
     name = f"{horizon}_{metric}" if metric in SHORT_METRICS else metric
-    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000
+    )
     scored = [r for r in runs if name in r.data.metrics]
     rank = metric_rank(name)
     return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
@@ -5974,7 +6111,7 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
 
 
 def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
-    """Write one dated archive with a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
+    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
     import sqlite3
     import tarfile
 
@@ -5986,7 +6123,10 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
     with tempfile_dir(config.data_dir) as tmp:
         copy = tmp / "mlflow.db"
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source, contextlib.closing(sqlite3.connect(copy)) as target:
+        with (
+            contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(copy)) as target,
+        ):
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
             tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
         if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
@@ -6000,6 +6140,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
                 tar.add(mlruns, arcname="mlflow/mlruns")
     print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
     return 0
+
 
 def cmd_track(
     config: Config,
@@ -6323,9 +6464,7 @@ def gather_checks(
             message = f"{item[2][:-1]}, {rows} rows)" if rows and item[2].endswith(")") else item[2]
             checks.append((name, item[1], message))
         else:
-            checks.append(
-                check_copper(last, rows, degraded if latest else None, today=today, limits=limits)
-            )
+            checks.append(check_copper(last, rows, degraded if latest else None, today=today, limits=limits))
         if last is not None:
             label = name.split()[0] + "_age_days"
             perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
@@ -6422,6 +6561,7 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
     found.append(("yahoo session", yahoo.level(), f"{yahoo.transport_text()}; {yahoo.crumb_text()}"))
     return found
 
+
 # -- CLI -----------------------------------------------------------------------------
 
 
@@ -6453,7 +6593,9 @@ def build_parser() -> argparse.ArgumentParser:
     offline(sub.add_parser("fetch", help="refresh the warehouse from the live sources"))
     offline(sub.add_parser("validate", help="load data, compute copper features, check their ranges"))
     run = as_json(offline(sub.add_parser("run", help="forecast: fetch, backtest, forecast, report, track")))
-    run.add_argument("horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four")
+    run.add_argument(
+        "horizon", type=run_horizons, metavar="{7d,15d,30d,90d,all}", help="calendar days ahead, or all four"
+    )
     run.add_argument("--skip-email", action="store_true", help="do not email the report even if SMTP is configured")
     run.add_argument("--email-preview", type=Path, metavar="PATH", help="write the email to a .eml file; send nothing")
     check = as_json(sub.add_parser("check", help="Nagios-style health probe: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"))
@@ -6484,10 +6626,16 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("horizon", nargs="?", type=run_horizons, metavar="{7d,15d,30d,90d,all}")
     track.add_argument("--last", type=positive_int, default=None, help="only the latest N scored forecasts per horizon")
     track.add_argument(
-        "--backfill", type=iso_date, metavar="START", default=None, help="first reconstruct weekly origins since START (YYYY-MM-DD)"
+        "--backfill",
+        type=iso_date,
+        metavar="START",
+        default=None,
+        help="first reconstruct weekly origins since START (YYYY-MM-DD)",
     )
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
-    backup.add_argument("dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)")
+    backup.add_argument(
+        "dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)"
+    )
     return parser
 
 
@@ -6511,6 +6659,8 @@ def positive_float(text: str) -> float:
     if not 0 < value < 1e12:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
+
+
 def iso_date(text: str) -> date:
     """argparse type: a YYYY-MM-DD date."""
     try:
@@ -6618,7 +6768,13 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
             if args.command == "validate":
                 return cmd_validate(config, client, now=now)
             return cmd_run(
-                config, client, args.horizon, now=now, environ=environ, skip_email=args.skip_email, as_json=args.json,
+                config,
+                client,
+                args.horizon,
+                now=now,
+                environ=environ,
+                skip_email=args.skip_email,
+                as_json=args.json,
                 email_preview=args.email_preview,
             )
     if args.command == "ui":  # INFO: a long-running server, so not bounded like the commands below
@@ -6635,8 +6791,10 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         return _bounded(max(config.tracking_timeout, 60.0), f"fxcu {args.command}", commands[args.command])
     except (TimeoutError, OSError):
         raise
-    except Exception as exc:  # noqa: BLE001 -- MlflowException, sqlite3 and SQLAlchemy errors: one line, not a traceback
-        text = redact(redact_uri(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), config.fred_api_key)
+    except Exception as exc:  # noqa: BLE001 -- MlflowException, sqlite3, SQLAlchemy errors: one line, no traceback
+        text = redact(
+            redact_uri(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), config.fred_api_key
+        )
         print(f"fxcu: {args.command} failed ({type(exc).__name__}: {text})", file=sys.stderr)
         return 1
 

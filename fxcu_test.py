@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import polars as pl
-from polars.testing import assert_frame_equal
 import pytest
 import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 import fxcu
 
@@ -95,10 +95,17 @@ def mock_client(handler) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(handler), headers={"User-Agent": fxcu.USER_AGENT})
 
 
-def chart_payload(frame: pl.DataFrame, tz: str = "America/New_York", symbol: str = "HG=F", currency: str = "USD") -> dict:
+def chart_payload(
+    frame: pl.DataFrame, tz: str = "America/New_York", symbol: str = "HG=F", currency: str = "USD"
+) -> dict:
     """A Yahoo chart body (HG=F unless told) for a frame of New York (or London) dates, stamped at local midnight."""
     stamps = (
-        frame[fxcu.DATE].cast(pl.Datetime("us")).dt.replace_time_zone(tz).dt.convert_time_zone("UTC").dt.epoch("s").to_list()
+        frame[fxcu.DATE]
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone(tz)
+        .dt.convert_time_zone("UTC")
+        .dt.epoch("s")
+        .to_list()
     )
     meta = {"symbol": symbol, "currency": currency, "exchangeTimezoneName": tz}
     quote = {"close": frame[fxcu.CLOSE].to_list()}
@@ -146,7 +153,10 @@ def test_config_default_data_dir_is_beside_the_module():
     assert fxcu.Config.from_env({}).data_dir == HERE / "data"
 
 
-@pytest.mark.parametrize(("name", "value"), [("FXCU_OFFLINE", "maybe"), ("FXCU_TIMEOUT", "fast"), ("FXCU_TIMEOUT", "-1"), ("FXCU_HTTP_IMPERSONATE", "firefox")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FXCU_OFFLINE", "maybe"), ("FXCU_TIMEOUT", "fast"), ("FXCU_TIMEOUT", "-1"), ("FXCU_HTTP_IMPERSONATE", "firefox")],
+)
 def test_config_bad_values_raise_config_error(name, value):
     with pytest.raises(fxcu.ConfigError, match=name):
         fxcu.Config.from_env({name: value})
@@ -197,7 +207,16 @@ def test_parse_yahoo_chart_real_error_bodies_raise(name, message):
         fxcu.parse_yahoo_chart(body)
 
 
-@pytest.mark.parametrize("body", [{}, {"chart": None}, {"chart": {"result": None, "error": None}}, [], {"chart": {"result": [{"timestamp": [1], "indicators": {}}]}}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"chart": None},
+        {"chart": {"result": None, "error": None}},
+        [],
+        {"chart": {"result": [{"timestamp": [1], "indicators": {}}]}},
+    ],
+)
 def test_parse_yahoo_chart_malformed_raises_payload_error(body):
     with pytest.raises(fxcu.PayloadError):
         fxcu.parse_yahoo_chart(body)
@@ -222,7 +241,9 @@ def test_parse_mindicador_real_body_dates_in_santiago():
     assert (frame[fxcu.DATE].dt.weekday() < 6).all()
 
 
-@pytest.mark.parametrize("body", [{}, {"serie": "x"}, {"serie": [{"valor": 1}]}, {"serie": [{"fecha": "yesterday", "valor": 1}]}])
+@pytest.mark.parametrize(
+    "body", [{}, {"serie": "x"}, {"serie": [{"valor": 1}]}, {"serie": [{"fecha": "yesterday", "valor": 1}]}]
+)
 def test_parse_mindicador_malformed_raises(body):
     with pytest.raises(fxcu.PayloadError):
         fxcu.parse_mindicador(body)
@@ -269,7 +290,9 @@ def test_fred_monthly_matches_hgf_monthly_means():
 def test_clean_prices_real_clpx_removes_bad_prints_and_keeps_real_move():
     cleaned = fxcu.clean_prices(fxcu.parse_yahoo_chart(real_usdclp_payload()))
     assert cleaned.removed["bad prints"] == [date(2014, 4, 10), date(2016, 12, 22)]
-    kept = cleaned.frame.filter(pl.col(fxcu.DATE).is_between(date(2022, 7, 20), date(2022, 7, 21)))[fxcu.CLOSE].to_list()
+    kept = cleaned.frame.filter(pl.col(fxcu.DATE).is_between(date(2022, 7, 20), date(2022, 7, 21)))[
+        fxcu.CLOSE
+    ].to_list()
     assert kept[1] / kept[0] - 1 < -0.11  # the real 12% move of 2022-07-21 stays
     assert any("2 bad prints" in note for note in cleaned.notes)
 
@@ -283,7 +306,9 @@ def test_clean_prices_real_hgf_drops_the_sunday_row_only():
 
 
 def test_clean_prices_keeps_latest_bar_of_a_duplicated_date():
-    frame = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 3)], fxcu.CLOSE: [1.0, 2.0, 2.5]})
+    frame = pl.DataFrame(
+        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 3)], fxcu.CLOSE: [1.0, 2.0, 2.5]}
+    )
     cleaned = fxcu.clean_prices(frame)
     assert cleaned.frame[fxcu.CLOSE].to_list() == [1.0, 2.5]
     assert cleaned.removed["duplicated-date bars (kept the latest)"] == [date(2024, 1, 3)]
@@ -291,7 +316,9 @@ def test_clean_prices_keeps_latest_bar_of_a_duplicated_date():
 
 def test_clean_prices_removes_an_isolated_spike():
     frame = make_prices(30)
-    spiked = frame.with_columns(pl.when(pl.int_range(pl.len()) == 15).then(5.0).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    spiked = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 15).then(5.0).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+    )
     cleaned = fxcu.clean_prices(spiked)
     assert cleaned.removed["bad prints"] == [frame[fxcu.DATE][15]]
     assert cleaned.frame.height == 29
@@ -299,7 +326,10 @@ def test_clean_prices_removes_an_isolated_spike():
 
 def test_clean_prices_keeps_a_level_shift():
     frame = make_prices(30).with_columns(
-        pl.when(pl.int_range(pl.len()) >= 15).then(pl.col(fxcu.CLOSE) * 1.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+        pl.when(pl.int_range(pl.len()) >= 15)
+        .then(pl.col(fxcu.CLOSE) * 1.5)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
     )
     assert fxcu.clean_prices(frame).frame.height == 30
 
@@ -307,6 +337,7 @@ def test_clean_prices_keeps_a_level_shift():
 prices_strategy = st.lists(st.floats(min_value=0.5, max_value=2000, allow_nan=False), min_size=1, max_size=80)
 
 
+@pytest.mark.slow
 @given(prices_strategy, st.lists(st.integers(0, 79), max_size=4), st.booleans())
 @settings(max_examples=300, deadline=None)
 def test_clean_prices_is_idempotent(values, spikes, duplicate):
@@ -326,7 +357,12 @@ def test_clean_prices_is_idempotent(values, spikes, duplicate):
 
 def test_clean_prices_removes_two_adjacent_bad_prints():
     frame = make_prices(30)
-    bad = frame.with_columns(pl.when(pl.int_range(pl.len()).is_in([14, 15])).then(pl.col(fxcu.CLOSE) / 100).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bad = frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([14, 15]))
+        .then(pl.col(fxcu.CLOSE) / 100)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
     cleaned = fxcu.clean_prices(bad)
     assert cleaned.removed["bad prints"] == frame[fxcu.DATE].to_list()[14:16]
 
@@ -340,12 +376,26 @@ def provenance(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     return fxcu.with_provenance(frame, source, datetime(2024, 1, 1, tzinfo=UTC))
 
 
-@given(st.sets(st.integers(0, 60), min_size=1), st.sets(st.integers(0, 60)), st.sampled_from(["yahoo", "mindicador", "cache"]))
+@pytest.mark.slow
+@given(
+    st.sets(st.integers(0, 60), min_size=1),
+    st.sets(st.integers(0, 60)),
+    st.sampled_from(["yahoo", "mindicador", "cache"]),
+)
 @settings(max_examples=150, deadline=None)
 def test_merge_prices_never_loses_a_date(old_days, new_days, source):
     base = date(2024, 1, 1)
-    old = provenance(pl.DataFrame({fxcu.DATE: [base + timedelta(d) for d in sorted(old_days)], fxcu.CLOSE: [1.0] * len(old_days)}), "yahoo")
-    new = provenance(pl.DataFrame({fxcu.DATE: [base + timedelta(d) for d in sorted(new_days)], fxcu.CLOSE: [2.0] * len(new_days)}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64}), source)
+    old = provenance(
+        pl.DataFrame({fxcu.DATE: [base + timedelta(d) for d in sorted(old_days)], fxcu.CLOSE: [1.0] * len(old_days)}),
+        "yahoo",
+    )
+    new = provenance(
+        pl.DataFrame(
+            {fxcu.DATE: [base + timedelta(d) for d in sorted(new_days)], fxcu.CLOSE: [2.0] * len(new_days)},
+            schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+        ),
+        source,
+    )
     merged = fxcu.merge_prices(old, new)
     assert set(merged[fxcu.DATE]) == set(old[fxcu.DATE]) | set(new[fxcu.DATE])
     assert merged[fxcu.DATE].is_sorted() and merged.height == merged[fxcu.DATE].n_unique()
@@ -356,7 +406,9 @@ def test_merge_prices_revised_values_replace_and_fallback_never_overwrites_prima
     cached = provenance(pl.DataFrame({fxcu.DATE: day, fxcu.CLOSE: [900.0, 901.0]}), "yahoo")
     revised = provenance(pl.DataFrame({fxcu.DATE: day[1:], fxcu.CLOSE: [905.0]}), "yahoo")
     assert fxcu.merge_prices(cached, revised)[fxcu.CLOSE].to_list() == [900.0, 905.0]
-    fallback = provenance(pl.DataFrame({fxcu.DATE: [day[1], date(2024, 1, 4)], fxcu.CLOSE: [950.0, 951.0]}), "mindicador")
+    fallback = provenance(
+        pl.DataFrame({fxcu.DATE: [day[1], date(2024, 1, 4)], fxcu.CLOSE: [950.0, 951.0]}), "mindicador"
+    )
     merged = fxcu.merge_prices(cached, fallback)
     assert merged[fxcu.CLOSE].to_list() == [900.0, 901.0, 951.0]
     assert merged[fxcu.SOURCE].to_list() == ["yahoo", "yahoo", "mindicador"]
@@ -370,7 +422,11 @@ stale = make_prices(5, start=date(2023, 6, 1))
 
 
 def test_first_good_skips_errors_and_stale_frames():
-    results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("mindicador", frame=stale), fxcu.Result("cache", frame=fresh)]
+    results = [
+        fxcu.Result("yahoo", error="HTTP 503"),
+        fxcu.Result("mindicador", frame=stale),
+        fxcu.Result("cache", frame=fresh),
+    ]
     chosen = fxcu.first_good(results, now=NOW, max_age=timedelta(days=5))
     assert chosen.source == "cache"
 
@@ -395,6 +451,7 @@ result_strategy = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(result_strategy, max_size=8), st.lists(result_strategy, max_size=4))
 @settings(max_examples=200, deadline=None)
 def test_first_good_returns_the_earliest_good_result(results, tail):
@@ -411,7 +468,11 @@ def test_first_good_returns_the_earliest_good_result(results, tail):
 
 def test_first_good_serves_the_freshest_stale_answer_only_when_asked():
     older = make_prices(5, start=date(2023, 3, 1))
-    results = [fxcu.Result("yahoo", frame=older), fxcu.Result("mindicador", frame=stale), fxcu.Result("cache", error="no cache")]
+    results = [
+        fxcu.Result("yahoo", frame=older),
+        fxcu.Result("mindicador", frame=stale),
+        fxcu.Result("cache", error="no cache"),
+    ]
     assert not fxcu.first_good(results, now=NOW, max_age=timedelta(days=5)).ok
     assert fxcu.first_good(results, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "mindicador"
     with_good = [*results, fxcu.Result("seed", frame=fresh)]
@@ -511,11 +572,21 @@ def test_implausible_jump_needs_no_cache_and_dates_the_jump():
 
 
 def test_implausible_cached_days_revised_beyond_the_limit():
-    history = cached_usdclp().with_columns(pl.when(pl.col(fxcu.DATE) == CACHE_END).then(pl.col(fxcu.CLOSE) * 0.7).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    history = cached_usdclp().with_columns(
+        pl.when(pl.col(fxcu.DATE) == CACHE_END)
+        .then(pl.col(fxcu.CLOSE) * 0.7)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
     found = vet(hostile_chart("good"), history=history)
-    assert {f.kind for f in found} == {fxcu.Problem.JUMP} and "1 cached days revised" in str(found[0]) and found[0].since == CACHE_END
+    assert (
+        {f.kind for f in found} == {fxcu.Problem.JUMP}
+        and "1 cached days revised" in str(found[0])
+        and found[0].since == CACHE_END
+    )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "rules"), [("usdclp", fxcu.USDCLP_RULES), ("copper", fxcu.COPPER_RULES)])
 def test_implausible_never_refuses_the_real_histories(name, rules):
     """Every 20-bar stretch of 18 (CLP=X) and 26 (HG=F) real years, fetched on the next day over the history before it."""
@@ -539,6 +610,7 @@ def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1
     return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: level * np.exp(np.cumsum([0.0, *moves[: n - 1]]))})
 
 
+@pytest.mark.slow
 @given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40))
 @settings(max_examples=100, deadline=None)
 def test_implausible_accepts_any_quiet_walk_in_range(n, level, moves):
@@ -547,12 +619,24 @@ def test_implausible_accepts_any_quiet_walk_in_range(n, level, moves):
     assert fxcu.implausible(frame, frame, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n // 2)) == []
 
 
-@given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40), st.floats(0.3, 3.0), st.booleans())
+@pytest.mark.slow
+@given(
+    st.integers(12, 40),
+    st.floats(600, 1000),
+    st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40),
+    st.floats(0.3, 3.0),
+    st.booleans(),
+)
 @settings(max_examples=100, deadline=None)
 def test_implausible_refuses_any_last_bar_beyond_the_limit(n, level, moves, extra, up):
     frame = walk(n, level, moves)
     factor = math.exp((fxcu.USDCLP_RULES.jump + 0.05 + extra * 0.1) * (1 if up else -1))
-    bad = frame.with_columns(pl.when(pl.int_range(pl.len()) == n - 1).then(pl.col(fxcu.CLOSE) * factor).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bad = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == n - 1)
+        .then(pl.col(fxcu.CLOSE) * factor)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
     now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
     kinds = {f.kind for f in fxcu.implausible(bad, bad, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n - 3))}
     assert kinds & {fxcu.Problem.JUMP, fxcu.Problem.OUT_OF_RANGE}
@@ -561,15 +645,26 @@ def test_implausible_refuses_any_last_bar_beyond_the_limit(n, level, moves, extr
 BAD_ROWS = {"null": None, "nan": math.nan, "inf": math.inf, "1e308": 1e308, "negative": -5.0, "tiny": 1.0}
 
 
-@given(st.integers(30, 60), st.lists(st.floats(-0.01, 0.01), min_size=60, max_size=60), st.dictionaries(st.integers(0, 59), st.sampled_from(list(BAD_ROWS)), max_size=6), st.integers(0, 3))
+@pytest.mark.slow
+@given(
+    st.integers(30, 60),
+    st.lists(st.floats(-0.01, 0.01), min_size=60, max_size=60),
+    st.dictionaries(st.integers(0, 59), st.sampled_from(list(BAD_ROWS)), max_size=6),
+    st.integers(0, 3),
+)
 @settings(max_examples=100, deadline=None)
 def test_repair_drops_exactly_the_bad_rows_and_is_idempotent(n, moves, poison, future):
     good = walk(n, 900.0, moves)
     now = datetime.combine(good[fxcu.DATE].max(), datetime.min.time(), UTC)
     poisoned_at = {i: BAD_ROWS[k] for i, k in poison.items() if i < n}
     closes = [poisoned_at.get(i, c) if i in poisoned_at else c for i, c in enumerate(good[fxcu.CLOSE].to_list())]
-    ahead = [now.date() + timedelta(days=30 + k) for k in range(future)]  # rows an older release took from a bar dated ahead
-    frame = pl.DataFrame({fxcu.DATE: good[fxcu.DATE].to_list() + ahead, fxcu.CLOSE: closes + [900.0] * future}, schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64})
+    ahead = [
+        now.date() + timedelta(days=30 + k) for k in range(future)
+    ]  # rows an older release took from a bar dated ahead
+    frame = pl.DataFrame(
+        {fxcu.DATE: good[fxcu.DATE].to_list() + ahead, fxcu.CLOSE: closes + [900.0] * future},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
     kept, found = fxcu.repair(frame, rules=fxcu.USDCLP_RULES, now=now)
     expected = good.filter(~pl.int_range(pl.len()).is_in(list(poisoned_at)))
     assert kept[fxcu.DATE].to_list() == expected[fxcu.DATE].to_list()
@@ -607,7 +702,12 @@ def test_parse_yahoo_chart_refuses_another_symbol_or_currency():
 
 def test_read_cache_drops_null_closes_instead_of_rejecting_the_cache(tmp_path):
     frame = provenance(real_usdclp(), "yahoo")
-    holes = frame.with_columns(pl.when(pl.int_range(pl.len()).is_in([100, 2000, 4600])).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    holes = frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([100, 2000, 4600]))
+        .then(None)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
     path = tmp_path / fxcu.USDCLP_CACHE
     fxcu.write_parquet_atomic(holes, path)
     result = fxcu.read_cache(path, now=CLP_END, rules=fxcu.USDCLP_RULES)
@@ -619,12 +719,17 @@ def test_read_cache_drops_null_closes_instead_of_rejecting_the_cache(tmp_path):
 
 @pytest.mark.parametrize(("last", "level"), [(date(2099, 1, 5), "CRITICAL"), (date(2026, 11, 27), "OK")])
 def test_check_age_never_calls_a_future_date_fresh(last, level):
-    assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
+    assert (
+        fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
+        == level
+    )
 
 
 def test_every_source_is_described_once():
     for series, sources in fxcu.SOURCES.items():
-        assert [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        assert (
+            [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        )
         assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
     assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
 
@@ -635,8 +740,13 @@ def test_degraded_reasons_are_values_not_sentences():
     bundle = fxcu.build_bundle(series, fxcu.Series("copper", None, "none"))
     assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
     assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
-    reworded = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),))
-    assert fxcu.build_bundle(reworded, fxcu.Series("copper", None, "none")).degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE)
+    reworded = fxcu.Series(
+        "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
+    )
+    assert fxcu.build_bundle(reworded, fxcu.Series("copper", None, "none")).degraded == (
+        fxcu.Degraded.NO_COPPER,
+        fxcu.Degraded.STALE,
+    )
 
 
 # -- Requests and redaction ---------------------------------------------------------
@@ -675,12 +785,20 @@ INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","descr
     ("status", "body", "asks"),
     [
         (401, INVALID_CRUMB, True),
-        (401, '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"User is unable to access this feature"}}}', True),
+        (
+            401,
+            '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"User is unable to access this feature"}}}',
+            True,
+        ),
         (429, "Too Many Requests\r\n", True),
         (429, "Edge: Too Many Requests", True),
         (403, "Unauthorized", True),
         (429, "", False),  # a bare 429 is rate limiting: tenacity's backoff, not a crumb
-        (404, '{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found, symbol may be delisted"}}}', False),
+        (
+            404,
+            '{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found, symbol may be delisted"}}}',
+            False,
+        ),
         (500, "Unauthorized", False),
         (200, "Too Many Requests", False),
     ],
@@ -719,7 +837,9 @@ def plain_httpx(monkeypatch):
     """Every client a cassette test makes runs with FXCU_HTTP_IMPERSONATE=off: vcrpy only intercepts httpx's own
     transport, not a custom one like curl_cffi's (vcrpy#968), so a cassette would otherwise never be played."""
     real = fxcu.make_client
-    monkeypatch.setattr(fxcu, "make_client", lambda config, *args: real(dataclasses.replace(config, impersonate="off"), *args))
+    monkeypatch.setattr(
+        fxcu, "make_client", lambda config, *args: real(dataclasses.replace(config, impersonate="off"), *args)
+    )
 
 
 @pytest.fixture
@@ -750,8 +870,20 @@ def counting(handler):
         (httpx.Response(503, text="Service Unavailable"), "HTTP 503", 3),
         (httpx.Response(500, text="<html>oops</html>"), "HTTP 500", 3),
         (httpx.Response(200, text="{not json"), "malformed JSON", 1),
-        (httpx.Response(200, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}), "Not Found", 1),
-        (httpx.Response(404, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}), "HTTP 404", 1),
+        (
+            httpx.Response(
+                200, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}
+            ),
+            "Not Found",
+            1,
+        ),
+        (
+            httpx.Response(
+                404, json={"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found"}}}
+            ),
+            "HTTP 404",
+            1,
+        ),
     ],
 )
 def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries):
@@ -769,7 +901,17 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
         {"chart": {"result": [None]}},
         {"chart": {"result": [{"meta": "x", "timestamp": [1], "indicators": {"quote": [{"close": [1.0]}]}}]}},
         {"chart": {"result": {"timestamp": [1]}}},
-        {"chart": {"result": [{"meta": {"exchangeTimezoneName": "Mars/Olympus"}, "timestamp": [1], "indicators": {"quote": [{"close": [1.0]}]}}]}},
+        {
+            "chart": {
+                "result": [
+                    {
+                        "meta": {"exchangeTimezoneName": "Mars/Olympus"},
+                        "timestamp": [1],
+                        "indicators": {"quote": [{"close": [1.0]}]},
+                    }
+                ]
+            }
+        },
         {"chart": {"result": [{"timestamp": ["soon"], "indicators": {"quote": [{"close": [1.0]}]}}]}},
         [1, 2, 3],
         "just a string",
@@ -802,7 +944,9 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
 
 
 def test_fetch_json_recovers_after_transient_errors(tmp_path):
-    responses = iter([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json={"ok": 1})])
+    responses = iter(
+        [httpx.Response(503), httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json={"ok": 1})]
+    )
     handler, calls = counting(lambda request: next(responses))
     config = make_config(tmp_path)
     with mock_client(handler) as client:
@@ -839,7 +983,9 @@ def test_fetch_json_cuts_the_last_timeout_to_the_budget(tmp_path):
 
 def test_retry_after_is_capped():
     request = httpx.Request("GET", "https://x")
-    exc = httpx.HTTPStatusError("x", request=request, response=httpx.Response(429, headers={"Retry-After": "3600"}, request=request))
+    exc = httpx.HTTPStatusError(
+        "x", request=request, response=httpx.Response(429, headers={"Retry-After": "3600"}, request=request)
+    )
     assert fxcu._retry_after(exc, 30) == 30
 
 
@@ -887,7 +1033,9 @@ def impersonating(inner) -> fxcu.BrowserTransport:
 
 def test_browser_transport_keeps_httpx_timeouts_and_lets_chrome_send_its_own_headers():
     inner = RecordingTransport()
-    with httpx.Client(transport=impersonating(inner), headers={"User-Agent": fxcu.USER_AGENT, "Accept": "application/json"}) as client:
+    with httpx.Client(
+        transport=impersonating(inner), headers={"User-Agent": fxcu.USER_AGENT, "Accept": "application/json"}
+    ) as client:
         client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F", timeout=httpx.Timeout(7.5, connect=2.0))
     sent = inner.requests[0]
     assert "user-agent" not in sent.headers and "accept" not in sent.headers  # curl-impersonate sends Chrome's
@@ -898,15 +1046,29 @@ def test_browser_transport_keeps_httpx_timeouts_and_lets_chrome_send_its_own_hea
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
-        (httpx.TimeoutException("Failed to perform, curl: (28) Connection timed out after 2001 milliseconds"), httpx.ConnectTimeout),
-        (httpx.TimeoutException("Failed to perform, curl: (28) Operation timed out after 7500 milliseconds with 0 bytes received"), httpx.ReadTimeout),
+        (
+            httpx.TimeoutException("Failed to perform, curl: (28) Connection timed out after 2001 milliseconds"),
+            httpx.ConnectTimeout,
+        ),
+        (
+            httpx.TimeoutException(
+                "Failed to perform, curl: (28) Operation timed out after 7500 milliseconds with 0 bytes received"
+            ),
+            httpx.ReadTimeout,
+        ),
         (httpx.RequestError("Failed to perform, curl: (52) Empty reply from server"), httpx.NetworkError),
-        (httpx.RequestError("Failed to perform, curl: (60) SSL certificate problem: self-signed certificate"), httpx.NetworkError),
+        (
+            httpx.RequestError("Failed to perform, curl: (60) SSL certificate problem: self-signed certificate"),
+            httpx.NetworkError,
+        ),
         (httpx.ConnectError(CURL_REFUSED), httpx.ConnectError),
     ],
 )
 def test_browser_transport_names_curl_errors_as_httpx_does(raised, expected):
-    with httpx.Client(transport=impersonating(RecordingTransport(raised))) as client, pytest.raises(httpx.HTTPError) as caught:
+    with (
+        httpx.Client(transport=impersonating(RecordingTransport(raised))) as client,
+        pytest.raises(httpx.HTTPError) as caught,
+    ):
         client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
     assert type(caught.value) is expected and fxcu._is_transient(caught.value)  # retried like httpx's own errors
     assert str(caught.value).startswith("curl: (") and "curl.se" not in str(caught.value)  # one line, no boilerplate
@@ -917,7 +1079,10 @@ def test_browser_transport_curl_error_reads_as_one_short_line():
         with pytest.raises(httpx.ConnectError) as caught:
             client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
     text = fxcu.describe_error(caught.value, None)
-    assert text == "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server.)"
+    assert (
+        text
+        == "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server.)"
+    )
 
 
 def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
@@ -943,6 +1108,7 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
 # -- Shell: cassettes (real data in real response shapes) ---------------------------
 
 
+@pytest.mark.slow
 @cassette("yahoo_clpx_max.yaml")
 def test_fetch_yahoo_cassette_full_clpx_history(tmp_path):
     config = make_config(tmp_path)
@@ -1062,7 +1228,9 @@ def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
     now = datetime.combine(newer[fxcu.DATE].max(), datetime.min.time(), UTC) + timedelta(days=1)
     with mock_client(handler) as client:
         series = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
-    assert "range" not in seen[0] and int(seen[0]["period1"]) <= int(datetime.combine(last, datetime.min.time(), UTC).timestamp())
+    assert "range" not in seen[0] and int(seen[0]["period1"]) <= int(
+        datetime.combine(last, datetime.min.time(), UTC).timestamp()
+    )
     assert set(old[fxcu.DATE]) | set(newer[fxcu.DATE]) == set(series.frame[fxcu.DATE])
     # the overlap's revised values replaced the cached ones
     overlap_day = newer[fxcu.DATE][0]
@@ -1073,7 +1241,9 @@ def test_fetch_series_incremental_asks_only_for_the_missing_days(tmp_path):
 def test_library_fetch_usdclp_and_fetch_copper(tmp_path):
     config = make_config(tmp_path)
     usdclp = fxcu.fetch_usdclp(config, now=CLP_END)
-    copper = fxcu.fetch_copper(config, now=datetime(2026, 2, 24, tzinfo=UTC))  # HG=F runs to 2026: an earlier `now` makes it future-dated
+    copper = fxcu.fetch_copper(
+        config, now=datetime(2026, 2, 24, tzinfo=UTC)
+    )  # HG=F runs to 2026: an earlier `now` makes it future-dated
     assert usdclp.ok and usdclp.source == "yahoo" and usdclp.frame.height == 4664
     assert any("2 bad prints" in n for n in usdclp.notes)
     assert copper.ok and copper.source == "yahoo" and copper.frequency == "daily"
@@ -1081,7 +1251,9 @@ def test_library_fetch_usdclp_and_fetch_copper(tmp_path):
 
 def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
     config = make_config(tmp_path, offline=True)
-    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    fxcu.write_parquet_atomic(
+        provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE
+    )
     handler, calls = counting(lambda request: httpx.Response(500))
     with mock_client(handler) as client:
         series = fxcu.fetch_series("usdclp", config, client, now=NOW)
@@ -1090,7 +1262,9 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
 
 def test_fetch_both_network_budget_spent_falls_back_to_cache(tmp_path, caplog):
     config = make_config(tmp_path, network_budget=-1.0)
-    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    fxcu.write_parquet_atomic(
+        provenance(make_prices(50, start=date(2023, 11, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE
+    )
     handler, calls = counting(lambda request: httpx.Response(200, json={}))
     with caplog.at_level(logging.INFO), mock_client(handler) as client:
         usdclp, copper = fxcu.fetch_both(config, client, now=NOW)
@@ -1141,6 +1315,7 @@ def _fetch_in_process(args):
     return frame[fxcu.DATE].to_list()
 
 
+@pytest.mark.slow
 def test_two_processes_fetching_at_once_lose_nothing(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
@@ -1151,6 +1326,7 @@ def test_two_processes_fetching_at_once_lose_nothing(tmp_path):
     assert not list((tmp_path / "warehouse").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_file_lock_times_out_cleanly(tmp_path):
     lock = tmp_path / ".lock"
     ctx = multiprocessing.get_context("spawn")
@@ -1177,7 +1353,9 @@ def _hold_lock(path, ready, release):
 
 def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
     config = make_config(tmp_path)
-    fxcu.write_parquet_atomic(provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE)
+    fxcu.write_parquet_atomic(
+        provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE
+    )
     code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir), "FXCU_SEED": "0"})
     out = capsys.readouterr().out
     assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
@@ -1224,7 +1402,7 @@ def oracle_features(prices: list[float]) -> dict[str, list[float | None]]:
     for k in (20, 50):
         out[f"copper_sma_{k}"] = [None if i < k - 1 else sum(prices[i - k + 1 : i + 1]) / k for i in range(n)]
     trend = []
-    for fast, slow in zip(out["copper_sma_20"], out["copper_sma_50"]):
+    for fast, slow in zip(out["copper_sma_20"], out["copper_sma_50"], strict=False):
         trend.append(0 if fast is None or slow is None or fast == slow else (1 if fast > slow else -1))
     out["copper_trend_signal"] = trend
     # Wilder's RSI as TA-Lib defines it: seed with simple means of the first 14 changes.
@@ -1254,7 +1432,7 @@ def oracle_features(prices: list[float]) -> dict[str, list[float | None]]:
 
 def assert_matches(actual: list, expected: list, name: str, rel: float = 1e-7, abs_: float = 1e-9) -> None:
     assert len(actual) == len(expected), name
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=False)):
         if e is None:
             assert a is None, f"{name}[{i}] should be null (warm-up), got {a}"
         else:
@@ -1271,6 +1449,7 @@ def test_copper_features_match_oracle_on_real_hgf_history():
     assert features["copper_usdclp_correlation_90d"].null_count() == features.height
 
 
+@pytest.mark.slow
 @given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=1, max_size=300))
 @settings(max_examples=60, deadline=None)
 def test_copper_features_match_oracle_on_generated_series(values):
@@ -1289,6 +1468,7 @@ def test_feature_exprs_work_on_lazy_and_eager_frames(lazy):
     assert_frame_equal(out.drop(fxcu.CLOSE), fxcu.copper_features(copper), check_exact=False, rel_tol=1e-9)
 
 
+@pytest.mark.slow
 @given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=2, max_size=200))
 @settings(max_examples=80, deadline=None)
 def test_copper_features_ranges(values):
@@ -1301,6 +1481,7 @@ def test_copper_features_ranges(values):
     assert set(features["copper_trend_signal"].to_list()) <= {-1, 0, 1}
 
 
+@pytest.mark.slow
 @given(st.floats(min_value=0.5, max_value=10), st.integers(min_value=1, max_value=300))
 @settings(max_examples=40, deadline=None)
 def test_copper_features_constant_prices(price, n):
@@ -1312,6 +1493,7 @@ def test_copper_features_constant_prices(price, n):
     assert set(features["copper_trend_signal"]) <= {0}
 
 
+@pytest.mark.slow
 @given(st.integers(min_value=1, max_value=120), st.integers(min_value=0, max_value=10_000))
 @settings(max_examples=40, deadline=None)
 def test_copper_features_no_look_ahead(extra, seed):
@@ -1324,8 +1506,12 @@ def test_copper_features_no_look_ahead(extra, seed):
 
 
 def test_align_copper_never_uses_same_or_later_copper_dates():
-    usdclp = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [880.0, 881.0, 882.0]})
-    copper = pl.DataFrame({fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [3.0, 4.0, 5.0]})
+    usdclp = pl.DataFrame(
+        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [880.0, 881.0, 882.0]}
+    )
+    copper = pl.DataFrame(
+        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [3.0, 4.0, 5.0]}
+    )
     aligned = fxcu.align_copper(usdclp, copper)
     assert aligned["copper"].to_list() == [None, 3.0, 4.0]
 
@@ -1346,10 +1532,13 @@ def test_copper_features_do_not_carry_stale_copper_forward():
     last_copper = copper[fxcu.DATE].max()
     late = features.filter(pl.col(fxcu.DATE) > last_copper + timedelta(days=7))
     assert late.height > 40 and all(late[name].null_count() == late.height for name in fxcu.FEATURES)
-    within = features.filter(pl.col(fxcu.DATE).is_between(last_copper + timedelta(days=1), last_copper + timedelta(days=7)))
+    within = features.filter(
+        pl.col(fxcu.DATE).is_between(last_copper + timedelta(days=1), last_copper + timedelta(days=7))
+    )
     assert within["copper_sma_20"].null_count() == 0  # a long weekend or a holiday is not a gap
 
 
+@pytest.mark.slow
 def test_backtest_drops_the_copper_model_when_copper_is_stale():
     usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
     bt = fxcu.backtest(usdclp, copper, "7d", windows=6, step_size=20, history=700)
@@ -1364,6 +1553,7 @@ def test_copper_is_stale_after_seven_days(gap, stale):
     assert fxcu.copper_is_stale(usdclp, copper) is stale
 
 
+@pytest.mark.slow
 def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
     usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
     bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"})
@@ -1388,14 +1578,18 @@ def test_correlation_matches_numpy_on_real_data():
 
 def test_copper_features_monthly_copper_are_all_null():
     fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
-    monthly = fxcu.parse_fred_observations({"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]})
+    monthly = fxcu.parse_fred_observations(
+        {"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]}
+    )
     assert fxcu.copper_frequency(monthly) == "monthly"
     features = fxcu.copper_features(monthly, real_usdclp())
     assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
     assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
 
 
-@pytest.mark.parametrize("bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)])
+@pytest.mark.parametrize(
+    "bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)]
+)
 def test_feature_parameters_are_checked(bad):
     with pytest.raises(ValueError):
         bad()
@@ -1405,15 +1599,25 @@ def test_feature_problems_flags_out_of_range_values():
     copper, usdclp = real_copper(), real_usdclp()
     features = fxcu.copper_features(copper, usdclp)
     now = datetime(2024, 7, 16, tzinfo=UTC)
-    assert fxcu.feature_problems(features, usdclp, copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15)), now=now, max_age=timedelta(days=5)) == []
+    assert (
+        fxcu.feature_problems(
+            features, usdclp, copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15)), now=now, max_age=timedelta(days=5)
+        )
+        == []
+    )
     broken = features.with_columns(pl.lit(140.0).alias("copper_rsi_14"))
-    found = fxcu.feature_problems(broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5))
+    found = fxcu.feature_problems(
+        broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5)
+    )
     assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
 
 
 def write_real_warehouse(data_dir: Path) -> None:
     fetched = datetime(2024, 7, 16, tzinfo=UTC)
-    fxcu.write_parquet_atomic(provenance(real_usdclp(), "yahoo").with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)), data_dir / "warehouse" / fxcu.USDCLP_CACHE)
+    fxcu.write_parquet_atomic(
+        provenance(real_usdclp(), "yahoo").with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)),
+        data_dir / "warehouse" / fxcu.USDCLP_CACHE,
+    )
     copper = real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
     fxcu.write_parquet_atomic(provenance(copper, "yahoo"), data_dir / "warehouse" / fxcu.COPPER_CACHE)
 
@@ -1468,14 +1672,25 @@ def test_trading_dates_are_weekdays_within_the_horizon(last, days):
 
 
 def test_trading_dates_from_a_friday():
-    assert fxcu.trading_dates(date(2024, 7, 12), 7) == [date(2024, 7, 15), date(2024, 7, 16), date(2024, 7, 17), date(2024, 7, 18), date(2024, 7, 19)]
+    assert fxcu.trading_dates(date(2024, 7, 12), 7) == [
+        date(2024, 7, 15),
+        date(2024, 7, 16),
+        date(2024, 7, 17),
+        date(2024, 7, 18),
+        date(2024, 7, 19),
+    ]
 
 
 def test_score_by_hand():
     actual = np.array([100.0, 110.0])
     pred = np.array([102.0, 107.0])
     last = np.array([101.0, 108.0])
-    bounds = {"lo-80": np.array([99.0, 108.0]), "hi-80": np.array([101.0, 109.0]), "lo-95": np.array([90.0, 100.0]), "hi-95": np.array([110.0, 120.0])}
+    bounds = {
+        "lo-80": np.array([99.0, 108.0]),
+        "hi-80": np.array([101.0, 109.0]),
+        "lo-95": np.array([90.0, 100.0]),
+        "hi-95": np.array([110.0, 120.0]),
+    }
     s = fxcu.score(pred, actual, last, bounds, naive_rmse=4.0)
     assert s.rmse == pytest.approx(math.sqrt((4 + 9) / 2))
     assert s.mae == pytest.approx(2.5)
@@ -1485,6 +1700,7 @@ def test_score_by_hand():
     assert (s.coverage_80, s.coverage_95) == (0.5, 1.0)
 
 
+@pytest.mark.slow
 @given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
 @settings(max_examples=60, deadline=None)
 def test_online_weights_use_only_realised_errors(n, steps, seed):
@@ -1500,6 +1716,7 @@ def test_online_weights_use_only_realised_errors(n, steps, seed):
         assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse", fxcu.MODELS)[i], w[i])
 
 
+@pytest.mark.slow
 @given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
 @settings(max_examples=60, deadline=None)
 def test_online_rule_uses_only_realised_outcomes(n, steps, seed):
@@ -1556,6 +1773,7 @@ def test_model_frames_copper_regressor_is_known_at_every_origin():
     assert exog["ds"].max() == uni["ds"].max()
 
 
+@pytest.mark.slow
 def test_backtest_never_uses_data_after_its_origin():
     """Perturbing every price after an origin leaves that origin's forecasts unchanged."""
     usdclp, copper = make_prices(700, seed=4), make_prices(700, seed=5, level=4.0)
@@ -1563,10 +1781,16 @@ def test_backtest_never_uses_data_after_its_origin():
     base = fxcu.backtest(usdclp, copper, "7d", **kwargs)
     origin = base.origins[2]
     bumped = usdclp.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * 1.3).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * 1.3)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
     )
     bumped_copper = copper.with_columns(
-        pl.when(pl.col(fxcu.DATE) >= origin).then(pl.col(fxcu.CLOSE) * 0.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+        pl.when(pl.col(fxcu.DATE) >= origin)
+        .then(pl.col(fxcu.CLOSE) * 0.5)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
     )
     other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
     # Ensemble is left out: whether it serves the combination or Naive is one decision over all origins
@@ -1589,6 +1813,7 @@ def real_forecast_7d():
     return fxcu.forecast(real_usdclp(), real_copper(), "7d")
 
 
+@pytest.mark.slow
 def test_backtest_on_real_data_is_honest(real_forecast_7d):
     bt = real_forecast_7d.backtest
     assert len(bt.origins) == 60 and bt.steps == 5
@@ -1610,6 +1835,7 @@ def test_backtest_on_real_data_is_honest(real_forecast_7d):
     assert sum(bt.weights.values()) == pytest.approx(1)
 
 
+@pytest.mark.slow
 def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_forecast_7d):
     fc = real_forecast_7d
     assert fc.origin == date(2024, 7, 15)
@@ -1618,7 +1844,10 @@ def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_fo
     for _, rows in fc.path.group_by("model"):
         assert rows[fxcu.DATE].to_list() == dates and rows["step"].to_list() == list(range(1, len(dates) + 1))
     ordered = fc.path.select(
-        (pl.col("lo_95") <= pl.col("lo_80")) & (pl.col("lo_80") <= pl.col("forecast")) & (pl.col("forecast") <= pl.col("hi_80")) & (pl.col("hi_80") <= pl.col("hi_95"))
+        (pl.col("lo_95") <= pl.col("lo_80"))
+        & (pl.col("lo_80") <= pl.col("forecast"))
+        & (pl.col("forecast") <= pl.col("hi_80"))
+        & (pl.col("hi_80") <= pl.col("hi_95"))
     )
     assert ordered.to_series().all()
     naive = fc.path.filter(pl.col("model") == "Naive")["forecast"]
@@ -1626,6 +1855,7 @@ def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_fo
     assert fc.final[fxcu.DATE] == dates[-1]
 
 
+@pytest.mark.slow
 def test_forecast_without_copper_has_no_copper_model():
     fc = fxcu.forecast(real_usdclp(), None, "15d", windows=60)
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
@@ -1653,14 +1883,19 @@ def test_proper_scores_rank_the_right_scale_first(seed, sigma, factor):
     assert fxcu.weighted_interval_score(y, mu, right).mean() < fxcu.weighted_interval_score(y, mu, wrong).mean()
     for level in fxcu.LEVELS:
         z = fxcu.z_value(level)
-        assert fxcu.interval_score(y, -z * right, z * right, level).mean() < fxcu.interval_score(y, -z * wrong, z * wrong, level).mean()
+        assert (
+            fxcu.interval_score(y, -z * right, z * right, level).mean()
+            < fxcu.interval_score(y, -z * wrong, z * wrong, level).mean()
+        )
 
 
 def test_scores_match_their_textbook_forms():
     y, mu, sigma = np.array([0.0, 0.3, -2.0]), np.array([0.0, 0.0, 0.5]), np.array([1.0, 0.5, 2.0])
     assert fxcu.crps(y, mu, sigma) == pytest.approx(oracle_crps_normal(y, mu, sigma))
     # interval score: width, plus 2/alpha times the miss (alpha = 0.2 at 80%)
-    assert fxcu.interval_score(np.array([0.0, 3.0]), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 80) == pytest.approx([2.0, 2 + 10 * 2])
+    assert fxcu.interval_score(np.array([0.0, 3.0]), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 80) == pytest.approx(
+        [2.0, 2 + 10 * 2]
+    )
     assert fxcu.z_value(80) == pytest.approx(1.2815516) and fxcu.z_value(95) == pytest.approx(1.9599640)
 
 
@@ -1697,13 +1932,18 @@ def garch_prices() -> pl.DataFrame:
     """Prices whose daily log returns are GARCH(1,1) with Gaussian errors (arch's simulator, seeded)."""
     from arch.univariate import GARCH, Normal, ZeroMean
 
-    sim = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=Normal(seed=11)).simulate([0.02, 0.12, 0.86], 3000, burn=500)
+    sim = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=Normal(seed=11)).simulate(
+        [0.02, 0.12, 0.86], 3000, burn=500
+    )
     return prices_from_log(np.concatenate([[0.0], np.cumsum(sim["data"].to_numpy() / 100)]))
 
 
+@pytest.mark.slow
 def test_coverage_on_simulated_garch_data(garch_prices):
     """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks included; Naive's constant width does not."""
-    db = fxcu.density_backtest_all(garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200)["7d"]
+    db = fxcu.density_backtest_all(
+        garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200
+    )["7d"]
     scores = db.models
     assert scores["Naive"].origins == 300
     for name in ("EWMA", "EWMA_5d"):
@@ -1717,12 +1957,15 @@ def test_coverage_on_simulated_garch_data(garch_prices):
 @pytest.mark.slow
 def test_garch_t_covers_simulated_garch_data(garch_prices):
     """arch's GARCH(1,1)-t, refitted at each of 80 weekly origins, covers GARCH data near nominal."""
-    db = fxcu.density_backtest_all(garch_prices, None, ["7d"], origins=80, history=1000, models=["Naive", "GARCH_t"], reps=200)["7d"]
+    db = fxcu.density_backtest_all(
+        garch_prices, None, ["7d"], origins=80, history=1000, models=["Naive", "GARCH_t"], reps=200
+    )["7d"]
     garch = db.models["GARCH_t"]
     assert 0.7 <= garch.coverage_80 <= 0.9 and 0.88 <= garch.coverage_95 <= 1.0
     assert garch.crps_ratio.value < 1.01
 
 
+@pytest.mark.slow
 def test_density_backtest_never_uses_data_after_its_origin():
     """Perturbing every price after an origin leaves every interval model's range at that origin, and the pick, unchanged."""
     usdclp, copper = make_prices(900, seed=4), make_prices(900, seed=5, level=4.0)
@@ -1730,9 +1973,24 @@ def test_density_backtest_never_uses_data_after_its_origin():
     kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
     base = fxcu.density_backtest_all(usdclp, copper, **kwargs)
     origin = base["7d"].origins[8]
-    bumped = usdclp.with_columns(pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * 1.3).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
-    bumped = bumped.with_columns(pl.when(pl.col(fxcu.DATE) > origin).then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900))).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
-    bumped_copper = copper.with_columns(pl.when(pl.col(fxcu.DATE) >= origin).then(pl.col(fxcu.CLOSE) * 0.5).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+    bumped = usdclp.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * 1.3)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    bumped = bumped.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900)))
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    bumped_copper = copper.with_columns(
+        pl.when(pl.col(fxcu.DATE) >= origin)
+        .then(pl.col(fxcu.CLOSE) * 0.5)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
     other = fxcu.density_backtest_all(bumped, bumped_copper, **kwargs)
     for horizon in kwargs["horizons"]:
         cols = ["origin", "vol20", "last", *models, fxcu.SERVED, "pick"]
@@ -1741,7 +1999,9 @@ def test_density_backtest_never_uses_data_after_its_origin():
         assert before.height == 9
         assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
         later = pl.col("origin") > origin
-        assert not np.allclose(base[horizon].predictions.filter(later)["EWMA"], other[horizon].predictions.filter(later)["EWMA"])
+        assert not np.allclose(
+            base[horizon].predictions.filter(later)["EWMA"], other[horizon].predictions.filter(later)["EWMA"]
+        )
 
 
 @given(st.integers(0, 1000), st.integers(1, 15))
@@ -1749,7 +2009,15 @@ def test_density_backtest_never_uses_data_after_its_origin():
 def test_choose_interval_model_uses_only_realised_outcomes(seed, steps):
     rng = np.random.default_rng(seed)
     n = 40
-    frame = pl.DataFrame({"ds": np.arange(n) * 5, "last": np.zeros(n), "y": rng.normal(0, 0.02, n), "Naive": np.full(n, 0.02), "EWMA": rng.uniform(0.005, 0.05, n)})
+    frame = pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "last": np.zeros(n),
+            "y": rng.normal(0, 0.02, n),
+            "Naive": np.full(n, 0.02),
+            "EWMA": rng.uniform(0.005, 0.05, n),
+        }
+    )
     picks = fxcu.choose_interval_model(frame, ["Naive", "EWMA"], steps).picks
     assert picks[0] == "Naive"
     for i in (5, 20, 35):
@@ -1762,7 +2030,16 @@ def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
     rng = np.random.default_rng(2)
     n = 200
     y = rng.normal(0, 0.01, n)
-    frame = pl.DataFrame({"ds": np.arange(n) * 5, "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "right": np.full(n, 0.01), "wider": np.full(n, 0.06)})
+    frame = pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "last": np.zeros(n),
+            "y": y,
+            "Naive": np.full(n, 0.03),
+            "right": np.full(n, 0.01),
+            "wider": np.full(n, 0.06),
+        }
+    )
     won = fxcu.choose_interval_model(frame, ["Naive", "right", "wider"], 5)
     assert won.live == "right" and won.notes == () and won.picks[-1] == "right"
     lost = fxcu.choose_interval_model(frame, ["Naive", "wider"], 5)
@@ -1776,7 +2053,9 @@ def test_choose_interval_model_window_looks_only_at_recent_origins():
     """With a window, a candidate that was right long ago but too narrow lately is dropped sooner."""
     n = 120
     y = np.where(np.arange(n) < 60, 0.01, 0.04) * np.where(np.arange(n) % 2, 1, -1)  # calm, then turbulent
-    frame = pl.DataFrame({"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)})
+    frame = pl.DataFrame(
+        {"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)}
+    )
     always = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1).picks
     recent = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1, window=10).picks
     assert always[60] == recent[60] == "narrow"
@@ -1806,6 +2085,7 @@ def real_density_7d():
     return fxcu.density_backtest_all(real_usdclp(), real_copper(), ["7d"], origins=60)["7d"]
 
 
+@pytest.mark.slow
 def test_density_backtest_on_real_data(real_density_7d):
     """60 weekly origins on the real CLP=X history: origins, Naive's width and CRPS checked from the prices alone."""
     db = real_density_7d
@@ -1826,6 +2106,7 @@ def test_density_backtest_on_real_data(real_density_7d):
     assert db.live in fxcu.RUN_INTERVAL_MODELS
 
 
+@pytest.mark.slow
 def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     fc = real_forecast_7d
     assert fc.density is not None and fc.interval_model == fc.density.live
@@ -1847,7 +2128,9 @@ def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
     assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
     assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
-    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(other.final["lo_80"], fc.final["lo_80"])
+    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(
+        other.final["lo_80"], fc.final["lo_80"]
+    )
     assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
 
 
@@ -1901,21 +2184,33 @@ def offline_run(tmp_path_factory, migrated_db):
     elsewhere = tmp_path_factory.mktemp("cwd")
     result = subprocess.run(
         [sys.executable, str(HERE / "fxcu.py"), "run", "7d", "--offline", "--json"],
-        cwd=elsewhere, env={**os.environ, **run_env(folder), "FRED_API_KEY": FRED_KEY}, capture_output=True, text=True, timeout=300,
+        cwd=elsewhere,
+        env={**os.environ, **run_env(folder), "FRED_API_KEY": FRED_KEY},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return folder, elsewhere, result
 
 
+@pytest.mark.slow
 def test_run_offline_prints_json_summary_and_exits_0(offline_run):
     _, _, result = offline_run
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["horizon"] == "7d" and out["last_date"] == "2024-07-15" and out["target_date"] == "2024-07-22"
-    assert out["interval_95"][0] <= out["interval_80"][0] <= out["forecast"] <= out["interval_80"][1] <= out["interval_95"][1]
+    assert (
+        out["interval_95"][0]
+        <= out["interval_80"][0]
+        <= out["forecast"]
+        <= out["interval_80"][1]
+        <= out["interval_95"][1]
+    )
     assert out["ratio_to_naive"] <= 1.0 and out["tracked"] and out["copper_available"]
     assert "cached data" in out["degraded"]
 
 
+@pytest.mark.slow
 def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     folder, elsewhere, result = offline_run
     runs = read_runs(folder, "7d")
@@ -1926,7 +2221,20 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
     assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
     assert "version_statsforecast" in p and len(p["input_sha256"]) == 64
-    for key in ("7d_rmse", "7d_mae", "7d_mape", "7d_ratio_to_naive", "7d_coverage_80", "Naive_rmse", "AutoETS_mape", "copper_ablation_pct", "seconds_backtest", "seconds_fetch", "seconds_clean", "seconds_tracking"):
+    for key in (
+        "7d_rmse",
+        "7d_mae",
+        "7d_mape",
+        "7d_ratio_to_naive",
+        "7d_coverage_80",
+        "Naive_rmse",
+        "AutoETS_mape",
+        "copper_ablation_pct",
+        "seconds_backtest",
+        "seconds_fetch",
+        "seconds_clean",
+        "seconds_tracking",
+    ):
         assert key in m, key
     assert m["7d_ratio_to_naive"] <= 1.0
     # the history ends 2024-07-15, older than FXCU_MAX_AGE_DAYS (5): stale as well as cached (issue 10)
@@ -1936,28 +2244,52 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
     names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
     assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
-    assert any(n.endswith(".md") for n in names) and any(n.endswith(".png") for n in names) and any(n.endswith(".csv") for n in names)
+    assert (
+        any(n.endswith(".md") for n in names)
+        and any(n.endswith(".png") for n in names)
+        and any(n.endswith(".csv") for n in names)
+    )
     assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run):
     folder, _, result = offline_run
     out = json.loads(result.stdout)
     model = out["interval_model"]
     assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == fxcu.interval_label("naive", model)
     assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
-    assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {*fxcu.REGIMES, *fxcu.NAMED_WINDOWS}
+    assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {
+        *fxcu.REGIMES,
+        *fxcu.NAMED_WINDOWS,
+    }
     run = read_runs(folder, "7d")[0]
     p, m = run.data.params, run.data.metrics
     assert p["interval_model"] == model and p["interval_label"] == out["interval_label"]
-    assert m["7d_range_crps_ratio"] == pytest.approx(out["range_crps_ratio"], abs=1e-4) and m["range_origins"] == fxcu.DENSITY_ORIGINS
-    for key in ("range_Naive_crps", "range_EWMA_5d_is80_ratio", "range_EWMA_5d_blend_crps_ratio_lo", "7d_range_is95_ratio_hi", "7d_range_wis", "range_copper_ablation_pct"):
+    assert (
+        m["7d_range_crps_ratio"] == pytest.approx(out["range_crps_ratio"], abs=1e-4)
+        and m["range_origins"] == fxcu.DENSITY_ORIGINS
+    )
+    for key in (
+        "range_Naive_crps",
+        "range_EWMA_5d_is80_ratio",
+        "range_EWMA_5d_blend_crps_ratio_lo",
+        "7d_range_is95_ratio_hi",
+        "7d_range_wis",
+        "range_copper_ablation_pct",
+    ):
         assert key in m, key
     for group in ("calm", "middle", "turbulent", "2022", "2019_10_2020_06"):
         assert f"7d_range_coverage_80_{group}" in m and f"range_Naive_coverage_95_{group}" in m
     report = Path(out["report"]).read_text()
-    assert "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
+    assert (
+        "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
+    )
     assert f"served: {out['interval_label']}" in report
+
+
+@pytest.mark.slow
 def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
     folder, _, result = offline_run
     out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
@@ -1977,6 +2309,7 @@ def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_r
     assert run.data.params["target_date"] == "2024-07-22"
 
 
+@pytest.mark.slow
 def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
     import hashlib
 
@@ -2009,6 +2342,7 @@ def test_prices_digest_ignores_fetch_time_and_source_but_not_prices():
     assert fxcu.prices_digest(frame, None) == fxcu.prices_digest(frame) != fxcu.prices_digest(frame, frame)
 
 
+@pytest.mark.slow
 @given(st.lists(st.floats(min_value=100, max_value=2000, allow_nan=False), min_size=1, max_size=40), st.randoms())
 @settings(max_examples=60, deadline=None)
 def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
@@ -2022,6 +2356,7 @@ def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
     assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
 
 
+@pytest.mark.slow
 def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
     import base64
 
@@ -2036,6 +2371,7 @@ def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
     assert "![USD/CLP and forecast](forecast_7d_" in next(artifacts.glob("forecast_7d_*.md")).read_text()
 
 
+@pytest.mark.slow
 def test_run_leaves_no_stray_default_experiment(offline_run):
     from mlflow.tracking import MlflowClient
 
@@ -2050,6 +2386,7 @@ def test_run_leaves_no_stray_default_experiment(offline_run):
     )
 
 
+@pytest.mark.slow  # imports mlflow and opens a migrated store
 def test_retire_default_experiment_keeps_one_with_runs(data_dir):
     from mlflow.tracking import MlflowClient
 
@@ -2068,6 +2405,7 @@ def test_served_models_names_the_models_with_weight(weights, served):
     assert fxcu.served_models(SimpleNamespace(weights=weights)) == served
 
 
+@pytest.mark.slow
 def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
     folder, _, result = offline_run
     run = read_runs(folder, "7d")[0]
@@ -2076,13 +2414,19 @@ def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
     shutil.copytree(inputs, replay)
     code = subprocess.run(
         [sys.executable, str(HERE / "fxcu.py"), "-q", "run", "7d", "--offline", "--json"],
-        env={**os.environ, **run_env(replay, FXCU_TRACKING_TIMEOUT="1", MLFLOW_TRACKING_URI=f"sqlite:///{replay}/x.db/y.db")},
-        capture_output=True, text=True, timeout=300,
+        env={
+            **os.environ,
+            **run_env(replay, FXCU_TRACKING_TIMEOUT="1", MLFLOW_TRACKING_URI=f"sqlite:///{replay}/x.db/y.db"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     original, again = json.loads(result.stdout), json.loads(code.stdout)
     assert again["forecast"] == original["forecast"] and again["interval_95"] == original["interval_95"]
 
 
+@pytest.mark.slow
 def test_run_never_leaks_the_fred_key(offline_run):
     folder, _, result = offline_run
     assert FRED_KEY not in result.stdout + result.stderr
@@ -2091,18 +2435,31 @@ def test_run_never_leaks_the_fred_key(offline_run):
             assert FRED_KEY.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_report_has_chart_path_backtest_and_copper(offline_run):
     folder, _, _ = offline_run
     report = next((folder / "reports").glob("forecast_7d_*.md")).read_text()
     assert "![USD/CLP and forecast](forecast_7d_" in report
-    for needle in ("## Forecast path", "## Backtest at the horizon date", "ratio to Naive", "copper_rsi_14", "degraded: cached data", "Copper ablation"):
+    for needle in (
+        "## Forecast path",
+        "## Backtest at the horizon date",
+        "ratio to Naive",
+        "copper_rsi_14",
+        "degraded: cached data",
+        "Copper ablation",
+    ):
         assert needle in report
     png = next((folder / "reports").glob("forecast_7d_*.png")).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog):
-    env = run_env(data_dir, MLFLOW_TRACKING_URI=f"sqlite:///{data_dir}/warehouse/usdclp.parquet/mlflow.db", FXCU_TRACKING_TIMEOUT="20")
+    env = run_env(
+        data_dir,
+        MLFLOW_TRACKING_URI=f"sqlite:///{data_dir}/warehouse/usdclp.parquet/mlflow.db",
+        FXCU_TRACKING_TIMEOUT="20",
+    )
     with caplog.at_level(logging.INFO):
         code = fxcu.main(["run", "7d", "--offline", "--skip-email"], env)
     out = capsys.readouterr().out
@@ -2116,6 +2473,7 @@ def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog):
     assert "NOT tracked" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(30)
@@ -2129,10 +2487,13 @@ def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_are_both_recorded(data_dir):
     cmd = [sys.executable, str(HERE / "fxcu.py"), "-q", "run", "7d", "--offline", "--skip-email"]
     env = {**os.environ, **run_env(data_dir)}
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     runs = read_runs(data_dir, "7d")
@@ -2165,6 +2526,7 @@ def record(horizon: str, rmse: float, *, degraded: str = "none", forecast: float
     return fxcu.RunRecord(horizon, f"{horizon} · data 2026-01-19", params, metrics, tags, ())
 
 
+@pytest.mark.slow
 def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
     config = fxcu.Config.from_env(run_env(data_dir))
     forecasts = {21.0: 900.0, 19.5: 905.5, 20.2: 903.0}  # logged in this order: 903.0 is the newest 7d forecast
@@ -2248,6 +2610,7 @@ def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
     assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
 
 
+@pytest.mark.slow
 @given(
     st.lists(st.tuples(st.sampled_from(["7d", "30d"]), st.one_of(st.none(), st.floats(800, 1000))), max_size=12),
     st.integers(1, 5),
@@ -2308,6 +2671,7 @@ def test_render_colours_only_when_asked_and_fits_100_columns():
     assert max(map(len, plain.splitlines())) <= 100 and "1,234.50" in plain
 
 
+@pytest.mark.slow
 def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
     fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
     code = (
@@ -2346,21 +2710,30 @@ def test_dashboard_without_a_database_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("name", "values", "best"),
-    [("7d_rmse", [20.0, 18.5, 19.0], 18.5), ("7d_coverage_80", [0.70, 0.83, 0.95], 0.83), ("7d_coverage_95", [0.99, 0.90, 0.96], 0.96), ("Naive_copper_direction_hit", [0.5, 0.67, 0.6], 0.67)],
+    [
+        ("7d_rmse", [20.0, 18.5, 19.0], 18.5),
+        ("7d_coverage_80", [0.70, 0.83, 0.95], 0.83),
+        ("7d_coverage_95", [0.99, 0.90, 0.96], 0.96),
+        ("Naive_copper_direction_hit", [0.5, 0.67, 0.6], 0.67),
+    ],
 )
 def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
     assert min(values, key=fxcu.metric_rank(name)) == best
 
 
+@pytest.mark.slow
 def test_best_run_on_coverage_is_closest_to_nominal(data_dir):
     config = fxcu.Config.from_env(run_env(data_dir))
     ids = {}
     for cov in (0.70, 0.82, 0.90):
         rec = record("7d", 20.0)
-        ids[cov] = fxcu.log_run(config, dataclasses.replace(rec, metrics={**rec.metrics, "7d_coverage_80": cov}), environ={})
+        ids[cov] = fxcu.log_run(
+            config, dataclasses.replace(rec, metrics={**rec.metrics, "7d_coverage_80": cov}), environ={}
+        )
     assert fxcu.best_run("7d", "coverage_80", config=config, environ={}).info.run_id == ids[0.82]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["runs"], ["stats"], ["compare"], ["init"], ["backup", "{tmp}/bk"]])
 def test_mlflow_commands_on_a_corrupt_database_are_one_line(tmp_path, command, capsys):
     (tmp_path / "mlflow").mkdir()
@@ -2371,6 +2744,7 @@ def test_mlflow_commands_on_a_corrupt_database_are_one_line(tmp_path, command, c
     assert err.count("\n") == 0 and err.startswith(f"fxcu: {command[0]} failed (") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
     (tmp_path / "mlflow").mkdir()
     shutil.copy(migrated_db, tmp_path / "mlflow" / "mlflow.db")
@@ -2382,6 +2756,7 @@ def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
     assert second.count("created") == 0 and second.count("exists") == 4
 
 
+@pytest.mark.slow
 def test_backup_is_a_consistent_archive(data_dir, tmp_path, capsys):
     import sqlite3
     import tarfile
@@ -2402,6 +2777,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -2409,9 +2785,26 @@ def test_mlflow_server_serves_the_runs_over_http(data_dir, tmp_path, capsys):
     run_id = fxcu.log_run(config, record("7d", 18.5), environ={})
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 90
@@ -2525,6 +2918,8 @@ def test_ui_command_points_the_server_at_the_data_dir(tmp_path):
     assert cmd[1:4] == ["-m", "mlflow", "server"]
     assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlflow" / "mlruns").as_uri()
     assert cmd[cmd.index("--host") + 1 :][:3] == ["127.0.0.1", "--port", "5000"]
+
+
 # Relocatable data dir and a bounded tracking server (issue 10, section 3).
 
 
@@ -2535,15 +2930,24 @@ def artifact_file(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp_path, migrated_db):
     """Moving the data dir left experiments pointing at the old path, which the next run recreated."""
     old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
     (old / "mlflow").mkdir(parents=True)
     shutil.copy(migrated_db, old / "mlflow" / "mlflow.db")
-    first = fxcu.log_run(fxcu.Config(data_dir=old), dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)), environ={})
+    first = fxcu.log_run(
+        fxcu.Config(data_dir=old),
+        dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)),
+        environ={},
+    )
     new.parent.mkdir()
     shutil.move(old, new)
-    second = fxcu.log_run(fxcu.Config(data_dir=new), dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "b"),)), environ={})
+    second = fxcu.log_run(
+        fxcu.Config(data_dir=new),
+        dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "b"),)),
+        environ={},
+    )
     assert not old.exists()  # nothing recreated at the old path
     from mlflow.tracking import MlflowClient
 
@@ -2564,7 +2968,11 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
     original, restored = tmp_path / "original", tmp_path / "restored"
     (original / "mlflow").mkdir(parents=True)
     shutil.copy(migrated_db, original / "mlflow" / "mlflow.db")
-    fxcu.log_run(fxcu.Config(data_dir=original), dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)), environ={})
+    fxcu.log_run(
+        fxcu.Config(data_dir=original),
+        dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)),
+        environ={},
+    )
     assert cli(["backup", str(tmp_path / "b")], run_env(original), tmp_path).code == 0
     (archive,) = (tmp_path / "b").glob("*.tar.gz")
     with tarfile.open(archive) as tar:
@@ -2572,10 +2980,16 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
     files = sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db")
     init = cli(["init"], run_env(restored), tmp_path)
     runs = cli(["runs", "7d", "--json"], run_env(restored), tmp_path)
-    fxcu.log_run(fxcu.Config(data_dir=restored), dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "c"),)), environ={})
+    fxcu.log_run(
+        fxcu.Config(data_dir=restored),
+        dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "c"),)),
+        environ={},
+    )
     assert init.code == 0 and f"artifacts {(restored / 'mlflow' / 'mlruns').as_uri()})" in init.out, init.out + init.err
     assert runs.code == 0 and len(json.loads(runs.out)) == 1
-    assert sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == files  # nothing new at the old path
+    assert (
+        sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == files
+    )  # nothing new at the old path
     assert len(list((restored / "mlflow" / "mlruns").rglob("forecast_7d.md"))) == 2
 
 
@@ -2611,18 +3025,28 @@ def test_down_tracking_server_costs_a_run_at_most_15_s(tmp_path, how):
 def test_redact_hides_user_and_password_in_urls():
     line = "Retrying http://alice:s3cr%40t@proxy.local:3128/x and https://bob:pw@h/api?api_key=abc"
     assert fxcu.redact(line, None) == "Retrying http://***@proxy.local:3128/x and https://***@h/api?api_key=***"
-    assert fxcu._where("https://alice:s3cret@127.0.0.1:8080/v8/finance/chart/CLP=X?x=1") == "127.0.0.1:8080/v8/finance/chart/CLP=X"
+    assert (
+        fxcu._where("https://alice:s3cret@127.0.0.1:8080/v8/finance/chart/CLP=X?x=1")
+        == "127.0.0.1:8080/v8/finance/chart/CLP=X"
+    )
 
 
+@pytest.mark.slow
 def test_fault_credentials_in_base_and_proxy_urls_never_reach_the_log(data_dir, inprocess, monkeypatch):
     with FakeSources(routes(clp=Reply(503, "down", "text/plain"), hg=Reply(503, "down", "text/plain"))) as api:
         base = api.url.replace("http://", "http://alice:base-s3cret@")
-        monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}")  # a dead proxy for the others
+        monkeypatch.setenv(
+            "HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}"
+        )  # a dead proxy for the others
         monkeypatch.setenv("NO_PROXY", "")
         result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL=base))
     assert result.code == 0
     assert "Retrying 127.0.0.1:" in result.err
-    assert "s3cret" not in result.err + result.out and "alice" not in result.err + result.out and "proxyuser" not in result.err + result.out
+    assert (
+        "s3cret" not in result.err + result.out
+        and "alice" not in result.err + result.out
+        and "proxyuser" not in result.err + result.out
+    )
 
 
 # -- run and check from the CLI ------------------------------------------------------
@@ -2643,7 +3067,9 @@ def test_run_without_usdclp_exits_1(tmp_path, capsys):
 
 
 def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
-    fxcu.write_parquet_atomic(provenance(real_usdclp().tail(400), "mindicador"), tmp_path / "warehouse" / fxcu.USDCLP_CACHE)
+    fxcu.write_parquet_atomic(
+        provenance(real_usdclp().tail(400), "mindicador"), tmp_path / "warehouse" / fxcu.USDCLP_CACHE
+    )
     code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
     err = capsys.readouterr().err
     assert code == 1 and "fxcu: cannot forecast: 400 trading days are too few for 60 backtest origins" in err
@@ -2651,6 +3077,7 @@ def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
     assert not status["ok"] and "too few" in status["error"]
 
 
+@pytest.mark.slow
 def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog):
     def hang(uri):
         time.sleep(3)
@@ -2658,20 +3085,26 @@ def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, c
 
     monkeypatch.setattr(fxcu, "mlflow_client", hang)
     with caplog.at_level(logging.INFO):
-        code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir, FXCU_TRACKING_TIMEOUT="0.5"))
+        code = fxcu.main(
+            ["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir, FXCU_TRACKING_TIMEOUT="0.5")
+        )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and all(s["report"] and not s["tracked"] for s in out.values())
     assert out["7d"]["tracking_error"].startswith("TimeoutError: MLflow tracking did not finish within 0.5 s")
-    assert [out[h]["tracking_error"] for h in ("15d", "30d", "90d")] == ["skipped: MLflow tracking timed out for 7d"] * 3
+    assert [out[h]["tracking_error"] for h in ("15d", "30d", "90d")] == [
+        "skipped: MLflow tracking timed out for 7d"
+    ] * 3
     assert caplog.text.count("MLflow tracking failed") == 4
 
 
+@pytest.mark.slow
 def test_run_copper_off_runs_without_copper(data_dir, capsys):
     code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
 
 
+@pytest.mark.slow
 def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -2705,6 +3138,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data
     assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
 
+@pytest.mark.slow
 def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
     assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
     capsys.readouterr()
@@ -2726,16 +3160,27 @@ def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("last", "level"), [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")]
+    ("last", "level"),
+    [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")],
 )
 def test_check_age(last, level):
-    assert fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1] == level
+    assert (
+        fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
+        == level
+    )
 
 
 @pytest.mark.parametrize(("hours", "level"), [(10, "OK"), (72, "OK"), (90, "WARNING")])
 def test_check_runs_allows_a_weekend(hours, level):
     now = datetime(2026, 11, 30, 18, tzinfo=UTC)
-    entry = {"time": (now - timedelta(hours=hours)).isoformat(), "ok": True, "tracked": True, "forecast": 950.0, "target_date": "2026-12-07", "degraded": []}
+    entry = {
+        "time": (now - timedelta(hours=hours)).isoformat(),
+        "ok": True,
+        "tracked": True,
+        "forecast": 950.0,
+        "target_date": "2026-12-07",
+        "degraded": [],
+    }
     graded = dict((name, lv) for name, lv, _ in fxcu.check_runs({"7d": entry}, now=now))
     assert graded["run 7d"] == level and graded["run 15d"] == "WARNING"
 
@@ -2765,7 +3210,9 @@ def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
     ]
     text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
     assert text.splitlines() == [
-        ("OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"),
+        (
+            "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"
+        ),
         "OK       usdclp data: 2 days old",
         "OK       disk: 50.0 GB free",
     ]
@@ -2809,6 +3256,7 @@ def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, 
     assert "days old" in message or message.startswith("no data")  # the age is always said, with any run finding
 
 
+@pytest.mark.slow
 @given(
     st.lists(
         st.tuples(
@@ -2843,7 +3291,9 @@ def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path,
     assert re.search(
         r"\| 'usdclp_age_days'=\d+;5;30;0 'copper_age_days'=\d+;5;;0 'disk_free'=\d+B;1000000000:;100000000:;0$", first
     )
-    assert [line for line in rest if "copper" in line] == [next(line for line in rest if line.startswith("WARNING  copper data: "))]
+    assert [line for line in rest if "copper" in line] == [
+        next(line for line in rest if line.startswith("WARNING  copper data: "))
+    ]
     code = fxcu.main(["check", "-w", "5000", "-c", "9000", "--json"], {**env, "FXCU_CHECK_RUN_WARN_HOURS": "1"})
     report = json.loads(capsys.readouterr().out)
     levels = {c["name"]: c["level"] for c in report["checks"]}
@@ -2876,9 +3326,12 @@ def test_check_a_broken_status_entry_is_a_finding_not_a_traceback(tmp_path, caps
     assert "WARNING  run 7d: status.json entry malformed (no valid time)" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
     code = "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -2888,6 +3341,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
     code = (
         "import sys, fxcu\nfxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]})\n"
@@ -2895,7 +3349,9 @@ def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
         "fxcu.make_client(fxcu.Config.from_env({})).close()\n"  # curl_cffi loads on the first Yahoo request only
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'curl_cffi', 'httpx_curl_cffi'}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
 
 
@@ -2944,6 +3400,7 @@ def test_every_feature_has_words():
     assert set(fxcu.FEATURE_WORDS) == set(fxcu.FEATURES)
 
 
+@pytest.mark.slow
 def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
     from types import SimpleNamespace
 
@@ -2951,13 +3408,13 @@ def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
     assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
 
 
+@pytest.mark.slow
 def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
     headings = [line for line in text.splitlines() if line.startswith("#")]
     assert (
-        headings[0]
-        == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
+        headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
         "made 2026-01-19 12:00 (Santiago, UTC-03)"
     )
     assert [h.split(" (")[0] for h in headings[1:]] == [
@@ -2983,6 +3440,7 @@ def test_report_stem_never_reuses_a_name():
     )
 
 
+@pytest.mark.slow
 def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bundle, tmp_path):
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     first = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
@@ -3006,6 +3464,7 @@ def drawn_chart(monkeypatch, fc, bundle, tmp_path):
     return fig
 
 
+@pytest.mark.slow
 def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(
     real_forecast_7d, real_bundle, tmp_path, monkeypatch
 ):
@@ -3032,12 +3491,12 @@ def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers
     assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
     assert (
         f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
-        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}"
-        in texts
+        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}" in texts
     )
     assert "2026-01-19 12:00 (Santiago, UTC-03)" in price_ax.get_title("right")
 
 
+@pytest.mark.slow
 def test_chart_without_copper_has_one_panel_and_says_so(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
     bundle = dataclasses.replace(real_bundle, copper=None, copper_features=None)
     fig = drawn_chart(monkeypatch, real_forecast_7d, bundle, tmp_path)
@@ -3075,6 +3534,7 @@ def assert_renders(message, horizons: list[str]) -> None:
     assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", message["Message-ID"])
 
 
+@pytest.mark.slow
 def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
     chart = tmp_path / "c.png"
     fxcu.write_chart(real_forecast_7d, real_bundle, chart)
@@ -3095,11 +3555,26 @@ def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7
     assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
 
 
+@pytest.mark.slow
 def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_forecast_7d, real_bundle):
     sections = fxcu.digest_sections([real_forecast_7d, real_forecast_7d], real_bundle, charts={"7d": "cid:x"})
     keys = [s.key for s in sections]
-    assert keys == ["digest", "summary", "chart", "backtest", "range", "summary", "chart", "backtest", "range", "copper", "data"]
+    assert keys == [
+        "digest",
+        "summary",
+        "chart",
+        "backtest",
+        "range",
+        "summary",
+        "chart",
+        "backtest",
+        "range",
+        "copper",
+        "data",
+    ]
     assert sections[1].title == "7d: Summary"
+
+
 # -- Track record -----------------------------------------------------------------------
 
 
@@ -3235,6 +3710,7 @@ def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
     ].to_list() == [905.0]
 
 
+@pytest.mark.slow
 @given(
     st.lists(
         st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
@@ -3382,7 +3858,7 @@ def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
     days = prices[fxcu.DATE].to_list()
     rows = [
         ledger_row(origin, target, forecast=close + 50, last=close + 50)  # every range misses by 50 CLP
-        for origin, target, close in zip(days, days[5:], prices[fxcu.CLOSE].to_list()[5:])
+        for origin, target, close in zip(days, days[5:], prices[fxcu.CLOSE].to_list()[5:], strict=False)
     ]
     rows.append(ledger_row(date(2024, 7, 15), date(2024, 7, 22)))  # aims past the end of the real history
     fxcu.write_ledger(
@@ -3459,6 +3935,7 @@ def test_live_metrics_names():
     assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
 
 
+@pytest.mark.slow
 def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     write_real_warehouse(tmp_path)
     code = (
@@ -3484,6 +3961,7 @@ def test_track_without_prices_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("fxcu: no USD/CLP history")
 
 
+@pytest.mark.slow
 def test_ledger_is_backfilled_from_mlflow_runs_without_mlflow(offline_run, tmp_path, capsys):
     folder, _, result = offline_run
     served = json.loads(result.stdout)
@@ -3516,6 +3994,7 @@ def test_ledger_is_backfilled_from_mlflow_runs_without_mlflow(offline_run, tmp_p
     assert "cached data" in row["degraded"].split(",")
 
 
+@pytest.mark.slow
 def test_run_logs_live_metrics_and_the_track_chart(offline_run):
     folder, _, result = offline_run
     run = read_runs(folder, "7d")[0]
@@ -3721,33 +4200,54 @@ def make_tls_pair(folder: Path):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fxcu test SMTP")])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
     return folder / "cert.pem", context
 
 
 def smtp_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    return run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(port), FXCU_SMTP_TO="desk@example.cl, treasury@example.cl", **extra)
+    return run_env(
+        data_dir,
+        FXCU_SMTP_HOST="127.0.0.1",
+        FXCU_SMTP_PORT=str(port),
+        FXCU_SMTP_TO="desk@example.cl, treasury@example.cl",
+        **extra,
+    )
 
 
 def relay_env(data_dir: Path, port: int) -> dict[str, str]:
     """A relay on 127.0.0.1 without TLS or login, as inside a bank's network."""
-    smtp = {"FXCU_SMTP_HOST": "127.0.0.1", "FXCU_SMTP_PORT": str(port), "FXCU_SMTP_TO": "desk@example.cl", "FXCU_SMTP_STARTTLS": "0"}
+    smtp = {
+        "FXCU_SMTP_HOST": "127.0.0.1",
+        "FXCU_SMTP_PORT": str(port),
+        "FXCU_SMTP_TO": "desk@example.cl",
+        "FXCU_SMTP_STARTTLS": "0",
+    }
     return run_env(data_dir, **smtp)
 
 
+@pytest.mark.slow
 def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog):
     cafile, context = tls_pair
     server = SMTPServer(tls=context)
-    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile))
+    env = smtp_env(
+        data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile)
+    )
     with caplog.at_level(logging.INFO):
         assert fxcu.main(["run", "7d", "--offline"], env) == 0
     server.thread.join(10)
@@ -3757,6 +4257,7 @@ def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair,
     assert "s3cret-pw" not in caplog.text
 
 
+@pytest.mark.slow
 def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
     _, context = tls_pair
     server = SMTPServer(tls=context)
@@ -3768,6 +4269,7 @@ def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
     assert server.messages == [] and not any(verb == "AUTH" for verb, _ in server.verbs)
 
 
+@pytest.mark.slow
 def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch):
     import smtplib
 
@@ -3788,6 +4290,7 @@ def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog
     assert ("STARTTLS", False) not in server.verbs and ("AUTH", True) in server.verbs
 
 
+@pytest.mark.slow
 def test_email_never_sends_credentials_in_clear(data_dir, caplog):
     server = SMTPServer()
     env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
@@ -3797,9 +4300,16 @@ def test_email_never_sends_credentials_in_clear(data_dir, caplog):
     assert server.verbs == [] and server.messages == []
 
 
+@pytest.mark.slow
 def test_run_emails_the_report_with_its_chart(data_dir, capsys):
     server = SMTPServer()
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl", FXCU_SMTP_STARTTLS="0")  # a relay without TLS or login
+    env = run_env(
+        data_dir,
+        FXCU_SMTP_HOST="127.0.0.1",
+        FXCU_SMTP_PORT=str(server.port),
+        FXCU_SMTP_TO="desk@example.cl",
+        FXCU_SMTP_STARTTLS="0",
+    )  # a relay without TLS or login
     assert fxcu.main(["run", "7d", "--offline"], env) == 0
     server.thread.join(10)
     assert len(server.messages) == 1
@@ -3821,6 +4331,7 @@ def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
     assert_renders(message, ["7d"]) and message["To"] == "desk@example.cl"
 
 
+@pytest.mark.slow
 def test_email_failure_never_fails_the_run(data_dir, caplog):
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
     with caplog.at_level(logging.INFO):
@@ -3828,6 +4339,7 @@ def test_email_failure_never_fails_the_run(data_dir, caplog):
     assert "Email failed" in caplog.text
 
 
+@pytest.mark.slow
 def test_skip_email_sends_nothing(data_dir):
     server = SMTPServer()
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
@@ -3895,11 +4407,19 @@ class FakeSources:
                 fake.requests.append(self.path)
                 fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-                reply = next((r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route"))
+                reply = next(
+                    (r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route")
+                )
                 reply = reply(self) if callable(reply) else reply
                 if reply.delay:
                     fake.stop.wait(reply.delay)
-                body = reply.body if isinstance(reply.body, bytes) else reply.body.encode() if isinstance(reply.body, str) else json.dumps(reply.body).encode()
+                body = (
+                    reply.body
+                    if isinstance(reply.body, bytes)
+                    else reply.body.encode()
+                    if isinstance(reply.body, str)
+                    else json.dumps(reply.body).encode()
+                )
                 if reply.echo:
                     body += f" for GET {self.path}".encode()
                 try:
@@ -3915,7 +4435,7 @@ class FakeSources:
                         for start in range(0, len(body), 16):
                             if fake.stop.wait(reply.trickle):
                                 break
-                            self.wfile.write(body[start:start + 16])
+                            self.wfile.write(body[start : start + 16])
                             self.wfile.flush()
                     else:
                         self.wfile.write(body)
@@ -3951,7 +4471,11 @@ class FakeSources:
         return sum(urllib.parse.unquote(p).startswith(prefix) for p in self.requests)
 
     def queries(self, prefix: str) -> list[dict[str, str]]:
-        return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query)) for p in self.requests if urllib.parse.unquote(p).startswith(prefix)]
+        return [
+            dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query))
+            for p in self.requests
+            if urllib.parse.unquote(p).startswith(prefix)
+        ]
 
 
 def peek_client_hello(sock: socket.socket) -> bytes:
@@ -3988,7 +4512,10 @@ def is_grease(value: int) -> bool:
 def fred_pcoppusdm_body() -> dict:
     """The real PCOPPUSDM history (USD per tonne) in the shape of a real FRED observations body."""
     raw = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
-    rows = [{"realtime_start": "2026-11-26", "realtime_end": "2026-11-26", "date": d, "value": str(v)} for d, v in raw.iter_rows()]
+    rows = [
+        {"realtime_start": "2026-11-26", "realtime_end": "2026-11-26", "date": d, "value": str(v)}
+        for d, v in raw.iter_rows()
+    ]
     return {"units": "lin", "file_type": "json", "count": len(rows), "observations": rows}
 
 
@@ -3999,7 +4526,9 @@ def good_routes() -> dict[str, Reply]:
         YAHOO_CLP: Reply(body=json.dumps(real_usdclp_payload())),
         YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper()))),
         MINDICADOR + "/2026": Reply(body=json.dumps(load_json("mindicador", "dolar_200_last31.json"))),
-        MINDICADOR: Reply(body=json.dumps({**load_json("mindicador", "dolar_200_last31.json"), "serie": []})),  # other years: none recorded
+        MINDICADOR: Reply(
+            body=json.dumps({**load_json("mindicador", "dolar_200_last31.json"), "serie": []})
+        ),  # other years: none recorded
         FRED: Reply(body=json.dumps(fred_pcoppusdm_body())),
     }
 
@@ -4018,9 +4547,16 @@ def yahoo_reply(name: str) -> Reply:
 def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
     """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024), no seed."""
     return {
-        "FXCU_DATA_DIR": str(data_dir), "FXCU_YAHOO_URL": url, "FXCU_FRED_URL": url, "FXCU_MINDICADOR_URL": url,
-        "FRED_API_KEY": FRED_KEY, "FXCU_MAX_AGE_DAYS": "100000", "FXCU_TRACKING_TIMEOUT": "30", "FXCU_LOCK_TIMEOUT": "30",
-        "FXCU_SEED": "0", **extra,  # the seed rows (issue 10) turn it on
+        "FXCU_DATA_DIR": str(data_dir),
+        "FXCU_YAHOO_URL": url,
+        "FXCU_FRED_URL": url,
+        "FXCU_MINDICADOR_URL": url,
+        "FRED_API_KEY": FRED_KEY,
+        "FXCU_MAX_AGE_DAYS": "100000",
+        "FXCU_TRACKING_TIMEOUT": "30",
+        "FXCU_LOCK_TIMEOUT": "30",
+        "FXCU_SEED": "0",
+        **extra,  # the seed rows (issue 10) turn it on
     }
 
 
@@ -4051,7 +4587,14 @@ def clean_environ() -> dict[str, str]:
 def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Outcome:
     """`python fxcu.py ARGS` in a fresh process."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "fxcu.py"), *args],
+        env={**clean_environ(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
@@ -4059,7 +4602,11 @@ def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) ->
 def inprocess(monkeypatch, capsys, caplog):
     """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
     real = fxcu.make_fetch_json
-    monkeypatch.setattr(fxcu, "make_fetch_json", lambda config, wait=None, deadline=None: real(config, wait=tenacity.wait_none(), deadline=deadline))
+    monkeypatch.setattr(
+        fxcu,
+        "make_fetch_json",
+        lambda config, wait=None, deadline=None: real(config, wait=tenacity.wait_none(), deadline=deadline),
+    )
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
@@ -4110,7 +4657,9 @@ def kept(data_dir: Path) -> Kept:
     return Kept(files, dates, mlflow_runs(data_dir), db.read_bytes() if db.exists() else None)
 
 
-def assert_nothing_lost(before: Kept, data_dir: Path, *, unchanged: tuple[str, ...] = (), runs_added: int = 0, db_unchanged: bool = False) -> Kept:
+def assert_nothing_lost(
+    before: Kept, data_dir: Path, *, unchanged: tuple[str, ...] = (), runs_added: int = 0, db_unchanged: bool = False
+) -> Kept:
     """Every warehouse file still holds every date it held (`unchanged` ones byte for byte); MLflow lost no run."""
     after = kept(data_dir)
     for name, days in before.dates.items():
@@ -4147,11 +4696,15 @@ def assert_key_nowhere(data_dir: Path, *outcomes: Outcome) -> None:
 # Yahoo: every answer that is not a price history.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("reply", "seen"),
     [
         (Reply(429, TOO_MANY, "text/plain"), "HTTP 429 Too Many Requests: Too Many Requests"),
-        (Reply(500, "<html><body>Internal Server Error</body></html>", "text/html"), "HTTP 500 Internal Server Error: <html><body>Internal Server Error</body></html>"),
+        (
+            Reply(500, "<html><body>Internal Server Error</body></html>", "text/html"),
+            "HTTP 500 Internal Server Error: <html><body>Internal Server Error</body></html>",
+        ),
         (Reply(503, "Service Unavailable", "text/plain"), "HTTP 503 Service Unavailable: Service Unavailable"),
     ],
     ids=["429", "500", "503"],
@@ -4166,7 +4719,10 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
     crumb = reply.status == 429
     assert api.count(YAHOO_CLP) == 3 + crumb and api.count(YAHOO_HG) == 3 and api.count(fxcu.YAHOO_CRUMB_PATH) == crumb
     assert ("WARNING fxcu: Yahoo refused a crumb (getcrumb answered HTTP 404)" in result.err) is crumb
-    assert f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X (try 1 of 3 failed: {seen})" in result.err
+    assert (
+        f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X (try 1 of 3 failed: {seen})"
+        in result.err
+    )
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen})" in result.err
     assert "WARNING fxcu: Using mindicador.cl backup for USD/CLP prices" in result.err
     assert "WARNING fxcu: Using FRED backup for copper prices (monthly, degraded)" in result.err
@@ -4177,6 +4733,7 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
     slow = dataclasses.replace(good_routes()[YAHOO_CLP], delay=5)
     before = kept(data_dir)
@@ -4191,11 +4748,15 @@ def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("reply", "seen"),
     [
         (Reply(200, json.dumps(real_usdclp_payload())[:5000]), "malformed JSON (Expecting"),
-        (yahoo_reply("chart_404_not_found.json"), 'HTTP 404 Not Found: {"code": "Not Found", "description": "No data found, symbol may be delisted"}'),
+        (
+            yahoo_reply("chart_404_not_found.json"),
+            'HTTP 404 Not Found: {"code": "Not Found", "description": "No data found, symbol may be delisted"}',
+        ),
         (yahoo_reply("chart_200_AAPL_empty_result.json"), "PayloadError: empty result: no bars (no 'timestamp')"),
     ],
     ids=["garbage-json", "chart-error-404", "empty-result"],
@@ -4224,7 +4785,9 @@ def gzip_bomb() -> bytes:
 
     packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # 16: a gzip header
     block = b" " * 2**24
-    parts = [packer.compress(b"[")] + [packer.compress(block) for _ in range(64)] + [packer.compress(b"]"), packer.flush()]
+    parts = (
+        [packer.compress(b"[")] + [packer.compress(block) for _ in range(64)] + [packer.compress(b"]"), packer.flush()]
+    )
     return b"".join(parts)
 
 
@@ -4237,7 +4800,15 @@ def cli_rss(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
         f"runpy.run_path({str(HERE / 'fxcu.py')!r}, run_name='__main__')\n"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", code], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean_environ(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     err, rss = proc.stderr.rsplit("peak_rss_kb=", 1)
     return Outcome(proc.returncode, proc.stdout, err, time.monotonic() - started), int(rss) / 1024
 
@@ -4254,7 +4825,10 @@ def test_fault_gzip_bomb_is_cut_at_the_size_cap_and_falls_back(data_dir, tmp_pat
     with FakeSources(good_routes()) as api:
         baseline, baseline_rss = cli_rss(["fetch"], fault_env(tmp_path / "fresh", api.url), tmp_path)
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: response body over 32 MB (decompressed): not read further)" in result.err
+    assert (
+        "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: response body over 32 MB (decompressed): not read further)"
+        in result.err
+    )
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 1  # an oversized body is an answer: no retry
     assert baseline.code == 0 and rss < baseline_rss + 200, (rss, baseline_rss)  # the cap (32 MB) plus a read, not 1 GB
@@ -4262,6 +4836,7 @@ def test_fault_gzip_bomb_is_cut_at_the_size_cap_and_falls_back(data_dir, tmp_pat
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 def test_fault_json_nested_100k_deep_is_a_failed_source(data_dir, tmp_path):
     """`[[[[...` 100,000 deep raised RecursionError out of json.loads: a traceback. Now Yahoo just failed."""
     deep = Reply(body="[" * 100_000 + "]" * 100_000)
@@ -4269,7 +4844,10 @@ def test_fault_json_nested_100k_deep_is_a_failed_source(data_dir, tmp_path):
     with FakeSources(routes(clp=deep, hg=deep)) as api:
         result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: malformed JSON (nested too deeply))" in result.err
+    assert (
+        "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: malformed JSON (nested too deeply))"
+        in result.err
+    )
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 1 and api.count(YAHOO_HG) == 1
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
@@ -4288,7 +4866,9 @@ def test_fault_deep_json_error_body_is_quoted_not_a_crash():
 def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_dir, tmp_path, who):
     """16 bytes every 0.2 s never trips a 2 s read timeout; the wall-clock budget of 4 s cuts it."""
     trickle = dataclasses.replace(good_routes()[YAHOO_CLP], trickle=0.2)
-    changes = {"clp": trickle, "hg": trickle} if who == "yahoo" else {k: trickle for k in ("clp", "hg", "mindicador", "fred")}
+    changes = (
+        {"clp": trickle, "hg": trickle} if who == "yahoo" else {k: trickle for k in ("clp", "hg", "mindicador", "fred")}
+    )
     before = kept(data_dir)
     with FakeSources(routes(**changes)) as api:
         # the wall-clock end of fxcu's reader over httpx's stream (curl bounds a whole request by FXCU_TIMEOUT itself)
@@ -4305,9 +4885,14 @@ def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_d
 # FRED: the copper backup.
 
 
+@pytest.mark.slow
 def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
     before = kept(data_dir)
-    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(400, FRED_BAD_KEY, "application/json; charset=UTF-8"))) as api:
+    with FakeSources(
+        routes(
+            hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(400, FRED_BAD_KEY, "application/json; charset=UTF-8")
+        )
+    ) as api:
         result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY]  # the key was sent, once (400 is not retried)
@@ -4320,11 +4905,15 @@ def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dots", [3, 343], ids=["last-3-months", "every-value"])
 def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
     body = fred_pcoppusdm_body()
     rows = body["observations"]
-    dotted = {**body, "observations": rows[: len(rows) - dots] + [{**r, "value": "."} for r in rows[len(rows) - dots :]]}
+    dotted = {
+        **body,
+        "observations": rows[: len(rows) - dots] + [{**r, "value": "."} for r in rows[len(rows) - dots :]],
+    }
     before = kept(data_dir)
     with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(200, dotted))) as api:
         result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
@@ -4335,11 +4924,14 @@ def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
         assert "  fred: removed 3 null or non-positive bars (2026-05-01, 2026-06-01, 2026-07-01)" in result.out
     else:
         assert "WARNING fxcu: FRED copper fetch failed (no rows)" in result.err
-        assert "copper: cache, 5993 rows" in result.out and "  fred: removed 343 null or non-positive bars" in result.out
+        assert (
+            "copper: cache, 5993 rows" in result.out and "  fred: removed 343 null or non-positive bars" in result.out
+        )
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess):
     """A proxy page that echoes the request line (api_key included) flows into logs, notes, the report and MLflow: redacted."""
     page = Reply(503, "<html><body>503 Service Unavailable: upstream timed out", "text/html", echo=True)
@@ -4348,7 +4940,10 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
         result = inprocess(["run", "7d", "--skip-email"], fault_env(data_dir, api.url))
     assert result.code == 0, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY] * 3  # sent three times, never shown
-    assert "/fred/series/observations (try 2 of 3 failed: HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***" in result.err
+    assert (
+        "/fred/series/observations (try 2 of 3 failed: HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***"
+        in result.err
+    )
     assert "sources: usdclp yahoo, copper cache (daily)" in result.out and "; tracked: yes, run " in result.out
     report = next((data_dir / "reports").glob("forecast_7d_*.md")).read_text()
     assert "- fred failed: HTTP 503 Service Unavailable: " in report and "api_key=***" in report
@@ -4359,6 +4954,7 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
 # mindicador, and everything at once.
 
 
+@pytest.mark.slow
 def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir, inprocess):
     before = kept(data_dir)
     with FakeSources(routes(clp=yahoo_reply("chart_200_AAPL_empty_result.json"))) as api:
@@ -4367,13 +4963,17 @@ def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir
     refused = "connection error (ConnectError: [Errno 111] Connection refused)"
     assert f"WARNING fxcu: mindicador.cl USD/CLP fetch failed ({refused})" in result.err
     assert "WARNING fxcu: Both sources failed, using 4664 cached USD/CLP data points" in result.err
-    assert "usdclp: cache, 4664 rows, 2006-05-16 .. 2024-07-15" in result.out and f"  mindicador failed: {refused}" in result.out
+    assert (
+        "usdclp: cache, 4664 rows, 2006-05-16 .. 2024-07-15" in result.out
+        and f"  mindicador failed: {refused}" in result.out
+    )
     assert "copper: yahoo, " in result.out
     after = assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
     assert len(after.dates[fxcu.COPPER_CACHE]) > len(before.dates[fxcu.COPPER_CACHE])  # HG=F 2024-2026 merged in
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess):
     before = kept(data_dir)
     down = closed_url()
@@ -4403,7 +5003,9 @@ def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inp
     else:
         assert result.messages == [f"fxcu: no usable USD/CLP data: {why}"]
         status = json.loads((data / "status.json").read_text())["7d"]
-        assert status["ok"] is False and status["tracked"] is False and status["error"] == f"no usable USD/CLP data: {why}"
+        assert (
+            status["ok"] is False and status["tracked"] is False and status["error"] == f"no usable USD/CLP data: {why}"
+        )
     assert f"ERROR fxcu: All USD/CLP sources failed: {why}" in result.err
     assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists() and mlflow_runs(data) == 0
     assert_key_nowhere(data, result)
@@ -4412,6 +5014,7 @@ def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inp
 # The warehouse and the MLflow database.
 
 
+@pytest.mark.slow
 def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, tmp_path):
     garbage = b"PAR1\x00\x00 half-written by a crash PAR1"
     (data_dir / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(garbage)
@@ -4419,7 +5022,11 @@ def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, t
     with FakeSources(good_routes()) as api:
         result = cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url), tmp_path)
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert re.search(r"ERROR fxcu: Corrupt cache usdclp\.parquet \(\w+\): moved to usdclp\.parquet\.corrupt-\d{8}T\d{6}$", result.err, re.M)
+    assert re.search(
+        r"ERROR fxcu: Corrupt cache usdclp\.parquet \(\w+\): moved to usdclp\.parquet\.corrupt-\d{8}T\d{6}$",
+        result.err,
+        re.M,
+    )
     assert api.queries(YAHOO_CLP)[0]["range"] == "max"  # the whole history again, from the live source
     assert "sources: usdclp yahoo, copper yahoo (daily)" in result.out and "; tracked: yes, run " in result.out
     aside = list((data_dir / "warehouse").glob("usdclp.parquet.corrupt-*"))
@@ -4429,6 +5036,7 @@ def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, t
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["locked", "under-a-regular-file"])
 def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, tmp_path, how):
     config = fxcu.Config.from_env(run_env(data_dir))
@@ -4449,8 +5057,12 @@ def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, 
         lock.close()
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert re.search(r"^  report: \S+forecast_7d_\d{4}-\d\d-\d\d_\d{4}\.md; tracked: no$", result.out, re.M)
-    assert re.search(r"ERROR fxcu: MLflow tracking failed \(.+\): the forecast and its report are kept$", result.err, re.M)
-    assert list((data_dir / "reports").glob("forecast_7d_*.md")) and list((data_dir / "reports").glob("forecast_7d_*.png"))
+    assert re.search(
+        r"ERROR fxcu: MLflow tracking failed \(.+\): the forecast and its report are kept$", result.err, re.M
+    )
+    assert list((data_dir / "reports").glob("forecast_7d_*.md")) and list(
+        (data_dir / "reports").glob("forecast_7d_*.png")
+    )
     status = json.loads((data_dir / "status.json").read_text())["7d"]
     assert status["ok"] and not status["tracked"] and status["tracking_error"]
     assert_nothing_lost(before, data_dir)  # the earlier run is still there, nothing half-written
@@ -4478,7 +5090,11 @@ def unprivileged() -> tuple[str, ...] | None:
     try:
         (folder / "secret").write_text("x")
         (folder / "secret").chmod(0)
-        probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(folder / 'secret')!r}).read()"], capture_output=True, check=False)
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", f"open({str(folder / 'secret')!r}).read()"],
+            capture_output=True,
+            check=False,
+        )
         return prefix if probe.returncode != 0 else None
     finally:
         shutil.rmtree(folder)
@@ -4487,9 +5103,19 @@ def unprivileged() -> tuple[str, ...] | None:
 def cli_unprivileged(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> Outcome:
     prefix = unprivileged()
     if prefix is None:
-        pytest.skip("cannot run without root's power over file permissions (no setpriv, or dropping capabilities had no effect)")
+        pytest.skip(
+            "cannot run without root's power over file permissions (no setpriv, or dropping capabilities had no effect)"
+        )
     started = time.monotonic()
-    proc = subprocess.run([*prefix, sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [*prefix, sys.executable, str(HERE / "fxcu.py"), *args],
+        env={**clean_environ(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
@@ -4514,7 +5140,10 @@ def test_fault_unreadable_cache_is_not_corrupt_and_never_replaced(data_dir, tmp_
         cache.chmod(0o644)
     assert "Traceback" not in result.err, result.err
     assert "ERROR fxcu: Cache usdclp.parquet unreadable (Permission denied): left in place, not replaced" in result.err
-    assert "ERROR fxcu: Warehouse usdclp.parquet not updated (Permission denied): using the fetched data for this run only" in result.err
+    assert (
+        "ERROR fxcu: Warehouse usdclp.parquet not updated (Permission denied): using the fetched data for this run only"
+        in result.err
+    )
     assert result.code == 0 and "usdclp: yahoo, 4664 rows" in result.out
     assert not list(cache.parent.glob("*.corrupt-*"))
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
@@ -4538,16 +5167,23 @@ def test_fault_read_only_data_dir_serves_the_forecast_with_one_line_errors(data_
         chmod_tree(data_dir, writable=True)
     for result in (fetch, run, check):
         assert "Traceback" not in result.err + result.out, result.err
-    assert fetch.code == 0 and "usdclp: yahoo, 4664 rows" in fetch.out and "  warehouse not updated (Permission denied)" in fetch.out
+    assert (
+        fetch.code == 0
+        and "usdclp: yahoo, 4664 rows" in fetch.out
+        and "  warehouse not updated (Permission denied)" in fetch.out
+    )
     assert run.code == 1 and run.out.startswith("USD/CLP 7d: last ") and "report: NOT WRITTEN; tracked: no" in run.out
     assert "ERROR fxcu: Report for 7d could not be written (Permission denied)" in run.err
     assert "ERROR fxcu: MLflow tracking failed (PermissionError" in run.err
     assert run.messages == []  # every failure is a log record: no stray traceback or print
     assert check.code in (1, 2)
-    assert sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) == listing  # nothing created, no temp file left
+    assert (
+        sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) == listing
+    )  # nothing created, no temp file left
     assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convertible", [True, False], ids=["strings-that-convert", "not-a-number"])
 def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(data_dir, tmp_path, convertible):
     """A cache whose date and close were strings was a traceback, and `fetch` then persisted the strings."""
@@ -4555,7 +5191,9 @@ def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(dat
     good = pl.read_parquet(cache)
     bad = good.with_columns(pl.col(fxcu.DATE).cast(pl.String), pl.col(fxcu.CLOSE).cast(pl.String))
     if not convertible:
-        bad = bad.with_columns(pl.when(pl.int_range(pl.len()) == 10).then(pl.lit("n/a")).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE))
+        bad = bad.with_columns(
+            pl.when(pl.int_range(pl.len()) == 10).then(pl.lit("n/a")).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+        )
     bad.write_parquet(cache)
     with FakeSources(good_routes()) as api:
         result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
@@ -4564,10 +5202,16 @@ def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(dat
     assert stored.schema == fxcu.cache_schema()
     assert set(good[fxcu.DATE]) <= set(stored[fxcu.DATE])
     if convertible:
-        assert "WARNING fxcu: Cache usdclp.parquet had columns of the wrong type (date String, close String): converted" in result.err
+        assert (
+            "WARNING fxcu: Cache usdclp.parquet had columns of the wrong type (date String, close String): converted"
+            in result.err
+        )
         assert "period1" in api.queries(YAHOO_CLP)[0]  # the converted cache counts: an incremental fetch
     else:
-        assert "ERROR fxcu: Corrupt cache usdclp.parquet (InvalidOperationError): moved to usdclp.parquet.corrupt-" in result.err
+        assert (
+            "ERROR fxcu: Corrupt cache usdclp.parquet (InvalidOperationError): moved to usdclp.parquet.corrupt-"
+            in result.err
+        )
         assert len(list(cache.parent.glob("usdclp.parquet.corrupt-*"))) == 1
 
 
@@ -4576,9 +5220,18 @@ def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(dat
     [
         ("[]", "WARNING  run 7d: never run"),
         ('{"7d": "x"}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
-        ('{"7d": {"ok": true, "tracked": true}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
-        ('{"7d": {"time": "2026-01-01T00:00:00", "ok": true}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
-        ('{"7d": {"time": 5, "degraded": 7}, "15d": {"time": "2026-01-01T00:00:00+00:00", "ok": true, "tracked": true, "degraded": 3}}', "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it"),
+        (
+            '{"7d": {"ok": true, "tracked": true}}',
+            "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it",
+        ),
+        (
+            '{"7d": {"time": "2026-01-01T00:00:00", "ok": true}}',
+            "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it",
+        ),
+        (
+            '{"7d": {"time": 5, "degraded": 7}, "15d": {"time": "2026-01-01T00:00:00+00:00", "ok": true, "tracked": true, "degraded": 3}}',
+            "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it",
+        ),
         ("[" * 100_000, "WARNING  run 7d: never run"),
     ],
     ids=["list", "string-entry", "no-time", "naive-time", "odd-types", "deep"],
@@ -4595,18 +5248,47 @@ def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(da
 # Bad input: nothing is fetched, nothing is written.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "extra", "code", "line"),
     [
-        (["run", "8d"], {}, 2, "fxcu run: error: argument {7d,15d,30d,90d,all}: unknown horizon '8d': choose one of 7d, 15d, 30d, 90d (see fxcu run --help)"),
-        (["fetch"], {"FXCU_OFFLINE": "maybe"}, 2, "fxcu: FXCU_OFFLINE='maybe' is not a boolean (use 1/0, true/false, on/off)"),
+        (
+            ["run", "8d"],
+            {},
+            2,
+            "fxcu run: error: argument {7d,15d,30d,90d,all}: unknown horizon '8d': choose one of 7d, 15d, 30d, 90d (see fxcu run --help)",
+        ),
+        (
+            ["fetch"],
+            {"FXCU_OFFLINE": "maybe"},
+            2,
+            "fxcu: FXCU_OFFLINE='maybe' is not a boolean (use 1/0, true/false, on/off)",
+        ),
         (["fetch"], {"FXCU_TIMEOUT": "-1"}, 2, "fxcu: FXCU_TIMEOUT='-1' must be positive"),
-        (["fetch"], {"FXCU_TIMEOUT": "inf"}, 2, "fxcu: FXCU_TIMEOUT='inf' is too large (at most 1000000)"),  # was a traceback
-        (["run", "7d"], {"FXCU_MAX_AGE_DAYS": "1e400"}, 2, "fxcu: FXCU_MAX_AGE_DAYS='1e400' is too large (at most 1000000)"),  # was a traceback
+        (
+            ["fetch"],
+            {"FXCU_TIMEOUT": "inf"},
+            2,
+            "fxcu: FXCU_TIMEOUT='inf' is too large (at most 1000000)",
+        ),  # was a traceback
+        (
+            ["run", "7d"],
+            {"FXCU_MAX_AGE_DAYS": "1e400"},
+            2,
+            "fxcu: FXCU_MAX_AGE_DAYS='1e400' is too large (at most 1000000)",
+        ),  # was a traceback
         (["fetch"], {"FXCU_DATA_DIR": "{file}"}, 2, "fxcu: FXCU_DATA_DIR {file} is not a directory"),
         (["run", "7d"], {"FXCU_DATA_DIR": "{file}"}, 2, "fxcu: FXCU_DATA_DIR {file} is not a directory"),
     ],
-    ids=["unknown-horizon", "offline-maybe", "timeout-negative", "timeout-inf", "max-age-overflow", "data-dir-is-a-file-fetch", "data-dir-is-a-file-run"],
+    ids=[
+        "unknown-horizon",
+        "offline-maybe",
+        "timeout-negative",
+        "timeout-inf",
+        "max-age-overflow",
+        "data-dir-is-a-file-fetch",
+        "data-dir-is-a-file-run",
+    ],
 )
 def test_fault_bad_input_is_one_line(data_dir, tmp_path, args, extra, code, line):
     file = tmp_path / "not-a-dir"
@@ -4625,6 +5307,7 @@ def test_fault_bad_input_is_one_line(data_dir, tmp_path, args, extra, code, line
     assert_key_nowhere(data_dir, result)
 
 
+@pytest.mark.slow
 def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     """FXCU_YAHOO_URL=http://[::1 made httpx raise InvalidURL, which escaped as a traceback; now Yahoo just failed."""
     before = kept(data_dir)
@@ -4682,14 +5365,21 @@ def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, i
     with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
         result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert api.count(YAHOO_CLP) == 1 and api.count(MINDICADOR) == 3  # refused once (no retry), then mindicador 2024..2026
+    assert (
+        api.count(YAHOO_CLP) == 1 and api.count(MINDICADOR) == 3
+    )  # refused once (no retry), then mindicador 2024..2026
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({SEEN[mode]})" in result.err
     assert re.search(r"^usdclp: mindicador, \d+ rows, 2006-05-16 \.\. 2026-10-08$", result.out, re.M)
-    assert f"  yahoo failed: {SEEN[mode]}" in result.out and f"  degraded: rejected yahoo USD/CLP: {SEEN[mode]}" in result.out
+    assert (
+        f"  yahoo failed: {SEEN[mode]}" in result.out
+        and f"  degraded: rejected yahoo USD/CLP: {SEEN[mode]}" in result.out
+    )
     after = assert_nothing_lost(before, hostile_dir, db_unchanged=True)  # copper grew: HG=F answered well
     stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
     assert (stored.filter(pl.col(fxcu.DATE) > CACHE_END)[fxcu.SOURCE] == "mindicador").all()  # not one Yahoo bar merged
-    assert stored.filter(pl.col(fxcu.DATE) <= CACHE_END).equals(pl.read_parquet(io.BytesIO(before.files[fxcu.USDCLP_CACHE])))
+    assert stored.filter(pl.col(fxcu.DATE) <= CACHE_END).equals(
+        pl.read_parquet(io.BytesIO(before.files[fxcu.USDCLP_CACHE]))
+    )
     assert len(after.dates[fxcu.USDCLP_CACHE]) == len(before.dates[fxcu.USDCLP_CACHE]) + 31
     assert_nothing_implausible_stored(hostile_dir)
     assert_key_nowhere(hostile_dir, result)
@@ -4701,7 +5391,10 @@ def test_hostile_copper_chart_under_clpx_is_refused_on_a_fresh_install(tmp_path,
     data = tmp_path / "empty"
     with FakeSources(routes(clp=Reply(body=json.dumps(chart_payload(real_copper()))))) as api:
         result = inprocess(["fetch"], fault_env(data, api.url))
-    assert result.code == 0 and "Yahoo Finance USD/CLP fetch failed (wrong symbol: asked for CLP=X, meta says 'HG=F'" in result.err
+    assert (
+        result.code == 0
+        and "Yahoo Finance USD/CLP fetch failed (wrong symbol: asked for CLP=X, meta says 'HG=F'" in result.err
+    )
     assert "usdclp: mindicador, 31 rows, 2026-08-26 .. 2026-10-08" in result.out
     assert_nothing_implausible_stored(data)
 
@@ -4713,11 +5406,17 @@ def test_hostile_jump_confirmed_by_the_next_source_is_accepted(hostile_dir, inpr
     quote = body["chart"]["result"][0]
     day = fxcu.parse_yahoo_chart(body).tail(1).row(0, named=True)  # 2024-07-15 at 1348.43
     fecha = datetime.combine(day[fxcu.DATE], datetime.min.time()).replace(hour=4).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    mindicador = {**load_json("mindicador", "dolar_200_last31.json"), "serie": [{"fecha": fecha, "valor": round(day[fxcu.CLOSE] * 1.01, 2)}]}
+    mindicador = {
+        **load_json("mindicador", "dolar_200_last31.json"),
+        "serie": [{"fecha": fecha, "valor": round(day[fxcu.CLOSE] * 1.01, 2)}],
+    }
     assert quote["indicators"]["quote"][0]["close"][-1] == day[fxcu.CLOSE]
     with FakeSources(routes(clp=Reply(body=json.dumps(body)), mindicador=Reply(body=json.dumps(mindicador)))) as api:
         result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
-    assert result.code == 0 and "Yahoo Finance USD/CLP: the jump from 2024-07-15 is confirmed by mindicador.cl" in result.err
+    assert (
+        result.code == 0
+        and "Yahoo Finance USD/CLP: the jump from 2024-07-15 is confirmed by mindicador.cl" in result.err
+    )
     assert re.search(r"^usdclp: yahoo, \d+ rows, 2006-05-16 \.\. 2024-07-15$", result.out, re.M)
     assert "  yahoo: jump from 2024-07-15 confirmed by mindicador" in result.out and "rejected" not in result.out
     stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
@@ -4731,13 +5430,23 @@ def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_di
     with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
         first = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
     assert first.code == 0 and "Traceback" not in first.err, first.err
-    assert "sources: usdclp mindicador, copper yahoo (daily)" in first.out and f"rejected yahoo USD/CLP: {SEEN[mode]}" in first.out
+    assert (
+        "sources: usdclp mindicador, copper yahoo (daily)" in first.out
+        and f"rejected yahoo USD/CLP: {SEEN[mode]}" in first.out
+    )
     status = json.loads((hostile_dir / "status.json").read_text())["7d"]
     assert status["ok"] and "rejected source" in status["degraded"]
-    assert any(f"rejected yahoo USD/CLP: {SEEN[mode]}" in line for line in (hostile_dir / "reports").glob("*.md").__next__().read_text().splitlines())
+    assert any(
+        f"rejected yahoo USD/CLP: {SEEN[mode]}" in line
+        for line in (hostile_dir / "reports").glob("*.md").__next__().read_text().splitlines()
+    )
     with FakeSources(good_routes()) as api:
         second = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
-    assert second.code == 0 and "sources: usdclp yahoo, copper yahoo (daily)" in second.out and "rejected" not in second.out
+    assert (
+        second.code == 0
+        and "sources: usdclp yahoo, copper yahoo (daily)" in second.out
+        and "rejected" not in second.out
+    )
     status = json.loads((hostile_dir / "status.json").read_text())["7d"]
     assert status["ok"] and status["tracked"] and "rejected source" not in status["degraded"]
     assert_nothing_implausible_stored(hostile_dir)
@@ -4749,26 +5458,44 @@ def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
     """A warehouse an older release wrote from bad answers: a 2099 bar at 1e308, the last 3 days at +50%, a null close."""
     path = data_dir / "warehouse" / fxcu.USDCLP_CACHE
     real = pl.read_parquet(path)
-    poisoned = pl.concat([
-        real.head(real.height - 3).with_columns(pl.when(pl.int_range(pl.len()) == 1000).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)),
-        real.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5),
-        real.tail(1).with_columns(pl.lit(date(2099, 1, 5)).alias(fxcu.DATE), pl.lit(1e308).alias(fxcu.CLOSE)),
-    ])
+    poisoned = pl.concat(
+        [
+            real.head(real.height - 3).with_columns(
+                pl.when(pl.int_range(pl.len()) == 1000).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+            ),
+            real.tail(3).with_columns(pl.col(fxcu.CLOSE) * 1.5),
+            real.tail(1).with_columns(pl.lit(date(2099, 1, 5)).alias(fxcu.DATE), pl.lit(1e308).alias(fxcu.CLOSE)),
+        ]
+    )
     fxcu.write_parquet_atomic(poisoned, path)
     assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2
-    assert "CRITICAL usdclp data: last 2099-01-05 is in the future: the file holds implausible rows" in capsys.readouterr().out
+    assert (
+        "CRITICAL usdclp data: last 2099-01-05 is in the future: the file holds implausible rows"
+        in capsys.readouterr().out
+    )
     offline = inprocess(["fetch", "--offline"], fault_env(data_dir, closed_url()))
-    assert offline.code == 0 and "WARNING fxcu: Cache usdclp.parquet held rows that cannot be right (1 rows null closes; 1 rows dated after" in offline.err
-    assert f"usdclp: cache, {real.height - 4} rows, 2006-05-16 .. 2024-07-10" in offline.out and "  degraded: repaired cache: usdclp.parquet dropped " in offline.out
+    assert (
+        offline.code == 0
+        and "WARNING fxcu: Cache usdclp.parquet held rows that cannot be right (1 rows null closes; 1 rows dated after"
+        in offline.err
+    )
+    assert (
+        f"usdclp: cache, {real.height - 4} rows, 2006-05-16 .. 2024-07-10" in offline.out
+        and "  degraded: repaired cache: usdclp.parquet dropped " in offline.out
+    )
     repaired = pl.read_parquet(path)
     assert repaired.equals(real.head(real.height - 3).filter(pl.int_range(pl.len()) != 1000))
     assert pl.read_parquet(next(path.parent.glob("usdclp.parquet.rejected-*"))).height == 5  # kept for a post-mortem
-    assert fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2  # still CRITICAL: 2024 is old; but not "in the future"
+    assert (
+        fxcu.main(["check"], fault_env(data_dir, closed_url())) == 2
+    )  # still CRITICAL: 2024 is old; but not "in the future"
     assert re.search(r"usdclp data: \d+ days old \(last 2024-07-10, ", capsys.readouterr().out)
     with FakeSources(good_routes()) as api:
         live = inprocess(["fetch"], fault_env(data_dir, api.url))
     assert live.code == 0 and "usdclp: yahoo, 4664 rows, 2006-05-16 .. 2024-07-15" in live.out
-    assert pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE))  # every dropped day back, real
+    assert (
+        pl.read_parquet(path).select(fxcu.DATE, fxcu.CLOSE).equals(real.select(fxcu.DATE, fxcu.CLOSE))
+    )  # every dropped day back, real
 
 
 @pytest.mark.slow
@@ -4794,9 +5521,15 @@ def test_seed_first_run_without_network_forecasts_from_the_seed(tmp_path, migrat
     result = cli(["run", "7d", "--skip-email"], env, tmp_path, timeout=300)
     age = (date.today() - date(2024, 7, 15)).days
     assert result.code == 0 and "Traceback" not in result.err, result.err
-    assert "USD/CLP 7d: last 898.95 on 2024-07-15 -> " in result.out and "sources: usdclp seed, copper seed (daily)" in result.out
+    assert (
+        "USD/CLP 7d: last 898.95 on 2024-07-15 -> " in result.out
+        and "sources: usdclp seed, copper seed (daily)" in result.out
+    )
     assert f"seed history: USD/CLP from the shipped seed, last date 2024-07-15, {age} days old" in result.out
-    assert f"WARNING fxcu: No USD/CLP history yet: starting from the shipped seed (last date 2024-07-15, {age} days old)" in result.err
+    assert (
+        f"WARNING fxcu: No USD/CLP history yet: starting from the shipped seed (last date 2024-07-15, {age} days old)"
+        in result.err
+    )
     assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists()  # the seed is read, never copied as if fetched
 
 
@@ -4805,7 +5538,9 @@ def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, 
     data = tmp_path / "data"
     env = {**fault_env(data, "http://unused"), "FXCU_SEED": "1"}
     with FakeSources(good_routes()) as api:
-        result = inprocess(["fetch"], {**env, "FXCU_YAHOO_URL": api.url, "FXCU_MINDICADOR_URL": api.url, "FXCU_FRED_URL": api.url})
+        result = inprocess(
+            ["fetch"], {**env, "FXCU_YAHOO_URL": api.url, "FXCU_MINDICADOR_URL": api.url, "FXCU_FRED_URL": api.url}
+        )
     assert result.code == 0, result.err
     seed_end = {"CLP=X": date(2024, 7, 15), "HG=F": date(2026, 2, 23)}
     for route, symbol in ((YAHOO_CLP, "CLP=X"), (YAHOO_HG, "HG=F")):
@@ -4814,7 +5549,11 @@ def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, 
         assert "range" not in query and asked_from == seed_end[symbol] - timedelta(days=fxcu.OVERLAP_DAYS)
     assert api.count(MINDICADOR) == 0 and api.count(FRED) == 0
     stored = pl.read_parquet(data / "warehouse" / fxcu.USDCLP_CACHE)
-    assert stored[fxcu.DATE].min() == date(2006, 5, 16) and set(stored[fxcu.SOURCE]) == {"yahoo"}  # live values replace the seed's
+    assert stored[fxcu.DATE].min() == date(2006, 5, 16) and set(stored[fxcu.SOURCE]) == {
+        "yahoo"
+    }  # live values replace the seed's
+
+
 # Odd paths: characters that mean something in a URI, names the kernel refuses, loops.
 
 
@@ -4842,7 +5581,15 @@ def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(
     assert mlflow_runs(tmp_path / "restored") == 1  # the real database, not an empty one
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=12), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=12
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 @settings(deadline=None)  # the first example imports SQLAlchemy
 def test_sqlite_uri_round_trips_any_path_through_sqlalchemy(parts):
     from sqlalchemy.engine import make_url
@@ -4862,6 +5609,7 @@ def test_backup_refuses_a_database_that_is_not_mlflow(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["component-over-255", "symlink-loop"])
 @pytest.mark.parametrize("command", ["fetch", "run", "check", "init"])
 def test_fault_unusable_data_dir_path_is_one_line(tmp_path, how, command):
@@ -4874,9 +5622,14 @@ def test_fault_unusable_data_dir_path_is_one_line(tmp_path, how, command):
     result = cli([command, *(["7d"] if command == "run" else [])], {"FXCU_DATA_DIR": str(data)}, tmp_path)
     # a monitoring probe that cannot run is UNKNOWN (3), as Nagios expects; the other commands exit 2 (usage)
     assert result.code == (3 if command == "check" else 2) and "Traceback" not in result.err, result.err
-    assert len(result.messages) == 1 and result.messages[0].startswith("fxcu: FXCU_DATA_DIR ") and result.messages[0].endswith(f"is unusable ({reason})")
+    assert (
+        len(result.messages) == 1
+        and result.messages[0].startswith("fxcu: FXCU_DATA_DIR ")
+        and result.messages[0].endswith(f"is unusable ({reason})")
+    )
 
 
+@pytest.mark.slow
 def test_fault_mlflow_sqlalchemy_errors_reach_stderr_as_one_line(tmp_path):
     """A half-made database made MLflow log a SQLAlchemy traceback of ~60 lines; now one line each, and check is CRITICAL."""
     (tmp_path / "mlflow").mkdir()
@@ -4888,7 +5641,10 @@ def test_fault_mlflow_sqlalchemy_errors_reach_stderr_as_one_line(tmp_path):
     runs = cli(["runs"], run_env(tmp_path), tmp_path)
     assert runs.code == 1 and "Traceback" not in runs.err and "[SQL:" not in runs.err, runs.err
     assert all(LOG_LINE.match(line) or line.startswith("fxcu: runs failed (") for line in runs.err.splitlines())
-    assert "CRITICAL mlflow database: unreadable (no schema version: half-made; move it aside and run `fxcu init`)" in check.out
+    assert (
+        "CRITICAL mlflow database: unreadable (no schema version: half-made; move it aside and run `fxcu init`)"
+        in check.out
+    )
 
 
 # Disk full: an injected ENOSPC at each write, and a real full tmpfs.
@@ -4912,6 +5668,7 @@ def disk_full_at(monkeypatch, k: int):
     monkeypatch.setattr(fxcu, "atomic_path", real)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2], ids=["usdclp-file", "copper-file"])
 def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, inprocess, monkeypatch, k):
     """ENOSPC in the parquet write was a polars traceback with no forecast; now one line, the fetched data is used."""
@@ -4921,7 +5678,10 @@ def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, in
     name = (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE)[k - 1]
     assert result.code == 0 and "Traceback" not in result.err
     assert calls[k - 1].name == name
-    assert f"ERROR fxcu: Warehouse {name} not updated (No space left on device): using the fetched data for this run only" in result.err
+    assert (
+        f"ERROR fxcu: Warehouse {name} not updated (No space left on device): using the fetched data for this run only"
+        in result.err
+    )
     assert "  warehouse not updated (No space left on device)" in result.out
     assert_nothing_lost(before, data_dir, unchanged=(name,), db_unchanged=True)
     assert temp_leftovers(data_dir) == []
@@ -4960,7 +5720,12 @@ def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess,
         assert "Traceback" not in result.err and result.out.startswith("USD/CLP 7d: last "), (name, result.err)
         assert re.search(r"^ERROR fxcu: .*No space left on device", result.err, re.MULTILINE), (name, result.err)
         assert result.code in (0, 1) and result.messages == []
-        assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=mlflow_runs(data_dir) - before.runs)
+        assert_nothing_lost(
+            before,
+            data_dir,
+            unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE),
+            runs_added=mlflow_runs(data_dir) - before.runs,
+        )
         assert temp_leftovers(data_dir) == [], name
 
 
@@ -4969,7 +5734,9 @@ def tmpfs(tmp_path):
     """A 4 MB tmpfs mounted under tmp_path (root only), unmounted afterwards; skipped where mounting is not allowed."""
     mount = tmp_path / "fs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()})")
     try:
@@ -5019,14 +5786,25 @@ def test_fault_real_full_disk_fetch_and_first_init(tmpfs, tmp_path, migrated_db)
 
 
 def temp_leftovers(data_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith((".tmp", ".tmp-journal")))
+    return sorted(
+        str(p.relative_to(data_dir))
+        for p in data_dir.rglob("*")
+        if p.name.startswith(".tmp-") or p.name.endswith((".tmp", ".tmp-journal"))
+    )
 
 
 def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, Path]:
     """`python fxcu.py ARGS` started in the background; stderr goes to a file that can be watched."""
     err = cwd / f"stderr-{time.monotonic_ns()}.txt"
     with open(err, "w") as handle:
-        proc = subprocess.Popen([sys.executable, str(HERE / "fxcu.py"), *args], env={**clean_environ(), **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=handle, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "fxcu.py"), *args],
+            env={**clean_environ(), **env},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+        )
     return proc, err
 
 
@@ -5059,13 +5837,20 @@ def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path
     assert proc.returncode == (130 if sig == signal.SIGINT else 143) and "Traceback" not in text, text
     assert lines == [f"fxcu: {name}: stopped, temp files removed, nothing half-written kept"]
     assert temp_leftovers(data_dir) == []
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=mlflow_runs(data_dir) - before.runs)
+    assert_nothing_lost(
+        before,
+        data_dir,
+        unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE),
+        runs_added=mlflow_runs(data_dir) - before.runs,
+    )
     with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
 def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     live, host = fxcu.temp_owner().split("@")
     dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
     (tmp_path / "warehouse").mkdir()
@@ -5078,9 +5863,16 @@ def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
     (tmp_path / ".tmp-oldrelease").mkdir()
     (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
     assert fxcu.clean_leftovers(tmp_path) == 2
-    kept_now = [".tmp-oldrelease", f".tmp-{live}@{host}-mine", f"warehouse/.copper.parquet.{live}@{host}.tmp", f"warehouse/.copper.parquet.{other}.tmp"]
+    kept_now = [
+        ".tmp-oldrelease",
+        f".tmp-{live}@{host}-mine",
+        f"warehouse/.copper.parquet.{live}@{host}.tmp",
+        f"warehouse/.copper.parquet.{other}.tmp",
+    ]
     assert temp_leftovers(tmp_path) == sorted(kept_now)
-    assert fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2  # no owner, or another host's: removed once an hour old
+    assert (
+        fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2
+    )  # no owner, or another host's: removed once an hour old
     assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
     assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
 
@@ -5097,7 +5889,9 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
             args = ["fetch"] if trial % 2 == 0 else ["run", "7d", "--skip-email"]
             before = kept(data_dir)
             proc, err = start_cli(args, env, tmp_path)
-            time.sleep(rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0))  # INFO: the moment of the kill, not a wait for a result
+            time.sleep(
+                rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0)
+            )  # INFO: the moment of the kill, not a wait for a result
             proc.kill()
             proc.wait(30)
             assert "Traceback" not in err.read_text()
@@ -5117,6 +5911,7 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
 # -- More CLI behaviour ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup", "ui"]
 )
@@ -5127,6 +5922,7 @@ def test_every_subcommand_help_is_fast_and_light(command):
     assert lines[0].startswith(f"usage: fxcu {command}") and lines[-2] == "exit 0" and lines[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_check_network_probes_each_source(tmp_path, capsys):
     with FakeSources(good_routes()) as api:
         code = fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url))
@@ -5175,22 +5971,33 @@ def crumb_yahoo() -> dict:
 def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(tmp_path, caplog, impersonate):
     now = datetime(2026, 11, 26, 12, tzinfo=UTC)
     with FakeSources(crumb_yahoo()) as api:
-        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=f"{api.url}/fc", impersonate=impersonate, max_age_days=100000)
+        config = make_config(
+            tmp_path, yahoo_url=api.url, yahoo_cookie_url=f"{api.url}/fc", impersonate=impersonate, max_age_days=100000
+        )
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.DEBUG), fxcu.make_client(config, session) as client:
             usdclp = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
             copper = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
     assert usdclp.source == "yahoo" and usdclp.frame.height == 4664 and copper.source == "yahoo"
     paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) for p in api.requests]
-    assert paths == [YAHOO_CLP, "/fc", fxcu.YAHOO_CRUMB_PATH, YAHOO_CLP, YAHOO_HG]  # one retry, then the crumb is reused
+    assert paths == [
+        YAHOO_CLP,
+        "/fc",
+        fxcu.YAHOO_CRUMB_PATH,
+        YAHOO_CLP,
+        YAHOO_HG,
+    ]  # one retry, then the crumb is reused
     assert [f"crumb={CRUMB}" in p for p in api.requests] == [False, False, False, True, True]
     assert session.crumb_state == "fetched" and session.level() == "OK"
     assert "Yahoo asked for a cookie and crumb (HTTP 401): fetching them, retrying once" in caplog.text
     assert CRUMB not in caplog.text and "fxcu-test-cookie" not in caplog.text and CRUMB not in repr(session)
     for path in config.data_dir.rglob("*"):  # never on disk
-        assert not path.is_file() or (CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes())
+        assert not path.is_file() or (
+            CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes()
+        )
 
 
+@pytest.mark.slow
 def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_yahoo_answered(tmp_path, caplog):
     with FakeSources(crumb_yahoo()) as api:
         config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
@@ -5234,6 +6041,7 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
     assert not result.ok and "connection error" in result.error and api.requests == []
 
 
+@pytest.mark.slow
 def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
     chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
     with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
@@ -5245,19 +6053,26 @@ def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
     assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
 
 
+@pytest.mark.slow
 def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "httpx_curl_cffi", None)  # as where no curl_cffi wheel installs
     with FakeSources({YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper().tail(30))))}) as api:
         config = make_config(tmp_path, yahoo_url=api.url)
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
-            results = [fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW) for _ in range(2)]
+            results = [
+                fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW) for _ in range(2)
+            ]
     assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
     lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelname == "WARNING"
-    assert session.transport_text().startswith("plain httpx: curl_cffi could not load (ModuleNotFoundError") and session.level() == "WARNING"
+    assert (
+        session.transport_text().startswith("plain httpx: curl_cffi could not load (ModuleNotFoundError")
+        and session.level() == "WARNING"
+    )
 
 
+@pytest.mark.slow
 def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
     with FakeSources({**crumb_yahoo(), **good_routes()}) as api:
         fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url, FXCU_YAHOO_COOKIE_URL=f"{api.url}/fc"))
@@ -5270,6 +6085,7 @@ def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
     assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
 
 
+@pytest.mark.slow
 def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
@@ -5282,5 +6098,8 @@ def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
         release.set()
         holder.join(20)
     assert result.code == 1 and result.out == ""
-    assert result.err.strip().splitlines()[-1].startswith("fxcu: run lock ") and "held by another process after" in result.err
+    assert (
+        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
+        and "held by another process after" in result.err
+    )
     assert "Traceback" not in result.err and not (data_dir / "reports").exists()

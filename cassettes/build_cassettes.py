@@ -20,7 +20,7 @@ import csv
 import json
 import os
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -32,10 +32,7 @@ except ImportError:  # pragma: no cover
     from yaml import Dumper as _Dumper
 
 OUT_DIR = Path(__file__).resolve().parent
-DATA_DIR = Path(
-    os.environ.get("FXCU_SHARED_DATA")
-    or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+DATA_DIR = Path(os.environ.get("FXCU_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -89,9 +86,7 @@ def num(x: float):
 
 def interaction(uri: str, code: int, message: str, headers: dict, body: str) -> dict:
     hdrs = {k: [v] for k, v in headers.items()}
-    hdrs["content-length" if "content-type" in headers else "Content-Length"] = [
-        str(len(body.encode("utf-8")))
-    ]
+    hdrs["content-length" if "content-type" in headers else "Content-Length"] = [str(len(body.encode("utf-8")))]
     return {
         "request": {"body": "", "headers": {}, "method": "GET", "uri": uri},
         "response": {
@@ -232,14 +227,14 @@ def build_yahoo_clpx(rows: list[dict]) -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {CLPX_URI} -> 200.
-Bars: shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS['clpx']}),
+Bars: shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}),
   all {len(rows)} rows unchanged: timestamp = unix seconds of the CSV Date column (UTC time of
   London midnight, e.g. 2006-05-15 23:00Z = London 2006-05-16); open/high/low/close from the CSV,
   volume 0, adjclose = close. Bad prints (5.46 on 2014-04-10, 5.0 on 2016-12-22) kept: they are real.
-Body shape and meta: shared/data/yahoo/chart_200_EURUSD=X_fx.json ({PROVENANCE_COMMITS['yf2']}),
+Body shape and meta: shared/data/yahoo/chart_200_EURUSD=X_fx.json ({PROVENANCE_COMMITS["yf2"]}),
   meta copied and changed to symbol CLP=X, currency CLP, USD/CLP names, range max; fields that
   describe the moment of recording (regularMarket*, fiftyTwoWeek*, currentTradingPeriod, timezone)
-  are derived from the last CSV bar ({last['london_date']}); firstTradeDate = first bar.
+  are derived from the last CSV bar ({last["london_date"]}); firstTradeDate = first bar.
 Integral values are written without '.0' as real Yahoo bodies do. Response headers minimal."""
     write_cassette(
         "yahoo_clpx_max.yaml",
@@ -290,15 +285,15 @@ def build_yahoo_hgf(rows: list[dict]) -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {HGF_URI} -> 200.
-Bars: shared/data/copper_hgf_daily_2000_2026.csv ({PROVENANCE_COMMITS['hgf']}),
+Bars: shared/data/copper_hgf_daily_2000_2026.csv ({PROVENANCE_COMMITS["hgf"]}),
   all {len(rows)} rows (CSV column order Date,Close,High,Low,Open,Volume) incl. the spurious
   Sunday row 2025-07-13 and zero-volume rows (real). timestamp = 00:00 America/New_York of the
   CSV date (zoneinfo), as Yahoo stamps COMEX daily bars (GC=F capture: 2020-01-02 -> 05:00Z).
   adjclose = close; volume from the CSV.
-Body shape and meta: shared/data/yahoo/chart_200_GC=F_future.json ({PROVENANCE_COMMITS['yf2']}),
+Body shape and meta: shared/data/yahoo/chart_200_GC=F_future.json ({PROVENANCE_COMMITS["yf2"]}),
   meta copied and changed to symbol HG=F, shortName "Copper Mar 26", priceHint 4, range max;
   regularMarket*, fiftyTwoWeek*, currentTradingPeriod, timezone derived from the last CSV bar
-  ({last['date']}); firstTradeDate = first bar. Integral values written without '.0' as Yahoo does."""
+  ({last["date"]}); firstTradeDate = first bar. Integral values written without '.0' as Yahoo does."""
     write_cassette(
         "yahoo_hgf_max.yaml",
         comment,
@@ -337,9 +332,9 @@ def build_fred_pcopp() -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {FRED_URI} -> 200 (api_key removed, as vcr
   filter_query_parameters=["api_key"] records it; vcr matches on the sorted query).
-Observations: shared/data/fred_pcoppusdm_monthly_1998_2026.csv ({PROVENANCE_COMMITS['pcopp']}),
+Observations: shared/data/fred_pcoppusdm_monthly_1998_2026.csv ({PROVENANCE_COMMITS["pcopp"]}),
   all {len(obs)} rows, value strings copied character for character.
-Body shape: shared/data/fred/observations_200_GDP_body.json ({PROVENANCE_COMMITS['pyfredapi']}),
+Body shape: shared/data/fred/observations_200_GDP_body.json ({PROVENANCE_COMMITS["pyfredapi"]}),
   same keys and order; count={len(obs)}; realtime_start/realtime_end = {FRED_REALTIME} is NOT
   known (no recorded PCOPPUSDM response exists publicly) and was chosen for this cassette."""
     write_cassette(
@@ -364,7 +359,7 @@ vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do no
 Request: GET {FRED_URI} -> 400 Bad Request (api_key removed as vcr records it).
 Body: the real raw JSON text for an unregistered 32-character api_key, copied verbatim from
   shared/data/fred/ERRORS.md (two spaces after each sentence, '\\/' escapes kept);
-  Content-Type as in the real 400 in {PROVENANCE_COMMITS['pyfredapi']}."""
+  Content-Type as in the real 400 in {PROVENANCE_COMMITS["pyfredapi"]}."""
     write_cassette(
         "fred_bad_key.yaml",
         comment,
@@ -381,7 +376,7 @@ def build_mindicador_2026() -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {uri} -> 200.
-Body: shared/data/mindicador/dolar_200_last31.json unchanged ({PROVENANCE_COMMITS['mindicador']}).
+Body: shared/data/mindicador/dolar_200_last31.json unchanged ({PROVENANCE_COMMITS["mindicador"]}).
   It is a real response of /api/dolar (last 31 values, 2026-08-26 .. 2026-10-08), reused here
   for the year URL; a real /api/dolar/2026 response would hold every 2026 value."""
     write_cassette(
@@ -394,15 +389,11 @@ Body: shared/data/mindicador/dolar_200_last31.json unchanged ({PROVENANCE_COMMIT
 
 
 def mindicador_year_body(template: dict, rows: list[dict], year: int) -> tuple[str, int, str]:
-    picked = [
-        r for r in rows if r["london_date"].year == year and r["london_date"] not in CLP_BAD_PRINTS
-    ]
+    picked = [r for r in rows if r["london_date"].year == year and r["london_date"] not in CLP_BAD_PRINTS]
     serie = []
     for r in sorted(picked, key=lambda r: r["london_date"], reverse=True):
-        utc = datetime.combine(r["london_date"], time(0), tzinfo=SANTIAGO).astimezone(timezone.utc)
-        serie.append(
-            {"fecha": utc.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "valor": num(round(r["close"], 2))}
-        )
+        utc = datetime.combine(r["london_date"], time(0), tzinfo=SANTIAGO).astimezone(UTC)
+        serie.append({"fecha": utc.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "valor": num(round(r["close"], 2))})
     body = {k: template[k] for k in ("version", "autor", "codigo", "nombre", "unidad_medida")}
     body["serie"] = serie
     return compact(body), len(serie), f"{picked[0]['london_date']} .. {picked[-1]['london_date']}"
@@ -420,11 +411,11 @@ def build_mindicador_2023_2024(rows: list[dict]) -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Requests: GET https://mindicador.cl/api/dolar/2023 and /api/dolar/2024 -> 200.
 WARNING: the values are NOT the official dolar observado. They are Yahoo CLP=X daily closes from
-  shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS['clpx']}) for the rows whose
+  shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}) for the rows whose
   London date falls in the year (bad prints 2014-04-10 / 2016-12-22 would be skipped), rounded
   to 2 decimals (integral values written without '.0', as mindicador does), put in mindicador's shape.
   {spans[0]}; {spans[1]} (the CSV ends there).
-Shape: shared/data/mindicador/dolar_200_last31.json ({PROVENANCE_COMMITS['mindicador']}):
+Shape: shared/data/mindicador/dolar_200_last31.json ({PROVENANCE_COMMITS["mindicador"]}):
   version/autor/codigo/nombre/unidad_medida copied; serie newest first; fecha = 00:00
   America/Santiago of the date expressed in UTC with .000Z (03:00Z or 04:00Z, zoneinfo)."""
     write_cassette(
@@ -446,7 +437,7 @@ def build_yahoo_404() -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {HGF_URI} -> 404 Not Found.
 Body: the real raw body of shared/data/yahoo/chart_404_not_found.json (recorded for symbol SI,
-  16 Sep 2024, {PROVENANCE_COMMITS['yf2']}), unchanged; content-type as recorded. Reused for HG=F."""
+  16 Sep 2024, {PROVENANCE_COMMITS["yf2"]}), unchanged; content-type as recorded. Reused for HG=F."""
     write_cassette(
         "yahoo_404_not_found.yaml",
         comment,
@@ -475,11 +466,16 @@ Cookie and crumb (fxcu asks for them once when Yahoo's 429 says 'Too Many Reques
   karlwancl/YahooFinanceApi #61; the cookie value here is a placeholder, not a real cookie), then
   GET {CRUMB_URI} -> the same 429 text (cmallwitz/Financials-Extension #160:
   "GET /v1/test/getcrumb" 429 19), then the chart once more: 4 chart interactions in all."""
+
     def chart() -> dict:  # a fresh dict each time: yaml would write repeats as anchors
         return interaction(CLPX_URI, 429, "Too Many Requests", {"content-type": "text/plain"}, body)
 
     cookie = interaction(
-        COOKIE_URI, 404, "Not Found", {"content-type": "text/html; charset=utf-8", "set-cookie": COOKIE_SET}, "<html>404</html>"
+        COOKIE_URI,
+        404,
+        "Not Found",
+        {"content-type": "text/html; charset=utf-8", "set-cookie": COOKIE_SET},
+        "<html>404</html>",
     )
     crumb = interaction(CRUMB_URI, 429, "Too Many Requests", {"content-type": "text/plain"}, body)
     write_cassette(

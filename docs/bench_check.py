@@ -1,4 +1,5 @@
 """`fxcu check` next to `import mlflow`: 9 interleaved rounds after 1 uncounted, medians (issue 12). Usage: FXCU_DATA_DIR=... python docs/bench_check.py"""
+
 import os
 import statistics
 import subprocess
@@ -18,5 +19,7 @@ for r in range(10):
         if r:
             times[name].append(dt)
 m = {k: statistics.median(v) for k, v in times.items()}
-print(f"rounds {len(times['check'])}; median import mlflow {m['mlflow']:.2f} s; median check {m['check']:.2f} s; ratio {m['check']/m['mlflow']:.2f}")
+print(
+    f"rounds {len(times['check'])}; median import mlflow {m['mlflow']:.2f} s; median check {m['check']:.2f} s; ratio {m['check'] / m['mlflow']:.2f}"
+)
 print("check first line:", out.stdout.splitlines()[0][:100])

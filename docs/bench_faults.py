@@ -35,11 +35,15 @@ BASE = "4f1cd23"  # the last commit before issue 10's fault work
 def old_fxcu(folder: Path) -> Path:
     """The fxcu.py of BASE, written into `folder`."""
     path = folder / "fxcu.py"
-    path.write_text(subprocess.run(["git", "show", f"{BASE}:fxcu.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    path.write_text(
+        subprocess.run(["git", "show", f"{BASE}:fxcu.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    )
     return path
 
 
-def run(script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[float, float, int | str, str]:
+def run(
+    script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> tuple[float, float, int | str, str]:
     """Wall seconds, peak RSS (MB), exit code (or 'killed'), last stderr line of `python SCRIPT ARGS`."""
     code = (
         "import atexit, resource, runpy, sys\n"
@@ -49,7 +53,15 @@ def run(script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: 
     )
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-c", code], env={**t.clean_environ(), **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**t.clean_environ(), **env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return time.monotonic() - started, float("nan"), "killed", f"still running after {timeout:.0f} s"
     seconds = time.monotonic() - started
@@ -76,7 +88,9 @@ def bench_bomb(root: Path, old: Path) -> None:
         (f"before ({BASE}), gzip bomb", old, t.routes(clp=bomb, hg=bomb)),
     ):
         with t.FakeSources(routes) as api:
-            seconds, rss, code, last = run(script, ["fetch"], t.fault_env(fresh_data(root, f"bomb-{time.monotonic_ns()}"), api.url), root, 300)
+            seconds, rss, code, last = run(
+                script, ["fetch"], t.fault_env(fresh_data(root, f"bomb-{time.monotonic_ns()}"), api.url), root, 300
+            )
         print(f"| {label} | {code} | {seconds:.1f} | {rss:.0f} | `{last}` |")
 
 
@@ -132,9 +146,13 @@ def bench_mlflow(root: Path, old: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     for label, folder in (("after", ROOT), (f"before ({BASE})", old.parent)):
         for server, uri in servers.items():
-            code = MLFLOW_CODE.format(folder=str(folder), root=str(ROOT), data=str(root / f"ml-{time.monotonic_ns()}"), uri=uri)
+            code = MLFLOW_CODE.format(
+                folder=str(folder), root=str(ROOT), data=str(root / f"ml-{time.monotonic_ns()}"), uri=uri
+            )
             try:
-                out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, check=False).stdout.strip()
+                out = subprocess.run(
+                    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, check=False
+                ).stdout.strip()
             except subprocess.TimeoutExpired:
                 out = "> 900 (killed)"
             print(f"| {label} | {server} | {out.splitlines()[-1] if out else '?'} |")

@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import fxcu  # noqa: E402  (after the sys.path change)
-
 from benchmarks import CLP_CSV, HGF_CSV, SHARED, _vm_rss_kib  # noqa: E402  (docs/ is on the path when run as a script)
+
+import fxcu  # noqa: E402  (after the sys.path change)
 
 ACCURACY_HORIZONS = ("7d", "15d", "30d", "90d")
 SPEED_HORIZONS = ("7d", "90d")
@@ -58,7 +58,6 @@ MIB = 1024 * 1024
 # -- Inputs: the test suite's own builders (real data, ../shared/data or FXCU_SHARED_DATA) ----
 
 from fxcu_test import real_copper, real_usdclp  # noqa: E402
-
 
 # -- Formatting -------------------------------------------------------------------------------------
 
@@ -100,13 +99,42 @@ def machine() -> str:
 
 
 def accuracy_table(bt: fxcu.Backtest) -> str:
-    names = [*bt.weights, *(n for n in bt.models if n not in bt.weights and n != fxcu.ENSEMBLE), fxcu.ENSEMBLE]  # any extra rows fxcu scores
+    names = [
+        *bt.weights,
+        *(n for n in bt.models if n not in bt.weights and n != fxcu.ENSEMBLE),
+        fxcu.ENSEMBLE,
+    ]  # any extra rows fxcu scores
     rows = []
     for name in names:
         s = bt.models[name]
         weight = f"{bt.weights[name]:.3f}" if name in bt.weights else "—"
-        rows.append([name, f"{s.rmse:.2f}", f"{s.ratio:.4f}", f"{s.mae:.2f}", f"{s.mape:.2f}", pct(s.coverage_80), pct(s.coverage_95), pct(s.direction), weight])
-    return table(["model", "RMSE CLP", "ratio to Naive", "MAE CLP", "MAPE %", "80% coverage", "95% coverage", "direction hit rate", "final weight"], rows)
+        rows.append(
+            [
+                name,
+                f"{s.rmse:.2f}",
+                f"{s.ratio:.4f}",
+                f"{s.mae:.2f}",
+                f"{s.mape:.2f}",
+                pct(s.coverage_80),
+                pct(s.coverage_95),
+                pct(s.direction),
+                weight,
+            ]
+        )
+    return table(
+        [
+            "model",
+            "RMSE CLP",
+            "ratio to Naive",
+            "MAE CLP",
+            "MAPE %",
+            "80% coverage",
+            "95% coverage",
+            "direction hit rate",
+            "final weight",
+        ],
+        rows,
+    )
 
 
 def online_picks(bt: fxcu.Backtest) -> tuple[dict[str, int], bool]:
@@ -126,7 +154,11 @@ def online_picks(bt: fxcu.Backtest) -> tuple[dict[str, int], bool]:
 
 
 def same_backtest(a: fxcu.Backtest, b: fxcu.Backtest) -> bool:
-    return a.origins == b.origins and a.rule == b.rule and all(abs(a.models[m].rmse - b.models[m].rmse) < 1e-9 for m in a.models)
+    return (
+        a.origins == b.origins
+        and a.rule == b.rule
+        and all(abs(a.models[m].rmse - b.models[m].rmse) < 1e-9 for m in a.models)
+    )
 
 
 def section_accuracy() -> dict[str, Any]:
@@ -152,7 +184,7 @@ def section_accuracy() -> dict[str, Any]:
     print(
         f"- One shared set of origins for every horizon: {shared} ({len(first.origins)} origins, {first.origins[0]} .. {first.origins[-1]}; "
         f"the last origin is {fxcu.horizon_steps(90)} trading days before the data ends).\n"
-        f"- `backtest_all` over the four horizons took {seconds_all:.1f} s; `fxcu.backtest(usdclp, copper, \"7d\")` alone {seconds_one:.1f} s "
+        f'- `backtest_all` over the four horizons took {seconds_all:.1f} s; `fxcu.backtest(usdclp, copper, "7d")` alone {seconds_one:.1f} s '
         f"and reproduces `backtest_all`'s 7d: {same_backtest(one, first)}.\n"
     )
     for horizon in ACCURACY_HORIZONS:
@@ -168,17 +200,22 @@ def section_accuracy() -> dict[str, Any]:
         rule_cells = ", ".join(f"{r} {bt.rule_rmse[r]:.2f} CLP ({bt.rule_rmse[r] / naive:.4f})" for r in fxcu.RULES)
         picks, reproduced = online_picks(bt)
         combo = bt.models[fxcu.COMBINATION]
-        print(f"\n- Live ensemble rule: **{bt.rule}**. RMSE of each rule with its online weights, applied to all origins (so picked in hindsight; ratio to Naive in parentheses): {rule_cells}.")
+        print(
+            f"\n- Live ensemble rule: **{bt.rule}**. RMSE of each rule with its online weights, applied to all origins (so picked in hindsight; ratio to Naive in parentheses): {rule_cells}."
+        )
         print(
             f"- Combination (rule chosen per origin from realised outcomes only): RMSE {combo.rmse:.2f} CLP, ratio {combo.ratio:.4f}; "
-            f"origins on which each rule was chosen: " + ", ".join(f"{r} {n}" for r, n in picks.items())
+            f"origins on which each rule was chosen: "
+            + ", ".join(f"{r} {n}" for r, n in picks.items())
             + f" (recomputed with fxcu.online_rule; reproduces fxcu's Combination: {reproduced})."
         )
         print(
             f"- Copper ablation (ensemble with vs without {fxcu.COPPER_MODEL}, same origins): {signed(bt.copper_ablation_pct)}; "
             f"`copper_model_pct`, {fxcu.COPPER_MODEL} (random walk + lagged log copper) vs Naive: {signed(bt.copper_model_pct)} (negative: copper helped)."
         )
-        rmse0_from_ablation = ens.rmse / (1 + bt.copper_ablation_pct / 100) if bt.copper_ablation_pct is not None else None
+        rmse0_from_ablation = (
+            ens.rmse / (1 + bt.copper_ablation_pct / 100) if bt.copper_ablation_pct is not None else None
+        )
         same_origins = bt0.origins == bt.origins
         same_models = all(abs(bt0.models[m].rmse - bt.models[m].rmse) < 1e-9 for m in fxcu.MODELS)
         rule0 = ", ".join(f"{r} {bt0.rule_rmse[r] / bt0.models['Naive'].rmse:.4f}" for r in fxcu.RULES)
@@ -201,11 +238,40 @@ def section_accuracy() -> dict[str, Any]:
     for h in ACCURACY_HORIZONS:
         bt, e = bts[h], bts[h].ensemble
         combo = bt.models.get(getattr(fxcu, "COMBINATION", ""))
-        rows.append([
-            h, f"{bt.models['Naive'].rmse:.2f}", f"{e.ratio:.4f}", "—" if combo is None else f"{combo.ratio:.4f}", bt.rule, pct(e.coverage_80), pct(e.coverage_95), pct(e.direction),
-            signed(bt.copper_ablation_pct), signed(bt.copper_model_pct), f"{bts0[h].ensemble.ratio:.4f}",
-        ])
-    print(table(["horizon", "Naive RMSE", "ensemble ratio", "combination ratio (online rule)", "live rule", "80% cov", "95% cov", "direction", "copper ablation", f"{fxcu.COPPER_MODEL} vs Naive (copper_model_pct)", "no-copper ensemble ratio"], rows, "lrrrlrrrrrr"))
+        rows.append(
+            [
+                h,
+                f"{bt.models['Naive'].rmse:.2f}",
+                f"{e.ratio:.4f}",
+                "—" if combo is None else f"{combo.ratio:.4f}",
+                bt.rule,
+                pct(e.coverage_80),
+                pct(e.coverage_95),
+                pct(e.direction),
+                signed(bt.copper_ablation_pct),
+                signed(bt.copper_model_pct),
+                f"{bts0[h].ensemble.ratio:.4f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "horizon",
+                "Naive RMSE",
+                "ensemble ratio",
+                "combination ratio (online rule)",
+                "live rule",
+                "80% cov",
+                "95% cov",
+                "direction",
+                "copper ablation",
+                f"{fxcu.COPPER_MODEL} vs Naive (copper_model_pct)",
+                "no-copper ensemble ratio",
+            ],
+            rows,
+            "lrrrlrrrrrr",
+        )
+    )
     print()
     return {"bts": bts, "bts0": bts0}
 
@@ -233,7 +299,9 @@ def score_cv(horizon: str, cv_uni: Any, cv_exog: Any, uni: Any, dates: Any) -> f
     import polars as pl
 
     steps = fxcu.horizon_steps(fxcu.parse_horizon(horizon))
-    at_h = cv_uni.filter(pl.col("ds") == pl.col("cutoff") + steps).join(cv_exog.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner")
+    at_h = cv_uni.filter(pl.col("ds") == pl.col("cutoff") + steps).join(
+        cv_exog.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner"
+    )
     return fxcu._score_backtest(horizon, steps, at_h.sort("cutoff"), [*fxcu.MODELS, fxcu.COPPER_MODEL], uni, dates, [])
 
 
@@ -248,7 +316,9 @@ def section_speed() -> dict[str, Any]:
     horizons = tuple(fxcu.HORIZONS)
     span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
     uni, dates, exogs = shared_frames(usdclp, copper, horizons)
-    print("## Speed: `fxcu.forecast` / `fxcu.forecast_all` vs statsforecast `cross_validation(refit=True)` at the same 60 origins\n")
+    print(
+        "## Speed: `fxcu.forecast` / `fxcu.forecast_all` vs statsforecast `cross_validation(refit=True)` at the same 60 origins\n"
+    )
     print(
         f"Both on the frames `fxcu.backtest_all` builds (last {fxcu.HISTORY} rows, log prices), n_jobs=1. fxcu = "
         f"`fxcu.forecast(usdclp, copper, h)` (7d, 90d) or `fxcu.forecast_all(usdclp, copper, all four)`: the shared "
@@ -272,11 +342,15 @@ def section_speed() -> dict[str, Any]:
             t, outputs[key] = timed(fn)
             times[key].append(t)
 
-    base_uni, cv_uni = timed(lambda: fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP, refit=True))
+    base_uni, cv_uni = timed(
+        lambda: fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP, refit=True)
+    )
     base_exog, cv_exog = {}, {}
     for h in horizons:
         steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
-        base_exog[h], cv_exog[h] = timed(lambda: fxcu.cross_validate(exogs[h], fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True))
+        base_exog[h], cv_exog[h] = timed(
+            lambda: fxcu.cross_validate(exogs[h], fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True)
+        )
 
     for key, fn in jobs.items():
         t, outputs[key] = timed(fn)
@@ -290,27 +364,77 @@ def section_speed() -> dict[str, Any]:
 
     # Check: re-scoring fxcu's own refit=False cross-validation of these frames must reproduce its backtests.
     own_uni = fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP)
-    own = {h: score_cv(h, own_uni, fxcu.cross_validate(exogs[h], fxcu._copper_models(), fxcu.horizon_steps(fxcu.parse_horizon(h)), fxcu.WINDOWS, fxcu.STEP), uni, dates) for h in horizons}
-    bad = [h for h in horizons if not same_backtest(own[h], bts[h]) or own[h].models[fxcu.ENSEMBLE].coverage_80 != bts[h].models[fxcu.ENSEMBLE].coverage_80]
+    own = {
+        h: score_cv(
+            h,
+            own_uni,
+            fxcu.cross_validate(
+                exogs[h], fxcu._copper_models(), fxcu.horizon_steps(fxcu.parse_horizon(h)), fxcu.WINDOWS, fxcu.STEP
+            ),
+            uni,
+            dates,
+        )
+        for h in horizons
+    }
+    bad = [
+        h
+        for h in horizons
+        if not same_backtest(own[h], bts[h])
+        or own[h].models[fxcu.ENSEMBLE].coverage_80 != bts[h].models[fxcu.ENSEMBLE].coverage_80
+    ]
     if bad:
         raise RuntimeError(f"re-scoring fxcu's own cross-validation does not reproduce its backtest at {bad}")
     refit = {h: score_cv(h, cv_uni, cv_exog[h], uni, dates) for h in horizons}
-    same_7d_90d = outputs["7d"].backtest.origins == bts["7d"].origins and outputs["90d"].backtest.origins == bts["90d"].origins
+    same_7d_90d = (
+        outputs["7d"].backtest.origins == bts["7d"].origins and outputs["90d"].backtest.origins == bts["90d"].origins
+    )
 
-    baseline = {"7d": base_uni + base_exog["7d"], "90d": base_uni + base_exog["90d"], "all": base_uni + sum(base_exog.values())}
+    baseline = {
+        "7d": base_uni + base_exog["7d"],
+        "90d": base_uni + base_exog["90d"],
+        "all": base_uni + sum(base_exog.values()),
+    }
     rows = []
     for key in jobs:
         med = statistics.median(times[key])
-        split = f"{base_uni:.1f} + {base_exog[key]:.1f}" if key != "all" else f"{base_uni:.1f} + " + " + ".join(f"{base_exog[h]:.1f}" for h in horizons)
-        label = {"7d": f"7d ({fxcu.horizon_steps(7)} steps): `forecast`", "90d": f"90d ({span} steps): `forecast`", "all": "7d+15d+30d+90d: `forecast_all`"}[key]
-        rows.append([
-            label, f"{med:.2f}", f"[{min(times[key]):.2f}, {max(times[key]):.2f}]", f"{final_fit[key]:.2f}",
-            f"{baseline[key]:.1f}", split, f"**{med / baseline[key]:.3f}**", met(med / baseline[key] <= SPEED_TARGET),
-        ])
-    print(table(
-        ["what", "fxcu median s", "[min, max] s", "final fit only s", "refit=True baseline s", "univariate + copper s", "ratio fxcu/baseline", f"≤ {SPEED_TARGET}"],
-        rows, "lrlrrlrl",
-    ))
+        split = (
+            f"{base_uni:.1f} + {base_exog[key]:.1f}"
+            if key != "all"
+            else f"{base_uni:.1f} + " + " + ".join(f"{base_exog[h]:.1f}" for h in horizons)
+        )
+        label = {
+            "7d": f"7d ({fxcu.horizon_steps(7)} steps): `forecast`",
+            "90d": f"90d ({span} steps): `forecast`",
+            "all": "7d+15d+30d+90d: `forecast_all`",
+        }[key]
+        rows.append(
+            [
+                label,
+                f"{med:.2f}",
+                f"[{min(times[key]):.2f}, {max(times[key]):.2f}]",
+                f"{final_fit[key]:.2f}",
+                f"{baseline[key]:.1f}",
+                split,
+                f"**{med / baseline[key]:.3f}**",
+                met(med / baseline[key] <= SPEED_TARGET),
+            ]
+        )
+    print(
+        table(
+            [
+                "what",
+                "fxcu median s",
+                "[min, max] s",
+                "final fit only s",
+                "refit=True baseline s",
+                "univariate + copper s",
+                "ratio fxcu/baseline",
+                f"≤ {SPEED_TARGET}",
+            ],
+            rows,
+            "lrlrrlrl",
+        )
+    )
     print(
         f"\n- Origins: the one-horizon `forecast` backtests use the same origins as `forecast_all`'s: {same_7d_90d}; "
         f"re-scoring fxcu's own refit=False cross-validation of these frames reproduces its backtests: True."
@@ -319,18 +443,39 @@ def section_speed() -> dict[str, Any]:
     print("### What the refit schedule costs in accuracy (same origins, RMSE at the horizon date, CLP)\n")
     for h in horizons:
         bt, rf = bts[h], refit[h]
-        print(f"**{h}** — origins identical: {bt.origins == rf.origins}; fxcu rule {bt.rule}, refit=True rule {rf.rule}.\n")
+        print(
+            f"**{h}** — origins identical: {bt.origins == rf.origins}; fxcu rule {bt.rule}, refit=True rule {rf.rule}.\n"
+        )
         rows = []
         for name in [*(n for n in bt.models if n != fxcu.ENSEMBLE), fxcu.ENSEMBLE]:
             a, b = bt.models[name], rf.models[name]
-            rows.append([
-                name, f"{a.rmse:.2f}", f"{b.rmse:.2f}", signed((a.rmse / b.rmse - 1) * 100), f"{a.ratio:.4f}", f"{b.ratio:.4f}",
-                f"{pct(a.coverage_80)} / {pct(b.coverage_80)}", f"{pct(a.coverage_95)} / {pct(b.coverage_95)}",
-            ])
-        print(table(
-            ["model", "RMSE refit=False (fxcu)", "RMSE refit=True", "fxcu vs refit", "ratio to Naive, fxcu", "ratio to Naive, refit", "80% cov fxcu / refit", "95% cov fxcu / refit"],
-            rows,
-        ))
+            rows.append(
+                [
+                    name,
+                    f"{a.rmse:.2f}",
+                    f"{b.rmse:.2f}",
+                    signed((a.rmse / b.rmse - 1) * 100),
+                    f"{a.ratio:.4f}",
+                    f"{b.ratio:.4f}",
+                    f"{pct(a.coverage_80)} / {pct(b.coverage_80)}",
+                    f"{pct(a.coverage_95)} / {pct(b.coverage_95)}",
+                ]
+            )
+        print(
+            table(
+                [
+                    "model",
+                    "RMSE refit=False (fxcu)",
+                    "RMSE refit=True",
+                    "fxcu vs refit",
+                    "ratio to Naive, fxcu",
+                    "ratio to Naive, refit",
+                    "80% cov fxcu / refit",
+                    "95% cov fxcu / refit",
+                ],
+                rows,
+            )
+        )
         rules = ", ".join(f"{r} {rf.rule_rmse[r] / rf.models['Naive'].rmse:.4f}" for r in fxcu.RULES)
         print(f"\nrefit=True rule RMSE ratios to Naive: {rules}.\n")
     print("### Peak memory in a fresh process\n")
@@ -338,8 +483,22 @@ def section_speed() -> dict[str, Any]:
     for h in (*SPEED_HORIZONS, "all"):
         m = rss(h)
         label = f"`forecast` {h}" if h != "all" else "`forecast_all` (four horizons)"
-        rows.append([label, f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['delta_mib']:.0f}", ", ".join(map(str, m["peaks"]))])
-    print(table(["what", "RSS after imports + data MiB", "peak RSS (ru_maxrss) MiB", "delta MiB", "peaks of the runs MiB"], rows, "lrrrl"))
+        rows.append(
+            [
+                label,
+                f"{m['before_mib']:.0f}",
+                f"{m['peak_mib']:.0f}",
+                f"{m['delta_mib']:.0f}",
+                ", ".join(map(str, m["peaks"])),
+            ]
+        )
+    print(
+        table(
+            ["what", "RSS after imports + data MiB", "peak RSS (ru_maxrss) MiB", "delta MiB", "peaks of the runs MiB"],
+            rows,
+            "lrrrl",
+        )
+    )
     print(
         f"\nMedian of {RSS_REPEATS} children started via /bin/sh. Each imports fxcu, polars and statsforecast, loads and "
         "cleans both CSVs, reads its RSS, runs `fxcu.forecast(usdclp, copper, h)` (or `fxcu.forecast_all` over the four "
@@ -362,7 +521,16 @@ def rss_child(horizon: str) -> None:
     else:
         fxcu.forecast(usdclp, copper, horizon)
     after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"maxrss_before_kib": before_max, "rss_before_kib": before_rss, "maxrss_after_kib": after_max, "rss_after_kib": _vm_rss_kib()}))
+    print(
+        json.dumps(
+            {
+                "maxrss_before_kib": before_max,
+                "rss_before_kib": before_rss,
+                "maxrss_after_kib": after_max,
+                "rss_after_kib": _vm_rss_kib(),
+            }
+        )
+    )
 
 
 def rss(horizon: str) -> dict[str, float]:
@@ -371,7 +539,10 @@ def rss(horizon: str) -> dict[str, float]:
     for _ in range(RSS_REPEATS):
         proc = subprocess.run(
             ["/bin/sh", "-c", '"$@"; exit $?', "sh", *argv],
-            capture_output=True, text=True, check=True, env={**os.environ, "FXCU_SHARED_DATA": str(SHARED)},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "FXCU_SHARED_DATA": str(SHARED)},
         )
         sample = json.loads(proc.stdout.strip().splitlines()[-1])
         if sample["maxrss_before_kib"] - sample["rss_before_kib"] > 16384:

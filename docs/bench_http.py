@@ -72,7 +72,9 @@ def bench_import() -> None:
     print("|---|---:|---|---:|")
     print(f"| `import httpx` | {fmt(base)} | 1.00 |")
     for name, values in times.items():
-        print(f"| `import {name}` (after httpx) | {fmt(values)} | {statistics.median(values) / statistics.median(base):.2f} |")
+        print(
+            f"| `import {name}` (after httpx) | {fmt(values)} | {statistics.median(values) / statistics.median(base):.2f} |"
+        )
 
 
 def bench_request() -> None:
@@ -114,8 +116,10 @@ def bench_request() -> None:
 
 def main(argv: list[str]) -> int:
     what = argv[1] if len(argv) > 1 else "all"
-    print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores; "
-          f"curl_cffi {__import__('curl_cffi').__version__}, httpx {__import__('httpx').__version__}")
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores; "
+        f"curl_cffi {__import__('curl_cffi').__version__}, httpx {__import__('httpx').__version__}"
+    )
     if what in {"import", "all"}:
         bench_import()
     if what in {"request", "all"}:

@@ -68,7 +68,6 @@ FULL_IMPORTS = RUN_IMPORTS + ", mlflow.tracking, mlflow.store.tracking.sqlalchem
 
 from fxcu_test import write_real_warehouse  # noqa: E402
 
-
 # -- Helpers --------------------------------------------------------------------------
 
 
@@ -95,7 +94,9 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 def db_bytes(data_dir: Path) -> int:
     """The SQLite database with its journal files, as on disk."""
     db = data_dir / "mlflow" / "mlflow.db"
-    return sum(p.stat().st_size for p in (db, db.with_name("mlflow.db-wal"), db.with_name("mlflow.db-journal")) if p.exists())
+    return sum(
+        p.stat().st_size for p in (db, db.with_name("mlflow.db-wal"), db.with_name("mlflow.db-journal")) if p.exists()
+    )
 
 
 def tree_bytes(path: Path) -> int:
@@ -106,7 +107,9 @@ def du(path: Path) -> tuple[int, int]:
     """`du -sb` (apparent bytes) and `du -sk` (disk KiB, block-rounded) of a folder."""
     if not path.exists():
         return 0, 0
-    apparent = int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
+    apparent = int(
+        subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+    )
     disk = int(subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
     return apparent, disk
 
@@ -137,7 +140,11 @@ def header(title: str, command: str) -> None:
 
 def verdict(value: float, target: float, *, lower_is_better: bool = True) -> str:
     met = value <= target if lower_is_better else value >= target
-    return f"**met** ({value:.2f} ≤ {target:.2f})" if met else f"**not met** ({value:.2f} > {target:.2f}, {value / target:.2f}× the target)"
+    return (
+        f"**met** ({value:.2f} ≤ {target:.2f})"
+        if met
+        else f"**not met** ({value:.2f} > {target:.2f}, {value / target:.2f}× the target)"
+    )
 
 
 # -- Issue 5: MLflow tracking -----------------------------------------------------------
@@ -196,9 +203,11 @@ def bench_tracking() -> dict[str, Any]:
 def _bench_tracking(root: Path) -> dict[str, Any]:
     started = time.perf_counter()
     record, config, stage_seconds = realistic_record(root)
-    print(f"Record: one real `7d` forecast built in {time.perf_counter() - started:.1f} s "
-          f"(backtest {stage_seconds['backtest']:.1f} s, forecast {stage_seconds['forecast']:.1f} s); "
-          f"{len(record.params)} params, {len(record.metrics)} metrics, {len(record.tags)} tags, {len(record.artifacts)} artifacts:")
+    print(
+        f"Record: one real `7d` forecast built in {time.perf_counter() - started:.1f} s "
+        f"(backtest {stage_seconds['backtest']:.1f} s, forecast {stage_seconds['forecast']:.1f} s); "
+        f"{len(record.params)} params, {len(record.metrics)} metrics, {len(record.tags)} tags, {len(record.artifacts)} artifacts:"
+    )
     for path in record.artifacts:
         print(f"  - {path.name}: {path.stat().st_size / 1024:.1f} KiB")
     artifact_total = sum(p.stat().st_size for p in record.artifacts)
@@ -232,7 +241,7 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
     cached, reopened, growth, art_growth = [], [], [], []
     mlruns = warm_dir / "mlflow" / "mlruns"
     for i in range(WARM_RUNS):
-        for mode in (("cached", "reopened") if i % 2 == 0 else ("reopened", "cached")):
+        for mode in ("cached", "reopened") if i % 2 == 0 else ("reopened", "cached"):
             if mode == "reopened" and not can_forget:
                 continue
             if mode == "reopened":
@@ -249,7 +258,12 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
     spec.write_text(json.dumps({**dataclasses.asdict(record), "artifacts": [str(p) for p in record.artifacts]}))
     fresh_process = []
     for _ in range(FRESH_PROCESSES):
-        proc = subprocess.run([sys.executable, "-c", CHILD_LOG_RUN, str(ROOT), str(spec), str(warm_dir)], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD_LOG_RUN, str(ROOT), str(spec), str(warm_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         fresh_process.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     db_before, (du_b_before, du_k_before) = db_bytes(warm_dir), du(mlruns)
@@ -262,37 +276,70 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
     runs_after = _count_runs(warm_dir)
 
     rows = [
-        ("`import mlflow.tracking, mlflow.entities` in this process (polars, statsforecast, pandas already loaded)", [import_s]),
+        (
+            "`import mlflow.tracking, mlflow.entities` in this process (polars, statsforecast, pandas already loaded)",
+            [import_s],
+        ),
         ("first `log_run` of the process, new database (lazy imports + schema creation)", [first_s]),
         (f"(a) new database: schema creation + experiment + run, median of {COLD_DBS} new databases", cold),
         (f"(b) warm database, store cached in the process, {WARM_RUNS} runs", cached),
     ]
     if reopened:
-        rows.append((f"(b') warm database, store and engine re-created each run (what a new `fxcu run` process pays, less imports), {len(reopened)} runs", reopened))
-    rows.append((f"(b'') warm database, first `log_run` in a new process (after `run`'s imports): `import mlflow`, {FRESH_PROCESSES} processes", [f["import"] for f in fresh_process]))
-    rows.append(("(b'') ... then `log_run` itself (store creation, schema check, MLflow's lazy imports, writes, artifact copies)", [f["log_run"] for f in fresh_process]))
-    rows.append(("(b'') ... sum: what `seconds_tracking` of a one-horizon `fxcu run` measures", [f["import"] + f["log_run"] for f in fresh_process]))
+        rows.append(
+            (
+                f"(b') warm database, store and engine re-created each run (what a new `fxcu run` process pays, less imports), {len(reopened)} runs",
+                reopened,
+            )
+        )
+    rows.append(
+        (
+            f"(b'') warm database, first `log_run` in a new process (after `run`'s imports): `import mlflow`, {FRESH_PROCESSES} processes",
+            [f["import"] for f in fresh_process],
+        )
+    )
+    rows.append(
+        (
+            "(b'') ... then `log_run` itself (store creation, schema check, MLflow's lazy imports, writes, artifact copies)",
+            [f["log_run"] for f in fresh_process],
+        )
+    )
+    rows.append(
+        (
+            "(b'') ... sum: what `seconds_tracking` of a one-horizon `fxcu run` measures",
+            [f["import"] + f["log_run"] for f in fresh_process],
+        )
+    )
     rows.append((f"warm database, {STORAGE_RUNS} more runs in a row (store cached)", hundred))
     print("**Time of `fxcu.log_run(config, record, environ={})`** (file lock + bounded thread + MLflow), seconds:\n")
     print("| what | n | median s | [25%, 75%] | min | max |")
     print("|---|---:|---:|---|---:|---:|")
     for label, values in rows:
         lo, hi = quartiles(values)
-        print(f"| {label} | {len(values)} | {median(values):.3f} | [{lo:.3f}, {hi:.3f}] | {min(values):.3f} | {max(values):.3f} |")
+        print(
+            f"| {label} | {len(values)} | {median(values):.3f} | [{lo:.3f}, {hi:.3f}] | {min(values):.3f} | {max(values):.3f} |"
+        )
 
     warm_median = median(reopened or cached)
     print()
     print("- Guide: +0.1–0.5 s per run, success criterion under 1 s.")
-    print(f"- (a) new database, median {median(cold):.2f} s: under 1 s {verdict(median(cold), GUIDE_SECONDS_MAX)}; "
-          f"at or under the guide's 0.5 s upper bound: {'yes' if median(cold) <= GUIDE_SECONDS_HIGH else 'no'}.")
-    print(f"- (b) warm database, store cached, median {median(cached):.3f} s: under 1 s {verdict(median(cached), GUIDE_SECONDS_MAX)}; "
-          f"at or under the guide's 0.5 s upper bound: {'yes' if median(cached) <= GUIDE_SECONDS_HIGH else 'no'}.")
+    print(
+        f"- (a) new database, median {median(cold):.2f} s: under 1 s {verdict(median(cold), GUIDE_SECONDS_MAX)}; "
+        f"at or under the guide's 0.5 s upper bound: {'yes' if median(cold) <= GUIDE_SECONDS_HIGH else 'no'}."
+    )
+    print(
+        f"- (b) warm database, store cached, median {median(cached):.3f} s: under 1 s {verdict(median(cached), GUIDE_SECONDS_MAX)}; "
+        f"at or under the guide's 0.5 s upper bound: {'yes' if median(cached) <= GUIDE_SECONDS_HIGH else 'no'}."
+    )
     if reopened:
-        print(f"- (b') warm database, store re-created, median {median(reopened):.3f} s: under 1 s {verdict(median(reopened), GUIDE_SECONDS_MAX)}; "
-              f"at or under the guide's 0.5 s upper bound: {'yes' if median(reopened) <= GUIDE_SECONDS_HIGH else 'no'}.")
+        print(
+            f"- (b') warm database, store re-created, median {median(reopened):.3f} s: under 1 s {verdict(median(reopened), GUIDE_SECONDS_MAX)}; "
+            f"at or under the guide's 0.5 s upper bound: {'yes' if median(reopened) <= GUIDE_SECONDS_HIGH else 'no'}."
+        )
     first_total = median([f["import"] + f["log_run"] for f in fresh_process])
-    print(f"- (b'') first `log_run` of a new process, warm database, mlflow import included, median {first_total:.2f} s: under 1 s "
-          f"{verdict(first_total, GUIDE_SECONDS_MAX)}; without the import {median([f['log_run'] for f in fresh_process]):.2f} s.")
+    print(
+        f"- (b'') first `log_run` of a new process, warm database, mlflow import included, median {first_total:.2f} s: under 1 s "
+        f"{verdict(first_total, GUIDE_SECONDS_MAX)}; without the import {median([f['log_run'] for f in fresh_process]):.2f} s."
+    )
     print(f"- Ratio (a) / (b): {median(cold) / median(cached):.1f}×.")
 
     per100 = (db_after - db_before) / max(1, STORAGE_RUNS) * 100
@@ -300,26 +347,53 @@ def _bench_tracking(root: Path) -> dict[str, Any]:
     print("\n**Storage per run** (SQLite `mlflow.db`, journal mode delete; artifacts under `mlflow/mlruns`):\n")
     print("| what | value |")
     print("|---|---:|")
-    print(f"| new database after its first run (schema + 1 experiment + 1 run), median of {COLD_DBS} | {median(cold_db) / 1024:.0f} KiB |")
-    print(f"| database growth per run, median of {len(growth)} warm runs (SQLite grows in 4 KiB pages) | {median(growth) / 1024:.1f} KiB |")
+    print(
+        f"| new database after its first run (schema + 1 experiment + 1 run), median of {COLD_DBS} | {median(cold_db) / 1024:.0f} KiB |"
+    )
+    print(
+        f"| database growth per run, median of {len(growth)} warm runs (SQLite grows in 4 KiB pages) | {median(growth) / 1024:.1f} KiB |"
+    )
     print(f"| database growth per run, mean of the same {len(growth)} | {statistics.fmean(growth) / 1024:.1f} KiB |")
-    print(f"| database before / after {STORAGE_RUNS} more runs ({runs_before} -> {runs_after} runs) | {db_before / 1024:.0f} KiB / {db_after / 1024:.0f} KiB |")
+    print(
+        f"| database before / after {STORAGE_RUNS} more runs ({runs_before} -> {runs_after} runs) | {db_before / 1024:.0f} KiB / {db_after / 1024:.0f} KiB |"
+    )
     print(f"| **database growth per 100 runs** | **{per100 / MIB:.2f} MiB** ({per100 / 100 / 1024:.1f} KiB per run) |")
     print(f"| artifact bytes per run, median of {len(art_growth)} | {art_per_run / 1024:.1f} KiB |")
-    print(f"| `du -sb mlruns` before / after {STORAGE_RUNS} runs | {du_b_before / MIB:.2f} / {du_b_after / MIB:.2f} MiB ({(du_b_after - du_b_before) / max(1, STORAGE_RUNS) / 1024:.1f} KiB per run) |")
-    print(f"| `du -sk mlruns` (disk, block-rounded) before / after | {du_k_before / 1024:.2f} / {du_k_after / 1024:.2f} MiB ({(du_k_after - du_k_before) / max(1, STORAGE_RUNS):.1f} KiB per run) |")
+    print(
+        f"| `du -sb mlruns` before / after {STORAGE_RUNS} runs | {du_b_before / MIB:.2f} / {du_b_after / MIB:.2f} MiB ({(du_b_after - du_b_before) / max(1, STORAGE_RUNS) / 1024:.1f} KiB per run) |"
+    )
+    print(
+        f"| `du -sk mlruns` (disk, block-rounded) before / after | {du_k_before / 1024:.2f} / {du_k_after / 1024:.2f} MiB ({(du_k_after - du_k_before) / max(1, STORAGE_RUNS):.1f} KiB per run) |"
+    )
     total_per_run = per100 / 100 + (du_k_after - du_k_before) * 1024 / max(1, STORAGE_RUNS)
     print(f"| **total per run on disk (database + artifacts)** | **{total_per_run / 1024:.0f} KiB** |")
     print()
-    print(f"- Guide: ~{GUIDE_MB_PER_RUN:.0f} MB per run expected; aim well under {AIM_MB_PER_RUN:.0f} MB: "
-          f"{verdict(total_per_run / 1e6, AIM_MB_PER_RUN)} MB per run (database + artifacts on disk).")
-    print(f"- At 4 horizons a day, 30 days: {per100 / 100 * 120 / MIB:.1f} MiB of database a month (guide: under 100 MB a month), "
-          f"{total_per_run * 120 / MIB:.0f} MiB in all with artifacts.")
+    print(
+        f"- Guide: ~{GUIDE_MB_PER_RUN:.0f} MB per run expected; aim well under {AIM_MB_PER_RUN:.0f} MB: "
+        f"{verdict(total_per_run / 1e6, AIM_MB_PER_RUN)} MB per run (database + artifacts on disk)."
+    )
+    print(
+        f"- At 4 horizons a day, 30 days: {per100 / 100 * 120 / MIB:.1f} MiB of database a month (guide: under 100 MB a month), "
+        f"{total_per_run * 120 / MIB:.0f} MiB in all with artifacts."
+    )
     return {
-        "import_mlflow_s": import_s, "first_log_run_s": first_s, "cold_s": cold, "warm_cached_s": cached, "warm_reopened_s": reopened,
-        "hundred_s": hundred, "db_growth_per_run_bytes": growth, "artifact_growth_per_run_bytes": art_growth,
-        "db_before": db_before, "db_after": db_after, "runs_before": runs_before, "runs_after": runs_after,
-        "fresh_process": fresh_process, "du_b": [du_b_before, du_b_after], "du_k": [du_k_before, du_k_after], "cold_db_bytes": cold_db, "warm_median_s": warm_median,
+        "import_mlflow_s": import_s,
+        "first_log_run_s": first_s,
+        "cold_s": cold,
+        "warm_cached_s": cached,
+        "warm_reopened_s": reopened,
+        "hundred_s": hundred,
+        "db_growth_per_run_bytes": growth,
+        "artifact_growth_per_run_bytes": art_growth,
+        "db_before": db_before,
+        "db_after": db_after,
+        "runs_before": runs_before,
+        "runs_after": runs_after,
+        "fresh_process": fresh_process,
+        "du_b": [du_b_before, du_b_after],
+        "du_k": [du_k_before, du_k_after],
+        "cold_db_bytes": cold_db,
+        "warm_median_s": warm_median,
     }
 
 
@@ -394,7 +468,7 @@ def interleave(commands: dict[str, Callable[[], Timed]], rounds: int, *, warmup:
             commands[name]()
     results: dict[str, list[Timed]] = {name: [] for name in names}
     for i in range(rounds):
-        for name in (names if i % 2 == 0 else names[::-1]):
+        for name in names if i % 2 == 0 else names[::-1]:
             results[name].append(commands[name]())
     return results
 
@@ -422,18 +496,36 @@ def stage_seconds(data_dir: Path, ids: Sequence[str]) -> dict[str, dict[str, flo
     found: dict[str, dict[str, float]] = {}
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         for run_id in ids:
-            rows = conn.execute("select key, value from latest_metrics where run_uuid = ? and key like 'seconds_%'", (run_id,)).fetchall()
+            rows = conn.execute(
+                "select key, value from latest_metrics where run_uuid = ? and key like 'seconds_%'", (run_id,)
+            ).fetchall()
             found[run_id] = {k.removeprefix("seconds_"): v for k, v in rows}
     return found
 
 
 def import_times(env: dict[str, str], cwd: Path) -> dict[str, float]:
     """`python -X importtime`: cumulative seconds of each top-level import a `run` makes, in the order it makes them."""
-    modules = ["fxcu", "httpx", "polars", "statsforecast", "statsforecast.models", "matplotlib.pyplot", "mlflow", "mlflow.store.tracking.sqlalchemy_store"]
+    modules = [
+        "fxcu",
+        "httpx",
+        "polars",
+        "statsforecast",
+        "statsforecast.models",
+        "matplotlib.pyplot",
+        "mlflow",
+        "mlflow.store.tracking.sqlalchemy_store",
+    ]
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); " + "; ".join(f"import {m}" for m in modules)
     samples: dict[str, list[float]] = {m: [] for m in modules}
     for _ in range(IMPORTTIME_REPEATS):
-        proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, cwd=cwd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         for line in proc.stderr.splitlines():
             m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)  # top level: no indent before the name
             if m and m.group(3).strip() in samples:
@@ -456,10 +548,12 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     py = sys.executable
 
     init = timed([py, fx, "init"], env=env, cwd=elsewhere)
-    print(f"Setup: warm warehouse (real data) in a temp data dir; `fxcu.py init` (schema migration, 4 experiments) took {init.seconds:.1f} s "
-          f"(peak RSS {init.peak_kib / 1024 if init.peak_kib else float('nan'):.0f} MiB). Every command runs from another directory "
-          f"with FXCU_DATA_DIR, FXCU_TRACKING_TIMEOUT=60; interpreter {py}; peak memory from "
-          f"{'`/usr/bin/time -v`' if GNU_TIME.exists() else 'a /bin/sh-wrapped child reading ru_maxrss'}.\n")
+    print(
+        f"Setup: warm warehouse (real data) in a temp data dir; `fxcu.py init` (schema migration, 4 experiments) took {init.seconds:.1f} s "
+        f"(peak RSS {init.peak_kib / 1024 if init.peak_kib else float('nan'):.0f} MiB). Every command runs from another directory "
+        f"with FXCU_DATA_DIR, FXCU_TRACKING_TIMEOUT=60; interpreter {py}; peak memory from "
+        f"{'`/usr/bin/time -v`' if GNU_TIME.exists() else 'a /bin/sh-wrapped child reading ru_maxrss'}.\n"
+    )
 
     run7 = lambda: timed([py, fx, "run", "7d", "--offline", "--skip-email"], env=env, cwd=elsewhere)  # noqa: E731
     runall = lambda: timed([py, fx, "run", "all", "--offline", "--skip-email"], env=env, cwd=elsewhere)  # noqa: E731
@@ -472,22 +566,40 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     # (a) run 7d next to its import floor
     a = interleave({"floor": floor, "imports": run_imports, "full": full_imports, "run7": run7}, RUN_REPEATS)
     ratio_a = median([r.seconds for r in a["run7"]]) / median([r.seconds for r in a["floor"]])
-    print(f"**(a) `run 7d` from a warm warehouse next to its import floor**: {RUN_REPEATS} rounds, interleaved, after 1 uncounted round.\n")
+    print(
+        f"**(a) `run 7d` from a warm warehouse next to its import floor**: {RUN_REPEATS} rounds, interleaved, after 1 uncounted round.\n"
+    )
     table_head("the floor")
     print(stat_row('`python -c "import polars, statsforecast, mlflow"` (floor)', a["floor"], None))
-    print(stat_row(f'`python -c "{RUN_IMPORTS}"` (`run`\'s imports without the SQLite store, no work)', a["imports"], a["floor"]))
-    print(stat_row(f'`python -c "{FULL_IMPORTS}"` (every import `run` makes, SQLAlchemy store included, no work: the achievable floor)', a["full"], a["floor"]))
+    print(
+        stat_row(
+            f'`python -c "{RUN_IMPORTS}"` (`run`\'s imports without the SQLite store, no work)',
+            a["imports"],
+            a["floor"],
+        )
+    )
+    print(
+        stat_row(
+            f'`python -c "{FULL_IMPORTS}"` (every import `run` makes, SQLAlchemy store included, no work: the achievable floor)',
+            a["full"],
+            a["floor"],
+        )
+    )
     print(stat_row("`python fxcu.py run 7d --offline --skip-email`", a["run7"], a["floor"]))
     ratio_full = median([r.seconds for r in a["run7"]]) / median([r.seconds for r in a["full"]])
     print(f"| `run 7d` ÷ every-import floor (the row above over the achievable floor) | | | | | | {ratio_full:.2f} |")
     print(f"\n- Target `run 7d` ≤ 2.0× the floor: {verdict(ratio_a, TARGET_RUN_FLOOR)}.")
     ratio_imports = median([r.seconds for r in a["imports"]]) / median([r.seconds for r in a["floor"]])
-    print(f"- The imports alone (httpx, statsforecast.models with statsmodels and scipy, matplotlib.pyplot on top of the floor) are "
-          f"{ratio_imports:.2f}× the floor: they leave {max(0.0, (TARGET_RUN_FLOOR - ratio_imports) * median([r.seconds for r in a['floor']])):.2f} s "
-          "for backtest, forecast, report and tracking within the 2.0× target.")
+    print(
+        f"- The imports alone (httpx, statsforecast.models with statsmodels and scipy, matplotlib.pyplot on top of the floor) are "
+        f"{ratio_imports:.2f}× the floor: they leave {max(0.0, (TARGET_RUN_FLOOR - ratio_imports) * median([r.seconds for r in a['floor']])):.2f} s "
+        "for backtest, forecast, report and tracking within the 2.0× target."
+    )
     ratio_full_floor = median([r.seconds for r in a["full"]]) / median([r.seconds for r in a["floor"]])
-    print(f"- Every import `run` makes, the SQLAlchemy store included, is {ratio_full_floor:.2f}× the floor; `run 7d` is {ratio_full:.2f}× that "
-          f"({median([r.seconds for r in a['run7']]) - median([r.seconds for r in a['full']]):.2f} s of work on top of the imports).")
+    print(
+        f"- Every import `run` makes, the SQLAlchemy store included, is {ratio_full_floor:.2f}× the floor; `run 7d` is {ratio_full:.2f}× that "
+        f"({median([r.seconds for r in a['run7']]) - median([r.seconds for r in a['full']]):.2f} s of work on top of the imports)."
+    )
     untracked = [r for r in a["run7"] if not run_ids(r.stdout)]
     if untracked:
         print(f"- WARNING: {len(untracked)} runs were not tracked.")
@@ -495,7 +607,9 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     # (b) run all next to run 7d
     b = interleave({"run7": run7, "runall": runall}, ALL_REPEATS, warmup=False)
     ratio_b = median([r.seconds for r in b["runall"]]) / median([r.seconds for r in b["run7"]])
-    print(f"\n**(b) `run all` next to `run 7d`**: {ALL_REPEATS} rounds, interleaved (the warehouse and the database were warm from (a)).\n")
+    print(
+        f"\n**(b) `run all` next to `run 7d`**: {ALL_REPEATS} rounds, interleaved (the warehouse and the database were warm from (a)).\n"
+    )
     table_head("`run 7d`")
     print(stat_row("`python fxcu.py run 7d --offline --skip-email`", b["run7"], None))
     print(stat_row("`python fxcu.py run all --offline --skip-email`", b["runall"], b["run7"]))
@@ -506,16 +620,26 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     seven_rows = [next(iter(s.values())) for s in seven if s]
     walls7 = [r.seconds for r in a["run7"] + b["run7"]]
     alls = [stage_seconds(data, run_ids(r.stdout)) for r in b["runall"]]
-    print(f"\n**Where the time goes**: the `seconds_*` metrics each run logs to MLflow (medians; `run 7d` over its {len(seven_rows)} runs in (a) and (b), "
-          f"`run all` per horizon over {len(alls)} runs). `backtest` includes importing statsforecast.models (statsmodels, scipy); `report` includes importing matplotlib; `tracking` includes importing mlflow. "
-          "In `run all`, fetch, features, backtest (`backtest_all`) and forecast (`forecast_all`) run once for the four horizons and every horizon's run logs the same values.\n")
+    print(
+        f"\n**Where the time goes**: the `seconds_*` metrics each run logs to MLflow (medians; `run 7d` over its {len(seven_rows)} runs in (a) and (b), "
+        f"`run all` per horizon over {len(alls)} runs). `backtest` includes importing statsforecast.models (statsmodels, scipy); `report` includes importing matplotlib; `tracking` includes importing mlflow. "
+        "In `run all`, fetch, features, backtest (`backtest_all`) and forecast (`forecast_all`) run once for the four horizons and every horizon's run logs the same values.\n"
+    )
     stages = ["fetch", "features", "backtest", "forecast", "report", "tracking"]
-    print("| run | " + " | ".join(stages) + " | sum of stages | wall (median) | rest: interpreter, imports of httpx, polars, statsforecast core; locks, status file |")
+    print(
+        "| run | "
+        + " | ".join(stages)
+        + " | sum of stages | wall (median) | rest: interpreter, imports of httpx, polars, statsforecast core; locks, status file |"
+    )
     print("|---|" + "---:|" * (len(stages) + 3))
     if seven_rows:
         med = {s: median([r.get(s, 0.0) for r in seven_rows]) for s in stages}
         total = sum(med.values())
-        print("| `run 7d` | " + " | ".join(f"{med[s]:.2f}" for s in stages) + f" | {total:.2f} | {median(walls7):.2f} | {median(walls7) - total:.2f} |")
+        print(
+            "| `run 7d` | "
+            + " | ".join(f"{med[s]:.2f}" for s in stages)
+            + f" | {total:.2f} | {median(walls7):.2f} | {median(walls7) - total:.2f} |"
+        )
     for horizon in fxcu.HORIZONS:
         # each `run all` prints (and logs) its four runs in horizon order
         rows = [list(s.values())[list(fxcu.HORIZONS).index(horizon)] for s in alls if len(s) == len(fxcu.HORIZONS)]
@@ -531,13 +655,22 @@ def _bench_ops(root: Path) -> dict[str, Any]:
         for s in alls:
             values = list(s.values())
             once = {"fetch", "features", "backtest", "forecast"}
-            sums.append(sum(v.get(st, 0.0) for v in values for st in stages if st not in once) + sum(values[0].get(st, 0.0) for st in once))
-        print(f"| `run all`: total | | | | | | | {median(sums):.2f} | {median(walls):.2f} | {median(walls) - median(sums):.2f} |")
-    print("\n(fetch, features, backtest and forecast are shared by the four horizons of `run all`: shown in parentheses after the first, counted once in the total.)")
+            sums.append(
+                sum(v.get(st, 0.0) for v in values for st in stages if st not in once)
+                + sum(values[0].get(st, 0.0) for st in once)
+            )
+        print(
+            f"| `run all`: total | | | | | | | {median(sums):.2f} | {median(walls):.2f} | {median(walls) - median(sums):.2f} |"
+        )
+    print(
+        "\n(fetch, features, backtest and forecast are shared by the four horizons of `run all`: shown in parentheses after the first, counted once in the total.)"
+    )
 
     imports = import_times(env, elsewhere)
-    print(f"\n**Imports** (`python -X importtime`, cumulative, median of {IMPORTTIME_REPEATS}; in the order `run` imports them, so shared "
-          "dependencies such as numpy and pandas count for the first importer):\n")
+    print(
+        f"\n**Imports** (`python -X importtime`, cumulative, median of {IMPORTTIME_REPEATS}; in the order `run` imports them, so shared "
+        "dependencies such as numpy and pandas count for the first importer):\n"
+    )
     print("| module | seconds |")
     print("|---|---:|")
     for module, seconds in imports.items():
@@ -548,18 +681,27 @@ def _bench_ops(root: Path) -> dict[str, Any]:
     c = interleave({"mlflow": mlflow_import, "check": check}, CHECK_REPEATS)
     ratio_c = median([r.seconds for r in c["check"]]) / median([r.seconds for r in c["mlflow"]])
     codes = sorted({r.code for r in c["check"]})
-    print(f"\n**(c) `check` next to `import mlflow`**: {CHECK_REPEATS} rounds, interleaved, after 1 uncounted round, on the same data dir after the runs "
-          f"(exit code {', '.join(map(str, codes))}: {c['check'][-1].stdout.strip().splitlines()[0]}).\n")
-    table_head('`import mlflow`')
+    print(
+        f"\n**(c) `check` next to `import mlflow`**: {CHECK_REPEATS} rounds, interleaved, after 1 uncounted round, on the same data dir after the runs "
+        f"(exit code {', '.join(map(str, codes))}: {c['check'][-1].stdout.strip().splitlines()[0]}).\n"
+    )
+    table_head("`import mlflow`")
     print(stat_row('`python -c "import mlflow"`', c["mlflow"], None))
     print(stat_row("`python fxcu.py check`", c["check"], c["mlflow"]))
     print(f"\n- Target `check` ≤ 0.33× `import mlflow`: {verdict(ratio_c, TARGET_CHECK_MLFLOW)}.")
     return {
         "init_s": init.seconds,
-        "a": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in a.items()}, "ratio_a": ratio_a, "ratio_imports": ratio_imports, "ratio_run7_full_imports": ratio_full,
-        "b": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in b.items()}, "ratio_b": ratio_b,
-        "c": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in c.items()}, "ratio_c": ratio_c,
-        "stages_7d": seven_rows, "stages_all": [list(s.values()) for s in alls], "imports": imports,
+        "a": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in a.items()},
+        "ratio_a": ratio_a,
+        "ratio_imports": ratio_imports,
+        "ratio_run7_full_imports": ratio_full,
+        "b": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in b.items()},
+        "ratio_b": ratio_b,
+        "c": {k: [(r.seconds, r.peak_kib) for r in v] for k, v in c.items()},
+        "ratio_c": ratio_c,
+        "stages_7d": seven_rows,
+        "stages_all": [list(s.values()) for s in alls],
+        "imports": imports,
     }
 
 
@@ -575,19 +717,47 @@ def bench_profile() -> None:
         write_real_warehouse(data)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FXCU_", "MLFLOW_"))}
         env |= {"FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "60"}
-        subprocess.run([sys.executable, str(ROOT / "fxcu.py"), "init"], env=env, cwd=root, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "fxcu.py"), "init"], env=env, cwd=root, check=True, capture_output=True
+        )
         out = root / "run.prof"
-        subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(ROOT / "fxcu.py"), "run", "7d", "--offline", "--skip-email"],
-                       env=env, cwd=root, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(out),
+                str(ROOT / "fxcu.py"),
+                "run",
+                "7d",
+                "--offline",
+                "--skip-email",
+            ],
+            env=env,
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
         import pstats
 
         stats = pstats.Stats(str(out))
         total = stats.total_tt  # type: ignore[attr-defined]
-        print(f"Total {total:.1f} s under cProfile (profiling slows Python-heavy code). Cumulative time of selected functions:\n")
+        print(
+            f"Total {total:.1f} s under cProfile (profiling slows Python-heavy code). Cumulative time of selected functions:\n"
+        )
         wanted = [
-            ("fxcu.py", "backtest_all"), ("fxcu.py", "cross_validate"), ("fxcu.py", "forecast_all"), ("fxcu.py", "write_report"),
-            ("fxcu.py", "write_chart"), ("fxcu.py", "log_run"), ("fxcu.py", "mlflow_client"), ("fxcu.py", "fetch_both"),
-            ("fxcu.py", "make_client"), ("fxcu.py", "write_inputs"), ("fxcu.py", "run_record"),
+            ("fxcu.py", "backtest_all"),
+            ("fxcu.py", "cross_validate"),
+            ("fxcu.py", "forecast_all"),
+            ("fxcu.py", "write_report"),
+            ("fxcu.py", "write_chart"),
+            ("fxcu.py", "log_run"),
+            ("fxcu.py", "mlflow_client"),
+            ("fxcu.py", "fetch_both"),
+            ("fxcu.py", "make_client"),
+            ("fxcu.py", "write_inputs"),
+            ("fxcu.py", "run_record"),
         ]
         print("| function | calls | cumulative s | share |")
         print("|---|---:|---:|---:|")
@@ -600,7 +770,18 @@ def bench_profile() -> None:
         print("|---|---:|---:|")
         shown = 0
         for (file, _line, name), (_cc, nc, _tt, ct, _callers) in sorted(entries.items(), key=lambda kv: -kv[1][3]):
-            if "statsforecast" in file and name in {"auto_arima_f", "auto_ets", "auto_theta", "forecast_ets", "_fit", "fit", "forward", "forecast", "cross_validation", "_cross_validation"}:
+            if "statsforecast" in file and name in {
+                "auto_arima_f",
+                "auto_ets",
+                "auto_theta",
+                "forecast_ets",
+                "_fit",
+                "fit",
+                "forward",
+                "forecast",
+                "cross_validation",
+                "_cross_validation",
+            }:
                 print(f"| {Path(file).name}:{name} | {nc} | {ct:.2f} |")
                 shown += 1
                 if shown >= 14:

@@ -26,9 +26,14 @@ import fxcu_test as t
 
 
 def moves() -> None:
-    print("| series | rows | worst 1-day abs log move (date) | worst k-day move / sqrt(k), k = 1, 2, 5, 10, 20, 60, 250 | 99.9th pct 1-day | limit `jump` |")
+    print(
+        "| series | rows | worst 1-day abs log move (date) | worst k-day move / sqrt(k), k = 1, 2, 5, 10, 20, 60, 250 | 99.9th pct 1-day | limit `jump` |"
+    )
     print("|---|---:|---|---|---:|---:|")
-    for name, frame, rules in (("USD/CLP (CLP=X)", t.real_usdclp(), fxcu.USDCLP_RULES), ("copper (HG=F)", t.real_copper(), fxcu.COPPER_RULES)):
+    for name, frame, rules in (
+        ("USD/CLP (CLP=X)", t.real_usdclp(), fxcu.USDCLP_RULES),
+        ("copper (HG=F)", t.real_copper(), fxcu.COPPER_RULES),
+    ):
         x = frame[fxcu.CLOSE].log().to_numpy()
         one = np.abs(np.diff(x))
         worst_day = frame[fxcu.DATE][int(np.argmax(one)) + 1]
@@ -58,9 +63,18 @@ def cost() -> None:
     base = median(lambda: fxcu.clean_prices(raw))
     rows = [
         (f"`clean_prices`, full CLP=X answer ({raw.height} bars): the reference", base),
-        ("`implausible`, full answer, no cache (first fetch)", median(lambda: fxcu.implausible(raw, clean, rules=fxcu.USDCLP_RULES, now=now))),
-        (f"`implausible`, 14-bar incremental answer against a {history.height}-row cache", median(lambda: fxcu.implausible(tail_raw, tail_clean, rules=fxcu.USDCLP_RULES, now=now, history=history))),
-        (f"`repair` on reading a {clean.height}-row cache", median(lambda: fxcu.repair(clean, rules=fxcu.USDCLP_RULES, now=now))),
+        (
+            "`implausible`, full answer, no cache (first fetch)",
+            median(lambda: fxcu.implausible(raw, clean, rules=fxcu.USDCLP_RULES, now=now)),
+        ),
+        (
+            f"`implausible`, 14-bar incremental answer against a {history.height}-row cache",
+            median(lambda: fxcu.implausible(tail_raw, tail_clean, rules=fxcu.USDCLP_RULES, now=now, history=history)),
+        ),
+        (
+            f"`repair` on reading a {clean.height}-row cache",
+            median(lambda: fxcu.repair(clean, rules=fxcu.USDCLP_RULES, now=now)),
+        ),
     ]
     print("\n| step | median ms | ratio to cleaning |")
     print("|---|---:|---:|")

@@ -69,7 +69,9 @@ def ten_year_ledger(prices):
 
 def wall(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=False, capture_output=True)  # check exits 1-2 on old data
+    subprocess.run(
+        cmd, env=env, cwd=tempfile.gettempdir(), check=False, capture_output=True
+    )  # check exits 1-2 on old data
     return time.perf_counter() - started
 
 
@@ -133,7 +135,9 @@ def in_run(root: Path, env: dict[str, str], ledger, prices) -> None:
         ("track-record work of a `run all` (4 horizons)", four),
         ("`python fxcu.py run 7d --offline --skip-email` (subprocess)", runs),
     ):
-        print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / r:.3f} |")
+        print(
+            f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / r:.3f} |"
+        )
     print(f"\nTarget: ledger work <= {TARGET_RUN_SHARE}x the run: {'met' if med(one) / r <= TARGET_RUN_SHARE else 'NOT met'} "
           f"({med(one) / r:.3f}x for 7d).\n")  # fmt: skip
 
@@ -156,7 +160,9 @@ def commands(env: dict[str, str]) -> None:
     rows = (("`python fxcu.py track` (10-year ledger)", tracks), ('`python -c "import mlflow"`', mlflows),
             ("`python fxcu.py check` (grades the same ledger)", checks))  # fmt: skip
     for label, times in rows:
-        print(f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / med(mlflows):.2f} |")
+        print(
+            f"| {label} | {len(times)} | {med(times):.3f} | {min(times):.3f}-{max(times):.3f} | {med(times) / med(mlflows):.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -239,7 +239,12 @@ def rss_child(kind: str, warm: bool) -> None:
 
         work: Callable[[], Any] = lambda: parse_and_clean(body)  # noqa: E731
         result = body["chart"]["result"][0]
-        small = _body(kind, result["meta"]["exchangeTimezoneName"], result["timestamp"][:30], result["indicators"]["quote"][0]["close"][:30])
+        small = _body(
+            kind,
+            result["meta"]["exchangeTimezoneName"],
+            result["timestamp"][:30],
+            result["indicators"]["quote"][0]["close"][:30],
+        )
         warmup: Callable[[], Any] = lambda: parse_and_clean(small)  # noqa: E731
     elif kind == "features-polars":
         copper, usdclp = cleaned_inputs()
@@ -305,7 +310,9 @@ def machine() -> str:
 
 def section_data() -> None:
     print("### Parse + clean the full histories: `fxcu.clean_prices(fxcu.parse_yahoo_chart(body))`\n")
-    print(f"Median of {DATA_RUNS} runs after 1 warm-up (25%-75% in brackets); RSS: median of {RSS_REPEATS} fresh processes.\n")
+    print(
+        f"Median of {DATA_RUNS} runs after 1 warm-up (25%-75% in brackets); RSS: median of {RSS_REPEATS} fresh processes.\n"
+    )
     print(
         "| series | bars in | rows out | removed | median ms | [25%, 75%] | tracemalloc peak MiB "
         "| ru_maxrss delta MiB, first call | ru_maxrss delta MiB, after 30-bar warm-up | child peak RSS MiB |"
@@ -395,8 +402,10 @@ def section_features() -> tuple[Any, Any]:
         "| ru_maxrss delta MiB, after 300-row warm-up | child peak RSS MiB |"
     )
     print("|---|---:|---|---:|---:|---:|---:|")
-    rows = (("fxcu.copper_features (polars)", m_pl, q1_pl, q3_pl, peak_pl, cold_pl, warm_pl),
-            ("pandas (docs/benchmarks.py)", m_pd, q1_pd, q3_pd, peak_pd, cold_pd, warm_pd))
+    rows = (
+        ("fxcu.copper_features (polars)", m_pl, q1_pl, q3_pl, peak_pl, cold_pl, warm_pl),
+        ("pandas (docs/benchmarks.py)", m_pd, q1_pd, q3_pd, peak_pd, cold_pd, warm_pd),
+    )
     for label, med, q1, q3, peak, cold, warm in rows:
         print(
             f"| {label} | {med:.2f} | [{q1:.2f}, {q3:.2f}] | {peak / MIB:.2f} | {cold['delta_mib']:.1f} "
@@ -442,7 +451,12 @@ def section_correlation(features: Any | None = None) -> None:
     print("|---|---:|---:|---:|---:|")
     yearly = (
         window.group_by(pl.col(fxcu.DATE).dt.year().alias("year"))
-        .agg(pl.len().alias("n"), pl.col(name).median().alias("median"), pl.col(name).min().alias("min"), pl.col(name).max().alias("max"))
+        .agg(
+            pl.len().alias("n"),
+            pl.col(name).median().alias("median"),
+            pl.col(name).min().alias("min"),
+            pl.col(name).max().alias("max"),
+        )
         .sort("year")
     )
     for r in yearly.iter_rows(named=True):

@@ -30,7 +30,9 @@ def usdclp(shared: Path) -> pl.DataFrame:
 def copper(shared: Path) -> pl.DataFrame:
     """HG=F closes (USD/lb) on New York dates, cleaned as fxcu cleans a fetch."""
     raw = pl.read_csv(shared / "copper_hgf_daily_2000_2026.csv")
-    return fxcu.clean_prices(raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").cast(pl.Float64).alias(fxcu.CLOSE))).frame
+    return fxcu.clean_prices(
+        raw.select(pl.col("Date").str.to_date().alias(fxcu.DATE), pl.col("Close").cast(pl.Float64).alias(fxcu.CLOSE))
+    ).frame
 
 
 def main(shared: Path) -> None:
