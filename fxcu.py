@@ -2870,10 +2870,11 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
         "mae": float(scored["abs_error"].mean()),
         "mape": float(scored["pct_error"].abs().mean()),
-        "wis": float(scored["wis"].mean()),
-        "rw_wis": float(scored["rw_wis"].mean()),
+        # INFO: None where the ledger was scored without WIS (`check` skips it: utilsforecast's import)
+        "wis": scored["wis"].mean(),
+        "rw_wis": scored["rw_wis"].mean(),
     }
-    out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["rw_wis"] else None
+    out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["wis"] is not None and out["rw_wis"] else None
     for lv in LEVELS:
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
@@ -6469,7 +6470,9 @@ def gather_checks(
             label = name.split()[0] + "_age_days"
             perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
     checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
-    checks += read_track_checks(config, today=today)
+    track_checks, live = read_track_checks(config, today=today)
+    checks += track_checks
+    perf += live
     perf += [
         Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
         for h in HORIZONS
@@ -6515,23 +6518,37 @@ def gather_checks(
     return checks, perf
 
 
-def read_track_checks(config: Config, *, today: date) -> list[tuple[str, Level, str]]:
-    """`check_track` on the ledger scored in memory against the warehouse (nothing written); none without a ledger."""
+def track_perf(ledger: pl.DataFrame) -> list[Perf]:
+    """Perfdata of the live record: each horizon's 80% and 95% coverage over its last CHECK_LAST scored forecasts."""
+    record = track_record(ledger, list(HORIZONS), last=CHECK_LAST)
+    return [
+        Perf(f"live_coverage_{level}_{horizon}", round(100 * stats[f"coverage_{level}"], 1), "%", min=0, max=100)
+        for horizon, stats in record.items()
+        for level in LEVELS
+        if stats["scored"] and stats[f"coverage_{level}"] is not None
+    ]
+
+
+def read_track_checks(config: Config, *, today: date) -> tuple[list[Check], list[Perf]]:
+    """`check_track` and `track_perf` on the ledger scored in memory against the warehouse (nothing written).
+
+    Neither without a ledger.
+    """
     path = ledger_path(config)
     if not path.exists():
-        return []
+        return [], []
     import polars as pl
 
     try:
         ledger = read_ledger(path)
     except LedgerError as exc:
-        return [("track record", "WARNING", str(exc))]
+        return [("track record", "WARNING", str(exc))], []
     with contextlib.suppress(
         Exception
     ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
         prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
         ledger = score_ledger(ledger, prices, with_wis=False)
-    return check_track(ledger, today=today)
+    return check_track(ledger, today=today), track_perf(ledger)
 
 
 def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:

@@ -3826,6 +3826,21 @@ def test_check_track_calibrated_ledger_is_ok():
     assert fxcu.overall(checks) == "OK"
 
 
+def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
+    scored = ledger.filter(pl.col("kind") == "live").drop_nulls("hit_80").sort("origin").tail(fxcu.CHECK_LAST)
+    want80 = 100 * sum(scored["hit_80"].to_list()) / scored.height  # counted here from the stored hits
+    perf = {p.label: p for p in fxcu.track_perf(ledger)}
+    assert set(perf) == {"live_coverage_80_7d", "live_coverage_95_7d"}
+    assert (
+        perf["live_coverage_80_7d"].value == pytest.approx(want80, abs=0.05) and perf["live_coverage_80_7d"].uom == "%"
+    )
+    assert fxcu.format_perf([perf["live_coverage_80_7d"]]).startswith(
+        f"'live_coverage_80_7d'={perf['live_coverage_80_7d'].value:g}%;"
+    )
+    assert fxcu.track_perf(fxcu.empty_ledger()) == []
+
+
 def test_check_track_under_coverage_warns():
     ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)  # nominal 45% and 68% ranges sold as 80% and 95%
     checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
