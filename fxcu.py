@@ -2817,14 +2817,70 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
     return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
 
 
-def binomial_band(n: int, p: float, level: float = BAND_LEVEL) -> tuple[float, float]:
-    """The coverage range a calibrated p-interval stays in with probability `level` over n independent forecasts."""
-    from scipy.stats import binom
+def binomial_quantile(q: float, n: int, p: float) -> int:
+    """The smallest k with P(X <= k) >= q for X ~ Binomial(n, p): scipy.stats.binom.ppf, for 0 < q < 1, 0 < p < 1.
 
+    Summed from k = 0 in log space (lgamma), so no term overflows at any n; exact to about 1e-12 in the CDF,
+    which matches scipy on every n up to 3,000 at the levels fxcu uses (tested). Written by hand because
+    scipy.stats costs `check` over a second of imports and the loop is O(n) in the standard library.
+    """
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    cdf = 0.0
+    for k in range(n):
+        cdf += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+        if cdf >= q:
+            return k
+    return n
+
+
+def binomial_band(n: int, p: float, level: float = BAND_LEVEL) -> tuple[float, float]:
+    """The coverage range a calibrated p-interval stays in with probability `level` over n independent forecasts.
+
+    The central `level` interval of Binomial(n, p) over n, as scipy.stats.binom.interval(level, n, p) / n.
+    """
     if n < 1:
         return 0.0, 1.0
-    lo, hi = binom.interval(level, n, p)
-    return float(lo) / n, float(hi) / n
+    # INFO: the same two tail probabilities scipy's interval computes, to the last bit
+    return binomial_quantile((1.0 - level) / 2, n, p) / n, binomial_quantile((1.0 + level) / 2, n, p) / n
+
+
+def student_t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t with `df` >= 1 degrees of freedom: scipy.stats.t.sf(t, df) for integer df.
+
+    The closed form for integer df (Abramowitz & Stegun 26.7.3 and 26.7.4, with theta = atan(|t| / sqrt(df))),
+    a finite sum of df / 2 terms; by hand because scipy.special's import alone costs `check` half a second.
+    """
+    theta = math.atan(abs(t) / math.sqrt(df))
+    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:
+        term = total = math.cos(theta) if df > 1 else 0.0
+        for k in range(3, df - 1, 2):  # cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ... up to cos^(df-2)
+            term *= cos2 * (k - 1) / k
+            total += term
+        inside = 2 / math.pi * (theta + sin * total)
+    else:
+        term = total = 1.0
+        for k in range(2, df - 1, 2):  # 1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ... up to cos^(df-2)
+            term *= cos2 * (k - 1) / k
+            total += term
+        inside = sin * total
+    tail = (1.0 - inside) / 2  # inside = P(|T| <= |t|)
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_test_greater(values: Sequence[float]) -> float:
+    """The one-sided p-value that the mean of `values` exceeds 0, as scipy.stats.ttest_1samp(alternative="greater").
+
+    1.0 when there are fewer than two values or they do not vary (no evidence either way).
+    """
+    n = len(values)
+    if n < 2:
+        return 1.0
+    mean = math.fsum(values) / n
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    if not variance > 0:
+        return 1.0
+    return student_t_sf(mean / math.sqrt(variance / n), n - 1)
 
 
 def _rmse(values: pl.Series) -> float:
@@ -2978,80 +3034,89 @@ def _non_overlapping(rows: pl.DataFrame) -> pl.DataFrame:
     return rows[kept]
 
 
+def check_track_scoring(horizon: str, due: int, since: date | None) -> list[Check]:
+    """WARNING when `due` forecasts are UNSCORED_GRACE_DAYS past their target with no realised close (pure)."""
+    if not due:
+        return []
+    return [
+        (f"track {horizon} scoring", "WARNING", f"{due} forecasts due since {since} not scored (no realised close)")
+    ]
+
+
+def check_track_coverage(horizon: str, n: int, covers: Mapping[int, float], *, level: float) -> Check:
+    """Grade the coverage of n scored forecasts per nominal level against its binomial band at `level` (pure).
+
+    Below CHECK_MIN_SCORED forecasts the band is too wide to say anything: OK, not graded.
+    """
+    name = f"track {horizon} coverage"
+    if n < CHECK_MIN_SCORED:
+        return name, "OK", f"{n} scored forecasts (grading starts at {CHECK_MIN_SCORED})"
+    outside = []
+    for lv, cover in covers.items():
+        lo, hi = binomial_band(n, lv / 100, level)
+        if not lo <= cover <= hi:
+            outside.append(f"{lv}% coverage {cover:.0%} outside [{lo:.0%}, {hi:.0%}]")
+    if outside:
+        return name, "WARNING", "; ".join(outside) + f" over the last {n}"
+    detail = ", ".join(f"{lv}% {cover:.0%}" for lv, cover in covers.items())
+    return name, "OK", f"{detail} over the last {n}, within chance"
+
+
+def check_track_ratio(
+    horizon: str, errors: Sequence[float], rw_errors: Sequence[float], backtest_ratio: float
+) -> Check:
+    """Grade non-overlapping live errors against the backtest's error ratio to the random walk (pure).
+
+    WARNING when the served squared error exceeds backtest_ratio squared times the random walk's, by a
+    one-sided t-test at RATIO_TEST_P; fewer than RATIO_TEST_MIN forecasts are not tested (OK).
+    """
+    name, n = f"track {horizon} error ratio", len(errors)
+    if n < RATIO_TEST_MIN:
+        return name, "OK", f"{n} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})"
+    excess = [e**2 - backtest_ratio**2 * r**2 for e, r in zip(errors, rw_errors, strict=True)]
+    p = t_test_greater(excess)
+    live_ratio = _root_mean_square(errors) / max(_root_mean_square(rw_errors), 1e-12)
+    return (
+        name,
+        "WARNING" if p < RATIO_TEST_P else "OK",
+        f"live {live_ratio:.3f}x the random walk vs backtest {backtest_ratio:.3f}x "
+        f"over {n} non-overlapping (p={p:.3f})",
+    )
+
+
+def _root_mean_square(values: Sequence[float]) -> float:
+    return math.sqrt(math.fsum(v * v for v in values) / len(values))
+
+
 def check_track(
     ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, level: float = CHECK_BAND_LEVEL
-) -> list[tuple[str, Level, str]]:
-    """Grade the live track record of each horizon (pure, on a scored ledger): coverage, error ratio, scoring.
+) -> list[Check]:
+    """Grade the live track record of each horizon (pure, on a scored ledger): scoring, coverage, error ratio.
 
-    - coverage: the last `last` scored forecasts' 80% and 95% coverage against their binomial band;
-    - error ratio: WARNING when the served squared error exceeds the backtest's ratio squared times the
-      random walk's, by a one-sided t-test at RATIO_TEST_P on the last `last` non-overlapping scored
-      forecasts (overlapping windows share shocks, which would make any test over-confident);
-    - scoring: WARNING when a forecast's target is UNSCORED_GRACE_DAYS past with no realised close.
+    - scoring: `check_track_scoring` on the forecasts UNSCORED_GRACE_DAYS past their target with no close;
+    - coverage: `check_track_coverage` on the last `last` scored forecasts' 80% and 95% hits;
+    - error ratio: `check_track_ratio` on the last `last` non-overlapping scored forecasts (overlapping
+      windows share shocks, which would make any test over-confident), once coverage is graded.
     """
     import polars as pl
-    from scipy.stats import ttest_1samp
 
     live = ledger.filter(pl.col("kind") == "live")
     if live.is_empty():
         return [("track record", "OK", "no live forecasts in the ledger yet")]
-    found: list[tuple[str, Level, str]] = []
+    found: list[Check] = []
     for horizon in [h for h in HORIZONS if h in set(live["horizon"])]:
         rows = live.filter(pl.col("horizon") == horizon).sort("origin")
         due = rows.filter(pl.col("actual").is_null() & (pl.col("target") < today - timedelta(days=UNSCORED_GRACE_DAYS)))
-        if due.height:
-            found.append(
-                (
-                    f"track {horizon} scoring",
-                    "WARNING",
-                    f"{due.height} forecasts due since {due['target'].min()} not scored (no realised close)",
-                )
-            )
-        scored = rows.filter(pl.col("actual").is_not_null()).tail(last)
-        n = scored.height
-        if n < CHECK_MIN_SCORED:
-            found.append(
-                (f"track {horizon} coverage", "OK", f"{n} scored forecasts (grading starts at {CHECK_MIN_SCORED})")
-            )
+        found += check_track_scoring(horizon, due.height, due["target"].min())
+        scored = rows.filter(pl.col("actual").is_not_null())
+        recent = scored.tail(last)
+        covers = {lv: float(recent[f"hit_{lv}"].mean()) for lv in LEVELS} if recent.height else {}
+        found.append(check_track_coverage(horizon, recent.height, covers, level=level))
+        if recent.height < CHECK_MIN_SCORED:
             continue
-        outside = []
-        for lv in LEVELS:
-            cover, (lo, hi) = float(scored[f"hit_{lv}"].mean()), binomial_band(n, lv / 100, level)
-            if not lo <= cover <= hi:
-                outside.append(f"{lv}% coverage {cover:.0%} outside [{lo:.0%}, {hi:.0%}]")
-        detail = ", ".join(f"{lv}% {float(scored[f'hit_{lv}'].mean()):.0%}" for lv in LEVELS)
-        found.append(
-            (
-                f"track {horizon} coverage",
-                "WARNING" if outside else "OK",
-                "; ".join(outside) + f" over the last {n}" if outside else f"{detail} over the last {n}, within chance",
-            )
-        )
-        apart = _non_overlapping(rows.filter(pl.col("actual").is_not_null())).tail(last)
-        ratio = float(scored["backtest_ratio"][-1])
-        if apart.height < RATIO_TEST_MIN:
-            found.append(
-                (
-                    f"track {horizon} error ratio",
-                    "OK",
-                    f"{apart.height} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})",
-                )
-            )
-            continue
-        excess = (apart["error"] ** 2 - ratio**2 * apart["rw_error"] ** 2).to_numpy()
-        p = float(ttest_1samp(excess, 0.0, alternative="greater").pvalue) if excess.std() > 0 else 1.0
-        live_ratio = _rmse(apart["error"]) / max(_rmse(apart["rw_error"]), 1e-12)
-        level_: Level = "WARNING" if p < RATIO_TEST_P else "OK"
-        found.append(
-            (
-                f"track {horizon} error ratio",
-                level_,
-                (
-                    f"live {live_ratio:.3f}x the random walk vs backtest {ratio:.3f}x "
-                    f"over {apart.height} non-overlapping (p={p:.3f})"
-                ),
-            )
-        )
+        apart = _non_overlapping(scored).tail(last)
+        ratio = float(recent["backtest_ratio"][-1])
+        found.append(check_track_ratio(horizon, apart["error"].to_list(), apart["rw_error"].to_list(), ratio))
     return found
 
 
@@ -6189,23 +6254,45 @@ LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
 UNKNOWN = 3  # Nagios: the probe itself could not run (bad threshold, unexpected error)
 Check = tuple[str, Level, str]  # name, level, message: the message reads after "name: "
 
+# `check`'s default limits; sizes in decimal units, as its messages print them
+BYTES_PER_MB, BYTES_PER_GB = 10**6, 10**9
+DATA_CRITICAL_DAYS = 30.0  # USD/CLP a month old: every forecast since has been served from stale data
+RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday evening
+DB_WARN_MB = 100.0  # a run adds about 10 kB: a year of daily runs of four horizons is about 10 MB
+DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
+DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
+
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """`check`'s limits, defaulting to the levels fxcu has always used; flags beat FXCU_CHECK_* variables."""
+    """`check`'s limits: defaults from the config (`Thresholds.defaults`), then FXCU_CHECK_* variables, then flags."""
 
-    data_warn_days: float = 5  # USD/CLP and copper: a long weekend is 4 days
-    data_critical_days: float = 30  # USD/CLP only: copper never stops a forecast
-    run_warn_hours: float = 80  # a weekday cron's Friday run is still fresh on Monday evening
-    db_warn_mb: float = 100
-    disk_warn_gb: float = 1.0
-    disk_critical_gb: float = 0.1
+    data_warn_days: float = 5  # USD/CLP and copper: Config.max_age_days, the age at which a run calls data stale
+    data_critical_days: float = DATA_CRITICAL_DAYS  # USD/CLP only: copper never stops a forecast
+    run_warn_hours: float = RUN_WARN_HOURS
+    db_warn_mb: float = DB_WARN_MB
+    disk_warn_gb: float = DISK_WARN_GB
+    disk_critical_gb: float = DISK_CRITICAL_GB
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **flags: float | None) -> Thresholds:
-        """Defaults, then FXCU_CHECK_<FIELD> variables, then the flags given; ConfigError if inconsistent."""
+    def defaults(cls, config: Config | None = None) -> Thresholds:
+        """The default limits for a config (pure): data warns past its `max_age_days` (FXCU_MAX_AGE_DAYS).
+
+        That is the age at which a run calls its data stale, so `check` and `run` agree. USD/CLP turns
+        CRITICAL past DATA_CRITICAL_DAYS, or twice the warning age when that is later.
+        """
+        if config is None:
+            return cls()
+        warn = float(config.max_age_days)
+        return cls(data_warn_days=warn, data_critical_days=max(DATA_CRITICAL_DAYS, 2 * warn))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], config: Config | None = None, **flags: float | None) -> Thresholds:
+        """The config's defaults, then FXCU_CHECK_<FIELD> variables, then flags; ConfigError if inconsistent."""
+        base = cls.defaults(config)
         values = {
-            f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", f.default) for f in dataclasses.fields(cls)
+            f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", getattr(base, f.name))
+            for f in dataclasses.fields(cls)
         }
         values |= {name: value for name, value in flags.items() if value is not None}
         limits = cls(**values)
@@ -6252,10 +6339,49 @@ def format_perf(perf: Sequence[Perf]) -> str:
     return " ".join(items)
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesFacts:
+    """What `check` read of a warehouse file: its last date and row count, or why it could not be read."""
+
+    file: str
+    last: date | None = None
+    rows: int = 0
+    error: str | None = None  # the exception's type name: the file is unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseFacts:
+    """What `check` read of the MLflow store: a remote URI (not probed), a missing file, or its runs and size."""
+
+    remote: str | None = None  # MLFLOW_TRACKING_URI, redacted
+    missing: Path | None = None
+    runs: int = 0
+    size_bytes: int = 0
+    error: str | None = None  # unreadable, or half-made by a crash
+
+
+@dataclass(frozen=True, slots=True)
+class CheckFacts:
+    """Everything `check` grades, read once by `read_check_facts`; `grade_checks` turns it into checks."""
+
+    usdclp: SeriesFacts
+    copper: SeriesFacts
+    status: Mapping[str, Any]  # status.json: the last run per horizon
+    database: DatabaseFacts
+    free_bytes: int  # on the data dir's disk
+    ledger: pl.DataFrame | None = None  # scored in memory against the warehouse; None without a ledger
+    ledger_error: str | None = None  # the ledger exists but cannot be read
+
+
+def _with_rows(message: str, rows: int) -> str:
+    """`9 days old (last 2026-11-17)` -> `9 days old (last 2026-11-17, 6590 rows)`."""
+    return f"{message[:-1]}, {rows} rows)" if rows and message.endswith(")") else message
+
+
 def check_age(
     name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
 ) -> Check:
-    """Grade a series by the age of its last date (pure)."""
+    """Grade a series by the age of its last date (pure): WARNING past warn_days, CRITICAL past critical_days."""
     if last is None:
         return name, missing, "no data"
     if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
@@ -6267,6 +6393,26 @@ def check_age(
     return name, level, f"{age} days old (last {last})"
 
 
+def check_unreadable(name: str, facts: SeriesFacts) -> Check:
+    """A warehouse file that cannot be read is CRITICAL: a run would fail on it too (pure)."""
+    return name, "CRITICAL", f"{facts.file} unreadable ({facts.error})"
+
+
+def check_usdclp(facts: SeriesFacts, *, today: date, limits: Thresholds) -> Check:
+    """Grade USD/CLP by its warehouse age (pure): CRITICAL when missing, unreadable or past the critical age."""
+    if facts.error:
+        return check_unreadable("usdclp data", facts)
+    name, level, message = check_age(
+        "usdclp data",
+        facts.last,
+        today=today,
+        warn_days=limits.data_warn_days,
+        critical_days=limits.data_critical_days,
+        missing="CRITICAL",
+    )
+    return name, level, _with_rows(message, facts.rows)
+
+
 def check_copper(
     last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds
 ) -> Check:
@@ -6274,10 +6420,7 @@ def check_copper(
     name, level, message = check_age(
         "copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING"
     )
-    if last is None:
-        message = "no data: forecasts run without copper"
-    elif rows and message.endswith(")"):
-        message = f"{message[:-1]}, {rows} rows)"
+    message = "no data: forecasts run without copper" if last is None else _with_rows(message, rows)
     said = {
         Degraded.NO_COPPER: "the last run had no copper",
         Degraded.STALE_COPPER: "the last run had stale copper (no copper model)",
@@ -6290,11 +6433,17 @@ def check_copper(
     return name, level, message
 
 
-def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = 80) -> Iterator[Check]:
-    """Grade the last run of each horizon from the status file (pure).
+def last_run_degraded(status: Mapping[str, Any]) -> list[str] | None:
+    """The degraded reasons of the latest run of any horizon in the status file; None when none has a time (pure)."""
+    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
+    if not timed:
+        return None
+    listed = max(timed, key=lambda pair: pair[0])[1].get("degraded")
+    return [str(d) for d in listed] if isinstance(listed, list) else []
 
-    80 hours: a weekday cron's Friday run is still fresh on Monday evening.
-    """
+
+def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = RUN_WARN_HOURS) -> Iterator[Check]:
+    """Grade the last run of each horizon from the status file (pure): failed CRITICAL; untracked or old WARNING."""
     for horizon in HORIZONS:
         entry = status.get(horizon)
         name = f"run {horizon}"
@@ -6332,25 +6481,97 @@ def _entry_time(entry: Any) -> datetime | None:
 
 
 def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
-    """Grade the local MLflow database by its size (pure)."""
-    over = size_bytes > limits.db_warn_mb * 1e6
+    """Grade the local MLflow database by its size (pure): WARNING over db_warn_mb."""
+    over = size_bytes > limits.db_warn_mb * BYTES_PER_MB
     return (
         "mlflow database",
         "WARNING" if over else "OK",
-        f"{runs} runs, {size_bytes / 1e6:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
+        f"{runs} runs, {size_bytes / BYTES_PER_MB:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
     )
+
+
+def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
+    """Grade the MLflow store (pure): a remote one is not probed, a missing one warns, an unreadable one is CRITICAL."""
+    name = "mlflow database"
+    if facts.remote is not None:
+        return name, "OK", f"remote tracking at {facts.remote} (not probed)"
+    if facts.missing is not None:
+        return name, "WARNING", f"missing ({facts.missing}); run `fxcu init`"
+    if facts.error is not None:
+        return name, "CRITICAL", f"unreadable ({facts.error})"
+    return check_database(facts.size_bytes, facts.runs, limits=limits)
 
 
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
-    """Grade the free space on the data dir's disk (pure)."""
+    """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
     level: Level = (
         "CRITICAL"
-        if free_bytes < limits.disk_critical_gb * 1e9
+        if free_bytes < limits.disk_critical_gb * BYTES_PER_GB
         else "WARNING"
-        if free_bytes < limits.disk_warn_gb * 1e9
+        if free_bytes < limits.disk_warn_gb * BYTES_PER_GB
         else "OK"
     )
-    return "disk", level, f"{free_bytes / 1e9:.1f} GB free"
+    return "disk", level, f"{free_bytes / BYTES_PER_GB:.1f} GB free"
+
+
+def check_ledger(facts: CheckFacts, *, today: date) -> list[Check]:
+    """The track-record checks (pure): none without a ledger, a WARNING for an unreadable one, else `check_track`."""
+    if facts.ledger_error is not None:
+        return [("track record", "WARNING", facts.ledger_error)]
+    return [] if facts.ledger is None else check_track(facts.ledger, today=today)
+
+
+def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Check]:
+    """Every check of the facts (pure), in the order the plugin prints them."""
+    today = now.date()
+    copper = facts.copper
+    return [
+        check_usdclp(facts.usdclp, today=today, limits=limits),
+        check_unreadable("copper data", copper)
+        if copper.error
+        else check_copper(copper.last, copper.rows, last_run_degraded(facts.status), today=today, limits=limits),
+        *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
+        *check_ledger(facts, today=today),
+        check_mlflow(facts.database, limits=limits),
+        check_disk(facts.free_bytes, limits=limits),
+    ]
+
+
+def track_perf(ledger: pl.DataFrame) -> list[Perf]:
+    """Perfdata of the live record: each horizon's 80% and 95% coverage over its last CHECK_LAST scored forecasts."""
+    record = track_record(ledger, list(HORIZONS), last=CHECK_LAST)
+    return [
+        Perf(f"live_coverage_{level}_{horizon}", round(100 * stats[f"coverage_{level}"], 1), "%", min=0, max=100)
+        for horizon, stats in record.items()
+        for level in LEVELS
+        if stats["scored"] and stats[f"coverage_{level}"] is not None
+    ]
+
+
+def check_perf(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Perf]:
+    """The perfdata of the facts (pure): data ages, live coverage, run ages, database size, free disk."""
+    today = now.date()
+    data_warn = f"{limits.data_warn_days:g}"
+    perf = [
+        Perf(f"{label}_age_days", (today - s.last).days, warn=data_warn, crit=crit)
+        for label, s, crit in (
+            ("usdclp", facts.usdclp, f"{limits.data_critical_days:g}"),
+            ("copper", facts.copper, ""),  # copper never stops a forecast: no critical age
+        )
+        if s.last is not None and not s.error
+    ]
+    perf += track_perf(facts.ledger) if facts.ledger is not None else []
+    perf += [
+        Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
+        for h in HORIZONS
+        if (stamp := _entry_time(facts.status.get(h))) is not None
+    ]
+    db = facts.database
+    if db.remote is None and db.missing is None and db.error is None:
+        perf.append(Perf("mlflow_db", db.size_bytes, "B", warn=f"{limits.db_warn_mb * BYTES_PER_MB:.0f}"))
+    warn, crit = (f"{gb * BYTES_PER_GB:.0f}:" for gb in (limits.disk_warn_gb, limits.disk_critical_gb))
+    perf.append(Perf("disk_free", facts.free_bytes, "B", warn=warn, crit=crit))
+    return perf
 
 
 def overall(checks: Sequence[Check]) -> Level:
@@ -6376,6 +6597,17 @@ def format_check(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
     return "\n".join([first, *(f"{lv:<8} {name}: {message}" for name, lv, message in checks)])
 
 
+def format_check_json(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
+    """`check --json`: status, headline, checks and perfdata for scripts (pure)."""
+    document = {
+        "status": overall(checks),
+        "headline": headline(checks),
+        "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks],
+        "perfdata": [dataclasses.asdict(p) for p in perf],
+    }
+    return json.dumps(document, indent=2)
+
+
 def read_series_stats(path: Path) -> tuple[date | None, int]:
     """Last date and row count of a warehouse file; raises on an unreadable one."""
     import polars as pl
@@ -6392,6 +6624,90 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
     return last, rows
 
 
+def read_series_facts(warehouse: Path, file: str) -> SeriesFacts:
+    """A warehouse file's last date and row count; an unreadable file is a fact for `check`, not a crash."""
+    try:
+        last, rows = read_series_stats(warehouse / file)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
+        return SeriesFacts(file, error=type(exc).__name__)
+    return SeriesFacts(file, last, rows)
+
+
+def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
+    """The MLflow store: the remote URI if set (not probed), else the local database's run count and size, read-only."""
+    import sqlite3
+
+    if environ.get("MLFLOW_TRACKING_URI"):
+        return DatabaseFacts(remote=redact_uri(environ["MLFLOW_TRACKING_URI"]))
+    db = config.data_dir / "mlflow" / "mlflow.db"
+    if not db.exists():
+        return DatabaseFacts(missing=db)
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            runs = conn.execute("select count(*) from runs").fetchone()[0]
+            versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
+            # no schema version: half-made by a crash
+            if not versioned or not conn.execute("select version_num from alembic_version").fetchone():
+                raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
+        return DatabaseFacts(runs=runs, size_bytes=db.stat().st_size)
+    except sqlite3.Error as exc:
+        return DatabaseFacts(error=str(exc))
+
+
+def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]:
+    """The forecast ledger scored in memory against the warehouse (nothing written), or why it cannot be read.
+
+    (None, None) without a ledger. Scored without WIS: `check` grades none, and utilsforecast's import is slow.
+    """
+    path = ledger_path(config)
+    if not path.exists():
+        return None, None
+    import polars as pl
+
+    try:
+        ledger = read_ledger(path)
+    except LedgerError as exc:
+        return None, str(exc)
+    # INFO: an unreadable price file is the usdclp check's finding; grade the ledger as stored
+    with contextlib.suppress(Exception):
+        prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
+        ledger = score_ledger(ledger, prices, with_wis=False)
+    return ledger, None
+
+
+def read_free_bytes(data_dir: Path) -> int:
+    """Free bytes on the disk of the data dir, or of its nearest existing parent when it is not made yet."""
+    import shutil
+
+    existing = next(p for p in (data_dir, *data_dir.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def read_check_facts(config: Config, environ: Mapping[str, str]) -> CheckFacts:
+    """Read what `check` grades: warehouse files, status file, ledger, MLflow store, free disk (nothing written)."""
+    ledger, ledger_error = read_scored_ledger(config)
+    return CheckFacts(
+        usdclp=read_series_facts(config.warehouse, USDCLP_CACHE),
+        copper=read_series_facts(config.warehouse, COPPER_CACHE),
+        status=read_status(config),
+        database=read_database_facts(config, environ),
+        free_bytes=read_free_bytes(config.data_dir),
+        ledger=ledger,
+        ledger_error=ledger_error,
+    )
+
+
+def gather_checks(
+    config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
+) -> tuple[list[Check], list[Perf]]:
+    """Read the facts and grade them; with `network`, probe each source too. Returns the checks and the perfdata."""
+    facts = read_check_facts(config, environ)
+    checks = check_findings(facts, now=now, limits=limits)
+    if network:
+        checks += probe_sources(config)
+    return checks, check_perf(facts, now=now, limits=limits)
+
+
 def cmd_check(
     config: Config,
     environ: Mapping[str, str],
@@ -6403,152 +6719,20 @@ def cmd_check(
 ) -> int:
     """Health probe in the Nagios plugin format; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the probe itself failed).
 
-    Imports neither mlflow nor statsforecast, so monitoring can call it often.
+    Imports neither mlflow, statsforecast nor scipy, so monitoring can call it often.
     """
     try:
-        limits = limits or Thresholds.from_env(environ)
+        limits = limits or Thresholds.from_env(environ, config)
         checks, perf = gather_checks(config, environ, now=now, network=network, limits=limits)
     except ConfigError as exc:
         print(f"UNKNOWN - {exc}")
         return UNKNOWN
     except Exception as exc:  # noqa: BLE001 -- a broken probe says UNKNOWN, not a traceback read as CRITICAL
-        print(
-            f"UNKNOWN - check failed ({type(exc).__name__}: "
-            f"{redact(str(exc).splitlines()[0][:200] if str(exc) else '', config.fred_api_key)})"
-        )
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        print(f"UNKNOWN - check failed ({type(exc).__name__}: {redact(first, config.fred_api_key)})")
         return UNKNOWN
-    level = overall(checks)
-    if as_json:
-        document = {
-            "status": level,
-            "headline": headline(checks),
-            "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks],
-            "perfdata": [dataclasses.asdict(p) for p in perf],
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        print(format_check(checks, perf))
-    return LEVEL_CODE[level]
-
-
-def gather_checks(
-    config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
-) -> tuple[list[Check], list[Perf]]:
-    """Read the warehouse, status file, MLflow database and disk, and grade each; perfdata beside."""
-    import shutil
-    import sqlite3
-
-    checks: list[Check] = []
-    perf: list[Perf] = []
-    today = now.date()
-    warn, crit = f"{limits.data_warn_days:g}", f"{limits.data_critical_days:g}"
-    status = read_status(config)
-    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
-    latest = max(timed, key=lambda pair: pair[0])[1] if timed else None
-    listed = latest.get("degraded") if latest is not None else None
-    degraded = [str(d) for d in listed] if isinstance(listed, list) else []
-    for name, file in (("usdclp data", USDCLP_CACHE), ("copper data", COPPER_CACHE)):
-        try:
-            last, rows = read_series_stats(config.warehouse / file)
-        except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
-            checks.append((name, "CRITICAL", f"{file} unreadable ({type(exc).__name__})"))
-            continue
-        if name == "usdclp data":
-            item = check_age(
-                name,
-                last,
-                today=today,
-                warn_days=limits.data_warn_days,
-                critical_days=limits.data_critical_days,
-                missing="CRITICAL",
-            )
-            message = f"{item[2][:-1]}, {rows} rows)" if rows and item[2].endswith(")") else item[2]
-            checks.append((name, item[1], message))
-        else:
-            checks.append(check_copper(last, rows, degraded if latest else None, today=today, limits=limits))
-        if last is not None:
-            label = name.split()[0] + "_age_days"
-            perf.append(Perf(label, (today - last).days, warn=warn, crit=crit if name == "usdclp data" else ""))
-    checks += check_runs(status, now=now, max_age_hours=limits.run_warn_hours)
-    track_checks, live = read_track_checks(config, today=today)
-    checks += track_checks
-    perf += live
-    perf += [
-        Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
-        for h in HORIZONS
-        if (stamp := _entry_time(status.get(h))) is not None
-    ]
-    if environ.get("MLFLOW_TRACKING_URI"):
-        checks.append(
-            ("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)")
-        )
-    else:
-        db = config.data_dir / "mlflow" / "mlflow.db"
-        if not db.exists():
-            checks.append(("mlflow database", "WARNING", f"missing ({db}); run `fxcu init`"))
-        else:
-            try:
-                with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
-                    count = conn.execute("select count(*) from runs").fetchone()[0]
-                    versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
-                    # no schema version: half-made by a crash
-                    if not versioned or not conn.execute("select version_num from alembic_version").fetchone():
-                        raise sqlite3.DatabaseError("no schema version: half-made; move it aside and run `fxcu init`")
-                size = db.stat().st_size
-                checks.append(check_database(size, count, limits=limits))
-                perf.append(Perf("mlflow_db", size, "B", warn=f"{limits.db_warn_mb * 1e6:.0f}"))
-            except sqlite3.Error as exc:
-                checks.append(("mlflow database", "CRITICAL", f"unreadable ({exc})"))
-    existing = next(
-        p for p in (config.data_dir, *config.data_dir.parents) if p.exists()
-    )  # INFO: a data dir not made yet
-    free = shutil.disk_usage(existing).free
-    checks.append(check_disk(free, limits=limits))
-    perf.append(
-        Perf(
-            "disk_free",
-            free,
-            "B",
-            warn=f"{limits.disk_warn_gb * 1e9:.0f}:",
-            crit=f"{limits.disk_critical_gb * 1e9:.0f}:",
-        )
-    )
-    if network:
-        checks += probe_sources(config)
-    return checks, perf
-
-
-def track_perf(ledger: pl.DataFrame) -> list[Perf]:
-    """Perfdata of the live record: each horizon's 80% and 95% coverage over its last CHECK_LAST scored forecasts."""
-    record = track_record(ledger, list(HORIZONS), last=CHECK_LAST)
-    return [
-        Perf(f"live_coverage_{level}_{horizon}", round(100 * stats[f"coverage_{level}"], 1), "%", min=0, max=100)
-        for horizon, stats in record.items()
-        for level in LEVELS
-        if stats["scored"] and stats[f"coverage_{level}"] is not None
-    ]
-
-
-def read_track_checks(config: Config, *, today: date) -> tuple[list[Check], list[Perf]]:
-    """`check_track` and `track_perf` on the ledger scored in memory against the warehouse (nothing written).
-
-    Neither without a ledger.
-    """
-    path = ledger_path(config)
-    if not path.exists():
-        return [], []
-    import polars as pl
-
-    try:
-        ledger = read_ledger(path)
-    except LedgerError as exc:
-        return [("track record", "WARNING", str(exc))], []
-    with contextlib.suppress(
-        Exception
-    ):  # INFO: an unreadable price file is the usdclp check's finding; grade as stored
-        prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
-        ledger = score_ledger(ledger, prices, with_wis=False)
-    return check_track(ledger, today=today), track_perf(ledger)
+    print(format_check_json(checks, perf) if as_json else format_check(checks, perf))
+    return LEVEL_CODE[overall(checks)]
 
 
 def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
@@ -6770,7 +6954,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     if args.command == "check":
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)}
         try:
-            limits = Thresholds.from_env(environ, **flags)
+            limits = Thresholds.from_env(environ, config, **flags)
         except ConfigError as exc:
             print(f"UNKNOWN - {exc}")
             return UNKNOWN
