@@ -6811,7 +6811,8 @@ def build_parser() -> argparse.ArgumentParser:
         (("--disk-critical-gb",), "disk_critical_gb", "GB", "CRITICAL below this free disk"),
     ):
         default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
-        help_text = f"{words} (default {default:g} {unit})"
+        derived = {"data_warn_days": "FXCU_MAX_AGE_DAYS, else ", "data_critical_days": "max(30, 2 x that): "}
+        help_text = f"{words} (default {derived.get(name, '')}{default:g} {unit})"
         limits.add_argument(*flags, dest=name, type=positive_float, metavar=unit.upper(), help=help_text)
     sub.add_parser("init", help="create the MLflow database and experiments (idempotent)")
     runs = as_json(sub.add_parser("runs", help="recent MLflow runs as a table"))

@@ -3280,6 +3280,205 @@ def test_thresholds_default_to_todays_levels_env_then_flags_win():
         fxcu.Thresholds.from_env({"FXCU_CHECK_DISK_CRITICAL_GB": "2"})
 
 
+# check's grading rules, at and around each threshold, on facts built by hand (no files).
+LEVEL_RANK = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+
+
+def test_thresholds_data_ages_follow_the_configs_stale_age(tmp_path):
+    assert fxcu.Thresholds().data_warn_days == fxcu.Config(tmp_path).max_age_days == 5  # the default agrees with run
+    assert fxcu.Thresholds.defaults(fxcu.Config(tmp_path)) == fxcu.Thresholds()
+    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "8"})
+    limits = fxcu.Thresholds.from_env({}, config)
+    assert (limits.data_warn_days, limits.data_critical_days) == (8, 30)
+    long = fxcu.Config(tmp_path, max_age_days=20)  # critical moves out to twice the stale age, past 30 days
+    limits = fxcu.Thresholds.defaults(long)
+    assert (limits.data_warn_days, limits.data_critical_days) == (20, 40)
+    assert fxcu.Thresholds.from_env({"FXCU_CHECK_DATA_WARN_DAYS": "3"}, long).data_warn_days == 3  # the variable wins
+    assert fxcu.Thresholds.from_env({}, long, data_warn_days=2).data_warn_days == 2  # the flag wins
+
+
+def test_check_reads_fxcu_max_age_days(tmp_path, capsys):
+    write_real_warehouse(tmp_path)  # ends 2024-07-15
+    fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "20"})
+    perf = {p["label"]: p for p in json.loads(capsys.readouterr().out)["perfdata"]}
+    assert (perf["usdclp_age_days"]["warn"], perf["usdclp_age_days"]["crit"]) == ("20", "40")
+    assert perf["copper_age_days"]["warn"] == "20"
+
+
+@pytest.mark.parametrize(
+    ("age", "level"),
+    [(0, "OK"), (4, "OK"), (5, "OK"), (6, "WARNING"), (29, "WARNING"), (30, "WARNING"), (31, "CRITICAL")],
+)
+def test_check_usdclp_at_and_around_its_thresholds(age, level):
+    facts = fxcu.SeriesFacts(fxcu.USDCLP_CACHE, TODAY - timedelta(days=age), 100)
+    name, got, message = fxcu.check_usdclp(facts, today=TODAY, limits=LIMITS)
+    assert (name, got) == ("usdclp data", level) and message == f"{age} days old (last {facts.last}, 100 rows)"
+
+
+def test_check_usdclp_missing_or_unreadable_is_critical():
+    missing = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE), today=TODAY, limits=LIMITS)
+    broken = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE, error="ArrowInvalid"), today=TODAY, limits=LIMITS)
+    assert missing == ("usdclp data", "CRITICAL", "no data")
+    assert broken == ("usdclp data", "CRITICAL", "usdclp.parquet unreadable (ArrowInvalid)")
+
+
+@given(ages=st.lists(st.integers(-1, 400), min_size=2, max_size=2), warn=st.integers(1, 60), extra=st.integers(1, 60))
+def test_check_age_level_never_falls_as_data_ages(ages, warn, extra):
+    young, old = sorted(ages)
+    levels = [
+        fxcu.check_age(
+            "x", TODAY - timedelta(days=a), today=TODAY, warn_days=warn, critical_days=warn + extra, missing="CRITICAL"
+        )[1]
+        for a in (young, old)
+    ]
+    assert LEVEL_RANK[levels[0]] <= LEVEL_RANK[levels[1]]
+    assert levels[1] == ("CRITICAL" if old > warn + extra else "WARNING" if old > warn else "OK")
+
+
+@pytest.mark.parametrize(
+    ("size", "level"), [(0, "OK"), (100 * 10**6 - 1, "OK"), (100 * 10**6, "OK"), (100 * 10**6 + 1, "WARNING")]
+)
+def test_check_database_warns_only_over_100_mb(size, level):
+    name, got, message = fxcu.check_database(size, 7, limits=LIMITS)
+    assert (name, got) == ("mlflow database", level) and message.startswith("7 runs, ")
+    assert ("(over 100 MB)" in message) == (level == "WARNING")
+
+
+@given(sizes=st.lists(st.integers(0, 10**12), min_size=2, max_size=2), limit=st.floats(1, 10**5))
+def test_check_database_level_never_falls_as_it_grows(sizes, limit):
+    limits = dataclasses.replace(LIMITS, db_warn_mb=limit)
+    small, big = (fxcu.check_database(s, 1, limits=limits)[1] for s in sorted(sizes))
+    assert LEVEL_RANK[small] <= LEVEL_RANK[big]
+
+
+@pytest.mark.parametrize(
+    ("free", "level"),
+    [
+        (10**9, "OK"),
+        (10**9 - 1, "WARNING"),
+        (10**8, "WARNING"),
+        (10**8 - 1, "CRITICAL"),
+        (0, "CRITICAL"),
+        (50 * 10**9, "OK"),
+    ],
+)
+def test_check_disk_at_and_around_1_gb_and_100_mb(free, level):
+    assert fxcu.check_disk(free, limits=LIMITS)[:2] == ("disk", level)
+
+
+@given(frees=st.lists(st.integers(0, 10**13), min_size=2, max_size=2))
+def test_check_disk_level_never_rises_with_more_free_space(frees):
+    low, high = (fxcu.check_disk(f, limits=LIMITS)[1] for f in sorted(frees))
+    assert LEVEL_RANK[low] >= LEVEL_RANK[high]
+
+
+def status_entry(now: datetime, hours: float, **fields) -> dict:
+    """A status.json entry of a tracked, successful run `hours` before `now`."""
+    entry = {"time": (now - timedelta(hours=hours)).isoformat(), "ok": True, "tracked": True, "forecast": 950.0}
+    return entry | {"target_date": "2026-12-07", "degraded": []} | fields
+
+
+@pytest.mark.parametrize(
+    ("hours", "fields", "level"),
+    [
+        (79.99, {}, "OK"),
+        (80, {}, "OK"),
+        (80.01, {}, "WARNING"),
+        (1, {"tracked": False, "tracking_error": "locked"}, "WARNING"),
+        (1, {"ok": False, "error": "no USD/CLP"}, "CRITICAL"),
+        (200, {"ok": False}, "CRITICAL"),
+    ],
+)
+def test_check_runs_at_and_around_80_hours(hours, fields, level):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    graded = {name: lv for name, lv, _ in fxcu.check_runs({"30d": status_entry(now, hours, **fields)}, now=now)}
+    assert graded == {"run 7d": "WARNING", "run 15d": "WARNING", "run 30d": level, "run 90d": "WARNING"}
+
+
+@given(hours=st.lists(st.floats(0, 1000), min_size=2, max_size=2), limit=st.floats(1, 500))
+def test_check_runs_level_never_falls_as_the_run_ages(hours, limit):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    recent, old = (
+        next(fxcu.check_runs({"7d": status_entry(now, h)}, now=now, max_age_hours=limit))[1] for h in sorted(hours)
+    )
+    assert LEVEL_RANK[recent] <= LEVEL_RANK[old]
+
+
+def test_last_run_degraded_is_the_latest_timed_entrys():
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    status = {
+        "7d": status_entry(now, 30, degraded=["no copper"]),
+        "15d": status_entry(now, 2, degraded=["monthly copper"]),
+        "30d": {"time": "yesterday"},
+    }
+    assert fxcu.last_run_degraded(status) == ["monthly copper"]
+    assert fxcu.last_run_degraded({"7d": status_entry(now, 1, degraded="oops")}) == []
+    assert fxcu.last_run_degraded({"7d": {"time": "never"}}) is None and fxcu.last_run_degraded({}) is None
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (fxcu.DatabaseFacts(remote="http://mlflow:5000"), ("OK", "remote tracking at http://mlflow:5000 (not probed)")),
+        (
+            fxcu.DatabaseFacts(missing=Path("/d/mlflow/mlflow.db")),
+            ("WARNING", "missing (/d/mlflow/mlflow.db); run `fxcu init`"),
+        ),
+        (
+            fxcu.DatabaseFacts(error="database disk image is malformed"),
+            ("CRITICAL", "unreadable (database disk image is malformed)"),
+        ),
+        (fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160), ("OK", "412 runs, 3.9 MB")),
+    ],
+)
+def test_check_mlflow_grades_each_kind_of_store(facts, expected):
+    assert fxcu.check_mlflow(facts, limits=LIMITS) == ("mlflow database", *expected)
+
+
+def healthy_facts(now: datetime, **changes) -> fxcu.CheckFacts:
+    """The facts of a healthy install at `now`: fresh data, four fresh tracked runs, a small database, free disk."""
+    fresh = now.date() - timedelta(days=1)
+    facts = fxcu.CheckFacts(
+        usdclp=fxcu.SeriesFacts(fxcu.USDCLP_CACHE, fresh, 4930),
+        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, fresh, 6590),
+        status={h: status_entry(now, 2) for h in fxcu.HORIZONS},
+        database=fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160),
+        free_bytes=48 * 10**9,
+    )
+    return dataclasses.replace(facts, **changes)
+
+
+def test_check_findings_and_perf_of_a_healthy_install():
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    checks = fxcu.check_findings(healthy_facts(now), now=now, limits=LIMITS)
+    assert [name for name, _, _ in checks] == [
+        "usdclp data", "copper data", "run 7d", "run 15d", "run 30d", "run 90d", "mlflow database", "disk"
+    ]  # fmt: skip
+    assert fxcu.headline(checks) == "OK - all 8 checks passed"
+    perf = fxcu.format_perf(fxcu.check_perf(healthy_facts(now), now=now, limits=LIMITS))
+    assert perf == (
+        "'usdclp_age_days'=1;5;30;0 'copper_age_days'=1;5;;0 'run_7d_age_hours'=2;80;;0 'run_15d_age_hours'=2;80;;0 "
+        "'run_30d_age_hours'=2;80;;0 'run_90d_age_hours'=2;80;;0 'mlflow_db'=3932160B;100000000;;0 "
+        "'disk_free'=48000000000B;1000000000:;100000000:;0"
+    )
+
+
+def test_check_findings_of_broken_facts_each_say_what_is_wrong():
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    facts = healthy_facts(
+        now,
+        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, error="OSError"),
+        database=fxcu.DatabaseFacts(remote="http://mlflow:5000"),
+        ledger_error="forecast ledger unreadable",
+        free_bytes=5 * 10**8,
+    )
+    checks = {name: (lv, message) for name, lv, message in fxcu.check_findings(facts, now=now, limits=LIMITS)}
+    assert checks["copper data"] == ("CRITICAL", "copper_hgf_usd_lb.parquet unreadable (OSError)")
+    assert checks["track record"] == ("WARNING", "forecast ledger unreadable") and checks["disk"][0] == "WARNING"
+    labels = [p.label for p in fxcu.check_perf(facts, now=now, limits=LIMITS)]
+    assert "copper_age_days" not in labels and "mlflow_db" not in labels and labels[-1] == "disk_free"
+
+
 def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path, capsys):
     write_real_warehouse(tmp_path)  # the real history ends 2024-07-15: hundreds of days old
     env = {"FXCU_DATA_DIR": str(tmp_path)}
