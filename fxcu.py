@@ -2820,9 +2820,10 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
 def binomial_quantile(q: float, n: int, p: float) -> int:
     """The smallest k with P(X <= k) >= q for X ~ Binomial(n, p): scipy.stats.binom.ppf, for 0 < q < 1, 0 < p < 1.
 
-    Summed from k = 0 in log space (lgamma), so no term overflows at any n; exact to about 1e-12 in the CDF,
-    which matches scipy on every n up to 3,000 at the levels fxcu uses (tested). Written by hand because
-    scipy.stats costs `check` over a second of imports and the loop is O(n) in the standard library.
+    Summed from k = 0 in log space (lgamma), so no term overflows at any n; the CDF is right to about 1e-12,
+    which gives scipy's k at every n up to 3,000 for fxcu's bands (p 0.8 and 0.95 at 95% and 99%; tested).
+    Where q equals a CDF value exactly (q = 0.5 at p = 0.5, odd n) rounding may give k + 1.
+    Written by hand: scipy.stats costs `check` over a second of imports, and this O(n) loop needs only math.
     """
     log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
     cdf = 0.0

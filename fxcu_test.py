@@ -3322,6 +3322,7 @@ def test_check_usdclp_missing_or_unreadable_is_critical():
     assert broken == ("usdclp data", "CRITICAL", "usdclp.parquet unreadable (ArrowInvalid)")
 
 
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
 @given(ages=st.lists(st.integers(-1, 400), min_size=2, max_size=2), warn=st.integers(1, 60), extra=st.integers(1, 60))
 def test_check_age_level_never_falls_as_data_ages(ages, warn, extra):
     young, old = sorted(ages)
@@ -3344,6 +3345,7 @@ def test_check_database_warns_only_over_100_mb(size, level):
     assert ("(over 100 MB)" in message) == (level == "WARNING")
 
 
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
 @given(sizes=st.lists(st.integers(0, 10**12), min_size=2, max_size=2), limit=st.floats(1, 10**5))
 def test_check_database_level_never_falls_as_it_grows(sizes, limit):
     limits = dataclasses.replace(LIMITS, db_warn_mb=limit)
@@ -3366,6 +3368,7 @@ def test_check_disk_at_and_around_1_gb_and_100_mb(free, level):
     assert fxcu.check_disk(free, limits=LIMITS)[:2] == ("disk", level)
 
 
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
 @given(frees=st.lists(st.integers(0, 10**13), min_size=2, max_size=2))
 def test_check_disk_level_never_rises_with_more_free_space(frees):
     low, high = (fxcu.check_disk(f, limits=LIMITS)[1] for f in sorted(frees))
@@ -3395,6 +3398,7 @@ def test_check_runs_at_and_around_80_hours(hours, fields, level):
     assert graded == {"run 7d": "WARNING", "run 15d": "WARNING", "run 30d": level, "run 90d": "WARNING"}
 
 
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
 @given(hours=st.lists(st.floats(0, 1000), min_size=2, max_size=2), limit=st.floats(1, 500))
 def test_check_runs_level_never_falls_as_the_run_ages(hours, limit):
     now = datetime(2026, 11, 30, 18, tzinfo=UTC)
@@ -3532,6 +3536,30 @@ def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
         [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_check_with_a_ledger_imports_no_scipy_numpy_or_mlflow(tmp_path):
+    write_real_warehouse(tmp_path)  # real CLP=X closes; each origin serves its close +0.2%, the random walk its close
+    prices = pl.read_parquet(tmp_path / "warehouse" / fxcu.USDCLP_CACHE).filter(pl.col(fxcu.DATE) >= date(2024, 1, 1))
+    days, closes = prices[fxcu.DATE].to_list(), prices[fxcu.CLOSE].to_list()
+    rows = [
+        ledger_row(origin, target, forecast=close * 1.002, last=close)
+        for origin, target, close in zip(days, days[5:], closes, strict=False)
+    ]
+    fxcu.write_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), tmp_path / "warehouse" / fxcu.LEDGER)
+    heavy = {"scipy", "numpy", "mlflow", "statsforecast", "utilsforecast", "matplotlib", "pandas"}
+    code = (
+        "import sys, fxcu\nfxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]})\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=120
+    )
+    *lines, imported = out.stdout.strip().splitlines()
+    assert imported == "[]", out.stderr
+    graded = [line for line in lines if line.split()[1:3] in (["track", "7d"],)]
+    assert any("7d coverage: " in line for line in graded) and any("(p=" in line for line in graded)  # both tests ran
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
@@ -3973,6 +4001,125 @@ def test_binomial_band_matches_the_binomial_distribution():
     cdf = np.cumsum(pmf)
     assert lo * n == int(np.argmax(cdf >= 0.025)) and hi * n == int(np.argmax(cdf >= 0.975))
     assert sum(pmf[round(lo * n) : round(hi * n) + 1]) >= 0.95
+
+
+# The band and the t-test without scipy.stats (check's import budget): hard-coded scipy values in the fast lane,
+# and against scipy.stats itself (imported in those tests only: 2-3 s) in the slow one.
+@pytest.mark.parametrize(
+    ("n", "p", "level", "ks"),  # ks: scipy 1.17 binom.interval(level, n, p)
+    [
+        (20, 0.8, 0.99, (11, 20)),
+        (60, 0.8, 0.99, (40, 55)),
+        (60, 0.95, 0.99, (52, 60)),
+        (2598, 0.8, 0.95, (2038, 2118)),
+        (2598, 0.95, 0.95, (2446, 2489)),
+    ],
+)
+def test_binomial_band_is_scipys_interval(n, p, level, ks):
+    assert fxcu.binomial_band(n, p, level) == (ks[0] / n, ks[1] / n)
+
+
+def test_binomial_band_of_no_forecasts_is_everything():
+    assert fxcu.binomial_band(0, 0.8) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("t", "df", "sf"),  # sf: scipy 1.17 t.sf(t, df)
+    [(2.0, 10, 0.03669401738537018), (-1.5, 7, 0.911350756505015), (0.7, 1, 0.30559988778578523),
+     (3.0, 59, 0.001975277606114153), (8.0, 2, 0.00763403608266907), (0.0, 4, 0.5)],
+)  # fmt: skip
+def test_student_t_sf_is_scipys(t, df, sf):
+    assert fxcu.student_t_sf(t, df) == pytest.approx(sf, rel=1e-12)
+
+
+def test_t_test_greater_is_scipys_and_no_spread_is_no_evidence():
+    # scipy 1.17: ttest_1samp([1.5, -0.5, 2.0, 0.25, 1.0, 3.5], 0, alternative="greater").pvalue
+    assert fxcu.t_test_greater([1.5, -0.5, 2.0, 0.25, 1.0, 3.5]) == pytest.approx(0.03668937736693685, rel=1e-12)
+    assert fxcu.t_test_greater([5.0]) == fxcu.t_test_greater([]) == fxcu.t_test_greater([2.0, 2.0, 2.0]) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("p", "level"), [(0.8, 0.95), (0.95, 0.95), (0.8, 0.99), (0.95, 0.99)])
+def test_binomial_band_is_scipys_interval_for_every_n_check_grades(p, level):
+    from scipy.stats import binom
+
+    ns = list(range(1, 301)) + [599, 1000, 2598]  # check grades n <= 60; track the whole record (2,598 in the bench)
+    lo, hi = binom.interval(level, ns, p)
+    assert [fxcu.binomial_band(n, p, level) for n in ns] == [(a / n, b / n) for n, a, b in zip(ns, lo, hi, strict=True)]
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 400), p=st.sampled_from([0.8, 0.95]), level=st.floats(0.5, 0.999))
+def test_binomial_band_is_scipys_interval_at_any_level(n, p, level):
+    from scipy.stats import binom
+
+    assert fxcu.binomial_band(n, p, level) == tuple(k / n for k in binom.interval(level, n, p))
+
+
+@pytest.mark.slow
+def test_student_t_sf_is_scipys_for_integer_degrees_of_freedom():
+    from scipy.stats import t
+
+    ts = [-40.0, -6.5, -2.0, -0.3, 0.0, 0.01, 0.7, 1.5, 2.33, 3.0, 8.0, 40.0]
+    for df in [*range(1, 61), 99, 250]:
+        assert [fxcu.student_t_sf(x, df) for x in ts] == pytest.approx(list(t.sf(ts, df)), rel=1e-9, abs=1e-13)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(-(10**7), 10**7).map(lambda v: v / 1000), min_size=2, max_size=80))
+def test_t_test_greater_is_scipys_one_sided_ttest(values):
+    from scipy.stats import ttest_1samp
+
+    got = fxcu.t_test_greater(values)  # values: squared-error differences in CLP^2, to the thousandth
+    if len(set(values)) == 1:
+        assert got == 1.0  # no spread, no evidence (scipy gives nan)
+    else:
+        assert got == pytest.approx(float(ttest_1samp(values, 0.0, alternative="greater").pvalue), rel=1e-7, abs=1e-12)
+
+
+def test_check_track_scoring_warns_only_when_forecasts_are_due():
+    assert fxcu.check_track_scoring("7d", 0, None) == []
+    assert fxcu.check_track_scoring("7d", 3, date(2024, 7, 16)) == [
+        ("track 7d scoring", "WARNING", "3 forecasts due since 2024-07-16 not scored (no realised close)")
+    ]
+
+
+@pytest.mark.parametrize("n", [1, fxcu.CHECK_MIN_SCORED - 1])
+def test_check_track_coverage_does_not_grade_too_few(n):
+    got = fxcu.check_track_coverage("7d", n, {80: 0.0, 95: 0.0}, level=0.99)
+    assert got == ("track 7d coverage", "OK", f"{n} scored forecasts (grading starts at {fxcu.CHECK_MIN_SCORED})")
+
+
+@pytest.mark.parametrize(
+    ("n", "band"),  # band: scipy 1.17 binom.interval(0.99, n, 0.8)
+    [(fxcu.CHECK_MIN_SCORED, (11, 20)), (60, (40, 55))],
+)
+def test_check_track_coverage_at_and_just_outside_the_band(n, band):
+    lo, hi = band[0] / n, band[1] / n
+    cases = [(lo, "OK"), (hi, "OK"), (lo - 1e-9, "WARNING"), (min(hi + 1e-9, 1.0), "WARNING" if hi < 1 else "OK")]
+    for cover, level in cases:
+        name, got, message = fxcu.check_track_coverage("15d", n, {80: cover, 95: 0.97}, level=0.99)
+        assert (name, got) == ("track 15d coverage", level)
+        assert message.endswith(f"over the last {n}" + ("" if level == "WARNING" else ", within chance"))
+
+
+def test_check_track_ratio_does_not_test_too_few():
+    errors = [30.0] * (fxcu.RATIO_TEST_MIN - 1)
+    got = fxcu.check_track_ratio("7d", errors, [1.0] * len(errors), 1.0)
+    assert got[1] == "OK" and "testing starts at 8" in got[2]
+
+
+@pytest.mark.parametrize(
+    ("scale", "level", "p"),  # p: scipy 1.17 ttest_1samp(served**2 - rw**2, 0, alternative="greater")
+    [(1.0, "OK", 0.30614195005389455), (1.1, "OK", 0.015059330219643858), (1.15, "WARNING", 0.007749558583063015)],
+)
+def test_check_track_ratio_warns_at_p_below_one_percent(scale, level, p):
+    rw = [3.0, -5.0, 8.0, -2.0, 6.0, -7.0, 4.0, -1.0, 9.0, -4.0, 2.0, -6.0]  # random-walk errors, CLP
+    served = [scale * e + 0.5 for e in rw]
+    name, got, message = fxcu.check_track_ratio("30d", served, rw, 1.0)
+    assert (name, got) == ("track 30d error ratio", level) and message.endswith(f"over 12 non-overlapping (p={p:.3f})")
 
 
 def synthetic_ledger(
