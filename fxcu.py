@@ -2823,7 +2823,7 @@ def binomial_quantile(q: float, n: int, p: float) -> int:
     Summed from k = 0 in log space (lgamma), so no term overflows at any n; the CDF is right to about 1e-12,
     which gives scipy's k at every n up to 3,000 for fxcu's bands (p 0.8 and 0.95 at 95% and 99%; tested).
     Where q equals a CDF value exactly (q = 0.5 at p = 0.5, odd n) rounding may give k + 1.
-    Written by hand: scipy.stats costs `check` over a second of imports, and this O(n) loop needs only math.
+    By hand: scipy.stats made `check` with a ledger over 3x slower (docs/BENCHMARKS.md, issue 13); this needs math.
     """
     log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
     cdf = 0.0
@@ -2849,7 +2849,8 @@ def student_t_sf(t: float, df: int) -> float:
     """P(T > t) for Student's t with `df` >= 1 degrees of freedom: scipy.stats.t.sf(t, df) for integer df.
 
     The closed form for integer df (Abramowitz & Stegun 26.7.3 and 26.7.4, with theta = atan(|t| / sqrt(df))),
-    a finite sum of df / 2 terms; by hand because scipy.special's import alone costs `check` half a second.
+    a finite sum of df / 2 terms; by hand because scipy.special's import alone would nearly double `check`'s
+    time (docs/BENCHMARKS.md, issue 13).
     """
     theta = math.atan(abs(t) / math.sqrt(df))
     cos2, sin = math.cos(theta) ** 2, math.sin(theta)
@@ -3063,6 +3064,10 @@ def check_track_coverage(horizon: str, n: int, covers: Mapping[int, float], *, l
     return name, "OK", f"{detail} over the last {n}, within chance"
 
 
+def _root_mean_square(values: Sequence[float]) -> float:
+    return math.sqrt(math.fsum(v * v for v in values) / len(values))
+
+
 def check_track_ratio(
     horizon: str, errors: Sequence[float], rw_errors: Sequence[float], backtest_ratio: float
 ) -> Check:
@@ -3083,10 +3088,6 @@ def check_track_ratio(
         f"live {live_ratio:.3f}x the random walk vs backtest {backtest_ratio:.3f}x "
         f"over {n} non-overlapping (p={p:.3f})",
     )
-
-
-def _root_mean_square(values: Sequence[float]) -> float:
-    return math.sqrt(math.fsum(v * v for v in values) / len(values))
 
 
 def check_track(
@@ -6259,7 +6260,7 @@ Check = tuple[str, Level, str]  # name, level, message: the message reads after 
 BYTES_PER_MB, BYTES_PER_GB = 10**6, 10**9
 DATA_CRITICAL_DAYS = 30.0  # USD/CLP a month old: every forecast since has been served from stale data
 RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday evening
-DB_WARN_MB = 100.0  # a run adds about 10 kB: a year of daily runs of four horizons is about 10 MB
+DB_WARN_MB = 100.0  # about 33 kB a run (issue 5): three years of weekday runs of four horizons; then prune
 DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
 DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
 
@@ -6363,7 +6364,7 @@ class DatabaseFacts:
 
 @dataclass(frozen=True, slots=True)
 class CheckFacts:
-    """Everything `check` grades, read once by `read_check_facts`; `grade_checks` turns it into checks."""
+    """Everything `check` grades, read once by `read_check_facts`; `check_findings` and `check_perf` grade it."""
 
     usdclp: SeriesFacts
     copper: SeriesFacts
