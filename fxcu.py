@@ -3327,19 +3327,19 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
     return None
 
 
-def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None = None) -> Any:
+def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
     """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
 
     Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
     Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
     `config.retry_budget` seconds, and never past `deadline` (a `time.monotonic()` value: the
-    run's network budget), which also shortens the last request's timeout. Tests pass
-    `wait=tenacity.wait_none()`.
+    run's network budget), which also shortens the last request's timeout. Tests keep the waits
+    and replace only tenacity's sleep: `fetch_json.retry.sleep = slept.append`.
     """
     import httpx
     import tenacity
 
-    backoff = wait or tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
+    backoff = tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
 
     def left() -> float:
         return math.inf if deadline is None else deadline - time.monotonic()
@@ -3347,7 +3347,7 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
     def wait_for(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(outcome, config.max_retry_after)
-        seconds = backoff(state) if hinted is None or wait is not None else hinted
+        seconds = backoff(state) if hinted is None else hinted
         return max(0.0, min(seconds, left(), config.retry_budget - state.seconds_since_start))
 
     @tenacity.retry(

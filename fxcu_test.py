@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -58,8 +57,15 @@ def make_config(tmp_path: Path, **changes) -> fxcu.Config:
     return dataclasses.replace(base, **changes)
 
 
-def no_wait_fetch(config: fxcu.Config):
-    return fxcu.make_fetch_json(config, wait=tenacity.wait_none())
+def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: list[float] | None = None):
+    """`make_fetch_json` as production builds it, with tenacity's sleep hook recording each wait instead of sleeping."""
+    return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
+
+
+def without_sleep(fetch_json, slept: list[float]):
+    """Swap a retried call's sleep (tenacity's `Retrying.sleep`) for one that records the seconds asked for."""
+    fetch_json.retry.sleep = lambda seconds: slept.append(float(seconds))
+    return fetch_json
 
 
 def load_json(*parts: str) -> dict:
@@ -949,15 +955,54 @@ def test_fetch_json_recovers_after_transient_errors(tmp_path):
     )
     handler, calls = counting(lambda request: next(responses))
     config = make_config(tmp_path)
+    slept: list[float] = []
     with mock_client(handler) as client:
-        assert no_wait_fetch(config)(client, "https://x/y", {}) == {"ok": 1}
+        assert no_wait_fetch(config, slept=slept)(client, "https://x/y", {}) == {"ok": 1}
     assert len(calls) == 3
+    # the 503 waits the jittered backoff (1 s, plus up to 2 s of jitter); the 429 waits its Retry-After
+    assert 1.0 <= slept[0] <= 3.0 and slept[1:] == [1.0]
+
+
+def test_fetch_json_honours_retry_after_capped_by_config(tmp_path):
+    responses = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "7"}),
+            httpx.Response(503, headers={"Retry-After": "3600"}),
+            httpx.Response(503, headers={"Retry-After": "soon"}),  # not a number of seconds: the backoff
+            httpx.Response(200, json={"ok": 1}),
+        ]
+    )
+    handler, calls = counting(lambda request: next(responses))
+    config = make_config(tmp_path, attempts=4, max_retry_after=12.0)
+    slept: list[float] = []
+    with mock_client(handler) as client:
+        assert no_wait_fetch(config, slept=slept)(client, "https://x/y", {}) == {"ok": 1}
+    assert len(calls) == 4 and slept[:2] == [7.0, 12.0]
+    assert 4.0 <= slept[2] <= 6.0  # the third try's backoff: 2**2 s plus up to 2 s of jitter
+
+
+def test_fetch_json_retry_after_never_outwaits_the_retry_budget(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(429, headers={"Retry-After": "25"}))
+    config = make_config(tmp_path, attempts=2, retry_budget=10.0, max_retry_after=30.0)
+    slept: list[float] = []
+    with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
+        no_wait_fetch(config, slept=slept)(client, "https://x/y", {})
+    assert len(calls) == 2 and len(slept) == 1 and 9.0 < slept[0] <= 10.0
+
+
+def test_fetch_json_retry_after_never_outwaits_the_deadline(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(503, headers={"Retry-After": "20"}))
+    config = make_config(tmp_path, attempts=2)
+    slept: list[float] = []
+    with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
+        no_wait_fetch(config, deadline=time.monotonic() + 5, slept=slept)(client, "https://x/y", {})
+    assert len(calls) == 2 and len(slept) == 1 and 3.0 < slept[0] <= 5.0
 
 
 def test_fetch_json_never_retries_past_the_deadline(tmp_path):
     handler, calls = counting(lambda request: httpx.Response(503))
     config = make_config(tmp_path)
-    fetch_json = fxcu.make_fetch_json(config, wait=tenacity.wait_none(), deadline=time.monotonic() + 0.5)
+    fetch_json = no_wait_fetch(config, deadline=time.monotonic() + 0.5)
     with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
         fetch_json(client, "https://x/y", {})
     assert len(calls) == 1  # the real error, not a retry into the deadline
@@ -4620,7 +4665,7 @@ def inprocess(monkeypatch, capsys, caplog):
     monkeypatch.setattr(
         fxcu,
         "make_fetch_json",
-        lambda config, wait=None, deadline=None: real(config, wait=tenacity.wait_none(), deadline=deadline),
+        lambda config, deadline=None: without_sleep(real(config, deadline=deadline), []),
     )
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
