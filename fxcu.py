@@ -549,6 +549,16 @@ def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | 
     return found
 
 
+def refusal(result: Result, *, now: datetime, max_age: timedelta | None) -> str | None:
+    """Why one result may not be served (its error, or its problems in one line), or None when it may."""
+    if result.error is not None:
+        return result.error
+    if result.frequency == "monthly" and max_age is not None:
+        max_age = max(max_age, timedelta(days=75))  # INFO: a monthly series lags by up to two months
+    found = problems(result.frame, now=now, max_age=max_age)
+    return "; ".join(map(str, found)) if found else None
+
+
 def first_good(
     results: Sequence[Result],
     *,
@@ -565,17 +575,12 @@ def first_good(
     reasons, stale = [], []
     for result in results:
         limit = max_age.get(result.source) if isinstance(max_age, Mapping) else max_age
-        if result.frequency == "monthly" and limit is not None:
-            limit = max(limit, timedelta(days=75))  # INFO: a monthly series lags by up to two months
-        if result.error is not None:
-            reasons.append(f"{result.source}: {result.error}")
-            continue
-        found = problems(result.frame, now=now, max_age=limit)
-        if not found:
+        why = refusal(result, now=now, max_age=limit)
+        if why is None:
             return result
-        if all(f.kind is Problem.STALE for f in found):
+        if refusal(result, now=now, max_age=None) is None:  # refused for its age alone
             stale.append(result)
-        reasons.append(f"{result.source}: {'; '.join(map(str, found))}")
+        reasons.append(f"{result.source}: {why}")
     if serve_stale and stale:
         return max(stale, key=lambda r: r.frame[DATE].max())  # INFO: max keeps the first of equals
     return Result("none", error="; ".join(reasons) or "no sources")
@@ -4023,10 +4028,9 @@ def fetch_series(
                 results.append(result)
                 if _confirm(results, rules):
                     break
-                verdict = first_good([result], now=now, max_age=live_age)
-                if verdict.ok:
+                why = refusal(result, now=now, max_age=live_age)
+                if why is None:
                     break
-                why = verdict.error.removeprefix(f"{result.source}: ")
                 log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
         results.append(cache)
         ages = {r.source: live_age for r in results}

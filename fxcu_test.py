@@ -450,6 +450,20 @@ def test_first_good_per_source_limits_and_monthly_leeway():
     assert fxcu.first_good([fxcu.Result("cache", frame=stale)], now=NOW, max_age={"yahoo": timedelta(days=5)}).ok
 
 
+def test_refusal_words_one_result_without_its_source_name():
+    five = timedelta(days=5)
+    assert fxcu.refusal(fxcu.Result("yahoo", error="HTTP 503"), now=NOW, max_age=five) == "HTTP 503"
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=fresh), now=NOW, max_age=five) is None
+    last = stale[fxcu.DATE].max()
+    expected = f"stale: last date {last} is {(NOW.date() - last).days} days old"
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=stale), now=NOW, max_age=five) == expected
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=stale), now=NOW, max_age=None) is None
+    assert fxcu.refusal(fxcu.Result("yahoo"), now=NOW, max_age=five) == "no rows"
+    # a monthly series may lag 75 days whatever the limit asked
+    monthly = make_prices(3, start=date(2023, 11, 1))
+    assert fxcu.refusal(fxcu.Result("fred", frame=monthly, frequency="monthly"), now=NOW, max_age=five) is None
+
+
 result_strategy = st.one_of(
     st.builds(lambda i: fxcu.Result(f"s{i}", error="down"), st.integers(0, 99)),
     st.builds(lambda i: fxcu.Result(f"s{i}", frame=stale), st.integers(0, 99)),
