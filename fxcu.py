@@ -436,17 +436,16 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 BAD_PRINTS = "bad prints"  # the key of `Cleaned.removed` that makes a run degraded
 
 
-def clean_prices(
-    frame: pl.DataFrame, *, spike: float = BAD_PRINT_LOG_JUMP, frequency: Literal["daily", "monthly"] = "daily"
-) -> Cleaned:
+def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] = "daily") -> Cleaned:
     """Return one sorted row per weekday with a positive close, isolated bad prints removed.
 
     Monthly series (FRED, dated the first of the month) keep their weekend dates.
 
     Rows must arrive in time order: of two bars with the same date the later one is kept
-    (Yahoo's live bar duplicates the day before it). A bad print is a close more than `spike`
-    (log) away from the median of its three neighbours on each side while those agree with each
-    other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist are kept.
+    (Yahoo's live bar duplicates the day before it). A bad print is a close more than
+    BAD_PRINT_LOG_JUMP (log) away from the median of its three neighbours on each side while those
+    agree with each other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist
+    are kept.
     """
     import polars as pl
 
@@ -459,20 +458,20 @@ def clean_prices(
     note("null or non-positive bars", bad)
     rest = frame.filter(pl.col(CLOSE).is_not_null() & pl.col(CLOSE).is_not_nan() & (pl.col(CLOSE) > 0))
 
-    deduped = rest.with_row_index("_i").unique(subset=DATE, keep="last").sort(DATE)
+    deduped = rest.unique(subset=DATE, keep="last").sort(DATE)
     dups = rest.height - deduped.height
     removed["duplicated-date bars (kept the latest)"] = (
         [] if not dups else sorted(rest.filter(pl.col(DATE).is_duplicated())[DATE].unique().to_list())
     )
     is_weekend = (pl.col(DATE).dt.weekday() >= 6) & pl.lit(frequency == "daily")
     note("weekend rows", deduped.filter(is_weekend))
-    days = deduped.filter(~is_weekend).drop("_i")
+    days = deduped.filter(~is_weekend)
 
     # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
     # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
     spikes = []
     while True:
-        flagged = days.with_columns(is_spike=spike_mask(CLOSE, spike))
+        flagged = days.with_columns(is_spike=spike_mask(CLOSE, BAD_PRINT_LOG_JUMP))
         found = flagged.filter("is_spike")
         if found.is_empty():
             break
@@ -1102,15 +1101,11 @@ def model_frames(
     return uni, exog, tail.select("ds", DATE)
 
 
-def _models(season_length: int = 1) -> list:
+def _models() -> list:
     from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, Naive
 
-    return [
-        Naive(),
-        AutoETS(season_length=season_length),
-        AutoARIMA(season_length=season_length),
-        AutoTheta(season_length=season_length),
-    ]
+    # season_length=1: the series is indexed by trading day, and FX has no weekly season to fit
+    return [Naive(), AutoETS(season_length=1), AutoARIMA(season_length=1), AutoTheta(season_length=1)]
 
 
 def _copper_models() -> list:
@@ -3179,9 +3174,13 @@ def yahoo_params(since: date | None, now: datetime) -> dict[str, str]:
     return {"interval": "1d", "period1": str(int(start.timestamp())), "period2": str(int(now.timestamp()))}
 
 
-def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2) -> list[int]:
-    """Years to ask mindicador for: from the cached year (less the overlap) to now, or the last `empty_years`."""
-    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - empty_years + 1
+# Without a cached history, mindicador is asked for this many years (this one included): one request each.
+MINDICADOR_FIRST_YEARS = 2
+
+
+def mindicador_years(since: date | None, now: datetime) -> list[int]:
+    """Years to ask mindicador for: from the cached year (less the overlap) to now, else MINDICADOR_FIRST_YEARS."""
+    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - MINDICADOR_FIRST_YEARS + 1
     return list(range(min(first, now.year), now.year + 1))
 
 
@@ -3727,26 +3726,6 @@ def fetch_source(
     )
 
 
-def fetch_yahoo(
-    config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime
-) -> Result:
-    """Fetch a daily Yahoo chart as a raw (uncleaned) frame."""
-    source = next(s for series in SOURCES.values() for s in series if s.symbol == symbol)
-    return fetch_source(source, config, client, fetch_json, since=since, now=now)
-
-
-def fetch_mindicador(
-    config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
-) -> Result:
-    """Fetch the official dólar observado, one request per year."""
-    return fetch_source(source_named("usdclp", "mindicador"), config, client, fetch_json, since=since, now=now)
-
-
-def fetch_fred_copper(config: Config, client: httpx.Client, fetch_json: Any) -> Result:
-    """Fetch monthly FRED PCOPPUSDM, converted to USD/lb; needs FRED_API_KEY."""
-    return fetch_source(source_named("copper", "fred"), config, client, fetch_json, since=None, now=datetime.now(UTC))
-
-
 # -- Shell: the parquet warehouse ---------------------------------------------------
 
 
@@ -4006,11 +3985,6 @@ def fetch_series(
         results: list[Result] = []
         if not config.offline and client is not None:
             fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
-            fetchers = {
-                "yahoo": lambda source: fetch_yahoo(config, client, fetch_json, source.symbol, since=since, now=now),
-                "mindicador": lambda source: fetch_mindicador(config, client, fetch_json, since=since, now=now),
-                "fred": lambda source: fetch_fred_copper(config, client, fetch_json),
-            }
             for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
                 if deadline is not None and time.monotonic() > deadline:
                     log.warning(
@@ -4020,7 +3994,7 @@ def fetch_series(
                         Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent")
                     )
                     break
-                raw = fetchers[source.name](source)
+                raw = fetch_source(source, config, client, fetch_json, since=since, now=now)
                 started = time.perf_counter()
                 result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
                 if timings is not None:

@@ -910,7 +910,9 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
     handler, calls = counting(lambda request: response)
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert not result.ok and expected in result.error
     assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
 
@@ -940,7 +942,9 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
 def test_fetch_yahoo_any_body_shape_is_a_failed_source_not_a_crash(tmp_path, body):
     config = make_config(tmp_path)
     with mock_client(lambda request: httpx.Response(200, json=body)) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert not result.ok and result.error
 
 
@@ -959,7 +963,9 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
     handler, calls = counting(handler)
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert "timeout" in result.error and len(calls) == 3
 
 
@@ -1057,7 +1063,9 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
 
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
@@ -1148,7 +1156,9 @@ def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
     handler, calls = counting(lambda request: httpx.Response(500))
     config = make_config(tmp_path, fred_api_key=None)
     with mock_client(handler) as client:
-        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert result.error == "FRED_API_KEY is not set" and not calls
 
 
@@ -1158,7 +1168,9 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
 
     config = make_config(tmp_path)
     with caplog.at_level(logging.DEBUG), mock_client(handler) as client:
-        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert "connection error" in result.error
     assert FRED_KEY not in result.error and FRED_KEY not in caplog.text
     assert "api_key=***" in result.error
@@ -1172,7 +1184,9 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
 def test_fetch_yahoo_cassette_full_clpx_history(tmp_path):
     config = make_config(tmp_path)
     with fxcu.make_client(config) as client:
-        result = fxcu.fetch_yahoo(config, client, fxcu.make_fetch_json(config), "CLP=X", since=None, now=CLP_END)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, fxcu.make_fetch_json(config), since=None, now=CLP_END
+        )
     assert result.ok and result.frame.height == 4666 and result.frame[fxcu.DATE].max() == date(2024, 7, 15)
 
 
@@ -6077,7 +6091,9 @@ def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_
         config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
-            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+            result = fxcu.fetch_source(
+                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
     # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
     # try 2: the same 401, no second crumb attempt, and a 401 is final
     assert not result.ok and result.error.startswith("HTTP 401 Unauthorized") and "Invalid Crumb" in result.error
@@ -6096,7 +6112,9 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
             config = make_config(tmp_path, yahoo_url=api.url, impersonate=mode)
             session = fxcu.YahooSession(config)
             with fxcu.make_client(config, session) as client:
-                result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+                result = fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
         assert result.ok and result.frame.height == 30, result.error
         seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
     ciphers, extensions, headers, transport = seen["chrome"]
@@ -6111,7 +6129,9 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
     with FakeSources({YAHOO_HG: chart}, tls=context) as api:  # a certificate nobody vouches for is refused
         config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
-            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+            result = fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
     assert not result.ok and "connection error" in result.error and api.requests == []
 
 
@@ -6121,8 +6141,17 @@ def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
     with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
         config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
-            assert fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW).ok
-            assert fxcu.fetch_mindicador(config, client, no_wait_fetch(config), since=None, now=CLP_END).ok
+            assert fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            ).ok
+            assert fxcu.fetch_source(
+                fxcu.source_named("usdclp", "mindicador"),
+                config,
+                client,
+                no_wait_fetch(config),
+                since=None,
+                now=CLP_END,
+            ).ok
     assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
     assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
 
@@ -6135,7 +6164,10 @@ def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, m
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             results = [
-                fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW) for _ in range(2)
+                fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
+                for _ in range(2)
             ]
     assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
     lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]
