@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, Self, TypeVar
 
 if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
     import httpx
@@ -189,6 +189,19 @@ def parse_horizon(text: str) -> int:
 
 # -- Values ------------------------------------------------------------------------
 
+KindT = TypeVar("KindT", bound=StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason(Generic[KindT]):
+    """A reason as a value (`kind`, which code matches) and the sentence shown for it (`detail`, else the kind)."""
+
+    kind: KindT
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
+
 
 class Problem(StrEnum):
     """Why a frame, or a row of it, may not be stored or served (code acts on these, never on sentences)."""
@@ -207,15 +220,10 @@ class Problem(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem found, with the sentence that tells a person about it; `since` dates a jump."""
+class Finding(Reason[Problem]):
+    """One problem found in a frame, with the sentence that tells a person about it; `since` dates a jump."""
 
-    kind: Problem
-    detail: str = ""
     since: date | None = None
-
-    def __str__(self) -> str:
-        return self.detail or self.kind.value
 
 
 class Degraded(StrEnum):
@@ -230,17 +238,6 @@ class Degraded(StrEnum):
     SEED = "seed history"
     REJECTED = "rejected source"
     REPAIRED = "repaired cache"
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """A degraded reason as a value, and the sentence shown for it."""
-
-    kind: Degraded
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.detail or self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +275,7 @@ class Result:
     notes: tuple[str, ...] = ()
     frequency: Literal["daily", "monthly"] = "daily"
     findings: tuple[Finding, ...] = ()
-    degraded: tuple[Reason, ...] = ()
+    degraded: tuple[Reason[Degraded], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -971,7 +968,8 @@ class Bundle:
     copper_features: pl.DataFrame | None
     sources: dict[str, str]
     notes: tuple[str, ...] = ()
-    reasons: tuple[Reason, ...] = ()  # what the series said about themselves (cache, seed, stale, rejected, bad prints)
+    # what the series said about themselves (cache, seed, stale, rejected, bad prints)
+    reasons: tuple[Reason[Degraded], ...] = ()
 
     @property
     def copper_frequency(self) -> Literal["daily", "monthly"] | None:
@@ -979,7 +977,7 @@ class Bundle:
         return None if self.copper is None else copper_frequency(self.copper)
 
     @property
-    def _all_reasons(self) -> list[Reason]:
+    def _all_reasons(self) -> list[Reason[Degraded]]:
         found = []
         if self.copper is None:
             found.append(Reason(Degraded.NO_COPPER))
@@ -1076,29 +1074,47 @@ def trading_dates(last: date, days: int) -> list[date]:
     return [d for d in (last + timedelta(days=k) for k in range(1, days + 1)) if d.weekday() < 5]
 
 
-def model_frames(
-    usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY
-) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
-    """Build statsforecast inputs on log prices with an integer trading-day index `ds`.
+def _indexed(usdclp: pl.DataFrame) -> pl.DataFrame:
+    """USD/CLP sorted by date, with `ds` counting its rows (trading days), so that every model frame shares it."""
+    import polars as pl
 
-    Returns the univariate frame (the last `history` trading days), the frame with `copper_lag`
-    (log copper as known `steps` trading days earlier, so every value in a forecast window up to
-    `steps` is known at its origin), or None without daily copper, and the index-to-date map.
-    `ds` counts USD/CLP rows, so both frames share it and end on the same row.
+    # INFO: polars has no business-day offset: statsforecast gets an integer index with freq=1
+
+    return usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
+
+
+def univariate_frame(usdclp: pl.DataFrame, history: int = HISTORY) -> pl.DataFrame:
+    """statsforecast's input on log USD/CLP (`unique_id`, `ds`, `y`), the last `history` trading days."""
+    import polars as pl
+
+    tail = _indexed(usdclp).tail(history)
+    return tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
+
+
+def ds_dates(usdclp: pl.DataFrame, history: int = HISTORY) -> pl.DataFrame:
+    """The date of each `ds` of `univariate_frame` (columns `ds`, `date`)."""
+    return _indexed(usdclp).tail(history).select("ds", DATE)
+
+
+def copper_frame(
+    usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY
+) -> pl.DataFrame | None:
+    """`univariate_frame` with `copper_lag`, or None without daily copper.
+
+    `copper_lag` is log copper as known `steps` trading days earlier, so every value in a forecast
+    window up to `steps` is known at its origin; rows with no copper yet are dropped. The frame
+    ends on the same `ds` as `univariate_frame`.
     """
     import polars as pl
 
-    base = usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
-    tail = base.tail(history)
-    uni = tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
-    exog = None
-    if copper is not None and copper_frequency(copper) == "daily":
-        aligned = align_copper(base.select(DATE, CLOSE), copper)
-        lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
-        exog = lagged.drop_nulls("copper_lag").select(
-            pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag"
-        )
-    return uni, exog, tail.select("ds", DATE)
+    if copper is None or copper_frequency(copper) != "daily":
+        return None
+    base = _indexed(usdclp)
+    aligned = align_copper(base.select(DATE, CLOSE), copper)
+    lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
+    return lagged.drop_nulls("copper_lag").select(
+        pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag"
+    )
 
 
 def _models() -> list:
@@ -1322,7 +1338,7 @@ def backtest_all(
 
     steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
     span = horizon_steps(max(HORIZONS.values()))
-    uni, _, dates = model_frames(usdclp, None, span, history)
+    uni, dates = univariate_frame(usdclp, history), ds_dates(usdclp, history)
     needed = span + (windows - 1) * step_size + 100
     if uni.height < needed:
         raise ValueError(f"{uni.height} trading days are too few for {windows} backtest origins (need {needed})")
@@ -1332,7 +1348,7 @@ def backtest_all(
     for horizon, steps in steps_of.items():
         at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps)
         names, notes = list(MODELS), []
-        _, exog, _ = model_frames(usdclp, copper, steps, history)
+        exog = copper_frame(usdclp, copper, steps, history)
         if exog is not None and copper_is_stale(usdclp, copper):
             notes.append(f"copper stale (last {copper[DATE].max()}): no copper model")
             exog = None
@@ -2019,7 +2035,7 @@ def forecast_all(
     logp, _, copper_logp = log_prices(usdclp, copper)
     days_of = {h: parse_horizon(h) for h in horizons}
     longest = max(horizon_steps(d) for d in days_of.values())
-    uni, _, _ = model_frames(usdclp, None, longest, history)
+    uni = univariate_frame(usdclp, history)
     last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
     with _quiet_statsforecast():
         shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
@@ -2031,7 +2047,7 @@ def forecast_all(
         steps, bt = horizon_steps(days), backtests[horizon]
         fc = shared.filter(pl.col("ds") <= last_ds + steps)
         if bt.copper_used:
-            _, exog, _ = model_frames(usdclp, copper, steps, history)
+            exog = copper_frame(usdclp, copper, steps, history)
             # The regressor's future is known: copper lagged by `steps` days, all on or before today.
             future = known_copper.tail(steps).to_numpy()
             x_df = pl.DataFrame(
@@ -2277,6 +2293,26 @@ def _pct(new: float, old: float) -> str:
 
 def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
     """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
+    sections = [_summary_section(fc, bundle)]
+    if chart:
+        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    sections.append(_backtest_section(fc.backtest))
+    if fc.density is not None:
+        db = fc.density
+        title = (
+            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
+            f"{db.steps} trading days ahead)"
+        )
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+    sections += [_copper_section(bundle), _path_section(fc)]
+    data = [f"- {n}" for n in bundle.notes] or ["- none"]
+    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
+    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
+    return sections
+
+
+def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
+    """The report's summary table: last close, forecast, ranges, backtest, what was served, sources."""
     s, bt, final = summary(fc, bundle), fc.backtest, fc.final
     target = final[DATE]
     copper = (
@@ -2311,9 +2347,11 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     ]
     if s["degraded"]:
         rows.append(["Degraded", ", ".join(s["degraded"])])
-    sections = [Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))]
-    if chart:
-        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    return Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))
+
+
+def _backtest_section(bt: Backtest) -> Section:
+    """Every model's backtest scores, the ensemble's rule and weights, the copper ablation and the notes."""
     backtest = _table(
         ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
         [
@@ -2350,30 +2388,30 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         f"Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, "
         f"{bt.steps} trading days ahead)"
     )
-    sections.append(Section("backtest", title, tuple(backtest)))
-    if fc.density is not None:
-        db = fc.density
-        title = (
-            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
-            f"{db.steps} trading days ahead)"
-        )
-        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+    return Section("backtest", title, tuple(backtest))
+
+
+def _copper_section(bundle: Bundle) -> Section:
+    """Copper's source and last close, and each feature's latest value (or a line saying there is no copper)."""
     if bundle.copper_features is None:
-        copper_lines = ["Copper unavailable: this forecast runs without copper."]
-    else:
-        latest = bundle.copper_features.tail(1).row(0, named=True)
-        copper_lines = [
-            (
-                f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close "
-                f"{bundle.copper[CLOSE][-1]:.4f} USD/lb on {bundle.copper[DATE].max()}. Features on {latest[DATE]}:"
-            ),
-            "",
-            *_table(
-                ["feature", "meaning", "value"],
-                [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES],
-            ),
-        ]
-    sections.append(Section("copper", "Copper", tuple(copper_lines)))
+        return Section("copper", "Copper", ("Copper unavailable: this forecast runs without copper.",))
+    latest = bundle.copper_features.tail(1).row(0, named=True)
+    copper_lines = [
+        (
+            f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close "
+            f"{bundle.copper[CLOSE][-1]:.4f} USD/lb on {bundle.copper[DATE].max()}. Features on {latest[DATE]}:"
+        ),
+        "",
+        *_table(
+            ["feature", "meaning", "value"],
+            [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES],
+        ),
+    ]
+    return Section("copper", "Copper", tuple(copper_lines))
+
+
+def _path_section(fc: Forecast) -> Section:
+    """The ensemble's forecast path, one row per trading day, with its 80% and 95% ranges."""
     path = _table(
         ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
         [
@@ -2389,11 +2427,7 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
             for r in fc.ensemble.iter_rows(named=True)
         ],
     )
-    sections.append(Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path)))
-    data = [f"- {n}" for n in bundle.notes] or ["- none"]
-    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
-    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
-    return sections
+    return Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path))
 
 
 def report_title(fc: Forecast, *, now: datetime) -> str:
@@ -3895,7 +3929,7 @@ class Series:
     frequency: Literal["daily", "monthly"] = "daily"
     notes: tuple[str, ...] = ()
     error: str | None = None
-    degraded: tuple[Reason, ...] = ()
+    degraded: tuple[Reason[Degraded], ...] = ()
     failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
 
     @property
@@ -3973,43 +4007,65 @@ def fetch_series(
     The warehouse is locked for the whole read-merge-write, so two runs never interleave.
     """
     path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
-    rules = PLAUSIBLE[name]
-    label = rules.label
+    label = PLAUSIBLE[name].label
     with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
-        cache = read_cache(path, now=now, rules=rules)
+        cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
         if not cache.ok and not path.exists() and config.seed_dir is not None:
             cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
-        history = cache.frame if cache.ok and not cache.frame.is_empty() else None
-        since = history[DATE].max() if history is not None else None
-        live_age = timedelta(days=config.max_age_days)
-        results: list[Result] = []
-        if not config.offline and client is not None:
-            fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
-            for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
-                if deadline is not None and time.monotonic() > deadline:
-                    log.warning(
-                        "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label
-                    )
-                    results.append(
-                        Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent")
-                    )
-                    break
-                raw = fetch_source(source, config, client, fetch_json, since=since, now=now)
-                started = time.perf_counter()
-                result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
-                if timings is not None:
-                    timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
-                results.append(result)
-                if _confirm(results, rules):
-                    break
-                why = refusal(result, now=now, max_age=live_age)
-                if why is None:
-                    break
-                log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
-        results.append(cache)
-        ages = {r.source: live_age for r in results}
+        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, timings=timings, deadline=deadline)
+        results = [*asked, cache]
+        ages = {r.source: timedelta(days=config.max_age_days) for r in results}
         chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
-        return _settle(name, label, config, path, cache, chosen, results, now)
+        log_choice(name, chosen, results, now=now, config=config)
+        series = settle(name, chosen, cache, results, now=now, max_age_days=config.max_age_days)
+        if stored(chosen):
+            series = write_series(series, path, cache)
+            log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
+        return series
+
+
+def ask_sources(
+    name: Literal["usdclp", "copper"],
+    config: Config,
+    client: httpx.Client | None,
+    fetch_json: Any,
+    *,
+    cache: Result,
+    now: datetime,
+    timings: dict[str, float] | None = None,
+    deadline: float | None = None,
+) -> list[Result]:
+    """Ask a series' live sources in priority order, each answer cleaned and vetted, until one may be served.
+
+    Offline (or without a client) nothing is asked.
+    """
+    if config.offline or client is None:
+        return []
+    rules = PLAUSIBLE[name]
+    fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
+    history = cache.frame if cache.ok and not cache.frame.is_empty() else None
+    since = history[DATE].max() if history is not None else None
+    results: list[Result] = []
+    for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning(
+                "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, rules.label
+            )
+            results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
+            break
+        raw = fetch_source(source, config, client, fetch_json, since=since, now=now)
+        started = time.perf_counter()
+        result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
+        if timings is not None:
+            timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
+        results.append(result)
+        if _confirm(results, rules):
+            break
+        why = refusal(result, now=now, max_age=timedelta(days=config.max_age_days))
+        if why is None:
+            break
+        log.warning("%s %s fetch failed (%s)", _source_title(result.source), rules.label, why)
+    return results
 
 
 def _source_title(source: str) -> str:
@@ -4022,61 +4078,48 @@ def _source_title(source: str) -> str:
     }.get(source, source)
 
 
-def _settle(
-    name: str,
-    label: str,
-    config: Config,
-    path: Path,
-    cache: Result,
+def _staleness(chosen: Result, *, now: datetime, max_age_days: int) -> tuple[date, int, bool]:
+    """The chosen frame's last date, its age in days, and whether that age is stale."""
+    last = chosen.frame[DATE].max()
+    age = (now.date() - last).days
+    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in refusal: a monthly series lags up to two months
+    return last, age, age > max(max_age_days, leeway)
+
+
+def stored(chosen: Result) -> bool:
+    """True when the chosen answer is a live daily one, which the warehouse keeps (not the cache, seed or FRED)."""
+    return chosen.ok and chosen.source not in {"cache", "seed"} and chosen.frequency == "daily"
+
+
+def settle(
+    name: Literal["usdclp", "copper"],
     chosen: Result,
-    results: list[Result],
+    cache: Result,
+    results: Sequence[Result],
+    *,
     now: datetime,
+    max_age_days: int,
 ) -> Series:
+    """The series served from the chosen answer: its history (a live daily one merged), notes and degraded reasons."""
+    label = PLAUSIBLE[name].label
     notes = tuple(n for r in results for n in r.notes)
     failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
     rejected = tuple(
         Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
     )
     if not chosen.ok:
-        if name == "copper":
-            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
-        else:
-            log.error("All USD/CLP sources failed: %s", chosen.error)
         return Series(
             name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
         )
-    last = chosen.frame[DATE].max()
-    age = (now.date() - last).days
-    leeway = (
-        75 if chosen.frequency == "monthly" else 0
-    )  # INFO: as in first_good: a monthly series lags by up to two months
-    stale = (
-        (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),)
-        if age > max(config.max_age_days, leeway)
-        else ()
-    )
-    if stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
-        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=max_age_days)
+    stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if is_stale else ()
     reasons = rejected + cache.degraded
     if chosen.source in {"cache", "seed"}:
         if chosen.source == "seed":
-            log.warning(
-                "No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age
-            )
             reasons += (
                 Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
             )
-        elif config.offline:
-            log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
-            reasons += (Reason(Degraded.CACHED), *stale)
         else:
-            tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
-            log.warning(
-                "%s failed, using %d cached %s data points",
-                {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
-                chosen.frame.height,
-                label,
-            )
             reasons += (Reason(Degraded.CACHED), *stale)
         cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
         frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
@@ -4085,23 +4128,56 @@ def _settle(
         )
     reasons += chosen.degraded + stale
     if chosen.frequency == "monthly":
-        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
         notes = failures + notes + ("monthly copper (FRED PCOPPUSDM)",)
         return Series(name, chosen.frame, chosen.source, "monthly", notes, degraded=reasons, failures=failures)
     merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
-    if chosen.source != "yahoo":
+    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+
+
+def log_choice(
+    name: Literal["usdclp", "copper"], chosen: Result, results: Sequence[Result], *, now: datetime, config: Config
+) -> None:
+    """Log where a series comes from unless all is well: nowhere, stale data, the seed, the cache or a backup."""
+    label = PLAUSIBLE[name].label
+    if not chosen.ok:
+        if name == "copper":
+            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
+        else:
+            log.error("All USD/CLP sources failed: %s", chosen.error)
+        return
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=config.max_age_days)
+    if is_stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
+        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    if chosen.source == "seed":
+        log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
+    elif chosen.source == "cache" and config.offline:
+        log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
+    elif chosen.source == "cache":
+        tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
+        log.warning(
+            "%s failed, using %d cached %s data points",
+            {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
+            chosen.frame.height,
+            label,
+        )
+    elif chosen.frequency == "monthly":
+        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
+    elif chosen.source != "yahoo":
         log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
+
+
+def write_series(series: Series, path: Path, cache: Result) -> Series:
+    """Store a merged history in the warehouse; on a full disk or a read-only one, the series noting it was not."""
     try:
         if not cache.ok and path.exists():
             path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
-        write_parquet_atomic(merged, path)
+        write_parquet_atomic(series.frame, path)
     except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
         log.error(
             "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
         )
-        notes += (f"warehouse not updated ({exc.strerror or exc})",)
-    log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
-    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+        return dataclasses.replace(series, notes=series.notes + (f"warehouse not updated ({exc.strerror or exc})",))
+    return series
 
 
 def fetch_both(

@@ -1333,6 +1333,54 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
     assert series.source == "cache" and not calls
 
 
+# settle is pure: the real CLP=X closes (../shared/data) of 2024-06-03 .. 2024-06-28 as the cached history, and
+# of 2024-06-24 .. 2024-07-15 as a live answer; the real PCOPPUSDM values of 2024 as monthly FRED copper.
+def real_clp_between(first: date, last: date, source: str) -> pl.DataFrame:
+    return provenance(real_usdclp().filter(pl.col(fxcu.DATE).is_between(first, last)), source)
+
+
+def test_settle_merges_a_live_daily_answer_and_stores_it():
+    cache = fxcu.Result("cache", frame=real_clp_between(date(2024, 6, 3), date(2024, 6, 28), "yahoo"))
+    live = fxcu.Result("mindicador", frame=real_clp_between(date(2024, 6, 24), date(2024, 7, 15), "mindicador"))
+    results = [fxcu.Result("yahoo", error="HTTP 429"), live, cache]
+    series = fxcu.settle("usdclp", live, cache, results, now=FETCH_DAY, max_age_days=5)
+    assert series.source == "mindicador" and series.frequency == "daily" and not series.degraded
+    assert series.frame[fxcu.DATE].min() == date(2024, 6, 3) and series.frame[fxcu.DATE].max() == date(2024, 7, 15)
+    # the days both hold keep the primary's (Yahoo's) rows
+    overlap = series.frame.filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 24), date(2024, 6, 28)))
+    assert overlap.height == 5 and overlap[fxcu.SOURCE].unique().to_list() == ["yahoo"]
+    assert series.failures == ("yahoo failed: HTTP 429",) and series.notes == ("yahoo failed: HTTP 429",)
+    assert fxcu.stored(live) and not fxcu.stored(cache)
+
+
+def test_settle_a_stale_cache_is_served_cached_and_stale():
+    cache = fxcu.Result("cache", frame=real_clp_between(date(2024, 6, 3), date(2024, 6, 28), "yahoo"))
+    results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("mindicador", error="HTTP 503"), cache]
+    series = fxcu.settle("usdclp", cache, cache, results, now=FETCH_DAY, max_age_days=5)
+    assert series.source == "cache" and series.frame.equals(cache.frame)
+    assert [r.kind for r in series.degraded] == [fxcu.Degraded.CACHED, fxcu.Degraded.STALE]
+    assert str(series.degraded[1]) == "stale: USD/CLP last date 2024-06-28, 18 days old"
+    assert series.notes == ("yahoo failed: HTTP 503", "mindicador failed: HTTP 503", "cached data (18 days old)")
+
+
+def test_settle_monthly_copper_is_served_unmerged_and_no_answer_is_an_error():
+    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv", try_parse_dates=True)
+    monthly = fred.filter(pl.col("date").dt.year() == 2024).select(
+        pl.col("date").alias(fxcu.DATE), (pl.col("value") / fxcu.LB_PER_TONNE).alias(fxcu.CLOSE)
+    )
+    answer = fxcu.Result("fred", frame=provenance(monthly, "fred"), frequency="monthly")
+    no_cache = fxcu.Result("cache", error="no cache")
+    now = datetime(2025, 1, 20, tzinfo=UTC)  # December 2024 is 50 days old: within a monthly series' lag
+    series = fxcu.settle(
+        "copper", answer, no_cache, [fxcu.Result("yahoo", error="HTTP 503"), answer], now=now, max_age_days=5
+    )
+    assert series.frequency == "monthly" and series.frame.height == 12 and not series.degraded
+    assert series.notes == ("yahoo failed: HTTP 503", "monthly copper (FRED PCOPPUSDM)") and not fxcu.stored(answer)
+    none = fxcu.Result("none", error="yahoo: HTTP 503; fred: HTTP 503; cache: no cache")
+    failed = fxcu.settle("copper", none, no_cache, [no_cache], now=now, max_age_days=5)
+    assert not failed.ok and failed.source == "none" and failed.error == none.error and failed.failures == ()
+
+
 def test_fetch_both_network_budget_spent_falls_back_to_cache(tmp_path, caplog):
     config = make_config(tmp_path, network_budget=-1.0)
     fxcu.write_parquet_atomic(
@@ -1832,9 +1880,9 @@ def test_final_and_online_weight_rules():
         fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
 
 
-def test_model_frames_copper_regressor_is_known_at_every_origin():
+def test_copper_frame_regressor_is_known_at_every_origin():
     usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
-    uni, exog, dates = fxcu.model_frames(usdclp, copper, steps=5)
+    uni, exog, dates = fxcu.univariate_frame(usdclp), fxcu.copper_frame(usdclp, copper, 5), fxcu.ds_dates(usdclp)
     aligned = fxcu.align_copper(usdclp, copper)
     date_of = dict(dates.iter_rows())
     lag_of = dict(exog.select("ds", "copper_lag").iter_rows())
@@ -1844,6 +1892,8 @@ def test_model_frames_copper_regressor_is_known_at_every_origin():
         assert lag_of[ds] == pytest.approx(math.log(aligned["copper"][source_row]))
     assert uni["ds"].to_list() == dates["ds"].to_list() and set(exog["ds"]) <= set(uni["ds"])
     assert exog["ds"].max() == uni["ds"].max()
+    # no daily copper, no copper frame
+    assert fxcu.copper_frame(usdclp, None, 5) is None
 
 
 @pytest.mark.slow
