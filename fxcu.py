@@ -2026,7 +2026,6 @@ def forecast_all(
     unless given. The ensemble's range is the chosen interval model's width around its point.
     Pure: no I/O, no clock.
     """
-    import numpy as np
     import polars as pl
     from statsforecast import StatsForecast
 
@@ -2039,29 +2038,12 @@ def forecast_all(
     last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
     with _quiet_statsforecast():
         shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
-    known_copper = (
-        align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log() if copper is not None else None
-    )
     results = {}
     for horizon, days in days_of.items():
         steps, bt = horizon_steps(days), backtests[horizon]
         fc = shared.filter(pl.col("ds") <= last_ds + steps)
         if bt.copper_used:
-            exog = copper_frame(usdclp, copper, steps, history)
-            # The regressor's future is known: copper lagged by `steps` days, all on or before today.
-            future = known_copper.tail(steps).to_numpy()
-            x_df = pl.DataFrame(
-                {
-                    "unique_id": ["usdclp"] * steps,
-                    "ds": np.arange(last_ds + 1, last_ds + 1 + steps),
-                    "copper_lag": future,
-                }
-            )
-            with _quiet_statsforecast():
-                fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(
-                    df=exog, h=steps, X_df=x_df, level=list(LEVELS)
-                )
-            fc = fc.join(fcx, on=["unique_id", "ds"])
+            fc = fc.join(copper_forecast(usdclp, copper, steps, history), on=["unique_id", "ds"])
         model = densities[horizon].live
         variances = None
         if model != "Naive":
@@ -2078,6 +2060,31 @@ def forecast_all(
             interval_model=model,
         )
     return results
+
+
+def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, history: int = HISTORY) -> pl.DataFrame:
+    """The copper model's log forecast `steps` trading days ahead, with its 80% and 95% bounds.
+
+    Its regressor's future is known: copper lagged by `steps` trading days, all on or before today.
+    """
+    import numpy as np
+    import polars as pl
+    from statsforecast import StatsForecast
+
+    exog = copper_frame(usdclp, copper, steps, history)
+    last_ds = usdclp.height - 1  # `ds` counts USD/CLP rows (`_indexed`)
+    known = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log()
+    future = pl.DataFrame(
+        {
+            "unique_id": ["usdclp"] * steps,
+            "ds": np.arange(last_ds + 1, last_ds + 1 + steps),
+            "copper_lag": known.tail(steps).to_numpy(),
+        }
+    )
+    with _quiet_statsforecast():
+        return StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(
+            df=exog, h=steps, X_df=future, level=list(LEVELS)
+        )
 
 
 def forecast(
@@ -3408,24 +3415,30 @@ def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
             raise httpx.TimeoutException("network time budget spent")
         # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
         ends = time.monotonic() + min(left(), config.network_budget)
-        with client.stream("GET", url, params=params, timeout=min(config.timeout, left())) as response:
-            cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
-            body = _read_capped(response, cap=cap, ends=ends)
-        if not response.is_success:
-            # the body is kept (whole or cut) so that describe_error can quote it
-            framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
-            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
-            reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
-            kept = httpx.Response(
-                response.status_code, headers=headers, content=body, request=response.request, extensions=reason
-            )
-            kept.raise_for_status()
-        try:
-            return json.loads(body)
-        except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
-            raise PayloadError("malformed JSON (nested too deeply)") from None
+        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends)
 
     return fetch_json
+
+
+def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float) -> Any:
+    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote."""
+    import httpx
+
+    with client.stream("GET", url, params=params, timeout=timeout) as response:
+        cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+        body = _read_capped(response, cap=cap, ends=ends)
+    if not response.is_success:
+        framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+        reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+        kept = httpx.Response(
+            response.status_code, headers=headers, content=body, request=response.request, extensions=reason
+        )
+        kept.raise_for_status()
+    try:
+        return json.loads(body)
+    except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+        raise PayloadError("malformed JSON (nested too deeply)") from None
 
 
 MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
@@ -3854,10 +3867,6 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     rows `repair` refuses (null or implausible closes, impossible dates, a bad tail) are not served:
     they are saved beside the file as `.rejected-*` and the file is rewritten.
     """
-    import io
-
-    import polars as pl
-
     if not path.exists():
         return Result("cache", error=f"no cache at {path}")
     try:
@@ -3867,16 +3876,7 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
         log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, why)
         return Result("cache", error=f"cache {path.name} unreadable ({why})")
     try:
-        frame = pl.read_parquet(io.BytesIO(data))
-        missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
-        if missing:
-            raise ValueError(f"missing columns {sorted(missing)}")
-        schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
-        wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
-        if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
-            frame = frame.with_columns(_convert(name, frame.schema[name], schema[name]) for name in wrong)
-            found = ", ".join(f"{k} {v}" for k, v in wrong.items())
-            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, found)
+        frame = _parse_cache(data, path.name)
         kept, found = repair(frame, rules=rules, now=now) if rules is not None else (frame, [])
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
@@ -3890,18 +3890,42 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     if not found:
         return Result("cache", frame=frame)
     what = "; ".join(map(str, found))
+    where = write_repaired(path, frame, kept, now=now)
+    log.warning("Cache %s held rows that cannot be right (%s): %s", path.name, what, where)
+    reason = Reason(Degraded.REPAIRED, f"repaired cache: {path.name} dropped {what}")
+    return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
+
+
+def _parse_cache(data: bytes, name: str) -> pl.DataFrame:
+    """A warehouse file's frame, columns of the wrong type converted; raises when it is not one."""
+    import io
+
+    import polars as pl
+
+    frame = pl.read_parquet(io.BytesIO(data))
+    missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
+    if missing:
+        raise ValueError(f"missing columns {sorted(missing)}")
+    schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
+    wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
+    if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
+        frame = frame.with_columns(_convert(col, frame.schema[col], schema[col]) for col in wrong)
+        found = ", ".join(f"{k} {v}" for k, v in wrong.items())
+        log.warning("Cache %s had columns of the wrong type (%s): converted", name, found)
+    return frame
+
+
+def write_repaired(path: Path, frame: pl.DataFrame, kept: pl.DataFrame, *, now: datetime) -> str:
+    """Save the rows `repair` dropped beside the file (`.rejected-*`), rewrite it with the rest; say what happened."""
     aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
     try:
         write_parquet_atomic(
             frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
         )
         write_parquet_atomic(kept, path)
-        where = f"rewritten, the rows kept in {aside.name}"
     except OSError as exc:
-        where = f"served without them, not rewritten ({exc.strerror or exc})"
-    log.warning("Cache %s held rows that cannot be right (%s): %s", path.name, what, where)
-    reason = Reason(Degraded.REPAIRED, f"repaired cache: {path.name} dropped {what}")
-    return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
+        return f"served without them, not rewritten ({exc.strerror or exc})"
+    return f"rewritten, the rows kept in {aside.name}"
 
 
 SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from ../shared/data (its README says how)
