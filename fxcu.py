@@ -613,6 +613,17 @@ def implausible(
     last NEWEST_BARS without one) must not move beyond `rules.jump`, and no cached day may be revised
     by more than `rules.jump`.
     """
+    found = _unreal(raw, rules=rules, now=now)
+    if found:
+        return found  # INFO: the range and jump checks below need real dates and finite closes
+    found = _out_of_range(clean, rules)
+    if found:
+        return found
+    return _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
+
+
+def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Finding]:
+    """Non-finite closes, impossible dates and one date sent twice with closes far apart, in a frame as parsed."""
     import polars as pl
 
     found = []
@@ -642,21 +653,23 @@ def implausible(
                 f"{torn.height} dates sent twice with closes {torn['spread'].max():.0%} (log) apart",
             )
         )
-    if found:
-        return found  # INFO: the range and jump checks below need real dates and finite closes
-    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
-    if out.height:
-        last = out.sort(DATE).tail(1).row(0, named=True)
-        found.append(
-            Finding(
-                Problem.OUT_OF_RANGE,
-                f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
-                f"(last {last[CLOSE]:.6g} on {last[DATE]})",
-            )
-        )
-        return found
-    found += _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
     return found
+
+
+def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
+    import polars as pl
+
+    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
+    if not out.height:
+        return []
+    last = out.sort(DATE).tail(1).row(0, named=True)
+    return [
+        Finding(
+            Problem.OUT_OF_RANGE,
+            f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
+            f"(last {last[CLOSE]:.6g} on {last[DATE]})",
+        )
+    ]
 
 
 def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
@@ -738,24 +751,30 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
         if dropped.height:
             found.append(Finding(kind, f"{dropped.height} rows {what}"))
             rows = rows.filter(~bad.fill_null(False))
+    tail = _bad_tail(rows, rules)
+    if tail is None:
+        return rows, found
+    cut, finding = tail
+    return rows.head(cut), [*found, finding]
+
+
+def _bad_tail(rows: pl.DataFrame, rules: Plausible) -> tuple[int, Finding] | None:
+    """The row at which to cut a sorted history, after its last move beyond `rules.jump`, when fewer rows follow."""
+    import polars as pl
+
     far = (
         _moves(rows.select(DATE, CLOSE), rules.jump)
         .with_row_index("_i")
         .slice(1)
         .filter(pl.col("move") > pl.col("allowed"))
     )
-    if far.height:
-        cut = far["_i"].max()
-        if rows.height - cut < cut:
-            found.append(
-                Finding(
-                    Problem.JUMP,
-                    f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump",
-                    since=rows[DATE][cut],
-                )
-            )
-            rows = rows.head(cut)
-    return rows, found
+    if not far.height:
+        return None
+    cut = far["_i"].max()
+    if rows.height - cut >= cut:
+        return None
+    detail = f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump"
+    return cut, Finding(Problem.JUMP, detail, since=rows[DATE][cut])
 
 
 # -- Core: copper features -----------------------------------------------------------
