@@ -1412,6 +1412,7 @@ def _score_backtest(
     dates: pl.DataFrame,
     notes: list[str],
 ) -> Backtest:
+    """Score every model, the combination and the served ensemble at the horizon date, and the copper ablation."""
     import numpy as np
     import polars as pl
 
@@ -1444,13 +1445,7 @@ def _score_backtest(
         ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
-    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
-    predictions = at_h.select("cutoff", "ds", "y", *names).with_columns(
-        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
-        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
-        pl.Series(COMBINATION, choice.combination),
-        pl.Series(ENSEMBLE, choice.served),
-    )
+    predictions = _predictions(at_h, names, dates, choice)
     return Backtest(
         horizon=horizon,
         steps=steps,
@@ -1464,6 +1459,19 @@ def _score_backtest(
         copper_model_pct=(scores[COPPER_MODEL].rmse / naive_rmse - 1) * 100 if copper_used else None,
         predictions=predictions,
         notes=tuple(notes),
+    )
+
+
+def _predictions(at_h: pl.DataFrame, names: list[str], dates: pl.DataFrame, choice: EnsembleChoice) -> pl.DataFrame:
+    """Each origin's log forecasts at the horizon date, by model, with the combination and the served ensemble."""
+    import polars as pl
+
+    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
+    return at_h.select("cutoff", "ds", "y", *names).with_columns(
+        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
+        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
+        pl.Series(COMBINATION, choice.combination),
+        pl.Series(ENSEMBLE, choice.served),
     )
 
 
@@ -1890,7 +1898,6 @@ def score_density(
     CI, by volatility tercile of `vol20` (cut points from these origins) and in NAMED_WINDOWS.
     """
     import numpy as np
-    import polars as pl
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
     bounds = {}
@@ -1907,17 +1914,7 @@ def score_density(
         name: ratio_ci(values, "Naive", steps, reps=reps)
         for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))
     }
-    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
-    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
-    windows = [
-        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
-        for d in frame["origin"].to_list()
-    ]
-    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
-    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
-    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
-    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
-    cover = {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
+    cover = _grouped_coverage(frame, bounds, models)
     # INFO: a coverage is a mean of hits, so its CI is the hits' "ratio" to a column of ones
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
@@ -1942,6 +1939,26 @@ def score_density(
         )
         for m in models
     }
+
+
+def _grouped_coverage(
+    frame: pl.DataFrame, bounds: Mapping[str, np.ndarray], models: Sequence[str]
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Coverage per level, group ("all", each volatility tercile of `vol20`, each of NAMED_WINDOWS) and model."""
+    import numpy as np
+    import polars as pl
+
+    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
+    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
+    windows = [
+        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
+        for d in frame["origin"].to_list()
+    ]
+    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
+    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
+    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
+    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
+    return {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
 
 
 def copper_variance_ablation(scores: Mapping[str, DensityScore]) -> float | None:
@@ -2891,7 +2908,10 @@ def _rmse(values: pl.Series) -> float:
     return math.sqrt(float((values**2).mean()))
 
 
-def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5) -> dict[str, Any]:
+TRACK_MISSES = 5  # the latest 80% misses `track` lists
+
+
+def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any]:
     """The track record of one horizon's rows (one kind): counts, errors, coverage with its band, WIS, misses.
 
     Only scored rows count; with `last`, only the latest `last` of them (by origin).
@@ -2902,23 +2922,12 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
     if last is not None:
         scored = scored.tail(last)
     n = scored.height
-    latest = rows.sort("origin").tail(1)
-    expected = (
-        None
-        if latest.is_empty()
-        else {
-            "rmse_ratio_rw": latest["backtest_ratio"][0],
-            "coverage_80": latest["backtest_coverage_80"][0],
-            "coverage_95": latest["backtest_coverage_95"][0],
-            "origins": latest["backtest_origins"][0],
-        }
-    )
     out: dict[str, Any] = {
         "forecasts": rows.height,
         "scored": n,
         "unscored": rows.height - rows.filter(pl.col("actual").is_not_null()).height,
     }
-    out["backtest"] = expected
+    out["backtest"] = _backtest_promise(rows)
     if not n:
         return out | {"rmse": None, "rmse_ratio_rw": None, "coverage_80": None, "coverage_95": None, "misses": []}
     rmse, rw_rmse = _rmse(scored["error"]), _rmse(scored["rw_error"])
@@ -2939,8 +2948,28 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
         out[f"band_{lv}"] = list(binomial_band(n, lv / 100))
-    missed = scored.filter(~pl.col("hit_80")).tail(misses).reverse()
-    out["misses"] = [
+    return out | {"misses": _latest_misses(scored)}
+
+
+def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
+    """What the backtest behind the latest forecast promised (its RMSE ratio, coverages and origins), or None."""
+    latest = rows.sort("origin").tail(1)
+    if latest.is_empty():
+        return None
+    return {
+        "rmse_ratio_rw": latest["backtest_ratio"][0],
+        "coverage_80": latest["backtest_coverage_80"][0],
+        "coverage_95": latest["backtest_coverage_95"][0],
+        "origins": latest["backtest_origins"][0],
+    }
+
+
+def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
+    """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
+    import polars as pl
+
+    missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
+    return [
         {
             "origin": str(r["origin"]),
             "target": str(r["target"]),
@@ -2953,7 +2982,6 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         }
         for r in missed.iter_rows(named=True)
     ]
-    return out
 
 
 def track_record(
