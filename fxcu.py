@@ -330,17 +330,7 @@ def parse_yahoo_chart(
     """
     import polars as pl
 
-    chart = payload.get("chart") if isinstance(payload, Mapping) else None
-    if not isinstance(chart, Mapping):
-        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
-    if chart.get("error"):
-        err = chart["error"]
-        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
-        raise PayloadError(f"chart.error {detail}")
-    results = chart.get("result")
-    if not results:
-        raise PayloadError("chart.result is empty")
-    result = results[0]
+    result = _chart_result(payload)
     stamps = result.get("timestamp")
     if not stamps:
         raise PayloadError("empty result: no bars (no 'timestamp')")
@@ -364,6 +354,21 @@ def parse_yahoo_chart(
         .dt.date()
     )
     return _price_frame(days, pl.Series(closes, dtype=pl.Float64, strict=False))
+
+
+def _chart_result(payload: Mapping[str, Any]) -> Any:
+    """The first `chart.result` of a Yahoo body; raises PayloadError for `chart.error` or no result."""
+    chart = payload.get("chart") if isinstance(payload, Mapping) else None
+    if not isinstance(chart, Mapping):
+        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
+    if chart.get("error"):
+        err = chart["error"]
+        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
+        raise PayloadError(f"chart.error {detail}")
+    results = chart.get("result")
+    if not results:
+        raise PayloadError("chart.result is empty")
+    return results[0]
 
 
 def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency: str | None) -> list[Finding]:
@@ -462,7 +467,14 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
     )
     is_weekend = (pl.col(DATE).dt.weekday() >= 6) & pl.lit(frequency == "daily")
     note("weekend rows", deduped.filter(is_weekend))
-    days = deduped.filter(~is_weekend)
+    days, spikes = _drop_spikes(deduped.filter(~is_weekend))
+    removed[BAD_PRINTS] = sorted(spikes)
+    return Cleaned(days, {k: v for k, v in removed.items() if v})
+
+
+def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
+    """The frame without its bad prints (`spike_mask`), and their dates."""
+    import polars as pl
 
     # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
     # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
@@ -471,11 +483,9 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
         flagged = days.with_columns(is_spike=spike_mask(CLOSE, BAD_PRINT_LOG_JUMP))
         found = flagged.filter("is_spike")
         if found.is_empty():
-            break
+            return days, spikes
         spikes += found[DATE].to_list()
         days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
-    removed[BAD_PRINTS] = sorted(spikes)
-    return Cleaned(days, {k: v for k, v in removed.items() if v})
 
 
 def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
@@ -3705,21 +3715,28 @@ class YahooSession:
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         """Send a request; for Yahoo, carry the crumb once there is one, and fetch one when Yahoo asks (one retry)."""
-        import httpx
-
         if f"{request.url.scheme}://{request.url.netloc.decode()}" != _origin(self.config.yahoo_url):
             yield request
             return
         if self.crumb:
             request.url = request.url.copy_merge_params({"crumb": self.crumb})
         response = yield request
+        if self._asks(response):
+            log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
+            yield from self._crumb_then_retry(request)
+
+    def _asks(self, response: httpx.Response) -> bool:
+        """True when a Yahoo answer asks for a crumb and this run has not been refused one."""
         if self.crumb_state == "refused" or response.status_code not in CRUMB_STATUSES:
-            return
+            return False
         if int(response.headers.get("Content-Length") or 0) > 65536:  # INFO: Yahoo's asks are under 200 bytes
-            return
-        if not asks_for_crumb(response.status_code, response.read().decode(errors="replace")):
-            return
-        log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
+            return False
+        return asks_for_crumb(response.status_code, response.read().decode(errors="replace"))
+
+    def _crumb_then_retry(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        """Fetch a cookie and a crumb as a browser does, then send the request again once, with the crumb if given."""
+        import httpx
+
         self._cookies = httpx.Cookies()
         # INFO: requests made here skip the client's header and cookie merging: carry the request's own headers
         skip = {"host", "cookie", "content-length"}
