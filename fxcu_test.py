@@ -1335,8 +1335,13 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
 
 # settle is pure: the real CLP=X closes (../shared/data) of 2024-06-03 .. 2024-06-28 as the cached history, and
 # of 2024-06-24 .. 2024-07-15 as a live answer; the real PCOPPUSDM values of 2024 as monthly FRED copper.
+@functools.cache
+def real_clp_2024() -> pl.DataFrame:
+    return real_usdclp().filter(pl.col(fxcu.DATE) >= date(2024, 6, 1))
+
+
 def real_clp_between(first: date, last: date, source: str) -> pl.DataFrame:
-    return provenance(real_usdclp().filter(pl.col(fxcu.DATE).is_between(first, last)), source)
+    return provenance(real_clp_2024().filter(pl.col(fxcu.DATE).is_between(first, last)), source)
 
 
 def test_settle_merges_a_live_daily_answer_and_stores_it():
