@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, Self, TypeVar
 
 if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
     import httpx
@@ -189,6 +189,19 @@ def parse_horizon(text: str) -> int:
 
 # -- Values ------------------------------------------------------------------------
 
+KindT = TypeVar("KindT", bound=StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason(Generic[KindT]):
+    """A reason as a value (`kind`, which code matches) and the sentence shown for it (`detail`, else the kind)."""
+
+    kind: KindT
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
+
 
 class Problem(StrEnum):
     """Why a frame, or a row of it, may not be stored or served (code acts on these, never on sentences)."""
@@ -207,15 +220,10 @@ class Problem(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem found, with the sentence that tells a person about it; `since` dates a jump."""
+class Finding(Reason[Problem]):
+    """One problem found in a frame, with the sentence that tells a person about it; `since` dates a jump."""
 
-    kind: Problem
-    detail: str = ""
     since: date | None = None
-
-    def __str__(self) -> str:
-        return self.detail or self.kind.value
 
 
 class Degraded(StrEnum):
@@ -230,17 +238,6 @@ class Degraded(StrEnum):
     SEED = "seed history"
     REJECTED = "rejected source"
     REPAIRED = "repaired cache"
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """A degraded reason as a value, and the sentence shown for it."""
-
-    kind: Degraded
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.detail or self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +275,7 @@ class Result:
     notes: tuple[str, ...] = ()
     frequency: Literal["daily", "monthly"] = "daily"
     findings: tuple[Finding, ...] = ()
-    degraded: tuple[Reason, ...] = ()
+    degraded: tuple[Reason[Degraded], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -333,17 +330,7 @@ def parse_yahoo_chart(
     """
     import polars as pl
 
-    chart = payload.get("chart") if isinstance(payload, Mapping) else None
-    if not isinstance(chart, Mapping):
-        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
-    if chart.get("error"):
-        err = chart["error"]
-        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
-        raise PayloadError(f"chart.error {detail}")
-    results = chart.get("result")
-    if not results:
-        raise PayloadError("chart.result is empty")
-    result = results[0]
+    result = _chart_result(payload)
     stamps = result.get("timestamp")
     if not stamps:
         raise PayloadError("empty result: no bars (no 'timestamp')")
@@ -367,6 +354,21 @@ def parse_yahoo_chart(
         .dt.date()
     )
     return _price_frame(days, pl.Series(closes, dtype=pl.Float64, strict=False))
+
+
+def _chart_result(payload: Mapping[str, Any]) -> Any:
+    """The first `chart.result` of a Yahoo body; raises PayloadError for `chart.error` or no result."""
+    chart = payload.get("chart") if isinstance(payload, Mapping) else None
+    if not isinstance(chart, Mapping):
+        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
+    if chart.get("error"):
+        err = chart["error"]
+        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
+        raise PayloadError(f"chart.error {detail}")
+    results = chart.get("result")
+    if not results:
+        raise PayloadError("chart.result is empty")
+    return results[0]
 
 
 def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency: str | None) -> list[Finding]:
@@ -436,17 +438,16 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 BAD_PRINTS = "bad prints"  # the key of `Cleaned.removed` that makes a run degraded
 
 
-def clean_prices(
-    frame: pl.DataFrame, *, spike: float = BAD_PRINT_LOG_JUMP, frequency: Literal["daily", "monthly"] = "daily"
-) -> Cleaned:
+def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] = "daily") -> Cleaned:
     """Return one sorted row per weekday with a positive close, isolated bad prints removed.
 
     Monthly series (FRED, dated the first of the month) keep their weekend dates.
 
     Rows must arrive in time order: of two bars with the same date the later one is kept
-    (Yahoo's live bar duplicates the day before it). A bad print is a close more than `spike`
-    (log) away from the median of its three neighbours on each side while those agree with each
-    other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist are kept.
+    (Yahoo's live bar duplicates the day before it). A bad print is a close more than
+    BAD_PRINT_LOG_JUMP (log) away from the median of its three neighbours on each side while those
+    agree with each other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist
+    are kept.
     """
     import polars as pl
 
@@ -459,27 +460,32 @@ def clean_prices(
     note("null or non-positive bars", bad)
     rest = frame.filter(pl.col(CLOSE).is_not_null() & pl.col(CLOSE).is_not_nan() & (pl.col(CLOSE) > 0))
 
-    deduped = rest.with_row_index("_i").unique(subset=DATE, keep="last").sort(DATE)
+    deduped = rest.unique(subset=DATE, keep="last").sort(DATE)
     dups = rest.height - deduped.height
     removed["duplicated-date bars (kept the latest)"] = (
         [] if not dups else sorted(rest.filter(pl.col(DATE).is_duplicated())[DATE].unique().to_list())
     )
     is_weekend = (pl.col(DATE).dt.weekday() >= 6) & pl.lit(frequency == "daily")
     note("weekend rows", deduped.filter(is_weekend))
-    days = deduped.filter(~is_weekend).drop("_i")
+    days, spikes = _drop_spikes(deduped.filter(~is_weekend))
+    removed[BAD_PRINTS] = sorted(spikes)
+    return Cleaned(days, {k: v for k, v in removed.items() if v})
+
+
+def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
+    """The frame without its bad prints (`spike_mask`), and their dates."""
+    import polars as pl
 
     # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
     # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
     spikes = []
     while True:
-        flagged = days.with_columns(is_spike=spike_mask(CLOSE, spike))
+        flagged = days.with_columns(is_spike=spike_mask(CLOSE, BAD_PRINT_LOG_JUMP))
         found = flagged.filter("is_spike")
         if found.is_empty():
-            break
+            return days, spikes
         spikes += found[DATE].to_list()
         days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
-    removed[BAD_PRINTS] = sorted(spikes)
-    return Cleaned(days, {k: v for k, v in removed.items() if v})
 
 
 def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
@@ -549,6 +555,16 @@ def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | 
     return found
 
 
+def refusal(result: Result, *, now: datetime, max_age: timedelta | None) -> str | None:
+    """Why one result may not be served (its error, or its problems in one line), or None when it may."""
+    if result.error is not None:
+        return result.error
+    if result.frequency == "monthly" and max_age is not None:
+        max_age = max(max_age, timedelta(days=75))  # INFO: a monthly series lags by up to two months
+    found = problems(result.frame, now=now, max_age=max_age)
+    return "; ".join(map(str, found)) if found else None
+
+
 def first_good(
     results: Sequence[Result],
     *,
@@ -565,17 +581,12 @@ def first_good(
     reasons, stale = [], []
     for result in results:
         limit = max_age.get(result.source) if isinstance(max_age, Mapping) else max_age
-        if result.frequency == "monthly" and limit is not None:
-            limit = max(limit, timedelta(days=75))  # INFO: a monthly series lags by up to two months
-        if result.error is not None:
-            reasons.append(f"{result.source}: {result.error}")
-            continue
-        found = problems(result.frame, now=now, max_age=limit)
-        if not found:
+        why = refusal(result, now=now, max_age=limit)
+        if why is None:
             return result
-        if all(f.kind is Problem.STALE for f in found):
+        if refusal(result, now=now, max_age=None) is None:  # refused for its age alone
             stale.append(result)
-        reasons.append(f"{result.source}: {'; '.join(map(str, found))}")
+        reasons.append(f"{result.source}: {why}")
     if serve_stale and stale:
         return max(stale, key=lambda r: r.frame[DATE].max())  # INFO: max keeps the first of equals
     return Result("none", error="; ".join(reasons) or "no sources")
@@ -612,6 +623,17 @@ def implausible(
     last NEWEST_BARS without one) must not move beyond `rules.jump`, and no cached day may be revised
     by more than `rules.jump`.
     """
+    found = _unreal(raw, rules=rules, now=now)
+    if found:
+        return found  # INFO: the range and jump checks below need real dates and finite closes
+    found = _out_of_range(clean, rules)
+    if found:
+        return found
+    return _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
+
+
+def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Finding]:
+    """Non-finite closes, impossible dates and one date sent twice with closes far apart, in a frame as parsed."""
     import polars as pl
 
     found = []
@@ -641,21 +663,23 @@ def implausible(
                 f"{torn.height} dates sent twice with closes {torn['spread'].max():.0%} (log) apart",
             )
         )
-    if found:
-        return found  # INFO: the range and jump checks below need real dates and finite closes
-    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
-    if out.height:
-        last = out.sort(DATE).tail(1).row(0, named=True)
-        found.append(
-            Finding(
-                Problem.OUT_OF_RANGE,
-                f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
-                f"(last {last[CLOSE]:.6g} on {last[DATE]})",
-            )
-        )
-        return found
-    found += _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
     return found
+
+
+def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
+    import polars as pl
+
+    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
+    if not out.height:
+        return []
+    last = out.sort(DATE).tail(1).row(0, named=True)
+    return [
+        Finding(
+            Problem.OUT_OF_RANGE,
+            f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
+            f"(last {last[CLOSE]:.6g} on {last[DATE]})",
+        )
+    ]
 
 
 def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
@@ -737,24 +761,30 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
         if dropped.height:
             found.append(Finding(kind, f"{dropped.height} rows {what}"))
             rows = rows.filter(~bad.fill_null(False))
+    tail = _bad_tail(rows, rules)
+    if tail is None:
+        return rows, found
+    cut, finding = tail
+    return rows.head(cut), [*found, finding]
+
+
+def _bad_tail(rows: pl.DataFrame, rules: Plausible) -> tuple[int, Finding] | None:
+    """The row at which to cut a sorted history, after its last move beyond `rules.jump`, when fewer rows follow."""
+    import polars as pl
+
     far = (
         _moves(rows.select(DATE, CLOSE), rules.jump)
         .with_row_index("_i")
         .slice(1)
         .filter(pl.col("move") > pl.col("allowed"))
     )
-    if far.height:
-        cut = far["_i"].max()
-        if rows.height - cut < cut:
-            found.append(
-                Finding(
-                    Problem.JUMP,
-                    f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump",
-                    since=rows[DATE][cut],
-                )
-            )
-            rows = rows.head(cut)
-    return rows, found
+    if not far.height:
+        return None
+    cut = far["_i"].max()
+    if rows.height - cut >= cut:
+        return None
+    detail = f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump"
+    return cut, Finding(Problem.JUMP, detail, since=rows[DATE][cut])
 
 
 # -- Core: copper features -----------------------------------------------------------
@@ -967,7 +997,8 @@ class Bundle:
     copper_features: pl.DataFrame | None
     sources: dict[str, str]
     notes: tuple[str, ...] = ()
-    reasons: tuple[Reason, ...] = ()  # what the series said about themselves (cache, seed, stale, rejected, bad prints)
+    # what the series said about themselves (cache, seed, stale, rejected, bad prints)
+    reasons: tuple[Reason[Degraded], ...] = ()
 
     @property
     def copper_frequency(self) -> Literal["daily", "monthly"] | None:
@@ -975,7 +1006,7 @@ class Bundle:
         return None if self.copper is None else copper_frequency(self.copper)
 
     @property
-    def _all_reasons(self) -> list[Reason]:
+    def _all_reasons(self) -> list[Reason[Degraded]]:
         found = []
         if self.copper is None:
             found.append(Reason(Degraded.NO_COPPER))
@@ -1072,40 +1103,54 @@ def trading_dates(last: date, days: int) -> list[date]:
     return [d for d in (last + timedelta(days=k) for k in range(1, days + 1)) if d.weekday() < 5]
 
 
-def model_frames(
-    usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY
-) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
-    """Build statsforecast inputs on log prices with an integer trading-day index `ds`.
+def _indexed(usdclp: pl.DataFrame) -> pl.DataFrame:
+    """USD/CLP sorted by date, with `ds` counting its rows (trading days), so that every model frame shares it."""
+    import polars as pl
 
-    Returns the univariate frame (the last `history` trading days), the frame with `copper_lag`
-    (log copper as known `steps` trading days earlier, so every value in a forecast window up to
-    `steps` is known at its origin), or None without daily copper, and the index-to-date map.
-    `ds` counts USD/CLP rows, so both frames share it and end on the same row.
+    # INFO: polars has no business-day offset: statsforecast gets an integer index with freq=1
+
+    return usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
+
+
+def univariate_frame(usdclp: pl.DataFrame, history: int = HISTORY) -> pl.DataFrame:
+    """statsforecast's input on log USD/CLP (`unique_id`, `ds`, `y`), the last `history` trading days."""
+    import polars as pl
+
+    tail = _indexed(usdclp).tail(history)
+    return tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
+
+
+def ds_dates(usdclp: pl.DataFrame, history: int = HISTORY) -> pl.DataFrame:
+    """The date of each `ds` of `univariate_frame` (columns `ds`, `date`)."""
+    return _indexed(usdclp).tail(history).select("ds", DATE)
+
+
+def copper_frame(
+    usdclp: pl.DataFrame, copper: pl.DataFrame | None, steps: int, history: int = HISTORY
+) -> pl.DataFrame | None:
+    """`univariate_frame` with `copper_lag`, or None without daily copper.
+
+    `copper_lag` is log copper as known `steps` trading days earlier, so every value in a forecast
+    window up to `steps` is known at its origin; rows with no copper yet are dropped. The frame
+    ends on the same `ds` as `univariate_frame`.
     """
     import polars as pl
 
-    base = usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
-    tail = base.tail(history)
-    uni = tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
-    exog = None
-    if copper is not None and copper_frequency(copper) == "daily":
-        aligned = align_copper(base.select(DATE, CLOSE), copper)
-        lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
-        exog = lagged.drop_nulls("copper_lag").select(
-            pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag"
-        )
-    return uni, exog, tail.select("ds", DATE)
+    if copper is None or copper_frequency(copper) != "daily":
+        return None
+    base = _indexed(usdclp)
+    aligned = align_copper(base.select(DATE, CLOSE), copper)
+    lagged = base.with_columns(aligned["copper"].log().shift(steps).alias("copper_lag")).tail(history)
+    return lagged.drop_nulls("copper_lag").select(
+        pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"), "copper_lag"
+    )
 
 
-def _models(season_length: int = 1) -> list:
+def _models() -> list:
     from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, Naive
 
-    return [
-        Naive(),
-        AutoETS(season_length=season_length),
-        AutoARIMA(season_length=season_length),
-        AutoTheta(season_length=season_length),
-    ]
+    # season_length=1: the series is indexed by trading day, and FX has no weekly season to fit
+    return [Naive(), AutoETS(season_length=1), AutoARIMA(season_length=1), AutoTheta(season_length=1)]
 
 
 def _copper_models() -> list:
@@ -1322,7 +1367,7 @@ def backtest_all(
 
     steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
     span = horizon_steps(max(HORIZONS.values()))
-    uni, _, dates = model_frames(usdclp, None, span, history)
+    uni, dates = univariate_frame(usdclp, history), ds_dates(usdclp, history)
     needed = span + (windows - 1) * step_size + 100
     if uni.height < needed:
         raise ValueError(f"{uni.height} trading days are too few for {windows} backtest origins (need {needed})")
@@ -1332,7 +1377,7 @@ def backtest_all(
     for horizon, steps in steps_of.items():
         at_h = cv.filter(pl.col("ds") == pl.col("cutoff") + steps)
         names, notes = list(MODELS), []
-        _, exog, _ = model_frames(usdclp, copper, steps, history)
+        exog = copper_frame(usdclp, copper, steps, history)
         if exog is not None and copper_is_stale(usdclp, copper):
             notes.append(f"copper stale (last {copper[DATE].max()}): no copper model")
             exog = None
@@ -1377,6 +1422,7 @@ def _score_backtest(
     dates: pl.DataFrame,
     notes: list[str],
 ) -> Backtest:
+    """Score every model, the combination and the served ensemble at the horizon date, and the copper ablation."""
     import numpy as np
     import polars as pl
 
@@ -1409,13 +1455,7 @@ def _score_backtest(
         ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
     if scores[ENSEMBLE].ratio > 1:
         notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
-    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
-    predictions = at_h.select("cutoff", "ds", "y", *names).with_columns(
-        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
-        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
-        pl.Series(COMBINATION, choice.combination),
-        pl.Series(ENSEMBLE, choice.served),
-    )
+    predictions = _predictions(at_h, names, dates, choice)
     return Backtest(
         horizon=horizon,
         steps=steps,
@@ -1429,6 +1469,19 @@ def _score_backtest(
         copper_model_pct=(scores[COPPER_MODEL].rmse / naive_rmse - 1) * 100 if copper_used else None,
         predictions=predictions,
         notes=tuple(notes),
+    )
+
+
+def _predictions(at_h: pl.DataFrame, names: list[str], dates: pl.DataFrame, choice: EnsembleChoice) -> pl.DataFrame:
+    """Each origin's log forecasts at the horizon date, by model, with the combination and the served ensemble."""
+    import polars as pl
+
+    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
+    return at_h.select("cutoff", "ds", "y", *names).with_columns(
+        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
+        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
+        pl.Series(COMBINATION, choice.combination),
+        pl.Series(ENSEMBLE, choice.served),
     )
 
 
@@ -1855,7 +1908,6 @@ def score_density(
     CI, by volatility tercile of `vol20` (cut points from these origins) and in NAMED_WINDOWS.
     """
     import numpy as np
-    import polars as pl
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
     bounds = {}
@@ -1872,17 +1924,7 @@ def score_density(
         name: ratio_ci(values, "Naive", steps, reps=reps)
         for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))
     }
-    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
-    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
-    windows = [
-        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
-        for d in frame["origin"].to_list()
-    ]
-    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
-    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
-    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
-    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
-    cover = {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
+    cover = _grouped_coverage(frame, bounds, models)
     # INFO: a coverage is a mean of hits, so its CI is the hits' "ratio" to a column of ones
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
@@ -1907,6 +1949,26 @@ def score_density(
         )
         for m in models
     }
+
+
+def _grouped_coverage(
+    frame: pl.DataFrame, bounds: Mapping[str, np.ndarray], models: Sequence[str]
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Coverage per level, group ("all", each volatility tercile of `vol20`, each of NAMED_WINDOWS) and model."""
+    import numpy as np
+    import polars as pl
+
+    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
+    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
+    windows = [
+        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
+        for d in frame["origin"].to_list()
+    ]
+    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
+    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
+    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
+    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
+    return {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
 
 
 def copper_variance_ablation(scores: Mapping[str, DensityScore]) -> float | None:
@@ -2010,7 +2072,6 @@ def forecast_all(
     unless given. The ensemble's range is the chosen interval model's width around its point.
     Pure: no I/O, no clock.
     """
-    import numpy as np
     import polars as pl
     from statsforecast import StatsForecast
 
@@ -2019,33 +2080,16 @@ def forecast_all(
     logp, _, copper_logp = log_prices(usdclp, copper)
     days_of = {h: parse_horizon(h) for h in horizons}
     longest = max(horizon_steps(d) for d in days_of.values())
-    uni, _, _ = model_frames(usdclp, None, longest, history)
+    uni = univariate_frame(usdclp, history)
     last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
     with _quiet_statsforecast():
         shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
-    known_copper = (
-        align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log() if copper is not None else None
-    )
     results = {}
     for horizon, days in days_of.items():
         steps, bt = horizon_steps(days), backtests[horizon]
         fc = shared.filter(pl.col("ds") <= last_ds + steps)
         if bt.copper_used:
-            _, exog, _ = model_frames(usdclp, copper, steps, history)
-            # The regressor's future is known: copper lagged by `steps` days, all on or before today.
-            future = known_copper.tail(steps).to_numpy()
-            x_df = pl.DataFrame(
-                {
-                    "unique_id": ["usdclp"] * steps,
-                    "ds": np.arange(last_ds + 1, last_ds + 1 + steps),
-                    "copper_lag": future,
-                }
-            )
-            with _quiet_statsforecast():
-                fcx = StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(
-                    df=exog, h=steps, X_df=x_df, level=list(LEVELS)
-                )
-            fc = fc.join(fcx, on=["unique_id", "ds"])
+            fc = fc.join(copper_forecast(usdclp, copper, steps, history), on=["unique_id", "ds"])
         model = densities[horizon].live
         variances = None
         if model != "Naive":
@@ -2062,6 +2106,31 @@ def forecast_all(
             interval_model=model,
         )
     return results
+
+
+def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, history: int = HISTORY) -> pl.DataFrame:
+    """The copper model's log forecast `steps` trading days ahead, with its 80% and 95% bounds.
+
+    Its regressor's future is known: copper lagged by `steps` trading days, all on or before today.
+    """
+    import numpy as np
+    import polars as pl
+    from statsforecast import StatsForecast
+
+    exog = copper_frame(usdclp, copper, steps, history)
+    last_ds = usdclp.height - 1  # `ds` counts USD/CLP rows (`_indexed`)
+    known = align_copper(usdclp.select(DATE, CLOSE).sort(DATE), copper)["copper"].log()
+    future = pl.DataFrame(
+        {
+            "unique_id": ["usdclp"] * steps,
+            "ds": np.arange(last_ds + 1, last_ds + 1 + steps),
+            "copper_lag": known.tail(steps).to_numpy(),
+        }
+    )
+    with _quiet_statsforecast():
+        return StatsForecast(models=_copper_models(), freq=1, n_jobs=1).forecast(
+            df=exog, h=steps, X_df=future, level=list(LEVELS)
+        )
 
 
 def forecast(
@@ -2277,6 +2346,26 @@ def _pct(new: float, old: float) -> str:
 
 def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
     """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
+    sections = [_summary_section(fc, bundle)]
+    if chart:
+        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    sections.append(_backtest_section(fc.backtest))
+    if fc.density is not None:
+        db = fc.density
+        title = (
+            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
+            f"{db.steps} trading days ahead)"
+        )
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+    sections += [_copper_section(bundle), _path_section(fc)]
+    data = [f"- {n}" for n in bundle.notes] or ["- none"]
+    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
+    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
+    return sections
+
+
+def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
+    """The report's summary table: last close, forecast, ranges, backtest, what was served, sources."""
     s, bt, final = summary(fc, bundle), fc.backtest, fc.final
     target = final[DATE]
     copper = (
@@ -2311,9 +2400,11 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     ]
     if s["degraded"]:
         rows.append(["Degraded", ", ".join(s["degraded"])])
-    sections = [Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))]
-    if chart:
-        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    return Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))
+
+
+def _backtest_section(bt: Backtest) -> Section:
+    """Every model's backtest scores, the ensemble's rule and weights, the copper ablation and the notes."""
     backtest = _table(
         ["model", "RMSE", "MAE", "MAPE %", "ratio to Naive", "direction hit", "80% cover", "95% cover", "weight"],
         [
@@ -2350,30 +2441,30 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
         f"Backtest at the horizon date ({len(bt.origins)} origins, {bt.origins[0]} .. {bt.origins[-1]}, "
         f"{bt.steps} trading days ahead)"
     )
-    sections.append(Section("backtest", title, tuple(backtest)))
-    if fc.density is not None:
-        db = fc.density
-        title = (
-            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
-            f"{db.steps} trading days ahead)"
-        )
-        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+    return Section("backtest", title, tuple(backtest))
+
+
+def _copper_section(bundle: Bundle) -> Section:
+    """Copper's source and last close, and each feature's latest value (or a line saying there is no copper)."""
     if bundle.copper_features is None:
-        copper_lines = ["Copper unavailable: this forecast runs without copper."]
-    else:
-        latest = bundle.copper_features.tail(1).row(0, named=True)
-        copper_lines = [
-            (
-                f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close "
-                f"{bundle.copper[CLOSE][-1]:.4f} USD/lb on {bundle.copper[DATE].max()}. Features on {latest[DATE]}:"
-            ),
-            "",
-            *_table(
-                ["feature", "meaning", "value"],
-                [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES],
-            ),
-        ]
-    sections.append(Section("copper", "Copper", tuple(copper_lines)))
+        return Section("copper", "Copper", ("Copper unavailable: this forecast runs without copper.",))
+    latest = bundle.copper_features.tail(1).row(0, named=True)
+    copper_lines = [
+        (
+            f"Source {bundle.sources['copper']} ({bundle.copper_frequency}), last close "
+            f"{bundle.copper[CLOSE][-1]:.4f} USD/lb on {bundle.copper[DATE].max()}. Features on {latest[DATE]}:"
+        ),
+        "",
+        *_table(
+            ["feature", "meaning", "value"],
+            [[f"`{f}`", FEATURE_WORDS[f][0], format_feature(f, latest[f])] for f in FEATURES],
+        ),
+    ]
+    return Section("copper", "Copper", tuple(copper_lines))
+
+
+def _path_section(fc: Forecast) -> Section:
+    """The ensemble's forecast path, one row per trading day, with its 80% and 95% ranges."""
     path = _table(
         ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
         [
@@ -2389,11 +2480,7 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
             for r in fc.ensemble.iter_rows(named=True)
         ],
     )
-    sections.append(Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path)))
-    data = [f"- {n}" for n in bundle.notes] or ["- none"]
-    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
-    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
-    return sections
+    return Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path))
 
 
 def report_title(fc: Forecast, *, now: datetime) -> str:
@@ -2889,7 +2976,10 @@ def _rmse(values: pl.Series) -> float:
     return math.sqrt(float((values**2).mean()))
 
 
-def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5) -> dict[str, Any]:
+TRACK_MISSES = 5  # the latest 80% misses `track` lists
+
+
+def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any]:
     """The track record of one horizon's rows (one kind): counts, errors, coverage with its band, WIS, misses.
 
     Only scored rows count; with `last`, only the latest `last` of them (by origin).
@@ -2900,23 +2990,12 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
     if last is not None:
         scored = scored.tail(last)
     n = scored.height
-    latest = rows.sort("origin").tail(1)
-    expected = (
-        None
-        if latest.is_empty()
-        else {
-            "rmse_ratio_rw": latest["backtest_ratio"][0],
-            "coverage_80": latest["backtest_coverage_80"][0],
-            "coverage_95": latest["backtest_coverage_95"][0],
-            "origins": latest["backtest_origins"][0],
-        }
-    )
     out: dict[str, Any] = {
         "forecasts": rows.height,
         "scored": n,
         "unscored": rows.height - rows.filter(pl.col("actual").is_not_null()).height,
     }
-    out["backtest"] = expected
+    out["backtest"] = _backtest_promise(rows)
     if not n:
         return out | {"rmse": None, "rmse_ratio_rw": None, "coverage_80": None, "coverage_95": None, "misses": []}
     rmse, rw_rmse = _rmse(scored["error"]), _rmse(scored["rw_error"])
@@ -2937,8 +3016,28 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
         out[f"band_{lv}"] = list(binomial_band(n, lv / 100))
-    missed = scored.filter(~pl.col("hit_80")).tail(misses).reverse()
-    out["misses"] = [
+    return out | {"misses": _latest_misses(scored)}
+
+
+def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
+    """What the backtest behind the latest forecast promised (its RMSE ratio, coverages and origins), or None."""
+    latest = rows.sort("origin").tail(1)
+    if latest.is_empty():
+        return None
+    return {
+        "rmse_ratio_rw": latest["backtest_ratio"][0],
+        "coverage_80": latest["backtest_coverage_80"][0],
+        "coverage_95": latest["backtest_coverage_95"][0],
+        "origins": latest["backtest_origins"][0],
+    }
+
+
+def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
+    """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
+    import polars as pl
+
+    missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
+    return [
         {
             "origin": str(r["origin"]),
             "target": str(r["target"]),
@@ -2951,7 +3050,6 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None, misses: int = 5)
         }
         for r in missed.iter_rows(named=True)
     ]
-    return out
 
 
 def track_record(
@@ -3241,9 +3339,13 @@ def yahoo_params(since: date | None, now: datetime) -> dict[str, str]:
     return {"interval": "1d", "period1": str(int(start.timestamp())), "period2": str(int(now.timestamp()))}
 
 
-def mindicador_years(since: date | None, now: datetime, *, empty_years: int = 2) -> list[int]:
-    """Years to ask mindicador for: from the cached year (less the overlap) to now, or the last `empty_years`."""
-    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - empty_years + 1
+# Without a cached history, mindicador is asked for this many years (this one included): one request each.
+MINDICADOR_FIRST_YEARS = 2
+
+
+def mindicador_years(since: date | None, now: datetime) -> list[int]:
+    """Years to ask mindicador for: from the cached year (less the overlap) to now, else MINDICADOR_FIRST_YEARS."""
+    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - MINDICADOR_FIRST_YEARS + 1
     return list(range(min(first, now.year), now.year + 1))
 
 
@@ -3394,19 +3496,19 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
     return None
 
 
-def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None = None) -> Any:
+def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
     """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
 
     Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
     Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
     `config.retry_budget` seconds, and never past `deadline` (a `time.monotonic()` value: the
-    run's network budget), which also shortens the last request's timeout. Tests pass
-    `wait=tenacity.wait_none()`.
+    run's network budget), which also shortens the last request's timeout. Tests keep the waits
+    and replace only tenacity's sleep: `fetch_json.retry.sleep = slept.append`.
     """
     import httpx
     import tenacity
 
-    backoff = wait or tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
+    backoff = tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
 
     def left() -> float:
         return math.inf if deadline is None else deadline - time.monotonic()
@@ -3414,7 +3516,7 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
     def wait_for(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(outcome, config.max_retry_after)
-        seconds = backoff(state) if hinted is None or wait is not None else hinted
+        seconds = backoff(state) if hinted is None else hinted
         return max(0.0, min(seconds, left(), config.retry_budget - state.seconds_since_start))
 
     @tenacity.retry(
@@ -3437,24 +3539,30 @@ def make_fetch_json(config: Config, *, wait: Any = None, deadline: float | None 
             raise httpx.TimeoutException("network time budget spent")
         # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
         ends = time.monotonic() + min(left(), config.network_budget)
-        with client.stream("GET", url, params=params, timeout=min(config.timeout, left())) as response:
-            cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
-            body = _read_capped(response, cap=cap, ends=ends)
-        if not response.is_success:
-            # the body is kept (whole or cut) so that describe_error can quote it
-            framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
-            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
-            reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
-            kept = httpx.Response(
-                response.status_code, headers=headers, content=body, request=response.request, extensions=reason
-            )
-            kept.raise_for_status()
-        try:
-            return json.loads(body)
-        except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
-            raise PayloadError("malformed JSON (nested too deeply)") from None
+        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends)
 
     return fetch_json
+
+
+def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float) -> Any:
+    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote."""
+    import httpx
+
+    with client.stream("GET", url, params=params, timeout=timeout) as response:
+        cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+        body = _read_capped(response, cap=cap, ends=ends)
+    if not response.is_success:
+        framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+        reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+        kept = httpx.Response(
+            response.status_code, headers=headers, content=body, request=response.request, extensions=reason
+        )
+        kept.raise_for_status()
+    try:
+        return json.loads(body)
+    except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+        raise PayloadError("malformed JSON (nested too deeply)") from None
 
 
 MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
@@ -3674,21 +3782,28 @@ class YahooSession:
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         """Send a request; for Yahoo, carry the crumb once there is one, and fetch one when Yahoo asks (one retry)."""
-        import httpx
-
         if f"{request.url.scheme}://{request.url.netloc.decode()}" != _origin(self.config.yahoo_url):
             yield request
             return
         if self.crumb:
             request.url = request.url.copy_merge_params({"crumb": self.crumb})
         response = yield request
+        if self._asks(response):
+            log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
+            yield from self._crumb_then_retry(request)
+
+    def _asks(self, response: httpx.Response) -> bool:
+        """True when a Yahoo answer asks for a crumb and this run has not been refused one."""
         if self.crumb_state == "refused" or response.status_code not in CRUMB_STATUSES:
-            return
+            return False
         if int(response.headers.get("Content-Length") or 0) > 65536:  # INFO: Yahoo's asks are under 200 bytes
-            return
-        if not asks_for_crumb(response.status_code, response.read().decode(errors="replace")):
-            return
-        log.info("Yahoo asked for a cookie and crumb (HTTP %d): fetching them, retrying once", response.status_code)
+            return False
+        return asks_for_crumb(response.status_code, response.read().decode(errors="replace"))
+
+    def _crumb_then_retry(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        """Fetch a cookie and a crumb as a browser does, then send the request again once, with the crumb if given."""
+        import httpx
+
         self._cookies = httpx.Cookies()
         # INFO: requests made here skip the client's header and cookie merging: carry the request's own headers
         skip = {"host", "cookie", "content-length"}
@@ -3789,26 +3904,6 @@ def fetch_source(
     )
 
 
-def fetch_yahoo(
-    config: Config, client: httpx.Client, fetch_json: Any, symbol: str, *, since: date | None, now: datetime
-) -> Result:
-    """Fetch a daily Yahoo chart as a raw (uncleaned) frame."""
-    source = next(s for series in SOURCES.values() for s in series if s.symbol == symbol)
-    return fetch_source(source, config, client, fetch_json, since=since, now=now)
-
-
-def fetch_mindicador(
-    config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
-) -> Result:
-    """Fetch the official dólar observado, one request per year."""
-    return fetch_source(source_named("usdclp", "mindicador"), config, client, fetch_json, since=since, now=now)
-
-
-def fetch_fred_copper(config: Config, client: httpx.Client, fetch_json: Any) -> Result:
-    """Fetch monthly FRED PCOPPUSDM, converted to USD/lb; needs FRED_API_KEY."""
-    return fetch_source(source_named("copper", "fred"), config, client, fetch_json, since=None, now=datetime.now(UTC))
-
-
 # -- Shell: the parquet warehouse ---------------------------------------------------
 
 
@@ -3903,10 +3998,6 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     rows `repair` refuses (null or implausible closes, impossible dates, a bad tail) are not served:
     they are saved beside the file as `.rejected-*` and the file is rewritten.
     """
-    import io
-
-    import polars as pl
-
     if not path.exists():
         return Result("cache", error=f"no cache at {path}")
     try:
@@ -3916,16 +4007,7 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
         log.error("Cache %s unreadable (%s): left in place, not replaced", path.name, why)
         return Result("cache", error=f"cache {path.name} unreadable ({why})")
     try:
-        frame = pl.read_parquet(io.BytesIO(data))
-        missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
-        if missing:
-            raise ValueError(f"missing columns {sorted(missing)}")
-        schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
-        wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
-        if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
-            frame = frame.with_columns(_convert(name, frame.schema[name], schema[name]) for name in wrong)
-            found = ", ".join(f"{k} {v}" for k, v in wrong.items())
-            log.warning("Cache %s had columns of the wrong type (%s): converted", path.name, found)
+        frame = _parse_cache(data, path.name)
         kept, found = repair(frame, rules=rules, now=now) if rules is not None else (frame, [])
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is set aside, not fatal
         aside = path.with_name(f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}")
@@ -3939,18 +4021,42 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     if not found:
         return Result("cache", frame=frame)
     what = "; ".join(map(str, found))
+    where = write_repaired(path, frame, kept, now=now)
+    log.warning("Cache %s held rows that cannot be right (%s): %s", path.name, what, where)
+    reason = Reason(Degraded.REPAIRED, f"repaired cache: {path.name} dropped {what}")
+    return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
+
+
+def _parse_cache(data: bytes, name: str) -> pl.DataFrame:
+    """A warehouse file's frame, columns of the wrong type converted; raises when it is not one."""
+    import io
+
+    import polars as pl
+
+    frame = pl.read_parquet(io.BytesIO(data))
+    missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
+    if missing:
+        raise ValueError(f"missing columns {sorted(missing)}")
+    schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
+    wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
+    if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
+        frame = frame.with_columns(_convert(col, frame.schema[col], schema[col]) for col in wrong)
+        found = ", ".join(f"{k} {v}" for k, v in wrong.items())
+        log.warning("Cache %s had columns of the wrong type (%s): converted", name, found)
+    return frame
+
+
+def write_repaired(path: Path, frame: pl.DataFrame, kept: pl.DataFrame, *, now: datetime) -> str:
+    """Save the rows `repair` dropped beside the file (`.rejected-*`), rewrite it with the rest; say what happened."""
     aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
     try:
         write_parquet_atomic(
             frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
         )
         write_parquet_atomic(kept, path)
-        where = f"rewritten, the rows kept in {aside.name}"
     except OSError as exc:
-        where = f"served without them, not rewritten ({exc.strerror or exc})"
-    log.warning("Cache %s held rows that cannot be right (%s): %s", path.name, what, where)
-    reason = Reason(Degraded.REPAIRED, f"repaired cache: {path.name} dropped {what}")
-    return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
+        return f"served without them, not rewritten ({exc.strerror or exc})"
+    return f"rewritten, the rows kept in {aside.name}"
 
 
 SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from ../shared/data (its README says how)
@@ -3978,7 +4084,7 @@ class Series:
     frequency: Literal["daily", "monthly"] = "daily"
     notes: tuple[str, ...] = ()
     error: str | None = None
-    degraded: tuple[Reason, ...] = ()
+    degraded: tuple[Reason[Degraded], ...] = ()
     failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
 
     @property
@@ -4056,49 +4162,65 @@ def fetch_series(
     The warehouse is locked for the whole read-merge-write, so two runs never interleave.
     """
     path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
-    rules = PLAUSIBLE[name]
-    label = rules.label
+    label = PLAUSIBLE[name].label
     with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
-        cache = read_cache(path, now=now, rules=rules)
+        cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
         if not cache.ok and not path.exists() and config.seed_dir is not None:
             cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
-        history = cache.frame if cache.ok and not cache.frame.is_empty() else None
-        since = history[DATE].max() if history is not None else None
-        live_age = timedelta(days=config.max_age_days)
-        results: list[Result] = []
-        if not config.offline and client is not None:
-            fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
-            fetchers = {
-                "yahoo": lambda source: fetch_yahoo(config, client, fetch_json, source.symbol, since=since, now=now),
-                "mindicador": lambda source: fetch_mindicador(config, client, fetch_json, since=since, now=now),
-                "fred": lambda source: fetch_fred_copper(config, client, fetch_json),
-            }
-            for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
-                if deadline is not None and time.monotonic() > deadline:
-                    log.warning(
-                        "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, label
-                    )
-                    results.append(
-                        Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent")
-                    )
-                    break
-                raw = fetchers[source.name](source)
-                started = time.perf_counter()
-                result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
-                if timings is not None:
-                    timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
-                results.append(result)
-                if _confirm(results, rules):
-                    break
-                verdict = first_good([result], now=now, max_age=live_age)
-                if verdict.ok:
-                    break
-                why = verdict.error.removeprefix(f"{result.source}: ")
-                log.warning("%s %s fetch failed (%s)", _source_title(result.source), label, why)
-        results.append(cache)
-        ages = {r.source: live_age for r in results}
+        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, timings=timings, deadline=deadline)
+        results = [*asked, cache]
+        ages = {r.source: timedelta(days=config.max_age_days) for r in results}
         chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
-        return _settle(name, label, config, path, cache, chosen, results, now)
+        log_choice(name, chosen, results, now=now, config=config)
+        series = settle(name, chosen, cache, results, now=now, max_age_days=config.max_age_days)
+        if stored(chosen):
+            series = write_series(series, path, cache)
+            log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
+        return series
+
+
+def ask_sources(
+    name: Literal["usdclp", "copper"],
+    config: Config,
+    client: httpx.Client | None,
+    fetch_json: Any,
+    *,
+    cache: Result,
+    now: datetime,
+    timings: dict[str, float] | None = None,
+    deadline: float | None = None,
+) -> list[Result]:
+    """Ask a series' live sources in priority order, each answer cleaned and vetted, until one may be served.
+
+    Offline (or without a client) nothing is asked.
+    """
+    if config.offline or client is None:
+        return []
+    rules = PLAUSIBLE[name]
+    fetch_json = fetch_json or make_fetch_json(config, deadline=deadline)
+    history = cache.frame if cache.ok and not cache.frame.is_empty() else None
+    since = history[DATE].max() if history is not None else None
+    results: list[Result] = []
+    for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning(
+                "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, rules.label
+            )
+            results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
+            break
+        raw = fetch_source(source, config, client, fetch_json, since=since, now=now)
+        started = time.perf_counter()
+        result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
+        if timings is not None:
+            timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
+        results.append(result)
+        if _confirm(results, rules):
+            break
+        why = refusal(result, now=now, max_age=timedelta(days=config.max_age_days))
+        if why is None:
+            break
+        log.warning("%s %s fetch failed (%s)", _source_title(result.source), rules.label, why)
+    return results
 
 
 def _source_title(source: str) -> str:
@@ -4111,61 +4233,48 @@ def _source_title(source: str) -> str:
     }.get(source, source)
 
 
-def _settle(
-    name: str,
-    label: str,
-    config: Config,
-    path: Path,
-    cache: Result,
+def _staleness(chosen: Result, *, now: datetime, max_age_days: int) -> tuple[date, int, bool]:
+    """The chosen frame's last date, its age in days, and whether that age is stale."""
+    last = chosen.frame[DATE].max()
+    age = (now.date() - last).days
+    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in refusal: a monthly series lags up to two months
+    return last, age, age > max(max_age_days, leeway)
+
+
+def stored(chosen: Result) -> bool:
+    """True when the chosen answer is a live daily one, which the warehouse keeps (not the cache, seed or FRED)."""
+    return chosen.ok and chosen.source not in {"cache", "seed"} and chosen.frequency == "daily"
+
+
+def settle(
+    name: Literal["usdclp", "copper"],
     chosen: Result,
-    results: list[Result],
+    cache: Result,
+    results: Sequence[Result],
+    *,
     now: datetime,
+    max_age_days: int,
 ) -> Series:
+    """The series served from the chosen answer: its history (a live daily one merged), notes and degraded reasons."""
+    label = PLAUSIBLE[name].label
     notes = tuple(n for r in results for n in r.notes)
     failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
     rejected = tuple(
         Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
     )
     if not chosen.ok:
-        if name == "copper":
-            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
-        else:
-            log.error("All USD/CLP sources failed: %s", chosen.error)
         return Series(
             name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
         )
-    last = chosen.frame[DATE].max()
-    age = (now.date() - last).days
-    leeway = (
-        75 if chosen.frequency == "monthly" else 0
-    )  # INFO: as in first_good: a monthly series lags by up to two months
-    stale = (
-        (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),)
-        if age > max(config.max_age_days, leeway)
-        else ()
-    )
-    if stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
-        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=max_age_days)
+    stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if is_stale else ()
     reasons = rejected + cache.degraded
     if chosen.source in {"cache", "seed"}:
         if chosen.source == "seed":
-            log.warning(
-                "No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age
-            )
             reasons += (
                 Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
             )
-        elif config.offline:
-            log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
-            reasons += (Reason(Degraded.CACHED), *stale)
         else:
-            tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
-            log.warning(
-                "%s failed, using %d cached %s data points",
-                {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
-                chosen.frame.height,
-                label,
-            )
             reasons += (Reason(Degraded.CACHED), *stale)
         cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
         frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
@@ -4174,23 +4283,56 @@ def _settle(
         )
     reasons += chosen.degraded + stale
     if chosen.frequency == "monthly":
-        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
         notes = failures + notes + ("monthly copper (FRED PCOPPUSDM)",)
         return Series(name, chosen.frame, chosen.source, "monthly", notes, degraded=reasons, failures=failures)
     merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
-    if chosen.source != "yahoo":
+    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+
+
+def log_choice(
+    name: Literal["usdclp", "copper"], chosen: Result, results: Sequence[Result], *, now: datetime, config: Config
+) -> None:
+    """Log where a series comes from unless all is well: nowhere, stale data, the seed, the cache or a backup."""
+    label = PLAUSIBLE[name].label
+    if not chosen.ok:
+        if name == "copper":
+            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
+        else:
+            log.error("All USD/CLP sources failed: %s", chosen.error)
+        return
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=config.max_age_days)
+    if is_stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
+        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    if chosen.source == "seed":
+        log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
+    elif chosen.source == "cache" and config.offline:
+        log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
+    elif chosen.source == "cache":
+        tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
+        log.warning(
+            "%s failed, using %d cached %s data points",
+            {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
+            chosen.frame.height,
+            label,
+        )
+    elif chosen.frequency == "monthly":
+        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
+    elif chosen.source != "yahoo":
         log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
+
+
+def write_series(series: Series, path: Path, cache: Result) -> Series:
+    """Store a merged history in the warehouse; on a full disk or a read-only one, the series noting it was not."""
     try:
         if not cache.ok and path.exists():
             path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
-        write_parquet_atomic(merged, path)
+        write_parquet_atomic(series.frame, path)
     except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
         log.error(
             "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
         )
-        notes += (f"warehouse not updated ({exc.strerror or exc})",)
-    log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
-    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+        return dataclasses.replace(series, notes=series.notes + (f"warehouse not updated ({exc.strerror or exc})",))
+    return series
 
 
 def fetch_both(

@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -58,8 +57,15 @@ def make_config(tmp_path: Path, **changes) -> fxcu.Config:
     return dataclasses.replace(base, **changes)
 
 
-def no_wait_fetch(config: fxcu.Config):
-    return fxcu.make_fetch_json(config, wait=tenacity.wait_none())
+def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: list[float] | None = None):
+    """`make_fetch_json` as production builds it, with tenacity's sleep hook recording each wait instead of sleeping."""
+    return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
+
+
+def without_sleep(fetch_json, slept: list[float]):
+    """Swap a retried call's sleep (tenacity's `Retrying.sleep`) for one that records the seconds asked for."""
+    fetch_json.retry.sleep = lambda seconds: slept.append(float(seconds))
+    return fetch_json
 
 
 def load_json(*parts: str) -> dict:
@@ -442,6 +448,20 @@ def test_first_good_per_source_limits_and_monthly_leeway():
     results = [fxcu.Result("fred", frame=monthly, frequency="monthly")]
     assert fxcu.first_good(results, now=NOW, max_age={"fred": timedelta(days=5)}).source == "fred"
     assert fxcu.first_good([fxcu.Result("cache", frame=stale)], now=NOW, max_age={"yahoo": timedelta(days=5)}).ok
+
+
+def test_refusal_words_one_result_without_its_source_name():
+    five = timedelta(days=5)
+    assert fxcu.refusal(fxcu.Result("yahoo", error="HTTP 503"), now=NOW, max_age=five) == "HTTP 503"
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=fresh), now=NOW, max_age=five) is None
+    last = stale[fxcu.DATE].max()
+    expected = f"stale: last date {last} is {(NOW.date() - last).days} days old"
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=stale), now=NOW, max_age=five) == expected
+    assert fxcu.refusal(fxcu.Result("yahoo", frame=stale), now=NOW, max_age=None) is None
+    assert fxcu.refusal(fxcu.Result("yahoo"), now=NOW, max_age=five) == "no rows"
+    # a monthly series may lag 75 days whatever the limit asked
+    monthly = make_prices(3, start=date(2023, 11, 1))
+    assert fxcu.refusal(fxcu.Result("fred", frame=monthly, frequency="monthly"), now=NOW, max_age=five) is None
 
 
 result_strategy = st.one_of(
@@ -890,7 +910,9 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
     handler, calls = counting(lambda request: response)
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert not result.ok and expected in result.error
     assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
 
@@ -920,7 +942,9 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
 def test_fetch_yahoo_any_body_shape_is_a_failed_source_not_a_crash(tmp_path, body):
     config = make_config(tmp_path)
     with mock_client(lambda request: httpx.Response(200, json=body)) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert not result.ok and result.error
 
 
@@ -939,7 +963,9 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
     handler, calls = counting(handler)
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert "timeout" in result.error and len(calls) == 3
 
 
@@ -949,15 +975,54 @@ def test_fetch_json_recovers_after_transient_errors(tmp_path):
     )
     handler, calls = counting(lambda request: next(responses))
     config = make_config(tmp_path)
+    slept: list[float] = []
     with mock_client(handler) as client:
-        assert no_wait_fetch(config)(client, "https://x/y", {}) == {"ok": 1}
+        assert no_wait_fetch(config, slept=slept)(client, "https://x/y", {}) == {"ok": 1}
     assert len(calls) == 3
+    # the 503 waits the jittered backoff (1 s, plus up to 2 s of jitter); the 429 waits its Retry-After
+    assert 1.0 <= slept[0] <= 3.0 and slept[1:] == [1.0]
+
+
+def test_fetch_json_honours_retry_after_capped_by_config(tmp_path):
+    responses = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "7"}),
+            httpx.Response(503, headers={"Retry-After": "3600"}),
+            httpx.Response(503, headers={"Retry-After": "soon"}),  # not a number of seconds: the backoff
+            httpx.Response(200, json={"ok": 1}),
+        ]
+    )
+    handler, calls = counting(lambda request: next(responses))
+    config = make_config(tmp_path, attempts=4, max_retry_after=12.0)
+    slept: list[float] = []
+    with mock_client(handler) as client:
+        assert no_wait_fetch(config, slept=slept)(client, "https://x/y", {}) == {"ok": 1}
+    assert len(calls) == 4 and slept[:2] == [7.0, 12.0]
+    assert 4.0 <= slept[2] <= 6.0  # the third try's backoff: 2**2 s plus up to 2 s of jitter
+
+
+def test_fetch_json_retry_after_never_outwaits_the_retry_budget(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(429, headers={"Retry-After": "25"}))
+    config = make_config(tmp_path, attempts=2, retry_budget=10.0, max_retry_after=30.0)
+    slept: list[float] = []
+    with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
+        no_wait_fetch(config, slept=slept)(client, "https://x/y", {})
+    assert len(calls) == 2 and len(slept) == 1 and 9.0 < slept[0] <= 10.0
+
+
+def test_fetch_json_retry_after_never_outwaits_the_deadline(tmp_path):
+    handler, calls = counting(lambda request: httpx.Response(503, headers={"Retry-After": "20"}))
+    config = make_config(tmp_path, attempts=2)
+    slept: list[float] = []
+    with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
+        no_wait_fetch(config, deadline=time.monotonic() + 5, slept=slept)(client, "https://x/y", {})
+    assert len(calls) == 2 and len(slept) == 1 and 3.0 < slept[0] <= 5.0
 
 
 def test_fetch_json_never_retries_past_the_deadline(tmp_path):
     handler, calls = counting(lambda request: httpx.Response(503))
     config = make_config(tmp_path)
-    fetch_json = fxcu.make_fetch_json(config, wait=tenacity.wait_none(), deadline=time.monotonic() + 0.5)
+    fetch_json = no_wait_fetch(config, deadline=time.monotonic() + 0.5)
     with mock_client(handler) as client, pytest.raises(httpx.HTTPStatusError):
         fetch_json(client, "https://x/y", {})
     assert len(calls) == 1  # the real error, not a retry into the deadline
@@ -998,7 +1063,9 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
 
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+        fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
@@ -1089,7 +1156,9 @@ def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
     handler, calls = counting(lambda request: httpx.Response(500))
     config = make_config(tmp_path, fred_api_key=None)
     with mock_client(handler) as client:
-        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert result.error == "FRED_API_KEY is not set" and not calls
 
 
@@ -1099,7 +1168,9 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
 
     config = make_config(tmp_path)
     with caplog.at_level(logging.DEBUG), mock_client(handler) as client:
-        result = fxcu.fetch_fred_copper(config, client, no_wait_fetch(config))
+        result = fxcu.fetch_source(
+            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+        )
     assert "connection error" in result.error
     assert FRED_KEY not in result.error and FRED_KEY not in caplog.text
     assert "api_key=***" in result.error
@@ -1113,7 +1184,9 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
 def test_fetch_yahoo_cassette_full_clpx_history(tmp_path):
     config = make_config(tmp_path)
     with fxcu.make_client(config) as client:
-        result = fxcu.fetch_yahoo(config, client, fxcu.make_fetch_json(config), "CLP=X", since=None, now=CLP_END)
+        result = fxcu.fetch_source(
+            fxcu.source_named("usdclp", "yahoo"), config, client, fxcu.make_fetch_json(config), since=None, now=CLP_END
+        )
     assert result.ok and result.frame.height == 4666 and result.frame[fxcu.DATE].max() == date(2024, 7, 15)
 
 
@@ -1258,6 +1331,59 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
     with mock_client(handler) as client:
         series = fxcu.fetch_series("usdclp", config, client, now=NOW)
     assert series.source == "cache" and not calls
+
+
+# settle is pure: the real CLP=X closes (../shared/data) of 2024-06-03 .. 2024-06-28 as the cached history, and
+# of 2024-06-24 .. 2024-07-15 as a live answer; the real PCOPPUSDM values of 2024 as monthly FRED copper.
+@functools.cache
+def real_clp_2024() -> pl.DataFrame:
+    return real_usdclp().filter(pl.col(fxcu.DATE) >= date(2024, 6, 1))
+
+
+def real_clp_between(first: date, last: date, source: str) -> pl.DataFrame:
+    return provenance(real_clp_2024().filter(pl.col(fxcu.DATE).is_between(first, last)), source)
+
+
+def test_settle_merges_a_live_daily_answer_and_stores_it():
+    cache = fxcu.Result("cache", frame=real_clp_between(date(2024, 6, 3), date(2024, 6, 28), "yahoo"))
+    live = fxcu.Result("mindicador", frame=real_clp_between(date(2024, 6, 24), date(2024, 7, 15), "mindicador"))
+    results = [fxcu.Result("yahoo", error="HTTP 429"), live, cache]
+    series = fxcu.settle("usdclp", live, cache, results, now=FETCH_DAY, max_age_days=5)
+    assert series.source == "mindicador" and series.frequency == "daily" and not series.degraded
+    assert series.frame[fxcu.DATE].min() == date(2024, 6, 3) and series.frame[fxcu.DATE].max() == date(2024, 7, 15)
+    # the days both hold keep the primary's (Yahoo's) rows
+    overlap = series.frame.filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 24), date(2024, 6, 28)))
+    assert overlap.height == 5 and overlap[fxcu.SOURCE].unique().to_list() == ["yahoo"]
+    assert series.failures == ("yahoo failed: HTTP 429",) and series.notes == ("yahoo failed: HTTP 429",)
+    assert fxcu.stored(live) and not fxcu.stored(cache)
+
+
+def test_settle_a_stale_cache_is_served_cached_and_stale():
+    cache = fxcu.Result("cache", frame=real_clp_between(date(2024, 6, 3), date(2024, 6, 28), "yahoo"))
+    results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("mindicador", error="HTTP 503"), cache]
+    series = fxcu.settle("usdclp", cache, cache, results, now=FETCH_DAY, max_age_days=5)
+    assert series.source == "cache" and series.frame.equals(cache.frame)
+    assert [r.kind for r in series.degraded] == [fxcu.Degraded.CACHED, fxcu.Degraded.STALE]
+    assert str(series.degraded[1]) == "stale: USD/CLP last date 2024-06-28, 18 days old"
+    assert series.notes == ("yahoo failed: HTTP 503", "mindicador failed: HTTP 503", "cached data (18 days old)")
+
+
+def test_settle_monthly_copper_is_served_unmerged_and_no_answer_is_an_error():
+    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv", try_parse_dates=True)
+    monthly = fred.filter(pl.col("date").dt.year() == 2024).select(
+        pl.col("date").alias(fxcu.DATE), (pl.col("value") / fxcu.LB_PER_TONNE).alias(fxcu.CLOSE)
+    )
+    answer = fxcu.Result("fred", frame=provenance(monthly, "fred"), frequency="monthly")
+    no_cache = fxcu.Result("cache", error="no cache")
+    now = datetime(2025, 1, 20, tzinfo=UTC)  # December 2024 is 50 days old: within a monthly series' lag
+    series = fxcu.settle(
+        "copper", answer, no_cache, [fxcu.Result("yahoo", error="HTTP 503"), answer], now=now, max_age_days=5
+    )
+    assert series.frequency == "monthly" and series.frame.height == 12 and not series.degraded
+    assert series.notes == ("yahoo failed: HTTP 503", "monthly copper (FRED PCOPPUSDM)") and not fxcu.stored(answer)
+    none = fxcu.Result("none", error="yahoo: HTTP 503; fred: HTTP 503; cache: no cache")
+    failed = fxcu.settle("copper", none, no_cache, [no_cache], now=now, max_age_days=5)
+    assert not failed.ok and failed.source == "none" and failed.error == none.error and failed.failures == ()
 
 
 def test_fetch_both_network_budget_spent_falls_back_to_cache(tmp_path, caplog):
@@ -1759,9 +1885,9 @@ def test_final_and_online_weight_rules():
         fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
 
 
-def test_model_frames_copper_regressor_is_known_at_every_origin():
+def test_copper_frame_regressor_is_known_at_every_origin():
     usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
-    uni, exog, dates = fxcu.model_frames(usdclp, copper, steps=5)
+    uni, exog, dates = fxcu.univariate_frame(usdclp), fxcu.copper_frame(usdclp, copper, 5), fxcu.ds_dates(usdclp)
     aligned = fxcu.align_copper(usdclp, copper)
     date_of = dict(dates.iter_rows())
     lag_of = dict(exog.select("ds", "copper_lag").iter_rows())
@@ -1771,6 +1897,8 @@ def test_model_frames_copper_regressor_is_known_at_every_origin():
         assert lag_of[ds] == pytest.approx(math.log(aligned["copper"][source_row]))
     assert uni["ds"].to_list() == dates["ds"].to_list() and set(exog["ds"]) <= set(uni["ds"])
     assert exog["ds"].max() == uni["ds"].max()
+    # no daily copper, no copper frame
+    assert fxcu.copper_frame(usdclp, None, 5) is None
 
 
 @pytest.mark.slow
@@ -4966,7 +5094,7 @@ def inprocess(monkeypatch, capsys, caplog):
     monkeypatch.setattr(
         fxcu,
         "make_fetch_json",
-        lambda config, wait=None, deadline=None: real(config, wait=tenacity.wait_none(), deadline=deadline),
+        lambda config, deadline=None: without_sleep(real(config, deadline=deadline), []),
     )
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -6363,7 +6491,9 @@ def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_
         config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
-            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "CLP=X", since=None, now=NOW)
+            result = fxcu.fetch_source(
+                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
     # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
     # try 2: the same 401, no second crumb attempt, and a 401 is final
     assert not result.ok and result.error.startswith("HTTP 401 Unauthorized") and "Invalid Crumb" in result.error
@@ -6382,7 +6512,9 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
             config = make_config(tmp_path, yahoo_url=api.url, impersonate=mode)
             session = fxcu.YahooSession(config)
             with fxcu.make_client(config, session) as client:
-                result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+                result = fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
         assert result.ok and result.frame.height == 30, result.error
         seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
     ciphers, extensions, headers, transport = seen["chrome"]
@@ -6397,7 +6529,9 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
     with FakeSources({YAHOO_HG: chart}, tls=context) as api:  # a certificate nobody vouches for is refused
         config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
-            result = fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW)
+            result = fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
     assert not result.ok and "connection error" in result.error and api.requests == []
 
 
@@ -6407,8 +6541,17 @@ def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
     with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
         config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
-            assert fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW).ok
-            assert fxcu.fetch_mindicador(config, client, no_wait_fetch(config), since=None, now=CLP_END).ok
+            assert fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            ).ok
+            assert fxcu.fetch_source(
+                fxcu.source_named("usdclp", "mindicador"),
+                config,
+                client,
+                no_wait_fetch(config),
+                since=None,
+                now=CLP_END,
+            ).ok
     assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
     assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
 
@@ -6421,7 +6564,10 @@ def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, m
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             results = [
-                fxcu.fetch_yahoo(config, client, no_wait_fetch(config), "HG=F", since=None, now=NOW) for _ in range(2)
+                fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
+                for _ in range(2)
             ]
     assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
     lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]

@@ -284,12 +284,12 @@ def shared_frames(usdclp: Any, copper: Any, horizons: tuple[str, ...]) -> tuple[
     import polars as pl
 
     span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
-    uni, _, dates = fxcu.model_frames(usdclp, None, span)
+    uni, dates = fxcu.univariate_frame(usdclp), fxcu.ds_dates(usdclp)
     last_origin = uni["ds"].max() - span
     exogs = {}
     for h in horizons:
         steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
-        _, exog, _ = fxcu.model_frames(usdclp, copper, steps)
+        exog = fxcu.copper_frame(usdclp, copper, steps)
         exogs[h] = exog.filter(pl.col("ds") <= last_origin + steps)
     return uni, dates, exogs
 
