@@ -2167,6 +2167,41 @@ def data_dir(tmp_path, migrated_db) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def model_memo() -> dict:
+    """Backtests, ranges and forecasts by their inputs, kept for the whole session (see `shared_models`)."""
+    return {}
+
+
+def frame_key(frame: pl.DataFrame | None) -> tuple | None:
+    """A frame's identity by content: columns and a hash of every row."""
+    return None if frame is None else (tuple(frame.columns), frame.height, hash(tuple(frame.hash_rows().to_list())))
+
+
+@pytest.fixture
+def shared_models(monkeypatch, model_memo):
+    """In-process runs on the same inputs reuse one backtest, range backtest and forecast (about 8 s each).
+
+    For tests of what a run does around the models (writes, tracking, email, faults): each result is
+    fxcu's own, computed by the real function the first time its exact inputs (frames by content,
+    horizons, options; the forecast's backtests by identity, held in the memo) are seen.
+    """
+    real = {name: getattr(fxcu, name) for name in ("backtest_all", "density_backtest_all", "forecast_all")}
+
+    def memoized(name: str):
+        def call(usdclp, copper=None, horizons=tuple(fxcu.HORIZONS), *args, **kwargs):
+            given = tuple((k, tuple(map(id, v.values())) if isinstance(v, dict) else v) for k, v in kwargs.items())
+            key = (name, frame_key(usdclp), frame_key(copper), tuple(horizons), args, given)
+            if key not in model_memo:  # the kwargs are kept too, so the ids in the key stay unique
+                model_memo[key] = (real[name](usdclp, copper, horizons, *args, **kwargs), kwargs)
+            return model_memo[key][0]
+
+        return call
+
+    for name in real:
+        monkeypatch.setattr(fxcu, name, memoized(name))
+
+
 def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {"FXCU_DATA_DIR": str(data_dir), "FXCU_TRACKING_TIMEOUT": "30", **extra}
 
@@ -2459,7 +2494,7 @@ def test_report_has_chart_path_backtest_and_copper(offline_run):
 
 
 @pytest.mark.slow
-def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog):
+def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog, shared_models):
     env = run_env(
         data_dir,
         MLFLOW_TRACKING_URI=f"sqlite:///{data_dir}/warehouse/usdclp.parquet/mlflow.db",
@@ -3083,7 +3118,7 @@ def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog):
+def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog, shared_models):
     def hang(uri):
         time.sleep(3)
         raise RuntimeError("unreachable")
@@ -3103,14 +3138,14 @@ def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, c
 
 
 @pytest.mark.slow
-def test_run_copper_off_runs_without_copper(data_dir, capsys):
+def test_run_copper_off_runs_without_copper(data_dir, capsys, shared_models):
     code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
 
 
 @pytest.mark.slow
-def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys):
+def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys, shared_models):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
@@ -3122,7 +3157,9 @@ def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch,
 
 
 @pytest.mark.slow
-def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data_dir, capsys, monkeypatch):
+def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
+    data_dir, capsys, monkeypatch, shared_models
+):
     calls = []
     real = fxcu.fetch_series
     monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
@@ -3144,7 +3181,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data
 
 
 @pytest.mark.slow
-def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
+def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys, shared_models):
     assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
     capsys.readouterr()
     code = fxcu.main(["check", "--json"], run_env(data_dir))
@@ -4269,7 +4306,7 @@ def relay_env(data_dir: Path, port: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog):
+def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog, shared_models):
     cafile, context = tls_pair
     server = SMTPServer(tls=context)
     env = smtp_env(
@@ -4285,7 +4322,7 @@ def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair,
 
 
 @pytest.mark.slow
-def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
+def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog, shared_models):
     _, context = tls_pair
     server = SMTPServer(tls=context)
     env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw")
@@ -4297,7 +4334,7 @@ def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
 
 
 @pytest.mark.slow
-def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch):
+def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch, shared_models):
     import smtplib
 
     cafile, context = tls_pair
@@ -4318,7 +4355,7 @@ def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog
 
 
 @pytest.mark.slow
-def test_email_never_sends_credentials_in_clear(data_dir, caplog):
+def test_email_never_sends_credentials_in_clear(data_dir, caplog, shared_models):
     server = SMTPServer()
     env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
     with caplog.at_level(logging.INFO):
@@ -4328,7 +4365,7 @@ def test_email_never_sends_credentials_in_clear(data_dir, caplog):
 
 
 @pytest.mark.slow
-def test_run_emails_the_report_with_its_chart(data_dir, capsys):
+def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
     server = SMTPServer()
     env = run_env(
         data_dir,
@@ -4349,7 +4386,7 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys):
 
 
 @pytest.mark.slow
-def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
+def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path, shared_models):
     server = SMTPServer()
     env = relay_env(data_dir, server.port)
     assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
@@ -4359,7 +4396,7 @@ def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_email_failure_never_fails_the_run(data_dir, caplog):
+def test_email_failure_never_fails_the_run(data_dir, caplog, shared_models):
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
     with caplog.at_level(logging.INFO):
         assert fxcu.main(["run", "7d", "--offline"], env) == 0
@@ -4367,7 +4404,7 @@ def test_email_failure_never_fails_the_run(data_dir, caplog):
 
 
 @pytest.mark.slow
-def test_skip_email_sends_nothing(data_dir):
+def test_skip_email_sends_nothing(data_dir, shared_models):
     server = SMTPServer()
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
     assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
@@ -4960,7 +4997,7 @@ def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
 
 
 @pytest.mark.slow
-def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess):
+def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess, shared_models):
     """A proxy page echoing the request line (api_key too) flows into logs, notes, the report and MLflow: redacted."""
     page = Reply(503, "<html><body>503 Service Unavailable: upstream timed out", "text/html", echo=True)
     before = kept(data_dir)
@@ -5003,7 +5040,7 @@ def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir
 
 
 @pytest.mark.slow
-def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess):
+def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess, shared_models):
     before = kept(data_dir)
     down = closed_url()
     env = fault_env(data_dir, down)
@@ -5266,7 +5303,9 @@ def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(dat
     ],
     ids=["list", "string-entry", "no-time", "naive-time", "odd-types", "deep"],
 )
-def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(data_dir, body, line, capsys):
+def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(
+    data_dir, body, line, capsys, shared_models
+):
     (data_dir / "status.json").write_text(body)
     code = fxcu.main(["check"], run_env(data_dir))
     out = capsys.readouterr().out
@@ -5458,7 +5497,7 @@ def test_hostile_jump_confirmed_by_the_next_source_is_accepted(hostile_dir, inpr
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["infinity", "year-33658", "negative-year"])
-def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode):
+def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode, shared_models):
     """Section 2's bad values: no crash, no exit 1, status.json says what happened, and the next run works."""
     with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
         first = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
@@ -5720,26 +5759,11 @@ def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, in
     assert temp_leftovers(data_dir) == []
 
 
-@pytest.fixture(scope="module")
-def memo_forecasts():
-    """The real backtest and forecast of the real warehouse, computed once: disk-full rows test writes, not models."""
-    return {}
-
-
 @pytest.mark.slow
-def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess, monkeypatch, memo_forecasts):
+def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess, monkeypatch, shared_models):
     """`run 7d` with ENOSPC injected at each of its atomic writes in turn: never a traceback, the forecast always
-    printed, each failure one ERROR line, the warehouse and the earlier MLflow runs intact, no temp file left."""
-    real_backtest, real_forecast = fxcu.backtest_all, fxcu.forecast_all
-
-    def backtest_all(usdclp, copper, horizons):
-        return memo_forecasts.setdefault(("bt", usdclp.height), real_backtest(usdclp, copper, horizons))
-
-    def forecast_all(usdclp, copper, horizons, **kw):
-        return memo_forecasts.setdefault(("fc", usdclp.height), real_forecast(usdclp, copper, horizons, **kw))
-
-    monkeypatch.setattr(fxcu, "backtest_all", backtest_all)
-    monkeypatch.setattr(fxcu, "forecast_all", forecast_all)
+    printed, each failure one ERROR line, the warehouse and the earlier MLflow runs intact, no temp file left.
+    The models are computed once (`shared_models`): the rows test the writes, not the models."""
     env = run_env(data_dir, FXCU_MAX_AGE_DAYS="100000")
     with disk_full_at(monkeypatch, 0) as calls:  # a clean run: which writes does `run` make?
         clean = inprocess(["run", "7d", "--offline", "--skip-email"], env)
