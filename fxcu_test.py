@@ -5630,15 +5630,17 @@ def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, 
 
 
 @pytest.mark.slow
-def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(tmp_path, migrated_db):
-    """`#`, `?` and `%` in the data dir put the database elsewhere; `backup` archived an empty one as a success."""
+def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(tmp_path, inprocess, shared_models):
+    """`#`, `?` and `%` in the data dir put the database elsewhere; `backup` archived an empty one as a success.
+
+    In-process (the paths are the point, not the process) with the models computed once (`shared_models`)."""
     parent = tmp_path / "parent"
     data = parent / "fx #1?x=%41 data"
     write_real_warehouse(data)
     env = run_env(data)
-    init = cli(["init"], env, tmp_path)
-    run = cli(["run", "7d", "--offline", "--skip-email"], env, tmp_path)
-    backup = cli(["backup", str(tmp_path / "backups")], env, tmp_path)
+    init = inprocess(["init"], env)
+    run = inprocess(["run", "7d", "--offline", "--skip-email"], env)
+    backup = inprocess(["backup", str(tmp_path / "backups")], env)
     for result in (init, run, backup):
         assert result.code == 0 and "Traceback" not in result.err, result.err
     assert sorted(p.name for p in parent.iterdir()) == [data.name]  # nothing made beside it (no `fx %231%3F...`)
