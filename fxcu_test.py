@@ -4168,12 +4168,13 @@ def test_backfill_reconstructs_weekly_origins_with_no_look_ahead(data_dir, capsy
         )
     )
     assert with_future == cut and cut[0]["kind"] == "reconstructed" and cut[0]["run_id"] is None
-    assert fxcu.main(["track", "--backfill", "2024-06-24", "--json"], run_env(data_dir)) == 0
+    # three weeks: one origin whose 7d outcome is known, two that aim past the end (each week costs a full run)
+    assert fxcu.main(["track", "--backfill", "2024-07-01", "--json"], run_env(data_dir)) == 0
     record = json.loads(capsys.readouterr().out)
     for horizon in fxcu.HORIZONS:
-        # the last trading day of the weeks of 06-24, 07-01, 07-08 and 07-15 (the history ends on Monday 07-15)
-        assert record[horizon]["forecasts"] == 0 and record[horizon]["reconstructed"]["forecasts"] == 4
-    assert record["7d"]["reconstructed"]["scored"] == 2  # 07-12 and 07-15 aim past the end of the history
+        # the last trading day of the weeks of 07-01, 07-08 and 07-15 (the history ends on Monday 07-15)
+        assert record[horizon]["forecasts"] == 0 and record[horizon]["reconstructed"]["forecasts"] == 3
+    assert record["7d"]["reconstructed"]["scored"] == 1  # 07-12 and 07-15 aim past the end of the history
     assert fxcu.main(["track"], run_env(data_dir)) == 0
     text = capsys.readouterr().out
     assert "| 7d | live |" not in text and "| 7d | reconstructed |" in text
