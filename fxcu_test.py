@@ -532,7 +532,10 @@ HOSTILE = {  # mode -> the Problem the check must name (the issue's table, plus 
 
 
 def hostile_chart(mode: str) -> dict:
-    """A CLP=X chart body gone wrong the way `mode` says (json.dumps writes `Infinity` as Yahoo's JSON would carry it)."""
+    """A CLP=X chart body gone wrong the way `mode` says.
+
+    json.dumps writes `Infinity` as Yahoo's JSON would carry it.
+    """
     if mode == "copper-under-clp":  # the real HG=F bars of the same days, with HG=F's meta
         return chart_payload(real_copper().filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 26), date(2024, 7, 15))))
     body = json.loads(clpx_tail_json())
@@ -609,7 +612,7 @@ def test_implausible_cached_days_revised_beyond_the_limit():
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "rules"), [("usdclp", fxcu.USDCLP_RULES), ("copper", fxcu.COPPER_RULES)])
 def test_implausible_never_refuses_the_real_histories(name, rules):
-    """Every 20-bar stretch of 18 (CLP=X) and 26 (HG=F) real years, fetched on the next day over the history before it."""
+    """Every 20-bar stretch of 18 (CLP=X) and 26 (HG=F) real years, fetched next day over the history before it."""
     frame = real_usdclp() if name == "usdclp" else real_copper()
     for cut in range(40, frame.height - 20, 20):
         history, fresh = frame.head(cut), frame.slice(cut - 5, 25)
@@ -807,7 +810,8 @@ INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","descr
         (401, INVALID_CRUMB, True),
         (
             401,
-            '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"User is unable to access this feature"}}}',
+            '{"finance":{"result":null,"error":{"code":"Unauthorized",'
+            '"description":"User is unable to access this feature"}}}',
             True,
         ),
         (429, "Too Many Requests\r\n", True),
@@ -816,7 +820,8 @@ INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","descr
         (429, "", False),  # a bare 429 is rate limiting: tenacity's backoff, not a crumb
         (
             404,
-            '{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found, symbol may be delisted"}}}',
+            '{"chart":{"result":null,"error":{"code":"Not Found",'
+            '"description":"No data found, symbol may be delisted"}}}',
             False,
         ),
         (500, "Unauthorized", False),
@@ -1146,9 +1151,9 @@ def test_browser_transport_curl_error_reads_as_one_short_line():
         with pytest.raises(httpx.ConnectError) as caught:
             client.get("https://query1.finance.yahoo.com/v8/finance/chart/HG=F")
     text = fxcu.describe_error(caught.value, None)
-    assert (
-        text
-        == "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: Could not connect to server.)"
+    assert text == (
+        "connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1:50289 after 0 ms: "
+        "Could not connect to server.)"
     )
 
 
@@ -2068,7 +2073,7 @@ def garch_prices() -> pl.DataFrame:
 
 @pytest.mark.slow
 def test_coverage_on_simulated_garch_data(garch_prices):
-    """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks included; Naive's constant width does not."""
+    """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks too; Naive's fixed width does not."""
     db = fxcu.density_backtest_all(
         garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200
     )["7d"]
@@ -2095,7 +2100,7 @@ def test_garch_t_covers_simulated_garch_data(garch_prices):
 
 @pytest.mark.slow
 def test_density_backtest_never_uses_data_after_its_origin():
-    """Perturbing every price after an origin leaves every interval model's range at that origin, and the pick, unchanged."""
+    """Perturbing every price after an origin leaves each interval model's range at that origin, and the pick, as is."""
     usdclp, copper = make_prices(900, seed=4), make_prices(900, seed=5, level=4.0)
     models = [*fxcu.RUN_INTERVAL_MODELS, "GARCH_t"]
     kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
@@ -2288,6 +2293,41 @@ def data_dir(tmp_path, migrated_db) -> Path:
     (folder / "mlflow").mkdir(parents=True)
     shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
     return folder
+
+
+@pytest.fixture(scope="session")
+def model_memo() -> dict:
+    """Backtests, ranges and forecasts by their inputs, kept for the whole session (see `shared_models`)."""
+    return {}
+
+
+def frame_key(frame: pl.DataFrame | None) -> tuple | None:
+    """A frame's identity by content: columns and a hash of every row."""
+    return None if frame is None else (tuple(frame.columns), frame.height, hash(tuple(frame.hash_rows().to_list())))
+
+
+@pytest.fixture
+def shared_models(monkeypatch, model_memo):
+    """In-process runs on the same inputs reuse one backtest, range backtest and forecast (about 8 s each).
+
+    For tests of what a run does around the models (writes, tracking, email, faults): each result is
+    fxcu's own, computed by the real function the first time its exact inputs (frames by content,
+    horizons, options; the forecast's backtests by identity, held in the memo) are seen.
+    """
+    real = {name: getattr(fxcu, name) for name in ("backtest_all", "density_backtest_all", "forecast_all")}
+
+    def memoized(name: str):
+        def call(usdclp, copper=None, horizons=tuple(fxcu.HORIZONS), *args, **kwargs):
+            given = tuple((k, tuple(map(id, v.values())) if isinstance(v, dict) else v) for k, v in kwargs.items())
+            key = (name, frame_key(usdclp), frame_key(copper), tuple(horizons), args, given)
+            if key not in model_memo:  # the kwargs are kept too, so the ids in the key stay unique
+                model_memo[key] = (real[name](usdclp, copper, horizons, *args, **kwargs), kwargs)
+            return model_memo[key][0]
+
+        return call
+
+    for name in real:
+        monkeypatch.setattr(fxcu, name, memoized(name))
 
 
 def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -2582,7 +2622,7 @@ def test_report_has_chart_path_backtest_and_copper(offline_run):
 
 
 @pytest.mark.slow
-def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog):
+def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog, shared_models):
     env = run_env(
         data_dir,
         MLFLOW_TRACKING_URI=f"sqlite:///{data_dir}/warehouse/usdclp.parquet/mlflow.db",
@@ -3090,7 +3130,7 @@ def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp
 
 @pytest.mark.slow
 def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_db):
-    """`fxcu backup` restored into another path: `init`, `runs` and new runs use the new path, the original is untouched."""
+    """`fxcu backup` restored elsewhere: `init`, `runs` and new runs use the new path, the original is untouched."""
     import tarfile
 
     original, restored = tmp_path / "original", tmp_path / "restored"
@@ -3206,7 +3246,7 @@ def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog):
+def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog, shared_models):
     def hang(uri):
         time.sleep(3)
         raise RuntimeError("unreachable")
@@ -3226,14 +3266,14 @@ def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, c
 
 
 @pytest.mark.slow
-def test_run_copper_off_runs_without_copper(data_dir, capsys):
+def test_run_copper_off_runs_without_copper(data_dir, capsys, shared_models):
     code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
 
 
 @pytest.mark.slow
-def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys):
+def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys, shared_models):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
@@ -3245,7 +3285,9 @@ def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch,
 
 
 @pytest.mark.slow
-def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data_dir, capsys, monkeypatch):
+def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
+    data_dir, capsys, monkeypatch, shared_models
+):
     calls = []
     real = fxcu.fetch_series
     monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
@@ -3267,7 +3309,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(data
 
 
 @pytest.mark.slow
-def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys):
+def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys, shared_models):
     assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
     capsys.readouterr()
     code = fxcu.main(["check", "--json"], run_env(data_dir))
@@ -3339,7 +3381,8 @@ def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
     text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
     assert text.splitlines() == [
         (
-            "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"
+            "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 "
+            "'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"
         ),
         "OK       usdclp data: 2 days old",
         "OK       disk: 50.0 GB free",
@@ -3659,7 +3702,10 @@ def test_check_a_broken_status_entry_is_a_finding_not_a_traceback(tmp_path, caps
 
 @pytest.mark.slow
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
-    code = "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    code = (
+        "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
     )
@@ -3691,7 +3737,10 @@ def test_check_with_a_ledger_imports_no_scipy_numpy_or_mlflow(tmp_path):
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = "import sys; sys.argv=['fxcu','--help']\nimport fxcu\ntry: fxcu.main()\nexcept SystemExit: pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow','statsforecast','polars','httpx'}))"
+    code = (
+        "import sys; sys.argv=['fxcu','--help']\nimport fxcu\ntry: fxcu.main()\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow','statsforecast','polars','httpx'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
     assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -4593,12 +4642,13 @@ def test_backfill_reconstructs_weekly_origins_with_no_look_ahead(data_dir, capsy
         )
     )
     assert with_future == cut and cut[0]["kind"] == "reconstructed" and cut[0]["run_id"] is None
-    assert fxcu.main(["track", "--backfill", "2024-06-24", "--json"], run_env(data_dir)) == 0
+    # three weeks: one origin whose 7d outcome is known, two that aim past the end (each week costs a full run)
+    assert fxcu.main(["track", "--backfill", "2024-07-01", "--json"], run_env(data_dir)) == 0
     record = json.loads(capsys.readouterr().out)
     for horizon in fxcu.HORIZONS:
-        # the last trading day of the weeks of 06-24, 07-01, 07-08 and 07-15 (the history ends on Monday 07-15)
-        assert record[horizon]["forecasts"] == 0 and record[horizon]["reconstructed"]["forecasts"] == 4
-    assert record["7d"]["reconstructed"]["scored"] == 2  # 07-12 and 07-15 aim past the end of the history
+        # the last trading day of the weeks of 07-01, 07-08 and 07-15 (the history ends on Monday 07-15)
+        assert record[horizon]["forecasts"] == 0 and record[horizon]["reconstructed"]["forecasts"] == 3
+    assert record["7d"]["reconstructed"]["scored"] == 1  # 07-12 and 07-15 aim past the end of the history
     assert fxcu.main(["track"], run_env(data_dir)) == 0
     text = capsys.readouterr().out
     assert "| 7d | live |" not in text and "| 7d | reconstructed |" in text
@@ -4731,7 +4781,7 @@ def relay_env(data_dir: Path, port: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog):
+def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog, shared_models):
     cafile, context = tls_pair
     server = SMTPServer(tls=context)
     env = smtp_env(
@@ -4747,7 +4797,7 @@ def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair,
 
 
 @pytest.mark.slow
-def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
+def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog, shared_models):
     _, context = tls_pair
     server = SMTPServer(tls=context)
     env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw")
@@ -4759,7 +4809,7 @@ def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog):
 
 
 @pytest.mark.slow
-def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch):
+def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch, shared_models):
     import smtplib
 
     cafile, context = tls_pair
@@ -4780,7 +4830,7 @@ def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog
 
 
 @pytest.mark.slow
-def test_email_never_sends_credentials_in_clear(data_dir, caplog):
+def test_email_never_sends_credentials_in_clear(data_dir, caplog, shared_models):
     server = SMTPServer()
     env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
     with caplog.at_level(logging.INFO):
@@ -4790,7 +4840,7 @@ def test_email_never_sends_credentials_in_clear(data_dir, caplog):
 
 
 @pytest.mark.slow
-def test_run_emails_the_report_with_its_chart(data_dir, capsys):
+def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
     server = SMTPServer()
     env = run_env(
         data_dir,
@@ -4811,7 +4861,7 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys):
 
 
 @pytest.mark.slow
-def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
+def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path, shared_models):
     server = SMTPServer()
     env = relay_env(data_dir, server.port)
     assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
@@ -4821,7 +4871,7 @@ def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_email_failure_never_fails_the_run(data_dir, caplog):
+def test_email_failure_never_fails_the_run(data_dir, caplog, shared_models):
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
     with caplog.at_level(logging.INFO):
         assert fxcu.main(["run", "7d", "--offline"], env) == 0
@@ -4829,7 +4879,7 @@ def test_email_failure_never_fails_the_run(data_dir, caplog):
 
 
 @pytest.mark.slow
-def test_skip_email_sends_nothing(data_dir):
+def test_skip_email_sends_nothing(data_dir, shared_models):
     server = SMTPServer()
     env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
     assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
@@ -4864,7 +4914,7 @@ LOG_LINE = re.compile(r"^(\S+ \S+ )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: 
 
 @dataclasses.dataclass(frozen=True)
 class Reply:
-    """One scripted answer: status, body (text, bytes or JSON), content type, a delay, and whether to echo the request line."""
+    """One scripted answer: status, body (text, bytes or JSON), content type, delay, echo of the request line."""
 
     status: int = 200
     body: str | bytes | dict = b""
@@ -5010,7 +5060,7 @@ def fred_pcoppusdm_body() -> dict:
 
 @functools.cache
 def good_routes() -> dict[str, Reply]:
-    """Every source answering with real data: CLP=X 2006-2024, HG=F 2000-2026, mindicador 2026 (its real body), PCOPPUSDM."""
+    """Every source answering with real data: CLP=X 2006-2024, HG=F 2000-2026, mindicador 2026, PCOPPUSDM."""
     return {
         YAHOO_CLP: Reply(body=json.dumps(real_usdclp_payload())),
         YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper()))),
@@ -5034,7 +5084,7 @@ def yahoo_reply(name: str) -> Reply:
 
 
 def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted (it ends in 2024), no seed."""
+    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted, no seed."""
     return {
         "FXCU_DATA_DIR": str(data_dir),
         "FXCU_YAHOO_URL": url,
@@ -5209,8 +5259,8 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
     assert api.count(YAHOO_CLP) == 3 + crumb and api.count(YAHOO_HG) == 3 and api.count(fxcu.YAHOO_CRUMB_PATH) == crumb
     assert ("WARNING fxcu: Yahoo refused a crumb (getcrumb answered HTTP 404)" in result.err) is crumb
     assert (
-        f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X (try 1 of 3 failed: {seen})"
-        in result.err
+        f"WARNING fxcu: Retrying 127.0.0.1:{api.url.rsplit(':', 1)[1]}/v8/finance/chart/CLP=X "
+        f"(try 1 of 3 failed: {seen})" in result.err
     )
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen})" in result.err
     assert "WARNING fxcu: Using mindicador.cl backup for USD/CLP prices" in result.err
@@ -5284,7 +5334,8 @@ def cli_rss(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
     """`python fxcu.py ARGS` in a fresh process, and that process's peak RSS in MB."""
     code = (
         "import atexit, resource, runpy, sys\n"
-        "atexit.register(lambda: print(f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr))\n"
+        "atexit.register(lambda: print(f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}',"
+        " file=sys.stderr))\n"
         f"sys.argv = ['fxcu.py', *{args!r}]\n"
         f"runpy.run_path({str(HERE / 'fxcu.py')!r}, run_name='__main__')\n"
     )
@@ -5309,14 +5360,14 @@ def test_fault_gzip_bomb_is_cut_at_the_size_cap_and_falls_back(data_dir, tmp_pat
     assert len(bomb.body) < 1.1e6
     before = kept(data_dir)
     with FakeSources(routes(clp=bomb, hg=bomb)) as api:
-        # fxcu's own capped reader over httpx's stream; the curl transport (Yahoo's default) buffers in curl, so off here
+        # fxcu's own capped reader over httpx's stream; the curl transport (Yahoo's default) buffers in curl: off here
         result, rss = cli_rss(["fetch"], fault_env(data_dir, api.url, FXCU_HTTP_IMPERSONATE="off"), tmp_path)
     with FakeSources(good_routes()) as api:
         baseline, baseline_rss = cli_rss(["fetch"], fault_env(tmp_path / "fresh", api.url), tmp_path)
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert (
-        "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: response body over 32 MB (decompressed): not read further)"
-        in result.err
+        "WARNING fxcu: Yahoo Finance USD/CLP fetch failed "
+        "(PayloadError: response body over 32 MB (decompressed): not read further)" in result.err
     )
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 1  # an oversized body is an answer: no retry
@@ -5421,8 +5472,8 @@ def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
 
 
 @pytest.mark.slow
-def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess):
-    """A proxy page that echoes the request line (api_key included) flows into logs, notes, the report and MLflow: redacted."""
+def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess, shared_models):
+    """A proxy page echoing the request line (api_key too) flows into logs, notes, the report and MLflow: redacted."""
     page = Reply(503, "<html><body>503 Service Unavailable: upstream timed out", "text/html", echo=True)
     before = kept(data_dir)
     with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=page)) as api:
@@ -5430,7 +5481,8 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
     assert result.code == 0, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY] * 3  # sent three times, never shown
     assert (
-        "/fred/series/observations (try 2 of 3 failed: HTTP 503 Service Unavailable: <html><body>503 Service Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***"
+        "/fred/series/observations (try 2 of 3 failed: HTTP 503 Service Unavailable: <html><body>503 Service "
+        "Unavailable: upstream timed out for GET /fred/series/observations?series_id=PCOPPUSDM&api_key=***"
         in result.err
     )
     assert "sources: usdclp yahoo, copper cache (daily)" in result.out and "; tracked: yes, run " in result.out
@@ -5463,7 +5515,7 @@ def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir
 
 
 @pytest.mark.slow
-def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess):
+def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess, shared_models):
     before = kept(data_dir)
     down = closed_url()
     env = fault_env(data_dir, down)
@@ -5718,14 +5770,17 @@ def test_fault_wrong_column_types_are_converted_or_set_aside_never_persisted(dat
             "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it",
         ),
         (
-            '{"7d": {"time": 5, "degraded": 7}, "15d": {"time": "2026-01-01T00:00:00+00:00", "ok": true, "tracked": true, "degraded": 3}}',
+            '{"7d": {"time": 5, "degraded": 7}, '
+            '"15d": {"time": "2026-01-01T00:00:00+00:00", "ok": true, "tracked": true, "degraded": 3}}',
             "WARNING  run 7d: status.json entry malformed (no valid time); the next run rewrites it",
         ),
         ("[" * 100_000, "WARNING  run 7d: never run"),
     ],
     ids=["list", "string-entry", "no-time", "naive-time", "odd-types", "deep"],
 )
-def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(data_dir, body, line, capsys):
+def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(
+    data_dir, body, line, capsys, shared_models
+):
     (data_dir / "status.json").write_text(body)
     code = fxcu.main(["check"], run_env(data_dir))
     out = capsys.readouterr().out
@@ -5745,7 +5800,8 @@ def test_fault_malformed_status_json_is_handled_by_check_and_rewritten_by_run(da
             ["run", "8d"],
             {},
             2,
-            "fxcu run: error: argument {7d,15d,30d,90d,all}: unknown horizon '8d': choose one of 7d, 15d, 30d, 90d (see fxcu run --help)",
+            "fxcu run: error: argument {7d,15d,30d,90d,all}: unknown horizon '8d': "
+            "choose one of 7d, 15d, 30d, 90d (see fxcu run --help)",
         ),
         (
             ["fetch"],
@@ -5816,7 +5872,7 @@ def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
 
 @pytest.fixture
 def hostile_dir(tmp_path, migrated_db) -> Path:
-    """The real warehouse with USD/CLP cut at CACHE_END (so the hostile answer brings new days) and a migrated MLflow db."""
+    """The real warehouse with USD/CLP cut at CACHE_END (the hostile answer brings new days), a migrated MLflow db."""
     folder = tmp_path / "data"
     write_real_warehouse(folder)
     path = folder / "warehouse" / fxcu.USDCLP_CACHE
@@ -5832,7 +5888,9 @@ SEEN = {  # mode -> the reason fxcu logs, prints and records (its Finding senten
     "infinity": "1 non-finite closes (first on 2024-07-15)",
     "last-x10": "1 closes outside 300..2000 CLP per USD (last 8989.52 on 2024-07-15)",
     "last-three-1.0": "3 closes outside 300..2000 CLP per USD (last 1 on 2024-07-15)",
-    "copper-under-clp": "wrong symbol: asked for CLP=X, meta says 'HG=F'; wrong currency: expected CLP, meta says 'USD'",
+    "copper-under-clp": (
+        "wrong symbol: asked for CLP=X, meta says 'HG=F'; wrong currency: expected CLP, meta says 'USD'"
+    ),
     "duplicated+50%": "14 dates sent twice with closes 41% (log) apart",
     "dated-2099": f"1 bars dated after {TOMORROW} (last 2099-01-05)",
     "year-33658": f"1 bars dated after {TOMORROW} (last +33658-09-27)",
@@ -5914,7 +5972,7 @@ def test_hostile_jump_confirmed_by_the_next_source_is_accepted(hostile_dir, inpr
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["infinity", "year-33658", "negative-year"])
-def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode):
+def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_dir, inprocess, mode, shared_models):
     """Section 2's bad values: no crash, no exit 1, status.json says what happened, and the next run works."""
     with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
         first = inprocess(["run", "7d", "--skip-email"], fault_env(hostile_dir, api.url))
@@ -5944,7 +6002,7 @@ def test_bad_values_run_goes_on_records_why_and_the_next_run_is_clean(hostile_di
 
 @pytest.mark.slow
 def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
-    """A warehouse an older release wrote from bad answers: a 2099 bar at 1e308, the last 3 days at +50%, a null close."""
+    """A warehouse an older release wrote from bad answers: a 2099 bar at 1e308, the last 3 days +50%, a null close."""
     path = data_dir / "warehouse" / fxcu.USDCLP_CACHE
     real = pl.read_parquet(path)
     poisoned = pl.concat(
@@ -5975,7 +6033,8 @@ def test_poisoned_warehouse_is_repaired_not_served(data_dir, inprocess, capsys):
     repaired = pl.read_parquet(path)
     assert repaired.equals(real.head(real.height - 3).filter(pl.int_range(pl.len()) != 1000))
     assert pl.read_parquet(next(path.parent.glob("usdclp.parquet.rejected-*"))).height == 5  # kept for a post-mortem
-    # still CRITICAL: 2024 is old at the default stale age (fault_env accepts any age, and check follows it); not "future"
+    # still CRITICAL: 2024 is old at the default stale age (fault_env accepts any age, and check
+    # follows it); not "future"
     assert fxcu.main(["check"], fault_env(data_dir, closed_url(), FXCU_MAX_AGE_DAYS="5")) == 2
     assert re.search(r"usdclp data: \d+ days old \(last 2024-07-10, ", capsys.readouterr().out)
     with FakeSources(good_routes()) as api:
@@ -6046,15 +6105,17 @@ def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, 
 
 
 @pytest.mark.slow
-def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(tmp_path, migrated_db):
-    """`#`, `?` and `%` in the data dir put the database elsewhere and `backup` archived an empty one, reporting success."""
+def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(tmp_path, inprocess, shared_models):
+    """`#`, `?` and `%` in the data dir put the database elsewhere; `backup` archived an empty one as a success.
+
+    In-process (the paths are the point, not the process) with the models computed once (`shared_models`)."""
     parent = tmp_path / "parent"
     data = parent / "fx #1?x=%41 data"
     write_real_warehouse(data)
     env = run_env(data)
-    init = cli(["init"], env, tmp_path)
-    run = cli(["run", "7d", "--offline", "--skip-email"], env, tmp_path)
-    backup = cli(["backup", str(tmp_path / "backups")], env, tmp_path)
+    init = inprocess(["init"], env)
+    run = inprocess(["run", "7d", "--offline", "--skip-email"], env)
+    backup = inprocess(["backup", str(tmp_path / "backups")], env)
     for result in (init, run, backup):
         assert result.code == 0 and "Traceback" not in result.err, result.err
     assert sorted(p.name for p in parent.iterdir()) == [data.name]  # nothing made beside it (no `fx %231%3F...`)
@@ -6119,7 +6180,7 @@ def test_fault_unusable_data_dir_path_is_one_line(tmp_path, how, command):
 
 @pytest.mark.slow
 def test_fault_mlflow_sqlalchemy_errors_reach_stderr_as_one_line(tmp_path):
-    """A half-made database made MLflow log a SQLAlchemy traceback of ~60 lines; now one line each, and check is CRITICAL."""
+    """A half-made database made MLflow log a ~60-line SQLAlchemy traceback; now one line each; check is CRITICAL."""
     (tmp_path / "mlflow").mkdir()
     with contextlib.closing(sqlite3.connect(tmp_path / "mlflow" / "mlflow.db")) as conn:
         conn.execute("create table experiments (x int)")
@@ -6175,26 +6236,11 @@ def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, in
     assert temp_leftovers(data_dir) == []
 
 
-@pytest.fixture(scope="module")
-def memo_forecasts():
-    """The real backtest and forecast of the real warehouse, computed once: the disk-full rows test the writes, not the models."""
-    return {}
-
-
 @pytest.mark.slow
-def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess, monkeypatch, memo_forecasts):
+def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess, monkeypatch, shared_models):
     """`run 7d` with ENOSPC injected at each of its atomic writes in turn: never a traceback, the forecast always
-    printed, each failure one ERROR line, the warehouse and the earlier MLflow runs intact, no temp file left."""
-    real_backtest, real_forecast = fxcu.backtest_all, fxcu.forecast_all
-
-    def backtest_all(usdclp, copper, horizons):
-        return memo_forecasts.setdefault(("bt", usdclp.height), real_backtest(usdclp, copper, horizons))
-
-    def forecast_all(usdclp, copper, horizons, **kw):
-        return memo_forecasts.setdefault(("fc", usdclp.height), real_forecast(usdclp, copper, horizons, **kw))
-
-    monkeypatch.setattr(fxcu, "backtest_all", backtest_all)
-    monkeypatch.setattr(fxcu, "forecast_all", forecast_all)
+    printed, each failure one ERROR line, the warehouse and the earlier MLflow runs intact, no temp file left.
+    The models are computed once (`shared_models`): the rows test the writes, not the models."""
     env = run_env(data_dir, FXCU_MAX_AGE_DAYS="100000")
     with disk_full_at(monkeypatch, 0) as calls:  # a clean run: which writes does `run` make?
         clean = inprocess(["run", "7d", "--offline", "--skip-email"], env)
@@ -6404,7 +6450,12 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
     "command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup", "ui"]
 )
 def test_every_subcommand_help_is_fast_and_light(command):
-    code = f"import sys\nimport fxcu\ntry: fxcu.main([{command!r}, '--help'])\nexcept SystemExit as e: print('exit', e.code)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {{'mlflow','statsforecast','polars','httpx','matplotlib'}}))"
+    heavy = "{'mlflow','statsforecast','polars','httpx','matplotlib'}"
+    code = (
+        f"import sys\nimport fxcu\ntry: fxcu.main([{command!r}, '--help'])\n"
+        "except SystemExit as e: print('exit', e.code)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith(f"usage: fxcu {command}") and lines[-2] == "exit 0" and lines[-1] == "[]"

@@ -6,7 +6,7 @@ Usage (from anywhere; the repository root is put on sys.path):
     FXCU_BENCH_ROUNDS=3 python docs/bench_dashboard.py
 
 The store: one real `fxcu.py run all --offline` on the real warehouse (CLP=X 2006-05-16 .. 2024-07-15,
-HG=F to 2024-07-15, built like `fxcu_test.write_real_warehouse`), then its four runs logged again
+HG=F to 2024-07-15, built by `benchkit.write_real_warehouse`), then its four runs logged again
 (same params, 70 metrics, tags) until each experiment holds 25 runs, 100 in all: a few months of a
 weekday cron. Each command runs as a fresh subprocess from another working directory with
 FXCU_DATA_DIR set and no MLFLOW_TRACKING_URI, interleaved with `python -c "import mlflow"` and
@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchkit  # noqa: E402  (the shared builders of the benches)
+
 import fxcu  # noqa: E402
-import fxcu_test  # noqa: E402
 
 RUNS_PER_HORIZON = 25
 
@@ -36,7 +37,7 @@ def build_store(data: Path) -> None:
     """A real `run all`, then its runs re-logged up to RUNS_PER_HORIZON per experiment."""
     from mlflow.tracking import MlflowClient
 
-    fxcu_test.write_real_warehouse(data)
+    benchkit.write_real_warehouse(data)
     env = {**os.environ, "FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "120"}
     subprocess.run(
         [sys.executable, str(ROOT / "fxcu.py"), "-q", "run", "all", "--offline", "--skip-email"],

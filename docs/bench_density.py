@@ -31,9 +31,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench_ops import interleave, timed
+from benchkit import real_copper, real_usdclp, write_real_warehouse
 
 import fxcu
-from fxcu_test import real_copper, real_usdclp, write_real_warehouse
 
 FIRST = date(2014, 1, 1)
 PERIODS = {

@@ -10,7 +10,7 @@ Usage (from anywhere; the repository root is put on sys.path):
 "Before" runs the same command on the fxcu.py of commit BASE (the branch point of issue 10), copied
 into a temp folder; "after" runs this checkout's fxcu.py. Each figure is one run per variant (the
 faults are deterministic; the machine is shared, so read the ratios, not the last digit). The local
-servers are the test suite's (fxcu_test.FakeSources), playing the real recorded bodies.
+servers are benchkit's (benchkit.FakeSources), playing the real recorded bodies.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import fxcu_test as t  # the builders and local servers of the test suite
+import benchkit as t  # the shared builders and local servers of the benches
 
 BASE = "4f1cd23"  # the last commit before issue 10's fault work
 
@@ -120,14 +120,14 @@ def bench_hang(root: Path, old: Path) -> None:
 
 MLFLOW_CODE = """
 import sys, time
-sys.path[:0] = [{folder!r}, {root!r}]
-import fxcu, fxcu_test as t
+sys.path[:0] = [{folder!r}, {root!r}, {docs!r}]
+import fxcu, benchkit as t
 import mlflow.tracking  # imported first: the figure is the waiting, not the 2-10 s import
 config = fxcu.Config(data_dir=fxcu.Path({data!r}), tracking_timeout=600)
 started = time.monotonic()
 for horizon in fxcu.HORIZONS:
     try:
-        fxcu.log_run(config, t.record(horizon, 20.0), environ={{"MLFLOW_TRACKING_URI": {uri!r}}})
+        fxcu.log_run(config, t.run_record(horizon, 20.0), environ={{"MLFLOW_TRACKING_URI": {uri!r}}})
     except Exception as exc:
         pass
 print(f"{{time.monotonic() - started:.1f}}")
@@ -147,7 +147,11 @@ def bench_mlflow(root: Path, old: Path) -> None:
     for label, folder in (("after", ROOT), (f"before ({BASE})", old.parent)):
         for server, uri in servers.items():
             code = MLFLOW_CODE.format(
-                folder=str(folder), root=str(ROOT), data=str(root / f"ml-{time.monotonic_ns()}"), uri=uri
+                folder=str(folder),
+                root=str(ROOT),
+                docs=str(ROOT / "docs"),
+                data=str(root / f"ml-{time.monotonic_ns()}"),
+                uri=uri,
             )
             try:
                 out = subprocess.run(

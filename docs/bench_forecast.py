@@ -10,14 +10,14 @@ Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench_forecast.py all        # both
 
 Data directory: ../shared/data relative to the repository root, or FXCU_SHARED_DATA. The inputs are
-cleaned exactly as fxcu_test.real_usdclp() / real_copper() do (the CSV as a Yahoo chart body through
+cleaned by benchkit.real_usdclp() / real_copper() (the CSV as a Yahoo chart body through
 fxcu.parse_yahoo_chart + fxcu.clean_prices; HG=F through fxcu.clean_prices).
 
 Timings are wall clock on a shared machine: compare the ratio measured in the same run, not the
 absolute seconds. fxcu.forecast / forecast_all are timed 3 times (after 1 warm-up, the third run after the
 baseline) and the median is reported; the statsforecast refit=True baseline runs once (it takes minutes): the
 univariate models once at h=65 (the shared origins, read at each horizon's step), the copper model
-(fxcu._copper_models(): Naive_copper, ARIMA(0,1,0) on lagged log copper) per horizon.
+(Naive_copper, ARIMA(0,1,0) on lagged log copper) per horizon: fxcu.backtest_all with refit=True.
 Peak memory is ru_maxrss in a fresh child started through /bin/sh (Linux carries ru_maxrss over
 fork and exec, so a direct child of this process would inherit our peak).
 """
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import CLP_CSV, HGF_CSV, SHARED, _vm_rss_kib  # noqa: E402  (docs/ is on the path when run as a script)
+from benchkit import CLP_CSV, HGF_CSV, SHARED, real_copper, real_usdclp, vm_rss_kib  # noqa: E402  (docs/ is on sys.path)
 
 import fxcu  # noqa: E402  (after the sys.path change)
 
@@ -54,10 +54,6 @@ COVER_80 = (0.75, 0.85)
 COVER_95 = (0.91, 0.98)
 MIB = 1024 * 1024
 
-
-# -- Inputs: the test suite's own builders (real data, ../shared/data or FXCU_SHARED_DATA) ----
-
-from fxcu_test import real_copper, real_usdclp  # noqa: E402
 
 # -- Formatting -------------------------------------------------------------------------------------
 
@@ -147,7 +143,8 @@ def online_picks(bt: fxcu.Backtest) -> tuple[dict[str, int], bool]:
     cutoffs, actual = pred["cutoff"].to_numpy(), np.exp(pred["y"].to_numpy())
     logs = np.column_stack([pred[n].to_numpy() for n in names])
     sq = (np.exp(logs) - actual[:, None]) ** 2
-    per_rule = {r: fxcu._combine(logs, fxcu.online_weights(sq, cutoffs, bt.steps, r, names)) for r in fxcu.RULES}
+    # each rule's combination: its online weights (one row per origin) applied to the models' log predictions
+    per_rule = {r: (logs * fxcu.online_weights(sq, cutoffs, bt.steps, r, names)).sum(axis=1) for r in fxcu.RULES}
     picks = fxcu.online_rule({r: (np.exp(v) - actual) ** 2 for r, v in per_rule.items()}, cutoffs, bt.steps)
     combo = np.array([per_rule[r][i] for i, r in enumerate(picks)])
     return {r: picks.count(r) for r in fxcu.RULES}, bool(np.allclose(combo, pred[fxcu.COMBINATION].to_numpy()))
@@ -279,30 +276,29 @@ def section_accuracy() -> dict[str, Any]:
 # -- Speed ------------------------------------------------------------------------------------------
 
 
-def shared_frames(usdclp: Any, copper: Any, horizons: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any]]:
-    """The frames fxcu.backtest_all cross-validates: the univariate frame (h = 65) and, per horizon, the exog frame cut so its last origin is the shared one."""
-    import polars as pl
+def refit_backtests(
+    usdclp: Any, copper: Any, horizons: tuple[str, ...]
+) -> tuple[dict[str, fxcu.Backtest], float, dict[str, float]]:
+    """`fxcu.backtest_all` with statsforecast refitting at every origin, and the seconds each cross-validation took.
 
-    span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
-    uni, dates = fxcu.univariate_frame(usdclp), fxcu.ds_dates(usdclp)
-    last_origin = uni["ds"].max() - span
-    exogs = {}
-    for h in horizons:
-        steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
-        exog = fxcu.copper_frame(usdclp, copper, steps)
-        exogs[h] = exog.filter(pl.col("ds") <= last_origin + steps)
-    return uni, dates, exogs
+    fxcu's own frames, origins, models and scoring: only the refit schedule differs (`cross_validate` is
+    wrapped with refit=True for the call). backtest_all cross-validates the univariate models once, then
+    the copper model once per horizon, in the order of `horizons`.
+    """
+    real, seconds = fxcu.cross_validate, []
 
+    def refitting(frame, models, steps, windows, step_size, *, refit=False):
+        start = time.perf_counter()
+        out = real(frame, models, steps, windows, step_size, refit=True)
+        seconds.append(time.perf_counter() - start)
+        return out
 
-def score_cv(horizon: str, cv_uni: Any, cv_exog: Any, uni: Any, dates: Any) -> fxcu.Backtest:
-    """Score cross-validation output at the horizon date with fxcu's own scoring (rule choice, Naive-width ensemble interval)."""
-    import polars as pl
-
-    steps = fxcu.horizon_steps(fxcu.parse_horizon(horizon))
-    at_h = cv_uni.filter(pl.col("ds") == pl.col("cutoff") + steps).join(
-        cv_exog.drop("y"), on=["unique_id", "ds", "cutoff"], how="inner"
-    )
-    return fxcu._score_backtest(horizon, steps, at_h.sort("cutoff"), [*fxcu.MODELS, fxcu.COPPER_MODEL], uni, dates, [])
+    fxcu.cross_validate = refitting
+    try:
+        bts = fxcu.backtest_all(usdclp, copper, horizons)
+    finally:
+        fxcu.cross_validate = real
+    return bts, seconds[0], dict(zip(horizons, seconds[1:], strict=True))
 
 
 def timed(fn: Any) -> tuple[float, Any]:
@@ -315,7 +311,6 @@ def section_speed() -> dict[str, Any]:
     usdclp, copper = real_usdclp(), real_copper()
     horizons = tuple(fxcu.HORIZONS)
     span = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
-    uni, dates, exogs = shared_frames(usdclp, copper, horizons)
     print(
         "## Speed: `fxcu.forecast` / `fxcu.forecast_all` vs statsforecast `cross_validation(refit=True)` at the same 60 origins\n"
     )
@@ -326,7 +321,8 @@ def section_speed() -> dict[str, Any]:
         f"median of {FORECAST_RUNS} after 1 warm-up (the third run after the baseline). Baseline, run once, on the same origins: "
         f"`cross_validation(h={span}, n_windows={fxcu.WINDOWS}, step_size={fxcu.STEP}, level=[80, 95], refit=True)` for Naive, AutoETS, "
         f"AutoARIMA, AutoTheta on the univariate frame (read at each horizon's step), plus, per horizon, {fxcu.COPPER_MODEL} "
-        "(`fxcu._copper_models()`: ARIMA(0,1,0) with `copper_lag`, `h=steps`) on the exog frame cut as `backtest_all` cuts it.\n"
+        "(ARIMA(0,1,0) with `copper_lag`, `h=steps`) on the exog frame cut as `backtest_all` cuts it: `fxcu.backtest_all` "
+        "itself, with `fxcu.cross_validate` wrapped to pass refit=True.\n"
     )
     jobs = {
         "7d": lambda: fxcu.forecast(usdclp, copper, "7d"),
@@ -342,15 +338,7 @@ def section_speed() -> dict[str, Any]:
             t, outputs[key] = timed(fn)
             times[key].append(t)
 
-    base_uni, cv_uni = timed(
-        lambda: fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP, refit=True)
-    )
-    base_exog, cv_exog = {}, {}
-    for h in horizons:
-        steps = fxcu.horizon_steps(fxcu.parse_horizon(h))
-        base_exog[h], cv_exog[h] = timed(
-            lambda: fxcu.cross_validate(exogs[h], fxcu._copper_models(), steps, fxcu.WINDOWS, fxcu.STEP, refit=True)
-        )
+    refit, base_uni, base_exog = refit_backtests(usdclp, copper, horizons)
 
     for key, fn in jobs.items():
         t, outputs[key] = timed(fn)
@@ -362,29 +350,6 @@ def section_speed() -> dict[str, Any]:
         "all": timed(lambda: fxcu.forecast_all(usdclp, copper, horizons, backtests=bts))[0],
     }
 
-    # Check: re-scoring fxcu's own refit=False cross-validation of these frames must reproduce its backtests.
-    own_uni = fxcu.cross_validate(uni, fxcu._models(), span, fxcu.WINDOWS, fxcu.STEP)
-    own = {
-        h: score_cv(
-            h,
-            own_uni,
-            fxcu.cross_validate(
-                exogs[h], fxcu._copper_models(), fxcu.horizon_steps(fxcu.parse_horizon(h)), fxcu.WINDOWS, fxcu.STEP
-            ),
-            uni,
-            dates,
-        )
-        for h in horizons
-    }
-    bad = [
-        h
-        for h in horizons
-        if not same_backtest(own[h], bts[h])
-        or own[h].models[fxcu.ENSEMBLE].coverage_80 != bts[h].models[fxcu.ENSEMBLE].coverage_80
-    ]
-    if bad:
-        raise RuntimeError(f"re-scoring fxcu's own cross-validation does not reproduce its backtest at {bad}")
-    refit = {h: score_cv(h, cv_uni, cv_exog[h], uni, dates) for h in horizons}
     same_7d_90d = (
         outputs["7d"].backtest.origins == bts["7d"].origins and outputs["90d"].backtest.origins == bts["90d"].origins
     )
@@ -435,10 +400,7 @@ def section_speed() -> dict[str, Any]:
             "lrlrrlrl",
         )
     )
-    print(
-        f"\n- Origins: the one-horizon `forecast` backtests use the same origins as `forecast_all`'s: {same_7d_90d}; "
-        f"re-scoring fxcu's own refit=False cross-validation of these frames reproduces its backtests: True."
-    )
+    print(f"\n- Origins: the one-horizon `forecast` backtests use the same origins as `forecast_all`'s: {same_7d_90d}.")
     print()
     print("### What the refit schedule costs in accuracy (same origins, RMSE at the horizon date, CLP)\n")
     for h in horizons:
@@ -515,7 +477,7 @@ def rss_child(horizon: str) -> None:
 
     usdclp, copper = real_usdclp(), real_copper()
     before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    before_rss = _vm_rss_kib()
+    before_rss = vm_rss_kib()
     if horizon == "all":
         fxcu.forecast_all(usdclp, copper, tuple(fxcu.HORIZONS))
     else:
@@ -527,7 +489,7 @@ def rss_child(horizon: str) -> None:
                 "maxrss_before_kib": before_max,
                 "rss_before_kib": before_rss,
                 "maxrss_after_kib": after_max,
-                "rss_after_kib": _vm_rss_kib(),
+                "rss_after_kib": vm_rss_kib(),
             }
         )
     )

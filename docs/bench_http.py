@@ -6,8 +6,8 @@ Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench_http.py request   # one HG=F chart request against a local HTTPS server, chrome vs off
     python docs/bench_http.py all       # both
 
-The local server is the test suite's (`fxcu_test.FakeSources` with a certificate from
-`fxcu_test.make_tls_pair`), serving the real HG=F history (2000-2026, `fxcu_test.good_routes`) as a
+The local server is benchkit's (`benchkit.FakeSources` with a certificate from
+`benchkit.make_tls_pair`), serving the real HG=F history (2000-2026, `benchkit.good_routes`) as a
 Yahoo chart body. Timings are medians with the 25%-75% range over interleaved rounds, after one
 uncounted round: compare the ratios, not the milliseconds, on a shared machine.
 FXCU_BENCH_QUICK=1 cuts the rounds to a smoke test (its numbers mean nothing).
@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import benchkit  # noqa: E402  (the shared builders of the benches)
+
 import fxcu  # noqa: E402  (after the sys.path change)
-import fxcu_test  # noqa: E402
 
 QUICK = os.environ.get("FXCU_BENCH_QUICK") == "1"
 IMPORT_ROUNDS, REQUEST_ROUNDS = (2, 2) if QUICK else (15, 40)
@@ -79,13 +80,13 @@ def bench_import() -> None:
 
 def bench_request() -> None:
     folder = Path(tempfile.mkdtemp(prefix="fxcu-bench-http-"))
-    cafile, context = fxcu_test.make_tls_pair(folder)
+    cafile, context = benchkit.make_tls_pair(folder)
     os.environ["SSL_CERT_FILE"] = str(cafile)  # both transports trust the local certificate, as httpx does
-    route = fxcu_test.good_routes()[fxcu_test.YAHOO_HG]
+    route = benchkit.good_routes()[benchkit.YAHOO_HG]
     params = {"interval": "1d", "range": "max"}
     times: dict[str, dict[str, list[float]]] = {mode: {"new": [], "warm": []} for mode in fxcu.IMPERSONATE}
-    with fxcu_test.FakeSources({fxcu_test.YAHOO_HG: route}, tls=context) as api:
-        url = f"{api.url}{fxcu_test.YAHOO_HG}"
+    with benchkit.FakeSources({benchkit.YAHOO_HG: route}, tls=context) as api:
+        url = f"{api.url}{benchkit.YAHOO_HG}"
         base = fxcu.Config(data_dir=folder, yahoo_url=api.url)
         configs = {mode: dataclasses.replace(base, impersonate=mode) for mode in fxcu.IMPERSONATE}
         warm = {mode: fxcu.make_client(config) for mode, config in configs.items()}

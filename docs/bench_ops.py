@@ -11,7 +11,7 @@ Data directory: ../shared/data relative to the repository root, or FXCU_SHARED_D
 FXCU_BENCH_QUICK=1 cuts every repeat count to a smoke test (its numbers mean nothing).
 
 Everything runs in fresh temporary data directories (removed afterwards) built like
-`fxcu_test.write_real_warehouse`: the real CLP=X history (2006-05-16 .. 2024-07-15) and HG=F copper
+`benchkit.write_real_warehouse`: the real CLP=X history (2006-05-16 .. 2024-07-15) and HG=F copper
 up to 2024-07-15, as a warm parquet warehouse. Commands measured as subprocesses run from another
 working directory with FXCU_DATA_DIR set, FXCU_TRACKING_TIMEOUT=60 and no MLFLOW_TRACKING_URI, and
 are interleaved with their reference command, so the ratios compare like with like on a noisy machine.
@@ -66,7 +66,7 @@ FULL_IMPORTS = RUN_IMPORTS + ", mlflow.tracking, mlflow.store.tracking.sqlalchem
 
 # -- Inputs: the test suite's own builders (real data, ../shared/data or FXCU_SHARED_DATA) ----
 
-from fxcu_test import write_real_warehouse  # noqa: E402
+from benchkit import write_real_warehouse  # noqa: E402
 
 # -- Helpers --------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench_plausibility.py
 
 Data: ../shared/data relative to the repository root, or FXCU_SHARED_DATA, read through the test
-suite's own builders (`fxcu_test.real_usdclp`, `real_copper`: cleaned as fxcu cleans a fetch).
+benches' shared builders (`benchkit.real_usdclp`, `real_copper`: cleaned as fxcu cleans a fetch).
 Timings are medians of 30 calls in one process, shown as ratios to `clean_prices` on the same data.
 """
 
@@ -21,8 +21,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import benchkit as t
+
 import fxcu
-import fxcu_test as t
 
 
 def moves() -> None:
@@ -47,7 +48,7 @@ def moves() -> None:
 def cost() -> None:
     raw = fxcu.parse_yahoo_chart(t.real_usdclp_payload())
     clean = fxcu.clean_prices(raw).frame
-    tail_raw = fxcu.parse_yahoo_chart(t.hostile_chart("good"))
+    tail_raw = fxcu.parse_yahoo_chart(t.clpx_tail_payload())
     tail_clean = fxcu.clean_prices(tail_raw).frame
     history, now = t.cached_usdclp(), datetime(2024, 7, 16, 12, tzinfo=UTC)
 

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchkit import write_real_warehouse  # noqa: E402
+
 import fxcu  # noqa: E402  (after the sys.path change)
-from fxcu_test import write_real_warehouse  # noqa: E402
 
 QUICK = os.environ.get("FXCU_BENCH_QUICK", "") not in {"", "0"}
 LEDGER_REPEATS, RUN_REPEATS, TRACK_REPEATS = (2, 1, 2) if QUICK else (9, 3, 7)
