@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polar
     import httpx
     import numpy as np
     import polars as pl
+    from matplotlib.figure import Figure
 
 __version__ = "0.1.0"
 
@@ -103,6 +104,20 @@ class Config:
     @property
     def warehouse(self) -> Path:
         return self.data_dir / "warehouse"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The local MLflow store's folder: its database, artifacts and lock files."""
+        return self.data_dir / "mlflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlruns(self) -> Path:
+        """The local store's artifact root (absolute, else MLflow writes ./mlruns of the working directory)."""
+        return self.mlflow_dir / "mlruns"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -4195,13 +4210,16 @@ def write_text_atomic(text: str | bytes, path: Path) -> None:
 
 
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
-    """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
-    import matplotlib
+    """Save `chart_figure` as a PNG at `path` (atomically)."""
+    with atomic_path(path) as tmp:
+        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
 
-    matplotlib.use("Agg")
+
+def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -> Figure:
+    """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
     import polars as pl
+    from matplotlib.figure import Figure
 
     # History four times the horizon (at least three months), so a 7d fan is not a sliver at the edge.
     start = fc.origin - timedelta(days=max(91, 4 * parse_horizon(fc.horizon)))
@@ -4210,101 +4228,90 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | Non
     # Copper only up to the origin: its future is unknown, and a line through the fan reads as a forecast.
     cu = None if bundle.copper is None else bundle.copper.filter(pl.col(DATE).is_between(start, fc.origin))
     panels = 2 if cu is not None and cu.height else 1
-    fig, axes = plt.subplots(
-        panels,
-        1,
-        figsize=(10, 6.4 if panels == 2 else 5),
-        dpi=110,
-        sharex=True,
-        squeeze=False,
-        height_ratios=[3, 1][:panels],
-        layout="constrained",
-    )
+    # INFO: matplotlib's object API, not pyplot: no figure registry, no backend choice, and pyplot's import saved
+    fig = Figure(figsize=(10, 6.4 if panels == 2 else 5), dpi=110, layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False, height_ratios=[3, 1][:panels])
     ax = axes[0][0]
-    try:
-        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
-        x = [fc.origin, *ens[DATE].to_list()]
-        edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
-        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
-        ax.fill_between(
-            x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
+    x = [fc.origin, *ens[DATE].to_list()]
+    edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
+    ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
+    ax.fill_between(
+        x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+    )
+    ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
+    for axis in (a[0] for a in axes):
+        axis.axvline(fc.origin, color="grey", ls=":", lw=1)
+        axis.grid(alpha=0.3)
+    ax.annotate(
+        f"origin {fc.origin:%d %b %Y}",
+        (fc.origin, 1),
+        xycoords=("data", "axes fraction"),
+        xytext=(-4, -4),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="dimgrey",
+    )
+    ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
+    # below and left of the point, with an arrow: the history runs into the point from the left at its own height
+    ax.annotate(
+        f"last close {fc.last_close:.2f}",
+        (fc.origin, fc.last_close),
+        xytext=(-30, -34),
+        textcoords="offset points",
+        ha="right",
+        va="center",
+        fontsize=9,
+        arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
+        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9},
+    )
+    ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
+    ax.annotate(
+        f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
+        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
+        (final[DATE], final["forecast"]),
+        xytext=(8, 0),
+        textcoords="offset points",
+        ha="left",
+        va="center",
+        fontsize=9,
+        color="tab:blue",
+    )
+    ax.set_ylabel("CLP per USD")
+    # room on the right for the horizon label
+    ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
+    change = _pct(final["forecast"], fc.last_close)
+    title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
+    ax.set_title(title, loc="left", fontsize=12)
+    stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
+    ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
+    handles, labels = ax.get_legend_handles_labels()
+    if panels == 2:
+        ax2 = axes[1][0]
+        ax2.plot(
+            cu[DATE].to_list(),
+            cu[CLOSE].to_list(),
+            color="tab:orange",
+            lw=1.1,
+            label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})",
         )
-        ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
-        for axis in (a[0] for a in axes):
-            axis.axvline(fc.origin, color="grey", ls=":", lw=1)
-            axis.grid(alpha=0.3)
-        ax.annotate(
-            f"origin {fc.origin:%d %b %Y}",
-            (fc.origin, 1),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4, -4),
-            textcoords="offset points",
-            ha="right",
-            va="top",
+        ax2.set_ylabel("copper, USD/lb")
+        extra, extra_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + extra, labels + extra_labels
+    elif bundle.copper is None:
+        ax.text(
+            0.01,
+            0.02,
+            "copper unavailable: forecast made without copper",
+            transform=ax.transAxes,
             fontsize=8,
-            color="dimgrey",
+            color="tab:red",
         )
-        ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
-        # below and left of the point, with an arrow: the history runs into the point from the left at its own height
-        ax.annotate(
-            f"last close {fc.last_close:.2f}",
-            (fc.origin, fc.last_close),
-            xytext=(-30, -34),
-            textcoords="offset points",
-            ha="right",
-            va="center",
-            fontsize=9,
-            arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9},
-        )
-        ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
-        ax.annotate(
-            f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
-            f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
-            (final[DATE], final["forecast"]),
-            xytext=(8, 0),
-            textcoords="offset points",
-            ha="left",
-            va="center",
-            fontsize=9,
-            color="tab:blue",
-        )
-        ax.set_ylabel("CLP per USD")
-        # room on the right for the horizon label
-        ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
-        change = _pct(final["forecast"], fc.last_close)
-        title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
-        ax.set_title(title, loc="left", fontsize=12)
-        stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
-        ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
-        handles, labels = ax.get_legend_handles_labels()
-        if panels == 2:
-            ax2 = axes[1][0]
-            ax2.plot(
-                cu[DATE].to_list(),
-                cu[CLOSE].to_list(),
-                color="tab:orange",
-                lw=1.1,
-                label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})",
-            )
-            ax2.set_ylabel("copper, USD/lb")
-            extra, extra_labels = ax2.get_legend_handles_labels()
-            handles, labels = handles + extra, labels + extra_labels
-        elif bundle.copper is None:
-            ax.text(
-                0.01,
-                0.02,
-                "copper unavailable: forecast made without copper",
-                transform=ax.transAxes,
-                fontsize=8,
-                color="tab:red",
-            )
-        axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
+    return fig
 
 
 @dataclass(frozen=True, slots=True)
@@ -4477,13 +4484,8 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
 
 def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
     """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
-    uri = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.data_dir / 'mlflow' / 'mlflow.db'}"
-    if not uri.startswith("sqlite:///"):
-        return None
-    from urllib.parse import unquote
-
-    path = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
-    return path if path.is_absolute() else None
+    path = store_path(config, environ)
+    return path if path is not None and path.is_absolute() else None
 
 
 @contextlib.contextmanager
@@ -4512,62 +4514,65 @@ def update_ledger(
 
 
 def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, path: Path, *, last: int = 120) -> bool:
-    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; False with none."""
-    import matplotlib
+    """Save `track_figure` as a PNG at `path` (atomically); False, and no file, when the horizon has no forecasts."""
+    fig = track_figure(ledger, prices, horizon, last=last)
+    if fig is None:
+        return False
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, last: int = 120) -> Figure | None:
+    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; None with none."""
     import polars as pl
+    from matplotlib.figure import Figure
 
     rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
     shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
     if rows.is_empty():
-        return False
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-    try:
-        start = min(frame["origin"].min() for frame in shown.values() if frame.height)
-        hist = prices.filter(pl.col(DATE) >= start)
-        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
-        for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
-            mine = shown[kind]
-            if mine.is_empty():
-                continue
-            x = mine["target"].to_list()
-            ax.vlines(
-                x,
-                mine["lo_95"].to_list(),
-                mine["hi_95"].to_list(),
-                color=colour,
-                alpha=0.25,
-                lw=3,
-                label=f"95% served ({kind})",
-            )
-            ax.vlines(
-                x,
-                mine["lo_80"].to_list(),
-                mine["hi_80"].to_list(),
-                color=colour,
-                alpha=0.6,
-                lw=3,
-                label=f"80% served ({kind})",
-            )
-            ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
-            missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
-            ax.scatter(
-                missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
-            )
-        ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
-        ax.set_ylabel("CLP per USD")
-        ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return True
+        return None
+    fig = Figure(figsize=(10, 5), dpi=100)  # INFO: the object API, as in `chart_figure`
+    ax = fig.subplots()
+    start = min(frame["origin"].min() for frame in shown.values() if frame.height)
+    hist = prices.filter(pl.col(DATE) >= start)
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
+    for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
+        mine = shown[kind]
+        if mine.is_empty():
+            continue
+        x = mine["target"].to_list()
+        ax.vlines(
+            x,
+            mine["lo_95"].to_list(),
+            mine["hi_95"].to_list(),
+            color=colour,
+            alpha=0.25,
+            lw=3,
+            label=f"95% served ({kind})",
+        )
+        ax.vlines(
+            x,
+            mine["lo_80"].to_list(),
+            mine["hi_80"].to_list(),
+            color=colour,
+            alpha=0.6,
+            lw=3,
+            label=f"80% served ({kind})",
+        )
+        ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
+        missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
+        ax.scatter(
+            missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
+        )
+    ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
+    ax.set_ylabel("CLP per USD")
+    ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
 
 
 # -- Shell: MLflow tracking -------------------------------------------------------------
@@ -4598,9 +4603,8 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
     """MLFLOW_TRACKING_URI when set (a team server), else the absolute SQLite file under the data dir (created)."""
     if environ.get("MLFLOW_TRACKING_URI"):
         return environ["MLFLOW_TRACKING_URI"]
-    folder = config.data_dir / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return sqlite_uri(folder / "mlflow.db")
+    config.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return sqlite_uri(config.mlflow_db)
 
 
 def sqlite_uri(db: Path) -> str:
@@ -4620,7 +4624,7 @@ def sqlite_file(uri: str) -> Path | None:
 
 def artifact_root(config: Config, uri: str) -> str | None:
     """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the cwd); a server picks its own."""
-    return (config.data_dir / "mlflow" / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    return config.mlruns.as_uri() if uri.startswith("sqlite:") else None
 
 
 def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
@@ -4669,6 +4673,12 @@ def one_line_logs() -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, OneLineRecords) for f in handler.filters):
                 handler.addFilter(OneLineRecords())
+
+
+def tracking_store(config: Config, environ: Mapping[str, str]) -> tuple[str, Any]:
+    """The tracking URI (`tracking_uri`) and an MlflowClient on it (`mlflow_client`)."""
+    uri = tracking_uri(config, environ)
+    return uri, mlflow_client(uri)
 
 
 def mlflow_client(uri: str) -> Any:
@@ -4905,18 +4915,14 @@ def run_record(
     seconds: Mapping[str, float],
     artifacts: Sequence[Path],
     input_hash: str | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> RunRecord:
     """Turn a forecast into MLflow params, batch metrics, tags, description and datasets (pure).
 
     `now` is when the command started: the run's start time. `input_hash` defaults to the digest of the prices.
+    `versions` (from `package_versions`) become `version_<package>` params.
     """
-    import importlib.metadata as md
-
     bt, h = fc.backtest, fc.horizon
-    versions = {}
-    for pkg in ("polars", "statsforecast", "mlflow", "numpy"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[f"version_{pkg}"] = md.version(pkg)
     if input_hash is None:
         input_hash = prices_digest(bundle.usdclp, bundle.copper)
     params = {
@@ -4942,7 +4948,7 @@ def run_record(
         "interval_label": fc.interval_label,
         "input_sha256": input_hash,
         "version_fxcu": __version__,
-        **versions,
+        **{f"version_{pkg}": version for pkg, version in (versions or {}).items()},
     }
     metrics: dict[str, float] = {}
     for name, m in bt.models.items():
@@ -4981,6 +4987,17 @@ def run_record(
     start_ms = int(now.timestamp() * 1000)
     datasets = input_datasets(bundle)
     return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets)
+
+
+def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlflow", "numpy")) -> dict[str, str]:
+    """The installed version of each package a run depends on, read from its metadata (missing ones left out)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in packages:
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    return versions
 
 
 def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
@@ -5065,7 +5082,7 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
         # It waits half the budget for the lock, and starts no run once the caller has given up.
-        with file_lock(config.data_dir / "mlflow" / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
             if cancel.is_set():
                 raise TimeoutError("MLflow tracking gave up before writing")
             return work()
@@ -5086,7 +5103,7 @@ _UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this proces
 def _follow_data_dir(config: Config, uri: str) -> None:
     """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
     db = sqlite_file(uri)
-    if db is not None and db == config.data_dir / "mlflow" / "mlflow.db" and db.exists():
+    if db is not None and db == config.mlflow_db and db.exists():
         relocate_artifacts(db, artifact_root(config, uri))
 
 
@@ -5601,8 +5618,7 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
 
 def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     """Create the MLflow database and the four experiments; running it again changes nothing."""
-    uri = tracking_uri(config, environ)
-    client = mlflow_client(uri)
+    uri, client = tracking_store(config, environ)
     _follow_data_dir(config, uri)
     print(f"tracking URI: {redact_uri(uri)}")
     if uri.startswith("sqlite:") and retire_default_experiment(client):
@@ -5623,7 +5639,7 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
 
 def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
     """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
-    artifacts = (config.data_dir / "mlflow" / "mlruns").as_uri()
+    artifacts = config.mlruns.as_uri()
     return [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
         "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
@@ -5680,7 +5696,7 @@ def best_run(
     parse_horizon(horizon)
     environ = os.environ if environ is None else environ
     config = config or Config.from_env(environ)
-    client = mlflow_client(tracking_uri(config, environ))
+    _, client = tracking_store(config, environ)
     experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
     if experiment is None:
         return None
@@ -5716,7 +5732,7 @@ def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
     """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
     uri = environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return config.data_dir / "mlflow" / "mlflow.db"
+        return config.mlflow_db
     if uri.startswith("sqlite:///"):
         from urllib.parse import unquote
 
@@ -6102,7 +6118,7 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
     db = store_path(config, environ)
-    artifacts = dir_size(config.data_dir / "mlflow" / "mlruns")
+    artifacts = dir_size(config.mlruns)
     sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
@@ -6116,7 +6132,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     import sqlite3
     import tarfile
 
-    db = config.data_dir / "mlflow" / "mlflow.db"
+    db = config.mlflow_db
     if not db.exists():
         print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
         return 1
@@ -6136,7 +6152,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
             return 1
         with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
-            mlruns = config.data_dir / "mlflow" / "mlruns"
+            mlruns = config.mlruns
             if mlruns.exists():
                 tar.add(mlruns, arcname="mlflow/mlruns")
     print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
@@ -6483,7 +6499,7 @@ def gather_checks(
             ("mlflow database", "OK", f"remote tracking at {redact_uri(environ['MLFLOW_TRACKING_URI'])} (not probed)")
         )
     else:
-        db = config.data_dir / "mlflow" / "mlflow.db"
+        db = config.mlflow_db
         if not db.exists():
             checks.append(("mlflow database", "WARNING", f"missing ({db}); run `fxcu init`"))
         else:

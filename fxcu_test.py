@@ -3453,13 +3453,8 @@ def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bu
 
 
 def drawn_chart(monkeypatch, fc, bundle, tmp_path):
-    """Draw the chart and keep its figure open for inspection."""
-    import matplotlib.pyplot as plt
-
-    kept = []
-    monkeypatch.setattr(plt, "close", kept.append)
-    fxcu.write_chart(fc, bundle, tmp_path / "chart.png", now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
-    (fig,) = kept
+    """Draw the chart's figure (what `write_chart` saves) for inspection."""
+    fig = fxcu.chart_figure(fc, bundle, now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
     fig.canvas.draw()
     return fig
 

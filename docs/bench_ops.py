@@ -173,7 +173,15 @@ def realistic_record(root: Path) -> tuple[fxcu.RunRecord, fxcu.Config, dict[str,
     seconds["report"] = time.perf_counter() - started
     inputs, digest = fxcu.write_inputs(bundle, source / "inputs")
     files = [p for p in (report.markdown, report.chart, report.table) if p]
-    record = fxcu.run_record(fc, bundle, now=now, seconds=seconds, artifacts=[*files, *inputs], input_hash=digest)
+    record = fxcu.run_record(
+        fc,
+        bundle,
+        now=now,
+        seconds=seconds,
+        artifacts=[*files, *inputs],
+        input_hash=digest,
+        versions=fxcu.package_versions(),
+    )
     return record, config, seconds
 
 
