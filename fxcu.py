@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polar
 __version__ = "0.1.0"
 
 log = logging.getLogger("fxcu")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # INFO: httpx logs every request URL at INFO, query string (the FRED key) included.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 # INFO: httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
@@ -3993,7 +3994,6 @@ def fetch_series(
     *,
     now: datetime,
     fetch_json: Any = None,
-    timings: dict[str, float] | None = None,
     deadline: float | None = None,
 ) -> Series:
     """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
@@ -4031,10 +4031,7 @@ def fetch_series(
                     )
                     break
                 raw = fetchers[source.name](source)
-                started = time.perf_counter()
                 result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
-                if timings is not None:
-                    timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
                 results.append(result)
                 if _confirm(results, rules):
                     break
@@ -4141,20 +4138,18 @@ def _settle(
     return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
 
 
-def fetch_both(
-    config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None
-) -> tuple[Series, Series]:
+def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) -> tuple[Series, Series]:
     """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains, within one network time budget.
 
     Past `config.network_budget` seconds no new source is asked (the cache still answers); one
     request already under way can add its own bound (`retry_budget` plus a timeout).
     """
     deadline = time.monotonic() + config.network_budget
-    usdclp = fetch_series("usdclp", config, client, now=now, timings=timings, deadline=deadline)
+    usdclp = fetch_series("usdclp", config, client, now=now, deadline=deadline)
     if not config.copper:
         log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
         return usdclp, Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
-    return usdclp, fetch_series("copper", config, client, now=now, timings=timings, deadline=deadline)
+    return usdclp, fetch_series("copper", config, client, now=now, deadline=deadline)
 
 
 def fetch_usdclp(
@@ -5100,6 +5095,121 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
 _UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
 
 
+def tracking_failure(exc: BaseException, secret: str | None) -> str:
+    """One redacted line saying why tracking failed: `TimeoutError: MLflow tracking did not finish ...`."""
+    return redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), secret)
+
+
+# Seconds `Tracker.log` waits beyond `config.tracking_timeout` for the tracking process's own verdict, and
+# `Tracker.close` for the process to exit before it is stopped.
+TRACKING_GRACE = 5.0
+
+
+class Tracker:
+    """MLflow in a child process, started with the run so that its imports (~2 s) overlap the models' fitting.
+
+    The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
+    dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
+    The child writes through `log_run`, under the same MLflow lock as before, so concurrent runs stay safe.
+    """
+
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        import multiprocessing
+
+        self.config = config
+        self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
+        # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        self._process = context.Process(
+            target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
+        )
+        try:
+            self._process.start()
+        except OSError as exc:  # no process could be started (EAGAIN, ENOMEM): the run goes on untracked
+            self.skip = tracking_failure(exc, config.fred_api_key)
+        finally:
+            child.close()
+
+    def log(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
+        if self.skip:
+            return None, self.skip
+        try:
+            self._conn.send(record)
+            if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
+                run_id, error, timed_out = self._conn.recv()
+            else:
+                wait = self.config.tracking_timeout
+                run_id, error, timed_out = None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s", True
+        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
+            self._process.join(1)
+            self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
+            return None, self.skip
+        if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
+            self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
+        return run_id, error
+
+    def close(self) -> None:
+        """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        if self._process.pid is not None:
+            self._process.join(TRACKING_GRACE)
+            if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
+                self._process.kill()
+                self._process.join(1)
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int) -> None:
+    """The tracking process: import MLflow and open the store at once, then log each RunRecord sent.
+
+    Each answer is (run id, None, False) or (None, why, timed out); it stops at None or when the parent is gone.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        warm_tracking(config, environ)
+    except Exception:  # noqa: BLE001, S110 -- `log_run` meets the same failure and reports it per run
+        pass
+    while True:
+        try:
+            record = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if record is None:
+            # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
+            os._exit(0)
+        try:
+            answer = (log_run(config, record, environ=environ), None, False)
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
+            answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
+        conn.send(answer)
+
+
+def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
+    """Import what `log_run` needs (MLflow, and SQLAlchemy for a SQLite store), so the first run logs at once.
+
+    Only imports: the store is opened by `log_run`, bounded and under the MLflow lock, as before.
+    """
+    import importlib
+
+    importlib.import_module("mlflow.entities")
+    importlib.import_module("mlflow.tracking")
+    if tracking_uri(config, environ).startswith("sqlite:"):
+        importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+
+
 def _follow_data_dir(config: Config, uri: str) -> None:
     """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
     db = sqlite_file(uri)
@@ -5250,6 +5360,35 @@ def _empty_features() -> pl.DataFrame:
     )
 
 
+class Stages:
+    """Wall time of a run's stages by name, in the order they first ran; a stage timed again adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def merge(self, other: Stages) -> None:
+        """Add another timer's stages to these."""
+        for name, seconds in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def format_stages(seconds: Mapping[str, float]) -> str:
+    """`fetch 0.12 s, backtest 2.53 s, ...` (pure)."""
+    return ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+
+
+class NoForecast(Exception):
+    """No forecast can be made: no usable USD/CLP, or too little history for an honest backtest."""
+
+
 def cmd_run(
     config: Config,
     client: httpx.Client | None,
@@ -5264,80 +5403,119 @@ def cmd_run(
     """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
 
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
-    backtest, or no report could be written.
+    backtest, or no report could be written. MLflow runs in a child process (`Tracker`) started first.
     """
     _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
+    stages = Stages()
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
-        seconds: dict[str, float] = {}
-        started = time.perf_counter()
-        usdclp, copper = fetch_both(config, client, now=now, timings=seconds)
-        seconds.setdefault("clean", 0.0)  # INFO: offline, the warehouse holds already-clean prices
-        seconds["fetch"] = time.perf_counter() - started - seconds["clean"]
-        if not usdclp.ok:
-            return _fail_run(config, horizons, now, f"no usable USD/CLP data: {usdclp.error}")
-        started = time.perf_counter()
-        bundle = build_bundle(usdclp, copper)
-        seconds["features"] = time.perf_counter() - started
-        for reason in bundle.degraded_detail:
-            log.warning("Degraded run: %s", reason)
-        log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
-        started = time.perf_counter()
-        try:
-            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
-        except ValueError as exc:  # too little history for an honest backtest: no forecast without one
-            return _fail_run(config, horizons, now, f"cannot forecast: {exc}")
-        seconds["backtest"] = time.perf_counter() - started
-        log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
-        started = time.perf_counter()
-        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
-        seconds["density_backtest"] = time.perf_counter() - started
-        log.info("Forecasting %s", ", ".join(horizons))
-        started = time.perf_counter()
-        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
-        seconds["forecast"] = time.perf_counter() - started
-        started = time.perf_counter()
-        ledger = _run_ledger(config, environ, bundle.usdclp)
-        seconds["score"] = time.perf_counter() - started
-        code, summaries, skip_tracking = 0, [], None
-        for index, horizon in enumerate(horizons, 1):
-            log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
-            outcome = _run_horizon(
-                config,
-                bundle,
-                forecasts[horizon],
-                now=now,
-                environ=environ,
-                seconds=dict(seconds),
-                skip_tracking=skip_tracking,
-                ledger=ledger,
+        with stages("tracking_start"):
+            tracker = Tracker(config, environ)
+        with tracker:
+            try:
+                bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
+            except NoForecast as exc:
+                return _fail_run(config, horizons, now, str(exc))
+            with stages("score"):
+                ledger = _run_ledger(config, environ, bundle.usdclp)
+            summaries = _report_horizons(
+                config, bundle, forecasts, ledger, tracker, now=now, environ=environ, stages=stages
             )
-            if (outcome["tracking_error"] or "").startswith("TimeoutError"):
-                # a timed-out write may still be going on: the other horizons do not queue behind it
-                skip_tracking = f"skipped: MLflow tracking timed out for {horizon}"
-            summaries.append(outcome)
-            code = max(code, 0 if outcome.get("report") else 1)
-        # One email for the whole run (a digest for `run all`), with every horizon whose report was written.
-        written = [(forecasts[o["horizon"]], report_files(Path(o["report"]))) for o in summaries if o.get("report")]
-        if written and (email_preview or not skip_email):
-            fcs, files = [f for f, _ in written], [r for _, r in written]
-            changed = {
-                o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
-                for o in summaries
-                if o.get("changed") is not None
-            }
-            email_reports(config, environ, fcs, bundle, files, now=now, preview=email_preview, extra=changed)
-        if as_json:
-            # one JSON object: the summary itself, or for several horizons an object keyed by horizon
-            document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
-            print(json.dumps(document, indent=2, default=str))
-        else:
-            for outcome in summaries:
-                print(format_summary(outcome))
-                print(
-                    f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
-                    f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
-                )
-        return code
+            with stages("email"):
+                if email_preview or not skip_email:
+                    _email_run(config, environ, bundle, forecasts, summaries, now=now, preview=email_preview)
+            with stages("tracking_stop"):
+                tracker.close()
+    print_summaries(summaries, as_json=as_json)
+    log.info("Stage times: %s", format_stages(stages.seconds))
+    return max(0 if outcome.get("report") else 1 for outcome in summaries)
+
+
+def make_forecasts(
+    config: Config, client: httpx.Client | None, horizons: Sequence[str], *, now: datetime, stages: Stages
+) -> tuple[Bundle, dict[str, Forecast]]:
+    """Fetch once, build the features, backtest points and ranges, and forecast every horizon; raise NoForecast."""
+    with stages("fetch"):
+        usdclp, copper = fetch_both(config, client, now=now)
+    if not usdclp.ok:
+        raise NoForecast(f"no usable USD/CLP data: {usdclp.error}")
+    with stages("features"):
+        bundle = build_bundle(usdclp, copper)
+    for reason in bundle.degraded_detail:
+        log.warning("Degraded run: %s", reason)
+    log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
+    try:
+        with stages("backtest"):
+            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+    except ValueError as exc:  # too little history for an honest backtest: no forecast without one
+        raise NoForecast(f"cannot forecast: {exc}") from exc
+    log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
+    with stages("density_backtest"):
+        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
+    log.info("Forecasting %s", ", ".join(horizons))
+    with stages("forecast"):
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
+    return bundle, forecasts
+
+
+def _report_horizons(
+    config: Config,
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    ledger: pl.DataFrame | None,
+    tracker: Tracker,
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    stages: Stages,
+) -> list[dict[str, Any]]:
+    """Report, track and record the status of each horizon in turn; return their summaries."""
+    summaries = []
+    for index, (horizon, fc) in enumerate(forecasts.items(), 1):
+        log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
+        mine = Stages()
+        outcome = _run_horizon(
+            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=stages.seconds, stages=mine
+        )
+        stages.merge(mine)
+        summaries.append(outcome)
+    return summaries
+
+
+def _email_run(
+    config: Config,
+    environ: Mapping[str, str],
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    summaries: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    preview: Path | None,
+) -> None:
+    """One email for the whole run (a digest for `run all`), with every horizon whose report was written."""
+    written = [o for o in summaries if o.get("report")]
+    if not written:
+        return
+    changed = {
+        o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
+        for o in written
+        if o.get("changed") is not None
+    }
+    fcs, files = [forecasts[o["horizon"]] for o in written], [report_files(Path(o["report"])) for o in written]
+    email_reports(config, environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
+
+
+def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Print each horizon's summary, report and run id; with `as_json` one JSON object (keyed by horizon if several)."""
+    if as_json:
+        document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
+        print(json.dumps(document, indent=2, default=str))
+        return
+    for outcome in summaries:
+        print(format_summary(outcome))
+        print(
+            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
+            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
+        )
 
 
 def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: str) -> int:
@@ -5386,13 +5564,18 @@ def _run_horizon(
     config: Config,
     bundle: Bundle,
     fc: Forecast,
+    tracker: Tracker,
+    ledger: pl.DataFrame | None,
     *,
     now: datetime,
     environ: Mapping[str, str],
-    seconds: dict[str, float],
-    skip_tracking: str | None,
-    ledger: pl.DataFrame | None = None,
+    seconds: Mapping[str, float],
+    stages: Stages,
 ) -> dict[str, Any]:
+    """Report one horizon's forecast, track it, add it to the ledger and the status file; return its summary.
+
+    `seconds` are the run's shared stages so far; this horizon's own (report, tracking) go to `stages`.
+    """
     horizon, bt = fc.horizon, fc.backtest
     for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
         log.warning("%s: %s", horizon, note)
@@ -5400,53 +5583,85 @@ def _run_horizon(
     outcome: dict[str, Any] = summary(fc, bundle)
     track = _track_horizon(config, fc, bundle, ledger, now=now)
     outcome |= {"changed": track["change"], "live": track["metrics"]}
-    started = time.perf_counter()
     report = None
-    try:
-        report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
-        outcome["report"] = str(report.markdown)
-    except OSError as exc:
-        log.error("Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc)
-    seconds["report"] = time.perf_counter() - started
-    started = time.perf_counter()
-    run_id, tracking_error = None, skip_tracking
-    try:
-        if skip_tracking:
-            raise RuntimeError(skip_tracking)
-        with tempfile_dir(config.data_dir) as tmp:
-            inputs, digest = write_inputs(bundle, tmp / "inputs")
-            files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
-            record = run_record(fc, bundle, now=now, seconds=seconds, artifacts=[*files, *inputs], input_hash=digest)
-            reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
-            record = dataclasses.replace(
-                record,
-                metrics=record.metrics | track["metrics"],
-                tags=record.tags | {"fxcu.changed": reasons or "nothing"},
-                artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+    with stages("report"):
+        try:
+            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
+            outcome["report"] = str(report.markdown)
+        except OSError as exc:
+            log.error(
+                "Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc
             )
-            run_id = log_run(config, record, environ=environ)
-        log.info("Tracked %s in MLflow as run %s", horizon, run_id)
-    except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
-        tracking_error = skip_tracking or redact(
-            redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key
+    with stages("tracking"):
+        run_id, tracking_error = _log_horizon(
+            config, tracker, fc, bundle, report, track, now=now, seconds={**seconds, **stages.seconds}
         )
-        log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
     if ledger is not None:
         try:
             update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
         except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
             log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
+    _write_run_status(config, horizon, outcome, now=now)
+    return outcome
+
+
+def _log_horizon(
+    config: Config,
+    tracker: Tracker,
+    fc: Forecast,
+    bundle: Bundle,
+    report: Report | None,
+    track: Mapping[str, Any],
+    *,
+    now: datetime,
+    seconds: Mapping[str, float],
+) -> tuple[str | None, str | None]:
+    """Track one horizon's run through the tracking process: (run id, None), or (None, why not) logged as an error."""
+    run_id, error = None, tracker.skip
+    if error is None:
+        try:
+            with tempfile_dir(config.data_dir) as tmp:
+                inputs, digest = write_inputs(bundle, tmp / "inputs")
+                files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+                record = run_record(
+                    fc,
+                    bundle,
+                    now=now,
+                    seconds=seconds,
+                    artifacts=[*files, *inputs],
+                    input_hash=digest,
+                    versions=package_versions(),
+                )
+                reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
+                record = dataclasses.replace(
+                    record,
+                    metrics=record.metrics | track["metrics"],
+                    tags=record.tags | {"fxcu.changed": reasons or "nothing"},
+                    artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+                )
+                run_id, error = tracker.log(record)  # INFO: inside the scratch folder, which holds the artifacts
+        except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
+            error = tracking_failure(exc, config.fred_api_key)
+    if run_id is not None:
+        log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
+    else:
+        log.error("MLflow tracking failed (%s): the forecast and its report are kept", error)
+    return run_id, error
+
+
+def _write_run_status(config: Config, horizon: str, outcome: Mapping[str, Any], *, now: datetime) -> None:
+    """Record this horizon's run for `check`; a failure to write it is logged, never raised."""
     try:
         write_status(
             config,
             horizon,
             {
                 "time": now.isoformat(),
-                "ok": report is not None,
-                "tracked": run_id is not None,
-                "run_id": run_id,
-                "tracking_error": tracking_error,
+                "ok": outcome.get("report") is not None,
+                "tracked": outcome["run_id"] is not None,
+                "run_id": outcome["run_id"],
+                "tracking_error": outcome["tracking_error"],
                 "forecast": outcome["forecast"],
                 "target_date": outcome["target_date"],
                 "degraded": outcome["degraded"],
@@ -5454,7 +5669,6 @@ def _run_horizon(
         )
     except (OSError, TimeoutError) as exc:
         log.error("Status file could not be written (%s): `check` will not see this run", exc)
-    return outcome
 
 
 @contextlib.contextmanager
@@ -6719,7 +6933,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     try:
@@ -6795,7 +7009,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         horizons = args.horizon or list(HORIZONS)
         return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
     if args.command in {"fetch", "validate", "run"}:
-        with make_client(config) as client:
+        with _client_scope(config, None) as client:  # INFO: none offline (building one costs ~0.2 s)
             if args.command == "fetch":
                 return cmd_fetch(config, client, now=now)
             if args.command == "validate":
