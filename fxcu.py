@@ -5127,7 +5127,7 @@ class Tracker:
         )
         try:
             self._process.start()
-        except OSError as exc:  # no process could be started (EAGAIN, ENOMEM): the run goes on untracked
+        except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
             self.skip = tracking_failure(exc, config.fred_api_key)
         finally:
             child.close()
