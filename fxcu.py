@@ -5153,6 +5153,8 @@ class Tracker:
 
     def close(self) -> None:
         """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
+        if self._conn.closed:
+            return
         with contextlib.suppress(OSError):
             self._conn.send(None)
         if self._process.pid is not None:
@@ -5469,12 +5471,12 @@ def _report_horizons(
     stages: Stages,
 ) -> list[dict[str, Any]]:
     """Report, track and record the status of each horizon in turn; return their summaries."""
-    summaries = []
+    summaries, shared = [], dict(stages.seconds)  # every horizon logs the shared stages, then its own
     for index, (horizon, fc) in enumerate(forecasts.items(), 1):
         log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
         mine = Stages()
         outcome = _run_horizon(
-            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=stages.seconds, stages=mine
+            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=shared, stages=mine
         )
         stages.merge(mine)
         summaries.append(outcome)
