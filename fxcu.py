@@ -4426,7 +4426,8 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
         where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
         order by r.start_time
     """
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+    # INFO: as_uri escapes `#`, `?` and `%`, which would otherwise cut the path (and SQLite open another file)
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
         runs = conn.execute(query).fetchall()
         metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
         params = conn.execute("select run_uuid, key, value from params").fetchall()
