@@ -37,10 +37,12 @@ if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polar
     import httpx
     import numpy as np
     import polars as pl
+    from matplotlib.figure import Figure
 
 __version__ = "0.1.0"
 
 log = logging.getLogger("fxcu")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # INFO: httpx logs every request URL at INFO, query string (the FRED key) included.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 # INFO: httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
@@ -103,6 +105,20 @@ class Config:
     @property
     def warehouse(self) -> Path:
         return self.data_dir / "warehouse"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The local MLflow store's folder: its database, artifacts and lock files."""
+        return self.data_dir / "mlflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlruns(self) -> Path:
+        """The local store's artifact root (absolute, else MLflow writes ./mlruns of the working directory)."""
+        return self.mlflow_dir / "mlruns"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -4151,7 +4167,6 @@ def fetch_series(
     *,
     now: datetime,
     fetch_json: Any = None,
-    timings: dict[str, float] | None = None,
     deadline: float | None = None,
 ) -> Series:
     """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
@@ -4167,7 +4182,7 @@ def fetch_series(
         cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
         if not cache.ok and not path.exists() and config.seed_dir is not None:
             cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
-        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, timings=timings, deadline=deadline)
+        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, deadline=deadline)
         results = [*asked, cache]
         ages = {r.source: timedelta(days=config.max_age_days) for r in results}
         chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
@@ -4187,7 +4202,6 @@ def ask_sources(
     *,
     cache: Result,
     now: datetime,
-    timings: dict[str, float] | None = None,
     deadline: float | None = None,
 ) -> list[Result]:
     """Ask a series' live sources in priority order, each answer cleaned and vetted, until one may be served.
@@ -4209,10 +4223,7 @@ def ask_sources(
             results.append(Result("network", error=f"network time budget ({config.network_budget:.0f} s) spent"))
             break
         raw = fetch_source(source, config, client, fetch_json, since=since, now=now)
-        started = time.perf_counter()
         result = _vet(raw, _clean_result(raw, now), rules=rules, now=now, history=history)
-        if timings is not None:
-            timings["clean"] = timings.get("clean", 0.0) + time.perf_counter() - started
         results.append(result)
         if _confirm(results, rules):
             break
@@ -4335,20 +4346,18 @@ def write_series(series: Series, path: Path, cache: Result) -> Series:
     return series
 
 
-def fetch_both(
-    config: Config, client: httpx.Client | None, *, now: datetime, timings: dict[str, float] | None = None
-) -> tuple[Series, Series]:
+def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) -> tuple[Series, Series]:
     """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains, within one network time budget.
 
     Past `config.network_budget` seconds no new source is asked (the cache still answers); one
     request already under way can add its own bound (`retry_budget` plus a timeout).
     """
     deadline = time.monotonic() + config.network_budget
-    usdclp = fetch_series("usdclp", config, client, now=now, timings=timings, deadline=deadline)
+    usdclp = fetch_series("usdclp", config, client, now=now, deadline=deadline)
     if not config.copper:
         log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
         return usdclp, Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
-    return usdclp, fetch_series("copper", config, client, now=now, timings=timings, deadline=deadline)
+    return usdclp, fetch_series("copper", config, client, now=now, deadline=deadline)
 
 
 def fetch_usdclp(
@@ -4404,13 +4413,16 @@ def write_text_atomic(text: str | bytes, path: Path) -> None:
 
 
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
-    """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
-    import matplotlib
+    """Save `chart_figure` as a PNG at `path` (atomically)."""
+    with atomic_path(path) as tmp:
+        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
 
-    matplotlib.use("Agg")
+
+def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -> Figure:
+    """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
     import polars as pl
+    from matplotlib.figure import Figure
 
     # History four times the horizon (at least three months), so a 7d fan is not a sliver at the edge.
     start = fc.origin - timedelta(days=max(91, 4 * parse_horizon(fc.horizon)))
@@ -4419,101 +4431,90 @@ def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | Non
     # Copper only up to the origin: its future is unknown, and a line through the fan reads as a forecast.
     cu = None if bundle.copper is None else bundle.copper.filter(pl.col(DATE).is_between(start, fc.origin))
     panels = 2 if cu is not None and cu.height else 1
-    fig, axes = plt.subplots(
-        panels,
-        1,
-        figsize=(10, 6.4 if panels == 2 else 5),
-        dpi=110,
-        sharex=True,
-        squeeze=False,
-        height_ratios=[3, 1][:panels],
-        layout="constrained",
-    )
+    # INFO: matplotlib's object API, not pyplot: no figure registry, no backend choice, and pyplot's import saved
+    fig = Figure(figsize=(10, 6.4 if panels == 2 else 5), dpi=110, layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False, height_ratios=[3, 1][:panels])
     ax = axes[0][0]
-    try:
-        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
-        x = [fc.origin, *ens[DATE].to_list()]
-        edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
-        ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
-        ax.fill_between(
-            x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.2, label="USD/CLP close")
+    x = [fc.origin, *ens[DATE].to_list()]
+    edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
+    ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
+    ax.fill_between(
+        x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+    )
+    ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
+    for axis in (a[0] for a in axes):
+        axis.axvline(fc.origin, color="grey", ls=":", lw=1)
+        axis.grid(alpha=0.3)
+    ax.annotate(
+        f"origin {fc.origin:%d %b %Y}",
+        (fc.origin, 1),
+        xycoords=("data", "axes fraction"),
+        xytext=(-4, -4),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="dimgrey",
+    )
+    ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
+    # below and left of the point, with an arrow: the history runs into the point from the left at its own height
+    ax.annotate(
+        f"last close {fc.last_close:.2f}",
+        (fc.origin, fc.last_close),
+        xytext=(-30, -34),
+        textcoords="offset points",
+        ha="right",
+        va="center",
+        fontsize=9,
+        arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
+        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9},
+    )
+    ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
+    ax.annotate(
+        f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
+        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
+        (final[DATE], final["forecast"]),
+        xytext=(8, 0),
+        textcoords="offset points",
+        ha="left",
+        va="center",
+        fontsize=9,
+        color="tab:blue",
+    )
+    ax.set_ylabel("CLP per USD")
+    # room on the right for the horizon label
+    ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
+    change = _pct(final["forecast"], fc.last_close)
+    title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
+    ax.set_title(title, loc="left", fontsize=12)
+    stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
+    ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
+    handles, labels = ax.get_legend_handles_labels()
+    if panels == 2:
+        ax2 = axes[1][0]
+        ax2.plot(
+            cu[DATE].to_list(),
+            cu[CLOSE].to_list(),
+            color="tab:orange",
+            lw=1.1,
+            label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})",
         )
-        ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
-        for axis in (a[0] for a in axes):
-            axis.axvline(fc.origin, color="grey", ls=":", lw=1)
-            axis.grid(alpha=0.3)
-        ax.annotate(
-            f"origin {fc.origin:%d %b %Y}",
-            (fc.origin, 1),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4, -4),
-            textcoords="offset points",
-            ha="right",
-            va="top",
+        ax2.set_ylabel("copper, USD/lb")
+        extra, extra_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + extra, labels + extra_labels
+    elif bundle.copper is None:
+        ax.text(
+            0.01,
+            0.02,
+            "copper unavailable: forecast made without copper",
+            transform=ax.transAxes,
             fontsize=8,
-            color="dimgrey",
+            color="tab:red",
         )
-        ax.plot([fc.origin], [fc.last_close], "o", color="black", ms=4)
-        # below and left of the point, with an arrow: the history runs into the point from the left at its own height
-        ax.annotate(
-            f"last close {fc.last_close:.2f}",
-            (fc.origin, fc.last_close),
-            xytext=(-30, -34),
-            textcoords="offset points",
-            ha="right",
-            va="center",
-            fontsize=9,
-            arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9},
-        )
-        ax.plot([final[DATE]], [final["forecast"]], "o", color="tab:blue", ms=4)
-        ax.annotate(
-            f"{final[DATE]:%d %b}: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
-            f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}",
-            (final[DATE], final["forecast"]),
-            xytext=(8, 0),
-            textcoords="offset points",
-            ha="left",
-            va="center",
-            fontsize=9,
-            color="tab:blue",
-        )
-        ax.set_ylabel("CLP per USD")
-        # room on the right for the horizon label
-        ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
-        change = _pct(final["forecast"], fc.last_close)
-        title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
-        ax.set_title(title, loc="left", fontsize=12)
-        stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
-        ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
-        handles, labels = ax.get_legend_handles_labels()
-        if panels == 2:
-            ax2 = axes[1][0]
-            ax2.plot(
-                cu[DATE].to_list(),
-                cu[CLOSE].to_list(),
-                color="tab:orange",
-                lw=1.1,
-                label=f"copper, USD/lb (up to the origin; source {bundle.sources['copper']})",
-            )
-            ax2.set_ylabel("copper, USD/lb")
-            extra, extra_labels = ax2.get_legend_handles_labels()
-            handles, labels = handles + extra, labels + extra_labels
-        elif bundle.copper is None:
-            ax.text(
-                0.01,
-                0.02,
-                "copper unavailable: forecast made without copper",
-                transform=ax.transAxes,
-                fontsize=8,
-                color="tab:red",
-            )
-        axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
+    return fig
 
 
 @dataclass(frozen=True, slots=True)
@@ -4633,7 +4634,8 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
         where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
         order by r.start_time
     """
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+    # INFO: as_uri escapes `#`, `?` and `%`, which would otherwise cut the path (and SQLite open another file)
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
         runs = conn.execute(query).fetchall()
         metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
         params = conn.execute("select run_uuid, key, value from params").fetchall()
@@ -4686,13 +4688,8 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
 
 def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
     """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
-    uri = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.data_dir / 'mlflow' / 'mlflow.db'}"
-    if not uri.startswith("sqlite:///"):
-        return None
-    from urllib.parse import unquote
-
-    path = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
-    return path if path.is_absolute() else None
+    path = store_path(config, environ)
+    return path if path is not None and path.is_absolute() else None
 
 
 @contextlib.contextmanager
@@ -4721,62 +4718,65 @@ def update_ledger(
 
 
 def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, path: Path, *, last: int = 120) -> bool:
-    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; False with none."""
-    import matplotlib
+    """Save `track_figure` as a PNG at `path` (atomically); False, and no file, when the horizon has no forecasts."""
+    fig = track_figure(ledger, prices, horizon, last=last)
+    if fig is None:
+        return False
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, last: int = 120) -> Figure | None:
+    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; None with none."""
     import polars as pl
+    from matplotlib.figure import Figure
 
     rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
     shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
     if rows.is_empty():
-        return False
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-    try:
-        start = min(frame["origin"].min() for frame in shown.values() if frame.height)
-        hist = prices.filter(pl.col(DATE) >= start)
-        ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
-        for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
-            mine = shown[kind]
-            if mine.is_empty():
-                continue
-            x = mine["target"].to_list()
-            ax.vlines(
-                x,
-                mine["lo_95"].to_list(),
-                mine["hi_95"].to_list(),
-                color=colour,
-                alpha=0.25,
-                lw=3,
-                label=f"95% served ({kind})",
-            )
-            ax.vlines(
-                x,
-                mine["lo_80"].to_list(),
-                mine["hi_80"].to_list(),
-                color=colour,
-                alpha=0.6,
-                lw=3,
-                label=f"80% served ({kind})",
-            )
-            ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
-            missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
-            ax.scatter(
-                missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
-            )
-        ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
-        ax.set_ylabel("CLP per USD")
-        ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return True
+        return None
+    fig = Figure(figsize=(10, 5), dpi=100)  # INFO: the object API, as in `chart_figure`
+    ax = fig.subplots()
+    start = min(frame["origin"].min() for frame in shown.values() if frame.height)
+    hist = prices.filter(pl.col(DATE) >= start)
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
+    for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
+        mine = shown[kind]
+        if mine.is_empty():
+            continue
+        x = mine["target"].to_list()
+        ax.vlines(
+            x,
+            mine["lo_95"].to_list(),
+            mine["hi_95"].to_list(),
+            color=colour,
+            alpha=0.25,
+            lw=3,
+            label=f"95% served ({kind})",
+        )
+        ax.vlines(
+            x,
+            mine["lo_80"].to_list(),
+            mine["hi_80"].to_list(),
+            color=colour,
+            alpha=0.6,
+            lw=3,
+            label=f"80% served ({kind})",
+        )
+        ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
+        missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
+        ax.scatter(
+            missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
+        )
+    ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
+    ax.set_ylabel("CLP per USD")
+    ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
 
 
 # -- Shell: MLflow tracking -------------------------------------------------------------
@@ -4807,9 +4807,8 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
     """MLFLOW_TRACKING_URI when set (a team server), else the absolute SQLite file under the data dir (created)."""
     if environ.get("MLFLOW_TRACKING_URI"):
         return environ["MLFLOW_TRACKING_URI"]
-    folder = config.data_dir / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return sqlite_uri(folder / "mlflow.db")
+    config.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return sqlite_uri(config.mlflow_db)
 
 
 def sqlite_uri(db: Path) -> str:
@@ -4829,7 +4828,7 @@ def sqlite_file(uri: str) -> Path | None:
 
 def artifact_root(config: Config, uri: str) -> str | None:
     """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the cwd); a server picks its own."""
-    return (config.data_dir / "mlflow" / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    return config.mlruns.as_uri() if uri.startswith("sqlite:") else None
 
 
 def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
@@ -4878,6 +4877,12 @@ def one_line_logs() -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, OneLineRecords) for f in handler.filters):
                 handler.addFilter(OneLineRecords())
+
+
+def tracking_store(config: Config, environ: Mapping[str, str]) -> tuple[str, Any]:
+    """The tracking URI (`tracking_uri`) and an MlflowClient on it (`mlflow_client`)."""
+    uri = tracking_uri(config, environ)
+    return uri, mlflow_client(uri)
 
 
 def mlflow_client(uri: str) -> Any:
@@ -5114,18 +5119,14 @@ def run_record(
     seconds: Mapping[str, float],
     artifacts: Sequence[Path],
     input_hash: str | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> RunRecord:
     """Turn a forecast into MLflow params, batch metrics, tags, description and datasets (pure).
 
     `now` is when the command started: the run's start time. `input_hash` defaults to the digest of the prices.
+    `versions` (from `package_versions`) become `version_<package>` params.
     """
-    import importlib.metadata as md
-
     bt, h = fc.backtest, fc.horizon
-    versions = {}
-    for pkg in ("polars", "statsforecast", "mlflow", "numpy"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[f"version_{pkg}"] = md.version(pkg)
     if input_hash is None:
         input_hash = prices_digest(bundle.usdclp, bundle.copper)
     params = {
@@ -5151,7 +5152,7 @@ def run_record(
         "interval_label": fc.interval_label,
         "input_sha256": input_hash,
         "version_fxcu": __version__,
-        **versions,
+        **{f"version_{pkg}": version for pkg, version in (versions or {}).items()},
     }
     metrics: dict[str, float] = {}
     for name, m in bt.models.items():
@@ -5190,6 +5191,17 @@ def run_record(
     start_ms = int(now.timestamp() * 1000)
     datasets = input_datasets(bundle)
     return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets)
+
+
+def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlflow", "numpy")) -> dict[str, str]:
+    """The installed version of each package a run depends on, read from its metadata (missing ones left out)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in packages:
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    return versions
 
 
 def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
@@ -5274,7 +5286,7 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
         # It waits half the budget for the lock, and starts no run once the caller has given up.
-        with file_lock(config.data_dir / "mlflow" / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
             if cancel.is_set():
                 raise TimeoutError("MLflow tracking gave up before writing")
             return work()
@@ -5292,10 +5304,127 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
 _UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
 
 
+def tracking_failure(exc: BaseException, secret: str | None) -> str:
+    """One redacted line saying why tracking failed: `TimeoutError: MLflow tracking did not finish ...`."""
+    return redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), secret)
+
+
+# Seconds `Tracker.log` waits beyond `config.tracking_timeout` for the tracking process's own verdict, and
+# `Tracker.close` for the process to exit before it is stopped.
+TRACKING_GRACE = 5.0
+
+
+class Tracker:
+    """MLflow in a child process, started with the run so that its imports (~2 s) overlap the models' fitting.
+
+    The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
+    dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
+    The child writes through `log_run`, under the same MLflow lock as before, so concurrent runs stay safe.
+    """
+
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        import multiprocessing
+
+        self.config = config
+        self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
+        # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        self._process = context.Process(
+            target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
+        )
+        try:
+            self._process.start()
+        except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
+            self.skip = tracking_failure(exc, config.fred_api_key)
+        finally:
+            child.close()
+
+    def log(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
+        if self.skip:
+            return None, self.skip
+        try:
+            self._conn.send(record)
+            if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
+                run_id, error, timed_out = self._conn.recv()
+            else:
+                wait = self.config.tracking_timeout
+                run_id, error, timed_out = None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s", True
+        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
+            self._process.join(1)
+            self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
+            return None, self.skip
+        if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
+            self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
+        return run_id, error
+
+    def close(self) -> None:
+        """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
+        if self._conn.closed:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        if self._process.pid is not None:
+            self._process.join(TRACKING_GRACE)
+            if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
+                self._process.kill()
+                self._process.join(1)
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int) -> None:
+    """The tracking process: import MLflow and open the store at once, then log each RunRecord sent.
+
+    Each answer is (run id, None, False) or (None, why, timed out); it stops at None or when the parent is gone.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        warm_tracking(config, environ)
+    except Exception:  # noqa: BLE001, S110 -- `log_run` meets the same failure and reports it per run
+        pass
+    while True:
+        try:
+            record = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if record is None:
+            # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
+            os._exit(0)
+        try:
+            answer = (log_run(config, record, environ=environ), None, False)
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
+            answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
+        conn.send(answer)
+
+
+def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
+    """Import what `log_run` needs (MLflow, and SQLAlchemy for a SQLite store), so the first run logs at once.
+
+    Only imports: the store is opened by `log_run`, bounded and under the MLflow lock, as before.
+    """
+    import importlib
+
+    importlib.import_module("mlflow.entities")
+    importlib.import_module("mlflow.tracking")
+    if tracking_uri(config, environ).startswith("sqlite:"):
+        importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+
+
 def _follow_data_dir(config: Config, uri: str) -> None:
     """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
     db = sqlite_file(uri)
-    if db is not None and db == config.data_dir / "mlflow" / "mlflow.db" and db.exists():
+    if db is not None and db == config.mlflow_db and db.exists():
         relocate_artifacts(db, artifact_root(config, uri))
 
 
@@ -5442,6 +5571,35 @@ def _empty_features() -> pl.DataFrame:
     )
 
 
+class Stages:
+    """Wall time of a run's stages by name, in the order they first ran; a stage timed again adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def merge(self, other: Stages) -> None:
+        """Add another timer's stages to these."""
+        for name, seconds in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def format_stages(seconds: Mapping[str, float]) -> str:
+    """`fetch 0.12 s, backtest 2.53 s, ...` (pure)."""
+    return ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+
+
+class NoForecast(Exception):
+    """No forecast can be made: no usable USD/CLP, or too little history for an honest backtest."""
+
+
 def cmd_run(
     config: Config,
     client: httpx.Client | None,
@@ -5456,80 +5614,119 @@ def cmd_run(
     """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
 
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
-    backtest, or no report could be written.
+    backtest, or no report could be written. MLflow runs in a child process (`Tracker`) started first.
     """
     _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
+    stages = Stages()
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
-        seconds: dict[str, float] = {}
-        started = time.perf_counter()
-        usdclp, copper = fetch_both(config, client, now=now, timings=seconds)
-        seconds.setdefault("clean", 0.0)  # INFO: offline, the warehouse holds already-clean prices
-        seconds["fetch"] = time.perf_counter() - started - seconds["clean"]
-        if not usdclp.ok:
-            return _fail_run(config, horizons, now, f"no usable USD/CLP data: {usdclp.error}")
-        started = time.perf_counter()
-        bundle = build_bundle(usdclp, copper)
-        seconds["features"] = time.perf_counter() - started
-        for reason in bundle.degraded_detail:
-            log.warning("Degraded run: %s", reason)
-        log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
-        started = time.perf_counter()
-        try:
-            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
-        except ValueError as exc:  # too little history for an honest backtest: no forecast without one
-            return _fail_run(config, horizons, now, f"cannot forecast: {exc}")
-        seconds["backtest"] = time.perf_counter() - started
-        log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
-        started = time.perf_counter()
-        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
-        seconds["density_backtest"] = time.perf_counter() - started
-        log.info("Forecasting %s", ", ".join(horizons))
-        started = time.perf_counter()
-        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
-        seconds["forecast"] = time.perf_counter() - started
-        started = time.perf_counter()
-        ledger = _run_ledger(config, environ, bundle.usdclp)
-        seconds["score"] = time.perf_counter() - started
-        code, summaries, skip_tracking = 0, [], None
-        for index, horizon in enumerate(horizons, 1):
-            log.info("[%d/%d] %s: report and tracking", index, len(horizons), horizon)
-            outcome = _run_horizon(
-                config,
-                bundle,
-                forecasts[horizon],
-                now=now,
-                environ=environ,
-                seconds=dict(seconds),
-                skip_tracking=skip_tracking,
-                ledger=ledger,
+        with stages("tracking_start"):
+            tracker = Tracker(config, environ)
+        with tracker:
+            try:
+                bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
+            except NoForecast as exc:
+                return _fail_run(config, horizons, now, str(exc))
+            with stages("score"):
+                ledger = _run_ledger(config, environ, bundle.usdclp)
+            summaries = _report_horizons(
+                config, bundle, forecasts, ledger, tracker, now=now, environ=environ, stages=stages
             )
-            if (outcome["tracking_error"] or "").startswith("TimeoutError"):
-                # a timed-out write may still be going on: the other horizons do not queue behind it
-                skip_tracking = f"skipped: MLflow tracking timed out for {horizon}"
-            summaries.append(outcome)
-            code = max(code, 0 if outcome.get("report") else 1)
-        # One email for the whole run (a digest for `run all`), with every horizon whose report was written.
-        written = [(forecasts[o["horizon"]], report_files(Path(o["report"]))) for o in summaries if o.get("report")]
-        if written and (email_preview or not skip_email):
-            fcs, files = [f for f, _ in written], [r for _, r in written]
-            changed = {
-                o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
-                for o in summaries
-                if o.get("changed") is not None
-            }
-            email_reports(config, environ, fcs, bundle, files, now=now, preview=email_preview, extra=changed)
-        if as_json:
-            # one JSON object: the summary itself, or for several horizons an object keyed by horizon
-            document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
-            print(json.dumps(document, indent=2, default=str))
-        else:
-            for outcome in summaries:
-                print(format_summary(outcome))
-                print(
-                    f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
-                    f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
-                )
-        return code
+            with stages("email"):
+                if email_preview or not skip_email:
+                    _email_run(config, environ, bundle, forecasts, summaries, now=now, preview=email_preview)
+            with stages("tracking_stop"):
+                tracker.close()
+    print_summaries(summaries, as_json=as_json)
+    log.info("Stage times: %s", format_stages(stages.seconds))
+    return max(0 if outcome.get("report") else 1 for outcome in summaries)
+
+
+def make_forecasts(
+    config: Config, client: httpx.Client | None, horizons: Sequence[str], *, now: datetime, stages: Stages
+) -> tuple[Bundle, dict[str, Forecast]]:
+    """Fetch once, build the features, backtest points and ranges, and forecast every horizon; raise NoForecast."""
+    with stages("fetch"):
+        usdclp, copper = fetch_both(config, client, now=now)
+    if not usdclp.ok:
+        raise NoForecast(f"no usable USD/CLP data: {usdclp.error}")
+    with stages("features"):
+        bundle = build_bundle(usdclp, copper)
+    for reason in bundle.degraded_detail:
+        log.warning("Degraded run: %s", reason)
+    log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
+    try:
+        with stages("backtest"):
+            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+    except ValueError as exc:  # too little history for an honest backtest: no forecast without one
+        raise NoForecast(f"cannot forecast: {exc}") from exc
+    log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
+    with stages("density_backtest"):
+        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
+    log.info("Forecasting %s", ", ".join(horizons))
+    with stages("forecast"):
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
+    return bundle, forecasts
+
+
+def _report_horizons(
+    config: Config,
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    ledger: pl.DataFrame | None,
+    tracker: Tracker,
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    stages: Stages,
+) -> list[dict[str, Any]]:
+    """Report, track and record the status of each horizon in turn; return their summaries."""
+    summaries, shared = [], dict(stages.seconds)  # every horizon logs the shared stages, then its own
+    for index, (horizon, fc) in enumerate(forecasts.items(), 1):
+        log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
+        mine = Stages()
+        outcome = _run_horizon(
+            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=shared, stages=mine
+        )
+        stages.merge(mine)
+        summaries.append(outcome)
+    return summaries
+
+
+def _email_run(
+    config: Config,
+    environ: Mapping[str, str],
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    summaries: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    preview: Path | None,
+) -> None:
+    """One email for the whole run (a digest for `run all`), with every horizon whose report was written."""
+    written = [o for o in summaries if o.get("report")]
+    if not written:
+        return
+    changed = {
+        o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
+        for o in written
+        if o.get("changed") is not None
+    }
+    fcs, files = [forecasts[o["horizon"]] for o in written], [report_files(Path(o["report"])) for o in written]
+    email_reports(config, environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
+
+
+def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Print each horizon's summary, report and run id; with `as_json` one JSON object (keyed by horizon if several)."""
+    if as_json:
+        document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
+        print(json.dumps(document, indent=2, default=str))
+        return
+    for outcome in summaries:
+        print(format_summary(outcome))
+        print(
+            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
+            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
+        )
 
 
 def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: str) -> int:
@@ -5578,13 +5775,18 @@ def _run_horizon(
     config: Config,
     bundle: Bundle,
     fc: Forecast,
+    tracker: Tracker,
+    ledger: pl.DataFrame | None,
     *,
     now: datetime,
     environ: Mapping[str, str],
-    seconds: dict[str, float],
-    skip_tracking: str | None,
-    ledger: pl.DataFrame | None = None,
+    seconds: Mapping[str, float],
+    stages: Stages,
 ) -> dict[str, Any]:
+    """Report one horizon's forecast, track it, add it to the ledger and the status file; return its summary.
+
+    `seconds` are the run's shared stages so far; this horizon's own (report, tracking) go to `stages`.
+    """
     horizon, bt = fc.horizon, fc.backtest
     for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
         log.warning("%s: %s", horizon, note)
@@ -5592,53 +5794,85 @@ def _run_horizon(
     outcome: dict[str, Any] = summary(fc, bundle)
     track = _track_horizon(config, fc, bundle, ledger, now=now)
     outcome |= {"changed": track["change"], "live": track["metrics"]}
-    started = time.perf_counter()
     report = None
-    try:
-        report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
-        outcome["report"] = str(report.markdown)
-    except OSError as exc:
-        log.error("Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc)
-    seconds["report"] = time.perf_counter() - started
-    started = time.perf_counter()
-    run_id, tracking_error = None, skip_tracking
-    try:
-        if skip_tracking:
-            raise RuntimeError(skip_tracking)
-        with tempfile_dir(config.data_dir) as tmp:
-            inputs, digest = write_inputs(bundle, tmp / "inputs")
-            files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
-            record = run_record(fc, bundle, now=now, seconds=seconds, artifacts=[*files, *inputs], input_hash=digest)
-            reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
-            record = dataclasses.replace(
-                record,
-                metrics=record.metrics | track["metrics"],
-                tags=record.tags | {"fxcu.changed": reasons or "nothing"},
-                artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+    with stages("report"):
+        try:
+            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
+            outcome["report"] = str(report.markdown)
+        except OSError as exc:
+            log.error(
+                "Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc
             )
-            run_id = log_run(config, record, environ=environ)
-        log.info("Tracked %s in MLflow as run %s", horizon, run_id)
-    except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast
-        tracking_error = skip_tracking or redact(
-            redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), config.fred_api_key
+    with stages("tracking"):
+        run_id, tracking_error = _log_horizon(
+            config, tracker, fc, bundle, report, track, now=now, seconds={**seconds, **stages.seconds}
         )
-        log.error("MLflow tracking failed (%s): the forecast and its report are kept", tracking_error)
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
     if ledger is not None:
         try:
             update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
         except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
             log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
+    _write_run_status(config, horizon, outcome, now=now)
+    return outcome
+
+
+def _log_horizon(
+    config: Config,
+    tracker: Tracker,
+    fc: Forecast,
+    bundle: Bundle,
+    report: Report | None,
+    track: Mapping[str, Any],
+    *,
+    now: datetime,
+    seconds: Mapping[str, float],
+) -> tuple[str | None, str | None]:
+    """Track one horizon's run through the tracking process: (run id, None), or (None, why not) logged as an error."""
+    run_id, error = None, tracker.skip
+    if error is None:
+        try:
+            with tempfile_dir(config.data_dir) as tmp:
+                inputs, digest = write_inputs(bundle, tmp / "inputs")
+                files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+                record = run_record(
+                    fc,
+                    bundle,
+                    now=now,
+                    seconds=seconds,
+                    artifacts=[*files, *inputs],
+                    input_hash=digest,
+                    versions=package_versions(),
+                )
+                reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
+                record = dataclasses.replace(
+                    record,
+                    metrics=record.metrics | track["metrics"],
+                    tags=record.tags | {"fxcu.changed": reasons or "nothing"},
+                    artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+                )
+                run_id, error = tracker.log(record)  # INFO: inside the scratch folder, which holds the artifacts
+        except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
+            error = tracking_failure(exc, config.fred_api_key)
+    if run_id is not None:
+        log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
+    else:
+        log.error("MLflow tracking failed (%s): the forecast and its report are kept", error)
+    return run_id, error
+
+
+def _write_run_status(config: Config, horizon: str, outcome: Mapping[str, Any], *, now: datetime) -> None:
+    """Record this horizon's run for `check`; a failure to write it is logged, never raised."""
     try:
         write_status(
             config,
             horizon,
             {
                 "time": now.isoformat(),
-                "ok": report is not None,
-                "tracked": run_id is not None,
-                "run_id": run_id,
-                "tracking_error": tracking_error,
+                "ok": outcome.get("report") is not None,
+                "tracked": outcome["run_id"] is not None,
+                "run_id": outcome["run_id"],
+                "tracking_error": outcome["tracking_error"],
                 "forecast": outcome["forecast"],
                 "target_date": outcome["target_date"],
                 "degraded": outcome["degraded"],
@@ -5646,7 +5880,6 @@ def _run_horizon(
         )
     except (OSError, TimeoutError) as exc:
         log.error("Status file could not be written (%s): `check` will not see this run", exc)
-    return outcome
 
 
 @contextlib.contextmanager
@@ -5810,8 +6043,7 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
 
 def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     """Create the MLflow database and the four experiments; running it again changes nothing."""
-    uri = tracking_uri(config, environ)
-    client = mlflow_client(uri)
+    uri, client = tracking_store(config, environ)
     _follow_data_dir(config, uri)
     print(f"tracking URI: {redact_uri(uri)}")
     if uri.startswith("sqlite:") and retire_default_experiment(client):
@@ -5832,7 +6064,7 @@ def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
 
 def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
     """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
-    artifacts = (config.data_dir / "mlflow" / "mlruns").as_uri()
+    artifacts = config.mlruns.as_uri()
     return [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
         "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
@@ -5889,7 +6121,7 @@ def best_run(
     parse_horizon(horizon)
     environ = os.environ if environ is None else environ
     config = config or Config.from_env(environ)
-    client = mlflow_client(tracking_uri(config, environ))
+    _, client = tracking_store(config, environ)
     experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
     if experiment is None:
         return None
@@ -5925,7 +6157,7 @@ def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
     """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
     uri = environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return config.data_dir / "mlflow" / "mlflow.db"
+        return config.mlflow_db
     if uri.startswith("sqlite:///"):
         from urllib.parse import unquote
 
@@ -6311,7 +6543,7 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
     db = store_path(config, environ)
-    artifacts = dir_size(config.data_dir / "mlflow" / "mlruns")
+    artifacts = dir_size(config.mlruns)
     sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
@@ -6325,7 +6557,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     import sqlite3
     import tarfile
 
-    db = config.data_dir / "mlflow" / "mlflow.db"
+    db = config.mlflow_db
     if not db.exists():
         print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
         return 1
@@ -6345,7 +6577,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
             return 1
         with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(copy, arcname="mlflow/mlflow.db")
-            mlruns = config.data_dir / "mlflow" / "mlruns"
+            mlruns = config.mlruns
             if mlruns.exists():
                 tar.add(mlruns, arcname="mlflow/mlruns")
     print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
@@ -6783,7 +7015,7 @@ def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseF
 
     if environ.get("MLFLOW_TRACKING_URI"):
         return DatabaseFacts(remote=redact_uri(environ["MLFLOW_TRACKING_URI"]))
-    db = config.data_dir / "mlflow" / "mlflow.db"
+    db = config.mlflow_db
     if not db.exists():
         return DatabaseFacts(missing=db)
     try:
@@ -7032,7 +7264,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     try:
@@ -7108,7 +7340,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         horizons = args.horizon or list(HORIZONS)
         return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
     if args.command in {"fetch", "validate", "run"}:
-        with make_client(config) as client:
+        with _client_scope(config, None) as client:  # INFO: none offline (building one costs ~0.2 s)
             if args.command == "fetch":
                 return cmd_fetch(config, client, now=now)
             if args.command == "validate":

@@ -2400,7 +2400,7 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
         "copper_ablation_pct",
         "seconds_backtest",
         "seconds_fetch",
-        "seconds_clean",
+        "seconds_report",
         "seconds_tracking",
     ):
         assert key in m, key
@@ -3246,16 +3246,17 @@ def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, caplog, shared_models):
-    def hang(uri):
-        time.sleep(3)
-        raise RuntimeError("unreachable")
-
-    monkeypatch.setattr(fxcu, "mlflow_client", hang)
-    with caplog.at_level(logging.INFO):
-        code = fxcu.main(
-            ["run", "all", "--offline", "--json", "--skip-email"], run_env(data_dir, FXCU_TRACKING_TIMEOUT="0.5")
+def test_run_all_stops_tracking_after_a_timeout(data_dir, capsys, caplog, shared_models):
+    # a tracking server that accepts connections (the kernel's backlog) and never answers: the tracking
+    # process's write hangs until its 0.5 s bound
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        env = run_env(
+            data_dir, FXCU_TRACKING_TIMEOUT="0.5", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{listener.getsockname()[1]}"
         )
+        with caplog.at_level(logging.INFO):
+            code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], env)
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and all(s["report"] and not s["tracked"] for s in out.values())
     assert out["7d"]["tracking_error"].startswith("TimeoutError: MLflow tracking did not finish within 0.5 s")
@@ -3263,6 +3264,100 @@ def test_run_all_stops_tracking_after_a_timeout(data_dir, monkeypatch, capsys, c
         "skipped: MLflow tracking timed out for 7d"
     ] * 3
     assert caplog.text.count("MLflow tracking failed") == 4
+
+
+@pytest.mark.slow
+def test_tracker_logs_in_its_own_process_and_reports_a_dead_one(data_dir):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    with fxcu.Tracker(config, {}) as tracker:
+        run_id, error = tracker.log(record("7d", 20.0))
+        child = tracker._process.pid
+    assert error is None and child != os.getpid()
+    assert [r.info.run_id for r in read_runs(data_dir, "7d")] == [run_id]
+    with fxcu.Tracker(config, {}) as tracker:
+        tracker._process.kill()
+        tracker._process.join()
+        started = time.monotonic()
+        first, second = tracker.log(record("7d", 21.0)), tracker.log(record("15d", 21.0))
+    assert time.monotonic() - started < 5  # no wait for the timeout: the pipe is closed
+    assert first == second == (None, "ConnectionError: the tracking process stopped (exit code -9)")
+
+
+@pytest.mark.slow
+def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
+    import signal
+
+    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
+    with fxcu.Tracker(config, {}) as tracker:
+        os.kill(tracker._process.pid, signal.SIGSTOP)  # alive, answering nothing
+        started = time.monotonic()
+        first, second = tracker.log(record("7d", 20.0)), tracker.log(record("15d", 20.0))
+        waited = time.monotonic() - started
+        process = tracker._process
+    assert first == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
+    assert second == (None, "skipped: MLflow tracking timed out for 7d")
+    assert waited < 0.5 + fxcu.TRACKING_GRACE + 2
+    assert not process.is_alive()  # stopped by `close`
+    assert read_runs(data_dir, "7d") == []
+
+
+@pytest.mark.slow
+def test_run_with_a_dead_tracking_process_still_prints_the_forecast(data_dir, monkeypatch, capsys, caplog):
+    class Dead(fxcu.Tracker):  # the real tracking process, killed as it starts
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._process.kill()
+
+    monkeypatch.setattr(fxcu, "Tracker", Dead)
+    with caplog.at_level(logging.INFO):
+        code = fxcu.main(["run", "7d", "--offline", "--skip-email"], run_env(data_dir))
+    out = capsys.readouterr().out
+    assert code == 0 and "USD/CLP 7d:" in out and "tracked: no" in out
+    assert "MLflow tracking failed (ConnectionError: the tracking process stopped" in caplog.text
+    status = json.loads((data_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and not status["tracked"] and status["tracking_error"].startswith("ConnectionError")
+    assert "Stage times: tracking_start" in caplog.text and read_runs(data_dir, "7d") == []
+
+
+def test_stages_time_each_stage_in_order_and_add_repeats():
+    stages = fxcu.Stages()
+    with stages("fetch"):
+        pass
+    with pytest.raises(ValueError), stages("backtest"):  # a failed stage still counts
+        raise ValueError
+    other = fxcu.Stages()
+    with other("fetch"):
+        time.sleep(0.01)  # INFO: a measured duration, not a retry
+    stages.merge(other)
+    assert list(stages.seconds) == ["fetch", "backtest"]
+    assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
+    assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
+
+
+@pytest.mark.slow
+def test_charts_are_drawn_without_pyplot(real_forecast_7d, real_bundle, tmp_path):
+    import pickle
+
+    (tmp_path / "inputs.pickle").write_bytes(pickle.dumps((real_forecast_7d, real_bundle)))
+    code = (
+        "import pickle, sys\nimport fxcu\n"
+        f"fc, bundle = pickle.loads(open({str(tmp_path / 'inputs.pickle')!r}, 'rb').read())\n"
+        f"fxcu.write_chart(fc, bundle, fxcu.Path({str(tmp_path / 'chart.png')!r}))\n"
+        "print('matplotlib.figure' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"], done.stderr
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundle):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    made = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[], versions={"polars": "9.9"})
+    bare = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[])
+    assert made.params["version_polars"] == "9.9" and "version_mlflow" not in made.params
+    assert not {k for k in bare.params if k.startswith("version_")} - {"version_fxcu"}
+    assert set(fxcu.package_versions(("polars", "no-such-package-fxcu"))) == {"polars"}
 
 
 @pytest.mark.slow
@@ -3857,13 +3952,8 @@ def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bu
 
 
 def drawn_chart(monkeypatch, fc, bundle, tmp_path):
-    """Draw the chart and keep its figure open for inspection."""
-    import matplotlib.pyplot as plt
-
-    kept = []
-    monkeypatch.setattr(plt, "close", kept.append)
-    fxcu.write_chart(fc, bundle, tmp_path / "chart.png", now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
-    (fig,) = kept
+    """Draw the chart's figure (what `write_chart` saves) for inspection."""
+    fig = fxcu.chart_figure(fc, bundle, now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
     fig.canvas.draw()
     return fig
 
