@@ -48,7 +48,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # INFO: httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
-# -- Constants & config ------------------------------------------------------------
+
+# -- Constants & config ----------------------------------------------------------------
 
 DATE, CLOSE, SOURCE, FETCHED_AT = "date", "close", "source", "fetched_at"
 USDCLP_SYMBOL, COPPER_SYMBOL, FRED_COPPER_SERIES = "CLP=X", "HG=F", "PCOPPUSDM"
@@ -77,6 +78,48 @@ YAHOO_URL, FRED_URL, MINDICADOR_URL = (
 # Where a browser gets Yahoo's cookie (an A3 cookie on a 404 page) before asking for a crumb, as yfinance does.
 YAHOO_COOKIE_URL, YAHOO_CRUMB_PATH = "https://fc.yahoo.com", "/v1/test/getcrumb"
 IMPERSONATE: tuple[str, ...] = ("chrome", "off")  # FXCU_HTTP_IMPERSONATE: Yahoo's TLS fingerprint
+
+EXPERIMENT_PREFIX = "forecaster_"
+
+
+class ConfigError(ValueError):
+    """A bad environment value, reported as one line."""
+
+
+def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """Read a boolean variable: 1/true/yes/on or 0/false/no/off."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, on/off)")
+
+
+def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Read a positive number, at most 1e6."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    if value > 1e6:  # INFO: `inf` or 1e20 would overflow a socket timeout or a timedelta later, as a traceback
+        raise ConfigError(f"{name}={raw!r} is too large (at most 1000000)")
+    return value
+
+
+def find_seed_dir() -> Path | None:
+    """The seed folder beside the module (a checkout, `pip install -e`), else the one a wheel put under sys.prefix."""
+    for folder in (SEED_DIR, Path(sys.prefix) / "share" / "fxcu" / "seed"):
+        if (folder / SEED_FILES["usdclp"]).is_file():
+            return folder
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,46 +198,6 @@ class Config:
         )
 
 
-def find_seed_dir() -> Path | None:
-    """The seed folder beside the module (a checkout, `pip install -e`), else the one a wheel put under sys.prefix."""
-    for folder in (SEED_DIR, Path(sys.prefix) / "share" / "fxcu" / "seed"):
-        if (folder / SEED_FILES["usdclp"]).is_file():
-            return folder
-    return None
-
-
-class ConfigError(ValueError):
-    """A bad environment value, reported as one line."""
-
-
-def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    """Read a boolean variable: 1/true/yes/on or 0/false/no/off."""
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, on/off)")
-
-
-def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
-    """Read a positive number, at most 1e6."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
-    if value > 1e6:  # INFO: `inf` or 1e20 would overflow a socket timeout or a timedelta later, as a traceback
-        raise ConfigError(f"{name}={raw!r} is too large (at most 1000000)")
-    return value
-
-
 def parse_horizon(text: str) -> int:
     """Turn '7d', '15d', '30d' or '90d' into calendar days; raise ValueError otherwise."""
     key = text.strip().lower()
@@ -203,20 +206,17 @@ def parse_horizon(text: str) -> int:
     return HORIZONS[key]
 
 
-# -- Values ------------------------------------------------------------------------
+# -- Values: levels, failures and degradations -----------------------------------------
+
+Level = Literal["OK", "WARNING", "CRITICAL"]
+LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+UNKNOWN = 3  # Nagios: the probe itself could not run (bad threshold, unexpected error)
+Check = tuple[str, Level, str]  # name, level, message: the message reads after "name: "
+
+
+BAD_PRINTS = "bad prints"  # the key of `Cleaned.removed` that makes a run degraded
 
 KindT = TypeVar("KindT", bound=StrEnum)
-
-
-@dataclass(frozen=True, slots=True)
-class Reason(Generic[KindT]):
-    """A reason as a value (`kind`, which code matches) and the sentence shown for it (`detail`, else the kind)."""
-
-    kind: KindT
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.detail or self.kind.value
 
 
 class Problem(StrEnum):
@@ -233,6 +233,17 @@ class Problem(StrEnum):
     WRONG_CURRENCY = "wrong currency"
     CONFLICTING_DUPLICATES = "conflicting duplicated dates"
     JUMP = "jump from the history"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason(Generic[KindT]):
+    """A reason as a value (`kind`, which code matches) and the sentence shown for it (`detail`, else the kind)."""
+
+    kind: KindT
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,13 +337,114 @@ class Implausible(PayloadError):
         self.findings = tuple(findings)
 
 
-# -- Core: parsing payloads --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChosenSeries:
+    """A chosen, clean series: the full history after merging, where it came from, and what happened."""
+
+    name: str
+    frame: pl.DataFrame | None
+    source: str
+    frequency: Literal["daily", "monthly"] = "daily"
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+    degraded: tuple[Reason[Degraded], ...] = ()
+    failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
+
+    @property
+    def ok(self) -> bool:
+        return self.frame is not None and not self.frame.is_empty()
+
+
+# -- Core: requests and redaction ------------------------------------------------------
+
+
+def yahoo_params(since: date | None, now: datetime) -> dict[str, str]:
+    """Query for a daily chart: full history when nothing is cached, else from `since` minus the overlap."""
+    if since is None:
+        return {"interval": "1d", "range": "max"}
+    start = datetime.combine(since - timedelta(days=OVERLAP_DAYS), datetime.min.time(), UTC)
+    return {"interval": "1d", "period1": str(int(start.timestamp())), "period2": str(int(now.timestamp()))}
+
+
+# Without a cached history, mindicador is asked for this many years (this one included): one request each.
+MINDICADOR_FIRST_YEARS = 2
+
+
+def mindicador_years(since: date | None, now: datetime) -> list[int]:
+    """Years to ask mindicador for: from the cached year (less the overlap) to now, else MINDICADOR_FIRST_YEARS."""
+    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - MINDICADOR_FIRST_YEARS + 1
+    return list(range(min(first, now.year), now.year + 1))
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret, any `api_key=` or `crumb=` query value and user:password in URLs from text for logs."""
+    text = re.sub(r"((?:api_key|crumb)=)[^&\s'\"]+", r"\1***", text)
+    text = re.sub(r"(//)[^/@\s'\"]*:[^/@\s'\"]*@", r"\1***@", text)  # user:password in a base or proxy URL
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in a tracking URI (`postgresql://user:pw@host`)."""
+    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
+
+
+# Yahoo asks for a cookie and crumb with one of these statuses and one of these phrases in the body:
+# 401 `{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}`,
+# 429 `Too Many Requests` (plain text, shared/data/yahoo/ERRORS_AND_429.md).
+CRUMB_STATUSES = (401, 403, 429)
+CRUMB_ASKS = ("invalid crumb", "unauthorized", "too many requests")
+
+
+def asks_for_crumb(status: int, body: str) -> bool:
+    """True when a Yahoo answer is a 401, 403 or 429 whose body asks for a cookie and crumb."""
+    return status in CRUMB_STATUSES and any(phrase in body.lower() for phrase in CRUMB_ASKS)
+
+
+def crumb_from(status: int, body: str) -> str | None:
+    """The crumb in a getcrumb answer, or None when Yahoo refused one (an error status, HTML or prose)."""
+    crumb = body.strip()
+    # INFO: a refusal comes back as 200 HTML or as text like "Edge: Too Many Requests"; a crumb is one short token
+    return crumb if status == 200 and re.fullmatch(r"[A-Za-z0-9./_-]{1,64}", crumb) else None
+
+
+# -- Core: parsing payloads ------------------------------------------------------------
 
 
 def _price_frame(days: pl.Series, closes: pl.Series) -> pl.DataFrame:
     import polars as pl
 
     return pl.DataFrame({DATE: days.cast(pl.Date), CLOSE: closes.cast(pl.Float64)})
+
+
+def _chart_result(payload: Mapping[str, Any]) -> Any:
+    """The first `chart.result` of a Yahoo body; raises PayloadError for `chart.error` or no result."""
+    chart = payload.get("chart") if isinstance(payload, Mapping) else None
+    if not isinstance(chart, Mapping):
+        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
+    if chart.get("error"):
+        err = chart["error"]
+        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
+        raise PayloadError(f"chart.error {detail}")
+    results = chart.get("result")
+    if not results:
+        raise PayloadError("chart.result is empty")
+    return results[0]
+
+
+def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency: str | None) -> list[Finding]:
+    """What in a chart's `meta` says it is not the series asked for (Yahoo always sends both fields)."""
+    found = []
+    got = meta.get("symbol") if isinstance(meta, Mapping) else None
+    if symbol is not None and got != symbol:
+        found.append(Finding(Problem.WRONG_SYMBOL, f"wrong symbol: asked for {symbol}, meta says {str(got)[:20]!r}"))
+    got = meta.get("currency") if isinstance(meta, Mapping) else None
+    if currency is not None and got != currency:
+        found.append(
+            Finding(Problem.WRONG_CURRENCY, f"wrong currency: expected {currency}, meta says {str(got)[:20]!r}")
+        )
+    return found
 
 
 def parse_yahoo_chart(
@@ -370,35 +482,6 @@ def parse_yahoo_chart(
         .dt.date()
     )
     return _price_frame(days, pl.Series(closes, dtype=pl.Float64, strict=False))
-
-
-def _chart_result(payload: Mapping[str, Any]) -> Any:
-    """The first `chart.result` of a Yahoo body; raises PayloadError for `chart.error` or no result."""
-    chart = payload.get("chart") if isinstance(payload, Mapping) else None
-    if not isinstance(chart, Mapping):
-        raise PayloadError("not a Yahoo chart body (no 'chart' object)")
-    if chart.get("error"):
-        err = chart["error"]
-        detail = f"{err.get('code')}: {err.get('description')}" if isinstance(err, Mapping) else str(err)
-        raise PayloadError(f"chart.error {detail}")
-    results = chart.get("result")
-    if not results:
-        raise PayloadError("chart.result is empty")
-    return results[0]
-
-
-def yahoo_meta_findings(meta: Mapping[str, Any], *, symbol: str | None, currency: str | None) -> list[Finding]:
-    """What in a chart's `meta` says it is not the series asked for (Yahoo always sends both fields)."""
-    found = []
-    got = meta.get("symbol") if isinstance(meta, Mapping) else None
-    if symbol is not None and got != symbol:
-        found.append(Finding(Problem.WRONG_SYMBOL, f"wrong symbol: asked for {symbol}, meta says {str(got)[:20]!r}"))
-    got = meta.get("currency") if isinstance(meta, Mapping) else None
-    if currency is not None and got != currency:
-        found.append(
-            Finding(Problem.WRONG_CURRENCY, f"wrong currency: expected {currency}, meta says {str(got)[:20]!r}")
-        )
-    return found
 
 
 def parse_mindicador(payload: Mapping[str, Any]) -> pl.DataFrame:
@@ -448,10 +531,42 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
     return _price_frame(days, per_tonne / LB_PER_TONNE)
 
 
-# -- Core: cleaning and merging -------------------------------------------------------
+# -- Core: cleaning and merging --------------------------------------------------------
 
 
-BAD_PRINTS = "bad prints"  # the key of `Cleaned.removed` that makes a run degraded
+def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
+    """True where a price is an isolated spike: far from both neighbour medians, which agree.
+
+    Uses the three rows before and the three after (as many as exist); the first and last rows
+    are never flagged (nothing confirms them yet).
+    """
+    import polars as pl
+
+    if threshold <= 0:
+        raise ValueError("threshold must be positive")
+    x = (pl.col(col) if isinstance(col, str) else col).log()
+    # three on each side, so two bad prints in a row do not vouch for each other
+    before = pl.concat_list(x.shift(1), x.shift(2), x.shift(3)).list.median()
+    after = pl.concat_list(x.shift(-1), x.shift(-2), x.shift(-3)).list.median()
+    return (
+        ((x - before).abs() > threshold) & ((x - after).abs() > threshold) & ((before - after).abs() < threshold / 2)
+    ).fill_null(False)
+
+
+def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
+    """The frame without its bad prints (`spike_mask`), and their dates."""
+    import polars as pl
+
+    # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
+    # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
+    spikes = []
+    while True:
+        flagged = days.with_columns(is_spike=spike_mask(CLOSE, BAD_PRINT_LOG_JUMP))
+        found = flagged.filter("is_spike")
+        if found.is_empty():
+            return days, spikes
+        spikes += found[DATE].to_list()
+        days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
 
 
 def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] = "daily") -> Cleaned:
@@ -488,41 +603,6 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
     return Cleaned(days, {k: v for k, v in removed.items() if v})
 
 
-def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
-    """The frame without its bad prints (`spike_mask`), and their dates."""
-    import polars as pl
-
-    # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
-    # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
-    spikes = []
-    while True:
-        flagged = days.with_columns(is_spike=spike_mask(CLOSE, BAD_PRINT_LOG_JUMP))
-        found = flagged.filter("is_spike")
-        if found.is_empty():
-            return days, spikes
-        spikes += found[DATE].to_list()
-        days = flagged.filter(~pl.col("is_spike")).drop("is_spike")
-
-
-def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
-    """True where a price is an isolated spike: far from both neighbour medians, which agree.
-
-    Uses the three rows before and the three after (as many as exist); the first and last rows
-    are never flagged (nothing confirms them yet).
-    """
-    import polars as pl
-
-    if threshold <= 0:
-        raise ValueError("threshold must be positive")
-    x = (pl.col(col) if isinstance(col, str) else col).log()
-    # three on each side, so two bad prints in a row do not vouch for each other
-    before = pl.concat_list(x.shift(1), x.shift(2), x.shift(3)).list.median()
-    after = pl.concat_list(x.shift(-1), x.shift(-2), x.shift(-3)).list.median()
-    return (
-        ((x - before).abs() > threshold) & ((x - after).abs() > threshold) & ((before - after).abs() < threshold / 2)
-    ).fill_null(False)
-
-
 def merge_prices(cached: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFrame:
     """Merge a fetch into the cached history: dates added, revised values replaced, none lost.
 
@@ -555,7 +635,7 @@ def with_provenance(frame: pl.DataFrame, source: str, fetched_at: datetime) -> p
     )
 
 
-# -- Core: choosing a source -------------------------------------------------------
+# -- Core: choosing a source -----------------------------------------------------------
 
 
 def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | None) -> list[Finding]:
@@ -608,7 +688,7 @@ def first_good(
     return Result("none", error="; ".join(reasons) or "no sources")
 
 
-# -- Core: plausibility --------------------------------------------------------------
+# -- Core: plausibility ----------------------------------------------------------------
 
 
 def _when(frame: pl.DataFrame, which: Literal["min", "max"]) -> str:
@@ -626,26 +706,6 @@ def _moves(path: pl.DataFrame, jump: float) -> pl.DataFrame:
     return path.sort(DATE).with_columns(
         move=(pl.col(CLOSE).log() - pl.col(CLOSE).shift(1).log()).abs(), allowed=jump * days.sqrt()
     )
-
-
-def implausible(
-    raw: pl.DataFrame, clean: pl.DataFrame, *, rules: Plausible, now: datetime, history: pl.DataFrame | None = None
-) -> list[Finding]:
-    """Check a fetched frame before it may be merged; an empty list means it is plausible.
-
-    `raw` is the frame as parsed (for non-finite closes, impossible dates and conflicting duplicates),
-    `clean` the same after `clean_prices` (for the range and the jumps: real isolated bad prints are
-    removed by cleaning, a bad last bar is not). The newest bars (after the cached `history`, or the
-    last NEWEST_BARS without one) must not move beyond `rules.jump`, and no cached day may be revised
-    by more than `rules.jump`.
-    """
-    found = _unreal(raw, rules=rules, now=now)
-    if found:
-        return found  # INFO: the range and jump checks below need real dates and finite closes
-    found = _out_of_range(clean, rules)
-    if found:
-        return found
-    return _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
 
 
 def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Finding]:
@@ -737,6 +797,26 @@ def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) 
     return found
 
 
+def implausible(
+    raw: pl.DataFrame, clean: pl.DataFrame, *, rules: Plausible, now: datetime, history: pl.DataFrame | None = None
+) -> list[Finding]:
+    """Check a fetched frame before it may be merged; an empty list means it is plausible.
+
+    `raw` is the frame as parsed (for non-finite closes, impossible dates and conflicting duplicates),
+    `clean` the same after `clean_prices` (for the range and the jumps: real isolated bad prints are
+    removed by cleaning, a bad last bar is not). The newest bars (after the cached `history`, or the
+    last NEWEST_BARS without one) must not move beyond `rules.jump`, and no cached day may be revised
+    by more than `rules.jump`.
+    """
+    found = _unreal(raw, rules=rules, now=now)
+    if found:
+        return found  # INFO: the range and jump checks below need real dates and finite closes
+    found = _out_of_range(clean, rules)
+    if found:
+        return found
+    return _jumps(clean.select(DATE, CLOSE), None if history is None else history.select(DATE, CLOSE), rules)
+
+
 def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: Plausible) -> bool:
     """True when `other` (the next source) has closes on the suspect's dates from `since` on, all within the jump."""
     import polars as pl
@@ -744,6 +824,25 @@ def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: 
     mine = suspect.filter(pl.col(DATE) >= since).select(DATE, CLOSE)
     both = mine.join(other.select(DATE, pl.col(CLOSE).alias("other")), on=DATE)
     return both.height > 0 and bool(((pl.Series(both[CLOSE] / both["other"])).log().abs() <= rules.jump).all())
+
+
+def _bad_tail(rows: pl.DataFrame, rules: Plausible) -> tuple[int, Finding] | None:
+    """The row at which to cut a sorted history, after its last move beyond `rules.jump`, when fewer rows follow."""
+    import polars as pl
+
+    far = (
+        _moves(rows.select(DATE, CLOSE), rules.jump)
+        .with_row_index("_i")
+        .slice(1)
+        .filter(pl.col("move") > pl.col("allowed"))
+    )
+    if not far.height:
+        return None
+    cut = far["_i"].max()
+    if rows.height - cut >= cut:
+        return None
+    detail = f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump"
+    return cut, Finding(Problem.JUMP, detail, since=rows[DATE][cut])
 
 
 def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.DataFrame, list[Finding]]:
@@ -784,26 +883,7 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
     return rows.head(cut), [*found, finding]
 
 
-def _bad_tail(rows: pl.DataFrame, rules: Plausible) -> tuple[int, Finding] | None:
-    """The row at which to cut a sorted history, after its last move beyond `rules.jump`, when fewer rows follow."""
-    import polars as pl
-
-    far = (
-        _moves(rows.select(DATE, CLOSE), rules.jump)
-        .with_row_index("_i")
-        .slice(1)
-        .filter(pl.col("move") > pl.col("allowed"))
-    )
-    if not far.height:
-        return None
-    cut = far["_i"].max()
-    if rows.height - cut >= cut:
-        return None
-    detail = f"{rows.height - cut} rows from {rows[DATE][cut]} after a {far['move'][-1]:.0%} (log) jump"
-    return cut, Finding(Problem.JUMP, detail, since=rows[DATE][cut])
-
-
-# -- Core: copper features -----------------------------------------------------------
+# -- Core: copper features -------------------------------------------------------------
 
 FEATURES = (
     "copper_returns_1d",
@@ -1043,7 +1123,7 @@ class Bundle:
         return tuple(dict.fromkeys(str(r) for r in self._all_reasons))
 
 
-def build_bundle(usdclp: Series, copper: Series) -> Bundle:
+def build_bundle(usdclp: ChosenSeries, copper: ChosenSeries) -> Bundle:
     """Assemble the bundle from two chosen series (USD/CLP must be ok)."""
     if not usdclp.ok:
         raise ValueError(f"no usable USD/CLP: {usdclp.error}")
@@ -1363,6 +1443,78 @@ def choose_ensemble(
     return EnsembleChoice(naive, combination, "naive", final_weights(sq, "naive", names), rule_rmse, (note,))
 
 
+def _predictions(at_h: pl.DataFrame, names: list[str], dates: pl.DataFrame, choice: EnsembleChoice) -> pl.DataFrame:
+    """Each origin's log forecasts at the horizon date, by model, with the combination and the served ensemble."""
+    import polars as pl
+
+    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
+    return at_h.select("cutoff", "ds", "y", *names).with_columns(
+        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
+        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
+        pl.Series(COMBINATION, choice.combination),
+        pl.Series(ENSEMBLE, choice.served),
+    )
+
+
+def _score_backtest(
+    horizon: str,
+    steps: int,
+    at_h: pl.DataFrame,
+    names: list[str],
+    uni: pl.DataFrame,
+    dates: pl.DataFrame,
+    notes: list[str],
+) -> Backtest:
+    """Score every model, the combination and the served ensemble at the horizon date, and the copper ablation."""
+    import numpy as np
+    import polars as pl
+
+    cutoffs = at_h["cutoff"].to_numpy()
+    last_log = uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy()
+    actual, last = np.exp(at_h["y"].to_numpy()), np.exp(last_log)
+
+    naive_rmse = float(np.sqrt(np.mean((np.exp(at_h["Naive"].to_numpy()) - actual) ** 2)))
+    scores = {}
+    for name in names:
+        bounds = {
+            f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")
+        }
+        scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
+
+    logs = {n: at_h[n].to_numpy() for n in names}
+    choice = choose_ensemble(logs, actual, cutoffs, steps)
+    # Intervals of the served point and of the combination: Naive's width around the point. The
+    # other models' own intervals are measured far too narrow (53-75% cover at 80%); Naive's are not.
+    width = lambda key: at_h[f"Naive-{key}"].to_numpy() - at_h["Naive"].to_numpy()  # noqa: E731
+    for name, point in ((COMBINATION, choice.combination), (ENSEMBLE, choice.served)):
+        bounds = {f"{side}-{lv}": np.exp(point + width(f"{side}-{lv}")) for lv in LEVELS for side in ("lo", "hi")}
+        scores[name] = score(np.exp(point), actual, last, bounds, naive_rmse)
+    notes += choice.notes
+
+    copper_used = COPPER_MODEL in names
+    ablation = None
+    if copper_used:
+        without = choose_ensemble({n: v for n, v in logs.items() if n != COPPER_MODEL}, actual, cutoffs, steps)
+        ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
+    if scores[ENSEMBLE].ratio > 1:
+        notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
+    predictions = _predictions(at_h, names, dates, choice)
+    return Backtest(
+        horizon=horizon,
+        steps=steps,
+        models=scores,
+        rule=choice.rule,
+        weights=dict(zip(names, map(float, choice.weights), strict=True)),
+        origins=tuple(predictions["origin"].to_list()),
+        rule_rmse=choice.rule_rmse,
+        copper_used=copper_used,
+        copper_ablation_pct=ablation,
+        copper_model_pct=(scores[COPPER_MODEL].rmse / naive_rmse - 1) * 100 if copper_used else None,
+        predictions=predictions,
+        notes=tuple(notes),
+    )
+
+
 def backtest_all(
     usdclp: pl.DataFrame,
     copper: pl.DataFrame | None = None,
@@ -1429,79 +1581,76 @@ def backtest(
     return backtest_all(usdclp, copper, [horizon], windows, step_size=step_size, history=history)[horizon]
 
 
-def _score_backtest(
-    horizon: str,
-    steps: int,
-    at_h: pl.DataFrame,
-    names: list[str],
-    uni: pl.DataFrame,
-    dates: pl.DataFrame,
-    notes: list[str],
-) -> Backtest:
-    """Score every model, the combination and the served ensemble at the horizon date, and the copper ablation."""
+# -- Core: proper scores ---------------------------------------------------------------
+
+
+def z_value(level: int) -> float:
+    """The standard normal quantile that bounds a central `level`% interval: 80 -> 1.2816."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + level / 200)
+
+
+def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """CRPS of Gaussian forecasts N(mu, sigma^2) per outcome (scoringrules' closed form)."""
+    import scoringrules as sr
+
+    return sr.crps_normal(y, mu, sigma)
+
+
+def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) -> np.ndarray:
+    """Interval score per outcome, width plus 2/alpha times the miss (scoringrules, Gneiting & Raftery 2007)."""
+    import scoringrules as sr
+
+    return sr.interval_score(y, lo, hi, 1 - level / 100)
+
+
+def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Weighted interval score from the served median and 80/95% intervals (scoringrules, Bracher et al. 2021)."""
+    import numpy as np
+    import scoringrules as sr
+
+    z = np.array([z_value(lv) for lv in LEVELS])
+    return sr.weighted_interval_score(
+        y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100
+    )
+
+
+WIS_QUANTILES = (0.025, 0.1, 0.5, 0.9, 0.975)  # the 95% and 80% bounds, and the point forecast as the median
+
+
+def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = "actual") -> pl.DataFrame:
+    """Weighted interval score per row (Bracher et al. 2021, canonical weights) of each model's WIS_QUANTILES columns.
+
+    With the point as the median and K central intervals, WIS is twice the mean pinball loss over the
+    2K+1 quantiles, which utilsforecast.losses.mqloss computes. (scoringrules 0.10.0's numpy WIS adds
+    half the median itself instead of half |y - median|, so it is not used.) Returns `row` and one column per model.
+    """
     import numpy as np
     import polars as pl
+    from utilsforecast.losses import mqloss
 
-    cutoffs = at_h["cutoff"].to_numpy()
-    last_log = uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy()
-    actual, last = np.exp(at_h["y"].to_numpy()), np.exp(last_log)
-
-    naive_rmse = float(np.sqrt(np.mean((np.exp(at_h["Naive"].to_numpy()) - actual) ** 2)))
-    scores = {}
-    for name in names:
-        bounds = {
-            f"{side}-{lv}": np.exp(at_h[f"{name}-{side}-{lv}"].to_numpy()) for lv in LEVELS for side in ("lo", "hi")
-        }
-        scores[name] = score(np.exp(at_h[name].to_numpy()), actual, last, bounds, naive_rmse)
-
-    logs = {n: at_h[n].to_numpy() for n in names}
-    choice = choose_ensemble(logs, actual, cutoffs, steps)
-    # Intervals of the served point and of the combination: Naive's width around the point. The
-    # other models' own intervals are measured far too narrow (53-75% cover at 80%); Naive's are not.
-    width = lambda key: at_h[f"Naive-{key}"].to_numpy() - at_h["Naive"].to_numpy()  # noqa: E731
-    for name, point in ((COMBINATION, choice.combination), (ENSEMBLE, choice.served)):
-        bounds = {f"{side}-{lv}": np.exp(point + width(f"{side}-{lv}")) for lv in LEVELS for side in ("lo", "hi")}
-        scores[name] = score(np.exp(point), actual, last, bounds, naive_rmse)
-    notes += choice.notes
-
-    copper_used = COPPER_MODEL in names
-    ablation = None
-    if copper_used:
-        without = choose_ensemble({n: v for n, v in logs.items() if n != COPPER_MODEL}, actual, cutoffs, steps)
-        ablation = (scores[ENSEMBLE].rmse / float(np.sqrt(np.mean((np.exp(without.served) - actual) ** 2))) - 1) * 100
-    if scores[ENSEMBLE].ratio > 1:
-        notes.append(f"ensemble RMSE is {scores[ENSEMBLE].ratio:.4f}x Naive's on the backtest")
-    predictions = _predictions(at_h, names, dates, choice)
-    return Backtest(
-        horizon=horizon,
-        steps=steps,
-        models=scores,
-        rule=choice.rule,
-        weights=dict(zip(names, map(float, choice.weights), strict=True)),
-        origins=tuple(predictions["origin"].to_list()),
-        rule_rmse=choice.rule_rmse,
-        copper_used=copper_used,
-        copper_ablation_pct=ablation,
-        copper_model_pct=(scores[COPPER_MODEL].rmse / naive_rmse - 1) * 100 if copper_used else None,
-        predictions=predictions,
-        notes=tuple(notes),
+    cols = [target, *{c for names in models.values() for c in names}]
+    rows = frame.select(cols).with_row_index("row")
+    out = mqloss(
+        rows,
+        models={m: list(c) for m, c in models.items()},
+        quantiles=np.array(WIS_QUANTILES),
+        id_col="row",
+        target_col=target,
     )
+    return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
 
 
-def _predictions(at_h: pl.DataFrame, names: list[str], dates: pl.DataFrame, choice: EnsembleChoice) -> pl.DataFrame:
-    """Each origin's log forecasts at the horizon date, by model, with the combination and the served ensemble."""
-    import polars as pl
+def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: str) -> dict[str, dict[str, float]]:
+    """Share of outcomes inside each model's `level`% interval per value of `by` (utilsforecast.losses.coverage)."""
+    from utilsforecast.losses import coverage
 
-    date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
-    return at_h.select("cutoff", "ds", "y", *names).with_columns(
-        pl.col("cutoff").replace_strict(date_of, return_dtype=pl.Date).alias("origin"),
-        pl.col("ds").replace_strict(date_of, return_dtype=pl.Date).alias("target"),
-        pl.Series(COMBINATION, choice.combination),
-        pl.Series(ENSEMBLE, choice.served),
-    )
+    table = coverage(frame, list(models), level, id_col=by, target_col="y")
+    return {str(row[by]): {m: float(row[m]) for m in models} for row in table.iter_rows(named=True)}
 
 
-# -- Core: interval (variance) models and the weekly density backtest -------------------
+# -- Core: interval (variance) models and the weekly density backtest ------------------
 
 # Candidate variance models for the served range, by name. Each gives the variance of the k-day
 # log return at an origin from data up to that origin only; the range is Gaussian in log price
@@ -1531,13 +1680,6 @@ NAMED_WINDOWS: dict[str, tuple[date, date]] = {
 BOOTSTRAP_REPS = 500
 
 
-def z_value(level: int) -> float:
-    """The standard normal quantile that bounds a central `level`% interval: 80 -> 1.2816."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + level / 200)
-
-
 def ewma(values: np.ndarray, decay: float) -> np.ndarray:
     """Exponentially weighted mean s_t = decay * s_(t-1) + (1 - decay) * x_t, started at x_0 (scipy's `lfilter`)."""
     from scipy.signal import lfilter
@@ -1548,6 +1690,16 @@ def ewma(values: np.ndarray, decay: float) -> np.ndarray:
 def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
     """Weight of today's variance in the mean variance of the next `steps` days (shocks decay by `persistence`)."""
     return (1 - persistence**steps) / (steps * (1 - persistence))
+
+
+def garch_variances(daily: np.ndarray, steps: int) -> np.ndarray:
+    """k-day log-return variance for k = 1..steps from arch's GARCH(1,1) with Student-t errors fitted to `daily`."""
+    import numpy as np
+    from arch import arch_model
+
+    # INFO: arch fits percent returns (its optimiser is tuned for that scale)
+    fit = arch_model(daily * 100, mean="Zero", vol="GARCH", p=1, q=1, dist="t").fit(disp="off", show_warning=False)
+    return np.cumsum(fit.forecast(horizon=steps, reindex=False).variance.to_numpy()[-1]) / 1e4
 
 
 def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS) -> dict[str, np.ndarray]:
@@ -1578,16 +1730,6 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
     if "GARCH_t" in models:
         out["GARCH_t"] = garch_variances(daily, steps)
     return out
-
-
-def garch_variances(daily: np.ndarray, steps: int) -> np.ndarray:
-    """k-day log-return variance for k = 1..steps from arch's GARCH(1,1) with Student-t errors fitted to `daily`."""
-    import numpy as np
-    from arch import arch_model
-
-    # INFO: arch fits percent returns (its optimiser is tuned for that scale)
-    fit = arch_model(daily * 100, mean="Zero", vol="GARCH", p=1, q=1, dist="t").fit(disp="off", show_warning=False)
-    return np.cumsum(fit.forecast(horizon=steps, reindex=False).variance.to_numpy()[-1]) / 1e4
 
 
 def realised_vol(logp: np.ndarray, window: int = 20) -> float:
@@ -1807,39 +1949,6 @@ class DensityBacktest:
         return self.models["Naive" if self.live == "Naive" else SERVED]
 
 
-def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """CRPS of Gaussian forecasts N(mu, sigma^2) per outcome (scoringrules' closed form)."""
-    import scoringrules as sr
-
-    return sr.crps_normal(y, mu, sigma)
-
-
-def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) -> np.ndarray:
-    """Interval score per outcome, width plus 2/alpha times the miss (scoringrules, Gneiting & Raftery 2007)."""
-    import scoringrules as sr
-
-    return sr.interval_score(y, lo, hi, 1 - level / 100)
-
-
-def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Weighted interval score from the served median and 80/95% intervals (scoringrules, Bracher et al. 2021)."""
-    import numpy as np
-    import scoringrules as sr
-
-    z = np.array([z_value(lv) for lv in LEVELS])
-    return sr.weighted_interval_score(
-        y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100
-    )
-
-
-def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: str) -> dict[str, dict[str, float]]:
-    """Share of outcomes inside each model's `level`% interval per value of `by` (utilsforecast.losses.coverage)."""
-    from utilsforecast.losses import coverage
-
-    table = coverage(frame, list(models), level, id_col=by, target_col="y")
-    return {str(row[by]): {m: float(row[m]) for m in models} for row in table.iter_rows(named=True)}
-
-
 @functools.lru_cache(maxsize=16)
 def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
     """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples (arch)."""
@@ -1915,6 +2024,26 @@ def choose_interval_model(
     return IntervalChoice(tuple(picks), served, "Naive", (note,))
 
 
+def _grouped_coverage(
+    frame: pl.DataFrame, bounds: Mapping[str, np.ndarray], models: Sequence[str]
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Coverage per level, group ("all", each volatility tercile of `vol20`, each of NAMED_WINDOWS) and model."""
+    import numpy as np
+    import polars as pl
+
+    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
+    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
+    windows = [
+        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
+        for d in frame["origin"].to_list()
+    ]
+    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
+    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
+    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
+    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
+    return {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
+
+
 def score_density(
     frame: pl.DataFrame, models: Sequence[str], steps: int, *, reps: int = BOOTSTRAP_REPS
 ) -> dict[str, DensityScore]:
@@ -1965,26 +2094,6 @@ def score_density(
         )
         for m in models
     }
-
-
-def _grouped_coverage(
-    frame: pl.DataFrame, bounds: Mapping[str, np.ndarray], models: Sequence[str]
-) -> dict[int, dict[str, dict[str, float]]]:
-    """Coverage per level, group ("all", each volatility tercile of `vol20`, each of NAMED_WINDOWS) and model."""
-    import numpy as np
-    import polars as pl
-
-    cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
-    regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
-    windows = [
-        next((name for name, (a, b) in NAMED_WINDOWS.items() if a <= d <= b), "other")
-        for d in frame["origin"].to_list()
-    ]
-    scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
-    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
-    groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
-    stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
-    return {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
 
 
 def copper_variance_ablation(scores: Mapping[str, DensityScore]) -> float | None:
@@ -2072,58 +2181,6 @@ class Forecast:
         return self.ensemble.tail(1).row(0, named=True)
 
 
-def forecast_all(
-    usdclp: pl.DataFrame,
-    copper: pl.DataFrame | None = None,
-    horizons: Sequence[str] = tuple(HORIZONS),
-    *,
-    backtests: Mapping[str, Backtest] | None = None,
-    densities: Mapping[str, DensityBacktest] | None = None,
-    windows: int = WINDOWS,
-    history: int = HISTORY,
-) -> dict[str, Forecast]:
-    """Forecast every horizon: univariate models fitted once (at the longest horizon), the copper model per horizon.
-
-    Runs the point backtests and the density backtests (which choose each horizon's range) first
-    unless given. The ensemble's range is the chosen interval model's width around its point.
-    Pure: no I/O, no clock.
-    """
-    import polars as pl
-    from statsforecast import StatsForecast
-
-    backtests = backtests or backtest_all(usdclp, copper, horizons, windows, history=history)
-    densities = densities or density_backtest_all(usdclp, copper, horizons, history=history)
-    logp, _, copper_logp = log_prices(usdclp, copper)
-    days_of = {h: parse_horizon(h) for h in horizons}
-    longest = max(horizon_steps(d) for d in days_of.values())
-    uni = univariate_frame(usdclp, history)
-    last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
-    with _quiet_statsforecast():
-        shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
-    results = {}
-    for horizon, days in days_of.items():
-        steps, bt = horizon_steps(days), backtests[horizon]
-        fc = shared.filter(pl.col("ds") <= last_ds + steps)
-        if bt.copper_used:
-            fc = fc.join(copper_forecast(usdclp, copper, steps, history), on=["unique_id", "ds"])
-        model = densities[horizon].live
-        variances = None
-        if model != "Naive":
-            cu = None if copper_logp is None else copper_logp[-history:]
-            variances = variance_paths(logp[-history:], cu, steps, [model])[model]
-        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
-        results[horizon] = Forecast(
-            horizon=horizon,
-            origin=last_day,
-            last_close=float(usdclp.sort(DATE)[CLOSE][-1]),
-            path=path,
-            backtest=bt,
-            density=densities[horizon],
-            interval_model=model,
-        )
-    return results
-
-
 def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, history: int = HISTORY) -> pl.DataFrame:
     """The copper model's log forecast `steps` trading days ahead, with its 80% and 95% bounds.
 
@@ -2200,7 +2257,111 @@ def _forecast_path(
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
 
-# -- Core: formatting -----------------------------------------------------------------
+def forecast_all(
+    usdclp: pl.DataFrame,
+    copper: pl.DataFrame | None = None,
+    horizons: Sequence[str] = tuple(HORIZONS),
+    *,
+    backtests: Mapping[str, Backtest] | None = None,
+    densities: Mapping[str, DensityBacktest] | None = None,
+    windows: int = WINDOWS,
+    history: int = HISTORY,
+) -> dict[str, Forecast]:
+    """Forecast every horizon: univariate models fitted once (at the longest horizon), the copper model per horizon.
+
+    Runs the point backtests and the density backtests (which choose each horizon's range) first
+    unless given. The ensemble's range is the chosen interval model's width around its point.
+    Pure: no I/O, no clock.
+    """
+    import polars as pl
+    from statsforecast import StatsForecast
+
+    backtests = backtests or backtest_all(usdclp, copper, horizons, windows, history=history)
+    densities = densities or density_backtest_all(usdclp, copper, horizons, history=history)
+    logp, _, copper_logp = log_prices(usdclp, copper)
+    days_of = {h: parse_horizon(h) for h in horizons}
+    longest = max(horizon_steps(d) for d in days_of.values())
+    uni = univariate_frame(usdclp, history)
+    last_ds, last_day = uni["ds"].max(), usdclp[DATE].max()
+    with _quiet_statsforecast():
+        shared = StatsForecast(models=_models(), freq=1, n_jobs=1).forecast(df=uni, h=longest, level=list(LEVELS))
+    results = {}
+    for horizon, days in days_of.items():
+        steps, bt = horizon_steps(days), backtests[horizon]
+        fc = shared.filter(pl.col("ds") <= last_ds + steps)
+        if bt.copper_used:
+            fc = fc.join(copper_forecast(usdclp, copper, steps, history), on=["unique_id", "ds"])
+        model = densities[horizon].live
+        variances = None
+        if model != "Naive":
+            cu = None if copper_logp is None else copper_logp[-history:]
+            variances = variance_paths(logp[-history:], cu, steps, [model])[model]
+        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
+        results[horizon] = Forecast(
+            horizon=horizon,
+            origin=last_day,
+            last_close=float(usdclp.sort(DATE)[CLOSE][-1]),
+            path=path,
+            backtest=bt,
+            density=densities[horizon],
+            interval_model=model,
+        )
+    return results
+
+
+# -- Core: formatting results ----------------------------------------------------------
+
+
+def _fmt(value: object) -> str:
+    return "null" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_series_line(series: ChosenSeries) -> str:
+    """One line per series for `fetch`: source, rows, first and last date."""
+    if not series.ok:
+        return f"{series.name}: unavailable ({series.error})"
+    frame = series.frame
+    freq = "" if series.frequency == "daily" else f", {series.frequency}"
+    return f"{series.name}: {series.source}{freq}, {frame.height} rows, {frame[DATE].min()} .. {frame[DATE].max()}"
+
+
+def format_validation(bundle: Bundle, found: Sequence[str]) -> str:
+    """The `validate` report: sources, latest feature values, and every problem."""
+    lines = [
+        f"usdclp: {bundle.sources['usdclp']}, {bundle.usdclp.height} rows, last {bundle.usdclp[DATE].max()} "
+        f"= {bundle.usdclp[CLOSE][-1]:.2f} CLP/USD",
+    ]
+    if bundle.copper is None:
+        lines.append("copper: unavailable (features not computed)")
+    else:
+        lines.append(
+            f"copper: {bundle.sources['copper']} ({bundle.copper_frequency}), {bundle.copper.height} rows, "
+            f"last {bundle.copper[DATE].max()} = {bundle.copper[CLOSE][-1]:.4f} USD/lb"
+        )
+        latest = bundle.copper_features.tail(1).row(0, named=True)
+        lines.append(f"features on {latest[DATE]}:")
+        lines += [f"  {name:<32} {_fmt(latest[name])}" for name in FEATURES]
+    lines += [f"note: {n}" for n in bundle.notes]
+    lines += [f"PROBLEM: {p}" for p in found] or ["all checks passed"]
+    return "\n".join(lines)
+
+
+def range_summary(fc: Forecast) -> dict[str, Any]:
+    """The served range as plain data: its model, its words, and its weekly density backtest against Naive's range."""
+    out: dict[str, Any] = {"interval_model": fc.interval_model, "interval_label": fc.interval_label}
+    if fc.density is None:
+        return out
+    served = fc.density.served
+    return out | {
+        "range_crps_ratio": round(served.crps_ratio.value, 4),
+        "range_crps_ratio_ci": [round(served.crps_ratio.lo, 4), round(served.crps_ratio.hi, 4)],
+        "range_is80_ratio": round(served.is80_ratio.value, 4),
+        "range_is95_ratio": round(served.is95_ratio.value, 4),
+        "range_coverage_80": round(served.coverage_80, 4),
+        "range_coverage_95": round(served.coverage_95, 4),
+        "range_coverage_80_by": {group: round(cover[0], 4) for group, cover in served.coverage_by.items()},
+        "range_origins": served.origins,
+    }
 
 
 def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
@@ -2231,22 +2392,60 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def range_summary(fc: Forecast) -> dict[str, Any]:
-    """The served range as plain data: its model, its words, and its weekly density backtest against Naive's range."""
-    out: dict[str, Any] = {"interval_model": fc.interval_model, "interval_label": fc.interval_label}
-    if fc.density is None:
-        return out
-    served = fc.density.served
-    return out | {
-        "range_crps_ratio": round(served.crps_ratio.value, 4),
-        "range_crps_ratio_ci": [round(served.crps_ratio.lo, 4), round(served.crps_ratio.hi, 4)],
-        "range_is80_ratio": round(served.is80_ratio.value, 4),
-        "range_is95_ratio": round(served.is95_ratio.value, 4),
-        "range_coverage_80": round(served.coverage_80, 4),
-        "range_coverage_95": round(served.coverage_95, 4),
-        "range_coverage_80_by": {group: round(cover[0], 4) for group, cover in served.coverage_by.items()},
-        "range_origins": served.origins,
+class Change(enum.StrEnum):
+    """Why a forecast moved against the previous run of its horizon."""
+
+    NEW_DATA = "new data"
+    MODEL = "different chosen model"
+    DEGRADED = "degraded source"
+    SOURCE = "different data source"
+    RECOVERED = "source recovered"
+
+
+def what_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How this forecast and its 80% range moved against the previous ledger row of the horizon, and why (pure)."""
+    if previous is None:
+        return None
+    reasons: list[Change] = []
+    if current["origin"] != previous["origin"]:
+        reasons.append(Change.NEW_DATA)
+    if (current["point_model"], current["interval_model"]) != (previous["point_model"], previous["interval_model"]):
+        reasons.append(Change.MODEL)
+    if current["degraded"] and current["degraded"] != previous["degraded"]:
+        reasons.append(Change.DEGRADED)
+    elif previous["degraded"] and not current["degraded"]:
+        reasons.append(Change.RECOVERED)
+    if current["sources"] != previous["sources"] and Change.DEGRADED not in reasons:
+        reasons.append(Change.SOURCE)
+    return {
+        "previous_origin": str(previous["origin"]),
+        "previous_run_id": previous["run_id"],
+        "forecast_change": current["forecast"] - previous["forecast"],
+        "lo_80_change": current["lo_80"] - previous["lo_80"],
+        "hi_80_change": current["hi_80"] - previous["hi_80"],
+        "width_80_change": (current["hi_80"] - current["lo_80"]) - (previous["hi_80"] - previous["lo_80"]),
+        "previous_point_model": previous["point_model"],
+        "point_model": current["point_model"],
+        "previous_degraded": previous["degraded"],
+        "degraded": current["degraded"],
+        "reasons": [str(r) for r in reasons],
     }
+
+
+def format_change(change: Mapping[str, Any] | None) -> str:
+    """One sentence: how the forecast and its range moved since the previous run, and why."""
+    if change is None:
+        return "first forecast of this horizon in the ledger"
+    why = ", ".join(change["reasons"]) or "same data, same model"
+    if str(Change.MODEL) in change["reasons"]:
+        why += f" ({change['previous_point_model']} -> {change['point_model']})"
+    if str(Change.DEGRADED) in change["reasons"]:
+        why += f" ({change['degraded']})"
+    return (
+        f"since the run from {change['previous_origin']}: forecast {change['forecast_change']:+.2f}, 80% range "
+        f"{change['lo_80_change']:+.2f}/{change['hi_80_change']:+.2f} (width {change['width_80_change']:+.2f}); "
+        f"why: {why}"
+    )
 
 
 def format_summary(s: Mapping[str, Any]) -> str:
@@ -2360,24 +2559,57 @@ def _pct(new: float, old: float) -> str:
     return f"{new / old - 1:+.2%}"
 
 
-def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
-    """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
-    sections = [_summary_section(fc, bundle)]
-    if chart:
-        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
-    sections.append(_backtest_section(fc.backtest))
-    if fc.density is not None:
-        db = fc.density
-        title = (
-            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
-            f"{db.steps} trading days ahead)"
+def format_density(db: DensityBacktest, served: str) -> list[str]:
+    """The range section's lines: every interval model's scores against Naive's range, and what is served."""
+    d = db.predictions
+    lines = [
+        f"Served range: {INTERVAL_MODELS[served]} (`{served}`)."
+        f" Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
+        "",
+    ]
+    pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
+    rows = []
+    for name, m in db.models.items():
+        ci = f"{m.crps_ratio.value:.4f} [{m.crps_ratio.lo:.4f}, {m.crps_ratio.hi:.4f}]"
+        by = m.coverage_by
+        rows.append(
+            [
+                name,
+                f"{m.crps * 100:.4f}",
+                ci,
+                f"{m.is80_ratio.value:.4f}",
+                f"{m.is95_ratio.value:.4f}",
+                f"{m.coverage_80:.0%} / {m.coverage_95:.0%}",
+                pct(by["calm"][0]),
+                pct(by["turbulent"][0]),
+                pct(by["2022"][0]),
+            ]
         )
-        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
-    sections += [_copper_section(bundle), _path_section(fc)]
-    data = [f"- {n}" for n in bundle.notes] or ["- none"]
-    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
-    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
-    return sections
+    lines += _table(
+        [
+            "model",
+            "CRPS (%)",
+            "CRPS ratio [CI]",
+            "IS80 ratio",
+            "IS95 ratio",
+            "80% / 95% cover",
+            "80% calm",
+            "80% turbulent",
+            "80% in 2022",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        f"`{SERVED}` is the model chosen at each origin from outcomes known by then"
+        f" ({d['pick'].n_unique()} distinct picks).",
+    ]
+    if db.copper_ablation_pct is not None:
+        lines.append(
+            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility"
+            f" (Recal_copper against Recal)."
+        )
+    return lines + [f"Note: {n}" for n in db.notes]
 
 
 def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
@@ -2497,6 +2729,26 @@ def _path_section(fc: Forecast) -> Section:
         ],
     )
     return Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path))
+
+
+def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
+    """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
+    sections = [_summary_section(fc, bundle)]
+    if chart:
+        sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    sections.append(_backtest_section(fc.backtest))
+    if fc.density is not None:
+        db = fc.density
+        title = (
+            f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
+            f"{db.steps} trading days ahead)"
+        )
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+    sections += [_copper_section(bundle), _path_section(fc)]
+    data = [f"- {n}" for n in bundle.notes] or ["- none"]
+    data += [f"- degraded: {r}" for r in bundle.degraded_detail]
+    sections.append(Section("data", "Data and degraded reasons", tuple(data)))
+    return sections
 
 
 def report_title(fc: Forecast, *, now: datetime) -> str:
@@ -2654,59 +2906,6 @@ def build_email(
     return message
 
 
-def format_density(db: DensityBacktest, served: str) -> list[str]:
-    """The range section's lines: every interval model's scores against Naive's range, and what is served."""
-    d = db.predictions
-    lines = [
-        f"Served range: {INTERVAL_MODELS[served]} (`{served}`)."
-        f" Scores in log price; ratios to Naive's range with 95% block-bootstrap CIs.",
-        "",
-    ]
-    pct = lambda x: "n/a" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
-    rows = []
-    for name, m in db.models.items():
-        ci = f"{m.crps_ratio.value:.4f} [{m.crps_ratio.lo:.4f}, {m.crps_ratio.hi:.4f}]"
-        by = m.coverage_by
-        rows.append(
-            [
-                name,
-                f"{m.crps * 100:.4f}",
-                ci,
-                f"{m.is80_ratio.value:.4f}",
-                f"{m.is95_ratio.value:.4f}",
-                f"{m.coverage_80:.0%} / {m.coverage_95:.0%}",
-                pct(by["calm"][0]),
-                pct(by["turbulent"][0]),
-                pct(by["2022"][0]),
-            ]
-        )
-    lines += _table(
-        [
-            "model",
-            "CRPS (%)",
-            "CRPS ratio [CI]",
-            "IS80 ratio",
-            "IS95 ratio",
-            "80% / 95% cover",
-            "80% calm",
-            "80% turbulent",
-            "80% in 2022",
-        ],
-        rows,
-    )
-    lines += [
-        "",
-        f"`{SERVED}` is the model chosen at each origin from outcomes known by then"
-        f" ({d['pick'].n_unique()} distinct picks).",
-    ]
-    if db.copper_ablation_pct is not None:
-        lines.append(
-            f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility"
-            f" (Recal_copper against Recal)."
-        )
-    return lines + [f"Note: {n}" for n in db.notes]
-
-
 # -- Core: the track record ------------------------------------------------------------
 
 LEDGER = "forecast_ledger.parquet"
@@ -2720,7 +2919,6 @@ CHECK_LAST = 60  # scored forecasts per horizon that `check` grades
 CHECK_MIN_SCORED = 20  # fewer than this and the band is too wide to say anything
 RATIO_TEST_MIN, RATIO_TEST_P = 8, 0.01  # non-overlapping forecasts needed, and the one-sided p-value that warns
 UNSCORED_GRACE_DAYS = 7  # a target this far past with no close (a week of holidays at most): scoring has stopped
-SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a data gap, not the target's close
 SCORE_COLUMNS = (
     "actual_date",
     "actual",
@@ -2737,6 +2935,7 @@ SCORE_COLUMNS = (
     "rw_hit_95",
     "rw_wis",
 )
+SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a data gap, not the target's close
 
 
 def ledger_schema() -> dict[str, Any]:
@@ -2846,32 +3045,6 @@ def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl
     fresh = pl.DataFrame([{k: row.get(k) for k in schema} for row in rows], schema=schema)
     both = pl.concat([ledger.select(list(schema)).cast(schema), fresh])
     return both.unique(subset=list(LEDGER_KEY), keep="last", maintain_order=True).sort(list(LEDGER_KEY))
-
-
-WIS_QUANTILES = (0.025, 0.1, 0.5, 0.9, 0.975)  # the 95% and 80% bounds, and the point forecast as the median
-
-
-def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = "actual") -> pl.DataFrame:
-    """Weighted interval score per row (Bracher et al. 2021, canonical weights) of each model's WIS_QUANTILES columns.
-
-    With the point as the median and K central intervals, WIS is twice the mean pinball loss over the
-    2K+1 quantiles, which utilsforecast.losses.mqloss computes. (scoringrules 0.10.0's numpy WIS adds
-    half the median itself instead of half |y - median|, so it is not used.) Returns `row` and one column per model.
-    """
-    import numpy as np
-    import polars as pl
-    from utilsforecast.losses import mqloss
-
-    cols = [target, *{c for names in models.values() for c in names}]
-    rows = frame.select(cols).with_row_index("row")
-    out = mqloss(
-        rows,
-        models={m: list(c) for m, c in models.items()},
-        quantiles=np.array(WIS_QUANTILES),
-        id_col="row",
-        target_col=target,
-    )
-    return out.sort("row").with_columns(pl.col(m) * 2 for m in models)
 
 
 def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool = True) -> pl.DataFrame:
@@ -2995,6 +3168,39 @@ def _rmse(values: pl.Series) -> float:
 TRACK_MISSES = 5  # the latest 80% misses `track` lists
 
 
+def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
+    """What the backtest behind the latest forecast promised (its RMSE ratio, coverages and origins), or None."""
+    latest = rows.sort("origin").tail(1)
+    if latest.is_empty():
+        return None
+    return {
+        "rmse_ratio_rw": latest["backtest_ratio"][0],
+        "coverage_80": latest["backtest_coverage_80"][0],
+        "coverage_95": latest["backtest_coverage_95"][0],
+        "origins": latest["backtest_origins"][0],
+    }
+
+
+def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
+    """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
+    import polars as pl
+
+    missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
+    return [
+        {
+            "origin": str(r["origin"]),
+            "target": str(r["target"]),
+            "actual_date": str(r["actual_date"]),
+            "actual": r["actual"],
+            "forecast": r["forecast"],
+            "lo_80": r["lo_80"],
+            "hi_80": r["hi_80"],
+            "hit_95": r["hit_95"],
+        }
+        for r in missed.iter_rows(named=True)
+    ]
+
+
 def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any]:
     """The track record of one horizon's rows (one kind): counts, errors, coverage with its band, WIS, misses.
 
@@ -3033,39 +3239,6 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
         out[f"band_{lv}"] = list(binomial_band(n, lv / 100))
     return out | {"misses": _latest_misses(scored)}
-
-
-def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
-    """What the backtest behind the latest forecast promised (its RMSE ratio, coverages and origins), or None."""
-    latest = rows.sort("origin").tail(1)
-    if latest.is_empty():
-        return None
-    return {
-        "rmse_ratio_rw": latest["backtest_ratio"][0],
-        "coverage_80": latest["backtest_coverage_80"][0],
-        "coverage_95": latest["backtest_coverage_95"][0],
-        "origins": latest["backtest_origins"][0],
-    }
-
-
-def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
-    """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
-    import polars as pl
-
-    missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
-    return [
-        {
-            "origin": str(r["origin"]),
-            "target": str(r["target"]),
-            "actual_date": str(r["actual_date"]),
-            "actual": r["actual"],
-            "forecast": r["forecast"],
-            "lo_80": r["lo_80"],
-            "hi_80": r["hi_80"],
-            "hit_95": r["hit_95"],
-        }
-        for r in missed.iter_rows(named=True)
-    ]
 
 
 def track_record(
@@ -3236,62 +3409,6 @@ def check_track(
     return found
 
 
-class Change(enum.StrEnum):
-    """Why a forecast moved against the previous run of its horizon."""
-
-    NEW_DATA = "new data"
-    MODEL = "different chosen model"
-    DEGRADED = "degraded source"
-    SOURCE = "different data source"
-    RECOVERED = "source recovered"
-
-
-def what_changed(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> dict[str, Any] | None:
-    """How this forecast and its 80% range moved against the previous ledger row of the horizon, and why (pure)."""
-    if previous is None:
-        return None
-    reasons: list[Change] = []
-    if current["origin"] != previous["origin"]:
-        reasons.append(Change.NEW_DATA)
-    if (current["point_model"], current["interval_model"]) != (previous["point_model"], previous["interval_model"]):
-        reasons.append(Change.MODEL)
-    if current["degraded"] and current["degraded"] != previous["degraded"]:
-        reasons.append(Change.DEGRADED)
-    elif previous["degraded"] and not current["degraded"]:
-        reasons.append(Change.RECOVERED)
-    if current["sources"] != previous["sources"] and Change.DEGRADED not in reasons:
-        reasons.append(Change.SOURCE)
-    return {
-        "previous_origin": str(previous["origin"]),
-        "previous_run_id": previous["run_id"],
-        "forecast_change": current["forecast"] - previous["forecast"],
-        "lo_80_change": current["lo_80"] - previous["lo_80"],
-        "hi_80_change": current["hi_80"] - previous["hi_80"],
-        "width_80_change": (current["hi_80"] - current["lo_80"]) - (previous["hi_80"] - previous["lo_80"]),
-        "previous_point_model": previous["point_model"],
-        "point_model": current["point_model"],
-        "previous_degraded": previous["degraded"],
-        "degraded": current["degraded"],
-        "reasons": [str(r) for r in reasons],
-    }
-
-
-def format_change(change: Mapping[str, Any] | None) -> str:
-    """One sentence: how the forecast and its range moved since the previous run, and why."""
-    if change is None:
-        return "first forecast of this horizon in the ledger"
-    why = ", ".join(change["reasons"]) or "same data, same model"
-    if str(Change.MODEL) in change["reasons"]:
-        why += f" ({change['previous_point_model']} -> {change['point_model']})"
-    if str(Change.DEGRADED) in change["reasons"]:
-        why += f" ({change['degraded']})"
-    return (
-        f"since the run from {change['previous_origin']}: forecast {change['forecast_change']:+.2f}, 80% range "
-        f"{change['lo_80_change']:+.2f}/{change['hi_80_change']:+.2f} (width {change['width_80_change']:+.2f}); "
-        f"why: {why}"
-    )
-
-
 def format_track_section(
     horizon: str, stats: Mapping[str, Any], change: Mapping[str, Any] | None, chart: str | None
 ) -> list[Section]:
@@ -3344,53 +3461,654 @@ def reconstruct(
             yield ledger_entry(fc, bundle, run_id=None, now=now, kind="reconstructed")
 
 
-# -- Core: requests and redaction ----------------------------------------------------
+# -- Core: the run dashboard (runs, compare, stats) ------------------------------------
+
+SHORT_METRICS = ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95", "direction_hit")
 
 
-def yahoo_params(since: date | None, now: datetime) -> dict[str, str]:
-    """Query for a daily chart: full history when nothing is cached, else from `since` minus the overlap."""
-    if since is None:
-        return {"interval": "1d", "range": "max"}
-    start = datetime.combine(since - timedelta(days=OVERLAP_DAYS), datetime.min.time(), UTC)
-    return {"interval": "1d", "period1": str(int(start.timestamp())), "period2": str(int(now.timestamp()))}
+def metric_rank(name: str) -> Any:
+    """Sort key for "best" on a metric: closest to nominal for coverage, highest for hit rate, else lowest (pure)."""
+    nominal = re.search(r"coverage_(\d+)$", name)
+    if nominal:
+        return lambda value: abs(value - int(nominal.group(1)) / 100)
+    if name.endswith("direction_hit"):
+        return lambda value: -value
+    return lambda value: value
 
 
-# Without a cached history, mindicador is asked for this many years (this one included): one request each.
-MINDICADOR_FIRST_YEARS = 2
+# The dashboard reads a local SQLite store with sqlite3 alone: `import mlflow` costs ~2-3 s, the
+# query a few ms. MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
 
 
-def mindicador_years(since: date | None, now: datetime) -> list[int]:
-    """Years to ask mindicador for: from the cached year (less the overlap) to now, else MINDICADOR_FIRST_YEARS."""
-    first = (since - timedelta(days=OVERLAP_DAYS)).year if since else now.year - MINDICADOR_FIRST_YEARS + 1
-    return list(range(min(first, now.year), now.year + 1))
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """One tracked run as the dashboard reads it, from a SQLite store or a tracking server."""
+
+    run_id: str
+    horizon: str
+    name: str
+    status: str  # MLflow's: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
+    start_ms: int
+    end_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Remove a secret, any `api_key=` or `crumb=` query value and user:password in URLs from text for logs."""
-    text = re.sub(r"((?:api_key|crumb)=)[^&\s'\"]+", r"\1***", text)
-    text = re.sub(r"(//)[^/@\s'\"]*:[^/@\s'\"]*@", r"\1***@", text)  # user:password in a base or proxy URL
-    if secret:
-        text = text.replace(secret, "***")
-    return text
+def age_words(seconds: float) -> str:
+    """An age in words: 'just now', '5 minutes ago', '3 hours ago', '2 days ago', '6 weeks ago' (pure)."""
+    for size, unit in ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        count = int(seconds // size)
+        if count >= (2 if unit == "week" else 1):
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now" if seconds >= -60 else "in the future"
 
 
-# Yahoo asks for a cookie and crumb with one of these statuses and one of these phrases in the body:
-# 401 `{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}`,
-# 429 `Too Many Requests` (plain text, shared/data/yahoo/ERRORS_AND_429.md).
-CRUMB_STATUSES = (401, 403, 429)
-CRUMB_ASKS = ("invalid crumb", "unauthorized", "too many requests")
+def run_status(run: StoredRun) -> str:
+    """A run's status in words: ok, degraded (why), failed, running (pure)."""
+    if run.status != "FINISHED":
+        return run.status.lower()
+    degraded = run.tags.get("fxcu.degraded", "none")
+    return "ok" if degraded in {"none", ""} else f"degraded: {degraded.replace(',', ', ')}"
 
 
-def asks_for_crumb(status: int, body: str) -> bool:
-    """True when a Yahoo answer is a 401, 403 or 429 whose body asks for a cookie and crumb."""
-    return status in CRUMB_STATUSES and any(phrase in body.lower() for phrase in CRUMB_ASKS)
+def run_served(run: StoredRun) -> str:
+    """The served models of a run: its tag, else read off the logged weights (runs before the tag existed) (pure)."""
+    if "fxcu.served_models" in run.tags:
+        return run.tags["fxcu.served_models"]
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        weights = {k: v for k, v in json.loads(run.params.get("ensemble_weights", "")).items() if v > 0}
+        return next(iter(weights)) if len(weights) == 1 else ", ".join(f"{k} {v:.0%}" for k, v in weights.items())
+    return "-"
 
 
-def crumb_from(status: int, body: str) -> str | None:
-    """The crumb in a getcrumb answer, or None when Yahoo refused one (an error status, HTML or prose)."""
-    crumb = body.strip()
-    # INFO: a refusal comes back as 200 HTML or as text like "Edge: Too Many Requests"; a crumb is one short token
-    return crumb if status == 200 and re.fullmatch(r"[A-Za-z0-9./_-]{1,64}", crumb) else None
+def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
+    """One row per run for `runs`, newest first, `last` per horizon; change from the horizon's previous run (pure)."""
+    rows, shown = [], dict.fromkeys({r.horizon for r in runs}, 0)
+    for index, run in enumerate(runs):
+        if shown[run.horizon] >= last:
+            continue
+        shown[run.horizon] += 1
+        forecast = run.metrics.get("forecast")
+        previous = next(
+            (r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics),
+            None,
+        )
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "started": datetime.fromtimestamp(run.start_ms / 1000, UTC).isoformat(timespec="seconds"),
+                "data_date": run.params.get("data_last_date"),
+                "horizon": run.horizon,
+                "target_date": run.params.get("target_date"),
+                "forecast": forecast,
+                "lo_80": run.metrics.get("forecast_lo_80"),
+                "hi_80": run.metrics.get("forecast_hi_80"),
+                "change": None if forecast is None or previous is None else forecast - previous,
+                "served": run_served(run),
+                "status": run_status(run),
+            }
+        )
+    return rows
+
+
+def _titled(title: str, table: Any, footer: str | None = None) -> Any:
+    """A table under a bold title line (and over a footer line), neither wrapped to the table's width."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="bold"), table, *([Text(footer)] if footer else []))
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def _styled(text: str, style: str) -> Any:
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("data", "left"),
+        ("h", "right"),
+        ("target", "left"),
+        ("forecast", "right"),
+        ("80% range", "right"),
+        ("change", "right"),
+        ("served", "left"),
+        ("status", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        change = "-" if r["change"] is None else f"{r['change']:+.2f}"
+        span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
+        tone = "green" if r["status"] == "ok" else "yellow" if r["status"].startswith("degraded") else "red"
+        table.add_row(
+            r["data_date"] or "-",
+            r["horizon"],
+            r["target_date"] or "-",
+            _money(r["forecast"]),
+            span,
+            change,
+            r["served"],
+            _styled(r["status"], tone),
+        )
+    return _titled("USD/CLP forecasts tracked in MLflow (CLP per USD), newest first", table)
+
+
+METRIC_INFO: dict[str, tuple[str, str, str]] = {
+    "rmse": ("RMSE", "CLP per USD", "lower is better"),
+    "mae": ("MAE", "CLP per USD", "lower is better"),
+    "mape": ("MAPE", "%", "lower is better"),
+    "ratio_to_naive": ("RMSE ratio to Naive", "x Naive's RMSE", "lower is better, below 1 beats the random walk"),
+    "coverage_80": ("80% interval coverage", "% of outcomes inside", "closest to 80% is best"),
+    "coverage_95": ("95% interval coverage", "% of outcomes inside", "closest to 95% is best"),
+    "direction_hit": ("direction hit rate", "% of origins", "higher is better"),
+}
+
+
+def compare_rows(runs: Sequence[StoredRun], metric: str) -> list[dict[str, Any]]:
+    """Per horizon: the latest run's `metric` for every model, the best model, and the best served run (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        if not mine:
+            continue
+        latest, name = mine[0], f"{horizon}_{metric}"
+        models = [m for m in latest.params.get("models", "").split(",") if m]
+        values = {m: latest.metrics.get(f"{m}_{metric}") for m in [*models, COMBINATION]}
+        values[ENSEMBLE] = latest.metrics.get(name)
+        scored = {k: v for k, v in values.items() if v is not None}
+        finished = [r for r in mine if r.status == "FINISHED" and name in r.metrics]
+        best = min(finished, key=lambda r: metric_rank(name)(r.metrics[name]), default=None)
+        rows.append(
+            {
+                "horizon": horizon,
+                "run_id": latest.run_id,
+                "data_date": latest.params.get("data_last_date"),
+                "models": values,
+                "best_model": min(scored, key=lambda k: metric_rank(name)(scored[k])) if scored else None,
+                "best_served": best.metrics[name] if best else None,
+                "best_served_data_date": best.params.get("data_last_date") if best else None,
+                "best_served_run": best.run_id if best else None,
+            }
+        )
+    return rows
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
+    """The `compare` table (Rich): models down, horizons across, the best of each column marked (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    label, unit, better = METRIC_INFO[metric]
+    share = metric.startswith(("coverage", "direction"))
+    fmt = (
+        (lambda v: f"{v:.0%}")
+        if share
+        else (lambda v: f"{v:.4f}")
+        if metric == "ratio_to_naive"
+        else (lambda v: f"{v:.2f}")
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model")
+    for r in rows:
+        table.add_column(r["horizon"], justify="right")
+    models = list(dict.fromkeys(m for r in rows for m in r["models"]))
+    for model in models:
+        cells = []
+        for r in rows:
+            value = r["models"].get(model)
+            best = model == r["best_model"]
+            cells.append(
+                "-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else "")
+            )
+        table.add_row(f"{model} (served)" if model == ENSEMBLE else model, *cells)
+    table.add_section()
+    table.add_row(
+        "best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows)
+    )
+    table.add_row("  its data date", *((r["best_served_data_date"] or "-") + "  " for r in rows))
+    return _titled(f"{label} ({unit}): {better}", table, "Latest run of each horizon; * marks the best in its column.")
+
+
+def stats_rows(runs: Sequence[StoredRun], *, now: datetime) -> list[dict[str, Any]]:
+    """Per experiment: runs, share finished, failures, newest run's age and data date (pure)."""
+    rows = []
+    for horizon in HORIZONS:
+        mine = [r for r in runs if r.horizon == horizon]
+        finished = sum(r.status == "FINISHED" for r in mine)
+        newest = mine[0] if mine else None
+        age = None if newest is None else now.timestamp() - newest.start_ms / 1000
+        rows.append(
+            {
+                "experiment": EXPERIMENT_PREFIX + horizon,
+                "runs": len(mine),
+                "success_rate": finished / len(mine) if mine else None,
+                "failed": sum(r.status == "FAILED" for r in mine),
+                "degraded": sum(run_status(r).startswith("degraded") for r in mine),
+                "last_run_age_s": None if age is None else round(age),
+                "last_run": None if age is None else age_words(age),
+                "last_data_date": newest.params.get("data_last_date") if newest else None,
+            }
+        )
+    return rows
+
+
+def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> Any:
+    """The `stats` table (Rich) (pure)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("experiment", "left"),
+        ("runs", "right"),
+        ("finished", "right"),
+        ("failed", "right"),
+        ("degraded", "right"),
+        ("last run", "left"),
+        ("data", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
+        tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
+        failed = _styled(str(r["failed"]), "red" if r["failed"] else "")
+        table.add_row(
+            r["experiment"],
+            str(r["runs"]),
+            _styled(rate, tone),
+            failed,
+            str(r["degraded"]),
+            r["last_run"] or "never",
+            r["last_data_date"] or "-",
+        )
+    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
+
+
+def render(table: Any, *, color: bool, width: int = 100) -> str:
+    """Draw a Rich table as text at most `width` columns wide, with ANSI colour only when `color`."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=width,
+        color_system="standard" if color else None,
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
+
+
+# -- Core: grading the health check ----------------------------------------------------
+
+# `check`'s default limits; sizes in decimal units, as its messages print them
+BYTES_PER_MB, BYTES_PER_GB = 10**6, 10**9
+DATA_CRITICAL_DAYS = 30.0  # USD/CLP a month old: every forecast since has been served from stale data
+RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday evening
+DB_WARN_MB = 100.0  # about 33 kB a run (issue 5): three years of weekday runs of four horizons; then prune
+DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
+DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """`check`'s limits: defaults from the config (`Thresholds.defaults`), then FXCU_CHECK_* variables, then flags."""
+
+    data_warn_days: float = 5  # USD/CLP and copper: Config.max_age_days, the age at which a run calls data stale
+    data_critical_days: float = DATA_CRITICAL_DAYS  # USD/CLP only: copper never stops a forecast
+    run_warn_hours: float = RUN_WARN_HOURS
+    db_warn_mb: float = DB_WARN_MB
+    disk_warn_gb: float = DISK_WARN_GB
+    disk_critical_gb: float = DISK_CRITICAL_GB
+
+    @classmethod
+    def defaults(cls, config: Config | None = None) -> Thresholds:
+        """The default limits for a config (pure): data warns past its `max_age_days` (FXCU_MAX_AGE_DAYS).
+
+        That is the age at which a run calls its data stale, so `check` and `run` agree. USD/CLP turns
+        CRITICAL past DATA_CRITICAL_DAYS, or twice the warning age when that is later.
+        """
+        if config is None:
+            return cls()
+        warn = float(config.max_age_days)
+        return cls(data_warn_days=warn, data_critical_days=max(DATA_CRITICAL_DAYS, 2 * warn))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], config: Config | None = None, **flags: float | None) -> Thresholds:
+        """The config's defaults, then FXCU_CHECK_<FIELD> variables, then flags; ConfigError if inconsistent."""
+        base = cls.defaults(config)
+        values = {
+            f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", getattr(base, f.name))
+            for f in dataclasses.fields(cls)
+        }
+        values |= {name: value for name, value in flags.items() if value is not None}
+        limits = cls(**values)
+        if limits.data_critical_days <= limits.data_warn_days:
+            raise ConfigError(
+                f"data critical age ({limits.data_critical_days:g} days) must exceed "
+                f"the warning age ({limits.data_warn_days:g})"
+            )
+        if limits.disk_critical_gb >= limits.disk_warn_gb:
+            raise ConfigError(
+                f"disk critical free space ({limits.disk_critical_gb:g} GB) must be below "
+                f"the warning ({limits.disk_warn_gb:g} GB)"
+            )
+        return limits
+
+
+@dataclass(frozen=True, slots=True)
+class Perf:
+    """One Nagios performance datum, rendered `'label'=value[uom];warn;crit;min;max`.
+
+    Nagios knows only the units s, %, B and c (and none), so ages carry their unit in the label.
+    A threshold `10:` alerts below 10 (Nagios range syntax), as free disk space needs.
+    """
+
+    label: str
+    value: float
+    uom: str = ""
+    warn: str = ""
+    crit: str = ""
+    min: float | None = 0
+    max: float | None = None
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_perf(perf: Sequence[Perf]) -> str:
+    """Perfdata for the part of the status line after `|`, trailing empty fields dropped."""
+    items = []
+    for p in perf:
+        fields = [f"{_num(p.value)}{p.uom}", p.warn, p.crit, _num(p.min), _num(p.max)]
+        items.append(f"'{p.label}'=" + ";".join(fields).rstrip(";"))
+    return " ".join(items)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFacts:
+    """What `check` read of a warehouse file: its last date and row count, or why it could not be read."""
+
+    file: str
+    last: date | None = None
+    rows: int = 0
+    error: str | None = None  # the exception's type name: the file is unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseFacts:
+    """What `check` read of the MLflow store: a remote URI (not probed), a missing file, or its runs and size."""
+
+    remote: str | None = None  # MLFLOW_TRACKING_URI, redacted
+    missing: Path | None = None
+    runs: int = 0
+    size_bytes: int = 0
+    error: str | None = None  # unreadable, or half-made by a crash
+
+
+@dataclass(frozen=True, slots=True)
+class CheckFacts:
+    """Everything `check` grades, read once by `read_check_facts`; `check_findings` and `check_perf` grade it."""
+
+    usdclp: SeriesFacts
+    copper: SeriesFacts
+    status: Mapping[str, Any]  # status.json: the last run per horizon
+    database: DatabaseFacts
+    free_bytes: int  # on the data dir's disk
+    ledger: pl.DataFrame | None = None  # scored in memory against the warehouse; None without a ledger
+    ledger_error: str | None = None  # the ledger exists but cannot be read
+
+
+def _with_rows(message: str, rows: int) -> str:
+    """`9 days old (last 2026-11-17)` -> `9 days old (last 2026-11-17, 6590 rows)`."""
+    return f"{message[:-1]}, {rows} rows)" if rows and message.endswith(")") else message
+
+
+def check_age(
+    name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
+) -> Check:
+    """Grade a series by the age of its last date (pure): WARNING past warn_days, CRITICAL past critical_days."""
+    if last is None:
+        return name, missing, "no data"
+    if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
+        return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
+    age = (today - last).days
+    level: Level = (
+        "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
+    )
+    return name, level, f"{age} days old (last {last})"
+
+
+def check_unreadable(name: str, facts: SeriesFacts) -> Check:
+    """A warehouse file that cannot be read is CRITICAL: a run would fail on it too (pure)."""
+    return name, "CRITICAL", f"{facts.file} unreadable ({facts.error})"
+
+
+def check_usdclp(facts: SeriesFacts, *, today: date, limits: Thresholds) -> Check:
+    """Grade USD/CLP by its warehouse age (pure): CRITICAL when missing, unreadable or past the critical age."""
+    if facts.error:
+        return check_unreadable("usdclp data", facts)
+    name, level, message = check_age(
+        "usdclp data",
+        facts.last,
+        today=today,
+        warn_days=limits.data_warn_days,
+        critical_days=limits.data_critical_days,
+        missing="CRITICAL",
+    )
+    return name, level, _with_rows(message, facts.rows)
+
+
+def check_copper(
+    last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds
+) -> Check:
+    """One copper verdict from its warehouse age and the last run's degraded reasons, so none contradict (pure)."""
+    name, level, message = check_age(
+        "copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING"
+    )
+    message = "no data: forecasts run without copper" if last is None else _with_rows(message, rows)
+    said = {
+        Degraded.NO_COPPER: "the last run had no copper",
+        Degraded.STALE_COPPER: "the last run had stale copper (no copper model)",
+    }
+    found = [said[r] for r in degraded or () if r in said]
+    if found and last is not None:
+        level, message = "WARNING", f"{found[0]}; data {message}"
+    elif degraded and Degraded.MONTHLY_COPPER in degraded:
+        message += "; the last run used monthly FRED copper (degraded)"
+    return name, level, message
+
+
+def _entry_time(entry: Any) -> datetime | None:
+    """The time of a status entry, or None when the entry is not a mapping with an ISO time (with zone)."""
+    try:
+        stamp = datetime.fromisoformat(entry["time"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return stamp if stamp.tzinfo is not None else None
+
+
+def last_run_degraded(status: Mapping[str, Any]) -> list[str] | None:
+    """The degraded reasons of the latest run of any horizon in the status file; None when none has a time (pure)."""
+    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
+    if not timed:
+        return None
+    listed = max(timed, key=lambda pair: pair[0])[1].get("degraded")
+    return [str(d) for d in listed] if isinstance(listed, list) else []
+
+
+def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = RUN_WARN_HOURS) -> Iterator[Check]:
+    """Grade the last run of each horizon from the status file (pure): failed CRITICAL; untracked or old WARNING."""
+    for horizon in HORIZONS:
+        entry = status.get(horizon)
+        name = f"run {horizon}"
+        if not entry:
+            yield name, "WARNING", "never run"
+            continue
+        stamp = _entry_time(entry)
+        if stamp is None:
+            yield name, "WARNING", "status.json entry malformed (no valid time); the next run rewrites it"
+            continue
+        age = (now - stamp).total_seconds() / 3600
+        if not entry.get("ok"):
+            yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
+        elif not entry.get("tracked"):
+            yield name, "WARNING", f"last run {age:.0f} h ago, NOT tracked in MLflow ({entry.get('tracking_error')})"
+        elif age > max_age_hours:
+            yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
+        else:
+            reasons = entry.get("degraded") if isinstance(entry.get("degraded"), list) else []
+            degraded = f", degraded: {', '.join(map(str, reasons))}" if reasons else ""
+            yield (
+                name,
+                "OK",
+                f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}",
+            )
+
+
+def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
+    """Grade the local MLflow database by its size (pure): WARNING over db_warn_mb."""
+    over = size_bytes > limits.db_warn_mb * BYTES_PER_MB
+    return (
+        "mlflow database",
+        "WARNING" if over else "OK",
+        f"{runs} runs, {size_bytes / BYTES_PER_MB:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
+    )
+
+
+def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
+    """Grade the MLflow store (pure): a remote one is not probed, a missing one warns, an unreadable one is CRITICAL."""
+    name = "mlflow database"
+    if facts.remote is not None:
+        return name, "OK", f"remote tracking at {facts.remote} (not probed)"
+    if facts.missing is not None:
+        return name, "WARNING", f"missing ({facts.missing}); run `fxcu init`"
+    if facts.error is not None:
+        return name, "CRITICAL", f"unreadable ({facts.error})"
+    return check_database(facts.size_bytes, facts.runs, limits=limits)
+
+
+def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
+    """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
+    level: Level = (
+        "CRITICAL"
+        if free_bytes < limits.disk_critical_gb * BYTES_PER_GB
+        else "WARNING"
+        if free_bytes < limits.disk_warn_gb * BYTES_PER_GB
+        else "OK"
+    )
+    return "disk", level, f"{free_bytes / BYTES_PER_GB:.1f} GB free"
+
+
+def check_ledger(facts: CheckFacts, *, today: date) -> list[Check]:
+    """The track-record checks (pure): none without a ledger, a WARNING for an unreadable one, else `check_track`."""
+    if facts.ledger_error is not None:
+        return [("track record", "WARNING", facts.ledger_error)]
+    return [] if facts.ledger is None else check_track(facts.ledger, today=today)
+
+
+def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Check]:
+    """Every check of the facts (pure), in the order the plugin prints them."""
+    today = now.date()
+    copper = facts.copper
+    return [
+        check_usdclp(facts.usdclp, today=today, limits=limits),
+        check_unreadable("copper data", copper)
+        if copper.error
+        else check_copper(copper.last, copper.rows, last_run_degraded(facts.status), today=today, limits=limits),
+        *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
+        *check_ledger(facts, today=today),
+        check_mlflow(facts.database, limits=limits),
+        check_disk(facts.free_bytes, limits=limits),
+    ]
+
+
+def overall(checks: Sequence[Check]) -> Level:
+    """The worst level of all checks."""
+    return max((level for _, level, _ in checks), key=LEVEL_CODE.__getitem__, default="OK")
+
+
+def headline(checks: Sequence[Check]) -> str:
+    """The Nagios status line: overall level and worst problem, e.g. `WARNING - copper data: 9 days old` (pure)."""
+    level = overall(checks)
+    if level == "OK":
+        return f"OK - all {len(checks)} checks passed"
+    worst = [c for c in checks if c[1] == level]
+    others = sum(lv != "OK" for _, lv, _ in checks) - 1
+    return f"{level} - {worst[0][0]}: {worst[0][2]}" + (
+        f" (+{others} more {'problem' if others == 1 else 'problems'})" if others else ""
+    )
+
+
+def format_check(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
+    """The plugin output: status line with perfdata after `|`, then one line per check (pure)."""
+    first = headline(checks) + (f" | {format_perf(perf)}" if perf else "")
+    return "\n".join([first, *(f"{lv:<8} {name}: {message}" for name, lv, message in checks)])
+
+
+def format_check_json(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
+    """`check --json`: status, headline, checks and perfdata for scripts (pure)."""
+    document = {
+        "status": overall(checks),
+        "headline": headline(checks),
+        "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks],
+        "perfdata": [dataclasses.asdict(p) for p in perf],
+    }
+    return json.dumps(document, indent=2)
+
+
+def track_perf(ledger: pl.DataFrame) -> list[Perf]:
+    """Perfdata of the live record: each horizon's 80% and 95% coverage over its last CHECK_LAST scored forecasts."""
+    record = track_record(ledger, list(HORIZONS), last=CHECK_LAST)
+    return [
+        Perf(f"live_coverage_{level}_{horizon}", round(100 * stats[f"coverage_{level}"], 1), "%", min=0, max=100)
+        for horizon, stats in record.items()
+        for level in LEVELS
+        if stats["scored"] and stats[f"coverage_{level}"] is not None
+    ]
+
+
+def check_perf(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Perf]:
+    """The perfdata of the facts (pure): data ages, live coverage, run ages, database size, free disk."""
+    today = now.date()
+    data_warn = f"{limits.data_warn_days:g}"
+    perf = [
+        Perf(f"{label}_age_days", (today - s.last).days, warn=data_warn, crit=crit)
+        for label, s, crit in (
+            ("usdclp", facts.usdclp, f"{limits.data_critical_days:g}"),
+            ("copper", facts.copper, ""),  # copper never stops a forecast: no critical age
+        )
+        if s.last is not None and not s.error
+    ]
+    perf += track_perf(facts.ledger) if facts.ledger is not None else []
+    perf += [
+        Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
+        for h in HORIZONS
+        if (stamp := _entry_time(facts.status.get(h))) is not None
+    ]
+    db = facts.database
+    if db.remote is None and db.missing is None and db.error is None:
+        perf.append(Perf("mlflow_db", db.size_bytes, "B", warn=f"{limits.db_warn_mb * BYTES_PER_MB:.0f}"))
+    warn, crit = (f"{gb * BYTES_PER_GB:.0f}:" for gb in (limits.disk_warn_gb, limits.disk_critical_gb))
+    perf.append(Perf("disk_free", facts.free_bytes, "B", warn=warn, crit=crit))
+    return perf
 
 
 # -- Core: the sources, each described in one place ------------------------------------
@@ -3491,7 +4209,177 @@ def source_named(series: Literal["usdclp", "copper"], name: str) -> Source:
     raise KeyError(f"{series} has no source {name!r}")
 
 
-# -- Shell: HTTP -------------------------------------------------------------------
+# -- Shell: files, locks and processes -------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`, waiting at most `timeout` seconds.
+
+    Raises TimeoutError when another process holds it longer; the lock dies with its process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 -- closed by the `with` below
+    except OSError as exc:
+        if exc.errno not in {errno.EACCES, errno.EPERM, errno.EROFS}:
+            raise
+        if not path.exists():  # a read-only dir with no lock file: this process cannot write, so nothing to serialise
+            yield
+            return
+        handle = open(path)  # noqa: SIM115 -- INFO: flock works on a read-only handle too
+    with handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{what} {path} is held by another process after {timeout:g} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def temp_owner() -> str:
+    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's."""
+    import socket
+
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once the block has written it, fsync and rename it over `path`.
+
+    Readers never see half a file, and on any failure the old file stays and the temp file goes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{temp_owner()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str | bytes, path: Path) -> None:
+    """Write a text or bytes file atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+
+
+@contextlib.contextmanager
+def tempfile_dir(data_dir: Path) -> Iterator[Path]:
+    """A scratch folder under the data dir (same filesystem), removed afterwards."""
+    import shutil
+    import tempfile
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # the owner in the name: `clean_leftovers` spares live runs
+    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
+
+
+def leftover_owner(name: str) -> tuple[int, str] | None:
+    """The (pid, host) of a temp name, else None.
+
+    Temp names are `.tmp-PID@HOST-xyz` (tempfile_dir) and `.NAME.PID@HOST.tmp` (atomic_path).
+    """
+    found = re.fullmatch(r"\.tmp-(\d+)@(\w+)-.*|\..+\.(\d+)@(\w+)\.tmp(?:-journal)?", name)
+    if not found:
+        return None
+    pid, host = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+    return int(pid), host
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
+    """Remove temp files and folders a killed run left; return how many.
+
+    Stale: made on this host by a process that is gone, or an hour old whoever made it (another
+    container, whose process ids this one cannot see, or an older release with no owner in the name).
+    """
+    import shutil
+
+    now = time.time() if now is None else now
+    me = temp_owner()
+    host = me.split("@", 1)[1]
+    removed = 0
+    for folder in LEFTOVER_FOLDERS:
+        with contextlib.suppress(OSError):
+            for path in (data_dir / folder).iterdir():
+                owner = leftover_owner(path.name)
+                name = path.name
+                temp_like = name.startswith(".tmp-") or (name[:1] == "." and name.endswith((".tmp", ".tmp-journal")))
+                if owner is None and not temp_like:
+                    continue  # not a temp name
+                if owner is not None and owner[1] == host:  # this host's process ids can be checked
+                    stale = f"{owner[0]}@{owner[1]}" != me and not _alive(owner[0])
+                else:
+                    stale = now - path.lstat().st_mtime > 3600
+                if not stale:
+                    continue
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                    removed += 1
+    if removed:
+        log.info("Removed %d leftover temp file(s) of an interrupted run", removed)
+    return removed
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
+    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s).
+
+    On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write.
+    """
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 -- handed back to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"fxcu-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        if cancel is not None:
+            cancel.set()
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# -- Shell: HTTP -----------------------------------------------------------------------
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -3510,75 +4398,6 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
         if raw.strip().isdigit():
             return min(float(raw), cap)
     return None
-
-
-def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
-    """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
-
-    Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
-    Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
-    `config.retry_budget` seconds, and never past `deadline` (a `time.monotonic()` value: the
-    run's network budget), which also shortens the last request's timeout. Tests keep the waits
-    and replace only tenacity's sleep: `fetch_json.retry.sleep = slept.append`.
-    """
-    import httpx
-    import tenacity
-
-    backoff = tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
-
-    def left() -> float:
-        return math.inf if deadline is None else deadline - time.monotonic()
-
-    def wait_for(state: tenacity.RetryCallState) -> float:
-        outcome = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after(outcome, config.max_retry_after)
-        seconds = backoff(state) if hinted is None else hinted
-        return max(0.0, min(seconds, left(), config.retry_budget - state.seconds_since_start))
-
-    @tenacity.retry(
-        stop=tenacity.stop_after_attempt(config.attempts)
-        | tenacity.stop_after_delay(config.retry_budget)
-        | (lambda state: left() <= 1.0),  # INFO: a retry with under a second left would only time out
-        wait=wait_for,
-        retry=tenacity.retry_if_exception(_is_transient),
-        reraise=True,
-        before_sleep=lambda s: log.warning(
-            "Retrying %s (try %d of %d failed: %s)",
-            _where(s.args[1] if len(s.args) > 1 else "?"),
-            s.attempt_number,
-            config.attempts,
-            describe_error(s.outcome.exception(), config.fred_api_key),
-        ),
-    )
-    def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
-        if left() <= 0:
-            raise httpx.TimeoutException("network time budget spent")
-        # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
-        ends = time.monotonic() + min(left(), config.network_budget)
-        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends)
-
-    return fetch_json
-
-
-def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float) -> Any:
-    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote."""
-    import httpx
-
-    with client.stream("GET", url, params=params, timeout=timeout) as response:
-        cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
-        body = _read_capped(response, cap=cap, ends=ends)
-    if not response.is_success:
-        framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
-        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
-        reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
-        kept = httpx.Response(
-            response.status_code, headers=headers, content=body, request=response.request, extensions=reason
-        )
-        kept.raise_for_status()
-    try:
-        return json.loads(body)
-    except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
-        raise PayloadError("malformed JSON (nested too deeply)") from None
 
 
 MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
@@ -3649,6 +4468,75 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact(text, secret)
+
+
+def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float) -> Any:
+    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote."""
+    import httpx
+
+    with client.stream("GET", url, params=params, timeout=timeout) as response:
+        cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+        body = _read_capped(response, cap=cap, ends=ends)
+    if not response.is_success:
+        framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+        reason = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+        kept = httpx.Response(
+            response.status_code, headers=headers, content=body, request=response.request, extensions=reason
+        )
+        kept.raise_for_status()
+    try:
+        return json.loads(body)
+    except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+        raise PayloadError("malformed JSON (nested too deeply)") from None
+
+
+def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
+    """Build the one retried call: GET a URL, raise for non-2xx, return the parsed JSON body.
+
+    Retries transport errors, 429 and 5xx with jittered exponential backoff (honouring a
+    Retry-After capped at `config.max_retry_after`), at most `config.attempts` tries and
+    `config.retry_budget` seconds, and never past `deadline` (a `time.monotonic()` value: the
+    run's network budget), which also shortens the last request's timeout. Tests keep the waits
+    and replace only tenacity's sleep: `fetch_json.retry.sleep = slept.append`.
+    """
+    import httpx
+    import tenacity
+
+    backoff = tenacity.wait_exponential_jitter(initial=1, max=20, jitter=2)
+
+    def left() -> float:
+        return math.inf if deadline is None else deadline - time.monotonic()
+
+    def wait_for(state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after(outcome, config.max_retry_after)
+        seconds = backoff(state) if hinted is None else hinted
+        return max(0.0, min(seconds, left(), config.retry_budget - state.seconds_since_start))
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(config.attempts)
+        | tenacity.stop_after_delay(config.retry_budget)
+        | (lambda state: left() <= 1.0),  # INFO: a retry with under a second left would only time out
+        wait=wait_for,
+        retry=tenacity.retry_if_exception(_is_transient),
+        reraise=True,
+        before_sleep=lambda s: log.warning(
+            "Retrying %s (try %d of %d failed: %s)",
+            _where(s.args[1] if len(s.args) > 1 else "?"),
+            s.attempt_number,
+            config.attempts,
+            describe_error(s.outcome.exception(), config.fred_api_key),
+        ),
+    )
+    def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
+        if left() <= 0:
+            raise httpx.TimeoutException("network time budget spent")
+        # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
+        ends = time.monotonic() + min(left(), config.network_budget)
+        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends)
+
+    return fetch_json
 
 
 def _origin(url: str) -> str | None:
@@ -3920,63 +4808,35 @@ def fetch_source(
     )
 
 
-# -- Shell: the parquet warehouse ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path`, waiting at most `timeout` seconds.
-
-    Raises TimeoutError when another process holds it longer; the lock dies with its process.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = open(path, "a+")  # noqa: SIM115 -- closed by the `with` below
-    except OSError as exc:
-        if exc.errno not in {errno.EACCES, errno.EPERM, errno.EROFS}:
-            raise
-        if not path.exists():  # a read-only dir with no lock file: this process cannot write, so nothing to serialise
-            yield
-            return
-        handle = open(path)  # noqa: SIM115 -- INFO: flock works on a read-only handle too
-    with handle:
-        deadline = time.monotonic() + timeout
-        while True:
+def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
+    """Ask each source for a few days with a short timeout, no retries; then say how Yahoo was reached."""
+    config = dataclasses.replace(config, timeout=timeout)
+    probes = [
+        (
+            source,
+            f"{getattr(config, source.base)}{source.path}{source.probe[0]}",
+            with_key(source.probe[1], config.fred_api_key),
+        )
+        for series in SOURCES.values()
+        for source in series
+        if config.fred_api_key or not source.key
+    ]
+    found: list[tuple[str, Level, str]] = []
+    # the run's own bounded reader (size cap, wall-clock end), one try: a hostile body costs a probe no more than a run
+    fetch_json = make_fetch_json(dataclasses.replace(config, attempts=1, network_budget=2 * timeout))
+    yahoo = YahooSession(config)
+    with make_client(config, yahoo) as client:
+        for source, url, params in probes:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{what} {path} is held by another process after {timeout:g} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+                rows = source.parse(fetch_json(client, url, params)).height
+                found.append((f"source {source.label}", "OK", f"{rows} rows"))
+            except Exception as exc:  # noqa: BLE001 -- every failure is a finding
+                found.append((f"source {source.label}", "WARNING", describe_error(exc, config.fred_api_key)))
+    found.append(("yahoo session", yahoo.level(), f"{yahoo.transport_text()}; {yahoo.crumb_text()}"))
+    return found
 
 
-def temp_owner() -> str:
-    """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's."""
-    import socket
-
-    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; once the block has written it, fsync and rename it over `path`.
-
-    Readers never see half a file, and on any failure the old file stays and the temp file goes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{temp_owner()}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+# -- Shell: the parquet warehouse ------------------------------------------------------
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
@@ -4004,6 +4864,38 @@ def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
     if have == pl.String and isinstance(want, pl.Datetime):
         return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC", strict=True)
     return pl.col(name).cast(want, strict=True)
+
+
+def _parse_cache(data: bytes, name: str) -> pl.DataFrame:
+    """A warehouse file's frame, columns of the wrong type converted; raises when it is not one."""
+    import io
+
+    import polars as pl
+
+    frame = pl.read_parquet(io.BytesIO(data))
+    missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
+    if missing:
+        raise ValueError(f"missing columns {sorted(missing)}")
+    schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
+    wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
+    if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
+        frame = frame.with_columns(_convert(col, frame.schema[col], schema[col]) for col in wrong)
+        found = ", ".join(f"{k} {v}" for k, v in wrong.items())
+        log.warning("Cache %s had columns of the wrong type (%s): converted", name, found)
+    return frame
+
+
+def write_repaired(path: Path, frame: pl.DataFrame, kept: pl.DataFrame, *, now: datetime) -> str:
+    """Save the rows `repair` dropped beside the file (`.rejected-*`), rewrite it with the rest; say what happened."""
+    aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
+    try:
+        write_parquet_atomic(
+            frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
+        )
+        write_parquet_atomic(kept, path)
+    except OSError as exc:
+        return f"served without them, not rewritten ({exc.strerror or exc})"
+    return f"rewritten, the rows kept in {aside.name}"
 
 
 def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> Result:
@@ -4043,38 +4935,6 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
 
 
-def _parse_cache(data: bytes, name: str) -> pl.DataFrame:
-    """A warehouse file's frame, columns of the wrong type converted; raises when it is not one."""
-    import io
-
-    import polars as pl
-
-    frame = pl.read_parquet(io.BytesIO(data))
-    missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
-    if missing:
-        raise ValueError(f"missing columns {sorted(missing)}")
-    schema = {k: v for k, v in cache_schema().items() if k in frame.columns}
-    wrong = {k: frame.schema[k] for k, v in schema.items() if frame.schema[k] != v}
-    if wrong:  # each conversion is strict: a value that does not convert makes the file corrupt
-        frame = frame.with_columns(_convert(col, frame.schema[col], schema[col]) for col in wrong)
-        found = ", ".join(f"{k} {v}" for k, v in wrong.items())
-        log.warning("Cache %s had columns of the wrong type (%s): converted", name, found)
-    return frame
-
-
-def write_repaired(path: Path, frame: pl.DataFrame, kept: pl.DataFrame, *, now: datetime) -> str:
-    """Save the rows `repair` dropped beside the file (`.rejected-*`), rewrite it with the rest; say what happened."""
-    aside = path.with_name(f"{path.name}.rejected-{now:%Y%m%dT%H%M%S}")
-    try:
-        write_parquet_atomic(
-            frame.join(kept.select(DATE, CLOSE), on=[DATE, CLOSE], how="anti", nulls_equal=True), aside
-        )
-        write_parquet_atomic(kept, path)
-    except OSError as exc:
-        return f"served without them, not rewritten ({exc.strerror or exc})"
-    return f"rewritten, the rows kept in {aside.name}"
-
-
 SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from ../shared/data (its README says how)
 
 
@@ -4088,24 +4948,6 @@ def read_seed(folder: Path, name: Literal["usdclp", "copper"]) -> Result:
     except (OSError, pl.exceptions.PolarsError) as exc:
         return Result("seed", error=f"seed {path.name} unreadable ({type(exc).__name__})")
     return Result("seed", frame=with_provenance(frame, "seed", SEED_BUILT))
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """A chosen, clean series: the full history after merging, where it came from, and what happened."""
-
-    name: str
-    frame: pl.DataFrame | None
-    source: str
-    frequency: Literal["daily", "monthly"] = "daily"
-    notes: tuple[str, ...] = ()
-    error: str | None = None
-    degraded: tuple[Reason[Degraded], ...] = ()
-    failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
-
-    @property
-    def ok(self) -> bool:
-        return self.frame is not None and not self.frame.is_empty()
 
 
 def _clean_result(result: Result, fetched_at: datetime) -> Result:
@@ -4126,6 +4968,126 @@ def _vet(raw: Result, cleaned: Result, *, rules: Plausible, now: datetime, histo
     if not found:
         return cleaned
     return dataclasses.replace(cleaned, error="; ".join(map(str, found)), findings=tuple(found))
+
+
+def _jump_only(result: Result) -> bool:
+    return (
+        bool(result.findings)
+        and result.frame is not None
+        and all(f.kind is Problem.JUMP and f.since for f in result.findings)
+    )
+
+
+def _source_title(source: str) -> str:
+    return {
+        "yahoo": "Yahoo Finance",
+        "mindicador": "mindicador.cl",
+        "fred": "FRED",
+        "cache": "Cache",
+        "seed": "Seed",
+    }.get(source, source)
+
+
+def _staleness(chosen: Result, *, now: datetime, max_age_days: int) -> tuple[date, int, bool]:
+    """The chosen frame's last date, its age in days, and whether that age is stale."""
+    last = chosen.frame[DATE].max()
+    age = (now.date() - last).days
+    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in refusal: a monthly series lags up to two months
+    return last, age, age > max(max_age_days, leeway)
+
+
+def stored(chosen: Result) -> bool:
+    """True when the chosen answer is a live daily one, which the warehouse keeps (not the cache, seed or FRED)."""
+    return chosen.ok and chosen.source not in {"cache", "seed"} and chosen.frequency == "daily"
+
+
+def settle(
+    name: Literal["usdclp", "copper"],
+    chosen: Result,
+    cache: Result,
+    results: Sequence[Result],
+    *,
+    now: datetime,
+    max_age_days: int,
+) -> ChosenSeries:
+    """The series served from the chosen answer: its history (a live daily one merged), notes and degraded reasons."""
+    label = PLAUSIBLE[name].label
+    notes = tuple(n for r in results for n in r.notes)
+    failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
+    rejected = tuple(
+        Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
+    )
+    if not chosen.ok:
+        return ChosenSeries(
+            name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
+        )
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=max_age_days)
+    stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if is_stale else ()
+    reasons = rejected + cache.degraded
+    if chosen.source in {"cache", "seed"}:
+        if chosen.source == "seed":
+            reasons += (
+                Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
+            )
+        else:
+            reasons += (Reason(Degraded.CACHED), *stale)
+        cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
+        frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
+        return ChosenSeries(
+            name, frame, chosen.source, notes=failures + notes + cached_note, degraded=reasons, failures=failures
+        )
+    reasons += chosen.degraded + stale
+    if chosen.frequency == "monthly":
+        notes = failures + notes + ("monthly copper (FRED PCOPPUSDM)",)
+        return ChosenSeries(name, chosen.frame, chosen.source, "monthly", notes, degraded=reasons, failures=failures)
+    merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
+    return ChosenSeries(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+
+
+def log_choice(
+    name: Literal["usdclp", "copper"], chosen: Result, results: Sequence[Result], *, now: datetime, config: Config
+) -> None:
+    """Log where a series comes from unless all is well: nowhere, stale data, the seed, the cache or a backup."""
+    label = PLAUSIBLE[name].label
+    if not chosen.ok:
+        if name == "copper":
+            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
+        else:
+            log.error("All USD/CLP sources failed: %s", chosen.error)
+        return
+    last, age, is_stale = _staleness(chosen, now=now, max_age_days=config.max_age_days)
+    if is_stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
+        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
+    if chosen.source == "seed":
+        log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
+    elif chosen.source == "cache" and config.offline:
+        log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
+    elif chosen.source == "cache":
+        tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
+        log.warning(
+            "%s failed, using %d cached %s data points",
+            {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
+            chosen.frame.height,
+            label,
+        )
+    elif chosen.frequency == "monthly":
+        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
+    elif chosen.source != "yahoo":
+        log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
+
+
+def write_series(series: ChosenSeries, path: Path, cache: Result) -> ChosenSeries:
+    """Store a merged history in the warehouse; on a full disk or a read-only one, the series noting it was not."""
+    try:
+        if not cache.ok and path.exists():
+            path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
+        write_parquet_atomic(series.frame, path)
+    except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
+        log.error(
+            "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
+        )
+        return dataclasses.replace(series, notes=series.notes + (f"warehouse not updated ({exc.strerror or exc})",))
+    return series
 
 
 def _confirm(results: list[Result], rules: Plausible) -> bool:
@@ -4150,48 +5112,6 @@ def _confirm(results: list[Result], rules: Plausible) -> bool:
                     results[-1] = dataclasses.replace(newest, error=None, findings=())
                 return True
     return False
-
-
-def _jump_only(result: Result) -> bool:
-    return (
-        bool(result.findings)
-        and result.frame is not None
-        and all(f.kind is Problem.JUMP and f.since for f in result.findings)
-    )
-
-
-def fetch_series(
-    name: Literal["usdclp", "copper"],
-    config: Config,
-    client: httpx.Client | None,
-    *,
-    now: datetime,
-    fetch_json: Any = None,
-    deadline: float | None = None,
-) -> Series:
-    """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
-
-    USD/CLP: Yahoo CLP=X, mindicador, cache. Copper: Yahoo HG=F, FRED monthly, cache. Every answer
-    passes `implausible` against the cached history first. An empty warehouse starts from the
-    shipped seed (`config.seed_dir`). When everything is stale, the freshest is served (degraded).
-    The warehouse is locked for the whole read-merge-write, so two runs never interleave.
-    """
-    path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
-    label = PLAUSIBLE[name].label
-    with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
-        cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
-        if not cache.ok and not path.exists() and config.seed_dir is not None:
-            cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
-        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, deadline=deadline)
-        results = [*asked, cache]
-        ages = {r.source: timedelta(days=config.max_age_days) for r in results}
-        chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
-        log_choice(name, chosen, results, now=now, config=config)
-        series = settle(name, chosen, cache, results, now=now, max_age_days=config.max_age_days)
-        if stored(chosen):
-            series = write_series(series, path, cache)
-            log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
-        return series
 
 
 def ask_sources(
@@ -4234,119 +5154,41 @@ def ask_sources(
     return results
 
 
-def _source_title(source: str) -> str:
-    return {
-        "yahoo": "Yahoo Finance",
-        "mindicador": "mindicador.cl",
-        "fred": "FRED",
-        "cache": "Cache",
-        "seed": "Seed",
-    }.get(source, source)
-
-
-def _staleness(chosen: Result, *, now: datetime, max_age_days: int) -> tuple[date, int, bool]:
-    """The chosen frame's last date, its age in days, and whether that age is stale."""
-    last = chosen.frame[DATE].max()
-    age = (now.date() - last).days
-    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in refusal: a monthly series lags up to two months
-    return last, age, age > max(max_age_days, leeway)
-
-
-def stored(chosen: Result) -> bool:
-    """True when the chosen answer is a live daily one, which the warehouse keeps (not the cache, seed or FRED)."""
-    return chosen.ok and chosen.source not in {"cache", "seed"} and chosen.frequency == "daily"
-
-
-def settle(
+def fetch_series(
     name: Literal["usdclp", "copper"],
-    chosen: Result,
-    cache: Result,
-    results: Sequence[Result],
+    config: Config,
+    client: httpx.Client | None,
     *,
     now: datetime,
-    max_age_days: int,
-) -> Series:
-    """The series served from the chosen answer: its history (a live daily one merged), notes and degraded reasons."""
+    fetch_json: Any = None,
+    deadline: float | None = None,
+) -> ChosenSeries:
+    """Walk one series' fallback chain, merge a live answer into the warehouse, return the history.
+
+    USD/CLP: Yahoo CLP=X, mindicador, cache. Copper: Yahoo HG=F, FRED monthly, cache. Every answer
+    passes `implausible` against the cached history first. An empty warehouse starts from the
+    shipped seed (`config.seed_dir`). When everything is stale, the freshest is served (degraded).
+    The warehouse is locked for the whole read-merge-write, so two runs never interleave.
+    """
+    path = config.warehouse / (USDCLP_CACHE if name == "usdclp" else COPPER_CACHE)
     label = PLAUSIBLE[name].label
-    notes = tuple(n for r in results for n in r.notes)
-    failures = tuple(f"{r.source} failed: {r.error}" for r in results if r.error and r.source not in {"cache", "seed"})
-    rejected = tuple(
-        Reason(Degraded.REJECTED, f"rejected {r.source} {label}: {r.error}") for r in results if r.findings
-    )
-    if not chosen.ok:
-        return Series(
-            name, None, "none", notes=failures + notes, error=chosen.error, degraded=rejected, failures=failures
-        )
-    last, age, is_stale = _staleness(chosen, now=now, max_age_days=max_age_days)
-    stale = (Reason(Degraded.STALE, f"stale: {label} last date {last}, {age} days old"),) if is_stale else ()
-    reasons = rejected + cache.degraded
-    if chosen.source in {"cache", "seed"}:
-        if chosen.source == "seed":
-            reasons += (
-                Reason(Degraded.SEED, f"seed history: {label} from the shipped seed, last date {last}, {age} days old"),
-            )
-        else:
-            reasons += (Reason(Degraded.CACHED), *stale)
-        cached_note = (f"{'seed' if chosen.source == 'seed' else 'cached'} data ({age} days old)",)
-        frame = chosen.frame.select(DATE, CLOSE, SOURCE, FETCHED_AT)
-        return Series(
-            name, frame, chosen.source, notes=failures + notes + cached_note, degraded=reasons, failures=failures
-        )
-    reasons += chosen.degraded + stale
-    if chosen.frequency == "monthly":
-        notes = failures + notes + ("monthly copper (FRED PCOPPUSDM)",)
-        return Series(name, chosen.frame, chosen.source, "monthly", notes, degraded=reasons, failures=failures)
-    merged = merge_prices(cache.frame if cache.ok else None, chosen.frame)
-    return Series(name, merged, chosen.source, notes=failures + notes, degraded=reasons, failures=failures)
+    with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
+        cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
+        if not cache.ok and not path.exists() and config.seed_dir is not None:
+            cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
+        asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, deadline=deadline)
+        results = [*asked, cache]
+        ages = {r.source: timedelta(days=config.max_age_days) for r in results}
+        chosen = first_good(results, now=now, max_age=ages, serve_stale=True)
+        log_choice(name, chosen, results, now=now, config=config)
+        series = settle(name, chosen, cache, results, now=now, max_age_days=config.max_age_days)
+        if stored(chosen):
+            series = write_series(series, path, cache)
+            log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
+        return series
 
 
-def log_choice(
-    name: Literal["usdclp", "copper"], chosen: Result, results: Sequence[Result], *, now: datetime, config: Config
-) -> None:
-    """Log where a series comes from unless all is well: nowhere, stale data, the seed, the cache or a backup."""
-    label = PLAUSIBLE[name].label
-    if not chosen.ok:
-        if name == "copper":
-            log.error("All copper sources failed: continuing without copper (forecasts degraded)")
-        else:
-            log.error("All USD/CLP sources failed: %s", chosen.error)
-        return
-    last, age, is_stale = _staleness(chosen, now=now, max_age_days=config.max_age_days)
-    if is_stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
-        log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
-    if chosen.source == "seed":
-        log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
-    elif chosen.source == "cache" and config.offline:
-        log.info("Offline: using %d cached %s data points (last %s)", chosen.frame.height, label, last)
-    elif chosen.source == "cache":
-        tried = sum(r.source not in {"cache", "seed", "network"} for r in results)
-        log.warning(
-            "%s failed, using %d cached %s data points",
-            {1: "The source", 2: "Both sources"}.get(tried, f"All {tried} sources"),
-            chosen.frame.height,
-            label,
-        )
-    elif chosen.frequency == "monthly":
-        log.warning("Using FRED backup for %s prices (monthly, degraded)", label)
-    elif chosen.source != "yahoo":
-        log.warning("Using %s backup for %s prices", _source_title(chosen.source), label)
-
-
-def write_series(series: Series, path: Path, cache: Result) -> Series:
-    """Store a merged history in the warehouse; on a full disk or a read-only one, the series noting it was not."""
-    try:
-        if not cache.ok and path.exists():
-            path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
-        write_parquet_atomic(series.frame, path)
-    except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
-        log.error(
-            "Warehouse %s not updated (%s): using the fetched data for this run only", path.name, exc.strerror or exc
-        )
-        return dataclasses.replace(series, notes=series.notes + (f"warehouse not updated ({exc.strerror or exc})",))
-    return series
-
-
-def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) -> tuple[Series, Series]:
+def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) -> tuple[ChosenSeries, ChosenSeries]:
     """Fetch USD/CLP and (unless FXCU_COPPER=off) copper through their chains, within one network time budget.
 
     Past `config.network_budget` seconds no new source is asked (the cache still answers); one
@@ -4356,30 +5198,8 @@ def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) ->
     usdclp = fetch_series("usdclp", config, client, now=now, deadline=deadline)
     if not config.copper:
         log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
-        return usdclp, Series("copper", None, "off", error="disabled by FXCU_COPPER=off")
+        return usdclp, ChosenSeries("copper", None, "off", error="disabled by FXCU_COPPER=off")
     return usdclp, fetch_series("copper", config, client, now=now, deadline=deadline)
-
-
-def fetch_usdclp(
-    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
-) -> Series:
-    """Fetch USD/CLP through Yahoo CLP=X, mindicador and the cache; the history, its source and notes."""
-    return _fetch_alone("usdclp", config, client, now)
-
-
-def fetch_copper(
-    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
-) -> Series:
-    """Fetch copper (USD/lb) through Yahoo HG=F, FRED monthly and the cache; `.ok` is False when all failed."""
-    return _fetch_alone("copper", config, client, now)
-
-
-def _fetch_alone(
-    name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None
-) -> Series:
-    config = config or Config.from_env(os.environ)
-    with _client_scope(config, client) as client:
-        return fetch_series(name, config, client, now=now or datetime.now(UTC))
 
 
 @contextlib.contextmanager
@@ -4390,6 +5210,28 @@ def _client_scope(config: Config, client: httpx.Client | None) -> Iterator[httpx
         return
     with make_client(config) as made:
         yield made
+
+
+def _fetch_alone(
+    name: Literal["usdclp", "copper"], config: Config | None, client: httpx.Client | None, now: datetime | None
+) -> ChosenSeries:
+    config = config or Config.from_env(os.environ)
+    with _client_scope(config, client) as client:
+        return fetch_series(name, config, client, now=now or datetime.now(UTC))
+
+
+def fetch_usdclp(
+    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
+) -> ChosenSeries:
+    """Fetch USD/CLP through Yahoo CLP=X, mindicador and the cache; the history, its source and notes."""
+    return _fetch_alone("usdclp", config, client, now)
+
+
+def fetch_copper(
+    config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None
+) -> ChosenSeries:
+    """Fetch copper (USD/lb) through Yahoo HG=F, FRED monthly and the cache; `.ok` is False when all failed."""
+    return _fetch_alone("copper", config, client, now)
 
 
 def load(config: Config | None = None, client: httpx.Client | None = None, *, now: datetime | None = None) -> Bundle:
@@ -4403,19 +5245,7 @@ def load(config: Config | None = None, client: httpx.Client | None = None, *, no
     return build_bundle(usdclp, copper)
 
 
-# -- Shell: reports, charts, status ---------------------------------------------------
-
-
-def write_text_atomic(text: str | bytes, path: Path) -> None:
-    """Write a text or bytes file atomically (`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-
-
-def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
-    """Save `chart_figure` as a PNG at `path` (atomically)."""
-    with atomic_path(path) as tmp:
-        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
+# -- Shell: reports, charts, status ----------------------------------------------------
 
 
 def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -> Figure:
@@ -4517,6 +5347,12 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     return fig
 
 
+def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
+    """Save `chart_figure` as a PNG at `path` (atomically)."""
+    with atomic_path(path) as tmp:
+        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """Where one run's report files went."""
@@ -4580,208 +5416,8 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
         write_text_atomic(json.dumps(status, indent=2, sort_keys=True), status_path(config))
 
 
-# -- Shell: the forecast ledger ---------------------------------------------------------
+# -- Shell: MLflow tracking ------------------------------------------------------------
 
-
-class LedgerError(ValueError):
-    """A ledger that cannot be read or would shrink: it is left as it is."""
-
-
-def ledger_path(config: Config) -> Path:
-    return config.warehouse / LEDGER
-
-
-def read_ledger(path: Path) -> pl.DataFrame:
-    """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, left untouched."""
-    import polars as pl
-
-    if not path.exists():
-        return empty_ledger()
-    try:
-        frame = pl.read_parquet(path)
-        schema = ledger_schema()
-        # INFO: a ledger written before a column existed gains it as nulls, never loses rows
-        return (
-            frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns)
-            .select(list(schema))
-            .cast(schema)
-        )
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file is reported, never overwritten
-        raise LedgerError(f"forecast ledger {path} unreadable ({type(exc).__name__}); left untouched") from None
-
-
-def write_ledger(ledger: pl.DataFrame, path: Path) -> None:
-    """Write the ledger atomically, refusing to replace it with fewer rows."""
-    import polars as pl
-
-    if path.exists():
-        before = pl.scan_parquet(path).select(pl.len()).collect().item()
-        if ledger.height < before:
-            raise LedgerError(f"refusing to shrink the forecast ledger from {before} to {ledger.height} rows")
-    write_parquet_atomic(ledger, path)
-
-
-def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
-    """Every finished fxcu run in an MLflow SQLite database as a ledger row, read with sqlite3 (no mlflow import).
-
-    The served interval then was Naive's width around the point, so the random walk's bounds are the
-    served bounds scaled by last close / forecast. Of several runs from one origin the latest wins.
-    """
-    import sqlite3
-
-    query = """
-        select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
-        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
-        order by r.start_time
-    """
-    # INFO: as_uri escapes `#`, `?` and `%`, which would otherwise cut the path (and SQLite open another file)
-    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
-        runs = conn.execute(query).fetchall()
-        metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
-        params = conn.execute("select run_uuid, key, value from params").fetchall()
-        tags = conn.execute("select run_uuid, 'fxcu.degraded', value from tags where key = 'fxcu.degraded'").fetchall()
-    by_run: dict[str, dict[str, Any]] = {}
-    for run_id, key, value in [*metrics, *params, *tags]:
-        by_run.setdefault(run_id, {})[key] = value
-    rows = []
-    for run_id, start_ms, experiment in runs:
-        values = by_run.get(run_id, {})
-        horizon = experiment.removeprefix(EXPERIMENT_PREFIX)
-        needed = (
-            "forecast",
-            "forecast_lo_80",
-            "forecast_hi_80",
-            "forecast_lo_95",
-            "forecast_hi_95",
-            "last_close",
-            "data_last_date",
-        )
-        if horizon not in HORIZONS or any(k not in values for k in needed):
-            continue
-        origin = date.fromisoformat(values["data_last_date"])
-        served = {k: float(values[f"forecast_{k}"]) for k in ("lo_80", "hi_80", "lo_95", "hi_95")}
-        point, last = float(values["forecast"]), float(values["last_close"])
-        rows.append(
-            {
-                "horizon": horizon,
-                "origin": origin,
-                "target": trading_dates(origin, HORIZONS[horizon])[-1],
-                "kind": "live",
-                "last_close": last,
-                "forecast": point,
-                **served,
-                **{f"rw_{k}": v * last / point for k, v in served.items()},
-                "point_model": served_point_model(values.get("ensemble_rule", "naive")),
-                "interval_model": "Naive",
-                "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
-                "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"],
-                "run_id": run_id,
-                "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
-                "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"),
-                "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
-                "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
-                "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
-            }
-        )
-    return rows
-
-
-def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
-    """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
-    path = store_path(config, environ)
-    return path if path is not None and path.is_absolute() else None
-
-
-@contextlib.contextmanager
-def ledger_lock(config: Config) -> Iterator[None]:
-    """Hold the ledger's lock: one read-modify-write at a time."""
-    with file_lock(config.warehouse / ".ledger.lock", timeout=config.lock_timeout, what="ledger lock"):
-        yield
-
-
-def update_ledger(
-    config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()
-) -> pl.DataFrame:
-    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it on `prices`, write it."""
-    path = ledger_path(config)
-    with ledger_lock(config):
-        ledger = read_ledger(path)
-        if not path.exists():
-            db = mlflow_sqlite_db(config, environ)
-            found = read_mlflow_forecasts(db) if db is not None and db.exists() else []
-            if found:
-                log.info("Forecast ledger backfilled from %d MLflow runs", len(found))
-            ledger = upsert_ledger(ledger, found)
-        ledger = score_ledger(upsert_ledger(ledger, rows), prices)
-        write_ledger(ledger, path)
-        return ledger
-
-
-def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, path: Path, *, last: int = 120) -> bool:
-    """Save `track_figure` as a PNG at `path` (atomically); False, and no file, when the horizon has no forecasts."""
-    fig = track_figure(ledger, prices, horizon, last=last)
-    if fig is None:
-        return False
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return True
-
-
-def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, last: int = 120) -> Figure | None:
-    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; None with none."""
-    import polars as pl
-    from matplotlib.figure import Figure
-
-    rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
-    shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
-    if rows.is_empty():
-        return None
-    fig = Figure(figsize=(10, 5), dpi=100)  # INFO: the object API, as in `chart_figure`
-    ax = fig.subplots()
-    start = min(frame["origin"].min() for frame in shown.values() if frame.height)
-    hist = prices.filter(pl.col(DATE) >= start)
-    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
-    for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
-        mine = shown[kind]
-        if mine.is_empty():
-            continue
-        x = mine["target"].to_list()
-        ax.vlines(
-            x,
-            mine["lo_95"].to_list(),
-            mine["hi_95"].to_list(),
-            color=colour,
-            alpha=0.25,
-            lw=3,
-            label=f"95% served ({kind})",
-        )
-        ax.vlines(
-            x,
-            mine["lo_80"].to_list(),
-            mine["hi_80"].to_list(),
-            color=colour,
-            alpha=0.6,
-            lw=3,
-            label=f"80% served ({kind})",
-        )
-        ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
-        missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
-        ax.scatter(
-            missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
-        )
-    ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
-    ax.set_ylabel("CLP per USD")
-    ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return fig
-
-
-# -- Shell: MLflow tracking -------------------------------------------------------------
-
-EXPERIMENT_PREFIX = "forecaster_"
 NOTE_TAG = "mlflow.note.content"  # MLflow's description field, for runs and experiments alike
 # The served forecast's scores under names that are the same in every experiment, so MLflow's
 # compare view lines 7d up against 90d; the `{horizon}_*` names of the original guide stay too.
@@ -4803,18 +5439,18 @@ def experiment_description(horizon: str) -> str:
     )
 
 
+def sqlite_uri(db: Path) -> str:
+    """The SQLAlchemy URI of a SQLite file, with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
+    # INFO: SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
+    return "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
 def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
     """MLFLOW_TRACKING_URI when set (a team server), else the absolute SQLite file under the data dir (created)."""
     if environ.get("MLFLOW_TRACKING_URI"):
         return environ["MLFLOW_TRACKING_URI"]
     config.mlflow_dir.mkdir(parents=True, exist_ok=True)
     return sqlite_uri(config.mlflow_db)
-
-
-def sqlite_uri(db: Path) -> str:
-    """The SQLAlchemy URI of a SQLite file, with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
-    # INFO: SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
-    return "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -4829,33 +5465,6 @@ def sqlite_file(uri: str) -> Path | None:
 def artifact_root(config: Config, uri: str) -> str | None:
     """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the cwd); a server picks its own."""
     return config.mlruns.as_uri() if uri.startswith("sqlite:") else None
-
-
-def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
-    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s).
-
-    On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write.
-    """
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 -- handed back to the caller below
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"fxcu-{what}", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        if cancel is not None:
-            cancel.set()
-        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 class OneLineRecords(logging.Filter):
@@ -4879,65 +5488,12 @@ def one_line_logs() -> None:
                 handler.addFilter(OneLineRecords())
 
 
-def tracking_store(config: Config, environ: Mapping[str, str]) -> tuple[str, Any]:
-    """The tracking URI (`tracking_uri`) and an MlflowClient on it (`mlflow_client`)."""
-    uri = tracking_uri(config, environ)
-    return uri, mlflow_client(uri)
-
-
-def mlflow_client(uri: str) -> Any:
-    """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
-    from mlflow.tracking import MlflowClient
-
-    one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
-    db = sqlite_file(uri)
-    if db is not None:
-        _share_engine(uri)
-        if not db.exists():
-            create_database(db)
-    if uri.startswith(("http:", "https:")):
-        for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
-            os.environ.setdefault(name, value)
-    return MlflowClient(tracking_uri=uri)
-
-
 # A down tracking server cost 65 s (MLflow retries 7 times with backoff 2); these bound one call to ~2 x 5 s.
 MLFLOW_HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
-
-
-def relocate_artifacts(db: Path, root: str) -> int:
-    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`.
-
-    Returns how many experiments moved.
-
-    A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
-    under it, old ones are found there, and nothing is recreated at the old path.
-    """
-    import sqlite3
-
-    tail = "/mlflow/mlruns"
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
-        query = "select artifact_location from experiments where artifact_location like 'file:%'"
-        rows = conn.execute(query).fetchall()
-        olds = {loc[: loc.rindex(tail) + len(tail)] for (loc,) in rows if tail in loc}
-        moved = 0
-        for old in olds - {root}:
-            swap = (root, len(old) + 1, len(old), old)  # the prefix `old` becomes `root`
-            moved += conn.execute(
-                "update experiments set artifact_location = ? || substr(artifact_location, ?)"
-                " where substr(artifact_location, 1, ?) = ?",
-                swap,
-            ).rowcount
-            conn.execute(
-                "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", swap
-            )
-    if moved:
-        log.warning("The data dir moved: %d experiment(s) now keep their artifacts under %s", moved, root)
-    return moved
 
 
 def _share_engine(uri: str) -> None:
@@ -4972,6 +5528,59 @@ def create_database(db: Path) -> None:
         log.info("Created the MLflow database %s", db)
 
 
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
+    from mlflow.tracking import MlflowClient
+
+    one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
+    db = sqlite_file(uri)
+    if db is not None:
+        _share_engine(uri)
+        if not db.exists():
+            create_database(db)
+    if uri.startswith(("http:", "https:")):
+        for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
+            os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
+
+
+def tracking_store(config: Config, environ: Mapping[str, str]) -> tuple[str, Any]:
+    """The tracking URI (`tracking_uri`) and an MlflowClient on it (`mlflow_client`)."""
+    uri = tracking_uri(config, environ)
+    return uri, mlflow_client(uri)
+
+
+def relocate_artifacts(db: Path, root: str) -> int:
+    """Point experiments and runs whose artifacts lived under another data dir's `mlflow/mlruns` at `root`.
+
+    Returns how many experiments moved.
+
+    A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
+    under it, old ones are found there, and nothing is recreated at the old path.
+    """
+    import sqlite3
+
+    tail = "/mlflow/mlruns"
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        query = "select artifact_location from experiments where artifact_location like 'file:%'"
+        rows = conn.execute(query).fetchall()
+        olds = {loc[: loc.rindex(tail) + len(tail)] for (loc,) in rows if tail in loc}
+        moved = 0
+        for old in olds - {root}:
+            swap = (root, len(old) + 1, len(old), old)  # the prefix `old` becomes `root`
+            moved += conn.execute(
+                "update experiments set artifact_location = ? || substr(artifact_location, ?)"
+                " where substr(artifact_location, 1, ?) = ?",
+                swap,
+            ).rowcount
+            conn.execute(
+                "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?", swap
+            )
+    if moved:
+        log.warning("The data dir moved: %d experiment(s) now keep their artifacts under %s", moved, root)
+    return moved
+
+
 def ensure_experiment(
     client: Any, name: str, artifact_location: str | None, description: str | None = None
 ) -> tuple[str, bool]:
@@ -5004,6 +5613,11 @@ def retire_default_experiment(client: Any) -> bool:
     return True
 
 
+def run_name(fc: Forecast) -> str:
+    """The MLflow run name: horizon and data date, e.g. `7d · data 2026-01-19` (pure)."""
+    return f"{fc.horizon} · data {fc.origin}"
+
+
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """Everything one forecast logs to MLflow."""
@@ -5023,11 +5637,6 @@ def served_models(bt: Backtest) -> str:
     """The models the served forecast is made of, weighted when several: 'AutoETS 60%, Naive 40%' (pure)."""
     used = {name: w for name, w in bt.weights.items() if w > 0}
     return next(iter(used)) if len(used) == 1 else ", ".join(f"{n} {w:.0%}" for n, w in used.items())
-
-
-def run_name(fc: Forecast) -> str:
-    """The MLflow run name: horizon and data date, e.g. `7d · data 2026-01-19` (pure)."""
-    return f"{fc.horizon} · data {fc.origin}"
 
 
 def run_note(fc: Forecast, bundle: Bundle) -> str:
@@ -5109,6 +5718,35 @@ def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
             }
         )
     return tuple(found)
+
+
+def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
+    """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
+    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
+    """
+    metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
+    if db.copper_ablation_pct is not None:
+        metrics["range_copper_ablation_pct"] = db.copper_ablation_pct
+    for name, m in {**db.models, "range": db.served}.items():
+        key = f"{horizon}_range" if name == "range" else f"range_{name}"
+        metrics |= {f"{key}_crps": m.crps, f"{key}_wis": m.wis, f"{key}_is80": m.is80, f"{key}_is95": m.is95}
+        for score, ratio in (
+            ("crps", m.crps_ratio),
+            ("wis", m.wis_ratio),
+            ("is80", m.is80_ratio),
+            ("is95", m.is95_ratio),
+        ):
+            metrics |= {
+                f"{key}_{score}_ratio": ratio.value,
+                f"{key}_{score}_ratio_lo": ratio.lo,
+                f"{key}_{score}_ratio_hi": ratio.hi,
+            }
+        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
+        for group, (c80, c95) in m.coverage_by.items():
+            slug = re.sub(r"\W+", "_", group).strip("_")
+            if not math.isnan(c80):
+                metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
+    return metrics
 
 
 def run_record(
@@ -5204,103 +5842,6 @@ def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlfl
     return versions
 
 
-def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
-    """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
-    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
-    """
-    metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
-    if db.copper_ablation_pct is not None:
-        metrics["range_copper_ablation_pct"] = db.copper_ablation_pct
-    for name, m in {**db.models, "range": db.served}.items():
-        key = f"{horizon}_range" if name == "range" else f"range_{name}"
-        metrics |= {f"{key}_crps": m.crps, f"{key}_wis": m.wis, f"{key}_is80": m.is80, f"{key}_is95": m.is95}
-        for score, ratio in (
-            ("crps", m.crps_ratio),
-            ("wis", m.wis_ratio),
-            ("is80", m.is80_ratio),
-            ("is95", m.is95_ratio),
-        ):
-            metrics |= {
-                f"{key}_{score}_ratio": ratio.value,
-                f"{key}_{score}_ratio_lo": ratio.lo,
-                f"{key}_{score}_ratio_hi": ratio.hi,
-            }
-        metrics |= {f"{key}_coverage_80": m.coverage_80, f"{key}_coverage_95": m.coverage_95}
-        for group, (c80, c95) in m.coverage_by.items():
-            slug = re.sub(r"\W+", "_", group).strip("_")
-            if not math.isnan(c80):
-                metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
-    return metrics
-
-
-def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
-    """Log one run to MLflow under the tracking lock, bounded in time; return its run id."""
-
-    def work() -> str:
-        started = time.perf_counter()
-        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-
-        uri = tracking_uri(config, environ)
-        if uri in _UNREACHABLE:
-            why = _UNREACHABLE[uri]
-            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
-        client = mlflow_client(uri)
-        _follow_data_dir(config, uri)
-        if uri.startswith("sqlite:"):
-            retire_default_experiment(client)
-        name = EXPERIMENT_PREFIX + record.horizon
-        experiment_id, _ = ensure_experiment(
-            client, name, artifact_root(config, uri), experiment_description(record.horizon)
-        )
-        tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
-        run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
-        run_id = run.info.run_id
-        try:
-            stamp = int(time.time() * 1000)
-            client.log_batch(
-                run_id,
-                metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
-                params=[Param(k, v[:6000]) for k, v in record.params.items()],
-            )
-            context = [InputTag("mlflow.data.context", "training")]
-            client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
-            with tempfile_dir(config.data_dir) as tmp:
-                for path in record.artifacts:
-                    for file in artifact_files(path, record.artifacts, tmp):
-                        folder = "inputs/warehouse" if path.suffix == ".parquet" else None
-                        client.log_artifact(run_id, str(file), artifact_path=folder)
-            client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
-        except BaseException:
-            client.set_terminated(run_id, status="FAILED")
-            raise
-        # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
-        with contextlib.redirect_stdout(sys.stderr):
-            client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
-        return run_id
-
-    import threading
-
-    cancel = threading.Event()
-
-    def locked() -> str:
-        # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
-        # lock stays held until that thread's last write: no second writer can start meanwhile.
-        # It waits half the budget for the lock, and starts no run once the caller has given up.
-        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
-            if cancel.is_set():
-                raise TimeoutError("MLflow tracking gave up before writing")
-            return work()
-
-    uri = tracking_uri(config, environ)
-    try:
-        return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
-    except Exception as exc:
-        # the other horizons do not wait for it again
-        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
-            _UNREACHABLE[uri] = type(exc).__name__
-        raise
-
-
 _UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
 
 
@@ -5312,100 +5853,6 @@ def tracking_failure(exc: BaseException, secret: str | None) -> str:
 # Seconds `Tracker.log` waits beyond `config.tracking_timeout` for the tracking process's own verdict, and
 # `Tracker.close` for the process to exit before it is stopped.
 TRACKING_GRACE = 5.0
-
-
-class Tracker:
-    """MLflow in a child process, started with the run so that its imports (~2 s) overlap the models' fitting.
-
-    The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
-    dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
-    The child writes through `log_run`, under the same MLflow lock as before, so concurrent runs stay safe.
-    """
-
-    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
-        import multiprocessing
-
-        self.config = config
-        self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
-        # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        level = logging.getLogger().getEffectiveLevel()
-        self._process = context.Process(
-            target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
-        )
-        try:
-            self._process.start()
-        except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
-            self.skip = tracking_failure(exc, config.fred_api_key)
-        finally:
-            child.close()
-
-    def log(self, record: RunRecord) -> tuple[str | None, str | None]:
-        """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
-        if self.skip:
-            return None, self.skip
-        try:
-            self._conn.send(record)
-            if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
-                run_id, error, timed_out = self._conn.recv()
-            else:
-                wait = self.config.tracking_timeout
-                run_id, error, timed_out = None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s", True
-        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
-            self._process.join(1)
-            self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
-            return None, self.skip
-        if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
-            self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
-        return run_id, error
-
-    def close(self) -> None:
-        """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
-        if self._conn.closed:
-            return
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        if self._process.pid is not None:
-            self._process.join(TRACKING_GRACE)
-            if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
-                self._process.kill()
-                self._process.join(1)
-        self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int) -> None:
-    """The tracking process: import MLflow and open the store at once, then log each RunRecord sent.
-
-    Each answer is (run id, None, False) or (None, why, timed out); it stops at None or when the parent is gone.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    try:
-        warm_tracking(config, environ)
-    except Exception:  # noqa: BLE001, S110 -- `log_run` meets the same failure and reports it per run
-        pass
-    while True:
-        try:
-            record = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if record is None:
-            # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
-            os._exit(0)
-        try:
-            answer = (log_run(config, record, environ=environ), None, False)
-        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
-            answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
-        conn.send(answer)
 
 
 def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
@@ -5483,6 +5930,168 @@ def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Pat
     return [path, twin]
 
 
+def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
+    """Log one run to MLflow under the tracking lock, bounded in time; return its run id."""
+
+    def work() -> str:
+        started = time.perf_counter()
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+        uri = tracking_uri(config, environ)
+        if uri in _UNREACHABLE:
+            why = _UNREACHABLE[uri]
+            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
+        client = mlflow_client(uri)
+        _follow_data_dir(config, uri)
+        if uri.startswith("sqlite:"):
+            retire_default_experiment(client)
+        name = EXPERIMENT_PREFIX + record.horizon
+        experiment_id, _ = ensure_experiment(
+            client, name, artifact_root(config, uri), experiment_description(record.horizon)
+        )
+        tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
+        run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            stamp = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
+                params=[Param(k, v[:6000]) for k, v in record.params.items()],
+            )
+            context = [InputTag("mlflow.data.context", "training")]
+            client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
+            with tempfile_dir(config.data_dir) as tmp:
+                for path in record.artifacts:
+                    for file in artifact_files(path, record.artifacts, tmp):
+                        folder = "inputs/warehouse" if path.suffix == ".parquet" else None
+                        client.log_artifact(run_id, str(file), artifact_path=folder)
+            client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
+        return run_id
+
+    import threading
+
+    cancel = threading.Event()
+
+    def locked() -> str:
+        # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
+        # lock stays held until that thread's last write: no second writer can start meanwhile.
+        # It waits half the budget for the lock, and starts no run once the caller has given up.
+        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+            if cancel.is_set():
+                raise TimeoutError("MLflow tracking gave up before writing")
+            return work()
+
+    uri = tracking_uri(config, environ)
+    try:
+        return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+    except Exception as exc:
+        # the other horizons do not wait for it again
+        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
+            _UNREACHABLE[uri] = type(exc).__name__
+        raise
+
+
+def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int) -> None:
+    """The tracking process: import MLflow and open the store at once, then log each RunRecord sent.
+
+    Each answer is (run id, None, False) or (None, why, timed out); it stops at None or when the parent is gone.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        warm_tracking(config, environ)
+    except Exception:  # noqa: BLE001, S110 -- `log_run` meets the same failure and reports it per run
+        pass
+    while True:
+        try:
+            record = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if record is None:
+            # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
+            os._exit(0)
+        try:
+            answer = (log_run(config, record, environ=environ), None, False)
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
+            answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
+        conn.send(answer)
+
+
+class Tracker:
+    """MLflow in a child process, started with the run so that its imports (~2 s) overlap the models' fitting.
+
+    The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
+    dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
+    The child writes through `log_run`, under the same MLflow lock as before, so concurrent runs stay safe.
+    """
+
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        import multiprocessing
+
+        self.config = config
+        self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
+        # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        self._process = context.Process(
+            target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
+        )
+        try:
+            self._process.start()
+        except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
+            self.skip = tracking_failure(exc, config.fred_api_key)
+        finally:
+            child.close()
+
+    def log(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
+        if self.skip:
+            return None, self.skip
+        try:
+            self._conn.send(record)
+            if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
+                run_id, error, timed_out = self._conn.recv()
+            else:
+                wait = self.config.tracking_timeout
+                run_id, error, timed_out = None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s", True
+        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
+            self._process.join(1)
+            self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
+            return None, self.skip
+        if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
+            self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
+        return run_id, error
+
+    def close(self) -> None:
+        """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
+        if self._conn.closed:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        if self._process.pid is not None:
+            self._process.join(TRACKING_GRACE)
+            if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
+                self._process.kill()
+                self._process.join(1)
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
     """Save the exact inputs as a warehouse a replay can read (`FXCU_DATA_DIR=<inputs> ... --offline`).
 
@@ -5494,619 +6103,6 @@ def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
         paths.append(folder / "warehouse" / COPPER_CACHE)
         write_parquet_atomic(bundle.copper, paths[1])
     return paths, prices_digest(bundle.usdclp, bundle.copper)
-
-
-# -- Commands ------------------------------------------------------------------------
-
-
-def format_series_line(series: Series) -> str:
-    """One line per series for `fetch`: source, rows, first and last date."""
-    if not series.ok:
-        return f"{series.name}: unavailable ({series.error})"
-    frame = series.frame
-    freq = "" if series.frequency == "daily" else f", {series.frequency}"
-    return f"{series.name}: {series.source}{freq}, {frame.height} rows, {frame[DATE].min()} .. {frame[DATE].max()}"
-
-
-def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
-    """Refresh both series through their chains into the warehouse; print what was used."""
-    usdclp, copper = fetch_both(config, client, now=now)
-    for series in (usdclp, copper):
-        print(format_series_line(series))
-        # INFO: an unavailable series' line already lists every source's failure
-        for line in series.notes if series.ok else [n for n in series.notes if n not in series.failures]:
-            print(f"  {line}")
-        for reason in dict.fromkeys(map(str, series.degraded)):
-            print(f"  degraded: {reason}")
-    return 0 if usdclp.ok else 1
-
-
-def format_validation(bundle: Bundle, found: Sequence[str]) -> str:
-    """The `validate` report: sources, latest feature values, and every problem."""
-    lines = [
-        f"usdclp: {bundle.sources['usdclp']}, {bundle.usdclp.height} rows, last {bundle.usdclp[DATE].max()} "
-        f"= {bundle.usdclp[CLOSE][-1]:.2f} CLP/USD",
-    ]
-    if bundle.copper is None:
-        lines.append("copper: unavailable (features not computed)")
-    else:
-        lines.append(
-            f"copper: {bundle.sources['copper']} ({bundle.copper_frequency}), {bundle.copper.height} rows, "
-            f"last {bundle.copper[DATE].max()} = {bundle.copper[CLOSE][-1]:.4f} USD/lb"
-        )
-        latest = bundle.copper_features.tail(1).row(0, named=True)
-        lines.append(f"features on {latest[DATE]}:")
-        lines += [f"  {name:<32} {_fmt(latest[name])}" for name in FEATURES]
-    lines += [f"note: {n}" for n in bundle.notes]
-    lines += [f"PROBLEM: {p}" for p in found] or ["all checks passed"]
-    return "\n".join(lines)
-
-
-def _fmt(value: object) -> str:
-    return "null" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def cmd_validate(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
-    """Load, compute features, check ranges and freshness; 0 when every check passes, 1 otherwise."""
-    try:
-        bundle = load(config, client, now=now)
-    except ValueError as exc:
-        print(f"fxcu: {exc}", file=sys.stderr)
-        return 1
-    features = bundle.copper_features if bundle.copper_features is not None else _empty_features()
-    found = feature_problems(
-        features, bundle.usdclp, bundle.copper, now=now, max_age=timedelta(days=config.max_age_days)
-    )
-    if bundle.copper is None:
-        found.append("copper unavailable: forecasts would run without copper")
-    print(format_validation(bundle, found))
-    return 1 if found else 0
-
-
-def _empty_features() -> pl.DataFrame:
-    import polars as pl
-
-    return pl.DataFrame(
-        schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}}
-    )
-
-
-class Stages:
-    """Wall time of a run's stages by name, in the order they first ran; a stage timed again adds up."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-    def merge(self, other: Stages) -> None:
-        """Add another timer's stages to these."""
-        for name, seconds in other.seconds.items():
-            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-
-
-def format_stages(seconds: Mapping[str, float]) -> str:
-    """`fetch 0.12 s, backtest 2.53 s, ...` (pure)."""
-    return ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
-
-
-class NoForecast(Exception):
-    """No forecast can be made: no usable USD/CLP, or too little history for an honest backtest."""
-
-
-def cmd_run(
-    config: Config,
-    client: httpx.Client | None,
-    horizons: Sequence[str],
-    *,
-    now: datetime,
-    environ: Mapping[str, str],
-    skip_email: bool = False,
-    as_json: bool = False,
-    email_preview: Path | None = None,
-) -> int:
-    """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
-
-    0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
-    backtest, or no report could be written. MLflow runs in a child process (`Tracker`) started first.
-    """
-    _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
-    stages = Stages()
-    with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
-        with stages("tracking_start"):
-            tracker = Tracker(config, environ)
-        with tracker:
-            try:
-                bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
-            except NoForecast as exc:
-                return _fail_run(config, horizons, now, str(exc))
-            with stages("score"):
-                ledger = _run_ledger(config, environ, bundle.usdclp)
-            summaries = _report_horizons(
-                config, bundle, forecasts, ledger, tracker, now=now, environ=environ, stages=stages
-            )
-            with stages("email"):
-                if email_preview or not skip_email:
-                    _email_run(config, environ, bundle, forecasts, summaries, now=now, preview=email_preview)
-            with stages("tracking_stop"):
-                tracker.close()
-    print_summaries(summaries, as_json=as_json)
-    log.info("Stage times: %s", format_stages(stages.seconds))
-    return max(0 if outcome.get("report") else 1 for outcome in summaries)
-
-
-def make_forecasts(
-    config: Config, client: httpx.Client | None, horizons: Sequence[str], *, now: datetime, stages: Stages
-) -> tuple[Bundle, dict[str, Forecast]]:
-    """Fetch once, build the features, backtest points and ranges, and forecast every horizon; raise NoForecast."""
-    with stages("fetch"):
-        usdclp, copper = fetch_both(config, client, now=now)
-    if not usdclp.ok:
-        raise NoForecast(f"no usable USD/CLP data: {usdclp.error}")
-    with stages("features"):
-        bundle = build_bundle(usdclp, copper)
-    for reason in bundle.degraded_detail:
-        log.warning("Degraded run: %s", reason)
-    log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
-    try:
-        with stages("backtest"):
-            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
-    except ValueError as exc:  # too little history for an honest backtest: no forecast without one
-        raise NoForecast(f"cannot forecast: {exc}") from exc
-    log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
-    with stages("density_backtest"):
-        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
-    log.info("Forecasting %s", ", ".join(horizons))
-    with stages("forecast"):
-        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
-    return bundle, forecasts
-
-
-def _report_horizons(
-    config: Config,
-    bundle: Bundle,
-    forecasts: Mapping[str, Forecast],
-    ledger: pl.DataFrame | None,
-    tracker: Tracker,
-    *,
-    now: datetime,
-    environ: Mapping[str, str],
-    stages: Stages,
-) -> list[dict[str, Any]]:
-    """Report, track and record the status of each horizon in turn; return their summaries."""
-    summaries, shared = [], dict(stages.seconds)  # every horizon logs the shared stages, then its own
-    for index, (horizon, fc) in enumerate(forecasts.items(), 1):
-        log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
-        mine = Stages()
-        outcome = _run_horizon(
-            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=shared, stages=mine
-        )
-        stages.merge(mine)
-        summaries.append(outcome)
-    return summaries
-
-
-def _email_run(
-    config: Config,
-    environ: Mapping[str, str],
-    bundle: Bundle,
-    forecasts: Mapping[str, Forecast],
-    summaries: Sequence[Mapping[str, Any]],
-    *,
-    now: datetime,
-    preview: Path | None,
-) -> None:
-    """One email for the whole run (a digest for `run all`), with every horizon whose report was written."""
-    written = [o for o in summaries if o.get("report")]
-    if not written:
-        return
-    changed = {
-        o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
-        for o in written
-        if o.get("changed") is not None
-    }
-    fcs, files = [forecasts[o["horizon"]] for o in written], [report_files(Path(o["report"])) for o in written]
-    email_reports(config, environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
-
-
-def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
-    """Print each horizon's summary, report and run id; with `as_json` one JSON object (keyed by horizon if several)."""
-    if as_json:
-        document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
-        print(json.dumps(document, indent=2, default=str))
-        return
-    for outcome in summaries:
-        print(format_summary(outcome))
-        print(
-            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
-            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
-        )
-
-
-def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: str) -> int:
-    """Say why no forecast was made, record it for `check` under every horizon, and return exit code 1."""
-    print(f"fxcu: {reason}", file=sys.stderr)
-    for horizon in horizons:
-        write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": reason})
-    return 1
-
-
-def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame) -> pl.DataFrame | None:
-    """The run's scored ledger (backfilled from MLflow the first time), or None when it cannot be updated."""
-    try:
-        return update_ledger(config, environ, prices)
-    except Exception as exc:  # noqa: BLE001 -- the track record is never worth a failed forecast
-        log.error("Forecast ledger not updated (%s: %s): forecasting without the track record", type(exc).__name__, exc)
-        return None
-
-
-def _track_horizon(
-    config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime
-) -> dict[str, Any]:
-    """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
-    import polars as pl
-
-    entry = ledger_entry(fc, bundle, run_id=None, now=now)
-    if ledger is None:
-        return {"entry": entry, "metrics": {}, "change": None, "chart": None, "section": []}
-    mine = ledger.filter((pl.col("horizon") == fc.horizon) & (pl.col("kind") == "live"))
-    previous = mine.sort("recorded_at").tail(1).row(0, named=True) if mine.height else None
-    stats = track_record(ledger, [fc.horizon])[fc.horizon]
-    chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
-    try:
-        # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
-        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
-            chart = None
-    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
-        log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
-        chart = None
-    change = what_changed(previous, entry)
-    section = format_track_section(fc.horizon, stats, change, chart.name if chart else None)
-    return {"entry": entry, "metrics": live_metrics(stats), "change": change, "chart": chart, "section": section}
-
-
-def _run_horizon(
-    config: Config,
-    bundle: Bundle,
-    fc: Forecast,
-    tracker: Tracker,
-    ledger: pl.DataFrame | None,
-    *,
-    now: datetime,
-    environ: Mapping[str, str],
-    seconds: Mapping[str, float],
-    stages: Stages,
-) -> dict[str, Any]:
-    """Report one horizon's forecast, track it, add it to the ledger and the status file; return its summary.
-
-    `seconds` are the run's shared stages so far; this horizon's own (report, tracking) go to `stages`.
-    """
-    horizon, bt = fc.horizon, fc.backtest
-    for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
-        log.warning("%s: %s", horizon, note)
-    log.info("%s: serving %s", horizon, fc.interval_label)
-    outcome: dict[str, Any] = summary(fc, bundle)
-    track = _track_horizon(config, fc, bundle, ledger, now=now)
-    outcome |= {"changed": track["change"], "live": track["metrics"]}
-    report = None
-    with stages("report"):
-        try:
-            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
-            outcome["report"] = str(report.markdown)
-        except OSError as exc:
-            log.error(
-                "Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc
-            )
-    with stages("tracking"):
-        run_id, tracking_error = _log_horizon(
-            config, tracker, fc, bundle, report, track, now=now, seconds={**seconds, **stages.seconds}
-        )
-    outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
-    if ledger is not None:
-        try:
-            update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
-        except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
-            log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
-    _write_run_status(config, horizon, outcome, now=now)
-    return outcome
-
-
-def _log_horizon(
-    config: Config,
-    tracker: Tracker,
-    fc: Forecast,
-    bundle: Bundle,
-    report: Report | None,
-    track: Mapping[str, Any],
-    *,
-    now: datetime,
-    seconds: Mapping[str, float],
-) -> tuple[str | None, str | None]:
-    """Track one horizon's run through the tracking process: (run id, None), or (None, why not) logged as an error."""
-    run_id, error = None, tracker.skip
-    if error is None:
-        try:
-            with tempfile_dir(config.data_dir) as tmp:
-                inputs, digest = write_inputs(bundle, tmp / "inputs")
-                files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
-                record = run_record(
-                    fc,
-                    bundle,
-                    now=now,
-                    seconds=seconds,
-                    artifacts=[*files, *inputs],
-                    input_hash=digest,
-                    versions=package_versions(),
-                )
-                reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
-                record = dataclasses.replace(
-                    record,
-                    metrics=record.metrics | track["metrics"],
-                    tags=record.tags | {"fxcu.changed": reasons or "nothing"},
-                    artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
-                )
-                run_id, error = tracker.log(record)  # INFO: inside the scratch folder, which holds the artifacts
-        except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
-            error = tracking_failure(exc, config.fred_api_key)
-    if run_id is not None:
-        log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
-    else:
-        log.error("MLflow tracking failed (%s): the forecast and its report are kept", error)
-    return run_id, error
-
-
-def _write_run_status(config: Config, horizon: str, outcome: Mapping[str, Any], *, now: datetime) -> None:
-    """Record this horizon's run for `check`; a failure to write it is logged, never raised."""
-    try:
-        write_status(
-            config,
-            horizon,
-            {
-                "time": now.isoformat(),
-                "ok": outcome.get("report") is not None,
-                "tracked": outcome["run_id"] is not None,
-                "run_id": outcome["run_id"],
-                "tracking_error": outcome["tracking_error"],
-                "forecast": outcome["forecast"],
-                "target_date": outcome["target_date"],
-                "degraded": outcome["degraded"],
-            },
-        )
-    except (OSError, TimeoutError) as exc:
-        log.error("Status file could not be written (%s): `check` will not see this run", exc)
-
-
-@contextlib.contextmanager
-def tempfile_dir(data_dir: Path) -> Iterator[Path]:
-    """A scratch folder under the data dir (same filesystem), removed afterwards."""
-    import shutil
-    import tempfile
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # the owner in the name: `clean_leftovers` spares live runs
-    path = Path(tempfile.mkdtemp(prefix=f".tmp-{temp_owner()}-", dir=data_dir))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-LEFTOVER_FOLDERS = ("", "warehouse", "reports", "mlflow", "backups")
-
-
-def leftover_owner(name: str) -> tuple[int, str] | None:
-    """The (pid, host) of a temp name, else None.
-
-    Temp names are `.tmp-PID@HOST-xyz` (tempfile_dir) and `.NAME.PID@HOST.tmp` (atomic_path).
-    """
-    found = re.fullmatch(r"\.tmp-(\d+)@(\w+)-.*|\..+\.(\d+)@(\w+)\.tmp(?:-journal)?", name)
-    if not found:
-        return None
-    pid, host = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
-    return int(pid), host
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
-    """Remove temp files and folders a killed run left; return how many.
-
-    Stale: made on this host by a process that is gone, or an hour old whoever made it (another
-    container, whose process ids this one cannot see, or an older release with no owner in the name).
-    """
-    import shutil
-
-    now = time.time() if now is None else now
-    me = temp_owner()
-    host = me.split("@", 1)[1]
-    removed = 0
-    for folder in LEFTOVER_FOLDERS:
-        with contextlib.suppress(OSError):
-            for path in (data_dir / folder).iterdir():
-                owner = leftover_owner(path.name)
-                name = path.name
-                temp_like = name.startswith(".tmp-") or (name[:1] == "." and name.endswith((".tmp", ".tmp-journal")))
-                if owner is None and not temp_like:
-                    continue  # not a temp name
-                if owner is not None and owner[1] == host:  # this host's process ids can be checked
-                    stale = f"{owner[0]}@{owner[1]}" != me and not _alive(owner[0])
-                else:
-                    stale = now - path.lstat().st_mtime > 3600
-                if not stale:
-                    continue
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-                    removed += 1
-    if removed:
-        log.info("Removed %d leftover temp file(s) of an interrupted run", removed)
-    return removed
-
-
-def email_reports(
-    config: Config,
-    environ: Mapping[str, str],
-    forecasts: Sequence[Forecast],
-    bundle: Bundle,
-    reports: Sequence[Report],
-    *,
-    now: datetime,
-    preview: Path | None = None,
-    extra: Mapping[str, Sequence[Section]] | None = None,
-) -> bool:
-    """Build one email for the run's horizons, write it to `preview` or send it; a failure is logged, never raised.
-
-    `extra` adds sections per horizon (what changed since the last run).
-    """
-    from email.utils import make_msgid
-
-    to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
-    if preview is None and not (environ.get("FXCU_SMTP_HOST") and to):
-        return False
-    sender = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
-    try:
-        charts = {
-            fc.horizon: r.chart.read_bytes() if r.chart else None for fc, r in zip(forecasts, reports, strict=True)
-        }
-        domain = sender.rpartition("@")[2] or "localhost"
-        message = build_email(
-            forecasts,
-            bundle,
-            charts,
-            now=now,
-            sender=sender,
-            to=to or ["undisclosed-recipients:;"],
-            message_id=make_msgid("fxcu", domain=domain),
-            extra=extra,
-        )
-        if preview is not None:
-            write_text_atomic(message.as_bytes(), preview)
-            log.info("Email written to %s, not sent", preview)
-            return True
-    except (OSError, ValueError) as exc:
-        log.error(
-            "Email could not be built (%s: %s); the run is not affected",
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-        )
-        return False
-    return send_email(environ, message)
-
-
-def send_email(environ: Mapping[str, str], message: Any) -> bool:
-    """Send a message to FXCU_SMTP_HOST; a failure is logged, never raised.
-
-    Port 465 speaks TLS from the start; other ports use STARTTLS unless FXCU_SMTP_STARTTLS=0.
-    Certificates are verified (FXCU_SMTP_CAFILE adds a private CA), and credentials are never
-    sent without TLS.
-    """
-    import smtplib
-    import ssl
-
-    host, user = environ["FXCU_SMTP_HOST"], environ.get("FXCU_SMTP_USER")
-    try:
-        port = int(environ.get("FXCU_SMTP_PORT") or 587)
-        implicit = port == 465
-        starttls = not implicit and env_flag(environ, "FXCU_SMTP_STARTTLS", True)
-        if user and not (implicit or starttls):
-            raise ValueError("refusing to send SMTP credentials without TLS (FXCU_SMTP_STARTTLS=0 on a plain port)")
-        context = ssl.create_default_context(cafile=environ.get("FXCU_SMTP_CAFILE") or None)
-        smtp_class = smtplib.SMTP_SSL if implicit else smtplib.SMTP
-        extra = {"context": context} if implicit else {}
-        with smtp_class(host, port, timeout=30, **extra) as smtp:
-            if starttls:
-                smtp.starttls(context=context)
-            if user:
-                smtp.login(user, environ.get("FXCU_SMTP_PASSWORD", ""))
-            smtp.send_message(message)
-    except (OSError, smtplib.SMTPException, ValueError) as exc:
-        # INFO: a UnicodeError's text quotes the offending characters, which may be the password's
-        detail = "" if isinstance(exc, UnicodeError) else str(exc).splitlines()[0] if str(exc) else ""
-        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
-        return False
-    log.info("Report emailed to %s", message["To"])
-    return True
-
-
-def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
-    """Create the MLflow database and the four experiments; running it again changes nothing."""
-    uri, client = tracking_store(config, environ)
-    _follow_data_dir(config, uri)
-    print(f"tracking URI: {redact_uri(uri)}")
-    if uri.startswith("sqlite:") and retire_default_experiment(client):
-        print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
-    for horizon in HORIZONS:
-        name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
-        experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
-        location = client.get_experiment(experiment_id).artifact_location
-        print(
-            f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon}"
-            f" (id {experiment_id}, artifacts {location})"
-        )
-    for folder in ("warehouse", "reports", "mlflow/mlruns"):
-        (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
-    print(f"data dir: {config.data_dir}")
-    return 0
-
-
-def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
-    """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
-    artifacts = config.mlruns.as_uri()
-    return [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
-        "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-
-
-def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
-    """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
-    import subprocess
-
-    uri = tracking_uri(config, environ)
-    if not uri.startswith("sqlite:"):
-        print(f"fxcu: MLFLOW_TRACKING_URI is a server ({redact_uri(uri)}): open its own UI", file=sys.stderr)
-        return 1
-    shown = f"[{host}]" if ":" in host else host
-    print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
-    # INFO: the server's own log lines go to stderr, so stdout holds only the URL
-    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait(30)
-        return 0
-
-
-def redact_uri(uri: str) -> str:
-    """Hide a password in a tracking URI (`postgresql://user:pw@host`)."""
-    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
-
-
-SHORT_METRICS = ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95", "direction_hit")
-
-
-def metric_rank(name: str) -> Any:
-    """Sort key for "best" on a metric: closest to nominal for coverage, highest for hit rate, else lowest (pure)."""
-    nominal = re.search(r"coverage_(\d+)$", name)
-    if nominal:
-        return lambda value: abs(value - int(nominal.group(1)) / 100)
-    if name.endswith("direction_hit"):
-        return lambda value: -value
-    return lambda value: value
 
 
 def best_run(
@@ -6132,25 +6128,6 @@ def best_run(
     scored = [r for r in runs if name in r.data.metrics]
     rank = metric_rank(name)
     return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
-
-
-# The dashboard reads a local SQLite store with sqlite3 alone: `import mlflow` costs ~2-3 s, the
-# query a few ms. MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRun:
-    """One tracked run as the dashboard reads it, from a SQLite store or a tracking server."""
-
-    run_id: str
-    horizon: str
-    name: str
-    status: str  # MLflow's: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
-    start_ms: int
-    end_ms: int | None
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
 
 
 def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
@@ -6238,750 +6215,294 @@ def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str
     )
 
 
-def age_words(seconds: float) -> str:
-    """An age in words: 'just now', '5 minutes ago', '3 hours ago', '2 days ago', '6 weeks ago' (pure)."""
-    for size, unit in ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute")):
-        count = int(seconds // size)
-        if count >= (2 if unit == "week" else 1):
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    return "just now" if seconds >= -60 else "in the future"
+def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
+    """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
+    path = store_path(config, environ)
+    return path if path is not None and path.is_absolute() else None
 
 
-def run_status(run: StoredRun) -> str:
-    """A run's status in words: ok, degraded (why), failed, running (pure)."""
-    if run.status != "FINISHED":
-        return run.status.lower()
-    degraded = run.tags.get("fxcu.degraded", "none")
-    return "ok" if degraded in {"none", ""} else f"degraded: {degraded.replace(',', ', ')}"
+def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
+    """Every finished fxcu run in an MLflow SQLite database as a ledger row, read with sqlite3 (no mlflow import).
 
+    The served interval then was Naive's width around the point, so the random walk's bounds are the
+    served bounds scaled by last close / forecast. Of several runs from one origin the latest wins.
+    """
+    import sqlite3
 
-def run_served(run: StoredRun) -> str:
-    """The served models of a run: its tag, else read off the logged weights (runs before the tag existed) (pure)."""
-    if "fxcu.served_models" in run.tags:
-        return run.tags["fxcu.served_models"]
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        weights = {k: v for k, v in json.loads(run.params.get("ensemble_weights", "")).items() if v > 0}
-        return next(iter(weights)) if len(weights) == 1 else ", ".join(f"{k} {v:.0%}" for k, v in weights.items())
-    return "-"
-
-
-def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
-    """One row per run for `runs`, newest first, `last` per horizon; change from the horizon's previous run (pure)."""
-    rows, shown = [], dict.fromkeys({r.horizon for r in runs}, 0)
-    for index, run in enumerate(runs):
-        if shown[run.horizon] >= last:
-            continue
-        shown[run.horizon] += 1
-        forecast = run.metrics.get("forecast")
-        previous = next(
-            (r.metrics["forecast"] for r in runs[index + 1 :] if r.horizon == run.horizon and "forecast" in r.metrics),
-            None,
-        )
-        rows.append(
-            {
-                "run_id": run.run_id,
-                "started": datetime.fromtimestamp(run.start_ms / 1000, UTC).isoformat(timespec="seconds"),
-                "data_date": run.params.get("data_last_date"),
-                "horizon": run.horizon,
-                "target_date": run.params.get("target_date"),
-                "forecast": forecast,
-                "lo_80": run.metrics.get("forecast_lo_80"),
-                "hi_80": run.metrics.get("forecast_hi_80"),
-                "change": None if forecast is None or previous is None else forecast - previous,
-                "served": run_served(run),
-                "status": run_status(run),
-            }
-        )
-    return rows
-
-
-def _titled(title: str, table: Any, footer: str | None = None) -> Any:
-    """A table under a bold title line (and over a footer line), neither wrapped to the table's width."""
-    from rich.console import Group
-    from rich.text import Text
-
-    return Group(Text(title, style="bold"), table, *([Text(footer)] if footer else []))
-
-
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
-
-
-def _styled(text: str, style: str) -> Any:
-    from rich.text import Text
-
-    return Text(text, style=style)
-
-
-def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
-    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (
-        ("data", "left"),
-        ("h", "right"),
-        ("target", "left"),
-        ("forecast", "right"),
-        ("80% range", "right"),
-        ("change", "right"),
-        ("served", "left"),
-        ("status", "left"),
-    ):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for r in rows:
-        change = "-" if r["change"] is None else f"{r['change']:+.2f}"
-        span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
-        tone = "green" if r["status"] == "ok" else "yellow" if r["status"].startswith("degraded") else "red"
-        table.add_row(
-            r["data_date"] or "-",
-            r["horizon"],
-            r["target_date"] or "-",
-            _money(r["forecast"]),
-            span,
-            change,
-            r["served"],
-            _styled(r["status"], tone),
-        )
-    return _titled("USD/CLP forecasts tracked in MLflow (CLP per USD), newest first", table)
-
-
-METRIC_INFO: dict[str, tuple[str, str, str]] = {
-    "rmse": ("RMSE", "CLP per USD", "lower is better"),
-    "mae": ("MAE", "CLP per USD", "lower is better"),
-    "mape": ("MAPE", "%", "lower is better"),
-    "ratio_to_naive": ("RMSE ratio to Naive", "x Naive's RMSE", "lower is better, below 1 beats the random walk"),
-    "coverage_80": ("80% interval coverage", "% of outcomes inside", "closest to 80% is best"),
-    "coverage_95": ("95% interval coverage", "% of outcomes inside", "closest to 95% is best"),
-    "direction_hit": ("direction hit rate", "% of origins", "higher is better"),
-}
-
-
-def compare_rows(runs: Sequence[StoredRun], metric: str) -> list[dict[str, Any]]:
-    """Per horizon: the latest run's `metric` for every model, the best model, and the best served run (pure)."""
+    query = """
+        select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
+        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
+        order by r.start_time
+    """
+    # INFO: as_uri escapes `#`, `?` and `%`, which would otherwise cut the path (and SQLite open another file)
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+        runs = conn.execute(query).fetchall()
+        metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
+        params = conn.execute("select run_uuid, key, value from params").fetchall()
+        tags = conn.execute("select run_uuid, 'fxcu.degraded', value from tags where key = 'fxcu.degraded'").fetchall()
+    by_run: dict[str, dict[str, Any]] = {}
+    for run_id, key, value in [*metrics, *params, *tags]:
+        by_run.setdefault(run_id, {})[key] = value
     rows = []
-    for horizon in HORIZONS:
-        mine = [r for r in runs if r.horizon == horizon]
-        if not mine:
+    for run_id, start_ms, experiment in runs:
+        values = by_run.get(run_id, {})
+        horizon = experiment.removeprefix(EXPERIMENT_PREFIX)
+        needed = (
+            "forecast",
+            "forecast_lo_80",
+            "forecast_hi_80",
+            "forecast_lo_95",
+            "forecast_hi_95",
+            "last_close",
+            "data_last_date",
+        )
+        if horizon not in HORIZONS or any(k not in values for k in needed):
             continue
-        latest, name = mine[0], f"{horizon}_{metric}"
-        models = [m for m in latest.params.get("models", "").split(",") if m]
-        values = {m: latest.metrics.get(f"{m}_{metric}") for m in [*models, COMBINATION]}
-        values[ENSEMBLE] = latest.metrics.get(name)
-        scored = {k: v for k, v in values.items() if v is not None}
-        finished = [r for r in mine if r.status == "FINISHED" and name in r.metrics]
-        best = min(finished, key=lambda r: metric_rank(name)(r.metrics[name]), default=None)
+        origin = date.fromisoformat(values["data_last_date"])
+        served = {k: float(values[f"forecast_{k}"]) for k in ("lo_80", "hi_80", "lo_95", "hi_95")}
+        point, last = float(values["forecast"]), float(values["last_close"])
         rows.append(
             {
                 "horizon": horizon,
-                "run_id": latest.run_id,
-                "data_date": latest.params.get("data_last_date"),
-                "models": values,
-                "best_model": min(scored, key=lambda k: metric_rank(name)(scored[k])) if scored else None,
-                "best_served": best.metrics[name] if best else None,
-                "best_served_data_date": best.params.get("data_last_date") if best else None,
-                "best_served_run": best.run_id if best else None,
+                "origin": origin,
+                "target": trading_dates(origin, HORIZONS[horizon])[-1],
+                "kind": "live",
+                "last_close": last,
+                "forecast": point,
+                **served,
+                **{f"rw_{k}": v * last / point for k, v in served.items()},
+                "point_model": served_point_model(values.get("ensemble_rule", "naive")),
+                "interval_model": "Naive",
+                "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
+                "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"],
+                "run_id": run_id,
+                "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
+                "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"),
+                "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
+                "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
+                "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
             }
         )
     return rows
 
 
-def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
-    """The `compare` table (Rich): models down, horizons across, the best of each column marked (pure)."""
-    from rich import box
-    from rich.table import Table
-
-    label, unit, better = METRIC_INFO[metric]
-    share = metric.startswith(("coverage", "direction"))
-    fmt = (
-        (lambda v: f"{v:.0%}")
-        if share
-        else (lambda v: f"{v:.4f}")
-        if metric == "ratio_to_naive"
-        else (lambda v: f"{v:.2f}")
-    )
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("model")
-    for r in rows:
-        table.add_column(r["horizon"], justify="right")
-    models = list(dict.fromkeys(m for r in rows for m in r["models"]))
-    for model in models:
-        cells = []
-        for r in rows:
-            value = r["models"].get(model)
-            best = model == r["best_model"]
-            cells.append(
-                "-" if value is None else _styled(fmt(value) + (" *" if best else "  "), "bold green" if best else "")
-            )
-        table.add_row(f"{model} (served)" if model == ENSEMBLE else model, *cells)
-    table.add_section()
-    table.add_row(
-        "best served, any run", *("-" if r["best_served"] is None else fmt(r["best_served"]) + "  " for r in rows)
-    )
-    table.add_row("  its data date", *((r["best_served_data_date"] or "-") + "  " for r in rows))
-    return _titled(f"{label} ({unit}): {better}", table, "Latest run of each horizon; * marks the best in its column.")
+# -- Shell: the forecast ledger --------------------------------------------------------
 
 
-def stats_rows(runs: Sequence[StoredRun], *, now: datetime) -> list[dict[str, Any]]:
-    """Per experiment: runs, share finished, failures, newest run's age and data date (pure)."""
-    rows = []
-    for horizon in HORIZONS:
-        mine = [r for r in runs if r.horizon == horizon]
-        finished = sum(r.status == "FINISHED" for r in mine)
-        newest = mine[0] if mine else None
-        age = None if newest is None else now.timestamp() - newest.start_ms / 1000
-        rows.append(
-            {
-                "experiment": EXPERIMENT_PREFIX + horizon,
-                "runs": len(mine),
-                "success_rate": finished / len(mine) if mine else None,
-                "failed": sum(r.status == "FAILED" for r in mine),
-                "degraded": sum(run_status(r).startswith("degraded") for r in mine),
-                "last_run_age_s": None if age is None else round(age),
-                "last_run": None if age is None else age_words(age),
-                "last_data_date": newest.params.get("data_last_date") if newest else None,
-            }
-        )
-    return rows
+class LedgerError(ValueError):
+    """A ledger that cannot be read or would shrink: it is left as it is."""
 
 
-def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> Any:
-    """The `stats` table (Rich) (pure)."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (
-        ("experiment", "left"),
-        ("runs", "right"),
-        ("finished", "right"),
-        ("failed", "right"),
-        ("degraded", "right"),
-        ("last run", "left"),
-        ("data", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
-        tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
-        failed = _styled(str(r["failed"]), "red" if r["failed"] else "")
-        table.add_row(
-            r["experiment"],
-            str(r["runs"]),
-            _styled(rate, tone),
-            failed,
-            str(r["degraded"]),
-            r["last_run"] or "never",
-            r["last_data_date"] or "-",
-        )
-    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
-    return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
+def ledger_path(config: Config) -> Path:
+    return config.warehouse / LEDGER
 
 
-def render(table: Any, *, color: bool, width: int = 100) -> str:
-    """Draw a Rich table as text at most `width` columns wide, with ANSI colour only when `color`."""
-    import io
-
-    from rich.console import Console
-
-    out = io.StringIO()
-    console = Console(
-        file=out,
-        width=width,
-        color_system="standard" if color else None,
-        force_terminal=color,
-        no_color=not color,
-        highlight=False,
-    )
-    console.print(table)
-    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
-
-
-def print_table(table: Any, environ: Mapping[str, str]) -> None:
-    """Print a table: colour on a terminal unless NO_COLOR is set, never 100 columns wider."""
-    import shutil
-
-    tty = sys.stdout.isatty()
-    width = min(shutil.get_terminal_size((100, 24)).columns, 100) if tty else 100
-    print(render(table, color=tty and not environ.get("NO_COLOR"), width=width))
-
-
-def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
-    """Print the recent runs of the horizons, newest first: forecast, range, change, served models, status."""
-    runs = read_runs(config, environ, horizons, last + 1)  # one more per horizon: the change of the oldest shown
-    rows = runs_rows(runs, last)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no runs yet: `fxcu run 7d` makes one")
-    else:
-        print_table(runs_table(rows), environ)
-    return 0
-
-
-def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
-    """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
-    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
-    label, unit, better = METRIC_INFO[metric]
-    if as_json:
-        print(
-            json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2)
-        )
-    elif not rows:
-        print("no runs yet: `fxcu run 7d` makes one")
-    else:
-        print_table(compare_table(rows, metric), environ)
-    return 0
-
-
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
-    """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
-    rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
-    db = store_path(config, environ)
-    artifacts = dir_size(config.mlruns)
-    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
-    if as_json:
-        print(json.dumps({"experiments": rows, **sizes}, indent=2))
-    else:
-        print_table(stats_table(rows, sizes), environ)
-    return 0
-
-
-def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
-    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
-    import sqlite3
-    import tarfile
-
-    db = config.mlflow_db
-    if not db.exists():
-        print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
-        return 1
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
-    with tempfile_dir(config.data_dir) as tmp:
-        copy = tmp / "mlflow.db"
-        with (
-            contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source,
-            contextlib.closing(sqlite3.connect(copy)) as target,
-        ):
-            source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
-            tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
-        if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
-            why = "no experiments or runs table"
-            print(f"fxcu: {db} is not an MLflow database ({why}): no backup written", file=sys.stderr)
-            return 1
-        with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
-            tar.add(copy, arcname="mlflow/mlflow.db")
-            mlruns = config.mlruns
-            if mlruns.exists():
-                tar.add(mlruns, arcname="mlflow/mlruns")
-    print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
-    return 0
-
-
-def cmd_track(
-    config: Config,
-    environ: Mapping[str, str],
-    horizons: Sequence[str],
-    *,
-    now: datetime,
-    last: int | None,
-    as_json: bool,
-    backfill: date | None,
-) -> int:
-    """Score the ledger against the warehouse and print the track record per horizon (imports no mlflow).
-
-    With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then, at
-    these horizons (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
-    """
+def read_ledger(path: Path) -> pl.DataFrame:
+    """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, left untouched."""
     import polars as pl
 
-    prices = read_cache(config.warehouse / USDCLP_CACHE, now=now)
-    if not prices.ok:
-        print(f"fxcu: no USD/CLP history in {config.warehouse} (run `fxcu fetch` first)", file=sys.stderr)
-        return 1
-    ledger = update_ledger(config, environ, prices.frame)
-    if backfill is not None:
-        copper = read_cache(config.warehouse / COPPER_CACHE, now=now)
-        made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
-        done = {o for o, n in made.group_by("origin").len().iter_rows() if n == len(horizons)}
-        origins = [d for d in weekly_origins(prices.frame[DATE].to_list(), backfill) if d not in done]
-        log.info(
-            "Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done)
-        )
-        for index, origin in enumerate(origins, 1):
-            rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
-            ledger = update_ledger(
-                config, environ, prices.frame, rows
-            )  # INFO: one write per origin: an interrupted backfill resumes
-            log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
-    record = track_record(ledger, horizons, last=last)
-    print(json.dumps(record, indent=2, default=str) if as_json else format_track(record))
-    return 0
-
-
-Level = Literal["OK", "WARNING", "CRITICAL"]
-LEVEL_CODE: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
-UNKNOWN = 3  # Nagios: the probe itself could not run (bad threshold, unexpected error)
-Check = tuple[str, Level, str]  # name, level, message: the message reads after "name: "
-
-# `check`'s default limits; sizes in decimal units, as its messages print them
-BYTES_PER_MB, BYTES_PER_GB = 10**6, 10**9
-DATA_CRITICAL_DAYS = 30.0  # USD/CLP a month old: every forecast since has been served from stale data
-RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday evening
-DB_WARN_MB = 100.0  # about 33 kB a run (issue 5): three years of weekday runs of four horizons; then prune
-DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
-DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """`check`'s limits: defaults from the config (`Thresholds.defaults`), then FXCU_CHECK_* variables, then flags."""
-
-    data_warn_days: float = 5  # USD/CLP and copper: Config.max_age_days, the age at which a run calls data stale
-    data_critical_days: float = DATA_CRITICAL_DAYS  # USD/CLP only: copper never stops a forecast
-    run_warn_hours: float = RUN_WARN_HOURS
-    db_warn_mb: float = DB_WARN_MB
-    disk_warn_gb: float = DISK_WARN_GB
-    disk_critical_gb: float = DISK_CRITICAL_GB
-
-    @classmethod
-    def defaults(cls, config: Config | None = None) -> Thresholds:
-        """The default limits for a config (pure): data warns past its `max_age_days` (FXCU_MAX_AGE_DAYS).
-
-        That is the age at which a run calls its data stale, so `check` and `run` agree. USD/CLP turns
-        CRITICAL past DATA_CRITICAL_DAYS, or twice the warning age when that is later.
-        """
-        if config is None:
-            return cls()
-        warn = float(config.max_age_days)
-        return cls(data_warn_days=warn, data_critical_days=max(DATA_CRITICAL_DAYS, 2 * warn))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], config: Config | None = None, **flags: float | None) -> Thresholds:
-        """The config's defaults, then FXCU_CHECK_<FIELD> variables, then flags; ConfigError if inconsistent."""
-        base = cls.defaults(config)
-        values = {
-            f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", getattr(base, f.name))
-            for f in dataclasses.fields(cls)
-        }
-        values |= {name: value for name, value in flags.items() if value is not None}
-        limits = cls(**values)
-        if limits.data_critical_days <= limits.data_warn_days:
-            raise ConfigError(
-                f"data critical age ({limits.data_critical_days:g} days) must exceed "
-                f"the warning age ({limits.data_warn_days:g})"
-            )
-        if limits.disk_critical_gb >= limits.disk_warn_gb:
-            raise ConfigError(
-                f"disk critical free space ({limits.disk_critical_gb:g} GB) must be below "
-                f"the warning ({limits.disk_warn_gb:g} GB)"
-            )
-        return limits
-
-
-@dataclass(frozen=True, slots=True)
-class Perf:
-    """One Nagios performance datum, rendered `'label'=value[uom];warn;crit;min;max`.
-
-    Nagios knows only the units s, %, B and c (and none), so ages carry their unit in the label.
-    A threshold `10:` alerts below 10 (Nagios range syntax), as free disk space needs.
-    """
-
-    label: str
-    value: float
-    uom: str = ""
-    warn: str = ""
-    crit: str = ""
-    min: float | None = 0
-    max: float | None = None
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def format_perf(perf: Sequence[Perf]) -> str:
-    """Perfdata for the part of the status line after `|`, trailing empty fields dropped."""
-    items = []
-    for p in perf:
-        fields = [f"{_num(p.value)}{p.uom}", p.warn, p.crit, _num(p.min), _num(p.max)]
-        items.append(f"'{p.label}'=" + ";".join(fields).rstrip(";"))
-    return " ".join(items)
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesFacts:
-    """What `check` read of a warehouse file: its last date and row count, or why it could not be read."""
-
-    file: str
-    last: date | None = None
-    rows: int = 0
-    error: str | None = None  # the exception's type name: the file is unreadable
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseFacts:
-    """What `check` read of the MLflow store: a remote URI (not probed), a missing file, or its runs and size."""
-
-    remote: str | None = None  # MLFLOW_TRACKING_URI, redacted
-    missing: Path | None = None
-    runs: int = 0
-    size_bytes: int = 0
-    error: str | None = None  # unreadable, or half-made by a crash
-
-
-@dataclass(frozen=True, slots=True)
-class CheckFacts:
-    """Everything `check` grades, read once by `read_check_facts`; `check_findings` and `check_perf` grade it."""
-
-    usdclp: SeriesFacts
-    copper: SeriesFacts
-    status: Mapping[str, Any]  # status.json: the last run per horizon
-    database: DatabaseFacts
-    free_bytes: int  # on the data dir's disk
-    ledger: pl.DataFrame | None = None  # scored in memory against the warehouse; None without a ledger
-    ledger_error: str | None = None  # the ledger exists but cannot be read
-
-
-def _with_rows(message: str, rows: int) -> str:
-    """`9 days old (last 2026-11-17)` -> `9 days old (last 2026-11-17, 6590 rows)`."""
-    return f"{message[:-1]}, {rows} rows)" if rows and message.endswith(")") else message
-
-
-def check_age(
-    name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
-) -> Check:
-    """Grade a series by the age of its last date (pure): WARNING past warn_days, CRITICAL past critical_days."""
-    if last is None:
-        return name, missing, "no data"
-    if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
-        return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
-    age = (today - last).days
-    level: Level = (
-        "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
-    )
-    return name, level, f"{age} days old (last {last})"
-
-
-def check_unreadable(name: str, facts: SeriesFacts) -> Check:
-    """A warehouse file that cannot be read is CRITICAL: a run would fail on it too (pure)."""
-    return name, "CRITICAL", f"{facts.file} unreadable ({facts.error})"
-
-
-def check_usdclp(facts: SeriesFacts, *, today: date, limits: Thresholds) -> Check:
-    """Grade USD/CLP by its warehouse age (pure): CRITICAL when missing, unreadable or past the critical age."""
-    if facts.error:
-        return check_unreadable("usdclp data", facts)
-    name, level, message = check_age(
-        "usdclp data",
-        facts.last,
-        today=today,
-        warn_days=limits.data_warn_days,
-        critical_days=limits.data_critical_days,
-        missing="CRITICAL",
-    )
-    return name, level, _with_rows(message, facts.rows)
-
-
-def check_copper(
-    last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds
-) -> Check:
-    """One copper verdict from its warehouse age and the last run's degraded reasons, so none contradict (pure)."""
-    name, level, message = check_age(
-        "copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING"
-    )
-    message = "no data: forecasts run without copper" if last is None else _with_rows(message, rows)
-    said = {
-        Degraded.NO_COPPER: "the last run had no copper",
-        Degraded.STALE_COPPER: "the last run had stale copper (no copper model)",
-    }
-    found = [said[r] for r in degraded or () if r in said]
-    if found and last is not None:
-        level, message = "WARNING", f"{found[0]}; data {message}"
-    elif degraded and Degraded.MONTHLY_COPPER in degraded:
-        message += "; the last run used monthly FRED copper (degraded)"
-    return name, level, message
-
-
-def last_run_degraded(status: Mapping[str, Any]) -> list[str] | None:
-    """The degraded reasons of the latest run of any horizon in the status file; None when none has a time (pure)."""
-    timed = [(stamp, e) for e in status.values() if (stamp := _entry_time(e)) is not None]
-    if not timed:
-        return None
-    listed = max(timed, key=lambda pair: pair[0])[1].get("degraded")
-    return [str(d) for d in listed] if isinstance(listed, list) else []
-
-
-def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float = RUN_WARN_HOURS) -> Iterator[Check]:
-    """Grade the last run of each horizon from the status file (pure): failed CRITICAL; untracked or old WARNING."""
-    for horizon in HORIZONS:
-        entry = status.get(horizon)
-        name = f"run {horizon}"
-        if not entry:
-            yield name, "WARNING", "never run"
-            continue
-        stamp = _entry_time(entry)
-        if stamp is None:
-            yield name, "WARNING", "status.json entry malformed (no valid time); the next run rewrites it"
-            continue
-        age = (now - stamp).total_seconds() / 3600
-        if not entry.get("ok"):
-            yield name, "CRITICAL", f"last run failed {age:.0f} h ago: {entry.get('error', 'no report')}"
-        elif not entry.get("tracked"):
-            yield name, "WARNING", f"last run {age:.0f} h ago, NOT tracked in MLflow ({entry.get('tracking_error')})"
-        elif age > max_age_hours:
-            yield name, "WARNING", f"last run {age:.0f} h ago (older than {max_age_hours:.0f} h)"
-        else:
-            reasons = entry.get("degraded") if isinstance(entry.get("degraded"), list) else []
-            degraded = f", degraded: {', '.join(map(str, reasons))}" if reasons else ""
-            yield (
-                name,
-                "OK",
-                f"{age:.1f} h ago, tracked, forecast {entry.get('forecast')} for {entry.get('target_date')}{degraded}",
-            )
-
-
-def _entry_time(entry: Any) -> datetime | None:
-    """The time of a status entry, or None when the entry is not a mapping with an ISO time (with zone)."""
+    if not path.exists():
+        return empty_ledger()
     try:
-        stamp = datetime.fromisoformat(entry["time"])
-    except (TypeError, KeyError, ValueError):
-        return None
-    return stamp if stamp.tzinfo is not None else None
-
-
-def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
-    """Grade the local MLflow database by its size (pure): WARNING over db_warn_mb."""
-    over = size_bytes > limits.db_warn_mb * BYTES_PER_MB
-    return (
-        "mlflow database",
-        "WARNING" if over else "OK",
-        f"{runs} runs, {size_bytes / BYTES_PER_MB:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
-    )
-
-
-def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
-    """Grade the MLflow store (pure): a remote one is not probed, a missing one warns, an unreadable one is CRITICAL."""
-    name = "mlflow database"
-    if facts.remote is not None:
-        return name, "OK", f"remote tracking at {facts.remote} (not probed)"
-    if facts.missing is not None:
-        return name, "WARNING", f"missing ({facts.missing}); run `fxcu init`"
-    if facts.error is not None:
-        return name, "CRITICAL", f"unreadable ({facts.error})"
-    return check_database(facts.size_bytes, facts.runs, limits=limits)
-
-
-def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
-    """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
-    level: Level = (
-        "CRITICAL"
-        if free_bytes < limits.disk_critical_gb * BYTES_PER_GB
-        else "WARNING"
-        if free_bytes < limits.disk_warn_gb * BYTES_PER_GB
-        else "OK"
-    )
-    return "disk", level, f"{free_bytes / BYTES_PER_GB:.1f} GB free"
-
-
-def check_ledger(facts: CheckFacts, *, today: date) -> list[Check]:
-    """The track-record checks (pure): none without a ledger, a WARNING for an unreadable one, else `check_track`."""
-    if facts.ledger_error is not None:
-        return [("track record", "WARNING", facts.ledger_error)]
-    return [] if facts.ledger is None else check_track(facts.ledger, today=today)
-
-
-def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Check]:
-    """Every check of the facts (pure), in the order the plugin prints them."""
-    today = now.date()
-    copper = facts.copper
-    return [
-        check_usdclp(facts.usdclp, today=today, limits=limits),
-        check_unreadable("copper data", copper)
-        if copper.error
-        else check_copper(copper.last, copper.rows, last_run_degraded(facts.status), today=today, limits=limits),
-        *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
-        *check_ledger(facts, today=today),
-        check_mlflow(facts.database, limits=limits),
-        check_disk(facts.free_bytes, limits=limits),
-    ]
-
-
-def track_perf(ledger: pl.DataFrame) -> list[Perf]:
-    """Perfdata of the live record: each horizon's 80% and 95% coverage over its last CHECK_LAST scored forecasts."""
-    record = track_record(ledger, list(HORIZONS), last=CHECK_LAST)
-    return [
-        Perf(f"live_coverage_{level}_{horizon}", round(100 * stats[f"coverage_{level}"], 1), "%", min=0, max=100)
-        for horizon, stats in record.items()
-        for level in LEVELS
-        if stats["scored"] and stats[f"coverage_{level}"] is not None
-    ]
-
-
-def check_perf(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[Perf]:
-    """The perfdata of the facts (pure): data ages, live coverage, run ages, database size, free disk."""
-    today = now.date()
-    data_warn = f"{limits.data_warn_days:g}"
-    perf = [
-        Perf(f"{label}_age_days", (today - s.last).days, warn=data_warn, crit=crit)
-        for label, s, crit in (
-            ("usdclp", facts.usdclp, f"{limits.data_critical_days:g}"),
-            ("copper", facts.copper, ""),  # copper never stops a forecast: no critical age
+        frame = pl.read_parquet(path)
+        schema = ledger_schema()
+        # INFO: a ledger written before a column existed gains it as nulls, never loses rows
+        return (
+            frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns)
+            .select(list(schema))
+            .cast(schema)
         )
-        if s.last is not None and not s.error
-    ]
-    perf += track_perf(facts.ledger) if facts.ledger is not None else []
-    perf += [
-        Perf(f"run_{h}_age_hours", round((now - stamp).total_seconds() / 3600, 2), warn=f"{limits.run_warn_hours:g}")
-        for h in HORIZONS
-        if (stamp := _entry_time(facts.status.get(h))) is not None
-    ]
-    db = facts.database
-    if db.remote is None and db.missing is None and db.error is None:
-        perf.append(Perf("mlflow_db", db.size_bytes, "B", warn=f"{limits.db_warn_mb * BYTES_PER_MB:.0f}"))
-    warn, crit = (f"{gb * BYTES_PER_GB:.0f}:" for gb in (limits.disk_warn_gb, limits.disk_critical_gb))
-    perf.append(Perf("disk_free", facts.free_bytes, "B", warn=warn, crit=crit))
-    return perf
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is reported, never overwritten
+        raise LedgerError(f"forecast ledger {path} unreadable ({type(exc).__name__}); left untouched") from None
 
 
-def overall(checks: Sequence[Check]) -> Level:
-    """The worst level of all checks."""
-    return max((level for _, level, _ in checks), key=LEVEL_CODE.__getitem__, default="OK")
+def write_ledger(ledger: pl.DataFrame, path: Path) -> None:
+    """Write the ledger atomically, refusing to replace it with fewer rows."""
+    import polars as pl
+
+    if path.exists():
+        before = pl.scan_parquet(path).select(pl.len()).collect().item()
+        if ledger.height < before:
+            raise LedgerError(f"refusing to shrink the forecast ledger from {before} to {ledger.height} rows")
+    write_parquet_atomic(ledger, path)
 
 
-def headline(checks: Sequence[Check]) -> str:
-    """The Nagios status line: overall level and worst problem, e.g. `WARNING - copper data: 9 days old` (pure)."""
-    level = overall(checks)
-    if level == "OK":
-        return f"OK - all {len(checks)} checks passed"
-    worst = [c for c in checks if c[1] == level]
-    others = sum(lv != "OK" for _, lv, _ in checks) - 1
-    return f"{level} - {worst[0][0]}: {worst[0][2]}" + (
-        f" (+{others} more {'problem' if others == 1 else 'problems'})" if others else ""
-    )
+@contextlib.contextmanager
+def ledger_lock(config: Config) -> Iterator[None]:
+    """Hold the ledger's lock: one read-modify-write at a time."""
+    with file_lock(config.warehouse / ".ledger.lock", timeout=config.lock_timeout, what="ledger lock"):
+        yield
 
 
-def format_check(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
-    """The plugin output: status line with perfdata after `|`, then one line per check (pure)."""
-    first = headline(checks) + (f" | {format_perf(perf)}" if perf else "")
-    return "\n".join([first, *(f"{lv:<8} {name}: {message}" for name, lv, message in checks)])
+def update_ledger(
+    config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()
+) -> pl.DataFrame:
+    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it on `prices`, write it."""
+    path = ledger_path(config)
+    with ledger_lock(config):
+        ledger = read_ledger(path)
+        if not path.exists():
+            db = mlflow_sqlite_db(config, environ)
+            found = read_mlflow_forecasts(db) if db is not None and db.exists() else []
+            if found:
+                log.info("Forecast ledger backfilled from %d MLflow runs", len(found))
+            ledger = upsert_ledger(ledger, found)
+        ledger = score_ledger(upsert_ledger(ledger, rows), prices)
+        write_ledger(ledger, path)
+        return ledger
 
 
-def format_check_json(checks: Sequence[Check], perf: Sequence[Perf]) -> str:
-    """`check --json`: status, headline, checks and perfdata for scripts (pure)."""
-    document = {
-        "status": overall(checks),
-        "headline": headline(checks),
-        "checks": [{"name": n, "level": lv, "message": m} for n, lv, m in checks],
-        "perfdata": [dataclasses.asdict(p) for p in perf],
-    }
-    return json.dumps(document, indent=2)
+def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, last: int = 120) -> Figure | None:
+    """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; None with none."""
+    import polars as pl
+    from matplotlib.figure import Figure
+
+    rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
+    shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
+    if rows.is_empty():
+        return None
+    fig = Figure(figsize=(10, 5), dpi=100)  # INFO: the object API, as in `chart_figure`
+    ax = fig.subplots()
+    start = min(frame["origin"].min() for frame in shown.values() if frame.height)
+    hist = prices.filter(pl.col(DATE) >= start)
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
+    for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
+        mine = shown[kind]
+        if mine.is_empty():
+            continue
+        x = mine["target"].to_list()
+        ax.vlines(
+            x,
+            mine["lo_95"].to_list(),
+            mine["hi_95"].to_list(),
+            color=colour,
+            alpha=0.25,
+            lw=3,
+            label=f"95% served ({kind})",
+        )
+        ax.vlines(
+            x,
+            mine["lo_80"].to_list(),
+            mine["hi_80"].to_list(),
+            color=colour,
+            alpha=0.6,
+            lw=3,
+            label=f"80% served ({kind})",
+        )
+        ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
+        missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
+        ax.scatter(
+            missed["actual_date"].to_list(), missed["actual"].to_list(), color="tab:red", marker="x", s=20, zorder=4
+        )
+    ax.scatter([], [], color="tab:red", marker="x", label="outside the 80% range")
+    ax.set_ylabel("CLP per USD")
+    ax.set_title(f"USD/CLP {horizon}: realised closes against the ranges served for their dates")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, path: Path, *, last: int = 120) -> bool:
+    """Save `track_figure` as a PNG at `path` (atomically); False, and no file, when the horizon has no forecasts."""
+    fig = track_figure(ledger, prices, horizon, last=last)
+    if fig is None:
+        return False
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
+
+
+# -- Shell: email ----------------------------------------------------------------------
+
+
+def send_email(environ: Mapping[str, str], message: Any) -> bool:
+    """Send a message to FXCU_SMTP_HOST; a failure is logged, never raised.
+
+    Port 465 speaks TLS from the start; other ports use STARTTLS unless FXCU_SMTP_STARTTLS=0.
+    Certificates are verified (FXCU_SMTP_CAFILE adds a private CA), and credentials are never
+    sent without TLS.
+    """
+    import smtplib
+    import ssl
+
+    host, user = environ["FXCU_SMTP_HOST"], environ.get("FXCU_SMTP_USER")
+    try:
+        port = int(environ.get("FXCU_SMTP_PORT") or 587)
+        implicit = port == 465
+        starttls = not implicit and env_flag(environ, "FXCU_SMTP_STARTTLS", True)
+        if user and not (implicit or starttls):
+            raise ValueError("refusing to send SMTP credentials without TLS (FXCU_SMTP_STARTTLS=0 on a plain port)")
+        context = ssl.create_default_context(cafile=environ.get("FXCU_SMTP_CAFILE") or None)
+        smtp_class = smtplib.SMTP_SSL if implicit else smtplib.SMTP
+        extra = {"context": context} if implicit else {}
+        with smtp_class(host, port, timeout=30, **extra) as smtp:
+            if starttls:
+                smtp.starttls(context=context)
+            if user:
+                smtp.login(user, environ.get("FXCU_SMTP_PASSWORD", ""))
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        # INFO: a UnicodeError's text quotes the offending characters, which may be the password's
+        detail = "" if isinstance(exc, UnicodeError) else str(exc).splitlines()[0] if str(exc) else ""
+        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
+        return False
+    log.info("Report emailed to %s", message["To"])
+    return True
+
+
+def email_reports(
+    config: Config,
+    environ: Mapping[str, str],
+    forecasts: Sequence[Forecast],
+    bundle: Bundle,
+    reports: Sequence[Report],
+    *,
+    now: datetime,
+    preview: Path | None = None,
+    extra: Mapping[str, Sequence[Section]] | None = None,
+) -> bool:
+    """Build one email for the run's horizons, write it to `preview` or send it; a failure is logged, never raised.
+
+    `extra` adds sections per horizon (what changed since the last run).
+    """
+    from email.utils import make_msgid
+
+    to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
+    if preview is None and not (environ.get("FXCU_SMTP_HOST") and to):
+        return False
+    sender = environ.get("FXCU_SMTP_FROM") or environ.get("FXCU_SMTP_USER") or "fxcu@localhost"
+    try:
+        charts = {
+            fc.horizon: r.chart.read_bytes() if r.chart else None for fc, r in zip(forecasts, reports, strict=True)
+        }
+        domain = sender.rpartition("@")[2] or "localhost"
+        message = build_email(
+            forecasts,
+            bundle,
+            charts,
+            now=now,
+            sender=sender,
+            to=to or ["undisclosed-recipients:;"],
+            message_id=make_msgid("fxcu", domain=domain),
+            extra=extra,
+        )
+        if preview is not None:
+            write_text_atomic(message.as_bytes(), preview)
+            log.info("Email written to %s, not sent", preview)
+            return True
+    except (OSError, ValueError) as exc:
+        log.error(
+            "Email could not be built (%s: %s); the run is not affected",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        return False
+    return send_email(environ, message)
+
+
+# -- Shell: the facts `check` grades ---------------------------------------------------
 
 
 def read_series_stats(path: Path) -> tuple[date | None, int]:
@@ -7073,6 +6594,537 @@ def read_check_facts(config: Config, environ: Mapping[str, str]) -> CheckFacts:
     )
 
 
+# -- Commands: fetch, validate, run ----------------------------------------------------
+
+
+def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
+    """Refresh both series through their chains into the warehouse; print what was used."""
+    usdclp, copper = fetch_both(config, client, now=now)
+    for series in (usdclp, copper):
+        print(format_series_line(series))
+        # INFO: an unavailable series' line already lists every source's failure
+        for line in series.notes if series.ok else [n for n in series.notes if n not in series.failures]:
+            print(f"  {line}")
+        for reason in dict.fromkeys(map(str, series.degraded)):
+            print(f"  degraded: {reason}")
+    return 0 if usdclp.ok else 1
+
+
+def _empty_features() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(
+        schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}}
+    )
+
+
+class Stages:
+    """Wall time of a run's stages by name, in the order they first ran; a stage timed again adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def merge(self, other: Stages) -> None:
+        """Add another timer's stages to these."""
+        for name, seconds in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def format_stages(seconds: Mapping[str, float]) -> str:
+    """`fetch 0.12 s, backtest 2.53 s, ...` (pure)."""
+    return ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+
+
+class NoForecast(Exception):
+    """No forecast can be made: no usable USD/CLP, or too little history for an honest backtest."""
+
+
+def cmd_validate(config: Config, client: httpx.Client | None, *, now: datetime) -> int:
+    """Load, compute features, check ranges and freshness; 0 when every check passes, 1 otherwise."""
+    try:
+        bundle = load(config, client, now=now)
+    except ValueError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 1
+    features = bundle.copper_features if bundle.copper_features is not None else _empty_features()
+    found = feature_problems(
+        features, bundle.usdclp, bundle.copper, now=now, max_age=timedelta(days=config.max_age_days)
+    )
+    if bundle.copper is None:
+        found.append("copper unavailable: forecasts would run without copper")
+    print(format_validation(bundle, found))
+    return 1 if found else 0
+
+
+def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: str) -> int:
+    """Say why no forecast was made, record it for `check` under every horizon, and return exit code 1."""
+    print(f"fxcu: {reason}", file=sys.stderr)
+    for horizon in horizons:
+        write_status(config, horizon, {"time": now.isoformat(), "ok": False, "tracked": False, "error": reason})
+    return 1
+
+
+def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame) -> pl.DataFrame | None:
+    """The run's scored ledger (backfilled from MLflow the first time), or None when it cannot be updated."""
+    try:
+        return update_ledger(config, environ, prices)
+    except Exception as exc:  # noqa: BLE001 -- the track record is never worth a failed forecast
+        log.error("Forecast ledger not updated (%s: %s): forecasting without the track record", type(exc).__name__, exc)
+        return None
+
+
+def _track_horizon(
+    config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime
+) -> dict[str, Any]:
+    """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
+    import polars as pl
+
+    entry = ledger_entry(fc, bundle, run_id=None, now=now)
+    if ledger is None:
+        return {"entry": entry, "metrics": {}, "change": None, "chart": None, "section": []}
+    mine = ledger.filter((pl.col("horizon") == fc.horizon) & (pl.col("kind") == "live"))
+    previous = mine.sort("recorded_at").tail(1).row(0, named=True) if mine.height else None
+    stats = track_record(ledger, [fc.horizon])[fc.horizon]
+    chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
+    try:
+        # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
+        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
+            chart = None
+    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
+        log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
+        chart = None
+    change = what_changed(previous, entry)
+    section = format_track_section(fc.horizon, stats, change, chart.name if chart else None)
+    return {"entry": entry, "metrics": live_metrics(stats), "change": change, "chart": chart, "section": section}
+
+
+def _log_horizon(
+    config: Config,
+    tracker: Tracker,
+    fc: Forecast,
+    bundle: Bundle,
+    report: Report | None,
+    track: Mapping[str, Any],
+    *,
+    now: datetime,
+    seconds: Mapping[str, float],
+) -> tuple[str | None, str | None]:
+    """Track one horizon's run through the tracking process: (run id, None), or (None, why not) logged as an error."""
+    run_id, error = None, tracker.skip
+    if error is None:
+        try:
+            with tempfile_dir(config.data_dir) as tmp:
+                inputs, digest = write_inputs(bundle, tmp / "inputs")
+                files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+                record = run_record(
+                    fc,
+                    bundle,
+                    now=now,
+                    seconds=seconds,
+                    artifacts=[*files, *inputs],
+                    input_hash=digest,
+                    versions=package_versions(),
+                )
+                reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
+                record = dataclasses.replace(
+                    record,
+                    metrics=record.metrics | track["metrics"],
+                    tags=record.tags | {"fxcu.changed": reasons or "nothing"},
+                    artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
+                )
+                run_id, error = tracker.log(record)  # INFO: inside the scratch folder, which holds the artifacts
+        except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
+            error = tracking_failure(exc, config.fred_api_key)
+    if run_id is not None:
+        log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
+    else:
+        log.error("MLflow tracking failed (%s): the forecast and its report are kept", error)
+    return run_id, error
+
+
+def _write_run_status(config: Config, horizon: str, outcome: Mapping[str, Any], *, now: datetime) -> None:
+    """Record this horizon's run for `check`; a failure to write it is logged, never raised."""
+    try:
+        write_status(
+            config,
+            horizon,
+            {
+                "time": now.isoformat(),
+                "ok": outcome.get("report") is not None,
+                "tracked": outcome["run_id"] is not None,
+                "run_id": outcome["run_id"],
+                "tracking_error": outcome["tracking_error"],
+                "forecast": outcome["forecast"],
+                "target_date": outcome["target_date"],
+                "degraded": outcome["degraded"],
+            },
+        )
+    except (OSError, TimeoutError) as exc:
+        log.error("Status file could not be written (%s): `check` will not see this run", exc)
+
+
+def _run_horizon(
+    config: Config,
+    bundle: Bundle,
+    fc: Forecast,
+    tracker: Tracker,
+    ledger: pl.DataFrame | None,
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    seconds: Mapping[str, float],
+    stages: Stages,
+) -> dict[str, Any]:
+    """Report one horizon's forecast, track it, add it to the ledger and the status file; return its summary.
+
+    `seconds` are the run's shared stages so far; this horizon's own (report, tracking) go to `stages`.
+    """
+    horizon, bt = fc.horizon, fc.backtest
+    for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
+        log.warning("%s: %s", horizon, note)
+    log.info("%s: serving %s", horizon, fc.interval_label)
+    outcome: dict[str, Any] = summary(fc, bundle)
+    track = _track_horizon(config, fc, bundle, ledger, now=now)
+    outcome |= {"changed": track["change"], "live": track["metrics"]}
+    report = None
+    with stages("report"):
+        try:
+            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
+            outcome["report"] = str(report.markdown)
+        except OSError as exc:
+            log.error(
+                "Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc
+            )
+    with stages("tracking"):
+        run_id, tracking_error = _log_horizon(
+            config, tracker, fc, bundle, report, track, now=now, seconds={**seconds, **stages.seconds}
+        )
+    outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
+    if ledger is not None:
+        try:
+            update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
+        except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
+            log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
+    _write_run_status(config, horizon, outcome, now=now)
+    return outcome
+
+
+def make_forecasts(
+    config: Config, client: httpx.Client | None, horizons: Sequence[str], *, now: datetime, stages: Stages
+) -> tuple[Bundle, dict[str, Forecast]]:
+    """Fetch once, build the features, backtest points and ranges, and forecast every horizon; raise NoForecast."""
+    with stages("fetch"):
+        usdclp, copper = fetch_both(config, client, now=now)
+    if not usdclp.ok:
+        raise NoForecast(f"no usable USD/CLP data: {usdclp.error}")
+    with stages("features"):
+        bundle = build_bundle(usdclp, copper)
+    for reason in bundle.degraded_detail:
+        log.warning("Degraded run: %s", reason)
+    log.info("Backtesting %s (%d origins per horizon)", ", ".join(horizons), WINDOWS)
+    try:
+        with stages("backtest"):
+            backtests = backtest_all(bundle.usdclp, bundle.copper, horizons)
+    except ValueError as exc:  # too little history for an honest backtest: no forecast without one
+        raise NoForecast(f"cannot forecast: {exc}") from exc
+    log.info("Backtesting the ranges of %s (%d weekly origins)", ", ".join(horizons), DENSITY_ORIGINS)
+    with stages("density_backtest"):
+        densities = density_backtest_all(bundle.usdclp, bundle.copper, horizons)
+    log.info("Forecasting %s", ", ".join(horizons))
+    with stages("forecast"):
+        forecasts = forecast_all(bundle.usdclp, bundle.copper, horizons, backtests=backtests, densities=densities)
+    return bundle, forecasts
+
+
+def _report_horizons(
+    config: Config,
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    ledger: pl.DataFrame | None,
+    tracker: Tracker,
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    stages: Stages,
+) -> list[dict[str, Any]]:
+    """Report, track and record the status of each horizon in turn; return their summaries."""
+    summaries, shared = [], dict(stages.seconds)  # every horizon logs the shared stages, then its own
+    for index, (horizon, fc) in enumerate(forecasts.items(), 1):
+        log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
+        mine = Stages()
+        outcome = _run_horizon(
+            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=shared, stages=mine
+        )
+        stages.merge(mine)
+        summaries.append(outcome)
+    return summaries
+
+
+def _email_run(
+    config: Config,
+    environ: Mapping[str, str],
+    bundle: Bundle,
+    forecasts: Mapping[str, Forecast],
+    summaries: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    preview: Path | None,
+) -> None:
+    """One email for the whole run (a digest for `run all`), with every horizon whose report was written."""
+    written = [o for o in summaries if o.get("report")]
+    if not written:
+        return
+    changed = {
+        o["horizon"]: [Section("changed", "What changed since the last run", (format_change(o["changed"]),))]
+        for o in written
+        if o.get("changed") is not None
+    }
+    fcs, files = [forecasts[o["horizon"]] for o in written], [report_files(Path(o["report"])) for o in written]
+    email_reports(config, environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
+
+
+def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Print each horizon's summary, report and run id; with `as_json` one JSON object (keyed by horizon if several)."""
+    if as_json:
+        document = summaries[0] if len(summaries) == 1 else {s["horizon"]: s for s in summaries}
+        print(json.dumps(document, indent=2, default=str))
+        return
+    for outcome in summaries:
+        print(format_summary(outcome))
+        print(
+            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
+            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
+        )
+
+
+def cmd_run(
+    config: Config,
+    client: httpx.Client | None,
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+    environ: Mapping[str, str],
+    skip_email: bool = False,
+    as_json: bool = False,
+    email_preview: Path | None = None,
+) -> int:
+    """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
+
+    0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
+    backtest, or no report could be written. MLflow runs in a child process (`Tracker`) started first.
+    """
+    _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
+    stages = Stages()
+    with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
+        with stages("tracking_start"):
+            tracker = Tracker(config, environ)
+        with tracker:
+            try:
+                bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
+            except NoForecast as exc:
+                return _fail_run(config, horizons, now, str(exc))
+            with stages("score"):
+                ledger = _run_ledger(config, environ, bundle.usdclp)
+            summaries = _report_horizons(
+                config, bundle, forecasts, ledger, tracker, now=now, environ=environ, stages=stages
+            )
+            with stages("email"):
+                if email_preview or not skip_email:
+                    _email_run(config, environ, bundle, forecasts, summaries, now=now, preview=email_preview)
+            with stages("tracking_stop"):
+                tracker.close()
+    print_summaries(summaries, as_json=as_json)
+    log.info("Stage times: %s", format_stages(stages.seconds))
+    return max(0 if outcome.get("report") else 1 for outcome in summaries)
+
+
+# -- Commands: the tracking store (init, ui, runs, compare, stats, backup) -------------
+
+
+def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
+    """Create the MLflow database and the four experiments; running it again changes nothing."""
+    uri, client = tracking_store(config, environ)
+    _follow_data_dir(config, uri)
+    print(f"tracking URI: {redact_uri(uri)}")
+    if uri.startswith("sqlite:") and retire_default_experiment(client):
+        print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
+    for horizon in HORIZONS:
+        name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
+        experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
+        location = client.get_experiment(experiment_id).artifact_location
+        print(
+            f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon}"
+            f" (id {experiment_id}, artifacts {location})"
+        )
+    for folder in ("warehouse", "reports", "mlflow/mlruns"):
+        (config.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    print(f"data dir: {config.data_dir}")
+    return 0
+
+
+def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow server` command line that serves the store's UI, artifacts read from the data dir (pure)."""
+    artifacts = config.mlruns.as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+        "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
+    """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
+    import subprocess
+
+    uri = tracking_uri(config, environ)
+    if not uri.startswith("sqlite:"):
+        print(f"fxcu: MLFLOW_TRACKING_URI is a server ({redact_uri(uri)}): open its own UI", file=sys.stderr)
+        return 1
+    shown = f"[{host}]" if ":" in host else host
+    print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
+    # INFO: the server's own log lines go to stderr, so stdout holds only the URL
+    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(30)
+        return 0
+
+
+def print_table(table: Any, environ: Mapping[str, str]) -> None:
+    """Print a table: colour on a terminal unless NO_COLOR is set, never 100 columns wider."""
+    import shutil
+
+    tty = sys.stdout.isatty()
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100) if tty else 100
+    print(render(table, color=tty and not environ.get("NO_COLOR"), width=width))
+
+
+def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
+    """Print the recent runs of the horizons, newest first: forecast, range, change, served models, status."""
+    runs = read_runs(config, environ, horizons, last + 1)  # one more per horizon: the change of the oldest shown
+    rows = runs_rows(runs, last)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(runs_table(rows), environ)
+    return 0
+
+
+def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
+    """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
+    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
+    label, unit, better = METRIC_INFO[metric]
+    if as_json:
+        print(
+            json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2)
+        )
+    elif not rows:
+        print("no runs yet: `fxcu run 7d` makes one")
+    else:
+        print_table(compare_table(rows, metric), environ)
+    return 0
+
+
+def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
+    """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
+    rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
+    db = store_path(config, environ)
+    artifacts = dir_size(config.mlruns)
+    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
+    if as_json:
+        print(json.dumps({"experiments": rows, **sizes}, indent=2))
+    else:
+        print_table(stats_table(rows, sizes), environ)
+    return 0
+
+
+def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
+    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
+    import sqlite3
+    import tarfile
+
+    db = config.mlflow_db
+    if not db.exists():
+        print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
+        return 1
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / f"fxcu_mlflow_{now:%Y%m%d_%H%M%S}.tar.gz"
+    with tempfile_dir(config.data_dir) as tmp:
+        copy = tmp / "mlflow.db"
+        with (
+            contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(copy)) as target,
+        ):
+            source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
+            tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
+        if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
+            why = "no experiments or runs table"
+            print(f"fxcu: {db} is not an MLflow database ({why}): no backup written", file=sys.stderr)
+            return 1
+        with atomic_path(archive) as partial, tarfile.open(partial, "w:gz") as tar:
+            tar.add(copy, arcname="mlflow/mlflow.db")
+            mlruns = config.mlruns
+            if mlruns.exists():
+                tar.add(mlruns, arcname="mlflow/mlruns")
+    print(f"backup written: {archive} ({archive.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+# -- Commands: track and check ---------------------------------------------------------
+
+
+def cmd_track(
+    config: Config,
+    environ: Mapping[str, str],
+    horizons: Sequence[str],
+    *,
+    now: datetime,
+    last: int | None,
+    as_json: bool,
+    backfill: date | None,
+) -> int:
+    """Score the ledger against the warehouse and print the track record per horizon (imports no mlflow).
+
+    With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then, at
+    these horizons (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
+    """
+    import polars as pl
+
+    prices = read_cache(config.warehouse / USDCLP_CACHE, now=now)
+    if not prices.ok:
+        print(f"fxcu: no USD/CLP history in {config.warehouse} (run `fxcu fetch` first)", file=sys.stderr)
+        return 1
+    ledger = update_ledger(config, environ, prices.frame)
+    if backfill is not None:
+        copper = read_cache(config.warehouse / COPPER_CACHE, now=now)
+        made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
+        done = {o for o, n in made.group_by("origin").len().iter_rows() if n == len(horizons)}
+        origins = [d for d in weekly_origins(prices.frame[DATE].to_list(), backfill) if d not in done]
+        log.info(
+            "Backfill: %d weekly origins since %s to reconstruct (%d already done)", len(origins), backfill, len(done)
+        )
+        for index, origin in enumerate(origins, 1):
+            rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
+            ledger = update_ledger(
+                config, environ, prices.frame, rows
+            )  # INFO: one write per origin: an interrupted backfill resumes
+            log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
+    record = track_record(ledger, horizons, last=last)
+    print(json.dumps(record, indent=2, default=str) if as_json else format_track(record))
+    return 0
+
+
 def gather_checks(
     config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
 ) -> tuple[list[Check], list[Perf]]:
@@ -7111,35 +7163,7 @@ def cmd_check(
     return LEVEL_CODE[overall(checks)]
 
 
-def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level, str]]:
-    """Ask each source for a few days with a short timeout, no retries; then say how Yahoo was reached."""
-    config = dataclasses.replace(config, timeout=timeout)
-    probes = [
-        (
-            source,
-            f"{getattr(config, source.base)}{source.path}{source.probe[0]}",
-            with_key(source.probe[1], config.fred_api_key),
-        )
-        for series in SOURCES.values()
-        for source in series
-        if config.fred_api_key or not source.key
-    ]
-    found: list[tuple[str, Level, str]] = []
-    # the run's own bounded reader (size cap, wall-clock end), one try: a hostile body costs a probe no more than a run
-    fetch_json = make_fetch_json(dataclasses.replace(config, attempts=1, network_budget=2 * timeout))
-    yahoo = YahooSession(config)
-    with make_client(config, yahoo) as client:
-        for source, url, params in probes:
-            try:
-                rows = source.parse(fetch_json(client, url, params)).height
-                found.append((f"source {source.label}", "OK", f"{rows} rows"))
-            except Exception as exc:  # noqa: BLE001 -- every failure is a finding
-                found.append((f"source {source.label}", "WARNING", describe_error(exc, config.fred_api_key)))
-    found.append(("yahoo session", yahoo.level(), f"{yahoo.transport_text()}; {yahoo.crumb_text()}"))
-    return found
-
-
-# -- CLI -----------------------------------------------------------------------------
+# -- CLI -------------------------------------------------------------------------------
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -7149,6 +7173,47 @@ class OneLineParser(argparse.ArgumentParser):
         # INFO: a monitoring plugin given bad arguments exits UNKNOWN (3), not 2, which Nagios reads as CRITICAL
         code = UNKNOWN if self.prog.endswith(" check") else 2
         self.exit(code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1e12:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def iso_date(text: str) -> date:
+    """argparse type: a YYYY-MM-DD date."""
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def run_horizons(text: str) -> list[str]:
+    """argparse type: '7d' -> ['7d'], 'all' -> all four horizons."""
+    if text.strip().lower() == "all":
+        return list(HORIZONS)
+    try:
+        parse_horizon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return [text.strip().lower()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -7215,92 +7280,6 @@ def build_parser() -> argparse.ArgumentParser:
         "dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)"
     )
     return parser
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1e12:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def iso_date(text: str) -> date:
-    """argparse type: a YYYY-MM-DD date."""
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def run_horizons(text: str) -> list[str]:
-    """argparse type: '7d' -> ['7d'], 'all' -> all four horizons."""
-    if text.strip().lower() == "all":
-        return list(HORIZONS)
-    try:
-        parse_horizon(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return [text.strip().lower()]
-
-
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Parse arguments, build the config and client, dispatch, and return the exit code."""
-    args = build_parser().parse_args(argv)
-    environ = os.environ if environ is None else environ
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
-    try:
-        config = Config.from_env(environ)
-    except ConfigError as exc:
-        print(f"fxcu: {exc}", file=sys.stderr)
-        return UNKNOWN if args.command == "check" else 2
-    if getattr(args, "offline", False):
-        config = dataclasses.replace(config, offline=True)
-    try:
-        not_a_dir = config.data_dir.exists() and not config.data_dir.is_dir()
-    except OSError as exc:  # a component over 255 bytes (ENAMETOOLONG), a loop below the resolved path
-        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is unusable ({exc.strerror or exc})", file=sys.stderr)
-        return UNKNOWN if args.command == "check" else 2
-    if not_a_dir:
-        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
-        return UNKNOWN if args.command == "check" else 2
-    now = datetime.now(UTC)
-    if args.command != "check":  # INFO: the monitoring probe only reads
-        clean_leftovers(config.data_dir)
-    try:
-        with _sigterm_as_exception():
-            return dispatch(args, config, environ, now)
-    except KeyboardInterrupt:
-        print("fxcu: interrupted (Ctrl-C): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("fxcu: terminated (SIGTERM): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
-        return 143
-    except (TimeoutError, ValueError) as exc:
-        print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"fxcu: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
 
 
 class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
@@ -7374,6 +7353,51 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
             redact_uri(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), config.fred_api_key
         )
         print(f"fxcu: {args.command} failed ({type(exc).__name__}: {text})", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Parse arguments, build the config and client, dispatch, and return the exit code."""
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format=LOG_FORMAT,
+        stream=sys.stderr,
+    )
+    try:
+        config = Config.from_env(environ)
+    except ConfigError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return UNKNOWN if args.command == "check" else 2
+    if getattr(args, "offline", False):
+        config = dataclasses.replace(config, offline=True)
+    try:
+        not_a_dir = config.data_dir.exists() and not config.data_dir.is_dir()
+    except OSError as exc:  # a component over 255 bytes (ENAMETOOLONG), a loop below the resolved path
+        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is unusable ({exc.strerror or exc})", file=sys.stderr)
+        return UNKNOWN if args.command == "check" else 2
+    if not_a_dir:
+        print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
+        return UNKNOWN if args.command == "check" else 2
+    now = datetime.now(UTC)
+    if args.command != "check":  # INFO: the monitoring probe only reads
+        clean_leftovers(config.data_dir)
+    try:
+        with _sigterm_as_exception():
+            return dispatch(args, config, environ, now)
+    except KeyboardInterrupt:
+        print("fxcu: interrupted (Ctrl-C): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("fxcu: terminated (SIGTERM): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 143
+    except (TimeoutError, ValueError) as exc:
+        print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"fxcu: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -759,14 +759,14 @@ def test_every_source_is_described_once():
 
 def test_degraded_reasons_are_values_not_sentences():
     reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
-    series = fxcu.Series("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
-    bundle = fxcu.build_bundle(series, fxcu.Series("copper", None, "none"))
+    series = fxcu.ChosenSeries("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
+    bundle = fxcu.build_bundle(series, fxcu.ChosenSeries("copper", None, "none"))
     assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
     assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
-    reworded = fxcu.Series(
+    reworded = fxcu.ChosenSeries(
         "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
     )
-    assert fxcu.build_bundle(reworded, fxcu.Series("copper", None, "none")).degraded == (
+    assert fxcu.build_bundle(reworded, fxcu.ChosenSeries("copper", None, "none")).degraded == (
         fxcu.Degraded.NO_COPPER,
         fxcu.Degraded.STALE,
     )
