@@ -1,17 +1,33 @@
-"""Tests for fxcu, section by section as in fxcu.py. Offline: cassettes and httpx.MockTransport only."""
+"""Tests for fxcu, section by section as in fxcu.py: shared builders first, the CLI fault matrix last.
+
+Offline: cassettes, httpx.MockTransport and local servers on 127.0.0.1 only.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
+import http.server
 import io
 import json
 import logging
 import math
 import multiprocessing
 import os
+import random
 import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +48,7 @@ FRED_KEY = "abcdefghijklmnopqrstuvwxyz012345"  # fake, 32 lower-case alphanumeri
 CLP_END = datetime(2024, 7, 16, 12, tzinfo=UTC)  # the day after the last real CLP=X bar
 
 
-# -- Builders ------------------------------------------------------------------------
+# -- Builders --------------------------------------------------------------------------
 
 
 def make_prices(n: int, *, start: date = date(2020, 1, 1), seed: int = 0, level: float = 800.0) -> pl.DataFrame:
@@ -57,15 +73,15 @@ def make_config(tmp_path: Path, **changes) -> fxcu.Config:
     return dataclasses.replace(base, **changes)
 
 
-def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: list[float] | None = None):
-    """`make_fetch_json` as production builds it, with tenacity's sleep hook recording each wait instead of sleeping."""
-    return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
-
-
 def without_sleep(fetch_json, slept: list[float]):
     """Swap a retried call's sleep (tenacity's `Retrying.sleep`) for one that records the seconds asked for."""
     fetch_json.retry.sleep = lambda seconds: slept.append(float(seconds))
     return fetch_json
+
+
+def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: list[float] | None = None):
+    """`make_fetch_json` as production builds it, with tenacity's sleep hook recording each wait instead of sleeping."""
+    return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
 
 
 def load_json(*parts: str) -> dict:
@@ -118,7 +134,738 @@ def chart_payload(
     return {"chart": {"result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [quote]}}], "error": None}}
 
 
-# -- Config and horizons -----------------------------------------------------------
+def provenance(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    return fxcu.with_provenance(frame, source, datetime(2024, 1, 1, tzinfo=UTC))
+
+
+NOW = datetime(2024, 1, 10, tzinfo=UTC)
+fresh = make_prices(5, start=date(2024, 1, 3))
+stale = make_prices(5, start=date(2023, 6, 1))
+
+# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (../shared/data) in Yahoo's
+# chart shape, changed one way each; the cached history is the real one up to 2024-07-04.
+
+CACHE_END = date(2024, 7, 4)  # the real CLP=X file has no 2024-07-05
+FETCH_DAY = datetime(2024, 7, 16, 12, tzinfo=UTC)
+
+
+@functools.cache
+def clpx_tail_json() -> str:
+    """The last 14 real CLP=X bars (2024-06-26 .. 2024-07-15) as a Yahoo chart body."""
+    body = real_usdclp_payload()
+    result = body["chart"]["result"][0]
+    result["timestamp"] = result["timestamp"][-14:]
+    result["indicators"]["quote"][0] = {k: v[-14:] for k, v in result["indicators"]["quote"][0].items()}
+    return json.dumps(body)
+
+
+def hostile_chart(mode: str) -> dict:
+    """A CLP=X chart body gone wrong the way `mode` says.
+
+    json.dumps writes `Infinity` as Yahoo's JSON would carry it.
+    """
+    if mode == "copper-under-clp":  # the real HG=F bars of the same days, with HG=F's meta
+        return chart_payload(real_copper().filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 26), date(2024, 7, 15))))
+    body = json.loads(clpx_tail_json())
+    result = body["chart"]["result"][0]
+    stamps, closes = result["timestamp"], result["indicators"]["quote"][0]["close"]
+    if mode == "1e308":
+        closes[-1] = 1e308
+    elif mode == "infinity":
+        closes[-1] = math.inf
+    elif mode == "last-x10":
+        closes[-1] *= 10
+    elif mode == "last-three-1.0":
+        closes[-3:] = [1.0, 1.0, 1.0]
+    elif mode == "last+50%":
+        closes[-1] *= 1.5
+    elif mode == "duplicated+50%":
+        result["timestamp"] = stamps + stamps
+        result["indicators"]["quote"][0] = {"close": closes + [c * 1.5 for c in closes]}
+    elif mode == "dated-2099":
+        stamps[-1] = int(datetime(2099, 1, 5, 23, tzinfo=UTC).timestamp())
+    elif mode == "year-33658":
+        stamps[-1] = 10**12  # 33658-09-27
+    elif mode == "negative-year":
+        stamps[-1] = -62201779200  # -0002-11-26
+    elif mode != "good":
+        raise ValueError(mode)
+    return body
+
+
+def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1)) -> pl.DataFrame:
+    days = [d for d in (start + timedelta(days=k) for k in range(3 * n)) if d.weekday() < 5][:n]
+    return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: level * np.exp(np.cumsum([0.0, *moves[: n - 1]]))})
+
+
+# Yahoo's answers that ask for a cookie and crumb: the 401 body is the one public logs quote verbatim,
+# the 429 body is the 19-byte text of shared/data/yahoo/ERRORS_AND_429.md.
+INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
+
+
+@pytest.fixture
+def vcr_config():
+    # record mode: --record-mode=none in pyproject; a re-record keeps no key, crumb or cookie
+    return {"filter_query_parameters": ["api_key", "crumb"], "filter_headers": ["cookie"]}
+
+
+@pytest.fixture
+def vcr_cassette_dir():
+    return str(CASSETTES)
+
+
+def counting(handler):
+    calls = []
+
+    def wrapped(request):
+        calls.append(request)
+        return handler(request)
+
+    return wrapped, calls
+
+
+def _hold_lock(path, ready, release):
+    with fxcu.file_lock(Path(path), timeout=5):
+        ready.set()
+        release.wait(20)
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """One MLflow SQLite database, migrated once (about 1.5 s) and copied by each test."""
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    config = fxcu.Config(data_dir=folder)
+    fxcu.mlflow_client(fxcu.tracking_uri(config, {})).search_experiments()
+    return folder / "mlflow" / "mlflow.db"
+
+
+@pytest.fixture
+def data_dir(tmp_path, migrated_db) -> Path:
+    """A data dir with the real warehouse (CLP=X 2006-2024, HG=F to 2024-07-15) and a migrated MLflow database."""
+    folder = tmp_path / "data"
+    write_real_warehouse(folder)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    return folder
+
+
+def write_real_warehouse(data_dir: Path) -> None:
+    fetched = datetime(2024, 7, 16, tzinfo=UTC)
+    fxcu.write_parquet_atomic(
+        provenance(real_usdclp(), "yahoo").with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)),
+        data_dir / "warehouse" / fxcu.USDCLP_CACHE,
+    )
+    copper = real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
+    fxcu.write_parquet_atomic(provenance(copper, "yahoo"), data_dir / "warehouse" / fxcu.COPPER_CACHE)
+
+
+@pytest.fixture(scope="module")
+def real_forecast_7d():
+    return fxcu.forecast(real_usdclp(), real_copper(), "7d")
+
+
+@pytest.fixture(scope="session")
+def model_memo() -> dict:
+    """Backtests, ranges and forecasts by their inputs, kept for the whole session (see `shared_models`)."""
+    return {}
+
+
+def frame_key(frame: pl.DataFrame | None) -> tuple | None:
+    """A frame's identity by content: columns and a hash of every row."""
+    return None if frame is None else (tuple(frame.columns), frame.height, hash(tuple(frame.hash_rows().to_list())))
+
+
+@pytest.fixture
+def shared_models(monkeypatch, model_memo):
+    """In-process runs on the same inputs reuse one backtest, range backtest and forecast (about 8 s each).
+
+    For tests of what a run does around the models (writes, tracking, email, faults): each result is
+    fxcu's own, computed by the real function the first time its exact inputs (frames by content,
+    horizons, options; the forecast's backtests by identity, held in the memo) are seen.
+    """
+    real = {name: getattr(fxcu, name) for name in ("backtest_all", "density_backtest_all", "forecast_all")}
+
+    def memoized(name: str):
+        def call(usdclp, copper=None, horizons=tuple(fxcu.HORIZONS), *args, **kwargs):
+            given = tuple((k, tuple(map(id, v.values())) if isinstance(v, dict) else v) for k, v in kwargs.items())
+            key = (name, frame_key(usdclp), frame_key(copper), tuple(horizons), args, given)
+            if key not in model_memo:  # the kwargs are kept too, so the ids in the key stay unique
+                model_memo[key] = (real[name](usdclp, copper, horizons, *args, **kwargs), kwargs)
+            return model_memo[key][0]
+
+        return call
+
+    for name in real:
+        monkeypatch.setattr(fxcu, name, memoized(name))
+
+
+def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {"FXCU_DATA_DIR": str(data_dir), "FXCU_TRACKING_TIMEOUT": "30", **extra}
+
+
+def read_runs(data_dir: Path, horizon: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"forecaster_{horizon}")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory, migrated_db):
+    """`fxcu run 7d --offline` once on the real warehouse, started from an unrelated working directory."""
+    folder = tmp_path_factory.mktemp("run") / "data"
+    write_real_warehouse(folder)
+    (folder / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    result = subprocess.run(
+        [sys.executable, str(HERE / "fxcu.py"), "run", "7d", "--offline", "--json"],
+        cwd=elsewhere,
+        env={**os.environ, **run_env(folder), "FRED_API_KEY": FRED_KEY},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return folder, elsewhere, result
+
+
+def record(horizon: str, rmse: float, *, degraded: str = "none", forecast: float = 900.0) -> fxcu.RunRecord:
+    metrics = {
+        f"{horizon}_rmse": rmse,
+        f"{horizon}_ratio_to_naive": rmse / 20,
+        "Naive_rmse": 20.0,
+        f"{horizon}_coverage_80": 0.8,
+        f"{horizon}_coverage_95": 0.95,
+    }
+    metrics |= {"forecast": forecast, "forecast_lo_80": forecast - 12.5, "forecast_hi_80": forecast + 12.5}
+    params = {
+        "horizon": horizon,
+        "models": "Naive",
+        "usdclp_source": "yahoo",
+        "copper_source": "yahoo",
+        "copper_frequency": "daily",
+    }
+    params |= {"data_last_date": "2026-01-19", "target_date": "2026-01-26"}
+    tags = {
+        "fxcu.status": "ok" if degraded == "none" else "degraded",
+        "fxcu.degraded": degraded,
+        "fxcu.served_models": "Naive",
+    }
+    return fxcu.RunRecord(horizon, f"{horizon} · data 2026-01-19", params, metrics, tags, ())
+
+
+def stored(
+    horizon: str, start_s: int, *, forecast: float | None = None, status: str = "FINISHED", **metrics: float
+) -> fxcu.StoredRun:
+    extra = {} if forecast is None else {"forecast": forecast}
+    return fxcu.StoredRun(
+        f"r{start_s}", horizon, "", status, start_s * 1000, None, {"models": "Naive,AutoETS"}, {**metrics, **extra}, {}
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def artifact_file(folder: Path) -> Path:
+    path = folder / "forecast_7d.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# a report\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_bundle():
+    """The real CLP=X history and HG=F copper up to its last date, 2024-07-15, as a run on 2024-07-16 saw them."""
+    usdclp, copper = real_usdclp(), real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
+    return fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "yahoo"})
+
+
+def assert_renders(message, horizons: list[str]) -> None:
+    """multipart/alternative: text, then HTML related to one inline PNG per horizon, each referenced by cid:."""
+    from email.utils import parsedate_to_datetime
+
+    assert message.get_content_type() == "multipart/alternative"
+    text, related = message.get_payload()
+    assert text.get_content_type() == "text/plain" and related.get_content_type() == "multipart/related"
+    html, *images = related.get_payload()
+    assert html.get_content_type() == "text/html" and [i.get_content_type() for i in images] == ["image/png"] * len(
+        horizons
+    )
+    body = html.get_content()
+    for horizon, image in zip(horizons, images, strict=True):
+        assert image.get_filename() == f"usdclp_{horizon}.png" and image.get_content().startswith(b"\x89PNG")
+        assert f'src="cid:{image["Content-ID"].strip("<>")}"' in body
+    assert "cid:" not in text.get_content() and "(chart in the HTML version of this email)" in text.get_content()
+    assert "<table" in body and "<th " in body and "**" not in body  # Markdown rendered, not pasted
+    assert parsedate_to_datetime(message["Date"]).utcoffset() in (timedelta(hours=-3), timedelta(hours=-4))
+    assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", message["Message-ID"])
+
+
+def bracher_wis(y: float, point: float, bounds: dict[int, tuple[float, float]]) -> float:
+    """WIS written out from Bracher et al. (2021), eq. 2: (|y - m| / 2 + sum alpha_k / 2 * IS_alpha_k) / (K + 1/2)."""
+    total = 0.5 * abs(y - point)
+    for level, (lo, hi) in bounds.items():
+        alpha = 1 - level / 100
+        interval = (hi - lo) + 2 / alpha * max(lo - y, 0) + 2 / alpha * max(y - hi, 0)
+        total += alpha / 2 * interval
+    return total / (len(bounds) + 0.5)
+
+
+def ledger_row(
+    origin: date,
+    target: date,
+    *,
+    horizon: str = "7d",
+    kind: str = "live",
+    forecast: float = 800.0,
+    last: float = 800.0,
+    half80: float = 10.0,
+    half95: float = 16.0,
+    rw_half80: float = 10.0,
+    rw_half95: float = 16.0,
+    ratio: float = 1.0,
+    **extra,
+) -> dict:
+    """A served forecast as `fxcu.ledger_entry` records it: symmetric ranges around the point and the last close."""
+    return {
+        "horizon": horizon,
+        "origin": origin,
+        "target": target,
+        "kind": kind,
+        "last_close": last,
+        "forecast": forecast,
+        "lo_80": forecast - half80,
+        "hi_80": forecast + half80,
+        "lo_95": forecast - half95,
+        "hi_95": forecast + half95,
+        "rw_lo_80": last - rw_half80,
+        "rw_hi_80": last + rw_half80,
+        "rw_lo_95": last - rw_half95,
+        "rw_hi_95": last + rw_half95,
+        "point_model": "Naive",
+        "interval_model": "Naive",
+        "sources": "copper=yahoo,usdclp=yahoo",
+        "degraded": "",
+        "run_id": None,
+        "recorded_at": datetime(2024, 1, 1, tzinfo=UTC),
+        "backtest_ratio": ratio,
+        "backtest_coverage_80": 0.8,
+        "backtest_coverage_95": 0.95,
+        "backtest_origins": 60,
+        **extra,
+    }
+
+
+def prices_on(closes: dict[date, float]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {fxcu.DATE: list(closes), fxcu.CLOSE: list(closes.values())},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
+
+
+def synthetic_ledger(
+    n: int,
+    *,
+    z80: float,
+    z95: float,
+    served_scale: float = 1.0,
+    ratio: float = 1.0,
+    seed: int = 0,
+    start: date = date(2023, 1, 2),
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """n daily 7d forecasts and the closes on their targets: the served error is sigma*u, the random walk's sigma*v.
+
+    With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction.
+    """
+    rng = np.random.default_rng(seed)
+    sigma, rows, closes = 10.0, [], {}
+    origins = [d for d in (start + timedelta(days=k) for k in range(n * 2)) if d.weekday() < 5][:n]
+    for origin in origins:
+        target = origin + timedelta(days=7)
+        y = 800 + rng.normal(0, 30)
+        point, last = y + served_scale * sigma * rng.normal(), y + sigma * rng.normal()
+        closes[target] = y
+        rows.append(
+            ledger_row(
+                origin,
+                target,
+                forecast=point,
+                last=last,
+                half80=z80 * sigma * served_scale,
+                half95=z95 * sigma * served_scale,
+                rw_half80=1.2816 * sigma,
+                rw_half95=1.96 * sigma,
+                ratio=ratio,
+            )
+        )
+    prices = prices_on(dict(sorted(closes.items())))
+    return fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices), prices
+
+
+class SMTPServer:
+    """A minimal real SMTP server on 127.0.0.1: STARTTLS (with `tls`, a ssl server context) and AUTH PLAIN.
+
+    Stores each accepted message and every command verb with whether TLS was on when it came.
+    """
+
+    def __init__(self, tls=None, implicit=False, wait=30):
+        self.messages: list[bytes] = []
+        self.verbs: list[tuple[str, bool]] = []
+        self.tls, self.implicit = tls, implicit
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(wait)  # seconds to wait for the client: a whole `run all` comes first
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        secure = False
+        try:
+            if self.implicit:  # port 465: TLS before the greeting
+                conn, secure = self.tls.wrap_socket(conn, server_side=True), True
+        except OSError:
+            return
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 localhost test SMTP\r\n")
+        try:
+            while line := reader.readline():
+                verb = line[:8].split()[0].upper().decode() if line.strip() else ""
+                self.verbs.append((verb, secure))
+                if verb in ("EHLO", "HELO"):
+                    offers = [] if secure or not self.tls or self.implicit else ["250-STARTTLS"]
+                    conn.sendall(("\r\n".join(["250-localhost", *offers, "250 AUTH PLAIN"]) + "\r\n").encode())
+                elif verb == "STARTTLS" and self.tls:
+                    conn.sendall(b"220 ready for TLS\r\n")
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    reader, secure = conn.makefile("rb"), True
+                elif verb == "AUTH":
+                    conn.sendall(b"235 accepted\r\n")
+                elif verb == "DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = b""
+                    while (chunk := reader.readline()) != b".\r\n":
+                        data += chunk
+                    self.messages.append(data)
+                    conn.sendall(b"250 queued\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+        except OSError:  # the client gave up (a refused certificate)
+            return
+        finally:
+            conn.close()
+
+
+def make_tls_pair(folder: Path):
+    """Write a self-signed certificate for 127.0.0.1 into `folder`; return its path and a server context using it."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fxcu test SMTP")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return folder / "cert.pem", context
+
+
+YAHOO_CLP, YAHOO_HG = "/v8/finance/chart/CLP=X", "/v8/finance/chart/HG=F"
+MINDICADOR, FRED = "/api/dolar", "/fred/series/observations"
+LOG_LINE = re.compile(r"^(\S+ \S+ )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")  # fxcu's and MLflow's log formats
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One scripted answer: status, body (text, bytes or JSON), content type, delay, echo of the request line."""
+
+    status: int = 200
+    body: str | bytes | dict = b""
+    content_type: str = "application/json;charset=utf-8"
+    delay: float = 0.0
+    echo: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    encoding: str = ""  # sent as Content-Encoding; the body is sent as given (already compressed)
+    trickle: float = 0.0  # seconds between chunks of 16 bytes: a server that never stops for a whole read timeout
+
+
+def peek_client_hello(sock: socket.socket) -> bytes:
+    """The first TLS record a client sent (its ClientHello), read without consuming it."""
+    sock.settimeout(10)
+    data = sock.recv(65536, socket.MSG_PEEK)
+    while data and len(data) < 5 + int.from_bytes(data[3:5], "big"):
+        time.sleep(0.001)  # INFO: the rest of a large hello (post-quantum key share) is still in flight
+        data = sock.recv(65536, socket.MSG_PEEK)
+    return data
+
+
+@functools.cache
+def fred_pcoppusdm_body() -> dict:
+    """The real PCOPPUSDM history (USD per tonne) in the shape of a real FRED observations body."""
+    raw = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
+    rows = [
+        {"realtime_start": "2026-11-26", "realtime_end": "2026-11-26", "date": d, "value": str(v)}
+        for d, v in raw.iter_rows()
+    ]
+    return {"units": "lin", "file_type": "json", "count": len(rows), "observations": rows}
+
+
+@functools.cache
+def good_routes() -> dict[str, Reply]:
+    """Every source answering with real data: CLP=X 2006-2024, HG=F 2000-2026, mindicador 2026, PCOPPUSDM."""
+    return {
+        YAHOO_CLP: Reply(body=json.dumps(real_usdclp_payload())),
+        YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper()))),
+        MINDICADOR + "/2026": Reply(body=json.dumps(load_json("mindicador", "dolar_200_last31.json"))),
+        MINDICADOR: Reply(
+            body=json.dumps({**load_json("mindicador", "dolar_200_last31.json"), "serie": []})
+        ),  # other years: none recorded
+        FRED: Reply(body=json.dumps(fred_pcoppusdm_body())),
+    }
+
+
+def routes(**changes: Reply) -> dict[str, Reply]:
+    named = {"clp": [YAHOO_CLP], "hg": [YAHOO_HG], "mindicador": [MINDICADOR + "/2026", MINDICADOR], "fred": [FRED]}
+    return {**good_routes(), **{path: reply for k, reply in changes.items() for path in named[k]}}
+
+
+class FakeSources:
+    """Yahoo, FRED and mindicador on one 127.0.0.1 port: a Reply per path prefix, every request recorded.
+
+    A route may be a function of the request handler that returns the Reply. With `tls` (a server
+    context) it serves HTTPS and keeps each connection's raw TLS ClientHello in `hellos`.
+    """
+
+    def __init__(self, routes: dict[str, Reply], tls=None):
+        self.routes, self.requests, self.stop = dict(routes), [], threading.Event()
+        self.headers: list[dict[str, str]] = []
+        self.hellos: list[bytes] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                fake.requests.append(self.path)
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                reply = next(
+                    (r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route")
+                )
+                reply = reply(self) if callable(reply) else reply
+                if reply.delay:
+                    fake.stop.wait(reply.delay)
+                body = (
+                    reply.body
+                    if isinstance(reply.body, bytes)
+                    else reply.body.encode()
+                    if isinstance(reply.body, str)
+                    else json.dumps(reply.body).encode()
+                )
+                if reply.echo:
+                    body += f" for GET {self.path}".encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    for name, value in reply.headers:
+                        self.send_header(name, value)
+                    if reply.encoding:
+                        self.send_header("Content-Encoding", reply.encoding)
+                    self.end_headers()
+                    if reply.trickle:
+                        for start in range(0, len(body), 16):
+                            if fake.stop.wait(reply.trickle):
+                                break
+                            self.wfile.write(body[start : start + 16])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(body)
+                except OSError:  # the client gave up (timeout row)
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def get_request(self):
+                sock, address = self.socket.accept()
+                if tls is None:
+                    return sock, address
+                fake.hellos.append(peek_client_hello(sock))
+                return tls.wrap_socket(sock, server_side=True), address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads, self.server.block_on_close = True, False
+        self.server.handle_error = lambda request, address: None
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeSources:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def count(self, prefix: str) -> int:
+        return sum(urllib.parse.unquote(p).startswith(prefix) for p in self.requests)
+
+    def queries(self, prefix: str) -> list[dict[str, str]]:
+        return [
+            dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query))
+            for p in self.requests
+            if urllib.parse.unquote(p).startswith(prefix)
+        ]
+
+
+def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
+    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted, no seed."""
+    return {
+        "FXCU_DATA_DIR": str(data_dir),
+        "FXCU_YAHOO_URL": url,
+        "FXCU_FRED_URL": url,
+        "FXCU_MINDICADOR_URL": url,
+        "FRED_API_KEY": FRED_KEY,
+        "FXCU_MAX_AGE_DAYS": "100000",
+        "FXCU_TRACKING_TIMEOUT": "30",
+        "FXCU_LOCK_TIMEOUT": "30",
+        "FXCU_SEED": "0",
+        **extra,  # the seed rows (issue 10) turn it on
+    }
+
+
+def closed_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the user saw: exit code, stdout, stderr (log lines included), seconds taken."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def messages(self) -> list[str]:
+        """stderr lines that are not log records: what the CLI printed itself."""
+        return [line for line in self.err.splitlines() if line.strip() and not LOG_LINE.match(line)]
+
+
+def clean_environ() -> dict[str, str]:
+    skip = ("FXCU_", "MLFLOW_", "FRED_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(skip)}
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Outcome:
+    """`python fxcu.py ARGS` in a fresh process."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "fxcu.py"), *args],
+        env={**clean_environ(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+@pytest.fixture
+def inprocess(monkeypatch, capsys, caplog):
+    """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
+    real = fxcu.make_fetch_json
+    monkeypatch.setattr(
+        fxcu,
+        "make_fetch_json",
+        lambda config, deadline=None: without_sleep(real(config, deadline=deadline), []),
+    )
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(args: list[str], env: dict[str, str]) -> Outcome:
+        capsys.readouterr()
+        caplog.clear()
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO):
+            code = fxcu.main(args, env)
+        seconds = time.monotonic() - started
+        captured = capsys.readouterr()
+        assert not any(r.exc_info for r in caplog.records), "a log record carries a traceback"
+        logs = "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
+        return Outcome(code, captured.out, captured.err + logs, seconds)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The warehouse files (bytes, dates) and the MLflow runs at one moment."""
+
+    files: dict[str, bytes]
+    dates: dict[str, set]
+    runs: int
+    db: bytes | None
+
+
+def mlflow_runs(data_dir: Path) -> int:
+    db = data_dir / "mlflow" / "mlflow.db"
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        return conn.execute("select count(*) from runs").fetchone()[0]
+
+
+def kept(data_dir: Path) -> Kept:
+    files, dates = {}, {}
+    for name in (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE):
+        path = data_dir / "warehouse" / name
+        if path.exists():
+            files[name] = path.read_bytes()
+            try:
+                dates[name] = set(pl.read_parquet(path)[fxcu.DATE])
+            except Exception:  # noqa: BLE001 -- the corrupt-file row
+                dates[name] = None
+    db = data_dir / "mlflow" / "mlflow.db"
+    return Kept(files, dates, mlflow_runs(data_dir), db.read_bytes() if db.exists() else None)
+
+
+# -- Constants & config ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("text", "days"), [("7d", 7), ("15d", 15), ("30d", 30), ("90D", 90), (" 7d ", 7)])
@@ -168,7 +915,139 @@ def test_config_bad_values_raise_config_error(name, value):
         fxcu.Config.from_env({name: value})
 
 
-# -- Parsing payloads -------------------------------------------------------------
+@pytest.mark.slow
+def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
+    import hashlib
+
+    folder, _, _ = offline_run
+    run = read_runs(folder, "7d")[0]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"usdclp", "copper"}
+    warehouse = Path(run.info.artifact_uri.removeprefix("file://")) / "inputs" / "warehouse"
+    for name, file in (("usdclp", fxcu.USDCLP_CACHE), ("copper", fxcu.COPPER_CACHE)):
+        frame = pl.read_parquet(warehouse / file)
+        # the oracle: sha256 of the "date,close" CSV of the sorted prices, nothing else
+        assert (
+            inputs[name].dataset.digest
+            == hashlib.sha256(frame.select("date", "close").sort("date").write_csv().encode()).hexdigest()[:16]
+        )
+        assert json.loads(inputs[name].dataset.profile)["rows"] == frame.height
+        assert [tag.value for tag in inputs[name].tags if tag.key == "mlflow.data.context"] == ["training"]
+
+
+@pytest.mark.slow
+def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
+    write_real_warehouse(tmp_path)
+    code = (
+        "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
+
+
+# -- Core: requests and redaction ------------------------------------------------------
+
+
+def test_yahoo_params_full_history_then_incremental_with_overlap():
+    assert fxcu.yahoo_params(None, NOW) == {"interval": "1d", "range": "max"}
+    params = fxcu.yahoo_params(date(2024, 1, 8), NOW)
+    assert int(params["period1"]) == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    assert int(params["period2"]) == int(NOW.timestamp())
+
+
+def test_mindicador_years():
+    assert fxcu.mindicador_years(None, NOW) == [2023, 2024]
+    assert fxcu.mindicador_years(date(2024, 1, 3), NOW) == [2023, 2024]
+    assert fxcu.mindicador_years(date(2021, 5, 3), NOW) == [2021, 2022, 2023, 2024]
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=32, max_size=32), st.text(max_size=40))
+def test_redact_removes_key_anywhere(key, noise):
+    text = f"{noise} GET https://x/fred?series_id=P&api_key={key}&file_type=json {noise} key={key}"
+    assert key not in fxcu.redact(text, key)
+
+
+def test_redact_removes_a_crumb_from_urls():
+    text = "GET https://query1.finance.yahoo.com/v8/finance/chart/CLP=X?interval=1d&crumb=Phb0wzVdPs6&range=max"
+    assert fxcu.redact(text, None) == text.replace("Phb0wzVdPs6", "***")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "asks"),
+    [
+        (401, INVALID_CRUMB, True),
+        (
+            401,
+            '{"finance":{"result":null,"error":{"code":"Unauthorized",'
+            '"description":"User is unable to access this feature"}}}',
+            True,
+        ),
+        (429, "Too Many Requests\r\n", True),
+        (429, "Edge: Too Many Requests", True),
+        (403, "Unauthorized", True),
+        (429, "", False),  # a bare 429 is rate limiting: tenacity's backoff, not a crumb
+        (
+            404,
+            '{"chart":{"result":null,"error":{"code":"Not Found",'
+            '"description":"No data found, symbol may be delisted"}}}',
+            False,
+        ),
+        (500, "Unauthorized", False),
+        (200, "Too Many Requests", False),
+    ],
+)
+def test_asks_for_crumb(status, body, asks):
+    assert fxcu.asks_for_crumb(status, body) is asks
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "crumb"),
+    [
+        (200, "Phb0wzVdPs6", "Phb0wzVdPs6"),
+        (200, "zLoP.Fp75Uh\n", "zLoP.Fp75Uh"),
+        (429, "Too Many Requests\r\n", None),
+        (200, "Edge: Too Many Requests", None),  # yfinance #2284 read this back as a crumb
+        (200, "<html><body>consent</body></html>", None),
+        (200, "", None),
+        (401, INVALID_CRUMB, None),
+    ],
+)
+def test_crumb_from(status, body, crumb):
+    assert fxcu.crumb_from(status, body) == crumb
+
+
+def test_redact_hides_user_and_password_in_urls():
+    line = "Retrying http://alice:s3cr%40t@proxy.local:3128/x and https://bob:pw@h/api?api_key=abc"
+    assert fxcu.redact(line, None) == "Retrying http://***@proxy.local:3128/x and https://***@h/api?api_key=***"
+    assert (
+        fxcu._where("https://alice:s3cret@127.0.0.1:8080/v8/finance/chart/CLP=X?x=1")
+        == "127.0.0.1:8080/v8/finance/chart/CLP=X"
+    )
+
+
+@pytest.mark.slow
+def test_fault_credentials_in_base_and_proxy_urls_never_reach_the_log(data_dir, inprocess, monkeypatch):
+    with FakeSources(routes(clp=Reply(503, "down", "text/plain"), hg=Reply(503, "down", "text/plain"))) as api:
+        base = api.url.replace("http://", "http://alice:base-s3cret@")
+        monkeypatch.setenv(
+            "HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}"
+        )  # a dead proxy for the others
+        monkeypatch.setenv("NO_PROXY", "")
+        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL=base))
+    assert result.code == 0
+    assert "Retrying 127.0.0.1:" in result.err
+    assert (
+        "s3cret" not in result.err + result.out
+        and "alice" not in result.err + result.out
+        and "proxyuser" not in result.err + result.out
+    )
+
+
+# -- Core: parsing payloads ------------------------------------------------------------
 
 
 def test_parse_yahoo_chart_fx_fixture_dates_in_london():
@@ -290,7 +1169,7 @@ def test_fred_monthly_matches_hgf_monthly_means():
     assert joined.height > 250 and gap < 0.01
 
 
-# -- Cleaning and merging ---------------------------------------------------------
+# -- Core: cleaning and merging --------------------------------------------------------
 
 
 def test_clean_prices_real_clpx_removes_bad_prints_and_keeps_real_move():
@@ -378,10 +1257,6 @@ def test_clean_prices_on_clean_real_history_is_a_fixed_point():
     assert fxcu.clean_prices(once).frame.equals(once)
 
 
-def provenance(frame: pl.DataFrame, source: str) -> pl.DataFrame:
-    return fxcu.with_provenance(frame, source, datetime(2024, 1, 1, tzinfo=UTC))
-
-
 @pytest.mark.slow
 @given(
     st.sets(st.integers(0, 60), min_size=1),
@@ -420,11 +1295,7 @@ def test_merge_prices_revised_values_replace_and_fallback_never_overwrites_prima
     assert merged[fxcu.SOURCE].to_list() == ["yahoo", "yahoo", "mindicador"]
 
 
-# -- Choosing a source -------------------------------------------------------------
-
-NOW = datetime(2024, 1, 10, tzinfo=UTC)
-fresh = make_prices(5, start=date(2024, 1, 3))
-stale = make_prices(5, start=date(2023, 6, 1))
+# -- Core: choosing a source -----------------------------------------------------------
 
 
 def test_first_good_skips_errors_and_stale_frames():
@@ -499,23 +1370,7 @@ def test_first_good_serves_the_freshest_stale_answer_only_when_asked():
     assert fxcu.first_good(with_good, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "seed"
 
 
-# -- Plausibility (issue 10): every fetched frame, and the cache when read ----------------
-# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (../shared/data) in Yahoo's
-# chart shape, changed one way each; the cached history is the real one up to 2024-07-04.
-
-CACHE_END = date(2024, 7, 4)  # the real CLP=X file has no 2024-07-05
-FETCH_DAY = datetime(2024, 7, 16, 12, tzinfo=UTC)
-
-
-@functools.cache
-def clpx_tail_json() -> str:
-    """The last 14 real CLP=X bars (2024-06-26 .. 2024-07-15) as a Yahoo chart body."""
-    body = real_usdclp_payload()
-    result = body["chart"]["result"][0]
-    result["timestamp"] = result["timestamp"][-14:]
-    result["indicators"]["quote"][0] = {k: v[-14:] for k, v in result["indicators"]["quote"][0].items()}
-    return json.dumps(body)
-
+# -- Core: plausibility ----------------------------------------------------------------
 
 HOSTILE = {  # mode -> the Problem the check must name (the issue's table, plus a jump that stays in range)
     "1e308": fxcu.Problem.OUT_OF_RANGE,
@@ -529,40 +1384,6 @@ HOSTILE = {  # mode -> the Problem the check must name (the issue's table, plus 
     "negative-year": fxcu.Problem.TOO_EARLY,
     "last+50%": fxcu.Problem.JUMP,
 }
-
-
-def hostile_chart(mode: str) -> dict:
-    """A CLP=X chart body gone wrong the way `mode` says.
-
-    json.dumps writes `Infinity` as Yahoo's JSON would carry it.
-    """
-    if mode == "copper-under-clp":  # the real HG=F bars of the same days, with HG=F's meta
-        return chart_payload(real_copper().filter(pl.col(fxcu.DATE).is_between(date(2024, 6, 26), date(2024, 7, 15))))
-    body = json.loads(clpx_tail_json())
-    result = body["chart"]["result"][0]
-    stamps, closes = result["timestamp"], result["indicators"]["quote"][0]["close"]
-    if mode == "1e308":
-        closes[-1] = 1e308
-    elif mode == "infinity":
-        closes[-1] = math.inf
-    elif mode == "last-x10":
-        closes[-1] *= 10
-    elif mode == "last-three-1.0":
-        closes[-3:] = [1.0, 1.0, 1.0]
-    elif mode == "last+50%":
-        closes[-1] *= 1.5
-    elif mode == "duplicated+50%":
-        result["timestamp"] = stamps + stamps
-        result["indicators"]["quote"][0] = {"close": closes + [c * 1.5 for c in closes]}
-    elif mode == "dated-2099":
-        stamps[-1] = int(datetime(2099, 1, 5, 23, tzinfo=UTC).timestamp())
-    elif mode == "year-33658":
-        stamps[-1] = 10**12  # 33658-09-27
-    elif mode == "negative-year":
-        stamps[-1] = -62201779200  # -0002-11-26
-    elif mode != "good":
-        raise ValueError(mode)
-    return body
 
 
 def cached_usdclp() -> pl.DataFrame:
@@ -626,11 +1447,6 @@ def test_jump_limits_sit_above_the_worst_real_move():
         worst = frame[fxcu.CLOSE].log().diff().abs().max()
         assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
         assert rules.jump < math.log(1.5)
-
-
-def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1)) -> pl.DataFrame:
-    days = [d for d in (start + timedelta(days=k) for k in range(3 * n)) if d.weekday() < 5][:n]
-    return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: level * np.exp(np.cumsum([0.0, *moves[: n - 1]]))})
 
 
 @pytest.mark.slow
@@ -772,120 +1588,1743 @@ def test_degraded_reasons_are_values_not_sentences():
     )
 
 
-# -- Requests and redaction ---------------------------------------------------------
+# -- Core: copper features -------------------------------------------------------------
 
 
-def test_yahoo_params_full_history_then_incremental_with_overlap():
-    assert fxcu.yahoo_params(None, NOW) == {"interval": "1d", "range": "max"}
-    params = fxcu.yahoo_params(date(2024, 1, 8), NOW)
-    assert int(params["period1"]) == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
-    assert int(params["period2"]) == int(NOW.timestamp())
+def oracle_features(prices: list[float]) -> dict[str, list[float | None]]:
+    """Plain-loop versions of the copper indicators (the utilsforecast oracle style)."""
+    n = len(prices)
+    logp = [math.log(p) for p in prices]
+    out: dict[str, list[float | None]] = {}
+    for k in (1, 5, 20):
+        out[f"copper_returns_{k}d"] = [None if i < k else logp[i] - logp[i - k] for i in range(n)]
+    rets = [None] + [logp[i] - logp[i - 1] for i in range(1, n)]
+    for k in (20, 60):
+        col = []
+        for i in range(n):
+            if i < k:
+                col.append(None)
+                continue
+            window = rets[i - k + 1 : i + 1]
+            col.append(float(np.std(window, ddof=1)) * math.sqrt(252))
+        out[f"copper_volatility_{k}d"] = col
+    for k in (20, 50):
+        out[f"copper_sma_{k}"] = [None if i < k - 1 else sum(prices[i - k + 1 : i + 1]) / k for i in range(n)]
+    trend = []
+    for fast, slow in zip(out["copper_sma_20"], out["copper_sma_50"], strict=False):
+        trend.append(0 if fast is None or slow is None or fast == slow else (1 if fast > slow else -1))
+    out["copper_trend_signal"] = trend
+    # Wilder's RSI as TA-Lib defines it: seed with simple means of the first 14 changes.
+    rsi: list[float | None] = [None] * n
+    if n > 14:
+        changes = [prices[i] - prices[i - 1] for i in range(1, n)]
+        gain = sum(max(c, 0) for c in changes[:14]) / 14
+        loss = sum(max(-c, 0) for c in changes[:14]) / 14
+        for i in range(14, n):
+            if i > 14:
+                c = changes[i - 1]
+                gain = (gain * 13 + max(c, 0)) / 14
+                loss = (loss * 13 + max(-c, 0)) / 14
+            rsi[i] = 50.0 if gain == 0 and loss == 0 else 100.0 if loss == 0 else 100 - 100 / (1 + gain / loss)
+    out["copper_rsi_14"] = rsi
+    z = []
+    for i in range(n):
+        if i < 251:
+            z.append(None)
+            continue
+        window = np.array(prices[i - 251 : i + 1])
+        sd = window.std(ddof=1)
+        z.append(0.0 if sd == 0 else float((prices[i] - window.mean()) / sd))
+    out["copper_price_normalized"] = z
+    return out
 
 
-def test_mindicador_years():
-    assert fxcu.mindicador_years(None, NOW) == [2023, 2024]
-    assert fxcu.mindicador_years(date(2024, 1, 3), NOW) == [2023, 2024]
-    assert fxcu.mindicador_years(date(2021, 5, 3), NOW) == [2021, 2022, 2023, 2024]
+def assert_matches(actual: list, expected: list, name: str, rel: float = 1e-7, abs_: float = 1e-9) -> None:
+    assert len(actual) == len(expected), name
+    for i, (a, e) in enumerate(zip(actual, expected, strict=False)):
+        if e is None:
+            assert a is None, f"{name}[{i}] should be null (warm-up), got {a}"
+        else:
+            assert a is not None and a == pytest.approx(e, rel=rel, abs=abs_), f"{name}[{i}]: {a} != {e}"
 
 
-@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=32, max_size=32), st.text(max_size=40))
-def test_redact_removes_key_anywhere(key, noise):
-    text = f"{noise} GET https://x/fred?series_id=P&api_key={key}&file_type=json {noise} key={key}"
-    assert key not in fxcu.redact(text, key)
+def test_copper_features_match_oracle_on_real_hgf_history():
+    copper = real_copper().tail(600)
+    features = fxcu.copper_features(copper)
+    expected = oracle_features(copper[fxcu.CLOSE].to_list())
+    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
+    for name, values in expected.items():
+        assert_matches(features[name].to_list(), values, name, rel=1e-6, abs_=1e-6)
+    assert features["copper_usdclp_correlation_90d"].null_count() == features.height
 
 
-def test_redact_removes_a_crumb_from_urls():
-    text = "GET https://query1.finance.yahoo.com/v8/finance/chart/CLP=X?interval=1d&crumb=Phb0wzVdPs6&range=max"
-    assert fxcu.redact(text, None) == text.replace("Phb0wzVdPs6", "***")
+@pytest.mark.slow
+@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=1, max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_copper_features_match_oracle_on_generated_series(values):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
+    features = fxcu.copper_features(copper)
+    for name, expected in oracle_features(values).items():
+        assert_matches(features[name].to_list(), expected, name, rel=1e-6, abs_=1e-6)
 
 
-# Yahoo's answers that ask for a cookie and crumb: the 401 body is the one public logs quote verbatim,
-# the 429 body is the 19-byte text of shared/data/yahoo/ERRORS_AND_429.md.
-INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
+@pytest.mark.parametrize("lazy", [False, True])
+def test_feature_exprs_work_on_lazy_and_eager_frames(lazy):
+    copper = real_copper().tail(300)
+    frame = copper.lazy() if lazy else copper
+    out = frame.with_columns(fxcu.feature_exprs(fxcu.CLOSE, None))
+    out = out.collect() if lazy else out
+    assert_frame_equal(out.drop(fxcu.CLOSE), fxcu.copper_features(copper), check_exact=False, rel_tol=1e-9)
+
+
+@pytest.mark.slow
+@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=2, max_size=200))
+@settings(max_examples=80, deadline=None)
+def test_copper_features_ranges(values):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
+    features = fxcu.copper_features(copper)
+    rsi = features["copper_rsi_14"].drop_nulls()
+    assert ((rsi >= 0) & (rsi <= 100)).all()
+    for name in ("copper_volatility_20d", "copper_volatility_60d"):
+        assert (features[name].drop_nulls() >= 0).all()
+    assert set(features["copper_trend_signal"].to_list()) <= {-1, 0, 1}
+
+
+@pytest.mark.slow
+@given(st.floats(min_value=0.5, max_value=10), st.integers(min_value=1, max_value=300))
+@settings(max_examples=40, deadline=None)
+def test_copper_features_constant_prices(price, n):
+    copper = pl.DataFrame({fxcu.DATE: make_prices(n)[fxcu.DATE], fxcu.CLOSE: [price] * n})
+    features = fxcu.copper_features(copper)
+    for name in ("copper_returns_1d", "copper_volatility_20d", "copper_price_normalized"):
+        assert all(v == pytest.approx(0, abs=1e-12) for v in features[name].drop_nulls())
+    assert all(v == pytest.approx(price) for v in features["copper_sma_20"].drop_nulls())
+    assert set(features["copper_trend_signal"]) <= {0}
+
+
+@pytest.mark.slow
+@given(st.integers(min_value=1, max_value=120), st.integers(min_value=0, max_value=10_000))
+@settings(max_examples=40, deadline=None)
+def test_copper_features_no_look_ahead(extra, seed):
+    """Appending future rows never changes any past feature value."""
+    copper = make_prices(420, seed=seed, level=4.0)
+    usdclp = make_prices(420, seed=seed + 1)
+    past = fxcu.copper_features(copper.head(300), usdclp.head(300))
+    full = fxcu.copper_features(copper.head(300 + extra), usdclp.head(300 + extra))
+    assert full.head(300).equals(past)
+
+
+def test_align_copper_never_uses_same_or_later_copper_dates():
+    usdclp = pl.DataFrame(
+        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [880.0, 881.0, 882.0]}
+    )
+    copper = pl.DataFrame(
+        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [3.0, 4.0, 5.0]}
+    )
+    aligned = fxcu.align_copper(usdclp, copper)
+    assert aligned["copper"].to_list() == [None, 3.0, 4.0]
+
+
+def test_copper_features_on_usdclp_dates_use_previous_new_york_day():
+    copper, usdclp = real_copper(), real_usdclp()
+    own = fxcu.copper_features(copper)
+    joined = fxcu.copper_features(copper, usdclp)
+    row = joined.filter(pl.col(fxcu.DATE) == date(2024, 7, 15)).row(0, named=True)
+    friday = own.filter(pl.col(fxcu.DATE) == date(2024, 7, 12)).row(0, named=True)
+    assert row["copper_sma_20"] == friday["copper_sma_20"]  # Monday's CLP bar sees Friday's copper
+
+
+def test_copper_features_do_not_carry_stale_copper_forward():
+    usdclp = make_prices(200, seed=1)
+    copper = make_prices(150, seed=2, level=4.0)  # stops 50 trading days before USD/CLP does
+    features = fxcu.copper_features(copper, usdclp)
+    last_copper = copper[fxcu.DATE].max()
+    late = features.filter(pl.col(fxcu.DATE) > last_copper + timedelta(days=7))
+    assert late.height > 40 and all(late[name].null_count() == late.height for name in fxcu.FEATURES)
+    within = features.filter(
+        pl.col(fxcu.DATE).is_between(last_copper + timedelta(days=1), last_copper + timedelta(days=7))
+    )
+    assert within["copper_sma_20"].null_count() == 0  # a long weekend or a holiday is not a gap
+
+
+@pytest.mark.slow
+def test_backtest_drops_the_copper_model_when_copper_is_stale():
+    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
+    bt = fxcu.backtest(usdclp, copper, "7d", windows=6, step_size=20, history=700)
+    assert not bt.copper_used and fxcu.COPPER_MODEL not in bt.models
+    assert any(note.startswith("copper stale") for note in bt.notes)
+
+
+@pytest.mark.parametrize(("gap", "stale"), [(7, False), (8, True)])
+def test_copper_is_stale_after_seven_days(gap, stale):
+    usdclp = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15)], fxcu.CLOSE: [900.0]})
+    copper = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15) - timedelta(days=gap)], fxcu.CLOSE: [4.0]})
+    assert fxcu.copper_is_stale(usdclp, copper) is stale
+
+
+@pytest.mark.slow
+def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
+    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
+    bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"})
+    assert "stale copper" in bundle.degraded
+    fc = fxcu.forecast(usdclp, copper, "7d", windows=6, history=700)
+    assert fxcu.COPPER_MODEL not in set(fc.path["model"])
+
+
+def test_correlation_matches_numpy_on_real_data():
+    copper, usdclp = real_copper(), real_usdclp()
+    aligned = fxcu.align_copper(usdclp, copper).drop_nulls()
+    features = fxcu.copper_features(copper, usdclp)
+    day = aligned[fxcu.DATE][-1]
+    window = aligned.tail(91)
+    rc = np.diff(np.log(window["copper"].to_numpy()))
+    ru = np.diff(np.log(window["usdclp"].to_numpy()))
+    expected = np.corrcoef(rc, ru)[0, 1]
+    assert features.filter(pl.col(fxcu.DATE) == day)["copper_usdclp_correlation_90d"].item() == pytest.approx(expected)
+    in_range = features.filter(pl.col(fxcu.DATE).dt.year().is_between(2010, 2024))["copper_usdclp_correlation_90d"]
+    assert in_range.median() < 0  # copper up, peso up: USD/CLP down
+
+
+def test_copper_features_monthly_copper_are_all_null():
+    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
+    monthly = fxcu.parse_fred_observations(
+        {"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]}
+    )
+    assert fxcu.copper_frequency(monthly) == "monthly"
+    features = fxcu.copper_features(monthly, real_usdclp())
+    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
+    assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "asks"),
-    [
-        (401, INVALID_CRUMB, True),
-        (
-            401,
-            '{"finance":{"result":null,"error":{"code":"Unauthorized",'
-            '"description":"User is unable to access this feature"}}}',
-            True,
-        ),
-        (429, "Too Many Requests\r\n", True),
-        (429, "Edge: Too Many Requests", True),
-        (403, "Unauthorized", True),
-        (429, "", False),  # a bare 429 is rate limiting: tenacity's backoff, not a crumb
-        (
-            404,
-            '{"chart":{"result":null,"error":{"code":"Not Found",'
-            '"description":"No data found, symbol may be delisted"}}}',
-            False,
-        ),
-        (500, "Unauthorized", False),
-        (200, "Too Many Requests", False),
-    ],
+    "bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)]
 )
-def test_asks_for_crumb(status, body, asks):
-    assert fxcu.asks_for_crumb(status, body) is asks
+def test_feature_parameters_are_checked(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_feature_problems_flags_out_of_range_values():
+    copper, usdclp = real_copper(), real_usdclp()
+    features = fxcu.copper_features(copper, usdclp)
+    now = datetime(2024, 7, 16, tzinfo=UTC)
+    assert (
+        fxcu.feature_problems(
+            features, usdclp, copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15)), now=now, max_age=timedelta(days=5)
+        )
+        == []
+    )
+    broken = features.with_columns(pl.lit(140.0).alias("copper_rsi_14"))
+    found = fxcu.feature_problems(
+        broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5)
+    )
+    assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
+
+
+def test_load_offline_builds_the_bundle(tmp_path):
+    write_real_warehouse(tmp_path)
+    config = make_config(tmp_path, data_dir=tmp_path, offline=True)
+    bundle = fxcu.load(config, now=CLP_END)
+    assert bundle.sources == {"usdclp": "cache", "copper": "cache"}
+    assert bundle.copper_frequency == "daily" and bundle.copper_features.height == bundle.usdclp.height
+    assert "cached data" in bundle.degraded
+
+
+def test_load_copper_off_has_no_features(tmp_path):
+    write_real_warehouse(tmp_path)
+    config = make_config(tmp_path, data_dir=tmp_path, offline=True, copper=False)
+    bundle = fxcu.load(config, now=CLP_END)
+    assert bundle.copper_features is None and "no copper" in bundle.degraded
+
+
+def test_main_validate_offline_reports_features_and_staleness(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    out = capsys.readouterr().out
+    assert code == 1  # the 2024 history is stale today
+    assert "copper_rsi_14" in out and "PROBLEM: usdclp: stale" in out
+
+
+def test_main_validate_offline_fresh_data_passes(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "100000"})
+    out = capsys.readouterr().out
+    assert code == 0 and "all checks passed" in out
+
+
+# -- Core: forecasting -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("days", "steps"), [(1, 1), (7, 5), (15, 11), (30, 22), (90, 65)])
+def test_horizon_steps(days, steps):
+    assert fxcu.horizon_steps(days) == steps
+
+
+@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 1, 1)), st.sampled_from([7, 15, 30, 90]))
+def test_trading_dates_are_weekdays_within_the_horizon(last, days):
+    dates = fxcu.trading_dates(last, days)
+    assert all(d.weekday() < 5 and last < d <= last + timedelta(days=days) for d in dates)
+    assert dates == sorted(set(dates))
+    assert 5 * (days // 7) + max(0, days % 7 - 2) <= len(dates) <= fxcu.horizon_steps(days)
+    brute = [last + timedelta(k) for k in range(1, days + 1) if (last + timedelta(k)).isoweekday() <= 5]
+    assert dates == brute
+
+
+def test_trading_dates_from_a_friday():
+    assert fxcu.trading_dates(date(2024, 7, 12), 7) == [
+        date(2024, 7, 15),
+        date(2024, 7, 16),
+        date(2024, 7, 17),
+        date(2024, 7, 18),
+        date(2024, 7, 19),
+    ]
+
+
+def test_score_by_hand():
+    actual = np.array([100.0, 110.0])
+    pred = np.array([102.0, 107.0])
+    last = np.array([101.0, 108.0])
+    bounds = {
+        "lo-80": np.array([99.0, 108.0]),
+        "hi-80": np.array([101.0, 109.0]),
+        "lo-95": np.array([90.0, 100.0]),
+        "hi-95": np.array([110.0, 120.0]),
+    }
+    s = fxcu.score(pred, actual, last, bounds, naive_rmse=4.0)
+    assert s.rmse == pytest.approx(math.sqrt((4 + 9) / 2))
+    assert s.mae == pytest.approx(2.5)
+    assert s.mape == pytest.approx((2 / 100 + 3 / 110) / 2 * 100)
+    assert s.ratio == pytest.approx(math.sqrt(6.5) / 4)
+    assert s.direction == 0.0  # called up (102 > 101) but fell; called down (107 < 108) but rose
+    assert (s.coverage_80, s.coverage_95) == (0.5, 1.0)
+
+
+@pytest.mark.slow
+@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_online_weights_use_only_realised_errors(n, steps, seed):
+    rng = np.random.default_rng(seed)
+    cutoffs = np.arange(n) * 3
+    sq = rng.random((n, 4))
+    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse", fxcu.MODELS)
+    assert np.allclose(w.sum(axis=1), 1)
+    for i in range(n):
+        future = cutoffs + steps > cutoffs[i]
+        perturbed = sq.copy()
+        perturbed[future] = rng.random((int(future.sum()), 4)) * 100
+        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse", fxcu.MODELS)[i], w[i])
+
+
+@pytest.mark.slow
+@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_online_rule_uses_only_realised_outcomes(n, steps, seed):
+    rng = np.random.default_rng(seed)
+    cutoffs = np.arange(n) * 3
+    rule_sq = {rule: rng.random(n) for rule in fxcu.RULES}
+    picks = fxcu.online_rule(rule_sq, cutoffs, steps)
+    assert picks[0] == "naive"
+    for i in range(n):
+        future = cutoffs + steps > cutoffs[i]
+        perturbed = {rule: np.where(future, rng.random(n) * 100, sq) for rule, sq in rule_sq.items()}
+        assert fxcu.online_rule(perturbed, cutoffs, steps)[i] == picks[i]
+
+
+def test_choose_ensemble_serves_a_combination_only_when_it_beats_naive():
+    rng = np.random.default_rng(7)
+    actual = 900 * np.exp(np.cumsum(rng.normal(0, 0.01, 80)))
+    cutoffs = np.arange(80) * 2
+    naive = np.log(actual) + rng.normal(0, 0.02, 80)
+    good = np.log(actual) + rng.normal(0, 0.002, 80)  # a model far better than Naive
+    bad = naive + 0.05  # Naive's errors plus a 5% bias: any weight on it hurts
+    won = fxcu.choose_ensemble({"Naive": naive, "good": good}, actual, cutoffs, 1)
+    assert won.rule != "naive" and won.notes == () and np.array_equal(won.served, won.combination)
+    assert won.weights[1] > won.weights[0]
+    lost = fxcu.choose_ensemble({"Naive": naive, "bad": bad}, actual, cutoffs, 1)
+    assert lost.rule == "naive" and np.array_equal(lost.served, naive) and "serving Naive" in lost.notes[0]
+    assert list(lost.weights) == [1.0, 0.0]
+
+
+def test_final_and_online_weight_rules():
+    sq = np.array([[1.0, 4.0], [1.0, 4.0]])
+    names = ["Naive", "AutoETS"]
+    assert fxcu.final_weights(sq, "inverse_mse", names) == pytest.approx([0.8, 0.2])
+    assert fxcu.final_weights(sq, "naive", names) == pytest.approx([1, 0])
+    # Naive is found by name, wherever its column is
+    assert fxcu.final_weights(sq, "naive", names[::-1]) == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "naive", names[::-1])[1] == pytest.approx([0, 1])
+    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal", names)[1] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError):
+        fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
+
+
+def test_copper_frame_regressor_is_known_at_every_origin():
+    usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
+    uni, exog, dates = fxcu.univariate_frame(usdclp), fxcu.copper_frame(usdclp, copper, 5), fxcu.ds_dates(usdclp)
+    aligned = fxcu.align_copper(usdclp, copper)
+    date_of = dict(dates.iter_rows())
+    lag_of = dict(exog.select("ds", "copper_lag").iter_rows())
+    # the row dated D carries the copper known 5 trading days before D (itself from before that day)
+    for ds in (10, 100, 250):
+        source_row = aligned[fxcu.DATE].to_list().index(date_of[ds]) - 5
+        assert lag_of[ds] == pytest.approx(math.log(aligned["copper"][source_row]))
+    assert uni["ds"].to_list() == dates["ds"].to_list() and set(exog["ds"]) <= set(uni["ds"])
+    assert exog["ds"].max() == uni["ds"].max()
+    # no daily copper, no copper frame
+    assert fxcu.copper_frame(usdclp, None, 5) is None
+
+
+@pytest.mark.slow
+def test_backtest_never_uses_data_after_its_origin():
+    """Perturbing every price after an origin leaves that origin's forecasts unchanged."""
+    usdclp, copper = make_prices(700, seed=4), make_prices(700, seed=5, level=4.0)
+    kwargs = {"windows": 6, "step_size": 20, "history": 700}
+    base = fxcu.backtest(usdclp, copper, "7d", **kwargs)
+    origin = base.origins[2]
+    bumped = usdclp.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * 1.3)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    bumped_copper = copper.with_columns(
+        pl.when(pl.col(fxcu.DATE) >= origin)
+        .then(pl.col(fxcu.CLOSE) * 0.5)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
+    # Ensemble is left out: whether it serves the combination or Naive is one decision over all origins
+    cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION]
+    before = base.predictions.filter(pl.col("origin") <= origin).select(cols)
+    after = other.predictions.filter(pl.col("origin") <= origin).select(cols)
+    assert before.height == 3
+    assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
+    later = other.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy()
+    assert not np.allclose(later, base.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy())
+
+
+def test_backtest_too_little_history_is_a_clear_error():
+    with pytest.raises(ValueError, match="too few"):
+        fxcu.backtest(make_prices(200), None, "90d")
+
+
+@pytest.mark.slow
+def test_backtest_on_real_data_is_honest(real_forecast_7d):
+    bt = real_forecast_7d.backtest
+    assert len(bt.origins) == 60 and bt.steps == 5
+    assert set(bt.models) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION, fxcu.ENSEMBLE}
+    assert bt.ensemble.ratio <= 1.0
+    # on this data combining loses to the random walk out of sample, and the run says so
+    assert bt.models[fxcu.COMBINATION].ratio > 1.0 and bt.rule == "naive" and "serving Naive" in bt.notes[0]
+    assert 0.75 <= bt.ensemble.coverage_80 <= 0.85 and 0.91 <= bt.ensemble.coverage_95 <= 0.98
+    # Naive's RMSE from the price history alone: the close at each origin against the close 5
+    # trading days later, origins every 20 trading days, the last one 65 trading days before the end
+    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
+    n = len(closes)
+    origins = [n - 1 - 65 - 20 * k for k in range(60)][::-1]
+    errors = np.array([closes[i] - closes[i + 5] for i in origins])
+    assert bt.models["Naive"].rmse == pytest.approx(float(np.sqrt(np.mean(errors**2))), rel=1e-9)
+    dates = real_usdclp()[fxcu.DATE].to_list()
+    assert list(bt.origins) == [dates[i] for i in origins]
+    assert bt.copper_used and bt.copper_ablation_pct is not None and bt.copper_model_pct is not None
+    assert sum(bt.weights.values()) == pytest.approx(1)
+
+
+@pytest.mark.slow
+def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_forecast_7d):
+    fc = real_forecast_7d
+    assert fc.origin == date(2024, 7, 15)
+    dates = fxcu.trading_dates(fc.origin, 7)
+    assert set(fc.path["model"]) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE}
+    for _, rows in fc.path.group_by("model"):
+        assert rows[fxcu.DATE].to_list() == dates and rows["step"].to_list() == list(range(1, len(dates) + 1))
+    ordered = fc.path.select(
+        (pl.col("lo_95") <= pl.col("lo_80"))
+        & (pl.col("lo_80") <= pl.col("forecast"))
+        & (pl.col("forecast") <= pl.col("hi_80"))
+        & (pl.col("hi_80") <= pl.col("hi_95"))
+    )
+    assert ordered.to_series().all()
+    naive = fc.path.filter(pl.col("model") == "Naive")["forecast"]
+    assert np.allclose(naive.to_numpy(), fc.last_close)
+    assert fc.final[fxcu.DATE] == dates[-1]
+
+
+@pytest.mark.slow
+def test_forecast_without_copper_has_no_copper_model():
+    fc = fxcu.forecast(real_usdclp(), None, "15d", windows=60)
+    assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
+
+
+# -- Core: interval (variance) models and the weekly density backtest ------------------
+
+
+def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
+    from scipy.stats import norm
+
+    z = (y - mu) / sigma
+    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+
+
+@given(st.integers(0, 10_000), st.floats(0.002, 0.05), st.sampled_from([0.5, 0.7, 0.8, 1.25, 1.5, 2.0]))
+@settings(max_examples=40, deadline=None)
+def test_proper_scores_rank_the_right_scale_first(seed, sigma, factor):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0, sigma, 4000)
+    mu = np.zeros_like(y)
+    right, wrong = np.full_like(y, sigma), np.full_like(y, sigma * factor)
+    assert fxcu.crps(y, mu, right).mean() < fxcu.crps(y, mu, wrong).mean()
+    assert fxcu.weighted_interval_score(y, mu, right).mean() < fxcu.weighted_interval_score(y, mu, wrong).mean()
+    for level in fxcu.LEVELS:
+        z = fxcu.z_value(level)
+        assert (
+            fxcu.interval_score(y, -z * right, z * right, level).mean()
+            < fxcu.interval_score(y, -z * wrong, z * wrong, level).mean()
+        )
+
+
+def test_scores_match_their_textbook_forms():
+    y, mu, sigma = np.array([0.0, 0.3, -2.0]), np.array([0.0, 0.0, 0.5]), np.array([1.0, 0.5, 2.0])
+    assert fxcu.crps(y, mu, sigma) == pytest.approx(oracle_crps_normal(y, mu, sigma))
+    # interval score: width, plus 2/alpha times the miss (alpha = 0.2 at 80%)
+    assert fxcu.interval_score(np.array([0.0, 3.0]), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 80) == pytest.approx(
+        [2.0, 2 + 10 * 2]
+    )
+    assert fxcu.z_value(80) == pytest.approx(1.2815516) and fxcu.z_value(95) == pytest.approx(1.9599640)
+
+
+def noisy_random_walk(n: int, sigma: float, noise: float, seed: int) -> np.ndarray:
+    """Log prices: a random walk with daily sd `sigma`, each close quoted with i.i.d. noise of sd `noise`."""
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(0, sigma, n)) + rng.normal(0, noise, n)
+
+
+def test_multi_day_estimator_is_right_and_sqrt_k_daily_too_wide_under_quote_noise():
+    sigma, noise = 0.005, 0.003
+    logp = noisy_random_walk(10_000, sigma, noise, seed=3)
+    truth_5d = 5 * sigma**2 + 2 * noise**2  # the noise enters a k-day return twice, whatever k
+    daily = fxcu.base_variances(logp, 5)
+    # Naive: sqrt(steps) times the daily sd, i.e. 5 x (sigma^2 + 2 noise^2): 50% too much variance here
+    assert daily["Naive"][4] == pytest.approx(5 * (sigma**2 + 2 * noise**2), rel=0.05)
+    assert daily["Naive"][4] > 1.35 * truth_5d and daily["EWMA"][4] > 1.2 * truth_5d
+    # the long-run variance of 5-day returns is right
+    assert fxcu.recal_features(logp, None)["long_run"][-1] * 5 == pytest.approx(truth_5d, rel=0.08)
+    # the EWMA of 5-day returns is right on average over origins (each one is noisy: ~30 weeks' worth)
+    ewma_5d = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d"][4] for end in range(2000, 10_000, 40)]
+    assert np.mean(ewma_5d) == pytest.approx(truth_5d, rel=0.1)
+    blend = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d_blend"][4] for end in range(2000, 10_000, 40)]
+    assert np.mean(blend) == pytest.approx(truth_5d, rel=0.1)
+
+
+def prices_from_log(logp: np.ndarray, *, start: date = date(2010, 1, 4)) -> pl.DataFrame:
+    days = pl.date_range(start, start + timedelta(days=len(logp) * 2), eager=True)
+    return pl.DataFrame({fxcu.DATE: days.filter(days.dt.weekday() < 6).head(len(logp)), fxcu.CLOSE: 800 * np.exp(logp)})
+
+
+@pytest.fixture(scope="module")
+def garch_prices() -> pl.DataFrame:
+    """Prices whose daily log returns are GARCH(1,1) with Gaussian errors (arch's simulator, seeded)."""
+    from arch.univariate import GARCH, Normal, ZeroMean
+
+    sim = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=Normal(seed=11)).simulate(
+        [0.02, 0.12, 0.86], 3000, burn=500
+    )
+    return prices_from_log(np.concatenate([[0.0], np.cumsum(sim["data"].to_numpy() / 100)]))
+
+
+@pytest.mark.slow
+def test_coverage_on_simulated_garch_data(garch_prices):
+    """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks too; Naive's fixed width does not."""
+    db = fxcu.density_backtest_all(
+        garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200
+    )["7d"]
+    scores = db.models
+    assert scores["Naive"].origins == 300
+    for name in ("EWMA", "EWMA_5d"):
+        assert 0.72 <= scores[name].coverage_80 <= 0.88 and 0.89 <= scores[name].coverage_95 <= 0.99
+        assert scores[name].coverage_by["turbulent"][0] > scores["Naive"].coverage_by["turbulent"][0]
+    assert scores["EWMA"].crps_ratio.value < 1
+    # Naive's constant width is too wide in calm weeks and too narrow in turbulent ones
+    assert scores["Naive"].coverage_by["calm"][0] > 0.88 and scores["Naive"].coverage_by["turbulent"][0] < 0.8
+
+
+@pytest.mark.slow
+def test_garch_t_covers_simulated_garch_data(garch_prices):
+    """arch's GARCH(1,1)-t, refitted at each of 80 weekly origins, covers GARCH data near nominal."""
+    db = fxcu.density_backtest_all(
+        garch_prices, None, ["7d"], origins=80, history=1000, models=["Naive", "GARCH_t"], reps=200
+    )["7d"]
+    garch = db.models["GARCH_t"]
+    assert 0.7 <= garch.coverage_80 <= 0.9 and 0.88 <= garch.coverage_95 <= 1.0
+    assert garch.crps_ratio.value < 1.01
+
+
+@pytest.mark.slow
+def test_density_backtest_never_uses_data_after_its_origin():
+    """Perturbing every price after an origin leaves each interval model's range at that origin, and the pick, as is."""
+    usdclp, copper = make_prices(900, seed=4), make_prices(900, seed=5, level=4.0)
+    models = [*fxcu.RUN_INTERVAL_MODELS, "GARCH_t"]
+    kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
+    base = fxcu.density_backtest_all(usdclp, copper, **kwargs)
+    origin = base["7d"].origins[8]
+    bumped = usdclp.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * 1.3)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    bumped = bumped.with_columns(
+        pl.when(pl.col(fxcu.DATE) > origin)
+        .then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900)))
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    bumped_copper = copper.with_columns(
+        pl.when(pl.col(fxcu.DATE) >= origin)
+        .then(pl.col(fxcu.CLOSE) * 0.5)
+        .otherwise(pl.col(fxcu.CLOSE))
+        .alias(fxcu.CLOSE)
+    )
+    other = fxcu.density_backtest_all(bumped, bumped_copper, **kwargs)
+    for horizon in kwargs["horizons"]:
+        cols = ["origin", "vol20", "last", *models, fxcu.SERVED, "pick"]
+        before = base[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
+        after = other[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
+        assert before.height == 9
+        assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
+        later = pl.col("origin") > origin
+        assert not np.allclose(
+            base[horizon].predictions.filter(later)["EWMA"], other[horizon].predictions.filter(later)["EWMA"]
+        )
+
+
+@given(st.integers(0, 1000), st.integers(1, 15))
+@settings(max_examples=30, deadline=None)
+def test_choose_interval_model_uses_only_realised_outcomes(seed, steps):
+    rng = np.random.default_rng(seed)
+    n = 40
+    frame = pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "last": np.zeros(n),
+            "y": rng.normal(0, 0.02, n),
+            "Naive": np.full(n, 0.02),
+            "EWMA": rng.uniform(0.005, 0.05, n),
+        }
+    )
+    picks = fxcu.choose_interval_model(frame, ["Naive", "EWMA"], steps).picks
+    assert picks[0] == "Naive"
+    for i in (5, 20, 35):
+        future = frame["ds"] + steps > frame["ds"][i]
+        perturbed = frame.with_columns(pl.when(future).then(pl.col("y") * 10).otherwise(pl.col("y")).alias("y"))
+        assert fxcu.choose_interval_model(perturbed, ["Naive", "EWMA"], steps).picks[i] == picks[i]
+
+
+def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
+    rng = np.random.default_rng(2)
+    n = 200
+    y = rng.normal(0, 0.01, n)
+    frame = pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "last": np.zeros(n),
+            "y": y,
+            "Naive": np.full(n, 0.03),
+            "right": np.full(n, 0.01),
+            "wider": np.full(n, 0.06),
+        }
+    )
+    won = fxcu.choose_interval_model(frame, ["Naive", "right", "wider"], 5)
+    assert won.live == "right" and won.notes == () and won.picks[-1] == "right"
+    lost = fxcu.choose_interval_model(frame, ["Naive", "wider"], 5)
+    assert lost.live == "Naive" and set(lost.picks) == {"Naive"} and lost.notes == ()
+    flip = frame.with_columns(pl.Series("y", rng.normal(0, 0.03, n) * np.where(np.arange(n) < 100, 0.3, 1)))
+    late = fxcu.choose_interval_model(flip, ["Naive", "right"], 5)  # right early, far too narrow later
+    assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
+
+
+def test_choose_interval_model_window_looks_only_at_recent_origins():
+    """With a window, a candidate that was right long ago but too narrow lately is dropped sooner."""
+    n = 120
+    y = np.where(np.arange(n) < 60, 0.01, 0.04) * np.where(np.arange(n) % 2, 1, -1)  # calm, then turbulent
+    frame = pl.DataFrame(
+        {"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)}
+    )
+    always = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1).picks
+    recent = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1, window=10).picks
+    assert always[60] == recent[60] == "narrow"
+    assert recent.index("Naive", 60) < always.index("Naive", 60)
+    assert recent[70:] == ("Naive",) * 50
+
+
+def test_density_origins_are_weekly_and_leave_the_longest_horizon_known():
+    rows = fxcu.density_origins(1000, longest=65, origins=50, every=5, min_history=500)
+    assert rows[-1] == 1000 - 1 - 65 and np.all(np.diff(rows) == 5) and len(rows) == 50
+    # too little history for 252 origins: as many as leave 500 rows before the first one
+    assert fxcu.density_origins(600, longest=65) == [504, 509, 514, 519, 524, 529, 534]
+
+
+def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
+    rng = np.random.default_rng(0)
+    naive = rng.gamma(2, 1, 250)
+    scores = {"Naive": naive, "same": naive.copy(), "better": naive * rng.uniform(0.8, 1.0, 250)}
+    ratios = fxcu.ratio_ci(scores, "Naive", steps=22)
+    assert (ratios["same"].value, ratios["same"].lo, ratios["same"].hi) == pytest.approx((1, 1, 1))
+    assert ratios["better"].lo <= ratios["better"].value <= ratios["better"].hi < 1
+    assert ratios["better"].value == pytest.approx(scores["better"].mean() / naive.mean())
+
+
+@pytest.fixture(scope="module")
+def real_density_7d():
+    return fxcu.density_backtest_all(real_usdclp(), real_copper(), ["7d"], origins=60)["7d"]
+
+
+@pytest.mark.slow
+def test_density_backtest_on_real_data(real_density_7d):
+    """60 weekly origins on the real CLP=X history: origins, Naive's width and CRPS checked from the prices alone."""
+    db = real_density_7d
+    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
+    n = len(closes)
+    rows = [n - 1 - 65 - 5 * k for k in range(60)][::-1]
+    assert list(db.origins) == [real_usdclp()[fxcu.DATE][i] for i in rows]
+    logp = np.log(closes)
+    sigma = np.array([math.sqrt(5 * np.mean(np.diff(logp[i - 2519 : i + 1]) ** 2)) for i in rows])
+    y, last = logp[[i + 5 for i in rows]], logp[rows]
+    assert db.models["Naive"].crps == pytest.approx(oracle_crps_normal(y, last, sigma).mean(), rel=1e-9)
+    z80 = 1.2815515655446004
+    assert db.models["Naive"].coverage_80 == pytest.approx(np.mean(np.abs(y - last) <= z80 * sigma))
+    assert set(db.models) == {*fxcu.RUN_INTERVAL_MODELS, fxcu.SERVED} and db.copper_ablation_pct is not None
+    for m in db.models.values():
+        assert m.origins == 60 and m.crps_ratio.lo - 1e-12 <= m.crps_ratio.value <= m.crps_ratio.hi + 1e-12
+        assert 0.6 <= m.coverage_80 <= 0.95 and set(m.coverage_by) == {*fxcu.REGIMES, *fxcu.NAMED_WINDOWS}
+    assert db.live in fxcu.RUN_INTERVAL_MODELS
+
+
+@pytest.mark.slow
+def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
+    fc = real_forecast_7d
+    assert fc.density is not None and fc.interval_model == fc.density.live
+    assert fc.interval_label == "random walk; " + fxcu.INTERVAL_MODELS[fc.interval_model]
+    # on the shared data every candidate's picks lost to Naive's range out of sample: Naive's range is served
+    assert fc.interval_model == "Naive" and "serving Naive's range" in fc.density.notes[0]
+    naive, ens = (fc.path.filter(pl.col("model") == name) for name in ("Naive", fxcu.ENSEMBLE))
+    assert np.allclose(ens["lo_80"], naive["lo_80"]) and np.allclose(ens["hi_95"], naive["hi_95"])
+    # the random walk's own range: sqrt(steps) times the root mean squared daily log change over 2520 days
+    daily = np.diff(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-2520:]))
+    sd = np.sqrt(np.arange(1, 6) * np.mean(daily**2))
+    assert np.log(naive["hi_95"].to_numpy() / naive["forecast"].to_numpy()) == pytest.approx(1.959964 * sd, rel=1e-3)
+    # a density backtest that chose another range: the ensemble carries that model's width, Naive keeps its own
+    chosen = dataclasses.replace(fc.density, live="EWMA_5d_blend")
+    other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
+    assert other.interval_model == "EWMA_5d_blend" and "EWMA of 5-day returns blended" in other.interval_label
+    logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
+    var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, ["EWMA_5d_blend"])["EWMA_5d_blend"]
+    ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
+    assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
+    assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
+    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(
+        other.final["lo_80"], fc.final["lo_80"]
+    )
+    assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
+
+
+@pytest.mark.slow
+def test_run_offline_prints_json_summary_and_exits_0(offline_run):
+    _, _, result = offline_run
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["horizon"] == "7d" and out["last_date"] == "2024-07-15" and out["target_date"] == "2024-07-22"
+    assert (
+        out["interval_95"][0]
+        <= out["interval_80"][0]
+        <= out["forecast"]
+        <= out["interval_80"][1]
+        <= out["interval_95"][1]
+    )
+    assert out["ratio_to_naive"] <= 1.0 and out["tracked"] and out["copper_available"]
+    assert "cached data" in out["degraded"]
+
+
+@pytest.mark.slow
+def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
+    folder, elsewhere, result = offline_run
+    runs = read_runs(folder, "7d")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "7d · data 2024-07-15" and run.info.status == "FINISHED"
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
+    assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
+    assert "version_statsforecast" in p and len(p["input_sha256"]) == 64
+    for key in (
+        "7d_rmse",
+        "7d_mae",
+        "7d_mape",
+        "7d_ratio_to_naive",
+        "7d_coverage_80",
+        "Naive_rmse",
+        "AutoETS_mape",
+        "copper_ablation_pct",
+        "seconds_backtest",
+        "seconds_fetch",
+        "seconds_report",
+        "seconds_tracking",
+    ):
+        assert key in m, key
+    assert m["7d_ratio_to_naive"] <= 1.0
+    # the history ends 2024-07-15, older than FXCU_MAX_AGE_DAYS (5): stale as well as cached (issue 10)
+    assert t["fxcu.degraded"] == "cached data,stale data" and t["fxcu.degraded.cached_data"] == "true"
+    assert t["fxcu.degraded.stale_data"] == "true"
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
+    names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
+    assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
+    assert (
+        any(n.endswith(".md") for n in names)
+        and any(n.endswith(".png") for n in names)
+        and any(n.endswith(".csv") for n in names)
+    )
+    assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.slow
+def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run):
+    folder, _, result = offline_run
+    out = json.loads(result.stdout)
+    model = out["interval_model"]
+    assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == fxcu.interval_label("naive", model)
+    assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
+    assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {
+        *fxcu.REGIMES,
+        *fxcu.NAMED_WINDOWS,
+    }
+    run = read_runs(folder, "7d")[0]
+    p, m = run.data.params, run.data.metrics
+    assert p["interval_model"] == model and p["interval_label"] == out["interval_label"]
+    assert (
+        m["7d_range_crps_ratio"] == pytest.approx(out["range_crps_ratio"], abs=1e-4)
+        and m["range_origins"] == fxcu.DENSITY_ORIGINS
+    )
+    for key in (
+        "range_Naive_crps",
+        "range_EWMA_5d_is80_ratio",
+        "range_EWMA_5d_blend_crps_ratio_lo",
+        "7d_range_is95_ratio_hi",
+        "7d_range_wis",
+        "range_copper_ablation_pct",
+    ):
+        assert key in m, key
+    for group in ("calm", "middle", "turbulent", "2022", "2019_10_2020_06"):
+        assert f"7d_range_coverage_80_{group}" in m and f"range_Naive_coverage_95_{group}" in m
+    report = Path(out["report"]).read_text()
+    assert (
+        "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
+    )
+    assert f"served: {out['interval_label']}" in report
+
+
+@pytest.mark.slow
+def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
+    folder, _, result = offline_run
+    out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
+    t, m = run.data.tags, run.data.metrics
+    note = t["mlflow.note.content"]
+    assert note.startswith(
+        f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15"
+    )
+    lo80, hi80 = out["interval_80"]
+    assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
+    assert t["mlflow.source.name"] == "fxcu run 7d" and t["mlflow.source.type"] == "LOCAL" and t["mlflow.user"]
+    assert t["fxcu.version"] == fxcu.__version__ == run.data.params["version_fxcu"]
+    # the run spans the backtest: created when the command started, ended after the tracking
+    assert run.info.end_time - run.info.start_time >= 1000 * m["seconds_backtest"]
+    for short in ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"):
+        assert m[f"served_{short}"] == m[f"7d_{short}"]
+    assert run.data.params["target_date"] == "2024-07-22"
+
+
+# -- Core: formatting results ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "crumb"),
+    ("now", "words"),
     [
-        (200, "Phb0wzVdPs6", "Phb0wzVdPs6"),
-        (200, "zLoP.Fp75Uh\n", "zLoP.Fp75Uh"),
-        (429, "Too Many Requests\r\n", None),
-        (200, "Edge: Too Many Requests", None),  # yfinance #2284 read this back as a crumb
-        (200, "<html><body>consent</body></html>", None),
-        (200, "", None),
-        (401, INVALID_CRUMB, None),
+        (datetime(2026, 1, 19, 15, 0, tzinfo=UTC), "2026-01-19 12:00 (Santiago, UTC-03)"),  # summer time
+        (datetime(2026, 7, 1, 15, 30, tzinfo=UTC), "2026-07-01 11:30 (Santiago, UTC-04)"),
+        (datetime(2026, 7, 1, 2, 0, tzinfo=UTC), "2026-06-30 22:00 (Santiago, UTC-04)"),  # the day before in Santiago
     ],
 )
-def test_crumb_from(status, body, crumb):
-    assert fxcu.crumb_from(status, body) == crumb
+def test_santiago_time(now, words):
+    assert fxcu.santiago_time(now) == words
 
 
-# -- Shell: HTTP with retries (MockTransport) ----------------------------------------
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("copper_returns_1d", math.log(1.02), "+2.00%"),
+        ("copper_returns_20d", math.log(0.95), "-5.00%"),
+        ("copper_volatility_20d", 0.234, "23.4% a year"),
+        ("copper_sma_50", 4.5, "4.5000 USD/lb"),
+        ("copper_trend_signal", -1, "down (20-day below 50-day)"),
+        ("copper_trend_signal", 0, "flat"),
+        ("copper_rsi_14", 52.63, "52.6"),
+        ("copper_price_normalized", 1.5, "+1.50 standard deviations"),
+        ("copper_usdclp_correlation_90d", -0.234, "-0.23"),
+        ("copper_rsi_14", None, "n/a (not enough history)"),
+    ],
+)
+def test_format_feature_gives_units_and_percentages(name, value, words):
+    assert fxcu.format_feature(name, value) == words
 
 
-@pytest.fixture
-def vcr_config():
-    # record mode: --record-mode=none in pyproject; a re-record keeps no key, crumb or cookie
-    return {"filter_query_parameters": ["api_key", "crumb"], "filter_headers": ["cookie"]}
+def test_every_feature_has_words():
+    assert set(fxcu.FEATURE_WORDS) == set(fxcu.FEATURES)
 
 
-@pytest.fixture
-def plain_httpx(monkeypatch):
-    """Every client a cassette test makes runs with FXCU_HTTP_IMPERSONATE=off: vcrpy only intercepts httpx's own
-    transport, not a custom one like curl_cffi's (vcrpy#968), so a cassette would otherwise never be played."""
-    real = fxcu.make_client
-    monkeypatch.setattr(
-        fxcu, "make_client", lambda config, *args: real(dataclasses.replace(config, impersonate="off"), *args)
+@pytest.mark.slow
+def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
+    from types import SimpleNamespace
+
+    assert fxcu.range_words(real_forecast_7d).startswith(" (random walk; ")
+    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
+
+
+@pytest.mark.slow
+def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert (
+        headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
+        "made 2026-01-19 12:00 (Santiago, UTC-03)"
+    )
+    assert [h.split(" (")[0] for h in headings[1:]] == [
+        "## Summary",
+        "## Chart",
+        "## Backtest at the horizon date",
+        "## Range backtest",
+        "## Copper",
+        "## Forecast path",
+        "## Data and degraded reasons",
+    ]
+    assert "UTC)" not in text and "| Last close | **898.95** CLP per USD on Mon 15 Jul 2024 |" in text
+    assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
+
+
+@pytest.mark.slow
+def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
+    chart = tmp_path / "c.png"
+    fxcu.write_chart(real_forecast_7d, real_bundle, chart)
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    message = fxcu.build_email(
+        [real_forecast_7d],
+        real_bundle,
+        {"7d": chart.read_bytes()},
+        now=now,
+        sender="fxcu@bank.cl",
+        to=["desk@bank.cl"],
+        message_id="<1.2@bank.cl>",
+    )
+    assert_renders(message, ["7d"])
+    assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
+    assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
+    text = message.get_payload()[0].get_content()
+    assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
+
+
+@pytest.mark.slow
+def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_forecast_7d, real_bundle):
+    sections = fxcu.digest_sections([real_forecast_7d, real_forecast_7d], real_bundle, charts={"7d": "cid:x"})
+    keys = [s.key for s in sections]
+    assert keys == [
+        "digest",
+        "summary",
+        "chart",
+        "backtest",
+        "range",
+        "summary",
+        "chart",
+        "backtest",
+        "range",
+        "copper",
+        "data",
+    ]
+    assert sections[1].title == "7d: Summary"
+
+
+def test_what_changed_names_the_reasons():
+    before = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0)
+    same = fxcu.what_changed(before, before | {"run_id": "x"})
+    assert (
+        same["reasons"] == [] and same["forecast_change"] == 0 and "same data, same model" in fxcu.format_change(same)
+    )
+    after = before | {
+        "origin": date(2024, 5, 6),
+        "forecast": 903.5,
+        "hi_80": 915.0,
+        "point_model": "Ensemble:equal",
+        "degraded": "no copper",
+    }
+    change = fxcu.what_changed(before, after)
+    assert change["reasons"] == ["new data", "different chosen model", "degraded source"]
+    assert change["forecast_change"] == pytest.approx(3.5) and change["hi_80_change"] == pytest.approx(5.0)
+    text = fxcu.format_change(change)
+    assert "forecast +3.50" in text and "Naive -> Ensemble:equal" in text and "(no copper)" in text
+    assert fxcu.what_changed(after, before)["reasons"] == ["new data", "different chosen model", "source recovered"]
+    assert fxcu.what_changed(None, before) is None and fxcu.format_change(None).startswith("first forecast")
+
+
+# -- Core: the track record ------------------------------------------------------------
+
+
+def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
+    # 2024-09-18/19 are Chilean national holidays (Fiestas Patrias): say no close came on either.
+    prices = prices_on(
+        {
+            date(2024, 9, 13): 930.0,
+            date(2024, 9, 16): 940.0,
+            date(2024, 9, 17): 935.0,
+            date(2024, 9, 20): 925.0,
+            date(2024, 10, 31): 950.0,
+        }
+    )
+    rows = [
+        ledger_row(date(2024, 9, 6), date(2024, 9, 13), forecast=920.0, last=915.0),  # a close on the target date
+        ledger_row(date(2024, 9, 7), date(2024, 9, 14), forecast=930.0, last=931.0),  # a Saturday: Monday's close
+        ledger_row(
+            date(2024, 9, 11), date(2024, 9, 18), forecast=936.0, last=934.0, half80=5.0, half95=9.0
+        ),  # holidays: Friday's
+        ledger_row(
+            date(2024, 10, 1), date(2024, 10, 8), forecast=900.0
+        ),  # next close 23 days later: a data gap, unscored
+        ledger_row(date(2024, 10, 31), date(2024, 11, 7), forecast=950.0),  # not come yet
+    ]
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices).sort("origin")
+    got = scored.rows_by_key("origin", named=True, unique=True)
+    expected = {
+        date(2024, 9, 6): (date(2024, 9, 13), 930.0),
+        date(2024, 9, 7): (date(2024, 9, 16), 940.0),
+        date(2024, 9, 11): (date(2024, 9, 20), 925.0),
+    }
+    for row in rows:
+        out = got[row["origin"]]
+        if row["origin"] not in expected:
+            assert out["actual"] is None and out["wis"] is None and out["hit_80"] is None
+            continue
+        day, y = expected[row["origin"]]
+        assert out["actual_date"] == day and out["actual"] == y
+        assert out["error"] == pytest.approx(row["forecast"] - y) and out["abs_error"] == pytest.approx(
+            abs(row["forecast"] - y)
+        )
+        assert out["pct_error"] == pytest.approx((row["forecast"] - y) / y * 100)
+        assert out["hit_80"] == (row["lo_80"] <= y <= row["hi_80"]) and out["hit_95"] == (
+            row["lo_95"] <= y <= row["hi_95"]
+        )
+        assert out["rw_error"] == pytest.approx(row["last_close"] - y)
+        assert out["rw_hit_80"] == (row["rw_lo_80"] <= y <= row["rw_hi_80"])
+        served = {80: (row["lo_80"], row["hi_80"]), 95: (row["lo_95"], row["hi_95"])}
+        walk = {80: (row["rw_lo_80"], row["rw_hi_80"]), 95: (row["rw_lo_95"], row["rw_hi_95"])}
+        assert out["wis"] == pytest.approx(bracher_wis(y, row["forecast"], served))
+        assert out["rw_wis"] == pytest.approx(bracher_wis(y, row["last_close"], walk))
+    holiday = got[date(2024, 9, 11)]
+    assert holiday["hit_80"] is False and holiday["hit_95"] is False  # 925 is outside [931, 941] and [927, 945]
+
+
+def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
+    first = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0, run_id="a")
+    ledger = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [first, ledger_row(date(2024, 5, 3), date(2024, 5, 10), horizon="15d")]
+    )
+    again = fxcu.upsert_ledger(ledger, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=905.0, run_id="b")])
+    assert again.height == 2
+    row = again.filter(pl.col("horizon") == "7d").row(0, named=True)
+    assert row["forecast"] == 905.0 and row["run_id"] == "b"
+    both = fxcu.upsert_ledger(
+        again, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), kind="reconstructed", forecast=1.0)]
+    )
+    assert both.height == 3 and both.filter(pl.col("kind") == "live", pl.col("horizon") == "7d")[
+        "forecast"
+    ].to_list() == [905.0]
+
+
+@pytest.mark.slow
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
+        max_size=25,
+    ),
+)
+@settings(max_examples=40, deadline=None)
+def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
+    def rows(keys):
+        return [
+            ledger_row(date(2024, 1, 1) + timedelta(days=d), date(2024, 1, 8) + timedelta(days=d), horizon=h, kind=k)
+            for d, h, k in keys
+        ]
+
+    before = fxcu.upsert_ledger(fxcu.empty_ledger(), rows(old))
+    after = fxcu.upsert_ledger(before, rows(new))
+    assert after.height >= before.height
+    assert after.height == len(set(old) | set(new))
+    assert not after.select(fxcu.LEDGER_KEY).is_duplicated().any()
+
+
+def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    three = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
+    )
+    fxcu.write_ledger(three, path)
+    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
+        fxcu.write_ledger(three.head(1), path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
+    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
+    with pytest.raises(OSError):
+        fxcu.write_ledger(four, path)
+    assert_frame_equal(fxcu.read_ledger(path), three)
+    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
+
+
+def test_binomial_band_matches_the_binomial_distribution():
+    n, p = 50, 0.8
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo, hi = fxcu.binomial_band(n, p, 0.95)
+    # scipy's interval: the smallest k with cdf >= 2.5% and the smallest k with cdf >= 97.5%
+    cdf = np.cumsum(pmf)
+    assert lo * n == int(np.argmax(cdf >= 0.025)) and hi * n == int(np.argmax(cdf >= 0.975))
+    assert sum(pmf[round(lo * n) : round(hi * n) + 1]) >= 0.95
+
+
+# The band and the t-test without scipy.stats (check's import budget): hard-coded scipy values in the fast lane,
+# and against scipy.stats itself (imported in those tests only: 2-3 s) in the slow one.
+@pytest.mark.parametrize(
+    ("n", "p", "level", "ks"),  # ks: scipy 1.17 binom.interval(level, n, p)
+    [
+        (20, 0.8, 0.99, (11, 20)),
+        (60, 0.8, 0.99, (40, 55)),
+        (60, 0.95, 0.99, (52, 60)),
+        (2598, 0.8, 0.95, (2038, 2118)),
+        (2598, 0.95, 0.95, (2446, 2489)),
+    ],
+)
+def test_binomial_band_is_scipys_interval(n, p, level, ks):
+    assert fxcu.binomial_band(n, p, level) == (ks[0] / n, ks[1] / n)
+
+
+def test_binomial_band_of_no_forecasts_is_everything():
+    assert fxcu.binomial_band(0, 0.8) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("t", "df", "sf"),  # sf: scipy 1.17 t.sf(t, df)
+    [(2.0, 10, 0.03669401738537018), (-1.5, 7, 0.911350756505015), (0.7, 1, 0.30559988778578523),
+     (3.0, 59, 0.001975277606114153), (8.0, 2, 0.00763403608266907), (0.0, 4, 0.5)],
+)  # fmt: skip
+def test_student_t_sf_is_scipys(t, df, sf):
+    assert fxcu.student_t_sf(t, df) == pytest.approx(sf, rel=1e-12)
+
+
+def test_t_test_greater_is_scipys_and_no_spread_is_no_evidence():
+    # scipy 1.17: ttest_1samp([1.5, -0.5, 2.0, 0.25, 1.0, 3.5], 0, alternative="greater").pvalue
+    assert fxcu.t_test_greater([1.5, -0.5, 2.0, 0.25, 1.0, 3.5]) == pytest.approx(0.03668937736693685, rel=1e-12)
+    assert fxcu.t_test_greater([5.0]) == fxcu.t_test_greater([]) == fxcu.t_test_greater([2.0, 2.0, 2.0]) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("p", "level"), [(0.8, 0.95), (0.95, 0.95), (0.8, 0.99), (0.95, 0.99)])
+def test_binomial_band_is_scipys_interval_for_every_n_check_grades(p, level):
+    from scipy.stats import binom
+
+    ns = list(range(1, 301)) + [599, 1000, 2598]  # check grades n <= 60; track the whole record (2,598 in the bench)
+    lo, hi = binom.interval(level, ns, p)
+    assert [fxcu.binomial_band(n, p, level) for n in ns] == [(a / n, b / n) for n, a, b in zip(ns, lo, hi, strict=True)]
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 400), p=st.sampled_from([0.8, 0.95]), level=st.floats(0.5, 0.999))
+def test_binomial_band_is_scipys_interval_at_any_level(n, p, level):
+    from scipy.stats import binom
+
+    assert fxcu.binomial_band(n, p, level) == tuple(k / n for k in binom.interval(level, n, p))
+
+
+@pytest.mark.slow
+def test_student_t_sf_is_scipys_for_integer_degrees_of_freedom():
+    from scipy.stats import t
+
+    ts = [-40.0, -6.5, -2.0, -0.3, 0.0, 0.01, 0.7, 1.5, 2.33, 3.0, 8.0, 40.0]
+    for df in [*range(1, 61), 99, 250]:
+        assert [fxcu.student_t_sf(x, df) for x in ts] == pytest.approx(list(t.sf(ts, df)), rel=1e-9, abs=1e-13)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(-(10**7), 10**7).map(lambda v: v / 1000), min_size=2, max_size=80))
+def test_t_test_greater_is_scipys_one_sided_ttest(values):
+    from scipy.stats import ttest_1samp
+
+    got = fxcu.t_test_greater(values)  # values: squared-error differences in CLP^2, to the thousandth
+    if len(set(values)) == 1:
+        assert got == 1.0  # no spread, no evidence (scipy gives nan)
+    else:
+        assert got == pytest.approx(float(ttest_1samp(values, 0.0, alternative="greater").pvalue), rel=1e-7, abs=1e-12)
+
+
+def test_check_track_scoring_warns_only_when_forecasts_are_due():
+    assert fxcu.check_track_scoring("7d", 0, None) == []
+    assert fxcu.check_track_scoring("7d", 3, date(2024, 7, 16)) == [
+        ("track 7d scoring", "WARNING", "3 forecasts due since 2024-07-16 not scored (no realised close)")
+    ]
+
+
+@pytest.mark.parametrize("n", [1, fxcu.CHECK_MIN_SCORED - 1])
+def test_check_track_coverage_does_not_grade_too_few(n):
+    got = fxcu.check_track_coverage("7d", n, {80: 0.0, 95: 0.0}, level=0.99)
+    assert got == ("track 7d coverage", "OK", f"{n} scored forecasts (grading starts at {fxcu.CHECK_MIN_SCORED})")
+
+
+@pytest.mark.parametrize(
+    ("n", "band"),  # band: scipy 1.17 binom.interval(0.99, n, 0.8)
+    [(fxcu.CHECK_MIN_SCORED, (11, 20)), (60, (40, 55))],
+)
+def test_check_track_coverage_at_and_just_outside_the_band(n, band):
+    lo, hi = band[0] / n, band[1] / n
+    cases = [(lo, "OK"), (hi, "OK"), (lo - 1e-9, "WARNING"), (min(hi + 1e-9, 1.0), "WARNING" if hi < 1 else "OK")]
+    for cover, level in cases:
+        name, got, message = fxcu.check_track_coverage("15d", n, {80: cover, 95: 0.97}, level=0.99)
+        assert (name, got) == ("track 15d coverage", level)
+        assert message.endswith(f"over the last {n}" + ("" if level == "WARNING" else ", within chance"))
+
+
+def test_check_track_ratio_does_not_test_too_few():
+    errors = [30.0] * (fxcu.RATIO_TEST_MIN - 1)
+    got = fxcu.check_track_ratio("7d", errors, [1.0] * len(errors), 1.0)
+    assert got[1] == "OK" and "testing starts at 8" in got[2]
+
+
+@pytest.mark.parametrize(
+    ("scale", "level", "p"),  # p: scipy 1.17 ttest_1samp(served**2 - rw**2, 0, alternative="greater")
+    [(1.0, "OK", 0.30614195005389455), (1.1, "OK", 0.015059330219643858), (1.15, "WARNING", 0.007749558583063015)],
+)
+def test_check_track_ratio_warns_at_p_below_one_percent(scale, level, p):
+    rw = [3.0, -5.0, 8.0, -2.0, 6.0, -7.0, 4.0, -1.0, 9.0, -4.0, 2.0, -6.0]  # random-walk errors, CLP
+    served = [scale * e + 0.5 for e in rw]
+    name, got, message = fxcu.check_track_ratio("30d", served, rw, 1.0)
+    assert (name, got) == ("track 30d error ratio", level) and message.endswith(f"over 12 non-overlapping (p={p:.3f})")
+
+
+def levels_of(checks) -> dict[str, str]:
+    return {name: level for name, level, _ in checks}
+
+
+def test_check_track_calibrated_ledger_is_ok():
+    ledger, _ = synthetic_ledger(200, z80=1.2816, z95=1.96)
+    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
+    assert levels_of(checks) == {"track 7d coverage": "OK", "track 7d error ratio": "OK"}
+    assert fxcu.overall(checks) == "OK"
+
+
+def test_check_track_under_coverage_warns():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)  # nominal 45% and 68% ranges sold as 80% and 95%
+    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
+    assert levels_of(checks)["track 7d coverage"] == "WARNING"
+    assert "80% coverage" in next(m for n, _, m in checks if n == "track 7d coverage")
+
+
+def test_check_track_error_ratio_worse_than_backtest_warns():
+    ledger, _ = synthetic_ledger(
+        200, z80=1.2816, z95=1.96, served_scale=2.0
+    )  # twice the random walk's error, ranges to match
+    checks = levels_of(fxcu.check_track(ledger, today=date(2024, 1, 15)))
+    assert checks == {"track 7d coverage": "OK", "track 7d error ratio": "WARNING"}
+
+
+def test_check_track_unscored_forecasts_warn_and_few_scores_do_not_grade():
+    ledger, prices = synthetic_ledger(10, z80=1.2816, z95=1.96)
+    stale = fxcu.score_ledger(ledger, prices.head(3))  # the prices stopped coming
+    checks = fxcu.check_track(stale, today=date(2023, 2, 1))
+    assert levels_of(checks) == {"track 7d scoring": "WARNING", "track 7d coverage": "OK"}
+    assert "7 forecasts due since 2023-01-12 not scored" in checks[0][2]
+    assert fxcu.check_track(fxcu.empty_ledger(), today=date(2023, 2, 1)) == [
+        ("track record", "OK", "no live forecasts in the ledger yet")
+    ]
+
+
+def test_check_track_grades_only_live_rows():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
+    assert fxcu.check_track(ledger.with_columns(kind=pl.lit("reconstructed")), today=date(2024, 1, 15))[0][1] == "OK"
+
+
+def test_track_stats_last_n_and_misses_by_hand():
+    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96, seed=3)
+    stats = fxcu.track_record(ledger, ["7d"], last=20)["7d"]
+    tail = ledger.sort("origin").tail(20)
+    errors, walk = tail["error"].to_list(), tail["rw_error"].to_list()
+    rmse = math.sqrt(sum(e * e for e in errors) / 20)
+    assert stats["scored"] == 20 and stats["rmse"] == pytest.approx(rmse)
+    assert stats["rmse_ratio_rw"] == pytest.approx(rmse / math.sqrt(sum(e * e for e in walk) / 20))
+    assert stats["coverage_80"] == sum(tail["hit_80"]) / 20
+    missed = [str(o) for o, hit in zip(tail["origin"], tail["hit_80"], strict=True) if not hit]
+    assert [m["origin"] for m in stats["misses"]] == missed[::-1][:5]
+    assert stats["reconstructed"]["scored"] == 0 and stats["backtest"]["coverage_80"] == 0.8
+
+
+def test_weekly_origins_take_each_weeks_last_trading_day():
+    days = [date(2024, 3, d) for d in (4, 5, 6, 7, 8, 11, 12, 13, 14, 18, 19)]  # Friday 15th missing
+    assert fxcu.weekly_origins(days, date(2024, 3, 5)) == [date(2024, 3, 8), date(2024, 3, 14), date(2024, 3, 19)]
+
+
+def test_live_metrics_names():
+    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96)
+    metrics = fxcu.live_metrics(fxcu.track_record(ledger, ["7d"])["7d"])
+    assert {
+        "live_scored",
+        "live_rmse",
+        "live_rmse_ratio_rw",
+        "live_coverage_80",
+        "live_coverage_95",
+        "live_wis_ratio",
+    } <= set(metrics)
+    assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
+
+
+# -- Core: the run dashboard (runs, compare, stats) ------------------------------------
+
+
+def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
+    runs = [
+        stored("7d", 50, forecast=910.0),
+        stored("30d", 40, forecast=930.0),
+        stored("7d", 30),
+        stored("7d", 20, forecast=900.0),
+    ]
+    rows = fxcu.runs_rows(runs, last=2)
+    assert [(r["horizon"], r["change"]) for r in rows] == [("7d", 10.0), ("30d", None), ("7d", None)]
+    assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
+
+
+@pytest.mark.slow
+@given(
+    st.lists(st.tuples(st.sampled_from(["7d", "30d"]), st.one_of(st.none(), st.floats(800, 1000))), max_size=12),
+    st.integers(1, 5),
+)
+@settings(max_examples=100, deadline=None)
+def test_runs_rows_changes_add_up_to_the_forecasts(spec, last):
+    runs = [stored(h, 100 - i, forecast=f) for i, (h, f) in enumerate(spec)]  # newest first
+    rows = fxcu.runs_rows(runs, last)
+    for horizon in ("7d", "30d"):
+        mine = [r for r in rows if r["horizon"] == horizon]
+        assert len(mine) == min(last, sum(h == horizon for h, _ in spec))
+        for row in mine:
+            older = [
+                f
+                for h, f in spec[[r.run_id for r in runs].index(row["run_id"]) + 1 :]
+                if h == horizon and f is not None
+            ]
+            expected = None if row["forecast"] is None or not older else row["forecast"] - older[0]
+            assert row["change"] == expected
+
+
+def test_compare_rows_best_coverage_is_closest_to_nominal():
+    runs = [
+        stored("7d", 9, Naive_coverage_80=0.95, AutoETS_coverage_80=0.78, **{"7d_coverage_80": 0.70}),
+        stored("7d", 5, **{"7d_coverage_80": 0.81}),
+    ]
+    (row,) = fxcu.compare_rows(runs, "coverage_80")
+    assert row["best_model"] == "AutoETS" and row["best_served"] == 0.81 and row["best_served_run"] == "r5"
+    text = fxcu.render(fxcu.compare_table([row], "coverage_80"), color=False)
+    assert text.startswith("80% interval coverage (% of outcomes inside): closest to 80% is best")
+    assert "78% *" in text and "95%" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (5, "just now"),
+        (90, "1 minute ago"),
+        (3 * 3600 + 5, "3 hours ago"),
+        (86400, "1 day ago"),
+        (9 * 86400, "9 days ago"),
+        (15 * 86400, "2 weeks ago"),
+    ],
+)
+def test_age_words(seconds, words):
+    assert fxcu.age_words(seconds) == words
+
+
+def test_render_colours_only_when_asked_and_fits_100_columns():
+    runs = [stored("90d", 9, forecast=1234.5)]
+    rows = fxcu.runs_rows(runs, last=1)
+    rows[0] |= {
+        "served": "AutoETS 40%, AutoARIMA 30%, AutoTheta 20%, Naive 10%",
+        "status": "degraded: no copper, cached data, removed bad prints",
+    }
+    plain, colour = fxcu.render(fxcu.runs_table(rows), color=False), fxcu.render(fxcu.runs_table(rows), color=True)
+    assert "\x1b[" not in plain and "\x1b[33m" in colour  # yellow: degraded
+    assert max(map(len, plain.splitlines())) <= 100 and "1,234.50" in plain
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "best"),
+    [
+        ("7d_rmse", [20.0, 18.5, 19.0], 18.5),
+        ("7d_coverage_80", [0.70, 0.83, 0.95], 0.83),
+        ("7d_coverage_95", [0.99, 0.90, 0.96], 0.96),
+        ("Naive_copper_direction_hit", [0.5, 0.67, 0.6], 0.67),
+    ],
+)
+def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
+    assert min(values, key=fxcu.metric_rank(name)) == best
+
+
+# -- Core: grading the health check ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("last", "level"),
+    [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")],
+)
+def test_check_age(last, level):
+    assert (
+        fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
+        == level
     )
 
 
-@pytest.fixture
-def vcr_cassette_dir():
-    return str(CASSETTES)
+@pytest.mark.parametrize(("hours", "level"), [(10, "OK"), (72, "OK"), (90, "WARNING")])
+def test_check_runs_allows_a_weekend(hours, level):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    entry = {
+        "time": (now - timedelta(hours=hours)).isoformat(),
+        "ok": True,
+        "tracked": True,
+        "forecast": 950.0,
+        "target_date": "2026-12-07",
+        "degraded": [],
+    }
+    graded = dict((name, lv) for name, lv, _ in fxcu.check_runs({"7d": entry}, now=now))
+    assert graded["run 7d"] == level and graded["run 15d"] == "WARNING"
 
 
-def cassette(*names: str):
-    """Play these cassettes (`-m cassette` selects every test that does, e.g. to re-record)."""
-    vcr = pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
-    return lambda test: pytest.mark.cassette(pytest.mark.usefixtures("plain_httpx")(vcr(test)))
+# Checks graded by hand: the status line names the worst problem, never contradicts the lines below it.
+OK_DISK = ("disk", "OK", "50.0 GB free")
 
 
-def counting(handler):
-    calls = []
+def test_headline_is_the_overall_level_and_the_worst_problem():
+    checks = [
+        ("usdclp data", "OK", "1 days old"),
+        ("copper data", "WARNING", "9 days old (last 2026-11-17)"),
+        ("run 7d", "WARNING", "never run"),
+        OK_DISK,
+    ]
+    assert fxcu.headline(checks) == "WARNING - copper data: 9 days old (last 2026-11-17) (+1 more problem)"
+    checks.append(("usdclp data", "CRITICAL", "40 days old"))
+    assert fxcu.headline(checks) == "CRITICAL - usdclp data: 40 days old (+2 more problems)"
+    assert fxcu.headline([OK_DISK, OK_DISK]) == "OK - all 2 checks passed"
 
-    def wrapped(request):
-        calls.append(request)
-        return handler(request)
 
-    return wrapped, calls
+def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
+    perf = [
+        fxcu.Perf("usdclp_age_days", 2, warn="5", crit="30"),
+        fxcu.Perf("disk_free", 5e10, "B", warn="1000000000:", crit="100000000:"),
+        fxcu.Perf("ratio", 0.25, min=None),
+    ]
+    text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
+    assert text.splitlines() == [
+        (
+            "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 "
+            "'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"
+        ),
+        "OK       usdclp data: 2 days old",
+        "OK       disk: 50.0 GB free",
+    ]
+
+
+LIMITS = fxcu.Thresholds()
+TODAY = date(2026, 11, 26)
+
+
+@pytest.mark.parametrize(
+    ("last", "degraded", "level", "words"),
+    [
+        (date(2026, 11, 25), [], "OK", "1 days old (last 2026-11-25, 10 rows)"),
+        (date(2026, 11, 17), [], "WARNING", "9 days old"),
+        (None, None, "WARNING", "no data: forecasts run without copper"),
+        (None, ["no copper"], "WARNING", "no data: forecasts run without copper"),
+        (date(2026, 11, 25), ["no copper", "cached data"], "WARNING", "the last run had no copper; data 1 days old"),
+        (date(2026, 11, 25), ["stale copper"], "WARNING", "the last run had stale copper"),
+        (date(2026, 11, 25), ["monthly copper"], "OK", "monthly FRED copper (degraded)"),
+    ],
+)
+def test_check_copper_is_one_verdict(last, degraded, level, words):
+    name, got, message = fxcu.check_copper(last, 10 if last else 0, degraded, today=TODAY, limits=LIMITS)
+    assert (name, got) == ("copper data", level) and words in message
+
+
+@given(
+    age=st.one_of(st.none(), st.integers(0, 60)),
+    degraded=st.one_of(
+        st.none(),
+        st.lists(st.sampled_from(["no copper", "stale copper", "monthly copper", "cached data"]), unique=True),
+    ),
+    warn=st.integers(1, 30),
+)
+def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, warn):
+    last = None if age is None else TODAY - timedelta(days=age)
+    limits = dataclasses.replace(LIMITS, data_warn_days=warn)
+    _, level, message = fxcu.check_copper(last, 5, degraded, today=TODAY, limits=limits)
+    bad = last is None or age > warn or bool({"no copper", "stale copper"} & set(degraded or ()))
+    assert level == ("WARNING" if bad else "OK")
+    assert "days old" in message or message.startswith("no data")  # the age is always said, with any run finding
+
+
+@pytest.mark.slow
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), st.sampled_from(["OK", "WARNING", "CRITICAL"]), st.text("xyz ", max_size=5)
+        ),
+        min_size=1,
+    )
+)
+def test_headline_level_is_the_exit_level(checks):
+    assert fxcu.headline(checks).split(" - ")[0] == fxcu.overall(checks)
+
+
+def test_thresholds_default_to_todays_levels_env_then_flags_win():
+    assert fxcu.Thresholds.from_env({}) == fxcu.Thresholds(5, 30, 80, 100, 1.0, 0.1)
+    env = {"FXCU_CHECK_DATA_WARN_DAYS": "8", "FXCU_CHECK_RUN_WARN_HOURS": "30"}
+    limits = fxcu.Thresholds.from_env(env, data_warn_days=10, run_warn_hours=None)
+    assert (limits.data_warn_days, limits.run_warn_hours, limits.data_critical_days) == (10, 30, 30)
+    with pytest.raises(fxcu.ConfigError, match="must exceed"):
+        fxcu.Thresholds.from_env({}, data_warn_days=40)
+    with pytest.raises(fxcu.ConfigError, match="must be below"):
+        fxcu.Thresholds.from_env({"FXCU_CHECK_DISK_CRITICAL_GB": "2"})
+
+
+# check's grading rules, at and around each threshold, on facts built by hand (no files).
+LEVEL_RANK = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+
+
+def test_thresholds_data_ages_follow_the_configs_stale_age(tmp_path):
+    assert fxcu.Thresholds().data_warn_days == fxcu.Config(tmp_path).max_age_days == 5  # the default agrees with run
+    assert fxcu.Thresholds.defaults(fxcu.Config(tmp_path)) == fxcu.Thresholds()
+    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "8"})
+    limits = fxcu.Thresholds.from_env({}, config)
+    assert (limits.data_warn_days, limits.data_critical_days) == (8, 30)
+    long = fxcu.Config(tmp_path, max_age_days=20)  # critical moves out to twice the stale age, past 30 days
+    limits = fxcu.Thresholds.defaults(long)
+    assert (limits.data_warn_days, limits.data_critical_days) == (20, 40)
+    assert fxcu.Thresholds.from_env({"FXCU_CHECK_DATA_WARN_DAYS": "3"}, long).data_warn_days == 3  # the variable wins
+    assert fxcu.Thresholds.from_env({}, long, data_warn_days=2).data_warn_days == 2  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("age", "level"),
+    [(0, "OK"), (4, "OK"), (5, "OK"), (6, "WARNING"), (29, "WARNING"), (30, "WARNING"), (31, "CRITICAL")],
+)
+def test_check_usdclp_at_and_around_its_thresholds(age, level):
+    facts = fxcu.SeriesFacts(fxcu.USDCLP_CACHE, TODAY - timedelta(days=age), 100)
+    name, got, message = fxcu.check_usdclp(facts, today=TODAY, limits=LIMITS)
+    assert (name, got) == ("usdclp data", level) and message == f"{age} days old (last {facts.last}, 100 rows)"
+
+
+def test_check_usdclp_missing_or_unreadable_is_critical():
+    missing = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE), today=TODAY, limits=LIMITS)
+    broken = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE, error="ArrowInvalid"), today=TODAY, limits=LIMITS)
+    assert missing == ("usdclp data", "CRITICAL", "no data")
+    assert broken == ("usdclp data", "CRITICAL", "usdclp.parquet unreadable (ArrowInvalid)")
+
+
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
+@given(ages=st.lists(st.integers(-1, 400), min_size=2, max_size=2), warn=st.integers(1, 60), extra=st.integers(1, 60))
+def test_check_age_level_never_falls_as_data_ages(ages, warn, extra):
+    young, old = sorted(ages)
+    levels = [
+        fxcu.check_age(
+            "x", TODAY - timedelta(days=a), today=TODAY, warn_days=warn, critical_days=warn + extra, missing="CRITICAL"
+        )[1]
+        for a in (young, old)
+    ]
+    assert LEVEL_RANK[levels[0]] <= LEVEL_RANK[levels[1]]
+    assert levels[1] == ("CRITICAL" if old > warn + extra else "WARNING" if old > warn else "OK")
+
+
+@pytest.mark.parametrize(
+    ("size", "level"), [(0, "OK"), (100 * 10**6 - 1, "OK"), (100 * 10**6, "OK"), (100 * 10**6 + 1, "WARNING")]
+)
+def test_check_database_warns_only_over_100_mb(size, level):
+    name, got, message = fxcu.check_database(size, 7, limits=LIMITS)
+    assert (name, got) == ("mlflow database", level) and message.startswith("7 runs, ")
+    assert ("(over 100 MB)" in message) == (level == "WARNING")
+
+
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
+@given(sizes=st.lists(st.integers(0, 10**12), min_size=2, max_size=2), limit=st.floats(1, 10**5))
+def test_check_database_level_never_falls_as_it_grows(sizes, limit):
+    limits = dataclasses.replace(LIMITS, db_warn_mb=limit)
+    small, big = (fxcu.check_database(s, 1, limits=limits)[1] for s in sorted(sizes))
+    assert LEVEL_RANK[small] <= LEVEL_RANK[big]
+
+
+@pytest.mark.parametrize(
+    ("free", "level"),
+    [
+        (10**9, "OK"),
+        (10**9 - 1, "WARNING"),
+        (10**8, "WARNING"),
+        (10**8 - 1, "CRITICAL"),
+        (0, "CRITICAL"),
+        (50 * 10**9, "OK"),
+    ],
+)
+def test_check_disk_at_and_around_1_gb_and_100_mb(free, level):
+    assert fxcu.check_disk(free, limits=LIMITS)[:2] == ("disk", level)
+
+
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
+@given(frees=st.lists(st.integers(0, 10**13), min_size=2, max_size=2))
+def test_check_disk_level_never_rises_with_more_free_space(frees):
+    low, high = (fxcu.check_disk(f, limits=LIMITS)[1] for f in sorted(frees))
+    assert LEVEL_RANK[low] >= LEVEL_RANK[high]
+
+
+def status_entry(now: datetime, hours: float, **fields) -> dict:
+    """A status.json entry of a tracked, successful run `hours` before `now`."""
+    entry = {"time": (now - timedelta(hours=hours)).isoformat(), "ok": True, "tracked": True, "forecast": 950.0}
+    return entry | {"target_date": "2026-12-07", "degraded": []} | fields
+
+
+@pytest.mark.parametrize(
+    ("hours", "fields", "level"),
+    [
+        (79.99, {}, "OK"),
+        (80, {}, "OK"),
+        (80.01, {}, "WARNING"),
+        (1, {"tracked": False, "tracking_error": "locked"}, "WARNING"),
+        (1, {"ok": False, "error": "no USD/CLP"}, "CRITICAL"),
+        (200, {"ok": False}, "CRITICAL"),
+    ],
+)
+def test_check_runs_at_and_around_80_hours(hours, fields, level):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    graded = {name: lv for name, lv, _ in fxcu.check_runs({"30d": status_entry(now, hours, **fields)}, now=now)}
+    assert graded == {"run 7d": "WARNING", "run 15d": "WARNING", "run 30d": level, "run 90d": "WARNING"}
+
+
+@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
+@given(hours=st.lists(st.floats(0, 1000), min_size=2, max_size=2), limit=st.floats(1, 500))
+def test_check_runs_level_never_falls_as_the_run_ages(hours, limit):
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    recent, old = (
+        next(fxcu.check_runs({"7d": status_entry(now, h)}, now=now, max_age_hours=limit))[1] for h in sorted(hours)
+    )
+    assert LEVEL_RANK[recent] <= LEVEL_RANK[old]
+
+
+def test_last_run_degraded_is_the_latest_timed_entrys():
+    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
+    status = {
+        "7d": status_entry(now, 30, degraded=["no copper"]),
+        "15d": status_entry(now, 2, degraded=["monthly copper"]),
+        "30d": {"time": "yesterday"},
+    }
+    assert fxcu.last_run_degraded(status) == ["monthly copper"]
+    assert fxcu.last_run_degraded({"7d": status_entry(now, 1, degraded="oops")}) == []
+    assert fxcu.last_run_degraded({"7d": {"time": "never"}}) is None and fxcu.last_run_degraded({}) is None
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (fxcu.DatabaseFacts(remote="http://mlflow:5000"), ("OK", "remote tracking at http://mlflow:5000 (not probed)")),
+        (
+            fxcu.DatabaseFacts(missing=Path("/d/mlflow/mlflow.db")),
+            ("WARNING", "missing (/d/mlflow/mlflow.db); run `fxcu init`"),
+        ),
+        (
+            fxcu.DatabaseFacts(error="database disk image is malformed"),
+            ("CRITICAL", "unreadable (database disk image is malformed)"),
+        ),
+        (fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160), ("OK", "412 runs, 3.9 MB")),
+    ],
+)
+def test_check_mlflow_grades_each_kind_of_store(facts, expected):
+    assert fxcu.check_mlflow(facts, limits=LIMITS) == ("mlflow database", *expected)
+
+
+def healthy_facts(now: datetime, **changes) -> fxcu.CheckFacts:
+    """The facts of a healthy install at `now`: fresh data, four fresh tracked runs, a small database, free disk."""
+    fresh = now.date() - timedelta(days=1)
+    facts = fxcu.CheckFacts(
+        usdclp=fxcu.SeriesFacts(fxcu.USDCLP_CACHE, fresh, 4930),
+        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, fresh, 6590),
+        status={h: status_entry(now, 2) for h in fxcu.HORIZONS},
+        database=fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160),
+        free_bytes=48 * 10**9,
+    )
+    return dataclasses.replace(facts, **changes)
+
+
+def test_check_findings_and_perf_of_a_healthy_install():
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    checks = fxcu.check_findings(healthy_facts(now), now=now, limits=LIMITS)
+    assert [name for name, _, _ in checks] == [
+        "usdclp data", "copper data", "run 7d", "run 15d", "run 30d", "run 90d", "mlflow database", "disk"
+    ]  # fmt: skip
+    assert fxcu.headline(checks) == "OK - all 8 checks passed"
+    perf = fxcu.format_perf(fxcu.check_perf(healthy_facts(now), now=now, limits=LIMITS))
+    assert perf == (
+        "'usdclp_age_days'=1;5;30;0 'copper_age_days'=1;5;;0 'run_7d_age_hours'=2;80;;0 'run_15d_age_hours'=2;80;;0 "
+        "'run_30d_age_hours'=2;80;;0 'run_90d_age_hours'=2;80;;0 'mlflow_db'=3932160B;100000000;;0 "
+        "'disk_free'=48000000000B;1000000000:;100000000:;0"
+    )
+
+
+def test_check_findings_of_broken_facts_each_say_what_is_wrong():
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    facts = healthy_facts(
+        now,
+        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, error="OSError"),
+        database=fxcu.DatabaseFacts(remote="http://mlflow:5000"),
+        ledger_error="forecast ledger unreadable",
+        free_bytes=5 * 10**8,
+    )
+    checks = {name: (lv, message) for name, lv, message in fxcu.check_findings(facts, now=now, limits=LIMITS)}
+    assert checks["copper data"] == ("CRITICAL", "copper_hgf_usd_lb.parquet unreadable (OSError)")
+    assert checks["track record"] == ("WARNING", "forecast ledger unreadable") and checks["disk"][0] == "WARNING"
+    labels = [p.label for p in fxcu.check_perf(facts, now=now, limits=LIMITS)]
+    assert "copper_age_days" not in labels and "mlflow_db" not in labels and labels[-1] == "disk_free"
+
+
+def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
+    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
+    scored = ledger.filter(pl.col("kind") == "live").drop_nulls("hit_80").sort("origin").tail(fxcu.CHECK_LAST)
+    want80 = 100 * sum(scored["hit_80"].to_list()) / scored.height  # counted here from the stored hits
+    perf = {p.label: p for p in fxcu.track_perf(ledger)}
+    assert set(perf) == {"live_coverage_80_7d", "live_coverage_95_7d"}
+    assert (
+        perf["live_coverage_80_7d"].value == pytest.approx(want80, abs=0.05) and perf["live_coverage_80_7d"].uom == "%"
+    )
+    assert fxcu.format_perf([perf["live_coverage_80_7d"]]).startswith(
+        f"'live_coverage_80_7d'={perf['live_coverage_80_7d'].value:g}%;"
+    )
+    assert fxcu.track_perf(fxcu.empty_ledger()) == []
+
+
+# -- Shell: HTTP -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -1181,7 +3620,223 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
     assert "api_key=***" in result.error
 
 
-# -- Shell: cassettes (real data in real response shapes) ---------------------------
+def client_hello_fields(hello: bytes) -> tuple[list[int], list[int]]:
+    """The cipher suites and extension types of a raw ClientHello record (RFC 8446 section 4.1.2)."""
+    at = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
+    at += 1 + hello[at]  # session id
+    n = int.from_bytes(hello[at : at + 2], "big")
+    ciphers = [int.from_bytes(hello[i : i + 2], "big") for i in range(at + 2, at + 2 + n, 2)]
+    at += 2 + n
+    at += 1 + hello[at]  # compression methods
+    end, at, extensions = at + 2 + int.from_bytes(hello[at : at + 2], "big"), at + 2, []
+    while at < end:
+        extensions.append(int.from_bytes(hello[at : at + 2], "big"))
+        at += 4 + int.from_bytes(hello[at + 2 : at + 4], "big")
+    return ciphers, extensions
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 GREASE values (0x0a0a, 0x1a1a, ... 0xfafa): Chrome sends them, OpenSSL never does."""
+    return value & 0x0F0F == 0x0A0A and value >> 8 == value & 0xFF
+
+
+CRUMB, COOKIE = "fxcuTestCrumb7", "A3=d=fxcu-test-cookie-value"  # fakes, in the shape of Yahoo's
+
+
+def crumb_yahoo() -> dict:
+    """Yahoo as it answers a client it does not trust yet: the chart only with its cookie and crumb, the crumb only
+    with the cookie, and the cookie on a 404 page (as fc.yahoo.com does). The cookie URL is `/fc` here."""
+
+    def has_cookie(handler) -> bool:
+        return COOKIE in (handler.headers.get("Cookie") or "")
+
+    def chart(handler):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
+        if query.get("crumb") != CRUMB or not has_cookie(handler):
+            return Reply(401, INVALID_CRUMB)
+        return good_routes()[YAHOO_CLP if "CLP" in urllib.parse.unquote(handler.path) else YAHOO_HG]
+
+    def getcrumb(handler):
+        return Reply(200, CRUMB, "text/plain;charset=utf-8") if has_cookie(handler) else Reply(401, INVALID_CRUMB)
+
+    cookie = Reply(404, "<html>404</html>", "text/html", headers=(("Set-Cookie", f"{COOKIE}; Path=/; HttpOnly"),))
+    return {"/fc": cookie, fxcu.YAHOO_CRUMB_PATH: getcrumb, "/v8/finance/chart/": chart}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impersonate", ["off", "chrome"])
+def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(tmp_path, caplog, impersonate):
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    with FakeSources(crumb_yahoo()) as api:
+        config = make_config(
+            tmp_path, yahoo_url=api.url, yahoo_cookie_url=f"{api.url}/fc", impersonate=impersonate, max_age_days=100000
+        )
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.DEBUG), fxcu.make_client(config, session) as client:
+            usdclp = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
+            copper = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
+    assert usdclp.source == "yahoo" and usdclp.frame.height == 4664 and copper.source == "yahoo"
+    paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) for p in api.requests]
+    assert paths == [
+        YAHOO_CLP,
+        "/fc",
+        fxcu.YAHOO_CRUMB_PATH,
+        YAHOO_CLP,
+        YAHOO_HG,
+    ]  # one retry, then the crumb is reused
+    assert [f"crumb={CRUMB}" in p for p in api.requests] == [False, False, False, True, True]
+    assert session.crumb_state == "fetched" and session.level() == "OK"
+    assert "Yahoo asked for a cookie and crumb (HTTP 401): fetching them, retrying once" in caplog.text
+    assert CRUMB not in caplog.text and "fxcu-test-cookie" not in caplog.text and CRUMB not in repr(session)
+    for path in config.data_dir.rglob("*"):  # never on disk
+        assert not path.is_file() or (
+            CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes()
+        )
+
+
+@pytest.mark.slow
+def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_yahoo_answered(tmp_path, caplog):
+    with FakeSources(crumb_yahoo()) as api:
+        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
+            result = fxcu.fetch_source(
+                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
+    # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
+    # try 2: the same 401, no second crumb attempt, and a 401 is final
+    assert not result.ok and result.error.startswith("HTTP 401 Unauthorized") and "Invalid Crumb" in result.error
+    assert api.count(YAHOO_CLP) == 2 and api.count(fxcu.YAHOO_CRUMB_PATH) == 0
+    assert session.crumb_state == "refused" and session.crumb_text() == "crumb refused (cookie or crumb request failed)"
+
+
+@pytest.mark.slow
+def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, monkeypatch):
+    cafile, context = make_tls_pair(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cafile))  # both transports trust it as httpx does from the environment
+    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
+    seen = {}
+    for mode in ("chrome", "off"):
+        with FakeSources({YAHOO_HG: chart}, tls=context) as api:
+            config = make_config(tmp_path, yahoo_url=api.url, impersonate=mode)
+            session = fxcu.YahooSession(config)
+            with fxcu.make_client(config, session) as client:
+                result = fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
+        assert result.ok and result.frame.height == 30, result.error
+        seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
+    ciphers, extensions, headers, transport = seen["chrome"]
+    assert any(map(is_grease, ciphers)) and any(map(is_grease, extensions))  # RFC 8701 GREASE, as Chrome sends
+    assert 0x001B in extensions  # compress_certificate (brotli), a BoringSSL/Chrome extension
+    assert "Chrome/" in headers["user-agent"] and headers["user-agent"] != fxcu.USER_AGENT and "sec-ch-ua" in headers
+    assert transport.endswith("TLS fingerprint (curl_cffi 0.17.0)") and transport.startswith("chrome")
+    ciphers, extensions, headers, transport = seen["off"]
+    assert not any(map(is_grease, ciphers + extensions)) and 0x001B not in extensions  # OpenSSL's hello
+    assert headers["user-agent"] == fxcu.USER_AGENT and transport == "plain httpx (FXCU_HTTP_IMPERSONATE=off)"
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with FakeSources({YAHOO_HG: chart}, tls=context) as api:  # a certificate nobody vouches for is refused
+        config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
+        with fxcu.make_client(config) as client:
+            result = fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            )
+    assert not result.ok and "connection error" in result.error and api.requests == []
+
+
+@pytest.mark.slow
+def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
+    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
+    with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
+        config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
+        with fxcu.make_client(config) as client:
+            assert fxcu.fetch_source(
+                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            ).ok
+            assert fxcu.fetch_source(
+                fxcu.source_named("usdclp", "mindicador"),
+                config,
+                client,
+                no_wait_fetch(config),
+                since=None,
+                now=CLP_END,
+            ).ok
+    assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
+    assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
+
+
+@pytest.mark.slow
+def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "httpx_curl_cffi", None)  # as where no curl_cffi wheel installs
+    with FakeSources({YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper().tail(30))))}) as api:
+        config = make_config(tmp_path, yahoo_url=api.url)
+        session = fxcu.YahooSession(config)
+        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
+            results = [
+                fxcu.fetch_source(
+                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                )
+                for _ in range(2)
+            ]
+    assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
+    lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert (
+        session.transport_text().startswith("plain httpx: curl_cffi could not load (ModuleNotFoundError")
+        and session.level() == "WARNING"
+    )
+
+
+@pytest.mark.slow
+def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
+    with FakeSources({**crumb_yahoo(), **good_routes()}) as api:
+        fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url, FXCU_YAHOO_COOKIE_URL=f"{api.url}/fc"))
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["source yahoo CLP=X"]["level"] == "OK" and checks["source yahoo HG=F"]["level"] == "OK"
+    session = checks["yahoo session"]
+    assert session["level"] == "OK" and re.fullmatch(
+        r"chrome\d+ TLS fingerprint \(curl_cffi [\d.]+\); cookie and crumb fetched on demand", session["message"]
+    )
+    assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
+
+
+@pytest.mark.slow
+def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
+    finally:
+        release.set()
+        holder.join(20)
+    assert result.code == 1 and result.out == ""
+    assert (
+        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
+        and "held by another process after" in result.err
+    )
+    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
+
+
+# -- Shell: cassettes (real data in real response shapes) ------------------------------
+
+
+@pytest.fixture
+def plain_httpx(monkeypatch):
+    """Every client a cassette test makes runs with FXCU_HTTP_IMPERSONATE=off: vcrpy only intercepts httpx's own
+    transport, not a custom one like curl_cffi's (vcrpy#968), so a cassette would otherwise never be played."""
+    real = fxcu.make_client
+    monkeypatch.setattr(
+        fxcu, "make_client", lambda config, *args: real(dataclasses.replace(config, impersonate="off"), *args)
+    )
+
+
+def cassette(*names: str):
+    """Play these cassettes (`-m cassette` selects every test that does, e.g. to re-record)."""
+    vcr = pytest.mark.vcr(*(str(CASSETTES / n) for n in names))
+    return lambda test: pytest.mark.cassette(pytest.mark.usefixtures("plain_httpx")(vcr(test)))
 
 
 @pytest.mark.slow
@@ -1404,7 +4059,14 @@ def test_fetch_both_network_budget_spent_falls_back_to_cache(tmp_path, caplog):
     assert "Network time budget" in caplog.text and "network time budget" in usdclp.notes[0]
 
 
-# -- Shell: the warehouse -----------------------------------------------------------
+def test_cassettes_never_hold_the_fred_key_and_say_their_source():
+    for path in CASSETTES.glob("*.yaml"):
+        text = path.read_text()
+        assert not re.search(r"api_key=\w", text) and FRED_KEY not in text, path.name
+        assert text.startswith("#") and "provenance" in text, path.name
+
+
+# -- Shell: the parquet warehouse ------------------------------------------------------
 
 
 def test_read_cache_corrupt_file_is_set_aside_not_overwritten(tmp_path, caplog):
@@ -1473,1028 +4135,80 @@ def test_file_lock_times_out_cleanly(tmp_path):
         holder.join(20)
 
 
-def _hold_lock(path, ready, release):
-    with fxcu.file_lock(Path(path), timeout=5):
-        ready.set()
-        release.wait(20)
+# -- Shell: reports, charts, status ----------------------------------------------------
 
 
-# -- CLI: fetch ----------------------------------------------------------------------
-
-
-def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
-    config = make_config(tmp_path)
-    fxcu.write_parquet_atomic(
-        provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE
-    )
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir), "FXCU_SEED": "0"})
-    out = capsys.readouterr().out
-    assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
-
-
-def test_main_fetch_offline_without_cache_exits_1(tmp_path, capsys):
-    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
-    assert code == 1 and "usdclp: unavailable" in capsys.readouterr().out
-
-
-def test_main_bad_env_value_is_one_line_exit_2(tmp_path, capsys):
-    code = fxcu.main(["fetch"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_OFFLINE": "perhaps"})
-    err = capsys.readouterr().err
-    assert code == 2 and err.strip().count("\n") == 0 and "FXCU_OFFLINE" in err
-
-
-def test_cassettes_never_hold_the_fred_key_and_say_their_source():
-    for path in CASSETTES.glob("*.yaml"):
-        text = path.read_text()
-        assert not re.search(r"api_key=\w", text) and FRED_KEY not in text, path.name
-        assert text.startswith("#") and "provenance" in text, path.name
-
-
-# -- Copper features ----------------------------------------------------------------
-
-
-def oracle_features(prices: list[float]) -> dict[str, list[float | None]]:
-    """Plain-loop versions of the copper indicators (the utilsforecast oracle style)."""
-    n = len(prices)
-    logp = [math.log(p) for p in prices]
-    out: dict[str, list[float | None]] = {}
-    for k in (1, 5, 20):
-        out[f"copper_returns_{k}d"] = [None if i < k else logp[i] - logp[i - k] for i in range(n)]
-    rets = [None] + [logp[i] - logp[i - 1] for i in range(1, n)]
-    for k in (20, 60):
-        col = []
-        for i in range(n):
-            if i < k:
-                col.append(None)
-                continue
-            window = rets[i - k + 1 : i + 1]
-            col.append(float(np.std(window, ddof=1)) * math.sqrt(252))
-        out[f"copper_volatility_{k}d"] = col
-    for k in (20, 50):
-        out[f"copper_sma_{k}"] = [None if i < k - 1 else sum(prices[i - k + 1 : i + 1]) / k for i in range(n)]
-    trend = []
-    for fast, slow in zip(out["copper_sma_20"], out["copper_sma_50"], strict=False):
-        trend.append(0 if fast is None or slow is None or fast == slow else (1 if fast > slow else -1))
-    out["copper_trend_signal"] = trend
-    # Wilder's RSI as TA-Lib defines it: seed with simple means of the first 14 changes.
-    rsi: list[float | None] = [None] * n
-    if n > 14:
-        changes = [prices[i] - prices[i - 1] for i in range(1, n)]
-        gain = sum(max(c, 0) for c in changes[:14]) / 14
-        loss = sum(max(-c, 0) for c in changes[:14]) / 14
-        for i in range(14, n):
-            if i > 14:
-                c = changes[i - 1]
-                gain = (gain * 13 + max(c, 0)) / 14
-                loss = (loss * 13 + max(-c, 0)) / 14
-            rsi[i] = 50.0 if gain == 0 and loss == 0 else 100.0 if loss == 0 else 100 - 100 / (1 + gain / loss)
-    out["copper_rsi_14"] = rsi
-    z = []
-    for i in range(n):
-        if i < 251:
-            z.append(None)
-            continue
-        window = np.array(prices[i - 251 : i + 1])
-        sd = window.std(ddof=1)
-        z.append(0.0 if sd == 0 else float((prices[i] - window.mean()) / sd))
-    out["copper_price_normalized"] = z
-    return out
-
-
-def assert_matches(actual: list, expected: list, name: str, rel: float = 1e-7, abs_: float = 1e-9) -> None:
-    assert len(actual) == len(expected), name
-    for i, (a, e) in enumerate(zip(actual, expected, strict=False)):
-        if e is None:
-            assert a is None, f"{name}[{i}] should be null (warm-up), got {a}"
-        else:
-            assert a is not None and a == pytest.approx(e, rel=rel, abs=abs_), f"{name}[{i}]: {a} != {e}"
-
-
-def test_copper_features_match_oracle_on_real_hgf_history():
-    copper = real_copper().tail(600)
-    features = fxcu.copper_features(copper)
-    expected = oracle_features(copper[fxcu.CLOSE].to_list())
-    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
-    for name, values in expected.items():
-        assert_matches(features[name].to_list(), values, name, rel=1e-6, abs_=1e-6)
-    assert features["copper_usdclp_correlation_90d"].null_count() == features.height
-
-
-@pytest.mark.slow
-@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=1, max_size=300))
-@settings(max_examples=60, deadline=None)
-def test_copper_features_match_oracle_on_generated_series(values):
-    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
-    features = fxcu.copper_features(copper)
-    for name, expected in oracle_features(values).items():
-        assert_matches(features[name].to_list(), expected, name, rel=1e-6, abs_=1e-6)
-
-
-@pytest.mark.parametrize("lazy", [False, True])
-def test_feature_exprs_work_on_lazy_and_eager_frames(lazy):
-    copper = real_copper().tail(300)
-    frame = copper.lazy() if lazy else copper
-    out = frame.with_columns(fxcu.feature_exprs(fxcu.CLOSE, None))
-    out = out.collect() if lazy else out
-    assert_frame_equal(out.drop(fxcu.CLOSE), fxcu.copper_features(copper), check_exact=False, rel_tol=1e-9)
-
-
-@pytest.mark.slow
-@given(st.lists(st.floats(min_value=0.5, max_value=10, allow_nan=False), min_size=2, max_size=200))
-@settings(max_examples=80, deadline=None)
-def test_copper_features_ranges(values):
-    copper = pl.DataFrame({fxcu.DATE: make_prices(len(values))[fxcu.DATE], fxcu.CLOSE: values})
-    features = fxcu.copper_features(copper)
-    rsi = features["copper_rsi_14"].drop_nulls()
-    assert ((rsi >= 0) & (rsi <= 100)).all()
-    for name in ("copper_volatility_20d", "copper_volatility_60d"):
-        assert (features[name].drop_nulls() >= 0).all()
-    assert set(features["copper_trend_signal"].to_list()) <= {-1, 0, 1}
-
-
-@pytest.mark.slow
-@given(st.floats(min_value=0.5, max_value=10), st.integers(min_value=1, max_value=300))
-@settings(max_examples=40, deadline=None)
-def test_copper_features_constant_prices(price, n):
-    copper = pl.DataFrame({fxcu.DATE: make_prices(n)[fxcu.DATE], fxcu.CLOSE: [price] * n})
-    features = fxcu.copper_features(copper)
-    for name in ("copper_returns_1d", "copper_volatility_20d", "copper_price_normalized"):
-        assert all(v == pytest.approx(0, abs=1e-12) for v in features[name].drop_nulls())
-    assert all(v == pytest.approx(price) for v in features["copper_sma_20"].drop_nulls())
-    assert set(features["copper_trend_signal"]) <= {0}
-
-
-@pytest.mark.slow
-@given(st.integers(min_value=1, max_value=120), st.integers(min_value=0, max_value=10_000))
-@settings(max_examples=40, deadline=None)
-def test_copper_features_no_look_ahead(extra, seed):
-    """Appending future rows never changes any past feature value."""
-    copper = make_prices(420, seed=seed, level=4.0)
-    usdclp = make_prices(420, seed=seed + 1)
-    past = fxcu.copper_features(copper.head(300), usdclp.head(300))
-    full = fxcu.copper_features(copper.head(300 + extra), usdclp.head(300 + extra))
-    assert full.head(300).equals(past)
-
-
-def test_align_copper_never_uses_same_or_later_copper_dates():
-    usdclp = pl.DataFrame(
-        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [880.0, 881.0, 882.0]}
-    )
-    copper = pl.DataFrame(
-        {fxcu.DATE: [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)], fxcu.CLOSE: [3.0, 4.0, 5.0]}
-    )
-    aligned = fxcu.align_copper(usdclp, copper)
-    assert aligned["copper"].to_list() == [None, 3.0, 4.0]
-
-
-def test_copper_features_on_usdclp_dates_use_previous_new_york_day():
-    copper, usdclp = real_copper(), real_usdclp()
-    own = fxcu.copper_features(copper)
-    joined = fxcu.copper_features(copper, usdclp)
-    row = joined.filter(pl.col(fxcu.DATE) == date(2024, 7, 15)).row(0, named=True)
-    friday = own.filter(pl.col(fxcu.DATE) == date(2024, 7, 12)).row(0, named=True)
-    assert row["copper_sma_20"] == friday["copper_sma_20"]  # Monday's CLP bar sees Friday's copper
-
-
-def test_copper_features_do_not_carry_stale_copper_forward():
-    usdclp = make_prices(200, seed=1)
-    copper = make_prices(150, seed=2, level=4.0)  # stops 50 trading days before USD/CLP does
-    features = fxcu.copper_features(copper, usdclp)
-    last_copper = copper[fxcu.DATE].max()
-    late = features.filter(pl.col(fxcu.DATE) > last_copper + timedelta(days=7))
-    assert late.height > 40 and all(late[name].null_count() == late.height for name in fxcu.FEATURES)
-    within = features.filter(
-        pl.col(fxcu.DATE).is_between(last_copper + timedelta(days=1), last_copper + timedelta(days=7))
-    )
-    assert within["copper_sma_20"].null_count() == 0  # a long weekend or a holiday is not a gap
-
-
-@pytest.mark.slow
-def test_backtest_drops_the_copper_model_when_copper_is_stale():
-    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
-    bt = fxcu.backtest(usdclp, copper, "7d", windows=6, step_size=20, history=700)
-    assert not bt.copper_used and fxcu.COPPER_MODEL not in bt.models
-    assert any(note.startswith("copper stale") for note in bt.notes)
-
-
-@pytest.mark.parametrize(("gap", "stale"), [(7, False), (8, True)])
-def test_copper_is_stale_after_seven_days(gap, stale):
-    usdclp = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15)], fxcu.CLOSE: [900.0]})
-    copper = pl.DataFrame({fxcu.DATE: [date(2024, 7, 15) - timedelta(days=gap)], fxcu.CLOSE: [4.0]})
-    assert fxcu.copper_is_stale(usdclp, copper) is stale
-
-
-@pytest.mark.slow
-def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
-    usdclp, copper = make_prices(700, seed=4), make_prices(650, seed=5, level=4.0)
-    bundle = fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "cache"})
-    assert "stale copper" in bundle.degraded
-    fc = fxcu.forecast(usdclp, copper, "7d", windows=6, history=700)
-    assert fxcu.COPPER_MODEL not in set(fc.path["model"])
-
-
-def test_correlation_matches_numpy_on_real_data():
-    copper, usdclp = real_copper(), real_usdclp()
-    aligned = fxcu.align_copper(usdclp, copper).drop_nulls()
-    features = fxcu.copper_features(copper, usdclp)
-    day = aligned[fxcu.DATE][-1]
-    window = aligned.tail(91)
-    rc = np.diff(np.log(window["copper"].to_numpy()))
-    ru = np.diff(np.log(window["usdclp"].to_numpy()))
-    expected = np.corrcoef(rc, ru)[0, 1]
-    assert features.filter(pl.col(fxcu.DATE) == day)["copper_usdclp_correlation_90d"].item() == pytest.approx(expected)
-    in_range = features.filter(pl.col(fxcu.DATE).dt.year().is_between(2010, 2024))["copper_usdclp_correlation_90d"]
-    assert in_range.median() < 0  # copper up, peso up: USD/CLP down
-
-
-def test_copper_features_monthly_copper_are_all_null():
-    fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
-    monthly = fxcu.parse_fred_observations(
-        {"observations": [{"date": d, "value": str(v)} for d, v in fred.iter_rows()]}
-    )
-    assert fxcu.copper_frequency(monthly) == "monthly"
-    features = fxcu.copper_features(monthly, real_usdclp())
-    assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
-    assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
-
-
-@pytest.mark.parametrize(
-    "bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)]
-)
-def test_feature_parameters_are_checked(bad):
-    with pytest.raises(ValueError):
-        bad()
-
-
-def test_feature_problems_flags_out_of_range_values():
-    copper, usdclp = real_copper(), real_usdclp()
-    features = fxcu.copper_features(copper, usdclp)
-    now = datetime(2024, 7, 16, tzinfo=UTC)
+def test_report_stem_never_reuses_a_name():
+    now = datetime(2026, 1, 19, 15, 4, 59, tzinfo=UTC)
+    assert fxcu.report_stem("7d", now) == "forecast_7d_2026-01-19_1204"
+    assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204"}) == "forecast_7d_2026-01-19_1204_2"
     assert (
-        fxcu.feature_problems(
-            features, usdclp, copper.filter(pl.col(fxcu.DATE) <= date(2024, 7, 15)), now=now, max_age=timedelta(days=5)
-        )
-        == []
+        fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204", "forecast_7d_2026-01-19_1204_2"})
+        == "forecast_7d_2026-01-19_1204_3"
     )
-    broken = features.with_columns(pl.lit(140.0).alias("copper_rsi_14"))
-    found = fxcu.feature_problems(
-        broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5)
-    )
-    assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
 
 
-def write_real_warehouse(data_dir: Path) -> None:
-    fetched = datetime(2024, 7, 16, tzinfo=UTC)
-    fxcu.write_parquet_atomic(
-        provenance(real_usdclp(), "yahoo").with_columns(pl.lit(fetched).alias(fxcu.FETCHED_AT)),
-        data_dir / "warehouse" / fxcu.USDCLP_CACHE,
-    )
-    copper = real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
-    fxcu.write_parquet_atomic(provenance(copper, "yahoo"), data_dir / "warehouse" / fxcu.COPPER_CACHE)
-
-
-def test_load_offline_builds_the_bundle(tmp_path):
-    write_real_warehouse(tmp_path)
-    config = make_config(tmp_path, data_dir=tmp_path, offline=True)
-    bundle = fxcu.load(config, now=CLP_END)
-    assert bundle.sources == {"usdclp": "cache", "copper": "cache"}
-    assert bundle.copper_frequency == "daily" and bundle.copper_features.height == bundle.usdclp.height
-    assert "cached data" in bundle.degraded
-
-
-def test_load_copper_off_has_no_features(tmp_path):
-    write_real_warehouse(tmp_path)
-    config = make_config(tmp_path, data_dir=tmp_path, offline=True, copper=False)
-    bundle = fxcu.load(config, now=CLP_END)
-    assert bundle.copper_features is None and "no copper" in bundle.degraded
-
-
-def test_main_validate_offline_reports_features_and_staleness(tmp_path, capsys):
-    write_real_warehouse(tmp_path)
-    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
-    out = capsys.readouterr().out
-    assert code == 1  # the 2024 history is stale today
-    assert "copper_rsi_14" in out and "PROBLEM: usdclp: stale" in out
-
-
-def test_main_validate_offline_fresh_data_passes(tmp_path, capsys):
-    write_real_warehouse(tmp_path)
-    code = fxcu.main(["validate", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "100000"})
-    out = capsys.readouterr().out
-    assert code == 0 and "all checks passed" in out
-
-
-# -- Forecasting ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("days", "steps"), [(1, 1), (7, 5), (15, 11), (30, 22), (90, 65)])
-def test_horizon_steps(days, steps):
-    assert fxcu.horizon_steps(days) == steps
-
-
-@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 1, 1)), st.sampled_from([7, 15, 30, 90]))
-def test_trading_dates_are_weekdays_within_the_horizon(last, days):
-    dates = fxcu.trading_dates(last, days)
-    assert all(d.weekday() < 5 and last < d <= last + timedelta(days=days) for d in dates)
-    assert dates == sorted(set(dates))
-    assert 5 * (days // 7) + max(0, days % 7 - 2) <= len(dates) <= fxcu.horizon_steps(days)
-    brute = [last + timedelta(k) for k in range(1, days + 1) if (last + timedelta(k)).isoweekday() <= 5]
-    assert dates == brute
-
-
-def test_trading_dates_from_a_friday():
-    assert fxcu.trading_dates(date(2024, 7, 12), 7) == [
-        date(2024, 7, 15),
-        date(2024, 7, 16),
-        date(2024, 7, 17),
-        date(2024, 7, 18),
-        date(2024, 7, 19),
+@pytest.mark.slow
+def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bundle, tmp_path):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    first = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
+    before = first.markdown.read_bytes()
+    second = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
+    assert first.markdown != second.markdown and first.markdown.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"forecast_7d_2026-01-19_1200{n}.{ext}" for n in ("", "_2") for ext in ("csv", "md", "png")
     ]
 
 
-def test_score_by_hand():
-    actual = np.array([100.0, 110.0])
-    pred = np.array([102.0, 107.0])
-    last = np.array([101.0, 108.0])
-    bounds = {
-        "lo-80": np.array([99.0, 108.0]),
-        "hi-80": np.array([101.0, 109.0]),
-        "lo-95": np.array([90.0, 100.0]),
-        "hi-95": np.array([110.0, 120.0]),
-    }
-    s = fxcu.score(pred, actual, last, bounds, naive_rmse=4.0)
-    assert s.rmse == pytest.approx(math.sqrt((4 + 9) / 2))
-    assert s.mae == pytest.approx(2.5)
-    assert s.mape == pytest.approx((2 / 100 + 3 / 110) / 2 * 100)
-    assert s.ratio == pytest.approx(math.sqrt(6.5) / 4)
-    assert s.direction == 0.0  # called up (102 > 101) but fell; called down (107 < 108) but rose
-    assert (s.coverage_80, s.coverage_95) == (0.5, 1.0)
+def drawn_chart(monkeypatch, fc, bundle, tmp_path):
+    """Draw the chart's figure (what `write_chart` saves) for inspection."""
+    fig = fxcu.chart_figure(fc, bundle, now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
+    fig.canvas.draw()
+    return fig
 
 
 @pytest.mark.slow
-@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
-@settings(max_examples=60, deadline=None)
-def test_online_weights_use_only_realised_errors(n, steps, seed):
-    rng = np.random.default_rng(seed)
-    cutoffs = np.arange(n) * 3
-    sq = rng.random((n, 4))
-    w = fxcu.online_weights(sq, cutoffs, steps, "inverse_mse", fxcu.MODELS)
-    assert np.allclose(w.sum(axis=1), 1)
-    for i in range(n):
-        future = cutoffs + steps > cutoffs[i]
-        perturbed = sq.copy()
-        perturbed[future] = rng.random((int(future.sum()), 4)) * 100
-        assert np.allclose(fxcu.online_weights(perturbed, cutoffs, steps, "inverse_mse", fxcu.MODELS)[i], w[i])
+def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(
+    real_forecast_7d, real_bundle, tmp_path, monkeypatch
+):
+    import matplotlib.dates as mdates
 
-
-@pytest.mark.slow
-@given(st.integers(3, 30), st.integers(1, 5), st.integers(0, 1000))
-@settings(max_examples=60, deadline=None)
-def test_online_rule_uses_only_realised_outcomes(n, steps, seed):
-    rng = np.random.default_rng(seed)
-    cutoffs = np.arange(n) * 3
-    rule_sq = {rule: rng.random(n) for rule in fxcu.RULES}
-    picks = fxcu.online_rule(rule_sq, cutoffs, steps)
-    assert picks[0] == "naive"
-    for i in range(n):
-        future = cutoffs + steps > cutoffs[i]
-        perturbed = {rule: np.where(future, rng.random(n) * 100, sq) for rule, sq in rule_sq.items()}
-        assert fxcu.online_rule(perturbed, cutoffs, steps)[i] == picks[i]
-
-
-def test_choose_ensemble_serves_a_combination_only_when_it_beats_naive():
-    rng = np.random.default_rng(7)
-    actual = 900 * np.exp(np.cumsum(rng.normal(0, 0.01, 80)))
-    cutoffs = np.arange(80) * 2
-    naive = np.log(actual) + rng.normal(0, 0.02, 80)
-    good = np.log(actual) + rng.normal(0, 0.002, 80)  # a model far better than Naive
-    bad = naive + 0.05  # Naive's errors plus a 5% bias: any weight on it hurts
-    won = fxcu.choose_ensemble({"Naive": naive, "good": good}, actual, cutoffs, 1)
-    assert won.rule != "naive" and won.notes == () and np.array_equal(won.served, won.combination)
-    assert won.weights[1] > won.weights[0]
-    lost = fxcu.choose_ensemble({"Naive": naive, "bad": bad}, actual, cutoffs, 1)
-    assert lost.rule == "naive" and np.array_equal(lost.served, naive) and "serving Naive" in lost.notes[0]
-    assert list(lost.weights) == [1.0, 0.0]
-
-
-def test_final_and_online_weight_rules():
-    sq = np.array([[1.0, 4.0], [1.0, 4.0]])
-    names = ["Naive", "AutoETS"]
-    assert fxcu.final_weights(sq, "inverse_mse", names) == pytest.approx([0.8, 0.2])
-    assert fxcu.final_weights(sq, "naive", names) == pytest.approx([1, 0])
-    # Naive is found by name, wherever its column is
-    assert fxcu.final_weights(sq, "naive", names[::-1]) == pytest.approx([0, 1])
-    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "naive", names[::-1])[1] == pytest.approx([0, 1])
-    assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal", names)[1] == pytest.approx([0.5, 0.5])
-    with pytest.raises(ValueError):
-        fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
-
-
-def test_copper_frame_regressor_is_known_at_every_origin():
-    usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
-    uni, exog, dates = fxcu.univariate_frame(usdclp), fxcu.copper_frame(usdclp, copper, 5), fxcu.ds_dates(usdclp)
-    aligned = fxcu.align_copper(usdclp, copper)
-    date_of = dict(dates.iter_rows())
-    lag_of = dict(exog.select("ds", "copper_lag").iter_rows())
-    # the row dated D carries the copper known 5 trading days before D (itself from before that day)
-    for ds in (10, 100, 250):
-        source_row = aligned[fxcu.DATE].to_list().index(date_of[ds]) - 5
-        assert lag_of[ds] == pytest.approx(math.log(aligned["copper"][source_row]))
-    assert uni["ds"].to_list() == dates["ds"].to_list() and set(exog["ds"]) <= set(uni["ds"])
-    assert exog["ds"].max() == uni["ds"].max()
-    # no daily copper, no copper frame
-    assert fxcu.copper_frame(usdclp, None, 5) is None
-
-
-@pytest.mark.slow
-def test_backtest_never_uses_data_after_its_origin():
-    """Perturbing every price after an origin leaves that origin's forecasts unchanged."""
-    usdclp, copper = make_prices(700, seed=4), make_prices(700, seed=5, level=4.0)
-    kwargs = {"windows": 6, "step_size": 20, "history": 700}
-    base = fxcu.backtest(usdclp, copper, "7d", **kwargs)
-    origin = base.origins[2]
-    bumped = usdclp.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * 1.3)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped_copper = copper.with_columns(
-        pl.when(pl.col(fxcu.DATE) >= origin)
-        .then(pl.col(fxcu.CLOSE) * 0.5)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
-    # Ensemble is left out: whether it serves the combination or Naive is one decision over all origins
-    cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION]
-    before = base.predictions.filter(pl.col("origin") <= origin).select(cols)
-    after = other.predictions.filter(pl.col("origin") <= origin).select(cols)
-    assert before.height == 3
-    assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
-    later = other.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy()
-    assert not np.allclose(later, base.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy())
-
-
-def test_backtest_too_little_history_is_a_clear_error():
-    with pytest.raises(ValueError, match="too few"):
-        fxcu.backtest(make_prices(200), None, "90d")
-
-
-@pytest.fixture(scope="module")
-def real_forecast_7d():
-    return fxcu.forecast(real_usdclp(), real_copper(), "7d")
-
-
-@pytest.mark.slow
-def test_backtest_on_real_data_is_honest(real_forecast_7d):
-    bt = real_forecast_7d.backtest
-    assert len(bt.origins) == 60 and bt.steps == 5
-    assert set(bt.models) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION, fxcu.ENSEMBLE}
-    assert bt.ensemble.ratio <= 1.0
-    # on this data combining loses to the random walk out of sample, and the run says so
-    assert bt.models[fxcu.COMBINATION].ratio > 1.0 and bt.rule == "naive" and "serving Naive" in bt.notes[0]
-    assert 0.75 <= bt.ensemble.coverage_80 <= 0.85 and 0.91 <= bt.ensemble.coverage_95 <= 0.98
-    # Naive's RMSE from the price history alone: the close at each origin against the close 5
-    # trading days later, origins every 20 trading days, the last one 65 trading days before the end
-    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
-    n = len(closes)
-    origins = [n - 1 - 65 - 20 * k for k in range(60)][::-1]
-    errors = np.array([closes[i] - closes[i + 5] for i in origins])
-    assert bt.models["Naive"].rmse == pytest.approx(float(np.sqrt(np.mean(errors**2))), rel=1e-9)
-    dates = real_usdclp()[fxcu.DATE].to_list()
-    assert list(bt.origins) == [dates[i] for i in origins]
-    assert bt.copper_used and bt.copper_ablation_pct is not None and bt.copper_model_pct is not None
-    assert sum(bt.weights.values()) == pytest.approx(1)
-
-
-@pytest.mark.slow
-def test_forecast_path_has_every_trading_day_model_and_ordered_intervals(real_forecast_7d):
     fc = real_forecast_7d
-    assert fc.origin == date(2024, 7, 15)
-    dates = fxcu.trading_dates(fc.origin, 7)
-    assert set(fc.path["model"]) == {*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.ENSEMBLE}
-    for _, rows in fc.path.group_by("model"):
-        assert rows[fxcu.DATE].to_list() == dates and rows["step"].to_list() == list(range(1, len(dates) + 1))
-    ordered = fc.path.select(
-        (pl.col("lo_95") <= pl.col("lo_80"))
-        & (pl.col("lo_80") <= pl.col("forecast"))
-        & (pl.col("forecast") <= pl.col("hi_80"))
-        & (pl.col("hi_80") <= pl.col("hi_95"))
-    )
-    assert ordered.to_series().all()
-    naive = fc.path.filter(pl.col("model") == "Naive")["forecast"]
-    assert np.allclose(naive.to_numpy(), fc.last_close)
-    assert fc.final[fxcu.DATE] == dates[-1]
-
-
-@pytest.mark.slow
-def test_forecast_without_copper_has_no_copper_model():
-    fc = fxcu.forecast(real_usdclp(), None, "15d", windows=60)
-    assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
-
-
-# -- Ranges: interval models and the weekly density backtest ---------------------------
-
-
-def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
-    from scipy.stats import norm
-
-    z = (y - mu) / sigma
-    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
-
-
-@given(st.integers(0, 10_000), st.floats(0.002, 0.05), st.sampled_from([0.5, 0.7, 0.8, 1.25, 1.5, 2.0]))
-@settings(max_examples=40, deadline=None)
-def test_proper_scores_rank_the_right_scale_first(seed, sigma, factor):
-    rng = np.random.default_rng(seed)
-    y = rng.normal(0, sigma, 4000)
-    mu = np.zeros_like(y)
-    right, wrong = np.full_like(y, sigma), np.full_like(y, sigma * factor)
-    assert fxcu.crps(y, mu, right).mean() < fxcu.crps(y, mu, wrong).mean()
-    assert fxcu.weighted_interval_score(y, mu, right).mean() < fxcu.weighted_interval_score(y, mu, wrong).mean()
-    for level in fxcu.LEVELS:
-        z = fxcu.z_value(level)
-        assert (
-            fxcu.interval_score(y, -z * right, z * right, level).mean()
-            < fxcu.interval_score(y, -z * wrong, z * wrong, level).mean()
-        )
-
-
-def test_scores_match_their_textbook_forms():
-    y, mu, sigma = np.array([0.0, 0.3, -2.0]), np.array([0.0, 0.0, 0.5]), np.array([1.0, 0.5, 2.0])
-    assert fxcu.crps(y, mu, sigma) == pytest.approx(oracle_crps_normal(y, mu, sigma))
-    # interval score: width, plus 2/alpha times the miss (alpha = 0.2 at 80%)
-    assert fxcu.interval_score(np.array([0.0, 3.0]), np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 80) == pytest.approx(
-        [2.0, 2 + 10 * 2]
-    )
-    assert fxcu.z_value(80) == pytest.approx(1.2815516) and fxcu.z_value(95) == pytest.approx(1.9599640)
-
-
-def noisy_random_walk(n: int, sigma: float, noise: float, seed: int) -> np.ndarray:
-    """Log prices: a random walk with daily sd `sigma`, each close quoted with i.i.d. noise of sd `noise`."""
-    rng = np.random.default_rng(seed)
-    return np.cumsum(rng.normal(0, sigma, n)) + rng.normal(0, noise, n)
-
-
-def test_multi_day_estimator_is_right_and_sqrt_k_daily_too_wide_under_quote_noise():
-    sigma, noise = 0.005, 0.003
-    logp = noisy_random_walk(10_000, sigma, noise, seed=3)
-    truth_5d = 5 * sigma**2 + 2 * noise**2  # the noise enters a k-day return twice, whatever k
-    daily = fxcu.base_variances(logp, 5)
-    # Naive: sqrt(steps) times the daily sd, i.e. 5 x (sigma^2 + 2 noise^2): 50% too much variance here
-    assert daily["Naive"][4] == pytest.approx(5 * (sigma**2 + 2 * noise**2), rel=0.05)
-    assert daily["Naive"][4] > 1.35 * truth_5d and daily["EWMA"][4] > 1.2 * truth_5d
-    # the long-run variance of 5-day returns is right
-    assert fxcu.recal_features(logp, None)["long_run"][-1] * 5 == pytest.approx(truth_5d, rel=0.08)
-    # the EWMA of 5-day returns is right on average over origins (each one is noisy: ~30 weeks' worth)
-    ewma_5d = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d"][4] for end in range(2000, 10_000, 40)]
-    assert np.mean(ewma_5d) == pytest.approx(truth_5d, rel=0.1)
-    blend = [fxcu.base_variances(logp[: end + 1], 5)["EWMA_5d_blend"][4] for end in range(2000, 10_000, 40)]
-    assert np.mean(blend) == pytest.approx(truth_5d, rel=0.1)
-
-
-def prices_from_log(logp: np.ndarray, *, start: date = date(2010, 1, 4)) -> pl.DataFrame:
-    days = pl.date_range(start, start + timedelta(days=len(logp) * 2), eager=True)
-    return pl.DataFrame({fxcu.DATE: days.filter(days.dt.weekday() < 6).head(len(logp)), fxcu.CLOSE: 800 * np.exp(logp)})
-
-
-@pytest.fixture(scope="module")
-def garch_prices() -> pl.DataFrame:
-    """Prices whose daily log returns are GARCH(1,1) with Gaussian errors (arch's simulator, seeded)."""
-    from arch.univariate import GARCH, Normal, ZeroMean
-
-    sim = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=Normal(seed=11)).simulate(
-        [0.02, 0.12, 0.86], 3000, burn=500
-    )
-    return prices_from_log(np.concatenate([[0.0], np.cumsum(sim["data"].to_numpy() / 100)]))
-
-
-@pytest.mark.slow
-def test_coverage_on_simulated_garch_data(garch_prices):
-    """On GARCH(1,1) returns the EWMA ranges cover near nominal, turbulent weeks too; Naive's fixed width does not."""
-    db = fxcu.density_backtest_all(
-        garch_prices, None, ["7d"], origins=300, history=1000, models=["Naive", "EWMA", "EWMA_5d"], reps=200
-    )["7d"]
-    scores = db.models
-    assert scores["Naive"].origins == 300
-    for name in ("EWMA", "EWMA_5d"):
-        assert 0.72 <= scores[name].coverage_80 <= 0.88 and 0.89 <= scores[name].coverage_95 <= 0.99
-        assert scores[name].coverage_by["turbulent"][0] > scores["Naive"].coverage_by["turbulent"][0]
-    assert scores["EWMA"].crps_ratio.value < 1
-    # Naive's constant width is too wide in calm weeks and too narrow in turbulent ones
-    assert scores["Naive"].coverage_by["calm"][0] > 0.88 and scores["Naive"].coverage_by["turbulent"][0] < 0.8
-
-
-@pytest.mark.slow
-def test_garch_t_covers_simulated_garch_data(garch_prices):
-    """arch's GARCH(1,1)-t, refitted at each of 80 weekly origins, covers GARCH data near nominal."""
-    db = fxcu.density_backtest_all(
-        garch_prices, None, ["7d"], origins=80, history=1000, models=["Naive", "GARCH_t"], reps=200
-    )["7d"]
-    garch = db.models["GARCH_t"]
-    assert 0.7 <= garch.coverage_80 <= 0.9 and 0.88 <= garch.coverage_95 <= 1.0
-    assert garch.crps_ratio.value < 1.01
-
-
-@pytest.mark.slow
-def test_density_backtest_never_uses_data_after_its_origin():
-    """Perturbing every price after an origin leaves each interval model's range at that origin, and the pick, as is."""
-    usdclp, copper = make_prices(900, seed=4), make_prices(900, seed=5, level=4.0)
-    models = [*fxcu.RUN_INTERVAL_MODELS, "GARCH_t"]
-    kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
-    base = fxcu.density_backtest_all(usdclp, copper, **kwargs)
-    origin = base["7d"].origins[8]
-    bumped = usdclp.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * 1.3)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped = bumped.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900)))
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped_copper = copper.with_columns(
-        pl.when(pl.col(fxcu.DATE) >= origin)
-        .then(pl.col(fxcu.CLOSE) * 0.5)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    other = fxcu.density_backtest_all(bumped, bumped_copper, **kwargs)
-    for horizon in kwargs["horizons"]:
-        cols = ["origin", "vol20", "last", *models, fxcu.SERVED, "pick"]
-        before = base[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
-        after = other[horizon].predictions.filter(pl.col("origin") <= origin).select(cols)
-        assert before.height == 9
-        assert_frame_equal(before, after, check_exact=False, rel_tol=1e-9)
-        later = pl.col("origin") > origin
-        assert not np.allclose(
-            base[horizon].predictions.filter(later)["EWMA"], other[horizon].predictions.filter(later)["EWMA"]
-        )
-
-
-@given(st.integers(0, 1000), st.integers(1, 15))
-@settings(max_examples=30, deadline=None)
-def test_choose_interval_model_uses_only_realised_outcomes(seed, steps):
-    rng = np.random.default_rng(seed)
-    n = 40
-    frame = pl.DataFrame(
-        {
-            "ds": np.arange(n) * 5,
-            "last": np.zeros(n),
-            "y": rng.normal(0, 0.02, n),
-            "Naive": np.full(n, 0.02),
-            "EWMA": rng.uniform(0.005, 0.05, n),
-        }
-    )
-    picks = fxcu.choose_interval_model(frame, ["Naive", "EWMA"], steps).picks
-    assert picks[0] == "Naive"
-    for i in (5, 20, 35):
-        future = frame["ds"] + steps > frame["ds"][i]
-        perturbed = frame.with_columns(pl.when(future).then(pl.col("y") * 10).otherwise(pl.col("y")).alias("y"))
-        assert fxcu.choose_interval_model(perturbed, ["Naive", "EWMA"], steps).picks[i] == picks[i]
-
-
-def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
-    rng = np.random.default_rng(2)
-    n = 200
-    y = rng.normal(0, 0.01, n)
-    frame = pl.DataFrame(
-        {
-            "ds": np.arange(n) * 5,
-            "last": np.zeros(n),
-            "y": y,
-            "Naive": np.full(n, 0.03),
-            "right": np.full(n, 0.01),
-            "wider": np.full(n, 0.06),
-        }
-    )
-    won = fxcu.choose_interval_model(frame, ["Naive", "right", "wider"], 5)
-    assert won.live == "right" and won.notes == () and won.picks[-1] == "right"
-    lost = fxcu.choose_interval_model(frame, ["Naive", "wider"], 5)
-    assert lost.live == "Naive" and set(lost.picks) == {"Naive"} and lost.notes == ()
-    flip = frame.with_columns(pl.Series("y", rng.normal(0, 0.03, n) * np.where(np.arange(n) < 100, 0.3, 1)))
-    late = fxcu.choose_interval_model(flip, ["Naive", "right"], 5)  # right early, far too narrow later
-    assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
-
-
-def test_choose_interval_model_window_looks_only_at_recent_origins():
-    """With a window, a candidate that was right long ago but too narrow lately is dropped sooner."""
-    n = 120
-    y = np.where(np.arange(n) < 60, 0.01, 0.04) * np.where(np.arange(n) % 2, 1, -1)  # calm, then turbulent
-    frame = pl.DataFrame(
-        {"ds": np.arange(n), "last": np.zeros(n), "y": y, "Naive": np.full(n, 0.03), "narrow": np.full(n, 0.01)}
-    )
-    always = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1).picks
-    recent = fxcu.choose_interval_model(frame, ["Naive", "narrow"], 1, window=10).picks
-    assert always[60] == recent[60] == "narrow"
-    assert recent.index("Naive", 60) < always.index("Naive", 60)
-    assert recent[70:] == ("Naive",) * 50
-
-
-def test_density_origins_are_weekly_and_leave_the_longest_horizon_known():
-    rows = fxcu.density_origins(1000, longest=65, origins=50, every=5, min_history=500)
-    assert rows[-1] == 1000 - 1 - 65 and np.all(np.diff(rows) == 5) and len(rows) == 50
-    # too little history for 252 origins: as many as leave 500 rows before the first one
-    assert fxcu.density_origins(600, longest=65) == [504, 509, 514, 519, 524, 529, 534]
-
-
-def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
-    rng = np.random.default_rng(0)
-    naive = rng.gamma(2, 1, 250)
-    scores = {"Naive": naive, "same": naive.copy(), "better": naive * rng.uniform(0.8, 1.0, 250)}
-    ratios = fxcu.ratio_ci(scores, "Naive", steps=22)
-    assert (ratios["same"].value, ratios["same"].lo, ratios["same"].hi) == pytest.approx((1, 1, 1))
-    assert ratios["better"].lo <= ratios["better"].value <= ratios["better"].hi < 1
-    assert ratios["better"].value == pytest.approx(scores["better"].mean() / naive.mean())
-
-
-@pytest.fixture(scope="module")
-def real_density_7d():
-    return fxcu.density_backtest_all(real_usdclp(), real_copper(), ["7d"], origins=60)["7d"]
-
-
-@pytest.mark.slow
-def test_density_backtest_on_real_data(real_density_7d):
-    """60 weekly origins on the real CLP=X history: origins, Naive's width and CRPS checked from the prices alone."""
-    db = real_density_7d
-    closes = real_usdclp()[fxcu.CLOSE].to_numpy()
-    n = len(closes)
-    rows = [n - 1 - 65 - 5 * k for k in range(60)][::-1]
-    assert list(db.origins) == [real_usdclp()[fxcu.DATE][i] for i in rows]
-    logp = np.log(closes)
-    sigma = np.array([math.sqrt(5 * np.mean(np.diff(logp[i - 2519 : i + 1]) ** 2)) for i in rows])
-    y, last = logp[[i + 5 for i in rows]], logp[rows]
-    assert db.models["Naive"].crps == pytest.approx(oracle_crps_normal(y, last, sigma).mean(), rel=1e-9)
-    z80 = 1.2815515655446004
-    assert db.models["Naive"].coverage_80 == pytest.approx(np.mean(np.abs(y - last) <= z80 * sigma))
-    assert set(db.models) == {*fxcu.RUN_INTERVAL_MODELS, fxcu.SERVED} and db.copper_ablation_pct is not None
-    for m in db.models.values():
-        assert m.origins == 60 and m.crps_ratio.lo - 1e-12 <= m.crps_ratio.value <= m.crps_ratio.hi + 1e-12
-        assert 0.6 <= m.coverage_80 <= 0.95 and set(m.coverage_by) == {*fxcu.REGIMES, *fxcu.NAMED_WINDOWS}
-    assert db.live in fxcu.RUN_INTERVAL_MODELS
-
-
-@pytest.mark.slow
-def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
-    fc = real_forecast_7d
-    assert fc.density is not None and fc.interval_model == fc.density.live
-    assert fc.interval_label == "random walk; " + fxcu.INTERVAL_MODELS[fc.interval_model]
-    # on the shared data every candidate's picks lost to Naive's range out of sample: Naive's range is served
-    assert fc.interval_model == "Naive" and "serving Naive's range" in fc.density.notes[0]
-    naive, ens = (fc.path.filter(pl.col("model") == name) for name in ("Naive", fxcu.ENSEMBLE))
-    assert np.allclose(ens["lo_80"], naive["lo_80"]) and np.allclose(ens["hi_95"], naive["hi_95"])
-    # the random walk's own range: sqrt(steps) times the root mean squared daily log change over 2520 days
-    daily = np.diff(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-2520:]))
-    sd = np.sqrt(np.arange(1, 6) * np.mean(daily**2))
-    assert np.log(naive["hi_95"].to_numpy() / naive["forecast"].to_numpy()) == pytest.approx(1.959964 * sd, rel=1e-3)
-    # a density backtest that chose another range: the ensemble carries that model's width, Naive keeps its own
-    chosen = dataclasses.replace(fc.density, live="EWMA_5d_blend")
-    other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
-    assert other.interval_model == "EWMA_5d_blend" and "EWMA of 5-day returns blended" in other.interval_label
-    logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
-    var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, ["EWMA_5d_blend"])["EWMA_5d_blend"]
-    ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
-    assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
-    assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
-    assert other.final["lo_80"] == pytest.approx(ens2["lo_80"][-1]) and not np.isclose(
-        other.final["lo_80"], fc.final["lo_80"]
-    )
-    assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
-
-
-# -- Reports, MLflow, run -------------------------------------------------------------
-
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory) -> Path:
-    """One MLflow SQLite database, migrated once (about 1.5 s) and copied by each test."""
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    config = fxcu.Config(data_dir=folder)
-    fxcu.mlflow_client(fxcu.tracking_uri(config, {})).search_experiments()
-    return folder / "mlflow" / "mlflow.db"
-
-
-@pytest.fixture
-def data_dir(tmp_path, migrated_db) -> Path:
-    """A data dir with the real warehouse (CLP=X 2006-2024, HG=F to 2024-07-15) and a migrated MLflow database."""
-    folder = tmp_path / "data"
-    write_real_warehouse(folder)
-    (folder / "mlflow").mkdir(parents=True)
-    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def model_memo() -> dict:
-    """Backtests, ranges and forecasts by their inputs, kept for the whole session (see `shared_models`)."""
-    return {}
-
-
-def frame_key(frame: pl.DataFrame | None) -> tuple | None:
-    """A frame's identity by content: columns and a hash of every row."""
-    return None if frame is None else (tuple(frame.columns), frame.height, hash(tuple(frame.hash_rows().to_list())))
-
-
-@pytest.fixture
-def shared_models(monkeypatch, model_memo):
-    """In-process runs on the same inputs reuse one backtest, range backtest and forecast (about 8 s each).
-
-    For tests of what a run does around the models (writes, tracking, email, faults): each result is
-    fxcu's own, computed by the real function the first time its exact inputs (frames by content,
-    horizons, options; the forecast's backtests by identity, held in the memo) are seen.
-    """
-    real = {name: getattr(fxcu, name) for name in ("backtest_all", "density_backtest_all", "forecast_all")}
-
-    def memoized(name: str):
-        def call(usdclp, copper=None, horizons=tuple(fxcu.HORIZONS), *args, **kwargs):
-            given = tuple((k, tuple(map(id, v.values())) if isinstance(v, dict) else v) for k, v in kwargs.items())
-            key = (name, frame_key(usdclp), frame_key(copper), tuple(horizons), args, given)
-            if key not in model_memo:  # the kwargs are kept too, so the ids in the key stay unique
-                model_memo[key] = (real[name](usdclp, copper, horizons, *args, **kwargs), kwargs)
-            return model_memo[key][0]
-
-        return call
-
-    for name in real:
-        monkeypatch.setattr(fxcu, name, memoized(name))
-
-
-def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    return {"FXCU_DATA_DIR": str(data_dir), "FXCU_TRACKING_TIMEOUT": "30", **extra}
-
-
-def read_runs(data_dir: Path, horizon: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(f"forecaster_{horizon}")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory, migrated_db):
-    """`fxcu run 7d --offline` once on the real warehouse, started from an unrelated working directory."""
-    folder = tmp_path_factory.mktemp("run") / "data"
-    write_real_warehouse(folder)
-    (folder / "mlflow").mkdir(parents=True)
-    shutil.copy(migrated_db, folder / "mlflow" / "mlflow.db")
-    elsewhere = tmp_path_factory.mktemp("cwd")
-    result = subprocess.run(
-        [sys.executable, str(HERE / "fxcu.py"), "run", "7d", "--offline", "--json"],
-        cwd=elsewhere,
-        env={**os.environ, **run_env(folder), "FRED_API_KEY": FRED_KEY},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return folder, elsewhere, result
-
-
-@pytest.mark.slow
-def test_run_offline_prints_json_summary_and_exits_0(offline_run):
-    _, _, result = offline_run
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
-    assert out["horizon"] == "7d" and out["last_date"] == "2024-07-15" and out["target_date"] == "2024-07-22"
+    fig = drawn_chart(monkeypatch, fc, real_bundle, tmp_path)
+    price_ax, copper_ax = fig.axes
+    (copper_line,) = [line for line in copper_ax.get_lines() if line.get_label().startswith("copper")]
+    assert mdates.date2num(fc.origin) == pytest.approx(max(mdates.date2num(d) for d in copper_line.get_xdata()))
+    assert not [line for line in price_ax.get_lines() if "copper" in line.get_label()]
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
     assert (
-        out["interval_95"][0]
-        <= out["interval_80"][0]
-        <= out["forecast"]
-        <= out["interval_80"][1]
-        <= out["interval_95"][1]
+        labels[0] == "USD/CLP close"
+        and any(label.startswith("copper, USD/lb") for label in labels)
+        and "95% range" in labels
     )
-    assert out["ratio_to_naive"] <= 1.0 and out["tracked"] and out["copper_available"]
-    assert "cached data" in out["degraded"]
-
-
-@pytest.mark.slow
-def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
-    folder, elsewhere, result = offline_run
-    runs = read_runs(folder, "7d")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.run_name == "7d · data 2024-07-15" and run.info.status == "FINISHED"
-    p, m, t = run.data.params, run.data.metrics, run.data.tags
-    assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
-    assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
-    assert "version_statsforecast" in p and len(p["input_sha256"]) == 64
-    for key in (
-        "7d_rmse",
-        "7d_mae",
-        "7d_mape",
-        "7d_ratio_to_naive",
-        "7d_coverage_80",
-        "Naive_rmse",
-        "AutoETS_mape",
-        "copper_ablation_pct",
-        "seconds_backtest",
-        "seconds_fetch",
-        "seconds_report",
-        "seconds_tracking",
-    ):
-        assert key in m, key
-    assert m["7d_ratio_to_naive"] <= 1.0
-    # the history ends 2024-07-15, older than FXCU_MAX_AGE_DAYS (5): stale as well as cached (issue 10)
-    assert t["fxcu.degraded"] == "cached data,stale data" and t["fxcu.degraded.cached_data"] == "true"
-    assert t["fxcu.degraded.stale_data"] == "true"
-    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
-    assert artifacts.is_relative_to(folder / "mlflow" / "mlruns")
-    names = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
-    assert {"inputs/warehouse/usdclp.parquet", "inputs/warehouse/copper_hgf_usd_lb.parquet"} <= names
+    assert price_ax.get_legend() is None and copper_ax.get_legend() is None
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    texts = [t.get_text() for t in price_ax.texts]
+    final = fc.final
+    assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
     assert (
-        any(n.endswith(".md") for n in names)
-        and any(n.endswith(".png") for n in names)
-        and any(n.endswith(".csv") for n in names)
+        f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
+        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}" in texts
     )
-    assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
+    assert "2026-01-19 12:00 (Santiago, UTC-03)" in price_ax.get_title("right")
 
 
 @pytest.mark.slow
-@pytest.mark.slow
-def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run):
-    folder, _, result = offline_run
-    out = json.loads(result.stdout)
-    model = out["interval_model"]
-    assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == fxcu.interval_label("naive", model)
-    assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
-    assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {
-        *fxcu.REGIMES,
-        *fxcu.NAMED_WINDOWS,
-    }
-    run = read_runs(folder, "7d")[0]
-    p, m = run.data.params, run.data.metrics
-    assert p["interval_model"] == model and p["interval_label"] == out["interval_label"]
-    assert (
-        m["7d_range_crps_ratio"] == pytest.approx(out["range_crps_ratio"], abs=1e-4)
-        and m["range_origins"] == fxcu.DENSITY_ORIGINS
-    )
-    for key in (
-        "range_Naive_crps",
-        "range_EWMA_5d_is80_ratio",
-        "range_EWMA_5d_blend_crps_ratio_lo",
-        "7d_range_is95_ratio_hi",
-        "7d_range_wis",
-        "range_copper_ablation_pct",
-    ):
-        assert key in m, key
-    for group in ("calm", "middle", "turbulent", "2022", "2019_10_2020_06"):
-        assert f"7d_range_coverage_80_{group}" in m and f"range_Naive_coverage_95_{group}" in m
-    report = Path(out["report"]).read_text()
-    assert (
-        "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
-    )
-    assert f"served: {out['interval_label']}" in report
+def test_chart_without_copper_has_one_panel_and_says_so(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
+    bundle = dataclasses.replace(real_bundle, copper=None, copper_features=None)
+    fig = drawn_chart(monkeypatch, real_forecast_7d, bundle, tmp_path)
+    assert len(fig.axes) == 1 and "copper unavailable: forecast made without copper" in [
+        t.get_text() for t in fig.axes[0].texts
+    ]
 
 
-@pytest.mark.slow
-def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
-    folder, _, result = offline_run
-    out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
-    t, m = run.data.tags, run.data.metrics
-    note = t["mlflow.note.content"]
-    assert note.startswith(
-        f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15"
-    )
-    lo80, hi80 = out["interval_80"]
-    assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
-    assert t["mlflow.source.name"] == "fxcu run 7d" and t["mlflow.source.type"] == "LOCAL" and t["mlflow.user"]
-    assert t["fxcu.version"] == fxcu.__version__ == run.data.params["version_fxcu"]
-    # the run spans the backtest: created when the command started, ended after the tracking
-    assert run.info.end_time - run.info.start_time >= 1000 * m["seconds_backtest"]
-    for short in ("rmse", "mae", "mape", "ratio_to_naive", "coverage_80", "coverage_95"):
-        assert m[f"served_{short}"] == m[f"7d_{short}"]
-    assert run.data.params["target_date"] == "2024-07-22"
-
-
-@pytest.mark.slow
-def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
-    import hashlib
-
-    folder, _, _ = offline_run
-    run = read_runs(folder, "7d")[0]
-    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
-    assert set(inputs) == {"usdclp", "copper"}
-    warehouse = Path(run.info.artifact_uri.removeprefix("file://")) / "inputs" / "warehouse"
-    for name, file in (("usdclp", fxcu.USDCLP_CACHE), ("copper", fxcu.COPPER_CACHE)):
-        frame = pl.read_parquet(warehouse / file)
-        # the oracle: sha256 of the "date,close" CSV of the sorted prices, nothing else
-        assert (
-            inputs[name].dataset.digest
-            == hashlib.sha256(frame.select("date", "close").sort("date").write_csv().encode()).hexdigest()[:16]
-        )
-        assert json.loads(inputs[name].dataset.profile)["rows"] == frame.height
-        assert [tag.value for tag in inputs[name].tags if tag.key == "mlflow.data.context"] == ["training"]
+# -- Shell: MLflow tracking ------------------------------------------------------------
 
 
 def test_prices_digest_ignores_fetch_time_and_source_but_not_prices():
@@ -2574,6 +4288,360 @@ def test_served_models_names_the_models_with_weight(weights, served):
 
 
 @pytest.mark.slow
+def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
+    def hang(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(fxcu, "mlflow_client", hang)
+    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
+    record = fxcu.RunRecord("7d", "forecast_x", {}, {}, {}, ())
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="MLflow tracking did not finish"):
+        fxcu.log_run(config, record, environ={})
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
+    fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
+    code = (
+        "import sys, fxcu\n"
+        "for c in (['runs'], ['compare'], ['stats']): assert fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast', 'polars'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "903" not in out.stdout and "900.00" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", (
+        out.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        (None, "{data}/mlflow/mlflow.db"),
+        ("sqlite:////srv/my%20db/m.db", "/srv/my db/m.db"),
+        ("http://mlflow:5000", None),
+        ("postgresql://u:p@h/db", None),
+    ],
+)
+def test_store_path_reads_sqlite_uris_only(tmp_path, uri, path):
+    config = fxcu.Config(data_dir=tmp_path)
+    found = fxcu.store_path(config, {} if uri is None else {"MLFLOW_TRACKING_URI": uri})
+    assert found == (None if path is None else Path(path.format(data=tmp_path)))
+
+
+@pytest.mark.slow
+def test_best_run_on_coverage_is_closest_to_nominal(data_dir):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    ids = {}
+    for cov in (0.70, 0.82, 0.90):
+        rec = record("7d", 20.0)
+        ids[cov] = fxcu.log_run(
+            config, dataclasses.replace(rec, metrics={**rec.metrics, "7d_coverage_80": cov}), environ={}
+        )
+    assert fxcu.best_run("7d", "coverage_80", config=config, environ={}).info.run_id == ids[0.82]
+
+
+# Relocatable data dir and a bounded tracking server (issue 10, section 3).
+@pytest.mark.slow
+def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp_path, migrated_db):
+    """Moving the data dir left experiments pointing at the old path, which the next run recreated."""
+    old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
+    (old / "mlflow").mkdir(parents=True)
+    shutil.copy(migrated_db, old / "mlflow" / "mlflow.db")
+    first = fxcu.log_run(
+        fxcu.Config(data_dir=old),
+        dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)),
+        environ={},
+    )
+    new.parent.mkdir()
+    shutil.move(old, new)
+    second = fxcu.log_run(
+        fxcu.Config(data_dir=new),
+        dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "b"),)),
+        environ={},
+    )
+    assert not old.exists()  # nothing recreated at the old path
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=fxcu.sqlite_uri(new / "mlflow" / "mlflow.db"))
+    root = (new / "mlflow" / "mlruns").as_uri()
+    assert client.get_experiment_by_name("forecaster_7d").artifact_location == root
+    for run_id in (first, second):
+        assert client.get_run(run_id).info.artifact_uri.startswith(root + "/")
+        # the old run's files (the report and its HTML twin), found in their new home
+        assert [a.path for a in client.list_artifacts(run_id)] == ["forecast_7d.html", "forecast_7d.md"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["refused", "hanging"])
+def test_down_tracking_server_costs_a_run_at_most_15_s(tmp_path, how):
+    """A down MLFLOW_TRACKING_URI cost 65 s per run (MLflow's retries); now at most 15 s for all four horizons."""
+    import mlflow.tracking  # noqa: F401 -- imported first: the bound is on the waiting, not on the import
+
+    listener = None
+    if how == "hanging":  # accepts connections (the kernel's backlog) and never answers
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    else:
+        uri = closed_url()
+    config = fxcu.Config(data_dir=tmp_path)
+    started = time.monotonic()
+    try:
+        errors = []
+        for horizon in fxcu.HORIZONS:
+            with pytest.raises(Exception) as caught:  # MlflowException first, then ConnectionError
+                fxcu.log_run(config, record(horizon, 20.0), environ={"MLFLOW_TRACKING_URI": uri})
+            errors.append(type(caught.value).__name__)
+    finally:
+        if listener:
+            listener.close()
+    assert time.monotonic() - started < 15
+    assert errors[1:] == ["ConnectionError"] * 3  # the other horizons do not wait for it again
+
+
+@pytest.mark.slow
+def test_tracker_logs_in_its_own_process_and_reports_a_dead_one(data_dir):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    with fxcu.Tracker(config, {}) as tracker:
+        run_id, error = tracker.log(record("7d", 20.0))
+        child = tracker._process.pid
+    assert error is None and child != os.getpid()
+    assert [r.info.run_id for r in read_runs(data_dir, "7d")] == [run_id]
+    with fxcu.Tracker(config, {}) as tracker:
+        tracker._process.kill()
+        tracker._process.join()
+        started = time.monotonic()
+        first, second = tracker.log(record("7d", 21.0)), tracker.log(record("15d", 21.0))
+    assert time.monotonic() - started < 5  # no wait for the timeout: the pipe is closed
+    assert first == second == (None, "ConnectionError: the tracking process stopped (exit code -9)")
+
+
+@pytest.mark.slow
+def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
+    import signal
+
+    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
+    with fxcu.Tracker(config, {}) as tracker:
+        os.kill(tracker._process.pid, signal.SIGSTOP)  # alive, answering nothing
+        started = time.monotonic()
+        first, second = tracker.log(record("7d", 20.0)), tracker.log(record("15d", 20.0))
+        waited = time.monotonic() - started
+        process = tracker._process
+    assert first == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
+    assert second == (None, "skipped: MLflow tracking timed out for 7d")
+    assert waited < 0.5 + fxcu.TRACKING_GRACE + 2
+    assert not process.is_alive()  # stopped by `close`
+    assert read_runs(data_dir, "7d") == []
+
+
+@pytest.mark.slow
+def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundle):
+    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    made = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[], versions={"polars": "9.9"})
+    bare = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[])
+    assert made.params["version_polars"] == "9.9" and "version_mlflow" not in made.params
+    assert not {k for k in bare.params if k.startswith("version_")} - {"version_fxcu"}
+    assert set(fxcu.package_versions(("polars", "no-such-package-fxcu"))) == {"polars"}
+
+
+# -- Shell: email ----------------------------------------------------------------------
+
+
+def parse_email(raw: bytes):
+    """A received message parsed the way a mail client does."""
+    import email
+    import email.policy
+
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def relay_env(data_dir: Path, port: int) -> dict[str, str]:
+    """A relay on 127.0.0.1 without TLS or login, as inside a bank's network."""
+    smtp = {
+        "FXCU_SMTP_HOST": "127.0.0.1",
+        "FXCU_SMTP_PORT": str(port),
+        "FXCU_SMTP_TO": "desk@example.cl",
+        "FXCU_SMTP_STARTTLS": "0",
+    }
+    return run_env(data_dir, **smtp)
+
+
+@pytest.mark.slow
+def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
+    data_dir, capsys, monkeypatch, shared_models
+):
+    calls = []
+    real = fxcu.fetch_series
+    monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    server = SMTPServer(wait=600)
+    env = relay_env(data_dir, server.port)
+    code = fxcu.main(["run", "all", "--offline", "--json"], env)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and calls == ["usdclp", "copper"]
+    assert list(out) == ["7d", "15d", "30d", "90d"] and all(s["tracked"] and s["horizon"] == h for h, s in out.items())
+    assert {r.data.params["horizon"] for h in fxcu.HORIZONS for r in read_runs(data_dir, h)} == set(fxcu.HORIZONS)
+    server.thread.join(10)
+    (raw,) = server.messages
+    message = parse_email(raw)
+    assert_renders(message, ["7d", "15d", "30d", "90d"])
+    forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
+    assert message["Subject"] == f"fxcu: USD/CLP forecasts {forecasts} (data to 2024-07-15)"
+    html = message.get_body(("html",)).get_content()
+    assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and a server context using it."""
+    return make_tls_pair(tmp_path_factory.mktemp("tls"))
+
+
+def smtp_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    return run_env(
+        data_dir,
+        FXCU_SMTP_HOST="127.0.0.1",
+        FXCU_SMTP_PORT=str(port),
+        FXCU_SMTP_TO="desk@example.cl, treasury@example.cl",
+        **extra,
+    )
+
+
+@pytest.mark.slow
+def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog, shared_models):
+    cafile, context = tls_pair
+    server = SMTPServer(tls=context)
+    env = smtp_env(
+        data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile)
+    )
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1 and "Report emailed to desk@example.cl, treasury@example.cl" in caplog.text
+    assert ("STARTTLS", False) in server.verbs and ("AUTH", True) in server.verbs
+    assert all(secure for verb, secure in server.verbs if verb in ("AUTH", "MAIL", "DATA"))
+    assert "s3cret-pw" not in caplog.text
+
+
+@pytest.mark.slow
+def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog, shared_models):
+    _, context = tls_pair
+    server = SMTPServer(tls=context)
+    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert "Email failed (SSLCertVerificationError" in caplog.text
+    assert server.messages == [] and not any(verb == "AUTH" for verb, _ in server.verbs)
+
+
+@pytest.mark.slow
+def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch, shared_models):
+    import smtplib
+
+    cafile, context = tls_pair
+    server = SMTPServer(tls=context, implicit=True)
+    real = smtplib.SMTP_SSL
+
+    class ToTestPort(real):  # the code picks implicit TLS for port 465; the test server listens elsewhere
+        def __init__(self, host, port, **kwargs):
+            super().__init__(host, server.port, **kwargs)
+
+    monkeypatch.setattr(smtplib, "SMTP_SSL", ToTestPort)
+    env = smtp_env(data_dir, 465, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile))
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1 and all(secure for _, secure in server.verbs)
+    assert ("STARTTLS", False) not in server.verbs and ("AUTH", True) in server.verbs
+
+
+@pytest.mark.slow
+def test_email_never_sends_credentials_in_clear(data_dir, caplog, shared_models):
+    server = SMTPServer()
+    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    assert "refusing to send SMTP credentials without TLS" in caplog.text
+    assert server.verbs == [] and server.messages == []
+
+
+@pytest.mark.slow
+def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
+    server = SMTPServer()
+    env = run_env(
+        data_dir,
+        FXCU_SMTP_HOST="127.0.0.1",
+        FXCU_SMTP_PORT=str(server.port),
+        FXCU_SMTP_TO="desk@example.cl",
+        FXCU_SMTP_STARTTLS="0",
+    )  # a relay without TLS or login
+    assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    server.thread.join(10)
+    assert len(server.messages) == 1
+    message = parse_email(server.messages[0])
+    assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
+    assert_renders(message, ["7d"])
+    html = message.get_body(("html",)).get_content()
+    assert "Backtest at the horizon date" in html and "Range backtest" in html
+    assert "random walk; range" in html or "random walk; Naive's range" in html  # the served range in words
+
+
+@pytest.mark.slow
+def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path, shared_models):
+    server = SMTPServer()
+    env = relay_env(data_dir, server.port)
+    assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
+    assert server.messages == [] and server.verbs == []
+    message = parse_email((tmp_path / "preview.eml").read_bytes())
+    assert_renders(message, ["7d"]) and message["To"] == "desk@example.cl"
+
+
+@pytest.mark.slow
+def test_email_failure_never_fails_the_run(data_dir, caplog, shared_models):
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
+    with caplog.at_level(logging.INFO):
+        assert fxcu.main(["run", "7d", "--offline"], env) == 0
+    assert "Email failed" in caplog.text
+
+
+@pytest.mark.slow
+def test_skip_email_sends_nothing(data_dir, shared_models):
+    server = SMTPServer()
+    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
+    assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
+    assert server.messages == []
+
+
+# -- Commands: fetch, validate, run ----------------------------------------------------
+
+
+def test_main_fetch_offline_prints_each_series(tmp_path, capsys):
+    config = make_config(tmp_path)
+    fxcu.write_parquet_atomic(
+        provenance(make_prices(50, start=date(2024, 1, 1)), "yahoo"), config.warehouse / fxcu.USDCLP_CACHE
+    )
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(config.data_dir), "FXCU_SEED": "0"})
+    out = capsys.readouterr().out
+    assert code == 0 and "usdclp: cache, 50 rows" in out and "copper: unavailable" in out
+
+
+def test_main_fetch_offline_without_cache_exits_1(tmp_path, capsys):
+    code = fxcu.main(["fetch", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
+    assert code == 1 and "usdclp: unavailable" in capsys.readouterr().out
+
+
+def test_main_bad_env_value_is_one_line_exit_2(tmp_path, capsys):
+    code = fxcu.main(["fetch"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_OFFLINE": "perhaps"})
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "FXCU_OFFLINE" in err
+
+
+@pytest.mark.slow
 def test_run_artifacts_replay_the_same_forecast_offline(offline_run, tmp_path):
     folder, _, result = offline_run
     run = read_runs(folder, "7d")[0]
@@ -2642,20 +4710,6 @@ def test_tracking_failure_keeps_forecast_and_report(data_dir, capsys, caplog, sh
 
 
 @pytest.mark.slow
-def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
-    def hang(*args, **kwargs):
-        time.sleep(30)
-
-    monkeypatch.setattr(fxcu, "mlflow_client", hang)
-    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
-    record = fxcu.RunRecord("7d", "forecast_x", {}, {}, {}, ())
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="MLflow tracking did not finish"):
-        fxcu.log_run(config, record, environ={})
-    assert time.monotonic() - started < 5
-
-
-@pytest.mark.slow
 def test_two_runs_at_once_are_both_recorded(data_dir):
     cmd = [sys.executable, str(HERE / "fxcu.py"), "-q", "run", "7d", "--offline", "--skip-email"]
     env = {**os.environ, **run_env(data_dir)}
@@ -2669,29 +4723,135 @@ def test_two_runs_at_once_are_both_recorded(data_dir):
     assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == real_usdclp().height
 
 
-def record(horizon: str, rmse: float, *, degraded: str = "none", forecast: float = 900.0) -> fxcu.RunRecord:
-    metrics = {
-        f"{horizon}_rmse": rmse,
-        f"{horizon}_ratio_to_naive": rmse / 20,
-        "Naive_rmse": 20.0,
-        f"{horizon}_coverage_80": 0.8,
-        f"{horizon}_coverage_95": 0.95,
-    }
-    metrics |= {"forecast": forecast, "forecast_lo_80": forecast - 12.5, "forecast_hi_80": forecast + 12.5}
-    params = {
-        "horizon": horizon,
-        "models": "Naive",
-        "usdclp_source": "yahoo",
-        "copper_source": "yahoo",
-        "copper_frequency": "daily",
-    }
-    params |= {"data_last_date": "2026-01-19", "target_date": "2026-01-26"}
-    tags = {
-        "fxcu.status": "ok" if degraded == "none" else "degraded",
-        "fxcu.degraded": degraded,
-        "fxcu.served_models": "Naive",
-    }
-    return fxcu.RunRecord(horizon, f"{horizon} · data 2026-01-19", params, metrics, tags, ())
+def test_run_unknown_horizon_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        fxcu.main(["run", "8d"], {})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown horizon '8d'" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_run_without_usdclp_exits_1(tmp_path, capsys):
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
+    assert code == 1 and "no usable USD/CLP" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
+
+
+def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
+    fxcu.write_parquet_atomic(
+        provenance(real_usdclp().tail(400), "mindicador"), tmp_path / "warehouse" / fxcu.USDCLP_CACHE
+    )
+    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
+    err = capsys.readouterr().err
+    assert code == 1 and "fxcu: cannot forecast: 400 trading days are too few for 60 backtest origins" in err
+    status = json.loads((tmp_path / "status.json").read_text())["7d"]
+    assert not status["ok"] and "too few" in status["error"]
+
+
+@pytest.mark.slow
+def test_run_all_stops_tracking_after_a_timeout(data_dir, capsys, caplog, shared_models):
+    # a tracking server that accepts connections (the kernel's backlog) and never answers: the tracking
+    # process's write hangs until its 0.5 s bound
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        env = run_env(
+            data_dir, FXCU_TRACKING_TIMEOUT="0.5", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{listener.getsockname()[1]}"
+        )
+        with caplog.at_level(logging.INFO):
+            code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], env)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and all(s["report"] and not s["tracked"] for s in out.values())
+    assert out["7d"]["tracking_error"].startswith("TimeoutError: MLflow tracking did not finish within 0.5 s")
+    assert [out[h]["tracking_error"] for h in ("15d", "30d", "90d")] == [
+        "skipped: MLflow tracking timed out for 7d"
+    ] * 3
+    assert caplog.text.count("MLflow tracking failed") == 4
+
+
+@pytest.mark.slow
+def test_run_with_a_dead_tracking_process_still_prints_the_forecast(data_dir, monkeypatch, capsys, caplog):
+    class Dead(fxcu.Tracker):  # the real tracking process, killed as it starts
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._process.kill()
+
+    monkeypatch.setattr(fxcu, "Tracker", Dead)
+    with caplog.at_level(logging.INFO):
+        code = fxcu.main(["run", "7d", "--offline", "--skip-email"], run_env(data_dir))
+    out = capsys.readouterr().out
+    assert code == 0 and "USD/CLP 7d:" in out and "tracked: no" in out
+    assert "MLflow tracking failed (ConnectionError: the tracking process stopped" in caplog.text
+    status = json.loads((data_dir / "status.json").read_text())["7d"]
+    assert status["ok"] and not status["tracked"] and status["tracking_error"].startswith("ConnectionError")
+    assert "Stage times: tracking_start" in caplog.text and read_runs(data_dir, "7d") == []
+
+
+def test_stages_time_each_stage_in_order_and_add_repeats():
+    stages = fxcu.Stages()
+    with stages("fetch"):
+        pass
+    with pytest.raises(ValueError), stages("backtest"):  # a failed stage still counts
+        raise ValueError
+    other = fxcu.Stages()
+    with other("fetch"):
+        time.sleep(0.01)  # INFO: a measured duration, not a retry
+    stages.merge(other)
+    assert list(stages.seconds) == ["fetch", "backtest"]
+    assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
+    assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
+
+
+@pytest.mark.slow
+def test_charts_are_drawn_without_pyplot(real_forecast_7d, real_bundle, tmp_path):
+    import pickle
+
+    (tmp_path / "inputs.pickle").write_bytes(pickle.dumps((real_forecast_7d, real_bundle)))
+    code = (
+        "import pickle, sys\nimport fxcu\n"
+        f"fc, bundle = pickle.loads(open({str(tmp_path / 'inputs.pickle')!r}, 'rb').read())\n"
+        f"fxcu.write_chart(fc, bundle, fxcu.Path({str(tmp_path / 'chart.png')!r}))\n"
+        "print('matplotlib.figure' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"], done.stderr
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_run_copper_off_runs_without_copper(data_dir, capsys, shared_models):
+    code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
+
+
+@pytest.mark.slow
+def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys, shared_models):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu, "write_text_atomic", full)
+    code = fxcu.main(["run", "7d", "--offline"], run_env(data_dir))
+    out = capsys.readouterr().out
+    assert code == 1 and "report: NOT WRITTEN" in out and "tracked: yes" in out
+    assert not list((data_dir / "reports").glob("*.md"))
+
+
+@pytest.mark.slow
+def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys, shared_models):
+    assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
+    capsys.readouterr()
+    code = fxcu.main(["check", "--json"], run_env(data_dir))
+    report = json.loads(capsys.readouterr().out)
+    levels = {c["name"]: c["level"] for c in report["checks"]}
+    assert levels["run 7d"] == "OK" and levels["run 15d"] == "WARNING" and levels["mlflow database"] == "OK"
+    assert levels["usdclp data"] == "CRITICAL"  # the real history ends in 2024
+    assert code == 2 and report["status"] == "CRITICAL"
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path / "empty")}) == 2
+    assert "CRITICAL usdclp data: no data" in capsys.readouterr().out
+
+
+# -- Commands: the tracking store (init, ui, runs, compare, stats, backup) -------------
 
 
 @pytest.mark.slow
@@ -2757,159 +4917,10 @@ def test_best_run_runs_compare_stats_on_known_runs(data_dir, capsys):
     assert row.split() == ["forecaster_7d", "3", "100%", "0", "0", "just", "now", "2026-01-19"] and "1.0000" not in text
 
 
-def stored(
-    horizon: str, start_s: int, *, forecast: float | None = None, status: str = "FINISHED", **metrics: float
-) -> fxcu.StoredRun:
-    extra = {} if forecast is None else {"forecast": forecast}
-    return fxcu.StoredRun(
-        f"r{start_s}", horizon, "", status, start_s * 1000, None, {"models": "Naive,AutoETS"}, {**metrics, **extra}, {}
-    )
-
-
-def test_runs_rows_change_is_against_the_previous_run_of_the_same_horizon():
-    runs = [
-        stored("7d", 50, forecast=910.0),
-        stored("30d", 40, forecast=930.0),
-        stored("7d", 30),
-        stored("7d", 20, forecast=900.0),
-    ]
-    rows = fxcu.runs_rows(runs, last=2)
-    assert [(r["horizon"], r["change"]) for r in rows] == [("7d", 10.0), ("30d", None), ("7d", None)]
-    assert rows[2]["forecast"] is None and rows[0]["status"] == "ok"
-
-
-@pytest.mark.slow
-@given(
-    st.lists(st.tuples(st.sampled_from(["7d", "30d"]), st.one_of(st.none(), st.floats(800, 1000))), max_size=12),
-    st.integers(1, 5),
-)
-@settings(max_examples=100, deadline=None)
-def test_runs_rows_changes_add_up_to_the_forecasts(spec, last):
-    runs = [stored(h, 100 - i, forecast=f) for i, (h, f) in enumerate(spec)]  # newest first
-    rows = fxcu.runs_rows(runs, last)
-    for horizon in ("7d", "30d"):
-        mine = [r for r in rows if r["horizon"] == horizon]
-        assert len(mine) == min(last, sum(h == horizon for h, _ in spec))
-        for row in mine:
-            older = [
-                f
-                for h, f in spec[[r.run_id for r in runs].index(row["run_id"]) + 1 :]
-                if h == horizon and f is not None
-            ]
-            expected = None if row["forecast"] is None or not older else row["forecast"] - older[0]
-            assert row["change"] == expected
-
-
-def test_compare_rows_best_coverage_is_closest_to_nominal():
-    runs = [
-        stored("7d", 9, Naive_coverage_80=0.95, AutoETS_coverage_80=0.78, **{"7d_coverage_80": 0.70}),
-        stored("7d", 5, **{"7d_coverage_80": 0.81}),
-    ]
-    (row,) = fxcu.compare_rows(runs, "coverage_80")
-    assert row["best_model"] == "AutoETS" and row["best_served"] == 0.81 and row["best_served_run"] == "r5"
-    text = fxcu.render(fxcu.compare_table([row], "coverage_80"), color=False)
-    assert text.startswith("80% interval coverage (% of outcomes inside): closest to 80% is best")
-    assert "78% *" in text and "95%" in text
-
-
-@pytest.mark.parametrize(
-    ("seconds", "words"),
-    [
-        (5, "just now"),
-        (90, "1 minute ago"),
-        (3 * 3600 + 5, "3 hours ago"),
-        (86400, "1 day ago"),
-        (9 * 86400, "9 days ago"),
-        (15 * 86400, "2 weeks ago"),
-    ],
-)
-def test_age_words(seconds, words):
-    assert fxcu.age_words(seconds) == words
-
-
-def test_render_colours_only_when_asked_and_fits_100_columns():
-    runs = [stored("90d", 9, forecast=1234.5)]
-    rows = fxcu.runs_rows(runs, last=1)
-    rows[0] |= {
-        "served": "AutoETS 40%, AutoARIMA 30%, AutoTheta 20%, Naive 10%",
-        "status": "degraded: no copper, cached data, removed bad prints",
-    }
-    plain, colour = fxcu.render(fxcu.runs_table(rows), color=False), fxcu.render(fxcu.runs_table(rows), color=True)
-    assert "\x1b[" not in plain and "\x1b[33m" in colour  # yellow: degraded
-    assert max(map(len, plain.splitlines())) <= 100 and "1,234.50" in plain
-
-
-@pytest.mark.slow
-def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
-    fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
-    code = (
-        "import sys, fxcu\n"
-        "for c in (['runs'], ['compare'], ['stats']): assert fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast', 'polars'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(data_dir)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert "903" not in out.stdout and "900.00" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", (
-        out.stderr
-    )
-
-
-@pytest.mark.parametrize(
-    ("uri", "path"),
-    [
-        (None, "{data}/mlflow/mlflow.db"),
-        ("sqlite:////srv/my%20db/m.db", "/srv/my db/m.db"),
-        ("http://mlflow:5000", None),
-        ("postgresql://u:p@h/db", None),
-    ],
-)
-def test_store_path_reads_sqlite_uris_only(tmp_path, uri, path):
-    config = fxcu.Config(data_dir=tmp_path)
-    found = fxcu.store_path(config, {} if uri is None else {"MLFLOW_TRACKING_URI": uri})
-    assert found == (None if path is None else Path(path.format(data=tmp_path)))
-
-
 def test_dashboard_without_a_database_says_so(tmp_path, capsys):
     assert fxcu.main(["runs"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
     assert capsys.readouterr().out.startswith("no runs yet")
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
-
-
-@pytest.mark.parametrize(
-    ("name", "values", "best"),
-    [
-        ("7d_rmse", [20.0, 18.5, 19.0], 18.5),
-        ("7d_coverage_80", [0.70, 0.83, 0.95], 0.83),
-        ("7d_coverage_95", [0.99, 0.90, 0.96], 0.96),
-        ("Naive_copper_direction_hit", [0.5, 0.67, 0.6], 0.67),
-    ],
-)
-def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
-    assert min(values, key=fxcu.metric_rank(name)) == best
-
-
-@pytest.mark.slow
-def test_best_run_on_coverage_is_closest_to_nominal(data_dir):
-    config = fxcu.Config.from_env(run_env(data_dir))
-    ids = {}
-    for cov in (0.70, 0.82, 0.90):
-        rec = record("7d", 20.0)
-        ids[cov] = fxcu.log_run(
-            config, dataclasses.replace(rec, metrics={**rec.metrics, "7d_coverage_80": cov}), environ={}
-        )
-    assert fxcu.best_run("7d", "coverage_80", config=config, environ={}).info.run_id == ids[0.82]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", [["runs"], ["stats"], ["compare"], ["init"], ["backup", "{tmp}/bk"]])
-def test_mlflow_commands_on_a_corrupt_database_are_one_line(tmp_path, command, capsys):
-    (tmp_path / "mlflow").mkdir()
-    (tmp_path / "mlflow" / "mlflow.db").write_text("not a database\n")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
-    assert fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path)}) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"fxcu: {command[0]} failed (") and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -2937,12 +4948,6 @@ def test_backup_is_a_consistent_archive(data_dir, tmp_path, capsys):
         tar.extractall(tmp_path / "out", filter="data")
     with sqlite3.connect(tmp_path / "out" / "mlflow" / "mlflow.db") as conn:
         assert conn.execute("select count(*) from runs").fetchone()[0] == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -3088,46 +5093,6 @@ def test_ui_command_points_the_server_at_the_data_dir(tmp_path):
     assert cmd[cmd.index("--host") + 1 :][:3] == ["127.0.0.1", "--port", "5000"]
 
 
-# Relocatable data dir and a bounded tracking server (issue 10, section 3).
-
-
-def artifact_file(folder: Path) -> Path:
-    path = folder / "forecast_7d.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# a report\n")
-    return path
-
-
-@pytest.mark.slow
-def test_moved_data_dir_keeps_its_artifacts_and_never_recreates_the_old_path(tmp_path, migrated_db):
-    """Moving the data dir left experiments pointing at the old path, which the next run recreated."""
-    old, new = tmp_path / "old" / "data", tmp_path / "new" / "data"
-    (old / "mlflow").mkdir(parents=True)
-    shutil.copy(migrated_db, old / "mlflow" / "mlflow.db")
-    first = fxcu.log_run(
-        fxcu.Config(data_dir=old),
-        dataclasses.replace(record("7d", 20.0), artifacts=(artifact_file(tmp_path / "a"),)),
-        environ={},
-    )
-    new.parent.mkdir()
-    shutil.move(old, new)
-    second = fxcu.log_run(
-        fxcu.Config(data_dir=new),
-        dataclasses.replace(record("7d", 21.0), artifacts=(artifact_file(tmp_path / "b"),)),
-        environ={},
-    )
-    assert not old.exists()  # nothing recreated at the old path
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=fxcu.sqlite_uri(new / "mlflow" / "mlflow.db"))
-    root = (new / "mlflow" / "mlruns").as_uri()
-    assert client.get_experiment_by_name("forecaster_7d").artifact_location == root
-    for run_id in (first, second):
-        assert client.get_run(run_id).info.artifact_uri.startswith(root + "/")
-        # the old run's files (the report and its HTML twin), found in their new home
-        assert [a.path for a in client.list_artifacts(run_id)] == ["forecast_7d.html", "forecast_7d.md"]
-
-
 @pytest.mark.slow
 def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_db):
     """`fxcu backup` restored elsewhere: `init`, `runs` and new runs use the new path, the original is untouched."""
@@ -3161,260 +5126,7 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
     assert len(list((restored / "mlflow" / "mlruns").rglob("forecast_7d.md"))) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["refused", "hanging"])
-def test_down_tracking_server_costs_a_run_at_most_15_s(tmp_path, how):
-    """A down MLFLOW_TRACKING_URI cost 65 s per run (MLflow's retries); now at most 15 s for all four horizons."""
-    import mlflow.tracking  # noqa: F401 -- imported first: the bound is on the waiting, not on the import
-
-    listener = None
-    if how == "hanging":  # accepts connections (the kernel's backlog) and never answers
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    else:
-        uri = closed_url()
-    config = fxcu.Config(data_dir=tmp_path)
-    started = time.monotonic()
-    try:
-        errors = []
-        for horizon in fxcu.HORIZONS:
-            with pytest.raises(Exception) as caught:  # MlflowException first, then ConnectionError
-                fxcu.log_run(config, record(horizon, 20.0), environ={"MLFLOW_TRACKING_URI": uri})
-            errors.append(type(caught.value).__name__)
-    finally:
-        if listener:
-            listener.close()
-    assert time.monotonic() - started < 15
-    assert errors[1:] == ["ConnectionError"] * 3  # the other horizons do not wait for it again
-
-
-def test_redact_hides_user_and_password_in_urls():
-    line = "Retrying http://alice:s3cr%40t@proxy.local:3128/x and https://bob:pw@h/api?api_key=abc"
-    assert fxcu.redact(line, None) == "Retrying http://***@proxy.local:3128/x and https://***@h/api?api_key=***"
-    assert (
-        fxcu._where("https://alice:s3cret@127.0.0.1:8080/v8/finance/chart/CLP=X?x=1")
-        == "127.0.0.1:8080/v8/finance/chart/CLP=X"
-    )
-
-
-@pytest.mark.slow
-def test_fault_credentials_in_base_and_proxy_urls_never_reach_the_log(data_dir, inprocess, monkeypatch):
-    with FakeSources(routes(clp=Reply(503, "down", "text/plain"), hg=Reply(503, "down", "text/plain"))) as api:
-        base = api.url.replace("http://", "http://alice:base-s3cret@")
-        monkeypatch.setenv(
-            "HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}"
-        )  # a dead proxy for the others
-        monkeypatch.setenv("NO_PROXY", "")
-        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL=base))
-    assert result.code == 0
-    assert "Retrying 127.0.0.1:" in result.err
-    assert (
-        "s3cret" not in result.err + result.out
-        and "alice" not in result.err + result.out
-        and "proxyuser" not in result.err + result.out
-    )
-
-
-# -- run and check from the CLI ------------------------------------------------------
-
-
-def test_run_unknown_horizon_is_one_line_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        fxcu.main(["run", "8d"], {})
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown horizon '8d'" in err and "Traceback" not in err and err.count("\n") == 1
-
-
-def test_run_without_usdclp_exits_1(tmp_path, capsys):
-    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_SEED": "0"})
-    assert code == 1 and "no usable USD/CLP" in capsys.readouterr().err
-    assert not json.loads((tmp_path / "status.json").read_text())["7d"]["ok"]
-
-
-def test_run_with_too_little_history_exits_1_and_records_it(tmp_path, capsys):
-    fxcu.write_parquet_atomic(
-        provenance(real_usdclp().tail(400), "mindicador"), tmp_path / "warehouse" / fxcu.USDCLP_CACHE
-    )
-    code = fxcu.main(["run", "7d", "--offline"], {"FXCU_DATA_DIR": str(tmp_path)})
-    err = capsys.readouterr().err
-    assert code == 1 and "fxcu: cannot forecast: 400 trading days are too few for 60 backtest origins" in err
-    status = json.loads((tmp_path / "status.json").read_text())["7d"]
-    assert not status["ok"] and "too few" in status["error"]
-
-
-@pytest.mark.slow
-def test_run_all_stops_tracking_after_a_timeout(data_dir, capsys, caplog, shared_models):
-    # a tracking server that accepts connections (the kernel's backlog) and never answers: the tracking
-    # process's write hangs until its 0.5 s bound
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        env = run_env(
-            data_dir, FXCU_TRACKING_TIMEOUT="0.5", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{listener.getsockname()[1]}"
-        )
-        with caplog.at_level(logging.INFO):
-            code = fxcu.main(["run", "all", "--offline", "--json", "--skip-email"], env)
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and all(s["report"] and not s["tracked"] for s in out.values())
-    assert out["7d"]["tracking_error"].startswith("TimeoutError: MLflow tracking did not finish within 0.5 s")
-    assert [out[h]["tracking_error"] for h in ("15d", "30d", "90d")] == [
-        "skipped: MLflow tracking timed out for 7d"
-    ] * 3
-    assert caplog.text.count("MLflow tracking failed") == 4
-
-
-@pytest.mark.slow
-def test_tracker_logs_in_its_own_process_and_reports_a_dead_one(data_dir):
-    config = fxcu.Config.from_env(run_env(data_dir))
-    with fxcu.Tracker(config, {}) as tracker:
-        run_id, error = tracker.log(record("7d", 20.0))
-        child = tracker._process.pid
-    assert error is None and child != os.getpid()
-    assert [r.info.run_id for r in read_runs(data_dir, "7d")] == [run_id]
-    with fxcu.Tracker(config, {}) as tracker:
-        tracker._process.kill()
-        tracker._process.join()
-        started = time.monotonic()
-        first, second = tracker.log(record("7d", 21.0)), tracker.log(record("15d", 21.0))
-    assert time.monotonic() - started < 5  # no wait for the timeout: the pipe is closed
-    assert first == second == (None, "ConnectionError: the tracking process stopped (exit code -9)")
-
-
-@pytest.mark.slow
-def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
-    import signal
-
-    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
-    with fxcu.Tracker(config, {}) as tracker:
-        os.kill(tracker._process.pid, signal.SIGSTOP)  # alive, answering nothing
-        started = time.monotonic()
-        first, second = tracker.log(record("7d", 20.0)), tracker.log(record("15d", 20.0))
-        waited = time.monotonic() - started
-        process = tracker._process
-    assert first == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
-    assert second == (None, "skipped: MLflow tracking timed out for 7d")
-    assert waited < 0.5 + fxcu.TRACKING_GRACE + 2
-    assert not process.is_alive()  # stopped by `close`
-    assert read_runs(data_dir, "7d") == []
-
-
-@pytest.mark.slow
-def test_run_with_a_dead_tracking_process_still_prints_the_forecast(data_dir, monkeypatch, capsys, caplog):
-    class Dead(fxcu.Tracker):  # the real tracking process, killed as it starts
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._process.kill()
-
-    monkeypatch.setattr(fxcu, "Tracker", Dead)
-    with caplog.at_level(logging.INFO):
-        code = fxcu.main(["run", "7d", "--offline", "--skip-email"], run_env(data_dir))
-    out = capsys.readouterr().out
-    assert code == 0 and "USD/CLP 7d:" in out and "tracked: no" in out
-    assert "MLflow tracking failed (ConnectionError: the tracking process stopped" in caplog.text
-    status = json.loads((data_dir / "status.json").read_text())["7d"]
-    assert status["ok"] and not status["tracked"] and status["tracking_error"].startswith("ConnectionError")
-    assert "Stage times: tracking_start" in caplog.text and read_runs(data_dir, "7d") == []
-
-
-def test_stages_time_each_stage_in_order_and_add_repeats():
-    stages = fxcu.Stages()
-    with stages("fetch"):
-        pass
-    with pytest.raises(ValueError), stages("backtest"):  # a failed stage still counts
-        raise ValueError
-    other = fxcu.Stages()
-    with other("fetch"):
-        time.sleep(0.01)  # INFO: a measured duration, not a retry
-    stages.merge(other)
-    assert list(stages.seconds) == ["fetch", "backtest"]
-    assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
-    assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
-
-
-@pytest.mark.slow
-def test_charts_are_drawn_without_pyplot(real_forecast_7d, real_bundle, tmp_path):
-    import pickle
-
-    (tmp_path / "inputs.pickle").write_bytes(pickle.dumps((real_forecast_7d, real_bundle)))
-    code = (
-        "import pickle, sys\nimport fxcu\n"
-        f"fc, bundle = pickle.loads(open({str(tmp_path / 'inputs.pickle')!r}, 'rb').read())\n"
-        f"fxcu.write_chart(fc, bundle, fxcu.Path({str(tmp_path / 'chart.png')!r}))\n"
-        "print('matplotlib.figure' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["True", "False"], done.stderr
-    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
-
-
-@pytest.mark.slow
-def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundle):
-    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
-    made = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[], versions={"polars": "9.9"})
-    bare = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[])
-    assert made.params["version_polars"] == "9.9" and "version_mlflow" not in made.params
-    assert not {k for k in bare.params if k.startswith("version_")} - {"version_fxcu"}
-    assert set(fxcu.package_versions(("polars", "no-such-package-fxcu"))) == {"polars"}
-
-
-@pytest.mark.slow
-def test_run_copper_off_runs_without_copper(data_dir, capsys, shared_models):
-    code = fxcu.main(["run", "30d", "--offline", "--json"], run_env(data_dir, FXCU_COPPER="off"))
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and not out["copper_available"] and "no copper" in out["degraded"]
-
-
-@pytest.mark.slow
-def test_run_report_write_failure_still_prints_and_tracks(data_dir, monkeypatch, capsys, shared_models):
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(fxcu, "write_text_atomic", full)
-    code = fxcu.main(["run", "7d", "--offline"], run_env(data_dir))
-    out = capsys.readouterr().out
-    assert code == 1 and "report: NOT WRITTEN" in out and "tracked: yes" in out
-    assert not list((data_dir / "reports").glob("*.md"))
-
-
-@pytest.mark.slow
-def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
-    data_dir, capsys, monkeypatch, shared_models
-):
-    calls = []
-    real = fxcu.fetch_series
-    monkeypatch.setattr(fxcu, "fetch_series", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
-    server = SMTPServer(wait=600)
-    env = relay_env(data_dir, server.port)
-    code = fxcu.main(["run", "all", "--offline", "--json"], env)
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and calls == ["usdclp", "copper"]
-    assert list(out) == ["7d", "15d", "30d", "90d"] and all(s["tracked"] and s["horizon"] == h for h, s in out.items())
-    assert {r.data.params["horizon"] for h in fxcu.HORIZONS for r in read_runs(data_dir, h)} == set(fxcu.HORIZONS)
-    server.thread.join(10)
-    (raw,) = server.messages
-    message = parse_email(raw)
-    assert_renders(message, ["7d", "15d", "30d", "90d"])
-    forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
-    assert message["Subject"] == f"fxcu: USD/CLP forecasts {forecasts} (data to 2024-07-15)"
-    html = message.get_body(("html",)).get_content()
-    assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
-
-
-@pytest.mark.slow
-def test_check_healthy_after_a_run_and_critical_without_data(data_dir, tmp_path, capsys, shared_models):
-    assert fxcu.main(["run", "7d", "--offline"], run_env(data_dir)) == 0
-    capsys.readouterr()
-    code = fxcu.main(["check", "--json"], run_env(data_dir))
-    report = json.loads(capsys.readouterr().out)
-    levels = {c["name"]: c["level"] for c in report["checks"]}
-    assert levels["run 7d"] == "OK" and levels["run 15d"] == "WARNING" and levels["mlflow database"] == "OK"
-    assert levels["usdclp data"] == "CRITICAL"  # the real history ends in 2024
-    assert code == 2 and report["status"] == "CRITICAL"
-    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path / "empty")}) == 2
-    assert "CRITICAL usdclp data: no data" in capsys.readouterr().out
+# -- Commands: track and check ---------------------------------------------------------
 
 
 def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
@@ -3424,329 +5136,12 @@ def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
     assert "usdclp.parquet unreadable" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("last", "level"),
-    [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")],
-)
-def test_check_age(last, level):
-    assert (
-        fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
-        == level
-    )
-
-
-@pytest.mark.parametrize(("hours", "level"), [(10, "OK"), (72, "OK"), (90, "WARNING")])
-def test_check_runs_allows_a_weekend(hours, level):
-    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
-    entry = {
-        "time": (now - timedelta(hours=hours)).isoformat(),
-        "ok": True,
-        "tracked": True,
-        "forecast": 950.0,
-        "target_date": "2026-12-07",
-        "degraded": [],
-    }
-    graded = dict((name, lv) for name, lv, _ in fxcu.check_runs({"7d": entry}, now=now))
-    assert graded["run 7d"] == level and graded["run 15d"] == "WARNING"
-
-
-# Checks graded by hand: the status line names the worst problem, never contradicts the lines below it.
-OK_DISK = ("disk", "OK", "50.0 GB free")
-
-
-def test_headline_is_the_overall_level_and_the_worst_problem():
-    checks = [
-        ("usdclp data", "OK", "1 days old"),
-        ("copper data", "WARNING", "9 days old (last 2026-11-17)"),
-        ("run 7d", "WARNING", "never run"),
-        OK_DISK,
-    ]
-    assert fxcu.headline(checks) == "WARNING - copper data: 9 days old (last 2026-11-17) (+1 more problem)"
-    checks.append(("usdclp data", "CRITICAL", "40 days old"))
-    assert fxcu.headline(checks) == "CRITICAL - usdclp data: 40 days old (+2 more problems)"
-    assert fxcu.headline([OK_DISK, OK_DISK]) == "OK - all 2 checks passed"
-
-
-def test_format_check_puts_perfdata_after_a_bar_on_the_first_line():
-    perf = [
-        fxcu.Perf("usdclp_age_days", 2, warn="5", crit="30"),
-        fxcu.Perf("disk_free", 5e10, "B", warn="1000000000:", crit="100000000:"),
-        fxcu.Perf("ratio", 0.25, min=None),
-    ]
-    text = fxcu.format_check([("usdclp data", "OK", "2 days old"), OK_DISK], perf)
-    assert text.splitlines() == [
-        (
-            "OK - all 2 checks passed | 'usdclp_age_days'=2;5;30;0 "
-            "'disk_free'=5e+10B;1000000000:;100000000:;0 'ratio'=0.25"
-        ),
-        "OK       usdclp data: 2 days old",
-        "OK       disk: 50.0 GB free",
-    ]
-
-
-LIMITS = fxcu.Thresholds()
-TODAY = date(2026, 11, 26)
-
-
-@pytest.mark.parametrize(
-    ("last", "degraded", "level", "words"),
-    [
-        (date(2026, 11, 25), [], "OK", "1 days old (last 2026-11-25, 10 rows)"),
-        (date(2026, 11, 17), [], "WARNING", "9 days old"),
-        (None, None, "WARNING", "no data: forecasts run without copper"),
-        (None, ["no copper"], "WARNING", "no data: forecasts run without copper"),
-        (date(2026, 11, 25), ["no copper", "cached data"], "WARNING", "the last run had no copper; data 1 days old"),
-        (date(2026, 11, 25), ["stale copper"], "WARNING", "the last run had stale copper"),
-        (date(2026, 11, 25), ["monthly copper"], "OK", "monthly FRED copper (degraded)"),
-    ],
-)
-def test_check_copper_is_one_verdict(last, degraded, level, words):
-    name, got, message = fxcu.check_copper(last, 10 if last else 0, degraded, today=TODAY, limits=LIMITS)
-    assert (name, got) == ("copper data", level) and words in message
-
-
-@given(
-    age=st.one_of(st.none(), st.integers(0, 60)),
-    degraded=st.one_of(
-        st.none(),
-        st.lists(st.sampled_from(["no copper", "stale copper", "monthly copper", "cached data"]), unique=True),
-    ),
-    warn=st.integers(1, 30),
-)
-def test_check_copper_warns_exactly_when_some_copper_fact_is_bad(age, degraded, warn):
-    last = None if age is None else TODAY - timedelta(days=age)
-    limits = dataclasses.replace(LIMITS, data_warn_days=warn)
-    _, level, message = fxcu.check_copper(last, 5, degraded, today=TODAY, limits=limits)
-    bad = last is None or age > warn or bool({"no copper", "stale copper"} & set(degraded or ()))
-    assert level == ("WARNING" if bad else "OK")
-    assert "days old" in message or message.startswith("no data")  # the age is always said, with any run finding
-
-
-@pytest.mark.slow
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["a", "b"]), st.sampled_from(["OK", "WARNING", "CRITICAL"]), st.text("xyz ", max_size=5)
-        ),
-        min_size=1,
-    )
-)
-def test_headline_level_is_the_exit_level(checks):
-    assert fxcu.headline(checks).split(" - ")[0] == fxcu.overall(checks)
-
-
-def test_thresholds_default_to_todays_levels_env_then_flags_win():
-    assert fxcu.Thresholds.from_env({}) == fxcu.Thresholds(5, 30, 80, 100, 1.0, 0.1)
-    env = {"FXCU_CHECK_DATA_WARN_DAYS": "8", "FXCU_CHECK_RUN_WARN_HOURS": "30"}
-    limits = fxcu.Thresholds.from_env(env, data_warn_days=10, run_warn_hours=None)
-    assert (limits.data_warn_days, limits.run_warn_hours, limits.data_critical_days) == (10, 30, 30)
-    with pytest.raises(fxcu.ConfigError, match="must exceed"):
-        fxcu.Thresholds.from_env({}, data_warn_days=40)
-    with pytest.raises(fxcu.ConfigError, match="must be below"):
-        fxcu.Thresholds.from_env({"FXCU_CHECK_DISK_CRITICAL_GB": "2"})
-
-
-# check's grading rules, at and around each threshold, on facts built by hand (no files).
-LEVEL_RANK = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
-
-
-def test_thresholds_data_ages_follow_the_configs_stale_age(tmp_path):
-    assert fxcu.Thresholds().data_warn_days == fxcu.Config(tmp_path).max_age_days == 5  # the default agrees with run
-    assert fxcu.Thresholds.defaults(fxcu.Config(tmp_path)) == fxcu.Thresholds()
-    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "8"})
-    limits = fxcu.Thresholds.from_env({}, config)
-    assert (limits.data_warn_days, limits.data_critical_days) == (8, 30)
-    long = fxcu.Config(tmp_path, max_age_days=20)  # critical moves out to twice the stale age, past 30 days
-    limits = fxcu.Thresholds.defaults(long)
-    assert (limits.data_warn_days, limits.data_critical_days) == (20, 40)
-    assert fxcu.Thresholds.from_env({"FXCU_CHECK_DATA_WARN_DAYS": "3"}, long).data_warn_days == 3  # the variable wins
-    assert fxcu.Thresholds.from_env({}, long, data_warn_days=2).data_warn_days == 2  # the flag wins
-
-
 def test_check_reads_fxcu_max_age_days(tmp_path, capsys):
     write_real_warehouse(tmp_path)  # ends 2024-07-15
     fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "20"})
     perf = {p["label"]: p for p in json.loads(capsys.readouterr().out)["perfdata"]}
     assert (perf["usdclp_age_days"]["warn"], perf["usdclp_age_days"]["crit"]) == ("20", "40")
     assert perf["copper_age_days"]["warn"] == "20"
-
-
-@pytest.mark.parametrize(
-    ("age", "level"),
-    [(0, "OK"), (4, "OK"), (5, "OK"), (6, "WARNING"), (29, "WARNING"), (30, "WARNING"), (31, "CRITICAL")],
-)
-def test_check_usdclp_at_and_around_its_thresholds(age, level):
-    facts = fxcu.SeriesFacts(fxcu.USDCLP_CACHE, TODAY - timedelta(days=age), 100)
-    name, got, message = fxcu.check_usdclp(facts, today=TODAY, limits=LIMITS)
-    assert (name, got) == ("usdclp data", level) and message == f"{age} days old (last {facts.last}, 100 rows)"
-
-
-def test_check_usdclp_missing_or_unreadable_is_critical():
-    missing = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE), today=TODAY, limits=LIMITS)
-    broken = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE, error="ArrowInvalid"), today=TODAY, limits=LIMITS)
-    assert missing == ("usdclp data", "CRITICAL", "no data")
-    assert broken == ("usdclp data", "CRITICAL", "usdclp.parquet unreadable (ArrowInvalid)")
-
-
-@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
-@given(ages=st.lists(st.integers(-1, 400), min_size=2, max_size=2), warn=st.integers(1, 60), extra=st.integers(1, 60))
-def test_check_age_level_never_falls_as_data_ages(ages, warn, extra):
-    young, old = sorted(ages)
-    levels = [
-        fxcu.check_age(
-            "x", TODAY - timedelta(days=a), today=TODAY, warn_days=warn, critical_days=warn + extra, missing="CRITICAL"
-        )[1]
-        for a in (young, old)
-    ]
-    assert LEVEL_RANK[levels[0]] <= LEVEL_RANK[levels[1]]
-    assert levels[1] == ("CRITICAL" if old > warn + extra else "WARNING" if old > warn else "OK")
-
-
-@pytest.mark.parametrize(
-    ("size", "level"), [(0, "OK"), (100 * 10**6 - 1, "OK"), (100 * 10**6, "OK"), (100 * 10**6 + 1, "WARNING")]
-)
-def test_check_database_warns_only_over_100_mb(size, level):
-    name, got, message = fxcu.check_database(size, 7, limits=LIMITS)
-    assert (name, got) == ("mlflow database", level) and message.startswith("7 runs, ")
-    assert ("(over 100 MB)" in message) == (level == "WARNING")
-
-
-@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
-@given(sizes=st.lists(st.integers(0, 10**12), min_size=2, max_size=2), limit=st.floats(1, 10**5))
-def test_check_database_level_never_falls_as_it_grows(sizes, limit):
-    limits = dataclasses.replace(LIMITS, db_warn_mb=limit)
-    small, big = (fxcu.check_database(s, 1, limits=limits)[1] for s in sorted(sizes))
-    assert LEVEL_RANK[small] <= LEVEL_RANK[big]
-
-
-@pytest.mark.parametrize(
-    ("free", "level"),
-    [
-        (10**9, "OK"),
-        (10**9 - 1, "WARNING"),
-        (10**8, "WARNING"),
-        (10**8 - 1, "CRITICAL"),
-        (0, "CRITICAL"),
-        (50 * 10**9, "OK"),
-    ],
-)
-def test_check_disk_at_and_around_1_gb_and_100_mb(free, level):
-    assert fxcu.check_disk(free, limits=LIMITS)[:2] == ("disk", level)
-
-
-@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
-@given(frees=st.lists(st.integers(0, 10**13), min_size=2, max_size=2))
-def test_check_disk_level_never_rises_with_more_free_space(frees):
-    low, high = (fxcu.check_disk(f, limits=LIMITS)[1] for f in sorted(frees))
-    assert LEVEL_RANK[low] >= LEVEL_RANK[high]
-
-
-def status_entry(now: datetime, hours: float, **fields) -> dict:
-    """A status.json entry of a tracked, successful run `hours` before `now`."""
-    entry = {"time": (now - timedelta(hours=hours)).isoformat(), "ok": True, "tracked": True, "forecast": 950.0}
-    return entry | {"target_date": "2026-12-07", "degraded": []} | fields
-
-
-@pytest.mark.parametrize(
-    ("hours", "fields", "level"),
-    [
-        (79.99, {}, "OK"),
-        (80, {}, "OK"),
-        (80.01, {}, "WARNING"),
-        (1, {"tracked": False, "tracking_error": "locked"}, "WARNING"),
-        (1, {"ok": False, "error": "no USD/CLP"}, "CRITICAL"),
-        (200, {"ok": False}, "CRITICAL"),
-    ],
-)
-def test_check_runs_at_and_around_80_hours(hours, fields, level):
-    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
-    graded = {name: lv for name, lv, _ in fxcu.check_runs({"30d": status_entry(now, hours, **fields)}, now=now)}
-    assert graded == {"run 7d": "WARNING", "run 15d": "WARNING", "run 30d": level, "run 90d": "WARNING"}
-
-
-@settings(max_examples=50)  # a monotone rule: 50 pairs find a step the wrong way
-@given(hours=st.lists(st.floats(0, 1000), min_size=2, max_size=2), limit=st.floats(1, 500))
-def test_check_runs_level_never_falls_as_the_run_ages(hours, limit):
-    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
-    recent, old = (
-        next(fxcu.check_runs({"7d": status_entry(now, h)}, now=now, max_age_hours=limit))[1] for h in sorted(hours)
-    )
-    assert LEVEL_RANK[recent] <= LEVEL_RANK[old]
-
-
-def test_last_run_degraded_is_the_latest_timed_entrys():
-    now = datetime(2026, 11, 30, 18, tzinfo=UTC)
-    status = {
-        "7d": status_entry(now, 30, degraded=["no copper"]),
-        "15d": status_entry(now, 2, degraded=["monthly copper"]),
-        "30d": {"time": "yesterday"},
-    }
-    assert fxcu.last_run_degraded(status) == ["monthly copper"]
-    assert fxcu.last_run_degraded({"7d": status_entry(now, 1, degraded="oops")}) == []
-    assert fxcu.last_run_degraded({"7d": {"time": "never"}}) is None and fxcu.last_run_degraded({}) is None
-
-
-@pytest.mark.parametrize(
-    ("facts", "expected"),
-    [
-        (fxcu.DatabaseFacts(remote="http://mlflow:5000"), ("OK", "remote tracking at http://mlflow:5000 (not probed)")),
-        (
-            fxcu.DatabaseFacts(missing=Path("/d/mlflow/mlflow.db")),
-            ("WARNING", "missing (/d/mlflow/mlflow.db); run `fxcu init`"),
-        ),
-        (
-            fxcu.DatabaseFacts(error="database disk image is malformed"),
-            ("CRITICAL", "unreadable (database disk image is malformed)"),
-        ),
-        (fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160), ("OK", "412 runs, 3.9 MB")),
-    ],
-)
-def test_check_mlflow_grades_each_kind_of_store(facts, expected):
-    assert fxcu.check_mlflow(facts, limits=LIMITS) == ("mlflow database", *expected)
-
-
-def healthy_facts(now: datetime, **changes) -> fxcu.CheckFacts:
-    """The facts of a healthy install at `now`: fresh data, four fresh tracked runs, a small database, free disk."""
-    fresh = now.date() - timedelta(days=1)
-    facts = fxcu.CheckFacts(
-        usdclp=fxcu.SeriesFacts(fxcu.USDCLP_CACHE, fresh, 4930),
-        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, fresh, 6590),
-        status={h: status_entry(now, 2) for h in fxcu.HORIZONS},
-        database=fxcu.DatabaseFacts(runs=412, size_bytes=3_932_160),
-        free_bytes=48 * 10**9,
-    )
-    return dataclasses.replace(facts, **changes)
-
-
-def test_check_findings_and_perf_of_a_healthy_install():
-    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    checks = fxcu.check_findings(healthy_facts(now), now=now, limits=LIMITS)
-    assert [name for name, _, _ in checks] == [
-        "usdclp data", "copper data", "run 7d", "run 15d", "run 30d", "run 90d", "mlflow database", "disk"
-    ]  # fmt: skip
-    assert fxcu.headline(checks) == "OK - all 8 checks passed"
-    perf = fxcu.format_perf(fxcu.check_perf(healthy_facts(now), now=now, limits=LIMITS))
-    assert perf == (
-        "'usdclp_age_days'=1;5;30;0 'copper_age_days'=1;5;;0 'run_7d_age_hours'=2;80;;0 'run_15d_age_hours'=2;80;;0 "
-        "'run_30d_age_hours'=2;80;;0 'run_90d_age_hours'=2;80;;0 'mlflow_db'=3932160B;100000000;;0 "
-        "'disk_free'=48000000000B;1000000000:;100000000:;0"
-    )
-
-
-def test_check_findings_of_broken_facts_each_say_what_is_wrong():
-    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    facts = healthy_facts(
-        now,
-        copper=fxcu.SeriesFacts(fxcu.COPPER_CACHE, error="OSError"),
-        database=fxcu.DatabaseFacts(remote="http://mlflow:5000"),
-        ledger_error="forecast ledger unreadable",
-        free_bytes=5 * 10**8,
-    )
-    checks = {name: (lv, message) for name, lv, message in fxcu.check_findings(facts, now=now, limits=LIMITS)}
-    assert checks["copper data"] == ("CRITICAL", "copper_hgf_usd_lb.parquet unreadable (OSError)")
-    assert checks["track record"] == ("WARNING", "forecast ledger unreadable") and checks["disk"][0] == "WARNING"
-    labels = [p.label for p in fxcu.check_perf(facts, now=now, limits=LIMITS)]
-    assert "copper_age_days" not in labels and "mlflow_db" not in labels and labels[-1] == "disk_free"
 
 
 def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path, capsys):
@@ -3769,23 +5164,6 @@ def test_check_first_line_matches_the_exit_code_and_thresholds_move_it(tmp_path,
     assert levels["usdclp data"] == levels["copper data"] == "OK" and code == 1 and report["status"] == "WARNING"
     assert report["headline"] == "WARNING - run 7d: never run (+4 more problems)"
     assert {"label": "usdclp_age_days", "warn": "5000", "crit": "9000"}.items() <= report["perfdata"][0].items()
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "line"),
-    [
-        (["check", "-w", "soon"], {}, "fxcu check: error: argument -w/--data-warn-days: 'soon' is not a number"),
-        (["check", "-w", "40"], {}, "UNKNOWN - data critical age (30 days) must exceed the warning age (40)"),
-        (["check"], {"FXCU_CHECK_DB_WARN_MB": "-1"}, "UNKNOWN - FXCU_CHECK_DB_WARN_MB='-1' must be positive"),
-    ],
-)
-def test_check_bad_thresholds_are_unknown_exit_3(tmp_path, capsys, args, env, line):
-    try:
-        code = fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path), **env})
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    assert code == 3 and (out.out + out.err).strip().splitlines()[0].startswith(line)
 
 
 def test_check_a_broken_status_entry_is_a_finding_not_a_traceback(tmp_path, capsys):
@@ -3831,425 +5209,6 @@ def test_check_with_a_ledger_imports_no_scipy_numpy_or_mlflow(tmp_path):
     assert any("7d coverage: " in line for line in graded) and any("(p=" in line for line in graded)  # both tests ran
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
-    code = (
-        "import sys; sys.argv=['fxcu','--help']\nimport fxcu\ntry: fxcu.main()\nexcept SystemExit: pass\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow','statsforecast','polars','httpx'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
-    assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
-
-
-@pytest.mark.slow
-def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
-    code = (
-        "import sys, fxcu\nfxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]})\n"
-        "try: fxcu.main(['--help'])\nexcept SystemExit: pass\n"
-        "fxcu.make_client(fxcu.Config.from_env({})).close()\n"  # curl_cffi loads on the first Yahoo request only
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'curl_cffi', 'httpx_curl_cffi'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
-
-
-# -- Reports, charts and email as people read them ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_bundle():
-    """The real CLP=X history and HG=F copper up to its last date, 2024-07-15, as a run on 2024-07-16 saw them."""
-    usdclp, copper = real_usdclp(), real_copper().filter(pl.col(fxcu.DATE) <= date(2024, 7, 15))
-    return fxcu.Bundle(usdclp, copper, fxcu.copper_features(copper, usdclp), {"usdclp": "yahoo", "copper": "yahoo"})
-
-
-@pytest.mark.parametrize(
-    ("now", "words"),
-    [
-        (datetime(2026, 1, 19, 15, 0, tzinfo=UTC), "2026-01-19 12:00 (Santiago, UTC-03)"),  # summer time
-        (datetime(2026, 7, 1, 15, 30, tzinfo=UTC), "2026-07-01 11:30 (Santiago, UTC-04)"),
-        (datetime(2026, 7, 1, 2, 0, tzinfo=UTC), "2026-06-30 22:00 (Santiago, UTC-04)"),  # the day before in Santiago
-    ],
-)
-def test_santiago_time(now, words):
-    assert fxcu.santiago_time(now) == words
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "words"),
-    [
-        ("copper_returns_1d", math.log(1.02), "+2.00%"),
-        ("copper_returns_20d", math.log(0.95), "-5.00%"),
-        ("copper_volatility_20d", 0.234, "23.4% a year"),
-        ("copper_sma_50", 4.5, "4.5000 USD/lb"),
-        ("copper_trend_signal", -1, "down (20-day below 50-day)"),
-        ("copper_trend_signal", 0, "flat"),
-        ("copper_rsi_14", 52.63, "52.6"),
-        ("copper_price_normalized", 1.5, "+1.50 standard deviations"),
-        ("copper_usdclp_correlation_90d", -0.234, "-0.23"),
-        ("copper_rsi_14", None, "n/a (not enough history)"),
-    ],
-)
-def test_format_feature_gives_units_and_percentages(name, value, words):
-    assert fxcu.format_feature(name, value) == words
-
-
-def test_every_feature_has_words():
-    assert set(fxcu.FEATURE_WORDS) == set(fxcu.FEATURES)
-
-
-@pytest.mark.slow
-def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
-    from types import SimpleNamespace
-
-    assert fxcu.range_words(real_forecast_7d).startswith(" (random walk; ")
-    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
-
-
-@pytest.mark.slow
-def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
-    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
-    text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
-    headings = [line for line in text.splitlines() if line.startswith("#")]
-    assert (
-        headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
-        "made 2026-01-19 12:00 (Santiago, UTC-03)"
-    )
-    assert [h.split(" (")[0] for h in headings[1:]] == [
-        "## Summary",
-        "## Chart",
-        "## Backtest at the horizon date",
-        "## Range backtest",
-        "## Copper",
-        "## Forecast path",
-        "## Data and degraded reasons",
-    ]
-    assert "UTC)" not in text and "| Last close | **898.95** CLP per USD on Mon 15 Jul 2024 |" in text
-    assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
-
-
-def test_report_stem_never_reuses_a_name():
-    now = datetime(2026, 1, 19, 15, 4, 59, tzinfo=UTC)
-    assert fxcu.report_stem("7d", now) == "forecast_7d_2026-01-19_1204"
-    assert fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204"}) == "forecast_7d_2026-01-19_1204_2"
-    assert (
-        fxcu.report_stem("7d", now, taken={"forecast_7d_2026-01-19_1204", "forecast_7d_2026-01-19_1204_2"})
-        == "forecast_7d_2026-01-19_1204_3"
-    )
-
-
-@pytest.mark.slow
-def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bundle, tmp_path):
-    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
-    first = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
-    before = first.markdown.read_bytes()
-    second = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
-    assert first.markdown != second.markdown and first.markdown.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"forecast_7d_2026-01-19_1200{n}.{ext}" for n in ("", "_2") for ext in ("csv", "md", "png")
-    ]
-
-
-def drawn_chart(monkeypatch, fc, bundle, tmp_path):
-    """Draw the chart's figure (what `write_chart` saves) for inspection."""
-    fig = fxcu.chart_figure(fc, bundle, now=datetime(2026, 1, 19, 15, 0, tzinfo=UTC))
-    fig.canvas.draw()
-    return fig
-
-
-@pytest.mark.slow
-def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers_no_data(
-    real_forecast_7d, real_bundle, tmp_path, monkeypatch
-):
-    import matplotlib.dates as mdates
-
-    fc = real_forecast_7d
-    fig = drawn_chart(monkeypatch, fc, real_bundle, tmp_path)
-    price_ax, copper_ax = fig.axes
-    (copper_line,) = [line for line in copper_ax.get_lines() if line.get_label().startswith("copper")]
-    assert mdates.date2num(fc.origin) == pytest.approx(max(mdates.date2num(d) for d in copper_line.get_xdata()))
-    assert not [line for line in price_ax.get_lines() if "copper" in line.get_label()]
-    (legend,) = fig.legends
-    labels = [t.get_text() for t in legend.get_texts()]
-    assert (
-        labels[0] == "USD/CLP close"
-        and any(label.startswith("copper, USD/lb") for label in labels)
-        and "95% range" in labels
-    )
-    assert price_ax.get_legend() is None and copper_ax.get_legend() is None
-    box = legend.get_window_extent()
-    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
-    texts = [t.get_text() for t in price_ax.texts]
-    final = fc.final
-    assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
-    assert (
-        f"22 Jul: {final['forecast']:.2f}\n80% {final['lo_80']:.0f}-{final['hi_80']:.0f}"
-        f"\n95% {final['lo_95']:.0f}-{final['hi_95']:.0f}" in texts
-    )
-    assert "2026-01-19 12:00 (Santiago, UTC-03)" in price_ax.get_title("right")
-
-
-@pytest.mark.slow
-def test_chart_without_copper_has_one_panel_and_says_so(real_forecast_7d, real_bundle, tmp_path, monkeypatch):
-    bundle = dataclasses.replace(real_bundle, copper=None, copper_features=None)
-    fig = drawn_chart(monkeypatch, real_forecast_7d, bundle, tmp_path)
-    assert len(fig.axes) == 1 and "copper unavailable: forecast made without copper" in [
-        t.get_text() for t in fig.axes[0].texts
-    ]
-
-
-def parse_email(raw: bytes):
-    """A received message parsed the way a mail client does."""
-    import email
-    import email.policy
-
-    return email.message_from_bytes(raw, policy=email.policy.default)
-
-
-def assert_renders(message, horizons: list[str]) -> None:
-    """multipart/alternative: text, then HTML related to one inline PNG per horizon, each referenced by cid:."""
-    from email.utils import parsedate_to_datetime
-
-    assert message.get_content_type() == "multipart/alternative"
-    text, related = message.get_payload()
-    assert text.get_content_type() == "text/plain" and related.get_content_type() == "multipart/related"
-    html, *images = related.get_payload()
-    assert html.get_content_type() == "text/html" and [i.get_content_type() for i in images] == ["image/png"] * len(
-        horizons
-    )
-    body = html.get_content()
-    for horizon, image in zip(horizons, images, strict=True):
-        assert image.get_filename() == f"usdclp_{horizon}.png" and image.get_content().startswith(b"\x89PNG")
-        assert f'src="cid:{image["Content-ID"].strip("<>")}"' in body
-    assert "cid:" not in text.get_content() and "(chart in the HTML version of this email)" in text.get_content()
-    assert "<table" in body and "<th " in body and "**" not in body  # Markdown rendered, not pasted
-    assert parsedate_to_datetime(message["Date"]).utcoffset() in (timedelta(hours=-3), timedelta(hours=-4))
-    assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", message["Message-ID"])
-
-
-@pytest.mark.slow
-def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
-    chart = tmp_path / "c.png"
-    fxcu.write_chart(real_forecast_7d, real_bundle, chart)
-    now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
-    message = fxcu.build_email(
-        [real_forecast_7d],
-        real_bundle,
-        {"7d": chart.read_bytes()},
-        now=now,
-        sender="fxcu@bank.cl",
-        to=["desk@bank.cl"],
-        message_id="<1.2@bank.cl>",
-    )
-    assert_renders(message, ["7d"])
-    assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
-    assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
-    text = message.get_payload()[0].get_content()
-    assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
-
-
-@pytest.mark.slow
-def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_forecast_7d, real_bundle):
-    sections = fxcu.digest_sections([real_forecast_7d, real_forecast_7d], real_bundle, charts={"7d": "cid:x"})
-    keys = [s.key for s in sections]
-    assert keys == [
-        "digest",
-        "summary",
-        "chart",
-        "backtest",
-        "range",
-        "summary",
-        "chart",
-        "backtest",
-        "range",
-        "copper",
-        "data",
-    ]
-    assert sections[1].title == "7d: Summary"
-
-
-# -- Track record -----------------------------------------------------------------------
-
-
-def bracher_wis(y: float, point: float, bounds: dict[int, tuple[float, float]]) -> float:
-    """WIS written out from Bracher et al. (2021), eq. 2: (|y - m| / 2 + sum alpha_k / 2 * IS_alpha_k) / (K + 1/2)."""
-    total = 0.5 * abs(y - point)
-    for level, (lo, hi) in bounds.items():
-        alpha = 1 - level / 100
-        interval = (hi - lo) + 2 / alpha * max(lo - y, 0) + 2 / alpha * max(y - hi, 0)
-        total += alpha / 2 * interval
-    return total / (len(bounds) + 0.5)
-
-
-def ledger_row(
-    origin: date,
-    target: date,
-    *,
-    horizon: str = "7d",
-    kind: str = "live",
-    forecast: float = 800.0,
-    last: float = 800.0,
-    half80: float = 10.0,
-    half95: float = 16.0,
-    rw_half80: float = 10.0,
-    rw_half95: float = 16.0,
-    ratio: float = 1.0,
-    **extra,
-) -> dict:
-    """A served forecast as `fxcu.ledger_entry` records it: symmetric ranges around the point and the last close."""
-    return {
-        "horizon": horizon,
-        "origin": origin,
-        "target": target,
-        "kind": kind,
-        "last_close": last,
-        "forecast": forecast,
-        "lo_80": forecast - half80,
-        "hi_80": forecast + half80,
-        "lo_95": forecast - half95,
-        "hi_95": forecast + half95,
-        "rw_lo_80": last - rw_half80,
-        "rw_hi_80": last + rw_half80,
-        "rw_lo_95": last - rw_half95,
-        "rw_hi_95": last + rw_half95,
-        "point_model": "Naive",
-        "interval_model": "Naive",
-        "sources": "copper=yahoo,usdclp=yahoo",
-        "degraded": "",
-        "run_id": None,
-        "recorded_at": datetime(2024, 1, 1, tzinfo=UTC),
-        "backtest_ratio": ratio,
-        "backtest_coverage_80": 0.8,
-        "backtest_coverage_95": 0.95,
-        "backtest_origins": 60,
-        **extra,
-    }
-
-
-def prices_on(closes: dict[date, float]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {fxcu.DATE: list(closes), fxcu.CLOSE: list(closes.values())},
-        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
-    )
-
-
-def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
-    # 2024-09-18/19 are Chilean national holidays (Fiestas Patrias): say no close came on either.
-    prices = prices_on(
-        {
-            date(2024, 9, 13): 930.0,
-            date(2024, 9, 16): 940.0,
-            date(2024, 9, 17): 935.0,
-            date(2024, 9, 20): 925.0,
-            date(2024, 10, 31): 950.0,
-        }
-    )
-    rows = [
-        ledger_row(date(2024, 9, 6), date(2024, 9, 13), forecast=920.0, last=915.0),  # a close on the target date
-        ledger_row(date(2024, 9, 7), date(2024, 9, 14), forecast=930.0, last=931.0),  # a Saturday: Monday's close
-        ledger_row(
-            date(2024, 9, 11), date(2024, 9, 18), forecast=936.0, last=934.0, half80=5.0, half95=9.0
-        ),  # holidays: Friday's
-        ledger_row(
-            date(2024, 10, 1), date(2024, 10, 8), forecast=900.0
-        ),  # next close 23 days later: a data gap, unscored
-        ledger_row(date(2024, 10, 31), date(2024, 11, 7), forecast=950.0),  # not come yet
-    ]
-    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices).sort("origin")
-    got = scored.rows_by_key("origin", named=True, unique=True)
-    expected = {
-        date(2024, 9, 6): (date(2024, 9, 13), 930.0),
-        date(2024, 9, 7): (date(2024, 9, 16), 940.0),
-        date(2024, 9, 11): (date(2024, 9, 20), 925.0),
-    }
-    for row in rows:
-        out = got[row["origin"]]
-        if row["origin"] not in expected:
-            assert out["actual"] is None and out["wis"] is None and out["hit_80"] is None
-            continue
-        day, y = expected[row["origin"]]
-        assert out["actual_date"] == day and out["actual"] == y
-        assert out["error"] == pytest.approx(row["forecast"] - y) and out["abs_error"] == pytest.approx(
-            abs(row["forecast"] - y)
-        )
-        assert out["pct_error"] == pytest.approx((row["forecast"] - y) / y * 100)
-        assert out["hit_80"] == (row["lo_80"] <= y <= row["hi_80"]) and out["hit_95"] == (
-            row["lo_95"] <= y <= row["hi_95"]
-        )
-        assert out["rw_error"] == pytest.approx(row["last_close"] - y)
-        assert out["rw_hit_80"] == (row["rw_lo_80"] <= y <= row["rw_hi_80"])
-        served = {80: (row["lo_80"], row["hi_80"]), 95: (row["lo_95"], row["hi_95"])}
-        walk = {80: (row["rw_lo_80"], row["rw_hi_80"]), 95: (row["rw_lo_95"], row["rw_hi_95"])}
-        assert out["wis"] == pytest.approx(bracher_wis(y, row["forecast"], served))
-        assert out["rw_wis"] == pytest.approx(bracher_wis(y, row["last_close"], walk))
-    holiday = got[date(2024, 9, 11)]
-    assert holiday["hit_80"] is False and holiday["hit_95"] is False  # 925 is outside [931, 941] and [927, 945]
-
-
-def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
-    first = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0, run_id="a")
-    ledger = fxcu.upsert_ledger(
-        fxcu.empty_ledger(), [first, ledger_row(date(2024, 5, 3), date(2024, 5, 10), horizon="15d")]
-    )
-    again = fxcu.upsert_ledger(ledger, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=905.0, run_id="b")])
-    assert again.height == 2
-    row = again.filter(pl.col("horizon") == "7d").row(0, named=True)
-    assert row["forecast"] == 905.0 and row["run_id"] == "b"
-    both = fxcu.upsert_ledger(
-        again, [ledger_row(date(2024, 5, 3), date(2024, 5, 10), kind="reconstructed", forecast=1.0)]
-    )
-    assert both.height == 3 and both.filter(pl.col("kind") == "live", pl.col("horizon") == "7d")[
-        "forecast"
-    ].to_list() == [905.0]
-
-
-@pytest.mark.slow
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
-        max_size=25,
-    ),
-    st.lists(
-        st.tuples(st.integers(0, 30), st.sampled_from(["7d", "90d"]), st.sampled_from(["live", "reconstructed"])),
-        max_size=25,
-    ),
-)
-@settings(max_examples=40, deadline=None)
-def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
-    def rows(keys):
-        return [
-            ledger_row(date(2024, 1, 1) + timedelta(days=d), date(2024, 1, 8) + timedelta(days=d), horizon=h, kind=k)
-            for d, h, k in keys
-        ]
-
-    before = fxcu.upsert_ledger(fxcu.empty_ledger(), rows(old))
-    after = fxcu.upsert_ledger(before, rows(new))
-    assert after.height >= before.height
-    assert after.height == len(set(old) | set(new))
-    assert not after.select(fxcu.LEDGER_KEY).is_duplicated().any()
-
-
-def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
-    path = tmp_path / "warehouse" / fxcu.LEDGER
-    three = fxcu.upsert_ledger(
-        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
-    )
-    fxcu.write_ledger(three, path)
-    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
-        fxcu.write_ledger(three.head(1), path)
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
-    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
-    with pytest.raises(OSError):
-        fxcu.write_ledger(four, path)
-    assert_frame_equal(fxcu.read_ledger(path), three)
-    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
-
-
 def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
     write_real_warehouse(tmp_path)
     path = tmp_path / "warehouse" / fxcu.LEDGER
@@ -4258,226 +5217,6 @@ def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
     assert path.read_bytes() == b"not parquet"
-
-
-def test_binomial_band_matches_the_binomial_distribution():
-    n, p = 50, 0.8
-    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, hi = fxcu.binomial_band(n, p, 0.95)
-    # scipy's interval: the smallest k with cdf >= 2.5% and the smallest k with cdf >= 97.5%
-    cdf = np.cumsum(pmf)
-    assert lo * n == int(np.argmax(cdf >= 0.025)) and hi * n == int(np.argmax(cdf >= 0.975))
-    assert sum(pmf[round(lo * n) : round(hi * n) + 1]) >= 0.95
-
-
-# The band and the t-test without scipy.stats (check's import budget): hard-coded scipy values in the fast lane,
-# and against scipy.stats itself (imported in those tests only: 2-3 s) in the slow one.
-@pytest.mark.parametrize(
-    ("n", "p", "level", "ks"),  # ks: scipy 1.17 binom.interval(level, n, p)
-    [
-        (20, 0.8, 0.99, (11, 20)),
-        (60, 0.8, 0.99, (40, 55)),
-        (60, 0.95, 0.99, (52, 60)),
-        (2598, 0.8, 0.95, (2038, 2118)),
-        (2598, 0.95, 0.95, (2446, 2489)),
-    ],
-)
-def test_binomial_band_is_scipys_interval(n, p, level, ks):
-    assert fxcu.binomial_band(n, p, level) == (ks[0] / n, ks[1] / n)
-
-
-def test_binomial_band_of_no_forecasts_is_everything():
-    assert fxcu.binomial_band(0, 0.8) == (0.0, 1.0)
-
-
-@pytest.mark.parametrize(
-    ("t", "df", "sf"),  # sf: scipy 1.17 t.sf(t, df)
-    [(2.0, 10, 0.03669401738537018), (-1.5, 7, 0.911350756505015), (0.7, 1, 0.30559988778578523),
-     (3.0, 59, 0.001975277606114153), (8.0, 2, 0.00763403608266907), (0.0, 4, 0.5)],
-)  # fmt: skip
-def test_student_t_sf_is_scipys(t, df, sf):
-    assert fxcu.student_t_sf(t, df) == pytest.approx(sf, rel=1e-12)
-
-
-def test_t_test_greater_is_scipys_and_no_spread_is_no_evidence():
-    # scipy 1.17: ttest_1samp([1.5, -0.5, 2.0, 0.25, 1.0, 3.5], 0, alternative="greater").pvalue
-    assert fxcu.t_test_greater([1.5, -0.5, 2.0, 0.25, 1.0, 3.5]) == pytest.approx(0.03668937736693685, rel=1e-12)
-    assert fxcu.t_test_greater([5.0]) == fxcu.t_test_greater([]) == fxcu.t_test_greater([2.0, 2.0, 2.0]) == 1.0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("p", "level"), [(0.8, 0.95), (0.95, 0.95), (0.8, 0.99), (0.95, 0.99)])
-def test_binomial_band_is_scipys_interval_for_every_n_check_grades(p, level):
-    from scipy.stats import binom
-
-    ns = list(range(1, 301)) + [599, 1000, 2598]  # check grades n <= 60; track the whole record (2,598 in the bench)
-    lo, hi = binom.interval(level, ns, p)
-    assert [fxcu.binomial_band(n, p, level) for n in ns] == [(a / n, b / n) for n, a, b in zip(ns, lo, hi, strict=True)]
-
-
-@pytest.mark.slow
-@settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, 400), p=st.sampled_from([0.8, 0.95]), level=st.floats(0.5, 0.999))
-def test_binomial_band_is_scipys_interval_at_any_level(n, p, level):
-    from scipy.stats import binom
-
-    assert fxcu.binomial_band(n, p, level) == tuple(k / n for k in binom.interval(level, n, p))
-
-
-@pytest.mark.slow
-def test_student_t_sf_is_scipys_for_integer_degrees_of_freedom():
-    from scipy.stats import t
-
-    ts = [-40.0, -6.5, -2.0, -0.3, 0.0, 0.01, 0.7, 1.5, 2.33, 3.0, 8.0, 40.0]
-    for df in [*range(1, 61), 99, 250]:
-        assert [fxcu.student_t_sf(x, df) for x in ts] == pytest.approx(list(t.sf(ts, df)), rel=1e-9, abs=1e-13)
-
-
-@pytest.mark.slow
-@settings(max_examples=200, deadline=None)
-@given(values=st.lists(st.integers(-(10**7), 10**7).map(lambda v: v / 1000), min_size=2, max_size=80))
-def test_t_test_greater_is_scipys_one_sided_ttest(values):
-    from scipy.stats import ttest_1samp
-
-    got = fxcu.t_test_greater(values)  # values: squared-error differences in CLP^2, to the thousandth
-    if len(set(values)) == 1:
-        assert got == 1.0  # no spread, no evidence (scipy gives nan)
-    else:
-        assert got == pytest.approx(float(ttest_1samp(values, 0.0, alternative="greater").pvalue), rel=1e-7, abs=1e-12)
-
-
-def test_check_track_scoring_warns_only_when_forecasts_are_due():
-    assert fxcu.check_track_scoring("7d", 0, None) == []
-    assert fxcu.check_track_scoring("7d", 3, date(2024, 7, 16)) == [
-        ("track 7d scoring", "WARNING", "3 forecasts due since 2024-07-16 not scored (no realised close)")
-    ]
-
-
-@pytest.mark.parametrize("n", [1, fxcu.CHECK_MIN_SCORED - 1])
-def test_check_track_coverage_does_not_grade_too_few(n):
-    got = fxcu.check_track_coverage("7d", n, {80: 0.0, 95: 0.0}, level=0.99)
-    assert got == ("track 7d coverage", "OK", f"{n} scored forecasts (grading starts at {fxcu.CHECK_MIN_SCORED})")
-
-
-@pytest.mark.parametrize(
-    ("n", "band"),  # band: scipy 1.17 binom.interval(0.99, n, 0.8)
-    [(fxcu.CHECK_MIN_SCORED, (11, 20)), (60, (40, 55))],
-)
-def test_check_track_coverage_at_and_just_outside_the_band(n, band):
-    lo, hi = band[0] / n, band[1] / n
-    cases = [(lo, "OK"), (hi, "OK"), (lo - 1e-9, "WARNING"), (min(hi + 1e-9, 1.0), "WARNING" if hi < 1 else "OK")]
-    for cover, level in cases:
-        name, got, message = fxcu.check_track_coverage("15d", n, {80: cover, 95: 0.97}, level=0.99)
-        assert (name, got) == ("track 15d coverage", level)
-        assert message.endswith(f"over the last {n}" + ("" if level == "WARNING" else ", within chance"))
-
-
-def test_check_track_ratio_does_not_test_too_few():
-    errors = [30.0] * (fxcu.RATIO_TEST_MIN - 1)
-    got = fxcu.check_track_ratio("7d", errors, [1.0] * len(errors), 1.0)
-    assert got[1] == "OK" and "testing starts at 8" in got[2]
-
-
-@pytest.mark.parametrize(
-    ("scale", "level", "p"),  # p: scipy 1.17 ttest_1samp(served**2 - rw**2, 0, alternative="greater")
-    [(1.0, "OK", 0.30614195005389455), (1.1, "OK", 0.015059330219643858), (1.15, "WARNING", 0.007749558583063015)],
-)
-def test_check_track_ratio_warns_at_p_below_one_percent(scale, level, p):
-    rw = [3.0, -5.0, 8.0, -2.0, 6.0, -7.0, 4.0, -1.0, 9.0, -4.0, 2.0, -6.0]  # random-walk errors, CLP
-    served = [scale * e + 0.5 for e in rw]
-    name, got, message = fxcu.check_track_ratio("30d", served, rw, 1.0)
-    assert (name, got) == ("track 30d error ratio", level) and message.endswith(f"over 12 non-overlapping (p={p:.3f})")
-
-
-def synthetic_ledger(
-    n: int,
-    *,
-    z80: float,
-    z95: float,
-    served_scale: float = 1.0,
-    ratio: float = 1.0,
-    seed: int = 0,
-    start: date = date(2023, 1, 2),
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """n daily 7d forecasts and the closes on their targets: the served error is sigma*u, the random walk's sigma*v.
-
-    With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction.
-    """
-    rng = np.random.default_rng(seed)
-    sigma, rows, closes = 10.0, [], {}
-    origins = [d for d in (start + timedelta(days=k) for k in range(n * 2)) if d.weekday() < 5][:n]
-    for origin in origins:
-        target = origin + timedelta(days=7)
-        y = 800 + rng.normal(0, 30)
-        point, last = y + served_scale * sigma * rng.normal(), y + sigma * rng.normal()
-        closes[target] = y
-        rows.append(
-            ledger_row(
-                origin,
-                target,
-                forecast=point,
-                last=last,
-                half80=z80 * sigma * served_scale,
-                half95=z95 * sigma * served_scale,
-                rw_half80=1.2816 * sigma,
-                rw_half95=1.96 * sigma,
-                ratio=ratio,
-            )
-        )
-    prices = prices_on(dict(sorted(closes.items())))
-    return fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices), prices
-
-
-def levels_of(checks) -> dict[str, str]:
-    return {name: level for name, level, _ in checks}
-
-
-def test_check_track_calibrated_ledger_is_ok():
-    ledger, _ = synthetic_ledger(200, z80=1.2816, z95=1.96)
-    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
-    assert levels_of(checks) == {"track 7d coverage": "OK", "track 7d error ratio": "OK"}
-    assert fxcu.overall(checks) == "OK"
-
-
-def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
-    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
-    scored = ledger.filter(pl.col("kind") == "live").drop_nulls("hit_80").sort("origin").tail(fxcu.CHECK_LAST)
-    want80 = 100 * sum(scored["hit_80"].to_list()) / scored.height  # counted here from the stored hits
-    perf = {p.label: p for p in fxcu.track_perf(ledger)}
-    assert set(perf) == {"live_coverage_80_7d", "live_coverage_95_7d"}
-    assert (
-        perf["live_coverage_80_7d"].value == pytest.approx(want80, abs=0.05) and perf["live_coverage_80_7d"].uom == "%"
-    )
-    assert fxcu.format_perf([perf["live_coverage_80_7d"]]).startswith(
-        f"'live_coverage_80_7d'={perf['live_coverage_80_7d'].value:g}%;"
-    )
-    assert fxcu.track_perf(fxcu.empty_ledger()) == []
-
-
-def test_check_track_under_coverage_warns():
-    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)  # nominal 45% and 68% ranges sold as 80% and 95%
-    checks = fxcu.check_track(ledger, today=date(2024, 1, 15))
-    assert levels_of(checks)["track 7d coverage"] == "WARNING"
-    assert "80% coverage" in next(m for n, _, m in checks if n == "track 7d coverage")
-
-
-def test_check_track_error_ratio_worse_than_backtest_warns():
-    ledger, _ = synthetic_ledger(
-        200, z80=1.2816, z95=1.96, served_scale=2.0
-    )  # twice the random walk's error, ranges to match
-    checks = levels_of(fxcu.check_track(ledger, today=date(2024, 1, 15)))
-    assert checks == {"track 7d coverage": "OK", "track 7d error ratio": "WARNING"}
-
-
-def test_check_track_unscored_forecasts_warn_and_few_scores_do_not_grade():
-    ledger, prices = synthetic_ledger(10, z80=1.2816, z95=1.96)
-    stale = fxcu.score_ledger(ledger, prices.head(3))  # the prices stopped coming
-    checks = fxcu.check_track(stale, today=date(2023, 2, 1))
-    assert levels_of(checks) == {"track 7d scoring": "WARNING", "track 7d coverage": "OK"}
-    assert "7 forecasts due since 2023-01-12 not scored" in checks[0][2]
-    assert fxcu.check_track(fxcu.empty_ledger(), today=date(2023, 2, 1)) == [
-        ("track record", "OK", "no live forecasts in the ledger yet")
-    ]
 
 
 def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
@@ -4501,87 +5240,6 @@ def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
     assert (
         checks["track 7d scoring"]["level"] == "WARNING"
     )  # the real history ends in 2024: that target is never scored
-
-
-def test_check_track_grades_only_live_rows():
-    ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
-    assert fxcu.check_track(ledger.with_columns(kind=pl.lit("reconstructed")), today=date(2024, 1, 15))[0][1] == "OK"
-
-
-def test_track_stats_last_n_and_misses_by_hand():
-    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96, seed=3)
-    stats = fxcu.track_record(ledger, ["7d"], last=20)["7d"]
-    tail = ledger.sort("origin").tail(20)
-    errors, walk = tail["error"].to_list(), tail["rw_error"].to_list()
-    rmse = math.sqrt(sum(e * e for e in errors) / 20)
-    assert stats["scored"] == 20 and stats["rmse"] == pytest.approx(rmse)
-    assert stats["rmse_ratio_rw"] == pytest.approx(rmse / math.sqrt(sum(e * e for e in walk) / 20))
-    assert stats["coverage_80"] == sum(tail["hit_80"]) / 20
-    missed = [str(o) for o, hit in zip(tail["origin"], tail["hit_80"], strict=True) if not hit]
-    assert [m["origin"] for m in stats["misses"]] == missed[::-1][:5]
-    assert stats["reconstructed"]["scored"] == 0 and stats["backtest"]["coverage_80"] == 0.8
-
-
-def test_what_changed_names_the_reasons():
-    before = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0)
-    same = fxcu.what_changed(before, before | {"run_id": "x"})
-    assert (
-        same["reasons"] == [] and same["forecast_change"] == 0 and "same data, same model" in fxcu.format_change(same)
-    )
-    after = before | {
-        "origin": date(2024, 5, 6),
-        "forecast": 903.5,
-        "hi_80": 915.0,
-        "point_model": "Ensemble:equal",
-        "degraded": "no copper",
-    }
-    change = fxcu.what_changed(before, after)
-    assert change["reasons"] == ["new data", "different chosen model", "degraded source"]
-    assert change["forecast_change"] == pytest.approx(3.5) and change["hi_80_change"] == pytest.approx(5.0)
-    text = fxcu.format_change(change)
-    assert "forecast +3.50" in text and "Naive -> Ensemble:equal" in text and "(no copper)" in text
-    assert fxcu.what_changed(after, before)["reasons"] == ["new data", "different chosen model", "source recovered"]
-    assert fxcu.what_changed(None, before) is None and fxcu.format_change(None).startswith("first forecast")
-
-
-def test_weekly_origins_take_each_weeks_last_trading_day():
-    days = [date(2024, 3, d) for d in (4, 5, 6, 7, 8, 11, 12, 13, 14, 18, 19)]  # Friday 15th missing
-    assert fxcu.weekly_origins(days, date(2024, 3, 5)) == [date(2024, 3, 8), date(2024, 3, 14), date(2024, 3, 19)]
-
-
-def test_live_metrics_names():
-    ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96)
-    metrics = fxcu.live_metrics(fxcu.track_record(ledger, ["7d"])["7d"])
-    assert {
-        "live_scored",
-        "live_rmse",
-        "live_rmse_ratio_rw",
-        "live_coverage_80",
-        "live_coverage_95",
-        "live_wis_ratio",
-    } <= set(metrics)
-    assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
-
-
-@pytest.mark.slow
-def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
-    write_real_warehouse(tmp_path)
-    code = (
-        "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-    assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
-
-
-@pytest.mark.parametrize("args", [["track", "--backfill", "2024-13-01"], ["track", "8d"], ["track", "--last", "0"]])
-def test_track_bad_arguments_are_one_line(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        fxcu.main(args, {})
-    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
 def test_track_without_prices_is_one_line(tmp_path, capsys):
@@ -4744,546 +5402,103 @@ def test_backfill_reconstructs_weekly_origins_with_no_look_ahead(data_dir, capsy
     assert "| 7d | live |" not in text and "| 7d | reconstructed |" in text
 
 
-# -- Email ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_check_network_probes_each_source(tmp_path, capsys):
+    with FakeSources(good_routes()) as api:
+        code = fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url))
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    for name in ("source yahoo CLP=X", "source yahoo HG=F", "source mindicador", "source fred"):
+        assert checks[name]["level"] == "OK", checks[name]
+    assert api.count(YAHOO_CLP) == 1 and api.count(FRED) == 1
+    assert checks["yahoo session"]["message"].endswith("; no cookie or crumb asked for")
+    assert code == 2  # no data yet in this data dir
 
 
-class SMTPServer:
-    """A minimal real SMTP server on 127.0.0.1: STARTTLS (with `tls`, a ssl server context) and AUTH PLAIN.
-
-    Stores each accepted message and every command verb with whether TLS was on when it came.
-    """
-
-    def __init__(self, tls=None, implicit=False, wait=30):
-        self.messages: list[bytes] = []
-        self.verbs: list[tuple[str, bool]] = []
-        self.tls, self.implicit = tls, implicit
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.sock.settimeout(wait)  # seconds to wait for the client: a whole `run all` comes first
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        secure = False
-        try:
-            if self.implicit:  # port 465: TLS before the greeting
-                conn, secure = self.tls.wrap_socket(conn, server_side=True), True
-        except OSError:
-            return
-        reader = conn.makefile("rb")
-        conn.sendall(b"220 localhost test SMTP\r\n")
-        try:
-            while line := reader.readline():
-                verb = line[:8].split()[0].upper().decode() if line.strip() else ""
-                self.verbs.append((verb, secure))
-                if verb in ("EHLO", "HELO"):
-                    offers = [] if secure or not self.tls or self.implicit else ["250-STARTTLS"]
-                    conn.sendall(("\r\n".join(["250-localhost", *offers, "250 AUTH PLAIN"]) + "\r\n").encode())
-                elif verb == "STARTTLS" and self.tls:
-                    conn.sendall(b"220 ready for TLS\r\n")
-                    conn = self.tls.wrap_socket(conn, server_side=True)
-                    reader, secure = conn.makefile("rb"), True
-                elif verb == "AUTH":
-                    conn.sendall(b"235 accepted\r\n")
-                elif verb == "DATA":
-                    conn.sendall(b"354 go ahead\r\n")
-                    data = b""
-                    while (chunk := reader.readline()) != b".\r\n":
-                        data += chunk
-                    self.messages.append(data)
-                    conn.sendall(b"250 queued\r\n")
-                elif verb == "QUIT":
-                    conn.sendall(b"221 bye\r\n")
-                    return
-                else:
-                    conn.sendall(b"250 ok\r\n")
-        except OSError:  # the client gave up (a refused certificate)
-            return
-        finally:
-            conn.close()
+def test_check_network_reports_sources_down_without_the_key(tmp_path, capsys):
+    fxcu.main(["check", "--network"], fault_env(tmp_path, closed_url()))
+    out = capsys.readouterr().out
+    assert "WARNING  source yahoo CLP=X: connection error" in out and "WARNING  source fred: connection error" in out
+    assert FRED_KEY not in out
 
 
-@pytest.fixture(scope="module")
-def tls_pair(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 and a server context using it."""
-    return make_tls_pair(tmp_path_factory.mktemp("tls"))
+# -- CLI -------------------------------------------------------------------------------
 
 
-def make_tls_pair(folder: Path):
-    """Write a self-signed certificate for 127.0.0.1 into `folder`; return its path and a server context using it."""
-    import ipaddress
-    import ssl
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["runs"], ["stats"], ["compare"], ["init"], ["backup", "{tmp}/bk"]])
+def test_mlflow_commands_on_a_corrupt_database_are_one_line(tmp_path, command, capsys):
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "mlflow.db").write_text("not a database\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    assert fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"fxcu: {command[0]} failed (") and "Traceback" not in err
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fxcu test SMTP")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["check", "-w", "soon"], {}, "fxcu check: error: argument -w/--data-warn-days: 'soon' is not a number"),
+        (["check", "-w", "40"], {}, "UNKNOWN - data critical age (30 days) must exceed the warning age (40)"),
+        (["check"], {"FXCU_CHECK_DB_WARN_MB": "-1"}, "UNKNOWN - FXCU_CHECK_DB_WARN_MB='-1' must be positive"),
+    ],
+)
+def test_check_bad_thresholds_are_unknown_exit_3(tmp_path, capsys, args, env, line):
+    try:
+        code = fxcu.main(args, {"FXCU_DATA_DIR": str(tmp_path), **env})
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    assert code == 3 and (out.out + out.err).strip().splitlines()[0].startswith(line)
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = (
+        "import sys; sys.argv=['fxcu','--help']\nimport fxcu\ntry: fxcu.main()\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow','statsforecast','polars','httpx'}))"
     )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert "fetch" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
+    code = (
+        "import sys, fxcu\nfxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]})\n"
+        "try: fxcu.main(['--help'])\nexcept SystemExit: pass\n"
+        "fxcu.make_client(fxcu.Config.from_env({})).close()\n"  # curl_cffi loads on the first Yahoo request only
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'curl_cffi', 'httpx_curl_cffi'}))"
     )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return folder / "cert.pem", context
-
-
-def smtp_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    return run_env(
-        data_dir,
-        FXCU_SMTP_HOST="127.0.0.1",
-        FXCU_SMTP_PORT=str(port),
-        FXCU_SMTP_TO="desk@example.cl, treasury@example.cl",
-        **extra,
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
     )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
 
 
-def relay_env(data_dir: Path, port: int) -> dict[str, str]:
-    """A relay on 127.0.0.1 without TLS or login, as inside a bank's network."""
-    smtp = {
-        "FXCU_SMTP_HOST": "127.0.0.1",
-        "FXCU_SMTP_PORT": str(port),
-        "FXCU_SMTP_TO": "desk@example.cl",
-        "FXCU_SMTP_STARTTLS": "0",
-    }
-    return run_env(data_dir, **smtp)
+@pytest.mark.parametrize("args", [["track", "--backfill", "2024-13-01"], ["track", "8d"], ["track", "--last", "0"]])
+def test_track_bad_arguments_are_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fxcu.main(args, {})
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.slow
-def test_run_emails_over_starttls_and_logs_in_only_after_tls(data_dir, tls_pair, caplog, shared_models):
-    cafile, context = tls_pair
-    server = SMTPServer(tls=context)
-    env = smtp_env(
-        data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile)
-    )
-    with caplog.at_level(logging.INFO):
-        assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    server.thread.join(10)
-    assert len(server.messages) == 1 and "Report emailed to desk@example.cl, treasury@example.cl" in caplog.text
-    assert ("STARTTLS", False) in server.verbs and ("AUTH", True) in server.verbs
-    assert all(secure for verb, secure in server.verbs if verb in ("AUTH", "MAIL", "DATA"))
-    assert "s3cret-pw" not in caplog.text
-
-
-@pytest.mark.slow
-def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog, shared_models):
-    _, context = tls_pair
-    server = SMTPServer(tls=context)
-    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw")
-    with caplog.at_level(logging.INFO):
-        assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    server.thread.join(10)
-    assert "Email failed (SSLCertVerificationError" in caplog.text
-    assert server.messages == [] and not any(verb == "AUTH" for verb, _ in server.verbs)
-
-
-@pytest.mark.slow
-def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch, shared_models):
-    import smtplib
-
-    cafile, context = tls_pair
-    server = SMTPServer(tls=context, implicit=True)
-    real = smtplib.SMTP_SSL
-
-    class ToTestPort(real):  # the code picks implicit TLS for port 465; the test server listens elsewhere
-        def __init__(self, host, port, **kwargs):
-            super().__init__(host, server.port, **kwargs)
-
-    monkeypatch.setattr(smtplib, "SMTP_SSL", ToTestPort)
-    env = smtp_env(data_dir, 465, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_CAFILE=str(cafile))
-    with caplog.at_level(logging.INFO):
-        assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    server.thread.join(10)
-    assert len(server.messages) == 1 and all(secure for _, secure in server.verbs)
-    assert ("STARTTLS", False) not in server.verbs and ("AUTH", True) in server.verbs
-
-
-@pytest.mark.slow
-def test_email_never_sends_credentials_in_clear(data_dir, caplog, shared_models):
-    server = SMTPServer()
-    env = smtp_env(data_dir, server.port, FXCU_SMTP_USER="fxcu", FXCU_SMTP_PASSWORD="s3cret-pw", FXCU_SMTP_STARTTLS="0")
-    with caplog.at_level(logging.INFO):
-        assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    assert "refusing to send SMTP credentials without TLS" in caplog.text
-    assert server.verbs == [] and server.messages == []
-
-
-@pytest.mark.slow
-def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
-    server = SMTPServer()
-    env = run_env(
-        data_dir,
-        FXCU_SMTP_HOST="127.0.0.1",
-        FXCU_SMTP_PORT=str(server.port),
-        FXCU_SMTP_TO="desk@example.cl",
-        FXCU_SMTP_STARTTLS="0",
-    )  # a relay without TLS or login
-    assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    server.thread.join(10)
-    assert len(server.messages) == 1
-    message = parse_email(server.messages[0])
-    assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
-    assert_renders(message, ["7d"])
-    html = message.get_body(("html",)).get_content()
-    assert "Backtest at the horizon date" in html and "Range backtest" in html
-    assert "random walk; range" in html or "random walk; Naive's range" in html  # the served range in words
-
-
-@pytest.mark.slow
-def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path, shared_models):
-    server = SMTPServer()
-    env = relay_env(data_dir, server.port)
-    assert fxcu.main(["run", "7d", "--offline", "--email-preview", str(tmp_path / "preview.eml")], env) == 0
-    assert server.messages == [] and server.verbs == []
-    message = parse_email((tmp_path / "preview.eml").read_bytes())
-    assert_renders(message, ["7d"]) and message["To"] == "desk@example.cl"
-
-
-@pytest.mark.slow
-def test_email_failure_never_fails_the_run(data_dir, caplog, shared_models):
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
-    with caplog.at_level(logging.INFO):
-        assert fxcu.main(["run", "7d", "--offline"], env) == 0
-    assert "Email failed" in caplog.text
-
-
-@pytest.mark.slow
-def test_skip_email_sends_nothing(data_dir, shared_models):
-    server = SMTPServer()
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(server.port), FXCU_SMTP_TO="desk@example.cl")
-    assert fxcu.main(["run", "7d", "--offline", "--skip-email"], env) == 0
-    assert server.messages == []
-
-
-# -- Fault matrix (docs/RELIABILITY.md) ---------------------------------------------
+# -- Commands: the fault matrix (docs/RELIABILITY.md) ----------------------------------
 # Every row runs the real CLI (`python fxcu.py ...`, or `fxcu.main` in-process where retries
 # would sleep) against Yahoo, FRED and mindicador played by a local HTTP server, then proves
 # the exit code, the lines the user sees, that the warehouse and the MLflow database lost
 # nothing, and that the FRED key is nowhere: not in any output, file under the data dir or cassette.
 
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import functools  # noqa: E402
-import http.server  # noqa: E402
-import random  # noqa: E402
-import signal  # noqa: E402
-import sqlite3  # noqa: E402
-import tempfile  # noqa: E402
-import urllib.parse  # noqa: E402
-
-YAHOO_CLP, YAHOO_HG = "/v8/finance/chart/CLP=X", "/v8/finance/chart/HG=F"
-MINDICADOR, FRED = "/api/dolar", "/fred/series/observations"
 TOO_MANY = "Too Many Requests\r\n"  # Yahoo's real 429 body: 19 bytes of text, not JSON (yahoo/ERRORS_AND_429.md)
 FRED_BAD_KEY = (  # verbatim (fred/ERRORS.md): two spaces after each sentence, `\/` escapes
     '{"error_code":400,"error_message":"Bad Request.  The value for variable api_key is not registered.  '
     'Read https:\\/\\/fred.stlouisfed.org\\/docs\\/api\\/api_key.html for more information."}'
 )
-LOG_LINE = re.compile(r"^(\S+ \S+ )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")  # fxcu's and MLflow's log formats
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One scripted answer: status, body (text, bytes or JSON), content type, delay, echo of the request line."""
-
-    status: int = 200
-    body: str | bytes | dict = b""
-    content_type: str = "application/json;charset=utf-8"
-    delay: float = 0.0
-    echo: bool = False
-    headers: tuple[tuple[str, str], ...] = ()
-    encoding: str = ""  # sent as Content-Encoding; the body is sent as given (already compressed)
-    trickle: float = 0.0  # seconds between chunks of 16 bytes: a server that never stops for a whole read timeout
-
-
-class FakeSources:
-    """Yahoo, FRED and mindicador on one 127.0.0.1 port: a Reply per path prefix, every request recorded.
-
-    A route may be a function of the request handler that returns the Reply. With `tls` (a server
-    context) it serves HTTPS and keeps each connection's raw TLS ClientHello in `hellos`.
-    """
-
-    def __init__(self, routes: dict[str, Reply], tls=None):
-        self.routes, self.requests, self.stop = dict(routes), [], threading.Event()
-        self.headers: list[dict[str, str]] = []
-        self.hellos: list[bytes] = []
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                fake.requests.append(self.path)
-                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-                reply = next(
-                    (r for prefix, r in fake.routes.items() if path.startswith(prefix)), Reply(404, "no route")
-                )
-                reply = reply(self) if callable(reply) else reply
-                if reply.delay:
-                    fake.stop.wait(reply.delay)
-                body = (
-                    reply.body
-                    if isinstance(reply.body, bytes)
-                    else reply.body.encode()
-                    if isinstance(reply.body, str)
-                    else json.dumps(reply.body).encode()
-                )
-                if reply.echo:
-                    body += f" for GET {self.path}".encode()
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", reply.content_type)
-                    self.send_header("Content-Length", str(len(body)))
-                    for name, value in reply.headers:
-                        self.send_header(name, value)
-                    if reply.encoding:
-                        self.send_header("Content-Encoding", reply.encoding)
-                    self.end_headers()
-                    if reply.trickle:
-                        for start in range(0, len(body), 16):
-                            if fake.stop.wait(reply.trickle):
-                                break
-                            self.wfile.write(body[start : start + 16])
-                            self.wfile.flush()
-                    else:
-                        self.wfile.write(body)
-                except OSError:  # the client gave up (timeout row)
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            def get_request(self):
-                sock, address = self.socket.accept()
-                if tls is None:
-                    return sock, address
-                fake.hellos.append(peek_client_hello(sock))
-                return tls.wrap_socket(sock, server_side=True), address
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads, self.server.block_on_close = True, False
-        self.server.handle_error = lambda request, address: None
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeSources:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def count(self, prefix: str) -> int:
-        return sum(urllib.parse.unquote(p).startswith(prefix) for p in self.requests)
-
-    def queries(self, prefix: str) -> list[dict[str, str]]:
-        return [
-            dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p).query))
-            for p in self.requests
-            if urllib.parse.unquote(p).startswith(prefix)
-        ]
-
-
-def peek_client_hello(sock: socket.socket) -> bytes:
-    """The first TLS record a client sent (its ClientHello), read without consuming it."""
-    sock.settimeout(10)
-    data = sock.recv(65536, socket.MSG_PEEK)
-    while data and len(data) < 5 + int.from_bytes(data[3:5], "big"):
-        time.sleep(0.001)  # INFO: the rest of a large hello (post-quantum key share) is still in flight
-        data = sock.recv(65536, socket.MSG_PEEK)
-    return data
-
-
-def client_hello_fields(hello: bytes) -> tuple[list[int], list[int]]:
-    """The cipher suites and extension types of a raw ClientHello record (RFC 8446 section 4.1.2)."""
-    at = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
-    at += 1 + hello[at]  # session id
-    n = int.from_bytes(hello[at : at + 2], "big")
-    ciphers = [int.from_bytes(hello[i : i + 2], "big") for i in range(at + 2, at + 2 + n, 2)]
-    at += 2 + n
-    at += 1 + hello[at]  # compression methods
-    end, at, extensions = at + 2 + int.from_bytes(hello[at : at + 2], "big"), at + 2, []
-    while at < end:
-        extensions.append(int.from_bytes(hello[at : at + 2], "big"))
-        at += 4 + int.from_bytes(hello[at + 2 : at + 4], "big")
-    return ciphers, extensions
-
-
-def is_grease(value: int) -> bool:
-    """RFC 8701 GREASE values (0x0a0a, 0x1a1a, ... 0xfafa): Chrome sends them, OpenSSL never does."""
-    return value & 0x0F0F == 0x0A0A and value >> 8 == value & 0xFF
-
-
-@functools.cache
-def fred_pcoppusdm_body() -> dict:
-    """The real PCOPPUSDM history (USD per tonne) in the shape of a real FRED observations body."""
-    raw = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
-    rows = [
-        {"realtime_start": "2026-11-26", "realtime_end": "2026-11-26", "date": d, "value": str(v)}
-        for d, v in raw.iter_rows()
-    ]
-    return {"units": "lin", "file_type": "json", "count": len(rows), "observations": rows}
-
-
-@functools.cache
-def good_routes() -> dict[str, Reply]:
-    """Every source answering with real data: CLP=X 2006-2024, HG=F 2000-2026, mindicador 2026, PCOPPUSDM."""
-    return {
-        YAHOO_CLP: Reply(body=json.dumps(real_usdclp_payload())),
-        YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper()))),
-        MINDICADOR + "/2026": Reply(body=json.dumps(load_json("mindicador", "dolar_200_last31.json"))),
-        MINDICADOR: Reply(
-            body=json.dumps({**load_json("mindicador", "dolar_200_last31.json"), "serie": []})
-        ),  # other years: none recorded
-        FRED: Reply(body=json.dumps(fred_pcoppusdm_body())),
-    }
-
-
-def routes(**changes: Reply) -> dict[str, Reply]:
-    named = {"clp": [YAHOO_CLP], "hg": [YAHOO_HG], "mindicador": [MINDICADOR + "/2026", MINDICADOR], "fred": [FRED]}
-    return {**good_routes(), **{path: reply for k, reply in changes.items() for path in named[k]}}
 
 
 def yahoo_reply(name: str) -> Reply:
     """A real recorded Yahoo answer (status and body) from ../shared/data/yahoo."""
     response = load_json("yahoo", name)["response"]
     return Reply(response["status"], response.get("body") or json.dumps(response["bodyJson"]))
-
-
-def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """The env of every row: all three sources at `url`, the FRED key set, any data age accepted, no seed."""
-    return {
-        "FXCU_DATA_DIR": str(data_dir),
-        "FXCU_YAHOO_URL": url,
-        "FXCU_FRED_URL": url,
-        "FXCU_MINDICADOR_URL": url,
-        "FRED_API_KEY": FRED_KEY,
-        "FXCU_MAX_AGE_DAYS": "100000",
-        "FXCU_TRACKING_TIMEOUT": "30",
-        "FXCU_LOCK_TIMEOUT": "30",
-        "FXCU_SEED": "0",
-        **extra,  # the seed rows (issue 10) turn it on
-    }
-
-
-def closed_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What the user saw: exit code, stdout, stderr (log lines included), seconds taken."""
-
-    code: int
-    out: str
-    err: str
-    seconds: float
-
-    @property
-    def messages(self) -> list[str]:
-        """stderr lines that are not log records: what the CLI printed itself."""
-        return [line for line in self.err.splitlines() if line.strip() and not LOG_LINE.match(line)]
-
-
-def clean_environ() -> dict[str, str]:
-    skip = ("FXCU_", "MLFLOW_", "FRED_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith(skip)}
-
-
-def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Outcome:
-    """`python fxcu.py ARGS` in a fresh process."""
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "fxcu.py"), *args],
-        env={**clean_environ(), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
-
-
-@pytest.fixture
-def inprocess(monkeypatch, capsys, caplog):
-    """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
-    real = fxcu.make_fetch_json
-    monkeypatch.setattr(
-        fxcu,
-        "make_fetch_json",
-        lambda config, deadline=None: without_sleep(real(config, deadline=deadline), []),
-    )
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(args: list[str], env: dict[str, str]) -> Outcome:
-        capsys.readouterr()
-        caplog.clear()
-        started = time.monotonic()
-        with caplog.at_level(logging.INFO):
-            code = fxcu.main(args, env)
-        seconds = time.monotonic() - started
-        captured = capsys.readouterr()
-        assert not any(r.exc_info for r in caplog.records), "a log record carries a traceback"
-        logs = "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
-        return Outcome(code, captured.out, captured.err + logs, seconds)
-
-    return run
-
-
-@dataclasses.dataclass(frozen=True)
-class Kept:
-    """The warehouse files (bytes, dates) and the MLflow runs at one moment."""
-
-    files: dict[str, bytes]
-    dates: dict[str, set]
-    runs: int
-    db: bytes | None
-
-
-def mlflow_runs(data_dir: Path) -> int:
-    db = data_dir / "mlflow" / "mlflow.db"
-    if not db.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-        return conn.execute("select count(*) from runs").fetchone()[0]
-
-
-def kept(data_dir: Path) -> Kept:
-    files, dates = {}, {}
-    for name in (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE):
-        path = data_dir / "warehouse" / name
-        if path.exists():
-            files[name] = path.read_bytes()
-            try:
-                dates[name] = set(pl.read_parquet(path)[fxcu.DATE])
-            except Exception:  # noqa: BLE001 -- the corrupt-file row
-                dates[name] = None
-    db = data_dir / "mlflow" / "mlflow.db"
-    return Kept(files, dates, mlflow_runs(data_dir), db.read_bytes() if db.exists() else None)
 
 
 def assert_nothing_lost(
@@ -6307,6 +6522,17 @@ def disk_full_at(monkeypatch, k: int):
     monkeypatch.setattr(fxcu, "atomic_path", real)
 
 
+# Interrupts and kills: one line, no temp files left, a killed run's leftovers cleaned on the next start.
+
+
+def temp_leftovers(data_dir: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(data_dir))
+        for p in data_dir.rglob("*")
+        if p.name.startswith(".tmp-") or p.name.endswith((".tmp", ".tmp-journal"))
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2], ids=["usdclp-file", "copper-file"])
 def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, inprocess, monkeypatch, k):
@@ -6404,17 +6630,6 @@ def test_fault_real_full_disk_fetch_and_first_init(tmpfs, tmp_path, migrated_db)
     assert again.code == 0 and "created forecaster_7d" in again.out
     levels = {c["name"]: c["level"] for c in json.loads(cli(["check", "--json"], env, tmp_path).out)["checks"]}
     assert levels["mlflow database"] == "OK"
-
-
-# Interrupts and kills: one line, no temp files left, a killed run's leftovers cleaned on the next start.
-
-
-def temp_leftovers(data_dir: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(data_dir))
-        for p in data_dir.rglob("*")
-        if p.name.startswith(".tmp-") or p.name.endswith((".tmp", ".tmp-journal"))
-    )
 
 
 def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, Path]:
@@ -6532,9 +6747,6 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
     assert "Traceback" not in check.err + check.out and "unreadable" not in check.out
 
 
-# -- More CLI behaviour ----------------------------------------------------------------
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command", ["fetch", "validate", "run", "check", "init", "runs", "compare", "stats", "backup", "ui"]
@@ -6549,204 +6761,3 @@ def test_every_subcommand_help_is_fast_and_light(command):
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith(f"usage: fxcu {command}") and lines[-2] == "exit 0" and lines[-1] == "[]"
-
-
-@pytest.mark.slow
-def test_check_network_probes_each_source(tmp_path, capsys):
-    with FakeSources(good_routes()) as api:
-        code = fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url))
-    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
-    for name in ("source yahoo CLP=X", "source yahoo HG=F", "source mindicador", "source fred"):
-        assert checks[name]["level"] == "OK", checks[name]
-    assert api.count(YAHOO_CLP) == 1 and api.count(FRED) == 1
-    assert checks["yahoo session"]["message"].endswith("; no cookie or crumb asked for")
-    assert code == 2  # no data yet in this data dir
-
-
-def test_check_network_reports_sources_down_without_the_key(tmp_path, capsys):
-    fxcu.main(["check", "--network"], fault_env(tmp_path, closed_url()))
-    out = capsys.readouterr().out
-    assert "WARNING  source yahoo CLP=X: connection error" in out and "WARNING  source fred: connection error" in out
-    assert FRED_KEY not in out
-
-
-# -- Yahoo's browser fingerprint, cookie and crumb ---------------------------------------
-
-CRUMB, COOKIE = "fxcuTestCrumb7", "A3=d=fxcu-test-cookie-value"  # fakes, in the shape of Yahoo's
-
-
-def crumb_yahoo() -> dict:
-    """Yahoo as it answers a client it does not trust yet: the chart only with its cookie and crumb, the crumb only
-    with the cookie, and the cookie on a 404 page (as fc.yahoo.com does). The cookie URL is `/fc` here."""
-
-    def has_cookie(handler) -> bool:
-        return COOKIE in (handler.headers.get("Cookie") or "")
-
-    def chart(handler):
-        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
-        if query.get("crumb") != CRUMB or not has_cookie(handler):
-            return Reply(401, INVALID_CRUMB)
-        return good_routes()[YAHOO_CLP if "CLP" in urllib.parse.unquote(handler.path) else YAHOO_HG]
-
-    def getcrumb(handler):
-        return Reply(200, CRUMB, "text/plain;charset=utf-8") if has_cookie(handler) else Reply(401, INVALID_CRUMB)
-
-    cookie = Reply(404, "<html>404</html>", "text/html", headers=(("Set-Cookie", f"{COOKIE}; Path=/; HttpOnly"),))
-    return {"/fc": cookie, fxcu.YAHOO_CRUMB_PATH: getcrumb, "/v8/finance/chart/": chart}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("impersonate", ["off", "chrome"])
-def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(tmp_path, caplog, impersonate):
-    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
-    with FakeSources(crumb_yahoo()) as api:
-        config = make_config(
-            tmp_path, yahoo_url=api.url, yahoo_cookie_url=f"{api.url}/fc", impersonate=impersonate, max_age_days=100000
-        )
-        session = fxcu.YahooSession(config)
-        with caplog.at_level(logging.DEBUG), fxcu.make_client(config, session) as client:
-            usdclp = fxcu.fetch_series("usdclp", config, client, now=now, fetch_json=no_wait_fetch(config))
-            copper = fxcu.fetch_series("copper", config, client, now=now, fetch_json=no_wait_fetch(config))
-    assert usdclp.source == "yahoo" and usdclp.frame.height == 4664 and copper.source == "yahoo"
-    paths = [urllib.parse.unquote(urllib.parse.urlsplit(p).path) for p in api.requests]
-    assert paths == [
-        YAHOO_CLP,
-        "/fc",
-        fxcu.YAHOO_CRUMB_PATH,
-        YAHOO_CLP,
-        YAHOO_HG,
-    ]  # one retry, then the crumb is reused
-    assert [f"crumb={CRUMB}" in p for p in api.requests] == [False, False, False, True, True]
-    assert session.crumb_state == "fetched" and session.level() == "OK"
-    assert "Yahoo asked for a cookie and crumb (HTTP 401): fetching them, retrying once" in caplog.text
-    assert CRUMB not in caplog.text and "fxcu-test-cookie" not in caplog.text and CRUMB not in repr(session)
-    for path in config.data_dir.rglob("*"):  # never on disk
-        assert not path.is_file() or (
-            CRUMB.encode() not in path.read_bytes() and b"fxcu-test-cookie" not in path.read_bytes()
-        )
-
-
-@pytest.mark.slow
-def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_yahoo_answered(tmp_path, caplog):
-    with FakeSources(crumb_yahoo()) as api:
-        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
-        session = fxcu.YahooSession(config)
-        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
-            result = fxcu.fetch_source(
-                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-            )
-    # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
-    # try 2: the same 401, no second crumb attempt, and a 401 is final
-    assert not result.ok and result.error.startswith("HTTP 401 Unauthorized") and "Invalid Crumb" in result.error
-    assert api.count(YAHOO_CLP) == 2 and api.count(fxcu.YAHOO_CRUMB_PATH) == 0
-    assert session.crumb_state == "refused" and session.crumb_text() == "crumb refused (cookie or crumb request failed)"
-
-
-@pytest.mark.slow
-def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, monkeypatch):
-    cafile, context = make_tls_pair(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cafile))  # both transports trust it as httpx does from the environment
-    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
-    seen = {}
-    for mode in ("chrome", "off"):
-        with FakeSources({YAHOO_HG: chart}, tls=context) as api:
-            config = make_config(tmp_path, yahoo_url=api.url, impersonate=mode)
-            session = fxcu.YahooSession(config)
-            with fxcu.make_client(config, session) as client:
-                result = fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-                )
-        assert result.ok and result.frame.height == 30, result.error
-        seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
-    ciphers, extensions, headers, transport = seen["chrome"]
-    assert any(map(is_grease, ciphers)) and any(map(is_grease, extensions))  # RFC 8701 GREASE, as Chrome sends
-    assert 0x001B in extensions  # compress_certificate (brotli), a BoringSSL/Chrome extension
-    assert "Chrome/" in headers["user-agent"] and headers["user-agent"] != fxcu.USER_AGENT and "sec-ch-ua" in headers
-    assert transport.endswith("TLS fingerprint (curl_cffi 0.17.0)") and transport.startswith("chrome")
-    ciphers, extensions, headers, transport = seen["off"]
-    assert not any(map(is_grease, ciphers + extensions)) and 0x001B not in extensions  # OpenSSL's hello
-    assert headers["user-agent"] == fxcu.USER_AGENT and transport == "plain httpx (FXCU_HTTP_IMPERSONATE=off)"
-    monkeypatch.delenv("SSL_CERT_FILE")
-    with FakeSources({YAHOO_HG: chart}, tls=context) as api:  # a certificate nobody vouches for is refused
-        config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
-        with fxcu.make_client(config) as client:
-            result = fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-            )
-    assert not result.ok and "connection error" in result.error and api.requests == []
-
-
-@pytest.mark.slow
-def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
-    chart = Reply(body=json.dumps(chart_payload(real_copper().tail(30))))
-    with FakeSources({YAHOO_HG: chart}) as yahoo, FakeSources(good_routes()) as others:
-        config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
-        with fxcu.make_client(config) as client:
-            assert fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-            ).ok
-            assert fxcu.fetch_source(
-                fxcu.source_named("usdclp", "mindicador"),
-                config,
-                client,
-                no_wait_fetch(config),
-                since=None,
-                now=CLP_END,
-            ).ok
-    assert "sec-ch-ua" in yahoo.headers[0] and yahoo.headers[0]["user-agent"] != fxcu.USER_AGENT  # curl's Chrome
-    assert all("sec-ch-ua" not in h and h["user-agent"] == fxcu.USER_AGENT for h in others.headers)  # plain httpx
-
-
-@pytest.mark.slow
-def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "httpx_curl_cffi", None)  # as where no curl_cffi wheel installs
-    with FakeSources({YAHOO_HG: Reply(body=json.dumps(chart_payload(real_copper().tail(30))))}) as api:
-        config = make_config(tmp_path, yahoo_url=api.url)
-        session = fxcu.YahooSession(config)
-        with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
-            results = [
-                fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-                )
-                for _ in range(2)
-            ]
-    assert all(r.ok for r in results) and api.headers[0]["user-agent"] == fxcu.USER_AGENT
-    lines = [r for r in caplog.records if "Browser TLS fingerprint unavailable" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].levelname == "WARNING"
-    assert (
-        session.transport_text().startswith("plain httpx: curl_cffi could not load (ModuleNotFoundError")
-        and session.level() == "WARNING"
-    )
-
-
-@pytest.mark.slow
-def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
-    with FakeSources({**crumb_yahoo(), **good_routes()}) as api:
-        fxcu.main(["check", "--network", "--json"], fault_env(tmp_path, api.url, FXCU_YAHOO_COOKIE_URL=f"{api.url}/fc"))
-    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
-    assert checks["source yahoo CLP=X"]["level"] == "OK" and checks["source yahoo HG=F"]["level"] == "OK"
-    session = checks["yahoo session"]
-    assert session["level"] == "OK" and re.fullmatch(
-        r"chrome\d+ TLS fingerprint \(curl_cffi [\d.]+\); cookie and crumb fetched on demand", session["message"]
-    )
-    assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
-
-
-@pytest.mark.slow
-def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(20)
-        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
-    finally:
-        release.set()
-        holder.join(20)
-    assert result.code == 1 and result.out == ""
-    assert (
-        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
-        and "held by another process after" in result.err
-    )
-    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
