@@ -2477,13 +2477,20 @@ def format_summary(s: Mapping[str, Any]) -> str:
     if "changed" in s:
         lines.append(f"  what changed: {format_change(s['changed'])}")
     if s.get("live"):
-        live = s["live"]
-        lines.append(
-            f"  live: {live['live_scored']:.0f} scored, RMSE {live.get('live_rmse', math.nan):.2f} CLP, "
-            f"{live.get('live_rmse_ratio_rw', math.nan):.4f}x the random walk, coverage "
-            f"{live.get('live_coverage_80', math.nan):.0%}/{live.get('live_coverage_95', math.nan):.0%}"
-        )
+        lines.append(f"  live: {format_live(s['live'])}")
     return "\n".join(lines)
+
+
+def format_live(live: Mapping[str, float]) -> str:
+    """The served forecasts' live record in one phrase; before any is scored, says so instead of printing NaNs."""
+    scored = int(live.get("live_scored", 0))
+    if not scored:
+        return "no served forecast scored yet (each is scored once its target date has a close)"
+    return (
+        f"{scored} scored, RMSE {live.get('live_rmse', math.nan):.2f} CLP, "
+        f"{live.get('live_rmse_ratio_rw', math.nan):.4f}x the random walk, coverage "
+        f"{live.get('live_coverage_80', math.nan):.0%}/{live.get('live_coverage_95', math.nan):.0%}"
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

@@ -2555,6 +2555,19 @@ def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_for
     assert sections[1].title == "7d: Summary"
 
 
+def test_format_live_says_nothing_is_scored_yet_instead_of_nans():
+    first = fxcu.format_live({"live_scored": 0.0})
+    assert "nan" not in first.lower() and first.startswith("no served forecast scored yet")
+    live = {
+        "live_scored": 12.0,
+        "live_rmse": 8.456,
+        "live_rmse_ratio_rw": 0.98765,
+        "live_coverage_80": 0.75,
+        "live_coverage_95": 11 / 12,
+    }
+    assert fxcu.format_live(live) == "12 scored, RMSE 8.46 CLP, 0.9877x the random walk, coverage 75%/92%"
+
+
 def test_what_changed_names_the_reasons():
     before = ledger_row(date(2024, 5, 3), date(2024, 5, 10), forecast=900.0)
     same = fxcu.what_changed(before, before | {"run_id": "x"})
