@@ -6046,6 +6046,7 @@ class Tracker:
 
         self.config = config
         self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
+        self.sent = 0  # runs sent: a run that stopped before its first has nothing for the process to finish
         # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -6066,6 +6067,7 @@ class Tracker:
             return None, self.skip
         try:
             self._conn.send(record)
+            self.sent += 1
             if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
                 run_id, error, timed_out = self._conn.recv()
             else:
@@ -6086,7 +6088,9 @@ class Tracker:
         with contextlib.suppress(OSError):
             self._conn.send(None)
         if self._process.pid is not None:
-            self._process.join(TRACKING_GRACE)
+            # INFO: nothing sent (the run failed first): the process may still be importing MLflow, so it is not
+            # waited for; it has written nothing but a database it builds aside, which the next start cleans up
+            self._process.join(TRACKING_GRACE if self.sent else 0)
             if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
                 self._process.kill()
                 self._process.join(1)

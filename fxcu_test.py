@@ -4434,6 +4434,17 @@ def test_tracker_logs_in_its_own_process_and_reports_a_dead_one(data_dir):
     assert first == second == (None, "ConnectionError: the tracking process stopped (exit code -9)")
 
 
+def test_tracker_with_nothing_sent_stops_at_once_and_leaves_no_temp_files(tmp_path):
+    """A run that fails before its first forecast does not wait for the tracking process's imports."""
+    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path / "data")})
+    started = time.monotonic()
+    with fxcu.Tracker(config, {}) as tracker:
+        pass
+    assert time.monotonic() - started < fxcu.TRACKING_GRACE
+    assert tracker.sent == 0 and not tracker._process.is_alive()
+    assert temp_leftovers(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
     import signal
