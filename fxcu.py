@@ -3150,7 +3150,7 @@ def student_t_sf(t: float, df: int) -> float:
             total += term
         inside = sin * total
     tail = (1.0 - inside) / 2  # inside = P(|T| <= |t|)
-    return tail if t >= 0 else 1.0 - tail
+    return max(0.0, tail) if t >= 0 else 1.0 - tail  # INFO: rounding leaves about -1e-17 for a huge t
 
 
 def t_test_greater(values: Sequence[float]) -> float:
@@ -3410,9 +3410,12 @@ def check_track(
         found.append(check_track_coverage(horizon, recent.height, covers, level=level))
         if recent.height < CHECK_MIN_SCORED:
             continue
-        apart = _non_overlapping(scored).tail(last)
-        ratio = float(recent["backtest_ratio"][-1])
-        found.append(check_track_ratio(horizon, apart["error"].to_list(), apart["rw_error"].to_list(), ratio))
+        # INFO: a ledger written by an older fxcu may lack a column (read as nulls): such rows are not tested
+        apart = _non_overlapping(scored).drop_nulls(["error", "rw_error"]).tail(last)
+        ratios = recent["backtest_ratio"].drop_nulls()
+        if ratios.is_empty():
+            continue
+        found.append(check_track_ratio(horizon, apart["error"].to_list(), apart["rw_error"].to_list(), ratios[-1]))
     return found
 
 
@@ -4402,7 +4405,7 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
 
     if isinstance(exc, httpx.HTTPStatusError):
         raw = exc.response.headers.get("Retry-After", "")
-        if raw.strip().isdigit():
+        if raw.strip().isascii() and raw.strip().isdigit():  # INFO: str.isdigit accepts "²", which float() refuses
             return min(float(raw), cap)
     return None
 

@@ -2864,6 +2864,20 @@ def test_check_track_error_ratio_worse_than_backtest_warns():
     assert checks == {"track 7d coverage": "OK", "track 7d error ratio": "WARNING"}
 
 
+def test_check_track_skips_rows_an_older_ledger_left_without_errors():
+    ledger, _ = synthetic_ledger(200, z80=1.2816, z95=1.96, served_scale=2.0)
+    older = ledger.with_columns(
+        pl.when(pl.int_range(pl.len()) % 2 == 0).then(None).otherwise(pl.col("rw_error")).alias("rw_error")
+    )
+    assert levels_of(fxcu.check_track(older, today=date(2024, 1, 15)))["track 7d error ratio"] == "WARNING"
+    unratioed = ledger.with_columns(pl.lit(None, dtype=pl.Float64).alias("backtest_ratio"))
+    assert levels_of(fxcu.check_track(unratioed, today=date(2024, 1, 15))) == {"track 7d coverage": "OK"}
+
+
+def test_student_t_sf_is_never_negative():
+    assert fxcu.student_t_sf(1e12, 5) >= 0.0 and fxcu.student_t_sf(1e12, 6) >= 0.0
+
+
 def test_check_track_unscored_forecasts_warn_and_few_scores_do_not_grade():
     ledger, prices = synthetic_ledger(10, z80=1.2816, z95=1.96)
     stale = fxcu.score_ledger(ledger, prices.head(3))  # the prices stopped coming
