@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -5353,6 +5354,8 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
             color="tab:red",
         )
     axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
+    # INFO: the range's and copper's labels run past 100 characters; unwrapped, the legend overflows the figure
+    labels = [textwrap.fill(label, 64) for label in labels]
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     return fig
 

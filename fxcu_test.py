@@ -4216,6 +4216,8 @@ def test_chart_copper_stops_at_the_origin_in_its_own_panel_and_the_legend_covers
     assert price_ax.get_legend() is None and copper_ax.get_legend() is None
     box = legend.get_window_extent()
     assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    page = fig.bbox  # the whole legend is on the saved page: its long labels are wrapped, not cut at the edges
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
     texts = [t.get_text() for t in price_ax.texts]
     final = fc.final
     assert "origin 15 Jul 2024" in texts and f"last close {fc.last_close:.2f}" in texts
