@@ -60,6 +60,13 @@ def make_prices(n: int, *, start: date = date(2020, 1, 1), seed: int = 0, level:
     return pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: closes})
 
 
+def scaled_after(frame: pl.DataFrame, origin: date, factor, *, inclusive: bool = False) -> pl.DataFrame:
+    """Every close after `origin` (from it, when inclusive) times `factor`: a look-ahead probe."""
+    later = pl.col(fxcu.DATE) >= origin if inclusive else pl.col(fxcu.DATE) > origin
+    scaled = pl.when(later).then(pl.col(fxcu.CLOSE) * factor).otherwise(pl.col(fxcu.CLOSE))
+    return frame.with_columns(scaled.alias(fxcu.CLOSE))
+
+
 def make_config(tmp_path: Path, **changes) -> fxcu.Config:
     base = fxcu.Config(
         data_dir=tmp_path / "data",
@@ -1981,18 +1988,8 @@ def test_backtest_never_uses_data_after_its_origin():
     kwargs = {"windows": 6, "step_size": 20, "history": 700}
     base = fxcu.backtest(usdclp, copper, "7d", **kwargs)
     origin = base.origins[2]
-    bumped = usdclp.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * 1.3)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped_copper = copper.with_columns(
-        pl.when(pl.col(fxcu.DATE) >= origin)
-        .then(pl.col(fxcu.CLOSE) * 0.5)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
+    bumped = scaled_after(usdclp, origin, 1.3)
+    bumped_copper = scaled_after(copper, origin, 0.5, inclusive=True)
     other = fxcu.backtest(bumped, bumped_copper, "7d", **kwargs)
     # Ensemble is left out: whether it serves the combination or Naive is one decision over all origins
     cols = [*fxcu.MODELS, fxcu.COPPER_MODEL, fxcu.COMBINATION]
@@ -2169,24 +2166,9 @@ def test_density_backtest_never_uses_data_after_its_origin():
     kwargs = {"horizons": ["7d", "30d"], "origins": 16, "history": 700, "models": models, "reps": 50}
     base = fxcu.density_backtest_all(usdclp, copper, **kwargs)
     origin = base["7d"].origins[8]
-    bumped = usdclp.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * 1.3)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped = bumped.with_columns(
-        pl.when(pl.col(fxcu.DATE) > origin)
-        .then(pl.col(fxcu.CLOSE) * np.exp(np.random.default_rng(1).normal(0, 0.02, 900)))
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
-    bumped_copper = copper.with_columns(
-        pl.when(pl.col(fxcu.DATE) >= origin)
-        .then(pl.col(fxcu.CLOSE) * 0.5)
-        .otherwise(pl.col(fxcu.CLOSE))
-        .alias(fxcu.CLOSE)
-    )
+    bumped = scaled_after(usdclp, origin, 1.3)
+    bumped = scaled_after(bumped, origin, np.exp(np.random.default_rng(1).normal(0, 0.02, 900)))
+    bumped_copper = scaled_after(copper, origin, 0.5, inclusive=True)
     other = fxcu.density_backtest_all(bumped, bumped_copper, **kwargs)
     for horizon in kwargs["horizons"]:
         cols = ["origin", "vol20", "last", *models, fxcu.SERVED, "pick"]
