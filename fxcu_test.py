@@ -5,31 +5,43 @@ Offline: cassettes, httpx.MockTransport and local servers on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import email
+import email.policy
 import errno
 import functools
+import hashlib
 import http.server
 import io
+import ipaddress
 import json
 import logging
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -393,7 +405,6 @@ def real_bundle():
 
 def assert_renders(message, horizons: list[str]) -> None:
     """multipart/alternative: text, then HTML related to one inline PNG per horizon, each referenced by cid:."""
-    from email.utils import parsedate_to_datetime
 
     assert message.get_content_type() == "multipart/alternative"
     text, related = message.get_payload()
@@ -577,8 +588,6 @@ class SMTPServer:
 
 def make_tls_pair(folder: Path):
     """Write a self-signed certificate for 127.0.0.1 into `folder`; return its path and a server context using it."""
-    import ipaddress
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -924,7 +933,6 @@ def test_config_bad_values_raise_config_error(name, value):
 
 @pytest.mark.slow
 def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
-    import hashlib
 
     folder, _, _ = offline_run
     run = read_runs(folder, "7d")[0]
@@ -2468,7 +2476,6 @@ def test_every_feature_has_words():
 
 @pytest.mark.slow
 def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
-    from types import SimpleNamespace
 
     assert fxcu.range_words(real_forecast_7d).startswith(" (random walk; ")
     assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
@@ -4251,7 +4258,6 @@ def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
 
 @pytest.mark.slow
 def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
-    import base64
 
     folder, _, _ = offline_run
     run = read_runs(folder, "7d")[0]
@@ -4293,7 +4299,6 @@ def test_retire_default_experiment_keeps_one_with_runs(data_dir):
     [({"Naive": 1.0, "AutoETS": 0.0}, "Naive"), ({"AutoETS": 0.6, "Naive": 0.4}, "AutoETS 60%, Naive 40%")],
 )
 def test_served_models_names_the_models_with_weight(weights, served):
-    from types import SimpleNamespace
 
     assert fxcu.served_models(SimpleNamespace(weights=weights)) == served
 
@@ -4445,7 +4450,6 @@ def test_tracker_with_nothing_sent_stops_at_once_and_leaves_no_temp_files(tmp_pa
 
 @pytest.mark.slow
 def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
-    import signal
 
     config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
     with fxcu.Tracker(config, {}) as tracker:
@@ -4476,8 +4480,6 @@ def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundl
 
 def parse_email(raw: bytes):
     """A received message parsed the way a mail client does."""
-    import email
-    import email.policy
 
     return email.message_from_bytes(raw, policy=email.policy.default)
 
@@ -4563,7 +4565,6 @@ def test_email_refuses_an_unverified_certificate(data_dir, tls_pair, caplog, sha
 
 @pytest.mark.slow
 def test_email_on_port_465_is_tls_from_the_first_byte(data_dir, tls_pair, caplog, monkeypatch, shared_models):
-    import smtplib
 
     cafile, context = tls_pair
     server = SMTPServer(tls=context, implicit=True)
@@ -4826,7 +4827,6 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
 
 @pytest.mark.slow
 def test_charts_are_drawn_without_pyplot(real_forecast_7d, real_bundle, tmp_path):
-    import pickle
 
     (tmp_path / "inputs.pickle").write_bytes(pickle.dumps((real_forecast_7d, real_bundle)))
     code = (
@@ -4959,8 +4959,6 @@ def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
 
 @pytest.mark.slow
 def test_backup_is_a_consistent_archive(data_dir, tmp_path, capsys):
-    import sqlite3
-    import tarfile
 
     config = fxcu.Config.from_env(run_env(data_dir))
     fxcu.log_run(config, record("7d", 20.0), environ={})
@@ -5118,7 +5116,6 @@ def test_ui_command_points_the_server_at_the_data_dir(tmp_path):
 @pytest.mark.slow
 def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_db):
     """`fxcu backup` restored elsewhere: `init`, `runs` and new runs use the new path, the original is untouched."""
-    import tarfile
 
     original, restored = tmp_path / "original", tmp_path / "restored"
     (original / "mlflow").mkdir(parents=True)
@@ -5647,7 +5644,6 @@ def test_fault_yahoo_bad_body_is_not_retried_and_falls_back(data_dir, tmp_path, 
 @functools.cache
 def gzip_bomb() -> bytes:
     """About 1 MB of gzip that inflates to 1 GiB: `[` then spaces then `]`, valid JSON if read whole."""
-    import zlib
 
     packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # 16: a gzip header
     block = b" " * 2**24
@@ -6449,7 +6445,6 @@ def test_fault_data_dir_with_uri_characters_keeps_the_database_where_it_belongs(
     assert mlflow_runs(data) == 1 and "tracked: yes, run " in run.out
     run_id = run.out.split("tracked: yes, run ")[1].split()[0]
     assert list((data / "mlflow" / "mlruns").rglob(f"{run_id}/artifacts/*.md"))  # artifacts under the real data dir
-    import tarfile
 
     (archive,) = (tmp_path / "backups").glob("*.tar.gz")
     with tarfile.open(archive) as tar:
