@@ -2009,6 +2009,18 @@ def test_backtest_never_uses_data_after_its_origin():
     assert not np.allclose(later, base.predictions.filter(pl.col("origin") > origin)["Naive"].to_numpy())
 
 
+@pytest.mark.slow
+def test_a_horizons_backtest_is_the_same_alone_or_with_the_longest():
+    """`run 7d` cross-validates 5 steps, `run all` 65, from the same origins: the 7d backtest is identical."""
+    usdclp, copper = make_prices(700, seed=6), make_prices(700, seed=7, level=4.0)
+    kwargs = {"windows": 6, "step_size": 20, "history": 700}
+    alone = fxcu.backtest_all(usdclp, copper, ["7d"], **kwargs)["7d"]
+    with_90d = fxcu.backtest_all(usdclp, copper, ["7d", "90d"], **kwargs)["7d"]
+    assert alone.origins == with_90d.origins and len(alone.origins) == 6
+    assert_frame_equal(alone.predictions, with_90d.predictions, check_exact=False, rel_tol=1e-12)
+    assert alone.models == with_90d.models and alone.weights == with_90d.weights
+
+
 def test_backtest_too_little_history_is_a_clear_error():
     with pytest.raises(ValueError, match="too few"):
         fxcu.backtest(make_prices(200), None, "90d")
@@ -5492,6 +5504,30 @@ def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
         [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def run_exit_now(body: str) -> subprocess.CompletedProcess:
+    code = f"import atexit, sys, threading, time\nimport fxcu\n{body}"
+    return subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
+
+
+def test_exit_now_flushes_output_and_runs_the_exit_handlers(tmp_path):
+    marker = tmp_path / "atexit"
+    done = run_exit_now(
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "print('x' * 200_000)\nprint('last line', file=sys.stderr)\nfxcu.exit_now(4)\n"
+    )
+    assert done.returncode == 4 and done.stdout == "x" * 200_000 + "\n" and done.stderr == "last line\n"
+    assert marker.read_text() == "ran"
+
+
+def test_exit_now_waits_for_a_running_thread_like_the_normal_exit(tmp_path):
+    marker = tmp_path / "thread"
+    done = run_exit_now(
+        f"def work():\n    time.sleep(0.3)\n    open({str(marker)!r}, 'w').write('done')\n"
+        "threading.Thread(target=work).start()\nfxcu.exit_now(0)\n"
+    )
+    assert done.returncode == 0 and marker.read_text() == "done", done.stderr
 
 
 @pytest.mark.parametrize("args", [["track", "--backfill", "2024-13-01"], ["track", "8d"], ["track", "--last", "0"]])
