@@ -5873,16 +5873,21 @@ TRACKING_GRACE = 5.0
 
 
 def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
-    """Import what `log_run` needs (MLflow, and SQLAlchemy for a SQLite store), so the first run logs at once.
+    """Import what `log_run` needs and open a SQLite store, so that the first run logs at once.
 
-    Only imports: the store is opened by `log_run`, bounded and under the MLflow lock, as before.
+    A SQLite store is opened under the MLflow lock, as `log_run` opens it: SQLAlchemy's first query
+    (mappers, the schema check; ~0.15 s) is paid while the models fit. A server is not asked: it is
+    contacted by `log_run` only, bounded.
     """
     import importlib
 
     importlib.import_module("mlflow.entities")
     importlib.import_module("mlflow.tracking")
-    if tracking_uri(config, environ).startswith("sqlite:"):
+    uri = tracking_uri(config, environ)
+    if uri.startswith("sqlite:"):
         importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+            mlflow_client(uri).search_experiments(max_results=1)
 
 
 def _follow_data_dir(config: Config, uri: str) -> None:
@@ -6030,14 +6035,23 @@ def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level:
         pass
     while True:
         try:
-            record = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
-        if record is None:
+        if message is None:
             # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
             os._exit(0)
+        record, gives_up = message
+        # INFO: a process that was still starting when the run was sent gets only what is left of the parent's
+        # wait (less half the grace, for the answer), so it never writes a run the parent reported untracked
+        budget = min(config.tracking_timeout, gives_up - time.monotonic() - TRACKING_GRACE / 2)
+        if budget <= 0:
+            wait = config.tracking_timeout
+            conn.send((None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s (still starting)", True))
+            continue
         try:
-            answer = (log_run(config, record, environ=environ), None, False)
+            run_id = log_run(dataclasses.replace(config, tracking_timeout=budget), record, environ=environ)
+            answer = (run_id, None, False)
         except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
             answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
         conn.send(answer)
@@ -6048,11 +6062,14 @@ class Tracker:
 
     The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
     dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
-    The child writes through `log_run`, under the same MLflow lock as before, so concurrent runs stay safe.
+    A run sent while the process is still starting gets only what is left of that wait, so no run is written
+    after the parent has reported it untracked. The child writes through `log_run`, under the same MLflow
+    lock as before, so concurrent runs stay safe.
     """
 
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         import multiprocessing
+        import signal
 
         self.config = config
         self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
@@ -6064,25 +6081,30 @@ class Tracker:
         self._process = context.Process(
             target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
         )
+        # INFO: the child inherits a blocked SIGINT through exec, so a Ctrl-C while it imports prints no
+        # traceback from it (the parent stops it); blocked, not ignored, so the parent's Ctrl-C is only delayed
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self._process.start()
         except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
             self.skip = tracking_failure(exc, config.fred_api_key)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
 
     def log(self, record: RunRecord) -> tuple[str | None, str | None]:
         """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
         if self.skip:
             return None, self.skip
+        wait = self.config.tracking_timeout + TRACKING_GRACE
         try:
-            self._conn.send(record)
+            self._conn.send((record, time.monotonic() + wait))  # INFO: when it gives up; one monotonic clock for both
             self.sent += 1
-            if self._conn.poll(self.config.tracking_timeout + TRACKING_GRACE):
+            if self._conn.poll(wait):
                 run_id, error, timed_out = self._conn.recv()
             else:
-                wait = self.config.tracking_timeout
-                run_id, error, timed_out = None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s", True
+                error = f"TimeoutError: MLflow tracking did not finish within {self.config.tracking_timeout:g} s"
+                run_id, timed_out = None, True
         except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
             self._process.join(1)
             self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"

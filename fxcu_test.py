@@ -4461,6 +4461,41 @@ def test_tracker_with_nothing_sent_stops_at_once_and_leaves_no_temp_files(tmp_pa
 
 
 @pytest.mark.slow
+def test_tracker_never_writes_a_run_the_parent_gave_up_on(data_dir, monkeypatch):
+    """A tracking process that was still starting when the parent stopped waiting drops the run, not logs it late."""
+    monkeypatch.setattr(fxcu, "TRACKING_GRACE", 0.2)  # the parent's wait: 0.5 s + 0.2 s
+    config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
+    tracker = fxcu.Tracker(config, {})
+    os.kill(tracker._process.pid, signal.SIGSTOP)  # still "importing" when the run is sent
+    assert tracker.log(record("7d", 20.0)) == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
+    os.kill(tracker._process.pid, signal.SIGCONT)
+    tracker._conn.send(None)  # finish normally: it reads the late run first, then the end
+    tracker._process.join(60)
+    assert tracker._process.exitcode == 0
+    assert read_runs(data_dir, "7d") == []
+
+
+def test_tracking_process_starts_with_ctrl_c_blocked_and_the_parent_keeps_it():
+    """A Ctrl-C while the tracking process imports reaches only the parent, which stops it: no traceback from it."""
+    with fxcu.Tracker(fxcu.Config.from_env({"FXCU_DATA_DIR": "/nonexistent/fxcu"}), {}) as tracker:
+        status = Path(f"/proc/{tracker._process.pid}/status").read_text()
+        blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    assert blocked & (1 << (signal.SIGINT - 1))
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.slow
+def test_warm_tracking_opens_a_sqlite_store_before_the_first_run(tmp_path):
+    import sqlite3
+
+    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path)})
+    fxcu.warm_tracking(config, {})
+    with contextlib.closing(sqlite3.connect(config.mlflow_db)) as conn:
+        tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
+    assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
+
+
+@pytest.mark.slow
 def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
 
     config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
