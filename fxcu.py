@@ -3806,7 +3806,11 @@ class Thresholds:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], config: Config | None = None, **flags: float | None) -> Thresholds:
-        """The config's defaults, then FXCU_CHECK_<FIELD> variables, then flags; ConfigError if inconsistent."""
+        """The config's defaults, then FXCU_CHECK_<FIELD> variables, then flags; ConfigError if inconsistent.
+
+        A data warning age that was not given (derived from FXCU_MAX_AGE_DAYS) and is not below the
+        critical age becomes half the critical age, so `check -c 30` alone works whatever the config.
+        """
         base = cls.defaults(config)
         values = {
             f.name: env_number(environ, f"FXCU_CHECK_{f.name.upper()}", getattr(base, f.name))
@@ -3814,6 +3818,10 @@ class Thresholds:
         }
         values |= {name: value for name, value in flags.items() if value is not None}
         limits = cls(**values)
+        warn_given = flags.get("data_warn_days") is not None or "FXCU_CHECK_DATA_WARN_DAYS" in environ
+        if not warn_given and limits.data_critical_days <= limits.data_warn_days:
+            # INFO: a warning age derived from FXCU_MAX_AGE_DAYS yields to a critical age set at or below it
+            limits = dataclasses.replace(limits, data_warn_days=limits.data_critical_days / 2)
         if limits.data_critical_days <= limits.data_warn_days:
             raise ConfigError(
                 f"data critical age ({limits.data_critical_days:g} days) must exceed "

@@ -3159,6 +3159,17 @@ def test_thresholds_data_ages_follow_the_configs_stale_age(tmp_path):
     assert fxcu.Thresholds.from_env({}, long, data_warn_days=2).data_warn_days == 2  # the flag wins
 
 
+def test_a_critical_age_alone_lowers_a_derived_warning_age_not_a_given_one(tmp_path):
+    month = fxcu.Config(tmp_path, max_age_days=30)  # derived: warn 30, critical 60
+    limits = fxcu.Thresholds.from_env({}, month, data_critical_days=30)  # `check -c 30`
+    assert (limits.data_warn_days, limits.data_critical_days) == (15, 30)
+    assert fxcu.Thresholds.from_env({}, month, data_critical_days=45).data_warn_days == 30  # still below: kept
+    with pytest.raises(fxcu.ConfigError, match="must exceed"):  # given, it is the user's to fix
+        fxcu.Thresholds.from_env({"FXCU_CHECK_DATA_WARN_DAYS": "30"}, month, data_critical_days=30)
+    with pytest.raises(fxcu.ConfigError, match="must exceed"):
+        fxcu.Thresholds.from_env({}, month, data_warn_days=30, data_critical_days=30)
+
+
 @pytest.mark.parametrize(
     ("age", "level"),
     [(0, "OK"), (4, "OK"), (5, "OK"), (6, "WARNING"), (29, "WARNING"), (30, "WARNING"), (31, "CRITICAL")],
