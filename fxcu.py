@@ -2517,8 +2517,8 @@ def santiago_time(now: datetime) -> str:
 
 
 def range_words(fc: Forecast) -> str:
-    """How the served range was made, as a suffix ' (...)'."""
-    return f" ({fc.interval_label})"
+    """How the served range was made, as a suffix ': ...' (not in parentheses: the words may hold their own)."""
+    return f": {fc.interval_label}"
 
 
 FeatureKind = Literal["pct", "vol", "usd_lb", "trend", "rsi", "z", "corr"]
@@ -3164,7 +3164,7 @@ def t_test_greater(values: Sequence[float]) -> float:
     1.0 when there are fewer than two values or they do not vary (no evidence either way).
     """
     n = len(values)
-    if n < 2:
+    if n < 2 or min(values) == max(values):  # INFO: not the variance: [0.003] * 3 has a mean 4e-19 off, and t=1e16
         return 1.0
     mean = math.fsum(values) / n
     variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
@@ -5478,13 +5478,16 @@ def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
     return sqlite_uri(config.mlflow_db)
 
 
-def sqlite_file(uri: str) -> Path | None:
-    """The file of a `sqlite:///` URI (inverse of `sqlite_uri`), or None for any other store."""
+def sqlite_file(uri: str, *, query: bool = False) -> Path | None:
+    """The file of a `sqlite:///` URI (inverse of `sqlite_uri`), or None for any other store.
+
+    A URI with parameters (`?timeout=30`) is not one fxcu built: None, unless `query` (to read its file).
+    """
     from urllib.parse import unquote
 
-    if not uri.startswith("sqlite:///") or "?" in uri:
+    if not uri.startswith("sqlite:///") or ("?" in uri and not query):
         return None
-    return Path(unquote(uri.removeprefix("sqlite:///")))
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
 
 
 def artifact_root(config: Config, uri: str) -> str | None:
@@ -6156,6 +6159,23 @@ def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
     return paths, prices_digest(bundle.usdclp, bundle.copper)
 
 
+def report_record(
+    fc: Forecast, bundle: Bundle, report: Report | None, inputs: Path, *, now: datetime, seconds: Mapping[str, float]
+) -> RunRecord:
+    """The run record of a horizon: its report's files, and its exact inputs (saved under `inputs`), as artifacts."""
+    saved, digest = write_inputs(bundle, inputs)
+    files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+    return run_record(
+        fc,
+        bundle,
+        now=now,
+        seconds=seconds,
+        artifacts=[*files, *saved],
+        input_hash=digest,
+        versions=package_versions(),
+    )
+
+
 def best_run(
     horizon: str, metric: str = "rmse", *, config: Config | None = None, environ: Mapping[str, str] | None = None
 ) -> Any:
@@ -6184,13 +6204,7 @@ def best_run(
 def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
     """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
     uri = environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return config.mlflow_db
-    if uri.startswith("sqlite:///"):
-        from urllib.parse import unquote
-
-        return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
-    return None
+    return sqlite_file(uri, query=True) if uri else config.mlflow_db  # INFO: not `tracking_uri`, which makes dirs
 
 
 def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
@@ -6504,7 +6518,6 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
 
 
 def email_reports(
-    config: Config,
     environ: Mapping[str, str],
     forecasts: Sequence[Forecast],
     bundle: Bundle,
@@ -6773,17 +6786,7 @@ def _log_horizon(
     if error is None:
         try:
             with tempfile_dir(config.data_dir) as tmp:
-                inputs, digest = write_inputs(bundle, tmp / "inputs")
-                files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
-                record = run_record(
-                    fc,
-                    bundle,
-                    now=now,
-                    seconds=seconds,
-                    artifacts=[*files, *inputs],
-                    input_hash=digest,
-                    versions=package_versions(),
-                )
+                record = report_record(fc, bundle, report, tmp / "inputs", now=now, seconds=seconds)
                 reasons = ",".join(track["change"]["reasons"]) if track["change"] else "first"
                 record = dataclasses.replace(
                     record,
@@ -6920,7 +6923,6 @@ def _report_horizons(
 
 
 def _email_run(
-    config: Config,
     environ: Mapping[str, str],
     bundle: Bundle,
     forecasts: Mapping[str, Forecast],
@@ -6939,7 +6941,7 @@ def _email_run(
         if o.get("changed") is not None
     }
     fcs, files = [forecasts[o["horizon"]] for o in written], [report_files(Path(o["report"])) for o in written]
-    email_reports(config, environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
+    email_reports(environ, fcs, bundle, files, now=now, preview=preview, extra=changed)
 
 
 def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
@@ -6989,7 +6991,7 @@ def cmd_run(
             )
             with stages("email"):
                 if email_preview or not skip_email:
-                    _email_run(config, environ, bundle, forecasts, summaries, now=now, preview=email_preview)
+                    _email_run(environ, bundle, forecasts, summaries, now=now, preview=email_preview)
             with stages("tracking_stop"):
                 tracker.close()
     print_summaries(summaries, as_json=as_json)

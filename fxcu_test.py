@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -2489,8 +2489,8 @@ def test_every_feature_has_words():
 @pytest.mark.slow
 def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
 
-    assert fxcu.range_words(real_forecast_7d).startswith(" (random walk; ")
-    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == " (GARCH on weekly returns)"
+    assert fxcu.range_words(real_forecast_7d).startswith(": random walk; ")
+    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == ": GARCH on weekly returns"
 
 
 @pytest.mark.slow
@@ -2786,6 +2786,7 @@ def test_student_t_sf_is_scipys_for_integer_degrees_of_freedom():
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(values=st.lists(st.integers(-(10**7), 10**7).map(lambda v: v / 1000), min_size=2, max_size=80))
+@example(values=[0.003, 0.003, 0.003])  # found by hypothesis: a float mean a hair off gave a huge t, p = 0
 def test_t_test_greater_is_scipys_one_sided_ttest(values):
     from scipy.stats import ttest_1samp
 

@@ -171,17 +171,7 @@ def realistic_record(root: Path) -> tuple[fxcu.RunRecord, fxcu.Config, dict[str,
     started = time.perf_counter()
     report = fxcu.write_report(fc, bundle, source / "reports", now=now)
     seconds["report"] = time.perf_counter() - started
-    inputs, digest = fxcu.write_inputs(bundle, source / "inputs")
-    files = [p for p in (report.markdown, report.chart, report.table) if p]
-    record = fxcu.run_record(
-        fc,
-        bundle,
-        now=now,
-        seconds=seconds,
-        artifacts=[*files, *inputs],
-        input_hash=digest,
-        versions=fxcu.package_versions(),
-    )
+    record = fxcu.report_record(fc, bundle, report, source / "inputs", now=now, seconds=seconds)
     return record, config, seconds
 
 
