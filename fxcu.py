@@ -7474,5 +7474,10 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `fxcu` console script and `python fxcu.py`: `main` with the process's arguments, then `exit_now`."""
     exit_now(main())
+
+
+if __name__ == "__main__":
+    cli()
