@@ -3818,7 +3818,7 @@ class Thresholds:
         }
         values |= {name: value for name, value in flags.items() if value is not None}
         limits = cls(**values)
-        warn_given = flags.get("data_warn_days") is not None or "FXCU_CHECK_DATA_WARN_DAYS" in environ
+        warn_given = flags.get("data_warn_days") is not None or environ.get("FXCU_CHECK_DATA_WARN_DAYS", "").strip()
         if not warn_given and limits.data_critical_days <= limits.data_warn_days:
             # INFO: a warning age derived from FXCU_MAX_AGE_DAYS yields to a critical age set at or below it
             limits = dataclasses.replace(limits, data_warn_days=limits.data_critical_days / 2)
@@ -4375,10 +4375,13 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
+def _bounded(
+    seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, said: str | None = None, **kwargs: Any
+) -> Any:
     """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s).
 
-    On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write.
+    On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write, and
+    the TimeoutError says `said` (else "<what> did not finish within <seconds> s").
     """
     import threading
 
@@ -4396,7 +4399,7 @@ def _bounded(seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None,
     if thread.is_alive():
         if cancel is not None:
             cancel.set()
-        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+        raise TimeoutError(said or f"{what} did not finish within {seconds:g} s")
     if "error" in box:
         raise box["error"]
     return box.get("value")
@@ -5963,8 +5966,20 @@ def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Pat
     return [path, twin]
 
 
-def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
-    """Log one run to MLflow under the tracking lock, bounded in time; return its run id."""
+def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], within: float | None = None) -> str:
+    """Log one run to MLflow under the tracking lock, bounded in time; return its run id.
+
+    The bound is `config.tracking_timeout`, or `within` seconds when shorter (what is left of a caller's
+    wait). A run still being written when the bound passes is marked FAILED and deleted at its next
+    step, so it never ends FINISHED after the caller was told it failed.
+    """
+    seconds = config.tracking_timeout if within is None else min(within, config.tracking_timeout)
+    given_up = f"MLflow tracking did not finish within {config.tracking_timeout:g} s"
+
+    def abandon(client: Any, run_id: str) -> NoReturn:
+        client.set_terminated(run_id, status="FAILED")
+        client.delete_run(run_id)
+        raise TimeoutError(given_up)
 
     def work() -> str:
         started = time.perf_counter()
@@ -5983,6 +5998,8 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
             client, name, artifact_root(config, uri), experiment_description(record.horizon)
         )
         tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
+        if cancel.is_set():
+            raise TimeoutError(given_up)
         run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
         run_id = run.info.run_id
         try:
@@ -6003,6 +6020,8 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
+        if cancel.is_set():  # INFO: the caller gave up while this run was written: it must not end FINISHED
+            abandon(client, run_id)
         # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
         with contextlib.redirect_stdout(sys.stderr):
             client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
@@ -6016,14 +6035,14 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
         # It waits half the budget for the lock, and starts no run once the caller has given up.
-        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+        with file_lock(config.mlflow_dir / ".lock", timeout=seconds / 2, what="MLflow lock"):
             if cancel.is_set():
                 raise TimeoutError("MLflow tracking gave up before writing")
             return work()
 
     uri = tracking_uri(config, environ)
     try:
-        return _bounded(config.tracking_timeout, "MLflow tracking", locked, cancel=cancel)
+        return _bounded(seconds, "MLflow tracking", locked, cancel=cancel, said=given_up)
     except Exception as exc:
         # the other horizons do not wait for it again
         if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
@@ -6055,13 +6074,13 @@ def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level:
         record, gives_up = message
         # INFO: a process that was still starting when the run was sent gets only what is left of the parent's
         # wait (less half the grace, for the answer), so it never writes a run the parent reported untracked
-        budget = min(config.tracking_timeout, gives_up - time.monotonic() - TRACKING_GRACE / 2)
+        budget = gives_up - time.monotonic() - TRACKING_GRACE / 2
         if budget <= 0:
             wait = config.tracking_timeout
             conn.send((None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s (still starting)", True))
             continue
         try:
-            run_id = log_run(dataclasses.replace(config, tracking_timeout=budget), record, environ=environ)
+            run_id = log_run(config, record, environ=environ, within=budget)
             answer = (run_id, None, False)
         except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
             answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
@@ -6073,9 +6092,10 @@ class Tracker:
 
     The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
     dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
-    A run sent while the process is still starting gets only what is left of that wait, so no run is written
-    after the parent has reported it untracked. The child writes through `log_run`, under the same MLflow
-    lock as before, so concurrent runs stay safe.
+    A run sent while the process is still starting gets only what is left of that wait, and one still being
+    written when that runs out ends FAILED and deleted (`log_run`): MLflow never shows a finished run that
+    the parent reported untracked. The child writes through `log_run`, under the same MLflow lock as
+    before, so concurrent runs stay safe.
     """
 
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
@@ -6100,8 +6120,8 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
             self.skip = tracking_failure(exc, config.fred_api_key)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # INFO: last: a pending Ctrl-C is raised here
 
     def log(self, record: RunRecord) -> tuple[str | None, str | None]:
         """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
@@ -7457,20 +7477,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def exit_now(code: int) -> NoReturn:
     """End the command with `code`, skipping the interpreter's teardown of polars, statsforecast and scipy (~1 s).
 
-    Output is flushed and the exit handlers run (logging's, multiprocessing's) first. With a non-daemon
+    The exit handlers run (logging's, multiprocessing's) and output is flushed first. With a non-daemon
     thread still running, or output that cannot be flushed, it is the normal exit instead.
     """
     import atexit
     import threading
 
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: the normal exit reports it as Python does
-        raise SystemExit(code) from None
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         raise SystemExit(code)
     atexit._run_exitfuncs()  # INFO: what multiprocessing does before os._exit in its own children
+    try:
+        sys.stdout.flush()  # INFO: after the handlers, which may print too
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: the normal exit reports it as Python does
+        raise SystemExit(code) from None
     os._exit(code)
 
 

@@ -2010,11 +2010,16 @@ def test_backtest_never_uses_data_after_its_origin():
 
 
 @pytest.mark.slow
-def test_a_horizons_backtest_is_the_same_alone_or_with_the_longest():
+def test_a_horizons_backtest_is_the_same_alone_or_with_the_longest(monkeypatch):
     """`run 7d` cross-validates 5 steps, `run all` 65, from the same origins: the 7d backtest is identical."""
     usdclp, copper = make_prices(700, seed=6), make_prices(700, seed=7, level=4.0)
     kwargs = {"windows": 6, "step_size": 20, "history": 700}
+    steps, real = [], fxcu.cross_validate
+    monkeypatch.setattr(
+        fxcu, "cross_validate", lambda frame, models, h, *a, **k: steps.append(h) or real(frame, models, h, *a, **k)
+    )
     alone = fxcu.backtest_all(usdclp, copper, ["7d"], **kwargs)["7d"]
+    assert steps == [5, 5]  # the univariate models, then the copper model: 5 steps each, not 65
     with_90d = fxcu.backtest_all(usdclp, copper, ["7d", "90d"], **kwargs)["7d"]
     assert alone.origins == with_90d.origins and len(alone.origins) == 6
     assert_frame_equal(alone.predictions, with_90d.predictions, check_exact=False, rel_tol=1e-12)
@@ -3165,6 +3170,8 @@ def test_a_critical_age_alone_lowers_a_derived_warning_age_not_a_given_one(tmp_p
     limits = fxcu.Thresholds.from_env({}, month, data_critical_days=30)  # `check -c 30`
     assert (limits.data_warn_days, limits.data_critical_days) == (15, 30)
     assert fxcu.Thresholds.from_env({}, month, data_critical_days=45).data_warn_days == 30  # still below: kept
+    blank = {"FXCU_CHECK_DATA_WARN_DAYS": " "}  # an empty variable is unset, as for every FXCU_ variable
+    assert fxcu.Thresholds.from_env(blank, month, data_critical_days=30).data_warn_days == 15
     with pytest.raises(fxcu.ConfigError, match="must exceed"):  # given, it is the user's to fix
         fxcu.Thresholds.from_env({"FXCU_CHECK_DATA_WARN_DAYS": "30"}, month, data_critical_days=30)
     with pytest.raises(fxcu.ConfigError, match="must exceed"):
@@ -4479,17 +4486,19 @@ def test_tracker_never_writes_a_run_the_parent_gave_up_on(data_dir, monkeypatch)
     config = dataclasses.replace(fxcu.Config.from_env(run_env(data_dir)), tracking_timeout=0.5)
     tracker = fxcu.Tracker(config, {})
     os.kill(tracker._process.pid, signal.SIGSTOP)  # still "importing" when the run is sent
-    assert tracker.log(record("7d", 20.0)) == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
-    os.kill(tracker._process.pid, signal.SIGCONT)
+    try:
+        assert tracker.log(record("7d", 20.0)) == (None, "TimeoutError: MLflow tracking did not finish within 0.5 s")
+    finally:
+        os.kill(tracker._process.pid, signal.SIGCONT)
     tracker._conn.send(None)  # finish normally: it reads the late run first, then the end
     tracker._process.join(60)
     assert tracker._process.exitcode == 0
     assert read_runs(data_dir, "7d") == []
 
 
-def test_tracking_process_starts_with_ctrl_c_blocked_and_the_parent_keeps_it():
+def test_tracking_process_starts_with_ctrl_c_blocked_and_the_parent_keeps_it(tmp_path):
     """A Ctrl-C while the tracking process imports reaches only the parent, which stops it: no traceback from it."""
-    with fxcu.Tracker(fxcu.Config.from_env({"FXCU_DATA_DIR": "/nonexistent/fxcu"}), {}) as tracker:
+    with fxcu.Tracker(fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path)}), {}) as tracker:
         status = Path(f"/proc/{tracker._process.pid}/status").read_text()
         blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
     assert blocked & (1 << (signal.SIGINT - 1))
@@ -4505,6 +4514,32 @@ def test_warm_tracking_opens_a_sqlite_store_before_the_first_run(tmp_path):
     with contextlib.closing(sqlite3.connect(config.mlflow_db)) as conn:
         tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
     assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
+
+
+@pytest.mark.slow
+def test_a_run_still_being_written_when_its_bound_passes_never_ends_finished(data_dir, monkeypatch):
+    from mlflow.entities import ViewType
+
+    release, real = threading.Event(), fxcu.tempfile_dir
+
+    @contextlib.contextmanager
+    def slow_write(folder):  # the artifacts step of `log_run`, held until the caller has given up
+        release.wait(60)
+        with real(folder) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(fxcu, "tempfile_dir", slow_write)
+    config = fxcu.Config.from_env(run_env(data_dir))  # FXCU_TRACKING_TIMEOUT=30
+    with pytest.raises(TimeoutError, match=r"^MLflow tracking did not finish within 30 s$"):
+        fxcu.log_run(config, record("7d", 20.0), environ={}, within=0.5)  # what is left of a caller's wait
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "fxcu-MLflow tracking":
+            thread.join(60)
+    client = fxcu.mlflow_client(fxcu.tracking_uri(config, {}))
+    experiment = client.get_experiment_by_name("forecaster_7d")
+    (run,) = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    assert (run.info.status, run.info.lifecycle_stage) == ("FAILED", "deleted")
 
 
 @pytest.mark.slow
@@ -5555,17 +5590,19 @@ def test_check_help_and_a_new_client_do_not_import_curl_cffi(tmp_path):
 
 def run_exit_now(body: str) -> subprocess.CompletedProcess:
     code = f"import atexit, sys, threading, time\nimport fxcu\n{body}"
-    return subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as from cron
+    return subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_exit_now_flushes_output_and_runs_the_exit_handlers(tmp_path):
     marker = tmp_path / "atexit"
     done = run_exit_now(
         f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "atexit.register(lambda: print('from a handler'))\n"
         "print('x' * 200_000)\nprint('last line', file=sys.stderr)\nfxcu.exit_now(4)\n"
     )
-    assert done.returncode == 4 and done.stdout == "x" * 200_000 + "\n" and done.stderr == "last line\n"
-    assert marker.read_text() == "ran"
+    assert done.returncode == 4 and done.stdout == "x" * 200_000 + "\nfrom a handler\n"
+    assert done.stderr == "last line\n" and marker.read_text() == "ran"
 
 
 def test_exit_now_waits_for_a_running_thread_like_the_normal_exit(tmp_path):
