@@ -384,9 +384,23 @@ def stored(
 
 
 def free_port() -> int:
+    """A port free now, for a server a child process binds (another test process could take it first)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@functools.cache
+def refused_port() -> int:
+    """A port that refuses connections while the tests run: bound by this process and never listening,
+    so no other test (or pytest-xdist worker) can start a server on it."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    REFUSING.append(held)
+    return held.getsockname()[1]
+
+
+REFUSING: list[socket.socket] = []  # kept open for the whole session
 
 
 def artifact_file(folder: Path) -> Path:
@@ -785,7 +799,7 @@ def fault_env(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
 
 
 def closed_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    return f"http://127.0.0.1:{refused_port()}"  # nothing listens: connection refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1049,7 +1063,7 @@ def test_fault_credentials_in_base_and_proxy_urls_never_reach_the_log(data_dir, 
     with FakeSources(routes(clp=Reply(503, "down", "text/plain"), hg=Reply(503, "down", "text/plain"))) as api:
         base = api.url.replace("http://", "http://alice:base-s3cret@")
         monkeypatch.setenv(
-            "HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{free_port()}"
+            "HTTP_PROXY", f"http://proxyuser:proxy-s3cret@127.0.0.1:{refused_port()}"
         )  # a dead proxy for the others
         monkeypatch.setenv("NO_PROXY", "")
         result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL=base))
@@ -4720,7 +4734,9 @@ def test_email_preview_writes_the_eml_and_sends_nothing(data_dir, tmp_path, shar
 
 @pytest.mark.slow
 def test_email_failure_never_fails_the_run(data_dir, caplog, shared_models):
-    env = run_env(data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(free_port()), FXCU_SMTP_TO="desk@example.cl")
+    env = run_env(
+        data_dir, FXCU_SMTP_HOST="127.0.0.1", FXCU_SMTP_PORT=str(refused_port()), FXCU_SMTP_TO="desk@example.cl"
+    )
     with caplog.at_level(logging.INFO):
         assert fxcu.main(["run", "7d", "--offline"], env) == 0
     assert "Email failed" in caplog.text
