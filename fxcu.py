@@ -2453,6 +2453,18 @@ def format_change(change: Mapping[str, Any] | None) -> str:
     )
 
 
+def format_live(live: Mapping[str, float]) -> str:
+    """The served forecasts' live record in one phrase; before any is scored, says so instead of printing NaNs."""
+    scored = int(live.get("live_scored", 0))
+    if not scored:
+        return "no served forecast scored yet (each is scored once its target date has a close)"
+    return (
+        f"{scored} scored, RMSE {live.get('live_rmse', math.nan):.2f} CLP, "
+        f"{live.get('live_rmse_ratio_rw', math.nan):.4f}x the random walk, coverage "
+        f"{live.get('live_coverage_80', math.nan):.0%}/{live.get('live_coverage_95', math.nan):.0%}"
+    )
+
+
 def format_summary(s: Mapping[str, Any]) -> str:
     """The few lines `run` prints per horizon."""
     lo80, hi80 = s["interval_80"]
@@ -2484,18 +2496,6 @@ def format_summary(s: Mapping[str, Any]) -> str:
     if s.get("live"):
         lines.append(f"  live: {format_live(s['live'])}")
     return "\n".join(lines)
-
-
-def format_live(live: Mapping[str, float]) -> str:
-    """The served forecasts' live record in one phrase; before any is scored, says so instead of printing NaNs."""
-    scored = int(live.get("live_scored", 0))
-    if not scored:
-        return "no served forecast scored yet (each is scored once its target date has a close)"
-    return (
-        f"{scored} scored, RMSE {live.get('live_rmse', math.nan):.2f} CLP, "
-        f"{live.get('live_rmse_ratio_rw', math.nan):.4f}x the random walk, coverage "
-        f"{live.get('live_coverage_80', math.nan):.0%}/{live.get('live_coverage_95', math.nan):.0%}"
-    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

@@ -4521,8 +4521,6 @@ def test_tracking_process_starts_with_ctrl_c_blocked_and_the_parent_keeps_it(tmp
 
 @pytest.mark.slow
 def test_warm_tracking_opens_a_sqlite_store_before_the_first_run(tmp_path):
-    import sqlite3
-
     config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path)})
     fxcu.warm_tracking(config, {})
     with contextlib.closing(sqlite3.connect(config.mlflow_db)) as conn:
