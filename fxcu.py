@@ -5966,69 +5966,71 @@ def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Pat
     return [path, twin]
 
 
+def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], cancel: Any, given_up: str) -> str:
+    """Write one run to the tracking store (the caller holds the MLflow lock); return its run id.
+
+    Once `cancel` (a threading.Event) is set, no run is created, and a run already created is marked
+    FAILED and deleted instead of FINISHED: raised as TimeoutError(`given_up`).
+    """
+    started = time.perf_counter()
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+    uri = tracking_uri(config, environ)
+    if uri in _UNREACHABLE:
+        why = _UNREACHABLE[uri]
+        raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
+    client = mlflow_client(uri)
+    _follow_data_dir(config, uri)
+    if uri.startswith("sqlite:"):
+        retire_default_experiment(client)
+    name = EXPERIMENT_PREFIX + record.horizon
+    experiment_id, _ = ensure_experiment(
+        client, name, artifact_root(config, uri), experiment_description(record.horizon)
+    )
+    tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
+    if cancel.is_set():
+        raise TimeoutError(given_up)
+    run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        stamp = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
+            params=[Param(k, v[:6000]) for k, v in record.params.items()],
+        )
+        context = [InputTag("mlflow.data.context", "training")]
+        client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
+        with tempfile_dir(config.data_dir) as tmp:
+            for path in record.artifacts:
+                for file in artifact_files(path, record.artifacts, tmp):
+                    folder = "inputs/warehouse" if path.suffix == ".parquet" else None
+                    client.log_artifact(run_id, str(file), artifact_path=folder)
+        client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if cancel.is_set():  # INFO: the caller gave up while this run was written: it must not end FINISHED
+        client.set_terminated(run_id, status="FAILED")
+        client.delete_run(run_id)  # INFO: after FAILED: MLflow updates only an active run
+        raise TimeoutError(given_up)
+    # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
+    with contextlib.redirect_stdout(sys.stderr):
+        client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
+    return run_id
+
+
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], within: float | None = None) -> str:
-    """Log one run to MLflow under the tracking lock, bounded in time; return its run id.
+    """Log one run to MLflow (`write_run`) under the tracking lock, bounded in time; return its run id.
 
     The bound is `config.tracking_timeout`, or `within` seconds when shorter (what is left of a caller's
     wait). A run still being written when the bound passes is marked FAILED and deleted at its next
     step, so it never ends FINISHED after the caller was told it failed.
     """
-    seconds = config.tracking_timeout if within is None else min(within, config.tracking_timeout)
-    given_up = f"MLflow tracking did not finish within {config.tracking_timeout:g} s"
-
-    def abandon(client: Any, run_id: str) -> NoReturn:
-        client.set_terminated(run_id, status="FAILED")
-        client.delete_run(run_id)
-        raise TimeoutError(given_up)
-
-    def work() -> str:
-        started = time.perf_counter()
-        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-
-        uri = tracking_uri(config, environ)
-        if uri in _UNREACHABLE:
-            why = _UNREACHABLE[uri]
-            raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
-        client = mlflow_client(uri)
-        _follow_data_dir(config, uri)
-        if uri.startswith("sqlite:"):
-            retire_default_experiment(client)
-        name = EXPERIMENT_PREFIX + record.horizon
-        experiment_id, _ = ensure_experiment(
-            client, name, artifact_root(config, uri), experiment_description(record.horizon)
-        )
-        tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
-        if cancel.is_set():
-            raise TimeoutError(given_up)
-        run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
-        run_id = run.info.run_id
-        try:
-            stamp = int(time.time() * 1000)
-            client.log_batch(
-                run_id,
-                metrics=[Metric(k, float(v), stamp, 0) for k, v in record.metrics.items() if math.isfinite(v)],
-                params=[Param(k, v[:6000]) for k, v in record.params.items()],
-            )
-            context = [InputTag("mlflow.data.context", "training")]
-            client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
-            with tempfile_dir(config.data_dir) as tmp:
-                for path in record.artifacts:
-                    for file in artifact_files(path, record.artifacts, tmp):
-                        folder = "inputs/warehouse" if path.suffix == ".parquet" else None
-                        client.log_artifact(run_id, str(file), artifact_path=folder)
-            client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
-        except BaseException:
-            client.set_terminated(run_id, status="FAILED")
-            raise
-        if cancel.is_set():  # INFO: the caller gave up while this run was written: it must not end FINISHED
-            abandon(client, run_id)
-        # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
-        with contextlib.redirect_stdout(sys.stderr):
-            client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
-        return run_id
-
     import threading
 
+    seconds = config.tracking_timeout if within is None else min(within, config.tracking_timeout)
+    given_up = f"MLflow tracking did not finish within {config.tracking_timeout:g} s"
     cancel = threading.Event()
 
     def locked() -> str:
@@ -6038,7 +6040,7 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], wi
         with file_lock(config.mlflow_dir / ".lock", timeout=seconds / 2, what="MLflow lock"):
             if cancel.is_set():
                 raise TimeoutError("MLflow tracking gave up before writing")
-            return work()
+            return write_run(config, record, environ, cancel, given_up)
 
     uri = tracking_uri(config, environ)
     try:
@@ -6101,6 +6103,7 @@ class Tracker:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         import multiprocessing
         import signal
+        from multiprocessing import resource_tracker
 
         self.config = config
         self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
@@ -6113,7 +6116,10 @@ class Tracker:
             target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
         )
         # INFO: the child inherits a blocked SIGINT through exec, so a Ctrl-C while it imports prints no
-        # traceback from it (the parent stops it); blocked, not ignored, so the parent's Ctrl-C is only delayed
+        # traceback from it (the parent stops it); blocked, not ignored, so the parent's Ctrl-C is only delayed.
+        # multiprocessing starts its resource tracker at the first spawn and unblocks SIGINT after doing so:
+        # started here first, it cannot undo the block below
+        resource_tracker.ensure_running()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self._process.start()

@@ -4511,12 +4511,23 @@ def test_tracker_never_writes_a_run_the_parent_gave_up_on(data_dir, monkeypatch)
 
 
 def test_tracking_process_starts_with_ctrl_c_blocked_and_the_parent_keeps_it(tmp_path):
-    """A Ctrl-C while the tracking process imports reaches only the parent, which stops it: no traceback from it."""
-    with fxcu.Tracker(fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path)}), {}) as tracker:
-        status = Path(f"/proc/{tracker._process.pid}/status").read_text()
-        blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
-    assert blocked & (1 << (signal.SIGINT - 1))
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    """A Ctrl-C while the tracking process imports reaches only the parent, which stops it: no traceback from it.
+
+    In a fresh process, as in `fxcu run`: its first spawn starts multiprocessing's resource tracker, which
+    unblocks SIGINT afterwards."""
+    code = (
+        "import signal, sys\nfrom pathlib import Path\nimport fxcu\n"
+        "with fxcu.Tracker(fxcu.Config.from_env({'FXCU_DATA_DIR': sys.argv[1]}), {}) as tracker:\n"
+        "    status = Path(f'/proc/{tracker._process.pid}/status').read_text()\n"
+        "print(next(line for line in status.splitlines() if line.startswith('SigBlk:')).split()[1])\n"
+        "print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
+    )
+    child_mask, parent_blocked = done.stdout.split()
+    assert int(child_mask, 16) & (1 << (signal.SIGINT - 1)), done.stderr
+    assert parent_blocked == "False"
 
 
 @pytest.mark.slow
