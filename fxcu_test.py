@@ -2159,6 +2159,27 @@ def prices_from_log(logp: np.ndarray, *, start: date = date(2010, 1, 4)) -> pl.D
     return pl.DataFrame({fxcu.DATE: days.filter(days.dt.weekday() < 6).head(len(logp)), fxcu.CLOSE: 800 * np.exp(logp)})
 
 
+@given(n=st.integers(1, 300), block=st.integers(1, 40), reps=st.integers(1, 30), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+@example(n=252, block=2, reps=500, seed=0)  # the 7d range backtest's resamples
+def test_bootstrap_counts_are_arch_circular_block_bootstrap_draws(n, block, reps, seed):
+    from arch.bootstrap import CircularBlockBootstrap
+
+    boot = CircularBlockBootstrap(block, np.arange(n), seed=seed)
+    expected = np.array([np.bincount(d[0][0], minlength=n) for d in boot.bootstrap(reps)], dtype=float)
+    assert np.array_equal(fxcu.bootstrap_counts(n, block, reps, seed), expected)
+
+
+def test_a_run_does_not_import_arch():
+    """arch's import (0.7-0.9 s, with scipy.stats and matplotlib) bought only the bootstrap's draws in a run."""
+    code = (
+        "import sys, fxcu, numpy as np; fxcu.ratio_ci({'Naive': np.ones(50), 'x': np.ones(50)}, 'Naive', 5);"
+        "print('arch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
+    assert done.stdout.strip() == "False"
+
+
 @pytest.fixture(scope="module")
 def garch_prices() -> pl.DataFrame:
     """Prices whose daily log returns are GARCH(1,1) with Gaussian errors (arch's simulator, seeded)."""
@@ -4299,6 +4320,14 @@ def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
         pl.lit("cache").alias(fxcu.SOURCE)
     )
     assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
+
+
+def test_report_html_inlines_the_given_charts_and_leaves_other_images():
+    markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
+    page = fxcu.report_html(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
+    assert '<img src="data:image/png;base64,iVBORw==" alt="chart" />' in page
+    assert '<img src="missing.png" alt="other" />' in page and "<table>" in page
+    assert "<title>USD/CLP 7d</title>" in page
 
 
 @pytest.mark.slow
