@@ -5410,14 +5410,25 @@ def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str]
     return next(s for s in (stem, *(f"{stem}_{n}" for n in range(2, len(taken) + 3))) if s not in taken)
 
 
+def draw_here(writer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a chart writer in this process (`Tracker.draw` calls it in the tracking process)."""
+    return writer(*args, **kwargs)
+
+
 def write_report(
-    fc: Forecast, bundle: Bundle, reports: Path, *, now: datetime, extra: Sequence[Section] = ()
+    fc: Forecast,
+    bundle: Bundle,
+    reports: Path,
+    *,
+    now: datetime,
+    extra: Sequence[Section] = (),
+    draw: Callable[..., Any] = draw_here,
 ) -> Report:
-    """Write the chart (PNG), the forecast table (CSV) and the Markdown report under `reports`."""
+    """Write the chart (PNG, through `draw`), the forecast table (CSV) and the Markdown report under `reports`."""
     stem = report_stem(fc.horizon, now, taken={p.stem for p in reports.glob(f"forecast_{fc.horizon}_*.md")})
     chart = reports / f"{stem}.png"
     try:
-        write_chart(fc, bundle, chart, now=now)
+        draw(write_chart, fc, bundle, chart, now=now)
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Chart failed (%s: %s); the report goes without it", type(exc).__name__, exc)
         chart = None
@@ -5901,8 +5912,9 @@ def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
     """Import what `log_run` needs and open a SQLite store, so that the first run logs at once.
 
     A SQLite store is opened under the MLflow lock, as `log_run` opens it: SQLAlchemy's first query
-    (mappers, the schema check; ~0.15 s) is paid while the models fit. A server is not asked: it is
-    contacted by `log_run` only, bounded.
+    (mappers, the schema check; ~0.15 s) is paid while the models fit. The lock is not waited for: a
+    store another run is writing is left to `log_run`, which waits for it, bounded. A server is not
+    asked: it is contacted by `log_run` only, bounded.
     """
     import importlib
 
@@ -5911,8 +5923,16 @@ def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
     uri = tracking_uri(config, environ)
     if uri.startswith("sqlite:"):
         importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
-        with file_lock(config.mlflow_dir / ".lock", timeout=config.tracking_timeout / 2, what="MLflow lock"):
+        with file_lock(config.mlflow_dir / ".lock", timeout=0, what="MLflow lock"):
             mlflow_client(uri).search_experiments(max_results=1)
+
+
+def warm_drawing() -> None:
+    """Import what the chart writers need (matplotlib's figure, Agg and dates: ~0.8 s)."""
+    import importlib
+
+    for module in ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.dates"):
+        importlib.import_module(module)
 
 
 def _follow_data_dir(config: Config, uri: str) -> None:
@@ -6068,19 +6088,50 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], wi
         raise
 
 
-def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int) -> None:
-    """The tracking process: import MLflow and open the store at once, then log each RunRecord sent.
+def _answer_run(config: Config, environ: Mapping[str, str], record: RunRecord, gives_up: float) -> tuple:
+    """The tracking process's answer to a run: ("logged", run id, None, False) or ("logged", None, why, timed out)."""
+    # INFO: a process that was still starting when the run was sent gets only what is left of the parent's
+    # wait (less half the grace, for the answer), so it never writes a run the parent reported untracked
+    budget = gives_up - time.monotonic() - TRACKING_GRACE / 2
+    if budget <= 0:
+        said = f"TimeoutError: MLflow tracking did not finish within {config.tracking_timeout:g} s (still starting)"
+        return ("logged", None, said, True)
+    try:
+        return ("logged", log_run(config, record, environ=environ, within=budget), None, False)
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
+        return ("logged", None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
 
-    Each answer is (run id, None, False) or (None, why, timed out); it stops at None or when the parent is gone.
+
+def _answer_draw(writer: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    """The tracking process's answer to a chart: ("drawn", True, what the writer returned) or ("drawn", False, exc)."""
+    import pickle
+
+    try:
+        return ("drawn", True, writer(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001 -- raised again in the parent, which logs it as its own
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 -- an exception that cannot travel goes as its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return ("drawn", False, exc)
+
+
+def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int, draws: bool = False) -> None:
+    """The tracking process: import MLflow and open the store at once, then answer each message.
+
+    ("log", record, gives up) logs a run; with `draws`, matplotlib is imported next, and
+    ("draw", writer, args, kwargs) calls a chart writer (`Tracker.draw`). None, or the parent
+    gone, ends it.
     """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    try:
+    with contextlib.suppress(Exception):  # `log_run` meets the same failure and reports it per run
         warm_tracking(config, environ)
-    except Exception:  # noqa: BLE001, S110 -- `log_run` meets the same failure and reports it per run
-        pass
+    if draws:
+        with contextlib.suppress(Exception):  # the chart writer meets the same failure and raises it
+            warm_drawing()
     while True:
         try:
             message = conn.recv()
@@ -6089,20 +6140,8 @@ def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level:
         if message is None:
             # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
             os._exit(0)
-        record, gives_up = message
-        # INFO: a process that was still starting when the run was sent gets only what is left of the parent's
-        # wait (less half the grace, for the answer), so it never writes a run the parent reported untracked
-        budget = gives_up - time.monotonic() - TRACKING_GRACE / 2
-        if budget <= 0:
-            wait = config.tracking_timeout
-            conn.send((None, f"TimeoutError: MLflow tracking did not finish within {wait:g} s (still starting)", True))
-            continue
-        try:
-            run_id = log_run(config, record, environ=environ, within=budget)
-            answer = (run_id, None, False)
-        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
-            answer = (None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
-        conn.send(answer)
+        kind, *rest = message
+        conn.send(_answer_draw(*rest) if kind == "draw" else _answer_run(config, environ, *rest))
 
 
 class Tracker:
@@ -6114,9 +6153,13 @@ class Tracker:
     written when that runs out ends FAILED and deleted (`log_run`): MLflow never shows a finished run that
     the parent reported untracked. The child writes through `log_run`, under the same MLflow lock as
     before, so concurrent runs stay safe.
+
+    With `draws` (a run), the process also imports matplotlib (~0.8 s) while the models fit, and draws
+    the run's charts (`draw`), each before any MLflow work of its horizon; the parent draws a chart itself
+    when the process is skipped, dead or hung.
     """
 
-    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, environ: Mapping[str, str], *, draws: bool = False) -> None:
         import multiprocessing
         import signal
         from multiprocessing import resource_tracker
@@ -6124,12 +6167,16 @@ class Tracker:
         self.config = config
         self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
         self.sent = 0  # runs sent: a run that stopped before its first has nothing for the process to finish
+        self.draws = draws
         # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         level = logging.getLogger().getEffectiveLevel()
         self._process = context.Process(
-            target=serve_tracking, args=(child, config, dict(environ), level), name="fxcu-tracking", daemon=True
+            target=serve_tracking,
+            args=(child, config, dict(environ), level, draws),
+            name="fxcu-tracking",
+            daemon=True,
         )
         # INFO: the child inherits a blocked SIGINT through exec, so a Ctrl-C while it imports prints no
         # traceback from it (the parent stops it); blocked, not ignored, so the parent's Ctrl-C is only delayed.
@@ -6145,23 +6192,51 @@ class Tracker:
             child.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # INFO: last: a pending Ctrl-C is raised here
 
+    def _stopped(self) -> str:
+        """Note that the process died (a closed pipe); return why later runs are skipped."""
+        self._process.join(1)
+        self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
+        return self.skip
+
+    def draw(self, writer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the chart writer `writer(*args, **kwargs)` in the tracking process, or here when it is not drawing.
+
+        What the writer returns comes back, and what it raises is raised here. A dead process, or one that
+        does not answer within the tracking wait (it is then skipped, runs too), leaves the chart to this one.
+        """
+        if not self.draws or self.skip:
+            return writer(*args, **kwargs)
+        wait = self.config.tracking_timeout + TRACKING_GRACE
+        try:
+            self._conn.send(("draw", writer, args, kwargs))
+            answer = self._conn.recv() if self._conn.poll(wait) else None
+        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
+            self._stopped()
+            return writer(*args, **kwargs)
+        if answer is None:
+            self.skip = f"skipped: the tracking process did not draw a chart within {wait:g} s"
+            return writer(*args, **kwargs)
+        _, ok, value = answer
+        if not ok:
+            raise value
+        return value
+
     def log(self, record: RunRecord) -> tuple[str | None, str | None]:
         """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
         if self.skip:
             return None, self.skip
         wait = self.config.tracking_timeout + TRACKING_GRACE
         try:
-            self._conn.send((record, time.monotonic() + wait))  # INFO: when it gives up; one monotonic clock for both
+            # INFO: with when it gives up; one monotonic clock for both
+            self._conn.send(("log", record, time.monotonic() + wait))
             self.sent += 1
             if self._conn.poll(wait):
-                run_id, error, timed_out = self._conn.recv()
+                _, run_id, error, timed_out = self._conn.recv()
             else:
                 error = f"TimeoutError: MLflow tracking did not finish within {self.config.tracking_timeout:g} s"
                 run_id, timed_out = None, True
         except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
-            self._process.join(1)
-            self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
-            return None, self.skip
+            return None, self._stopped()
         if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
             self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
         return run_id, error
@@ -6788,7 +6863,13 @@ def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame
 
 
 def _track_horizon(
-    config: Config, fc: Forecast, bundle: Bundle, ledger: pl.DataFrame | None, *, now: datetime
+    config: Config,
+    fc: Forecast,
+    bundle: Bundle,
+    ledger: pl.DataFrame | None,
+    *,
+    now: datetime,
+    draw: Callable[..., Any],
 ) -> dict[str, Any]:
     """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
     import polars as pl
@@ -6802,7 +6883,7 @@ def _track_horizon(
     chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
     try:
         # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
-        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
+        if not draw(write_track_chart, upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
             chart = None
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
@@ -6890,10 +6971,12 @@ def _run_horizon(
     outcome: dict[str, Any] = summary(fc, bundle)
     report = None
     with stages("report"):  # INFO: the track record's section and chart are part of the report
-        track = _track_horizon(config, fc, bundle, ledger, now=now)
+        track = _track_horizon(config, fc, bundle, ledger, now=now, draw=tracker.draw)
         outcome |= {"changed": track["change"], "live": track["metrics"]}
         try:
-            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
+            report = write_report(
+                fc, bundle, config.data_dir / "reports", now=now, extra=track["section"], draw=tracker.draw
+            )
             outcome["report"] = str(report.markdown)
         except OSError as exc:
             log.error(
@@ -7020,7 +7103,7 @@ def cmd_run(
     stages = Stages()
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
         with stages("tracking_start"):
-            tracker = Tracker(config, environ)
+            tracker = Tracker(config, environ, draws=True)
         with tracker:
             try:
                 bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)

@@ -4612,6 +4612,58 @@ def test_tracker_gives_up_on_a_hung_process_within_its_bound(data_dir):
 
 
 @pytest.mark.slow
+def test_tracker_draws_charts_in_its_own_process_as_the_parent_would(real_forecast_7d, real_bundle, data_dir, tmp_path):
+    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
+    config = fxcu.Config.from_env(run_env(data_dir))
+    fxcu.write_chart(real_forecast_7d, real_bundle, tmp_path / "here.png", now=now)
+    with pytest.raises(ValueError) as here:
+        fxcu.parse_horizon("banana")
+    with fxcu.Tracker(config, {}, draws=True) as tracker:
+        drawer = tracker.draw(os.getpid)
+        assert tracker.draw(fxcu.write_chart, real_forecast_7d, real_bundle, tmp_path / "there.png", now=now) is None
+        with pytest.raises(ValueError) as there:  # what the writer raises, raised here
+            tracker.draw(fxcu.parse_horizon, "banana")
+        run_id, error = tracker.log(record("7d", 20.0))  # and it still tracks, after drawing
+    assert drawer not in (os.getpid(), None) and error is None and run_id
+    assert (tmp_path / "there.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    assert str(there.value) == str(here.value)
+
+
+@pytest.mark.slow
+def test_charts_are_drawn_here_when_the_tracking_process_is_not_drawing(data_dir, monkeypatch):
+    config = fxcu.Config.from_env(run_env(data_dir))
+    with fxcu.Tracker(config, {}) as tracker:  # a tracker without `draws`
+        assert tracker.draw(os.getpid) == os.getpid()
+    with fxcu.Tracker(config, {}, draws=True) as tracker:  # a dead process
+        tracker._process.kill()
+        tracker._process.join()
+        assert tracker.draw(os.getpid) == os.getpid()
+        assert tracker.log(record("7d", 20.0)) == (None, "ConnectionError: the tracking process stopped (exit code -9)")
+    monkeypatch.setattr(fxcu, "TRACKING_GRACE", 0.2)
+    hung = dataclasses.replace(config, tracking_timeout=0.5)
+    with fxcu.Tracker(hung, {}, draws=True) as tracker:  # a hung one: one wait, then nothing more is sent to it
+        os.kill(tracker._process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        assert tracker.draw(os.getpid) == os.getpid() == tracker.draw(os.getpid)
+        waited = time.monotonic() - started
+        assert tracker.log(record("7d", 20.0)) == (
+            None,
+            "skipped: the tracking process did not draw a chart within 0.7 s",
+        )
+    assert 0.7 <= waited < 0.7 + 2
+    assert read_runs(data_dir, "7d") == []
+
+
+def test_warm_tracking_does_not_wait_for_a_store_another_run_is_writing(tmp_path):
+    config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(tmp_path)})
+    started = time.monotonic()
+    with fxcu.file_lock(config.mlflow_dir / ".lock", timeout=1, what="MLflow lock"):
+        with pytest.raises(TimeoutError, match="MLflow lock .* is held by another process after 0 s"):
+            fxcu.warm_tracking(config, {})
+    assert time.monotonic() - started < config.tracking_timeout / 2
+
+
+@pytest.mark.slow
 def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundle):
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     made = fxcu.run_record(real_forecast_7d, real_bundle, now=now, seconds={}, artifacts=[], versions={"polars": "9.9"})
