@@ -1984,7 +1984,7 @@ def ratio_ci(
     reps: int = BOOTSTRAP_REPS,
     seed: int = 0,
 ) -> dict[str, Ratio]:
-    """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
+    """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins.
 
     Blocks span the origins whose outcomes overlap (steps / every), plus one.
     """
@@ -6102,15 +6102,17 @@ def _answer_run(config: Config, environ: Mapping[str, str], record: RunRecord, g
         return ("logged", None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
 
 
-def _answer_draw(writer: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
-    """The tracking process's answer to a chart: ("drawn", True, what the writer returned) or ("drawn", False, exc)."""
+def _answer_draw(job: Path) -> tuple:
+    """The tracking process's answer to a chart job (a pickled writer, args, kwargs): ("drawn", True, what the
+    writer returned) or ("drawn", False, the exception it raised)."""
     import pickle
 
     try:
+        writer, args, kwargs = pickle.loads(job.read_bytes())
         return ("drawn", True, writer(*args, **kwargs))
     except Exception as exc:  # noqa: BLE001 -- raised again in the parent, which logs it as its own
         try:
-            pickle.dumps(exc)
+            pickle.loads(pickle.dumps(exc))
         except Exception:  # noqa: BLE001 -- an exception that cannot travel goes as its text
             exc = RuntimeError(f"{type(exc).__name__}: {exc}")
         return ("drawn", False, exc)
@@ -6120,8 +6122,7 @@ def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level:
     """The tracking process: import MLflow and open the store at once, then answer each message.
 
     ("log", record, gives up) logs a run; with `draws`, matplotlib is imported next, and
-    ("draw", writer, args, kwargs) calls a chart writer (`Tracker.draw`). None, or the parent
-    gone, ends it.
+    ("draw", job file) calls a chart writer (`Tracker.draw`). None, or the parent gone, ends it.
     """
     import signal
 
@@ -6204,22 +6205,37 @@ class Tracker:
         What the writer returns comes back, and what it raises is raised here. A dead process, or one that
         does not answer within the tracking wait (it is then skipped, runs too), leaves the chart to this one.
         """
-        if not self.draws or self.skip:
-            return writer(*args, **kwargs)
-        wait = self.config.tracking_timeout + TRACKING_GRACE
-        try:
-            self._conn.send(("draw", writer, args, kwargs))
-            answer = self._conn.recv() if self._conn.poll(wait) else None
-        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
-            self._stopped()
-            return writer(*args, **kwargs)
+        answer = self._draw_there(writer, args, kwargs) if self.draws and not self.skip else None
         if answer is None:
-            self.skip = f"skipped: the tracking process did not draw a chart within {wait:g} s"
             return writer(*args, **kwargs)
         _, ok, value = answer
         if not ok:
             raise value
         return value
+
+    def _draw_there(self, writer: Callable[..., Any], args: tuple, kwargs: dict) -> tuple | None:
+        """The tracking process's answer to a chart job, or None when the chart is to be drawn here."""
+        import pickle
+
+        wait = self.config.tracking_timeout + TRACKING_GRACE
+        try:
+            with tempfile_dir(self.config.data_dir) as tmp:
+                job = tmp / "chart.pickle"
+                job.write_bytes(pickle.dumps((writer, args, kwargs)))
+                # INFO: the job goes as a file, its path through the pipe: a frame and a ledger run to megabytes,
+                # and a send that fills the pipe's buffer would block, unbounded, on a process that reads nothing
+                try:
+                    self._conn.send(("draw", job))
+                    answer = self._conn.recv() if self._conn.poll(wait) else None
+                except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
+                    self._stopped()
+                    return None
+        except Exception as exc:  # noqa: BLE001 -- no scratch folder (a full disk), or a job or answer that
+            log.debug("Chart drawn here: %s: %s", type(exc).__name__, exc)  # does not pickle: drawn here
+            return None
+        if answer is None:
+            self.skip = f"skipped: the tracking process did not draw a chart within {wait:g} s"
+        return answer
 
     def log(self, record: RunRecord) -> tuple[str | None, str | None]:
         """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""

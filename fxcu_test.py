@@ -2170,7 +2170,7 @@ def test_bootstrap_counts_are_arch_circular_block_bootstrap_draws(n, block, reps
     assert np.array_equal(fxcu.bootstrap_counts(n, block, reps, seed), expected)
 
 
-def test_a_run_does_not_import_arch():
+def test_the_range_cis_import_no_arch():
     """arch's import (0.7-0.9 s, with scipy.stats and matplotlib) bought only the bootstrap's draws in a run."""
     code = (
         "import sys, fxcu, numpy as np; fxcu.ratio_ci({'Naive': np.ones(50), 'x': np.ones(50)}, 'Naive', 5);"
@@ -4623,6 +4623,7 @@ def test_tracker_draws_charts_in_its_own_process_as_the_parent_would(real_foreca
         assert tracker.draw(fxcu.write_chart, real_forecast_7d, real_bundle, tmp_path / "there.png", now=now) is None
         with pytest.raises(ValueError) as there:  # what the writer raises, raised here
             tracker.draw(fxcu.parse_horizon, "banana")
+        assert tracker.skip is None  # all three were drawn there, none here after a failure
         run_id, error = tracker.log(record("7d", 20.0))  # and it still tracks, after drawing
     assert drawer not in (os.getpid(), None) and error is None and run_id
     assert (tmp_path / "there.png").read_bytes() == (tmp_path / "here.png").read_bytes()
@@ -4643,8 +4644,15 @@ def test_charts_are_drawn_here_when_the_tracking_process_is_not_drawing(data_dir
     hung = dataclasses.replace(config, tracking_timeout=0.5)
     with fxcu.Tracker(hung, {}, draws=True) as tracker:  # a hung one: one wait, then nothing more is sent to it
         os.kill(tracker._process.pid, signal.SIGSTOP)
+        # INFO: a job far larger than the pipe's buffer (a real chart's is ~0.6 MB), which must not block its send;
+        # the watchdog only ends a regression's hang
+        watchdog = threading.Timer(30, os.kill, (tracker._process.pid, signal.SIGKILL))
+        watchdog.start()
         started = time.monotonic()
-        assert tracker.draw(os.getpid) == os.getpid() == tracker.draw(os.getpid)
+        try:
+            assert tracker.draw(len, b"x" * 4_000_000) == 4_000_000 and tracker.draw(os.getpid) == os.getpid()
+        finally:
+            watchdog.cancel()
         waited = time.monotonic() - started
         assert tracker.log(record("7d", 20.0)) == (
             None,
