@@ -6103,8 +6103,10 @@ def _answer_run(config: Config, environ: Mapping[str, str], record: RunRecord, g
 
 
 def _answer_draw(job: Path) -> tuple:
-    """The tracking process's answer to a chart job (a pickled writer, args, kwargs): ("drawn", True, what the
-    writer returned) or ("drawn", False, the exception it raised)."""
+    """The tracking process's answer to a chart job: ("drawn", True, what it returned) or ("drawn", False, exc).
+
+    The job is a file holding the pickled writer, its args and its kwargs (`Tracker.draw`).
+    """
     import pickle
 
     try:
@@ -6243,7 +6245,7 @@ class Tracker:
             return None, self.skip
         wait = self.config.tracking_timeout + TRACKING_GRACE
         try:
-            # INFO: with when it gives up; one monotonic clock for both
+            # INFO: sent with the moment this process gives up: one monotonic clock for both processes
             self._conn.send(("log", record, time.monotonic() + wait))
             self.sent += 1
             if self._conn.poll(wait):
