@@ -6195,11 +6195,21 @@ class Tracker:
             child.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # INFO: last: a pending Ctrl-C is raised here
 
+    @property
+    def wait(self) -> float:
+        """The longest this process waits for any answer."""
+        return self.config.tracking_timeout + TRACKING_GRACE
+
     def _stopped(self) -> str:
         """Note that the process died (a closed pipe); return why later runs are skipped."""
         self._process.join(1)
         self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
         return self.skip
+
+    def _ask(self, message: tuple) -> tuple | None:
+        """Send a message and return the process's answer, or None after `wait`; EOFError/OSError when it died."""
+        self._conn.send(message)
+        return self._conn.recv() if self._conn.poll(self.wait) else None
 
     def draw(self, writer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the chart writer `writer(*args, **kwargs)` in the tracking process, or here when it is not drawing.
@@ -6219,7 +6229,6 @@ class Tracker:
         """The tracking process's answer to a chart job, or None when the chart is to be drawn here."""
         import pickle
 
-        wait = self.config.tracking_timeout + TRACKING_GRACE
         try:
             with tempfile_dir(self.config.data_dir) as tmp:
                 job = tmp / "chart.pickle"
@@ -6227,8 +6236,7 @@ class Tracker:
                 # INFO: the job goes as a file, its path through the pipe: a frame and a ledger run to megabytes,
                 # and a send that fills the pipe's buffer would block, unbounded, on a process that reads nothing
                 try:
-                    self._conn.send(("draw", job))
-                    answer = self._conn.recv() if self._conn.poll(wait) else None
+                    answer = self._ask(("draw", job))
                 except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
                     self._stopped()
                     return None
@@ -6236,25 +6244,24 @@ class Tracker:
             log.debug("Chart drawn here: %s: %s", type(exc).__name__, exc)  # does not pickle: drawn here
             return None
         if answer is None:
-            self.skip = f"skipped: the tracking process did not draw a chart within {wait:g} s"
+            self.skip = f"skipped: the tracking process did not draw a chart within {self.wait:g} s"
         return answer
 
     def log(self, record: RunRecord) -> tuple[str | None, str | None]:
         """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
         if self.skip:
             return None, self.skip
-        wait = self.config.tracking_timeout + TRACKING_GRACE
         try:
-            # INFO: sent with the moment this process gives up: one monotonic clock for both processes
-            self._conn.send(("log", record, time.monotonic() + wait))
             self.sent += 1
-            if self._conn.poll(wait):
-                _, run_id, error, timed_out = self._conn.recv()
-            else:
-                error = f"TimeoutError: MLflow tracking did not finish within {self.config.tracking_timeout:g} s"
-                run_id, timed_out = None, True
+            # INFO: sent with the moment this process gives up: one monotonic clock for both processes
+            answer = self._ask(("log", record, time.monotonic() + self.wait))
         except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
             return None, self._stopped()
+        if answer is not None:
+            _, run_id, error, timed_out = answer
+        else:
+            error = f"TimeoutError: MLflow tracking did not finish within {self.config.tracking_timeout:g} s"
+            run_id, timed_out = None, True
         if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
             self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
         return run_id, error
