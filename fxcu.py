@@ -6572,7 +6572,10 @@ def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, la
     ax = fig.subplots()
     start = min(frame["origin"].min() for frame in shown.values() if frame.height)
     hist = prices.filter(pl.col(DATE) >= start)
-    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), color="black", lw=1.1, label="USD/CLP realised")
+    # INFO: on a first run only the origin's close is realised: a one-point line draws nothing, so it gets a marker
+    marker = "o" if hist.height < 2 else None
+    realised = {"color": "black", "lw": 1.1, "marker": marker, "ms": 4, "label": "USD/CLP realised"}
+    ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), **realised)
     for kind, colour in (("reconstructed", "tab:gray"), ("live", "tab:blue")):
         mine = shown[kind]
         if mine.is_empty():

@@ -5033,6 +5033,19 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
     assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
 
 
+@pytest.mark.slow  # the real-data forecast behind it, as for the other chart tests
+def test_track_chart_of_a_first_run_marks_the_one_realised_close(real_forecast_7d, real_bundle):
+    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
+    entry = fxcu.ledger_entry(real_forecast_7d, real_bundle, run_id=None, now=now)
+    first = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])  # origin 2024-07-15, the last close
+    earlier = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry | {"origin": date(2024, 6, 14)}])
+    (alone,) = [ln for ln in fxcu.track_figure(first, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    (line,) = [ln for ln in fxcu.track_figure(earlier, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    assert alone.get_label() == line.get_label() == "USD/CLP realised"
+    assert len(alone.get_xdata()) == 1 and alone.get_marker() == "o"  # a point, which a line alone would not draw
+    assert len(line.get_xdata()) > 20 and line.get_marker() == "None"
+
+
 @pytest.mark.slow
 def test_charts_are_drawn_without_pyplot(real_forecast_7d, real_bundle, tmp_path):
 
