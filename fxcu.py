@@ -13,31 +13,53 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
 import contextlib
 import dataclasses
 import enum
 import errno
 import fcntl
 import functools
+import getpass
+import hashlib
+import html
+import io
 import json
 import logging
 import math
 import os
+import pickle
 import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
+import urllib.parse
+import urllib.request
+import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, Self, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+from zoneinfo import ZoneInfo
 
-if TYPE_CHECKING:  # INFO: heavy imports stay out of `--help` and `check` (polars ~0.2 s, httpx ~0.1 s)
+import numpy as np
+import polars as pl
+
+if TYPE_CHECKING:  # imported where used: `--help` and `check` stay fast without them
     import httpx
-    import numpy as np
-    import polars as pl
     from matplotlib.figure import Figure
 
 __version__ = "0.1.0"
@@ -414,7 +436,6 @@ def crumb_from(status: int, body: str) -> str | None:
 
 
 def _price_frame(days: pl.Series, closes: pl.Series) -> pl.DataFrame:
-    import polars as pl
 
     return pl.DataFrame({DATE: days.cast(pl.Date), CLOSE: closes.cast(pl.Float64)})
 
@@ -457,7 +478,6 @@ def parse_yahoo_chart(
     Raises PayloadError for `chart.error`, a missing result or a result without bars, and
     Implausible when `symbol` or `currency` is given and `meta` names another.
     """
-    import polars as pl
 
     result = _chart_result(payload)
     stamps = result.get("timestamp")
@@ -487,7 +507,6 @@ def parse_yahoo_chart(
 
 def parse_mindicador(payload: Mapping[str, Any]) -> pl.DataFrame:
     """Parse a mindicador.cl `/api/dolar` body (dólar observado, CLP per USD) into `date`, `close`."""
-    import polars as pl
 
     serie = payload.get("serie") if isinstance(payload, Mapping) else None
     if not isinstance(serie, list):
@@ -516,7 +535,6 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 
     FRED's missing value "." becomes a null close (cleaning drops it).
     """
-    import polars as pl
 
     if isinstance(payload, Mapping) and "error_message" in payload:
         raise PayloadError(f"FRED error: {payload['error_message']}")
@@ -541,7 +559,6 @@ def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
     Uses the three rows before and the three after (as many as exist); the first and last rows
     are never flagged (nothing confirms them yet).
     """
-    import polars as pl
 
     if threshold <= 0:
         raise ValueError("threshold must be positive")
@@ -556,7 +573,6 @@ def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
 
 def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
     """The frame without its bad prints (`spike_mask`), and their dates."""
-    import polars as pl
 
     # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
     # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
@@ -581,7 +597,6 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
     agree with each other, like the 5.0 among 664s in CLP=X on 2016-12-22; real moves that persist
     are kept.
     """
-    import polars as pl
 
     removed: dict[str, list[date]] = {}
 
@@ -610,7 +625,6 @@ def merge_prices(cached: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFra
     On a date both hold, the row from the higher-priority source wins (SOURCE_RANK), and
     between equals the fresh one: a fallback source never overwrites the primary's history.
     """
-    import polars as pl
 
     if cached is None or cached.is_empty():
         return fresh.sort(DATE)
@@ -628,7 +642,6 @@ def merge_prices(cached: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFra
 
 def with_provenance(frame: pl.DataFrame, source: str, fetched_at: datetime) -> pl.DataFrame:
     """Add the `source` and `fetched_at` columns every stored row carries."""
-    import polars as pl
 
     return frame.select(DATE, CLOSE).with_columns(
         pl.lit(source).alias(SOURCE),
@@ -693,7 +706,6 @@ def first_good(
 
 
 def _when(frame: pl.DataFrame, which: Literal["min", "max"]) -> str:
-    import polars as pl
 
     # INFO: polars holds dates Python cannot (year 33658, year -2): render them in polars
     return frame.select(getattr(pl.col(DATE), which)().cast(pl.String)).item()
@@ -701,7 +713,6 @@ def _when(frame: pl.DataFrame, which: Literal["min", "max"]) -> str:
 
 def _moves(path: pl.DataFrame, jump: float) -> pl.DataFrame:
     """Each row's |log move| from the row before and the move credible over that many trading days."""
-    import polars as pl
 
     days = pl.business_day_count(pl.col(DATE).shift(1), pl.col(DATE)).clip(lower_bound=1).cast(pl.Float64)
     return path.sort(DATE).with_columns(
@@ -711,7 +722,6 @@ def _moves(path: pl.DataFrame, jump: float) -> pl.DataFrame:
 
 def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Finding]:
     """Non-finite closes, impossible dates and one date sent twice with closes far apart, in a frame as parsed."""
-    import polars as pl
 
     found = []
     inf = raw.filter(pl.col(CLOSE).is_infinite())
@@ -744,7 +754,6 @@ def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Findi
 
 
 def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
-    import polars as pl
 
     out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
     if not out.height:
@@ -760,7 +769,6 @@ def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
 
 
 def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
-    import polars as pl
 
     found = []
     if history is None or history.is_empty():
@@ -820,7 +828,6 @@ def implausible(
 
 def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: Plausible) -> bool:
     """True when `other` (the next source) has closes on the suspect's dates from `since` on, all within the jump."""
-    import polars as pl
 
     mine = suspect.filter(pl.col(DATE) >= since).select(DATE, CLOSE)
     both = mine.join(other.select(DATE, pl.col(CLOSE).alias("other")), on=DATE)
@@ -829,7 +836,6 @@ def confirms(suspect: pl.DataFrame, other: pl.DataFrame, *, since: date, rules: 
 
 def _bad_tail(rows: pl.DataFrame, rules: Plausible) -> tuple[int, Finding] | None:
     """The row at which to cut a sorted history, after its last move beyond `rules.jump`, when fewer rows follow."""
-    import polars as pl
 
     far = (
         _moves(rows.select(DATE, CLOSE), rules.jump)
@@ -853,7 +859,6 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
     exists, and, after the last move beyond `rules.jump`, the side with fewer rows when that is the
     newer one (a bad answer merged at the end of the history).
     """
-    import polars as pl
 
     found = []
     rows = frame.sort(DATE)
@@ -903,7 +908,6 @@ TRADING_DAYS_PER_YEAR = 252
 
 
 def _expr(col: str | pl.Expr) -> pl.Expr:
-    import polars as pl
 
     return pl.col(col) if isinstance(col, str) else col
 
@@ -936,7 +940,6 @@ def sma(col: str | pl.Expr, n: int) -> pl.Expr:
 
 def trend_signal(col: str | pl.Expr, fast: int = 20, slow: int = 50) -> pl.Expr:
     """+1 when SMA `fast` is above SMA `slow`, -1 when below, 0 when equal or not yet known."""
-    import polars as pl
 
     if fast >= slow:
         raise ValueError("fast window must be shorter than slow")
@@ -951,7 +954,6 @@ def rsi(col: str | pl.Expr, n: int = 14) -> pl.Expr:
 
     The first `n` rows are null. 100 when there were no losses, 50 when nothing moved.
     """
-    import polars as pl
 
     _check_window(n)
     change = _expr(col).diff()
@@ -979,7 +981,6 @@ def zscore(col: str | pl.Expr, n: int = 252) -> pl.Expr:
 
     The first `n-1` rows are null.
     """
-    import polars as pl
 
     _check_window(n)
     x = _expr(col)
@@ -989,7 +990,6 @@ def zscore(col: str | pl.Expr, n: int = 252) -> pl.Expr:
 
 def rolling_correlation(a: str | pl.Expr, b: str | pl.Expr, n: int = 90) -> pl.Expr:
     """Correlation of the daily log returns of two prices over the last `n` returns; the first `n` rows are null."""
-    import polars as pl
 
     _check_window(n)
     ra, rb = (_expr(a) / _expr(a).shift(1)).log(), (_expr(b) / _expr(b).shift(1)).log()
@@ -998,7 +998,6 @@ def rolling_correlation(a: str | pl.Expr, b: str | pl.Expr, n: int = 90) -> pl.E
 
 def feature_exprs(price: str, usdclp: str | None) -> Iterator[pl.Expr]:
     """The 11 copper features as expressions over one frame with a copper price column (and USD/CLP)."""
-    import polars as pl
 
     for n in (1, 5, 20):
         yield log_return(price, n)
@@ -1031,7 +1030,6 @@ def align_copper(usdclp: pl.DataFrame, copper: pl.DataFrame, *, max_gap: timedel
     latest known, and copper dated D would be the future. With `max_gap`, a copper close older
     than that is null rather than carried. Returns `date`, `usdclp`, `copper`.
     """
-    import polars as pl
 
     left = usdclp.select(pl.col(DATE), pl.col(CLOSE).alias("usdclp")).sort(DATE)
     right = copper.select(pl.col(DATE).alias("copper_date"), pl.col(CLOSE).alias("copper")).sort("copper_date")
@@ -1053,7 +1051,6 @@ def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) ->
     before it gets nulls (missing copper is not carried forward). Monthly copper (FRED) gets
     nulls in every feature: no daily window pretends to exist. Warm-up rows are null.
     """
-    import polars as pl
 
     monthly = copper_frequency(copper) == "monthly"
     own = copper.select(DATE, CLOSE).sort(DATE)
@@ -1144,7 +1141,6 @@ def feature_problems(
     features: pl.DataFrame, usdclp: pl.DataFrame, copper: pl.DataFrame | None, *, now: datetime, max_age: timedelta
 ) -> list[str]:
     """Check every feature against its range and the prices against their units; empty means all good."""
-    import polars as pl
 
     found = []
     checks = {
@@ -1202,7 +1198,6 @@ def trading_dates(last: date, days: int) -> list[date]:
 
 def _indexed(usdclp: pl.DataFrame) -> pl.DataFrame:
     """USD/CLP sorted by date, with `ds` counting its rows (trading days), so that every model frame shares it."""
-    import polars as pl
 
     # INFO: polars has no business-day offset: statsforecast gets an integer index with freq=1
 
@@ -1211,7 +1206,6 @@ def _indexed(usdclp: pl.DataFrame) -> pl.DataFrame:
 
 def univariate_frame(usdclp: pl.DataFrame, history: int = HISTORY) -> pl.DataFrame:
     """statsforecast's input on log USD/CLP (`unique_id`, `ds`, `y`), the last `history` trading days."""
-    import polars as pl
 
     tail = _indexed(usdclp).tail(history)
     return tail.select(pl.lit("usdclp").alias("unique_id"), "ds", pl.col(CLOSE).log().alias("y"))
@@ -1231,7 +1225,6 @@ def copper_frame(
     window up to `steps` is known at its origin; rows with no copper yet are dropped. The frame
     ends on the same `ds` as `univariate_frame`.
     """
-    import polars as pl
 
     if copper is None or copper_frequency(copper) != "daily":
         return None
@@ -1257,7 +1250,6 @@ def _copper_models() -> list:
 
 
 def _quiet_statsforecast() -> contextlib.AbstractContextManager:
-    import warnings
 
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
@@ -1300,7 +1292,6 @@ def score(
     pred: np.ndarray, actual: np.ndarray, last: np.ndarray, bounds: Mapping[str, np.ndarray], naive_rmse: float | None
 ) -> Score:
     """Accuracy of point forecasts and intervals against outcomes (all in price units)."""
-    import numpy as np
 
     err = pred - actual
     rmse = float(np.sqrt(np.mean(err**2)))
@@ -1328,7 +1319,6 @@ def online_weights(
     is not after this origin; equal weights until one exists. `equal`: 1/k. `naive`: all on the
     column named Naive.
     """
-    import numpy as np
 
     n, k = sq_errors.shape
     if rule == "naive":
@@ -1348,7 +1338,6 @@ def online_weights(
 
 def final_weights(sq_errors: np.ndarray, rule: str, names: Sequence[str]) -> np.ndarray:
     """Weights for a live forecast (columns named by `names`): the rule applied to every backtest error."""
-    import numpy as np
 
     k = sq_errors.shape[1]
     if rule == "naive":
@@ -1390,7 +1379,6 @@ def online_rule(rule_sq: Mapping[str, np.ndarray], cutoffs: np.ndarray, steps: i
 
     Ties go to `naive`, then `equal`: a rule must beat the simpler one to replace it.
     """
-    import numpy as np
 
     chosen = []
     for i in range(len(cutoffs)):
@@ -1425,7 +1413,6 @@ def choose_ensemble(
     better than Naive, fxcu serves Naive and says so. Live: the rule with the lowest MSE over
     every backtest origin, which is what the combination would choose next.
     """
-    import numpy as np
 
     names = list(predictions)
     logs, naive = np.column_stack([predictions[n] for n in names]), predictions["Naive"]
@@ -1446,7 +1433,6 @@ def choose_ensemble(
 
 def _predictions(at_h: pl.DataFrame, names: list[str], dates: pl.DataFrame, choice: EnsembleChoice) -> pl.DataFrame:
     """Each origin's log forecasts at the horizon date, by model, with the combination and the served ensemble."""
-    import polars as pl
 
     date_of = dict(zip(dates["ds"].to_list(), dates[DATE].to_list(), strict=True))
     return at_h.select("cutoff", "ds", "y", *names).with_columns(
@@ -1467,8 +1453,6 @@ def _score_backtest(
     notes: list[str],
 ) -> Backtest:
     """Score every model, the combination and the served ensemble at the horizon date, and the copper ablation."""
-    import numpy as np
-    import polars as pl
 
     cutoffs = at_h["cutoff"].to_numpy()
     last_log = uni.join(at_h.select(pl.col("cutoff").alias("ds")), on="ds", how="semi").sort("ds")["y"].to_numpy()
@@ -1533,7 +1517,6 @@ def backtest_all(
     step: `run all` costs little more than `run 90d`, and `run 7d` forecasts 5 steps, not 65. The
     copper model is cross-validated per horizon (its lag is the horizon).
     """
-    import polars as pl
 
     steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
     span = horizon_steps(max(HORIZONS.values()))
@@ -1591,7 +1574,6 @@ def backtest(
 
 def z_value(level: int) -> float:
     """The standard normal quantile that bounds a central `level`% interval: 80 -> 1.2816."""
-    from statistics import NormalDist
 
     return NormalDist().inv_cdf(0.5 + level / 200)
 
@@ -1612,7 +1594,6 @@ def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) ->
 
 def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Weighted interval score from the served median and 80/95% intervals (scoringrules, Bracher et al. 2021)."""
-    import numpy as np
     import scoringrules as sr
 
     z = np.array([z_value(lv) for lv in LEVELS])
@@ -1631,8 +1612,6 @@ def wis(frame: pl.DataFrame, models: Mapping[str, Sequence[str]], target: str = 
     2K+1 quantiles, which utilsforecast.losses.mqloss computes. (scoringrules 0.10.0's numpy WIS adds
     half the median itself instead of half |y - median|, so it is not used.) Returns `row` and one column per model.
     """
-    import numpy as np
-    import polars as pl
     from utilsforecast.losses import mqloss
 
     cols = [target, *{c for names in models.values() for c in names}]
@@ -1699,7 +1678,6 @@ def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
 
 def garch_variances(daily: np.ndarray, steps: int) -> np.ndarray:
     """k-day log-return variance for k = 1..steps from arch's GARCH(1,1) with Student-t errors fitted to `daily`."""
-    import numpy as np
     from arch import arch_model
 
     # INFO: arch fits percent returns (its optimiser is tuned for that scale)
@@ -1716,7 +1694,6 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
     with the mean 5-day squared return of the whole window, the EWMA's weight falling with k as a
     variance shock decays; `GARCH_t` arch's GARCH(1,1) with Student-t errors, refitted here.
     """
-    import numpy as np
 
     k = np.arange(1, steps + 1)
     daily = np.diff(logp)
@@ -1739,7 +1716,6 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
 
 def realised_vol(logp: np.ndarray, window: int = 20) -> float:
     """Standard deviation of the last `window` daily log returns (the origin's trailing realised volatility)."""
-    import numpy as np
 
     return float(np.std(np.diff(logp[-window - 1 :]), ddof=1))
 
@@ -1750,7 +1726,6 @@ def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str
     `ewma_5d` and `long_run`: EWMA and expanding mean of squared overlapping 5-day returns, per
     day; `copper_rv`: copper's mean squared daily log return over 20 days (NaN where unknown).
     """
-    import numpy as np
 
     weekly = np.concatenate([np.zeros(K_DAYS), logp[K_DAYS:] - logp[:-K_DAYS]]) ** 2
     seen = np.maximum(np.arange(1, len(logp) + 1) - K_DAYS, 1)
@@ -1775,7 +1750,6 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     (`Recal_copper`, when `features` has it). A prediction is floored at a quarter of the blend
     (a linear fit can go below zero); the first 65 days are warm-up.
     """
-    import numpy as np
 
     weight = blend_weight(steps)
     blend = (weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps
@@ -1818,8 +1792,6 @@ def log_prices(usdclp: pl.DataFrame, copper: pl.DataFrame | None) -> tuple[np.nd
 
     Copper is NaN where unknown, and None when there is no fresh daily copper.
     """
-    import numpy as np
-    import polars as pl
 
     prices = usdclp.select(DATE, CLOSE).sort(DATE)
     logp, days = np.log(prices[CLOSE].to_numpy()), prices[DATE].to_list()
@@ -1858,8 +1830,6 @@ def density_frame(
     at the origin, `align_copper`); models are refitted at every origin. `first`: take every
     weekly origin from that date on instead of the last `origins`.
     """
-    import numpy as np
-    import polars as pl
 
     logp, days, copper_logp = log_prices(usdclp, copper)
     if copper_logp is None:
@@ -1963,7 +1933,6 @@ def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
     `integers(n)`, each block wrapping past the end, the resample cut to n (a test holds the two
     equal). Written out because importing arch costs 0.7-0.9 s of the run for 15 ms of draws.
     """
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     blocks = -(-n // block)
@@ -1988,7 +1957,6 @@ def ratio_ci(
 
     Blocks span the origins whose outcomes overlap (steps / every), plus one.
     """
-    import numpy as np
 
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
@@ -2012,7 +1980,6 @@ def choose_interval_model(
     backtest); ties and the first origins go to Naive. The live model is the next pick if the
     picks' own CRPS beat Naive's, else Naive, and the run says so.
     """
-    import numpy as np
 
     ds, y, last = frame["ds"].to_numpy(), frame["y"].to_numpy(), frame["last"].to_numpy()
     sigma = np.column_stack([frame[m].to_numpy() for m in models])
@@ -2044,8 +2011,6 @@ def _grouped_coverage(
     frame: pl.DataFrame, bounds: Mapping[str, np.ndarray], models: Sequence[str]
 ) -> dict[int, dict[str, dict[str, float]]]:
     """Coverage per level, group ("all", each volatility tercile of `vol20`, each of NAMED_WINDOWS) and model."""
-    import numpy as np
-    import polars as pl
 
     cuts = np.quantile(frame["vol20"].to_numpy(), [1 / 3, 2 / 3])
     regime = np.array(REGIMES)[np.searchsorted(cuts, frame["vol20"].to_numpy(), side="right")]
@@ -2068,7 +2033,6 @@ def score_density(
     CRPS, WIS, IS80 and IS95 with ratios to Naive (block-bootstrap CIs), coverage overall with a
     CI, by volatility tercile of `vol20` (cut points from these origins) and in NAMED_WINDOWS.
     """
-    import numpy as np
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
     bounds = {}
@@ -2136,7 +2100,6 @@ def density_backtest_all(
     `choose_interval_model` the served column, `score_density` the scores and
     `copper_variance_ablation` copper's effect.
     """
-    import polars as pl
 
     frame = density_frame(usdclp, copper, horizons, origins=origins, every=every, history=history, models=models)
     if frame.is_empty():
@@ -2187,7 +2150,6 @@ class Forecast:
 
     @property
     def ensemble(self) -> pl.DataFrame:
-        import polars as pl
 
         return self.path.filter(pl.col("model") == ENSEMBLE).drop("model")
 
@@ -2202,8 +2164,6 @@ def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, hist
 
     Its regressor's future is known: copper lagged by `steps` trading days, all on or before today.
     """
-    import numpy as np
-    import polars as pl
     from statsforecast import StatsForecast
 
     exog = copper_frame(usdclp, copper, steps, history)
@@ -2250,8 +2210,6 @@ def _forecast_path(
     The served range is Naive's width around the ensemble's point (as in `_score_backtest`), or,
     given `variances` (the chosen interval model's k-day log variances), that model's Gaussian range.
     """
-    import numpy as np
-    import polars as pl
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
     fc = fc.sort("ds").head(len(dates))
@@ -2289,7 +2247,6 @@ def forecast_all(
     unless given. The ensemble's range is the chosen interval model's width around its point.
     Pure: no I/O, no clock.
     """
-    import polars as pl
     from statsforecast import StatsForecast
 
     backtests = backtests or backtest_all(usdclp, copper, horizons, windows, history=history)
@@ -2519,7 +2476,6 @@ SANTIAGO = "America/Santiago"  # the treasury desk's clock: report headers, char
 
 def santiago_time(now: datetime) -> str:
     """`now` on the Santiago clock, e.g. '2026-11-26 08:06 (Santiago, UTC-03)'."""
-    from zoneinfo import ZoneInfo
 
     local = now.astimezone(ZoneInfo(SANTIAGO))
     offset = local.utcoffset() or timedelta(0)
@@ -2902,7 +2858,6 @@ def build_email(
     """
     from email.message import EmailMessage
     from email.utils import format_datetime
-    from zoneinfo import ZoneInfo
 
     domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
     cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
@@ -2963,7 +2918,6 @@ SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a 
 
 def ledger_schema() -> dict[str, Any]:
     """Column names and polars types of the forecast ledger, served fields first, then the scores."""
-    import polars as pl
 
     num = pl.Float64
     return {
@@ -3011,7 +2965,6 @@ def ledger_schema() -> dict[str, Any]:
 
 def empty_ledger() -> pl.DataFrame:
     """A ledger with no rows."""
-    import polars as pl
 
     return pl.DataFrame(schema=ledger_schema())
 
@@ -3030,7 +2983,6 @@ def ledger_entry(
     fc: Forecast, bundle: Bundle, *, run_id: str | None, now: datetime, kind: Kind = "live"
 ) -> dict[str, Any]:
     """The ledger row of one served forecast (pure): what was served at the horizon date, and by what."""
-    import polars as pl
 
     final, bt = fc.final, fc.backtest
     naive = fc.path.filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
@@ -3060,7 +3012,6 @@ def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl
 
     The result never has fewer rows than `ledger`. New rows arrive unscored (`score_ledger` scores them).
     """
-    import polars as pl
 
     if not rows:
         return ledger
@@ -3079,7 +3030,6 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
     the random walk from the same origin (its point is the last close, its range Naive's). `check`
     passes `with_wis=False`: it grades no WIS, and utilsforecast's import would cost it half a second.
     """
-    import polars as pl
 
     if ledger.is_empty():
         return ledger
@@ -3206,7 +3156,6 @@ def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
 
 def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
     """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
-    import polars as pl
 
     missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
     return [
@@ -3229,7 +3178,6 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
 
     Only scored rows count; with `last`, only the latest `last` of them (by origin).
     """
-    import polars as pl
 
     scored = rows.filter(pl.col("actual").is_not_null()).sort("origin")
     if last is not None:
@@ -3268,7 +3216,6 @@ def track_record(
     ledger: pl.DataFrame, horizons: Sequence[str], *, last: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """The track record per horizon: live numbers at the top level, reconstructed ones apart under `reconstructed`."""
-    import polars as pl
 
     record = {}
     for horizon in horizons:
@@ -3410,7 +3357,6 @@ def check_track(
     - error ratio: `check_track_ratio` on the last `last` non-overlapping scored forecasts (overlapping
       windows share shocks, which would make any test over-confident), once coverage is graded.
     """
-    import polars as pl
 
     live = ledger.filter(pl.col("kind") == "live")
     if live.is_empty():
@@ -3468,7 +3414,6 @@ def reconstruct(
 
     An origin with too little history for the backtest is skipped (logged).
     """
-    import polars as pl
 
     for origin in origins:
         cut = usdclp.filter(pl.col(DATE) <= origin)
@@ -3764,7 +3709,6 @@ def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> 
 
 def render(table: Any, *, color: bool, width: int = 100) -> str:
     """Draw a Rich table as text at most `width` columns wide, with ANSI colour only when `color`."""
-    import io
 
     from rich.console import Console
 
@@ -4280,7 +4224,6 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
 
 def temp_owner() -> str:
     """`PID@HOST` for temp names, so `clean_leftovers` can tell a dead run's files from a live one's."""
-    import socket
 
     return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())[:32]}"
 
@@ -4311,8 +4254,6 @@ def write_text_atomic(text: str | bytes, path: Path) -> None:
 @contextlib.contextmanager
 def tempfile_dir(data_dir: Path) -> Iterator[Path]:
     """A scratch folder under the data dir (same filesystem), removed afterwards."""
-    import shutil
-    import tempfile
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # the owner in the name: `clean_leftovers` spares live runs
@@ -4354,7 +4295,6 @@ def clean_leftovers(data_dir: Path, *, now: float | None = None) -> int:
     Stale: made on this host by a process that is gone, or an hour old whoever made it (another
     container, whose process ids this one cannot see, or an older release with no owner in the name).
     """
-    import shutil
 
     now = time.time() if now is None else now
     me = temp_owner()
@@ -4394,7 +4334,6 @@ def _bounded(
     On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write, and
     the TimeoutError says `said` (else "<what> did not finish within <seconds> s").
     """
-    import threading
 
     box: dict[str, Any] = {}
 
@@ -4443,7 +4382,6 @@ MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
 
 def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
     """Read a streamed body, inflating gzip/deflate at most `cap` bytes; raise past `cap` or the wall-clock `ends`."""
-    import zlib
 
     import httpx
 
@@ -4474,7 +4412,6 @@ def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
 
 
 def _where(url: str) -> str:
-    from urllib.parse import urlsplit
 
     parts = urlsplit(str(url))
     host = parts.netloc.rpartition("@")[2]  # INFO: never the user:password before `@`
@@ -4577,7 +4514,6 @@ def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
 
 
 def _origin(url: str) -> str | None:
-    from urllib.parse import urlsplit
 
     try:
         parts = urlsplit(url)
@@ -4665,8 +4601,6 @@ class BrowserTransport:
 
 def yahoo_transport(config: Config) -> BrowserTransport | None:
     """The transport for Yahoo's hosts: a browser fingerprint unless FXCU_HTTP_IMPERSONATE=off (then plain httpx)."""
-    import urllib.parse
-    import urllib.request
 
     if config.impersonate == "off":
         return None
@@ -4806,7 +4740,6 @@ def _fetch(
     parse: Any,
 ) -> Result:
     import httpx
-    import polars as pl
 
     frames = []
     for url, params in calls:
@@ -4878,7 +4811,6 @@ def probe_sources(config: Config, timeout: float = 5.0) -> list[tuple[str, Level
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     """Write a parquet file atomically (`atomic_path`); a full disk or a denied write is an OSError."""
-    import io
 
     buffer = io.BytesIO()
     frame.write_parquet(buffer)  # INFO: in memory first: polars reports ENOSPC as a ComputeError, Python as OSError
@@ -4888,13 +4820,11 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
 
 def cache_schema() -> dict[str, pl.DataType]:
     """The column types of a warehouse file."""
-    import polars as pl
 
     return {DATE: pl.Date(), CLOSE: pl.Float64(), SOURCE: pl.String(), FETCHED_AT: pl.Datetime("us", "UTC")}
 
 
 def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
-    import polars as pl
 
     if have == pl.String and want == pl.Date:  # INFO: polars 2 removed the string-to-date cast
         return pl.col(name).str.to_date("%Y-%m-%d", strict=True)
@@ -4905,9 +4835,6 @@ def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
 
 def _parse_cache(data: bytes, name: str) -> pl.DataFrame:
     """A warehouse file's frame, columns of the wrong type converted; raises when it is not one."""
-    import io
-
-    import polars as pl
 
     frame = pl.read_parquet(io.BytesIO(data))
     missing = {DATE, CLOSE, SOURCE} - set(frame.columns)
@@ -4977,7 +4904,6 @@ SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from .
 
 def read_seed(folder: Path, name: Literal["usdclp", "copper"]) -> Result:
     """The shipped seed history of a series (data/seed), as a stored history with source `seed`."""
-    import polars as pl
 
     path = folder / SEED_FILES[name]
     try:
@@ -5288,7 +5214,6 @@ def load(config: Config | None = None, client: httpx.Client | None = None, *, no
 def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -> Figure:
     """Plot USD/CLP with the forecast's labelled 80/95% fan, and copper up to the origin in its own panel."""
     import matplotlib.dates as mdates
-    import polars as pl
     from matplotlib.figure import Figure
 
     # History four times the horizon (at least three months), so a 7d fan is not a sliver at the edge.
@@ -5403,7 +5328,6 @@ class Report:
 
 def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """A report's file name without suffix, to the minute on the Santiago clock, never one already taken (pure)."""
-    from zoneinfo import ZoneInfo
 
     stem = f"forecast_{horizon}_{now.astimezone(ZoneInfo(SANTIAGO)):%Y-%m-%d_%H%M}"
     # INFO: two runs in one minute, or the hour Santiago repeats when summer time ends
@@ -5508,7 +5432,6 @@ def sqlite_file(uri: str, *, query: bool = False) -> Path | None:
 
     A URI with parameters (`?timeout=30`) is not one fxcu built: None, unless `query` (to read its file).
     """
-    from urllib.parse import unquote
 
     if not uri.startswith("sqlite:///") or ("?" in uri and not query):
         return None
@@ -5611,7 +5534,6 @@ def relocate_artifacts(db: Path, root: str) -> int:
     A data dir that was moved or restored from `fxcu backup` elsewhere keeps working: new artifacts go
     under it, old ones are found there, and nothing is recreated at the old path.
     """
-    import sqlite3
 
     tail = "/mlflow/mlruns"
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
@@ -5727,7 +5649,6 @@ def prices_digest(*frames: pl.DataFrame | None) -> str:
 
     `fetched_at` and `source` are left out on purpose: a refetch of identical prices is the same input.
     """
-    import hashlib
 
     digest = hashlib.sha256()
     for frame in frames:
@@ -5944,7 +5865,6 @@ def _follow_data_dir(config: Config, uri: str) -> None:
 
 def run_user(environ: Mapping[str, str]) -> str:
     """Who ran it, for `mlflow.user`: $LOGNAME/$USER (cron sets them), else the account name."""
-    import getpass
 
     with contextlib.suppress(Exception):  # INFO: getpass raises when a container's uid has no passwd entry
         return environ.get("LOGNAME") or environ.get("USER") or getpass.getuser()
@@ -5957,8 +5877,6 @@ def embed_images(page: str, images: Mapping[str, bytes]) -> str:
     On the rendered page, not in the Markdown: markdown-it parses a link one character at a time in
     Python, and a chart's data URI is ~150,000 of them (0.1 s a report).
     """
-    import base64
-    import html
 
     def inline(match: re.Match[str]) -> str:
         data = images.get(html.unescape(match.group(1)))
@@ -5982,7 +5900,6 @@ def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
     MLflow's artifact viewer draws no image of a Markdown file (3.17: a relative link shows as text and
     a data URI is stripped) but renders HTML in a sandboxed frame, data-URI images included.
     """
-    import html
 
     from markdown_it import MarkdownIt
 
@@ -6063,7 +5980,6 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], wi
     wait). A run still being written when the bound passes is marked FAILED and deleted at its next
     step, so it never ends FINISHED after the caller was told it failed.
     """
-    import threading
 
     seconds = config.tracking_timeout if within is None else min(within, config.tracking_timeout)
     given_up = f"MLflow tracking did not finish within {config.tracking_timeout:g} s"
@@ -6107,7 +6023,6 @@ def _answer_draw(job: Path) -> tuple:
 
     The job is a file holding the pickled writer, its args and its kwargs (`Tracker.draw`).
     """
-    import pickle
 
     try:
         writer, args, kwargs = pickle.loads(job.read_bytes())
@@ -6126,7 +6041,6 @@ def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level:
     ("log", record, gives up) logs a run; with `draws`, matplotlib is imported next, and
     ("draw", job file) calls a chart writer (`Tracker.draw`). None, or the parent gone, ends it.
     """
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
@@ -6164,7 +6078,6 @@ class Tracker:
 
     def __init__(self, config: Config, environ: Mapping[str, str], *, draws: bool = False) -> None:
         import multiprocessing
-        import signal
         from multiprocessing import resource_tracker
 
         self.config = config
@@ -6227,7 +6140,6 @@ class Tracker:
 
     def _draw_there(self, writer: Callable[..., Any], args: tuple, kwargs: dict) -> tuple | None:
         """The tracking process's answer to a chart job, or None when the chart is to be drawn here."""
-        import pickle
 
         try:
             with tempfile_dir(self.config.data_dir) as tmp:
@@ -6351,8 +6263,6 @@ def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
 
 def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """The newest `last` active runs per horizon (all when None), newest first, straight from MLflow's tables."""
-    import sqlite3
-    from urllib.parse import quote
 
     if not db.exists():
         return []
@@ -6434,7 +6344,6 @@ def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
     The served interval then was Naive's width around the point, so the random walk's bounds are the
     served bounds scaled by last close / forecast. Of several runs from one origin the latest wins.
     """
-    import sqlite3
 
     query = """
         select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
@@ -6506,7 +6415,6 @@ def ledger_path(config: Config) -> Path:
 
 def read_ledger(path: Path) -> pl.DataFrame:
     """The ledger on disk (empty when there is none); raises LedgerError for an unreadable one, left untouched."""
-    import polars as pl
 
     if not path.exists():
         return empty_ledger()
@@ -6525,7 +6433,6 @@ def read_ledger(path: Path) -> pl.DataFrame:
 
 def write_ledger(ledger: pl.DataFrame, path: Path) -> None:
     """Write the ledger atomically, refusing to replace it with fewer rows."""
-    import polars as pl
 
     if path.exists():
         before = pl.scan_parquet(path).select(pl.len()).collect().item()
@@ -6561,7 +6468,6 @@ def update_ledger(
 
 def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, last: int = 120) -> Figure | None:
     """Plot realised USD/CLP against the 80/95% ranges served for it over the last `last` forecasts; None with none."""
-    import polars as pl
     from matplotlib.figure import Figure
 
     rows = ledger.filter(pl.col("horizon") == horizon).sort("origin")
@@ -6716,7 +6622,6 @@ def email_reports(
 
 def read_series_stats(path: Path) -> tuple[date | None, int]:
     """Last date and row count of a warehouse file; raises on an unreadable one."""
-    import polars as pl
 
     if not path.exists():
         return None, 0
@@ -6741,7 +6646,6 @@ def read_series_facts(warehouse: Path, file: str) -> SeriesFacts:
 
 def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
     """The MLflow store: the remote URI if set (not probed), else the local database's run count and size, read-only."""
-    import sqlite3
 
     if environ.get("MLFLOW_TRACKING_URI"):
         return DatabaseFacts(remote=redact_uri(environ["MLFLOW_TRACKING_URI"]))
@@ -6768,7 +6672,6 @@ def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]
     path = ledger_path(config)
     if not path.exists():
         return None, None
-    import polars as pl
 
     try:
         ledger = read_ledger(path)
@@ -6783,7 +6686,6 @@ def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]
 
 def read_free_bytes(data_dir: Path) -> int:
     """Free bytes on the disk of the data dir, or of its nearest existing parent when it is not made yet."""
-    import shutil
 
     existing = next(p for p in (data_dir, *data_dir.parents) if p.exists())
     return shutil.disk_usage(existing).free
@@ -6820,7 +6722,6 @@ def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> 
 
 
 def _empty_features() -> pl.DataFrame:
-    import polars as pl
 
     return pl.DataFrame(
         schema={DATE: pl.Date, **{f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in FEATURES}}
@@ -6900,7 +6801,6 @@ def _track_horizon(
     draw: Callable[..., Any],
 ) -> dict[str, Any]:
     """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
-    import polars as pl
 
     entry = ledger_entry(fc, bundle, run_id=None, now=now)
     if ledger is None:
@@ -7187,7 +7087,6 @@ def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
 
 def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
     """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
-    import subprocess
 
     uri = tracking_uri(config, environ)
     if not uri.startswith("sqlite:"):
@@ -7207,7 +7106,6 @@ def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) 
 
 def print_table(table: Any, environ: Mapping[str, str]) -> None:
     """Print a table: colour on a terminal unless NO_COLOR is set, never 100 columns wider."""
-    import shutil
 
     tty = sys.stdout.isatty()
     width = min(shutil.get_terminal_size((100, 24)).columns, 100) if tty else 100
@@ -7257,7 +7155,6 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
 
 def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
-    import sqlite3
     import tarfile
 
     db = config.mlflow_db
@@ -7305,7 +7202,6 @@ def cmd_track(
     With `backfill`, first reconstruct what fxcu would have served at each weekly origin since then, at
     these horizons (rows marked reconstructed; origins already reconstructed are skipped, so it resumes).
     """
-    import polars as pl
 
     prices = read_cache(config.warehouse / USDCLP_CACHE, now=now)
     if not prices.ok:
@@ -7494,8 +7390,6 @@ class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception, so
 
 @contextlib.contextmanager
 def _sigterm_as_exception() -> Iterator[None]:
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
         yield
@@ -7613,8 +7507,6 @@ def exit_now(code: int) -> NoReturn:
     The exit handlers run (logging's, multiprocessing's) and output is flushed first. With a non-daemon
     thread still running, or output that cannot be flushed, it is the normal exit instead.
     """
-    import atexit
-    import threading
 
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         raise SystemExit(code)
