@@ -45,7 +45,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -4378,37 +4378,103 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
 
 MAX_BODY_BYTES = 32 * 2**20  # decompressed; the largest real answer (HG=F, range=max) is about 1 MB
 MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
+PIECE = 2**16  # about the most one step of decoding yields (brotli may give half again), so a bomb stops at the cap
+
+
+def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # 32: a gzip or a zlib header, told apart by zlib
+    try:
+        for chunk in chunks:
+            while chunk:
+                yield inflater.decompress(chunk, PIECE)
+                chunk = inflater.unconsumed_tail
+        yield inflater.flush()
+    except zlib.error as exc:
+        raise PayloadError(f"bad compressed body ({exc})") from None
+
+
+def _unbrotli(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    import brotli
+
+    decoder = brotli.Decompressor()
+    try:
+        for chunk in chunks:
+            piece = decoder.process(chunk, output_buffer_limit=PIECE)
+            while piece:  # output held back by the limit comes out on calls with no input
+                yield piece
+                piece = decoder.process(b"", output_buffer_limit=PIECE)
+    except brotli.error as exc:
+        raise PayloadError(f"bad compressed body ({exc})") from None
+
+
+class _ChunkReader:
+    """A file-like `read` over an iterator of chunks: what zstandard's streaming decoder pulls from."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = iter(chunks)
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self.chunks, b"")
+
+
+def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    import zstandard
+
+    reader = _ChunkReader(chunks)
+    try:  # read_to_iter takes input only as its output is taken: a few bytes of zstd may stand for gigabytes
+        yield from zstandard.ZstdDecompressor().read_to_iter(reader, read_size=PIECE, write_size=PIECE)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"bad compressed body ({exc})") from None
+
+
+# Content-Encoding -> decoder: what Chrome advertises (gzip, deflate, br, zstd), and so what the curl transport asks
+DECODERS: dict[str, Callable[[Iterable[bytes]], Iterator[bytes]]] = {
+    "gzip": _gunzip,
+    "x-gzip": _gunzip,
+    "deflate": _gunzip,
+    "br": _unbrotli,
+    "zstd": _unzstd,
+}
+
+
+def decoded(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """Decode a body sent with this Content-Encoding, in pieces of about PIECE bytes at most.
+
+    >>> b"".join(decoded([zlib.compress(b"[1]")], "deflate"))
+    b'[1]'
+    """
+    encoding = encoding.strip().lower()
+    if encoding in {"", "identity"}:
+        return iter(chunks)
+    if encoding not in DECODERS:
+        raise PayloadError(f"Content-Encoding {encoding!r} was not asked for")
+    return DECODERS[encoding](chunks)
 
 
 def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
-    """Read a streamed body, inflating gzip/deflate at most `cap` bytes; raise past `cap` or the wall-clock `ends`."""
+    """Read a streamed body, decoding its Content-Encoding once; raise past `cap` bytes decoded or the clock `ends`.
 
+    Every transport hands the body over as it was sent (httpx's raw stream; curl with its own decoding off), so
+    this is the one place a body is decoded, and the cap holds on the decoded size whichever transport read it.
+    """
     import httpx
 
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    # INFO: httpx inflates each 64 KB read whole (a gzip bomb gives ~64 MB a read); zlib's max_length bounds it
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in {"gzip", "x-gzip", "deflate"} else None
-    chunks: list[bytes] = []
+    pieces: list[bytes] = []
     size = 0
-    for raw in response.iter_raw() if inflater else response.iter_bytes():
-        pending = raw
-        while pending:
-            try:
-                data = inflater.decompress(pending, cap - size + 1) if inflater else pending
-            except zlib.error as exc:
-                raise httpx.DecodingError(f"bad {encoding} body ({exc})", request=response.request) from None
-            pending = inflater.unconsumed_tail if inflater else b""
-            size += len(data)
-            if size > cap:
-                if cap < MAX_BODY_BYTES:  # an error body: the start is enough to quote
-                    return b"".join(chunks)
-                raise PayloadError(f"response body over {cap / 2**20:g} MB (decompressed): not read further")
-            chunks.append(data)
-        if time.monotonic() > ends:
-            raise httpx.ReadTimeout("network time budget spent while reading the body", request=response.request)
-    if inflater:
-        chunks.append(inflater.flush())
-    return b"".join(chunks)
+    if response.is_stream_consumed:  # built whole in memory (httpx.MockTransport): httpx has decoded it already
+        chunks, encoding = iter([response.content]), ""
+    else:
+        chunks, encoding = response.iter_raw(), response.headers.get("content-encoding", "")
+    for piece in decoded(chunks, encoding):
+        size += len(piece)
+        if size > cap:
+            if cap < MAX_BODY_BYTES:  # an error body: the start is enough to quote
+                break
+            raise PayloadError(f"response body over {cap / 2**20:g} MB (decompressed): not read further")
+        pieces.append(piece)
+        if time.monotonic() > ends:  # the exchange was given up already: stop reading
+            raise httpx.ReadTimeout("request deadline", request=response.request)
+    return b"".join(pieces)
 
 
 def _where(url: str) -> str:
@@ -4434,7 +4500,8 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
             body = json.dumps(inner) if isinstance(inner, Mapping) else str(inner or body)
         text = f"HTTP {status} {exc.response.reason_phrase}: {body[:200]}"
     elif isinstance(exc, httpx.TimeoutException):
-        text = f"timeout ({'network time budget spent' if 'budget' in str(exc) else type(exc).__name__})"
+        ours = str(exc).startswith(("network time budget", "no complete answer"))  # the deadlines of _get_json
+        text = f"timeout ({exc if ours else type(exc).__name__})"
     elif isinstance(exc, httpx.TransportError):
         text = f"connection error ({type(exc).__name__}: {exc})"
     elif isinstance(exc, json.JSONDecodeError):
@@ -4444,13 +4511,25 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
     return redact(text, secret)
 
 
-def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float) -> Any:
-    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote."""
+def _get_json(
+    client: httpx.Client, url: str, params: Mapping[str, str], *, timeout: float, ends: float, said: str
+) -> Any:
+    """GET once and parse the JSON body; a non-2xx answer raises HTTPStatusError with its body (cut) kept to quote.
+
+    The whole exchange, headers included, ends by `ends` (a `time.monotonic()` value) on every transport: it runs
+    in a daemon thread that is given up at `ends` with a ReadTimeout that says `said`. `timeout` bounds each read.
+    """
     import httpx
 
-    with client.stream("GET", url, params=params, timeout=timeout) as response:
-        cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
-        body = _read_capped(response, cap=cap, ends=ends)
+    def exchange() -> tuple[httpx.Response, bytes]:
+        with client.stream("GET", url, params=params, timeout=timeout, extensions={"fxcu.ends": ends}) as response:
+            cap = MAX_BODY_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+            return response, _read_capped(response, cap=cap, ends=ends)
+
+    try:
+        response, body = _bounded(ends - time.monotonic(), "request", exchange)
+    except TimeoutError:
+        raise httpx.ReadTimeout(said) from None
     if not response.is_success:
         framing = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
@@ -4461,7 +4540,7 @@ def _get_json(client: httpx.Client, url: str, params: Mapping[str, str], *, time
         kept.raise_for_status()
     try:
         return json.loads(body)
-    except RecursionError:  # INFO: 100k nested brackets overflow json's C parser; outside input, not a crash
+    except RecursionError:  # 100k nested brackets overflow json's C parser: outside input, not a crash
         raise PayloadError("malformed JSON (nested too deeply)") from None
 
 
@@ -4506,9 +4585,12 @@ def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
     def fetch_json(client: httpx.Client, url: str, params: Mapping[str, str]) -> Any:
         if left() <= 0:
             raise httpx.TimeoutException("network time budget spent")
-        # INFO: httpx's timeout is per read, so a trickling server is cut by this wall-clock end instead
-        ends = time.monotonic() + min(left(), config.network_budget)
-        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends)
+        # httpx's timeout is per read: a server that trickles its headers or body is cut by this wall-clock end
+        said = (
+            "network time budget spent" if left() <= config.timeout else f"no complete answer in {config.timeout:g} s"
+        )
+        ends = time.monotonic() + min(left(), config.timeout)
+        return _get_json(client, url, params, timeout=min(config.timeout, left()), ends=ends, said=said)
 
     return fetch_json
 
@@ -4522,16 +4604,46 @@ def _origin(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class BrowserTransport:
-    """An httpx transport that presents Chrome's TLS and HTTP/2 fingerprint (curl_cffi through httpx-curl-cffi).
+# curl error codes -> the httpx error httpx's own transport raises for the same failure (the rest: NetworkError)
+CURL_ERRORS: dict[int, str] = {
+    1: "UnsupportedProtocol",  # unsupported protocol
+    3: "InvalidURL",  # malformed URL
+    5: "ProxyError",  # could not resolve the proxy
+    6: "ConnectError",  # could not resolve the host
+    7: "ConnectError",  # could not connect
+    35: "ConnectError",  # TLS handshake failed
+    52: "RemoteProtocolError",  # empty reply
+    56: "ReadError",  # failure receiving data
+    60: "ConnectError",  # certificate not trusted
+    97: "ProxyError",  # proxy handshake
+}
 
-    curl_cffi is loaded on the first request, so `import fxcu`, `--help` and `check` never pay for it. Where it
-    cannot load, one warning is logged and the requests go through plain httpx.
+
+def curl_error_name(code: int, connected: bool) -> str:
+    """The httpx error class name for a libcurl error code; a timeout (28) before connecting is a ConnectTimeout."""
+    if code == 28:
+        return "ReadTimeout" if connected else "ConnectTimeout"
+    return CURL_ERRORS.get(code, "NetworkError")
+
+
+def curl_message(text: str) -> str:
+    """curl_cffi's error text as one line, without its boilerplate ("Failed to perform, ... See https://curl.se/...")."""
+    return re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", text)
+
+
+class BrowserTransport:
+    """An httpx transport that presents Chrome's TLS and HTTP/2 fingerprint, on libcurl through curl_cffi.
+
+    curl sends Chrome's own headers (Accept-Encoding: gzip, deflate, br, zstd among them) but leaves the body as
+    sent: `_read_capped` decodes it once, under the size cap, as for every transport. The raw body is capped at
+    MAX_BODY_BYTES too, each request ends by the deadline its `fxcu.ends` extension gives (headers included), and a
+    stall longer than the read timeout ends it sooner. curl_cffi is loaded on the first request; where it cannot
+    load, one warning is logged and the requests go through plain httpx.
     """
 
     def __init__(self, proxy: str | None, verify: str | bool) -> None:
         self.proxy, self.verify = proxy, verify
-        self.inner: Any = None
+        self.plain: Any = None  # httpx.HTTPTransport, where curl_cffi cannot load
         self.impersonating: bool | None = None  # None until the first request
         self.detail = "not used yet"
 
@@ -4539,58 +4651,90 @@ class BrowserTransport:
         import httpx
 
         try:
-            from curl_cffi import __version__ as curl_version
+            import curl_cffi
             from curl_cffi.requests.impersonate import DEFAULT_CHROME
-            from httpx_curl_cffi import CurlTransport
 
-            # INFO: default_headers: curl sends the impersonated Chrome's own headers, User-Agent included
-            self.inner = CurlTransport(impersonate="chrome", default_headers=True, proxy=self.proxy, verify=self.verify)
-            # INFO: unstreamed, curl_cffi bounds the whole request in milliseconds; streamed, it bounds stalls in
-            # whole seconds (LOW_SPEED_TIME), which would stretch a 0.3 s budget-trimmed timeout to 1 s
-            self.inner._stream_enabled = False
-            self.impersonating, self.detail = True, f"{DEFAULT_CHROME} TLS fingerprint (curl_cffi {curl_version})"
-        except (ImportError, OSError) as exc:  # OSError: a wheel whose libcurl-impersonate cannot load here
+            curl_cffi.Curl().close()  # a wheel whose libcurl-impersonate cannot load fails here (OSError)
+            self.target = DEFAULT_CHROME
+            self.impersonating = True
+            self.detail = f"{DEFAULT_CHROME} TLS fingerprint (curl_cffi {curl_cffi.__version__})"
+        except (ImportError, OSError) as exc:
             self.impersonating, self.detail = False, f"curl_cffi could not load ({type(exc).__name__}: {exc})"
             log.warning(
                 "Browser TLS fingerprint unavailable, Yahoo requests use plain httpx and may draw 429s: %s", self.detail
             )
-            self.inner = httpx.HTTPTransport(proxy=self.proxy, verify=True, trust_env=True)
+            self.plain = httpx.HTTPTransport(proxy=self.proxy, verify=True, trust_env=True)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        import httpx
-
-        if self.inner is None:
+        if self.impersonating is None:
             self._load()
         if not self.impersonating:
-            return self.inner.handle_request(request)
-        for name in ("User-Agent", "Accept"):  # the client's Chrome 131 User-Agent would contradict the fingerprint
-            request.headers.pop(name, None)
+            return self.plain.handle_request(request)
+        return self._perform(request)
+
+    def _perform(self, request: httpx.Request) -> httpx.Response:
+        import certifi
+        import httpx
+        from curl_cffi import Curl, CurlError, CurlInfo, CurlOpt
+
         limits = request.extensions.get("timeout") or {}
-        if limits.get("connect") and limits.get("read"):
-            # INFO: curl_cffi turns (connect, read) into one limit of connect + read seconds on the whole request:
-            # keep it to httpx's read timeout, so fetch_json's budget-trimmed timeout still ends the request in time
-            read = max(limits["read"] - limits["connect"], 0.0)
-            request.extensions = {**request.extensions, "timeout": {**limits, "read": read}}
+        ends = request.extensions.get("fxcu.ends") or time.monotonic() + (limits.get("read") or 60.0)
+        head: list[bytes] = []
+        body = bytearray()
+
+        def on_header(line: bytes) -> int:
+            if line.startswith(b"HTTP/"):  # a new response (after a 100 Continue): keep the last one's headers
+                head.clear()
+            head.append(line)
+            return len(line)
+
+        def on_body(chunk: bytes) -> int:
+            body.extend(chunk)
+            if len(body) > MAX_BODY_BYTES:  # raising here makes curl stop the transfer; perform raises it again
+                raise PayloadError(f"response body over {MAX_BODY_BYTES / 2**20:g} MB (as sent): not read further")
+            return len(chunk)
+
+        # as httpx does: SSL_CERT_FILE, else certifi's bundle (curl_cffi's own default is fixed when it is imported)
+        curl = Curl(cacert=self.verify if isinstance(self.verify, str) else certifi.where())
         try:
-            return self.inner.handle_request(request)
-        except httpx.RequestError as exc:
-            # INFO: httpx-curl-cffi raises a bare TimeoutException (libcurl has one code for both) and a bare
-            # RequestError for codes it does not map (52 empty reply, 16/92 HTTP/2, 60 certificate): name them as
-            # httpx's own transport would, so that tenacity retries them and describe_error words them alike
-            # and one line without curl_cffi's boilerplate ("Failed to perform, ... See https://curl.se/...")
-            text = re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", str(exc))
-            kind: type[httpx.RequestError] = type(exc)
-            if kind is httpx.TimeoutException:
-                connecting = "Connection timed out" in text or "Resolving timed out" in text
-                kind = httpx.ConnectTimeout if connecting else httpx.ReadTimeout
-            elif kind is httpx.RequestError:
-                kind = httpx.NetworkError
-            raise kind(text, request=request) from exc
+            if curl.impersonate(self.target, default_headers=True):
+                raise httpx.UnsupportedProtocol(f"curl_cffi cannot impersonate {self.target}", request=request)
+            curl.setopt(CurlOpt.URL, str(request.url).encode())
+            # curl-impersonate sends Chrome's User-Agent, Accept and Accept-Encoding: the client's would contradict it
+            skip = {"host", "user-agent", "accept", "accept-encoding", "connection", "content-length"}
+            headers = [f"{k}: {v}".encode() for k, v in request.headers.items() if k.lower() not in skip]
+            curl.setopt(CurlOpt.HTTPHEADER, headers)
+            curl.setopt(CurlOpt.HTTP_CONTENT_DECODING, 0)  # the body as sent: `_read_capped` decodes it, capped
+            curl.setopt(CurlOpt.PROXY, (self.proxy or "").encode())  # "": no proxy, whatever the environment says
+            curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, max(1, int(1000 * (limits.get("connect") or 10.0))))
+            # _get_json gives the exchange up at `ends`; curl stops its own transfer a second later
+            curl.setopt(CurlOpt.TIMEOUT_MS, max(1, int(1000 * (ends + 1.0 - time.monotonic()))))
+            curl.setopt(CurlOpt.LOW_SPEED_LIMIT, 1)  # a stall (under a byte a second) longer than the read timeout
+            curl.setopt(CurlOpt.LOW_SPEED_TIME, max(1, math.ceil(limits.get("read") or 10.0)))
+            curl.setopt(CurlOpt.HEADERFUNCTION, on_header)
+            curl.setopt(CurlOpt.WRITEFUNCTION, on_body)
+            try:
+                curl.perform()
+            except CurlError as exc:
+                connected = bool(curl.getinfo(CurlInfo.CONNECT_TIME))
+                kind = getattr(httpx, curl_error_name(int(exc.code), connected))
+                raise kind(curl_message(str(exc)), request=request) from None
+            status = int(curl.getinfo(CurlInfo.RESPONSE_CODE))
+        finally:
+            curl.close()
+        reason = head[0].split(b" ", 2)[2].strip() if head and head[0].count(b" ") >= 2 else b""
+        fields = [tuple(part.strip() for part in line.split(b":", 1)) for line in head[1:] if b":" in line]
+        return httpx.Response(
+            status,
+            headers=fields,
+            stream=httpx.ByteStream(bytes(body)),
+            request=request,
+            extensions={"reason_phrase": reason},
+        )
 
     def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
-            self.inner = None
+        if self.plain is not None:
+            self.plain.close()
 
     def __enter__(self) -> Self:
         return self
