@@ -3111,7 +3111,7 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
         "mae": float(scored["abs_error"].mean()),
         "mape": float(scored["pct_error"].abs().mean()),
-        # INFO: None where the ledger was scored without WIS (`check` skips it: utilsforecast's import)
+        # INFO: None where the ledger was scored without WIS (`check` grades none)
         "wis": scored["wis"].mean(),
         "rw_wis": scored["rw_wis"].mean(),
     }
