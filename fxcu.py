@@ -20,7 +20,6 @@ import dataclasses
 import enum
 import errno
 import fcntl
-import functools
 import getpass
 import hashlib
 import html
@@ -1592,16 +1591,6 @@ def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: int) ->
     return sr.interval_score(y, lo, hi, 1 - level / 100)
 
 
-def weighted_interval_score(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Weighted interval score from the served median and 80/95% intervals (scoringrules, Bracher et al. 2021)."""
-    import scoringrules as sr
-
-    z = np.array([z_value(lv) for lv in LEVELS])
-    return sr.weighted_interval_score(
-        y, mu, mu[:, None] - sigma[:, None] * z, mu[:, None] + sigma[:, None] * z, 1 - np.array(LEVELS) / 100
-    )
-
-
 WIS_QUANTILES = (0.025, 0.1, 0.5, 0.9, 0.975)  # the 95% and 80% bounds, and the point forecast as the median
 
 
@@ -1644,13 +1633,10 @@ INTERVAL_MODELS: dict[str, str] = {
     "EWMA": "range from the EWMA of daily returns (RiskMetrics)",
     "EWMA_5d": "range from the EWMA of 5-day returns",
     "EWMA_5d_blend": "range from the EWMA of 5-day returns blended with their long-run variance",
-    "GARCH_t": "range from a GARCH(1,1) with Student-t errors",
     "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
     "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
 }
-# GARCH_t costs 30-300 ms per arch fit (more on a busy machine): refitted at 252 origins it alone takes 1-9x
-# the whole point backtest (the target is 0.2x), so the run leaves it out; docs/bench_density.py scores it.
-RUN_INTERVAL_MODELS = ("Naive", "EWMA", "EWMA_5d", "EWMA_5d_blend", "Recal", "Recal_copper")
+RUN_INTERVAL_MODELS = tuple(INTERVAL_MODELS)
 SERVED = "Served"  # the interval model chosen at each origin from outcomes known by then
 DENSITY_ORIGINS, DENSITY_EVERY = 252, 5  # weekly origins over the last five years, the same for every horizon
 DAILY_DECAY, MULTI_DAY_DECAY = 0.94, 0.97  # RiskMetrics' daily and monthly decay factors (1996), not fitted here
@@ -1676,15 +1662,6 @@ def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
     return (1 - persistence**steps) / (steps * (1 - persistence))
 
 
-def garch_variances(daily: np.ndarray, steps: int) -> np.ndarray:
-    """k-day log-return variance for k = 1..steps from arch's GARCH(1,1) with Student-t errors fitted to `daily`."""
-    from arch import arch_model
-
-    # INFO: arch fits percent returns (its optimiser is tuned for that scale)
-    fit = arch_model(daily * 100, mean="Zero", vol="GARCH", p=1, q=1, dist="t").fit(disp="off", show_warning=False)
-    return np.cumsum(fit.forecast(horizon=steps, reindex=False).variance.to_numpy()[-1]) / 1e4
-
-
 def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS) -> dict[str, np.ndarray]:
     """Variance of the k-day log return for k = 1..steps, per model, at the last point of `logp` (the origin).
 
@@ -1692,7 +1669,7 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
     Naive's width (mean squared daily change, times k); `EWMA` RiskMetrics' daily EWMA times k;
     `EWMA_5d` the EWMA of overlapping 5-day squared returns times k/5; `EWMA_5d_blend` that blended
     with the mean 5-day squared return of the whole window, the EWMA's weight falling with k as a
-    variance shock decays; `GARCH_t` arch's GARCH(1,1) with Student-t errors, refitted here.
+    variance shock decays.
     """
 
     k = np.arange(1, steps + 1)
@@ -1709,8 +1686,6 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
     if {"EWMA_5d_blend", "Recal", "Recal_copper"} & set(models):
         weight = np.array([blend_weight(int(s)) for s in k])
         out["EWMA_5d_blend"] = (weight * ewma_5d + (1 - weight) * long_run) * k
-    if "GARCH_t" in models:
-        out["GARCH_t"] = garch_variances(daily, steps)
     return out
 
 
@@ -1758,9 +1733,7 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     target[:-steps] = (logp[steps:] - logp[:-steps]) ** 2
     usable = ~np.isnan(target) & ~np.isnan(x[:, 2])
     usable[: K_DAYS + 60] = False  # INFO: the EWMA and long-run mean need a few weeks before they mean anything
-    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = (
-        False  # INFO: weekly rows: overlapping targets add little, cost 5x
-    )
+    usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = False  # weekly rows: overlapping ones add little
     out = {"Recal": float(blend[-1]), "Recal_copper": float(blend[-1])}
     if usable.sum() < 50 or np.isnan(x[-1]).any():
         return out if "copper_rv" in features else {"Recal": out["Recal"]}
@@ -1820,15 +1793,13 @@ def density_frame(
     every: int = DENSITY_EVERY,
     history: int = HISTORY,
     models: Sequence[str] = RUN_INTERVAL_MODELS,
-    first: date | None = None,
 ) -> pl.DataFrame:
     """The prediction frame: one row per origin and horizon with each model's k-day log-return standard deviation.
 
     Columns: horizon, steps, ds (the origin's row), origin, target, last and y (log price at the
     origin and at the horizon date), vol20 (trailing 20-day realised volatility), one column per
     model. Every value at an origin comes from the last `history` rows up to it (copper as known
-    at the origin, `align_copper`); models are refitted at every origin. `first`: take every
-    weekly origin from that date on instead of the last `origins`.
+    at the origin, `align_copper`); models are refitted at every origin.
     """
 
     logp, days, copper_logp = log_prices(usdclp, copper)
@@ -1836,9 +1807,7 @@ def density_frame(
         models = [m for m in models if m != "Recal_copper"]
     steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
     longest = horizon_steps(max(HORIZONS.values()))
-    rows = density_origins(len(logp), longest=longest, origins=len(logp) if first else origins, every=every)
-    if first:
-        rows = [i for i in rows if days[i] >= first]
+    rows = density_origins(len(logp), longest=longest, origins=origins, every=every)
     base_models = [m for m in models if not m.startswith("Recal")] + ["EWMA_5d_blend"]
     records = []
     for i in rows:
@@ -1924,24 +1893,15 @@ class DensityBacktest:
         return self.models["Naive" if self.live == "Naive" else SERVED]
 
 
-@functools.lru_cache(maxsize=16)
 def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
     """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples.
 
-    The draws are arch's `CircularBlockBootstrap(block, ..., seed=seed)`, number for number: one
-    generator `default_rng(seed)`, and per resample ceil(n / block) block starts from
-    `integers(n)`, each block wrapping past the end, the resample cut to n (a test holds the two
-    equal). Written out because importing arch costs 0.7-0.9 s of the run for 15 ms of draws.
+    The resamples are arch's `CircularBlockBootstrap(block, ..., seed=seed)`.
     """
+    from arch.bootstrap import CircularBlockBootstrap
 
-    rng = np.random.default_rng(seed)
-    blocks = -(-n // block)
-    offsets = np.arange(block, dtype=np.int64)
-    counts = np.empty((reps, n))
-    for r in range(reps):  # one call per resample, as arch makes them: a single batched call draws other numbers
-        starts = rng.integers(n, size=blocks, dtype=np.int64)
-        counts[r] = np.bincount(((starts[:, None] + offsets).ravel() % n)[:n], minlength=n)
-    return counts
+    boot = CircularBlockBootstrap(block, np.arange(n), seed=seed)
+    return np.array([np.bincount(data[0][0], minlength=n) for data in boot.bootstrap(reps)], dtype=float)
 
 
 def ratio_ci(
@@ -1961,8 +1921,7 @@ def ratio_ci(
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
     counts = bootstrap_counts(len(values), max(1, math.ceil(steps / every)) + 1, reps, seed)
-    # INFO: one product gives every resample's total for every model; einsum, not BLAS matmul, whose threads
-    # cost 5x more than the work on a busy 2-core machine
+    # one product gives every resample's total for every model
     sums = np.einsum("rn,nm->rm", counts, values)
     draws = sums / sums[:, [names.index(base)]]
     means = values.mean(axis=0) / values[:, names.index(base)].mean()
@@ -1970,29 +1929,25 @@ def ratio_ci(
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
 
 
-def choose_interval_model(
-    frame: pl.DataFrame, models: Sequence[str], steps: int, *, window: int | None = None
-) -> IntervalChoice:
+def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int) -> IntervalChoice:
     """Pick an interval model at each origin by mean CRPS over outcomes known by then; Naive unless one beats it.
 
-    An origin's pick uses only origins whose horizon date (ds + steps) is on or before it and,
-    with `window`, only the last `window` origins before it (what a run on that day would
-    backtest); ties and the first origins go to Naive. The live model is the next pick if the
-    picks' own CRPS beat Naive's, else Naive, and the run says so.
+    An origin's pick uses only origins whose horizon date (ds + steps) is on or before it; ties and
+    the first origins go to Naive. The live model is the next pick if the picks' own CRPS beat
+    Naive's, else Naive, and the run says so.
     """
 
     ds, y, last = frame["ds"].to_numpy(), frame["y"].to_numpy(), frame["last"].to_numpy()
     sigma = np.column_stack([frame[m].to_numpy() for m in models])
     score = crps(y[:, None], last[:, None], sigma)
     naive, n = list(models).index("Naive"), len(ds)
-    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [lo, known): cumsums
+    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [0, known): cumsums
     total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
     known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")  # the last entry: after every origin
-    lo = np.maximum(np.arange(n + 1) - (window or n + 1), 0)
-    mean = (total[known] - total[np.minimum(lo, known)]) / np.maximum(known - lo, 1)[:, None]
+    mean = total[known] / np.maximum(known, 1)[:, None]
     best = mean.argmin(axis=1)
     # ties and no known outcome go to Naive: a candidate must beat it
-    best = np.where((known > lo) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
+    best = np.where((known > 0) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
     picks = [models[j] for j in best[:n]]
     served = sigma[np.arange(n), best[:n]]
     served_crps, naive_crps = float(crps(y, last, served).mean()), float(score[:, naive].mean())
@@ -2030,8 +1985,9 @@ def score_density(
 ) -> dict[str, DensityScore]:
     """Score each model's Gaussian log-price distribution (centre `last`, sd the model's column) against `y`.
 
-    CRPS, WIS, IS80 and IS95 with ratios to Naive (block-bootstrap CIs), coverage overall with a
-    CI, by volatility tercile of `vol20` (cut points from these origins) and in NAMED_WINDOWS.
+    CRPS, WIS (`wis`: the median and the 80% and 95% intervals), IS80 and IS95 with ratios to Naive
+    (block-bootstrap CIs), coverage overall with a CI, by volatility tercile of `vol20` (cut points
+    from these origins) and in NAMED_WINDOWS.
     """
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
@@ -2041,7 +1997,9 @@ def score_density(
             bounds[f"{m}-lo-{lv}"] = last - z_value(lv) * frame[m].to_numpy()
             bounds[f"{m}-hi-{lv}"] = last + z_value(lv) * frame[m].to_numpy()
     crps_of = {m: crps(y, last, frame[m].to_numpy()) for m in models}
-    wis_of = {m: weighted_interval_score(y, last, frame[m].to_numpy()) for m in models}
+    quantiles = {m: [f"{m}-lo-95", f"{m}-lo-80", "last", f"{m}-hi-80", f"{m}-hi-95"] for m in models}
+    wis_frame = wis(frame.select("y", "last").with_columns(pl.Series(k, v) for k, v in bounds.items()), quantiles, "y")
+    wis_of = {m: wis_frame[m].to_numpy() for m in models}
     is_of = {
         lv: {m: interval_score(y, bounds[f"{m}-lo-{lv}"], bounds[f"{m}-hi-{lv}"], lv) for m in models} for lv in LEVELS
     }
@@ -2969,11 +2927,6 @@ def empty_ledger() -> pl.DataFrame:
     return pl.DataFrame(schema=ledger_schema())
 
 
-def served_interval_model(fc: Forecast) -> str:
-    """The interval model fxcu served: `Forecast.interval_model` where it exists, else Naive's width (the old one)."""
-    return getattr(fc, "interval_model", "Naive")
-
-
 def served_point_model(rule: str) -> str:
     """The point model fxcu served, from the ensemble rule: `Naive`, or `Ensemble:<rule>`."""
     return "Naive" if rule == "naive" else f"{ENSEMBLE}:{rule}"
@@ -2995,7 +2948,7 @@ def ledger_entry(
         **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
         **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
         "point_model": served_point_model(bt.rule),
-        "interval_model": served_interval_model(fc),
+        "interval_model": fc.interval_model,
         "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
         "degraded": ",".join(bundle.degraded),
         "run_id": run_id,
@@ -3028,7 +2981,7 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
     the random walk from the same origin (its point is the last close, its range Naive's). `check`
-    passes `with_wis=False`: it grades no WIS, and utilsforecast's import would cost it half a second.
+    passes `with_wis=False`: it grades no WIS, so it leaves utilsforecast unimported.
     """
 
     if ledger.is_empty():
@@ -3066,76 +3019,34 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
     return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
 
 
-def binomial_quantile(q: float, n: int, p: float) -> int:
-    """The smallest k with P(X <= k) >= q for X ~ Binomial(n, p): scipy.stats.binom.ppf, for 0 < q < 1, 0 < p < 1.
-
-    Summed from k = 0 in log space (lgamma), so no term overflows at any n; the CDF is right to about 1e-12,
-    which gives scipy's k at every n up to 3,000 for fxcu's bands (p 0.8 and 0.95 at 95% and 99%; tested).
-    Where q equals a CDF value exactly (q = 0.5 at p = 0.5, odd n) rounding may give k + 1.
-    By hand: scipy.stats made `check` with a ledger over 3x slower (docs/BENCHMARKS.md, issue 13); this needs math.
-    """
-    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    cdf = 0.0
-    for k in range(n):
-        cdf += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
-        if cdf >= q:
-            return k
-    return n
-
-
 def binomial_band(n: int, p: float, level: float = BAND_LEVEL) -> tuple[float, float]:
     """The coverage range a calibrated p-interval stays in with probability `level` over n independent forecasts.
 
-    The central `level` interval of Binomial(n, p) over n, as scipy.stats.binom.interval(level, n, p) / n.
+    The central `level` interval of Binomial(n, p) over n (scipy.stats.binom.interval).
     """
     if n < 1:
         return 0.0, 1.0
-    # INFO: the same two tail probabilities scipy's interval computes, to the last bit
-    return binomial_quantile((1.0 - level) / 2, n, p) / n, binomial_quantile((1.0 + level) / 2, n, p) / n
+    from scipy.stats import binom
 
-
-def student_t_sf(t: float, df: int) -> float:
-    """P(T > t) for Student's t with `df` >= 1 degrees of freedom: scipy.stats.t.sf(t, df) for integer df.
-
-    The closed form for integer df (Abramowitz & Stegun 26.7.3 and 26.7.4, with theta = atan(|t| / sqrt(df))),
-    a finite sum of df / 2 terms; by hand because scipy.special's import alone would nearly double `check`'s
-    time (docs/BENCHMARKS.md, issue 13).
-    """
-    theta = math.atan(abs(t) / math.sqrt(df))
-    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:
-        term = total = math.cos(theta) if df > 1 else 0.0
-        for k in range(3, df - 1, 2):  # cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ... up to cos^(df-2)
-            term *= cos2 * (k - 1) / k
-            total += term
-        inside = 2 / math.pi * (theta + sin * total)
-    else:
-        term = total = 1.0
-        for k in range(2, df - 1, 2):  # 1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ... up to cos^(df-2)
-            term *= cos2 * (k - 1) / k
-            total += term
-        inside = sin * total
-    tail = (1.0 - inside) / 2  # inside = P(|T| <= |t|)
-    return max(0.0, tail) if t >= 0 else 1.0 - tail  # INFO: rounding leaves about -1e-17 for a huge t
+    lo, hi = binom.interval(level, n, p)
+    return float(lo) / n, float(hi) / n
 
 
 def t_test_greater(values: Sequence[float]) -> float:
-    """The one-sided p-value that the mean of `values` exceeds 0, as scipy.stats.ttest_1samp(alternative="greater").
+    """The one-sided p-value that the mean of `values` exceeds 0 (scipy.stats.ttest_1samp, alternative="greater").
 
     1.0 when there are fewer than two values or they do not vary (no evidence either way).
     """
-    n = len(values)
-    if n < 2 or min(values) == max(values):  # INFO: not the variance: [0.003] * 3 has a mean 4e-19 off, and t=1e16
+    if len(values) < 2 or min(values) == max(values):  # not the variance: [0.003] * 3 has a mean 4e-19 off
         return 1.0
-    mean = math.fsum(values) / n
-    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    if not variance > 0:
-        return 1.0
-    return student_t_sf(mean / math.sqrt(variance / n), n - 1)
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(values, 0.0, alternative="greater").pvalue)
 
 
-def _rmse(values: pl.Series) -> float:
-    return math.sqrt(float((values**2).mean()))
+def _rmse(values: Sequence[float] | pl.Series) -> float:
+    """Root mean square of `values`."""
+    return math.sqrt(float((pl.Series(values, dtype=pl.Float64) ** 2).mean()))
 
 
 TRACK_MISSES = 5  # the latest 80% misses `track` lists
@@ -3200,7 +3111,7 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
         "mae": float(scored["abs_error"].mean()),
         "mape": float(scored["pct_error"].abs().mean()),
-        # INFO: None where the ledger was scored without WIS (`check` skips it: utilsforecast's import)
+        # INFO: None where the ledger was scored without WIS (`check` grades none)
         "wis": scored["wis"].mean(),
         "rw_wis": scored["rw_wis"].mean(),
     }
@@ -3321,10 +3232,6 @@ def check_track_coverage(horizon: str, n: int, covers: Mapping[int, float], *, l
     return name, "OK", f"{detail} over the last {n}, within chance"
 
 
-def _root_mean_square(values: Sequence[float]) -> float:
-    return math.sqrt(math.fsum(v * v for v in values) / len(values))
-
-
 def check_track_ratio(
     horizon: str, errors: Sequence[float], rw_errors: Sequence[float], backtest_ratio: float
 ) -> Check:
@@ -3338,7 +3245,7 @@ def check_track_ratio(
         return name, "OK", f"{n} non-overlapping scored forecasts (testing starts at {RATIO_TEST_MIN})"
     excess = [e**2 - backtest_ratio**2 * r**2 for e, r in zip(errors, rw_errors, strict=True)]
     p = t_test_greater(excess)
-    live_ratio = _root_mean_square(errors) / max(_root_mean_square(rw_errors), 1e-12)
+    live_ratio = _rmse(errors) / max(_rmse(rw_errors), 1e-12)
     return (
         name,
         "WARNING" if p < RATIO_TEST_P else "OK",
@@ -3484,13 +3391,8 @@ def run_status(run: StoredRun) -> str:
 
 
 def run_served(run: StoredRun) -> str:
-    """The served models of a run: its tag, else read off the logged weights (runs before the tag existed) (pure)."""
-    if "fxcu.served_models" in run.tags:
-        return run.tags["fxcu.served_models"]
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        weights = {k: v for k, v in json.loads(run.params.get("ensemble_weights", "")).items() if v > 0}
-        return next(iter(weights)) if len(weights) == 1 else ", ".join(f"{k} {v:.0%}" for k, v in weights.items())
-    return "-"
+    """The served models of a run, from its `fxcu.served_models` tag ("-" without one) (pure)."""
+    return run.tags.get("fxcu.served_models", "-")
 
 
 def runs_rows(runs: Sequence[StoredRun], last: int) -> list[dict[str, Any]]:
