@@ -173,10 +173,8 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     rows = [["Naive RMSE (CLP)", *(f"{bts[h].models['Naive'].rmse:.2f}" for h in horizons)]]
     rows += [[name, *(with_ci(*cis[h][name]) if name in cis[h] else "—" for h in horizons)] for name in names]
     print(table(["RMSE ratio to Naive [CI]", *horizons], rows))
-    cover = [
-        [name, *(f"{pct(s.coverage_80)} / {pct(s.coverage_95)}" for s in (bts[h].models.get(name) for h in horizons))]
-        for name in ["Naive", *names]
-    ]
+    cells = lambda s: "—" if s is None else f"{pct(s.coverage_80)} / {pct(s.coverage_95)}"  # noqa: E731
+    cover = [[name, *(cells(bts[h].models.get(name)) for h in horizons)] for name in ["Naive", *names]]
     print(table(["80% / 95% coverage", *horizons], cover))
     rows = []
     for h in horizons:
@@ -366,7 +364,7 @@ def cmd_guards(args: argparse.Namespace) -> None:
     Fresh subprocesses from another directory, the order rotating each round, one uncounted round
     first; medians. `run 7d --offline` (a data dir with `fxcu.py init` and the warehouse the first run
     builds from the shipped seed) against `python -c "import polars, statsforecast, mlflow"`:
-    at most 3.5x. `check` (the seed's warehouse and a ten-year ledger, 2,500 days x 4 horizons)
+    at most 3.5x. `check` (the seed's warehouse, a ten-year ledger of 2,600 days x 4 horizons, a store with a run)
     against `python -c "import mlflow"`: at most 1.0x. `python fxcu.py --help`: at most 0.5 s.
     Also the MLflow store's growth per counted run (database and artifacts).
     """
@@ -383,6 +381,7 @@ def cmd_guards(args: argparse.Namespace) -> None:
         run = [PY, FXCU, "run", "7d", "--offline"]
         interleaved({"init": ([PY, FXCU, "init"], run_env), "run": (run, run_env)}, 0, root, ("init", "run"))
         before = store_bytes(root / "run" / "mlflow")
+        shutil.copytree(root / "run" / "mlflow", root / "check" / "mlflow")  # check also reads a store with a run
         commands = {
             "floor_run": ([PY, "-c", FLOOR_RUN], base),
             "run": (run, run_env),
