@@ -62,6 +62,29 @@ if TYPE_CHECKING:  # imported where used: `--help` and `check` stay fast without
     from matplotlib.figure import Figure
 
 __version__ = "0.1.0"
+# The library API (README's "Library" section, and nothing else); the rest is the CLI's and may change.
+__all__ = [
+    "Bundle",
+    "ChosenSeries",
+    "Config",
+    "Forecast",
+    "PayloadError",
+    "Result",
+    "backtest",
+    "best_run",
+    "clean_prices",
+    "copper_features",
+    "density_backtest_all",
+    "fetch_copper",
+    "fetch_usdclp",
+    "first_good",
+    "forecast",
+    "load",
+    "make_client",
+    "parse_fred_observations",
+    "parse_mindicador",
+    "parse_yahoo_chart",
+]
 
 log = logging.getLogger("fxcu")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -897,6 +897,14 @@ def kept(data_dir: Path) -> Kept:
 # -- Constants & config ----------------------------------------------------------------
 
 
+def test_all_is_the_readme_library_api_and_each_name_exists():
+    readme = (HERE / "README.md").read_text()
+    section = readme[readme.index("## Library") : readme.index("\n## ", readme.index("## Library") + 1)]
+    named = set(re.findall(r"\bfxcu\.([A-Za-z]\w*)", section))
+    assert set(fxcu.__all__) == named and len(fxcu.__all__) == len(named)
+    assert all(hasattr(fxcu, name) for name in fxcu.__all__)
+
+
 @pytest.mark.parametrize(("text", "days"), [("7d", 7), ("15d", 15), ("30d", 30), ("90D", 90), (" 7d ", 7)])
 def test_parse_horizon_known(text, days):
     assert fxcu.parse_horizon(text) == days
