@@ -5877,18 +5877,23 @@ def gzip_bomb() -> bytes:
     return b"".join(parts)
 
 
+RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(f'peak_rss_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def cli_rss(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> tuple[Outcome, float]:
-    """`python fxcu.py ARGS` in a fresh process, and that process's peak RSS in MB."""
-    code = (
-        "import atexit, resource, runpy, sys\n"
-        "atexit.register(lambda: print(f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}',"
-        " file=sys.stderr))\n"
-        f"sys.argv = ['fxcu.py', *{args!r}]\n"
-        f"runpy.run_path({str(HERE / 'fxcu.py')!r}, run_name='__main__')\n"
-    )
+    """`python fxcu.py ARGS` in a fresh process, and that process's peak RSS in MB.
+
+    The peak is read by a small wrapper process (RUSAGE_CHILDREN): Linux carries a process's peak over fork and
+    exec, so fxcu started straight from this (large) test process would report this process's peak as its own.
+    """
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", RSS_WRAPPER, sys.executable, str(HERE / "fxcu.py"), *args],
         env={**clean_environ(), **env},
         cwd=cwd,
         capture_output=True,
