@@ -56,7 +56,7 @@ from polars.testing import assert_frame_equal
 import fxcu
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("FXCU_SHARED_DATA", HERE.parent / "shared" / "data"))
+SHARED = HERE / "data" / "real"  # real public data and recorded bodies, copied with their provenance (PROVENANCE.md)
 CASSETTES = HERE / "cassettes"
 FRED_KEY = "abcdefghijklmnopqrstuvwxyz012345"  # fake, 32 lower-case alphanumerics like a real key
 CLP_END = datetime(2024, 7, 16, 12, tzinfo=UTC)  # the day after the last real CLP=X bar

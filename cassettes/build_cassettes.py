@@ -1,11 +1,11 @@
-"""Build the vcrpy cassettes in this directory from the real public data in shared/data.
+"""Build the vcrpy cassettes in this directory from the real public data in data/real.
 
 Run from the repository root:
 
     python cassettes/build_cassettes.py
 
-The data directory defaults to ``<repo>/../shared/data`` and can be overridden with the
-environment variable ``FXCU_SHARED_DATA``. The output is deterministic: running the script
+The data directory is ``<repo>/data/real`` (copied from the public sources its
+PROVENANCE.md names). The output is deterministic: running the script
 twice gives byte-identical files. Each cassette is in vcrpy's format version 1, serialized
 the way vcrpy itself serializes (``yaml.dump`` with the libyaml dumper when available,
 sorted keys), preceded by ``#`` comment lines and with an extra top-level ``provenance``
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
     from yaml import Dumper as _Dumper
 
 OUT_DIR = Path(__file__).resolve().parent
-DATA_DIR = Path(os.environ.get("FXCU_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "real"
 
 LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -227,11 +227,11 @@ def build_yahoo_clpx(rows: list[dict]) -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {CLPX_URI} -> 200.
-Bars: shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}),
+Bars: data/real/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}),
   all {len(rows)} rows unchanged: timestamp = unix seconds of the CSV Date column (UTC time of
   London midnight, e.g. 2006-05-15 23:00Z = London 2006-05-16); open/high/low/close from the CSV,
   volume 0, adjclose = close. Bad prints (5.46 on 2014-04-10, 5.0 on 2016-12-22) kept: they are real.
-Body shape and meta: shared/data/yahoo/chart_200_EURUSD=X_fx.json ({PROVENANCE_COMMITS["yf2"]}),
+Body shape and meta: data/real/yahoo/chart_200_EURUSD=X_fx.json ({PROVENANCE_COMMITS["yf2"]}),
   meta copied and changed to symbol CLP=X, currency CLP, USD/CLP names, range max; fields that
   describe the moment of recording (regularMarket*, fiftyTwoWeek*, currentTradingPeriod, timezone)
   are derived from the last CSV bar ({last["london_date"]}); firstTradeDate = first bar.
@@ -285,12 +285,12 @@ def build_yahoo_hgf(rows: list[dict]) -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {HGF_URI} -> 200.
-Bars: shared/data/copper_hgf_daily_2000_2026.csv ({PROVENANCE_COMMITS["hgf"]}),
+Bars: data/real/copper_hgf_daily_2000_2026.csv ({PROVENANCE_COMMITS["hgf"]}),
   all {len(rows)} rows (CSV column order Date,Close,High,Low,Open,Volume) incl. the spurious
   Sunday row 2025-07-13 and zero-volume rows (real). timestamp = 00:00 America/New_York of the
   CSV date (zoneinfo), as Yahoo stamps COMEX daily bars (GC=F capture: 2020-01-02 -> 05:00Z).
   adjclose = close; volume from the CSV.
-Body shape and meta: shared/data/yahoo/chart_200_GC=F_future.json ({PROVENANCE_COMMITS["yf2"]}),
+Body shape and meta: data/real/yahoo/chart_200_GC=F_future.json ({PROVENANCE_COMMITS["yf2"]}),
   meta copied and changed to symbol HG=F, shortName "Copper Mar 26", priceHint 4, range max;
   regularMarket*, fiftyTwoWeek*, currentTradingPeriod, timezone derived from the last CSV bar
   ({last["date"]}); firstTradeDate = first bar. Integral values written without '.0' as Yahoo does."""
@@ -332,9 +332,9 @@ def build_fred_pcopp() -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {FRED_URI} -> 200 (api_key removed, as vcr
   filter_query_parameters=["api_key"] records it; vcr matches on the sorted query).
-Observations: shared/data/fred_pcoppusdm_monthly_1998_2026.csv ({PROVENANCE_COMMITS["pcopp"]}),
+Observations: data/real/fred_pcoppusdm_monthly_1998_2026.csv ({PROVENANCE_COMMITS["pcopp"]}),
   all {len(obs)} rows, value strings copied character for character.
-Body shape: shared/data/fred/observations_200_GDP_body.json ({PROVENANCE_COMMITS["pyfredapi"]}),
+Body shape: data/real/fred/observations_200_GDP_body.json ({PROVENANCE_COMMITS["pyfredapi"]}),
   same keys and order; count={len(obs)}; realtime_start/realtime_end = {FRED_REALTIME} is NOT
   known (no recorded PCOPPUSDM response exists publicly) and was chosen for this cassette."""
     write_cassette(
@@ -358,12 +358,12 @@ def build_fred_bad_key() -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {FRED_URI} -> 400 Bad Request (api_key removed as vcr records it).
 Body: the real raw JSON text for an unregistered 32-character api_key, copied verbatim from
-  shared/data/fred/ERRORS.md (two spaces after each sentence, '\\/' escapes kept);
+  data/real/fred/ERRORS.md (two spaces after each sentence, '\\/' escapes kept);
   Content-Type as in the real 400 in {PROVENANCE_COMMITS["pyfredapi"]}."""
     write_cassette(
         "fred_bad_key.yaml",
         comment,
-        "FRED HTTP 400 for an unregistered api_key: body verbatim from shared/data/fred/ERRORS.md "
+        "FRED HTTP 400 for an unregistered api_key: body verbatim from data/real/fred/ERRORS.md "
         "(public captures cited there); built by build_cassettes.py.",
         [interaction(FRED_URI, 400, "Bad Request", {"Content-Type": FRED_CT}, body)],
     )
@@ -376,7 +376,7 @@ def build_mindicador_2026() -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {uri} -> 200.
-Body: shared/data/mindicador/dolar_200_last31.json unchanged ({PROVENANCE_COMMITS["mindicador"]}).
+Body: data/real/mindicador/dolar_200_last31.json unchanged ({PROVENANCE_COMMITS["mindicador"]}).
   It is a real response of /api/dolar (last 31 values, 2026-08-26 .. 2026-10-08), reused here
   for the year URL; a real /api/dolar/2026 response would hold every 2026 value."""
     write_cassette(
@@ -411,11 +411,11 @@ def build_mindicador_2023_2024(rows: list[dict]) -> None:
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Requests: GET https://mindicador.cl/api/dolar/2023 and /api/dolar/2024 -> 200.
 WARNING: the values are NOT the official dolar observado. They are Yahoo CLP=X daily closes from
-  shared/data/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}) for the rows whose
+  data/real/usdclp_clpx_daily_2006_2024.csv ({PROVENANCE_COMMITS["clpx"]}) for the rows whose
   London date falls in the year (bad prints 2014-04-10 / 2016-12-22 would be skipped), rounded
   to 2 decimals (integral values written without '.0', as mindicador does), put in mindicador's shape.
   {spans[0]}; {spans[1]} (the CSV ends there).
-Shape: shared/data/mindicador/dolar_200_last31.json ({PROVENANCE_COMMITS["mindicador"]}):
+Shape: data/real/mindicador/dolar_200_last31.json ({PROVENANCE_COMMITS["mindicador"]}):
   version/autor/codigo/nombre/unidad_medida copied; serie newest first; fecha = 00:00
   America/Santiago of the date expressed in UTC with .000Z (03:00Z or 04:00Z, zoneinfo)."""
     write_cassette(
@@ -436,7 +436,7 @@ def build_yahoo_404() -> None:
     comment = f"""\
 vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do not edit by hand.
 Request: GET {HGF_URI} -> 404 Not Found.
-Body: the real raw body of shared/data/yahoo/chart_404_not_found.json (recorded for symbol SI,
+Body: the real raw body of data/real/yahoo/chart_404_not_found.json (recorded for symbol SI,
   16 Sep 2024, {PROVENANCE_COMMITS["yf2"]}), unchanged; content-type as recorded. Reused for HG=F."""
     write_cassette(
         "yahoo_404_not_found.yaml",
@@ -457,7 +457,7 @@ vcrpy cassette (format version 1) built by cassettes/build_cassettes.py -- do no
 Request: GET {CLPX_URI} -> 429 Too Many Requests, 3 identical
   interactions (a client retries; each is played once).
 Body: plain text 'Too Many Requests\\r\\n' (19 bytes), not JSON, as documented in
-  shared/data/yahoo/ERRORS_AND_429.md (no recorded 429 file exists publicly; the text and
+  data/real/yahoo/ERRORS_AND_429.md (no recorded 429 file exists publicly; the text and
   length come from public logs cited there: moneymanagerex PR #7497, cmallwitz/Financials-
   Extension #160). content-type text/plain."""
     comment += f"""
@@ -482,7 +482,7 @@ Cookie and crumb (fxcu asks for them once when Yahoo's 429 says 'Too Many Reques
         "yahoo_429.yaml",
         comment,
         "Yahoo 429: plain-text body 'Too Many Requests\\r\\n' per public logs cited in "
-        "shared/data/yahoo/ERRORS_AND_429.md, 4 chart interactions around one cookie (placeholder) and "
+        "data/real/yahoo/ERRORS_AND_429.md, 4 chart interactions around one cookie (placeholder) and "
         "one refused getcrumb; built by build_cassettes.py.",
         [chart(), cookie, crumb, chart(), chart(), chart()],
     )
@@ -490,7 +490,7 @@ Cookie and crumb (fxcu asks for them once when Yahoo's 429 says 'Too Many Reques
 
 def main() -> None:
     if not DATA_DIR.is_dir():
-        raise SystemExit(f"data directory not found: {DATA_DIR} (set FXCU_SHARED_DATA)")
+        raise SystemExit(f"data directory not found: {DATA_DIR}")
     clpx = load_clpx()
     hgf = load_hgf()
     build_yahoo_clpx(clpx)

@@ -9,7 +9,7 @@ Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench.py faults [--quick]     # hostile HTTP answers on both transports: peak RSS and wall time
     python docs/bench.py SUBCOMMAND --help    # what it measures, its options
 
-The inputs are the test suite's: the real CLP=X and HG=F histories in ../shared/data (or FXCU_SHARED_DATA),
+The inputs are the test suite's: the real CLP=X and HG=F histories in data/real (with their provenance),
 the real warehouse, the local fake sources, the self-signed certificate and the gzip bomb are fxcu_test's
 builders, imported from the repository root, so a benchmark and a test see the same numbers. Timings are wall
 clock on whatever machine runs this: compare the ratios measured in one run, not the seconds across runs.

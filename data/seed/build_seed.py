@@ -1,6 +1,6 @@
-"""Cut the shipped seed history from the real public data in ../shared/data (see README.md beside this file).
+"""Cut the shipped seed history from the real public data in ../real (see README.md beside this file).
 
-    python data/seed/build_seed.py [SHARED_DATA_DIR]
+    python data/seed/build_seed.py [DATA_DIR]  # default: data/real
 
 Reproducible: the same input files give byte-identical CSVs.
 """
@@ -44,4 +44,4 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent.parent.parent / "shared" / "data")
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "real")
