@@ -4179,14 +4179,6 @@ def with_key(params: Mapping[str, str], key: str | None) -> dict[str, str]:
     return {k: (key or "") if k == "api_key" else v for k, v in params.items()}
 
 
-def source_named(series: Literal["usdclp", "copper"], name: str) -> Source:
-    """The description of `series`' source called `name`."""
-    for source in SOURCES[series]:
-        if source.name == name:
-            return source
-    raise KeyError(f"{series} has no source {name!r}")
-
-
 # -- Shell: files, locks and processes -------------------------------------------------
 
 

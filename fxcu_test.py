@@ -103,6 +103,12 @@ def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: 
     return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
 
 
+def source_named(series: str, name: str) -> fxcu.Source:
+    """The description of `series`' source called `name`, as `fxcu.SOURCES` holds it."""
+    (source,) = [s for s in fxcu.SOURCES[series] if s.name == name]
+    return source
+
+
 def load_json(*parts: str) -> dict:
     return json.loads((SHARED.joinpath(*parts)).read_text())
 
@@ -3437,7 +3443,7 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
     config = make_config(tmp_path)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert not result.ok and expected in result.error
     assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
@@ -3469,7 +3475,7 @@ def test_fetch_yahoo_any_body_shape_is_a_failed_source_not_a_crash(tmp_path, bod
     config = make_config(tmp_path)
     with mock_client(lambda request: httpx.Response(200, json=body)) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert not result.ok and result.error
 
@@ -3490,7 +3496,7 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
     config = make_config(tmp_path)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert "timeout" in result.error and len(calls) == 3
 
@@ -3589,9 +3595,7 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
 
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-        )
+        fxcu.fetch_source(source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW)
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
@@ -3683,7 +3687,7 @@ def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
     config = make_config(tmp_path, fred_api_key=None)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert result.error == "FRED_API_KEY is not set" and not calls
 
@@ -3695,7 +3699,7 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
     config = make_config(tmp_path)
     with caplog.at_level(logging.DEBUG), mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert "connection error" in result.error
     assert FRED_KEY not in result.error and FRED_KEY not in caplog.text
@@ -3783,7 +3787,7 @@ def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             )
     # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
     # try 2: the same 401, no second crumb attempt, and a 401 is final
@@ -3804,7 +3808,7 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
             session = fxcu.YahooSession(config)
             with fxcu.make_client(config, session) as client:
                 result = fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                    source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
                 )
         assert result.ok and result.frame.height == 30, result.error
         seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
@@ -3821,7 +3825,7 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
         config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             )
     assert not result.ok and "connection error" in result.error and api.requests == []
 
@@ -3833,10 +3837,10 @@ def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
         config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
             assert fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             ).ok
             assert fxcu.fetch_source(
-                fxcu.source_named("usdclp", "mindicador"),
+                source_named("usdclp", "mindicador"),
                 config,
                 client,
                 no_wait_fetch(config),
@@ -3856,7 +3860,7 @@ def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, m
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             results = [
                 fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                    source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
                 )
                 for _ in range(2)
             ]
@@ -3927,7 +3931,7 @@ def test_fetch_yahoo_cassette_full_clpx_history(tmp_path):
     config = make_config(tmp_path)
     with fxcu.make_client(config) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, fxcu.make_fetch_json(config), since=None, now=CLP_END
+            source_named("usdclp", "yahoo"), config, client, fxcu.make_fetch_json(config), since=None, now=CLP_END
         )
     assert result.ok and result.frame.height == 4666 and result.frame[fxcu.DATE].max() == date(2024, 7, 15)
 
