@@ -2285,8 +2285,9 @@ def forecast_all(
 # -- Core: formatting results ----------------------------------------------------------
 
 
-def _fmt(value: object) -> str:
-    return "null" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+def _fmt(value: object, missing: str = "null") -> str:
+    """A value as text: a float to 6 significant digits, None as `missing`."""
+    return missing if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def format_series_line(series: ChosenSeries) -> str:
@@ -3807,15 +3808,11 @@ class Perf:
     max: float | None = None
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
 def format_perf(perf: Sequence[Perf]) -> str:
     """Perfdata for the part of the status line after `|`, trailing empty fields dropped."""
     items = []
     for p in perf:
-        fields = [f"{_num(p.value)}{p.uom}", p.warn, p.crit, _num(p.min), _num(p.max)]
+        fields = [f"{_fmt(p.value)}{p.uom}", p.warn, p.crit, _fmt(p.min, ""), _fmt(p.max, "")]
         items.append(f"'{p.label}'=" + ";".join(fields).rstrip(";"))
     return " ".join(items)
 
