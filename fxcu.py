@@ -7266,26 +7266,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type: a whole number of at least 1 (`int`), or a number above zero and below 1e12 (`float`)."""
+    whole = kind is int
+    noun, bound, rule = ("a whole number", math.inf, "at least 1") if whole else ("a number", 1e12, "a positive number")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not 0 < value < bound:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1e12:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+positive_int, positive_float = positive(int), positive(float)
 
 
 def iso_date(text: str) -> date:
