@@ -3856,6 +3856,18 @@ def _with_rows(message: str, rows: int) -> str:
     return f"{message[:-1]}, {rows} rows)" if rows and message.endswith(")") else message
 
 
+def grade(value: float, warn: float, crit: float | None = None) -> Level:
+    """The level of a value against its limits (pure): CRITICAL past `crit`, WARNING past `warn`, else OK.
+
+    The limits are upper bounds, unless `crit` is below `warn`: then they are lower bounds (free disk).
+    Without `crit` there is no CRITICAL.
+    """
+    sign = -1 if crit is not None and crit < warn else 1
+    if crit is not None and sign * value > sign * crit:
+        return "CRITICAL"
+    return "WARNING" if sign * value > sign * warn else "OK"
+
+
 def check_age(
     name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
 ) -> Check:
@@ -3865,10 +3877,7 @@ def check_age(
     if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
         return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
     age = (today - last).days
-    level: Level = (
-        "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
-    )
-    return name, level, f"{age} days old (last {last})"
+    return name, grade(age, warn_days, critical_days), f"{age} days old (last {last})"
 
 
 def check_unreadable(name: str, facts: SeriesFacts) -> Check:
@@ -3960,10 +3969,11 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
 
 def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
     """Grade the local MLflow database by its size (pure): WARNING over db_warn_mb."""
-    over = size_bytes > limits.db_warn_mb * BYTES_PER_MB
+    level = grade(size_bytes, limits.db_warn_mb * BYTES_PER_MB)
+    over = level != "OK"
     return (
         "mlflow database",
-        "WARNING" if over else "OK",
+        level,
         f"{runs} runs, {size_bytes / BYTES_PER_MB:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
     )
 
@@ -3982,13 +3992,7 @@ def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
 
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
     """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
-    level: Level = (
-        "CRITICAL"
-        if free_bytes < limits.disk_critical_gb * BYTES_PER_GB
-        else "WARNING"
-        if free_bytes < limits.disk_warn_gb * BYTES_PER_GB
-        else "OK"
-    )
+    level = grade(free_bytes, limits.disk_warn_gb * BYTES_PER_GB, limits.disk_critical_gb * BYTES_PER_GB)
     return "disk", level, f"{free_bytes / BYTES_PER_GB:.1f} GB free"
 
 

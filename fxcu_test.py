@@ -3068,6 +3068,22 @@ def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
 
 
 @pytest.mark.parametrize(
+    ("value", "warn", "crit", "level"),
+    [
+        (5, 5, 30, "OK"),  # at a limit is not past it
+        (6, 5, 30, "WARNING"),
+        (31, 5, 30, "CRITICAL"),
+        (10**9, 10**8, None, "WARNING"),  # no critical limit: never CRITICAL
+        (2, 1, 0.1, "OK"),  # crit below warn: lower bounds, as free disk
+        (0.5, 1, 0.1, "WARNING"),
+        (0.05, 1, 0.1, "CRITICAL"),
+    ],
+)
+def test_grade_upper_and_lower_limits(value, warn, crit, level):
+    assert fxcu.grade(value, warn, crit) == level
+
+
+@pytest.mark.parametrize(
     ("last", "level"),
     [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")],
 )
