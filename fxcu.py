@@ -315,6 +315,15 @@ COPPER_RULES = Plausible("copper", "USD/lb", 0.3, 20.0, date(1980, 1, 1), 0.32)
 PLAUSIBLE: dict[str, Plausible] = {"usdclp": USDCLP_RULES, "copper": COPPER_RULES}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    """One way a row of prices is invalid: the problem it is, an expression true on the rows that break it, words."""
+
+    kind: Problem
+    bad: pl.Expr  # never null: a null close breaks the `null` rule only
+    words: str  # the rows that break it, after a count: "3 rows null closes", "1 bars dated after 2026-11-27"
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """One source's answer: a frame, or the reason there is none (`findings` when the answer was implausible)."""
@@ -553,6 +562,45 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 # -- Core: cleaning and merging --------------------------------------------------------
 
 
+RuleName = Literal["null", "non-positive", "not finite", "in the future", "too early", "out of range"]
+
+
+def validity_rules(
+    rules: Plausible | None = None, *, now: datetime | None = None, column: str = CLOSE
+) -> dict[RuleName, Rule]:
+    """The one table of what makes a row of prices invalid, by name: every check of prices reads it.
+
+    Cleaning, source checks, `implausible`, `repair` and `feature_problems` pick their rules from it.
+    Every series: `null` (null or NaN), `non-positive` and `not finite` closes. With `now`: `in the
+    future`, dated after tomorrow. With a series' `rules`: `too early`, dated before the series
+    exists, and `out of range`, outside its [low, high]; `column` is the one held to that range
+    (copper's moving averages are held to copper's).
+    """
+    close, day = pl.col(column), pl.col(DATE)
+    table: dict[RuleName, Rule] = {
+        "null": Rule(Problem.NULL_CLOSES, close.is_null() | close.is_nan(), "null closes"),
+        "non-positive": Rule(Problem.NULL_CLOSES, close <= 0, "non-positive closes"),
+        "not finite": Rule(Problem.NOT_FINITE, close.is_infinite(), "non-finite closes"),
+    }
+    if now is not None:
+        tomorrow = now.date() + timedelta(days=1)
+        table["in the future"] = Rule(Problem.FUTURE_DATE, day > tomorrow, f"dated after {tomorrow}")
+    if rules is not None:
+        table["too early"] = Rule(Problem.TOO_EARLY, day < rules.earliest, f"dated before {rules.earliest}")
+        table["out of range"] = Rule(
+            Problem.OUT_OF_RANGE,
+            ~close.is_between(rules.low, rules.high),
+            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
+        )
+    return {name: Rule(rule.kind, rule.bad.fill_null(False), rule.words) for name, rule in table.items()}
+
+
+def unusable() -> pl.Expr:
+    """True on the rows no series can use, whatever its unit: null, NaN or non-positive closes."""
+    table = validity_rules()
+    return table["null"].bad | table["non-positive"].bad
+
+
 def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
     """True where a price is an isolated spike: far from both neighbour medians, which agree.
 
@@ -603,9 +651,8 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
     def note(reason: str, rows: pl.DataFrame) -> None:
         removed[reason] = sorted(rows[DATE].to_list())
 
-    bad = frame.filter(pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan() | (pl.col(CLOSE) <= 0))
-    note("null or non-positive bars", bad)
-    rest = frame.filter(pl.col(CLOSE).is_not_null() & pl.col(CLOSE).is_not_nan() & (pl.col(CLOSE) > 0))
+    note("null or non-positive bars", frame.filter(unusable()))
+    rest = frame.filter(~unusable())
 
     deduped = rest.unique(subset=DATE, keep="last").sort(DATE)
     dups = rest.height - deduped.height
@@ -657,7 +704,7 @@ def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | 
     if frame is None or frame.is_empty():
         return [Finding(Problem.NO_ROWS)]
     found = []
-    if frame[CLOSE].null_count() or (frame[CLOSE] <= 0).any():
+    if frame.select(unusable().any()).item():
         found.append(Finding(Problem.NULL_CLOSES))
     last = frame[DATE].max()
     if max_age is not None and now.date() - last > max_age:
@@ -724,23 +771,17 @@ def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Findi
     """Non-finite closes, impossible dates and one date sent twice with closes far apart, in a frame as parsed."""
 
     found = []
-    inf = raw.filter(pl.col(CLOSE).is_infinite())
-    if inf.height:
-        found.append(Finding(Problem.NOT_FINITE, f"{inf.height} non-finite closes (first on {_when(inf, 'min')})"))
-    latest = now.date() + timedelta(days=1)
-    late = raw.filter(pl.col(DATE) > latest)
-    if late.height:
-        found.append(
-            Finding(Problem.FUTURE_DATE, f"{late.height} bars dated after {latest} (last {_when(late, 'max')})")
-        )
-    early = raw.filter(pl.col(DATE) < rules.earliest)
-    if early.height:
-        found.append(
-            Finding(
-                Problem.TOO_EARLY, f"{early.height} bars dated before {rules.earliest} (first {_when(early, 'min')})"
-            )
-        )
-    valid = raw.filter(pl.col(CLOSE).is_finite() & (pl.col(CLOSE) > 0))
+    table = validity_rules(rules, now=now)
+    for name, noun, which, end in (
+        ("not finite", "", "min", "first on"),
+        ("in the future", "bars ", "max", "last"),
+        ("too early", "bars ", "min", "first"),
+    ):
+        rule = table[name]
+        rows = raw.filter(rule.bad)
+        if rows.height:
+            found.append(Finding(rule.kind, f"{rows.height} {noun}{rule.words} ({end} {_when(rows, which)})"))
+    valid = raw.filter(~unusable() & ~table["not finite"].bad)
     spread = valid.group_by(DATE).agg((pl.col(CLOSE).max() / pl.col(CLOSE).min()).log().alias("spread"))
     torn = spread.filter(pl.col("spread") > rules.jump)
     if torn.height:
@@ -755,17 +796,12 @@ def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Findi
 
 def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
 
-    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
+    rule = validity_rules(rules)["out of range"]
+    out = clean.filter(rule.bad)
     if not out.height:
         return []
     last = out.sort(DATE).tail(1).row(0, named=True)
-    return [
-        Finding(
-            Problem.OUT_OF_RANGE,
-            f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
-            f"(last {last[CLOSE]:.6g} on {last[DATE]})",
-        )
-    ]
+    return [Finding(rule.kind, f"{out.height} closes {rule.words} (last {last[CLOSE]:.6g} on {last[DATE]})")]
 
 
 def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
@@ -862,26 +898,13 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
 
     found = []
     rows = frame.sort(DATE)
-    checks = (
-        (Problem.NULL_CLOSES, pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan(), "null closes"),
-        (Problem.NOT_FINITE, pl.col(CLOSE).is_infinite(), "non-finite closes"),
-        (
-            Problem.FUTURE_DATE,
-            pl.col(DATE) > now.date() + timedelta(days=1),
-            f"dated after {now.date() + timedelta(days=1)}",
-        ),
-        (Problem.TOO_EARLY, pl.col(DATE) < rules.earliest, f"dated before {rules.earliest}"),
-        (
-            Problem.OUT_OF_RANGE,
-            ~pl.col(CLOSE).is_between(rules.low, rules.high),
-            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
-        ),
-    )
-    for kind, bad, what in checks:
-        dropped = rows.filter(bad.fill_null(False))
+    table = validity_rules(rules, now=now)
+    # a non-positive close is out of every series' range: it is dropped (and named) as such
+    for rule in (table[name] for name in ("null", "not finite", "in the future", "too early", "out of range")):
+        dropped = rows.filter(rule.bad)
         if dropped.height:
-            found.append(Finding(kind, f"{dropped.height} rows {what}"))
-            rows = rows.filter(~bad.fill_null(False))
+            found.append(Finding(rule.kind, f"{dropped.height} rows {rule.words}"))
+            rows = rows.filter(~rule.bad)
     tail = _bad_tail(rows, rules)
     if tail is None:
         return rows, found
@@ -1144,23 +1167,28 @@ def feature_problems(
 
     found = []
     checks = {
-        "copper_rsi_14": pl.col("copper_rsi_14").is_between(0, 100),
-        "copper_volatility_20d": pl.col("copper_volatility_20d") >= 0,
-        "copper_volatility_60d": pl.col("copper_volatility_60d") >= 0,
-        "copper_usdclp_correlation_90d": pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
-        "copper_trend_signal": pl.col("copper_trend_signal").is_in([-1, 0, 1]),
-        "copper_sma_20": pl.col("copper_sma_20").is_between(0.3, 20),
-        "copper_sma_50": pl.col("copper_sma_50").is_between(0.3, 20),
+        "copper_rsi_14": ~pl.col("copper_rsi_14").is_between(0, 100),
+        "copper_volatility_20d": pl.col("copper_volatility_20d") < 0,
+        "copper_volatility_60d": pl.col("copper_volatility_60d") < 0,
+        "copper_usdclp_correlation_90d": ~pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
+        "copper_trend_signal": ~pl.col("copper_trend_signal").is_in([-1, 0, 1]),
+        # copper's moving averages are held to copper's range (COPPER_RULES)
+        **{
+            sma: validity_rules(COPPER_RULES, column=sma)["out of range"].bad
+            for sma in ("copper_sma_20", "copper_sma_50")
+        },
     }
-    for name, ok in checks.items():
-        bad = features.filter(~ok.fill_null(True)).height
-        if bad:
-            found.append(f"{name}: {bad} values out of range")
-    # INFO: plausibility by unit (USDCLP_RULES, COPPER_RULES): the same ranges every fetch is held to
-    for name, frame, rules in (("usdclp", usdclp, USDCLP_RULES), ("copper", copper, COPPER_RULES)):
-        if frame is not None and not frame[CLOSE].is_between(rules.low, rules.high).all():
-            found.append(f"{name}: closes outside {rules.low:g}..{rules.high:g} {rules.unit}")
-    for name, frame in (("usdclp", usdclp), ("copper", copper)):
+    for name, bad in checks.items():
+        count = features.filter(bad.fill_null(False)).height
+        if count:
+            found.append(f"{name}: {count} values out of range")
+    frames = {"usdclp": usdclp, "copper": copper}
+    # plausibility by unit: the same ranges every fetch is held to
+    for name, frame in frames.items():
+        rule = validity_rules(PLAUSIBLE[name])["out of range"]
+        if frame is not None and frame.select(rule.bad.any()).item():
+            found.append(f"{name}: closes {rule.words}")
+    for name, frame in frames.items():
         if frame is not None:
             found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
     return found

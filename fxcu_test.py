@@ -1207,6 +1207,33 @@ def test_fred_monthly_matches_hgf_monthly_means():
 # -- Core: cleaning and merging --------------------------------------------------------
 
 
+def test_validity_rules_flag_exactly_their_rows_and_are_never_null():
+    rows = [
+        (date(2024, 7, 15), 900.0, set()),
+        (date(2024, 7, 16), None, {"null"}),
+        (date(2024, 7, 17), math.nan, {"null", "out of range"}),  # NaN sorts above every number in polars
+        (date(2024, 7, 18), 0.0, {"non-positive", "out of range"}),
+        (date(2024, 7, 19), -5.0, {"non-positive", "out of range"}),
+        (date(2024, 7, 22), math.inf, {"not finite", "out of range"}),
+        (date(2024, 7, 23), 2500.0, {"out of range"}),
+        (date(2024, 7, 12), 299.0, {"out of range"}),
+        (date(2099, 1, 5), 900.0, {"in the future"}),
+        (date(1983, 12, 30), 900.0, {"too early"}),
+        (None, 900.0, set()),  # a null date is no rule's: nothing compares it
+    ]
+    frame = pl.DataFrame(
+        {fxcu.DATE: [r[0] for r in rows], fxcu.CLOSE: [r[1] for r in rows]},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
+    table = fxcu.validity_rules(fxcu.USDCLP_RULES, now=datetime(2024, 7, 24, tzinfo=UTC))
+    flags = frame.select(**{name: rule.bad for name, rule in table.items()})
+    assert flags.null_count().sum_horizontal().item() == 0
+    assert [{name for name in table if flag[name]} for flag in flags.iter_rows(named=True)] == [r[2] for r in rows]
+    assert table["in the future"].words == "dated after 2024-07-25"
+    assert table["out of range"].words == "outside 300..2000 CLP per USD"
+    assert set(fxcu.validity_rules()) == {"null", "non-positive", "not finite"}  # no unit, no clock: no more
+
+
 def test_clean_prices_real_clpx_removes_bad_prints_and_keeps_real_move():
     cleaned = fxcu.clean_prices(fxcu.parse_yahoo_chart(real_usdclp_payload()))
     assert cleaned.removed["bad prints"] == [date(2014, 4, 10), date(2016, 12, 22)]
@@ -1854,6 +1881,16 @@ def test_feature_problems_flags_out_of_range_values():
         broken, usdclp, copper, now=datetime(2026, 11, 1, tzinfo=UTC), max_age=timedelta(days=5)
     )
     assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
+
+
+def test_feature_problems_holds_the_copper_averages_to_coppers_range():
+    copper, usdclp = real_copper(), real_usdclp()
+    features = fxcu.copper_features(copper, usdclp)
+    now = datetime(2024, 7, 16, tzinfo=UTC)
+    low = fxcu.COPPER_RULES.low
+    broken = features.with_columns(pl.lit(low * 0.9).alias("copper_sma_20"), pl.lit(low).alias("copper_sma_50"))
+    found = fxcu.feature_problems(broken, usdclp, None, now=now, max_age=timedelta(days=5))
+    assert found == [f"copper_sma_20: {broken.height} values out of range"]  # the bound itself is in range
 
 
 def test_load_offline_builds_the_bundle(tmp_path):
