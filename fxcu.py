@@ -2845,7 +2845,7 @@ def email_subject(forecasts: Sequence[Forecast]) -> str:
     )
 
 
-EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <style> blocks
+HTML_STYLE = {  # inline styles, as Outlook and Gmail drop or rewrite <style> blocks
     "<table>": '<table style="border-collapse:collapse;font-size:13px;margin:4px 0 12px 0">',
     "<th>": '<th style="border-bottom:1px solid #999;padding:3px 8px;text-align:left">',
     "<td>": '<td style="border-bottom:1px solid #e5e5e5;padding:3px 8px">',
@@ -2853,20 +2853,35 @@ EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <st
     "<h1>": '<h1 style="font-size:20px">',
     "<h2>": '<h2 style="font-size:16px;margin-top:20px;border-bottom:1px solid #ccc">',
 }
+BODY_STYLE = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px"
 
 
-def email_html(markdown: str) -> str:
-    """The HTML body of an email from its Markdown, rendered by markdown-it-py (CommonMark, tables, raw HTML off)."""
+def html_page(markdown: str, images: Mapping[str, bytes] | None = None) -> str:
+    """A Markdown report or email as one HTML page, by markdown-it-py (CommonMark, tables, raw HTML off; pure).
+
+    `images` inlines each `<img src="name.png"` whose file is given, as a data URI: MLflow's artifact
+    viewer draws no image of a Markdown file (3.17: a relative link shows as text and a data URI is
+    stripped) but renders HTML in a sandboxed frame, data-URI images included. They go into the
+    rendered page, not the Markdown: markdown-it reads a link one character at a time, and a chart's
+    data URI is ~150,000 of them.
+    """
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    for tag, styled in EMAIL_STYLE.items():
+
+    def inline(match: re.Match[str]) -> str:
+        data = (images or {}).get(html.unescape(match.group(1)))
+        if data is None:
+            return match.group(0)
+        return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}"'
+
+    body = re.sub(r'<img src="([^"]+\.png)"', inline, body)
+    for tag, styled in HTML_STYLE.items():
         body = body.replace(tag, styled)
+    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
     return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
-        '<body style="font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px">\n'
-        + body
-        + "</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+        f'<body style="{BODY_STYLE}">\n{body}</body></html>\n'
     )
 
 
@@ -2904,7 +2919,7 @@ def build_email(
     message["Date"] = format_datetime(now.astimezone(ZoneInfo(SANTIAGO)))
     message["Message-ID"] = message_id
     message.set_content(text)
-    message.add_alternative(email_html(markdown), subtype="html")
+    message.add_alternative(html_page(markdown), subtype="html")
     html_part = message.get_payload()[1]
     for horizon, cid in cids.items():
         html_part.add_related(
@@ -5892,51 +5907,13 @@ def run_user(environ: Mapping[str, str]) -> str:
     return "unknown"
 
 
-def embed_images(page: str, images: Mapping[str, bytes]) -> str:
-    """Inline each `<img src="name.png"` of an HTML page whose file is given, as a data URI (pure).
-
-    On the rendered page, not in the Markdown: markdown-it parses a link one character at a time in
-    Python, and a chart's data URI is ~150,000 of them (0.1 s a report).
-    """
-
-    def inline(match: re.Match[str]) -> str:
-        data = images.get(html.unescape(match.group(1)))
-        if data is None:
-            return match.group(0)
-        return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}"'
-
-    return re.sub(r'<img src="([^"]+\.png)"', inline, page)
-
-
-REPORT_CSS = (
-    "body{font-family:system-ui,sans-serif;margin:1em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f4f4f4}img{max-width:100%}"
-    "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
-)
-
-
-def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
-    """The Markdown report as one self-contained HTML page, charts inlined (pure).
-
-    MLflow's artifact viewer draws no image of a Markdown file (3.17: a relative link shows as text and
-    a data URI is stripped) but renders HTML in a sandboxed frame, data-URI images included.
-    """
-
-    from markdown_it import MarkdownIt
-
-    body = embed_images(MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown), images)
-    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
-    head = f'<meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style>'
-    return f"<!doctype html>\n<html><head>{head}</head>\n<body>\n{body}</body></html>\n"
-
-
 def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Path]:
     """The files to log for `path`: a Markdown report goes with its HTML twin (chart inlined) that MLflow draws."""
     if path.suffix != ".md":
         return [path]
     images = {p.name: p.read_bytes() for p in artifacts if p.suffix == ".png" and p.exists()}
     twin = tmp / path.with_suffix(".html").name
-    write_text_atomic(report_html(path.read_text(), images), twin)
+    write_text_atomic(html_page(path.read_text(), images), twin)
     return [path, twin]
 
 

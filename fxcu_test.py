@@ -2599,6 +2599,16 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
 
 
 @pytest.mark.slow
+def test_html_page_inlines_the_given_charts_and_leaves_other_images():
+    markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
+    page = fxcu.html_page(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
+    assert '<img style="max-width:100%;height:auto" src="data:image/png;base64,iVBORw==" alt="chart" />' in page
+    assert '<img style="max-width:100%;height:auto" src="missing.png" alt="other" />' in page
+    assert "<title>USD/CLP 7d</title>" in page and '<h1 style="font-size:20px">USD/CLP 7d</h1>' in page
+    assert '<table style="border-collapse:collapse' in page and "<td " in page and "<style>" not in page
+    assert fxcu.html_page("![chart](a.png)") == fxcu.html_page("![chart](a.png)", {})  # the email: no images
+
+
 def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
     chart = tmp_path / "c.png"
     fxcu.write_chart(real_forecast_7d, real_bundle, chart)
@@ -4377,14 +4387,6 @@ def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
         pl.lit("cache").alias(fxcu.SOURCE)
     )
     assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
-
-
-def test_report_html_inlines_the_given_charts_and_leaves_other_images():
-    markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
-    page = fxcu.report_html(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
-    assert '<img src="data:image/png;base64,iVBORw==" alt="chart" />' in page
-    assert '<img src="missing.png" alt="other" />' in page and "<table>" in page
-    assert "<title>USD/CLP 7d</title>" in page
 
 
 @pytest.mark.slow
