@@ -5347,10 +5347,15 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     return fig
 
 
+def write_png(fig: Figure, path: Path) -> None:
+    """Save a figure as a PNG at `path` (atomically): every chart fxcu draws is saved here."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
     """Save `chart_figure` as a PNG at `path` (atomically)."""
-    with atomic_path(path) as tmp:
-        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
+    write_png(chart_figure(fc, bundle, now=now), path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -6523,8 +6528,7 @@ def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, 
     fig = track_figure(ledger, prices, horizon, last=last)
     if fig is None:
         return False
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    write_png(fig, path)
     return True
 
 
