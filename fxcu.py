@@ -2462,14 +2462,34 @@ def format_live(live: Mapping[str, float]) -> str:
     )
 
 
+def forecast_headline(last_close: float, origin: date | str, forecasts: Sequence[tuple[str, float, date | str]]) -> str:
+    """The forecast in one line (pure): `run` prints it; the report, note, chart and email title it with it.
+
+    `forecasts` holds (horizon, forecast, target date) per horizon. One horizon reads
+    'USD/CLP 7d: last 950.00 on 2026-11-25 -> 951.20 on 2026-12-03', several (a digest)
+    'USD/CLP: last 950.00 on 2026-11-25 -> 7d 951.20, 15d 952.00'.
+    """
+    if len(forecasts) == 1:
+        ((horizon, forecast, target),) = forecasts
+        return f"USD/CLP {horizon}: last {last_close:.2f} on {origin} -> {forecast:.2f} on {target}"
+    return f"USD/CLP: last {last_close:.2f} on {origin} -> " + ", ".join(f"{h} {f:.2f}" for h, f, _ in forecasts)
+
+
+def headline_of(forecasts: Sequence[Forecast]) -> str:
+    """`forecast_headline` of one run's forecasts (they share the last close)."""
+    first = forecasts[0]
+    return forecast_headline(
+        first.last_close, first.origin, [(fc.horizon, fc.final["forecast"], fc.final[DATE]) for fc in forecasts]
+    )
+
+
 def format_summary(s: Mapping[str, Any]) -> str:
     """The few lines `run` prints per horizon."""
     lo80, hi80 = s["interval_80"]
     lo95, hi95 = s["interval_95"]
     copper = "off" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
     lines = [
-        f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']}"
-        f" -> {s['forecast']:.2f} on {s['target_date']}",
+        forecast_headline(s["last_close"], s["last_date"], [(s["horizon"], s["forecast"], s["target_date"])]),
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
@@ -2759,9 +2779,9 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     return sections
 
 
-def report_title(fc: Forecast, *, now: datetime) -> str:
-    """The report's first line: horizon, forecast and when it was made, on the Santiago clock."""
-    return f"USD/CLP {fc.horizon} forecast: {fc.final['forecast']:.2f} for {fc.final[DATE]}, made {santiago_time(now)}"
+def report_title(*forecasts: Forecast, now: datetime) -> str:
+    """A report's or email's first line: the headline and when it was made, on the Santiago clock."""
+    return f"{headline_of(forecasts)}, made {santiago_time(now)}"
 
 
 def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
@@ -2834,15 +2854,8 @@ def digest_sections(
 
 
 def email_subject(forecasts: Sequence[Forecast]) -> str:
-    """'fxcu: USD/CLP 7d forecast 951.20 for 2026-12-03', or for a digest every horizon's forecast (pure)."""
-    if len(forecasts) == 1:
-        fc = forecasts[0]
-        return f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-    return (
-        "fxcu: USD/CLP forecasts "
-        + ", ".join(f"{fc.horizon} {fc.final['forecast']:.2f}" for fc in forecasts)
-        + f" (data to {forecasts[0].origin})"
-    )
+    """'fxcu: ' and the headline of the email's forecasts (pure)."""
+    return f"fxcu: {headline_of(forecasts)}"
 
 
 HTML_STYLE = {  # inline styles, as Outlook and Gmail drop or rewrite <style> blocks
@@ -2905,9 +2918,7 @@ def build_email(
 
     domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
     cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
-    title = (
-        report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
-    )
+    title = report_title(*forecasts, now=now)
     sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()}, extra=extra)
     markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
     # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
@@ -5313,10 +5324,8 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     ax.set_ylabel("CLP per USD")
     # room on the right for the horizon label
     ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
-    change = _pct(final["forecast"], fc.last_close)
-    title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
-    ax.set_title(title, loc="left", fontsize=12)
-    stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
+    ax.set_title(f"{headline_of([fc])} ({_pct(final['forecast'], fc.last_close)})", loc="left", fontsize=12)
+    stamp = f"made {santiago_time(now)}" if now else ""  # the headline dates the data
     ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
     handles, labels = ax.get_legend_handles_labels()
     if panels == 2:
@@ -5658,15 +5667,11 @@ def served_models(bt: Backtest) -> str:
 def run_note(fc: Forecast, bundle: Bundle) -> str:
     """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest (pure)."""
     final, bt = fc.final, fc.backtest
-    change = (final["forecast"] / fc.last_close - 1) * 100
     interval = fc.interval_label
     copper = "off" if bundle.copper is None else f"{bundle.sources['copper']} ({bundle.copper_frequency})"
     return "\n".join(
         [
-            (
-                f"**USD/CLP {fc.horizon}: {final['forecast']:.2f}** on {final[DATE]} "
-                f"(last close {fc.last_close:.2f} on {fc.origin}, {change:+.2f}%)"
-            ),
+            f"**{headline_of([fc])}** ({_pct(final['forecast'], fc.last_close)})",
             "",
             (
                 f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, "

@@ -2518,7 +2518,7 @@ def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_r
     t, m = run.data.tags, run.data.metrics
     note = t["mlflow.note.content"]
     assert note.startswith(
-        f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15"
+        f"**USD/CLP 7d: last {out['last_close']:.2f} on 2024-07-15 -> {out['forecast']:.2f} on 2024-07-22** ("
     )
     lo80, hi80 = out["interval_80"]
     assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
@@ -2576,14 +2576,38 @@ def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
     assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == ": GARCH on weekly returns"
 
 
+def test_forecast_headline_one_horizon_and_a_digest():
+    assert (
+        fxcu.forecast_headline(950.0, date(2026, 11, 25), [("7d", 951.204, date(2026, 12, 3))])
+        == "USD/CLP 7d: last 950.00 on 2026-11-25 -> 951.20 on 2026-12-03"
+    )
+    several = [("7d", 951.2, date(2026, 12, 3)), ("15d", 952.0, date(2026, 12, 15))]
+    assert (
+        fxcu.forecast_headline(950.0, "2026-11-25", several)
+        == "USD/CLP: last 950.00 on 2026-11-25 -> 7d 951.20, 15d 952.00"
+    )
+
+
+@pytest.mark.slow
+def test_the_headline_is_the_one_line_every_output_repeats(real_forecast_7d, real_bundle):
+    fc, now = real_forecast_7d, datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    line = f"USD/CLP 7d: last {fc.last_close:.2f} on 2024-07-15 -> {fc.final['forecast']:.2f} on 2024-07-22"
+    assert fxcu.headline_of([fc]) == line
+    assert fxcu.format_summary(fxcu.summary(fc, real_bundle)).splitlines()[0] == line  # what `run` prints
+    assert fxcu.report_title(fc, now=now) == f"{line}, made 2026-01-19 12:00 (Santiago, UTC-03)"
+    assert fxcu.email_subject([fc]) == f"fxcu: {line}"
+    assert fxcu.run_note(fc, real_bundle).startswith(f"**{line}** (")
+    assert fxcu.chart_figure(fc, real_bundle, now=now).axes[0].get_title("left").startswith(f"{line} (")
+
+
 @pytest.mark.slow
 def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
     headings = [line for line in text.splitlines() if line.startswith("#")]
     assert (
-        headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
-        "made 2026-01-19 12:00 (Santiago, UTC-03)"
+        headings[0] == f"# USD/CLP 7d: last 898.95 on 2024-07-15 -> {real_forecast_7d.final['forecast']:.2f} on "
+        "2024-07-22, made 2026-01-19 12:00 (Santiago, UTC-03)"
     )
     assert [h.split(" (")[0] for h in headings[1:]] == [
         "## Summary",
@@ -2598,7 +2622,6 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
     assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
 
 
-@pytest.mark.slow
 def test_html_page_inlines_the_given_charts_and_leaves_other_images():
     markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
     page = fxcu.html_page(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
@@ -2609,6 +2632,7 @@ def test_html_page_inlines_the_given_charts_and_leaves_other_images():
     assert fxcu.html_page("![chart](a.png)") == fxcu.html_page("![chart](a.png)", {})  # the email: no images
 
 
+@pytest.mark.slow
 def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7d, real_bundle, tmp_path):
     chart = tmp_path / "c.png"
     fxcu.write_chart(real_forecast_7d, real_bundle, chart)
@@ -2624,7 +2648,10 @@ def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7
     )
     assert_renders(message, ["7d"])
     assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
-    assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
+    assert (
+        message["Subject"]
+        == f"fxcu: USD/CLP 7d: last 898.95 on 2024-07-15 -> {real_forecast_7d.final['forecast']:.2f} on 2024-07-22"
+    )
     text = message.get_payload()[0].get_content()
     assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
 
@@ -4779,7 +4806,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
     message = parse_email(raw)
     assert_renders(message, ["7d", "15d", "30d", "90d"])
     forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
-    assert message["Subject"] == f"fxcu: USD/CLP forecasts {forecasts} (data to 2024-07-15)"
+    assert message["Subject"] == f"fxcu: USD/CLP: last {out['7d']['last_close']:.2f} on 2024-07-15 -> {forecasts}"
     html = message.get_body(("html",)).get_content()
     assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
@@ -4872,7 +4899,7 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
     server.thread.join(10)
     assert len(server.messages) == 1
     message = parse_email(server.messages[0])
-    assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
+    assert message["Subject"].startswith("fxcu: USD/CLP 7d: last ") and message["To"] == "desk@example.cl"
     assert_renders(message, ["7d"])
     html = message.get_body(("html",)).get_content()
     assert "Backtest at the horizon date" in html and "Range backtest" in html
@@ -5356,7 +5383,8 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
         assert info["run_name"] == "7d · data 2024-07-15" and int(info["end_time"]) > int(info["start_time"])
         assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
-        assert f"**USD/CLP 7d: {out['forecast']:.2f}**" in tags["mlflow.note.content"]
+        headline = f"USD/CLP 7d: last {out['last_close']:.2f} on {out['last_date']} -> {out['forecast']:.2f}"
+        assert f"**{headline} on {out['target_date']}**" in tags["mlflow.note.content"]
         assert {d["dataset"]["name"] for d in runs[0]["inputs"]["dataset_inputs"]} == {"usdclp", "copper"}
         metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
         assert metrics["served_rmse"] == metrics["7d_rmse"] and metrics["forecast"] == pytest.approx(
