@@ -1167,28 +1167,24 @@ def feature_problems(
 
     found = []
     checks = {
-        "copper_rsi_14": ~pl.col("copper_rsi_14").is_between(0, 100),
-        "copper_volatility_20d": pl.col("copper_volatility_20d") < 0,
-        "copper_volatility_60d": pl.col("copper_volatility_60d") < 0,
-        "copper_usdclp_correlation_90d": ~pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
-        "copper_trend_signal": ~pl.col("copper_trend_signal").is_in([-1, 0, 1]),
-        # copper's moving averages are held to copper's range (COPPER_RULES)
-        **{
-            sma: validity_rules(COPPER_RULES, column=sma)["out of range"].bad
-            for sma in ("copper_sma_20", "copper_sma_50")
-        },
+        "copper_rsi_14": pl.col("copper_rsi_14").is_between(0, 100),
+        "copper_volatility_20d": pl.col("copper_volatility_20d") >= 0,
+        "copper_volatility_60d": pl.col("copper_volatility_60d") >= 0,
+        "copper_usdclp_correlation_90d": pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
+        "copper_trend_signal": pl.col("copper_trend_signal").is_in([-1, 0, 1]),
     }
-    for name, bad in checks.items():
-        count = features.filter(bad.fill_null(False)).height
-        if count:
-            found.append(f"{name}: {count} values out of range")
-    frames = {"usdclp": usdclp, "copper": copper}
+    for sma in ("copper_sma_20", "copper_sma_50"):  # held to copper's own range, as every fetch is
+        checks[sma] = ~validity_rules(COPPER_RULES, column=sma)["out of range"].bad
+    for name, ok in checks.items():
+        bad = features.filter(~ok.fill_null(True)).height
+        if bad:
+            found.append(f"{name}: {bad} values out of range")
     # plausibility by unit: the same ranges every fetch is held to
-    for name, frame in frames.items():
+    for name, frame in (("usdclp", usdclp), ("copper", copper)):
         rule = validity_rules(PLAUSIBLE[name])["out of range"]
         if frame is not None and frame.select(rule.bad.any()).item():
             found.append(f"{name}: closes {rule.words}")
-    for name, frame in frames.items():
+    for name, frame in (("usdclp", usdclp), ("copper", copper)):
         if frame is not None:
             found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
     return found
