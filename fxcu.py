@@ -4182,6 +4182,7 @@ def _yahoo(symbol: str, series: Literal["usdclp", "copper"], currency: str, rule
     )
 
 
+FRED_PARAMS = {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"}  # `with_key` fills the key
 SOURCES: dict[str, tuple[Source, ...]] = {
     "usdclp": (
         _yahoo(USDCLP_SYMBOL, "usdclp", "CLP", USDCLP_RULES),
@@ -4205,19 +4206,10 @@ SOURCES: dict[str, tuple[Source, ...]] = {
             SOURCE_RANK["fred"],
             "fred_url",
             "/fred/series/observations",
-            requests=lambda since, now: [("", {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"})],
+            requests=lambda since, now: [("", FRED_PARAMS)],
             parse=parse_fred_observations,
             plausible=COPPER_RULES,
-            probe=(
-                "",
-                {
-                    "series_id": FRED_COPPER_SERIES,
-                    "api_key": "",
-                    "file_type": "json",
-                    "sort_order": "desc",
-                    "limit": "3",
-                },
-            ),
+            probe=("", {**FRED_PARAMS, "sort_order": "desc", "limit": "3"}),
             frequency="monthly",
             key=True,
         ),
