@@ -337,6 +337,15 @@ COPPER_RULES = Plausible("copper", "USD/lb", 0.3, 20.0, date(1980, 1, 1), 0.32)
 PLAUSIBLE: dict[str, Plausible] = {"usdclp": USDCLP_RULES, "copper": COPPER_RULES}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    """One way a row of prices is invalid: the problem it is, an expression true on the rows that break it, words."""
+
+    kind: Problem
+    bad: pl.Expr  # never null: a null close breaks the `null` rule only
+    words: str  # the rows that break it, after a count: "3 rows null closes", "1 bars dated after 2026-11-27"
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """One source's answer: a frame, or the reason there is none (`findings` when the answer was implausible)."""
@@ -575,6 +584,45 @@ def parse_fred_observations(payload: Mapping[str, Any]) -> pl.DataFrame:
 # -- Core: cleaning and merging --------------------------------------------------------
 
 
+RuleName = Literal["null", "non-positive", "not finite", "in the future", "too early", "out of range"]
+
+
+def validity_rules(
+    rules: Plausible | None = None, *, now: datetime | None = None, column: str = CLOSE
+) -> dict[RuleName, Rule]:
+    """The one table of what makes a row of prices invalid, by name: every check of prices reads it.
+
+    Cleaning, source checks, `implausible`, `repair` and `feature_problems` pick their rules from it.
+    Every series: `null` (null or NaN), `non-positive` and `not finite` closes. With `now`: `in the
+    future`, dated after tomorrow. With a series' `rules`: `too early`, dated before the series
+    exists, and `out of range`, outside its [low, high]; `column` is the one held to that range
+    (copper's moving averages are held to copper's).
+    """
+    close, day = pl.col(column), pl.col(DATE)
+    table: dict[RuleName, Rule] = {
+        "null": Rule(Problem.NULL_CLOSES, close.is_null() | close.is_nan(), "null closes"),
+        "non-positive": Rule(Problem.NULL_CLOSES, close <= 0, "non-positive closes"),
+        "not finite": Rule(Problem.NOT_FINITE, close.is_infinite(), "non-finite closes"),
+    }
+    if now is not None:
+        tomorrow = now.date() + timedelta(days=1)
+        table["in the future"] = Rule(Problem.FUTURE_DATE, day > tomorrow, f"dated after {tomorrow}")
+    if rules is not None:
+        table["too early"] = Rule(Problem.TOO_EARLY, day < rules.earliest, f"dated before {rules.earliest}")
+        table["out of range"] = Rule(
+            Problem.OUT_OF_RANGE,
+            ~close.is_between(rules.low, rules.high),
+            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
+        )
+    return {name: Rule(rule.kind, rule.bad.fill_null(False), rule.words) for name, rule in table.items()}
+
+
+def unusable() -> pl.Expr:
+    """True on the rows no series can use, whatever its unit: null, NaN or non-positive closes."""
+    table = validity_rules()
+    return table["null"].bad | table["non-positive"].bad
+
+
 def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
     """True where a price is an isolated spike: far from both neighbour medians, which agree.
 
@@ -625,9 +673,8 @@ def clean_prices(frame: pl.DataFrame, *, frequency: Literal["daily", "monthly"] 
     def note(reason: str, rows: pl.DataFrame) -> None:
         removed[reason] = sorted(rows[DATE].to_list())
 
-    bad = frame.filter(pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan() | (pl.col(CLOSE) <= 0))
-    note("null or non-positive bars", bad)
-    rest = frame.filter(pl.col(CLOSE).is_not_null() & pl.col(CLOSE).is_not_nan() & (pl.col(CLOSE) > 0))
+    note("null or non-positive bars", frame.filter(unusable()))
+    rest = frame.filter(~unusable())
 
     deduped = rest.unique(subset=DATE, keep="last").sort(DATE)
     dups = rest.height - deduped.height
@@ -679,7 +726,7 @@ def problems(frame: pl.DataFrame | None, *, now: datetime, max_age: timedelta | 
     if frame is None or frame.is_empty():
         return [Finding(Problem.NO_ROWS)]
     found = []
-    if frame[CLOSE].null_count() or (frame[CLOSE] <= 0).any():
+    if frame.select(unusable().any()).item():
         found.append(Finding(Problem.NULL_CLOSES))
     last = frame[DATE].max()
     if max_age is not None and now.date() - last > max_age:
@@ -746,23 +793,17 @@ def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Findi
     """Non-finite closes, impossible dates and one date sent twice with closes far apart, in a frame as parsed."""
 
     found = []
-    inf = raw.filter(pl.col(CLOSE).is_infinite())
-    if inf.height:
-        found.append(Finding(Problem.NOT_FINITE, f"{inf.height} non-finite closes (first on {_when(inf, 'min')})"))
-    latest = now.date() + timedelta(days=1)
-    late = raw.filter(pl.col(DATE) > latest)
-    if late.height:
-        found.append(
-            Finding(Problem.FUTURE_DATE, f"{late.height} bars dated after {latest} (last {_when(late, 'max')})")
-        )
-    early = raw.filter(pl.col(DATE) < rules.earliest)
-    if early.height:
-        found.append(
-            Finding(
-                Problem.TOO_EARLY, f"{early.height} bars dated before {rules.earliest} (first {_when(early, 'min')})"
-            )
-        )
-    valid = raw.filter(pl.col(CLOSE).is_finite() & (pl.col(CLOSE) > 0))
+    table = validity_rules(rules, now=now)
+    for name, noun, which, end in (
+        ("not finite", "", "min", "first on"),
+        ("in the future", "bars ", "max", "last"),
+        ("too early", "bars ", "min", "first"),
+    ):
+        rule = table[name]
+        rows = raw.filter(rule.bad)
+        if rows.height:
+            found.append(Finding(rule.kind, f"{rows.height} {noun}{rule.words} ({end} {_when(rows, which)})"))
+    valid = raw.filter(~unusable() & ~table["not finite"].bad)
     spread = valid.group_by(DATE).agg((pl.col(CLOSE).max() / pl.col(CLOSE).min()).log().alias("spread"))
     torn = spread.filter(pl.col("spread") > rules.jump)
     if torn.height:
@@ -777,17 +818,12 @@ def _unreal(raw: pl.DataFrame, *, rules: Plausible, now: datetime) -> list[Findi
 
 def _out_of_range(clean: pl.DataFrame, rules: Plausible) -> list[Finding]:
 
-    out = clean.filter(~pl.col(CLOSE).is_between(rules.low, rules.high))
+    rule = validity_rules(rules)["out of range"]
+    out = clean.filter(rule.bad)
     if not out.height:
         return []
     last = out.sort(DATE).tail(1).row(0, named=True)
-    return [
-        Finding(
-            Problem.OUT_OF_RANGE,
-            f"{out.height} closes outside {rules.low:g}..{rules.high:g} {rules.unit} "
-            f"(last {last[CLOSE]:.6g} on {last[DATE]})",
-        )
-    ]
+    return [Finding(rule.kind, f"{out.height} closes {rule.words} (last {last[CLOSE]:.6g} on {last[DATE]})")]
 
 
 def _jumps(fresh: pl.DataFrame, history: pl.DataFrame | None, rules: Plausible) -> list[Finding]:
@@ -884,26 +920,13 @@ def repair(frame: pl.DataFrame, *, rules: Plausible, now: datetime) -> tuple[pl.
 
     found = []
     rows = frame.sort(DATE)
-    checks = (
-        (Problem.NULL_CLOSES, pl.col(CLOSE).is_null() | pl.col(CLOSE).is_nan(), "null closes"),
-        (Problem.NOT_FINITE, pl.col(CLOSE).is_infinite(), "non-finite closes"),
-        (
-            Problem.FUTURE_DATE,
-            pl.col(DATE) > now.date() + timedelta(days=1),
-            f"dated after {now.date() + timedelta(days=1)}",
-        ),
-        (Problem.TOO_EARLY, pl.col(DATE) < rules.earliest, f"dated before {rules.earliest}"),
-        (
-            Problem.OUT_OF_RANGE,
-            ~pl.col(CLOSE).is_between(rules.low, rules.high),
-            f"outside {rules.low:g}..{rules.high:g} {rules.unit}",
-        ),
-    )
-    for kind, bad, what in checks:
-        dropped = rows.filter(bad.fill_null(False))
+    table = validity_rules(rules, now=now)
+    # a non-positive close is out of every series' range: it is dropped (and named) as such
+    for rule in (table[name] for name in ("null", "not finite", "in the future", "too early", "out of range")):
+        dropped = rows.filter(rule.bad)
         if dropped.height:
-            found.append(Finding(kind, f"{dropped.height} rows {what}"))
-            rows = rows.filter(~bad.fill_null(False))
+            found.append(Finding(rule.kind, f"{dropped.height} rows {rule.words}"))
+            rows = rows.filter(~rule.bad)
     tail = _bad_tail(rows, rules)
     if tail is None:
         return rows, found
@@ -1171,17 +1194,18 @@ def feature_problems(
         "copper_volatility_60d": pl.col("copper_volatility_60d") >= 0,
         "copper_usdclp_correlation_90d": pl.col("copper_usdclp_correlation_90d").is_between(-1 - 1e-9, 1 + 1e-9),
         "copper_trend_signal": pl.col("copper_trend_signal").is_in([-1, 0, 1]),
-        "copper_sma_20": pl.col("copper_sma_20").is_between(0.3, 20),
-        "copper_sma_50": pl.col("copper_sma_50").is_between(0.3, 20),
     }
+    for sma in ("copper_sma_20", "copper_sma_50"):  # held to copper's own range, as every fetch is
+        checks[sma] = ~validity_rules(COPPER_RULES, column=sma)["out of range"].bad
     for name, ok in checks.items():
         bad = features.filter(~ok.fill_null(True)).height
         if bad:
             found.append(f"{name}: {bad} values out of range")
-    # INFO: plausibility by unit (USDCLP_RULES, COPPER_RULES): the same ranges every fetch is held to
-    for name, frame, rules in (("usdclp", usdclp, USDCLP_RULES), ("copper", copper, COPPER_RULES)):
-        if frame is not None and not frame[CLOSE].is_between(rules.low, rules.high).all():
-            found.append(f"{name}: closes outside {rules.low:g}..{rules.high:g} {rules.unit}")
+    # plausibility by unit: the same ranges every fetch is held to
+    for name, frame in (("usdclp", usdclp), ("copper", copper)):
+        rule = validity_rules(PLAUSIBLE[name])["out of range"]
+        if frame is not None and frame.select(rule.bad.any()).item():
+            found.append(f"{name}: closes {rule.words}")
     for name, frame in (("usdclp", usdclp), ("copper", copper)):
         if frame is not None:
             found += [f"{name}: {p}" for p in problems(frame, now=now, max_age=max_age)]
@@ -2266,8 +2290,9 @@ def forecast_all(
 # -- Core: formatting results ----------------------------------------------------------
 
 
-def _fmt(value: object) -> str:
-    return "null" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+def _fmt(value: object, missing: str = "null") -> str:
+    """A value as text: a float to 6 significant digits, None as `missing`."""
+    return missing if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def format_series_line(series: ChosenSeries) -> str:
@@ -2414,14 +2439,34 @@ def format_live(live: Mapping[str, float]) -> str:
     )
 
 
+def forecast_headline(last_close: float, origin: date | str, forecasts: Sequence[tuple[str, float, date | str]]) -> str:
+    """The forecast in one line (pure): `run` prints it; the report, note, chart and email title it with it.
+
+    `forecasts` holds (horizon, forecast, target date) per horizon. One horizon reads
+    'USD/CLP 7d: last 950.00 on 2026-11-25 -> 951.20 on 2026-12-03', several (a digest)
+    'USD/CLP: last 950.00 on 2026-11-25 -> 7d 951.20, 15d 952.00'.
+    """
+    if len(forecasts) == 1:
+        ((horizon, forecast, target),) = forecasts
+        return f"USD/CLP {horizon}: last {last_close:.2f} on {origin} -> {forecast:.2f} on {target}"
+    return f"USD/CLP: last {last_close:.2f} on {origin} -> " + ", ".join(f"{h} {f:.2f}" for h, f, _ in forecasts)
+
+
+def headline_of(forecasts: Sequence[Forecast]) -> str:
+    """`forecast_headline` of one run's forecasts (they share the last close)."""
+    first = forecasts[0]
+    return forecast_headline(
+        first.last_close, first.origin, [(fc.horizon, fc.final["forecast"], fc.final[DATE]) for fc in forecasts]
+    )
+
+
 def format_summary(s: Mapping[str, Any]) -> str:
     """The few lines `run` prints per horizon."""
     lo80, hi80 = s["interval_80"]
     lo95, hi95 = s["interval_95"]
     copper = "off" if not s["copper_available"] else f"{s['sources']['copper']} ({s['copper_frequency']})"
     lines = [
-        f"USD/CLP {s['horizon']}: last {s['last_close']:.2f} on {s['last_date']}"
-        f" -> {s['forecast']:.2f} on {s['target_date']}",
+        forecast_headline(s["last_close"], s["last_date"], [(s["horizon"], s["forecast"], s["target_date"])]),
         f"  80% [{lo80:.2f}, {hi80:.2f}]  95% [{lo95:.2f}, {hi95:.2f}]",
         f"  backtest: RMSE {s['ensemble_rmse']:.2f} CLP, {s['ratio_to_naive']:.4f}x Naive ({s['ensemble_rule']}; "
         f"combining without look-ahead: {s['combination_ratio_to_naive']:.4f}x), "
@@ -2711,9 +2756,9 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
     return sections
 
 
-def report_title(fc: Forecast, *, now: datetime) -> str:
-    """The report's first line: horizon, forecast and when it was made, on the Santiago clock."""
-    return f"USD/CLP {fc.horizon} forecast: {fc.final['forecast']:.2f} for {fc.final[DATE]}, made {santiago_time(now)}"
+def report_title(*forecasts: Forecast, now: datetime) -> str:
+    """A report's or email's first line: the headline and when it was made, on the Santiago clock."""
+    return f"{headline_of(forecasts)}, made {santiago_time(now)}"
 
 
 def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
@@ -2786,18 +2831,11 @@ def digest_sections(
 
 
 def email_subject(forecasts: Sequence[Forecast]) -> str:
-    """'fxcu: USD/CLP 7d forecast 951.20 for 2026-12-03', or for a digest every horizon's forecast (pure)."""
-    if len(forecasts) == 1:
-        fc = forecasts[0]
-        return f"fxcu: USD/CLP {fc.horizon} forecast {fc.final['forecast']:.2f} for {fc.final[DATE]}"
-    return (
-        "fxcu: USD/CLP forecasts "
-        + ", ".join(f"{fc.horizon} {fc.final['forecast']:.2f}" for fc in forecasts)
-        + f" (data to {forecasts[0].origin})"
-    )
+    """'fxcu: ' and the headline of the email's forecasts (pure)."""
+    return f"fxcu: {headline_of(forecasts)}"
 
 
-EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <style> blocks
+HTML_STYLE = {  # inline styles, as Outlook and Gmail drop or rewrite <style> blocks
     "<table>": '<table style="border-collapse:collapse;font-size:13px;margin:4px 0 12px 0">',
     "<th>": '<th style="border-bottom:1px solid #999;padding:3px 8px;text-align:left">',
     "<td>": '<td style="border-bottom:1px solid #e5e5e5;padding:3px 8px">',
@@ -2805,20 +2843,35 @@ EMAIL_STYLE = {  # INFO: inline styles, as Outlook and Gmail drop or rewrite <st
     "<h1>": '<h1 style="font-size:20px">',
     "<h2>": '<h2 style="font-size:16px;margin-top:20px;border-bottom:1px solid #ccc">',
 }
+BODY_STYLE = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px"
 
 
-def email_html(markdown: str) -> str:
-    """The HTML body of an email from its Markdown, rendered by markdown-it-py (CommonMark, tables, raw HTML off)."""
+def html_page(markdown: str, images: Mapping[str, bytes] | None = None) -> str:
+    """A Markdown report or email as one HTML page, by markdown-it-py (CommonMark, tables, raw HTML off; pure).
+
+    `images` inlines each `<img src="name.png"` whose file is given, as a data URI: MLflow's artifact
+    viewer draws no image of a Markdown file (3.17: a relative link shows as text and a data URI is
+    stripped) but renders HTML in a sandboxed frame, data-URI images included. They go into the
+    rendered page, not the Markdown: markdown-it reads a link one character at a time, and a chart's
+    data URI is ~150,000 of them.
+    """
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    for tag, styled in EMAIL_STYLE.items():
+
+    def inline(match: re.Match[str]) -> str:
+        data = (images or {}).get(html.unescape(match.group(1)))
+        if data is None:
+            return match.group(0)
+        return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}"'
+
+    body = re.sub(r'<img src="([^"]+\.png)"', inline, body)
+    for tag, styled in HTML_STYLE.items():
         body = body.replace(tag, styled)
+    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
     return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
-        '<body style="font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:900px">\n'
-        + body
-        + "</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+        f'<body style="{BODY_STYLE}">\n{body}</body></html>\n'
     )
 
 
@@ -2842,9 +2895,7 @@ def build_email(
 
     domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
     cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
-    title = (
-        report_title(forecasts[0], now=now) if len(forecasts) == 1 else f"USD/CLP forecasts, made {santiago_time(now)}"
-    )
+    title = report_title(*forecasts, now=now)
     sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()}, extra=extra)
     markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
     # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
@@ -2856,7 +2907,7 @@ def build_email(
     message["Date"] = format_datetime(now.astimezone(ZoneInfo(SANTIAGO)))
     message["Message-ID"] = message_id
     message.set_content(text)
-    message.add_alternative(email_html(markdown), subtype="html")
+    message.add_alternative(html_page(markdown), subtype="html")
     html_part = message.get_payload()[1]
     for horizon, cid in cids.items():
         html_part.add_related(
@@ -3732,15 +3783,11 @@ class Perf:
     max: float | None = None
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
 def format_perf(perf: Sequence[Perf]) -> str:
     """Perfdata for the part of the status line after `|`, trailing empty fields dropped."""
     items = []
     for p in perf:
-        fields = [f"{_num(p.value)}{p.uom}", p.warn, p.crit, _num(p.min), _num(p.max)]
+        fields = [f"{_fmt(p.value)}{p.uom}", p.warn, p.crit, _fmt(p.min, ""), _fmt(p.max, "")]
         items.append(f"'{p.label}'=" + ";".join(fields).rstrip(";"))
     return " ".join(items)
 
@@ -3784,6 +3831,18 @@ def _with_rows(message: str, rows: int) -> str:
     return f"{message[:-1]}, {rows} rows)" if rows and message.endswith(")") else message
 
 
+def grade(value: float, warn: float, crit: float | None = None) -> Level:
+    """The level of a value against its limits (pure): CRITICAL past `crit`, WARNING past `warn`, else OK.
+
+    The limits are upper bounds, unless `crit` is below `warn`: then they are lower bounds (free disk).
+    Without `crit` there is no CRITICAL.
+    """
+    sign = -1 if crit is not None and crit < warn else 1
+    if crit is not None and sign * value > sign * crit:
+        return "CRITICAL"
+    return "WARNING" if sign * value > sign * warn else "OK"
+
+
 def check_age(
     name: str, last: date | None, *, today: date, warn_days: float, critical_days: float | None, missing: Level
 ) -> Check:
@@ -3793,10 +3852,7 @@ def check_age(
     if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
         return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
     age = (today - last).days
-    level: Level = (
-        "CRITICAL" if critical_days is not None and age > critical_days else "WARNING" if age > warn_days else "OK"
-    )
-    return name, level, f"{age} days old (last {last})"
+    return name, grade(age, warn_days, critical_days), f"{age} days old (last {last})"
 
 
 def check_unreadable(name: str, facts: SeriesFacts) -> Check:
@@ -3888,10 +3944,11 @@ def check_runs(status: Mapping[str, Any], *, now: datetime, max_age_hours: float
 
 def check_database(size_bytes: int, runs: int, *, limits: Thresholds) -> Check:
     """Grade the local MLflow database by its size (pure): WARNING over db_warn_mb."""
-    over = size_bytes > limits.db_warn_mb * BYTES_PER_MB
+    level = grade(size_bytes, limits.db_warn_mb * BYTES_PER_MB)
+    over = level != "OK"
     return (
         "mlflow database",
-        "WARNING" if over else "OK",
+        level,
         f"{runs} runs, {size_bytes / BYTES_PER_MB:.1f} MB" + (f" (over {limits.db_warn_mb:g} MB)" if over else ""),
     )
 
@@ -3910,13 +3967,7 @@ def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
 
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
     """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
-    level: Level = (
-        "CRITICAL"
-        if free_bytes < limits.disk_critical_gb * BYTES_PER_GB
-        else "WARNING"
-        if free_bytes < limits.disk_warn_gb * BYTES_PER_GB
-        else "OK"
-    )
+    level = grade(free_bytes, limits.disk_warn_gb * BYTES_PER_GB, limits.disk_critical_gb * BYTES_PER_GB)
     return "disk", level, f"{free_bytes / BYTES_PER_GB:.1f} GB free"
 
 
@@ -4056,6 +4107,7 @@ def _yahoo(symbol: str, series: Literal["usdclp", "copper"], currency: str, rule
     )
 
 
+FRED_PARAMS = {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"}  # `with_key` fills the key
 SOURCES: dict[str, tuple[Source, ...]] = {
     "usdclp": (
         _yahoo(USDCLP_SYMBOL, "usdclp", "CLP", USDCLP_RULES),
@@ -4079,19 +4131,10 @@ SOURCES: dict[str, tuple[Source, ...]] = {
             SOURCE_RANK["fred"],
             "fred_url",
             "/fred/series/observations",
-            requests=lambda since, now: [("", {"series_id": FRED_COPPER_SERIES, "api_key": "", "file_type": "json"})],
+            requests=lambda since, now: [("", FRED_PARAMS)],
             parse=parse_fred_observations,
             plausible=COPPER_RULES,
-            probe=(
-                "",
-                {
-                    "series_id": FRED_COPPER_SERIES,
-                    "api_key": "",
-                    "file_type": "json",
-                    "sort_order": "desc",
-                    "limit": "3",
-                },
-            ),
+            probe=("", {**FRED_PARAMS, "sort_order": "desc", "limit": "3"}),
             frequency="monthly",
             key=True,
         ),
@@ -4102,14 +4145,6 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 def with_key(params: Mapping[str, str], key: str | None) -> dict[str, str]:
     """The params with an empty `api_key` filled in (its place kept: the query reads as FRED documents it)."""
     return {k: (key or "") if k == "api_key" else v for k, v in params.items()}
-
-
-def source_named(series: Literal["usdclp", "copper"], name: str) -> Source:
-    """The description of `series`' source called `name`."""
-    for source in SOURCES[series]:
-        if source.name == name:
-            return source
-    raise KeyError(f"{series} has no source {name!r}")
 
 
 # -- Shell: files, locks and processes -------------------------------------------------
@@ -5346,10 +5381,8 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     ax.set_ylabel("CLP per USD")
     # room on the right for the horizon label
     ax.set_xlim(start, final[DATE] + timedelta(days=max(12, (final[DATE] - start).days // 7)))
-    change = _pct(final["forecast"], fc.last_close)
-    title = f"USD/CLP: {fc.horizon} forecast {final['forecast']:.2f} for {final[DATE]:%d %b %Y} ({change})"
-    ax.set_title(title, loc="left", fontsize=12)
-    stamp = f"data to {fc.origin}" + (f", made {santiago_time(now)}" if now else "")
+    ax.set_title(f"{headline_of([fc])} ({_pct(final['forecast'], fc.last_close)})", loc="left", fontsize=12)
+    stamp = f"made {santiago_time(now)}" if now else ""  # the headline dates the data
     ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
     handles, labels = ax.get_legend_handles_labels()
     if panels == 2:
@@ -5380,10 +5413,15 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     return fig
 
 
+def write_png(fig: Figure, path: Path) -> None:
+    """Save a figure as a PNG at `path` (atomically): every chart fxcu draws is saved here."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def write_chart(fc: Forecast, bundle: Bundle, path: Path, *, now: datetime | None = None) -> None:
     """Save `chart_figure` as a PNG at `path` (atomically)."""
-    with atomic_path(path) as tmp:
-        chart_figure(fc, bundle, now=now).savefig(tmp, format="png")
+    write_png(chart_figure(fc, bundle, now=now), path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -5686,15 +5724,11 @@ def served_models(bt: Backtest) -> str:
 def run_note(fc: Forecast, bundle: Bundle) -> str:
     """The run's description (`mlflow.note.content`, Markdown): forecast, range, served models, backtest (pure)."""
     final, bt = fc.final, fc.backtest
-    change = (final["forecast"] / fc.last_close - 1) * 100
     interval = fc.interval_label
     copper = "off" if bundle.copper is None else f"{bundle.sources['copper']} ({bundle.copper_frequency})"
     return "\n".join(
         [
-            (
-                f"**USD/CLP {fc.horizon}: {final['forecast']:.2f}** on {final[DATE]} "
-                f"(last close {fc.last_close:.2f} on {fc.origin}, {change:+.2f}%)"
-            ),
+            f"**{headline_of([fc])}** ({_pct(final['forecast'], fc.last_close)})",
             "",
             (
                 f"- Range: 80% {final['lo_80']:.2f} – {final['hi_80']:.2f}, "
@@ -5940,51 +5974,13 @@ def run_user(environ: Mapping[str, str]) -> str:
     return "unknown"
 
 
-def embed_images(page: str, images: Mapping[str, bytes]) -> str:
-    """Inline each `<img src="name.png"` of an HTML page whose file is given, as a data URI (pure).
-
-    On the rendered page, not in the Markdown: markdown-it parses a link one character at a time in
-    Python, and a chart's data URI is ~150,000 of them (0.1 s a report).
-    """
-
-    def inline(match: re.Match[str]) -> str:
-        data = images.get(html.unescape(match.group(1)))
-        if data is None:
-            return match.group(0)
-        return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}"'
-
-    return re.sub(r'<img src="([^"]+\.png)"', inline, page)
-
-
-REPORT_CSS = (
-    "body{font-family:system-ui,sans-serif;margin:1em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f4f4f4}img{max-width:100%}"
-    "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
-)
-
-
-def report_html(markdown: str, images: Mapping[str, bytes]) -> str:
-    """The Markdown report as one self-contained HTML page, charts inlined (pure).
-
-    MLflow's artifact viewer draws no image of a Markdown file (3.17: a relative link shows as text and
-    a data URI is stripped) but renders HTML in a sandboxed frame, data-URI images included.
-    """
-
-    from markdown_it import MarkdownIt
-
-    body = embed_images(MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown), images)
-    title = html.escape(markdown.splitlines()[0].lstrip("# ") if markdown else "fxcu report")
-    head = f'<meta charset="utf-8"><title>{title}</title><style>{REPORT_CSS}</style>'
-    return f"<!doctype html>\n<html><head>{head}</head>\n<body>\n{body}</body></html>\n"
-
-
 def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Path]:
     """The files to log for `path`: a Markdown report goes with its HTML twin (chart inlined) that MLflow draws."""
     if path.suffix != ".md":
         return [path]
     images = {p.name: p.read_bytes() for p in artifacts if p.suffix == ".png" and p.exists()}
     twin = tmp / path.with_suffix(".html").name
-    write_text_atomic(report_html(path.read_text(), images), twin)
+    write_text_atomic(html_page(path.read_text(), images), twin)
     return [path, twin]
 
 
@@ -6594,8 +6590,7 @@ def write_track_chart(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, 
     fig = track_figure(ledger, prices, horizon, last=last)
     if fig is None:
         return False
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    write_png(fig, path)
     return True
 
 
@@ -7346,26 +7341,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type: a whole number of at least 1 (`int`), or a number above zero and below 1e12 (`float`)."""
+    whole = kind is int
+    noun, bound, rule = ("a whole number", math.inf, "at least 1") if whole else ("a number", 1e12, "a positive number")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not 0 < value < bound:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1e12:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+positive_int, positive_float = positive(int), positive(float)
 
 
 def iso_date(text: str) -> date:

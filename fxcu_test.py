@@ -105,6 +105,12 @@ def no_wait_fetch(config: fxcu.Config, *, deadline: float | None = None, slept: 
     return without_sleep(fxcu.make_fetch_json(config, deadline=deadline), [] if slept is None else slept)
 
 
+def source_named(series: str, name: str) -> fxcu.Source:
+    """The description of `series`' source called `name`, as `fxcu.SOURCES` holds it."""
+    (source,) = [s for s in fxcu.SOURCES[series] if s.name == name]
+    return source
+
+
 def load_json(*parts: str) -> dict:
     return json.loads((SHARED.joinpath(*parts)).read_text())
 
@@ -1208,6 +1214,33 @@ def test_fred_monthly_matches_hgf_monthly_means():
 # -- Core: cleaning and merging --------------------------------------------------------
 
 
+def test_validity_rules_flag_exactly_their_rows_and_are_never_null():
+    rows = [
+        (date(2024, 7, 15), 900.0, set()),
+        (date(2024, 7, 16), None, {"null"}),
+        (date(2024, 7, 17), math.nan, {"null", "out of range"}),  # NaN sorts above every number in polars
+        (date(2024, 7, 18), 0.0, {"non-positive", "out of range"}),
+        (date(2024, 7, 19), -5.0, {"non-positive", "out of range"}),
+        (date(2024, 7, 22), math.inf, {"not finite", "out of range"}),
+        (date(2024, 7, 23), 2500.0, {"out of range"}),
+        (date(2024, 7, 12), 299.0, {"out of range"}),
+        (date(2099, 1, 5), 900.0, {"in the future"}),
+        (date(1983, 12, 30), 900.0, {"too early"}),
+        (None, 900.0, set()),  # a null date is no rule's: nothing compares it
+    ]
+    frame = pl.DataFrame(
+        {fxcu.DATE: [r[0] for r in rows], fxcu.CLOSE: [r[1] for r in rows]},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
+    table = fxcu.validity_rules(fxcu.USDCLP_RULES, now=datetime(2024, 7, 24, tzinfo=UTC))
+    flags = frame.select(**{name: rule.bad for name, rule in table.items()})
+    assert flags.null_count().sum_horizontal().item() == 0
+    assert [{name for name in table if flag[name]} for flag in flags.iter_rows(named=True)] == [r[2] for r in rows]
+    assert table["in the future"].words == "dated after 2024-07-25"
+    assert table["out of range"].words == "outside 300..2000 CLP per USD"
+    assert set(fxcu.validity_rules()) == {"null", "non-positive", "not finite"}  # no unit, no clock: no more
+
+
 def test_clean_prices_real_clpx_removes_bad_prints_and_keeps_real_move():
     cleaned = fxcu.clean_prices(fxcu.parse_yahoo_chart(real_usdclp_payload()))
     assert cleaned.removed["bad prints"] == [date(2014, 4, 10), date(2016, 12, 22)]
@@ -1857,6 +1890,16 @@ def test_feature_problems_flags_out_of_range_values():
     assert any(p.startswith("copper_rsi_14") for p in found) and any("stale" in p for p in found)
 
 
+def test_feature_problems_holds_the_copper_averages_to_coppers_range():
+    copper, usdclp = real_copper(), real_usdclp()
+    features = fxcu.copper_features(copper, usdclp)
+    now = datetime(2024, 7, 16, tzinfo=UTC)
+    low = fxcu.COPPER_RULES.low
+    broken = features.with_columns(pl.lit(low * 0.9).alias("copper_sma_20"), pl.lit(low).alias("copper_sma_50"))
+    found = fxcu.feature_problems(broken, usdclp, None, now=now, max_age=timedelta(days=5))
+    assert found == [f"copper_sma_20: {broken.height} values out of range"]  # the bound itself is in range
+
+
 def test_load_offline_builds_the_bundle(tmp_path):
     write_real_warehouse(tmp_path)
     config = make_config(tmp_path, data_dir=tmp_path, offline=True)
@@ -2477,7 +2520,7 @@ def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_r
     t, m = run.data.tags, run.data.metrics
     note = t["mlflow.note.content"]
     assert note.startswith(
-        f"**USD/CLP 7d: {out['forecast']:.2f}** on 2024-07-22 (last close {out['last_close']:.2f} on 2024-07-15"
+        f"**USD/CLP 7d: last {out['last_close']:.2f} on 2024-07-15 -> {out['forecast']:.2f} on 2024-07-22** ("
     )
     lo80, hi80 = out["interval_80"]
     assert f"80% {lo80:.2f} – {hi80:.2f}" in note and "Served models: " in note and "degraded: cached data" in note
@@ -2535,14 +2578,38 @@ def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
     assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == ": GARCH on weekly returns"
 
 
+def test_forecast_headline_one_horizon_and_a_digest():
+    assert (
+        fxcu.forecast_headline(950.0, date(2026, 11, 25), [("7d", 951.204, date(2026, 12, 3))])
+        == "USD/CLP 7d: last 950.00 on 2026-11-25 -> 951.20 on 2026-12-03"
+    )
+    several = [("7d", 951.2, date(2026, 12, 3)), ("15d", 952.0, date(2026, 12, 15))]
+    assert (
+        fxcu.forecast_headline(950.0, "2026-11-25", several)
+        == "USD/CLP: last 950.00 on 2026-11-25 -> 7d 951.20, 15d 952.00"
+    )
+
+
+@pytest.mark.slow
+def test_the_headline_is_the_one_line_every_output_repeats(real_forecast_7d, real_bundle):
+    fc, now = real_forecast_7d, datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
+    line = f"USD/CLP 7d: last {fc.last_close:.2f} on 2024-07-15 -> {fc.final['forecast']:.2f} on 2024-07-22"
+    assert fxcu.headline_of([fc]) == line
+    assert fxcu.format_summary(fxcu.summary(fc, real_bundle)).splitlines()[0] == line  # what `run` prints
+    assert fxcu.report_title(fc, now=now) == f"{line}, made 2026-01-19 12:00 (Santiago, UTC-03)"
+    assert fxcu.email_subject([fc]) == f"fxcu: {line}"
+    assert fxcu.run_note(fc, real_bundle).startswith(f"**{line}** (")
+    assert fxcu.chart_figure(fc, real_bundle, now=now).axes[0].get_title("left").startswith(f"{line} (")
+
+
 @pytest.mark.slow
 def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(real_forecast_7d, real_bundle):
     now = datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     text = fxcu.format_report(real_forecast_7d, real_bundle, now=now, chart="c.png")
     headings = [line for line in text.splitlines() if line.startswith("#")]
     assert (
-        headings[0] == f"# USD/CLP 7d forecast: {real_forecast_7d.final['forecast']:.2f} for 2024-07-22, "
-        "made 2026-01-19 12:00 (Santiago, UTC-03)"
+        headings[0] == f"# USD/CLP 7d: last 898.95 on 2024-07-15 -> {real_forecast_7d.final['forecast']:.2f} on "
+        "2024-07-22, made 2026-01-19 12:00 (Santiago, UTC-03)"
     )
     assert [h.split(" (")[0] for h in headings[1:]] == [
         "## Summary",
@@ -2555,6 +2622,16 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
     ]
     assert "UTC)" not in text and "| Last close | **898.95** CLP per USD on Mon 15 Jul 2024 |" in text
     assert "| `copper_volatility_20d` | volatility, last 20 days (annualised) | " in text and "% a year |" in text
+
+
+def test_html_page_inlines_the_given_charts_and_leaves_other_images():
+    markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
+    page = fxcu.html_page(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
+    assert '<img style="max-width:100%;height:auto" src="data:image/png;base64,iVBORw==" alt="chart" />' in page
+    assert '<img style="max-width:100%;height:auto" src="missing.png" alt="other" />' in page
+    assert "<title>USD/CLP 7d</title>" in page and '<h1 style="font-size:20px">USD/CLP 7d</h1>' in page
+    assert '<table style="border-collapse:collapse' in page and "<td " in page and "<style>" not in page
+    assert fxcu.html_page("![chart](a.png)") == fxcu.html_page("![chart](a.png)", {})  # the email: no images
 
 
 @pytest.mark.slow
@@ -2573,7 +2650,10 @@ def test_build_email_is_multipart_alternative_with_inline_charts(real_forecast_7
     )
     assert_renders(message, ["7d"])
     assert message["Date"] == "Mon, 19 Jan 2026 12:00:00 -0300" and message["Message-ID"] == "<1.2@bank.cl>"
-    assert message["Subject"] == f"fxcu: USD/CLP 7d forecast {real_forecast_7d.final['forecast']:.2f} for 2024-07-22"
+    assert (
+        message["Subject"]
+        == f"fxcu: USD/CLP 7d: last 898.95 on 2024-07-15 -> {real_forecast_7d.final['forecast']:.2f} on 2024-07-22"
+    )
     text = message.get_payload()[0].get_content()
     assert "## Summary" in text and "## Forecast path" not in text  # the 65-row path stays in the report file
 
@@ -2996,6 +3076,22 @@ def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
 
 
 @pytest.mark.parametrize(
+    ("value", "warn", "crit", "level"),
+    [
+        (5, 5, 30, "OK"),  # at a limit is not past it
+        (6, 5, 30, "WARNING"),
+        (31, 5, 30, "CRITICAL"),
+        (10**9, 10**8, None, "WARNING"),  # no critical limit: never CRITICAL
+        (2, 1, 0.1, "OK"),  # crit below warn: lower bounds, as free disk
+        (0.5, 1, 0.1, "WARNING"),
+        (0.05, 1, 0.1, "CRITICAL"),
+    ],
+)
+def test_grade_upper_and_lower_limits(value, warn, crit, level):
+    assert fxcu.grade(value, warn, crit) == level
+
+
+@pytest.mark.parametrize(
     ("last", "level"),
     [(date(2026, 11, 25), "OK"), (date(2026, 11, 18), "WARNING"), (date(2026, 9, 1), "CRITICAL"), (None, "CRITICAL")],
 )
@@ -3372,7 +3468,7 @@ def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries
     config = make_config(tmp_path)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert not result.ok and expected in result.error
     assert len(calls) == tries  # only transport errors, 429 and 5xx are retried
@@ -3404,7 +3500,7 @@ def test_fetch_yahoo_any_body_shape_is_a_failed_source_not_a_crash(tmp_path, bod
     config = make_config(tmp_path)
     with mock_client(lambda request: httpx.Response(200, json=body)) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert not result.ok and result.error
 
@@ -3425,7 +3521,7 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
     config = make_config(tmp_path)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert "timeout" in result.error and len(calls) == 3
 
@@ -3524,9 +3620,7 @@ def test_fetch_sends_a_browser_user_agent(tmp_path):
 
     config = make_config(tmp_path)
     with mock_client(handler) as client:
-        fxcu.fetch_source(
-            fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
-        )
+        fxcu.fetch_source(source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW)
     assert seen and seen[0].startswith("Mozilla/5.0")
 
 
@@ -3608,7 +3702,7 @@ def test_browser_transport_refused_connection_is_a_connect_error(tmp_path):
     config = make_config(tmp_path, yahoo_url=closed_url(), attempts=1)
     with fxcu.make_client(config) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert result.error.startswith("connection error (ConnectError: curl: (7) Failed to connect to 127.0.0.1")
 
@@ -3618,7 +3712,7 @@ def test_fred_missing_key_is_a_result_not_a_request(tmp_path):
     config = make_config(tmp_path, fred_api_key=None)
     with mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert result.error == "FRED_API_KEY is not set" and not calls
 
@@ -3630,7 +3724,7 @@ def test_fred_5xx_error_redacts_the_key(tmp_path, caplog):
     config = make_config(tmp_path)
     with caplog.at_level(logging.DEBUG), mock_client(handler) as client:
         result = fxcu.fetch_source(
-            fxcu.source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
+            source_named("copper", "fred"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert "connection error" in result.error
     assert FRED_KEY not in result.error and FRED_KEY not in caplog.text
@@ -3718,7 +3812,7 @@ def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             )
     # try 1: 401 asks for a crumb, the cookie host refuses the connection (retried as a transport error);
     # try 2: the same 401, no second crumb attempt, and a 401 is final
@@ -3739,7 +3833,7 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
             session = fxcu.YahooSession(config)
             with fxcu.make_client(config, session) as client:
                 result = fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                    source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
                 )
         assert result.ok and result.frame.height == 30, result.error
         seen[mode] = (*client_hello_fields(api.hellos[0]), api.headers[0], session.transport_text())
@@ -3756,7 +3850,7 @@ def test_yahoo_transport_presents_chrome_tls_fingerprint_over_https(tmp_path, mo
         config = make_config(tmp_path, yahoo_url=api.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             )
     assert not result.ok and "connection error" in result.error and api.requests == []
 
@@ -3768,10 +3862,10 @@ def test_only_yahoo_gets_the_browser_fingerprint(tmp_path):
         config = make_config(tmp_path, yahoo_url=yahoo.url, mindicador_url=others.url, impersonate="chrome")
         with fxcu.make_client(config) as client:
             assert fxcu.fetch_source(
-                fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
             ).ok
             assert fxcu.fetch_source(
-                fxcu.source_named("usdclp", "mindicador"),
+                source_named("usdclp", "mindicador"),
                 config,
                 client,
                 no_wait_fetch(config),
@@ -3791,7 +3885,7 @@ def test_yahoo_transport_falls_back_to_plain_httpx_with_one_log_line(tmp_path, m
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             results = [
                 fxcu.fetch_source(
-                    fxcu.source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
+                    source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
                 )
                 for _ in range(2)
             ]
@@ -3887,7 +3981,7 @@ def test_fetch_yahoo_recorded_clpx_through_the_default_transport_in_each_encodin
         config = make_config(tmp_path, **urls)
         with fxcu.make_client(config) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=CLP_END
+                source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=CLP_END
             )
     assert result.ok, result.error
     assert result.frame.height == 4666 and result.frame[fxcu.DATE].max() == date(2024, 7, 15)
@@ -3904,7 +3998,7 @@ def test_fetch_yahoo_recorded_clpx_on_plain_httpx_off(tmp_path, monkeypatch):
         config = make_config(tmp_path, impersonate="off", **urls)
         with fxcu.make_client(config) as client:
             result = fxcu.fetch_source(
-                fxcu.source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=CLP_END
+                source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config), since=None, now=CLP_END
             )
     assert result.ok and result.frame.height == 4666 and api.headers[0]["user-agent"] == fxcu.USER_AGENT
 
@@ -4309,14 +4403,6 @@ def test_prices_digest_depends_on_the_set_of_prices_only(closes, rng):
     assert fxcu.prices_digest(shuffled) == fxcu.prices_digest(frame)
 
 
-def test_report_html_inlines_the_given_charts_and_leaves_other_images():
-    markdown = "# USD/CLP 7d\n\n![chart](a&b.png)\n\n![other](missing.png)\n\n| x |\n|---|\n| 1 |\n"
-    page = fxcu.report_html(markdown, {"a&b.png": b"\x89PNG", "unused.png": b"x"})
-    assert '<img src="data:image/png;base64,iVBORw==" alt="chart" />' in page
-    assert '<img src="missing.png" alt="other" />' in page and "<table>" in page
-    assert "<title>USD/CLP 7d</title>" in page
-
-
 @pytest.mark.slow
 def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
 
@@ -4325,8 +4411,8 @@ def test_run_logs_an_html_report_with_its_chart_inlined(offline_run):
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     page = next(artifacts.glob("forecast_7d_*.html")).read_text()
     png = next(artifacts.glob("forecast_7d_*.png")).read_bytes()
-    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
-    assert "<table>" in page and "<h2>Forecast path" in page and "](forecast_7d_" not in page
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert "<table " in page and ">Forecast path" in page and "](forecast_7d_" not in page
     # the Markdown stays as written, with its relative link, for file viewers
     assert "![USD/CLP and forecast](forecast_7d_" in next(artifacts.glob("forecast_7d_*.md")).read_text()
 
@@ -4707,7 +4793,7 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
     message = parse_email(raw)
     assert_renders(message, ["7d", "15d", "30d", "90d"])
     forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
-    assert message["Subject"] == f"fxcu: USD/CLP forecasts {forecasts} (data to 2024-07-15)"
+    assert message["Subject"] == f"fxcu: USD/CLP: last {out['7d']['last_close']:.2f} on 2024-07-15 -> {forecasts}"
     html = message.get_body(("html",)).get_content()
     assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
@@ -4800,7 +4886,7 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
     server.thread.join(10)
     assert len(server.messages) == 1
     message = parse_email(server.messages[0])
-    assert message["Subject"].startswith("fxcu: USD/CLP 7d forecast ") and message["To"] == "desk@example.cl"
+    assert message["Subject"].startswith("fxcu: USD/CLP 7d: last ") and message["To"] == "desk@example.cl"
     assert_renders(message, ["7d"])
     html = message.get_body(("html",)).get_content()
     assert "Backtest at the horizon date" in html and "Range backtest" in html
@@ -5284,7 +5370,8 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
         assert info["run_name"] == "7d · data 2024-07-15" and int(info["end_time"]) > int(info["start_time"])
         assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
-        assert f"**USD/CLP 7d: {out['forecast']:.2f}**" in tags["mlflow.note.content"]
+        headline = f"USD/CLP 7d: last {out['last_close']:.2f} on {out['last_date']} -> {out['forecast']:.2f}"
+        assert f"**{headline} on {out['target_date']}**" in tags["mlflow.note.content"]
         assert {d["dataset"]["name"] for d in runs[0]["inputs"]["dataset_inputs"]} == {"usdclp", "copper"}
         metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
         assert metrics["served_rmse"] == metrics["7d_rmse"] and metrics["forecast"] == pytest.approx(
@@ -5296,7 +5383,7 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         ]
         page = next(f["path"] for f in listed if f["path"].endswith(".html"))
         body = httpx.get(f"{url}/get-artifact", params={"path": page, "run_uuid": info["run_id"]}).text
-        assert '<img src="data:image/png;base64,' in body
+        assert ' src="data:image/png;base64,' in body
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
