@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
