@@ -5944,8 +5944,8 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
 
     Runs a stopped fxcu left RUNNING are closed first (`close_leftovers`), and this one is tagged with its
     process (`fxcu.pid`, `fxcu.host`) so that a later run can do the same for it. A write that fails ends
-    the run FAILED. Once `writing.cancel` is set no run is created, and a run already created ends as
-    `writing.status` (a FAILED one is also deleted) at its next step: raised as TimeoutError(`writing.why`).
+    the run FAILED. Once `writing.cancel` is set no run is created, and a run already created ends, once
+    written, as `writing.status` (a FAILED one deleted too), never FINISHED: raised as TimeoutError(`writing.why`).
     """
     started = time.perf_counter()
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param

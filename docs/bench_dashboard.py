@@ -45,7 +45,7 @@ def build_store(data: Path) -> None:
         check=True,
         capture_output=True,
     )
-    client = MlflowClient(tracking_uri=fxcu.tracking_uri(fxcu.Config(data_dir=data), {}))
+    client = MlflowClient(tracking_uri=fxcu.tracking_store(fxcu.Config(data_dir=data), {}).uri)
     config = fxcu.Config.from_env({"FXCU_DATA_DIR": str(data), "FXCU_TRACKING_TIMEOUT": "120"})
     for horizon in fxcu.HORIZONS:
         experiment = client.get_experiment_by_name(fxcu.EXPERIMENT_PREFIX + horizon)

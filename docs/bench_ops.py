@@ -719,8 +719,7 @@ def bench_profile() -> None:
             [sys.executable, str(ROOT / "fxcu.py"), "init"], env=env, cwd=root, check=True, capture_output=True
         )
         out = root / "run.prof"
-        # INFO: fxcu imported as a module, not run as `-m cProfile fxcu.py`: the tracking process it starts
-        # (issue 13) must find `fxcu.serve_tracking` by name. Its MLflow work runs there, unprofiled.
+        # fxcu imported as a module, not run as `-m cProfile fxcu.py`
         main = "fxcu.main(['run', '7d', '--offline', '--skip-email'])"
         subprocess.run(
             [
@@ -746,7 +745,7 @@ def bench_profile() -> None:
             ("fxcu.py", "forecast_all"),
             ("fxcu.py", "write_report"),
             ("fxcu.py", "write_chart"),
-            ("fxcu.py", "log"),  # Tracker.log: the wait for the tracking process
+            ("fxcu.py", "log_run"),
             ("fxcu.py", "make_forecasts"),
             ("fxcu.py", "fetch_both"),
             ("fxcu.py", "make_client"),

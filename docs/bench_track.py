@@ -109,11 +109,11 @@ def in_run(root: Path, env: dict[str, str], ledger, prices) -> None:
     def run_work(horizons: int) -> float:
         # what cmd_run and _track_horizon add: score once, then per horizon the numbers, the chart and the row
         started = time.perf_counter()
-        scored = fxcu.update_ledger(config, env, prices)
+        scored = fxcu.update_ledger(config, prices)
         for horizon in list(fxcu.HORIZONS)[:horizons]:
             fxcu.live_metrics(fxcu.track_record(scored, [horizon])[horizon])
             fxcu.write_track_chart(scored, prices, horizon, root / f"track_{horizon}.png")
-            fxcu.update_ledger(config, env, prices, [entry])
+            fxcu.update_ledger(config, prices, [entry])
         return time.perf_counter() - started
 
     run_work(1)  # warm-up (imports, page cache)
