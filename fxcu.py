@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import contextlib
 import dataclasses
@@ -28,7 +27,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -5441,11 +5439,6 @@ def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str]
     return next(s for s in (stem, *(f"{stem}_{n}" for n in range(2, len(taken) + 3))) if s not in taken)
 
 
-def draw_here(writer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a chart writer in this process (`Tracker.draw` calls it in the tracking process)."""
-    return writer(*args, **kwargs)
-
-
 def write_report(
     fc: Forecast,
     bundle: Bundle,
@@ -5453,13 +5446,12 @@ def write_report(
     *,
     now: datetime,
     extra: Sequence[Section] = (),
-    draw: Callable[..., Any] = draw_here,
 ) -> Report:
-    """Write the chart (PNG, through `draw`), the forecast table (CSV) and the Markdown report under `reports`."""
+    """Write the chart (PNG), the forecast table (CSV) and the Markdown report under `reports`."""
     stem = report_stem(fc.horizon, now, taken={p.stem for p in reports.glob(f"forecast_{fc.horizon}_*.md")})
     chart = reports / f"{stem}.png"
     try:
-        draw(write_chart, fc, bundle, chart, now=now)
+        write_chart(fc, bundle, chart, now=now)
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Chart failed (%s: %s); the report goes without it", type(exc).__name__, exc)
         chart = None
@@ -5520,34 +5512,43 @@ def experiment_description(horizon: str) -> str:
     )
 
 
-def sqlite_uri(db: Path) -> str:
-    """The SQLAlchemy URI of a SQLite file, with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
-    # INFO: SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
-    return "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+@dataclass(frozen=True, slots=True)
+class TrackingStore:
+    """Where runs are tracked: the URI MLflow is given and, for a SQLite store, its file and artifact root.
 
-
-def tracking_uri(config: Config, environ: Mapping[str, str]) -> str:
-    """MLFLOW_TRACKING_URI when set (a team server), else the absolute SQLite file under the data dir (created)."""
-    if environ.get("MLFLOW_TRACKING_URI"):
-        return environ["MLFLOW_TRACKING_URI"]
-    config.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    return sqlite_uri(config.mlflow_db)
-
-
-def sqlite_file(uri: str, *, query: bool = False) -> Path | None:
-    """The file of a `sqlite:///` URI (inverse of `sqlite_uri`), or None for any other store.
-
-    A URI with parameters (`?timeout=30`) is not one fxcu built: None, unless `query` (to read its file).
+    `db` is None for a server (or another database), which also picks its own artifacts (`artifacts` None).
     """
 
-    if not uri.startswith("sqlite:///") or ("?" in uri and not query):
-        return None
-    return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    uri: str
+    db: Path | None = None
+    artifacts: str | None = None
+
+    @classmethod
+    def sqlite(cls, db: Path, artifacts: Path) -> TrackingStore:
+        """The store of a SQLite file, its URI with `%`, `?` and `#` escaped (else the database lands elsewhere)."""
+        # SQLAlchemy percent-decodes the path and cuts it at `?`; escaping only these keeps other paths verbatim
+        uri = "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+        return cls(uri, db, artifacts.as_uri())
 
 
-def artifact_root(config: Config, uri: str) -> str | None:
-    """Absolute artifact folder for a SQLite store (else MLflow writes ./mlruns of the cwd); a server picks its own."""
-    return config.mlruns.as_uri() if uri.startswith("sqlite:") else None
+def tracking_store(config: Config, environ: Mapping[str, str]) -> TrackingStore:
+    """MLFLOW_TRACKING_URI when set (a team server wins), else the SQLite file under the data dir.
+
+    A SQLite store keeps its artifacts under the data dir, by absolute path (else MLflow writes ./mlruns of the
+    working directory).
+    """
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return TrackingStore.sqlite(config.mlflow_db, config.mlruns)
+    if not uri.startswith("sqlite:///"):
+        return TrackingStore(uri)
+    return TrackingStore(uri, Path(unquote(uri.removeprefix("sqlite:///").split("?")[0])), config.mlruns.as_uri())
+
+
+def read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection to a SQLite file, for the readers (`runs`, `compare`, `stats`, `check`, `backup`)."""
+    # SQLite's URI form: `quote` escapes `#`, `?` and `%`, which would otherwise cut the path (and open another file)
+    return contextlib.closing(sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=5))
 
 
 class OneLineRecords(logging.Filter):
@@ -5579,15 +5580,20 @@ MLFLOW_HTTP_BOUNDS = {
 }
 
 
-def _share_engine(uri: str) -> None:
-    # INFO: MLflow's engine factory mkdirs the *escaped* path's parent (a stray `a%23b/` beside `a#b/`);
-    # an engine made here without that step is the one its store then reuses.
-    from mlflow.store.db.utils import create_sqlalchemy_engine
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+@contextlib.contextmanager
+def no_stray_folders(uri: str) -> Iterator[None]:
+    """Remove the folders MLflow makes in the block for the *escaped* path of a SQLite URI (`a%23b/` beside `a#b/`).
 
-    engines = getattr(SqlAlchemyStore, "_engine_map", None)
-    if isinstance(engines, dict) and uri not in engines:
-        engines.setdefault(uri, create_sqlalchemy_engine(uri))
+    MLflow's engine factory makes the parent of the path as the URI writes it; fxcu makes the real one itself.
+    """
+    escaped = Path(uri.removeprefix("sqlite:///").split("?")[0]).parent if uri.startswith("sqlite:///") else Path()
+    made = [folder for folder in (escaped, *escaped.parents) if not folder.exists()]
+    try:
+        yield
+    finally:
+        for folder in made:  # deepest first; one that is not empty stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def create_database(db: Path) -> None:
@@ -5599,38 +5605,29 @@ def create_database(db: Path) -> None:
         if db.exists():  # another process made it while this one waited
             return
         with atomic_path(db) as tmp:
-            uri = sqlite_uri(tmp)
+            store = TrackingStore.sqlite(tmp, db.parent / "mlruns")
             try:
-                _share_engine(uri)
-                SqlAlchemyStore(uri, (db.parent / "mlruns").as_uri())
+                with no_stray_folders(store.uri):
+                    SqlAlchemyStore(store.uri, store.artifacts).engine.dispose()  # closed before the rename
             finally:
-                engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
-                if engine is not None:
-                    engine.dispose()
                 tmp.with_name(tmp.name + "-journal").unlink(missing_ok=True)
         log.info("Created the MLflow database %s", db)
 
 
-def mlflow_client(uri: str) -> Any:
-    """An MlflowClient on `uri`; a new SQLite database is first created whole (`create_database`)."""
+def mlflow_client(store: TrackingStore) -> Any:
+    """An MlflowClient on the store; a new SQLite database is first created whole (`create_database`)."""
     from mlflow.tracking import MlflowClient
 
     one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
-    db = sqlite_file(uri)
-    if db is not None:
-        _share_engine(uri)
-        if not db.exists():
-            create_database(db)
-    if uri.startswith(("http:", "https:")):
+    if store.db is not None and not store.db.exists():
+        create_database(store.db)
+    if store.uri.startswith(("http:", "https:")):
         for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
             os.environ.setdefault(name, value)
-    return MlflowClient(tracking_uri=uri)
-
-
-def tracking_store(config: Config, environ: Mapping[str, str]) -> tuple[str, Any]:
-    """The tracking URI (`tracking_uri`) and an MlflowClient on it (`mlflow_client`)."""
-    uri = tracking_uri(config, environ)
-    return uri, mlflow_client(uri)
+        # a server's client prints "View run ... at: URL" to stdout, which holds results (`run --json`)
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    with no_stray_folders(store.uri):
+        return MlflowClient(tracking_uri=store.uri)
 
 
 def relocate_artifacts(db: Path, root: str) -> int:
@@ -5927,43 +5924,10 @@ def tracking_failure(exc: BaseException, secret: str | None) -> str:
     return redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), secret)
 
 
-# Seconds `Tracker.log` waits beyond `config.tracking_timeout` for the tracking process's own verdict, and
-# `Tracker.close` for the process to exit before it is stopped.
-TRACKING_GRACE = 5.0
-
-
-def warm_tracking(config: Config, environ: Mapping[str, str]) -> None:
-    """Import what `log_run` needs and open a SQLite store, so that the first run logs at once.
-
-    A SQLite store is opened under the MLflow lock, as `log_run` opens it: SQLAlchemy's first query
-    (mappers, the schema check; ~0.15 s) is paid while the models fit. The lock is not waited for: a
-    store another run is writing is left to `log_run`, which waits for it, bounded. A server is not
-    asked: it is contacted by `log_run` only, bounded.
-    """
-    import importlib
-
-    for module in ("mlflow.entities", "mlflow.tracking", "markdown_it"):  # markdown_it: the report's HTML twin
-        importlib.import_module(module)
-    uri = tracking_uri(config, environ)
-    if uri.startswith("sqlite:"):
-        importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
-        with file_lock(config.mlflow_dir / ".lock", timeout=0, what="MLflow lock"):
-            mlflow_client(uri).search_experiments(max_results=1)
-
-
-def warm_drawing() -> None:
-    """Import what the chart writers need (matplotlib's figure, Agg and dates: ~0.8 s)."""
-    import importlib
-
-    for module in ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.dates"):
-        importlib.import_module(module)
-
-
-def _follow_data_dir(config: Config, uri: str) -> None:
+def _follow_data_dir(config: Config, store: TrackingStore) -> None:
     """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
-    db = sqlite_file(uri)
-    if db is not None and db == config.mlflow_db and db.exists():
-        relocate_artifacts(db, artifact_root(config, uri))
+    if store.db == config.mlflow_db and store.db.exists():
+        relocate_artifacts(store.db, config.mlruns.as_uri())
 
 
 def run_user(environ: Mapping[str, str]) -> str:
@@ -5984,32 +5948,92 @@ def artifact_files(path: Path, artifacts: Sequence[Path], tmp: Path) -> list[Pat
     return [path, twin]
 
 
-def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], cancel: Any, given_up: str) -> str:
+def end_run(client: Any, run_id: str, status: str, why: str, note: str = "") -> None:
+    """End a run that could not finish as `status` (FAILED or KILLED); its `fxcu.ended` tag and description say why."""
+    from mlflow.entities import RunTag
+
+    said = f"**{status}: {why}**\n\n{note}".strip()
+    client.log_batch(run_id, tags=[RunTag("fxcu.ended", why), RunTag(NOTE_TAG, said)])
+    client.set_terminated(run_id, status=status)
+
+
+LEFTOVER_RUN_AGE = 3600.0  # seconds before another host's RUNNING run counts as left behind (as for temp files)
+
+
+def close_leftovers(client: Any, *, bound: float, now: float | None = None) -> int:
+    """End as FAILED, with a note, the fxcu runs a stopped process left RUNNING; return how many.
+
+    Left behind: its writer (tags `fxcu.pid`, `fxcu.host`) is gone from this host, or, on another host, whose
+    processes cannot be checked, the run is an hour old; and either way it is older than the tracking bound.
+    A run without those tags (made by an older fxcu) is left alone.
+    """
+    now = time.time() if now is None else now
+    host = temp_owner().split("@", 1)[1]
+    ids = [e.experiment_id for e in client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")]
+    running = client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000) if ids else []
+    closed = 0
+    for run in running:
+        tags, age = run.data.tags, now - (run.info.start_time or 0) / 1000
+        pid, where = tags.get("fxcu.pid", ""), tags.get("fxcu.host")
+        if not pid.isdigit():
+            continue
+        gone = not _alive(int(pid)) if where == host else age > LEFTOVER_RUN_AGE
+        if gone and age > bound:
+            why = f"left RUNNING by process {pid} on {where}, which stopped before the run was written"
+            end_run(client, run.info.run_id, "FAILED", why, tags.get(NOTE_TAG, ""))
+            closed += 1
+    if closed:
+        log.warning("Closed %d MLflow run(s) that a stopped fxcu left RUNNING (now FAILED)", closed)
+    return closed
+
+
+@dataclass(slots=True)
+class Writing:
+    """A run being written by `log_run`'s thread, shared with the caller, which may stop waiting for it.
+
+    On a timeout the caller sets `cancel`; on a signal it first makes `status` KILLED and `why` the signal.
+    The writer then ends its run as `status` (`end_run`), never FINISHED. `done` is set when the writer has
+    left (its temp files removed).
+    """
+
+    why: str
+    status: str = "FAILED"
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    client: Any = None
+    run_id: str | None = None
+
+
+def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], writing: Writing) -> str:
     """Write one run to the tracking store (the caller holds the MLflow lock); return its run id.
 
-    Once `cancel` (a threading.Event) is set, no run is created, and a run already created is marked
-    FAILED and deleted instead of FINISHED: raised as TimeoutError(`given_up`).
+    Runs a stopped fxcu left RUNNING are closed first (`close_leftovers`), and this one is tagged with its
+    process (`fxcu.pid`, `fxcu.host`) so that a later run can do the same for it. A write that fails ends
+    the run FAILED. Once `writing.cancel` is set no run is created, and a run already created ends, once
+    written, as `writing.status` (a FAILED one deleted too), never FINISHED: raised as TimeoutError(`writing.why`).
     """
     started = time.perf_counter()
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
-    uri = tracking_uri(config, environ)
-    if uri in _UNREACHABLE:
-        why = _UNREACHABLE[uri]
-        raise ConnectionError(f"MLflow tracking server {redact_uri(uri)} failed earlier in this run: {why}")
-    client = mlflow_client(uri)
-    _follow_data_dir(config, uri)
-    if uri.startswith("sqlite:"):
+    store = tracking_store(config, environ)
+    if store.uri in _UNREACHABLE:
+        why = _UNREACHABLE[store.uri]
+        raise ConnectionError(f"MLflow tracking server {redact_uri(store.uri)} failed earlier in this run: {why}")
+    client = mlflow_client(store)
+    _follow_data_dir(config, store)
+    if store.db is not None:
         retire_default_experiment(client)
     name = EXPERIMENT_PREFIX + record.horizon
-    experiment_id, _ = ensure_experiment(
-        client, name, artifact_root(config, uri), experiment_description(record.horizon)
-    )
+    experiment_id, _ = ensure_experiment(client, name, store.artifacts, experiment_description(record.horizon))
+    close_leftovers(client, bound=config.tracking_timeout)
+    pid, host = temp_owner().split("@", 1)
     tags = {"mlflow.runName": record.run_name, "mlflow.user": run_user(environ), **record.tags}
-    if cancel.is_set():
-        raise TimeoutError(given_up)
+    tags |= {"fxcu.pid": pid, "fxcu.host": host}
+    if writing.cancel.is_set():
+        raise TimeoutError(writing.why)
     run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name, tags=tags)
-    run_id = run.info.run_id
+    run_id = writing.run_id = run.info.run_id
+    writing.client, note = client, record.tags.get(NOTE_TAG, "")
     try:
         stamp = int(time.time() * 1000)
         client.log_batch(
@@ -6025,244 +6049,63 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], can
                     folder = "inputs/warehouse" if path.suffix == ".parquet" else None
                     client.log_artifact(run_id, str(file), artifact_path=folder)
         client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+    except BaseException as exc:
+        cut = writing.cancel.is_set()  # then the caller's reason, else the writer's own failure
+        why = writing.why if cut else f"tracking failed ({tracking_failure(exc, config.fred_api_key)})"
+        with contextlib.suppress(Exception):  # the store may be what failed: the writer's own error is raised
+            end_run(client, run_id, writing.status if cut else "FAILED", why, note)
         raise
-    if cancel.is_set():  # INFO: the caller gave up while this run was written: it must not end FINISHED
-        client.set_terminated(run_id, status="FAILED")
-        client.delete_run(run_id)  # INFO: after FAILED: MLflow updates only an active run
-        raise TimeoutError(given_up)
-    # INFO: on a server MLflow prints "View run ... at: URL" to stdout, which belongs to results (`run --json`)
-    with contextlib.redirect_stdout(sys.stderr):
-        client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
+    if writing.cancel.is_set():  # the caller stopped waiting while this run was written: it must not end FINISHED
+        end_run(client, run_id, writing.status, writing.why, note)
+        if writing.status == "FAILED":
+            client.delete_run(run_id)  # after FAILED: MLflow updates only an active run
+        raise TimeoutError(writing.why)
+    client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
     return run_id
 
 
-def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str], within: float | None = None) -> str:
-    """Log one run to MLflow (`write_run`) under the tracking lock, bounded in time; return its run id.
+def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
+    """Log one run to MLflow (`write_run`) under the tracking lock, within `config.tracking_timeout`; return its id.
 
-    The bound is `config.tracking_timeout`, or `within` seconds when shorter (what is left of a caller's
-    wait). A run still being written when the bound passes is marked FAILED and deleted at its next
-    step, so it never ends FINISHED after the caller was told it failed.
+    A run still being written when the bound passes ends FAILED, with a note, and deleted at its next
+    step, so it never ends FINISHED after the caller was told it failed. On Ctrl-C or SIGTERM the run
+    ends KILLED: the writer is given a few seconds to end it (and remove its temp files), else it is ended
+    from here; then the signal goes on.
     """
 
-    seconds = config.tracking_timeout if within is None else min(within, config.tracking_timeout)
-    given_up = f"MLflow tracking did not finish within {config.tracking_timeout:g} s"
-    cancel = threading.Event()
+    seconds = config.tracking_timeout
+    writing = Writing(f"MLflow tracking did not finish within {seconds:g} s")
 
     def locked() -> str:
         # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
         # It waits half the budget for the lock, and starts no run once the caller has given up.
-        with file_lock(config.mlflow_dir / ".lock", timeout=seconds / 2, what="MLflow lock"):
-            if cancel.is_set():
-                raise TimeoutError("MLflow tracking gave up before writing")
-            return write_run(config, record, environ, cancel, given_up)
+        try:
+            with file_lock(config.mlflow_dir / ".lock", timeout=seconds / 2, what="MLflow lock"):
+                if writing.cancel.is_set():
+                    raise TimeoutError("MLflow tracking gave up before writing")
+                return write_run(config, record, environ, writing)
+        finally:
+            writing.done.set()
 
-    uri = tracking_uri(config, environ)
+    uri = tracking_store(config, environ).uri
     try:
-        return _bounded(seconds, "MLflow tracking", locked, cancel=cancel, said=given_up)
+        return _bounded(seconds, "MLflow tracking", locked, cancel=writing.cancel, said=writing.why)
     except Exception as exc:
         # the other horizons do not wait for it again
         if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
             _UNREACHABLE[uri] = type(exc).__name__
         raise
-
-
-def _answer_run(config: Config, environ: Mapping[str, str], record: RunRecord, gives_up: float) -> tuple:
-    """The tracking process's answer to a run: ("logged", run id, None, False) or ("logged", None, why, timed out)."""
-    # INFO: a process that was still starting when the run was sent gets only what is left of the parent's
-    # wait (less half the grace, for the answer), so it never writes a run the parent reported untracked
-    budget = gives_up - time.monotonic() - TRACKING_GRACE / 2
-    if budget <= 0:
-        said = f"TimeoutError: MLflow tracking did not finish within {config.tracking_timeout:g} s (still starting)"
-        return ("logged", None, said, True)
-    try:
-        return ("logged", log_run(config, record, environ=environ, within=budget), None, False)
-    except Exception as exc:  # noqa: BLE001 -- reported to the parent, which logs it and goes on
-        return ("logged", None, tracking_failure(exc, config.fred_api_key), isinstance(exc, TimeoutError))
-
-
-def _answer_draw(job: Path) -> tuple:
-    """The tracking process's answer to a chart job: ("drawn", True, what it returned) or ("drawn", False, exc).
-
-    The job is a file holding the pickled writer, its args and its kwargs (`Tracker.draw`).
-    """
-
-    try:
-        writer, args, kwargs = pickle.loads(job.read_bytes())
-        return ("drawn", True, writer(*args, **kwargs))
-    except Exception as exc:  # noqa: BLE001 -- raised again in the parent, which logs it as its own
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:  # noqa: BLE001 -- an exception that cannot travel goes as its text
-            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-        return ("drawn", False, exc)
-
-
-def serve_tracking(conn: Any, config: Config, environ: Mapping[str, str], level: int, draws: bool = False) -> None:
-    """The tracking process: import MLflow and open the store at once, then answer each message.
-
-    ("log", record, gives up) logs a run; with `draws`, matplotlib is imported next, and
-    ("draw", job file) calls a chart writer (`Tracker.draw`). None, or the parent gone, ends it.
-    """
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # INFO: Ctrl-C stops the parent, which then stops this process
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    with contextlib.suppress(Exception):  # `log_run` meets the same failure and reports it per run
-        warm_tracking(config, environ)
-    if draws:
-        with contextlib.suppress(Exception):  # the chart writer meets the same failure and raises it
-            warm_drawing()
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if message is None:
-            # INFO: every run was answered after its commit; skipping MLflow's interpreter teardown saves ~1 s
-            os._exit(0)
-        kind, *rest = message
-        conn.send(_answer_draw(*rest) if kind == "draw" else _answer_run(config, environ, *rest))
-
-
-class Tracker:
-    """MLflow in a child process, started with the run so that its imports (~2 s) overlap the models' fitting.
-
-    The parent never waits more than `config.tracking_timeout` + `TRACKING_GRACE` for a run id: a hung or
-    dead tracking process costs the forecast that wait at most, and is reported like any tracking failure.
-    A run sent while the process is still starting gets only what is left of that wait, and one still being
-    written when that runs out ends FAILED and deleted (`log_run`): MLflow never shows a finished run that
-    the parent reported untracked. The child writes through `log_run`, under the same MLflow lock as
-    before, so concurrent runs stay safe.
-
-    With `draws` (a run), the process also imports matplotlib (~0.8 s) while the models fit, and draws
-    the run's charts (`draw`), each before any MLflow work of its horizon; the parent draws a chart itself
-    when the process is skipped, dead or hung.
-    """
-
-    def __init__(self, config: Config, environ: Mapping[str, str], *, draws: bool = False) -> None:
-        import multiprocessing
-        from multiprocessing import resource_tracker
-
-        self.config = config
-        self.skip: str | None = None  # why later runs are not sent: a timed-out write or a dead process
-        self.sent = 0  # runs sent: a run that stopped before its first has nothing for the process to finish
-        self.draws = draws
-        # INFO: spawn, not fork: a forked copy of polars' and numpy's thread pools can deadlock
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        level = logging.getLogger().getEffectiveLevel()
-        self._process = context.Process(
-            target=serve_tracking,
-            args=(child, config, dict(environ), level, draws),
-            name="fxcu-tracking",
-            daemon=True,
-        )
-        # INFO: the child inherits a blocked SIGINT through exec, so a Ctrl-C while it imports prints no
-        # traceback from it (the parent stops it); blocked, not ignored, so the parent's Ctrl-C is only delayed.
-        # multiprocessing starts its resource tracker at the first spawn and unblocks SIGINT after doing so:
-        # started here first, it cannot undo the block below
-        resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self._process.start()
-        except Exception as exc:  # noqa: BLE001 -- no process (EAGAIN, ENOMEM, fxcu run through exec): untracked
-            self.skip = tracking_failure(exc, config.fred_api_key)
-        finally:
-            child.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # INFO: last: a pending Ctrl-C is raised here
-
-    @property
-    def wait(self) -> float:
-        """The longest this process waits for any answer."""
-        return self.config.tracking_timeout + TRACKING_GRACE
-
-    def _stopped(self) -> str:
-        """Note that the process died (a closed pipe); return why later runs are skipped."""
-        self._process.join(1)
-        self.skip = f"ConnectionError: the tracking process stopped (exit code {self._process.exitcode})"
-        return self.skip
-
-    def _ask(self, message: tuple) -> tuple | None:
-        """Send a message and return the process's answer, or None after `wait`; EOFError/OSError when it died."""
-        self._conn.send(message)
-        return self._conn.recv() if self._conn.poll(self.wait) else None
-
-    def draw(self, writer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the chart writer `writer(*args, **kwargs)` in the tracking process, or here when it is not drawing.
-
-        What the writer returns comes back, and what it raises is raised here. A dead process, or one that
-        does not answer within the tracking wait (it is then skipped, runs too), leaves the chart to this one.
-        """
-        answer = self._draw_there(writer, args, kwargs) if self.draws and not self.skip else None
-        if answer is None:
-            return writer(*args, **kwargs)
-        _, ok, value = answer
-        if not ok:
-            raise value
-        return value
-
-    def _draw_there(self, writer: Callable[..., Any], args: tuple, kwargs: dict) -> tuple | None:
-        """The tracking process's answer to a chart job, or None when the chart is to be drawn here."""
-
-        try:
-            with tempfile_dir(self.config.data_dir) as tmp:
-                job = tmp / "chart.pickle"
-                job.write_bytes(pickle.dumps((writer, args, kwargs)))
-                # INFO: the job goes as a file, its path through the pipe: a frame and a ledger run to megabytes,
-                # and a send that fills the pipe's buffer would block, unbounded, on a process that reads nothing
-                try:
-                    answer = self._ask(("draw", job))
-                except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
-                    self._stopped()
-                    return None
-        except Exception as exc:  # noqa: BLE001 -- no scratch folder (a full disk), or a job or answer that
-            log.debug("Chart drawn here: %s: %s", type(exc).__name__, exc)  # does not pickle: drawn here
-            return None
-        if answer is None:
-            self.skip = f"skipped: the tracking process did not draw a chart within {self.wait:g} s"
-        return answer
-
-    def log(self, record: RunRecord) -> tuple[str | None, str | None]:
-        """Send one run to the tracking process; return (run id, None) or (None, why it failed)."""
-        if self.skip:
-            return None, self.skip
-        try:
-            self.sent += 1
-            # INFO: sent with the moment this process gives up: one monotonic clock for both processes
-            answer = self._ask(("log", record, time.monotonic() + self.wait))
-        except (EOFError, OSError):  # the process died (BrokenPipeError is an OSError)
-            return None, self._stopped()
-        if answer is not None:
-            _, run_id, error, timed_out = answer
-        else:
-            error = f"TimeoutError: MLflow tracking did not finish within {self.config.tracking_timeout:g} s"
-            run_id, timed_out = None, True
-        if timed_out:  # INFO: a timed-out write may still be going on: the other horizons do not queue behind it
-            self.skip = f"skipped: MLflow tracking timed out for {record.horizon}"
-        return run_id, error
-
-    def close(self) -> None:
-        """Tell the tracking process to finish; kill it if it has not exited within `TRACKING_GRACE` seconds."""
-        if self._conn.closed:
-            return
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        if self._process.pid is not None:
-            # INFO: nothing sent (the run failed first): the process may still be importing MLflow, so it is not
-            # waited for; it has written nothing but a database it builds aside, which the next start cleans up
-            self._process.join(TRACKING_GRACE if self.sent else 0)
-            if self._process.is_alive():  # INFO: SIGKILL, which also ends a stopped process (SIGTERM would wait)
-                self._process.kill()
-                self._process.join(1)
-        self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    except BaseException as exc:  # Ctrl-C, or SIGTERM (`Terminated`): the run ends KILLED, then the signal goes on
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        writing.why = f"the run was {'interrupted (Ctrl-C)' if ctrl_c else 'terminated (SIGTERM)'} while it was tracked"
+        writing.status = "KILLED"
+        writing.cancel.set()
+        if writing.run_id is not None and not writing.done.wait(5):  # a writer that hangs: ended from here
+            with contextlib.suppress(Exception):
+                note = record.tags.get(NOTE_TAG, "")
+                _bounded(5, "MLflow tracking", end_run, writing.client, writing.run_id, "KILLED", writing.why, note)
+        raise
 
 
 def write_inputs(bundle: Bundle, folder: Path) -> tuple[list[Path], str]:
@@ -6307,7 +6150,7 @@ def best_run(
     parse_horizon(horizon)
     environ = os.environ if environ is None else environ
     config = config or Config.from_env(environ)
-    _, client = tracking_store(config, environ)
+    client = mlflow_client(tracking_store(config, environ))
     experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
     if experiment is None:
         return None
@@ -6318,12 +6161,6 @@ def best_run(
     scored = [r for r in runs if name in r.data.metrics]
     rank = metric_rank(name)
     return min(scored, key=lambda r: rank(r.data.metrics[name]), default=None)
-
-
-def store_path(config: Config, environ: Mapping[str, str]) -> Path | None:
-    """The SQLite file behind the tracking URI, or None when it is a server (or another database)."""
-    uri = environ.get("MLFLOW_TRACKING_URI")
-    return sqlite_file(uri, query=True) if uri else config.mlflow_db  # INFO: not `tracking_uri`, which makes dirs
 
 
 def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
@@ -6340,7 +6177,7 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
             from runs r join experiments e on e.experiment_id = r.experiment_id
             where e.name in ({marks}) and r.lifecycle_stage = 'active' and e.lifecycle_stage = 'active'
         ) where ? is null or k <= ? order by 5 desc"""  # INFO: only placeholders are interpolated
-    with contextlib.closing(sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=5)) as conn:
+    with read_only(db) as conn:
         rows = conn.execute(query, [*names, last, last]).fetchall()
         ids = [r[0] for r in rows]
         found: dict[str, dict[str, dict[str, Any]]] = {i: {"params": {}, "latest_metrics": {}, "tags": {}} for i in ids}
@@ -6358,9 +6195,9 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
     ]
 
 
-def read_runs_mlflow(uri: str, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
+def read_runs_mlflow(store: TrackingStore, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """The same as `read_runs_sqlite`, through mlflow's client (a tracking server)."""
-    client = mlflow_client(uri)
+    client = mlflow_client(store)
     runs = []
     for horizon in horizons:
         experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
@@ -6389,82 +6226,8 @@ def read_runs_mlflow(uri: str, horizons: Sequence[str], last: int | None) -> lis
 
 def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """Read the runs from wherever they are tracked: sqlite3 for a local store, mlflow for a server."""
-    db = store_path(config, environ)
-    return (
-        read_runs_sqlite(db, horizons, last)
-        if db is not None
-        else read_runs_mlflow(tracking_uri(config, environ), horizons, last)
-    )
-
-
-def mlflow_sqlite_db(config: Config, environ: Mapping[str, str]) -> Path | None:
-    """The MLflow SQLite file this install tracks to, or None for a tracking server (not read without mlflow)."""
-    path = store_path(config, environ)
-    return path if path is not None and path.is_absolute() else None
-
-
-def read_mlflow_forecasts(db: Path) -> list[dict[str, Any]]:
-    """Every finished fxcu run in an MLflow SQLite database as a ledger row, read with sqlite3 (no mlflow import).
-
-    The served interval then was Naive's width around the point, so the random walk's bounds are the
-    served bounds scaled by last close / forecast. Of several runs from one origin the latest wins.
-    """
-
-    query = """
-        select r.run_uuid, r.start_time, e.name from runs r join experiments e on e.experiment_id = r.experiment_id
-        where r.status = 'FINISHED' and r.lifecycle_stage = 'active' and e.name like 'forecaster_%'
-        order by r.start_time
-    """
-    # INFO: as_uri escapes `#`, `?` and `%`, which would otherwise cut the path (and SQLite open another file)
-    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
-        runs = conn.execute(query).fetchall()
-        metrics = conn.execute("select run_uuid, key, value from latest_metrics").fetchall()
-        params = conn.execute("select run_uuid, key, value from params").fetchall()
-        tags = conn.execute("select run_uuid, 'fxcu.degraded', value from tags where key = 'fxcu.degraded'").fetchall()
-    by_run: dict[str, dict[str, Any]] = {}
-    for run_id, key, value in [*metrics, *params, *tags]:
-        by_run.setdefault(run_id, {})[key] = value
-    rows = []
-    for run_id, start_ms, experiment in runs:
-        values = by_run.get(run_id, {})
-        horizon = experiment.removeprefix(EXPERIMENT_PREFIX)
-        needed = (
-            "forecast",
-            "forecast_lo_80",
-            "forecast_hi_80",
-            "forecast_lo_95",
-            "forecast_hi_95",
-            "last_close",
-            "data_last_date",
-        )
-        if horizon not in HORIZONS or any(k not in values for k in needed):
-            continue
-        origin = date.fromisoformat(values["data_last_date"])
-        served = {k: float(values[f"forecast_{k}"]) for k in ("lo_80", "hi_80", "lo_95", "hi_95")}
-        point, last = float(values["forecast"]), float(values["last_close"])
-        rows.append(
-            {
-                "horizon": horizon,
-                "origin": origin,
-                "target": trading_dates(origin, HORIZONS[horizon])[-1],
-                "kind": "live",
-                "last_close": last,
-                "forecast": point,
-                **served,
-                **{f"rw_{k}": v * last / point for k, v in served.items()},
-                "point_model": served_point_model(values.get("ensemble_rule", "naive")),
-                "interval_model": "Naive",
-                "sources": f"copper={values.get('copper_source', '?')},usdclp={values.get('usdclp_source', '?')}",
-                "degraded": "" if values.get("fxcu.degraded", "none") == "none" else values["fxcu.degraded"],
-                "run_id": run_id,
-                "recorded_at": datetime.fromtimestamp(start_ms / 1000, UTC),
-                "backtest_ratio": values.get(f"{horizon}_ratio_to_naive"),
-                "backtest_coverage_80": values.get(f"{horizon}_coverage_80"),
-                "backtest_coverage_95": values.get(f"{horizon}_coverage_95"),
-                "backtest_origins": int(values["backtest_origins"]) if "backtest_origins" in values else None,
-            }
-        )
-    return rows
+    store = tracking_store(config, environ)
+    return read_runs_sqlite(store.db, horizons, last) if store.db else read_runs_mlflow(store, horizons, last)
 
 
 # -- Shell: the forecast ledger --------------------------------------------------------
@@ -6513,19 +6276,11 @@ def ledger_lock(config: Config) -> Iterator[None]:
         yield
 
 
-def update_ledger(
-    config: Config, environ: Mapping[str, str], prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()
-) -> pl.DataFrame:
-    """Read the ledger (backfilled from MLflow when there is none yet), add `rows`, score it on `prices`, write it."""
+def update_ledger(config: Config, prices: pl.DataFrame, rows: Sequence[Mapping[str, Any]] = ()) -> pl.DataFrame:
+    """Read the ledger, add `rows`, score it on `prices`, write it."""
     path = ledger_path(config)
     with ledger_lock(config):
         ledger = read_ledger(path)
-        if not path.exists():
-            db = mlflow_sqlite_db(config, environ)
-            found = read_mlflow_forecasts(db) if db is not None and db.exists() else []
-            if found:
-                log.info("Forecast ledger backfilled from %d MLflow runs", len(found))
-            ledger = upsert_ledger(ledger, found)
         ledger = score_ledger(upsert_ledger(ledger, rows), prices)
         write_ledger(ledger, path)
         return ledger
@@ -6717,7 +6472,7 @@ def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseF
     if not db.exists():
         return DatabaseFacts(missing=db)
     try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+        with read_only(db) as conn:
             runs = conn.execute("select count(*) from runs").fetchone()[0]
             versioned = conn.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
             # no schema version: half-made by a crash
@@ -6846,10 +6601,10 @@ def _fail_run(config: Config, horizons: Sequence[str], now: datetime, reason: st
     return 1
 
 
-def _run_ledger(config: Config, environ: Mapping[str, str], prices: pl.DataFrame) -> pl.DataFrame | None:
-    """The run's scored ledger (backfilled from MLflow the first time), or None when it cannot be updated."""
+def _run_ledger(config: Config, prices: pl.DataFrame) -> pl.DataFrame | None:
+    """The run's scored ledger, or None when it cannot be updated."""
     try:
-        return update_ledger(config, environ, prices)
+        return update_ledger(config, prices)
     except Exception as exc:  # noqa: BLE001 -- the track record is never worth a failed forecast
         log.error("Forecast ledger not updated (%s: %s): forecasting without the track record", type(exc).__name__, exc)
         return None
@@ -6862,7 +6617,6 @@ def _track_horizon(
     ledger: pl.DataFrame | None,
     *,
     now: datetime,
-    draw: Callable[..., Any],
 ) -> dict[str, Any]:
     """This horizon's ledger row, live numbers, change against the previous run, chart and report section."""
 
@@ -6875,7 +6629,7 @@ def _track_horizon(
     chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
     try:
         # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
-        if not draw(write_track_chart, upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
+        if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
             chart = None
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
@@ -6887,17 +6641,18 @@ def _track_horizon(
 
 def _log_horizon(
     config: Config,
-    tracker: Tracker,
     fc: Forecast,
     bundle: Bundle,
     report: Report | None,
     track: Mapping[str, Any],
     *,
     now: datetime,
+    environ: Mapping[str, str],
     seconds: Mapping[str, float],
+    skip: str | None,
 ) -> tuple[str | None, str | None]:
-    """Track one horizon's run through the tracking process: (run id, None), or (None, why not) logged as an error."""
-    run_id, error = None, tracker.skip
+    """Track one horizon's run (unless `skip` says why not): (run id, None), or (None, why not) logged as an error."""
+    run_id, error = None, skip
     if error is None:
         try:
             with tempfile_dir(config.data_dir) as tmp:
@@ -6909,7 +6664,7 @@ def _log_horizon(
                     tags=record.tags | {"fxcu.changed": reasons or "nothing"},
                     artifacts=record.artifacts + ((track["chart"],) if track["chart"] else ()),
                 )
-                run_id, error = tracker.log(record)  # INFO: inside the scratch folder, which holds the artifacts
+                run_id = log_run(config, record, environ=environ)  # inside the scratch folder, which holds the inputs
         except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
             error = tracking_failure(exc, config.fred_api_key)
     if run_id is not None:
@@ -6944,17 +6699,18 @@ def _run_horizon(
     config: Config,
     bundle: Bundle,
     fc: Forecast,
-    tracker: Tracker,
     ledger: pl.DataFrame | None,
     *,
     now: datetime,
     environ: Mapping[str, str],
     seconds: Mapping[str, float],
     stages: Stages,
+    skip: str | None,
 ) -> dict[str, Any]:
-    """Report one horizon's forecast, track it, add it to the ledger and the status file; return its summary.
+    """Report one horizon's forecast, track it (unless `skip`), add it to the ledger and the status file.
 
-    `seconds` are the run's shared stages so far; this horizon's own (report, tracking) go to `stages`.
+    Returns its summary. `seconds` are the run's shared stages so far; this horizon's own (report,
+    tracking) go to `stages`.
     """
     horizon, bt = fc.horizon, fc.backtest
     for note in (*bt.notes, *(fc.density.notes if fc.density else ())):
@@ -6963,25 +6719,24 @@ def _run_horizon(
     outcome: dict[str, Any] = summary(fc, bundle)
     report = None
     with stages("report"):  # INFO: the track record's section and chart are part of the report
-        track = _track_horizon(config, fc, bundle, ledger, now=now, draw=tracker.draw)
+        track = _track_horizon(config, fc, bundle, ledger, now=now)
         outcome |= {"changed": track["change"], "live": track["metrics"]}
         try:
-            report = write_report(
-                fc, bundle, config.data_dir / "reports", now=now, extra=track["section"], draw=tracker.draw
-            )
+            report = write_report(fc, bundle, config.data_dir / "reports", now=now, extra=track["section"])
             outcome["report"] = str(report.markdown)
         except OSError as exc:
             log.error(
                 "Report for %s could not be written (%s): forecast printed, not saved", horizon, exc.strerror or exc
             )
     with stages("tracking"):
+        shown = {**seconds, **stages.seconds}
         run_id, tracking_error = _log_horizon(
-            config, tracker, fc, bundle, report, track, now=now, seconds={**seconds, **stages.seconds}
+            config, fc, bundle, report, track, now=now, environ=environ, seconds=shown, skip=skip
         )
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
     if ledger is not None:
         try:
-            update_ledger(config, environ, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
+            update_ledger(config, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
         except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
             log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
     _write_run_status(config, horizon, outcome, now=now)
@@ -7020,22 +6775,26 @@ def _report_horizons(
     bundle: Bundle,
     forecasts: Mapping[str, Forecast],
     ledger: pl.DataFrame | None,
-    tracker: Tracker,
     *,
     now: datetime,
     environ: Mapping[str, str],
     stages: Stages,
 ) -> list[dict[str, Any]]:
-    """Report, track and record the status of each horizon in turn; return their summaries."""
-    summaries, shared = [], dict(stages.seconds)  # every horizon logs the shared stages, then its own
+    """Report, track and record the status of each horizon in turn; return their summaries.
+
+    After one horizon's tracking times out the others are not tracked: its write may still hold the MLflow lock.
+    """
+    summaries, shared, skip = [], dict(stages.seconds), None  # every horizon logs the shared stages, then its own
     for index, (horizon, fc) in enumerate(forecasts.items(), 1):
         log.info("[%d/%d] %s: report and tracking", index, len(forecasts), horizon)
         mine = Stages()
         outcome = _run_horizon(
-            config, bundle, fc, tracker, ledger, now=now, environ=environ, seconds=shared, stages=mine
+            config, bundle, fc, ledger, now=now, environ=environ, seconds=shared, stages=mine, skip=skip
         )
         stages.merge(mine)
         summaries.append(outcome)
+        if skip is None and (outcome["tracking_error"] or "").startswith("TimeoutError"):
+            skip = f"skipped: MLflow tracking timed out for {horizon}"
     return summaries
 
 
@@ -7089,28 +6848,21 @@ def cmd_run(
     """Fetch once; per horizon backtest, forecast, report, track, record status; email one digest; print the summaries.
 
     0 done (degraded or not, tracked or not); 1 no usable USD/CLP, too little history for the
-    backtest, or no report could be written. MLflow runs in a child process (`Tracker`) started first.
+    backtest, or no report could be written.
     """
     _UNREACHABLE.clear()  # a tracking server that failed in an earlier run (same process) is asked again
     stages = Stages()
     with file_lock(config.data_dir / ".run.lock", timeout=config.lock_timeout, what="run lock"):
-        with stages("tracking_start"):
-            tracker = Tracker(config, environ, draws=True)
-        with tracker:
-            try:
-                bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
-            except NoForecast as exc:
-                return _fail_run(config, horizons, now, str(exc))
-            with stages("score"):
-                ledger = _run_ledger(config, environ, bundle.usdclp)
-            summaries = _report_horizons(
-                config, bundle, forecasts, ledger, tracker, now=now, environ=environ, stages=stages
-            )
-            with stages("email"):
-                if email_preview or not skip_email:
-                    _email_run(environ, bundle, forecasts, summaries, now=now, preview=email_preview)
-            with stages("tracking_stop"):
-                tracker.close()
+        try:
+            bundle, forecasts = make_forecasts(config, client, horizons, now=now, stages=stages)
+        except NoForecast as exc:
+            return _fail_run(config, horizons, now, str(exc))
+        with stages("score"):
+            ledger = _run_ledger(config, bundle.usdclp)
+        summaries = _report_horizons(config, bundle, forecasts, ledger, now=now, environ=environ, stages=stages)
+        with stages("email"):
+            if email_preview or not skip_email:
+                _email_run(environ, bundle, forecasts, summaries, now=now, preview=email_preview)
     print_summaries(summaries, as_json=as_json)
     log.info("Stage times: %s", format_stages(stages.seconds))
     return max(0 if outcome.get("report") else 1 for outcome in summaries)
@@ -7121,14 +6873,15 @@ def cmd_run(
 
 def cmd_init(config: Config, environ: Mapping[str, str]) -> int:
     """Create the MLflow database and the four experiments; running it again changes nothing."""
-    uri, client = tracking_store(config, environ)
-    _follow_data_dir(config, uri)
-    print(f"tracking URI: {redact_uri(uri)}")
-    if uri.startswith("sqlite:") and retire_default_experiment(client):
+    store = tracking_store(config, environ)
+    client = mlflow_client(store)
+    _follow_data_dir(config, store)
+    print(f"tracking URI: {redact_uri(store.uri)}")
+    if store.db is not None and retire_default_experiment(client):
         print("deleted the empty `Default` experiment (its artifacts would go to the working directory)")
     for horizon in HORIZONS:
         name, about = EXPERIMENT_PREFIX + horizon, experiment_description(horizon)
-        experiment_id, created = ensure_experiment(client, name, artifact_root(config, uri), about)
+        experiment_id, created = ensure_experiment(client, name, store.artifacts, about)
         location = client.get_experiment(experiment_id).artifact_location
         print(
             f"{'created' if created else 'exists '} {EXPERIMENT_PREFIX + horizon}"
@@ -7152,10 +6905,11 @@ def ui_command(config: Config, uri: str, host: str, port: int) -> list[str]:
 def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) -> int:
     """Start the MLflow UI on the data dir's store, print its URL, and serve until interrupted."""
 
-    uri = tracking_uri(config, environ)
+    uri = tracking_store(config, environ).uri
     if not uri.startswith("sqlite:"):
         print(f"fxcu: MLFLOW_TRACKING_URI is a server ({redact_uri(uri)}): open its own UI", file=sys.stderr)
         return 1
+    config.mlflow_dir.mkdir(parents=True, exist_ok=True)  # the server runs in the data dir
     shown = f"[{host}]" if ":" in host else host
     print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
     # INFO: the server's own log lines go to stderr, so stdout holds only the URL
@@ -7207,7 +6961,7 @@ def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
-    db = store_path(config, environ)
+    db = tracking_store(config, environ).db
     artifacts = dir_size(config.mlruns)
     sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
     if as_json:
@@ -7230,7 +6984,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     with tempfile_dir(config.data_dir) as tmp:
         copy = tmp / "mlflow.db"
         with (
-            contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as source,
+            read_only(db) as source,
             contextlib.closing(sqlite3.connect(copy)) as target,
         ):
             source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
@@ -7271,7 +7025,7 @@ def cmd_track(
     if not prices.ok:
         print(f"fxcu: no USD/CLP history in {config.warehouse} (run `fxcu fetch` first)", file=sys.stderr)
         return 1
-    ledger = update_ledger(config, environ, prices.frame)
+    ledger = update_ledger(config, prices.frame)
     if backfill is not None:
         copper = read_cache(config.warehouse / COPPER_CACHE, now=now)
         made = ledger.filter((pl.col("kind") == "reconstructed") & pl.col("horizon").is_in(list(horizons)))
@@ -7283,7 +7037,7 @@ def cmd_track(
         for index, origin in enumerate(origins, 1):
             rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
             ledger = update_ledger(
-                config, environ, prices.frame, rows
+                config, prices.frame, rows
             )  # INFO: one write per origin: an interrupted backfill resumes
             log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
     record = track_record(ledger, horizons, last=last)
@@ -7481,7 +7235,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         horizons = args.horizon or list(HORIZONS)
         return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
     if args.command in {"fetch", "validate", "run"}:
-        with _client_scope(config, None) as client:  # INFO: none offline (building one costs ~0.2 s)
+        with _client_scope(config, None) as client:  # none offline
             if args.command == "fetch":
                 return cmd_fetch(config, client, now=now)
             if args.command == "validate":
@@ -7563,27 +7317,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
 
 
-def exit_now(code: int) -> NoReturn:
-    """End the command with `code`, skipping the interpreter's teardown of polars, statsforecast and scipy (~1 s).
-
-    The exit handlers run (logging's, multiprocessing's) and output is flushed first. With a non-daemon
-    thread still running, or output that cannot be flushed, it is the normal exit instead.
-    """
-
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        raise SystemExit(code)
-    atexit._run_exitfuncs()  # INFO: what multiprocessing does before os._exit in its own children
-    try:
-        sys.stdout.flush()  # INFO: after the handlers, which may print too
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: the normal exit reports it as Python does
-        raise SystemExit(code) from None
-    os._exit(code)
-
-
 def cli() -> NoReturn:
-    """The `fxcu` console script and `python fxcu.py`: `main` with the process's arguments, then `exit_now`."""
-    exit_now(main())
+    """The `fxcu` console script and `python fxcu.py`: `main` with the process's arguments, its result the exit code."""
+    raise SystemExit(main())
 
 
 if __name__ == "__main__":
