@@ -86,9 +86,9 @@ __all__ = [
 
 log = logging.getLogger("fxcu")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# INFO: httpx logs every request URL at INFO, query string (the FRED key) included.
+# httpx logs every request URL at INFO, query string (the FRED key) included.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-# INFO: httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
+# httpcore's DEBUG trace logs response headers, Yahoo's Set-Cookie included (`fxcu -v` would show it).
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
@@ -152,7 +152,7 @@ def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not value > 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
-    if value > 1e6:  # INFO: `inf` or 1e20 would overflow a socket timeout or a timedelta later, as a traceback
+    if value > 1e6:  # `inf` or 1e20 would overflow a socket timeout or a timedelta later, as a traceback
         raise ConfigError(f"{name}={raw!r} is too large (at most 1000000)")
     return value
 
@@ -213,14 +213,14 @@ class Config:
         raw_dir = environ.get("FXCU_DATA_DIR") or default_dir
         try:
             data_dir = Path(raw_dir).expanduser().resolve()
-        except (OSError, RuntimeError) as exc:  # INFO: a symlink loop is a RuntimeError before Python 3.13
+        except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError before Python 3.13
             reason = getattr(exc, "strerror", None) or "symlink loop"
             raise ConfigError(f"FXCU_DATA_DIR {raw_dir} is unusable ({reason})") from None
         yahoo_url = environ.get("FXCU_YAHOO_URL", YAHOO_URL).rstrip("/")
         impersonate = environ.get("FXCU_HTTP_IMPERSONATE", "chrome").strip().lower() or "chrome"
         if impersonate not in IMPERSONATE:
             raise ConfigError(f"FXCU_HTTP_IMPERSONATE={impersonate!r} is not one of {', '.join(IMPERSONATE)}")
-        # INFO: a Yahoo mirror or test server set in FXCU_YAHOO_URL serves the cookie too, not fc.yahoo.com
+        # a Yahoo mirror or test server set in FXCU_YAHOO_URL serves the cookie too, not fc.yahoo.com
         cookie_url = environ.get("FXCU_YAHOO_COOKIE_URL") or (YAHOO_COOKIE_URL if yahoo_url == YAHOO_URL else yahoo_url)
         return cls(
             data_dir=data_dir,
@@ -327,7 +327,7 @@ class Plausible:
     jump: float
 
 
-# INFO: USD/CLP traded 370-1060 since 1990 and the dólar observado starts in 1984; COMEX copper traded
+# USD/CLP traded 370-1060 since 1990 and the dólar observado starts in 1984; COMEX copper traded
 # 0.6-6.2 USD/lb since 2000 and the IMF monthly series starts before 1990. Jumps: 1.25 x the worst real
 # move per sqrt(trading day): USD/CLP -12.5% on 2022-07-21, HG=F -25% on 2025-07-31 (both real).
 USDCLP_RULES = Plausible("USD/CLP", "CLP per USD", 300.0, 2000.0, date(1984, 1, 1), 0.16)
@@ -457,7 +457,7 @@ def asks_for_crumb(status: int, body: str) -> bool:
 def crumb_from(status: int, body: str) -> str | None:
     """The crumb in a getcrumb answer, or None when Yahoo refused one (an error status, HTML or prose)."""
     crumb = body.strip()
-    # INFO: a refusal comes back as 200 HTML or as text like "Edge: Too Many Requests"; a crumb is one short token
+    # a refusal comes back as 200 HTML or as text like "Edge: Too Many Requests"; a crumb is one short token
     return crumb if status == 200 and re.fullmatch(r"[A-Za-z0-9./_-]{1,64}", crumb) else None
 
 
@@ -523,7 +523,7 @@ def parse_yahoo_chart(
         raise PayloadError("no indicators.quote[0].close") from None
     if len(closes) != len(stamps):
         raise PayloadError(f"{len(stamps)} timestamps but {len(closes)} closes")
-    # INFO: Yahoo stamps bars in UTC; the trading day is the date in the exchange's timezone
+    # Yahoo stamps bars in UTC; the trading day is the date in the exchange's timezone
     # (CLP=X bars at 23:00 UTC in British summer time belong to the next London day).
     days = (
         pl.from_epoch(pl.Series(stamps, dtype=pl.Int64), time_unit="s")
@@ -642,7 +642,7 @@ def spike_mask(col: str | pl.Expr, threshold: float) -> pl.Expr:
 def _drop_spikes(days: pl.DataFrame) -> tuple[pl.DataFrame, list[date]]:
     """The frame without its bad prints (`spike_mask`), and their dates."""
 
-    # INFO: removing a print can expose another (two bad prints side by side): repeat to a fixed
+    # removing a print can expose another (two bad prints side by side): repeat to a fixed
     # point, so cleaning a clean frame changes nothing. Each pass removes a row, so this ends.
     spikes = []
     while True:
@@ -737,7 +737,7 @@ def refusal(result: Result, *, now: datetime, max_age: timedelta | None) -> str 
     if result.error is not None:
         return result.error
     if result.frequency == "monthly" and max_age is not None:
-        max_age = max(max_age, timedelta(days=75))  # INFO: a monthly series lags by up to two months
+        max_age = max(max_age, timedelta(days=75))  # a monthly series lags by up to two months
     found = problems(result.frame, now=now, max_age=max_age)
     return "; ".join(map(str, found)) if found else None
 
@@ -765,7 +765,7 @@ def first_good(
             stale.append(result)
         reasons.append(f"{result.source}: {why}")
     if serve_stale and stale:
-        return max(stale, key=lambda r: r.frame[DATE].max())  # INFO: max keeps the first of equals
+        return max(stale, key=lambda r: r.frame[DATE].max())  # max keeps the first of equals
     return Result("none", error="; ".join(reasons) or "no sources")
 
 
@@ -774,7 +774,7 @@ def first_good(
 
 def _when(frame: pl.DataFrame, which: Literal["min", "max"]) -> str:
 
-    # INFO: polars holds dates Python cannot (year 33658, year -2): render them in polars
+    # polars holds dates Python cannot (year 33658, year -2): render them in polars
     return frame.select(getattr(pl.col(DATE), which)().cast(pl.String)).item()
 
 
@@ -875,7 +875,7 @@ def implausible(
     """
     found = _unreal(raw, rules=rules, now=now)
     if found:
-        return found  # INFO: the range and jump checks below need real dates and finite closes
+        return found  # the range and jump checks below need real dates and finite closes
     found = _out_of_range(clean, rules)
     if found:
         return found
@@ -987,7 +987,7 @@ def trend_signal(col: str | pl.Expr, fast: int = 20, slow: int = 50) -> pl.Expr:
     if fast >= slow:
         raise ValueError("fast window must be shorter than slow")
     gap = sma(col, fast) - sma(col, slow)
-    # INFO: rolling sums drift by a few ulps; a gap below 1e-9 of the price counts as equal
+    # rolling sums drift by a few ulps; a gap below 1e-9 of the price counts as equal
     flat = gap.abs() <= 1e-9 * sma(col, slow).abs()
     return pl.when(flat).then(0).otherwise(gap.sign()).fill_null(0).cast(pl.Int8).alias("copper_trend_signal")
 
@@ -1003,7 +1003,7 @@ def rsi(col: str | pl.Expr, n: int = 14) -> pl.Expr:
     row = pl.int_range(pl.len())
 
     def wilder(moves: pl.Expr) -> pl.Expr:
-        # INFO: seed row n with the simple mean, then y_t = y_{t-1} + (x_t - y_{t-1}) / n (alpha = 1/n, no adjust)
+        # seed row n with the simple mean, then y_t = y_{t-1} + (x_t - y_{t-1}) / n (alpha = 1/n, no adjust)
         seeded = pl.when(row == n).then(moves.rolling_mean(n, min_samples=n)).when(row > n).then(moves)
         return seeded.ewm_mean(alpha=1 / n, adjust=False, ignore_nulls=True)
 
@@ -1243,7 +1243,7 @@ def trading_dates(last: date, days: int) -> list[date]:
 def _indexed(usdclp: pl.DataFrame) -> pl.DataFrame:
     """USD/CLP sorted by date, with `ds` counting its rows (trading days), so that every model frame shares it."""
 
-    # INFO: polars has no business-day offset: statsforecast gets an integer index with freq=1
+    # polars has no business-day offset: statsforecast gets an integer index with freq=1
 
     return usdclp.select(DATE, CLOSE).sort(DATE).with_row_index("ds").with_columns(pl.col("ds").cast(pl.Int64))
 
@@ -1297,7 +1297,7 @@ def _quiet_statsforecast() -> contextlib.AbstractContextManager:
 
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")  # INFO: statsforecast warns on every polars input about pandas conversions
+    warnings.simplefilter("ignore")  # statsforecast warns on every polars input about pandas conversions
     return stack
 
 
@@ -1569,7 +1569,7 @@ def backtest_all(
     if uni.height < needed:
         raise ValueError(f"{uni.height} trading days are too few for {windows} backtest origins (need {needed})")
     last_origin = uni["ds"].max() - span
-    # INFO: forecast only as far as the longest horizon asked for, from the same origins: a step's forecast
+    # forecast only as far as the longest horizon asked for, from the same origins: a step's forecast
     # does not depend on how many steps follow it, so `run 7d` skips 60 of 65 steps at every origin
     longest = max(steps_of.values())
     cv = cross_validate(uni.filter(pl.col("ds") <= last_origin + longest), _models(), longest, windows, step_size)
@@ -1582,7 +1582,7 @@ def backtest_all(
             notes.append(f"copper stale (last {copper[DATE].max()}): no copper model")
             exog = None
         if exog is not None:
-            # INFO: cut the frame so this run's origins are the shared ones (last origin = last_origin)
+            # cut the frame so this run's origins are the shared ones (last origin = last_origin)
             exog = exog.filter(pl.col("ds") <= last_origin + steps)
             if exog.height >= needed:
                 cvx = cross_validate(exog, _copper_models(), steps, windows, step_size)
@@ -1756,7 +1756,7 @@ def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str
         total = np.concatenate([[0.0], np.cumsum(np.nan_to_num(sq))])
         rv = np.full(len(logp), np.nan)
         rv[19:] = (total[20:] - total[:-20]) / 20
-        rv[19:][missing[20:] - missing[:-20] > 0] = np.nan  # INFO: a window with a missing copper day is unknown
+        rv[19:][missing[20:] - missing[:-20] > 0] = np.nan  # a window with a missing copper day is unknown
         out["copper_rv"] = rv
     return out
 
@@ -1777,13 +1777,13 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     target = np.full(len(logp), np.nan)
     target[:-steps] = (logp[steps:] - logp[:-steps]) ** 2
     usable = ~np.isnan(target) & ~np.isnan(x[:, 2])
-    usable[: K_DAYS + 60] = False  # INFO: the EWMA and long-run mean need a few weeks before they mean anything
+    usable[: K_DAYS + 60] = False  # the EWMA and long-run mean need a few weeks before they mean anything
     usable[(len(logp) - 1 - np.arange(len(logp))) % K_DAYS != 0] = False  # weekly rows: overlapping ones add little
     out = {"Recal": float(blend[-1]), "Recal_copper": float(blend[-1])}
     if usable.sum() < 50 or np.isnan(x[-1]).any():
         return out if "copper_rv" in features else {"Recal": out["Recal"]}
     xu, yu = x[usable], target[usable]
-    gram, moment = xu.T @ xu, xu.T @ yu  # INFO: normal equations: one pass over the rows serves both regressions
+    gram, moment = xu.T @ xu, xu.T @ yu  # normal equations: one pass over the rows serves both regressions
     for name, k in (("Recal", 2), ("Recal_copper", 3)):
         with contextlib.suppress(np.linalg.LinAlgError):  # a singular fit (constant regressor) keeps the blend
             coef = np.linalg.solve(gram[:k, :k], moment[:k])
@@ -1986,7 +1986,7 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     sigma = np.column_stack([frame[m].to_numpy() for m in models])
     score = crps(y[:, None], last[:, None], sigma)
     naive, n = list(models).index("Naive"), len(ds)
-    # INFO: origins are in time order, so the known outcomes at origin i are a prefix [0, known): cumsums
+    # origins are in time order, so the known outcomes at origin i are a prefix [0, known): cumsums
     total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
     known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")  # the last entry: after every origin
     mean = total[known] / np.maximum(known, 1)[:, None]
@@ -2019,7 +2019,7 @@ def _grouped_coverage(
         for d in frame["origin"].to_list()
     ]
     scored = frame.select("y").with_columns(*(pl.Series(k, v) for k, v in bounds.items()))
-    # INFO: one frame per grouping, stacked, so each level is one coverage call over every group
+    # one frame per grouping, stacked, so each level is one coverage call over every group
     groups = [pl.lit("all"), pl.Series(regime), pl.Series(windows)]
     stacked = pl.concat([scored.with_columns(group.alias("group")) for group in groups])
     return {lv: coverage_table(stacked, models, lv, "group") for lv in LEVELS}
@@ -2053,7 +2053,7 @@ def score_density(
         for name, values in (("crps", crps_of), ("wis", wis_of), ("is80", is_of[80]), ("is95", is_of[95]))
     }
     cover = _grouped_coverage(frame, bounds, models)
-    # INFO: a coverage is a mean of hits, so its CI is the hits' "ratio" to a column of ones
+    # a coverage is a mean of hits, so its CI is the hits' "ratio" to a column of ones
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
     groups = (*REGIMES, *NAMED_WINDOWS)
@@ -2535,7 +2535,7 @@ def format_feature(name: str, value: float | None) -> str:
         return "n/a (not enough history)"
     kind = FEATURE_WORDS[name][1]
     if kind == "pct":
-        return f"{math.expm1(value):+.2%}"  # INFO: the feature is a log return; people read simple percent changes
+        return f"{math.expm1(value):+.2%}"  # the feature is a log return; people read simple percent changes
     if kind == "vol":
         return f"{value:.1%} a year"
     if kind == "usd_lb":
@@ -2896,7 +2896,7 @@ def build_email(
     title = report_title(*forecasts, now=now)
     sections = digest_sections(forecasts, bundle, charts={h: f"cid:{c}" for h, c in cids.items()}, extra=extra)
     markdown = "\n".join([f"# {title}", "", *format_sections(sections)]).rstrip() + "\n"
-    # INFO: a text reader has no image to show: say where the chart is instead of a dangling link
+    # a text reader has no image to show: say where the chart is instead of a dangling link
     text = re.sub(r"!\[[^\]]*\]\(cid:[^)]*\)", "(chart in the HTML version of this email)", markdown)
     message = EmailMessage()
     message["Subject"] = email_subject(forecasts)
@@ -3183,7 +3183,7 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
         "mae": float(scored["abs_error"].mean()),
         "mape": float(scored["pct_error"].abs().mean()),
-        # INFO: None where the ledger was scored without WIS (`check` grades none)
+        # None where the ledger was scored without WIS (`check` grades none)
         "wis": scored["wis"].mean(),
         "rw_wis": scored["rw_wis"].mean(),
     }
@@ -3351,7 +3351,7 @@ def check_track(
         found.append(check_track_coverage(horizon, recent.height, covers, level=level))
         if recent.height < CHECK_MIN_SCORED:
             continue
-        # INFO: a ledger written by an older fxcu may lack a column (read as nulls): such rows are not tested
+        # a ledger written by an older fxcu may lack a column (read as nulls): such rows are not tested
         apart = _non_overlapping(scored).drop_nulls(["error", "rw_error"]).tail(last)
         ratios = recent["backtest_ratio"].drop_nulls()
         if ratios.is_empty():
@@ -3426,8 +3426,8 @@ def metric_rank(name: str) -> Any:
     return lambda value: value
 
 
-# The dashboard reads a local SQLite store with sqlite3 alone: `import mlflow` costs ~2-3 s, the
-# query a few ms. MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
+# The dashboard reads a local SQLite store with sqlite3 alone (an interactive command: importing mlflow is most
+# of its wait, docs/BENCHMARKS.md). MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
 
 
 @dataclass(frozen=True, slots=True)
@@ -3749,7 +3749,7 @@ class Thresholds:
         limits = cls(**values)
         warn_given = flags.get("data_warn_days") is not None or environ.get("FXCU_CHECK_DATA_WARN_DAYS", "").strip()
         if not warn_given and limits.data_critical_days <= limits.data_warn_days:
-            # INFO: a warning age derived from FXCU_MAX_AGE_DAYS yields to a critical age set at or below it
+            # a warning age derived from FXCU_MAX_AGE_DAYS yields to a critical age set at or below it
             limits = dataclasses.replace(limits, data_warn_days=limits.data_critical_days / 2)
         if limits.data_critical_days <= limits.data_warn_days:
             raise ConfigError(
@@ -3847,7 +3847,7 @@ def check_age(
     """Grade a series by the age of its last date (pure): WARNING past warn_days, CRITICAL past critical_days."""
     if last is None:
         return name, missing, "no data"
-    if last > today + timedelta(days=1):  # INFO: a negative age is a poisoned file, never fresh data
+    if last > today + timedelta(days=1):  # a negative age is a poisoned file, never fresh data
         return name, "CRITICAL", f"last {last} is in the future: the file holds implausible rows"
     age = (today - last).days
     return name, grade(age, warn_days, critical_days), f"{age} days old (last {last})"
@@ -4287,7 +4287,7 @@ def dir_size(path: Path) -> int:
 def _bounded(
     seconds: float, what: str, fn: Any, *args: Any, cancel: Any = None, said: str | None = None, **kwargs: Any
 ) -> Any:
-    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for ~100 s).
+    """Run `fn` in a daemon thread and give up after `seconds` (MLflow retries a bad SQLite path for minutes).
 
     On giving up, `cancel` (a threading.Event) is set, so the thread can stop before its next write, and
     the TimeoutError says `said` (else "<what> did not finish within <seconds> s").
@@ -4329,7 +4329,7 @@ def _retry_after(exc: BaseException | None, cap: float) -> float | None:
 
     if isinstance(exc, httpx.HTTPStatusError):
         raw = exc.response.headers.get("Retry-After", "")
-        if raw.strip().isascii() and raw.strip().isdigit():  # INFO: str.isdigit accepts "²", which float() refuses
+        if raw.strip().isascii() and raw.strip().isdigit():  # str.isdigit accepts "²", which float() refuses
             return min(float(raw), cap)
     return None
 
@@ -4438,8 +4438,8 @@ def _read_capped(response: httpx.Response, *, cap: int, ends: float) -> bytes:
 def _where(url: str) -> str:
 
     parts = urlsplit(str(url))
-    host = parts.netloc.rpartition("@")[2]  # INFO: never the user:password before `@`
-    return f"{host}{parts.path}"  # INFO: never the query: it may hold the FRED key
+    host = parts.netloc.rpartition("@")[2]  # never the user:password before `@`
+    return f"{host}{parts.path}"  # never the query: it may hold the FRED key
 
 
 def describe_error(exc: BaseException | None, secret: str | None) -> str:
@@ -4528,7 +4528,7 @@ def make_fetch_json(config: Config, *, deadline: float | None = None) -> Any:
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(config.attempts)
         | tenacity.stop_after_delay(config.retry_budget)
-        | (lambda state: left() <= 1.0),  # INFO: a retry with under a second left would only time out
+        | (lambda state: left() <= 1.0),  # a retry with under a second left would only time out
         wait=wait_for,
         retry=tenacity.retry_if_exception(_is_transient),
         reraise=True,
@@ -4557,7 +4557,7 @@ def _origin(url: str) -> str | None:
 
     try:
         parts = urlsplit(url)
-    except ValueError:  # INFO: a malformed base URL fails its source on request (InvalidURL), never the client
+    except ValueError:  # a malformed base URL fails its source on request (InvalidURL), never the client
         return None
     return f"{parts.scheme}://{parts.netloc}"
 
@@ -4706,7 +4706,7 @@ def yahoo_transport(config: Config) -> BrowserTransport | None:
 
     if config.impersonate == "off":
         return None
-    # INFO: httpx reads proxies and SSL_CERT_FILE from the environment only for its own transports: do the same here
+    # httpx reads proxies and SSL_CERT_FILE from the environment only for its own transports: do the same here
     try:
         host = urllib.parse.urlsplit(config.yahoo_url).hostname or ""
     except ValueError:  # a malformed URL: its requests fail as InvalidURL
@@ -4736,7 +4736,7 @@ class YahooSession:
         self.refusal: str | None = None
         self._cookies: Any = None  # httpx.Cookies, made on first use
 
-    def __repr__(self) -> str:  # INFO: never the crumb
+    def __repr__(self) -> str:  # never the crumb
         return f"YahooSession(transport={self.transport_text()!r}, crumb_state={self.crumb_state!r})"
 
     def transport_text(self) -> str:
@@ -4773,7 +4773,7 @@ class YahooSession:
         """True when a Yahoo answer asks for a crumb and this run has not been refused one."""
         if self.crumb_state == "refused" or response.status_code not in CRUMB_STATUSES:
             return False
-        if int(response.headers.get("Content-Length") or 0) > 65536:  # INFO: Yahoo's asks are under 200 bytes
+        if int(response.headers.get("Content-Length") or 0) > 65536:  # Yahoo's asks are under 200 bytes
             return False
         return asks_for_crumb(response.status_code, response.read().decode(errors="replace"))
 
@@ -4782,21 +4782,21 @@ class YahooSession:
         import httpx
 
         self._cookies = httpx.Cookies()
-        # INFO: requests made here skip the client's header and cookie merging: carry the request's own headers
+        # requests made here skip the client's header and cookie merging: carry the request's own headers
         skip = {"host", "cookie", "content-length"}
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in skip]
         same = {"headers": headers, "extensions": request.extensions}  # extensions: the (budget-trimmed) timeout
         done = False
         try:
             cookie_answer = yield httpx.Request("GET", self.config.yahoo_cookie_url, **same)
-            for answer in (*cookie_answer.history, cookie_answer):  # INFO: fc.yahoo.com sets the cookie on a 404
+            for answer in (*cookie_answer.history, cookie_answer):  # fc.yahoo.com sets the cookie on a 404
                 self._cookies.extract_cookies(answer)
             ask = httpx.Request("GET", f"{self.config.yahoo_url}{YAHOO_CRUMB_PATH}", **same)
             self._cookies.set_cookie_header(ask)
             crumb_answer = yield ask
             done = True
         finally:
-            if not done:  # INFO: the cookie or crumb request failed in transport; httpx raises that error to the caller
+            if not done:  # the cookie or crumb request failed in transport; httpx raises that error to the caller
                 self.crumb_state, self.refusal = "refused", "cookie or crumb request failed"
         self._cookies.extract_cookies(crumb_answer)
         self.crumb = crumb_from(crumb_answer.status_code, crumb_answer.read().decode(errors="replace"))
@@ -4822,7 +4822,7 @@ def make_client(config: Config, yahoo: YahooSession | None = None) -> httpx.Clie
 
     yahoo = yahoo or YahooSession(config)
     auth = httpx.Auth()
-    # INFO: httpx.Auth's hook set on an instance, so that `import fxcu` needs no httpx for a subclass
+    # httpx.Auth's hook set on an instance, so that `import fxcu` needs no httpx for a subclass
     auth.auth_flow = yahoo.auth_flow  # type: ignore[method-assign]
     return httpx.Client(
         timeout=httpx.Timeout(config.timeout),
@@ -4915,7 +4915,7 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     """Write a parquet file atomically (`atomic_path`); a full disk or a denied write is an OSError."""
 
     buffer = io.BytesIO()
-    frame.write_parquet(buffer)  # INFO: in memory first: polars reports ENOSPC as a ComputeError, Python as OSError
+    frame.write_parquet(buffer)  # in memory first: polars reports ENOSPC as a ComputeError, Python as OSError
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
 
@@ -4928,7 +4928,7 @@ def cache_schema() -> dict[str, pl.DataType]:
 
 def _convert(name: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
 
-    if have == pl.String and want == pl.Date:  # INFO: polars 2 removed the string-to-date cast
+    if have == pl.String and want == pl.Date:  # polars 2 removed the string-to-date cast
         return pl.col(name).str.to_date("%Y-%m-%d", strict=True)
     if have == pl.String and isinstance(want, pl.Datetime):
         return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC", strict=True)
@@ -5057,7 +5057,7 @@ def _staleness(chosen: Result, *, now: datetime, max_age_days: int) -> tuple[dat
     """The chosen frame's last date, its age in days, and whether that age is stale."""
     last = chosen.frame[DATE].max()
     age = (now.date() - last).days
-    leeway = 75 if chosen.frequency == "monthly" else 0  # INFO: as in refusal: a monthly series lags up to two months
+    leeway = 75 if chosen.frequency == "monthly" else 0  # as in refusal: a monthly series lags up to two months
     return last, age, age > max(max_age_days, leeway)
 
 
@@ -5121,7 +5121,7 @@ def log_choice(
             log.error("All USD/CLP sources failed: %s", chosen.error)
         return
     last, age, is_stale = _staleness(chosen, now=now, max_age_days=config.max_age_days)
-    if is_stale and chosen.source != "seed":  # INFO: the seed's own line gives its age
+    if is_stale and chosen.source != "seed":  # the seed's own line gives its age
         log.warning("Serving stale %s data: last date %s, %d days old", label, last, age)
     if chosen.source == "seed":
         log.warning("No %s history yet: starting from the shipped seed (last date %s, %d days old)", label, last, age)
@@ -5145,7 +5145,7 @@ def write_series(series: ChosenSeries, path: Path, cache: Result) -> ChosenSerie
     """Store a merged history in the warehouse; on a full disk or a read-only one, the series noting it was not."""
     try:
         if not cache.ok and path.exists():
-            path.open("rb").close()  # INFO: an unreadable (not corrupt) cache raises here: never replaced by less
+            path.open("rb").close()  # an unreadable (not corrupt) cache raises here: never replaced by less
         write_parquet_atomic(series.frame, path)
     except OSError as exc:  # a full disk or a read-only warehouse: serve the fetched data, keep the old file
         log.error(
@@ -5173,7 +5173,7 @@ def _confirm(results: list[Result], rules: Plausible) -> bool:
                 )
                 note = f"{suspect.source}: jump from {since} confirmed by {newest.source}"
                 results[i] = dataclasses.replace(suspect, error=None, findings=(), notes=suspect.notes + (note,))
-                if _jump_only(newest):  # INFO: two sources showing the same jump vouch for each other
+                if _jump_only(newest):  # two sources showing the same jump vouch for each other
                     results[-1] = dataclasses.replace(newest, error=None, findings=())
                 return True
     return False
@@ -5200,7 +5200,7 @@ def ask_sources(
     history = cache.frame if cache.ok and not cache.frame.is_empty() else None
     since = history[DATE].max() if history is not None else None
     results: list[Result] = []
-    for source in SOURCES[name]:  # INFO: lazily, so a good primary costs one request
+    for source in SOURCES[name]:  # lazily, so a good primary costs one request
         if deadline is not None and time.monotonic() > deadline:
             log.warning(
                 "Network time budget (%.0f s) spent: no further %s sources tried", config.network_budget, rules.label
@@ -5240,7 +5240,7 @@ def fetch_series(
     with file_lock(config.warehouse / ".lock", timeout=config.lock_timeout, what="warehouse lock"):
         cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
         if not cache.ok and not path.exists() and config.seed_dir is not None:
-            cache = read_seed(config.seed_dir, name)  # INFO: an empty warehouse starts from the shipped real history
+            cache = read_seed(config.seed_dir, name)  # an empty warehouse starts from the shipped real history
         asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, deadline=deadline)
         results = [*asked, cache]
         ages = {r.source: timedelta(days=config.max_age_days) for r in results}
@@ -5325,7 +5325,7 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     # Copper only up to the origin: its future is unknown, and a line through the fan reads as a forecast.
     cu = None if bundle.copper is None else bundle.copper.filter(pl.col(DATE).is_between(start, fc.origin))
     panels = 2 if cu is not None and cu.height else 1
-    # INFO: matplotlib's object API, not pyplot: no figure registry, no backend choice, and pyplot's import saved
+    # matplotlib's object API, not pyplot: no figure registry, no backend choice, and pyplot's import saved
     fig = Figure(figsize=(10, 6.4 if panels == 2 else 5), dpi=110, layout="constrained")
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False, height_ratios=[3, 1][:panels])
     ax = axes[0][0]
@@ -5405,7 +5405,7 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
             color="tab:red",
         )
     axes[-1][0].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%Y"))
-    # INFO: the range's and copper's labels run past 100 characters; unwrapped, the legend overflows the figure
+    # the range's and copper's labels run past 100 characters; unwrapped, the legend overflows the figure
     labels = [textwrap.fill(label, 64) for label in labels]
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     return fig
@@ -5435,7 +5435,7 @@ def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str]
     """A report's file name without suffix, to the minute on the Santiago clock, never one already taken (pure)."""
 
     stem = f"forecast_{horizon}_{now.astimezone(ZoneInfo(SANTIAGO)):%Y-%m-%d_%H%M}"
-    # INFO: two runs in one minute, or the hour Santiago repeats when summer time ends
+    # two runs in one minute, or the hour Santiago repeats when summer time ends
     return next(s for s in (stem, *(f"{stem}_{n}" for n in range(2, len(taken) + 3))) if s not in taken)
 
 
@@ -5478,7 +5478,7 @@ def read_status(config: Config) -> dict[str, Any]:
         status = json.loads(status_path(config).read_text())
     except (OSError, ValueError, RecursionError):
         return {}
-    return status if isinstance(status, dict) else {}  # INFO: `[]` or a bare string is no status: "never run"
+    return status if isinstance(status, dict) else {}  # `[]` or a bare string is no status: "never run"
 
 
 def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None:
@@ -5572,7 +5572,7 @@ def one_line_logs() -> None:
                 handler.addFilter(OneLineRecords())
 
 
-# A down tracking server cost 65 s (MLflow retries 7 times with backoff 2); these bound one call to ~2 x 5 s.
+# MLflow's HTTP client retries a down server 7 times with backoff 2 by default: one retry of 5 s at most here.
 MLFLOW_HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -5618,11 +5618,11 @@ def mlflow_client(store: TrackingStore) -> Any:
     """An MlflowClient on the store; a new SQLite database is first created whole (`create_database`)."""
     from mlflow.tracking import MlflowClient
 
-    one_line_logs()  # INFO: after the import, which installs MLflow's own stderr handler
+    one_line_logs()  # after the import, which installs MLflow's own stderr handler
     if store.db is not None and not store.db.exists():
         create_database(store.db)
     if store.uri.startswith(("http:", "https:")):
-        for name, value in MLFLOW_HTTP_BOUNDS.items():  # INFO: read by MLflow at each request; the user's values win
+        for name, value in MLFLOW_HTTP_BOUNDS.items():  # read by MLflow at each request; the user's values win
             os.environ.setdefault(name, value)
         # a server's client prints "View run ... at: URL" to stdout, which holds results (`run --json`)
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -5933,7 +5933,7 @@ def _follow_data_dir(config: Config, store: TrackingStore) -> None:
 def run_user(environ: Mapping[str, str]) -> str:
     """Who ran it, for `mlflow.user`: $LOGNAME/$USER (cron sets them), else the account name."""
 
-    with contextlib.suppress(Exception):  # INFO: getpass raises when a container's uid has no passwd entry
+    with contextlib.suppress(Exception):  # getpass raises when a container's uid has no passwd entry
         return environ.get("LOGNAME") or environ.get("USER") or getpass.getuser()
     return "unknown"
 
@@ -6077,7 +6077,7 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
     writing = Writing(f"MLflow tracking did not finish within {seconds:g} s")
 
     def locked() -> str:
-        # INFO: the lock is taken inside the bounded thread, so if the run gives up waiting, the
+        # the lock is taken inside the bounded thread, so if the run gives up waiting, the
         # lock stays held until that thread's last write: no second writer can start meanwhile.
         # It waits half the budget for the lock, and starts no run once the caller has given up.
         try:
@@ -6176,12 +6176,12 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
                    row_number() over (partition by e.experiment_id order by r.start_time desc) as k
             from runs r join experiments e on e.experiment_id = r.experiment_id
             where e.name in ({marks}) and r.lifecycle_stage = 'active' and e.lifecycle_stage = 'active'
-        ) where ? is null or k <= ? order by 5 desc"""  # INFO: only placeholders are interpolated
+        ) where ? is null or k <= ? order by 5 desc"""  # only placeholders are interpolated
     with read_only(db) as conn:
         rows = conn.execute(query, [*names, last, last]).fetchall()
         ids = [r[0] for r in rows]
         found: dict[str, dict[str, dict[str, Any]]] = {i: {"params": {}, "latest_metrics": {}, "tags": {}} for i in ids}
-        for start in range(0, len(ids), 500):  # INFO: SQLite caps the number of placeholders
+        for start in range(0, len(ids), 500):  # SQLite caps the number of placeholders
             chunk = ids[start : start + 500]
             for table in ("params", "latest_metrics", "tags"):
                 sql = f"select run_uuid, key, value from {table} where run_uuid in ({','.join('?' * len(chunk))})"
@@ -6249,7 +6249,7 @@ def read_ledger(path: Path) -> pl.DataFrame:
     try:
         frame = pl.read_parquet(path)
         schema = ledger_schema()
-        # INFO: a ledger written before a column existed gains it as nulls, never loses rows
+        # a ledger written before a column existed gains it as nulls, never loses rows
         return (
             frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in frame.columns)
             .select(list(schema))
@@ -6294,11 +6294,11 @@ def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, la
     shown = {kind: rows.filter(pl.col("kind") == kind).tail(last) for kind in ("reconstructed", "live")}
     if rows.is_empty():
         return None
-    fig = Figure(figsize=(10, 5), dpi=100)  # INFO: the object API, as in `chart_figure`
+    fig = Figure(figsize=(10, 5), dpi=100)  # the object API, as in `chart_figure`
     ax = fig.subplots()
     start = min(frame["origin"].min() for frame in shown.values() if frame.height)
     hist = prices.filter(pl.col(DATE) >= start)
-    # INFO: on a first run only the origin's close is realised: a one-point line draws nothing, so it gets a marker
+    # on a first run only the origin's close is realised: a one-point line draws nothing, so it gets a marker
     marker = "o" if hist.height < 2 else None
     realised = {"color": "black", "lw": 1.1, "marker": marker, "ms": 4, "label": "USD/CLP realised"}
     ax.plot(hist[DATE].to_list(), hist[CLOSE].to_list(), **realised)
@@ -6379,7 +6379,7 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
                 smtp.login(user, environ.get("FXCU_SMTP_PASSWORD", ""))
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException, ValueError) as exc:
-        # INFO: a UnicodeError's text quotes the offending characters, which may be the password's
+        # a UnicodeError's text quotes the offending characters, which may be the password's
         detail = "" if isinstance(exc, UnicodeError) else str(exc).splitlines()[0] if str(exc) else ""
         log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
         return False
@@ -6444,7 +6444,7 @@ def read_series_stats(path: Path) -> tuple[date | None, int]:
 
     if not path.exists():
         return None, 0
-    # INFO: a poisoned file can hold year 33658, which Python's date cannot: clip it to a date that says "future"
+    # a poisoned file can hold year 33658, which Python's date cannot: clip it to a date that says "future"
     last, rows = (
         pl.scan_parquet(path)
         .select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len())
@@ -6496,7 +6496,7 @@ def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]
         ledger = read_ledger(path)
     except LedgerError as exc:
         return None, str(exc)
-    # INFO: an unreadable price file is the usdclp check's finding; grade the ledger as stored
+    # an unreadable price file is the usdclp check's finding; grade the ledger as stored
     with contextlib.suppress(Exception):
         prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
         ledger = score_ledger(ledger, prices, with_wis=False)
@@ -6532,7 +6532,7 @@ def cmd_fetch(config: Config, client: httpx.Client | None, *, now: datetime) -> 
     usdclp, copper = fetch_both(config, client, now=now)
     for series in (usdclp, copper):
         print(format_series_line(series))
-        # INFO: an unavailable series' line already lists every source's failure
+        # an unavailable series' line already lists every source's failure
         for line in series.notes if series.ok else [n for n in series.notes if n not in series.failures]:
             print(f"  {line}")
         for reason in dict.fromkeys(map(str, series.degraded)):
@@ -6628,7 +6628,7 @@ def _track_horizon(
     stats = track_record(ledger, [fc.horizon])[fc.horizon]
     chart: Path | None = config.data_dir / "reports" / f"track_{fc.horizon}_{now:%Y-%m-%d}.png"
     try:
-        # INFO: this run's row too, so the chart shows the range just served (and exists from the first run)
+        # this run's row too, so the chart shows the range just served (and exists from the first run)
         if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
             chart = None
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
@@ -6718,7 +6718,7 @@ def _run_horizon(
     log.info("%s: serving %s", horizon, fc.interval_label)
     outcome: dict[str, Any] = summary(fc, bundle)
     report = None
-    with stages("report"):  # INFO: the track record's section and chart are part of the report
+    with stages("report"):  # the track record's section and chart are part of the report
         track = _track_horizon(config, fc, bundle, ledger, now=now)
         outcome |= {"changed": track["change"], "live": track["metrics"]}
         try:
@@ -6912,7 +6912,7 @@ def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) 
     config.mlflow_dir.mkdir(parents=True, exist_ok=True)  # the server runs in the data dir
     shown = f"[{host}]" if ":" in host else host
     print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
-    # INFO: the server's own log lines go to stderr, so stdout holds only the URL
+    # the server's own log lines go to stderr, so stdout holds only the URL
     server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
     try:
         return server.wait()
@@ -6987,7 +6987,7 @@ def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
             read_only(db) as source,
             contextlib.closing(sqlite3.connect(copy)) as target,
         ):
-            source.backup(target)  # INFO: SQLite's online backup is consistent while a run writes
+            source.backup(target)  # SQLite's online backup is consistent while a run writes
             tables = {row[0] for row in target.execute("select name from sqlite_master where type = 'table'")}
         if not {"alembic_version", "experiments", "runs"} <= tables:  # an empty copy is no backup
             why = "no experiments or runs table"
@@ -7036,9 +7036,7 @@ def cmd_track(
         )
         for index, origin in enumerate(origins, 1):
             rows = list(reconstruct(prices.frame, copper.frame if copper.ok else None, [origin], horizons, now=now))
-            ledger = update_ledger(
-                config, prices.frame, rows
-            )  # INFO: one write per origin: an interrupted backfill resumes
+            ledger = update_ledger(config, prices.frame, rows)  # one write per origin: an interrupted backfill resumes
             log.info("Backfill: [%d/%d] origin %s", index, len(origins), origin)
     record = track_record(ledger, horizons, last=last)
     print(json.dumps(record, indent=2, default=str) if as_json else format_track(record))
@@ -7090,7 +7088,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (monitoring and cron mail read the first line)."""
 
     def error(self, message: str) -> NoReturn:
-        # INFO: a monitoring plugin given bad arguments exits UNKNOWN (3), not 2, which Nagios reads as CRITICAL
+        # a monitoring plugin given bad arguments exits UNKNOWN (3), not 2, which Nagios reads as CRITICAL
         code = UNKNOWN if self.prog.endswith(" check") else 2
         self.exit(code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -7250,7 +7248,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
                 as_json=args.json,
                 email_preview=args.email_preview,
             )
-    if args.command == "ui":  # INFO: a long-running server, so not bounded like the commands below
+    if args.command == "ui":  # a long-running server, so not bounded like the commands below
         return cmd_ui(config, environ, host=args.host, port=args.port)
     commands = {
         "init": lambda: cmd_init(config, environ),
@@ -7260,7 +7258,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now),
     }
     try:
-        # INFO: bounded like tracking: MLflow retries an unreachable server or a locked database for minutes
+        # bounded like tracking: MLflow retries an unreachable server or a locked database for minutes
         return _bounded(max(config.tracking_timeout, 60.0), f"fxcu {args.command}", commands[args.command])
     except (TimeoutError, OSError):
         raise
@@ -7297,7 +7295,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"fxcu: FXCU_DATA_DIR {config.data_dir} is not a directory", file=sys.stderr)
         return UNKNOWN if args.command == "check" else 2
     now = datetime.now(UTC)
-    if args.command != "check":  # INFO: the monitoring probe only reads
+    if args.command != "check":  # the monitoring probe only reads
         clean_leftovers(config.data_dir)
     try:
         with _sigterm_as_exception():
