@@ -442,6 +442,17 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
 
 
+def one_line(exc: BaseException, secret: str | None = None, limit: int = 300) -> str:
+    """An exception as one redacted line for a log or a user: `TypeName: first line of its message`.
+
+    >>> one_line(ValueError("bad value\\nat line 2"))
+    'ValueError: bad value'
+    """
+    first = next(iter(str(exc).strip().splitlines()), "")
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return redact(redact_uri(text), secret)[:limit]
+
+
 # Yahoo asks for a cookie and crumb with one of these statuses and one of these phrases in the body:
 # 401 `{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}`,
 # 429 `Too Many Requests` (plain text, shared/data/yahoo/ERRORS_AND_429.md).
@@ -4461,11 +4472,11 @@ def describe_error(exc: BaseException | None, secret: str | None) -> str:
         ours = str(exc).startswith(("network time budget", "no complete answer"))  # the deadlines of _get_json
         text = f"timeout ({exc if ours else type(exc).__name__})"
     elif isinstance(exc, httpx.TransportError):
-        text = f"connection error ({type(exc).__name__}: {exc})"
+        text = f"connection error ({one_line(exc)})"
     elif isinstance(exc, json.JSONDecodeError):
         text = f"malformed JSON ({exc.msg} at char {exc.pos})"
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        text = one_line(exc)
     return redact(text, secret)
 
 
@@ -4617,7 +4628,7 @@ class BrowserTransport:
             self.impersonating = True
             self.detail = f"{DEFAULT_CHROME} TLS fingerprint (curl_cffi {curl_cffi.__version__})"
         except (ImportError, OSError) as exc:
-            self.impersonating, self.detail = False, f"curl_cffi could not load ({type(exc).__name__}: {exc})"
+            self.impersonating, self.detail = False, f"curl_cffi could not load ({one_line(exc)})"
             log.warning(
                 "Browser TLS fingerprint unavailable, Yahoo requests use plain httpx and may draw 429s: %s", self.detail
             )
@@ -4855,11 +4866,9 @@ def _fetch(
             return Result(source, error=redact(str(exc)[:300], secret), findings=exc.findings)
         except Exception as exc:  # noqa: BLE001 -- a body of any shape is outside input: a failed source, never a crash
             detail = (
-                describe_error(exc, secret)
-                if isinstance(exc, PayloadError)
-                else f"malformed payload ({type(exc).__name__}: {exc})"
+                describe_error(exc, secret) if isinstance(exc, PayloadError) else f"malformed payload ({one_line(exc)})"
             )
-            return Result(source, error=redact(detail.splitlines()[0][:300], secret))
+            return Result(source, error=redact(detail, secret)[:300])
     frame = pl.concat(frames) if frames else None
     return Result(source, frame=frame)
 
@@ -5453,7 +5462,7 @@ def write_report(
     try:
         write_chart(fc, bundle, chart, now=now)
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
-        log.error("Chart failed (%s: %s); the report goes without it", type(exc).__name__, exc)
+        log.error("Chart failed (%s); the report goes without it", one_line(exc))
         chart = None
     table = reports / f"{stem}.csv"
     write_text_atomic(fc.path.write_csv(), table)
@@ -5919,11 +5928,6 @@ def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlfl
 _UNREACHABLE: dict[str, str] = {}  # tracking servers that failed in this process, and how
 
 
-def tracking_failure(exc: BaseException, secret: str | None) -> str:
-    """One redacted line saying why tracking failed: `TimeoutError: MLflow tracking did not finish ...`."""
-    return redact(redact_uri(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), secret)
-
-
 def _follow_data_dir(config: Config, store: TrackingStore) -> None:
     """Relocate the artifacts of the data dir's own SQLite store when the data dir was moved or restored elsewhere."""
     if store.db == config.mlflow_db and store.db.exists():
@@ -6051,7 +6055,7 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
         client.log_metric(run_id, "seconds_tracking", round(time.perf_counter() - started, 4))
     except BaseException as exc:
         cut = writing.cancel.is_set()  # then the caller's reason, else the writer's own failure
-        why = writing.why if cut else f"tracking failed ({tracking_failure(exc, config.fred_api_key)})"
+        why = writing.why if cut else f"tracking failed ({one_line(exc, config.fred_api_key)})"
         with contextlib.suppress(Exception):  # the store may be what failed: the writer's own error is raised
             end_run(client, run_id, writing.status if cut else "FAILED", why, note)
         raise
@@ -6380,8 +6384,10 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException, ValueError) as exc:
         # a UnicodeError's text quotes the offending characters, which may be the password's
-        detail = "" if isinstance(exc, UnicodeError) else str(exc).splitlines()[0] if str(exc) else ""
-        log.error("Email failed (%s: %s); the run is not affected", type(exc).__name__, detail)
+        log.error(
+            "Email failed (%s); the run is not affected",
+            type(exc).__name__ if isinstance(exc, UnicodeError) else one_line(exc),
+        )
         return False
     log.info("Report emailed to %s", message["To"])
     return True
@@ -6427,11 +6433,7 @@ def email_reports(
             log.info("Email written to %s, not sent", preview)
             return True
     except (OSError, ValueError) as exc:
-        log.error(
-            "Email could not be built (%s: %s); the run is not affected",
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-        )
+        log.error("Email could not be built (%s); the run is not affected", one_line(exc))
         return False
     return send_email(environ, message)
 
@@ -6606,7 +6608,7 @@ def _run_ledger(config: Config, prices: pl.DataFrame) -> pl.DataFrame | None:
     try:
         return update_ledger(config, prices)
     except Exception as exc:  # noqa: BLE001 -- the track record is never worth a failed forecast
-        log.error("Forecast ledger not updated (%s: %s): forecasting without the track record", type(exc).__name__, exc)
+        log.error("Forecast ledger not updated (%s): forecasting without the track record", one_line(exc))
         return None
 
 
@@ -6632,7 +6634,7 @@ def _track_horizon(
         if not write_track_chart(upsert_ledger(ledger, [entry]), bundle.usdclp, fc.horizon, chart):
             chart = None
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
-        log.error("Track-record chart failed (%s: %s)", type(exc).__name__, exc)
+        log.error("Track-record chart failed (%s)", one_line(exc))
         chart = None
     change = what_changed(previous, entry)
     section = format_track_section(fc.horizon, stats, change, chart.name if chart else None)
@@ -6666,7 +6668,7 @@ def _log_horizon(
                 )
                 run_id = log_run(config, record, environ=environ)  # inside the scratch folder, which holds the inputs
         except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
-            error = tracking_failure(exc, config.fred_api_key)
+            error = one_line(exc, config.fred_api_key)
     if run_id is not None:
         log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
     else:
@@ -6738,7 +6740,7 @@ def _run_horizon(
         try:
             update_ledger(config, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
         except Exception as exc:  # noqa: BLE001 -- the ledger is never worth a failed forecast
-            log.error("Forecast ledger: %s not recorded (%s: %s)", horizon, type(exc).__name__, exc)
+            log.error("Forecast ledger: %s not recorded (%s)", horizon, one_line(exc))
     _write_run_status(config, horizon, outcome, now=now)
     return outcome
 
@@ -7074,8 +7076,7 @@ def cmd_check(
         print(f"UNKNOWN - {exc}")
         return UNKNOWN
     except Exception as exc:  # noqa: BLE001 -- a broken probe says UNKNOWN, not a traceback read as CRITICAL
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        print(f"UNKNOWN - check failed ({type(exc).__name__}: {redact(first, config.fred_api_key)})")
+        print(f"UNKNOWN - check failed ({one_line(exc, config.fred_api_key, limit=240)})")
         return UNKNOWN
     print(format_check_json(checks, perf) if as_json else format_check(checks, perf))
     return LEVEL_CODE[overall(checks)]
@@ -7263,10 +7264,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     except (TimeoutError, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 -- MlflowException, sqlite3, SQLAlchemy errors: one line, no traceback
-        text = redact(
-            redact_uri(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), config.fred_api_key
-        )
-        print(f"fxcu: {args.command} failed ({type(exc).__name__}: {text})", file=sys.stderr)
+        print(f"fxcu: {args.command} failed ({one_line(exc, config.fred_api_key)})", file=sys.stderr)
         return 1
 
 

@@ -903,6 +903,13 @@ def kept(data_dir: Path) -> Kept:
 # -- Constants & config ----------------------------------------------------------------
 
 
+def test_the_modules_docstring_examples_hold():
+    import doctest
+
+    result = doctest.testmod(fxcu)
+    assert result.attempted >= 2 and result.failed == 0
+
+
 def test_all_is_the_readme_library_api_and_each_name_exists():
     readme = (HERE / "README.md").read_text()
     section = readme[readme.index("## Library") : readme.index("\n## ", readme.index("## Library") + 1)]
