@@ -316,7 +316,7 @@ class Plausible:
 
     `jump` is the largest credible |log move| between two bars one trading day apart (it scales with the
     square root of the trading days between them) and between two values for one date; measured on the
-    real histories in ../shared/data (docs/BENCHMARKS.md, issue 10).
+    real histories in data/real (docs/BENCHMARKS.md, issue 10).
     """
 
     label: str
