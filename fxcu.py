@@ -22,6 +22,7 @@ import fcntl
 import getpass
 import hashlib
 import html
+import importlib.metadata as md
 import io
 import json
 import logging
@@ -30,10 +31,13 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 import threading
@@ -45,6 +49,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from enum import StrEnum
 from pathlib import Path
 from statistics import NormalDist
@@ -54,6 +60,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
+from numpy.lib.stride_tricks import sliding_window_view
 
 if TYPE_CHECKING:  # imported where used: `--help` and `check` stay fast without them
     import httpx
@@ -1076,17 +1083,20 @@ def copper_frequency(copper: pl.DataFrame) -> Literal["daily", "monthly"]:
 COPPER_MAX_GAP = timedelta(days=7)  # an as-of copper price older than this is missing, not carried
 
 
-def align_copper(usdclp: pl.DataFrame, copper: pl.DataFrame, *, max_gap: timedelta | None = None) -> pl.DataFrame:
+def align_copper(
+    usdclp: pl.DataFrame, copper: pl.DataFrame, *, max_gap: timedelta | None = None, columns: Sequence[str] = ()
+) -> pl.DataFrame:
     """Put on each USD/CLP date the last copper close from a strictly earlier New York date.
 
     A CLP=X bar dated D (London) is the quote at London midnight starting D, about 19:00 New
     York on D-1, after COMEX settled D-1 but before it trades D; so copper of NY date D-1 is the
     latest known, and copper dated D would be the future. With `max_gap`, a copper close older
-    than that is null rather than carried. Returns `date`, `usdclp`, `copper`.
+    than that is null rather than carried. Returns `date`, `usdclp`, `copper` (and copper's other `columns`).
     """
 
     left = usdclp.select(pl.col(DATE), pl.col(CLOSE).alias("usdclp")).sort(DATE)
-    right = copper.select(pl.col(DATE).alias("copper_date"), pl.col(CLOSE).alias("copper")).sort("copper_date")
+    right = copper.select(pl.col(DATE).alias("copper_date"), pl.col(CLOSE).alias("copper"), *columns)
+    right = right.sort("copper_date")
     return left.join_asof(
         right, left_on=DATE, right_on="copper_date", strategy="backward", allow_exact_matches=False, tolerance=max_gap
     ).drop("copper_date")
@@ -1120,20 +1130,9 @@ def copper_features(copper: pl.DataFrame, usdclp: pl.DataFrame | None = None) ->
     corr = aligned.select(DATE, rolling_correlation("copper", "usdclp", 90))
     if monthly:
         corr = corr.with_columns(pl.lit(None, pl.Float64).alias(FEATURES[-1]))
-    right = own.drop(FEATURES[-1]).rename({DATE: "copper_date"})
-    joined = (
-        usdclp.select(DATE)
-        .sort(DATE)
-        .join_asof(
-            right,
-            left_on=DATE,
-            right_on="copper_date",
-            strategy="backward",
-            allow_exact_matches=False,
-            tolerance=COPPER_MAX_GAP,
-        )
-    )
-    return joined.drop("copper_date").join(corr, on=DATE, how="left").select(DATE, *FEATURES)
+    own = copper.select(DATE, CLOSE).sort(DATE).join(own.drop(FEATURES[-1]), on=DATE)
+    joined = align_copper(usdclp, own, max_gap=COPPER_MAX_GAP, columns=FEATURES[:-1])
+    return joined.join(corr, on=DATE, how="left").select(DATE, *FEATURES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1312,12 +1311,10 @@ def _quiet_statsforecast() -> contextlib.AbstractContextManager:
     return stack
 
 
-def cross_validate(
-    frame: pl.DataFrame, models: list, steps: int, windows: int, step_size: int, *, refit: bool | int = False
-) -> pl.DataFrame:
+def cross_validate(frame: pl.DataFrame, models: list, steps: int, windows: int, step_size: int) -> pl.DataFrame:
     """statsforecast rolling-origin predictions (log scale) for every step of every window.
 
-    With `refit=False` the models are fitted once on the data before the first origin and then
+    The models are fitted once on the data before the first origin and then
     only `forward`ed over each later origin's history: no origin sees data after it.
     """
     from statsforecast import StatsForecast
@@ -1325,7 +1322,7 @@ def cross_validate(
     with _quiet_statsforecast():
         sf = StatsForecast(models=models, freq=1, n_jobs=1)
         return sf.cross_validation(
-            df=frame, h=steps, n_windows=windows, step_size=step_size, refit=refit, level=list(LEVELS)
+            df=frame, h=steps, n_windows=windows, step_size=step_size, refit=False, level=list(LEVELS)
         )
 
 
@@ -1375,20 +1372,9 @@ def online_weights(
     column named Naive.
     """
 
-    n, k = sq_errors.shape
-    if rule == "naive":
-        return np.tile(np.eye(k)[list(names).index("Naive")], (n, 1))
-    if rule == "equal":
-        return np.full((n, k), 1 / k)
-    if rule != "inverse_mse":
+    if rule not in RULES:
         raise ValueError(f"unknown ensemble rule {rule!r}")
-    weights = np.full((n, k), 1 / k)
-    for i in range(n):
-        known = cutoffs + steps <= cutoffs[i]
-        if known.any():
-            inv = 1 / np.maximum(sq_errors[known].mean(axis=0), 1e-18)
-            weights[i] = inv / inv.sum()
-    return weights
+    return np.array([final_weights(sq_errors[cutoffs + steps <= cutoff], rule, names) for cutoff in cutoffs])
 
 
 def final_weights(sq_errors: np.ndarray, rule: str, names: Sequence[str]) -> np.ndarray:
@@ -1397,7 +1383,7 @@ def final_weights(sq_errors: np.ndarray, rule: str, names: Sequence[str]) -> np.
     k = sq_errors.shape[1]
     if rule == "naive":
         return np.eye(k)[list(names).index("Naive")]
-    if rule == "equal":
+    if rule == "equal" or not len(sq_errors):  # INFO: no error realised yet: equal weights
         return np.full(k, 1 / k)
     inv = 1 / np.maximum(sq_errors.mean(axis=0), 1e-18)
     return inv / inv.sum()
@@ -1718,8 +1704,8 @@ def blend_weight(steps: int, persistence: float = PERSISTENCE) -> float:
     return (1 - persistence**steps) / (steps * (1 - persistence))
 
 
-def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS) -> dict[str, np.ndarray]:
-    """Variance of the k-day log return for k = 1..steps, per model, at the last point of `logp` (the origin).
+def base_variances(logp: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+    """Variance of the k-day log return for k = 1..steps, per base model, at the last point of `logp` (the origin).
 
     Only `logp` is used, so an origin's variances never see a later price. `Naive` is statsforecast
     Naive's width (mean squared daily change, times k); `EWMA` RiskMetrics' daily EWMA times k;
@@ -1731,24 +1717,20 @@ def base_variances(logp: np.ndarray, steps: int, models: Sequence[str] = RUN_INT
     k = np.arange(1, steps + 1)
     daily = np.diff(logp)
     weekly = logp[K_DAYS:] - logp[:-K_DAYS]
-    out: dict[str, np.ndarray] = {}
-    if "Naive" in models:
-        out["Naive"] = np.mean(daily**2) * k
-    if "EWMA" in models:
-        out["EWMA"] = ewma(daily**2, DAILY_DECAY)[-1] * k
     ewma_5d, long_run = ewma(weekly**2, MULTI_DAY_DECAY)[-1] / K_DAYS, np.mean(weekly**2) / K_DAYS
-    if "EWMA_5d" in models:
-        out["EWMA_5d"] = ewma_5d * k
-    if {"EWMA_5d_blend", "Recal", "Recal_copper"} & set(models):
-        weight = np.array([blend_weight(int(s)) for s in k])
-        out["EWMA_5d_blend"] = (weight * ewma_5d + (1 - weight) * long_run) * k
-    return out
+    weight = np.array([blend_weight(int(s)) for s in k])
+    return {
+        "Naive": np.mean(daily**2) * k,
+        "EWMA": ewma(daily**2, DAILY_DECAY)[-1] * k,
+        "EWMA_5d": ewma_5d * k,
+        "EWMA_5d_blend": (weight * ewma_5d + (1 - weight) * long_run) * k,
+    }
 
 
-def realised_vol(logp: np.ndarray, window: int = 20) -> float:
-    """Standard deviation of the last `window` daily log returns (the origin's trailing realised volatility)."""
+def realised_vol(logp: np.ndarray) -> float:
+    """Standard deviation of the last 20 daily log returns (the origin's trailing realised volatility)."""
 
-    return float(np.std(np.diff(logp[-window - 1 :]), ddof=1))
+    return float(np.std(np.diff(logp[-21:]), ddof=1))
 
 
 def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -1763,12 +1745,8 @@ def recal_features(logp: np.ndarray, copper_logp: np.ndarray | None) -> dict[str
     out = {"ewma_5d": ewma(weekly, MULTI_DAY_DECAY) / K_DAYS, "long_run": np.cumsum(weekly) / seen / K_DAYS}
     if copper_logp is not None:
         sq = np.concatenate([[np.nan], np.diff(copper_logp)]) ** 2
-        missing = np.concatenate([[0], np.cumsum(np.isnan(sq))])
-        total = np.concatenate([[0.0], np.cumsum(np.nan_to_num(sq))])
-        rv = np.full(len(logp), np.nan)
-        rv[19:] = (total[20:] - total[:-20]) / 20
-        rv[19:][missing[20:] - missing[:-20] > 0] = np.nan  # a window with a missing copper day is unknown
-        out["copper_rv"] = rv
+        # a window with a missing copper day is unknown (NaN)
+        out["copper_rv"] = np.concatenate([np.full(19, np.nan), sliding_window_view(sq, 20).mean(axis=1)])
     return out
 
 
@@ -1809,7 +1787,7 @@ def variance_paths(
 
     The Recal models are fitted at k = steps and carried to shorter k in proportion to the blend.
     """
-    out = base_variances(logp, steps, [*models, "EWMA_5d_blend"])
+    out = base_variances(logp, steps)
     if {"Recal", "Recal_copper"} & set(models):
         for name, var in recalibrated(logp, recal_features(logp, copper_logp), steps).items():
             out[name] = out["EWMA_5d_blend"] * var / out["EWMA_5d_blend"][-1]
@@ -1864,18 +1842,14 @@ def density_frame(
     steps_of = {h: horizon_steps(parse_horizon(h)) for h in horizons}
     longest = horizon_steps(max(HORIZONS.values()))
     rows = density_origins(len(logp), longest=longest, origins=origins, every=every)
-    base_models = [m for m in models if not m.startswith("Recal")] + ["EWMA_5d_blend"]
     records = []
     for i in rows:
         window = logp[max(0, i + 1 - history) : i + 1]
         cu = copper_logp[max(0, i + 1 - history) : i + 1] if copper_logp is not None else None
-        base = base_variances(window, longest, base_models)
-        features = recal_features(window, cu) if any(m.startswith("Recal") for m in models) else {}
+        base, features = base_variances(window, longest), recal_features(window, cu)
         vol20 = realised_vol(window)
         for horizon, steps in steps_of.items():
-            var = {m: base[m][steps - 1] for m in models if m in base}
-            if features:
-                var |= {name: v for name, v in recalibrated(window, features, steps).items() if name in models}
+            var = {m: v[steps - 1] for m, v in base.items()} | recalibrated(window, features, steps)
             record = {
                 "horizon": horizon,
                 "steps": steps,
@@ -1949,39 +1923,20 @@ class DensityBacktest:
         return self.models["Naive" if self.live == "Naive" else SERVED]
 
 
-def bootstrap_counts(n: int, block: int, reps: int, seed: int) -> np.ndarray:
-    """How often each of `n` origins is drawn in each of `reps` circular block bootstrap resamples.
+def ratio_ci(
+    scores: Mapping[str, np.ndarray], base: str, steps: int, *, reps: int = BOOTSTRAP_REPS
+) -> dict[str, Ratio]:
+    """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
 
-    The resamples are arch's `CircularBlockBootstrap(block, ..., seed=seed)`.
+    Blocks span the origins whose outcomes overlap (steps / DENSITY_EVERY), plus one.
     """
     from arch.bootstrap import CircularBlockBootstrap
 
-    boot = CircularBlockBootstrap(block, np.arange(n), seed=seed)
-    return np.array([np.bincount(data[0][0], minlength=n) for data in boot.bootstrap(reps)], dtype=float)
-
-
-def ratio_ci(
-    scores: Mapping[str, np.ndarray],
-    base: str,
-    steps: int,
-    *,
-    every: int = DENSITY_EVERY,
-    reps: int = BOOTSTRAP_REPS,
-    seed: int = 0,
-) -> dict[str, Ratio]:
-    """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins.
-
-    Blocks span the origins whose outcomes overlap (steps / every), plus one.
-    """
-
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
-    counts = bootstrap_counts(len(values), max(1, math.ceil(steps / every)) + 1, reps, seed)
-    # one product gives every resample's total for every model
-    sums = np.einsum("rn,nm->rm", counts, values)
-    draws = sums / sums[:, [names.index(base)]]
-    means = values.mean(axis=0) / values[:, names.index(base)].mean()
-    lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
+    ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
+    boot = CircularBlockBootstrap(max(1, math.ceil(steps / DENSITY_EVERY)) + 1, values, seed=0)
+    means, (lo, hi) = ratio(values), np.quantile(boot.apply(ratio, reps), [0.025, 0.975], axis=0)
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
 
 
@@ -2139,12 +2094,6 @@ def density_backtest_all(
     return results
 
 
-def interval_label(rule: str, interval_model: str) -> str:
-    """The served forecast in words, point and range: "random walk; range from the EWMA of 5-day returns"."""
-    point = "random walk" if rule == "naive" else f"{rule} combination"
-    return f"{point}; {INTERVAL_MODELS[interval_model]}"
-
-
 @dataclass(frozen=True, slots=True)
 class Forecast:
     """A forecast path for every model and the ensemble, with its backtest."""
@@ -2160,7 +2109,8 @@ class Forecast:
     @property
     def interval_label(self) -> str:
         """What is served, in words: "random walk; range from the EWMA of 5-day returns"."""
-        return interval_label(self.backtest.rule, self.interval_model)
+        point = "random walk" if self.backtest.rule == "naive" else f"{self.backtest.rule} combination"
+        return f"{point}; {INTERVAL_MODELS[self.interval_model]}"
 
     @property
     def ensemble(self) -> pl.DataFrame:
@@ -2299,9 +2249,11 @@ def forecast_all(
 # -- Core: formatting results ----------------------------------------------------------
 
 
-def _fmt(value: object, missing: str = "null") -> str:
-    """A value as text: a float to 6 significant digits, None as `missing`."""
-    return missing if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+def _fmt(value: object, missing: str = "null", spec: str = ".6g") -> str:
+    """A value as text: a float (or any number, given a `spec`) to 6 significant digits, None as `missing`."""
+    return (
+        missing if value is None else format(value, spec) if isinstance(value, float) or spec != ".6g" else str(value)
+    )
 
 
 def format_series_line(series: ChosenSeries) -> str:
@@ -2518,11 +2470,6 @@ def santiago_time(now: datetime) -> str:
     return f"{local:%Y-%m-%d %H:%M} (Santiago, UTC{hours:+03d}{f':{minutes:02d}' if minutes else ''})"
 
 
-def range_words(fc: Forecast) -> str:
-    """How the served range was made, as a suffix ': ...' (not in parentheses: the words may hold their own)."""
-    return f": {fc.interval_label}"
-
-
 FeatureKind = Literal["pct", "vol", "usd_lb", "trend", "rsi", "z", "corr"]
 # Each copper feature's name for people, and how its value reads (unit, percent, scale).
 FEATURE_WORDS: dict[str, tuple[str, FeatureKind]] = {
@@ -2641,7 +2588,7 @@ def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
             f"Forecast for {target:%a %d %b %Y}",
             f"**{final['forecast']:.2f}** ({_pct(final['forecast'], fc.last_close)} from the last close)",
         ],
-        [f"80% range{range_words(fc)}", f"{final['lo_80']:.2f} to {final['hi_80']:.2f}"],
+        [f"80% range: {fc.interval_label}", f"{final['lo_80']:.2f} to {final['hi_80']:.2f}"],
         ["95% range", f"{final['lo_95']:.2f} to {final['hi_95']:.2f}"],
         [
             "Backtest",
@@ -2730,15 +2677,7 @@ def _path_section(fc: Forecast) -> Section:
     path = _table(
         ["step", "date", "forecast", "80% low", "80% high", "95% low", "95% high"],
         [
-            [
-                str(r["step"]),
-                str(r[DATE]),
-                f"{r['forecast']:.2f}",
-                f"{r['lo_80']:.2f}",
-                f"{r['hi_80']:.2f}",
-                f"{r['lo_95']:.2f}",
-                f"{r['hi_95']:.2f}",
-            ]
+            [str(r["step"]), str(r[DATE]), *(f"{r[k]:.2f}" for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95"))]
             for r in fc.ensemble.iter_rows(named=True)
         ],
     )
@@ -2770,11 +2709,11 @@ def report_title(*forecasts: Forecast, now: datetime) -> str:
     return f"{headline_of(forecasts)}, made {santiago_time(now)}"
 
 
-def format_sections(sections: Sequence[Section], level: int = 2) -> list[str]:
-    """Markdown for a list of sections, each under a heading of `level` (pure)."""
+def format_sections(sections: Sequence[Section]) -> list[str]:
+    """Markdown for a list of sections, each under a second-level heading (pure)."""
     lines: list[str] = []
     for section in sections:
-        lines += [f"{'#' * level} {section.title}", "", *section.lines, ""]
+        lines += [f"## {section.title}", "", *section.lines, ""]
     return lines
 
 
@@ -2826,7 +2765,7 @@ def digest_sections(
     intro = (
         f"Last close **{first.last_close:.2f}** CLP per USD on {first.origin:%a %d %b %Y}.",
         "",
-        *_table(["horizon", "for", "forecast", "change", f"80% range{range_words(first)}", "95% range"], rows),
+        *_table(["horizon", "for", "forecast", "change", f"80% range: {first.interval_label}", "95% range"], rows),
     )
     sections = [Section("digest", "Forecasts", intro)] if len(forecasts) > 1 else []
     for fc in forecasts:
@@ -2899,9 +2838,6 @@ def build_email(
 
     Pure apart from its inputs: the caller passes `now` and the Message-ID.
     """
-    from email.message import EmailMessage
-    from email.utils import format_datetime
-
     domain = message_id.rstrip(">").rpartition("@")[2] or "fxcu"
     cids = {h: f"chart-{h}-{now:%Y%m%d%H%M%S}@{domain}" for h, png in charts.items() if png}
     title = report_title(*forecasts, now=now)
@@ -2938,22 +2874,6 @@ CHECK_LAST = 60  # scored forecasts per horizon that `check` grades
 CHECK_MIN_SCORED = 20  # fewer than this and the band is too wide to say anything
 RATIO_TEST_MIN, RATIO_TEST_P = 8, 0.01  # non-overlapping forecasts needed, and the one-sided p-value that warns
 UNSCORED_GRACE_DAYS = 7  # a target this far past with no close (a week of holidays at most): scoring has stopped
-SCORE_COLUMNS = (
-    "actual_date",
-    "actual",
-    "error",
-    "abs_error",
-    "pct_error",
-    "hit_80",
-    "hit_95",
-    "wis",
-    "rw_error",
-    "rw_abs_error",
-    "rw_pct_error",
-    "rw_hit_80",
-    "rw_hit_95",
-    "rw_wis",
-)
 SCORE_TOLERANCE = timedelta(days=10)  # a close this long after the target is a data gap, not the target's close
 
 
@@ -3002,6 +2922,9 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hit_95": pl.Boolean,
         "rw_wis": num,
     }
+
+
+SCORE_COLUMNS = tuple(list(ledger_schema())[list(ledger_schema()).index("actual_date") :])  # what score_ledger adds
 
 
 def empty_ledger() -> pl.DataFrame:
@@ -3057,14 +2980,13 @@ def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl
     return both.unique(subset=list(LEDGER_KEY), keep="last", maintain_order=True).sort(list(LEDGER_KEY))
 
 
-def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool = True) -> pl.DataFrame:
+def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
     """Score every row whose target has a realised close: the first close on or after the target date.
 
     Scores are recomputed from the prices each time (a revised close revises its score). A target
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
-    the random walk from the same origin (its point is the last close, its range Naive's). `check`
-    passes `with_wis=False`: it grades no WIS, so it leaves utilsforecast unimported.
+    the random walk from the same origin (its point is the last close, its range Naive's).
     """
 
     if ledger.is_empty():
@@ -3093,7 +3015,7 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame, *, with_wis: bool =
         "wis": ["lo_95", "lo_80", "point", "hi_80", "hi_95"],
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
     }
-    if ready.height and with_wis:
+    if ready.height:
         scored = wis(ready, quantiles)
         ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
@@ -3137,34 +3059,18 @@ TRACK_MISSES = 5  # the latest 80% misses `track` lists
 
 def _backtest_promise(rows: pl.DataFrame) -> dict[str, Any] | None:
     """What the backtest behind the latest forecast promised (its RMSE ratio, coverages and origins), or None."""
-    latest = rows.sort("origin").tail(1)
-    if latest.is_empty():
-        return None
-    return {
-        "rmse_ratio_rw": latest["backtest_ratio"][0],
-        "coverage_80": latest["backtest_coverage_80"][0],
-        "coverage_95": latest["backtest_coverage_95"][0],
-        "origins": latest["backtest_origins"][0],
-    }
+    names = {"backtest_ratio": "rmse_ratio_rw", "backtest_coverage_80": "coverage_80"}
+    names |= {"backtest_coverage_95": "coverage_95", "backtest_origins": "origins"}
+    latest = rows.sort("origin").tail(1).select(list(names)).rename(names).to_dicts()
+    return latest[0] if latest else None
 
 
 def _latest_misses(scored: pl.DataFrame) -> list[dict[str, Any]]:
     """The latest TRACK_MISSES scored rows outside their 80% range, newest first."""
 
     missed = scored.filter(~pl.col("hit_80")).tail(TRACK_MISSES).reverse()
-    return [
-        {
-            "origin": str(r["origin"]),
-            "target": str(r["target"]),
-            "actual_date": str(r["actual_date"]),
-            "actual": r["actual"],
-            "forecast": r["forecast"],
-            "lo_80": r["lo_80"],
-            "hi_80": r["hi_80"],
-            "hit_95": r["hit_95"],
-        }
-        for r in missed.iter_rows(named=True)
-    ]
+    dates = [pl.col(c).cast(pl.String) for c in ("origin", "target", "actual_date")]
+    return missed.select(*dates, "actual", "forecast", "lo_80", "hi_80", "hit_95").to_dicts()
 
 
 def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any]:
@@ -3194,7 +3100,6 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rmse_ratio_rw": rmse / rw_rmse if rw_rmse else None,
         "mae": float(scored["abs_error"].mean()),
         "mape": float(scored["pct_error"].abs().mean()),
-        # None where the ledger was scored without WIS (`check` grades none)
         "wis": scored["wis"].mean(),
         "rw_wis": scored["rw_wis"].mean(),
     }
@@ -3221,14 +3126,6 @@ def track_record(
     return record
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _fixed(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _band(stats: Mapping[str, Any], level: int) -> str:
     return "" if not stats["scored"] else " [" + "-".join(f"{b:.0%}" for b in stats[f"band_{level}"]) + "]"
 
@@ -3246,13 +3143,13 @@ def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
                     "horizon": horizon,
                     "kind": kind,
                     "scored": f"{s['scored']}/{s['forecasts']}",
-                    "rmse": _fixed(s["rmse"]),
-                    "ratio_rw": _fixed(s["rmse_ratio_rw"], ".3f"),
-                    "cov80 [band]": _share(s["coverage_80"]) + _band(s, 80),
-                    "cov95 [band]": _share(s["coverage_95"]) + _band(s, 95),
-                    "wis_ratio": _fixed(s.get("wis_ratio"), ".3f"),
-                    "backtest ratio/cov80/cov95": f"{_fixed(bt.get('rmse_ratio_rw'), '.3f')}/"
-                    f"{_share(bt.get('coverage_80'))}/{_share(bt.get('coverage_95'))}",
+                    "rmse": _fmt(s["rmse"], "-", ".2f"),
+                    "ratio_rw": _fmt(s["rmse_ratio_rw"], "-", ".3f"),
+                    "cov80 [band]": _fmt(s["coverage_80"], "-", ".0%") + _band(s, 80),
+                    "cov95 [band]": _fmt(s["coverage_95"], "-", ".0%") + _band(s, 95),
+                    "wis_ratio": _fmt(s.get("wis_ratio"), "-", ".3f"),
+                    "backtest ratio/cov80/cov95": f"{_fmt(bt.get('rmse_ratio_rw'), '-', '.3f')}/"
+                    f"{_fmt(bt.get('coverage_80'), '-', '.0%')}/{_fmt(bt.get('coverage_95'), '-', '.0%')}",
                 }
             )
             misses += [
@@ -3337,14 +3234,12 @@ def check_track_ratio(
     )
 
 
-def check_track(
-    ledger: pl.DataFrame, *, today: date, last: int = CHECK_LAST, level: float = CHECK_BAND_LEVEL
-) -> list[Check]:
+def check_track(ledger: pl.DataFrame, *, today: date) -> list[Check]:
     """Grade the live track record of each horizon (pure, on a scored ledger): scoring, coverage, error ratio.
 
     - scoring: `check_track_scoring` on the forecasts UNSCORED_GRACE_DAYS past their target with no close;
-    - coverage: `check_track_coverage` on the last `last` scored forecasts' 80% and 95% hits;
-    - error ratio: `check_track_ratio` on the last `last` non-overlapping scored forecasts (overlapping
+    - coverage: `check_track_coverage` on the last CHECK_LAST scored forecasts' 80% and 95% hits;
+    - error ratio: `check_track_ratio` on the last CHECK_LAST non-overlapping scored forecasts (overlapping
       windows share shocks, which would make any test over-confident), once coverage is graded.
     """
 
@@ -3357,13 +3252,13 @@ def check_track(
         due = rows.filter(pl.col("actual").is_null() & (pl.col("target") < today - timedelta(days=UNSCORED_GRACE_DAYS)))
         found += check_track_scoring(horizon, due.height, due["target"].min())
         scored = rows.filter(pl.col("actual").is_not_null())
-        recent = scored.tail(last)
+        recent = scored.tail(CHECK_LAST)
         covers = {lv: float(recent[f"hit_{lv}"].mean()) for lv in LEVELS} if recent.height else {}
-        found.append(check_track_coverage(horizon, recent.height, covers, level=level))
+        found.append(check_track_coverage(horizon, recent.height, covers, level=CHECK_BAND_LEVEL))
         if recent.height < CHECK_MIN_SCORED:
             continue
         # a ledger written by an older fxcu may lack a column (read as nulls): such rows are not tested
-        apart = _non_overlapping(scored).drop_nulls(["error", "rw_error"]).tail(last)
+        apart = _non_overlapping(scored).drop_nulls(["error", "rw_error"]).tail(CHECK_LAST)
         ratios = recent["backtest_ratio"].drop_nulls()
         if ratios.is_empty():
             continue
@@ -3516,33 +3411,27 @@ def _titled(title: str, table: Any, footer: str | None = None) -> Any:
     return Group(Text(title, style="bold"), table, *([Text(footer)] if footer else []))
 
 
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
-
-
 def _styled(text: str, style: str) -> Any:
     from rich.text import Text
 
     return Text(text, style=style)
 
 
-def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
-    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
+def _rich_table(columns: str, right: set[str], **options: Any) -> Any:
+    """An empty Rich table with the `|`-separated `columns`, those named in `right` right-justified."""
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (
-        ("data", "left"),
-        ("h", "right"),
-        ("target", "left"),
-        ("forecast", "right"),
-        ("80% range", "right"),
-        ("change", "right"),
-        ("served", "left"),
-        ("status", "left"),
-    ):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for name in columns.split("|"):
+        table.add_column(name, justify="right" if name in right else "left", **options)
+    return table
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The `runs` table (Rich), newest first; styles show only where `render` is asked for colour (pure)."""
+    right = {"h", "forecast", "80% range", "change"}
+    table = _rich_table("data|h|target|forecast|80% range|change|served|status", right, overflow="fold")
     for r in rows:
         change = "-" if r["change"] is None else f"{r['change']:+.2f}"
         span = "-" if r["lo_80"] is None else f"{r['lo_80']:.2f}–{r['hi_80']:.2f}"
@@ -3551,7 +3440,7 @@ def runs_table(rows: Sequence[Mapping[str, Any]]) -> Any:
             r["data_date"] or "-",
             r["horizon"],
             r["target_date"] or "-",
-            _money(r["forecast"]),
+            _fmt(r["forecast"], "-", ",.2f"),
             span,
             change,
             r["served"],
@@ -3607,13 +3496,8 @@ def compare_table(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
 
     label, unit, better = METRIC_INFO[metric]
     share = metric.startswith(("coverage", "direction"))
-    fmt = (
-        (lambda v: f"{v:.0%}")
-        if share
-        else (lambda v: f"{v:.4f}")
-        if metric == "ratio_to_naive"
-        else (lambda v: f"{v:.2f}")
-    )
+    spec = ".0%" if share else ".4f" if metric == "ratio_to_naive" else ".2f"
+    fmt = lambda v: format(v, spec)  # noqa: E731
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("model")
     for r in rows:
@@ -3661,20 +3545,9 @@ def stats_rows(runs: Sequence[StoredRun], *, now: datetime) -> list[dict[str, An
 
 def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> Any:
     """The `stats` table (Rich) (pure)."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (
-        ("experiment", "left"),
-        ("runs", "right"),
-        ("finished", "right"),
-        ("failed", "right"),
-        ("degraded", "right"),
-        ("last run", "left"),
-        ("data", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = _rich_table(
+        "experiment|runs|finished|failed|degraded|last run|data", {"runs", "finished", "failed", "degraded"}
+    )
     for r in rows:
         rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
         tone = "green" if r["success_rate"] == 1 else "yellow" if r["success_rate"] is not None else ""
@@ -5343,7 +5216,7 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     edge = lambda col: [fc.last_close, *ens[col].to_list()]  # noqa: E731
     ax.fill_between(x, edge("lo_95"), edge("hi_95"), color="tab:blue", alpha=0.15, lw=0, label="95% range")
     ax.fill_between(
-        x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range{range_words(fc)}"
+        x, edge("lo_80"), edge("hi_80"), color="tab:blue", alpha=0.3, lw=0, label=f"80% range: {fc.interval_label}"
     )
     ax.plot(x, edge("forecast"), color="tab:blue", lw=1.6, label=f"forecast ({fc.backtest.rule} rule)")
     for axis in (a[0] for a in axes):
@@ -5916,8 +5789,6 @@ def run_record(
 
 def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlflow", "numpy")) -> dict[str, str]:
     """The installed version of each package a run depends on, read from its metadata (missing ones left out)."""
-    import importlib.metadata as md
-
     versions = {}
     for pkg in packages:
         with contextlib.suppress(md.PackageNotFoundError):
@@ -6311,24 +6182,9 @@ def track_figure(ledger: pl.DataFrame, prices: pl.DataFrame, horizon: str, *, la
         if mine.is_empty():
             continue
         x = mine["target"].to_list()
-        ax.vlines(
-            x,
-            mine["lo_95"].to_list(),
-            mine["hi_95"].to_list(),
-            color=colour,
-            alpha=0.25,
-            lw=3,
-            label=f"95% served ({kind})",
-        )
-        ax.vlines(
-            x,
-            mine["lo_80"].to_list(),
-            mine["hi_80"].to_list(),
-            color=colour,
-            alpha=0.6,
-            lw=3,
-            label=f"80% served ({kind})",
-        )
+        for lv, alpha in ((95, 0.25), (80, 0.6)):
+            lo, hi = mine[f"lo_{lv}"].to_list(), mine[f"hi_{lv}"].to_list()
+            ax.vlines(x, lo, hi, color=colour, alpha=alpha, lw=3, label=f"{lv}% served ({kind})")
         ax.scatter(x, mine["forecast"].to_list(), color=colour, s=8, zorder=3)
         missed = mine.filter(pl.col("hit_80").not_().fill_null(False))
         ax.scatter(
@@ -6363,9 +6219,6 @@ def send_email(environ: Mapping[str, str], message: Any) -> bool:
     Certificates are verified (FXCU_SMTP_CAFILE adds a private CA), and credentials are never
     sent without TLS.
     """
-    import smtplib
-    import ssl
-
     host, user = environ["FXCU_SMTP_HOST"], environ.get("FXCU_SMTP_USER")
     try:
         port = int(environ.get("FXCU_SMTP_PORT") or 587)
@@ -6407,8 +6260,6 @@ def email_reports(
 
     `extra` adds sections per horizon (what changed since the last run).
     """
-    from email.utils import make_msgid
-
     to = [a.strip() for a in environ.get("FXCU_SMTP_TO", "").split(",") if a.strip()]
     if preview is None and not (environ.get("FXCU_SMTP_HOST") and to):
         return False
@@ -6488,7 +6339,7 @@ def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseF
 def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]:
     """The forecast ledger scored in memory against the warehouse (nothing written), or why it cannot be read.
 
-    (None, None) without a ledger. Scored without WIS: `check` grades none, and utilsforecast's import is slow.
+    (None, None) without a ledger.
     """
     path = ledger_path(config)
     if not path.exists():
@@ -6501,7 +6352,7 @@ def read_scored_ledger(config: Config) -> tuple[pl.DataFrame | None, str | None]
     # an unreadable price file is the usdclp check's finding; grade the ledger as stored
     with contextlib.suppress(Exception):
         prices = pl.read_parquet(config.warehouse / USDCLP_CACHE, columns=[DATE, CLOSE])
-        ledger = score_ledger(ledger, prices, with_wis=False)
+        ledger = score_ledger(ledger, prices)
     return ledger, None
 
 
@@ -6932,32 +6783,28 @@ def print_table(table: Any, environ: Mapping[str, str]) -> None:
     print(render(table, color=tty and not environ.get("NO_COLOR"), width=width))
 
 
+def show_rows(rows: Any, document: Any, table: Callable[[], Any], environ: Mapping[str, str], as_json: bool) -> int:
+    """Print the dashboard's `document` as JSON, else its Rich `table`, or say there are no runs yet; return 0."""
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        print_table(table(), environ) if rows else print("no runs yet: `fxcu run 7d` makes one")
+    return 0
+
+
 def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int, as_json: bool) -> int:
     """Print the recent runs of the horizons, newest first: forecast, range, change, served models, status."""
     runs = read_runs(config, environ, horizons, last + 1)  # one more per horizon: the change of the oldest shown
     rows = runs_rows(runs, last)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no runs yet: `fxcu run 7d` makes one")
-    else:
-        print_table(runs_table(rows), environ)
-    return 0
+    return show_rows(rows, rows, lambda: runs_table(rows), environ, as_json)
 
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
     """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
     rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
     label, unit, better = METRIC_INFO[metric]
-    if as_json:
-        print(
-            json.dumps({"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}, indent=2)
-        )
-    elif not rows:
-        print("no runs yet: `fxcu run 7d` makes one")
-    else:
-        print_table(compare_table(rows, metric), environ)
-    return 0
+    document = {"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}
+    return show_rows(rows, document, lambda: compare_table(rows, metric), environ, as_json)
 
 
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
@@ -6975,8 +6822,6 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
 
 def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
     """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
-    import tarfile
-
     db = config.mlflow_db
     if not db.exists():
         print(f"fxcu: no MLflow database at {db}", file=sys.stderr)

@@ -2489,7 +2489,15 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
     folder, _, result = offline_run
     out = json.loads(result.stdout)
     model = out["interval_model"]
-    assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == fxcu.interval_label("naive", model)
+    words = {  # INTERVAL_MODELS' words, written out: what a reader of the JSON sees
+        "Naive": "Naive's range (daily volatility times the square root of trading days)",
+        "EWMA": "range from the EWMA of daily returns (RiskMetrics)",
+        "EWMA_5d": "range from the EWMA of 5-day returns",
+        "EWMA_5d_blend": "range from the EWMA of 5-day returns blended with their long-run variance",
+        "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
+        "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
+    }
+    assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == f"random walk; {words[model]}"
     assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
     assert out["range_crps_ratio_ci"][0] <= out["range_crps_ratio"] + 1e-9 and set(out["range_coverage_80_by"]) == {
         *fxcu.REGIMES,
@@ -2576,13 +2584,6 @@ def test_format_feature_gives_units_and_percentages(name, value, words):
 
 def test_every_feature_has_words():
     assert set(fxcu.FEATURE_WORDS) == set(fxcu.FEATURES)
-
-
-@pytest.mark.slow
-def test_range_words_reads_the_forecasts_interval_label(real_forecast_7d):
-
-    assert fxcu.range_words(real_forecast_7d).startswith(": random walk; ")
-    assert fxcu.range_words(SimpleNamespace(interval_label="GARCH on weekly returns")) == ": GARCH on weekly returns"
 
 
 def test_forecast_headline_one_horizon_and_a_digest():
