@@ -3816,7 +3816,7 @@ def test_yahoo_crumb_fetched_on_demand_retried_once_then_reused_and_kept_secret(
 @pytest.mark.slow
 def test_yahoo_crumb_request_failing_in_transport_is_asked_once_and_reported_as_yahoo_answered(tmp_path, caplog):
     with FakeSources(crumb_yahoo()) as api:
-        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url(), impersonate="off")
+        config = make_config(tmp_path, yahoo_url=api.url, yahoo_cookie_url=closed_url())  # the default transport
         session = fxcu.YahooSession(config)
         with caplog.at_level(logging.INFO), fxcu.make_client(config, session) as client:
             result = fxcu.fetch_source(
@@ -6041,8 +6041,8 @@ def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inp
 @pytest.mark.parametrize("args", [["fetch"], ["run", "7d"]], ids=["fetch", "run"])
 def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inprocess, args):
     data = tmp_path / "empty"
-    # INFO: the three sources share one closed port here, so Yahoo's curl_cffi mount would carry all of them: the
-    # wording asserted is httpx's (curl's own is checked in test_browser_transport_names_curl_errors_as_httpx_does)
+    # the three sources share one closed port here, so Yahoo's curl mount would carry all of them: the wording
+    # asserted is httpx's (curl's own is checked in test_browser_transport_refused_connection_is_a_connect_error)
     result = inprocess(args, fault_env(data, closed_url(), FXCU_HTTP_IMPERSONATE="off"))
     assert result.code == 1 and "Traceback" not in result.err
     refused = "connection error (ConnectError: [Errno 111] Connection refused)"
