@@ -1,4 +1,6 @@
-"""Tests for fxcu, section by section as in fxcu.py: shared builders first, the CLI fault matrix last.
+"""Tests for fxcu: the shared builders, then one section per banner of fxcu.py, in the module's order.
+
+The HTTP section ends with the cassettes, the CLI section with the fault matrix (docs/RELIABILITY.md).
 
 Offline: cassettes, httpx.MockTransport and local servers on 127.0.0.1 only.
 """
@@ -998,6 +1000,31 @@ def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
 
 
+# -- Values: levels, failures and degradations -----------------------------------------
+
+
+def test_jump_limits_sit_above_the_worst_real_move():
+    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
+        worst = frame[fxcu.CLOSE].log().diff().abs().max()
+        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
+        assert rules.jump < math.log(1.5)
+
+
+def test_degraded_reasons_are_values_not_sentences():
+    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
+    series = fxcu.ChosenSeries("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
+    bundle = fxcu.build_bundle(series, fxcu.ChosenSeries("copper", None, "none"))
+    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
+    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
+    reworded = fxcu.ChosenSeries(
+        "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
+    )
+    assert fxcu.build_bundle(reworded, fxcu.ChosenSeries("copper", None, "none")).degraded == (
+        fxcu.Degraded.NO_COPPER,
+        fxcu.Degraded.STALE,
+    )
+
+
 # -- Core: requests and redaction ------------------------------------------------------
 
 
@@ -1518,13 +1545,6 @@ def test_implausible_never_refuses_the_real_histories(name, rules):
         assert fxcu.implausible(fresh, fresh, rules=rules, now=now) == [], (name, cut)
 
 
-def test_jump_limits_sit_above_the_worst_real_move():
-    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
-        worst = frame[fxcu.CLOSE].log().diff().abs().max()
-        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
-        assert rules.jump < math.log(1.5)
-
-
 @pytest.mark.slow
 @given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40))
 @settings(max_examples=100, deadline=None)
@@ -1637,30 +1657,6 @@ def test_check_age_never_calls_a_future_date_fresh(last, level):
     assert (
         fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
         == level
-    )
-
-
-def test_every_source_is_described_once():
-    for series, sources in fxcu.SOURCES.items():
-        assert (
-            [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
-        )
-        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
-    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
-
-
-def test_degraded_reasons_are_values_not_sentences():
-    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
-    series = fxcu.ChosenSeries("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
-    bundle = fxcu.build_bundle(series, fxcu.ChosenSeries("copper", None, "none"))
-    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
-    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
-    reworded = fxcu.ChosenSeries(
-        "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
-    )
-    assert fxcu.build_bundle(reworded, fxcu.ChosenSeries("copper", None, "none")).degraded == (
-        fxcu.Degraded.NO_COPPER,
-        fxcu.Degraded.STALE,
     )
 
 
@@ -2150,15 +2146,7 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
-# -- Core: interval (variance) models and the weekly density backtest ------------------
-
-
-def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
-    from scipy.stats import norm
-
-    z = (y - mu) / sigma
-    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+# -- Core: proper scores ---------------------------------------------------------------
 
 
 @given(st.integers(0, 10_000), st.floats(0.002, 0.05), st.sampled_from([0.5, 0.7, 0.8, 1.25, 1.5, 2.0]))
@@ -2222,6 +2210,17 @@ def test_wis_is_bracher_et_al_at_any_price_level():
         bounds = {"lo95": -z95, "lo80": -z80, "mid": 0.0, "hi80": z80, "hi95": z95}
         row = pl.DataFrame({"actual": [1.0 + shift]} | {k: [v + shift] for k, v in bounds.items()})
         assert fxcu.wis(row, quantiles)["m"][0] == pytest.approx(by_hand, rel=1e-12)
+
+
+# -- Core: interval (variance) models and the weekly density backtest ------------------
+
+
+def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
+    from scipy.stats import norm
+
+    z = (y - mu) / sigma
+    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
 
 
 def noisy_random_walk(n: int, sigma: float, noise: float, seed: int) -> np.ndarray:
@@ -2817,26 +2816,6 @@ def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
     assert after.height >= before.height
     assert after.height == len(set(old) | set(new))
     assert not after.select(fxcu.LEDGER_KEY).is_duplicated().any()
-
-
-def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
-    path = tmp_path / "warehouse" / fxcu.LEDGER
-    three = fxcu.upsert_ledger(
-        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
-    )
-    fxcu.write_ledger(three, path)
-    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
-        fxcu.write_ledger(three.head(1), path)
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
-    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
-    with pytest.raises(OSError):
-        fxcu.write_ledger(four, path)
-    assert_frame_equal(fxcu.read_ledger(path), three)
-    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
 
 
 def test_binomial_band_matches_the_binomial_distribution():
@@ -3443,6 +3422,87 @@ def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
     assert fxcu.track_perf(fxcu.empty_ledger()) == []
 
 
+# -- Core: the sources, each described in one place ------------------------------------
+
+
+def test_every_source_is_described_once():
+    for series, sources in fxcu.SOURCES.items():
+        assert (
+            [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        )
+        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
+    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
+
+
+# -- Shell: files, locks and processes -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_file_lock_times_out_cleanly(tmp_path):
+    lock = tmp_path / ".lock"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(lock), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(TimeoutError, match="held by another process"), fxcu.file_lock(lock, timeout=0.3):
+            pass
+    finally:
+        release.set()
+        holder.join(20)
+
+
+@pytest.mark.slow
+def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
+    finally:
+        release.set()
+        holder.join(20)
+    assert result.code == 1 and result.out == ""
+    assert (
+        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
+        and "held by another process after" in result.err
+    )
+    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
+
+
+def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    live, host = fxcu.temp_owner().split("@")
+    dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / f".tmp-{dead}-abc").mkdir()
+    (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
+    (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
+    (tmp_path / f".tmp-{live}@{host}-mine").mkdir()
+    (tmp_path / "warehouse" / f".copper.parquet.{live}@{host}.tmp").write_text("being written")
+    (tmp_path / "warehouse" / f".copper.parquet.{other}.tmp").write_text("another container's, maybe live")
+    (tmp_path / ".tmp-oldrelease").mkdir()
+    (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
+    assert fxcu.clean_leftovers(tmp_path) == 2
+    kept_now = [
+        ".tmp-oldrelease",
+        f".tmp-{live}@{host}-mine",
+        f"warehouse/.copper.parquet.{live}@{host}.tmp",
+        f"warehouse/.copper.parquet.{other}.tmp",
+    ]
+    assert temp_leftovers(tmp_path) == sorted(kept_now)
+    assert (
+        fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2
+    )  # no owner, or another host's: removed once an hour old
+    assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
+    assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
+
+
 # -- Shell: HTTP -----------------------------------------------------------------------
 
 
@@ -3918,27 +3978,7 @@ def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
     assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
 
 
-@pytest.mark.slow
-def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(20)
-        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
-    finally:
-        release.set()
-        holder.join(20)
-    assert result.code == 1 and result.out == ""
-    assert (
-        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
-        and "held by another process after" in result.err
-    )
-    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
-
-
-# -- Shell: cassettes (real data in real response shapes) ------------------------------
+# Cassettes: real data in real response shapes.
 
 
 def read_cassette(name: str) -> list[dict]:
@@ -4287,22 +4327,6 @@ def test_two_processes_fetching_at_once_lose_nothing(tmp_path):
     assert set(stored[fxcu.DATE]) == set(days[0]) | set(days[1])
     assert stored[fxcu.DATE].is_sorted() and stored.height == stored[fxcu.DATE].n_unique()
     assert not list((tmp_path / "warehouse").glob("*.tmp"))
-
-
-@pytest.mark.slow
-def test_file_lock_times_out_cleanly(tmp_path):
-    lock = tmp_path / ".lock"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(lock), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(20)
-        with pytest.raises(TimeoutError, match="held by another process"), fxcu.file_lock(lock, timeout=0.3):
-            pass
-    finally:
-        release.set()
-        holder.join(20)
 
 
 # -- Shell: reports, charts, status ----------------------------------------------------
@@ -4689,6 +4713,52 @@ def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundl
     assert set(fxcu.package_versions(("polars", "no-such-package-fxcu"))) == {"polars"}
 
 
+# -- Shell: the forecast ledger --------------------------------------------------------
+
+
+def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    three = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
+    )
+    fxcu.write_ledger(three, path)
+    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
+        fxcu.write_ledger(three.head(1), path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
+    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
+    with pytest.raises(OSError):
+        fxcu.write_ledger(four, path)
+    assert_frame_equal(fxcu.read_ledger(path), three)
+    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
+
+
+def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    path.write_bytes(b"not parquet")
+    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
+    assert path.read_bytes() == b"not parquet"
+
+
+@pytest.mark.slow  # the real-data forecast behind it, as for the other chart tests
+def test_track_chart_of_a_first_run_marks_the_one_realised_close(real_forecast_7d, real_bundle):
+    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
+    entry = fxcu.ledger_entry(real_forecast_7d, real_bundle, run_id=None, now=now)
+    first = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])  # origin 2024-07-15, the last close
+    earlier = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry | {"origin": date(2024, 6, 14)}])
+    (alone,) = [ln for ln in fxcu.track_figure(first, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    (line,) = [ln for ln in fxcu.track_figure(earlier, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    assert alone.get_label() == line.get_label() == "USD/CLP realised"
+    assert len(alone.get_xdata()) == 1 and alone.get_marker() == "o"  # a point, which a line alone would not draw
+    assert len(line.get_xdata()) > 20 and line.get_marker() == "None"
+
+
 # -- Shell: email ----------------------------------------------------------------------
 
 
@@ -4856,6 +4926,16 @@ def test_skip_email_sends_nothing(data_dir, shared_models):
     assert server.messages == []
 
 
+# -- Shell: the facts `check` grades ---------------------------------------------------
+
+
+def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
+    assert "usdclp.parquet unreadable" in capsys.readouterr().out
+
+
 # -- Commands: fetch, validate, run ----------------------------------------------------
 
 
@@ -5021,19 +5101,6 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
     assert list(stages.seconds) == ["fetch", "backtest"]
     assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
     assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
-
-
-@pytest.mark.slow  # the real-data forecast behind it, as for the other chart tests
-def test_track_chart_of_a_first_run_marks_the_one_realised_close(real_forecast_7d, real_bundle):
-    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
-    entry = fxcu.ledger_entry(real_forecast_7d, real_bundle, run_id=None, now=now)
-    first = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])  # origin 2024-07-15, the last close
-    earlier = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry | {"origin": date(2024, 6, 14)}])
-    (alone,) = [ln for ln in fxcu.track_figure(first, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
-    (line,) = [ln for ln in fxcu.track_figure(earlier, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
-    assert alone.get_label() == line.get_label() == "USD/CLP realised"
-    assert len(alone.get_xdata()) == 1 and alone.get_marker() == "o"  # a point, which a line alone would not draw
-    assert len(line.get_xdata()) > 20 and line.get_marker() == "None"
 
 
 @pytest.mark.slow
@@ -5360,13 +5427,6 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
 # -- Commands: track and check ---------------------------------------------------------
 
 
-def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
-    (tmp_path / "warehouse").mkdir()
-    (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
-    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
-    assert "usdclp.parquet unreadable" in capsys.readouterr().out
-
-
 def test_check_reads_fxcu_max_age_days(tmp_path, capsys):
     write_real_warehouse(tmp_path)  # ends 2024-07-15
     fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "20"})
@@ -5428,16 +5488,6 @@ def test_check_with_a_ledger_grades_live_coverage_and_the_t_test(tmp_path, capsy
     fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)})
     graded = [line for line in capsys.readouterr().out.splitlines() if line.split()[1:3] == ["track", "7d"]]
     assert any("7d coverage: " in line for line in graded) and any("(p=" in line for line in graded)  # both tests ran
-
-
-def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
-    write_real_warehouse(tmp_path)
-    path = tmp_path / "warehouse" / fxcu.LEDGER
-    path.write_bytes(b"not parquet")
-    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
-    assert path.read_bytes() == b"not parquet"
 
 
 def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
@@ -5670,11 +5720,11 @@ def test_track_bad_arguments_are_one_line(args, capsys):
     assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
-# -- Commands: the fault matrix (docs/RELIABILITY.md) ----------------------------------
-# Every row runs the real CLI (`python fxcu.py ...`, or `fxcu.main` in-process where retries
-# would sleep) against Yahoo, FRED and mindicador played by a local HTTP server, then proves
-# the exit code, the lines the user sees, that the warehouse and the MLflow database lost
-# nothing, and that the FRED key is nowhere: not in any output, file under the data dir or cassette.
+# The fault matrix (docs/RELIABILITY.md): the CLI driven end to end. Every row runs the real CLI
+# (`python fxcu.py ...`, or `fxcu.main` in-process where retries would sleep) against Yahoo, FRED
+# and mindicador played by a local HTTP server, then proves the exit code, the lines the user sees,
+# that the warehouse and the MLflow database lost nothing, and that the FRED key is nowhere: not in
+# any output, file under the data dir or cassette.
 
 TOO_MANY = "Too Many Requests\r\n"  # Yahoo's real 429 body: 19 bytes of text, not JSON (yahoo/ERRORS_AND_429.md)
 FRED_BAD_KEY = (  # verbatim (fred/ERRORS.md): two spaces after each sentence, `\/` escapes
@@ -6887,36 +6937,6 @@ def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path
     with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert conn.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] == 0
-
-
-def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
-    dead_pid = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    live, host = fxcu.temp_owner().split("@")
-    dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
-    (tmp_path / "warehouse").mkdir()
-    (tmp_path / f".tmp-{dead}-abc").mkdir()
-    (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
-    (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
-    (tmp_path / f".tmp-{live}@{host}-mine").mkdir()
-    (tmp_path / "warehouse" / f".copper.parquet.{live}@{host}.tmp").write_text("being written")
-    (tmp_path / "warehouse" / f".copper.parquet.{other}.tmp").write_text("another container's, maybe live")
-    (tmp_path / ".tmp-oldrelease").mkdir()
-    (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
-    assert fxcu.clean_leftovers(tmp_path) == 2
-    kept_now = [
-        ".tmp-oldrelease",
-        f".tmp-{live}@{host}-mine",
-        f"warehouse/.copper.parquet.{live}@{host}.tmp",
-        f"warehouse/.copper.parquet.{other}.tmp",
-    ]
-    assert temp_leftovers(tmp_path) == sorted(kept_now)
-    assert (
-        fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2
-    )  # no owner, or another host's: removed once an hour old
-    assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
-    assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
 
 
 @pytest.mark.slow
