@@ -1,4 +1,6 @@
-"""Tests for fxcu, section by section as in fxcu.py: shared builders first, the CLI fault matrix last.
+"""Tests for fxcu: the shared builders, then one section per banner of fxcu.py, in the module's order.
+
+The HTTP section ends with the cassettes, the CLI section with the fault matrix (docs/RELIABILITY.md).
 
 Offline: cassettes, httpx.MockTransport and local servers on 127.0.0.1 only.
 """
@@ -39,7 +41,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -900,6 +902,85 @@ def kept(data_dir: Path) -> Kept:
     return Kept(files, dates, mlflow_runs(data_dir), db.read_bytes() if db.exists() else None)
 
 
+def assert_nothing_lost(
+    before: Kept,
+    data_dir: Path,
+    *,
+    unchanged: tuple[str, ...] = (),
+    runs_added: int | None = 0,
+    db_unchanged: bool = False,
+) -> Kept:
+    """Every warehouse file still holds every date it held (`unchanged` ones byte for byte); MLflow lost no run.
+
+    `runs_added` is how many runs the row records, or None where a killed or cut row may have recorded one or not.
+    """
+    after = kept(data_dir)
+    for name, days in before.dates.items():
+        if days is not None:
+            assert after.dates.get(name) is not None and days <= after.dates[name], f"{name} lost dates"
+    for name in unchanged:
+        assert after.files[name] == before.files[name], f"{name} changed"
+    if runs_added is None:
+        assert after.runs >= before.runs
+    else:
+        assert after.runs == before.runs + runs_added
+    if db_unchanged:
+        assert after.db == before.db
+    return after
+
+
+@functools.cache
+def cassette_texts() -> tuple[str, ...]:
+    return tuple(p.read_text() for p in sorted(CASSETTES.glob("*.yaml")))
+
+
+def assert_key_nowhere(data_dir: Path, *outcomes: Outcome) -> None:
+    """The FRED key is in no stdout or stderr line, no file under the data dir (db and mlruns too) and no cassette."""
+    unredacted = re.compile(r"api_key=(?!\*\*\*)")
+    for outcome in outcomes:
+        for text in (outcome.out, outcome.err):
+            assert FRED_KEY not in text and not unredacted.search(text)
+            assert "Traceback" not in text
+    if data_dir.is_dir():
+        for path in data_dir.rglob("*"):
+            if path.is_file():
+                assert FRED_KEY.encode() not in path.read_bytes(), path
+    for text in cassette_texts():
+        assert FRED_KEY not in text and not re.search(r"api_key=\w", text)
+
+
+@dataclasses.dataclass
+class Guard:
+    """A fault row under `guarded`: the warehouse and MLflow store `before` it and `after` it, and what the user saw."""
+
+    before: Kept
+    outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    after: Kept | None = None
+
+    def __call__(self, outcome: Outcome) -> Outcome:
+        """Record `outcome` for the key check and give it back."""
+        self.outcomes.append(outcome)
+        return outcome
+
+
+@contextlib.contextmanager
+def guarded(
+    data_dir: Path, *, unchanged: tuple[str, ...] = (), runs_added: int | None = 0, db_unchanged: bool = False
+) -> Iterator[Guard]:
+    """Note the warehouse and the MLflow store (`kept`); once the block has run, prove nothing lost, the key nowhere.
+
+    The two checks of every fault row: `assert_nothing_lost` (no date gone from a warehouse file, `unchanged` files
+    byte for byte, the runs counted) and `assert_key_nowhere` (in no outcome recorded by calling the guard, no file
+    under the data dir, no cassette). A block that raises is not checked: its own error is the failure to read.
+    """
+    guard = Guard(kept(data_dir))
+    yield guard
+    guard.after = assert_nothing_lost(
+        guard.before, data_dir, unchanged=unchanged, runs_added=runs_added, db_unchanged=db_unchanged
+    )
+    assert_key_nowhere(data_dir, *guard.outcomes)
+
+
 # -- Constants & config ----------------------------------------------------------------
 
 
@@ -996,6 +1077,31 @@ def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
+
+
+# -- Values: levels, failures and degradations -----------------------------------------
+
+
+def test_jump_limits_sit_above_the_worst_real_move():
+    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
+        worst = frame[fxcu.CLOSE].log().diff().abs().max()
+        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
+        assert rules.jump < math.log(1.5)
+
+
+def test_degraded_reasons_are_values_not_sentences():
+    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
+    series = fxcu.ChosenSeries("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
+    bundle = fxcu.build_bundle(series, fxcu.ChosenSeries("copper", None, "none"))
+    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
+    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
+    reworded = fxcu.ChosenSeries(
+        "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
+    )
+    assert fxcu.build_bundle(reworded, fxcu.ChosenSeries("copper", None, "none")).degraded == (
+        fxcu.Degraded.NO_COPPER,
+        fxcu.Degraded.STALE,
+    )
 
 
 # -- Core: requests and redaction ------------------------------------------------------
@@ -1518,13 +1624,6 @@ def test_implausible_never_refuses_the_real_histories(name, rules):
         assert fxcu.implausible(fresh, fresh, rules=rules, now=now) == [], (name, cut)
 
 
-def test_jump_limits_sit_above_the_worst_real_move():
-    for frame, rules in ((real_usdclp(), fxcu.USDCLP_RULES), (real_copper(), fxcu.COPPER_RULES)):
-        worst = frame[fxcu.CLOSE].log().diff().abs().max()
-        assert worst < rules.jump < 1.5 * worst  # above every real day, and not so far above it that +50% passes
-        assert rules.jump < math.log(1.5)
-
-
 @pytest.mark.slow
 @given(st.integers(12, 40), st.floats(600, 1000), st.lists(st.floats(-0.02, 0.02), min_size=40, max_size=40))
 @settings(max_examples=100, deadline=None)
@@ -1637,30 +1736,6 @@ def test_check_age_never_calls_a_future_date_fresh(last, level):
     assert (
         fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
         == level
-    )
-
-
-def test_every_source_is_described_once():
-    for series, sources in fxcu.SOURCES.items():
-        assert (
-            [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
-        )
-        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
-    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
-
-
-def test_degraded_reasons_are_values_not_sentences():
-    reason = fxcu.Reason(fxcu.Degraded.STALE, "stale: USD/CLP last date 2024-07-15, 864 days old")
-    series = fxcu.ChosenSeries("usdclp", real_usdclp(), "cache", degraded=(reason, fxcu.Reason(fxcu.Degraded.CACHED)))
-    bundle = fxcu.build_bundle(series, fxcu.ChosenSeries("copper", None, "none"))
-    assert bundle.degraded == (fxcu.Degraded.NO_COPPER, fxcu.Degraded.STALE, fxcu.Degraded.CACHED)
-    assert bundle.degraded_detail == ("no copper", "stale: USD/CLP last date 2024-07-15, 864 days old", "cached data")
-    reworded = fxcu.ChosenSeries(
-        "usdclp", real_usdclp(), "cache", degraded=(dataclasses.replace(reason, detail="anything at all"),)
-    )
-    assert fxcu.build_bundle(reworded, fxcu.ChosenSeries("copper", None, "none")).degraded == (
-        fxcu.Degraded.NO_COPPER,
-        fxcu.Degraded.STALE,
     )
 
 
@@ -2150,15 +2225,7 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
-# -- Core: interval (variance) models and the weekly density backtest ------------------
-
-
-def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
-    from scipy.stats import norm
-
-    z = (y - mu) / sigma
-    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+# -- Core: proper scores ---------------------------------------------------------------
 
 
 @given(st.integers(0, 10_000), st.floats(0.002, 0.05), st.sampled_from([0.5, 0.7, 0.8, 1.25, 1.5, 2.0]))
@@ -2222,6 +2289,17 @@ def test_wis_is_bracher_et_al_at_any_price_level():
         bounds = {"lo95": -z95, "lo80": -z80, "mid": 0.0, "hi80": z80, "hi95": z95}
         row = pl.DataFrame({"actual": [1.0 + shift]} | {k: [v + shift] for k, v in bounds.items()})
         assert fxcu.wis(row, quantiles)["m"][0] == pytest.approx(by_hand, rel=1e-12)
+
+
+# -- Core: interval (variance) models and the weekly density backtest ------------------
+
+
+def oracle_crps_normal(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gneiting & Raftery's closed form for a Gaussian forecast, written out here from scipy's pdf and cdf."""
+    from scipy.stats import norm
+
+    z = (y - mu) / sigma
+    return sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
 
 
 def noisy_random_walk(n: int, sigma: float, noise: float, seed: int) -> np.ndarray:
@@ -2818,26 +2896,6 @@ def test_upsert_ledger_never_shrinks_and_keeps_one_row_per_key(old, new):
     assert after.height >= before.height
     assert after.height == len(set(old) | set(new))
     assert not after.select(fxcu.LEDGER_KEY).is_duplicated().any()
-
-
-def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
-    path = tmp_path / "warehouse" / fxcu.LEDGER
-    three = fxcu.upsert_ledger(
-        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
-    )
-    fxcu.write_ledger(three, path)
-    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
-        fxcu.write_ledger(three.head(1), path)
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
-    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
-    with pytest.raises(OSError):
-        fxcu.write_ledger(four, path)
-    assert_frame_equal(fxcu.read_ledger(path), three)
-    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
 
 
 def test_binomial_band_matches_the_binomial_distribution():
@@ -3444,6 +3502,87 @@ def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
     assert fxcu.track_perf(fxcu.empty_ledger()) == []
 
 
+# -- Core: the sources, each described in one place ------------------------------------
+
+
+def test_every_source_is_described_once():
+    for series, sources in fxcu.SOURCES.items():
+        assert (
+            [s.rank for s in sources] == sorted(s.rank for s in sources) == [fxcu.SOURCE_RANK[s.name] for s in sources]
+        )
+        assert all(s.series == series and s.plausible is fxcu.PLAUSIBLE[series] for s in sources)
+    assert [s.label for ss in fxcu.SOURCES.values() for s in ss] == ["yahoo CLP=X", "mindicador", "yahoo HG=F", "fred"]
+
+
+# -- Shell: files, locks and processes -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_file_lock_times_out_cleanly(tmp_path):
+    lock = tmp_path / ".lock"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(lock), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(TimeoutError, match="held by another process"), fxcu.file_lock(lock, timeout=0.3):
+            pass
+    finally:
+        release.set()
+        holder.join(20)
+
+
+@pytest.mark.slow
+def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
+    finally:
+        release.set()
+        holder.join(20)
+    assert result.code == 1 and result.out == ""
+    assert (
+        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
+        and "held by another process after" in result.err
+    )
+    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
+
+
+def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    live, host = fxcu.temp_owner().split("@")
+    dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / f".tmp-{dead}-abc").mkdir()
+    (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
+    (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
+    (tmp_path / f".tmp-{live}@{host}-mine").mkdir()
+    (tmp_path / "warehouse" / f".copper.parquet.{live}@{host}.tmp").write_text("being written")
+    (tmp_path / "warehouse" / f".copper.parquet.{other}.tmp").write_text("another container's, maybe live")
+    (tmp_path / ".tmp-oldrelease").mkdir()
+    (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
+    assert fxcu.clean_leftovers(tmp_path) == 2
+    kept_now = [
+        ".tmp-oldrelease",
+        f".tmp-{live}@{host}-mine",
+        f"warehouse/.copper.parquet.{live}@{host}.tmp",
+        f"warehouse/.copper.parquet.{other}.tmp",
+    ]
+    assert temp_leftovers(tmp_path) == sorted(kept_now)
+    assert (
+        fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2
+    )  # no owner, or another host's: removed once an hour old
+    assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
+    assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
+
+
 # -- Shell: HTTP -----------------------------------------------------------------------
 
 
@@ -3919,27 +4058,7 @@ def test_check_network_says_which_transport_and_crumb_state(tmp_path, capsys):
     assert api.count(fxcu.YAHOO_CRUMB_PATH) == 1 and CRUMB not in json.dumps(checks)
 
 
-@pytest.mark.slow
-def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(data_dir / ".run.lock"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(20)
-        result = cli(["run", "7d", "--offline"], run_env(data_dir, FXCU_LOCK_TIMEOUT="0.5"), tmp_path)
-    finally:
-        release.set()
-        holder.join(20)
-    assert result.code == 1 and result.out == ""
-    assert (
-        result.err.strip().splitlines()[-1].startswith("fxcu: run lock ")
-        and "held by another process after" in result.err
-    )
-    assert "Traceback" not in result.err and not (data_dir / "reports").exists()
-
-
-# -- Shell: cassettes (real data in real response shapes) ------------------------------
+# Cassettes: real data in real response shapes.
 
 
 def read_cassette(name: str) -> list[dict]:
@@ -4288,22 +4407,6 @@ def test_two_processes_fetching_at_once_lose_nothing(tmp_path):
     assert set(stored[fxcu.DATE]) == set(days[0]) | set(days[1])
     assert stored[fxcu.DATE].is_sorted() and stored.height == stored[fxcu.DATE].n_unique()
     assert not list((tmp_path / "warehouse").glob("*.tmp"))
-
-
-@pytest.mark.slow
-def test_file_lock_times_out_cleanly(tmp_path):
-    lock = tmp_path / ".lock"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(lock), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(20)
-        with pytest.raises(TimeoutError, match="held by another process"), fxcu.file_lock(lock, timeout=0.3):
-            pass
-    finally:
-        release.set()
-        holder.join(20)
 
 
 # -- Shell: reports, charts, status ----------------------------------------------------
@@ -4690,6 +4793,52 @@ def test_run_record_takes_package_versions_as_given(real_forecast_7d, real_bundl
     assert set(fxcu.package_versions(("polars", "no-such-package-fxcu"))) == {"polars"}
 
 
+# -- Shell: the forecast ledger --------------------------------------------------------
+
+
+def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    three = fxcu.upsert_ledger(
+        fxcu.empty_ledger(), [ledger_row(date(2024, 5, d), date(2024, 5, d + 7)) for d in (1, 2, 3)]
+    )
+    fxcu.write_ledger(three, path)
+    with pytest.raises(fxcu.LedgerError, match="refusing to shrink the forecast ledger from 3 to 1 rows"):
+        fxcu.write_ledger(three.head(1), path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fxcu.os, "replace", broken_replace)
+    four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
+    with pytest.raises(OSError):
+        fxcu.write_ledger(four, path)
+    assert_frame_equal(fxcu.read_ledger(path), three)
+    assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
+
+
+def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
+    write_real_warehouse(tmp_path)
+    path = tmp_path / "warehouse" / fxcu.LEDGER
+    path.write_bytes(b"not parquet")
+    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
+    assert path.read_bytes() == b"not parquet"
+
+
+@pytest.mark.slow  # the real-data forecast behind it, as for the other chart tests
+def test_track_chart_of_a_first_run_marks_the_one_realised_close(real_forecast_7d, real_bundle):
+    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
+    entry = fxcu.ledger_entry(real_forecast_7d, real_bundle, run_id=None, now=now)
+    first = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])  # origin 2024-07-15, the last close
+    earlier = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry | {"origin": date(2024, 6, 14)}])
+    (alone,) = [ln for ln in fxcu.track_figure(first, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    (line,) = [ln for ln in fxcu.track_figure(earlier, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
+    assert alone.get_label() == line.get_label() == "USD/CLP realised"
+    assert len(alone.get_xdata()) == 1 and alone.get_marker() == "o"  # a point, which a line alone would not draw
+    assert len(line.get_xdata()) > 20 and line.get_marker() == "None"
+
+
 # -- Shell: email ----------------------------------------------------------------------
 
 
@@ -4857,6 +5006,16 @@ def test_skip_email_sends_nothing(data_dir, shared_models):
     assert server.messages == []
 
 
+# -- Shell: the facts `check` grades ---------------------------------------------------
+
+
+def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "warehouse").mkdir()
+    (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
+    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
+    assert "usdclp.parquet unreadable" in capsys.readouterr().out
+
+
 # -- Commands: fetch, validate, run ----------------------------------------------------
 
 
@@ -5022,19 +5181,6 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
     assert list(stages.seconds) == ["fetch", "backtest"]
     assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
     assert fxcu.format_stages({"fetch": 0.123, "report": 2}) == "fetch 0.12 s, report 2.00 s"
-
-
-@pytest.mark.slow  # the real-data forecast behind it, as for the other chart tests
-def test_track_chart_of_a_first_run_marks_the_one_realised_close(real_forecast_7d, real_bundle):
-    now = datetime(2024, 7, 16, 15, 0, tzinfo=UTC)
-    entry = fxcu.ledger_entry(real_forecast_7d, real_bundle, run_id=None, now=now)
-    first = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])  # origin 2024-07-15, the last close
-    earlier = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry | {"origin": date(2024, 6, 14)}])
-    (alone,) = [ln for ln in fxcu.track_figure(first, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
-    (line,) = [ln for ln in fxcu.track_figure(earlier, real_bundle.usdclp, "7d").axes[0].lines if ln.get_label()]
-    assert alone.get_label() == line.get_label() == "USD/CLP realised"
-    assert len(alone.get_xdata()) == 1 and alone.get_marker() == "o"  # a point, which a line alone would not draw
-    assert len(line.get_xdata()) > 20 and line.get_marker() == "None"
 
 
 @pytest.mark.slow
@@ -5361,13 +5507,6 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
 # -- Commands: track and check ---------------------------------------------------------
 
 
-def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
-    (tmp_path / "warehouse").mkdir()
-    (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
-    assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
-    assert "usdclp.parquet unreadable" in capsys.readouterr().out
-
-
 def test_check_reads_fxcu_max_age_days(tmp_path, capsys):
     write_real_warehouse(tmp_path)  # ends 2024-07-15
     fxcu.main(["check", "--json"], {"FXCU_DATA_DIR": str(tmp_path), "FXCU_MAX_AGE_DAYS": "20"})
@@ -5429,16 +5568,6 @@ def test_check_with_a_ledger_grades_live_coverage_and_the_t_test(tmp_path, capsy
     fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)})
     graded = [line for line in capsys.readouterr().out.splitlines() if line.split()[1:3] == ["track", "7d"]]
     assert any("7d coverage: " in line for line in graded) and any("(p=" in line for line in graded)  # both tests ran
-
-
-def test_read_ledger_unreadable_is_reported_and_left_alone(tmp_path, capsys):
-    write_real_warehouse(tmp_path)
-    path = tmp_path / "warehouse" / fxcu.LEDGER
-    path.write_bytes(b"not parquet")
-    assert fxcu.main(["track"], {"FXCU_DATA_DIR": str(tmp_path)}) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "forecast ledger" in err and "unreadable" in err
-    assert path.read_bytes() == b"not parquet"
 
 
 def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
@@ -5671,11 +5800,11 @@ def test_track_bad_arguments_are_one_line(args, capsys):
     assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
-# -- Commands: the fault matrix (docs/RELIABILITY.md) ----------------------------------
-# Every row runs the real CLI (`python fxcu.py ...`, or `fxcu.main` in-process where retries
-# would sleep) against Yahoo, FRED and mindicador played by a local HTTP server, then proves
-# the exit code, the lines the user sees, that the warehouse and the MLflow database lost
-# nothing, and that the FRED key is nowhere: not in any output, file under the data dir or cassette.
+# The fault matrix (docs/RELIABILITY.md): the CLI driven end to end. Every row runs the real CLI
+# (`python fxcu.py ...`, or `fxcu.main` in-process where retries would sleep) against Yahoo, FRED
+# and mindicador played by a local HTTP server, then proves the exit code, the lines the user sees,
+# that the warehouse and the MLflow database lost nothing, and that the FRED key is nowhere: not in
+# any output, file under the data dir or cassette (the last two by `guarded`, in the builders).
 
 TOO_MANY = "Too Many Requests\r\n"  # Yahoo's real 429 body: 19 bytes of text, not JSON (yahoo/ERRORS_AND_429.md)
 FRED_BAD_KEY = (  # verbatim (fred/ERRORS.md): two spaces after each sentence, `\/` escapes
@@ -5688,42 +5817,6 @@ def yahoo_reply(name: str) -> Reply:
     """A real recorded Yahoo answer (status and body) from ../shared/data/yahoo."""
     response = load_json("yahoo", name)["response"]
     return Reply(response["status"], response.get("body") or json.dumps(response["bodyJson"]))
-
-
-def assert_nothing_lost(
-    before: Kept, data_dir: Path, *, unchanged: tuple[str, ...] = (), runs_added: int = 0, db_unchanged: bool = False
-) -> Kept:
-    """Every warehouse file still holds every date it held (`unchanged` ones byte for byte); MLflow lost no run."""
-    after = kept(data_dir)
-    for name, days in before.dates.items():
-        if days is not None:
-            assert after.dates.get(name) is not None and days <= after.dates[name], f"{name} lost dates"
-    for name in unchanged:
-        assert after.files[name] == before.files[name], f"{name} changed"
-    assert after.runs == before.runs + runs_added
-    if db_unchanged:
-        assert after.db == before.db
-    return after
-
-
-@functools.cache
-def cassette_texts() -> tuple[str, ...]:
-    return tuple(p.read_text() for p in sorted(CASSETTES.glob("*.yaml")))
-
-
-def assert_key_nowhere(data_dir: Path, *outcomes: Outcome) -> None:
-    """The FRED key is in no stdout or stderr line, no file under the data dir (db and mlruns too) and no cassette."""
-    unredacted = re.compile(r"api_key=(?!\*\*\*)")
-    for outcome in outcomes:
-        for text in (outcome.out, outcome.err):
-            assert FRED_KEY not in text and not unredacted.search(text)
-            assert "Traceback" not in text
-    if data_dir.is_dir():
-        for path in data_dir.rglob("*"):
-            if path.is_file():
-                assert FRED_KEY.encode() not in path.read_bytes(), path
-    for text in cassette_texts():
-        assert FRED_KEY not in text and not re.search(r"api_key=\w", text)
 
 
 # Yahoo: every answer that is not a price history.
@@ -5743,9 +5836,11 @@ def assert_key_nowhere(data_dir: Path, *outcomes: Outcome) -> None:
     ids=["429", "500", "503"],
 )
 def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply, seen):
-    before = kept(data_dir)
-    with FakeSources(routes(clp=reply, hg=reply)) as api:
-        result = inprocess(["fetch"], fault_env(data_dir, api.url))
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=reply, hg=reply)) as api,
+    ):
+        result = guard(inprocess(["fetch"], fault_env(data_dir, api.url)))
     assert result.code == 0 and "Traceback" not in result.err
     # three tries each, then the backups; Yahoo's 429 text asks for a crumb: one cookie and getcrumb (refused, a 404 on
     # this server) and one retry of CLP=X on the first try, none for HG=F once a crumb was refused
@@ -5761,24 +5856,23 @@ def test_fault_yahoo_429_and_5xx_retry_then_fall_back(data_dir, inprocess, reply
     assert "WARNING fxcu: Using FRED backup for copper prices (monthly, degraded)" in result.err
     assert re.search(r"^usdclp: mindicador, 4\d{3} rows, 2006-05-16 \.\. 2026-10-08$", result.out, re.M)
     assert f"  yahoo failed: {seen}" in result.out and "copper: fred, monthly, 343 rows" in result.out
-    after = assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert len(after.dates[fxcu.USDCLP_CACHE]) > len(before.dates[fxcu.USDCLP_CACHE])  # mindicador's days merged in
-    assert_key_nowhere(data_dir, result)
+    before, after = guard.before.dates[fxcu.USDCLP_CACHE], guard.after.dates[fxcu.USDCLP_CACHE]
+    assert len(after) > len(before)  # mindicador's days merged in
 
 
 @pytest.mark.slow
 def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
     slow = dataclasses.replace(good_routes()[YAHOO_CLP], delay=5)
-    before = kept(data_dir)
-    with FakeSources(routes(clp=slow, hg=slow)) as api:
-        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_TIMEOUT="0.3"))
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=slow, hg=slow)) as api,
+    ):
+        result = guard(inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_TIMEOUT="0.3")))
     assert result.code == 0 and "Traceback" not in result.err
     assert result.seconds < 8  # 2 symbols x 3 tries x 0.3 s, then the backups answer at once
     assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (timeout (no complete answer in 0.3 s))" in result.err
     assert "  yahoo failed: timeout (no complete answer in 0.3 s)" in result.out
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
@@ -5795,17 +5889,17 @@ def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
     ids=["garbage-json", "chart-error-404", "empty-result"],
 )
 def test_fault_yahoo_bad_body_is_not_retried_and_falls_back(data_dir, tmp_path, reply, seen):
-    before = kept(data_dir)
-    with FakeSources(routes(clp=reply, hg=reply)) as api:
-        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=reply, hg=reply)) as api,
+    ):
+        result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert api.count(YAHOO_CLP) == 1 and api.count(YAHOO_HG) == 1  # a bad body is an answer: no retry
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed ({seen}" in result.err
     assert f"WARNING fxcu: Yahoo Finance copper fetch failed ({seen}" in result.err
     assert f"  yahoo failed: {seen}" in result.out
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 # Hostile bodies: answers built to exhaust the parser, the memory or the clock.
@@ -5865,26 +5959,29 @@ def test_fault_oversized_body_is_cut_at_the_size_cap_and_falls_back(data_dir, tm
     """Over HTTPS, as Yahoo is reached: the 1 GiB bomb cost 2.3 GB of RSS on the Chrome transport (curl inflated it
     whole) and a decode error; now each transport reads to 32 MB and the source fails on the cap."""
     cafile, context = make_tls_pair(tmp_path)
-    before = kept(data_dir)
-    with FakeSources(routes(clp=body, hg=body), tls=context) as api:
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=body, hg=body), tls=context) as api,
+    ):
         env = fault_env(data_dir, api.url, FXCU_HTTP_IMPERSONATE=transport, SSL_CERT_FILE=str(cafile))
         result, rss = cli_rss(["fetch"], env, tmp_path)
+        guard(result)
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert f"WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: {seen}" in result.err
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 1  # an oversized body is an answer: no retry
     assert rss <= 400, rss  # the cap (32 MB) and a read, on top of what `fetch` imports; not 1 GB
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
 def test_fault_json_nested_100k_deep_is_a_failed_source(data_dir, tmp_path):
     """`[[[[...` 100,000 deep raised RecursionError out of json.loads: a traceback. Now Yahoo just failed."""
     deep = Reply(body="[" * 100_000 + "]" * 100_000)
-    before = kept(data_dir)
-    with FakeSources(routes(clp=deep, hg=deep)) as api:
-        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=deep, hg=deep)) as api,
+    ):
+        result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert (
         "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (PayloadError: malformed JSON (nested too deeply))"
@@ -5892,8 +5989,6 @@ def test_fault_json_nested_100k_deep_is_a_failed_source(data_dir, tmp_path):
     )
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 1 and api.count(YAHOO_HG) == 1
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 def test_fault_deep_json_error_body_is_quoted_not_a_crash():
@@ -5911,8 +6006,10 @@ def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_d
     (FXCU_TIMEOUT) and then the 6 s budget cut it, on both transports, over HTTPS."""
     cafile, context = make_tls_pair(tmp_path)
     trickle = dataclasses.replace(good_routes()[YAHOO_CLP], trickle=1.0, chunk=1, slow_headers=slow == "headers")
-    before = kept(data_dir)
-    with FakeSources(routes(clp=trickle, hg=trickle, mindicador=trickle, fred=trickle), tls=context) as api:
+    with (
+        guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True) as guard,
+        FakeSources(routes(clp=trickle, hg=trickle, mindicador=trickle, fred=trickle), tls=context) as api,
+    ):
         env = fault_env(
             data_dir,
             api.url,
@@ -5921,14 +6018,12 @@ def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_d
             FXCU_HTTP_IMPERSONATE=transport,
             SSL_CERT_FILE=str(cafile),
         )
-        result = cli(["fetch"], env, tmp_path)
+        result = guard(cli(["fetch"], env, tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (timeout (" in result.err
     assert "(try 1 of 3 failed: timeout (no complete answer in 2 s))" in result.err  # the request's own deadline
     assert "usdclp: cache, 4664 rows" in result.out and "copper: cache, 5993 rows" in result.out
     assert result.seconds < 6 + 1 + 4  # budget + a second's grace + interpreter start and imports
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 # FRED: the copper backup.
@@ -5936,13 +6031,12 @@ def test_fault_trickling_server_cannot_hold_a_run_past_the_network_budget(data_d
 
 @pytest.mark.slow
 def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
-    before = kept(data_dir)
-    with FakeSources(
-        routes(
-            hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(400, FRED_BAD_KEY, "application/json; charset=UTF-8")
-        )
-    ) as api:
-        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    bad_key = Reply(400, FRED_BAD_KEY, "application/json; charset=UTF-8")
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=bad_key)) as api,
+    ):
+        result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY]  # the key was sent, once (400 is not retried)
     seen = "HTTP 400 Bad Request: Bad Request.  The value for variable api_key is not registered.  Read https://fred.stlouisfed.org/docs/api/api_key.html"
@@ -5950,8 +6044,6 @@ def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
     assert "WARNING fxcu: Both sources failed, using 5993 cached copper data points" in result.err
     assert "copper: cache, 5993 rows, 2000-08-30 .. 2024-07-15" in result.out and f"  fred failed: {seen}" in result.out
     assert "usdclp: yahoo, 4664 rows" in result.out
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
@@ -5963,9 +6055,11 @@ def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
         **body,
         "observations": rows[: len(rows) - dots] + [{**r, "value": "."} for r in rows[len(rows) - dots :]],
     }
-    before = kept(data_dir)
-    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(200, dotted))) as api:
-        result = cli(["fetch"], fault_env(data_dir, api.url), tmp_path)
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=Reply(200, dotted))) as api,
+    ):
+        result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert api.count(FRED) == 1
     if dots == 3:
@@ -5976,17 +6070,17 @@ def test_fault_fred_dot_values_are_dropped(data_dir, tmp_path, dots):
         assert (
             "copper: cache, 5993 rows" in result.out and "  fred: removed 343 null or non-positive bars" in result.out
         )
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
 def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inprocess, shared_models):
     """A proxy page echoing the request line (api_key too) flows into logs, notes, the report and MLflow: redacted."""
     page = Reply(503, "<html><body>503 Service Unavailable: upstream timed out", "text/html", echo=True)
-    before = kept(data_dir)
-    with FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=page)) as api:
-        result = inprocess(["run", "7d", "--skip-email"], fault_env(data_dir, api.url))
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), runs_added=1) as guard,
+        FakeSources(routes(hg=yahoo_reply("chart_404_not_found.json"), fred=page)) as api,
+    ):
+        result = guard(inprocess(["run", "7d", "--skip-email"], fault_env(data_dir, api.url)))
     assert result.code == 0, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY] * 3  # sent three times, never shown
     assert (
@@ -5997,8 +6091,6 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
     assert "sources: usdclp yahoo, copper cache (daily)" in result.out and "; tracked: yes, run " in result.out
     report = next((data_dir / "reports").glob("forecast_7d_*.md")).read_text()
     assert "- fred failed: HTTP 503 Service Unavailable: " in report and "api_key=***" in report
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), runs_added=1)
-    assert_key_nowhere(data_dir, result)
 
 
 # mindicador, and everything at once.
@@ -6006,9 +6098,11 @@ def test_fault_fred_5xx_echoing_the_key_run_redacts_it_everywhere(data_dir, inpr
 
 @pytest.mark.slow
 def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir, inprocess):
-    before = kept(data_dir)
-    with FakeSources(routes(clp=yahoo_reply("chart_200_AAPL_empty_result.json"))) as api:
-        result = inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_MINDICADOR_URL=closed_url()))
+    with (
+        guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True) as guard,
+        FakeSources(routes(clp=yahoo_reply("chart_200_AAPL_empty_result.json"))) as api,
+    ):
+        result = guard(inprocess(["fetch"], fault_env(data_dir, api.url, FXCU_MINDICADOR_URL=closed_url())))
     assert result.code == 0 and "Traceback" not in result.err
     refused = "connection error (ConnectError: [Errno 111] Connection refused)"
     assert f"WARNING fxcu: mindicador.cl USD/CLP fetch failed ({refused})" in result.err
@@ -6018,24 +6112,21 @@ def test_fault_mindicador_down_after_yahoo_failed_uses_the_usdclp_cache(data_dir
         and f"  mindicador failed: {refused}" in result.out
     )
     assert "copper: yahoo, " in result.out
-    after = assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
-    assert len(after.dates[fxcu.COPPER_CACHE]) > len(before.dates[fxcu.COPPER_CACHE])  # HG=F 2024-2026 merged in
-    assert_key_nowhere(data_dir, result)
+    before, after = guard.before.dates[fxcu.COPPER_CACHE], guard.after.dates[fxcu.COPPER_CACHE]
+    assert len(after) > len(before)  # HG=F 2024-2026 merged in
 
 
 @pytest.mark.slow
 def test_fault_all_sources_down_with_a_cache_run_forecasts_from_it(data_dir, inprocess, shared_models):
-    before = kept(data_dir)
-    down = closed_url()
-    env = fault_env(data_dir, down)
-    result = inprocess(["run", "7d", "--skip-email"], env)
+    with guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=1) as guard:
+        down = closed_url()
+        env = fault_env(data_dir, down)
+        result = guard(inprocess(["run", "7d", "--skip-email"], env))
     assert result.code == 0, result.err
     assert "WARNING fxcu: Both sources failed, using 4664 cached USD/CLP data points" in result.err
     assert "WARNING fxcu: Both sources failed, using 5993 cached copper data points" in result.err
     assert "sources: usdclp cache, copper cache (daily)" in result.out and "degraded: cached data" in result.out
     assert "; tracked: yes, run " in result.out and list((data_dir / "reports").glob("forecast_7d_*.md"))
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=1)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.parametrize("args", [["fetch"], ["run", "7d"]], ids=["fetch", "run"])
@@ -6068,9 +6159,8 @@ def test_fault_all_sources_down_without_a_cache_is_one_line_exit_1(tmp_path, inp
 def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, tmp_path):
     garbage = b"PAR1\x00\x00 half-written by a crash PAR1"
     (data_dir / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(garbage)
-    before = kept(data_dir)
-    with FakeSources(good_routes()) as api:
-        result = cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url), tmp_path)
+    with guarded(data_dir, runs_added=1) as guard, FakeSources(good_routes()) as api:
+        result = guard(cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert re.search(
         r"ERROR fxcu: Corrupt cache usdclp\.parquet \(\w+\): moved to usdclp\.parquet\.corrupt-\d{8}T\d{6}$",
@@ -6082,8 +6172,6 @@ def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, t
     aside = list((data_dir / "warehouse").glob("usdclp.parquet.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == garbage  # kept for a post-mortem, never overwritten
     assert pl.read_parquet(data_dir / "warehouse" / fxcu.USDCLP_CACHE).height == 4664
-    assert_nothing_lost(before, data_dir, runs_added=1)
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
@@ -6091,20 +6179,20 @@ def test_fault_corrupt_warehouse_is_set_aside_and_run_continues_live(data_dir, t
 def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, tmp_path, how):
     config = fxcu.Config.from_env(run_env(data_dir))
     fxcu.log_run(config, record("7d", 20.0), environ={})  # one run already recorded, which must survive
-    before = kept(data_dir)
-    extra = {"FXCU_TRACKING_TIMEOUT": "3"}
-    if how == "under-a-regular-file":
-        extra["MLFLOW_TRACKING_URI"] = f"sqlite:///{data_dir / 'warehouse' / fxcu.USDCLP_CACHE / 'mlflow.db'}"
-    lock = sqlite3.connect(data_dir / "mlflow" / "mlflow.db", isolation_level=None)
-    try:
-        if how == "locked":
-            lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database for the whole run
-        with FakeSources(good_routes()) as api:
-            result = cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url, **extra), tmp_path)
-    finally:
-        if lock.in_transaction:
-            lock.rollback()
-        lock.close()
+    with guarded(data_dir) as guard:  # the earlier run is still there, nothing half-written
+        extra = {"FXCU_TRACKING_TIMEOUT": "3"}
+        if how == "under-a-regular-file":
+            extra["MLFLOW_TRACKING_URI"] = f"sqlite:///{data_dir / 'warehouse' / fxcu.USDCLP_CACHE / 'mlflow.db'}"
+        lock = sqlite3.connect(data_dir / "mlflow" / "mlflow.db", isolation_level=None)
+        try:
+            if how == "locked":
+                lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database for the whole run
+            with FakeSources(good_routes()) as api:
+                result = guard(cli(["run", "7d", "--skip-email"], fault_env(data_dir, api.url, **extra), tmp_path))
+        finally:
+            if lock.in_transaction:
+                lock.rollback()
+            lock.close()
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert re.search(r"^  report: \S+forecast_7d_\d{4}-\d\d-\d\d_\d{4}\.md; tracked: no$", result.out, re.M)
     assert re.search(
@@ -6115,8 +6203,6 @@ def test_fault_mlflow_unavailable_run_exits_0_with_report_not_tracked(data_dir, 
     )
     status = json.loads((data_dir / "status.json").read_text())["7d"]
     assert status["ok"] and not status["tracked"] and status["tracking_error"]
-    assert_nothing_lost(before, data_dir)  # the earlier run is still there, nothing half-written
-    assert_key_nowhere(data_dir, result)
 
 
 # Permissions and bad files: unreadable is not corrupt, wrong types are converted or set aside.
@@ -6181,13 +6267,13 @@ def chmod_tree(folder: Path, *, writable: bool) -> None:
 def test_fault_unreadable_cache_is_not_corrupt_and_never_replaced(data_dir, tmp_path):
     """A permission error on usdclp.parquet renamed a good cache aside for good; now it stays, untouched."""
     cache = data_dir / "warehouse" / fxcu.USDCLP_CACHE
-    before = kept(data_dir)
-    cache.chmod(0)
-    try:
-        with FakeSources(good_routes()) as api:
-            result = cli_unprivileged(["fetch"], fault_env(data_dir, api.url), tmp_path)
-    finally:
-        cache.chmod(0o644)
+    with guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True) as guard:
+        cache.chmod(0)
+        try:
+            with FakeSources(good_routes()) as api:
+                result = guard(cli_unprivileged(["fetch"], fault_env(data_dir, api.url), tmp_path))
+        finally:
+            cache.chmod(0o644)
     assert "Traceback" not in result.err, result.err
     assert "ERROR fxcu: Cache usdclp.parquet unreadable (Permission denied): left in place, not replaced" in result.err
     assert (
@@ -6196,7 +6282,6 @@ def test_fault_unreadable_cache_is_not_corrupt_and_never_replaced(data_dir, tmp_
     )
     assert result.code == 0 and "usdclp: yahoo, 4664 rows" in result.out
     assert not list(cache.parent.glob("*.corrupt-*"))
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE,), db_unchanged=True)
 
 
 @pytest.mark.slow
@@ -6204,17 +6289,17 @@ def test_fault_read_only_data_dir_serves_the_forecast_with_one_line_errors(data_
     """Every write fails: the forecast is still printed, each failure is one log line, nothing on disk changes."""
     (data_dir / ".run.lock").touch()
     (data_dir / "warehouse" / ".lock").touch()
-    before = kept(data_dir)
-    listing = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
-    chmod_tree(data_dir, writable=False)
-    try:
-        with FakeSources(good_routes()) as api:
-            env = fault_env(data_dir, api.url)
-            fetch = cli_unprivileged(["fetch"], env, tmp_path)
-            run = cli_unprivileged(["run", "7d", "--skip-email"], env, tmp_path)
-            check = cli_unprivileged(["check"], env, tmp_path)
-    finally:
-        chmod_tree(data_dir, writable=True)
+    with guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True) as guard:
+        listing = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
+        chmod_tree(data_dir, writable=False)
+        try:
+            with FakeSources(good_routes()) as api:
+                env = fault_env(data_dir, api.url)
+                fetch = guard(cli_unprivileged(["fetch"], env, tmp_path))
+                run = guard(cli_unprivileged(["run", "7d", "--skip-email"], env, tmp_path))
+                check = guard(cli_unprivileged(["check"], env, tmp_path))
+        finally:
+            chmod_tree(data_dir, writable=True)
     for result in (fetch, run, check):
         assert "Traceback" not in result.err + result.out, result.err
     assert (
@@ -6230,7 +6315,6 @@ def test_fault_read_only_data_dir_serves_the_forecast_with_one_line_errors(data_
     assert (
         sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) == listing
     )  # nothing created, no temp file left
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
 
 
 @pytest.mark.slow
@@ -6349,30 +6433,30 @@ def test_fault_bad_input_is_one_line(data_dir, tmp_path, args, extra, code, line
     file.write_text("a regular file\n")
     extra = {k: v.replace("{file}", str(file)) for k, v in extra.items()}
     line = line.replace("{file}", str(file))
-    before = kept(data_dir)
-    with FakeSources(good_routes()) as api:
-        result = cli(args, fault_env(data_dir, api.url, **extra), tmp_path)
+    with (
+        guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True) as guard,
+        FakeSources(good_routes()) as api,
+    ):
+        result = guard(cli(args, fault_env(data_dir, api.url, **extra), tmp_path))
     assert result.code == code and "Traceback" not in result.err, result.err
     assert result.messages == [line]  # one line, no usage block
     assert result.out == "" and api.requests == []
     assert file.read_text() == "a regular file\n"
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), db_unchanged=True)
     assert not (data_dir / "status.json").exists()
-    assert_key_nowhere(data_dir, result)
 
 
 @pytest.mark.slow
 def test_fault_malformed_source_url_is_a_source_failure(data_dir, tmp_path):
     """FXCU_YAHOO_URL=http://[::1 made httpx raise InvalidURL, which escaped as a traceback; now Yahoo just failed."""
-    before = kept(data_dir)
-    with FakeSources(good_routes()) as api:
-        result = cli(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL="http://[::1"), tmp_path)
+    with (
+        guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
+        FakeSources(good_routes()) as api,
+    ):
+        result = guard(cli(["fetch"], fault_env(data_dir, api.url, FXCU_YAHOO_URL="http://[::1"), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert "WARNING fxcu: Yahoo Finance USD/CLP fetch failed (InvalidURL: Invalid port: ':1')" in result.err
     assert "usdclp: mindicador, " in result.out and "copper: fred, monthly, 343 rows" in result.out
     assert api.count(YAHOO_CLP) == 0 and api.count(MINDICADOR) and api.count(FRED) == 1
-    assert_nothing_lost(before, data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True)
-    assert_key_nowhere(data_dir, result)
 
 
 # Hostile sources (issue 10): answers that are well-formed but wrong. Each row is a failed source
@@ -6417,9 +6501,11 @@ def assert_nothing_implausible_stored(data_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(SEEN))
 def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, inprocess, mode):
-    before = kept(hostile_dir)
-    with FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api:
-        result = inprocess(["fetch"], fault_env(hostile_dir, api.url))
+    with (
+        guarded(hostile_dir, db_unchanged=True) as guard,  # copper grew: HG=F answered well
+        FakeSources(routes(clp=Reply(body=json.dumps(hostile_chart(mode))))) as api,
+    ):
+        result = guard(inprocess(["fetch"], fault_env(hostile_dir, api.url)))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert (
         api.count(YAHOO_CLP) == 1 and api.count(MINDICADOR) == 3
@@ -6430,7 +6516,7 @@ def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, i
         f"  yahoo failed: {SEEN[mode]}" in result.out
         and f"  degraded: rejected yahoo USD/CLP: {SEEN[mode]}" in result.out
     )
-    after = assert_nothing_lost(before, hostile_dir, db_unchanged=True)  # copper grew: HG=F answered well
+    before, after = guard.before, guard.after
     stored = pl.read_parquet(hostile_dir / "warehouse" / fxcu.USDCLP_CACHE)
     assert (stored.filter(pl.col(fxcu.DATE) > CACHE_END)[fxcu.SOURCE] == "mindicador").all()  # not one Yahoo bar merged
     assert stored.filter(pl.col(fxcu.DATE) <= CACHE_END).equals(
@@ -6438,7 +6524,6 @@ def test_hostile_yahoo_answer_is_a_failed_source_and_never_stored(hostile_dir, i
     )
     assert len(after.dates[fxcu.USDCLP_CACHE]) == len(before.dates[fxcu.USDCLP_CACHE]) + 31
     assert_nothing_implausible_stored(hostile_dir)
-    assert_key_nowhere(hostile_dir, result)
 
 
 @pytest.mark.slow
@@ -6740,10 +6825,13 @@ def temp_leftovers(data_dir: Path) -> list[str]:
 @pytest.mark.parametrize("k", [1, 2], ids=["usdclp-file", "copper-file"])
 def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, inprocess, monkeypatch, k):
     """ENOSPC in the parquet write was a polars traceback with no forecast; now one line, the fetched data is used."""
-    before = kept(data_dir)
-    with FakeSources(good_routes()) as api, disk_full_at(monkeypatch, k) as calls:
-        result = inprocess(["fetch"], fault_env(data_dir, api.url))
     name = (fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE)[k - 1]
+    with (
+        guarded(data_dir, unchanged=(name,), db_unchanged=True) as guard,
+        FakeSources(good_routes()) as api,
+        disk_full_at(monkeypatch, k) as calls,
+    ):
+        result = guard(inprocess(["fetch"], fault_env(data_dir, api.url)))
     assert result.code == 0 and "Traceback" not in result.err
     assert calls[k - 1].name == name
     assert (
@@ -6751,7 +6839,6 @@ def test_fault_disk_full_during_the_warehouse_write_keeps_the_cache(data_dir, in
         in result.err
     )
     assert "  warehouse not updated (No space left on device)" in result.out
-    assert_nothing_lost(before, data_dir, unchanged=(name,), db_unchanged=True)
     assert temp_leftovers(data_dir) == []
 
 
@@ -6767,18 +6854,14 @@ def test_fault_disk_full_at_each_write_of_a_run_is_one_line(data_dir, inprocess,
     writes = [p.name for p in calls]
     assert len(writes) >= 6, writes  # csv, png, md, two input parquets, status.json
     for k, name in enumerate(writes, 1):
-        before = kept(data_dir)
-        with disk_full_at(monkeypatch, k):
-            result = inprocess(["run", "7d", "--offline", "--skip-email"], env)
+        with (
+            guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=None) as guard,
+            disk_full_at(monkeypatch, k),
+        ):
+            result = guard(inprocess(["run", "7d", "--offline", "--skip-email"], env))
         assert "Traceback" not in result.err and result.out.startswith("USD/CLP 7d: last "), (name, result.err)
         assert re.search(r"^ERROR fxcu: .*No space left on device", result.err, re.MULTILINE), (name, result.err)
         assert result.code in (0, 1) and result.messages == []
-        assert_nothing_lost(
-            before,
-            data_dir,
-            unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE),
-            runs_added=mlflow_runs(data_dir) - before.runs,
-        )
         assert temp_leftovers(data_dir) == [], name
 
 
@@ -6813,16 +6896,15 @@ def test_fault_real_full_disk_fetch_and_first_init(tmpfs, tmp_path, migrated_db)
     database (it used to, while `check` said OK), and works once space is freed."""
     data = tmpfs / "data"
     write_real_warehouse(data)
-    before = kept(data)
-    filler = fill(tmpfs)
-    with FakeSources(good_routes()) as api:
-        env = fault_env(data, api.url)
-        fetch = cli(["fetch"], env, tmp_path)
-        init = cli(["init"], env, tmp_path)
-        check = cli(["check", "--json"], env, tmp_path)
+    with guarded(data, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE)) as guard:
+        filler = fill(tmpfs)
+        with FakeSources(good_routes()) as api:
+            env = fault_env(data, api.url)
+            fetch = guard(cli(["fetch"], env, tmp_path))
+            init = guard(cli(["init"], env, tmp_path))
+            check = guard(cli(["check", "--json"], env, tmp_path))
     assert fetch.code == 0 and "Traceback" not in fetch.err, fetch.err
     assert "ERROR fxcu: Warehouse usdclp.parquet not updated (No space left on device)" in fetch.err
-    assert_nothing_lost(before, data, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE))
     assert init.code == 1 and "Traceback" not in init.err, init.err
     assert len(init.messages) == 1 and init.messages[0].startswith("fxcu: init failed (") and "full" in init.messages[0]
     assert not (data / "mlflow" / "mlflow.db").exists() and temp_leftovers(data) == []
@@ -6862,62 +6944,26 @@ def wait_for(predicate, timeout: float = 120) -> None:
 @pytest.mark.parametrize("moment", ["backtest", "tracking"])
 def test_fault_interrupt_is_one_line_and_leaves_no_temp_files(data_dir, tmp_path, sig, moment):
     """Ctrl-C was a KeyboardInterrupt traceback and SIGTERM printed nothing; both now say one line and clean up."""
-    before = kept(data_dir)
-    proc, err = start_cli(["run", "7d", "--offline", "--skip-email"], run_env(data_dir), tmp_path)
-    try:
-        if moment == "backtest":
-            wait_for(lambda: "Backtesting" in err.read_text())
-        else:  # while the inputs are copied for MLflow into a temp folder under the data dir
-            wait_for(lambda: any(p.name.startswith(".tmp-") for p in data_dir.iterdir()))
-        proc.send_signal(sig)
-        proc.wait(60)
-    finally:
-        proc.kill()
+    with guarded(data_dir, unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE), runs_added=None):
+        proc, err = start_cli(["run", "7d", "--offline", "--skip-email"], run_env(data_dir), tmp_path)
+        try:
+            if moment == "backtest":
+                wait_for(lambda: "Backtesting" in err.read_text())
+            else:  # while the inputs are copied for MLflow into a temp folder under the data dir
+                wait_for(lambda: any(p.name.startswith(".tmp-") for p in data_dir.iterdir()))
+            proc.send_signal(sig)
+            proc.wait(60)
+        finally:
+            proc.kill()
     text = err.read_text()
     lines = [line for line in text.splitlines() if line.strip() and not LOG_LINE.match(line)]
     name = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
     assert proc.returncode == (130 if sig == signal.SIGINT else 143) and "Traceback" not in text, text
     assert lines == [f"fxcu: {name}: stopped, temp files removed, nothing half-written kept"]
     assert temp_leftovers(data_dir) == []
-    assert_nothing_lost(
-        before,
-        data_dir,
-        unchanged=(fxcu.USDCLP_CACHE, fxcu.COPPER_CACHE),
-        runs_added=mlflow_runs(data_dir) - before.runs,
-    )
     with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert conn.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] == 0
-
-
-def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
-    dead_pid = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    live, host = fxcu.temp_owner().split("@")
-    dead, other = f"{dead_pid}@{host}", f"{dead_pid}@another_container"
-    (tmp_path / "warehouse").mkdir()
-    (tmp_path / f".tmp-{dead}-abc").mkdir()
-    (tmp_path / f".tmp-{dead}-abc" / "inputs.parquet").write_text("x")
-    (tmp_path / "warehouse" / f".usdclp.parquet.{dead}.tmp").write_text("half")
-    (tmp_path / f".tmp-{live}@{host}-mine").mkdir()
-    (tmp_path / "warehouse" / f".copper.parquet.{live}@{host}.tmp").write_text("being written")
-    (tmp_path / "warehouse" / f".copper.parquet.{other}.tmp").write_text("another container's, maybe live")
-    (tmp_path / ".tmp-oldrelease").mkdir()
-    (tmp_path / "warehouse" / "usdclp.parquet").write_text("kept")
-    assert fxcu.clean_leftovers(tmp_path) == 2
-    kept_now = [
-        ".tmp-oldrelease",
-        f".tmp-{live}@{host}-mine",
-        f"warehouse/.copper.parquet.{live}@{host}.tmp",
-        f"warehouse/.copper.parquet.{other}.tmp",
-    ]
-    assert temp_leftovers(tmp_path) == sorted(kept_now)
-    assert (
-        fxcu.clean_leftovers(tmp_path, now=time.time() + 2 * 3600) == 2
-    )  # no owner, or another host's: removed once an hour old
-    assert temp_leftovers(tmp_path) == sorted(kept_now[1:3])  # a live process of this host: never, however old
-    assert (tmp_path / "warehouse" / "usdclp.parquet").read_text() == "kept"
 
 
 @pytest.mark.slow
@@ -6925,28 +6971,25 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
     """SIGKILL at 8 seeded random moments of `fetch` and `run`: every file stays readable and whole, nothing is lost,
     the MLflow database passes SQLite's integrity check, and the next start removes the leftovers."""
     rng = random.Random(20261126)
-    originals = kept(data_dir)
-    with FakeSources(good_routes()) as api:
+    with guarded(data_dir, runs_added=None) as whole, FakeSources(good_routes()) as api:
         env = fault_env(data_dir, api.url)
         for trial in range(8):
             args = ["fetch"] if trial % 2 == 0 else ["run", "7d", "--skip-email"]
-            before = kept(data_dir)
-            proc, err = start_cli(args, env, tmp_path)
-            time.sleep(
-                rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0)
-            )  # INFO: the moment of the kill, not a wait for a result
-            proc.kill()
-            proc.wait(30)
+            with guarded(data_dir, runs_added=None) as guard:
+                proc, err = start_cli(args, env, tmp_path)
+                time.sleep(
+                    rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0)
+                )  # INFO: the moment of the kill, not a wait for a result
+                proc.kill()
+                proc.wait(30)
             assert "Traceback" not in err.read_text()
-            after = assert_nothing_lost(before, data_dir, runs_added=mlflow_runs(data_dir) - before.runs)
-            assert all(days is not None for days in after.dates.values())  # every warehouse file parses
+            assert all(days is not None for days in guard.after.dates.values())  # every warehouse file parses
             with contextlib.closing(sqlite3.connect(data_dir / "mlflow" / "mlflow.db")) as conn:
                 assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
             if (data_dir / "status.json").exists():
                 assert isinstance(json.loads((data_dir / "status.json").read_text()), dict)
-        result = cli(["fetch", "--offline"], env, tmp_path)
+        result = whole(cli(["fetch", "--offline"], env, tmp_path))
     assert result.code == 0 and temp_leftovers(data_dir) == []  # the next start removed what the kills left
-    assert_nothing_lost(originals, data_dir, runs_added=mlflow_runs(data_dir) - originals.runs)
     check = cli(["check"], env, tmp_path)
     assert "Traceback" not in check.err + check.out and "unreadable" not in check.out
 
