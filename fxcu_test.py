@@ -668,7 +668,7 @@ def peek_client_hello(sock: socket.socket) -> bytes:
     sock.settimeout(10)
     data = sock.recv(65536, socket.MSG_PEEK)
     while data and len(data) < 5 + int.from_bytes(data[3:5], "big"):
-        time.sleep(0.001)  # INFO: the rest of a large hello (post-quantum key share) is still in flight
+        time.sleep(0.001)  # the rest of a large hello (post-quantum key share) is still in flight
         data = sock.recv(65536, socket.MSG_PEEK)
     return data
 
@@ -5176,7 +5176,7 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
         raise ValueError
     other = fxcu.Stages()
     with other("fetch"):
-        time.sleep(0.01)  # INFO: a measured duration, not a retry
+        time.sleep(0.01)  # a measured duration, not a retry
     stages.merge(other)
     assert list(stages.seconds) == ["fetch", "backtest"]
     assert stages.seconds["fetch"] >= other.seconds["fetch"] >= 0.01
@@ -6979,7 +6979,7 @@ def test_fault_kill_9_at_random_moments_never_corrupts_anything(data_dir, tmp_pa
                 proc, err = start_cli(args, env, tmp_path)
                 time.sleep(
                     rng.uniform(0.5, 3.0 if args == ["fetch"] else 25.0)
-                )  # INFO: the moment of the kill, not a wait for a result
+                )  # the moment of the kill, not a wait for a result
                 proc.kill()
                 proc.wait(30)
             assert "Traceback" not in err.read_text()
