@@ -4047,9 +4047,10 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
         if not path.exists():  # a read-only dir with no lock file: this process cannot write, so nothing to serialise
             yield
             return
-        handle = open(path)  # noqa: SIM115 -- INFO: flock works on a read-only handle too
+        handle = open(path)  # noqa: SIM115 -- flock works on a read-only handle too
     with handle:
         deadline = time.monotonic() + timeout
+        said = False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -4057,7 +4058,16 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"{what} {path} is held by another process after {timeout:g} s") from None
+                if not said:
+                    holder = path.read_text(errors="replace").strip()[:120] or "unknown"
+                    log.warning("Waiting for %s %s, held by %s, for up to %g s", what, path, holder, timeout)
+                    said = True
                 time.sleep(0.1)
+        with contextlib.suppress(OSError):  # a read-only handle: nobody is told who holds it
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+            handle.flush()
         try:
             yield
         finally:
@@ -4200,12 +4210,23 @@ def _bounded(
 # -- Shell: HTTP -----------------------------------------------------------------------
 
 
+def _unresolved(exc: BaseException | None) -> bool:
+    """True when a name lookup failed somewhere in the exception's chain: no network, or no such host."""
+    while exc is not None:
+        if isinstance(exc, socket.gaierror):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _is_transient(exc: BaseException) -> bool:
+    """429, 5xx and transport errors are worth another try; a name that does not resolve is not (offline, it never
+    will this run: each retry only waits)."""
     import httpx
 
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code == 429 or exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
+    return isinstance(exc, httpx.TransportError) and not _unresolved(exc)
 
 
 def _retry_after(exc: BaseException | None, cap: float) -> float | None:
@@ -4560,7 +4581,9 @@ class BrowserTransport:
             except CurlError as exc:
                 connected = bool(curl.getinfo(CurlInfo.CONNECT_TIME))
                 kind = getattr(httpx, curl_error_name(int(exc.code), connected))
-                raise kind(curl_message(str(exc)), request=request) from None
+                # 6: curl could not resolve the host, which httpx's transport reports as a socket.gaierror
+                cause = socket.gaierror(curl_message(str(exc))) if int(exc.code) == 6 else None
+                raise kind(curl_message(str(exc)), request=request) from cause
             status = int(curl.getinfo(CurlInfo.RESPONSE_CODE))
         finally:
             curl.close()
@@ -5374,6 +5397,7 @@ def write_status(config: Config, horizon: str, entry: Mapping[str, Any]) -> None
 # -- Shell: MLflow tracking ------------------------------------------------------------
 
 NOTE_TAG = "mlflow.note.content"  # MLflow's description field, for runs and experiments alike
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3.17's UI opens an experiment of kind custom_model_development on its runs
 # The served forecast's scores under names that are the same in every experiment, so MLflow's
 # compare view lines 7d up against 90d; the `{horizon}_*` names of the original guide stay too.
 SERVED_PREFIX = "served_"
@@ -5547,11 +5571,12 @@ def ensure_experiment(
 ) -> tuple[str, bool]:
     """Return the experiment id, creating it (absolute artifact location) when missing; describe it if undescribed."""
     found = client.get_experiment_by_name(name)
-    tags = {NOTE_TAG: description} if description else None
+    tags = {KIND_TAG: "custom_model_development"} | ({NOTE_TAG: description} if description else {})
     if found is None:
         return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
-    if description and NOTE_TAG not in found.tags:
-        client.set_experiment_tag(found.experiment_id, NOTE_TAG, description)
+    for key, value in tags.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id, False
 
 
@@ -5574,9 +5599,16 @@ def retire_default_experiment(client: Any) -> bool:
     return True
 
 
-def run_name(fc: Forecast) -> str:
-    """The MLflow run name: horizon and data date, e.g. `7d · data 2026-01-19` (pure)."""
-    return f"{fc.horizon} · data {fc.origin}"
+def run_name(fc: Forecast, now: datetime) -> str:
+    """The MLflow run name: horizon, forecast, data date and when it was made, in Santiago time (pure).
+
+    >>> from types import SimpleNamespace as NS
+    >>> fc = NS(horizon="7d", final={"forecast": 912.404}, origin=date(2026, 1, 19))
+    >>> run_name(fc, datetime(2026, 1, 19, 15, tzinfo=UTC))
+    '7d → 912.40 · data 2026-01-19 · made 01-19 12:00'
+    """
+    made = now.astimezone(ZoneInfo("America/Santiago"))
+    return f"{fc.horizon} → {fc.final['forecast']:.2f} · data {fc.origin} · made {made:%m-%d %H:%M}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -5784,7 +5816,9 @@ def run_record(
     tags |= {"mlflow.source.name": f"fxcu run {h}", "mlflow.source.type": "LOCAL"}
     start_ms = int(now.timestamp() * 1000)
     datasets = input_datasets(bundle)
-    return RunRecord(h, run_name(fc), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets)
+    return RunRecord(
+        h, run_name(fc, now), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets
+    )
 
 
 def package_versions(packages: Sequence[str] = ("polars", "statsforecast", "mlflow", "numpy")) -> dict[str, str]:

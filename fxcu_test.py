@@ -2525,7 +2525,8 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     runs = read_runs(folder, "7d")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "7d · data 2024-07-15" and run.info.status == "FINISHED"
+    name = rf"7d → {run.data.metrics['forecast']:.2f} · data 2024-07-15 · made \d\d-\d\d \d\d:\d\d"
+    assert re.fullmatch(name, run.info.run_name) and run.info.status == "FINISHED"  # the forecast, told apart
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
     assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
@@ -3551,6 +3552,10 @@ def test_overlapping_run_waits_then_exits_cleanly(data_dir, tmp_path):
         and "held by another process after" in result.err
     )
     assert "Traceback" not in result.err and not (data_dir / "reports").exists()
+    # said once, at the default log level, with the holder named: a second run never waits in silence
+    waiting = [line for line in result.err.splitlines() if "Waiting for run lock" in line]
+    assert len(waiting) == 1 and "WARNING" in waiting[0]
+    assert re.search(rf"held by pid {holder.pid} on \S+ since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", waiting[0])
 
 
 def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
@@ -3671,6 +3676,27 @@ def test_fetch_yahoo_timeout_retried_then_reported(tmp_path):
             source_named("copper", "yahoo"), config, client, no_wait_fetch(config), since=None, now=NOW
         )
     assert "timeout" in result.error and len(calls) == 3
+
+
+def test_fetch_json_does_not_retry_a_name_that_does_not_resolve(tmp_path):
+    """Offline, every name lookup fails at once, and retrying only waits: one try per source."""
+
+    def handler(request):
+        raise httpx.ConnectError("[Errno -2] Name or service not known", request=request) from socket.gaierror(
+            -2, "Name or service not known"
+        )
+
+    handler, calls = counting(handler)
+    config = make_config(tmp_path)
+    slept: list[float] = []
+    with mock_client(handler) as client:
+        result = fxcu.fetch_source(
+            source_named("usdclp", "yahoo"), config, client, no_wait_fetch(config, slept=slept), since=None, now=NOW
+        )
+    assert result.error == "connection error (ConnectError: [Errno -2] Name or service not known)"
+    assert len(calls) == 1 and slept == []
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    assert fxcu._is_transient(refused) and not fxcu._unresolved(refused)  # a refused connection is still retried
 
 
 def test_fetch_json_recovers_after_transient_errors(tmp_path):
@@ -5426,13 +5452,16 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         ]
         assert [e["name"] for e in experiments] == ["forecaster_7d"]
         assert any(t["key"] == "mlflow.note.content" for t in experiments[0]["tags"])
+        kind = {"key": "mlflow.experimentKind", "value": "custom_model_development"}  # opens on its runs, not GenAI
+        assert kind in experiments[0]["tags"]
         # the runs table and the run page: name, times, source, user, description, datasets
         runs = httpx.post(
             f"{url}/ajax-api/2.0/mlflow/runs/search", json={"experiment_ids": [experiments[0]["experiment_id"]]}
         ).json()["runs"]
         assert len(runs) == 1
         info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
-        assert info["run_name"] == "7d · data 2024-07-15" and int(info["end_time"]) > int(info["start_time"])
+        name = rf"7d → {out['forecast']:.2f} · data 2024-07-15 · made \d\d-\d\d \d\d:\d\d"
+        assert re.fullmatch(name, info["run_name"]) and int(info["end_time"]) > int(info["start_time"])
         assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
         headline = f"USD/CLP 7d: last {out['last_close']:.2f} on {out['last_date']} -> {out['forecast']:.2f}"
         assert f"**{headline} on {out['target_date']}**" in tags["mlflow.note.content"]
