@@ -462,7 +462,7 @@ def one_line(exc: BaseException, secret: str | None = None, limit: int = 300) ->
 
 # Yahoo asks for a cookie and crumb with one of these statuses and one of these phrases in the body:
 # 401 `{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}`,
-# 429 `Too Many Requests` (plain text, shared/data/yahoo/ERRORS_AND_429.md).
+# 429 `Too Many Requests` (plain text, data/real/yahoo/ERRORS_AND_429.md).
 CRUMB_STATUSES = (401, 403, 429)
 CRUMB_ASKS = ("invalid crumb", "unauthorized", "too many requests")
 
@@ -4906,7 +4906,7 @@ def read_cache(path: Path, *, now: datetime, rules: Plausible | None = None) -> 
     return Result("cache", frame=kept, notes=(f"cache: dropped {what}",), degraded=(reason,))
 
 
-SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from ../shared/data (its README says how)
+SEED_BUILT = datetime(2026, 11, 26, tzinfo=UTC)  # when data/seed was cut from data/real (its README says how)
 
 
 def read_seed(folder: Path, name: Literal["usdclp", "copper"]) -> Result:

@@ -123,7 +123,7 @@ def yahoo_body(name: str) -> dict:
 
 
 def real_usdclp_payload() -> dict:
-    """The real CLP=X history (../shared/data) in the shape of a Yahoo chart body."""
+    """The real CLP=X history (data/real) in the shape of a Yahoo chart body."""
     raw = pl.read_csv(SHARED / "usdclp_clpx_daily_2006_2024.csv")
     stamps = raw["Date"].str.to_datetime("%Y-%m-%d %H:%M:%S%z").dt.epoch("s").to_list()
     quote = {"close": raw["Close"].to_list(), "open": raw["Open"].to_list()}
@@ -171,7 +171,7 @@ NOW = datetime(2024, 1, 10, tzinfo=UTC)
 fresh = make_prices(5, start=date(2024, 1, 3))
 stale = make_prices(5, start=date(2023, 6, 1))
 
-# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (../shared/data) in Yahoo's
+# The hostile answers are the real CLP=X bars 2024-06-26 .. 2024-07-15 (data/real) in Yahoo's
 # chart shape, changed one way each; the cached history is the real one up to 2024-07-04.
 
 CACHE_END = date(2024, 7, 4)  # the real CLP=X file has no 2024-07-05
@@ -228,7 +228,7 @@ def walk(n: int, level: float, moves: list[float], start: date = date(2024, 1, 1
 
 
 # Yahoo's answers that ask for a cookie and crumb: the 401 body is the one public logs quote verbatim,
-# the 429 body is the 19-byte text of shared/data/yahoo/ERRORS_AND_429.md.
+# the 429 body is the 19-byte text of data/real/yahoo/ERRORS_AND_429.md.
 INVALID_CRUMB = '{"finance":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
 
 
@@ -4309,7 +4309,7 @@ def test_fetch_series_offline_uses_only_the_warehouse(tmp_path):
     assert series.source == "cache" and not calls
 
 
-# settle is pure: the real CLP=X closes (../shared/data) of 2024-06-03 .. 2024-06-28 as the cached history, and
+# settle is pure: the real CLP=X closes (data/real) of 2024-06-03 .. 2024-06-28 as the cached history, and
 # of 2024-06-24 .. 2024-07-15 as a live answer; the real PCOPPUSDM values of 2024 as monthly FRED copper.
 @functools.cache
 def real_clp_2024() -> pl.DataFrame:
@@ -5843,7 +5843,7 @@ FRED_BAD_KEY = (  # verbatim (fred/ERRORS.md): two spaces after each sentence, `
 
 
 def yahoo_reply(name: str) -> Reply:
-    """A real recorded Yahoo answer (status and body) from ../shared/data/yahoo."""
+    """A real recorded Yahoo answer (status and body) from data/real/yahoo."""
     response = load_json("yahoo", name)["response"]
     return Reply(response["status"], response.get("body") or json.dumps(response["bodyJson"]))
 
