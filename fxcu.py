@@ -4063,11 +4063,10 @@ def file_lock(path: Path, *, timeout: float, what: str = "lock") -> Iterator[Non
                     log.warning("Waiting for %s %s, held by %s, for up to %g s", what, path, holder, timeout)
                     said = True
                 time.sleep(0.1)
-        with contextlib.suppress(OSError):  # a read-only handle: nobody is told who holds it
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
-            handle.flush()
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        with contextlib.suppress(OSError):  # unbuffered: a read-only handle or a full disk only leaves it unnamed
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), holder.encode(), 0)
         try:
             yield
         finally:
