@@ -4209,23 +4209,23 @@ def _bounded(
 # -- Shell: HTTP -----------------------------------------------------------------------
 
 
-def _unresolved(exc: BaseException | None) -> bool:
-    """True when a name lookup failed somewhere in the exception's chain: no network, or no such host."""
+def _unreachable(exc: BaseException | None) -> bool:
+    """True when the chain holds a name that did not resolve or a connection refused: no network, or nobody there."""
     while exc is not None:
-        if isinstance(exc, socket.gaierror):
+        if isinstance(exc, socket.gaierror | ConnectionRefusedError):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """429, 5xx and transport errors are worth another try; a name that does not resolve is not (offline, it never
-    will this run: each retry only waits)."""
+    """429, 5xx, timeouts and other transport errors are worth another try; a name that does not resolve or a
+    connection refused is not (offline it never will be this run, and each retry only waits)."""
     import httpx
 
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code == 429 or exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError) and not _unresolved(exc)
+    return isinstance(exc, httpx.TransportError) and not _unreachable(exc)
 
 
 def _retry_after(exc: BaseException | None, cap: float) -> float | None:
@@ -4580,8 +4580,9 @@ class BrowserTransport:
             except CurlError as exc:
                 connected = bool(curl.getinfo(CurlInfo.CONNECT_TIME))
                 kind = getattr(httpx, curl_error_name(int(exc.code), connected))
-                # 6: curl could not resolve the host, which httpx's transport reports as a socket.gaierror
-                cause = socket.gaierror(curl_message(str(exc))) if int(exc.code) == 6 else None
+                # 6 and 7 (host not resolved, connection refused): what httpx's transport reports as the OS's errors
+                causes = {6: socket.gaierror, 7: ConnectionRefusedError}
+                cause = causes[int(exc.code)](curl_message(str(exc))) if int(exc.code) in causes else None
                 raise kind(curl_message(str(exc)), request=request) from cause
             status = int(curl.getinfo(CurlInfo.RESPONSE_CODE))
         finally:
