@@ -24,6 +24,7 @@ import hashlib
 import html
 import importlib.metadata as md
 import io
+import itertools
 import json
 import logging
 import math
@@ -4243,16 +4244,28 @@ MAX_ERROR_BODY_BYTES = 2**16  # an error body is only quoted (200 characters)
 PIECE = 2**16  # about the most one step of decoding yields (brotli may give half again), so a bomb stops at the cap
 
 
-def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # 32: a gzip or a zlib header, told apart by zlib
+def _gunzip(chunks: Iterable[bytes], wbits: int = zlib.MAX_WBITS | 32) -> Iterator[bytes]:
+    """gzip or zlib (wbits | 32: told apart by their headers), member after member; raw deflate with wbits < 0."""
+    inflater = zlib.decompressobj(wbits)
     try:
         for chunk in chunks:
             while chunk:
                 yield inflater.decompress(chunk, PIECE)
                 chunk = inflater.unconsumed_tail
+                if inflater.eof:  # a member ended: what follows is the next member (gzip allows several)
+                    chunk, inflater = inflater.unused_data, zlib.decompressobj(wbits)
         yield inflater.flush()
     except zlib.error as exc:
         raise PayloadError(f"bad compressed body ({exc})") from None
+
+
+def _inflate(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`deflate` as servers send it: zlib-wrapped as the RFC says, or raw deflate as some servers do (browsers and
+    httpx accept both)."""
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    wrapped = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0  # RFC 1950 header
+    return _gunzip(itertools.chain([first], chunks), zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
 
 def _unbrotli(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -4282,9 +4295,11 @@ class _ChunkReader:
 def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
     import zstandard
 
-    reader = _ChunkReader(chunks)
-    try:  # read_to_iter takes input only as its output is taken: a few bytes of zstd may stand for gigabytes
-        yield from zstandard.ZstdDecompressor().read_to_iter(reader, read_size=PIECE, write_size=PIECE)
+    # it takes input only as its output is taken (a few bytes of zstd may stand for gigabytes), frame after frame
+    reader = zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_size=PIECE, read_across_frames=True)
+    try:
+        while piece := reader.read(PIECE):
+            yield piece
     except zstandard.ZstdError as exc:
         raise PayloadError(f"bad compressed body ({exc})") from None
 
@@ -4293,7 +4308,7 @@ def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
 DECODERS: dict[str, Callable[[Iterable[bytes]], Iterator[bytes]]] = {
     "gzip": _gunzip,
     "x-gzip": _gunzip,
-    "deflate": _gunzip,
+    "deflate": _inflate,
     "br": _unbrotli,
     "zstd": _unzstd,
 }
@@ -5465,7 +5480,7 @@ class OneLineRecords(logging.Filter):
         extra = record.exc_info or record.exc_text or record.stack_info or record.args or "\n" in raw or "@" in raw
         if record.name.split(".")[0] != "fxcu" and extra:
             text = record.getMessage().strip()
-            record.msg, record.args = redact(text.splitlines()[0][:300] if text else "", None), None
+            record.msg, record.args = redact_uri(redact(text.splitlines()[0] if text else "", None))[:300], None
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 

@@ -3839,6 +3839,16 @@ def test_decoded_gives_back_the_body_in_any_chunking(data, cuts, encoding):
     assert b"".join(fxcu.decoded([*chunks, sent], encoding)) == data
 
 
+def test_decoded_reads_every_gzip_member_every_zstd_frame_and_raw_deflate():
+    import zstandard
+
+    frames = zstandard.ZstdCompressor().compress(b"[1,") + zstandard.ZstdCompressor().compress(b"2]")
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # deflate with no zlib header, as some servers send it
+    assert b"".join(fxcu.decoded([gzip.compress(b"[1,") + gzip.compress(b"2]")], "gzip")) == b"[1,2]"
+    assert b"".join(fxcu.decoded([frames[:5], frames[5:]], "zstd")) == b"[1,2]"
+    assert b"".join(fxcu.decoded([raw.compress(b"[1,2]") + raw.flush()], "deflate")) == b"[1,2]"
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
 def test_decoded_yields_small_pieces_of_a_bomb(encoding):
     bomb = compress(b"\0" * 2**26, encoding)  # 64 MB from a few kB
