@@ -4504,7 +4504,7 @@ def curl_error_name(code: int, connected: bool) -> str:
 
 
 def curl_message(text: str) -> str:
-    """curl_cffi's error text as one line, without its boilerplate ("Failed to perform, ... See https://curl.se/...")."""
+    """curl_cffi's error text as one line, without its "Failed to perform, ... See https://curl.se/..." boilerplate."""
     return re.sub(r"^Failed to perform, |\s*See https://curl\.se/\S+ first for more details\.$", "", text)
 
 

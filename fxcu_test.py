@@ -3615,7 +3615,9 @@ def test_clean_leftovers_removes_only_dead_processes_temp_files(tmp_path):
     ],
 )
 def test_fetch_yahoo_failures_become_results(tmp_path, response, expected, tries):
-    answer = lambda request: httpx.Response(response.status_code, headers=response.headers, content=response.content)  # noqa: E731
+    def answer(request):  # a fresh response each try, as a server sends
+        return httpx.Response(response.status_code, headers=response.headers, content=response.content)
+
     handler, calls = counting(answer)
     config = make_config(tmp_path)
     with mock_client(handler) as client:
@@ -6084,7 +6086,10 @@ def test_fault_fred_bad_key_uses_the_copper_cache(data_dir, tmp_path):
         result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert [q["api_key"] for q in api.queries(FRED)] == [FRED_KEY]  # the key was sent, once (400 is not retried)
-    seen = "HTTP 400 Bad Request: Bad Request.  The value for variable api_key is not registered.  Read https://fred.stlouisfed.org/docs/api/api_key.html"
+    seen = (
+        "HTTP 400 Bad Request: Bad Request.  The value for variable api_key is not registered.  "
+        "Read https://fred.stlouisfed.org/docs/api/api_key.html"
+    )
     assert f"WARNING fxcu: FRED copper fetch failed ({seen}" in result.err
     assert "WARNING fxcu: Both sources failed, using 5993 cached copper data points" in result.err
     assert "copper: cache, 5993 rows, 2000-08-30 .. 2024-07-15" in result.out and f"  fred failed: {seen}" in result.out
