@@ -5302,6 +5302,11 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     ax.set_title(f"{headline_of([fc])} ({_pct(final['forecast'], fc.last_close)})", loc="left", fontsize=12)
     stamp = f"made {santiago_time(now)}" if now else ""  # the headline dates the data
     ax.set_title(stamp, loc="right", fontsize=8, color="dimgrey")
+    stale = [str(r) for r in bundle._all_reasons if r.kind in {Degraded.STALE, Degraded.SEED}]
+    if stale:  # old or seed-only prices: the first thing a reader sees, not small grey text
+        banner = textwrap.fill("DATA NOT CURRENT - " + "; ".join(stale), 110)
+        bbox = {"facecolor": "tab:red", "edgecolor": "none", "pad": 4}
+        ax.text(0.5, 0.97, banner, transform=ax.transAxes, ha="center", va="top", fontsize=9, color="white", bbox=bbox)
     handles, labels = ax.get_legend_handles_labels()
     if panels == 2:
         ax2 = axes[1][0]

@@ -2678,6 +2678,26 @@ def test_forecast_headline_one_horizon_and_a_digest():
 
 
 @pytest.mark.slow
+def test_chart_of_old_or_seed_data_carries_a_red_banner_with_the_age(real_forecast_7d, real_bundle):
+    def texts(bundle) -> list:
+        return [
+            t for t in fxcu.chart_figure(real_forecast_7d, bundle).axes[0].texts if "DATA NOT CURRENT" in t.get_text()
+        ]
+
+    assert texts(real_bundle) == []  # current data: no banner
+    seed = fxcu.Reason(
+        fxcu.Degraded.SEED, "seed history: USD/CLP from the shipped seed, last date 2024-07-15, 875 days old"
+    )
+    old = dataclasses.replace(real_bundle, reasons=(*real_bundle.reasons, seed))
+    (banner,) = texts(old)
+    assert "875 days old" in banner.get_text() and banner.get_bbox_patch().get_facecolor()[:3] == (
+        214 / 255,
+        39 / 255,
+        40 / 255,
+    )
+
+
+@pytest.mark.slow
 def test_the_headline_is_the_one_line_every_output_repeats(real_forecast_7d, real_bundle):
     fc, now = real_forecast_7d, datetime(2026, 1, 19, 15, 0, tzinfo=UTC)
     line = f"USD/CLP 7d: last {fc.last_close:.2f} on 2024-07-15 -> {fc.final['forecast']:.2f} on 2024-07-22"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import importlib.metadata
 import inspect
 import math
@@ -32,9 +31,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -422,59 +420,29 @@ def cmd_guards(args: argparse.Namespace) -> None:
 # -- faults: hostile HTTP answers on both transports ---------------------------------------------
 
 
-def trickling(body: bytes, *, headers: bool, stop: threading.Event) -> Callable:
-    """A FakeSources route that writes its own answer one byte a second: the headers too, or only the body.
-
-    The route writes the status line, headers and body itself, then ends the exchange (its error is
-    swallowed by FakeSources' server), so nothing else is sent.
-    """
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    fast, slow = (b"", head + body) if headers else (head, body)
-
-    def route(handler):
-        try:
-            handler.wfile.write(fast)
-            handler.wfile.flush()
-            for i in range(len(slow)):
-                if stop.wait(1.0):
-                    break
-                handler.wfile.write(slow[i : i + 1])
-                handler.wfile.flush()
-        except OSError:  # the client gave up: what the fault is for
-            pass
-        handler.close_connection = True
-        raise ConnectionAbortedError("the answer was written by the route")
-
-    return route
-
-
 def compressed(reply: t.Reply) -> t.Reply:
     """`reply` as a CDN answers Chrome: the body gzip-compressed, with Content-Encoding: gzip."""
     body = reply.body if isinstance(reply.body, bytes) else str(reply.body).encode()
-    return dataclasses.replace(reply, body=gzip.compress(body), encoding="gzip")
+    return dataclasses.replace(reply, body=t.compress(body, "gzip"), encoding="gzip")
 
 
-def fault_routes(stop: threading.Event) -> dict[str, dict[str, t.Reply | Callable]]:
+def fault_routes() -> dict[str, dict[str, t.Reply]]:
     """Per fault, the Yahoo chart answers (USD/CLP and copper); mindicador and FRED answer normally."""
     good = t.good_routes()
     clp, hg = good[t.YAHOO_CLP], good[t.YAHOO_HG]
     bomb, big = t.Reply(body=t.gzip_bomb(), encoding="gzip"), t.Reply(body=b"[" + b" " * (33 * 2**20) + b"]")
-    slow = str(clp.body).encode()
     return {
         "healthy, gzip": {"clp": compressed(clp), "hg": compressed(hg)},
         "gzip bomb (1 MB inflating to 1 GiB)": {"clp": bomb, "hg": bomb},
         "body over 32 MB, not compressed": {"clp": big, "hg": big},
-        "body trickles 1 byte/s": dict.fromkeys(("clp", "hg"), trickling(slow, headers=False, stop=stop)),
-        "headers trickle 1 byte/s": dict.fromkeys(("clp", "hg"), trickling(slow, headers=True, stop=stop)),
+        "body trickles 1 byte/s": dict.fromkeys(("clp", "hg"), dataclasses.replace(clp, trickle=1.0, chunk=1)),
+        "headers trickle 1 byte/s": dict.fromkeys(
+            ("clp", "hg"), dataclasses.replace(clp, trickle=1.0, chunk=1, slow_headers=True)
+        ),
     }
 
 
-RSS_WRAPPER = """
-import resource, subprocess, sys
-code = subprocess.run(sys.argv[1:]).returncode
-print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
-sys.exit(code)
-"""
+RSS_WRAPPER = t.RSS_WRAPPER  # the test suite's: a small parent reads the peak (RUSAGE_CHILDREN)
 
 
 def cli_peak(args: list[str], env: dict[str, str], cwd: Path, limit: float) -> tuple[t.Outcome | None, float]:
@@ -544,7 +512,6 @@ def cmd_faults(args: argparse.Namespace) -> None:
     timeout, budget, rounds = (3, 10, 3) if args.quick else (args.timeout, args.budget, 20)
     command = ["fetch"] if args.command == "fetch" else ["run", "7d", "--skip-email"]
     root = Path(tempfile.mkdtemp(prefix="fxcu-bench-faults-"))
-    stop = threading.Event()
     try:
         cafile, context = t.make_tls_pair(root)
         os.environ["SSL_CERT_FILE"] = str(cafile)  # for the in-process fetches; the children get it in their env
@@ -558,7 +525,7 @@ def cmd_faults(args: argparse.Namespace) -> None:
             "in the end. Peak RSS: ru_maxrss of the fxcu process, read by its parent (a small wrapper).\n"
         )
         rows = []
-        for fault, changes in fault_routes(stop).items():
+        for fault, changes in fault_routes().items():
             for mode in fxcu.IMPERSONATE:
                 data = root / f"data-{len(rows)}"
                 shutil.copytree(root / "template", data)
@@ -585,7 +552,6 @@ def cmd_faults(args: argparse.Namespace) -> None:
         ]
         print(table(["transport", "median ms", "25%–75% ms", "ratio to off", "outcome"], body, "lrrrl"))
     finally:
-        stop.set()
         shutil.rmtree(root, ignore_errors=True)
 
 
