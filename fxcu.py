@@ -363,6 +363,7 @@ class Result:
     frequency: Literal["daily", "monthly"] = "daily"
     findings: tuple[Finding, ...] = ()
     degraded: tuple[Reason[Degraded], ...] = ()
+    unreachable: bool = False  # failed at the connection level: a name not known, refused, no route
 
     @property
     def ok(self) -> bool:
@@ -409,6 +410,7 @@ class ChosenSeries:
     error: str | None = None
     degraded: tuple[Reason[Degraded], ...] = ()
     failures: tuple[str, ...] = ()  # "<source> failed: <why>", also in `notes`
+    unreachable: bool = False  # every live source asked failed at the connection level: no network
 
     @property
     def ok(self) -> bool:
@@ -3683,6 +3685,7 @@ class SeriesFacts:
     last: date | None = None
     rows: int = 0
     error: str | None = None  # the exception's type name: the file is unreadable
+    seed_only: bool = False  # every row is the shipped seed's: no live source has answered yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -3738,6 +3741,17 @@ def check_age(
     return name, grade(age, warn_days, critical_days), f"{age} days old (last {last})"
 
 
+def only_seed(check: Check) -> Check:
+    """A history that is still only the shipped seed warns, whatever its age: nothing live has been stored (pure).
+
+    An offline first day is a set-up to finish, not an outage; a poisoned (future) date stays CRITICAL.
+    """
+    name, level, message = check
+    if "future" in message:
+        return check
+    return name, "WARNING", f"seed history only, {message}: no live source has answered yet (run `fxcu fetch`)"
+
+
 def check_unreadable(name: str, facts: SeriesFacts) -> Check:
     """A warehouse file that cannot be read is CRITICAL: a run would fail on it too (pure)."""
     return name, "CRITICAL", f"{facts.file} unreadable ({facts.error})"
@@ -3755,17 +3769,26 @@ def check_usdclp(facts: SeriesFacts, *, today: date, limits: Thresholds) -> Chec
         critical_days=limits.data_critical_days,
         missing="CRITICAL",
     )
-    return name, level, _with_rows(message, facts.rows)
+    graded = name, level, _with_rows(message, facts.rows)
+    return only_seed(graded) if facts.seed_only else graded
 
 
 def check_copper(
-    last: date | None, rows: int, degraded: Sequence[str] | None, *, today: date, limits: Thresholds
+    last: date | None,
+    rows: int,
+    degraded: Sequence[str] | None,
+    *,
+    today: date,
+    limits: Thresholds,
+    seed_only: bool = False,
 ) -> Check:
     """One copper verdict from its warehouse age and the last run's degraded reasons, so none contradict (pure)."""
     name, level, message = check_age(
         "copper data", last, today=today, warn_days=limits.data_warn_days, critical_days=None, missing="WARNING"
     )
     message = "no data: forecasts run without copper" if last is None else _with_rows(message, rows)
+    if seed_only and last is not None:
+        name, level, message = only_seed((name, level, message))
     said = {
         Degraded.NO_COPPER: "the last run had no copper",
         Degraded.STALE_COPPER: "the last run had stale copper (no copper model)",
@@ -3869,7 +3892,14 @@ def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> l
         check_usdclp(facts.usdclp, today=today, limits=limits),
         check_unreadable("copper data", copper)
         if copper.error
-        else check_copper(copper.last, copper.rows, last_run_degraded(facts.status), today=today, limits=limits),
+        else check_copper(
+            copper.last,
+            copper.rows,
+            last_run_degraded(facts.status),
+            today=today,
+            limits=limits,
+            seed_only=copper.seed_only,
+        ),
         *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
         *check_ledger(facts, today=today),
         check_mlflow(facts.database, limits=limits),
@@ -4211,9 +4241,11 @@ def _bounded(
 
 
 def _unreachable(exc: BaseException | None) -> bool:
-    """True when the chain holds a name that did not resolve or a connection refused: no network, or nobody there."""
+    """True when the chain holds a name that did not resolve, a connection refused or no route: no network."""
     while exc is not None:
-        if isinstance(exc, socket.gaierror | ConnectionRefusedError):
+        if isinstance(exc, socket.gaierror | ConnectionRefusedError) or (
+            isinstance(exc, OSError) and exc.errno in {errno.ENETUNREACH, errno.EHOSTUNREACH}
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -4770,7 +4802,7 @@ def _fetch(
         try:
             payload = fetch_json(client, url, params)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a body that is not JSON
-            return Result(source, error=describe_error(exc, secret))
+            return Result(source, error=describe_error(exc, secret), unreachable=_unreachable(exc))
         try:
             frames.append(parse(payload))
         except Implausible as exc:  # a well-formed wrong answer: its findings are values `degraded` reports
@@ -4784,13 +4816,16 @@ def _fetch(
     return Result(source, frame=frame)
 
 
+NO_KEY = "FRED_API_KEY is not set"  # a source not asked: it neither answered nor showed the network down
+
+
 def fetch_source(
     source: Source, config: Config, client: httpx.Client, fetch_json: Any, *, since: date | None, now: datetime
 ) -> Result:
     """Ask one source (its description in SOURCES) for what the cache lacks; a raw (uncleaned) frame or the failure."""
     secret = config.fred_api_key if source.key else None
     if source.key and not secret:
-        return Result(source.name, error="FRED_API_KEY is not set", frequency=source.frequency)
+        return Result(source.name, error=NO_KEY, frequency=source.frequency)
     base = getattr(config, source.base)
     calls = [
         (f"{base}{source.path}{suffix}", with_key(params, secret)) for suffix, params in source.requests(since, now)
@@ -5135,7 +5170,9 @@ def ask_sources(
         why = refusal(result, now=now, max_age=timedelta(days=config.max_age_days))
         if why is None:
             break
-        log.warning("%s %s fetch failed (%s)", _source_title(result.source), rules.label, why)
+        # no network is said once for the run (fetch_both); a backup that answers says so itself
+        level = logging.INFO if result.unreachable else logging.WARNING
+        log.log(level, "%s %s fetch failed (%s)", _source_title(result.source), rules.label, why)
     return results
 
 
@@ -5161,6 +5198,8 @@ def fetch_series(
         cache = read_cache(path, now=now, rules=PLAUSIBLE[name])
         if not cache.ok and not path.exists() and config.seed_dir is not None:
             cache = read_seed(config.seed_dir, name)  # an empty warehouse starts from the shipped real history
+        elif cache.ok and cache.frame.height and (cache.frame[SOURCE] == "seed").all():
+            cache = dataclasses.replace(cache, source="seed")  # stored, but still only the seed
         asked = ask_sources(name, config, client, fetch_json, cache=cache, now=now, deadline=deadline)
         results = [*asked, cache]
         ages = {r.source: timedelta(days=config.max_age_days) for r in results}
@@ -5170,7 +5209,10 @@ def fetch_series(
         if stored(chosen):
             series = write_series(series, path, cache)
             log.info("Successfully fetched %d %s price points from %s", chosen.frame.height, label, chosen.source)
-        return series
+        elif chosen.source == "seed" and not path.exists():  # stored as source `seed` until live rows replace them
+            series = write_series(series, path, cache)
+        live = [r for r in asked if r.source != "network" and r.error != NO_KEY]
+        return dataclasses.replace(series, unreachable=bool(live) and all(r.unreachable for r in live))
 
 
 def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) -> tuple[ChosenSeries, ChosenSeries]:
@@ -5183,8 +5225,12 @@ def fetch_both(config: Config, client: httpx.Client | None, *, now: datetime) ->
     usdclp = fetch_series("usdclp", config, client, now=now, deadline=deadline)
     if not config.copper:
         log.warning("Copper disabled (FXCU_COPPER=off): forecasting without copper")
-        return usdclp, ChosenSeries("copper", None, "off", error="disabled by FXCU_COPPER=off")
-    return usdclp, fetch_series("copper", config, client, now=now, deadline=deadline)
+        copper = ChosenSeries("copper", None, "off", error="disabled by FXCU_COPPER=off", unreachable=True)
+    else:
+        copper = fetch_series("copper", config, client, now=now, deadline=deadline)
+    if usdclp.unreachable and copper.unreachable:
+        log.warning("No network (no source could be reached): serving from the warehouse")
+    return usdclp, copper
 
 
 @contextlib.contextmanager
@@ -6346,28 +6392,28 @@ def email_reports(
 # -- Shell: the facts `check` grades ---------------------------------------------------
 
 
-def read_series_stats(path: Path) -> tuple[date | None, int]:
-    """Last date and row count of a warehouse file; raises on an unreadable one."""
+def read_series_stats(path: Path) -> tuple[date | None, int, bool]:
+    """Last date, row count and whether every row is the seed's, of a warehouse file; raises on an unreadable one."""
 
     if not path.exists():
-        return None, 0
+        return None, 0, False
     # a poisoned file can hold year 33658, which Python's date cannot: clip it to a date that says "future"
-    last, rows = (
+    last, rows, seed_only = (
         pl.scan_parquet(path)
-        .select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len())
+        .select(pl.col(DATE).max().clip(date(1, 1, 1), date(9999, 12, 31)), pl.len(), (pl.col(SOURCE) == "seed").all())
         .collect()
         .row(0)
     )
-    return last, rows
+    return last, rows, bool(seed_only and rows)
 
 
 def read_series_facts(warehouse: Path, file: str) -> SeriesFacts:
     """A warehouse file's last date and row count; an unreadable file is a fact for `check`, not a crash."""
     try:
-        last, rows = read_series_stats(warehouse / file)
+        last, rows, seed_only = read_series_stats(warehouse / file)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
         return SeriesFacts(file, error=type(exc).__name__)
-    return SeriesFacts(file, last, rows)
+    return SeriesFacts(file, last, rows, seed_only=seed_only)
 
 
 def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:

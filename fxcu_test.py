@@ -3340,6 +3340,23 @@ def test_check_usdclp_at_and_around_its_thresholds(age, level):
     assert (name, got) == ("usdclp data", level) and message == f"{age} days old (last {facts.last}, 100 rows)"
 
 
+@pytest.mark.parametrize("age", [0, 6, 31, 875])
+def test_check_of_a_seed_only_warehouse_warns_whatever_its_age(age):
+    """Only the shipped seed stored (an offline first day): a set-up to finish, WARNING, never CRITICAL."""
+    last = TODAY - timedelta(days=age)
+    facts = fxcu.SeriesFacts(fxcu.USDCLP_CACHE, last, 2855, seed_only=True)
+    assert fxcu.check_usdclp(facts, today=TODAY, limits=LIMITS) == (
+        "usdclp data",
+        "WARNING",
+        f"seed history only, {age} days old (last {last}, 2855 rows): "
+        "no live source has answered yet (run `fxcu fetch`)",
+    )
+    _, level, message = fxcu.check_copper(last, 10, [], today=TODAY, limits=LIMITS, seed_only=True)
+    assert level == "WARNING" and message.startswith(f"seed history only, {age} days old")
+    future = fxcu.SeriesFacts(fxcu.USDCLP_CACHE, TODAY + timedelta(days=9), 1, seed_only=True)
+    assert fxcu.check_usdclp(future, today=TODAY, limits=LIMITS)[1] == "CRITICAL"  # a poisoned date stays CRITICAL
+
+
 def test_check_usdclp_missing_or_unreadable_is_critical():
     missing = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE), today=TODAY, limits=LIMITS)
     broken = fxcu.check_usdclp(fxcu.SeriesFacts(fxcu.USDCLP_CACHE, error="ArrowInvalid"), today=TODAY, limits=LIMITS)
@@ -6724,11 +6741,13 @@ def test_stale_sources_without_a_cache_serve_the_freshest_loudly(tmp_path, inpro
 
 @pytest.mark.slow
 def test_seed_first_run_without_network_forecasts_from_the_seed(tmp_path, migrated_db):
-    """A fresh clone, no network: `python fxcu.py run 7d` forecasts from data/seed and says so."""
+    """A fresh clone, no network (names that never resolve): `run 7d` forecasts from data/seed and stores it as
+    rows of source `seed`; then `check` warns at worst (never "no data") and `track 7d` works."""
     data = tmp_path / "data"
     (data / "mlflow").mkdir(parents=True)
     shutil.copy(migrated_db, data / "mlflow" / "mlflow.db")
-    env = {k: v for k, v in fault_env(data, closed_url()).items() if k not in {"FXCU_SEED", "FXCU_MAX_AGE_DAYS"}}
+    env = {k: v for k, v in fault_env(data, "http://fxcu-offline.invalid").items() if k not in {"FXCU_SEED"}}
+    env = {k: v for k, v in env.items() if k != "FXCU_MAX_AGE_DAYS"}
     result = cli(["run", "7d", "--skip-email"], env, tmp_path, timeout=300)
     age = (date.today() - date(2024, 7, 15)).days
     assert result.code == 0 and "Traceback" not in result.err, result.err
@@ -6741,13 +6760,28 @@ def test_seed_first_run_without_network_forecasts_from_the_seed(tmp_path, migrat
         f"WARNING fxcu: No USD/CLP history yet: starting from the shipped seed (last date 2024-07-15, {age} days old)"
         in result.err
     )
-    assert not (data / "warehouse" / fxcu.USDCLP_CACHE).exists()  # the seed is read, never copied as if fetched
+    # said once, not once per source; no retry of a name that never resolves
+    assert result.err.count("No network (no source could be reached): serving from the warehouse") == 1
+    assert "Retrying" not in result.err
+    assert not [line for line in result.err.splitlines() if " WARNING " in line and "connection error" in line]
+    stored = pl.read_parquet(data / "warehouse" / fxcu.USDCLP_CACHE)
+    seed = pl.read_csv(fxcu.SEED_DIR / fxcu.SEED_FILES["usdclp"])
+    assert set(stored[fxcu.SOURCE]) == {"seed"} and stored.height == seed.height
+    checked = cli(["check"], env, tmp_path)
+    assert checked.code <= 1 and "no data" not in checked.out, checked.out
+    assert "seed history only" in checked.out.splitlines()[0]
+    copper = next(line for line in checked.out.splitlines() if "copper data:" in line and line.startswith("WARNING"))
+    assert "seed history only" in copper and "without copper" not in copper  # the run used the seed's copper
+    tracked = cli(["track", "7d"], env, tmp_path)
+    assert tracked.code == 0 and "| 7d | live | 0/1 |" in tracked.out, tracked.err
 
 
 @pytest.mark.slow
 def test_seed_first_run_with_network_fetches_only_what_the_seed_lacks(tmp_path, inprocess):
     data = tmp_path / "data"
     env = {**fault_env(data, "http://unused"), "FXCU_SEED": "1"}
+    assert inprocess(["fetch", "--offline"], env).code == 0  # an offline first day stores the seed, source `seed`
+    assert set(pl.read_parquet(data / "warehouse" / fxcu.USDCLP_CACHE)[fxcu.SOURCE]) == {"seed"}
     with FakeSources(good_routes()) as api:
         result = inprocess(
             ["fetch"], {**env, "FXCU_YAHOO_URL": api.url, "FXCU_MINDICADOR_URL": api.url, "FXCU_FRED_URL": api.url}
