@@ -6865,14 +6865,30 @@ def cmd_ui(config: Config, environ: Mapping[str, str], *, host: str, port: int) 
     config.mlflow_dir.mkdir(parents=True, exist_ok=True)  # the server runs in the data dir
     shown = f"[{host}]" if ":" in host else host
     print(f"MLflow UI: http://{shown}:{port}/#/experiments  (store {uri}; Ctrl-C stops it)", flush=True)
-    # the server's own log lines go to stderr, so stdout holds only the URL
-    server = subprocess.Popen(ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno())
+    # the server's own log lines go to stderr, so stdout holds only the URL; in a process group of its own, so
+    # that Ctrl-C, SIGTERM or SIGHUP (handled by `main`) stop it and every worker it started, nothing re-parented
+    server = subprocess.Popen(
+        ui_command(config, uri, host, port), cwd=config.data_dir, stdout=sys.stderr.fileno(), start_new_session=True
+    )
     try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait(30)
-        return 0
+        while True:  # timed waits: polars' SIGINT handler restarts a blocking waitpid, which would hide Ctrl-C
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return server.wait(1.0)
+    finally:
+        stop_group(server)
+
+
+def stop_group(leader: subprocess.Popen[Any], grace: float = 8.0) -> None:
+    """Stop a process group started with `start_new_session`: SIGTERM, then SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        with contextlib.suppress(ProcessLookupError):  # the group is gone
+            os.killpg(leader.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(wait)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 0)  # a worker outlived its leader: SIGKILL the group
+            continue
+        return
 
 
 def print_table(table: Any, environ: Mapping[str, str]) -> None:
@@ -7145,7 +7161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception, so no `except Exception` swallows it
-    """SIGTERM, raised in the main thread so that every `finally` (temp files, locks) runs."""
+    """SIGTERM or SIGHUP, raised in the main thread so that every `finally` (temp files, locks, servers) runs."""
 
 
 @contextlib.contextmanager
@@ -7156,13 +7172,14 @@ def _sigterm_as_exception() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> NoReturn:
-        raise Terminated
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, action in previous.items():
+            signal.signal(sig, action)
 
 
 def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str], now: datetime) -> int:
@@ -7246,9 +7263,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("fxcu: interrupted (Ctrl-C): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
         return 130
-    except Terminated:
-        print("fxcu: terminated (SIGTERM): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
-        return 143
+    except Terminated as exc:
+        sig = signal.Signals(exc.args[0] if exc.args else signal.SIGTERM)
+        print(f"fxcu: terminated ({sig.name}): stopped, temp files removed, nothing half-written kept", file=sys.stderr)
+        return 128 + sig.value
     except (TimeoutError, ValueError) as exc:
         print(f"fxcu: {redact(str(exc), config.fred_api_key)}", file=sys.stderr)
         return 1

@@ -5532,9 +5532,107 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         page = next(f["path"] for f in listed if f["path"].endswith(".html"))
         body = httpx.get(f"{url}/get-artifact", params={"path": page, "run_uuid": info["run_id"]}).text
         assert ' src="data:image/png;base64,' in body
+        # SIGTERM to fxcu alone (systemd's stop): the real mlflow server and its uvicorn workers stop within 10 s
+        children = descendants(server.pid)
+        assert children and listening(port)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while (listening(port) or any(map(alive, children))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not listening(port) and not [pid for pid in children if alive(pid)]
     finally:
-        os.killpg(server.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait(20)
+
+
+FAKE_SERVER = """
+import socket, subprocess, sys, time
+port = int(sys.argv[1])
+if sys.argv[2:] == ["worker"]:  # a worker that listens, as uvicorn's do
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        time.sleep(600)
+else:  # the master: starts its worker and waits, as `mlflow server` does
+    subprocess.Popen([sys.executable, __file__, str(port), "worker"])
+    time.sleep(600)
+"""
+
+UI_WITH_FAKE_SERVER = """
+import sys
+import fxcu
+fxcu.ui_command = lambda config, uri, host, port: [sys.executable, sys.argv[2], str(port)]
+raise SystemExit(fxcu.main(["ui", "--port", sys.argv[1]]))
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process under `pid`, read from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_ui_stopped_by_a_signal_leaves_nothing_listening_and_no_worker_alive(tmp_path, sig):
+    """`fxcu ui` under SIGTERM, SIGHUP or Ctrl-C stops its server's whole process group: within 10 s the port is
+    free and no child is alive (a master and a worker that listens stand in for `mlflow server` and uvicorn)."""
+    (tmp_path / "server.py").write_text(FAKE_SERVER)
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-c", UI_WITH_FAKE_SERVER, str(port), str(tmp_path / "server.py")],
+        env={**clean_environ(), "FXCU_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(HERE)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as from a terminal: a runner started in the background hands its children SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    children: set[int] = set()
+    try:
+        assert ui.stdout.readline().startswith(f"MLflow UI: http://127.0.0.1:{port}/#/experiments")
+        deadline = time.monotonic() + 30
+        while not listening(port) and time.monotonic() < deadline and ui.poll() is None:
+            time.sleep(0.1)  # the worker is booting: polled for readiness, no result depends on it
+        children = descendants(ui.pid)
+        assert listening(port) and len(children) == 2, children
+        ui.send_signal(sig)  # to fxcu alone, as systemd, a closed terminal or Ctrl-C would
+        code = ui.wait(10)
+        deadline = time.monotonic() + 10
+        while (listening(port) or any(map(alive, children))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not listening(port) and not [pid for pid in children if alive(pid)]
+        assert code == 128 + sig.value and "Traceback" not in ui.stderr.read()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ui.pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_ui_refuses_a_tracking_server_uri(tmp_path, capsys):
