@@ -2781,9 +2781,12 @@ def digest_sections(
     return sections
 
 
-def email_subject(forecasts: Sequence[Forecast]) -> str:
-    """'fxcu: ' and the headline of the email's forecasts (pure)."""
-    return f"fxcu: {headline_of(forecasts)}"
+DEGRADED_MARK = "[degraded]"  # first in an email subject and an MLflow run name when the data was degraded
+
+
+def email_subject(forecasts: Sequence[Forecast], degraded: bool = False) -> str:
+    """'fxcu: ' and the headline of the email's forecasts, after `[degraded]` when the data was (pure)."""
+    return f"{DEGRADED_MARK + ' ' if degraded else ''}fxcu: {headline_of(forecasts)}"
 
 
 HTML_STYLE = {  # inline styles, as Outlook and Gmail drop or rewrite <style> blocks
@@ -2849,7 +2852,7 @@ def build_email(
     # a text reader has no image to show: say where the chart is instead of a dangling link
     text = re.sub(r"!\[[^\]]*\]\(cid:[^)]*\)", "(chart in the HTML version of this email)", markdown)
     message = EmailMessage()
-    message["Subject"] = email_subject(forecasts)
+    message["Subject"] = email_subject(forecasts, bool(bundle.degraded))
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Date"] = format_datetime(now.astimezone(ZoneInfo(SANTIAGO)))
@@ -5665,16 +5668,23 @@ def retire_default_experiment(client: Any) -> bool:
     return True
 
 
-def run_name(fc: Forecast, now: datetime) -> str:
-    """The MLflow run name: horizon, forecast, data date and when it was made, in Santiago time (pure).
+def run_name(fc: Forecast, now: datetime, degraded: bool = False) -> str:
+    """The MLflow run name: horizon, forecast, 80% range, data date and when it was made, in Santiago time (pure).
+
+    Degraded data puts `[degraded]` first, as in the email's subject.
 
     >>> from types import SimpleNamespace as NS
-    >>> fc = NS(horizon="7d", final={"forecast": 912.404}, origin=date(2026, 1, 19))
+    >>> fc = NS(horizon="7d", final={"forecast": 912.404, "lo_80": 890.06, "hi_80": 935.26}, origin=date(2026, 1, 19))
     >>> run_name(fc, datetime(2026, 1, 19, 15, tzinfo=UTC))
-    '7d → 912.40 · data 2026-01-19 · made 01-19 12:00'
+    '7d 912.40 [890.1–935.3] · data 2026-01-19 · 01-19 12:00'
     """
     made = now.astimezone(ZoneInfo("America/Santiago"))
-    return f"{fc.horizon} → {fc.final['forecast']:.2f} · data {fc.origin} · made {made:%m-%d %H:%M}"
+    final = fc.final
+    mark = f"{DEGRADED_MARK} " if degraded else ""
+    return (
+        f"{mark}{fc.horizon} {final['forecast']:.2f} [{final['lo_80']:.1f}–{final['hi_80']:.1f}]"
+        f" · data {fc.origin} · {made:%m-%d %H:%M}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -5883,7 +5893,14 @@ def run_record(
     start_ms = int(now.timestamp() * 1000)
     datasets = input_datasets(bundle)
     return RunRecord(
-        h, run_name(fc, now), params, metrics, tags, tuple(artifacts), start_ms=start_ms, datasets=datasets
+        h,
+        run_name(fc, now, bool(bundle.degraded)),
+        params,
+        metrics,
+        tags,
+        tuple(artifacts),
+        start_ms=start_ms,
+        datasets=datasets,
     )
 
 

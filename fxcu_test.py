@@ -2525,8 +2525,13 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     runs = read_runs(folder, "7d")
     assert len(runs) == 1
     run = runs[0]
-    name = rf"7d → {run.data.metrics['forecast']:.2f} · data 2024-07-15 · made \d\d-\d\d \d\d:\d\d"
-    assert re.fullmatch(name, run.info.run_name) and run.info.status == "FINISHED"  # the forecast, told apart
+    m = run.data.metrics
+    # the forecast and its range, told apart; the cached (degraded) data marked first, as in the email's subject
+    name = (
+        rf"\[degraded\] 7d {m['forecast']:.2f} \[{m['forecast_lo_80']:.1f}–{m['forecast_hi_80']:.1f}\]"
+        r" · data 2024-07-15 · \d\d-\d\d \d\d:\d\d"
+    )
+    assert re.fullmatch(name, run.info.run_name) and run.info.status == "FINISHED"
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["horizon"] == "7d" and p["copper_available"] == "True" and p["usdclp_source"] == "cache"
     assert p["copper_frequency"] == "daily" and p["data_last_date"] == "2024-07-15" and p["backtest_origins"] == "60"
@@ -2705,6 +2710,14 @@ def test_the_headline_is_the_one_line_every_output_repeats(real_forecast_7d, rea
     assert fxcu.format_summary(fxcu.summary(fc, real_bundle)).splitlines()[0] == line  # what `run` prints
     assert fxcu.report_title(fc, now=now) == f"{line}, made 2026-01-19 12:00 (Santiago, UTC-03)"
     assert fxcu.email_subject([fc]) == f"fxcu: {line}"
+    assert fxcu.email_subject([fc], degraded=True) == f"[degraded] fxcu: {line}"
+    low, high = fc.final["lo_80"], fc.final["hi_80"]
+    assert (
+        fxcu.run_name(fc, now)
+        == f"7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:00"
+    )
+    later = fxcu.run_name(fc, now + timedelta(minutes=5), degraded=True)  # two runs on the same data: told apart
+    assert later == f"[degraded] 7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:05"
     assert fxcu.run_note(fc, real_bundle).startswith(f"**{line}** (")
     assert fxcu.chart_figure(fc, real_bundle, now=now).axes[0].get_title("left").startswith(f"{line} (")
 
@@ -4959,7 +4972,9 @@ def test_run_all_fetches_once_forecasts_four_horizons_and_emails_one_digest(
     message = parse_email(raw)
     assert_renders(message, ["7d", "15d", "30d", "90d"])
     forecasts = ", ".join(f"{h} {out[h]['forecast']:.2f}" for h in fxcu.HORIZONS)
-    assert message["Subject"] == f"fxcu: USD/CLP: last {out['7d']['last_close']:.2f} on 2024-07-15 -> {forecasts}"
+    # stale copper: the subject says so first
+    subject = f"[degraded] fxcu: USD/CLP: last {out['7d']['last_close']:.2f} on 2024-07-15 -> {forecasts}"
+    assert message["Subject"] == subject
     html = message.get_body(("html",)).get_content()
     assert all(f"{h}: Summary" in html for h in fxcu.HORIZONS) and html.count("Copper</h2>") == 1
 
@@ -5052,7 +5067,8 @@ def test_run_emails_the_report_with_its_chart(data_dir, capsys, shared_models):
     server.thread.join(10)
     assert len(server.messages) == 1
     message = parse_email(server.messages[0])
-    assert message["Subject"].startswith("fxcu: USD/CLP 7d: last ") and message["To"] == "desk@example.cl"
+    assert message["Subject"].startswith("[degraded] fxcu: USD/CLP 7d: last ")  # stale data
+    assert message["To"] == "desk@example.cl"
     assert_renders(message, ["7d"])
     html = message.get_body(("html",)).get_content()
     assert "Backtest at the horizon date" in html and "Range backtest" in html
@@ -5515,7 +5531,10 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         ).json()["runs"]
         assert len(runs) == 1
         info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
-        name = rf"7d → {out['forecast']:.2f} · data 2024-07-15 · made \d\d-\d\d \d\d:\d\d"
+        low, high = out["interval_80"]
+        name = (
+            rf"\[degraded\] 7d {out['forecast']:.2f} \[{low:.1f}–{high:.1f}\] · data 2024-07-15 · \d\d-\d\d \d\d:\d\d"
+        )
         assert re.fullmatch(name, info["run_name"]) and int(info["end_time"]) > int(info["start_time"])
         assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
         headline = f"USD/CLP 7d: last {out['last_close']:.2f} on {out['last_date']} -> {out['forecast']:.2f}"
