@@ -999,6 +999,69 @@ def test_all_is_the_readme_library_api_and_each_name_exists():
     assert all(hasattr(fxcu, name) for name in fxcu.__all__)
 
 
+# Every file the tests read from data/real (real public data and recorded bodies; provenance in PROVENANCE.md)
+REAL_FILES = (
+    "usdclp_clpx_daily_2006_2024.csv",
+    "copper_hgf_daily_2000_2026.csv",
+    "fred_pcoppusdm_monthly_1998_2026.csv",
+    "fred/error_400_missing_series_id.json",
+    "fred/observations_200_GDP_with_dots_full_interaction.json",
+    "mindicador/dolar_200_last31.json",
+    "yahoo/chart_200_AAPL_empty_result.json",
+    "yahoo/chart_200_BTC-USD_null_bars.json",
+    "yahoo/chart_200_EURUSD=X_fx.json",
+    "yahoo/chart_200_GC=F_future.json",
+    "yahoo/chart_400_bad_range.json",
+    "yahoo/chart_404_not_found.json",
+)
+
+
+def test_the_real_data_the_tests_read_is_in_the_repository():
+    missing = [name for name in REAL_FILES if not (SHARED / name).is_file()]
+    seed = [name for name in fxcu.SEED_FILES.values() if not (fxcu.SEED_DIR / name).is_file()]
+    assert not missing, (
+        f"missing from data/real: {', '.join(missing)}. The tests read the real public data copied into the "
+        "repository (provenance in data/real/PROVENANCE.md): restore it with `git checkout -- data/real`."
+    )
+    assert not seed, f"missing from data/seed: {', '.join(seed)}: rebuild it with `python data/seed/build_seed.py`."
+
+
+def collected(folder: Path) -> list[str]:
+    """The test ids `pytest --collect-only` finds in `folder`, run there in a fresh process; fails on any error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        cwd=folder,
+        env={**clean_environ(), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    found = done.stdout.splitlines()[-1:]
+    assert done.returncode == 0 and not re.search(r"\d+ errors?\b", "".join(found)), done.stdout[-3000:] + done.stderr
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+@pytest.mark.slow
+def test_a_bare_clone_collects_every_test_reading_nothing_outside_it(tmp_path):
+    """The README's test command in a clone with nothing beside it: no `../shared`, no data dir, no cache.
+
+    The clone is git's tracked files as they are now (committed or not), so a file the tests need that was never
+    added to git fails here as it would in a stranger's clone.
+    """
+    clone = tmp_path / "empty" / "fxcu"
+    if (HERE / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=HERE, check=True, capture_output=True, timeout=60)
+        for name in filter(None, listed.stdout.decode().split("\0")):
+            if (HERE / name).is_file():  # a tracked file deleted in the working tree is not in the clone
+                (clone / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(HERE / name, clone / name)
+    else:  # a checkout without git: its files, not what runs made
+        ignored = shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache", "mlflow", "warehouse", "reports")
+        shutil.copytree(HERE, clone, ignore=ignored)
+    assert not (clone.parent.parent / "shared").exists() and not (clone / ".venv").exists()
+    assert collected(clone) == collected(HERE) != []
+
+
 @pytest.mark.parametrize(("text", "days"), [("7d", 7), ("15d", 15), ("30d", 30), ("90D", 90), (" 7d ", 7)])
 def test_parse_horizon_known(text, days):
     assert fxcu.parse_horizon(text) == days
@@ -6080,19 +6143,23 @@ def test_fault_yahoo_timeout_is_bounded_and_falls_back(data_dir, inprocess):
 @pytest.mark.parametrize(
     ("reply", "seen"),
     [
-        (Reply(200, json.dumps(real_usdclp_payload())[:5000]), "malformed JSON (Expecting"),
+        # built in the test, not at collection: a missing data file fails a test, never the collection
+        (lambda: Reply(200, json.dumps(real_usdclp_payload())[:5000]), "malformed JSON (Expecting"),
         (
-            yahoo_reply("chart_404_not_found.json"),
+            lambda: yahoo_reply("chart_404_not_found.json"),
             'HTTP 404 Not Found: {"code": "Not Found", "description": "No data found, symbol may be delisted"}',
         ),
-        (yahoo_reply("chart_200_AAPL_empty_result.json"), "PayloadError: empty result: no bars (no 'timestamp')"),
+        (
+            lambda: yahoo_reply("chart_200_AAPL_empty_result.json"),
+            "PayloadError: empty result: no bars (no 'timestamp')",
+        ),
     ],
     ids=["garbage-json", "chart-error-404", "empty-result"],
 )
 def test_fault_yahoo_bad_body_is_not_retried_and_falls_back(data_dir, tmp_path, reply, seen):
     with (
         guarded(data_dir, unchanged=(fxcu.COPPER_CACHE,), db_unchanged=True) as guard,
-        FakeSources(routes(clp=reply, hg=reply)) as api,
+        FakeSources(routes(clp=reply(), hg=reply())) as api,
     ):
         result = guard(cli(["fetch"], fault_env(data_dir, api.url), tmp_path))
     assert result.code == 0 and "Traceback" not in result.err, result.err
