@@ -5477,9 +5477,9 @@ def experiment_description(horizon: str) -> str:
     days = parse_horizon(horizon)
     return (
         f"USD/CLP forecast {days} calendar days ({horizon_steps(days)} trading days) ahead, "
-        f"made by `fxcu run {horizon}`, with copper as a signal. One run per forecast, named by horizon "
-        f"and data date (`{horizon} · data YYYY-MM-DD`); its description holds the forecast, its range "
-        "and the served models.\n\n"
+        f"made by `fxcu run {horizon}`, with copper as a signal. One run per forecast, named by horizon, "
+        f"forecast, 80% range, data date and Santiago time (`{horizon} 898.95 [875.5–923.0] · data YYYY-MM-DD · "
+        "MM-DD HH:MM:SS`), `[degraded]` first when its data was; its description holds the served models.\n\n"
         f"Metrics `{SERVED_PREFIX}rmse`, `{SERVED_PREFIX}ratio_to_naive`, `{SERVED_PREFIX}coverage_80` ... "
         "score the served forecast in the backtest and are named alike in every fxcu experiment; "
         f"`{horizon}_rmse` ... are the same numbers under the original guide's names. RMSE and MAE are "
@@ -5676,14 +5676,14 @@ def run_name(fc: Forecast, now: datetime, degraded: bool = False) -> str:
     >>> from types import SimpleNamespace as NS
     >>> fc = NS(horizon="7d", final={"forecast": 912.404, "lo_80": 890.06, "hi_80": 935.26}, origin=date(2026, 1, 19))
     >>> run_name(fc, datetime(2026, 1, 19, 15, tzinfo=UTC))
-    '7d 912.40 [890.1–935.3] · data 2026-01-19 · 01-19 12:00'
+    '7d 912.40 [890.1–935.3] · data 2026-01-19 · 01-19 12:00:00'
     """
     made = now.astimezone(ZoneInfo("America/Santiago"))
     final = fc.final
     mark = f"{DEGRADED_MARK} " if degraded else ""
     return (
         f"{mark}{fc.horizon} {final['forecast']:.2f} [{final['lo_80']:.1f}–{final['hi_80']:.1f}]"
-        f" · data {fc.origin} · {made:%m-%d %H:%M}"
+        f" · data {fc.origin} · {made:%m-%d %H:%M:%S}"
     )
 
 

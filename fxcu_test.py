@@ -2592,7 +2592,7 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     # the forecast and its range, told apart; the cached (degraded) data marked first, as in the email's subject
     name = (
         rf"\[degraded\] 7d {m['forecast']:.2f} \[{m['forecast_lo_80']:.1f}–{m['forecast_hi_80']:.1f}\]"
-        r" · data 2024-07-15 · \d\d-\d\d \d\d:\d\d"
+        r" · data 2024-07-15 · \d\d-\d\d \d\d:\d\d:\d\d"
     )
     assert re.fullmatch(name, run.info.run_name) and run.info.status == "FINISHED"
     p, m, t = run.data.params, run.data.metrics, run.data.tags
@@ -2777,10 +2777,12 @@ def test_the_headline_is_the_one_line_every_output_repeats(real_forecast_7d, rea
     low, high = fc.final["lo_80"], fc.final["hi_80"]
     assert (
         fxcu.run_name(fc, now)
-        == f"7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:00"
+        == f"7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:00:00"
     )
     later = fxcu.run_name(fc, now + timedelta(minutes=5), degraded=True)  # two runs on the same data: told apart
-    assert later == f"[degraded] 7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:05"
+    assert (
+        later == f"[degraded] 7d {fc.final['forecast']:.2f} [{low:.1f}–{high:.1f}] · data 2024-07-15 · 01-19 12:05:00"
+    )
     assert fxcu.run_note(fc, real_bundle).startswith(f"**{line}** (")
     assert fxcu.chart_figure(fc, real_bundle, now=now).axes[0].get_title("left").startswith(f"{line} (")
 
@@ -5470,9 +5472,17 @@ def test_init_twice_changes_nothing(tmp_path, migrated_db, capsys):
     assert fxcu.main(["init"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
     first = capsys.readouterr().out
     assert first.count("created") == 4 and str(tmp_path / "mlflow" / "mlruns") in first
+    db = tmp_path / "mlflow" / "mlflow.db"
+    kinds = "select count(*) from experiment_tags where key = 'mlflow.experimentKind' and value = ?"
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # MLflow 3.17's UI opens these on their runs, not GenAI
+        assert conn.execute(kinds, ("custom_model_development",)).fetchone()[0] == 4
+        with conn:
+            conn.execute("delete from experiment_tags where key = 'mlflow.experimentKind'")  # made by an older fxcu
     assert fxcu.main(["init"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
     second = capsys.readouterr().out
     assert second.count("created") == 0 and second.count("exists") == 4
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # existing experiments get the tag too
+        assert conn.execute(kinds, ("custom_model_development",)).fetchone()[0] == 4
 
 
 @pytest.mark.slow
@@ -5595,9 +5605,8 @@ def test_fxcu_ui_serves_the_store_and_its_rest_answers_what_the_browser_shows(of
         assert len(runs) == 1
         info, tags = runs[0]["info"], {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
         low, high = out["interval_80"]
-        name = (
-            rf"\[degraded\] 7d {out['forecast']:.2f} \[{low:.1f}–{high:.1f}\] · data 2024-07-15 · \d\d-\d\d \d\d:\d\d"
-        )
+        name = rf"\[degraded\] 7d {out['forecast']:.2f} \[{low:.1f}–{high:.1f}\] · data 2024-07-15 · "
+        name += r"\d\d-\d\d \d\d:\d\d:\d\d"
         assert re.fullmatch(name, info["run_name"]) and int(info["end_time"]) > int(info["start_time"])
         assert tags["mlflow.source.name"] == "fxcu run 7d" and tags["mlflow.user"]
         headline = f"USD/CLP 7d: last {out['last_close']:.2f} on {out['last_date']} -> {out['forecast']:.2f}"
