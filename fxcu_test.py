@@ -3819,6 +3819,14 @@ def test_fetch_json_does_not_retry_a_name_that_does_not_resolve_or_a_refused_con
     with pytest.raises(httpx.ConnectError) as caught:
         refused()
     assert not fxcu._is_transient(caught.value)  # refused: one try too
+
+    def no_route():
+        raise httpx.ConnectError("[Errno 101] Network is unreachable") from OSError(errno.ENETUNREACH, "unreachable")
+
+    with pytest.raises(httpx.ConnectError) as caught:
+        no_route()
+    assert not fxcu._is_transient(caught.value)  # no route to any host: one try
+    assert fxcu._is_transient(httpx.ConnectError("[Errno 104] Connection reset by peer"))  # a reset keeps its retries
     assert fxcu._is_transient(httpx.ReadTimeout("timed out"))  # a timeout keeps its retries, as 503 and 429 do
 
 
