@@ -1893,6 +1893,10 @@ class DensityScore:
         str, tuple[float, float]
     ]  # regime or named window -> (80% cover, 95% cover); NaN if no origin there
     origins: int
+    pit_deciles: tuple[float, ...]  # share of PIT values (the forecast CDF at the outcome) in each tenth of [0, 1]
+    pit_p: float  # p-value of uniform PIT deciles (`pit_uniformity`: block bootstrap over origins)
+    coverage_98: float  # share of outcomes inside the central 98% interval: the tails a hedger cares about
+    brier_skill: dict[str, Ratio]  # per BRIER_MOVES event: 1 - Brier / Naive's Brier, with a block-bootstrap CI
 
 
 @dataclass(frozen=True, slots=True)
@@ -1936,9 +1940,61 @@ def ratio_ci(
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
     ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
-    boot = CircularBlockBootstrap(max(1, math.ceil(steps / DENSITY_EVERY)) + 1, values, seed=0)
+    boot = CircularBlockBootstrap(block_length(steps), values, seed=0)
     means, (lo, hi) = ratio(values), np.quantile(boot.apply(ratio, reps), [0.025, 0.975], axis=0)
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
+
+
+PIT_BINS = 10  # deciles
+TAIL_LEVEL = 98  # the central interval whose coverage says whether the tails are right
+BRIER_MOVES = (-0.05, -0.025, 0.025, 0.05)  # events "above last close x (1 + move)" whose odds are scored
+
+
+def block_length(steps: int) -> int:
+    """Block length of the bootstraps over weekly origins: the origins whose outcomes overlap, plus one."""
+    return max(1, math.ceil(steps / DENSITY_EVERY)) + 1
+
+
+def pit(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Probability integral transform: the Gaussian forecast's CDF at each outcome (scipy.stats.norm)."""
+    from scipy.stats import norm
+
+    return norm.cdf(y, centre, sigma)
+
+
+def pit_deciles(values: np.ndarray) -> np.ndarray:
+    """Share of PIT values in each of the PIT_BINS equal bins of [0, 1] (uniform: 0.1 each)."""
+    return np.histogram(values, bins=PIT_BINS, range=(0.0, 1.0))[0] / max(len(values), 1)
+
+
+def pit_uniformity(values: np.ndarray, steps: int, *, reps: int = BOOTSTRAP_REPS) -> float:
+    """p-value that the PIT deciles are uniform, for outcomes that overlap across origins.
+
+    Pearson's statistic n * sum((share - 1/B)^2 * B) is compared with its sampling distribution from a
+    circular block bootstrap over origins (arch; blocks as in `block_length`): the same statistic of
+    each resample's shares against the sample's own. Independent-outcome tests would reject a
+    calibrated forecast far too often here.
+    """
+    from arch.bootstrap import CircularBlockBootstrap
+
+    n, shares = len(values), pit_deciles(values)
+    stat = n * PIT_BINS * float(np.sum((shares - 1 / PIT_BINS) ** 2))
+    boot = CircularBlockBootstrap(block_length(steps), values, seed=0)
+    spread = boot.apply(lambda v: n * PIT_BINS * np.sum((pit_deciles(v) - shares) ** 2), reps)[:, 0]
+    return float((1 + np.sum(spread >= stat)) / (1 + reps))
+
+
+def move_label(move: float) -> str:
+    """A BRIER_MOVES event's name: -0.025 -> '-2.5%'."""
+    return f"{move * 100:+g}%"
+
+
+def brier_scores(y: np.ndarray, last: np.ndarray, sigma: np.ndarray, move: float) -> np.ndarray:
+    """Brier score per origin of the Gaussian forecast's odds of ending above `last` x (1 + move) (log prices)."""
+    from scipy.stats import norm
+
+    threshold = last + math.log1p(move)
+    return (norm.sf(threshold, last, sigma) - (y > threshold)) ** 2
 
 
 def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int) -> IntervalChoice:
@@ -1999,7 +2055,8 @@ def score_density(
 
     CRPS, WIS (`wis`: the median and the 80% and 95% intervals), IS80 and IS95 with ratios to Naive
     (block-bootstrap CIs), coverage overall with a CI, by volatility tercile of `vol20` (cut points
-    from these origins) and in NAMED_WINDOWS.
+    from these origins) and in NAMED_WINDOWS; calibration: PIT deciles and their uniformity test, the
+    98% coverage, and the Brier skill of the BRIER_MOVES events against Naive's range.
     """
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
@@ -2024,6 +2081,13 @@ def score_density(
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
     groups = (*REGIMES, *NAMED_WINDOWS)
+    pits = {m: pit(y, last, frame[m].to_numpy()) for m in models}
+    tail = (100 - TAIL_LEVEL) / 200
+    skill = {}
+    for move in BRIER_MOVES:
+        briers = {m: brier_scores(y, last, frame[m].to_numpy(), move) for m in models}
+        ratio = ratio_ci(briers, "Naive", steps, reps=reps)
+        skill[move_label(move)] = {m: Ratio(1 - r.value, 1 - r.hi, 1 - r.lo) for m, r in ratio.items()}
     return {
         m: DensityScore(
             crps=float(crps_of[m].mean()),
@@ -2041,6 +2105,10 @@ def score_density(
                 g: (cover[80][g][m], cover[95][g][m]) if g in cover[80] else (math.nan, math.nan) for g in groups
             },
             origins=len(y),
+            pit_deciles=tuple(float(v) for v in pit_deciles(pits[m])),
+            pit_p=pit_uniformity(pits[m], steps, reps=reps),
+            coverage_98=float(np.mean((pits[m] >= tail) & (pits[m] <= 1 - tail))),
+            brier_skill={event: by_model[m] for event, by_model in skill.items()},
         )
         for m in models
     }
@@ -2106,6 +2174,7 @@ class Forecast:
     backtest: Backtest
     density: DensityBacktest | None = None  # the weekly density backtest that chose the range
     interval_model: str = "Naive"  # the interval model whose width the ensemble's range uses
+    scale: float = math.nan  # the served density's sd of the log price at the horizon date
 
     @property
     def interval_label(self) -> str:
@@ -2122,6 +2191,52 @@ class Forecast:
     def final(self) -> dict[str, Any]:
         """The ensemble's row at the horizon date."""
         return self.ensemble.tail(1).row(0, named=True)
+
+    def quantile(self, q: float) -> float:
+        """The level USD/CLP ends below with probability `q` on the horizon date, from the served density.
+
+        `quantile(0.10)` and `quantile(0.90)` are the 80% range's bounds, `quantile(0.025)` and
+        `quantile(0.975)` the 95% range's; raises ValueError unless 0 < q < 1.
+        """
+        return float(served_quantile(self.final["forecast"], self.scale, check_probability(q)))
+
+    def prob_below(self, x: float) -> float:
+        """The served density's probability that USD/CLP ends below `x` (CLP per USD) on the horizon date."""
+        return served_odds(self.final["forecast"], self.scale, x)[0]
+
+    def prob_above(self, x: float) -> float:
+        """The served density's probability that USD/CLP ends above `x` (CLP per USD) on the horizon date."""
+        return served_odds(self.final["forecast"], self.scale, x)[1]
+
+
+def check_probability(q: float) -> float:
+    """`q` as a float strictly between 0 and 1, else ValueError."""
+    if not 0 < q < 1:  # a NaN fails too
+        raise ValueError(f"quantile {q!r} is not between 0 and 1 (exclusive)")
+    return float(q)
+
+
+def served_quantile(median: Any, scale: Any, q: Any) -> Any:
+    """The q-quantile of a Gaussian in log price with this median (CLP per USD) and sd: median * exp(sd * z_q).
+
+    Every served bound is this function (scipy.stats.norm), so the ranges are quantiles, exactly.
+    """
+    from scipy.stats import norm
+
+    return median * np.exp(scale * norm.ppf(q))
+
+
+def served_odds(median: float, scale: float, x: float) -> tuple[float, float]:
+    """(P(below x), P(above x)) under a Gaussian in log price with this median and sd (scipy.stats.norm).
+
+    Raises ValueError unless x is a positive number.
+    """
+    from scipy.stats import norm
+
+    if not x > 0 or math.isinf(x):
+        raise ValueError(f"level {x!r} is not a positive number")
+    z = math.log(x / median) / scale
+    return float(norm.cdf(z)), float(norm.sf(z))
 
 
 def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, history: int = HISTORY) -> pl.DataFrame:
@@ -2167,13 +2282,21 @@ def forecast(
     return fcs[horizon]
 
 
+def served_scales(fc: pl.DataFrame, variances: np.ndarray | None) -> np.ndarray:
+    """The served sd of the log price per step: the chosen model's (`variances`), else Naive's own (its 80% width)."""
+    if variances is None:
+        return ((fc["Naive-hi-80"] - fc["Naive-lo-80"]) / (2 * z_value(80))).to_numpy()
+    return np.sqrt(variances[: fc.height])
+
+
 def _forecast_path(
     fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None
 ) -> pl.DataFrame:
     """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
 
-    The served range is Naive's width around the ensemble's point (as in `_score_backtest`), or,
-    given `variances` (the chosen interval model's k-day log variances), that model's Gaussian range.
+    The served range is Gaussian in log price around the ensemble's point: with Naive's width (its sd,
+    as in `_score_backtest`) or, given `variances` (the chosen interval model's k-day log variances),
+    that model's. Its bounds are `served_quantile`s of that density.
     """
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
@@ -2182,16 +2305,13 @@ def _forecast_path(
         fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items()))
         for name in weights
     ]
-    point = pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()])
-    if variances is None:
-        width = {s: pl.col(f"Naive{s}") - pl.col("Naive") for s in cols}
-    else:
-        sd = np.sqrt(variances[: len(dates)])
-        width = {"": pl.lit(0.0)}
-        for lv in LEVELS:
-            width |= {f"-lo-{lv}": pl.Series(-z_value(lv) * sd), f"-hi-{lv}": pl.Series(z_value(lv) * sd)}
-    ensemble = ((point + width[s]).exp().alias(c) for s, c in cols.items())
-    frames.append(fc.select(pl.lit(ENSEMBLE).alias("model"), *ensemble))
+    point = fc.select(pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()]).exp())[:, 0].to_numpy()
+    sd = served_scales(fc, variances)
+    ensemble = {"forecast": point}
+    for lv in LEVELS:
+        tail = (100 - lv) / 200
+        ensemble |= {f"lo_{lv}": served_quantile(point, sd, tail), f"hi_{lv}": served_quantile(point, sd, 1 - tail)}
+    frames.append(pl.DataFrame({"model": [ENSEMBLE] * len(point), **ensemble}))
     steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
@@ -2234,7 +2354,8 @@ def forecast_all(
         if model != "Naive":
             cu = None if copper_logp is None else copper_logp[-history:]
             variances = variance_paths(logp[-history:], cu, steps, [model])[model]
-        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
+        dates = trading_dates(last_day, days)
+        path = _forecast_path(fc, bt.weights, dates, variances)
         results[horizon] = Forecast(
             horizon=horizon,
             origin=last_day,
@@ -2243,6 +2364,7 @@ def forecast_all(
             backtest=bt,
             density=densities[horizon],
             interval_model=model,
+            scale=float(served_scales(fc.sort("ds").head(len(dates)), variances)[-1]),
         )
     return results
 
