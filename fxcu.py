@@ -6,6 +6,7 @@ Usage:
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     python fxcu.py track 7d         # live track record: served forecasts scored when their day came
+    python fxcu.py odds 30d 950     # odds of ending above/below 950 on the date of the last served 30d forecast
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
     python fxcu.py ui               # the MLflow UI on the data dir's store, http://127.0.0.1:5000
 """
@@ -2216,6 +2217,14 @@ def check_probability(q: float) -> float:
     return float(q)
 
 
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)  # what `run --json`, `odds` and the report show
+
+
+def quantile_key(q: float) -> str:
+    """A quantile's name in JSON and tables: 0.05 -> '5%', 0.975 -> '97.5%'."""
+    return f"{q * 100:g}%"
+
+
 def served_quantile(median: Any, scale: Any, q: Any) -> Any:
     """The q-quantile of a Gaussian in log price with this median (CLP per USD) and sd: median * exp(sd * z_q).
 
@@ -2448,6 +2457,7 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "copper_available": bundle.copper is not None,
         "copper_frequency": bundle.copper_frequency,
         "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
+        "quantiles": {quantile_key(q): round(fc.quantile(q), 4) for q in QUANTILES},
         **range_summary(fc),
         "sources": dict(bundle.sources),
         "degraded": list(bundle.degraded),
@@ -2643,8 +2653,32 @@ def _pct(new: float, old: float) -> str:
     return f"{new / old - 1:+.2%}"
 
 
-def format_density(db: DensityBacktest, served: str) -> list[str]:
-    """The range section's lines: every interval model's scores against Naive's range, and what is served."""
+def format_calibration(db: DensityBacktest, pit_chart: str | None = None) -> list[str]:
+    """The range section's calibration lines: each model's PIT test, 98% coverage and Brier skill, the served PIT."""
+    served = db.served
+    events = list(served.brier_skill)
+    rows = [
+        [name, f"{m.pit_p:.3f}", f"{m.coverage_98:.1%}", *(f"{m.brier_skill[e].value:+.3f}" for e in events)]
+        for name, m in db.models.items()
+    ]
+    skill = ", ".join(f"{e} {r.value:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for e, r in served.brier_skill.items())
+    lines = [
+        "Calibration: PIT is the forecast's CDF at the outcome (uniform when the odds are right); the uniformity"
+        " p-value comes from a block bootstrap over origins (their outcomes overlap); Brier skill is"
+        " 1 - Brier / Naive's range's Brier for the event 'above the last close x (1 + move)'.",
+        "",
+        *_table(["model", "PIT uniform p", f"{TAIL_LEVEL}% cover", *(f"Brier skill {e}" for e in events)], rows),
+        "",
+        "Served range's PIT deciles: " + " ".join(f"{v:.0%}" for v in served.pit_deciles) + f" (10% each when"
+        f" calibrated); Brier skill with 95% CIs: {skill}.",
+    ]
+    if pit_chart:
+        lines += ["", f"![PIT histogram of the served range]({pit_chart})"]
+    return lines
+
+
+def format_density(db: DensityBacktest, served: str, pit_chart: str | None = None) -> list[str]:
+    """The range section's lines: every interval model's scores against Naive's range, calibration, what is served."""
     d = db.predictions
     lines = [
         f"Served range: {INTERVAL_MODELS[served]} (`{served}`)."
@@ -2693,6 +2727,7 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
             f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility"
             f" (Recal_copper against Recal)."
         )
+    lines += ["", *format_calibration(db, pit_chart)]
     return lines + [f"Note: {n}" for n in db.notes]
 
 
@@ -2733,6 +2768,30 @@ def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
     if s["degraded"]:
         rows.append(["Degraded", ", ".join(s["degraded"])])
     return Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))
+
+
+ODDS_MOVES = (0.01, 0.025, 0.05)  # the report's odds of ending beyond the last close by this much, either way
+
+
+def _odds_section(fc: Forecast) -> Section:
+    """The served density in a treasurer's numbers: its quantiles, and the odds of moves beyond the last close."""
+    last = fc.last_close
+    rows = [
+        [f"±{move:.1%}".replace(".0%", "%"), f"{last * (1 - move):.2f}", f"{last * (1 + move):.2f}"]
+        + [f"{fc.prob_below(last * (1 - move)):.1%}", f"{fc.prob_above(last * (1 + move)):.1%}"]
+        for move in ODDS_MOVES
+    ]
+    lines = (
+        f"USD/CLP ends below each level with the probability above it (the served density: Gaussian in log price,"
+        f" sd {fc.scale:.4f}).",
+        "",
+        *_table(["", *map(quantile_key, QUANTILES)], [["CLP per USD", *(f"{fc.quantile(q):.2f}" for q in QUANTILES)]]),
+        "",
+        f"Odds of ending beyond the last close ({last:.2f}) by each move:",
+        "",
+        *_table(["move", "below (CLP)", "above (CLP)", "chance below", "chance above"], rows),
+    )
+    return Section("odds", f"Quantiles and odds for {fc.final[DATE]:%a %d %b %Y}", lines)
 
 
 def _backtest_section(bt: Backtest) -> Section:
@@ -2807,9 +2866,12 @@ def _path_section(fc: Forecast) -> Section:
     return Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path))
 
 
-def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
-    """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
-    sections = [_summary_section(fc, bundle)]
+def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None, pit_chart: str | None = None) -> list[Section]:
+    """One horizon's report sections, most read first: summary, odds, chart, backtests, copper, path, data (pure).
+
+    `pit_chart` is the range backtest's PIT histogram, shown in the range section.
+    """
+    sections = [_summary_section(fc, bundle), _odds_section(fc)]
     if chart:
         sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
     sections.append(_backtest_section(fc.backtest))
@@ -2819,7 +2881,7 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
             f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
             f"{db.steps} trading days ahead)"
         )
-        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model, pit_chart))))
     sections += [_copper_section(bundle), _path_section(fc)]
     data = [f"- {n}" for n in bundle.notes] or ["- none"]
     data += [f"- degraded: {r}" for r in bundle.degraded_detail]
@@ -2853,10 +2915,16 @@ def with_extra(sections: Sequence[Section], extra: Sequence[Section]) -> list[Se
 
 
 def format_report(
-    fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None, extra: Sequence[Section] = ()
+    fc: Forecast,
+    bundle: Bundle,
+    *,
+    now: datetime,
+    chart: str | None,
+    extra: Sequence[Section] = (),
+    pit_chart: str | None = None,
 ) -> str:
-    """The Markdown report of one run: summary, what changed, chart, backtests, track record, copper, path, data."""
-    sections = with_extra(report_sections(fc, bundle, chart=chart), extra)
+    """One run's Markdown report: summary, what changed, odds, chart, backtests, track record, copper, path, data."""
+    sections = with_extra(report_sections(fc, bundle, chart=chart, pit_chart=pit_chart), extra)
     return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(sections)]).rstrip() + "\n"
 
 
@@ -3020,6 +3088,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hi_80": num,
         "rw_lo_95": num,
         "rw_hi_95": num,
+        "scale": num,  # the served density's sd of the log price at the target (`served_scale` fills older rows)
         "point_model": pl.String,
         "interval_model": pl.String,
         "sources": pl.String,
@@ -3044,6 +3113,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hit_80": pl.Boolean,
         "rw_hit_95": pl.Boolean,
         "rw_wis": num,
+        "pit": num,  # the served density's CDF at the realised close: uniform when the odds are calibrated
     }
 
 
@@ -3076,6 +3146,7 @@ def ledger_entry(
         "last_close": fc.last_close,
         **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
         **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
+        "scale": fc.scale,
         "point_model": served_point_model(bt.rule),
         "interval_model": fc.interval_model,
         "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
@@ -3087,6 +3158,15 @@ def ledger_entry(
         "backtest_coverage_95": bt.ensemble.coverage_95,
         "backtest_origins": len(bt.origins),
     }
+
+
+def served_scale() -> pl.Expr:
+    """A ledger row's served sd of the log price: `scale`, or for a row written before it was stored, its 95% width.
+
+    The served range is Gaussian in log price, so its 95% bounds are the median times exp(-/+ z * sd).
+    """
+    width = (pl.col("hi_95").log() - pl.col("lo_95").log()) / (2 * z_value(95))
+    return pl.coalesce(pl.col("scale"), width).alias("scale")
 
 
 def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
@@ -3109,7 +3189,8 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
     Scores are recomputed from the prices each time (a revised close revises its score). A target
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
-    the random walk from the same origin (its point is the last close, its range Naive's).
+    the random walk from the same origin (its point is the last close, its range Naive's); and the
+    served density's PIT at the close (scipy.stats.norm).
     """
 
     if ledger.is_empty():
@@ -3139,11 +3220,15 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
     }
     if ready.height:
+        from scipy.stats import norm
+
         scored = wis(ready, quantiles)
-        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
+        z = ready.select((pl.col("actual") / pl.col("forecast")).log() / served_scale())[:, 0].to_numpy()
+        pits = pl.Series("pit", norm.cdf(z), pl.Float64)
+        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"], pits)
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
     else:
-        joined = joined.with_columns(pl.lit(None, pl.Float64).alias("wis"), pl.lit(None, pl.Float64).alias("rw_wis"))
+        joined = joined.with_columns(pl.lit(None, pl.Float64).alias(c) for c in ("wis", "rw_wis", "pit"))
     return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
 
 
@@ -3227,6 +3312,8 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rw_wis": scored["rw_wis"].mean(),
     }
     out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["wis"] is not None and out["rw_wis"] else None
+    pits = scored["pit"].drop_nulls().to_numpy()
+    out["pit_deciles"] = [float(v) for v in pit_deciles(pits)] if len(pits) else None
     for lv in LEVELS:
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
@@ -3255,11 +3342,13 @@ def _band(stats: Mapping[str, Any], level: int) -> str:
 
 def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
     """The `track` table: per horizon and kind, live numbers next to the chance band and the backtest's expectation."""
-    rows, misses = [], []
+    rows, misses, pits = [], [], []
     for horizon, live in record.items():
         for kind, s in (("live", live), ("reconstructed", live["reconstructed"])):
             if not s["forecasts"]:
                 continue
+            if s.get("pit_deciles"):
+                pits.append(f"  {horizon} {kind}: " + " ".join(f"{v:.0%}" for v in s["pit_deciles"]))
             bt = s["backtest"] or {}
             rows.append(
                 {
@@ -3285,6 +3374,10 @@ def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [
         *_table(list(rows[0]), [list(r.values()) for r in rows]),
         "",
+        *(
+            ["PIT deciles (share of closes in each tenth of the served odds; calibrated: 10% each):", *pits, ""]
+            * bool(pits)
+        ),
         "latest 80% misses:" if misses else "no 80% misses",
         *misses,
     ]
@@ -3438,6 +3531,60 @@ def reconstruct(
             continue
         for fc in forecasts.values():
             yield ledger_entry(fc, bundle, run_id=None, now=now, kind="reconstructed")
+
+
+class NoServedForecast(LookupError):
+    """The ledger holds no served (live) forecast of a horizon yet."""
+
+
+def served_odds_table(
+    ledger: pl.DataFrame, horizon: str, levels: Sequence[float], quantiles: Sequence[float] = QUANTILES
+) -> dict[str, Any]:
+    """The odds of ending above and below each level, and the quantiles, from the horizon's last served forecast.
+
+    The last live ledger row of the horizon (latest origin, then latest recorded) is the served
+    density: Gaussian in log price around its forecast with its `served_scale`. Pure; raises
+    NoServedForecast without such a row and ValueError for a level that is not a positive number or a
+    quantile outside (0, 1).
+    """
+    rows = ledger.filter((pl.col("horizon") == horizon) & (pl.col("kind") == "live"))
+    if rows.is_empty():
+        raise NoServedForecast(f"no served {horizon} forecast in the ledger yet: run `fxcu run {horizon}` first")
+    row = rows.with_columns(served_scale()).sort("origin", "recorded_at").row(-1, named=True)
+    median, scale = row["forecast"], row["scale"]
+    odds = [dict(zip(("prob_below", "prob_above"), served_odds(median, scale, x), strict=True)) for x in levels]
+    return {
+        "horizon": horizon,
+        "origin": str(row["origin"]),
+        "target": str(row["target"]),
+        "last_close": row["last_close"],
+        "forecast": median,
+        "scale": scale,
+        "run_id": row["run_id"],
+        "levels": [{"level": float(x), **o} for x, o in zip(levels, odds, strict=True)],
+        "quantiles": {quantile_key(q): float(served_quantile(median, scale, check_probability(q))) for q in quantiles},
+    }
+
+
+def _chance(p: float) -> str:
+    """A probability for people: '42.1%', '<0.1%', '>99.9%'."""
+    return "<0.1%" if p < 0.0005 else ">99.9%" if p > 0.9995 else f"{p:.1%}"
+
+
+def format_odds(odds: Mapping[str, Any]) -> str:
+    """`fxcu odds`: the forecast it answers from, then one line per level and the quantiles (pure)."""
+    target = date.fromisoformat(odds["target"])
+    lines = [
+        f"USD/CLP {odds['horizon']}, forecast made on {odds['origin']} (last close {odds['last_close']:.2f}) "
+        f"for {target:%a %d %b %Y}: {odds['forecast']:.2f}",
+        *(
+            f"  above {o['level']:.2f}: {_chance(o['prob_above'])}   below {o['level']:.2f}: {_chance(o['prob_below'])}"
+            for o in odds["levels"]
+        ),
+        "  quantiles (ends below with that probability): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in odds["quantiles"].items()),
+    ]
+    return "\n".join(lines)
 
 
 # -- Core: the run dashboard (runs, compare, stats) ------------------------------------
@@ -5458,6 +5605,37 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     return fig
 
 
+def pit_figure(db: DensityBacktest) -> Figure:
+    """Bar chart of the served range's PIT deciles over the weekly origins, against the 10% a calibrated range gives."""
+    from matplotlib.figure import Figure
+
+    served = db.served
+    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.bar(
+        np.arange(PIT_BINS) / PIT_BINS,
+        served.pit_deciles,
+        width=1 / PIT_BINS,
+        align="edge",
+        color="tab:blue",
+        alpha=0.7,
+        edgecolor="white",
+        label="served range",
+    )
+    ax.axhline(1 / PIT_BINS, color="black", ls="--", lw=1, label="calibrated (10% each)")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("PIT: the forecast's probability of a close below the realised one")
+    ax.set_ylabel("share of origins")
+    ax.set_title(
+        f"{db.horizon} PIT, {served.origins} weekly origins {db.origins[0]} .. {db.origins[-1]}\n"
+        f"uniform p = {served.pit_p:.3f}, {TAIL_LEVEL}% interval covered {served.coverage_98:.1%}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
 def write_png(fig: Figure, path: Path) -> None:
     """Save a figure as a PNG at `path` (atomically): every chart fxcu draws is saved here."""
     with atomic_path(path) as tmp:
@@ -5476,6 +5654,7 @@ class Report:
     markdown: Path
     chart: Path | None
     table: Path
+    pit_chart: Path | None = None  # the range backtest's PIT histogram
 
 
 def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str] = frozenset()) -> str:
@@ -5502,17 +5681,30 @@ def write_report(
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Chart failed (%s); the report goes without it", one_line(exc))
         chart = None
+    pit_chart = reports / f"{stem}_pit.png" if fc.density is not None else None
+    try:
+        if fc.density is not None:
+            write_png(pit_figure(fc.density), pit_chart)
+    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
+        log.error("PIT chart failed (%s); the report goes without it", one_line(exc))
+        pit_chart = None
     table = reports / f"{stem}.csv"
     write_text_atomic(fc.path.write_csv(), table)
     markdown = reports / f"{stem}.md"
-    write_text_atomic(format_report(fc, bundle, now=now, chart=chart.name if chart else None, extra=extra), markdown)
-    return Report(markdown, chart, table)
+    names = {"chart": chart.name if chart else None, "pit_chart": pit_chart.name if pit_chart else None}
+    write_text_atomic(format_report(fc, bundle, now=now, extra=extra, **names), markdown)
+    return Report(markdown, chart, table, pit_chart)
 
 
 def report_files(markdown: Path) -> Report:
     """The files `write_report` wrote beside a Markdown report (the chart only if it was drawn)."""
-    chart = markdown.with_suffix(".png")
-    return Report(markdown, chart if chart.exists() else None, markdown.with_suffix(".csv"))
+    chart, pit_chart = markdown.with_suffix(".png"), markdown.with_name(f"{markdown.stem}_pit.png")
+    return Report(
+        markdown,
+        chart if chart.exists() else None,
+        markdown.with_suffix(".csv"),
+        pit_chart if pit_chart.exists() else None,
+    )
 
 
 def status_path(config: Config) -> Path:
@@ -5852,7 +6044,9 @@ def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
 
 def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
     """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
-    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
+    IS95, their ratios to Naive's with CI bounds, coverage overall, per volatility regime and in each named window,
+    the 98% coverage, the PIT uniformity p-value and the Brier skill per event (`bss_up2_5`: above +2.5%); and the
+    served range's PIT deciles (`<horizon>_range_pit_decile_1` .. `_10`).
     """
     metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
     if db.copper_ablation_pct is not None:
@@ -5876,6 +6070,12 @@ def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
             slug = re.sub(r"\W+", "_", group).strip("_")
             if not math.isnan(c80):
                 metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
+        metrics |= {f"{key}_coverage_{TAIL_LEVEL}": m.coverage_98, f"{key}_pit_p": m.pit_p}
+        for event, skill in m.brier_skill.items():
+            slug = "bss_" + event.replace("+", "up").replace("-", "down").replace(".", "_").rstrip("%")
+            metrics |= {f"{key}_{slug}": skill.value, f"{key}_{slug}_lo": skill.lo, f"{key}_{slug}_hi": skill.hi}
+    # the served range's PIT histogram, decile by decile (MLflow's chart view draws a run's metrics side by side)
+    metrics |= {f"{horizon}_range_pit_decile_{j + 1}": v for j, v in enumerate(db.served.pit_deciles)}
     return metrics
 
 
@@ -6177,7 +6377,7 @@ def report_record(
 ) -> RunRecord:
     """The run record of a horizon: its report's files, and its exact inputs (saved under `inputs`), as artifacts."""
     saved, digest = write_inputs(bundle, inputs)
-    files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+    files = [p for p in (report.markdown, report.chart, report.pit_chart, report.table) if p] if report else []
     return run_record(
         fc,
         bundle,
@@ -7066,6 +7266,25 @@ def cmd_track(
     return 0
 
 
+def cmd_odds(
+    config: Config, horizon: str, levels: Sequence[float], quantiles: Sequence[float], *, as_json: bool
+) -> int:
+    """Print the odds of each level and the quantiles from the horizon's last served forecast in the ledger.
+
+    Runs no model and imports neither mlflow nor statsforecast. 0 done, 1 unreadable ledger, 2 no served forecast.
+    """
+    try:
+        odds = served_odds_table(read_ledger(ledger_path(config)), horizon, levels, quantiles or QUANTILES)
+    except NoServedForecast as exc:
+        print(f"fxcu: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(odds, indent=2) if as_json else format_odds(odds))
+    return 0
+
+
 def gather_checks(
     config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
 ) -> tuple[list[Check], list[Perf]]:
@@ -7154,6 +7373,23 @@ def run_horizons(text: str) -> list[str]:
     return [text.strip().lower()]
 
 
+def one_horizon(text: str) -> str:
+    """argparse type: '30d' -> '30d' (one of HORIZONS)."""
+    try:
+        parse_horizon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lower()
+
+
+def probability(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        return check_probability(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per command function."""
     parser = OneLineParser(prog="fxcu", description=__doc__.splitlines()[0])
@@ -7213,6 +7449,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="first reconstruct weekly origins since START (YYYY-MM-DD)",
     )
+    odds = as_json(sub.add_parser("odds", help="odds of ending above/below levels, from the last served forecast"))
+    odds.add_argument("horizon", type=one_horizon, metavar="{7d,15d,30d,90d}", help="the served forecast's horizon")
+    odds.add_argument("levels", nargs="*", type=positive_float, metavar="LEVEL", help="CLP per USD, e.g. 950")
+    odds.add_argument(
+        "-q",
+        "--quantile",
+        dest="quantiles",
+        action="append",
+        type=probability,
+        metavar="Q",
+        help="a quantile to print, 0 < Q < 1 (repeatable; default 1, 5, 10, 25, 50, 75, 90, 95, 99%%)",
+    )
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument(
         "dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)"
@@ -7254,6 +7502,8 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     if args.command == "track":
         horizons = args.horizon or list(HORIZONS)
         return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
+    if args.command == "odds":
+        return cmd_odds(config, args.horizon, args.levels, args.quantiles or (), as_json=args.json)
     if args.command in {"fetch", "validate", "run"}:
         with _client_scope(config, None) as client:  # none offline
             if args.command == "fetch":
