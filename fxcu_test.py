@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from statistics import NormalDist
 from types import SimpleNamespace
 
 import httpx
@@ -2225,6 +2226,74 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
+def served_forecast(point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarray) -> fxcu.Forecast:
+    """A Forecast as `forecast_all` builds it, from a statsforecast-like frame: the point (log) with Naive's range of
+    sd `naive_sd`, served with `sd` (the chosen model's) or, given None, with Naive's own."""
+    steps, z = len(point), {80: 1.2815515655446004, 95: 1.959963984540054}  # scipy's norm.ppf(0.9), (0.975)
+    frame = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(steps), "Naive": point})
+    frame = frame.with_columns(
+        pl.Series(f"Naive-{side}-{lv}", point + sign * z[lv] * naive_sd)
+        for lv in (80, 95)
+        for side, sign in (("lo", -1), ("hi", 1))
+    )
+    dates = fxcu.trading_dates(date(2024, 7, 15), 7)[:steps]
+    path = fxcu._forecast_path(frame, {"Naive": 1.0}, dates, None if sd is None else sd**2)
+    scale = float(fxcu.served_scales(frame, None if sd is None else sd**2)[-1])
+    return fxcu.Forecast("7d", date(2024, 7, 15), float(np.exp(point[0])), path, None, scale=scale)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    level=st.floats(500, 1500),
+    sd=st.floats(0.001, 0.2),
+    naive=st.booleans(),
+    q=st.floats(0.0005, 0.9995),
+    x=st.floats(0.5, 2.0),
+    dx=st.floats(0.001, 0.5),
+)
+def test_forecast_quantiles_are_the_served_bounds_and_invert_the_odds(level, sd, naive, q, x, dx):
+    steps = 5
+    sds = sd * np.sqrt(np.arange(1, steps + 1) / steps)
+    fc = served_forecast(np.full(steps, math.log(level)), None if naive else sds, sds)
+    final = fc.final
+    # the 80% and 95% bounds are these quantiles, exactly
+    assert (fc.quantile(0.10), fc.quantile(0.90)) == (final["lo_80"], final["hi_80"])
+    assert (fc.quantile(0.025), fc.quantile(0.975)) == (final["lo_95"], final["hi_95"])
+    assert fc.scale == pytest.approx(sd, rel=1e-9)
+    # written out with the stdlib's normal, not scipy: median * exp(sd * z_q)
+    assert fc.quantile(q) == pytest.approx(level * math.exp(sd * NormalDist().inv_cdf(q)), rel=1e-9)
+    assert fc.prob_below(fc.quantile(q)) == pytest.approx(q, abs=1e-9)
+    price = level * x
+    below = fc.prob_below(price)
+    if 1e-9 < below < 1 - 1e-9:  # a probability that rounds to 0 or 1 has no quantile to return to
+        assert fc.quantile(below) == pytest.approx(price, rel=1e-6)
+    assert fc.prob_above(price) + fc.prob_below(price) == pytest.approx(1.0)
+    assert fc.prob_above(price * (1 + dx)) <= fc.prob_above(price)
+
+
+@pytest.mark.parametrize("q", [0, 1, -0.1, 1.5, math.nan])
+def test_forecast_quantile_outside_0_1_and_a_level_not_above_0_raise(q):
+    fc = served_forecast(np.full(5, math.log(900.0)), None, np.full(5, 0.02))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fc.quantile(q)
+    for level in (0.0, -5.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="positive number"):
+            fc.prob_above(level)
+
+
+@pytest.mark.slow
+def test_real_forecast_bounds_are_its_quantiles(real_forecast_7d):
+    fc, final = real_forecast_7d, real_forecast_7d.final
+    assert (fc.quantile(0.10), fc.quantile(0.90), fc.quantile(0.025), fc.quantile(0.975)) == (
+        final["lo_80"],
+        final["hi_80"],
+        final["lo_95"],
+        final["hi_95"],
+    )
+    naive = fc.path.filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
+    assert fc.scale == pytest.approx(math.log(naive["hi_95"] / naive["forecast"]) / 1.959963984540054, rel=1e-9)
+
+
 # -- Core: proper scores ---------------------------------------------------------------
 
 
@@ -2441,6 +2510,66 @@ def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
     assert (ratios["same"].value, ratios["same"].lo, ratios["same"].hi) == pytest.approx((1, 1, 1))
     assert ratios["better"].lo <= ratios["better"].value <= ratios["better"].hi < 1
     assert ratios["better"].value == pytest.approx(scores["better"].mean() / naive.mean())
+
+
+def overlapping_outcomes(n: int, steps: int, every: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log prices of a unit-variance daily random walk, and the `steps`-day outcome at origins `every` days apart."""
+    walk = np.cumsum(np.random.default_rng(seed).normal(0, 1, n * every + steps + 1))
+    origins = np.arange(0, n * every, every)
+    return walk[origins], walk[origins + steps]
+
+
+def test_pit_is_uniform_when_the_model_is_right_and_u_shaped_when_its_scale_is_halved():
+    steps = 22  # 30d outcomes from weekly origins: each overlaps the next four
+    last, y = overlapping_outcomes(600, steps, fxcu.DENSITY_EVERY, seed=1)
+    sigma = np.full(len(y), math.sqrt(steps))
+    right = fxcu.pit(y, last, sigma)
+    # the forecast CDF at the outcome, written out with the stdlib's normal
+    assert right[:5] == pytest.approx([NormalDist(m, s).cdf(v) for v, m, s in zip(y[:5], last, sigma, strict=False)])
+    deciles = fxcu.pit_deciles(right)
+    assert deciles.sum() == pytest.approx(1) and np.abs(deciles - 0.1).max() < 0.04
+    assert fxcu.pit_uniformity(right, steps, reps=300) > 0.1
+    narrow = fxcu.pit(y, last, sigma / 2)
+    u = fxcu.pit_deciles(narrow)
+    # outcomes pile up in the tails: 26% expected in each end decile, 5% in each middle one
+    assert u[0] > 0.2 and u[-1] > 0.2 and u[4] + u[5] < 0.15
+    assert fxcu.pit_uniformity(narrow, steps, reps=300) < 0.01
+
+
+def test_score_density_calibration_98_coverage_and_brier_skill_by_hand():
+    steps = 5
+    last, y = overlapping_outcomes(400, steps, fxcu.DENSITY_EVERY, seed=2)
+    last, y = last * 0.01, y * 0.01  # daily sd 1% in log price
+    sd = 0.01 * math.sqrt(steps)
+    frame = pl.DataFrame(
+        {
+            "y": y,
+            "last": last,
+            "vol20": np.random.default_rng(0).uniform(size=len(y)),
+            "origin": [date(2010, 1, 4) + timedelta(days=7 * i) for i in range(len(y))],
+            "Naive": np.full(len(y), 2 * sd),  # twice too wide
+            "right": np.full(len(y), sd),
+        }
+    )
+    scores = fxcu.score_density(frame, ["Naive", "right"], steps, reps=200)
+    z99 = NormalDist().inv_cdf(0.99)
+    assert scores["right"].coverage_98 == pytest.approx(np.mean(np.abs(y - last) <= z99 * sd))
+    assert 0.96 <= scores["right"].coverage_98 <= 1.0 and scores["Naive"].coverage_98 == 1.0
+    assert scores["right"].pit_p > 0.05 and scores["Naive"].pit_p < 0.01  # too wide: PIT piles up in the middle
+    for move in fxcu.BRIER_MOVES:
+        event = fxcu.move_label(move)
+        threshold = last + math.log1p(move)
+        brier = {
+            name: np.mean(
+                [(1 - NormalDist(m, s).cdf(t) - (v > t)) ** 2 for v, m, t in zip(y, last, threshold, strict=True)]
+            )
+            for name, s in (("Naive", 2 * sd), ("right", sd))
+        }
+        skill = scores["right"].brier_skill[event]
+        assert skill.value == pytest.approx(1 - brier["right"] / brier["Naive"], rel=1e-9)
+        assert 0 < skill.lo <= skill.value <= skill.hi
+        assert scores["Naive"].brier_skill[event].value == pytest.approx(0.0, abs=1e-12)
+    assert [fxcu.move_label(m) for m in fxcu.BRIER_MOVES] == ["-5%", "-2.5%", "+2.5%", "+5%"]
 
 
 @pytest.fixture(scope="module")
