@@ -2737,6 +2737,34 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
 
 
 @pytest.mark.slow
+def test_run_serves_quantiles_odds_and_calibration_in_json_ledger_report_and_mlflow(offline_run):
+    folder, _, result = offline_run
+    out = json.loads(result.stdout)
+    keys = ["1%", "5%", "10%", "25%", "50%", "75%", "90%", "95%", "99%"]
+    assert list(out["quantiles"]) == keys and out["quantiles"]["50%"] == out["forecast"]
+    assert [out["quantiles"]["10%"], out["quantiles"]["90%"]] == out["interval_80"]
+    values = list(out["quantiles"].values())
+    assert values == sorted(values) and len(set(values)) == len(values)
+    ledger = fxcu.read_ledger(folder / "warehouse" / fxcu.LEDGER)
+    scale = ledger["scale"][-1]  # the served sd: the 95% bound is the median times exp(1.96 sd)
+    assert math.log(out["interval_95"][1] / out["forecast"]) == pytest.approx(1.959964 * scale, rel=1e-4)
+    report = Path(out["report"]).read_text()
+    last = out["last_close"]
+    above = 1 - NormalDist(math.log(out["forecast"]), scale).cdf(math.log(last * 1.025))
+    assert "## Quantiles and odds for" in report and f"| {last * 1.025:.2f} |" in report and f"{above:.1%}" in report
+    assert "Served range's PIT deciles:" in report and "98% cover" in report
+    pit_png = Path(out["report"]).with_name(Path(out["report"]).stem + "_pit.png")
+    assert pit_png.read_bytes().startswith(b"\x89PNG") and f"]({pit_png.name})" in report
+    run = read_runs(folder, "7d")[0]
+    m = run.data.metrics
+    deciles = [m[f"7d_range_pit_decile_{j}"] for j in range(1, 11)]
+    assert sum(deciles) == pytest.approx(1.0) and 0 < m["7d_range_pit_p"] <= 1
+    assert 0.9 < m["7d_range_coverage_98"] <= 1 and "range_Naive_bss_up2_5_lo" in m and "7d_range_bss_down5" in m
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert any(p.name == pit_png.name for p in artifacts.rglob("*.png"))
+
+
+@pytest.mark.slow
 def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
     folder, _, result = offline_run
     out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
@@ -3194,6 +3222,23 @@ def test_live_metrics_names():
         "live_wis_ratio",
     } <= set(metrics)
     assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
+
+
+def test_score_ledger_pit_from_the_served_scale_and_from_an_older_rows_95_width():
+    rows = [
+        ledger_row(date(2024, 1, 2), date(2024, 1, 9), forecast=800.0, scale=0.02),
+        ledger_row(date(2024, 1, 3), date(2024, 1, 10), forecast=800.0, half95=16.0),  # an older row: no scale
+        ledger_row(date(2024, 1, 4), date(2024, 1, 11), forecast=800.0, scale=0.02),  # not realised yet
+    ]
+    prices = prices_on({date(2024, 1, 9): 810.0, date(2024, 1, 10): 790.0})
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices)
+    old_scale = math.log(816 / 784) / (2 * NormalDist().inv_cdf(0.975))
+    expected = [NormalDist().cdf(math.log(810 / 800) / 0.02), NormalDist().cdf(math.log(790 / 800) / old_scale), None]
+    assert scored["pit"].to_list()[:2] == pytest.approx(expected[:2]) and scored["pit"][2] is None
+    stats = fxcu.track_stats(scored)
+    decile = [int(p * 10) for p in expected[:2]]
+    assert stats["pit_deciles"] == pytest.approx([decile.count(j) / 2 for j in range(10)])
+    assert "PIT deciles" in fxcu.format_track({"7d": stats | {"reconstructed": fxcu.track_stats(scored[:0])}})
 
 
 # -- Core: the run dashboard (runs, compare, stats) ------------------------------------
@@ -5787,6 +5832,69 @@ def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
     assert (
         checks["track 7d scoring"]["level"] == "WARNING"
     )  # the real history ends in 2024: that target is never scored
+
+
+def odds_ledger(folder: Path) -> None:
+    """Two served 7d forecasts (the later one answers), a later reconstructed one and no 30d forecast."""
+    rows = [
+        ledger_row(date(2024, 7, 1), date(2024, 7, 8), forecast=800.0, scale=0.02),
+        ledger_row(date(2024, 7, 8), date(2024, 7, 15), forecast=820.0, last=818.0, scale=0.03, run_id="abc"),
+        ledger_row(date(2024, 7, 12), date(2024, 7, 19), kind="reconstructed", forecast=700.0, scale=0.01),
+    ]
+    fxcu.write_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), folder / "warehouse" / fxcu.LEDGER)
+
+
+def test_odds_answers_from_the_last_served_forecast(tmp_path, capsys):
+    odds_ledger(tmp_path)
+    assert fxcu.main(["odds", "7d", "850", "800", "-q", "0.95", "--json"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    odds = json.loads(capsys.readouterr().out)
+    served = NormalDist(math.log(820), 0.03)
+    assert (odds["origin"], odds["target"], odds["run_id"]) == ("2024-07-08", "2024-07-15", "abc")
+    assert [o["level"] for o in odds["levels"]] == [850, 800]
+    assert odds["levels"][0]["prob_above"] == pytest.approx(1 - served.cdf(math.log(850)))
+    assert odds["levels"][1]["prob_below"] == pytest.approx(served.cdf(math.log(800)))
+    assert odds["quantiles"] == {"95%": pytest.approx(math.exp(served.inv_cdf(0.95)))}
+    assert fxcu.main(["odds", "7d", "850"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    out = capsys.readouterr().out
+    assert "forecast made on 2024-07-08" in out and "Mon 15 Jul 2024" in out
+    assert f"above 850.00: {1 - served.cdf(math.log(850)):.1%}" in out and "50% 820.00" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["7d", "0"], "must be a positive number"),
+        (["7d", "-5"], "must be a positive number"),
+        (["7d", "abc"], "is not a number"),
+        (["7d", "nan"], "must be a positive number"),
+        (["7d", "-q", "1.5"], "strictly between 0 and 1"),
+        (["7d", "-q", "0"], "strictly between 0 and 1"),
+        (["30d", "950"], "run `fxcu run 30d` first"),
+        (["31d", "950"], "unknown horizon"),
+    ],
+)
+def test_odds_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
+    odds_ledger(tmp_path)
+    try:
+        code = fxcu.main(["odds", *args], {"FXCU_DATA_DIR": str(tmp_path)})
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_odds_reads_the_ledger_and_imports_no_statsforecast_or_mlflow(tmp_path):
+    odds_ledger(tmp_path)
+    code = (
+        "import sys, fxcu; fxcu.main(['odds', '7d', '850', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[]" and json.loads("\n".join(lines[:-1]))["origin"] == "2024-07-08"
 
 
 def test_track_without_prices_is_one_line(tmp_path, capsys):
