@@ -2867,13 +2867,14 @@ def _path_section(fc: Forecast) -> Section:
 
 
 def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None, pit_chart: str | None = None) -> list[Section]:
-    """One horizon's report sections, most read first: summary, odds, chart, backtests, copper, path, data (pure).
+    """One horizon's report sections, most read first: summary, chart, odds, backtests, copper, path, data (pure).
 
     `pit_chart` is the range backtest's PIT histogram, shown in the range section.
     """
-    sections = [_summary_section(fc, bundle), _odds_section(fc)]
+    sections = [_summary_section(fc, bundle)]
     if chart:
         sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    sections.append(_odds_section(fc))
     sections.append(_backtest_section(fc.backtest))
     if fc.density is not None:
         db = fc.density
@@ -2923,7 +2924,7 @@ def format_report(
     extra: Sequence[Section] = (),
     pit_chart: str | None = None,
 ) -> str:
-    """One run's Markdown report: summary, what changed, odds, chart, backtests, track record, copper, path, data."""
+    """One run's Markdown report: summary, what changed, chart, odds, backtests, track record, copper, path, data."""
     sections = with_extra(report_sections(fc, bundle, chart=chart, pit_chart=pit_chart), extra)
     return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(sections)]).rstrip() + "\n"
 

@@ -2878,6 +2878,7 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
     assert [h.split(" (")[0] for h in headings[1:]] == [
         "## Summary",
         "## Chart",
+        "## Quantiles and odds for Mon 22 Jul 2024",
         "## Backtest at the horizon date",
         "## Range backtest",
         "## Copper",
@@ -2930,10 +2931,12 @@ def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_for
         "digest",
         "summary",
         "chart",
+        "odds",
         "backtest",
         "range",
         "summary",
         "chart",
+        "odds",
         "backtest",
         "range",
         "copper",
@@ -4667,9 +4670,9 @@ def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bu
     before = first.markdown.read_bytes()
     second = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
     assert first.markdown != second.markdown and first.markdown.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"forecast_7d_2026-01-19_1200{n}.{ext}" for n in ("", "_2") for ext in ("csv", "md", "png")
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"forecast_7d_2026-01-19_1200{n}{ext}" for n in ("", "_2") for ext in (".csv", ".md", ".png", "_pit.png")
+    )
 
 
 def drawn_chart(monkeypatch, fc, bundle, tmp_path):
