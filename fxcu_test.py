@@ -2242,7 +2242,7 @@ def served_forecast(point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarr
     return fxcu.Forecast("7d", date(2024, 7, 15), float(np.exp(point[0])), path, None, scale=scale)  # type: ignore[arg-type]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     level=st.floats(500, 1500),
     sd=st.floats(0.001, 0.2),
