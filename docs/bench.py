@@ -289,6 +289,69 @@ def cmd_density(args: argparse.Namespace) -> None:
 # -- calibration: are the served odds right? -------------------------------------------------------
 
 
+FHS = "FHS"  # filtered historical simulation: a bench-only candidate (issue 25), not among a run's
+
+
+def fhs_ensembles(logp: np.ndarray, rows: Sequence[int], steps: int) -> dict[int, np.ndarray]:
+    """Per origin row, the filtered-historical-simulation ensemble of its `steps`-day log return.
+
+    Barone-Adesi et al. (1999): every past `steps`-day log return in the origin's last HISTORY days whose
+    outcome is known by the origin, each divided by the EWMA_5d_blend sd known on its own first day
+    (`fxcu.recal_features`, causal), times that sd at the origin. The first K_DAYS + 60 days are warm-up,
+    as in `fxcu.recalibrated`.
+    """
+    weight, out = fxcu.blend_weight(steps), {}
+    for i in rows:
+        window = logp[max(0, i + 1 - fxcu.HISTORY) : i + 1]
+        features = fxcu.recal_features(window, None)
+        sd = np.sqrt((weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps)
+        start = np.arange(fxcu.K_DAYS + 60, len(window) - steps)
+        out[i] = sd[-1] * (window[start + steps] - window[start]) / sd[start]
+    return out
+
+
+def live_pick(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> int:
+    """`fxcu.choose_interval_model`'s live pick, from a CRPS matrix (origins x candidates) instead of Gaussian sds."""
+    n = len(ds)
+    total = np.vstack([np.zeros(score.shape[1]), np.cumsum(score, axis=0)])
+    known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")
+    mean = total[known] / np.maximum(known, 1)[:, None]
+    best = mean.argmin(axis=1)
+    best = np.where((known > 0) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
+    return int(best[n]) if score[np.arange(n), best[:n]].mean() < score[:, naive].mean() else naive
+
+
+def picks_as_run(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> np.ndarray:
+    """At each origin, the candidate (column of `score`) a run on that day would serve: `served_as_run` on scores."""
+    longest = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
+    picks = []
+    for origin in ds:
+        past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
+        picks.append(live_pick(score[past], ds[past], steps, naive) if len(past) else naive)
+    return np.array(picks)
+
+
+def fhs_calibration(sub: pl.DataFrame, steps: int, candidates: list[str], ensembles: dict[int, np.ndarray]) -> dict:
+    """Per origin, with FHS among the candidates: what a run would serve, its CRPS, PIT, and FHS's own CRPS and PIT."""
+    import scoringrules as sr
+
+    y, last, ds = sub["y"].to_numpy(), sub["last"].to_numpy(), sub["ds"].to_numpy()
+    gauss = np.column_stack([fxcu.crps(y, last, sub[m].to_numpy()) for m in candidates])
+    members = [ensembles[i] for i in ds]
+    fhs_crps = np.array([sr.crps_ensemble(v - m, e) for v, m, e in zip(y, last, members, strict=True)])
+    fhs_pit = np.array([np.mean(e <= v - m) for v, m, e in zip(y, last, members, strict=True)])
+    naive = candidates.index("Naive")
+    plain = picks_as_run(gauss, ds, steps, naive)  # the run's rule on the Gaussian candidates: `Run` again
+    assert [candidates[j] for j in plain] == sub["served"].to_list(), "the score-based chooser drifted from fxcu's"
+    picks = picks_as_run(np.column_stack([gauss, fhs_crps]), ds, steps, naive)
+    gauss_pit = np.column_stack([fxcu.pit(y, last, sub[m].to_numpy()) for m in candidates])
+    rows = np.arange(len(ds))
+    is_fhs = picks == len(candidates)
+    served_crps = np.where(is_fhs, fhs_crps, gauss[rows, np.minimum(picks, len(candidates) - 1)])
+    served_pit = np.where(is_fhs, fhs_pit, gauss_pit[rows, np.minimum(picks, len(candidates) - 1)])
+    return {"crps": served_crps, "pit": served_pit, "fhs_crps": fhs_crps, "fhs_pit": fhs_pit, "fhs_share": is_fhs}
+
+
 def pit_grid(panels: dict[tuple[str, str], fxcu.DensityScore], path: Path) -> None:
     """One PNG: the served range's PIT deciles per horizon (rows) and period (columns), against 10% each."""
     from matplotlib.figure import Figure
@@ -335,17 +398,32 @@ def cmd_calibration(args: argparse.Namespace) -> None:
         "98% = coverage of the central 98% interval; Brier skill = 1 - Brier / Naive's range's Brier for the event "
         "'ends above the last close x (1 + move)', [95% block-bootstrap CI].\n"
     )
-    panels, rows, skills = {}, [], []
+    panels, rows, skills, fhs_rows = {}, [], [], []
+    logp = np.log(usdclp.sort(fxcu.DATE)[fxcu.CLOSE].to_numpy())
     for horizon in fxcu.HORIZONS:
         sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
         steps = int(sub["steps"][0])
         sigma, served = served_as_run(sub, steps)
         sub = sub.with_columns(pl.Series(RUN, sigma), pl.Series("served", served))
+        fhs = fhs_calibration(sub, steps, candidates, fhs_ensembles(logp, sub["ds"].to_list(), steps))
         for period, (a, b) in periods.items():
-            part = sub.filter(pl.col("origin").is_between(a, b))
+            inside = sub["origin"].is_between(a, b).to_numpy()
+            part = sub.filter(pl.Series(inside))
             scores = fxcu.score_density(part, [*candidates, RUN], steps, reps=reps)
             run, naive = scores[RUN], scores["Naive"]
             panels[(horizon, period)] = run
+            base = fxcu.crps(part["y"].to_numpy(), part["last"].to_numpy(), part["Naive"].to_numpy())
+            ratios = fxcu.ratio_ci(
+                {"Naive": base, FHS: fhs["fhs_crps"][inside], "served": fhs["crps"][inside]}, "Naive", steps, reps=reps
+            )
+            tail = lambda pits: f"{np.mean((pits >= 0.01) & (pits <= 0.99)):.1%}"  # noqa: E731
+            fhs_rows.append(
+                [horizon, period, f"{fhs['fhs_share'][inside].mean():.0%}"]
+                + [with_ci(ratios[FHS].value, ratios[FHS].lo, ratios[FHS].hi), tail(fhs["fhs_pit"][inside])]
+                + [f"{fxcu.pit_uniformity(fhs['fhs_pit'][inside], steps, reps=reps):.3f}"]
+                + [with_ci(ratios["served"].value, ratios["served"].lo, ratios["served"].hi), tail(fhs["pit"][inside])]
+                + [f"{fxcu.pit_uniformity(fhs['pit'][inside], steps, reps=reps):.3f}", f"{run.coverage_98:.1%}"]
+            )
             best = min(candidates, key=lambda m: abs(scores[m].coverage_98 - 0.98))
             rows.append(
                 [horizon, period, part.height, " ".join(f"{v:.0%}" for v in run.pit_deciles), f"{run.pit_p:.3f}"]
@@ -358,6 +436,13 @@ def cmd_calibration(args: argparse.Namespace) -> None:
     events = [fxcu.move_label(m) for m in fxcu.BRIER_MOVES]
     print(f"Brier skill of `{RUN}` against Naive's range:\n")
     print(table(["horizon", "period", *events], skills, "ll" + "l" * len(events)))
+    print(
+        f"With {FHS} (filtered historical simulation, bench-only) among the candidates, chosen by the run's "
+        "out-of-sample CRPS rule (`Run + FHS`); CRPS ratios to Naive's range [95% CI]:\n"
+    )
+    header = ["horizon", "period", f"origins serving {FHS}", f"{FHS} CRPS", f"{FHS} 98%", f"{FHS} p"]
+    header += ["Run + FHS CRPS", "Run + FHS 98%", "Run + FHS p", f"{RUN} 98%"]
+    print(table(header, fhs_rows, "llrlrrlrrr"))
     path = ROOT / "docs" / "img" / "pit_histograms.png"
     pit_grid(panels, path)
     print(f"PIT histograms: `{path.relative_to(ROOT)}`.\n")
