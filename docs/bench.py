@@ -382,7 +382,9 @@ def cmd_calibration(args: argparse.Namespace) -> None:
     `Run` the range a run on each origin's day would have served. Per horizon and period,
     `fxcu.score_density` gives each model's PIT deciles, the block-bootstrap uniformity p-value, the
     98% central coverage and the Brier skill of the events "above the last close x (1 + move)"
-    against Naive's range (95% block-bootstrap CIs). Writes docs/img/pit_histograms.png. Then
+    against Naive's range (95% block-bootstrap CIs). Then `FHS` (`fhs_ensembles`, bench-only) scored
+    alone and as a candidate of the run's out-of-sample CRPS rule (`Run + FHS`: CRPS from the ensemble,
+    scoringrules' crps_ensemble; PIT its empirical CDF). Writes docs/img/pit_histograms.png. Then
     `fxcu odds 30d 950 880` on a ten-year ledger (2,600 days x 4 horizons, rows without a stored scale)
     against `python -c "import mlflow"`, interleaved rounds, medians. `--quick`: 2023-07 on, 100 resamples, 1 round.
     """
