@@ -1930,17 +1930,22 @@ class DensityBacktest:
 
 
 def ratio_ci(
-    scores: Mapping[str, np.ndarray], base: str, steps: int, *, reps: int = BOOTSTRAP_REPS
+    scores: Mapping[str, np.ndarray], base: str | Mapping[str, str], steps: int, *, reps: int = BOOTSTRAP_REPS
 ) -> dict[str, Ratio]:
     """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
 
-    Blocks span the origins whose outcomes overlap (steps / DENSITY_EVERY), plus one.
+    Blocks span the origins whose outcomes overlap (steps / DENSITY_EVERY), plus one. `base` may map
+    each score to its own base score, so that several families of ratios share one set of resamples.
     """
     from arch.bootstrap import CircularBlockBootstrap
 
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
-    ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
+    if isinstance(base, str):
+        ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
+    else:
+        own = [names.index(base[m]) for m in names]
+        ratio = lambda v: v.mean(axis=0) / v[:, own].mean(axis=0)  # noqa: E731
     boot = CircularBlockBootstrap(block_length(steps), values, seed=0)
     means, (lo, hi) = ratio(values), np.quantile(boot.apply(ratio, reps), [0.025, 0.975], axis=0)
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
@@ -1963,26 +1968,37 @@ def pit(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return norm.cdf(y, centre, sigma)
 
 
+def _pit_bins(values: np.ndarray) -> np.ndarray:
+    """The bin of each PIT value: 0 for [0, 0.1), ..., 9 for [0.9, 1]."""
+    return np.minimum((np.asarray(values) * PIT_BINS).astype(int), PIT_BINS - 1)
+
+
 def pit_deciles(values: np.ndarray) -> np.ndarray:
     """Share of PIT values in each of the PIT_BINS equal bins of [0, 1] (uniform: 0.1 each)."""
-    return np.histogram(values, bins=PIT_BINS, range=(0.0, 1.0))[0] / max(len(values), 1)
+    return np.bincount(_pit_bins(values), minlength=PIT_BINS) / max(len(values), 1)
 
 
-def pit_uniformity(values: np.ndarray, steps: int, *, reps: int = BOOTSTRAP_REPS) -> float:
-    """p-value that the PIT deciles are uniform, for outcomes that overlap across origins.
+def pit_uniformity(values: np.ndarray, steps: int, *, reps: int = BOOTSTRAP_REPS) -> np.ndarray:
+    """p-value that the PIT deciles are uniform, per column of `values` (origins x models), for overlapping outcomes.
 
     Pearson's statistic n * sum((share - 1/B)^2 * B) is compared with its sampling distribution from a
     circular block bootstrap over origins (arch; blocks as in `block_length`): the same statistic of
     each resample's shares against the sample's own. Independent-outcome tests would reject a
-    calibrated forecast far too often here.
+    calibrated forecast far too often here. A 1-D `values` gives a one-element array.
     """
     from arch.bootstrap import CircularBlockBootstrap
 
-    n, shares = len(values), pit_deciles(values)
-    stat = n * PIT_BINS * float(np.sum((shares - 1 / PIT_BINS) ** 2))
-    boot = CircularBlockBootstrap(block_length(steps), values, seed=0)
-    spread = boot.apply(lambda v: n * PIT_BINS * np.sum((pit_deciles(v) - shares) ** 2), reps)[:, 0]
-    return float((1 + np.sum(spread >= stat)) / (1 + reps))
+    pits = np.asarray(values).reshape(len(values), -1)
+    n, m = pits.shape
+    # each origin's bin as a one-hot row, every model side by side: a resample's shares are one column mean
+    onehot = np.hstack([np.eye(PIT_BINS)[_pit_bins(pits[:, j])] for j in range(m)])
+    shares = onehot.mean(axis=0)
+    pearson = lambda d: n * PIT_BINS * (d**2).reshape(m, PIT_BINS).sum(axis=1)  # noqa: E731
+    stat = pearson(shares - 1 / PIT_BINS)
+    spread = CircularBlockBootstrap(block_length(steps), onehot, seed=0).apply(
+        lambda rows: pearson(rows.mean(axis=0) - shares), reps
+    )
+    return (1 + np.sum(spread >= stat, axis=0)) / (1 + reps)
 
 
 def move_label(move: float) -> str:
@@ -2083,12 +2099,18 @@ def score_density(
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
     groups = (*REGIMES, *NAMED_WINDOWS)
     pits = {m: pit(y, last, frame[m].to_numpy()) for m in models}
+    pit_p = dict(zip(models, pit_uniformity(np.column_stack(list(pits.values())), steps, reps=reps), strict=True))
     tail = (100 - TAIL_LEVEL) / 200
-    skill = {}
-    for move in BRIER_MOVES:
-        briers = {m: brier_scores(y, last, frame[m].to_numpy(), move) for m in models}
-        ratio = ratio_ci(briers, "Naive", steps, reps=reps)
-        skill[move_label(move)] = {m: Ratio(1 - r.value, 1 - r.hi, 1 - r.lo) for m, r in ratio.items()}
+    # every event's Brier ratio to Naive's on one set of resamples, keyed "<event> <model>"
+    events = {move_label(e): e for e in BRIER_MOVES}
+    briers = {
+        f"{e} {m}": brier_scores(y, last, frame[m].to_numpy(), move) for e, move in events.items() for m in models
+    }
+    ratio = ratio_ci(briers, {f"{e} {m}": f"{e} Naive" for e in events for m in models}, steps, reps=reps)
+    skill = {
+        e: {m: Ratio(1 - ratio[f"{e} {m}"].value, 1 - ratio[f"{e} {m}"].hi, 1 - ratio[f"{e} {m}"].lo) for m in models}
+        for e in events
+    }
     return {
         m: DensityScore(
             crps=float(crps_of[m].mean()),
@@ -2107,7 +2129,7 @@ def score_density(
             },
             origins=len(y),
             pit_deciles=tuple(float(v) for v in pit_deciles(pits[m])),
-            pit_p=pit_uniformity(pits[m], steps, reps=reps),
+            pit_p=float(pit_p[m]),
             coverage_98=float(np.mean((pits[m] >= tail) & (pits[m] <= 1 - tail))),
             brier_skill={event: by_model[m] for event, by_model in skill.items()},
         )

@@ -2528,12 +2528,15 @@ def test_pit_is_uniform_when_the_model_is_right_and_u_shaped_when_its_scale_is_h
     assert right[:5] == pytest.approx([NormalDist(m, s).cdf(v) for v, m, s in zip(y[:5], last, sigma, strict=False)])
     deciles = fxcu.pit_deciles(right)
     assert deciles.sum() == pytest.approx(1) and np.abs(deciles - 0.1).max() < 0.04
-    assert fxcu.pit_uniformity(right, steps, reps=300) > 0.1
+    assert fxcu.pit_uniformity(right, steps, reps=300)[0] > 0.1
     narrow = fxcu.pit(y, last, sigma / 2)
     u = fxcu.pit_deciles(narrow)
     # outcomes pile up in the tails: 26% expected in each end decile, 5% in each middle one
     assert u[0] > 0.2 and u[-1] > 0.2 and u[4] + u[5] < 0.15
-    assert fxcu.pit_uniformity(narrow, steps, reps=300) < 0.01
+    assert fxcu.pit_uniformity(narrow, steps, reps=300)[0] < 0.01
+    # several models at once share the resamples: each column's p-value is its own
+    both = fxcu.pit_uniformity(np.column_stack([right, narrow]), steps, reps=300)
+    assert list(both) == [fxcu.pit_uniformity(v, steps, reps=300)[0] for v in (right, narrow)]
 
 
 def test_score_density_calibration_98_coverage_and_brier_skill_by_hand():

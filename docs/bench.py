@@ -422,9 +422,9 @@ def cmd_calibration(args: argparse.Namespace) -> None:
             fhs_rows.append(
                 [horizon, period, f"{fhs['fhs_share'][inside].mean():.0%}"]
                 + [with_ci(ratios[FHS].value, ratios[FHS].lo, ratios[FHS].hi), tail(fhs["fhs_pit"][inside])]
-                + [f"{fxcu.pit_uniformity(fhs['fhs_pit'][inside], steps, reps=reps):.3f}"]
+                + [f"{fxcu.pit_uniformity(fhs['fhs_pit'][inside], steps, reps=reps)[0]:.3f}"]
                 + [with_ci(ratios["served"].value, ratios["served"].lo, ratios["served"].hi), tail(fhs["pit"][inside])]
-                + [f"{fxcu.pit_uniformity(fhs['pit'][inside], steps, reps=reps):.3f}"]
+                + [f"{fxcu.pit_uniformity(fhs['pit'][inside], steps, reps=reps)[0]:.3f}"]
                 + [with_ci(run.crps_ratio.value, run.crps_ratio.lo, run.crps_ratio.hi), f"{run.coverage_98:.1%}"]
             )
             best = min(candidates, key=lambda m: abs(scores[m].coverage_98 - 0.98))
