@@ -3584,6 +3584,7 @@ def served_odds_table(
         "forecast": median,
         "scale": scale,
         "run_id": row["run_id"],
+        "recorded_at": None if row["recorded_at"] is None else row["recorded_at"].isoformat(),
         "levels": [{"level": float(x), **o} for x, o in zip(levels, odds, strict=True)],
         "quantiles": {quantile_key(q): float(served_quantile(median, scale, check_probability(q))) for q in quantiles},
     }

@@ -5856,6 +5856,7 @@ def test_odds_answers_from_the_last_served_forecast(tmp_path, capsys):
     odds = json.loads(capsys.readouterr().out)
     served = NormalDist(math.log(820), 0.03)
     assert (odds["origin"], odds["target"], odds["run_id"]) == ("2024-07-08", "2024-07-15", "abc")
+    assert odds["recorded_at"] == "2024-01-01T00:00:00+00:00"
     assert [o["level"] for o in odds["levels"]] == [850, 800]
     assert odds["levels"][0]["prob_above"] == pytest.approx(1 - served.cdf(math.log(850)))
     assert odds["levels"][1]["prob_below"] == pytest.approx(served.cdf(math.log(800)))
