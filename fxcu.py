@@ -3111,7 +3111,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hi_80": num,
         "rw_lo_95": num,
         "rw_hi_95": num,
-        "scale": num,  # the served density's sd of the log price at the target (`served_scale` fills older rows)
+        "scale": num,  # the served density's sd of the log price at the target (`ledger_scale` fills older rows)
         "point_model": pl.String,
         "interval_model": pl.String,
         "sources": pl.String,
@@ -3183,7 +3183,7 @@ def ledger_entry(
     }
 
 
-def served_scale() -> pl.Expr:
+def ledger_scale() -> pl.Expr:
     """A ledger row's served sd of the log price: `scale`, or for a row written before it was stored, its 95% width.
 
     The served range is Gaussian in log price, so its 95% bounds are the median times exp(-/+ z * sd).
@@ -3246,7 +3246,7 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
         from scipy.stats import norm
 
         scored = wis(ready, quantiles)
-        z = ready.select((pl.col("actual") / pl.col("forecast")).log() / served_scale())[:, 0].to_numpy()
+        z = ready.select((pl.col("actual") / pl.col("forecast")).log() / ledger_scale())[:, 0].to_numpy()
         pits = pl.Series("pit", norm.cdf(z), pl.Float64)
         ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"], pits)
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
@@ -3566,14 +3566,14 @@ def served_odds_table(
     """The odds of ending above and below each level, and the quantiles, from the horizon's last served forecast.
 
     The last live ledger row of the horizon (latest origin, then latest recorded) is the served
-    density: Gaussian in log price around its forecast with its `served_scale`. Pure; raises
+    density: Gaussian in log price around its forecast with its `ledger_scale`. Pure; raises
     NoServedForecast without such a row and ValueError for a level that is not a positive number or a
     quantile outside (0, 1).
     """
     rows = ledger.filter((pl.col("horizon") == horizon) & (pl.col("kind") == "live"))
     if rows.is_empty():
         raise NoServedForecast(f"no served {horizon} forecast in the ledger yet: run `fxcu run {horizon}` first")
-    row = rows.with_columns(served_scale()).sort("origin", "recorded_at").row(-1, named=True)
+    row = rows.with_columns(ledger_scale()).sort("origin", "recorded_at").row(-1, named=True)
     median, scale = row["forecast"], row["scale"]
     odds = [dict(zip(("prob_below", "prob_above"), served_odds(median, scale, x), strict=True)) for x in levels]
     return {
@@ -5644,7 +5644,7 @@ def pit_figure(db: DensityBacktest) -> Figure:
         color="tab:blue",
         alpha=0.7,
         edgecolor="white",
-        label="served range",
+        label=f"served range ({db.live})",
     )
     ax.axhline(1 / PIT_BINS, color="black", ls="--", lw=1, label="calibrated (10% each)")
     ax.set_xlim(0, 1)
