@@ -5867,6 +5867,18 @@ def test_odds_answers_from_the_last_served_forecast(tmp_path, capsys):
     assert f"above 850.00: {1 - served.cdf(math.log(850)):.1%}" in out and "50% 820.00" in out
 
 
+def test_odds_reads_a_ledger_written_before_the_scale_was_stored(tmp_path, capsys):
+    row = ledger_row(date(2024, 7, 8), date(2024, 7, 15), forecast=820.0, half95=30.0)
+    old = fxcu.upsert_ledger(fxcu.empty_ledger(), [row]).drop("scale", "pit")
+    (tmp_path / "warehouse").mkdir()
+    old.write_parquet(tmp_path / "warehouse" / fxcu.LEDGER)
+    assert fxcu.main(["odds", "7d", "850", "--json"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    scale = math.log(850 / 790) / (2 * NormalDist().inv_cdf(0.975))  # from its 95% bounds, 790 and 850
+    assert json.loads(capsys.readouterr().out)["levels"][0]["prob_above"] == pytest.approx(
+        1 - NormalDist(math.log(820), scale).cdf(math.log(850))
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
