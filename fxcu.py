@@ -6,6 +6,7 @@ Usage:
     python fxcu.py run 7d           # fetch, forecast, backtest, report, track
     python fxcu.py check            # health probe for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     python fxcu.py track 7d         # live track record: served forecasts scored when their day came
+    python fxcu.py odds 30d 950     # odds of ending above/below 950 on the date of the last served 30d forecast
     python fxcu.py runs             # recent MLflow runs (also: init, compare, stats, backup)
     python fxcu.py ui               # the MLflow UI on the data dir's store, http://127.0.0.1:5000
 """
@@ -1895,6 +1896,10 @@ class DensityScore:
         str, tuple[float, float]
     ]  # regime or named window -> (80% cover, 95% cover); NaN if no origin there
     origins: int
+    pit_deciles: tuple[float, ...]  # share of PIT values (the forecast CDF at the outcome) in each tenth of [0, 1]
+    pit_p: float  # p-value of uniform PIT deciles (`pit_uniformity`: block bootstrap over origins)
+    coverage_98: float  # share of outcomes inside the central 98% interval: the tails a hedger cares about
+    brier_skill: dict[str, Ratio]  # per BRIER_MOVES event: 1 - Brier / Naive's Brier, with a block-bootstrap CI
 
 
 @dataclass(frozen=True, slots=True)
@@ -1927,20 +1932,88 @@ class DensityBacktest:
 
 
 def ratio_ci(
-    scores: Mapping[str, np.ndarray], base: str, steps: int, *, reps: int = BOOTSTRAP_REPS
+    scores: Mapping[str, np.ndarray], base: str | Mapping[str, str], steps: int, *, reps: int = BOOTSTRAP_REPS
 ) -> dict[str, Ratio]:
     """Mean score of each model over `base`'s, with a 95% circular block bootstrap interval over origins (arch).
 
-    Blocks span the origins whose outcomes overlap (steps / DENSITY_EVERY), plus one.
+    Blocks span the origins whose outcomes overlap (steps / DENSITY_EVERY), plus one. `base` may map
+    each score to its own base score, so that several families of ratios share one set of resamples.
     """
     from arch.bootstrap import CircularBlockBootstrap
 
     names = list(scores)
     values = np.column_stack([scores[m] for m in names])
-    ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
-    boot = CircularBlockBootstrap(max(1, math.ceil(steps / DENSITY_EVERY)) + 1, values, seed=0)
+    if isinstance(base, str):
+        ratio = lambda v: v.mean(axis=0) / v[:, names.index(base)].mean()  # noqa: E731
+    else:
+        own = [names.index(base[m]) for m in names]
+        ratio = lambda v: v.mean(axis=0) / v[:, own].mean(axis=0)  # noqa: E731
+    boot = CircularBlockBootstrap(block_length(steps), values, seed=0)
     means, (lo, hi) = ratio(values), np.quantile(boot.apply(ratio, reps), [0.025, 0.975], axis=0)
     return {m: Ratio(float(means[j]), float(lo[j]), float(hi[j])) for j, m in enumerate(names)}
+
+
+PIT_BINS = 10  # deciles
+TAIL_LEVEL = 98  # the central interval whose coverage says whether the tails are right
+BRIER_MOVES = (-0.05, -0.025, 0.025, 0.05)  # events "above last close x (1 + move)" whose odds are scored
+
+
+def block_length(steps: int) -> int:
+    """Block length of the bootstraps over weekly origins: the origins whose outcomes overlap, plus one."""
+    return max(1, math.ceil(steps / DENSITY_EVERY)) + 1
+
+
+def pit(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Probability integral transform: the Gaussian forecast's CDF at each outcome (scipy.stats.norm)."""
+    from scipy.stats import norm
+
+    return norm.cdf(y, centre, sigma)
+
+
+def _pit_bins(values: np.ndarray) -> np.ndarray:
+    """The bin of each PIT value: 0 for [0, 0.1), ..., 9 for [0.9, 1]."""
+    return np.minimum((np.asarray(values) * PIT_BINS).astype(int), PIT_BINS - 1)
+
+
+def pit_deciles(values: np.ndarray) -> np.ndarray:
+    """Share of PIT values in each of the PIT_BINS equal bins of [0, 1] (uniform: 0.1 each)."""
+    return np.bincount(_pit_bins(values), minlength=PIT_BINS) / max(len(values), 1)
+
+
+def pit_uniformity(values: np.ndarray, steps: int, *, reps: int = BOOTSTRAP_REPS) -> np.ndarray:
+    """p-value that the PIT deciles are uniform, per column of `values` (origins x models), for overlapping outcomes.
+
+    Pearson's statistic n * sum((share - 1/B)^2 * B) is compared with its sampling distribution from a
+    circular block bootstrap over origins (arch; blocks as in `block_length`): the same statistic of
+    each resample's shares against the sample's own. Independent-outcome tests would reject a
+    calibrated forecast far too often here. A 1-D `values` gives a one-element array.
+    """
+    from arch.bootstrap import CircularBlockBootstrap
+
+    pits = np.asarray(values).reshape(len(values), -1)
+    n, m = pits.shape
+    # each origin's bin as a one-hot row, every model side by side: a resample's shares are one column mean
+    onehot = np.hstack([np.eye(PIT_BINS)[_pit_bins(pits[:, j])] for j in range(m)])
+    shares = onehot.mean(axis=0)
+    pearson = lambda d: n * PIT_BINS * (d**2).reshape(m, PIT_BINS).sum(axis=1)  # noqa: E731
+    stat = pearson(shares - 1 / PIT_BINS)
+    spread = CircularBlockBootstrap(block_length(steps), onehot, seed=0).apply(
+        lambda rows: pearson(rows.mean(axis=0) - shares), reps
+    )
+    return (1 + np.sum(spread >= stat, axis=0)) / (1 + reps)
+
+
+def move_label(move: float) -> str:
+    """A BRIER_MOVES event's name: -0.025 -> '-2.5%'."""
+    return f"{move * 100:+g}%"
+
+
+def brier_scores(y: np.ndarray, last: np.ndarray, sigma: np.ndarray, move: float) -> np.ndarray:
+    """Brier score per origin of the Gaussian forecast's odds of ending above `last` x (1 + move) (log prices)."""
+    from scipy.stats import norm
+
+    threshold = last + math.log1p(move)
+    return (norm.sf(threshold, last, sigma) - (y > threshold)) ** 2
 
 
 def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int) -> IntervalChoice:
@@ -2001,7 +2074,8 @@ def score_density(
 
     CRPS, WIS (`wis`: the median and the 80% and 95% intervals), IS80 and IS95 with ratios to Naive
     (block-bootstrap CIs), coverage overall with a CI, by volatility tercile of `vol20` (cut points
-    from these origins) and in NAMED_WINDOWS.
+    from these origins) and in NAMED_WINDOWS; calibration: PIT deciles and their uniformity test, the
+    98% coverage, and the Brier skill of the BRIER_MOVES events against Naive's range.
     """
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
@@ -2026,6 +2100,19 @@ def score_density(
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
     groups = (*REGIMES, *NAMED_WINDOWS)
+    pits = {m: pit(y, last, frame[m].to_numpy()) for m in models}
+    pit_p = dict(zip(models, pit_uniformity(np.column_stack(list(pits.values())), steps, reps=reps), strict=True))
+    tail = (100 - TAIL_LEVEL) / 200
+    # every event's Brier ratio to Naive's on one set of resamples, keyed "<event> <model>"
+    events = {move_label(e): e for e in BRIER_MOVES}
+    briers = {
+        f"{e} {m}": brier_scores(y, last, frame[m].to_numpy(), move) for e, move in events.items() for m in models
+    }
+    ratio = ratio_ci(briers, {f"{e} {m}": f"{e} Naive" for e in events for m in models}, steps, reps=reps)
+    skill = {
+        e: {m: Ratio(1 - ratio[f"{e} {m}"].value, 1 - ratio[f"{e} {m}"].hi, 1 - ratio[f"{e} {m}"].lo) for m in models}
+        for e in events
+    }
     return {
         m: DensityScore(
             crps=float(crps_of[m].mean()),
@@ -2043,6 +2130,10 @@ def score_density(
                 g: (cover[80][g][m], cover[95][g][m]) if g in cover[80] else (math.nan, math.nan) for g in groups
             },
             origins=len(y),
+            pit_deciles=tuple(float(v) for v in pit_deciles(pits[m])),
+            pit_p=float(pit_p[m]),
+            coverage_98=float(np.mean((pits[m] >= tail) & (pits[m] <= 1 - tail))),
+            brier_skill={event: by_model[m] for event, by_model in skill.items()},
         )
         for m in models
     }
@@ -2108,6 +2199,7 @@ class Forecast:
     backtest: Backtest
     density: DensityBacktest | None = None  # the weekly density backtest that chose the range
     interval_model: str = "Naive"  # the interval model whose width the ensemble's range uses
+    scale: float = math.nan  # the served density's sd of the log price at the horizon date
 
     @property
     def interval_label(self) -> str:
@@ -2124,6 +2216,60 @@ class Forecast:
     def final(self) -> dict[str, Any]:
         """The ensemble's row at the horizon date."""
         return self.ensemble.tail(1).row(0, named=True)
+
+    def quantile(self, q: float) -> float:
+        """The level USD/CLP ends below with probability `q` on the horizon date, from the served density.
+
+        `quantile(0.10)` and `quantile(0.90)` are the 80% range's bounds, `quantile(0.025)` and
+        `quantile(0.975)` the 95% range's; raises ValueError unless 0 < q < 1.
+        """
+        return float(served_quantile(self.final["forecast"], self.scale, check_probability(q)))
+
+    def prob_below(self, x: float) -> float:
+        """The served density's probability that USD/CLP ends below `x` (CLP per USD) on the horizon date."""
+        return served_odds(self.final["forecast"], self.scale, x)[0]
+
+    def prob_above(self, x: float) -> float:
+        """The served density's probability that USD/CLP ends above `x` (CLP per USD) on the horizon date."""
+        return served_odds(self.final["forecast"], self.scale, x)[1]
+
+
+def check_probability(q: float) -> float:
+    """`q` as a float strictly between 0 and 1, else ValueError."""
+    if not 0 < q < 1:  # a NaN fails too
+        raise ValueError(f"quantile {q!r} is not between 0 and 1 (exclusive)")
+    return float(q)
+
+
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)  # what `run --json`, `odds` and the report show
+
+
+def quantile_key(q: float) -> str:
+    """A quantile's name in JSON and tables: 0.05 -> '5%', 0.975 -> '97.5%'."""
+    return f"{q * 100:g}%"
+
+
+def served_quantile(median: Any, scale: Any, q: Any) -> Any:
+    """The q-quantile of a Gaussian in log price with this median (CLP per USD) and sd: median * exp(sd * z_q).
+
+    Every served bound is this function (scipy.stats.norm), so the ranges are quantiles, exactly.
+    """
+    from scipy.stats import norm
+
+    return median * np.exp(scale * norm.ppf(q))
+
+
+def served_odds(median: float, scale: float, x: float) -> tuple[float, float]:
+    """(P(below x), P(above x)) under a Gaussian in log price with this median and sd (scipy.stats.norm).
+
+    Raises ValueError unless x is a positive number.
+    """
+    from scipy.stats import norm
+
+    if not x > 0 or math.isinf(x):
+        raise ValueError(f"level {x!r} is not a positive number")
+    z = math.log(x / median) / scale
+    return float(norm.cdf(z)), float(norm.sf(z))
 
 
 def copper_forecast(usdclp: pl.DataFrame, copper: pl.DataFrame, steps: int, history: int = HISTORY) -> pl.DataFrame:
@@ -2169,13 +2315,21 @@ def forecast(
     return fcs[horizon]
 
 
+def served_scales(fc: pl.DataFrame, variances: np.ndarray | None) -> np.ndarray:
+    """The served sd of the log price per step: the chosen model's (`variances`), else Naive's own (its 80% width)."""
+    if variances is None:
+        return ((fc["Naive-hi-80"] - fc["Naive-lo-80"]) / (2 * z_value(80))).to_numpy()
+    return np.sqrt(variances[: fc.height])
+
+
 def _forecast_path(
     fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None
 ) -> pl.DataFrame:
     """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
 
-    The served range is Naive's width around the ensemble's point (as in `_score_backtest`), or,
-    given `variances` (the chosen interval model's k-day log variances), that model's Gaussian range.
+    The served range is Gaussian in log price around the ensemble's point: with Naive's width (its sd,
+    as in `_score_backtest`) or, given `variances` (the chosen interval model's k-day log variances),
+    that model's. Its bounds are `served_quantile`s of that density.
     """
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
@@ -2184,16 +2338,13 @@ def _forecast_path(
         fc.select(pl.lit(name).alias("model"), *(pl.col(f"{name}{s}").exp().alias(c) for s, c in cols.items()))
         for name in weights
     ]
-    point = pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()])
-    if variances is None:
-        width = {s: pl.col(f"Naive{s}") - pl.col("Naive") for s in cols}
-    else:
-        sd = np.sqrt(variances[: len(dates)])
-        width = {"": pl.lit(0.0)}
-        for lv in LEVELS:
-            width |= {f"-lo-{lv}": pl.Series(-z_value(lv) * sd), f"-hi-{lv}": pl.Series(z_value(lv) * sd)}
-    ensemble = ((point + width[s]).exp().alias(c) for s, c in cols.items())
-    frames.append(fc.select(pl.lit(ENSEMBLE).alias("model"), *ensemble))
+    point = fc.select(pl.sum_horizontal([pl.col(n) * w for n, w in weights.items()]).exp())[:, 0].to_numpy()
+    sd = served_scales(fc, variances)
+    ensemble = {"forecast": point}
+    for lv in LEVELS:
+        tail = (100 - lv) / 200
+        ensemble |= {f"lo_{lv}": served_quantile(point, sd, tail), f"hi_{lv}": served_quantile(point, sd, 1 - tail)}
+    frames.append(pl.DataFrame({"model": [ENSEMBLE] * len(point), **ensemble}))
     steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
 
@@ -2236,7 +2387,8 @@ def forecast_all(
         if model != "Naive":
             cu = None if copper_logp is None else copper_logp[-history:]
             variances = variance_paths(logp[-history:], cu, steps, [model])[model]
-        path = _forecast_path(fc, bt.weights, trading_dates(last_day, days), variances)
+        dates = trading_dates(last_day, days)
+        path = _forecast_path(fc, bt.weights, dates, variances)
         results[horizon] = Forecast(
             horizon=horizon,
             origin=last_day,
@@ -2245,6 +2397,7 @@ def forecast_all(
             backtest=bt,
             density=densities[horizon],
             interval_model=model,
+            scale=float(served_scales(fc.sort("ds").head(len(dates)), variances)[-1]),
         )
     return results
 
@@ -2328,6 +2481,7 @@ def summary(fc: Forecast, bundle: Bundle) -> dict[str, Any]:
         "copper_available": bundle.copper is not None,
         "copper_frequency": bundle.copper_frequency,
         "copper_ablation_pct": None if bt.copper_ablation_pct is None else round(bt.copper_ablation_pct, 4),
+        "quantiles": {quantile_key(q): round(fc.quantile(q), 4) for q in QUANTILES},
         **range_summary(fc),
         "sources": dict(bundle.sources),
         "degraded": list(bundle.degraded),
@@ -2523,8 +2677,32 @@ def _pct(new: float, old: float) -> str:
     return f"{new / old - 1:+.2%}"
 
 
-def format_density(db: DensityBacktest, served: str) -> list[str]:
-    """The range section's lines: every interval model's scores against Naive's range, and what is served."""
+def format_calibration(db: DensityBacktest, pit_chart: str | None = None) -> list[str]:
+    """The range section's calibration lines: each model's PIT test, 98% coverage and Brier skill, the served PIT."""
+    served = db.served
+    events = list(served.brier_skill)
+    rows = [
+        [name, f"{m.pit_p:.3f}", f"{m.coverage_98:.1%}", *(f"{m.brier_skill[e].value:+.3f}" for e in events)]
+        for name, m in db.models.items()
+    ]
+    skill = ", ".join(f"{e} {r.value:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for e, r in served.brier_skill.items())
+    lines = [
+        "Calibration: PIT is the forecast's CDF at the outcome (uniform when the odds are right); the uniformity"
+        " p-value comes from a block bootstrap over origins (their outcomes overlap); Brier skill is"
+        " 1 - Brier / Naive's range's Brier for the event 'above the last close x (1 + move)'.",
+        "",
+        *_table(["model", "PIT uniform p", f"{TAIL_LEVEL}% cover", *(f"Brier skill {e}" for e in events)], rows),
+        "",
+        "Served range's PIT deciles: " + " ".join(f"{v:.0%}" for v in served.pit_deciles) + f" (10% each when"
+        f" calibrated); Brier skill with 95% CIs: {skill}.",
+    ]
+    if pit_chart:
+        lines += ["", f"![PIT histogram of the served range]({pit_chart})"]
+    return lines
+
+
+def format_density(db: DensityBacktest, served: str, pit_chart: str | None = None) -> list[str]:
+    """The range section's lines: every interval model's scores against Naive's range, calibration, what is served."""
     d = db.predictions
     lines = [
         f"Served range: {INTERVAL_MODELS[served]} (`{served}`)."
@@ -2573,6 +2751,7 @@ def format_density(db: DensityBacktest, served: str) -> list[str]:
             f"Copper as a variance signal: CRPS {db.copper_ablation_pct:+.2f}% with copper's realised volatility"
             f" (Recal_copper against Recal)."
         )
+    lines += ["", *format_calibration(db, pit_chart)]
     return lines + [f"Note: {n}" for n in db.notes]
 
 
@@ -2613,6 +2792,30 @@ def _summary_section(fc: Forecast, bundle: Bundle) -> Section:
     if s["degraded"]:
         rows.append(["Degraded", ", ".join(s["degraded"])])
     return Section("summary", "Summary", tuple(_table(["", "CLP per USD"], rows)))
+
+
+ODDS_MOVES = (0.01, 0.025, 0.05)  # the report's odds of ending beyond the last close by this much, either way
+
+
+def _odds_section(fc: Forecast) -> Section:
+    """The served density in a treasurer's numbers: its quantiles, and the odds of moves beyond the last close."""
+    last = fc.last_close
+    rows = [
+        [f"±{move:.1%}".replace(".0%", "%"), f"{last * (1 - move):.2f}", f"{last * (1 + move):.2f}"]
+        + [f"{fc.prob_below(last * (1 - move)):.1%}", f"{fc.prob_above(last * (1 + move)):.1%}"]
+        for move in ODDS_MOVES
+    ]
+    lines = (
+        f"USD/CLP ends below each level with the probability above it (the served density: Gaussian in log price,"
+        f" sd {fc.scale:.4f}).",
+        "",
+        *_table(["", *map(quantile_key, QUANTILES)], [["CLP per USD", *(f"{fc.quantile(q):.2f}" for q in QUANTILES)]]),
+        "",
+        f"Odds of ending beyond the last close ({last:.2f}) by each move:",
+        "",
+        *_table(["move", "below (CLP)", "above (CLP)", "chance below", "chance above"], rows),
+    )
+    return Section("odds", f"Quantiles and odds for {fc.final[DATE]:%a %d %b %Y}", lines)
 
 
 def _backtest_section(bt: Backtest) -> Section:
@@ -2687,11 +2890,15 @@ def _path_section(fc: Forecast) -> Section:
     return Section("path", "Forecast path (ensemble, CLP per USD)", tuple(path))
 
 
-def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[Section]:
-    """The sections of one horizon's report, most read first: summary, chart, backtest, copper, path, data (pure)."""
+def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None, pit_chart: str | None = None) -> list[Section]:
+    """One horizon's report sections, most read first: summary, chart, odds, backtests, copper, path, data (pure).
+
+    `pit_chart` is the range backtest's PIT histogram, shown in the range section.
+    """
     sections = [_summary_section(fc, bundle)]
     if chart:
         sections.append(Section("chart", "Chart", (f"![USD/CLP and forecast]({chart})",)))
+    sections.append(_odds_section(fc))
     sections.append(_backtest_section(fc.backtest))
     if fc.density is not None:
         db = fc.density
@@ -2699,7 +2906,7 @@ def report_sections(fc: Forecast, bundle: Bundle, *, chart: str | None) -> list[
             f"Range backtest ({len(db.origins)} weekly origins, {db.origins[0]} .. {db.origins[-1]}, "
             f"{db.steps} trading days ahead)"
         )
-        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model))))
+        sections.append(Section("range", title, tuple(format_density(db, fc.interval_model, pit_chart))))
     sections += [_copper_section(bundle), _path_section(fc)]
     data = [f"- {n}" for n in bundle.notes] or ["- none"]
     data += [f"- degraded: {r}" for r in bundle.degraded_detail]
@@ -2733,10 +2940,16 @@ def with_extra(sections: Sequence[Section], extra: Sequence[Section]) -> list[Se
 
 
 def format_report(
-    fc: Forecast, bundle: Bundle, *, now: datetime, chart: str | None, extra: Sequence[Section] = ()
+    fc: Forecast,
+    bundle: Bundle,
+    *,
+    now: datetime,
+    chart: str | None,
+    extra: Sequence[Section] = (),
+    pit_chart: str | None = None,
 ) -> str:
-    """The Markdown report of one run: summary, what changed, chart, backtests, track record, copper, path, data."""
-    sections = with_extra(report_sections(fc, bundle, chart=chart), extra)
+    """One run's Markdown report: summary, what changed, chart, odds, backtests, track record, copper, path, data."""
+    sections = with_extra(report_sections(fc, bundle, chart=chart, pit_chart=pit_chart), extra)
     return "\n".join([f"# {report_title(fc, now=now)}", "", *format_sections(sections)]).rstrip() + "\n"
 
 
@@ -2903,6 +3116,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hi_80": num,
         "rw_lo_95": num,
         "rw_hi_95": num,
+        "scale": num,  # the served density's sd of the log price at the target (`ledger_scale` fills older rows)
         "point_model": pl.String,
         "interval_model": pl.String,
         "sources": pl.String,
@@ -2927,6 +3141,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_hit_80": pl.Boolean,
         "rw_hit_95": pl.Boolean,
         "rw_wis": num,
+        "pit": num,  # the served density's CDF at the realised close: uniform when the odds are calibrated
     }
 
 
@@ -2959,6 +3174,7 @@ def ledger_entry(
         "last_close": fc.last_close,
         **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
         **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
+        "scale": fc.scale,
         "point_model": served_point_model(bt.rule),
         "interval_model": fc.interval_model,
         "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
@@ -2970,6 +3186,15 @@ def ledger_entry(
         "backtest_coverage_95": bt.ensemble.coverage_95,
         "backtest_origins": len(bt.origins),
     }
+
+
+def ledger_scale() -> pl.Expr:
+    """A ledger row's served sd of the log price: `scale`, or for a row written before it was stored, its 95% width.
+
+    The served range is Gaussian in log price, so its 95% bounds are the median times exp(-/+ z * sd).
+    """
+    width = (pl.col("hi_95").log() - pl.col("lo_95").log()) / (2 * z_value(95))
+    return pl.coalesce(pl.col("scale"), width).alias("scale")
 
 
 def upsert_ledger(ledger: pl.DataFrame, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
@@ -2992,7 +3217,8 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
     Scores are recomputed from the prices each time (a revised close revises its score). A target
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
-    the random walk from the same origin (its point is the last close, its range Naive's).
+    the random walk from the same origin (its point is the last close, its range Naive's); and the
+    served density's PIT at the close (scipy.stats.norm).
     """
 
     if ledger.is_empty():
@@ -3022,11 +3248,15 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
     }
     if ready.height:
+        from scipy.stats import norm
+
         scored = wis(ready, quantiles)
-        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"])
+        z = ready.select((pl.col("actual") / pl.col("forecast")).log() / ledger_scale())[:, 0].to_numpy()
+        pits = pl.Series("pit", norm.cdf(z), pl.Float64)
+        ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"], pits)
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
     else:
-        joined = joined.with_columns(pl.lit(None, pl.Float64).alias("wis"), pl.lit(None, pl.Float64).alias("rw_wis"))
+        joined = joined.with_columns(pl.lit(None, pl.Float64).alias(c) for c in ("wis", "rw_wis", "pit"))
     return joined.select(list(ledger_schema())).sort(list(LEDGER_KEY))
 
 
@@ -3110,6 +3340,8 @@ def track_stats(rows: pl.DataFrame, *, last: int | None = None) -> dict[str, Any
         "rw_wis": scored["rw_wis"].mean(),
     }
     out["wis_ratio"] = out["wis"] / out["rw_wis"] if out["wis"] is not None and out["rw_wis"] else None
+    pits = scored["pit"].drop_nulls().to_numpy()
+    out["pit_deciles"] = [float(v) for v in pit_deciles(pits)] if len(pits) else None
     for lv in LEVELS:
         out[f"coverage_{lv}"] = float(scored[f"hit_{lv}"].mean())
         out[f"rw_coverage_{lv}"] = float(scored[f"rw_hit_{lv}"].mean())
@@ -3138,11 +3370,13 @@ def _band(stats: Mapping[str, Any], level: int) -> str:
 
 def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
     """The `track` table: per horizon and kind, live numbers next to the chance band and the backtest's expectation."""
-    rows, misses = [], []
+    rows, misses, pits = [], [], []
     for horizon, live in record.items():
         for kind, s in (("live", live), ("reconstructed", live["reconstructed"])):
             if not s["forecasts"]:
                 continue
+            if s.get("pit_deciles"):
+                pits.append(f"  {horizon} {kind}: " + " ".join(f"{v:.0%}" for v in s["pit_deciles"]))
             bt = s["backtest"] or {}
             rows.append(
                 {
@@ -3168,6 +3402,10 @@ def format_track(record: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [
         *_table(list(rows[0]), [list(r.values()) for r in rows]),
         "",
+        *(
+            ["PIT deciles (share of closes in each tenth of the served odds; calibrated: 10% each):", *pits, ""]
+            * bool(pits)
+        ),
         "latest 80% misses:" if misses else "no 80% misses",
         *misses,
     ]
@@ -3321,6 +3559,61 @@ def reconstruct(
             continue
         for fc in forecasts.values():
             yield ledger_entry(fc, bundle, run_id=None, now=now, kind="reconstructed")
+
+
+class NoServedForecast(LookupError):
+    """The ledger holds no served (live) forecast of a horizon yet."""
+
+
+def served_odds_table(
+    ledger: pl.DataFrame, horizon: str, levels: Sequence[float], quantiles: Sequence[float] = QUANTILES
+) -> dict[str, Any]:
+    """The odds of ending above and below each level, and the quantiles, from the horizon's last served forecast.
+
+    The last live ledger row of the horizon (latest origin, then latest recorded) is the served
+    density: Gaussian in log price around its forecast with its `ledger_scale`. Pure; raises
+    NoServedForecast without such a row and ValueError for a level that is not a positive number or a
+    quantile outside (0, 1).
+    """
+    rows = ledger.filter((pl.col("horizon") == horizon) & (pl.col("kind") == "live"))
+    if rows.is_empty():
+        raise NoServedForecast(f"no served {horizon} forecast in the ledger yet: run `fxcu run {horizon}` first")
+    row = rows.with_columns(ledger_scale()).sort("origin", "recorded_at").row(-1, named=True)
+    median, scale = row["forecast"], row["scale"]
+    odds = [dict(zip(("prob_below", "prob_above"), served_odds(median, scale, x), strict=True)) for x in levels]
+    return {
+        "horizon": horizon,
+        "origin": str(row["origin"]),
+        "target": str(row["target"]),
+        "last_close": row["last_close"],
+        "forecast": median,
+        "scale": scale,
+        "run_id": row["run_id"],
+        "recorded_at": None if row["recorded_at"] is None else row["recorded_at"].isoformat(),
+        "levels": [{"level": float(x), **o} for x, o in zip(levels, odds, strict=True)],
+        "quantiles": {quantile_key(q): float(served_quantile(median, scale, check_probability(q))) for q in quantiles},
+    }
+
+
+def _chance(p: float) -> str:
+    """A probability for people: '42.1%', '<0.1%', '>99.9%'."""
+    return "<0.1%" if p < 0.0005 else ">99.9%" if p > 0.9995 else f"{p:.1%}"
+
+
+def format_odds(odds: Mapping[str, Any]) -> str:
+    """`fxcu odds`: the forecast it answers from, then one line per level and the quantiles (pure)."""
+    target = date.fromisoformat(odds["target"])
+    lines = [
+        f"USD/CLP {odds['horizon']}, forecast made on {odds['origin']} (last close {odds['last_close']:.2f}) "
+        f"for {target:%a %d %b %Y}: {odds['forecast']:.2f}",
+        *(
+            f"  above {o['level']:.2f}: {_chance(o['prob_above'])}   below {o['level']:.2f}: {_chance(o['prob_below'])}"
+            for o in odds["levels"]
+        ),
+        "  quantiles (ends below with that probability): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in odds["quantiles"].items()),
+    ]
+    return "\n".join(lines)
 
 
 # -- Core: the run dashboard (runs, compare, stats) ------------------------------------
@@ -5385,6 +5678,37 @@ def chart_figure(fc: Forecast, bundle: Bundle, *, now: datetime | None = None) -
     return fig
 
 
+def pit_figure(db: DensityBacktest) -> Figure:
+    """Bar chart of the served range's PIT deciles over the weekly origins, against the 10% a calibrated range gives."""
+    from matplotlib.figure import Figure
+
+    served = db.served
+    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.bar(
+        np.arange(PIT_BINS) / PIT_BINS,
+        served.pit_deciles,
+        width=1 / PIT_BINS,
+        align="edge",
+        color="tab:blue",
+        alpha=0.7,
+        edgecolor="white",
+        label=f"served range ({db.live})",
+    )
+    ax.axhline(1 / PIT_BINS, color="black", ls="--", lw=1, label="calibrated (10% each)")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("PIT: the forecast's probability of a close below the realised one")
+    ax.set_ylabel("share of origins")
+    ax.set_title(
+        f"{db.horizon} PIT, {served.origins} weekly origins {db.origins[0]} .. {db.origins[-1]}\n"
+        f"uniform p = {served.pit_p:.3f}, {TAIL_LEVEL}% interval covered {served.coverage_98:.1%}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
 def write_png(fig: Figure, path: Path) -> None:
     """Save a figure as a PNG at `path` (atomically): every chart fxcu draws is saved here."""
     with atomic_path(path) as tmp:
@@ -5403,6 +5727,7 @@ class Report:
     markdown: Path
     chart: Path | None
     table: Path
+    pit_chart: Path | None = None  # the range backtest's PIT histogram
 
 
 def report_stem(horizon: str, now: datetime, *, taken: set[str] | frozenset[str] = frozenset()) -> str:
@@ -5429,17 +5754,30 @@ def write_report(
     except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
         log.error("Chart failed (%s); the report goes without it", one_line(exc))
         chart = None
+    pit_chart = reports / f"{stem}_pit.png" if fc.density is not None else None
+    try:
+        if fc.density is not None:
+            write_png(pit_figure(fc.density), pit_chart)
+    except Exception as exc:  # noqa: BLE001 -- a chart is never worth a failed run
+        log.error("PIT chart failed (%s); the report goes without it", one_line(exc))
+        pit_chart = None
     table = reports / f"{stem}.csv"
     write_text_atomic(fc.path.write_csv(), table)
     markdown = reports / f"{stem}.md"
-    write_text_atomic(format_report(fc, bundle, now=now, chart=chart.name if chart else None, extra=extra), markdown)
-    return Report(markdown, chart, table)
+    names = {"chart": chart.name if chart else None, "pit_chart": pit_chart.name if pit_chart else None}
+    write_text_atomic(format_report(fc, bundle, now=now, extra=extra, **names), markdown)
+    return Report(markdown, chart, table, pit_chart)
 
 
 def report_files(markdown: Path) -> Report:
     """The files `write_report` wrote beside a Markdown report (the chart only if it was drawn)."""
-    chart = markdown.with_suffix(".png")
-    return Report(markdown, chart if chart.exists() else None, markdown.with_suffix(".csv"))
+    chart, pit_chart = markdown.with_suffix(".png"), markdown.with_name(f"{markdown.stem}_pit.png")
+    return Report(
+        markdown,
+        chart if chart.exists() else None,
+        markdown.with_suffix(".csv"),
+        pit_chart if pit_chart.exists() else None,
+    )
 
 
 def status_path(config: Config) -> Path:
@@ -5786,7 +6124,9 @@ def input_datasets(bundle: Bundle) -> tuple[dict[str, str], ...]:
 
 def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
     """MLflow metrics of the range backtest: per interval model (the served range keyed by horizon) CRPS, WIS, IS80,
-    IS95, their ratios to Naive's with CI bounds, and coverage overall, per volatility regime and in each named window.
+    IS95, their ratios to Naive's with CI bounds, coverage overall, per volatility regime and in each named window,
+    the 98% coverage, the PIT uniformity p-value and the Brier skill per event (`bss_up2_5`: above +2.5%); and the
+    served range's PIT deciles (`<horizon>_range_pit_decile_1` .. `_10`).
     """
     metrics: dict[str, float] = {"range_origins": float(len(db.origins))}
     if db.copper_ablation_pct is not None:
@@ -5810,6 +6150,12 @@ def density_metrics(db: DensityBacktest, horizon: str) -> dict[str, float]:
             slug = re.sub(r"\W+", "_", group).strip("_")
             if not math.isnan(c80):
                 metrics |= {f"{key}_coverage_80_{slug}": c80, f"{key}_coverage_95_{slug}": c95}
+        metrics |= {f"{key}_coverage_{TAIL_LEVEL}": m.coverage_98, f"{key}_pit_p": m.pit_p}
+        for event, skill in m.brier_skill.items():
+            slug = "bss_" + event.replace("+", "up").replace("-", "down").replace(".", "_").rstrip("%")
+            metrics |= {f"{key}_{slug}": skill.value, f"{key}_{slug}_lo": skill.lo, f"{key}_{slug}_hi": skill.hi}
+    # the served range's PIT histogram, decile by decile (MLflow's chart view draws a run's metrics side by side)
+    metrics |= {f"{horizon}_range_pit_decile_{j + 1}": v for j, v in enumerate(db.served.pit_deciles)}
     return metrics
 
 
@@ -6118,7 +6464,7 @@ def report_record(
 ) -> RunRecord:
     """The run record of a horizon: its report's files, and its exact inputs (saved under `inputs`), as artifacts."""
     saved, digest = write_inputs(bundle, inputs)
-    files = [p for p in (report.markdown, report.chart, report.table) if p] if report else []
+    files = [p for p in (report.markdown, report.chart, report.pit_chart, report.table) if p] if report else []
     return run_record(
         fc,
         bundle,
@@ -7023,6 +7369,25 @@ def cmd_track(
     return 0
 
 
+def cmd_odds(
+    config: Config, horizon: str, levels: Sequence[float], quantiles: Sequence[float], *, as_json: bool
+) -> int:
+    """Print the odds of each level and the quantiles from the horizon's last served forecast in the ledger.
+
+    Runs no model and imports neither mlflow nor statsforecast. 0 done, 1 unreadable ledger, 2 no served forecast.
+    """
+    try:
+        odds = served_odds_table(read_ledger(ledger_path(config)), horizon, levels, quantiles or QUANTILES)
+    except NoServedForecast as exc:
+        print(f"fxcu: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:
+        print(f"fxcu: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(odds, indent=2) if as_json else format_odds(odds))
+    return 0
+
+
 def gather_checks(
     config: Config, environ: Mapping[str, str], *, now: datetime, network: bool, limits: Thresholds
 ) -> tuple[list[Check], list[Perf]]:
@@ -7111,6 +7476,23 @@ def run_horizons(text: str) -> list[str]:
     return [text.strip().lower()]
 
 
+def one_horizon(text: str) -> str:
+    """argparse type: '30d' -> '30d' (one of HORIZONS)."""
+    try:
+        parse_horizon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lower()
+
+
+def probability(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        return check_probability(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per command function."""
     parser = OneLineParser(prog="fxcu", description=__doc__.splitlines()[0])
@@ -7170,6 +7552,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="first reconstruct weekly origins since START (YYYY-MM-DD)",
     )
+    odds = as_json(sub.add_parser("odds", help="odds of ending above/below levels, from the last served forecast"))
+    odds.add_argument("horizon", type=one_horizon, metavar="{7d,15d,30d,90d}", help="the served forecast's horizon")
+    odds.add_argument("levels", nargs="*", type=positive_float, metavar="LEVEL", help="CLP per USD, e.g. 950")
+    odds.add_argument(
+        "-q",
+        "--quantile",
+        dest="quantiles",
+        action="append",
+        type=probability,
+        metavar="Q",
+        help="a quantile to print, 0 < Q < 1 (repeatable; default 1, 5, 10, 25, 50, 75, 90, 95, 99%%)",
+    )
     backup = sub.add_parser("backup", help="consistent archive of the MLflow database and artifacts")
     backup.add_argument(
         "dest", nargs="?", type=Path, default=None, help="folder for the archive (default DATA/backups)"
@@ -7212,6 +7606,8 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
     if args.command == "track":
         horizons = args.horizon or list(HORIZONS)
         return cmd_track(config, environ, horizons, now=now, last=args.last, as_json=args.json, backfill=args.backfill)
+    if args.command == "odds":
+        return cmd_odds(config, args.horizon, args.levels, args.quantiles or (), as_json=args.json)
     if args.command in {"fetch", "validate", "run"}:
         with _client_scope(config, None) as client:  # none offline
             if args.command == "fetch":

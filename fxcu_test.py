@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from statistics import NormalDist
 from types import SimpleNamespace
 
 import httpx
@@ -2292,6 +2293,74 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
+def served_forecast(point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarray) -> fxcu.Forecast:
+    """A Forecast as `forecast_all` builds it, from a statsforecast-like frame: the point (log) with Naive's range of
+    sd `naive_sd`, served with `sd` (the chosen model's) or, given None, with Naive's own."""
+    steps, z = len(point), {80: 1.2815515655446004, 95: 1.959963984540054}  # scipy's norm.ppf(0.9), (0.975)
+    frame = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(steps), "Naive": point})
+    frame = frame.with_columns(
+        pl.Series(f"Naive-{side}-{lv}", point + sign * z[lv] * naive_sd)
+        for lv in (80, 95)
+        for side, sign in (("lo", -1), ("hi", 1))
+    )
+    dates = fxcu.trading_dates(date(2024, 7, 15), 7)[:steps]
+    path = fxcu._forecast_path(frame, {"Naive": 1.0}, dates, None if sd is None else sd**2)
+    scale = float(fxcu.served_scales(frame, None if sd is None else sd**2)[-1])
+    return fxcu.Forecast("7d", date(2024, 7, 15), float(np.exp(point[0])), path, None, scale=scale)  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    level=st.floats(500, 1500),
+    sd=st.floats(0.001, 0.2),
+    naive=st.booleans(),
+    q=st.floats(0.0005, 0.9995),
+    x=st.floats(0.5, 2.0),
+    dx=st.floats(0.001, 0.5),
+)
+def test_forecast_quantiles_are_the_served_bounds_and_invert_the_odds(level, sd, naive, q, x, dx):
+    steps = 5
+    sds = sd * np.sqrt(np.arange(1, steps + 1) / steps)
+    fc = served_forecast(np.full(steps, math.log(level)), None if naive else sds, sds)
+    final = fc.final
+    # the 80% and 95% bounds are these quantiles, exactly
+    assert (fc.quantile(0.10), fc.quantile(0.90)) == (final["lo_80"], final["hi_80"])
+    assert (fc.quantile(0.025), fc.quantile(0.975)) == (final["lo_95"], final["hi_95"])
+    assert fc.scale == pytest.approx(sd, rel=1e-9)
+    # written out with the stdlib's normal, not scipy: median * exp(sd * z_q)
+    assert fc.quantile(q) == pytest.approx(level * math.exp(sd * NormalDist().inv_cdf(q)), rel=1e-9)
+    assert fc.prob_below(fc.quantile(q)) == pytest.approx(q, abs=1e-9)
+    price = level * x
+    below = fc.prob_below(price)
+    if 1e-9 < below < 1 - 1e-9:  # a probability that rounds to 0 or 1 has no quantile to return to
+        assert fc.quantile(below) == pytest.approx(price, rel=1e-6)
+    assert fc.prob_above(price) + fc.prob_below(price) == pytest.approx(1.0)
+    assert fc.prob_above(price * (1 + dx)) <= fc.prob_above(price)
+
+
+@pytest.mark.parametrize("q", [0, 1, -0.1, 1.5, math.nan])
+def test_forecast_quantile_outside_0_1_and_a_level_not_above_0_raise(q):
+    fc = served_forecast(np.full(5, math.log(900.0)), None, np.full(5, 0.02))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fc.quantile(q)
+    for level in (0.0, -5.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="positive number"):
+            fc.prob_above(level)
+
+
+@pytest.mark.slow
+def test_real_forecast_bounds_are_its_quantiles(real_forecast_7d):
+    fc, final = real_forecast_7d, real_forecast_7d.final
+    assert (fc.quantile(0.10), fc.quantile(0.90), fc.quantile(0.025), fc.quantile(0.975)) == (
+        final["lo_80"],
+        final["hi_80"],
+        final["lo_95"],
+        final["hi_95"],
+    )
+    naive = fc.path.filter(pl.col("model") == "Naive").tail(1).row(0, named=True)
+    assert fc.scale == pytest.approx(math.log(naive["hi_95"] / naive["forecast"]) / 1.959963984540054, rel=1e-9)
+
+
 # -- Core: proper scores ---------------------------------------------------------------
 
 
@@ -2510,6 +2579,69 @@ def test_ratio_ci_brackets_the_ratio_and_is_exact_for_equal_scores():
     assert ratios["better"].value == pytest.approx(scores["better"].mean() / naive.mean())
 
 
+def overlapping_outcomes(n: int, steps: int, every: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log prices of a unit-variance daily random walk, and the `steps`-day outcome at origins `every` days apart."""
+    walk = np.cumsum(np.random.default_rng(seed).normal(0, 1, n * every + steps + 1))
+    origins = np.arange(0, n * every, every)
+    return walk[origins], walk[origins + steps]
+
+
+def test_pit_is_uniform_when_the_model_is_right_and_u_shaped_when_its_scale_is_halved():
+    steps = 22  # 30d outcomes from weekly origins: each overlaps the next four
+    last, y = overlapping_outcomes(600, steps, fxcu.DENSITY_EVERY, seed=1)
+    sigma = np.full(len(y), math.sqrt(steps))
+    right = fxcu.pit(y, last, sigma)
+    # the forecast CDF at the outcome, written out with the stdlib's normal
+    assert right[:5] == pytest.approx([NormalDist(m, s).cdf(v) for v, m, s in zip(y[:5], last, sigma, strict=False)])
+    deciles = fxcu.pit_deciles(right)
+    assert deciles.sum() == pytest.approx(1) and np.abs(deciles - 0.1).max() < 0.04
+    assert fxcu.pit_uniformity(right, steps, reps=300)[0] > 0.1
+    narrow = fxcu.pit(y, last, sigma / 2)
+    u = fxcu.pit_deciles(narrow)
+    # outcomes pile up in the tails: 26% expected in each end decile, 5% in each middle one
+    assert u[0] > 0.2 and u[-1] > 0.2 and u[4] + u[5] < 0.15
+    assert fxcu.pit_uniformity(narrow, steps, reps=300)[0] < 0.01
+    # several models at once share the resamples: each column's p-value is its own
+    both = fxcu.pit_uniformity(np.column_stack([right, narrow]), steps, reps=300)
+    assert list(both) == [fxcu.pit_uniformity(v, steps, reps=300)[0] for v in (right, narrow)]
+
+
+def test_score_density_calibration_98_coverage_and_brier_skill_by_hand():
+    steps = 5
+    last, y = overlapping_outcomes(400, steps, fxcu.DENSITY_EVERY, seed=2)
+    last, y = last * 0.01, y * 0.01  # daily sd 1% in log price
+    sd = 0.01 * math.sqrt(steps)
+    frame = pl.DataFrame(
+        {
+            "y": y,
+            "last": last,
+            "vol20": np.random.default_rng(0).uniform(size=len(y)),
+            "origin": [date(2010, 1, 4) + timedelta(days=7 * i) for i in range(len(y))],
+            "Naive": np.full(len(y), 2 * sd),  # twice too wide
+            "right": np.full(len(y), sd),
+        }
+    )
+    scores = fxcu.score_density(frame, ["Naive", "right"], steps, reps=200)
+    z99 = NormalDist().inv_cdf(0.99)
+    assert scores["right"].coverage_98 == pytest.approx(np.mean(np.abs(y - last) <= z99 * sd))
+    assert 0.96 <= scores["right"].coverage_98 <= 1.0 and scores["Naive"].coverage_98 == 1.0
+    assert scores["right"].pit_p > 0.05 and scores["Naive"].pit_p < 0.01  # too wide: PIT piles up in the middle
+    for move in fxcu.BRIER_MOVES:
+        event = fxcu.move_label(move)
+        threshold = last + math.log1p(move)
+        brier = {
+            name: np.mean(
+                [(1 - NormalDist(m, s).cdf(t) - (v > t)) ** 2 for v, m, t in zip(y, last, threshold, strict=True)]
+            )
+            for name, s in (("Naive", 2 * sd), ("right", sd))
+        }
+        skill = scores["right"].brier_skill[event]
+        assert skill.value == pytest.approx(1 - brier["right"] / brier["Naive"], rel=1e-9)
+        assert 0 < skill.lo <= skill.value <= skill.hi
+        assert scores["Naive"].brier_skill[event].value == pytest.approx(0.0, abs=1e-12)
+    assert [fxcu.move_label(m) for m in fxcu.BRIER_MOVES] == ["-5%", "-2.5%", "+2.5%", "+5%"]
+
+
 @pytest.fixture(scope="module")
 def real_density_7d():
     return fxcu.density_backtest_all(real_usdclp(), real_copper(), ["7d"], origins=60)["7d"]
@@ -2680,6 +2812,34 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
 
 
 @pytest.mark.slow
+def test_run_serves_quantiles_odds_and_calibration_in_json_ledger_report_and_mlflow(offline_run):
+    folder, _, result = offline_run
+    out = json.loads(result.stdout)
+    keys = ["1%", "5%", "10%", "25%", "50%", "75%", "90%", "95%", "99%"]
+    assert list(out["quantiles"]) == keys and out["quantiles"]["50%"] == out["forecast"]
+    assert [out["quantiles"]["10%"], out["quantiles"]["90%"]] == out["interval_80"]
+    values = list(out["quantiles"].values())
+    assert values == sorted(values) and len(set(values)) == len(values)
+    ledger = fxcu.read_ledger(folder / "warehouse" / fxcu.LEDGER)
+    scale = ledger["scale"][-1]  # the served sd: the 95% bound is the median times exp(1.96 sd)
+    assert math.log(out["interval_95"][1] / out["forecast"]) == pytest.approx(1.959964 * scale, rel=1e-4)
+    report = Path(out["report"]).read_text()
+    last = out["last_close"]
+    above = 1 - NormalDist(math.log(out["forecast"]), scale).cdf(math.log(last * 1.025))
+    assert "## Quantiles and odds for" in report and f"| {last * 1.025:.2f} |" in report and f"{above:.1%}" in report
+    assert "Served range's PIT deciles:" in report and "98% cover" in report
+    pit_png = Path(out["report"]).with_name(Path(out["report"]).stem + "_pit.png")
+    assert pit_png.read_bytes().startswith(b"\x89PNG") and f"]({pit_png.name})" in report
+    run = read_runs(folder, "7d")[0]
+    m = run.data.metrics
+    deciles = [m[f"7d_range_pit_decile_{j}"] for j in range(1, 11)]
+    assert sum(deciles) == pytest.approx(1.0) and 0 < m["7d_range_pit_p"] <= 1
+    assert 0.9 < m["7d_range_coverage_98"] <= 1 and "range_Naive_bss_up2_5_lo" in m and "7d_range_bss_down5" in m
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert any(p.name == pit_png.name for p in artifacts.rglob("*.png"))
+
+
+@pytest.mark.slow
 def test_run_is_described_timed_sourced_and_comparable_across_horizons(offline_run):
     folder, _, result = offline_run
     out, run = json.loads(result.stdout), read_runs(folder, "7d")[0]
@@ -2803,6 +2963,7 @@ def test_report_puts_summary_and_backtest_before_the_path_with_santiago_time(rea
     assert [h.split(" (")[0] for h in headings[1:]] == [
         "## Summary",
         "## Chart",
+        "## Quantiles and odds for Mon 22 Jul 2024",
         "## Backtest at the horizon date",
         "## Range backtest",
         "## Copper",
@@ -2855,10 +3016,12 @@ def test_digest_sections_table_first_then_each_horizon_then_copper_once(real_for
         "digest",
         "summary",
         "chart",
+        "odds",
         "backtest",
         "range",
         "summary",
         "chart",
+        "odds",
         "backtest",
         "range",
         "copper",
@@ -3147,6 +3310,23 @@ def test_live_metrics_names():
         "live_wis_ratio",
     } <= set(metrics)
     assert fxcu.live_metrics(fxcu.track_record(fxcu.empty_ledger(), ["7d"])["7d"]) == {"live_scored": 0.0}
+
+
+def test_score_ledger_pit_from_the_served_scale_and_from_an_older_rows_95_width():
+    rows = [
+        ledger_row(date(2024, 1, 2), date(2024, 1, 9), forecast=800.0, scale=0.02),
+        ledger_row(date(2024, 1, 3), date(2024, 1, 10), forecast=800.0, half95=16.0),  # an older row: no scale
+        ledger_row(date(2024, 1, 4), date(2024, 1, 11), forecast=800.0, scale=0.02),  # not realised yet
+    ]
+    prices = prices_on({date(2024, 1, 9): 810.0, date(2024, 1, 10): 790.0})
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices)
+    old_scale = math.log(816 / 784) / (2 * NormalDist().inv_cdf(0.975))
+    expected = [NormalDist().cdf(math.log(810 / 800) / 0.02), NormalDist().cdf(math.log(790 / 800) / old_scale), None]
+    assert scored["pit"].to_list()[:2] == pytest.approx(expected[:2]) and scored["pit"][2] is None
+    stats = fxcu.track_stats(scored)
+    decile = [int(p * 10) for p in expected[:2]]
+    assert stats["pit_deciles"] == pytest.approx([decile.count(j) / 2 for j in range(10)])
+    assert "PIT deciles" in fxcu.format_track({"7d": stats | {"reconstructed": fxcu.track_stats(scored[:0])}})
 
 
 # -- Core: the run dashboard (runs, compare, stats) ------------------------------------
@@ -4600,9 +4780,9 @@ def test_second_report_the_same_minute_keeps_the_first(real_forecast_7d, real_bu
     before = first.markdown.read_bytes()
     second = fxcu.write_report(real_forecast_7d, real_bundle, tmp_path, now=now)
     assert first.markdown != second.markdown and first.markdown.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"forecast_7d_2026-01-19_1200{n}.{ext}" for n in ("", "_2") for ext in ("csv", "md", "png")
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"forecast_7d_2026-01-19_1200{n}{ext}" for n in ("", "_2") for ext in (".csv", ".md", ".png", "_pit.png")
+    )
 
 
 def drawn_chart(monkeypatch, fc, bundle, tmp_path):
@@ -5876,6 +6056,82 @@ def test_main_check_grades_the_ledger_against_the_warehouse(tmp_path, capsys):
     assert (
         checks["track 7d scoring"]["level"] == "WARNING"
     )  # the real history ends in 2024: that target is never scored
+
+
+def odds_ledger(folder: Path) -> None:
+    """Two served 7d forecasts (the later one answers), a later reconstructed one and no 30d forecast."""
+    rows = [
+        ledger_row(date(2024, 7, 1), date(2024, 7, 8), forecast=800.0, scale=0.02),
+        ledger_row(date(2024, 7, 8), date(2024, 7, 15), forecast=820.0, last=818.0, scale=0.03, run_id="abc"),
+        ledger_row(date(2024, 7, 12), date(2024, 7, 19), kind="reconstructed", forecast=700.0, scale=0.01),
+    ]
+    fxcu.write_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), folder / "warehouse" / fxcu.LEDGER)
+
+
+def test_odds_answers_from_the_last_served_forecast(tmp_path, capsys):
+    odds_ledger(tmp_path)
+    assert fxcu.main(["odds", "7d", "850", "800", "-q", "0.95", "--json"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    odds = json.loads(capsys.readouterr().out)
+    served = NormalDist(math.log(820), 0.03)
+    assert (odds["origin"], odds["target"], odds["run_id"]) == ("2024-07-08", "2024-07-15", "abc")
+    assert odds["recorded_at"] == "2024-01-01T00:00:00+00:00"
+    assert [o["level"] for o in odds["levels"]] == [850, 800]
+    assert odds["levels"][0]["prob_above"] == pytest.approx(1 - served.cdf(math.log(850)))
+    assert odds["levels"][1]["prob_below"] == pytest.approx(served.cdf(math.log(800)))
+    assert odds["quantiles"] == {"95%": pytest.approx(math.exp(served.inv_cdf(0.95)))}
+    assert fxcu.main(["odds", "7d", "850"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    out = capsys.readouterr().out
+    assert "forecast made on 2024-07-08" in out and "Mon 15 Jul 2024" in out
+    assert f"above 850.00: {1 - served.cdf(math.log(850)):.1%}" in out and "50% 820.00" in out
+
+
+def test_odds_reads_a_ledger_written_before_the_scale_was_stored(tmp_path, capsys):
+    row = ledger_row(date(2024, 7, 8), date(2024, 7, 15), forecast=820.0, half95=30.0)
+    old = fxcu.upsert_ledger(fxcu.empty_ledger(), [row]).drop("scale", "pit")
+    (tmp_path / "warehouse").mkdir()
+    old.write_parquet(tmp_path / "warehouse" / fxcu.LEDGER)
+    assert fxcu.main(["odds", "7d", "850", "--json"], {"FXCU_DATA_DIR": str(tmp_path)}) == 0
+    scale = math.log(850 / 790) / (2 * NormalDist().inv_cdf(0.975))  # from its 95% bounds, 790 and 850
+    assert json.loads(capsys.readouterr().out)["levels"][0]["prob_above"] == pytest.approx(
+        1 - NormalDist(math.log(820), scale).cdf(math.log(850))
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["7d", "0"], "must be a positive number"),
+        (["7d", "-5"], "must be a positive number"),
+        (["7d", "abc"], "is not a number"),
+        (["7d", "nan"], "must be a positive number"),
+        (["7d", "-q", "1.5"], "strictly between 0 and 1"),
+        (["7d", "-q", "0"], "strictly between 0 and 1"),
+        (["30d", "950"], "run `fxcu run 30d` first"),
+        (["31d", "950"], "unknown horizon"),
+    ],
+)
+def test_odds_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
+    odds_ledger(tmp_path)
+    try:
+        code = fxcu.main(["odds", *args], {"FXCU_DATA_DIR": str(tmp_path)})
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_odds_reads_the_ledger_and_imports_no_statsforecast_or_mlflow(tmp_path):
+    odds_ledger(tmp_path)
+    code = (
+        "import sys, fxcu; fxcu.main(['odds', '7d', '850', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[]" and json.loads("\n".join(lines[:-1]))["origin"] == "2024-07-08"
 
 
 def test_track_without_prices_is_one_line(tmp_path, capsys):

@@ -4,6 +4,7 @@
 Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench.py forecast [--quick]   # point accuracy: RMSE ratios to Naive with CIs, copper's ablation
     python docs/bench.py density [--quick]    # range accuracy: CRPS, WIS, interval scores and coverage vs Naive's range
+    python docs/bench.py calibration [--quick]  # the served odds: PIT, 98% coverage, Brier skill; `fxcu odds` speed
     python docs/bench.py data                 # the real histories: jump limits, copper-USD/CLP correlation
     python docs/bench.py guards [--rounds N]  # issue 21's guards: run, check and --help against their import floors
     python docs/bench.py faults [--quick]     # hostile HTTP answers on both transports: peak RSS and wall time
@@ -283,6 +284,194 @@ def cmd_density(args: argparse.Namespace) -> None:
             print(table(header, body, "l" + "l" * 5 + "r" * 4))
             ablation = fxcu.copper_variance_ablation(scores)
             print(f"Copper as a variance signal (Recal_copper vs Recal, CRPS): {signed(ablation)}.\n")
+
+
+# -- calibration: are the served odds right? -------------------------------------------------------
+
+
+FHS = "FHS"  # filtered historical simulation: a bench-only candidate (issue 25), not among a run's
+
+
+def fhs_ensembles(logp: np.ndarray, rows: Sequence[int], steps: int) -> dict[int, np.ndarray]:
+    """Per origin row, the filtered-historical-simulation ensemble of its `steps`-day log return.
+
+    Barone-Adesi et al. (1999): every past `steps`-day log return in the origin's last HISTORY days whose
+    outcome is known by the origin, each divided by the EWMA_5d_blend sd known on its own first day
+    (`fxcu.recal_features`, causal), times that sd at the origin. The first K_DAYS + 60 days are warm-up,
+    as in `fxcu.recalibrated`.
+    """
+    weight, out = fxcu.blend_weight(steps), {}
+    for i in rows:
+        window = logp[max(0, i + 1 - fxcu.HISTORY) : i + 1]
+        features = fxcu.recal_features(window, None)
+        sd = np.sqrt((weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps)
+        start = np.arange(fxcu.K_DAYS + 60, len(window) - steps)
+        out[i] = sd[-1] * (window[start + steps] - window[start]) / sd[start]
+    return out
+
+
+def live_pick(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> int:
+    """`fxcu.choose_interval_model`'s live pick, from a CRPS matrix (origins x candidates) instead of Gaussian sds."""
+    n = len(ds)
+    total = np.vstack([np.zeros(score.shape[1]), np.cumsum(score, axis=0)])
+    known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")
+    mean = total[known] / np.maximum(known, 1)[:, None]
+    best = mean.argmin(axis=1)
+    best = np.where((known > 0) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
+    return int(best[n]) if score[np.arange(n), best[:n]].mean() < score[:, naive].mean() else naive
+
+
+def picks_as_run(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> np.ndarray:
+    """At each origin, the candidate (column of `score`) a run on that day would serve: `served_as_run` on scores."""
+    longest = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
+    picks = []
+    for origin in ds:
+        past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
+        picks.append(live_pick(score[past], ds[past], steps, naive) if len(past) else naive)
+    return np.array(picks)
+
+
+def fhs_calibration(sub: pl.DataFrame, steps: int, candidates: list[str], ensembles: dict[int, np.ndarray]) -> dict:
+    """Per origin, with FHS among the candidates: what a run would serve, its CRPS, PIT, and FHS's own CRPS and PIT."""
+    import scoringrules as sr
+
+    y, last, ds = sub["y"].to_numpy(), sub["last"].to_numpy(), sub["ds"].to_numpy()
+    gauss = np.column_stack([fxcu.crps(y, last, sub[m].to_numpy()) for m in candidates])
+    members = [ensembles[i] for i in ds]
+    fhs_crps = np.array([sr.crps_ensemble(v - m, e) for v, m, e in zip(y, last, members, strict=True)])
+    fhs_pit = np.array([np.mean(e <= v - m) for v, m, e in zip(y, last, members, strict=True)])
+    naive = candidates.index("Naive")
+    plain = picks_as_run(gauss, ds, steps, naive)  # the run's rule on the Gaussian candidates: `Run` again
+    assert [candidates[j] for j in plain] == sub["served"].to_list(), "the score-based chooser drifted from fxcu's"
+    picks = picks_as_run(np.column_stack([gauss, fhs_crps]), ds, steps, naive)
+    gauss_pit = np.column_stack([fxcu.pit(y, last, sub[m].to_numpy()) for m in candidates])
+    rows = np.arange(len(ds))
+    is_fhs = picks == len(candidates)
+    served_crps = np.where(is_fhs, fhs_crps, gauss[rows, np.minimum(picks, len(candidates) - 1)])
+    served_pit = np.where(is_fhs, fhs_pit, gauss_pit[rows, np.minimum(picks, len(candidates) - 1)])
+    return {"crps": served_crps, "pit": served_pit, "fhs_crps": fhs_crps, "fhs_pit": fhs_pit, "fhs_share": is_fhs}
+
+
+def pit_grid(panels: dict[tuple[str, str], fxcu.DensityScore], path: Path) -> None:
+    """One PNG: the served range's PIT deciles per horizon (rows) and period (columns), against 10% each."""
+    from matplotlib.figure import Figure
+
+    horizons, periods = list(dict.fromkeys(h for h, _ in panels)), list(dict.fromkeys(p for _, p in panels))
+    fig = Figure(figsize=(4.2 * len(periods), 2.4 * len(horizons)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(horizons), len(periods), sharex=True, sharey=True, squeeze=False)
+    for (horizon, period), s in panels.items():
+        ax = axes[horizons.index(horizon)][periods.index(period)]
+        ax.bar(np.arange(10) / 10, s.pit_deciles, width=0.1, align="edge", color="tab:blue", alpha=0.7, ec="white")
+        ax.axhline(0.1, color="black", ls="--", lw=1)
+        ax.set_title(
+            f"{horizon}, {period}: p = {s.pit_p:.3f}, 98% cover {s.coverage_98:.1%}, {s.origins} origins", fontsize=8
+        )
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[-1]:
+        ax.set_xlabel("PIT of the served range (dashed: calibrated)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("share of origins", fontsize=8)
+    fig.suptitle("USD/CLP: PIT deciles of the range a run would have served, weekly origins", fontsize=10)
+    fig.savefig(path, format="png")
+
+
+def cmd_calibration(args: argparse.Namespace) -> None:
+    """Calibration of the served odds (issue 25): PIT deciles, uniformity, 98% coverage, Brier skill; odds' speed.
+
+    The weekly density frame of `density` (every origin from 2014-01, every model refitted at each),
+    `Run` the range a run on each origin's day would have served. Per horizon and period,
+    `fxcu.score_density` gives each model's PIT deciles, the block-bootstrap uniformity p-value, the
+    98% central coverage and the Brier skill of the events "above the last close x (1 + move)"
+    against Naive's range (95% block-bootstrap CIs). Then `FHS` (`fhs_ensembles`, bench-only) scored
+    alone and as a candidate of the run's out-of-sample CRPS rule (`Run + FHS`: CRPS from the ensemble,
+    scoringrules' crps_ensemble; PIT its empirical CDF). Writes docs/img/pit_histograms.png. Then
+    `fxcu odds 30d 950 880` on a ten-year ledger (2,600 days x 4 horizons, rows without a stored scale)
+    against `python -c "import mlflow"`, interleaved rounds, medians. `--quick`: 2023-07 on, 100 resamples, 1 round.
+    """
+    usdclp, copper = t.real_usdclp(), t.real_copper()
+    periods = {"2023-07..2024-06": (date(2023, 7, 1), date(2024, 6, 30))} if args.quick else PERIODS
+    reps = 100 if args.quick else fxcu.BOOTSTRAP_REPS
+    frame = fxcu.density_frame(usdclp, copper, origins=10**6)
+    candidates = [m for m in fxcu.RUN_INTERVAL_MODELS if m in frame.columns]
+    print("### Calibration of the served odds\n")
+    print(
+        f"PIT = the Gaussian range's CDF at the outcome; deciles of `{RUN}` (the range a run would have served); "
+        f"p = uniformity of the deciles against a circular block bootstrap over origins ({reps} resamples); "
+        "98% = coverage of the central 98% interval; Brier skill = 1 - Brier / Naive's range's Brier for the event "
+        "'ends above the last close x (1 + move)', [95% block-bootstrap CI].\n"
+    )
+    panels, rows, skills, fhs_rows = {}, [], [], []
+    logp = np.log(usdclp.sort(fxcu.DATE)[fxcu.CLOSE].to_numpy())
+    for horizon in fxcu.HORIZONS:
+        sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
+        steps = int(sub["steps"][0])
+        sigma, served = served_as_run(sub, steps)
+        sub = sub.with_columns(pl.Series(RUN, sigma), pl.Series("served", served))
+        fhs = fhs_calibration(sub, steps, candidates, fhs_ensembles(logp, sub["ds"].to_list(), steps))
+        for period, (a, b) in periods.items():
+            inside = sub["origin"].is_between(a, b).to_numpy()
+            part = sub.filter(pl.Series(inside))
+            scores = fxcu.score_density(part, [*candidates, RUN], steps, reps=reps)
+            run, naive = scores[RUN], scores["Naive"]
+            panels[(horizon, period)] = run
+            base = fxcu.crps(part["y"].to_numpy(), part["last"].to_numpy(), part["Naive"].to_numpy())
+            ratios = fxcu.ratio_ci(
+                {"Naive": base, FHS: fhs["fhs_crps"][inside], "served": fhs["crps"][inside]}, "Naive", steps, reps=reps
+            )
+            tail = lambda pits: f"{np.mean((pits >= 0.01) & (pits <= 0.99)):.1%}"  # noqa: E731
+            fhs_rows.append(
+                [horizon, period, f"{fhs['fhs_share'][inside].mean():.0%}"]
+                + [with_ci(ratios[FHS].value, ratios[FHS].lo, ratios[FHS].hi), tail(fhs["fhs_pit"][inside])]
+                + [f"{fxcu.pit_uniformity(fhs['fhs_pit'][inside], steps, reps=reps)[0]:.3f}"]
+                + [with_ci(ratios["served"].value, ratios["served"].lo, ratios["served"].hi), tail(fhs["pit"][inside])]
+                + [f"{fxcu.pit_uniformity(fhs['pit'][inside], steps, reps=reps)[0]:.3f}"]
+                + [with_ci(run.crps_ratio.value, run.crps_ratio.lo, run.crps_ratio.hi), f"{run.coverage_98:.1%}"]
+            )
+            best = min(candidates, key=lambda m: abs(scores[m].coverage_98 - 0.98))
+            rows.append(
+                [horizon, period, part.height, " ".join(f"{v:.0%}" for v in run.pit_deciles), f"{run.pit_p:.3f}"]
+                + [f"{run.coverage_98:.1%}", f"{naive.coverage_98:.1%}", f"{naive.pit_p:.3f}"]
+                + [f"{best} {scores[best].coverage_98:.1%}"]
+            )
+            skills.append([horizon, period, *(with_ci(r.value, r.lo, r.hi) for r in run.brier_skill.values())])
+    header = ["horizon", "period", "origins", f"{RUN} PIT deciles", f"{RUN} p", f"{RUN} 98%", "Naive 98%", "Naive p"]
+    print(table([*header, "candidate nearest 98%"], rows, "llrlrrrrl"))
+    events = [fxcu.move_label(m) for m in fxcu.BRIER_MOVES]
+    print(f"Brier skill of `{RUN}` against Naive's range:\n")
+    print(table(["horizon", "period", *events], skills, "ll" + "l" * len(events)))
+    print(
+        f"With {FHS} (filtered historical simulation, bench-only) among the candidates, chosen by the run's "
+        "out-of-sample CRPS rule (`Run + FHS`); CRPS ratios to Naive's range [95% CI]:\n"
+    )
+    header = ["horizon", "period", f"origins serving {FHS}", f"{FHS} CRPS", f"{FHS} 98%", f"{FHS} p"]
+    header += ["Run + FHS CRPS", "Run + FHS 98%", "Run + FHS p", f"{RUN} CRPS", f"{RUN} 98%"]
+    print(table(header, fhs_rows, "llrlrrlrrlr"))
+    path = ROOT / "docs" / "img" / "pit_histograms.png"
+    pit_grid(panels, path)
+    print(f"PIT histograms: `{path.relative_to(ROOT)}`.\n")
+    rounds = 1 if args.quick else args.rounds
+    root = Path(tempfile.mkdtemp(prefix="fxcu-bench-odds-"))
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("FXCU_", "MLFLOW_"))}
+        prices = fxcu.read_seed(fxcu.SEED_DIR, "usdclp").frame
+        ledger = ten_year_ledger(prices)
+        fxcu.write_ledger(ledger, root / "warehouse" / fxcu.LEDGER)
+        commands = {
+            "odds": ([PY, FXCU, "odds", "30d", "950", "880"], base | {"FXCU_DATA_DIR": str(root)}),
+            "floor": ([PY, "-c", FLOOR_CHECK], base),
+        }
+        times = interleaved(commands, rounds, root, ("odds",))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    med = {name: statistics.median(values) for name, values in times.items()}
+    print(f"`fxcu odds` speed: {rounds} interleaved rounds after 1 uncounted, medians\n")
+    body = [
+        [f"`python fxcu.py odds 30d 950 880`, ten-year ledger ({ledger.height} rows)", f"{med['odds']:.2f}"]
+        + [spread(times["odds"])],
+        [f'`python -c "{FLOOR_CHECK}"`', f"{med['floor']:.2f}", spread(times["floor"])],
+    ]
+    print(table(["command", "median s", "min–max s"], body))
+    print(f"`fxcu odds` / `import mlflow`: {med['odds'] / med['floor']:.2f}x.\n")
 
 
 # -- data: what the real histories say -----------------------------------------------------------
@@ -565,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, func in (
         ("forecast", cmd_forecast),
         ("density", cmd_density),
+        ("calibration", cmd_calibration),
         ("data", cmd_data),
         ("guards", cmd_guards),
         ("faults", cmd_faults),
@@ -575,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.set_defaults(func=func)
         if name != "data":
             sub.add_argument("--quick", action="store_true", help="a smoke test: its numbers are not for the page")
-        if name == "guards":
+        if name in ("guards", "calibration"):
             sub.add_argument("--rounds", type=int, default=5, help="counted rounds (default 5)")
         if name == "faults":
             sub.add_argument("--command", choices=("fetch", "run"), default="fetch", help="fetch, or run 7d")
