@@ -3562,7 +3562,11 @@ def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> 
             r["last_run"] or "never",
             r["last_data_date"] or "-",
         )
-    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    sizes_line = (
+        f"Database and artifacts on the tracking server {sizes['server']}."
+        if sizes.get("server")
+        else f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    )
     return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
 
 
@@ -3593,6 +3597,7 @@ RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday ev
 DB_WARN_MB = 100.0  # about 33 kB a run (issue 5): three years of weekday runs of four horizons; then prune
 DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
 DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
+SERVER_WARN_SECONDS = 2.0  # one search_runs of a tracking server; `fxcu runs` makes one per horizon
 
 
 @dataclass(frozen=True, slots=True)
@@ -3605,6 +3610,7 @@ class Thresholds:
     db_warn_mb: float = DB_WARN_MB
     disk_warn_gb: float = DISK_WARN_GB
     disk_critical_gb: float = DISK_CRITICAL_GB
+    server_warn_seconds: float = SERVER_WARN_SECONDS
 
     @classmethod
     def defaults(cls, config: Config | None = None) -> Thresholds:
@@ -3687,13 +3693,20 @@ class SeriesFacts:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseFacts:
-    """What `check` read of the MLflow store: a remote URI (not probed), a missing file, or its runs and size."""
+    """What `check` read of the MLflow store: a remote URI, a missing file, or its runs and size.
+
+    A tracking server (`probed`) is asked over HTTP: how long one search of its runs took and when its newest
+    fxcu run started, or why it did not answer (`error`). Another remote URI (a database) is not probed.
+    """
 
     remote: str | None = None  # MLFLOW_TRACKING_URI, redacted
     missing: Path | None = None
     runs: int = 0
     size_bytes: int = 0
-    error: str | None = None  # unreadable, or half-made by a crash
+    error: str | None = None  # unreadable, or half-made by a crash; a server: unreachable or failing
+    probed: bool = False
+    search_seconds: float | None = None
+    last_run: datetime | None = None  # None: no fxcu run on the server yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -3848,6 +3861,26 @@ def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
     return check_database(facts.size_bytes, facts.runs, limits=limits)
 
 
+def check_server(facts: DatabaseFacts, *, now: datetime, limits: Thresholds) -> Check:
+    """Grade a tracking server (pure): CRITICAL when it fails or runs stopped arriving, WARNING when slow or empty.
+
+    Runs stopped arriving: its newest fxcu run, from any analyst, is older than `run_warn_hours`.
+    """
+    name, where = "mlflow server", facts.remote
+    if facts.error is not None or facts.search_seconds is None:
+        return name, "CRITICAL", f"{where} {facts.error or 'not probed'}: runs are not being tracked"
+    took = f"search_runs {facts.search_seconds:.2f} s"
+    if facts.last_run is None:
+        return name, "WARNING", f"{where} answers ({took}) but holds no fxcu run yet"
+    age = (now - facts.last_run).total_seconds() / 3600
+    if age > limits.run_warn_hours:
+        said = f"runs stopped arriving: the newest on {where} started {age:.0f} h ago"
+        return name, "CRITICAL", f"{said} (over {limits.run_warn_hours:g} h)"
+    if facts.search_seconds > limits.server_warn_seconds:
+        return name, "WARNING", f"{where} is slow: {took} (over {limits.server_warn_seconds:g} s)"
+    return name, "OK", f"{where} answers: {took}, newest run {age:.1f} h ago"
+
+
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
     """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
     level = grade(free_bytes, limits.disk_warn_gb * BYTES_PER_GB, limits.disk_critical_gb * BYTES_PER_GB)
@@ -3872,7 +3905,9 @@ def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> l
         else check_copper(copper.last, copper.rows, last_run_degraded(facts.status), today=today, limits=limits),
         *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
         *check_ledger(facts, today=today),
-        check_mlflow(facts.database, limits=limits),
+        check_server(facts.database, now=now, limits=limits)
+        if facts.database.probed
+        else check_mlflow(facts.database, limits=limits),
         check_disk(facts.free_bytes, limits=limits),
     ]
 
@@ -3943,6 +3978,13 @@ def check_perf(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[
     db = facts.database
     if db.remote is None and db.missing is None and db.error is None:
         perf.append(Perf("mlflow_db", db.size_bytes, "B", warn=f"{limits.db_warn_mb * BYTES_PER_MB:.0f}"))
+    if db.search_seconds is not None:
+        perf.append(
+            Perf("mlflow_search_seconds", round(db.search_seconds, 4), "s", warn=f"{limits.server_warn_seconds:g}")
+        )
+    if db.last_run is not None:
+        hours = round((now - db.last_run).total_seconds() / 3600, 2)
+        perf.append(Perf("mlflow_last_run_age_hours", hours, crit=f"{limits.run_warn_hours:g}"))
     warn, crit = (f"{gb * BYTES_PER_GB:.0f}:" for gb in (limits.disk_warn_gb, limits.disk_critical_gb))
     perf.append(Perf("disk_free", facts.free_bytes, "B", warn=warn, crit=crit))
     return perf
@@ -5456,6 +5498,11 @@ class TrackingStore:
         uri = "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
         return cls(uri, db, artifacts.as_uri())
 
+    @property
+    def server(self) -> bool:
+        """A tracking server (http or https): it keeps its own database and artifacts."""
+        return self.uri.startswith(("http:", "https:"))
+
 
 def tracking_store(config: Config, environ: Mapping[str, str]) -> TrackingStore:
     """MLFLOW_TRACKING_URI when set (a team server wins), else the SQLite file under the data dir.
@@ -5547,7 +5594,7 @@ def mlflow_client(store: TrackingStore) -> Any:
     one_line_logs()  # after the import, which installs MLflow's own stderr handler
     if store.db is not None and not store.db.exists():
         create_database(store.db)
-    if store.uri.startswith(("http:", "https:")):
+    if store.server:
         for name, value in MLFLOW_HTTP_BOUNDS.items():  # read by MLflow at each request; the user's values win
             os.environ.setdefault(name, value)
         # a server's client prints "View run ... at: URL" to stdout, which holds results (`run --json`)
@@ -5590,10 +5637,17 @@ def ensure_experiment(
     client: Any, name: str, artifact_location: str | None, description: str | None = None
 ) -> tuple[str, bool]:
     """Return the experiment id, creating it (absolute artifact location) when missing; describe it if undescribed."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     tags = {KIND_TAG: "custom_model_development"} | ({NOTE_TAG: description} if description else {})
     if found is None:
-        return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+        except MlflowException as exc:  # on a team server another analyst's run may create it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
     for key, value in tags.items():
         if key not in found.tags:
             client.set_experiment_tag(found.experiment_id, key, value)
@@ -6017,13 +6071,13 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         finally:
             writing.done.set()
 
-    uri = tracking_store(config, environ).uri
+    store = tracking_store(config, environ)
     try:
         return _bounded(seconds, "MLflow tracking", locked, cancel=writing.cancel, said=writing.why)
     except Exception as exc:
         # the other horizons do not wait for it again
-        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
-            _UNREACHABLE[uri] = type(exc).__name__
+        if store.server and store.uri not in _UNREACHABLE:
+            _UNREACHABLE[store.uri] = type(exc).__name__
         raise
     except BaseException as exc:  # Ctrl-C, or SIGTERM (`Terminated`): the run ends KILLED, then the signal goes on
         ctrl_c = isinstance(exc, KeyboardInterrupt)
@@ -6370,11 +6424,61 @@ def read_series_facts(warehouse: Path, file: str) -> SeriesFacts:
     return SeriesFacts(file, last, rows)
 
 
-def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
-    """The MLflow store: the remote URI if set (not probed), else the local database's run count and size, read-only."""
+SERVER_PROBE_TIMEOUT = 8.0  # seconds per request of `check`'s probe: two of them stay under Nagios's plugin timeout
 
-    if environ.get("MLFLOW_TRACKING_URI"):
-        return DatabaseFacts(remote=redact_uri(environ["MLFLOW_TRACKING_URI"]))
+
+def _server_error(exc: Exception) -> str:
+    """Why a tracking server failed `check`'s probe, in words: `unreachable (...)` or `answered HTTP 500 (...)`."""
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return f"unreachable ({one_line(exc)})"
+    try:
+        message = str(exc.response.json().get("message", ""))
+    except ValueError:
+        message = exc.response.text
+    first = next(iter(message.strip().splitlines()), "")
+    return f"answered HTTP {exc.response.status_code}" + (
+        f" ({redact(redact_uri(first), None)[:200]})" if first else ""
+    )
+
+
+def read_server_facts(uri: str, environ: Mapping[str, str]) -> DatabaseFacts:
+    """Probe a tracking server over MLflow's REST API: fxcu's experiments, then one timed search for the newest run.
+
+    Credentials as MLflow's client takes them: user:password in the URI, MLFLOW_TRACKING_USERNAME and
+    _PASSWORD, or MLFLOW_TRACKING_TOKEN. Imports no mlflow, so monitoring can call it often.
+    """
+    shown, token = redact_uri(uri), environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        url = httpx.URL(uri.rstrip("/") + "/api/2.0/mlflow/")
+        auth = (url.username, url.password) if url.username else None
+        if environ.get("MLFLOW_TRACKING_USERNAME"):
+            auth = (environ["MLFLOW_TRACKING_USERNAME"], environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        base = url.copy_with(username=None, password=None)
+        with httpx.Client(base_url=base, auth=auth, headers=headers, timeout=SERVER_PROBE_TIMEOUT) as http:
+            found = http.post("experiments/search", json={"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'"})
+            ids = [e["experiment_id"] for e in found.raise_for_status().json().get("experiments", [])]
+            seconds, runs = found.elapsed.total_seconds(), []
+            if ids:  # the timed search: the newest run of any fxcu experiment
+                query = {"experiment_ids": ids, "max_results": 1, "order_by": ["attributes.start_time DESC"]}
+                started = time.perf_counter()
+                answer = http.post("runs/search", json=query).raise_for_status()
+                seconds, runs = time.perf_counter() - started, answer.json().get("runs", [])
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as exc:
+        return DatabaseFacts(remote=shown, probed=True, error=_server_error(exc))
+    newest = datetime.fromtimestamp(int(runs[0]["info"]["start_time"]) / 1000, UTC) if runs else None
+    return DatabaseFacts(remote=shown, probed=True, search_seconds=seconds, last_run=newest)
+
+
+def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
+    """The MLflow store: a tracking server probed (`read_server_facts`), another remote URI as is (not probed),
+    else the local database's run count and size, read-only."""
+
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith(("http:", "https:")):
+        return read_server_facts(uri, environ)
+    if uri:
+        return DatabaseFacts(remote=redact_uri(uri))
     db = config.mlflow_db
     if not db.exists():
         return DatabaseFacts(missing=db)
@@ -6641,6 +6745,8 @@ def _run_horizon(
             config, fc, bundle, report, track, now=now, environ=environ, seconds=shown, skip=skip
         )
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
+    store = tracking_store(config, environ)
+    outcome["tracking_server"] = redact_uri(store.uri) if store.server else None
     if ledger is not None:
         try:
             update_ledger(config, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
@@ -6735,10 +6841,10 @@ def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) ->
         return
     for outcome in summaries:
         print(format_summary(outcome))
-        print(
-            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
-            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
-        )
+        server, why = outcome.get("tracking_server"), outcome.get("tracking_error")
+        untracked = f"no (server {server}: {why})" if server else "no"
+        tracked = f"yes, run {outcome['run_id']}" if outcome.get("run_id") else untracked
+        print(f"  report: {outcome.get('report') or 'NOT WRITTEN'}; tracked: {tracked}")
 
 
 def cmd_run(
@@ -6864,9 +6970,15 @@ def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
-    db = tracking_store(config, environ).db
-    artifacts = dir_size(config.mlruns)
-    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
+    store, sizes = tracking_store(config, environ), {}
+    if store.server:  # its database and artifacts are on the server, which knows their sizes
+        sizes = {"database_bytes": None, "artifacts_bytes": None, "server": redact_uri(store.uri)}
+    else:
+        db = store.db
+        sizes = {
+            "database_bytes": db.stat().st_size if db and db.exists() else 0,
+            "artifacts_bytes": dir_size(config.mlruns),
+        }
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
     else:
@@ -6874,8 +6986,19 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
     return 0
 
 
-def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
-    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
+def cmd_backup(config: Config, dest: Path, *, now: datetime, environ: Mapping[str, str] | None = None) -> int:
+    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts.
+
+    A tracking server's database and artifacts are backed up where it runs: exit 2, nothing written.
+    """
+    store = tracking_store(config, environ or {})
+    if store.server:
+        where = redact_uri(store.uri)
+        print(
+            f"fxcu: the tracking store is a server ({where}): back up its database where it runs (pg_dump)",
+            file=sys.stderr,
+        )
+        return 2
     db = config.mlflow_db
     if not db.exists():
         print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
@@ -7066,6 +7189,7 @@ def build_parser() -> argparse.ArgumentParser:
         (("--db-warn-mb",), "db_warn_mb", "MB", "WARNING when the MLflow database is larger"),
         (("--disk-warn-gb",), "disk_warn_gb", "GB", "WARNING below this free disk"),
         (("--disk-critical-gb",), "disk_critical_gb", "GB", "CRITICAL below this free disk"),
+        (("--server-warn-seconds",), "server_warn_seconds", "s", "WARNING when a tracking server's search is slower"),
     ):
         default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
         derived = {"data_warn_days": "FXCU_MAX_AGE_DAYS, else ", "data_critical_days": "max(30, 2 x that): "}
@@ -7155,7 +7279,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),
         "compare": lambda: cmd_compare(config, environ, args.metric, args.json),
         "stats": lambda: cmd_stats(config, environ, now=now, as_json=args.json),
-        "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now),
+        "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now, environ=environ),
     }
     try:
         # bounded like tracking: MLflow retries an unreachable server or a locked database for minutes
