@@ -6000,8 +6000,7 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
 
     store = tracking_store(config, environ)
     if store.uri in _UNREACHABLE:
-        why = _UNREACHABLE[store.uri]
-        raise ConnectionError(f"MLflow tracking server {redact_uri(store.uri)} failed earlier in this run: {why}")
+        raise ConnectionError(f"the tracking server failed earlier in this run: {_UNREACHABLE[store.uri]}")
     client = mlflow_client(store)
     _follow_data_dir(config, store)
     if store.db is not None:
@@ -6047,6 +6046,28 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
     return run_id
 
 
+def server_failure(exc: BaseException) -> str:
+    """Why a tracking server did not take a run, in a few words: unreachable, no answer in time, or its own error.
+
+    MLflow's client raises MlflowException for all of them; the requests error it wraps is its context.
+    A timeout keeps its `TimeoutError: ` prefix, which `run all` reads to skip the other horizons.
+    """
+    import requests
+    from mlflow.exceptions import RestException
+
+    if isinstance(exc, ConnectionError):  # `write_run`'s own: this server failed for an earlier horizon
+        return str(exc)
+    if isinstance(exc, RestException):  # the server answered with an error (its database down, say)
+        first = next(iter(str(exc.message).strip().splitlines()), "")
+        return f"answered {exc.error_code}: {redact(redact_uri(first), None)[:200]}"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, requests.Timeout):
+        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
+    if isinstance(cause, requests.ConnectionError):
+        return "unreachable (connection failed)"
+    return one_line(exc)
+
+
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
     """Log one run to MLflow (`write_run`) under the tracking lock, within `config.tracking_timeout`; return its id.
 
@@ -6077,7 +6098,7 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
     except Exception as exc:
         # the other horizons do not wait for it again
         if store.server and store.uri not in _UNREACHABLE:
-            _UNREACHABLE[store.uri] = type(exc).__name__
+            _UNREACHABLE[store.uri] = server_failure(exc)
         raise
     except BaseException as exc:  # Ctrl-C, or SIGTERM (`Terminated`): the run ends KILLED, then the signal goes on
         ctrl_c = isinstance(exc, KeyboardInterrupt)
@@ -6429,6 +6450,8 @@ SERVER_PROBE_TIMEOUT = 8.0  # seconds per request of `check`'s probe: two of the
 
 def _server_error(exc: Exception) -> str:
     """Why a tracking server failed `check`'s probe, in words: `unreachable (...)` or `answered HTTP 500 (...)`."""
+    import httpx
+
     if not isinstance(exc, httpx.HTTPStatusError):
         return f"unreachable ({one_line(exc)})"
     try:
@@ -6447,6 +6470,8 @@ def read_server_facts(uri: str, environ: Mapping[str, str]) -> DatabaseFacts:
     Credentials as MLflow's client takes them: user:password in the URI, MLFLOW_TRACKING_USERNAME and
     _PASSWORD, or MLFLOW_TRACKING_TOKEN. Imports no mlflow, so monitoring can call it often.
     """
+    import httpx
+
     shown, token = redact_uri(uri), environ.get("MLFLOW_TRACKING_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -6456,7 +6481,9 @@ def read_server_facts(uri: str, environ: Mapping[str, str]) -> DatabaseFacts:
             auth = (environ["MLFLOW_TRACKING_USERNAME"], environ.get("MLFLOW_TRACKING_PASSWORD", ""))
         base = url.copy_with(username=None, password=None)
         with httpx.Client(base_url=base, auth=auth, headers=headers, timeout=SERVER_PROBE_TIMEOUT) as http:
-            found = http.post("experiments/search", json={"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'"})
+            found = http.post(
+                "experiments/search", json={"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'", "max_results": 100}
+            )
             ids = [e["experiment_id"] for e in found.raise_for_status().json().get("experiments", [])]
             seconds, runs = found.elapsed.total_seconds(), []
             if ids:  # the timed search: the newest run of any fxcu experiment
@@ -6677,7 +6704,8 @@ def _log_horizon(
                 )
                 run_id = log_run(config, record, environ=environ)  # inside the scratch folder, which holds the inputs
         except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
-            error = one_line(exc, config.fred_api_key)
+            server = tracking_store(config, environ).server
+            error = server_failure(exc) if server else one_line(exc, config.fred_api_key)
     if run_id is not None:
         log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
     else:
