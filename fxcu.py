@@ -6065,6 +6065,9 @@ def server_failure(exc: BaseException) -> str:
         return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
     if isinstance(cause, requests.ConnectionError):
         return "unreachable (connection failed)"
+    if isinstance(cause, requests.exceptions.RetryError):  # a 5xx on every try; `check` shows the server's message
+        status = re.search(r"too many (\d{3}) error responses", str(cause))
+        return "answered an error on every try" + (f" (HTTP {status[1]})" if status else "")
     return one_line(exc)
 
 
