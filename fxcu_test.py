@@ -3583,6 +3583,60 @@ def test_check_mlflow_grades_each_kind_of_store(facts, expected):
     assert fxcu.check_mlflow(facts, limits=LIMITS) == ("mlflow database", *expected)
 
 
+SERVER = "http://analyst:***@mlflow.desk:5000"
+PROBED_AT = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (
+            {"search_seconds": 0.04, "last_run": PROBED_AT - timedelta(hours=3)},
+            ("OK", f"{SERVER} answers: search_runs 0.04 s, newest run 3.0 h ago"),
+        ),
+        (
+            {"search_seconds": 2.5, "last_run": PROBED_AT - timedelta(hours=3)},
+            ("WARNING", f"{SERVER} is slow: search_runs 2.50 s (over 2 s)"),
+        ),
+        ({"search_seconds": 0.04}, ("WARNING", f"{SERVER} answers (search_runs 0.04 s) but holds no fxcu run yet")),
+        (
+            {"search_seconds": 2.5, "last_run": PROBED_AT - timedelta(hours=81)},
+            ("CRITICAL", f"runs stopped arriving: the newest on {SERVER} started 81 h ago (over 80 h)"),
+        ),
+        (
+            {"error": "unreachable (ConnectError: [Errno 111] Connection refused)"},
+            (
+                "CRITICAL",
+                f"{SERVER} unreachable (ConnectError: [Errno 111] Connection refused): runs are not being tracked",
+            ),
+        ),
+        (
+            {"error": "answered HTTP 503 (OperationalError: connection failed)"},
+            (
+                "CRITICAL",
+                f"{SERVER} answered HTTP 503 (OperationalError: connection failed): runs are not being tracked",
+            ),
+        ),
+    ],
+    ids=["ok", "slow", "empty", "stopped-arriving", "down", "database-down"],
+)
+def test_check_server_grades_reachability_runs_arriving_and_speed(facts, expected):
+    probed = fxcu.DatabaseFacts(remote=SERVER, probed=True, **facts)
+    assert fxcu.check_server(probed, now=PROBED_AT, limits=LIMITS) == ("mlflow server", *expected)
+
+
+def test_check_perf_of_a_server_is_its_search_time_and_newest_runs_age():
+    server = fxcu.DatabaseFacts(
+        remote=SERVER, probed=True, search_seconds=0.0412, last_run=PROBED_AT - timedelta(minutes=90)
+    )
+    facts = healthy_facts(PROBED_AT, database=server)
+    checks = fxcu.check_findings(facts, now=PROBED_AT, limits=LIMITS)
+    assert [c[0] for c in checks][-2:] == ["mlflow server", "disk"]
+    perf = fxcu.format_perf(fxcu.check_perf(facts, now=PROBED_AT, limits=LIMITS)).split()
+    assert "'mlflow_search_seconds'=0.0412s;2;;0" in perf and "'mlflow_last_run_age_hours'=1.5;;80;0" in perf
+    assert not [p for p in perf if p.startswith("'mlflow_db'")]
+
+
 def healthy_facts(now: datetime, **changes) -> fxcu.CheckFacts:
     """The facts of a healthy install at `now`: fresh data, four fresh tracked runs, a small database, free disk."""
     fresh = now.date() - timedelta(days=1)
@@ -5197,6 +5251,33 @@ def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
     (tmp_path / "warehouse" / fxcu.USDCLP_CACHE).write_bytes(b"garbage")
     assert fxcu.main(["check"], {"FXCU_DATA_DIR": str(tmp_path)}) == 2
     assert "usdclp.parquet unreadable" in capsys.readouterr().out
+
+
+def test_read_server_facts_of_a_down_server_says_unreachable_without_its_password(tmp_path):
+    environ = {"MLFLOW_TRACKING_URI": f"http://analyst:{ANALYST_PASSWORD}@127.0.0.1:{refused_port()}"}
+    facts = fxcu.read_database_facts(fxcu.Config(data_dir=tmp_path), environ)
+    assert (
+        facts.probed
+        and facts.search_seconds is None
+        and facts.remote == f"http://analyst:***@127.0.0.1:{refused_port()}"
+    )
+    assert facts.error.startswith("unreachable (ConnectError: ") and ANALYST_PASSWORD not in facts.error
+
+
+def test_server_error_is_the_servers_message_first_line_redacted():
+    body = {
+        "error_code": "INTERNAL_ERROR",
+        "message": "connect to postgresql://fxcu:s3cret@db:5432/mlflow failed\nmore",
+    }
+    request = httpx.Request("POST", "http://mlflow.desk:5000/api/2.0/mlflow/runs/search")
+    failed = httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, json=body, request=request))
+    said = "answered HTTP 503 (connect to postgresql://***@db:5432/mlflow failed)"
+    assert fxcu._server_error(failed) == said
+    gateway = httpx.Response(502, text="Bad Gateway", request=request)
+    assert (
+        fxcu._server_error(httpx.HTTPStatusError("502", request=request, response=gateway))
+        == "answered HTTP 502 (Bad Gateway)"
+    )
 
 
 # -- Commands: fetch, validate, run ----------------------------------------------------
