@@ -1059,9 +1059,12 @@ class TeamServer:
         return self
 
 
-@pytest.fixture(scope="session")
-def team_server_once(tmp_path_factory) -> Iterator[TeamServer]:
-    """One PostgreSQL and one `mlflow server` for the session's team-server tests (about 15 s to start)."""
+@contextlib.contextmanager
+def team_server_up(work: Path) -> Iterator[TeamServer]:
+    """A new PostgreSQL cluster with a database `mlflow`, and `mlflow server` on it; both stopped and removed after.
+
+    Skips the test (one sentence: how to install) when PostgreSQL's binaries or psycopg are missing.
+    """
     bindir = postgres_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL's initdb and pg_ctl are missing: install them with `apt-get install -y postgresql`")
@@ -1069,7 +1072,7 @@ def team_server_once(tmp_path_factory) -> Iterator[TeamServer]:
         "psycopg", reason="psycopg is missing: install the extra with `pip install -e '.[server]'`"
     )
     folder = Path(tempfile.mkdtemp(prefix="fxcu-pg-"))  # not under pytest's tmp: the `postgres` user cannot enter it
-    team = TeamServer(bindir, folder, tmp_path_factory.mktemp("team"))
+    team = TeamServer(bindir, folder, work)
     runuser = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     try:
         (folder / "pw").write_text(PG_PASSWORD + "\n")
@@ -1092,6 +1095,13 @@ def team_server_once(tmp_path_factory) -> Iterator[TeamServer]:
         with contextlib.suppress(subprocess.SubprocessError):
             team.pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_server_once(tmp_path_factory) -> Iterator[TeamServer]:
+    """One PostgreSQL and one `mlflow server` for the session's team-server tests (about 15 s to start)."""
+    with team_server_up(tmp_path_factory.mktemp("team")) as team:
+        yield team
 
 
 @pytest.fixture
@@ -5769,6 +5779,32 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
         sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == files
     )  # nothing new at the old path
     assert len(list((restored / "mlflow" / "mlruns").rglob("forecast_7d.md"))) == 2
+
+
+def test_compose_team_profile_is_postgresql_and_a_server_the_forecaster_tracks_to():
+    """compose.yaml is not run here (no container engine): its team profile is checked as written."""
+    import tomllib
+
+    import yaml
+
+    services = yaml.safe_load((HERE / "compose.yaml").read_text())["services"]
+    pins = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    mlflow_pin = next(d.split("==")[1] for d in pins["dependencies"] if d.startswith("mlflow=="))
+    team = {name for name, service in services.items() if "team" in service.get("profiles", [])}
+    assert team == {"postgres", "mlflow", "forecaster-team"}
+    postgres, server, forecaster = services["postgres"], services["mlflow"], services["forecaster-team"]
+    assert postgres["image"] == "postgres:15" and postgres["volumes"] == ["pgdata:/var/lib/postgresql/data"]
+    assert f"FROM ghcr.io/mlflow/mlflow:v{mlflow_pin}" in server["build"]["dockerfile_inline"]
+    assert " ".join(pins["optional-dependencies"]["server"]) in server["build"]["dockerfile_inline"]
+    command = server["command"].split()
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[command.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://mlflow:")
+    assert command[command.index("--backend-store-uri") + 1].endswith("@postgres:5432/mlflow")
+    assert command[command.index("--artifacts-destination") + 1] == "/mlartifacts"
+    assert (
+        forecaster["extends"] == "forecaster"
+        and forecaster["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    )
 
 
 # An analyst's `fxcu run 7d` in its own process; the models were computed once by the test (pickled), so the
