@@ -3333,6 +3333,22 @@ def metric_rank(name: str) -> Any:
     return lambda value: value
 
 
+def best_run_searches(name: str) -> list[tuple[str, str]]:
+    """The MLflow searches (filter, order) whose first runs hold the best finished value of metric `name` (pure).
+
+    The same best as `metric_rank`: a coverage's is the nearest above or the nearest below its nominal level.
+
+    >>> best_run_searches("7d_rmse")
+    [("attributes.status = 'FINISHED'", 'metrics.`7d_rmse` ASC')]
+    """
+    finished, key = "attributes.status = 'FINISHED'", f"metrics.`{name}`"
+    nominal = re.search(r"coverage_(\d+)$", name)
+    if nominal:
+        level = int(nominal.group(1)) / 100
+        return [(f"{finished} and {key} >= {level}", f"{key} ASC"), (f"{finished} and {key} < {level}", f"{key} DESC")]
+    return [(finished, f"{key} {'DESC' if name.endswith('direction_hit') else 'ASC'}")]
+
+
 # The dashboard reads a local SQLite store with sqlite3 alone (an interactive command: importing mlflow is most
 # of its wait, docs/BENCHMARKS.md). MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
 
@@ -6202,6 +6218,22 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
     ]
 
 
+def _stored(run: Any, horizon: str) -> StoredRun:
+    """An MLflow Run as the dashboard reads it."""
+    info, data = run.info, run.data
+    return StoredRun(
+        info.run_id,
+        horizon,
+        info.run_name or "",
+        info.status,
+        info.start_time or 0,
+        info.end_time,
+        data.params,
+        data.metrics,
+        data.tags,
+    )
+
+
 def read_runs_mlflow(store: TrackingStore, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """The same as `read_runs_sqlite`, through mlflow's client (a tracking server)."""
     client = mlflow_client(store)
@@ -6213,22 +6245,27 @@ def read_runs_mlflow(store: TrackingStore, horizons: Sequence[str], last: int | 
         found = client.search_runs(
             [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000
         )
-        for r in found:
-            info, data = r.info, r.data
-            runs.append(
-                StoredRun(
-                    info.run_id,
-                    horizon,
-                    info.run_name or "",
-                    info.status,
-                    info.start_time or 0,
-                    info.end_time,
-                    data.params,
-                    data.metrics,
-                    data.tags,
-                )
-            )
+        runs += [_stored(r, horizon) for r in found]
     return sorted(runs, key=lambda r: r.start_ms, reverse=True)
+
+
+def read_compare_mlflow(store: TrackingStore, metric: str) -> list[StoredRun]:
+    """What `compare` reads from a server: each horizon's latest run, then its best finished runs on `metric`.
+
+    A server sends every metric of every run it lists (hundreds per fxcu run), so `compare` asks for these
+    few runs (`best_run_searches`) rather than all of them.
+    """
+    client, runs = mlflow_client(store), []
+    for horizon in HORIZONS:
+        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
+        if experiment is None:
+            continue
+        newest = "attributes.start_time DESC"  # ties go to the newest run, as on the local store
+        found = client.search_runs([experiment.experiment_id], order_by=[newest], max_results=1)
+        for where, order in best_run_searches(f"{horizon}_{metric}"):
+            found += client.search_runs([experiment.experiment_id], where, order_by=[order, newest], max_results=1)
+        runs += [_stored(r, horizon) for r in found]
+    return runs
 
 
 def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
@@ -6992,7 +7029,9 @@ def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str]
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
     """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
-    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
+    store = tracking_store(config, environ)
+    runs = read_runs_sqlite(store.db, HORIZONS, None) if store.db else read_compare_mlflow(store, metric)
+    rows = compare_rows(runs, metric)
     label, unit, better = METRIC_INFO[metric]
     document = {"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}
     return show_rows(rows, document, lambda: compare_table(rows, metric), environ, as_json)

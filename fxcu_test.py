@@ -1013,6 +1013,11 @@ class TeamServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def backend(self) -> str:
+        """The server's backend store URI: the database, with its password."""
+        return f"postgresql+psycopg://fxcu:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/mlflow"
+
     def analyst_uri(self, name: str = "analyst") -> str:
         """The server's URI as an analyst writes it, with a password (a proxy's basic auth; the server ignores it)."""
         return f"http://{name}:{ANALYST_PASSWORD}@127.0.0.1:{self.port}"
@@ -1032,8 +1037,7 @@ class TeamServer:
         self.postgres_up = False
 
     def start_mlflow(self) -> None:
-        backend = f"postgresql+psycopg://fxcu:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/mlflow"
-        self.port = free_port()
+        backend, self.port = self.backend, free_port()
         self.server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
              "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1",
@@ -5876,6 +5880,10 @@ def test_four_analysts_track_into_one_server_at_once(team_server, data_dir, tmp_
     assert fxcu.main(["compare", "--json"], env) == 0
     (row,) = json.loads(capsys.readouterr().out)["horizons"]
     assert row["horizon"] == "7d" and row["models"]["Naive"] == tracked[0].data.metrics["Naive_rmse"]
+    assert row["best_served"] == tracked[0].data.metrics["7d_rmse"]  # the four runs served the same forecast
+    assert fxcu.main(["compare", "--metric", "coverage_80", "--json"], env) == 0
+    (row,) = json.loads(capsys.readouterr().out)["horizons"]
+    assert row["best_served"] == tracked[0].data.metrics["7d_coverage_80"]
     assert fxcu.main(["stats", "--json"], env) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["server"] == f"http://analyst:***@127.0.0.1:{team_server.port}"

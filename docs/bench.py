@@ -581,11 +581,13 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def fill_store(uri: str, runs: int) -> None:
-    """Copy the store's one real `run 7d` (params, ~250 metrics, tags) into `runs` runs over the four experiments."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+    """Copy the store's newest real `run 7d` (params, ~250 metrics, tags) until it holds `runs` runs in all.
 
-    client = MlflowClient(tracking_uri=uri)
+    `uri` is the server's database (MLflow's SQL store): filling it through the server's REST API takes minutes.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = fxcu.mlflow_client(fxcu.TrackingStore(uri))
     seven = client.get_experiment_by_name("forecaster_7d").experiment_id
     (model,) = client.search_runs([seven], max_results=1)
     ids = [fxcu.ensure_experiment(client, "forecaster_" + h, None)[0] for h in fxcu.HORIZONS]
@@ -593,7 +595,7 @@ def fill_store(uri: str, runs: int) -> None:
     metrics = [Metric(k, v, stamp, 0) for k, v in model.data.metrics.items()]
     params = [Param(k, v) for k, v in model.data.params.items()]
     tags = [RunTag(k, v) for k, v in model.data.tags.items() if not k.startswith("mlflow.")]
-    for index in range(runs - 1):  # the model run is the first
+    for index in range(runs - len(client.search_runs(ids, max_results=5000))):
         run = client.create_run(ids[index % 4], start_time=stamp - index * 60_000, run_name=f"copy {index}")
         client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
         client.set_terminated(run.info.run_id, end_time=stamp - index * 60_000 + 20_000)
@@ -631,7 +633,7 @@ def cmd_team(args: argparse.Namespace) -> None:
             alone = timed_run(data_env("alone", team.url), root)
             with ThreadPoolExecutor(4) as pool:  # each thread waits on its own subprocess
                 four = list(pool.map(lambda i: timed_run(data_env(f"analyst{i}", team.url), root), range(4)))
-            fill_store(team.url, runs)
+            fill_store(team.backend, runs)
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=team.url)
