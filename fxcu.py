@@ -7040,7 +7040,8 @@ def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
-    store, sizes = tracking_store(config, environ), {}
+    store = tracking_store(config, environ)
+    sizes: dict[str, Any]
     if store.server:  # its database and artifacts are on the server, which knows their sizes
         sizes = {"database_bytes": None, "artifacts_bytes": None, "server": redact_uri(store.uri)}
     else:
