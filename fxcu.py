@@ -3631,6 +3631,22 @@ def metric_rank(name: str) -> Any:
     return lambda value: value
 
 
+def best_run_searches(name: str) -> list[tuple[str, str]]:
+    """The MLflow searches (filter, order) whose first runs hold the best finished value of metric `name` (pure).
+
+    The same best as `metric_rank`: a coverage's is the nearest above or the nearest below its nominal level.
+
+    >>> best_run_searches("7d_rmse")
+    [("attributes.status = 'FINISHED'", 'metrics.`7d_rmse` ASC')]
+    """
+    finished, key = "attributes.status = 'FINISHED'", f"metrics.`{name}`"
+    nominal = re.search(r"coverage_(\d+)$", name)
+    if nominal:
+        level = int(nominal.group(1)) / 100
+        return [(f"{finished} and {key} >= {level}", f"{key} ASC"), (f"{finished} and {key} < {level}", f"{key} DESC")]
+    return [(finished, f"{key} {'DESC' if name.endswith('direction_hit') else 'ASC'}")]
+
+
 # The dashboard reads a local SQLite store with sqlite3 alone (an interactive command: importing mlflow is most
 # of its wait, docs/BENCHMARKS.md). MLFLOW_TRACKING_URI pointing to a server goes through mlflow's client instead.
 
@@ -3860,7 +3876,11 @@ def stats_table(rows: Sequence[Mapping[str, Any]], sizes: Mapping[str, int]) -> 
             r["last_run"] or "never",
             r["last_data_date"] or "-",
         )
-    sizes_line = f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    sizes_line = (
+        f"Database and artifacts on the tracking server {sizes['server']}."
+        if sizes.get("server")
+        else f"Database {sizes['database_bytes'] / 1e6:.1f} MB, artifacts {sizes['artifacts_bytes'] / 1e6:.1f} MB."
+    )
     return _titled("MLflow experiments: runs, share finished, newest run", table, sizes_line)
 
 
@@ -3891,6 +3911,7 @@ RUN_WARN_HOURS = 80.0  # a weekday cron's Friday run is still fresh on Monday ev
 DB_WARN_MB = 100.0  # about 33 kB a run (issue 5): three years of weekday runs of four horizons; then prune
 DISK_WARN_GB = 1.0  # a run writes a few MB (report, charts, ledger, MLflow): weeks of runs left
 DISK_CRITICAL_GB = 0.1  # the next parquet or SQLite write may fail
+SERVER_WARN_SECONDS = 2.0  # one search_runs of a tracking server; `fxcu runs` makes one per horizon
 
 
 @dataclass(frozen=True, slots=True)
@@ -3903,6 +3924,7 @@ class Thresholds:
     db_warn_mb: float = DB_WARN_MB
     disk_warn_gb: float = DISK_WARN_GB
     disk_critical_gb: float = DISK_CRITICAL_GB
+    server_warn_seconds: float = SERVER_WARN_SECONDS
 
     @classmethod
     def defaults(cls, config: Config | None = None) -> Thresholds:
@@ -3986,13 +4008,20 @@ class SeriesFacts:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseFacts:
-    """What `check` read of the MLflow store: a remote URI (not probed), a missing file, or its runs and size."""
+    """What `check` read of the MLflow store: a remote URI, a missing file, or its runs and size.
+
+    A tracking server (`probed`) is asked over HTTP: how long one search of its runs took and when its newest
+    fxcu run started, or why it did not answer (`error`). Another remote URI (a database) is not probed.
+    """
 
     remote: str | None = None  # MLFLOW_TRACKING_URI, redacted
     missing: Path | None = None
     runs: int = 0
     size_bytes: int = 0
-    error: str | None = None  # unreadable, or half-made by a crash
+    error: str | None = None  # unreadable, or half-made by a crash; a server: unreachable or failing
+    probed: bool = False
+    search_seconds: float | None = None
+    last_run: datetime | None = None  # None: no fxcu run on the server yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -4167,6 +4196,26 @@ def check_mlflow(facts: DatabaseFacts, *, limits: Thresholds) -> Check:
     return check_database(facts.size_bytes, facts.runs, limits=limits)
 
 
+def check_server(facts: DatabaseFacts, *, now: datetime, limits: Thresholds) -> Check:
+    """Grade a tracking server (pure): CRITICAL when it fails or runs stopped arriving, WARNING when slow or empty.
+
+    Runs stopped arriving: its newest fxcu run, from any analyst, is older than `run_warn_hours`.
+    """
+    name, where = "mlflow server", facts.remote
+    if facts.error is not None or facts.search_seconds is None:
+        return name, "CRITICAL", f"{where} {facts.error or 'not probed'}: runs are not being tracked"
+    took = f"search_runs {facts.search_seconds:.2f} s"
+    if facts.last_run is None:
+        return name, "WARNING", f"{where} answers ({took}) but holds no fxcu run yet"
+    age = (now - facts.last_run).total_seconds() / 3600
+    if age > limits.run_warn_hours:
+        said = f"runs stopped arriving: the newest on {where} started {age:.0f} h ago"
+        return name, "CRITICAL", f"{said} (over {limits.run_warn_hours:g} h)"
+    if facts.search_seconds > limits.server_warn_seconds:
+        return name, "WARNING", f"{where} is slow: {took} (over {limits.server_warn_seconds:g} s)"
+    return name, "OK", f"{where} answers: {took}, newest run {age:.1f} h ago"
+
+
 def check_disk(free_bytes: int, *, limits: Thresholds) -> Check:
     """Grade the data dir's free disk (pure): WARNING under disk_warn_gb, CRITICAL under disk_critical_gb."""
     level = grade(free_bytes, limits.disk_warn_gb * BYTES_PER_GB, limits.disk_critical_gb * BYTES_PER_GB)
@@ -4198,7 +4247,9 @@ def check_findings(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> l
         ),
         *check_runs(facts.status, now=now, max_age_hours=limits.run_warn_hours),
         *check_ledger(facts, today=today),
-        check_mlflow(facts.database, limits=limits),
+        check_server(facts.database, now=now, limits=limits)
+        if facts.database.probed
+        else check_mlflow(facts.database, limits=limits),
         check_disk(facts.free_bytes, limits=limits),
     ]
 
@@ -4269,6 +4320,13 @@ def check_perf(facts: CheckFacts, *, now: datetime, limits: Thresholds) -> list[
     db = facts.database
     if db.remote is None and db.missing is None and db.error is None:
         perf.append(Perf("mlflow_db", db.size_bytes, "B", warn=f"{limits.db_warn_mb * BYTES_PER_MB:.0f}"))
+    if db.search_seconds is not None:
+        perf.append(
+            Perf("mlflow_search_seconds", round(db.search_seconds, 4), "s", warn=f"{limits.server_warn_seconds:g}")
+        )
+    if db.last_run is not None:
+        hours = round((now - db.last_run).total_seconds() / 3600, 2)
+        perf.append(Perf("mlflow_last_run_age_hours", hours, crit=f"{limits.run_warn_hours:g}"))
     warn, crit = (f"{gb * BYTES_PER_GB:.0f}:" for gb in (limits.disk_warn_gb, limits.disk_critical_gb))
     perf.append(Perf("disk_free", facts.free_bytes, "B", warn=warn, crit=crit))
     return perf
@@ -5843,6 +5901,11 @@ class TrackingStore:
         uri = "sqlite:///" + str(db).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
         return cls(uri, db, artifacts.as_uri())
 
+    @property
+    def server(self) -> bool:
+        """A tracking server (http or https): it keeps its own database and artifacts."""
+        return self.uri.startswith(("http:", "https:"))
+
 
 def tracking_store(config: Config, environ: Mapping[str, str]) -> TrackingStore:
     """MLFLOW_TRACKING_URI when set (a team server wins), else the SQLite file under the data dir.
@@ -5934,7 +5997,7 @@ def mlflow_client(store: TrackingStore) -> Any:
     one_line_logs()  # after the import, which installs MLflow's own stderr handler
     if store.db is not None and not store.db.exists():
         create_database(store.db)
-    if store.uri.startswith(("http:", "https:")):
+    if store.server:
         for name, value in MLFLOW_HTTP_BOUNDS.items():  # read by MLflow at each request; the user's values win
             os.environ.setdefault(name, value)
         # a server's client prints "View run ... at: URL" to stdout, which holds results (`run --json`)
@@ -5977,10 +6040,17 @@ def ensure_experiment(
     client: Any, name: str, artifact_location: str | None, description: str | None = None
 ) -> tuple[str, bool]:
     """Return the experiment id, creating it (absolute artifact location) when missing; describe it if undescribed."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     tags = {KIND_TAG: "custom_model_development"} | ({NOTE_TAG: description} if description else {})
     if found is None:
-        return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=tags), True
+        except MlflowException as exc:  # on a team server another analyst's run may create it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
     for key, value in tags.items():
         if key not in found.tags:
             client.set_experiment_tag(found.experiment_id, key, value)
@@ -6355,8 +6425,7 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
 
     store = tracking_store(config, environ)
     if store.uri in _UNREACHABLE:
-        why = _UNREACHABLE[store.uri]
-        raise ConnectionError(f"MLflow tracking server {redact_uri(store.uri)} failed earlier in this run: {why}")
+        raise ConnectionError(f"the tracking server failed earlier in this run: {_UNREACHABLE[store.uri]}")
     client = mlflow_client(store)
     _follow_data_dir(config, store)
     if store.db is not None:
@@ -6402,6 +6471,31 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
     return run_id
 
 
+def server_failure(exc: BaseException) -> str:
+    """Why a tracking server did not take a run, in a few words: unreachable, no answer in time, or its own error.
+
+    MLflow's client raises MlflowException for all of them; the requests error it wraps is its context.
+    A timeout keeps its `TimeoutError: ` prefix, which `run all` reads to skip the other horizons.
+    """
+    import requests
+    from mlflow.exceptions import RestException
+
+    if isinstance(exc, ConnectionError):  # `write_run`'s own: this server failed for an earlier horizon
+        return str(exc)
+    if isinstance(exc, RestException):  # the server answered with an error (its database down, say)
+        first = next(iter(str(exc.message).strip().splitlines()), "")
+        return f"answered {exc.error_code}: {redact(redact_uri(first), None)[:200]}"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, requests.Timeout):
+        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
+    if isinstance(cause, requests.ConnectionError):
+        return "unreachable (connection failed)"
+    if isinstance(cause, requests.exceptions.RetryError):  # a 5xx on every try; `check` shows the server's message
+        status = re.search(r"too many (\d{3}) error responses", str(cause))
+        return "answered an error on every try" + (f" (HTTP {status[1]})" if status else "")
+    return one_line(exc)
+
+
 def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) -> str:
     """Log one run to MLflow (`write_run`) under the tracking lock, within `config.tracking_timeout`; return its id.
 
@@ -6426,13 +6520,13 @@ def log_run(config: Config, record: RunRecord, *, environ: Mapping[str, str]) ->
         finally:
             writing.done.set()
 
-    uri = tracking_store(config, environ).uri
+    store = tracking_store(config, environ)
     try:
         return _bounded(seconds, "MLflow tracking", locked, cancel=writing.cancel, said=writing.why)
     except Exception as exc:
         # the other horizons do not wait for it again
-        if uri.startswith(("http:", "https:")) and uri not in _UNREACHABLE:
-            _UNREACHABLE[uri] = type(exc).__name__
+        if store.server and store.uri not in _UNREACHABLE:
+            _UNREACHABLE[store.uri] = server_failure(exc)
         raise
     except BaseException as exc:  # Ctrl-C, or SIGTERM (`Terminated`): the run ends KILLED, then the signal goes on
         ctrl_c = isinstance(exc, KeyboardInterrupt)
@@ -6533,6 +6627,22 @@ def read_runs_sqlite(db: Path, horizons: Sequence[str], last: int | None) -> lis
     ]
 
 
+def _stored(run: Any, horizon: str) -> StoredRun:
+    """An MLflow Run as the dashboard reads it."""
+    info, data = run.info, run.data
+    return StoredRun(
+        info.run_id,
+        horizon,
+        info.run_name or "",
+        info.status,
+        info.start_time or 0,
+        info.end_time,
+        data.params,
+        data.metrics,
+        data.tags,
+    )
+
+
 def read_runs_mlflow(store: TrackingStore, horizons: Sequence[str], last: int | None) -> list[StoredRun]:
     """The same as `read_runs_sqlite`, through mlflow's client (a tracking server)."""
     client = mlflow_client(store)
@@ -6544,22 +6654,27 @@ def read_runs_mlflow(store: TrackingStore, horizons: Sequence[str], last: int | 
         found = client.search_runs(
             [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=last or 5000
         )
-        for r in found:
-            info, data = r.info, r.data
-            runs.append(
-                StoredRun(
-                    info.run_id,
-                    horizon,
-                    info.run_name or "",
-                    info.status,
-                    info.start_time or 0,
-                    info.end_time,
-                    data.params,
-                    data.metrics,
-                    data.tags,
-                )
-            )
+        runs += [_stored(r, horizon) for r in found]
     return sorted(runs, key=lambda r: r.start_ms, reverse=True)
+
+
+def read_compare_mlflow(store: TrackingStore, metric: str) -> list[StoredRun]:
+    """What `compare` reads from a server: each horizon's latest run, then its best finished runs on `metric`.
+
+    A server sends every metric of every run it lists (hundreds per fxcu run), so `compare` asks for these
+    few runs (`best_run_searches`) rather than all of them.
+    """
+    client, runs = mlflow_client(store), []
+    for horizon in HORIZONS:
+        experiment = client.get_experiment_by_name(EXPERIMENT_PREFIX + horizon)
+        if experiment is None:
+            continue
+        newest = "attributes.start_time DESC"  # ties go to the newest run, as on the local store
+        found = client.search_runs([experiment.experiment_id], order_by=[newest], max_results=1)
+        for where, order in best_run_searches(f"{horizon}_{metric}"):
+            found += client.search_runs([experiment.experiment_id], where, order_by=[order, newest], max_results=1)
+        runs += [_stored(r, horizon) for r in found]
+    return runs
 
 
 def read_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str], last: int | None) -> list[StoredRun]:
@@ -6779,11 +6894,67 @@ def read_series_facts(warehouse: Path, file: str) -> SeriesFacts:
     return SeriesFacts(file, last, rows, seed_only=seed_only)
 
 
-def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
-    """The MLflow store: the remote URI if set (not probed), else the local database's run count and size, read-only."""
+SERVER_PROBE_TIMEOUT = 8.0  # seconds per request of `check`'s probe: two of them stay under Nagios's plugin timeout
 
-    if environ.get("MLFLOW_TRACKING_URI"):
-        return DatabaseFacts(remote=redact_uri(environ["MLFLOW_TRACKING_URI"]))
+
+def _server_error(exc: Exception) -> str:
+    """Why a tracking server failed `check`'s probe, in words: `unreachable (...)` or `answered HTTP 500 (...)`."""
+    import httpx
+
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return f"unreachable ({one_line(exc)})"
+    try:
+        message = str(exc.response.json().get("message", ""))
+    except ValueError:
+        message = exc.response.text
+    first = next(iter(message.strip().splitlines()), "")
+    return f"answered HTTP {exc.response.status_code}" + (
+        f" ({redact(redact_uri(first), None)[:200]})" if first else ""
+    )
+
+
+def read_server_facts(uri: str, environ: Mapping[str, str]) -> DatabaseFacts:
+    """Probe a tracking server over MLflow's REST API: fxcu's experiments, then one timed search for the newest run.
+
+    Credentials as MLflow's client takes them: user:password in the URI, MLFLOW_TRACKING_USERNAME and
+    _PASSWORD, or MLFLOW_TRACKING_TOKEN. Imports no mlflow, so monitoring can call it often.
+    """
+    import httpx
+
+    shown, token = redact_uri(uri), environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        url = httpx.URL(uri.rstrip("/") + "/api/2.0/mlflow/")
+        auth = (url.username, url.password) if url.username else None
+        if environ.get("MLFLOW_TRACKING_USERNAME"):
+            auth = (environ["MLFLOW_TRACKING_USERNAME"], environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        base = url.copy_with(username=None, password=None)
+        with httpx.Client(base_url=base, auth=auth, headers=headers, timeout=SERVER_PROBE_TIMEOUT) as http:
+            found = http.post(
+                "experiments/search", json={"filter": f"name LIKE '{EXPERIMENT_PREFIX}%'", "max_results": 100}
+            )
+            ids = [e["experiment_id"] for e in found.raise_for_status().json().get("experiments", [])]
+            seconds, runs = found.elapsed.total_seconds(), []
+            if ids:  # the timed search: the newest run of any fxcu experiment
+                query = {"experiment_ids": ids, "max_results": 1, "order_by": ["attributes.start_time DESC"]}
+                started = time.perf_counter()
+                answer = http.post("runs/search", json=query).raise_for_status()
+                seconds, runs = time.perf_counter() - started, answer.json().get("runs", [])
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as exc:
+        return DatabaseFacts(remote=shown, probed=True, error=_server_error(exc))
+    newest = datetime.fromtimestamp(int(runs[0]["info"]["start_time"]) / 1000, UTC) if runs else None
+    return DatabaseFacts(remote=shown, probed=True, search_seconds=seconds, last_run=newest)
+
+
+def read_database_facts(config: Config, environ: Mapping[str, str]) -> DatabaseFacts:
+    """The MLflow store: a tracking server probed (`read_server_facts`), another remote URI as is (not probed),
+    else the local database's run count and size, read-only."""
+
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith(("http:", "https:")):
+        return read_server_facts(uri, environ)
+    if uri:
+        return DatabaseFacts(remote=redact_uri(uri))
     db = config.mlflow_db
     if not db.exists():
         return DatabaseFacts(missing=db)
@@ -6982,7 +7153,8 @@ def _log_horizon(
                 )
                 run_id = log_run(config, record, environ=environ)  # inside the scratch folder, which holds the inputs
         except Exception as exc:  # noqa: BLE001 -- tracking never stops a forecast (a full disk for the inputs)
-            error = one_line(exc, config.fred_api_key)
+            server = tracking_store(config, environ).server
+            error = server_failure(exc) if server else one_line(exc, config.fred_api_key)
     if run_id is not None:
         log.info("Tracked %s in MLflow as run %s", fc.horizon, run_id)
     else:
@@ -7050,6 +7222,8 @@ def _run_horizon(
             config, fc, bundle, report, track, now=now, environ=environ, seconds=shown, skip=skip
         )
     outcome |= {"run_id": run_id, "tracked": run_id is not None, "tracking_error": tracking_error}
+    store = tracking_store(config, environ)
+    outcome["tracking_server"] = redact_uri(store.uri) if store.server else None
     if ledger is not None:
         try:
             update_ledger(config, bundle.usdclp, [track["entry"] | {"run_id": run_id}])
@@ -7144,10 +7318,10 @@ def print_summaries(summaries: Sequence[Mapping[str, Any]], *, as_json: bool) ->
         return
     for outcome in summaries:
         print(format_summary(outcome))
-        print(
-            f"  report: {outcome.get('report') or 'NOT WRITTEN'};"
-            f" tracked: {'yes, run ' + outcome['run_id'] if outcome.get('run_id') else 'no'}"
-        )
+        server, why = outcome.get("tracking_server"), outcome.get("tracking_error")
+        untracked = f"no (server {server}: {why})" if server else "no"
+        tracked = f"yes, run {outcome['run_id']}" if outcome.get("run_id") else untracked
+        print(f"  report: {outcome.get('report') or 'NOT WRITTEN'}; tracked: {tracked}")
 
 
 def cmd_run(
@@ -7280,7 +7454,9 @@ def cmd_runs(config: Config, environ: Mapping[str, str], horizons: Sequence[str]
 
 def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json: bool) -> int:
     """Print each horizon's models on `metric` (latest run): its unit, which way is better, the best marked."""
-    rows = compare_rows(read_runs(config, environ, list(HORIZONS), None), metric)
+    store = tracking_store(config, environ)
+    runs = read_runs_sqlite(store.db, HORIZONS, None) if store.db else read_compare_mlflow(store, metric)
+    rows = compare_rows(runs, metric)
     label, unit, better = METRIC_INFO[metric]
     document = {"metric": metric, "label": label, "unit": unit, "better": better, "horizons": rows}
     return show_rows(rows, document, lambda: compare_table(rows, metric), environ, as_json)
@@ -7289,9 +7465,16 @@ def cmd_compare(config: Config, environ: Mapping[str, str], metric: str, as_json
 def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_json: bool) -> int:
     """Runs per experiment, share finished, last run's age in words, database and artifact sizes."""
     rows = stats_rows(read_runs(config, environ, list(HORIZONS), None), now=now)
-    db = tracking_store(config, environ).db
-    artifacts = dir_size(config.mlruns)
-    sizes = {"database_bytes": db.stat().st_size if db and db.exists() else 0, "artifacts_bytes": artifacts}
+    store = tracking_store(config, environ)
+    sizes: dict[str, Any]
+    if store.server:  # its database and artifacts are on the server, which knows their sizes
+        sizes = {"database_bytes": None, "artifacts_bytes": None, "server": redact_uri(store.uri)}
+    else:
+        db = store.db
+        sizes = {
+            "database_bytes": db.stat().st_size if db and db.exists() else 0,
+            "artifacts_bytes": dir_size(config.mlruns),
+        }
     if as_json:
         print(json.dumps({"experiments": rows, **sizes}, indent=2))
     else:
@@ -7299,8 +7482,19 @@ def cmd_stats(config: Config, environ: Mapping[str, str], *, now: datetime, as_j
     return 0
 
 
-def cmd_backup(config: Config, dest: Path, *, now: datetime) -> int:
-    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts."""
+def cmd_backup(config: Config, dest: Path, *, now: datetime, environ: Mapping[str, str] | None = None) -> int:
+    """Write one dated archive: a consistent copy of the MLflow database (SQLite online backup) and the artifacts.
+
+    A tracking server's database and artifacts are backed up where it runs: exit 2, nothing written.
+    """
+    store = tracking_store(config, environ or {})
+    if store.server:
+        where = redact_uri(store.uri)
+        print(
+            f"fxcu: the tracking store is a server ({where}): back up its database where it runs (pg_dump)",
+            file=sys.stderr,
+        )
+        return 2
     db = config.mlflow_db
     if not db.exists():
         print(f"fxcu: no MLflow database at {db}", file=sys.stderr)
@@ -7527,6 +7721,7 @@ def build_parser() -> argparse.ArgumentParser:
         (("--db-warn-mb",), "db_warn_mb", "MB", "WARNING when the MLflow database is larger"),
         (("--disk-warn-gb",), "disk_warn_gb", "GB", "WARNING below this free disk"),
         (("--disk-critical-gb",), "disk_critical_gb", "GB", "CRITICAL below this free disk"),
+        (("--server-warn-seconds",), "server_warn_seconds", "s", "WARNING when a tracking server's search is slower"),
     ):
         default = next(f.default for f in dataclasses.fields(Thresholds) if f.name == name)
         derived = {"data_warn_days": "FXCU_MAX_AGE_DAYS, else ", "data_critical_days": "max(30, 2 x that): "}
@@ -7631,7 +7826,7 @@ def dispatch(args: argparse.Namespace, config: Config, environ: Mapping[str, str
         "runs": lambda: cmd_runs(config, environ, args.horizon or list(HORIZONS), args.last, args.json),
         "compare": lambda: cmd_compare(config, environ, args.metric, args.json),
         "stats": lambda: cmd_stats(config, environ, now=now, as_json=args.json),
-        "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now),
+        "backup": lambda: cmd_backup(config, args.dest or config.data_dir / "backups", now=now, environ=environ),
     }
     try:
         # bounded like tracking: MLflow retries an unreachable server or a locked database for minutes

@@ -14,6 +14,7 @@ import email
 import email.policy
 import errno
 import functools
+import glob
 import gzip
 import hashlib
 import http.server
@@ -980,6 +981,138 @@ def guarded(
         guard.before, data_dir, unchanged=unchanged, runs_added=runs_added, db_unchanged=db_unchanged
     )
     assert_key_nowhere(data_dir, *guard.outcomes)
+
+
+def postgres_bindir() -> Path | None:
+    """Where Debian's PostgreSQL keeps initdb and pg_ctl (off PATH): `pg_config --bindir`, else the newest found."""
+    found = [subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()]
+    found = found if shutil.which("pg_config") else []
+    found += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    return next((Path(d) for d in found if d and all((Path(d) / b).exists() for b in ("initdb", "pg_ctl"))), None)
+
+
+PG_PASSWORD = "pg-pw-4b1d9e"  # the database's, in the server's backend URI
+ANALYST_PASSWORD = "analyst-pw-7c2f0a"  # in the analysts' MLFLOW_TRACKING_URI: it must reach no log, report or tag
+
+
+@dataclasses.dataclass
+class TeamServer:
+    """A throwaway PostgreSQL (initdb in a temp dir it owns) and a real `mlflow server` on it, on 127.0.0.1.
+
+    initdb refuses to run as root: as root the database runs as the `postgres` user (runuser).
+    """
+
+    bindir: Path
+    folder: Path  # the database cluster's, owned by its user
+    work: Path  # the server's artifacts and logs
+    pg_port: int = dataclasses.field(default_factory=free_port)
+    port: int = dataclasses.field(default_factory=free_port)
+    server: subprocess.Popen | None = None
+    postgres_up: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend(self) -> str:
+        """The server's backend store URI: the database, with its password."""
+        return f"postgresql+psycopg://fxcu:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/mlflow"
+
+    def analyst_uri(self, name: str = "analyst") -> str:
+        """The server's URI as an analyst writes it, with a password (a proxy's basic auth; the server ignores it)."""
+        return f"http://{name}:{ANALYST_PASSWORD}@127.0.0.1:{self.port}"
+
+    def pg_ctl(self, *args: str) -> None:
+        runuser = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        command = [*runuser, str(self.bindir / "pg_ctl"), "-D", str(self.folder / "db"), "-w", *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start_postgres(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.pg_port} -k '' -c fsync=off"  # TCP only; a throwaway needs no fsync
+        self.pg_ctl("-l", str(self.folder / "postgres.log"), "-o", options, "start")
+        self.postgres_up = True
+
+    def stop_postgres(self) -> None:
+        self.pg_ctl("-m", "fast", "stop")
+        self.postgres_up = False
+
+    def start_mlflow(self) -> None:
+        backend, self.port = self.backend, free_port()
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
+             "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=(self.work / "mlflow.log").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.work,
+        )  # fmt: skip
+        wait_healthy(self.url, self.server)
+
+    def kill_mlflow(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.server.pid, signal.SIGKILL)
+        self.server.wait(30)
+
+    def ensure_up(self) -> TeamServer:
+        """Both servers running (a test before stopped or killed one); returns itself."""
+        if not self.postgres_up:
+            self.start_postgres()
+        if self.server is None or self.server.poll() is not None:
+            self.start_mlflow()
+        return self
+
+
+@contextlib.contextmanager
+def team_server_up(work: Path) -> Iterator[TeamServer]:
+    """A new PostgreSQL cluster with a database `mlflow`, and `mlflow server` on it; both stopped and removed after.
+
+    Skips the test (one sentence: how to install) when PostgreSQL's binaries or psycopg are missing.
+    """
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are missing: install them with `apt-get install -y postgresql`")
+    psycopg = pytest.importorskip(
+        "psycopg", reason="psycopg is missing: install the extra with `pip install -e '.[server]'`"
+    )
+    folder = Path(tempfile.mkdtemp(prefix="fxcu-pg-"))  # not under pytest's tmp: the `postgres` user cannot enter it
+    team = TeamServer(bindir, folder, work)
+    runuser = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    try:
+        (folder / "pw").write_text(PG_PASSWORD + "\n")
+        if runuser:
+            for path in (folder, folder / "pw"):
+                shutil.chown(path, "postgres")
+        initdb = [str(bindir / "initdb"), "-D", str(folder / "db"), "-U", "fxcu", "--pwfile", str(folder / "pw")]
+        initdb += ["--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"]
+        subprocess.run([*runuser, *initdb], check=True, capture_output=True, timeout=120)
+        team.start_postgres()
+        with psycopg.connect(
+            f"postgresql://fxcu:{PG_PASSWORD}@127.0.0.1:{team.pg_port}/postgres", autocommit=True
+        ) as db:
+            db.execute("create database mlflow")
+        team.start_mlflow()
+        yield team
+    finally:
+        if team.server is not None:
+            team.kill_mlflow()
+        with contextlib.suppress(subprocess.SubprocessError):
+            team.pg_ctl("-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_server_once(tmp_path_factory) -> Iterator[TeamServer]:
+    """One PostgreSQL and one `mlflow server` for the session's team-server tests (about 15 s to start)."""
+    with team_server_up(tmp_path_factory.mktemp("team")) as team:
+        yield team
+
+
+@pytest.fixture
+def team_server(team_server_once) -> TeamServer:
+    """The session's PostgreSQL and `mlflow server`, both up (restarted if a test before stopped or killed them)."""
+    return team_server_once.ensure_up()
 
 
 # -- Constants & config ----------------------------------------------------------------
@@ -3743,6 +3876,60 @@ def test_check_mlflow_grades_each_kind_of_store(facts, expected):
     assert fxcu.check_mlflow(facts, limits=LIMITS) == ("mlflow database", *expected)
 
 
+SERVER = "http://analyst:***@mlflow.desk:5000"
+PROBED_AT = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (
+            {"search_seconds": 0.04, "last_run": PROBED_AT - timedelta(hours=3)},
+            ("OK", f"{SERVER} answers: search_runs 0.04 s, newest run 3.0 h ago"),
+        ),
+        (
+            {"search_seconds": 2.5, "last_run": PROBED_AT - timedelta(hours=3)},
+            ("WARNING", f"{SERVER} is slow: search_runs 2.50 s (over 2 s)"),
+        ),
+        ({"search_seconds": 0.04}, ("WARNING", f"{SERVER} answers (search_runs 0.04 s) but holds no fxcu run yet")),
+        (
+            {"search_seconds": 2.5, "last_run": PROBED_AT - timedelta(hours=81)},
+            ("CRITICAL", f"runs stopped arriving: the newest on {SERVER} started 81 h ago (over 80 h)"),
+        ),
+        (
+            {"error": "unreachable (ConnectError: [Errno 111] Connection refused)"},
+            (
+                "CRITICAL",
+                f"{SERVER} unreachable (ConnectError: [Errno 111] Connection refused): runs are not being tracked",
+            ),
+        ),
+        (
+            {"error": "answered HTTP 503 (OperationalError: connection failed)"},
+            (
+                "CRITICAL",
+                f"{SERVER} answered HTTP 503 (OperationalError: connection failed): runs are not being tracked",
+            ),
+        ),
+    ],
+    ids=["ok", "slow", "empty", "stopped-arriving", "down", "database-down"],
+)
+def test_check_server_grades_reachability_runs_arriving_and_speed(facts, expected):
+    probed = fxcu.DatabaseFacts(remote=SERVER, probed=True, **facts)
+    assert fxcu.check_server(probed, now=PROBED_AT, limits=LIMITS) == ("mlflow server", *expected)
+
+
+def test_check_perf_of_a_server_is_its_search_time_and_newest_runs_age():
+    server = fxcu.DatabaseFacts(
+        remote=SERVER, probed=True, search_seconds=0.0412, last_run=PROBED_AT - timedelta(minutes=90)
+    )
+    facts = healthy_facts(PROBED_AT, database=server)
+    checks = fxcu.check_findings(facts, now=PROBED_AT, limits=LIMITS)
+    assert [c[0] for c in checks][-2:] == ["mlflow server", "disk"]
+    perf = fxcu.format_perf(fxcu.check_perf(facts, now=PROBED_AT, limits=LIMITS)).split()
+    assert "'mlflow_search_seconds'=0.0412s;2;;0" in perf and "'mlflow_last_run_age_hours'=1.5;;80;0" in perf
+    assert not [p for p in perf if p.startswith("'mlflow_db'")]
+
+
 def healthy_facts(now: datetime, **changes) -> fxcu.CheckFacts:
     """The facts of a healthy install at `now`: fresh data, four fresh tracked runs, a small database, free disk."""
     fresh = now.date() - timedelta(days=1)
@@ -5370,6 +5557,33 @@ def test_check_corrupt_warehouse_is_critical_not_a_traceback(tmp_path, capsys):
     assert "usdclp.parquet unreadable" in capsys.readouterr().out
 
 
+def test_read_server_facts_of_a_down_server_says_unreachable_without_its_password(tmp_path):
+    environ = {"MLFLOW_TRACKING_URI": f"http://analyst:{ANALYST_PASSWORD}@127.0.0.1:{refused_port()}"}
+    facts = fxcu.read_database_facts(fxcu.Config(data_dir=tmp_path), environ)
+    assert (
+        facts.probed
+        and facts.search_seconds is None
+        and facts.remote == f"http://analyst:***@127.0.0.1:{refused_port()}"
+    )
+    assert facts.error.startswith("unreachable (ConnectError: ") and ANALYST_PASSWORD not in facts.error
+
+
+def test_server_error_is_the_servers_message_first_line_redacted():
+    body = {
+        "error_code": "INTERNAL_ERROR",
+        "message": "connect to postgresql://fxcu:s3cret@db:5432/mlflow failed\nmore",
+    }
+    request = httpx.Request("POST", "http://mlflow.desk:5000/api/2.0/mlflow/runs/search")
+    failed = httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, json=body, request=request))
+    said = "answered HTTP 503 (connect to postgresql://***@db:5432/mlflow failed)"
+    assert fxcu._server_error(failed) == said
+    gateway = httpx.Response(502, text="Bad Gateway", request=request)
+    assert (
+        fxcu._server_error(httpx.HTTPStatusError("502", request=request, response=gateway))
+        == "answered HTTP 502 (Bad Gateway)"
+    )
+
+
 # -- Commands: fetch, validate, run ----------------------------------------------------
 
 
@@ -5967,6 +6181,182 @@ def test_data_dir_restored_from_backup_elsewhere_just_works(tmp_path, migrated_d
         sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == files
     )  # nothing new at the old path
     assert len(list((restored / "mlflow" / "mlruns").rglob("forecast_7d.md"))) == 2
+
+
+def test_compose_team_profile_is_postgresql_and_a_server_the_forecaster_tracks_to():
+    """compose.yaml is not run here (no container engine): its team profile is checked as written."""
+    import tomllib
+
+    import yaml
+
+    services = yaml.safe_load((HERE / "compose.yaml").read_text())["services"]
+    pins = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    mlflow_pin = next(d.split("==")[1] for d in pins["dependencies"] if d.startswith("mlflow=="))
+    team = {name for name, service in services.items() if "team" in service.get("profiles", [])}
+    assert team == {"postgres", "mlflow", "forecaster-team"}
+    postgres, server, forecaster = services["postgres"], services["mlflow"], services["forecaster-team"]
+    assert postgres["image"] == "postgres:15" and postgres["volumes"] == ["pgdata:/var/lib/postgresql/data"]
+    assert f"FROM ghcr.io/mlflow/mlflow:v{mlflow_pin}" in server["build"]["dockerfile_inline"]
+    assert " ".join(pins["optional-dependencies"]["server"]) in server["build"]["dockerfile_inline"]
+    command = server["command"].split()
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[command.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://mlflow:")
+    assert command[command.index("--backend-store-uri") + 1].endswith("@postgres:5432/mlflow")
+    assert command[command.index("--artifacts-destination") + 1] == "/mlartifacts"
+    assert (
+        forecaster["extends"] == "forecaster"
+        and forecaster["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    )
+
+
+# An analyst's `fxcu run 7d` in its own process; the models were computed once by the test (pickled), so the
+# process does what differs between analysts: the report, the ledger and the tracking.
+ANALYST_RUN = """
+import pickle, sys
+import fxcu
+made = pickle.loads(open(sys.argv[1], "rb").read())
+fxcu.make_forecasts = lambda *args, **kwargs: made
+raise SystemExit(fxcu.main(["run", "7d", "--offline", "--skip-email"]))
+"""
+
+
+def assert_password_nowhere(texts: list[str], folders: list[Path]) -> None:
+    """The analysts' password is in no output and no file under the data dirs (reports, status, ledger)."""
+    for text in texts:
+        assert ANALYST_PASSWORD not in text and "Traceback" not in text
+    for folder in folders:
+        for path in folder.rglob("*"):
+            assert not path.is_file() or ANALYST_PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("team_server")
+def test_four_analysts_track_into_one_server_at_once(team_server, data_dir, tmp_path, shared_models, capsys):
+    """Four `run 7d` from four data dirs at the same moment against one server on PostgreSQL: all four tracked."""
+    from mlflow.tracking import MlflowClient
+
+    config = fxcu.Config.from_env({**run_env(data_dir), "FXCU_OFFLINE": "1"})
+    made = fxcu.make_forecasts(config, None, ["7d"], now=datetime.now(UTC), stages=fxcu.Stages())
+    (tmp_path / "made.pickle").write_bytes(pickle.dumps(made))
+    folders = [tmp_path / f"analyst{i}" for i in range(4)]
+    for folder in folders:
+        shutil.copytree(data_dir / "warehouse", folder / "warehouse")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ANALYST_RUN, str(tmp_path / "made.pickle")],
+            env={**clean_environ(), **run_env(folder), "MLFLOW_TRACKING_URI": team_server.analyst_uri(folder.name)},
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder in folders
+    ]
+    outs = [run.communicate(timeout=180) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outs
+    ids = [re.search(r"; tracked: yes, run (\w+)$", out, re.M)[1] for out, _ in outs]
+    client = MlflowClient(tracking_uri=team_server.url)
+    tracked = [client.get_run(run_id) for run_id in ids]
+    assert max(r.info.start_time for r in tracked) < min(r.info.end_time for r in tracked)  # all four at once
+    for run in tracked:
+        metrics, run_id = run.data.metrics, run.info.run_id
+        assert run.info.status == "FINISHED" and metrics["served_rmse"] == metrics["7d_rmse"] > 0
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # uploaded through the server
+        listed = [a.path for a in client.list_artifacts(run_id)]
+        page = next(p for p in listed if p.endswith(".html"))
+        assert (
+            "inputs" in listed
+            and 'src="data:image/png;base64,'
+            in Path(client.download_artifacts(run_id, page, str(tmp_path / run_id))).read_text()
+        )
+        words = [*run.data.tags.values(), *run.data.params.values()]
+        assert not [w for w in words if ANALYST_PASSWORD in w or PG_PASSWORD in w]
+    # the dashboard and the probe, through the server
+    env = {"FXCU_DATA_DIR": str(folders[0]), "MLFLOW_TRACKING_URI": team_server.analyst_uri()}
+    assert fxcu.main(["runs", "7d", "--last", "100", "--json"], env) == 0
+    assert set(ids) <= {r["run_id"] for r in json.loads(capsys.readouterr().out)}
+    assert fxcu.main(["compare", "--json"], env) == 0
+    (row,) = json.loads(capsys.readouterr().out)["horizons"]
+    assert row["horizon"] == "7d" and row["models"]["Naive"] == tracked[0].data.metrics["Naive_rmse"]
+    assert row["best_served"] == tracked[0].data.metrics["7d_rmse"]  # the four runs served the same forecast
+    assert fxcu.main(["compare", "--metric", "coverage_80", "--json"], env) == 0
+    (row,) = json.loads(capsys.readouterr().out)["horizons"]
+    assert row["best_served"] == tracked[0].data.metrics["7d_coverage_80"]
+    assert fxcu.main(["stats", "--json"], env) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["server"] == f"http://analyst:***@127.0.0.1:{team_server.port}"
+    assert stats["experiments"][0]["experiment"] == "forecaster_7d" and stats["experiments"][0]["runs"] >= 4
+    fxcu.main(["check"], env)  # the data is years old (CRITICAL): the server's own line is the point
+    assert re.search(
+        r"^OK +mlflow server: http://analyst:\*\*\*@\S+ answers: search_runs [\d.]+ s, newest run 0.0 h ago",
+        capsys.readouterr().out,
+        re.M,
+    )
+    fxcu.main(["check", "--server-warn-seconds", "1e-6"], env)
+    slow = capsys.readouterr().out
+    assert re.search(r"^WARNING +mlflow server: \S+ is slow: search_runs [\d.]+ s \(over 1e-06 s\)$", slow, re.M)
+    assert "'mlflow_search_seconds'=" in slow.splitlines()[0]
+    assert fxcu.main(["backup"], env) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "back up its database where it runs (pg_dump)" in said
+    assert_password_nowhere([*(o for pair in outs for o in pair), slow, said], folders)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("team_server")
+def test_postgresql_stopped_behind_a_live_server_costs_a_run_its_tracking_only(
+    team_server, data_dir, capsys, shared_models
+):
+    env = {**run_env(data_dir, FXCU_TRACKING_TIMEOUT="10"), "MLFLOW_TRACKING_URI": team_server.analyst_uri()}
+    team_server.stop_postgres()
+    try:
+        started = time.monotonic()
+        code = fxcu.main(["run", "7d", "--offline", "--skip-email"], env)
+        took, run = time.monotonic() - started, capsys.readouterr()
+        assert fxcu.main(["check"], env) == 2
+        check = capsys.readouterr()
+    finally:
+        team_server.start_postgres()
+    assert code == 0 and run.out.startswith("USD/CLP 7d: last ") and took < 10 + 5  # FXCU_TRACKING_TIMEOUT + 5 s
+    assert re.search(
+        r"; tracked: no \(server http://analyst:\*\*\*@127.0.0.1:\d+: answered an error on every try", run.out
+    )
+    assert list((data_dir / "reports").glob("forecast_7d_*.md"))
+    assert re.search(
+        r"^CRITICAL mlflow server: \S+ answered HTTP 50\d \(.*psycopg.*\): runs are not being tracked$", check.out, re.M
+    )
+    assert_password_nowhere([run.out, run.err, check.out, check.err], [data_dir])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("team_server")
+def test_tracking_server_killed_mid_run_costs_a_run_its_tracking_only(
+    team_server, data_dir, capsys, monkeypatch, shared_models
+):
+    real = fxcu.artifact_files
+
+    def kill_then_list(*args):  # the run is created and its metrics logged: the server dies before the artifacts
+        team_server.kill_mlflow()
+        return real(*args)
+
+    monkeypatch.setattr(fxcu, "artifact_files", kill_then_list)
+    env = {**run_env(data_dir, FXCU_TRACKING_TIMEOUT="10"), "MLFLOW_TRACKING_URI": team_server.analyst_uri()}
+    started = time.monotonic()
+    code = fxcu.main(["run", "7d", "--offline", "--skip-email"], env)
+    took, run = time.monotonic() - started, capsys.readouterr()
+    assert code == 0 and run.out.startswith("USD/CLP 7d: last ") and took < 10 + 5  # FXCU_TRACKING_TIMEOUT + 5 s
+    assert re.search(
+        r"; tracked: no \(server http://analyst:\*\*\*@127.0.0.1:\d+: unreachable \(connection failed\)\)$",
+        run.out,
+        re.M,
+    )
+    assert not json.loads((data_dir / "status.json").read_text())["7d"]["tracked"]
+    assert fxcu.main(["check"], env) == 2
+    check = capsys.readouterr()
+    assert re.search(
+        r"^CRITICAL mlflow server: \S+ unreachable \(ConnectError: .*\): runs are not being tracked$", check.out, re.M
+    )
+    assert_password_nowhere([run.out, run.err, check.out, check.err], [data_dir])
 
 
 # -- Commands: track and check ---------------------------------------------------------

@@ -8,6 +8,7 @@ Usage (from anywhere; the repository root is put on sys.path):
     python docs/bench.py data                 # the real histories: jump limits, copper-USD/CLP correlation
     python docs/bench.py guards [--rounds N]  # issue 21's guards: run, check and --help against their import floors
     python docs/bench.py faults [--quick]     # hostile HTTP answers on both transports: peak RSS and wall time
+    python docs/bench.py team [--quick]       # a tracking server on PostgreSQL: run time, four at once, 1,000 runs
     python docs/bench.py SUBCOMMAND --help    # what it measures, its options
 
 The inputs are the test suite's: the real CLP=X and HG=F histories in data/real (with their provenance),
@@ -26,6 +27,7 @@ import inspect
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -33,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -744,6 +747,130 @@ def cmd_faults(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- team: a tracking server on PostgreSQL --------------------------------------------------------
+
+
+def timed_run(env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds of one `run 7d --offline` subprocess and its tracking stage (its `Stage times` log line)."""
+    started = time.perf_counter()
+    done = subprocess.run([PY, FXCU, "run", "7d", "--offline", "--skip-email"], env=env, cwd=cwd, **PIPES, text=True)
+    seconds = time.perf_counter() - started
+    tracked = re.search(r"; tracked: yes, run \w+$", done.stdout, re.M)
+    stage = re.search(r"Stage times: .*tracking ([\d.]+) s", done.stderr)
+    if done.returncode or not tracked or not stage:
+        raise SystemExit(f"run 7d failed or was not tracked: {done.stdout[-1000:]} {done.stderr[-2000:]}")
+    return seconds, float(stage[1])
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def fill_store(uri: str, runs: int) -> None:
+    """Copy the store's newest real `run 7d` (params, ~250 metrics, tags) until it holds `runs` runs in all.
+
+    `uri` is the server's database (MLflow's SQL store): filling it through the server's REST API takes minutes.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = fxcu.mlflow_client(fxcu.TrackingStore(uri))
+    seven = client.get_experiment_by_name("forecaster_7d").experiment_id
+    (model,) = client.search_runs([seven], max_results=1)
+    ids = [fxcu.ensure_experiment(client, "forecaster_" + h, None)[0] for h in fxcu.HORIZONS]
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, stamp, 0) for k, v in model.data.metrics.items()]
+    params = [Param(k, v) for k, v in model.data.params.items()]
+    tags = [RunTag(k, v) for k, v in model.data.tags.items() if not k.startswith("mlflow.")]
+    for index in range(runs - len(client.search_runs(ids, max_results=5000))):
+        run = client.create_run(ids[index % 4], start_time=stamp - index * 60_000, run_name=f"copy {index}")
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
+        client.set_terminated(run.info.run_id, end_time=stamp - index * 60_000 + 20_000)
+
+
+def cmd_team(args: argparse.Namespace) -> None:
+    """A team's tracking server: `mlflow server` on a throwaway PostgreSQL (fxcu_test's `team_server_up`), 127.0.0.1.
+
+    1. `run 7d --offline` tracked to the server against the same run tracked to local SQLite (a store made by
+       `fxcu init`), interleaved, fresh subprocesses, one uncounted round first; medians of the wall time and of
+       the run's own tracking stage. 2. Four `run 7d` from four data dirs started at the same moment against the
+       server, against one alone just before: each run's wall and tracking stage over the one alone's (the
+       issue's target: at most 1.5x); the same with four local SQLite stores, where only the machine's cores are
+       shared. 3. The server filled to 1,000 runs (copies of a real run's params, metrics and tags, 250 per
+       experiment): one `search_runs` (newest run, as `check` asks), a horizon's 250 runs, and the
+       commands `check`, `runs`, `compare` and `stats` through the server (fresh subprocesses, once each).
+    """
+    rounds, runs = (1, 100) if args.quick else (args.rounds, 1000)
+    root = Path(tempfile.mkdtemp(prefix="fxcu-bench-team-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FXCU_", "MLFLOW_"))}
+
+    def data_env(name: str, uri: str | None = None) -> dict[str, str]:
+        env = base | {"FXCU_DATA_DIR": str(root / name), "FXCU_TRACKING_TIMEOUT": "60"}
+        return env | ({"MLFLOW_TRACKING_URI": uri} if uri else {})
+
+    try:
+        with t.team_server_up(root) as team:
+            for name in ("local", "alone-local", *(f"local{i}" for i in range(4))):  # migrated before they are timed
+                subprocess.run([PY, FXCU, "init"], env=data_env(name), cwd=root, check=True, capture_output=True)
+            server, local = data_env("server", team.url), data_env("local")
+            times: dict[str, list[tuple[float, float]]] = {"local": [], "server": []}
+            for index in range(rounds + 1):
+                for name in ("local", "server") if index % 2 else ("server", "local"):
+                    timing = timed_run(server if name == "server" else local, root)
+                    if index:
+                        times[name].append(timing)
+            alone, four = {}, {}
+            for kind, uri in (("server", team.url), ("local", None)):  # four at once, against the server and not
+                alone[kind] = timed_run(data_env(f"alone-{kind}", uri), root)
+                with ThreadPoolExecutor(4) as pool:  # each thread waits on its own subprocess
+                    four[kind] = list(
+                        pool.map(lambda i, k=kind, u=uri: timed_run(data_env(f"{k}{i}", u), root), range(4))
+                    )
+            fill_store(team.backend, runs)
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=team.url)
+            ids = [client.get_experiment_by_name("forecaster_" + h).experiment_id for h in fxcu.HORIZONS]
+            newest = [
+                timed(lambda: client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"]))
+                for _ in range(21)
+            ][1:]
+            horizon = [timed(lambda: client.search_runs(ids[:1], max_results=5000)) for _ in range(4)][1:]
+            total = sum(len(client.search_runs([i], max_results=5000)) for i in ids)
+            dash = {  # one round each: `stats` alone takes minutes
+                name: timed(lambda name=name: subprocess.run([PY, FXCU, "-q", name], env=server, cwd=root, **PIPES))
+                for name in ("check", "runs", "compare", "stats")
+            }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"### A tracking server on PostgreSQL: {rounds} interleaved rounds after 1 uncounted, medians\n")
+    rows = [
+        [label, f"{statistics.median(w for w, _ in times[k]):.2f}", f"{statistics.median(s for _, s in times[k]):.2f}"]
+        for k, label in (("local", "local SQLite (`fxcu init`)"), ("server", "`mlflow server` on PostgreSQL 15"))
+    ]
+    print(table(["`run 7d --offline` tracked to", "run s", "tracking stage s"], rows))
+    print("Four `run 7d` started at the same moment from four data dirs, against one alone just before; the same")
+    print("with four local SQLite stores (nothing shared but this machine's two cores):\n")
+    rows = []
+    for kind, label in (("server", "the server"), ("local", "local SQLite")):
+        (w1, s1), runs4 = alone[kind], four[kind]
+        rows.append([f"{label}: alone", f"{w1:.2f}", f"{s1:.2f}", "1.00x", "1.00x"])
+        rows += [
+            [f"{label}: {i + 1} of 4", f"{w:.2f}", f"{s:.2f}", f"{w / w1:.2f}x", f"{s / s1:.2f}x"]
+            for i, (w, s) in enumerate(runs4)
+        ]
+    print(table(["run", "run s", "tracking stage s", "run / alone", "tracking / alone"], rows))
+    print(f"With {total} runs in the server (the searches: medians of {len(newest)} and {len(horizon)}):\n")
+    rows = [
+        ["`search_runs` newest run of the four experiments (what `check` times)", f"{statistics.median(newest):.3f}"],
+        [f"`search_runs` one horizon's {total // 4} runs, all metrics", f"{statistics.median(horizon):.3f}"],
+        *[[f"`fxcu {name}` (a subprocess, once)", f"{seconds:.2f}"] for name, seconds in dash.items()],
+    ]
+    print(table(["through the server", "median s"], rows))
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 
@@ -758,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("data", cmd_data),
         ("guards", cmd_guards),
         ("faults", cmd_faults),
+        ("team", cmd_team),
     ):
         doc = inspect.cleandoc(func.__doc__ or "")
         first = doc.splitlines()[0].replace("%", "%%")  # argparse formats a subcommand's help with %
@@ -765,8 +893,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.set_defaults(func=func)
         if name != "data":
             sub.add_argument("--quick", action="store_true", help="a smoke test: its numbers are not for the page")
-        if name in ("guards", "calibration"):
-            sub.add_argument("--rounds", type=int, default=5, help="counted rounds (default 5)")
+        if name in ("guards", "calibration", "team"):
+            rounds = 3 if name == "team" else 5
+            sub.add_argument("--rounds", type=int, default=rounds, help=f"counted rounds (default {rounds})")
         if name == "faults":
             sub.add_argument("--command", choices=("fetch", "run"), default="fetch", help="fetch, or run 7d")
             sub.add_argument("--timeout", type=int, default=5, help="FXCU_TIMEOUT for the children (default 5)")
