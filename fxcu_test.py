@@ -1381,6 +1381,15 @@ def test_clean_prices_keeps_latest_bar_of_a_duplicated_date():
     assert cleaned.removed["duplicated-date bars (kept the latest)"] == [date(2024, 1, 3)]
 
 
+def test_clean_prices_never_keeps_a_zero_or_negative_close():
+    """A close of 0 (a feed's placeholder) or below is dropped and named, never stored and served."""
+    days = [date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4), date(2024, 1, 5), date(2024, 1, 8)]
+    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [900.0, 0.0, 901.0, -0.0, -3.0]})
+    cleaned = fxcu.clean_prices(frame)
+    assert cleaned.frame[fxcu.CLOSE].to_list() == [900.0, 901.0]
+    assert cleaned.removed == {"null or non-positive bars": [days[1], days[3], days[4]]}
+
+
 def test_clean_prices_removes_an_isolated_spike():
     frame = make_prices(30)
     spiked = frame.with_columns(
@@ -1401,7 +1410,12 @@ def test_clean_prices_keeps_a_level_shift():
     assert fxcu.clean_prices(frame).frame.height == 30
 
 
-prices_strategy = st.lists(st.floats(min_value=0.5, max_value=2000, allow_nan=False), min_size=1, max_size=80)
+# prices, with the zeros and negatives a broken feed sends (never stored: the last assertion below)
+prices_strategy = st.lists(
+    st.one_of(st.floats(min_value=0.5, max_value=2000, allow_nan=False), st.sampled_from([0.0, -0.0, -1.0, -900.0])),
+    min_size=1,
+    max_size=80,
+)
 
 
 @pytest.mark.slow
@@ -1420,6 +1434,8 @@ def test_clean_prices_is_idempotent(values, spikes, duplicate):
     assert twice.frame.equals(once) and twice.removed == {}
     assert once[fxcu.DATE].is_sorted() and once[fxcu.DATE].n_unique() == once.height
     assert (once[fxcu.CLOSE] > 0).all()
+    non_positive = {d for d, v in zip(days, values, strict=True) if v <= 0}  # counted in a plain loop
+    assert set(once[fxcu.DATE]).isdisjoint(non_positive)
 
 
 def test_clean_prices_removes_two_adjacent_bad_prints():
@@ -1517,24 +1533,41 @@ def test_refusal_words_one_result_without_its_source_name():
     assert fxcu.refusal(fxcu.Result("fred", frame=monthly, frequency="monthly"), now=NOW, max_age=five) is None
 
 
+def aged(days: int, close: float | None = 900.0) -> pl.DataFrame:
+    """Two daily rows whose last date is `days` before NOW, every close `close` (None: null)."""
+    last = NOW.date() - timedelta(days=days)
+    return pl.DataFrame(
+        {fxcu.DATE: [last - timedelta(days=1), last], fxcu.CLOSE: [close, close]},
+        schema={fxcu.DATE: pl.Date, fxcu.CLOSE: pl.Float64},
+    )
+
+
+# each frame with its age in days and whether its closes are usable, known here and not asked of fxcu:
+# boundary ages (5 is fresh, 6 stale at a 5-day limit), future dates, and null, zero and negative closes
+AGED = [(age, ok, aged(age, close)) for age in (-1, 0, 5, 6, 200) for ok, close in ((True, 900.0), (False, None))]
+AGED += [(0, False, aged(0, 0.0)), (3, False, aged(3, -5.0)), (6, False, aged(6, 0.0))]
 result_strategy = st.one_of(
-    st.builds(lambda i: fxcu.Result(f"s{i}", error="down"), st.integers(0, 99)),
-    st.builds(lambda i: fxcu.Result(f"s{i}", frame=stale), st.integers(0, 99)),
-    st.builds(lambda i: fxcu.Result(f"s{i}", frame=fresh), st.integers(0, 99)),
+    st.builds(lambda i: (fxcu.Result(f"s{i}", error="down"), None), st.integers(0, 99)),
+    st.builds(lambda i, a: (fxcu.Result(f"s{i}", frame=a[2]), a), st.integers(0, 99), st.sampled_from(AGED)),
 )
 
 
 @pytest.mark.slow
-@given(st.lists(result_strategy, max_size=8), st.lists(result_strategy, max_size=4))
+@given(st.lists(result_strategy, max_size=8), st.lists(result_strategy, max_size=4), st.booleans())
 @settings(max_examples=200, deadline=None)
-def test_first_good_returns_the_earliest_good_result(results, tail):
-    chosen = fxcu.first_good(results + tail, now=NOW, max_age=timedelta(days=5))
-    good = [r for r in results + tail if r.error is None and r.frame is fresh]
+def test_first_good_returns_the_earliest_good_result(results, tail, serve_stale):
+    drawn = results + tail
+    every = [r for r, _ in drawn]
+    chosen = fxcu.first_good(every, now=NOW, max_age=timedelta(days=5), serve_stale=serve_stale)
+    good = [r for r, a in drawn if a is not None and a[1] and a[0] <= 5]
+    old = [(a[0], i) for i, (r, a) in enumerate(drawn) if a is not None and a[1] and a[0] > 5]
     if good:
         assert chosen is good[0]
         # anything after the first good result is ignored
-        first_index = next(i for i, r in enumerate(results + tail) if r is good[0])
-        assert fxcu.first_good((results + tail)[: first_index + 1], now=NOW, max_age=timedelta(days=5)) is chosen
+        first_index = next(i for i, r in enumerate(every) if r is good[0])
+        assert fxcu.first_good(every[: first_index + 1], now=NOW, max_age=timedelta(days=5)) is chosen
+    elif serve_stale and old:
+        assert chosen is every[min(old)[1]]  # the freshest, the earliest of equals; never a null or zero close
     else:
         assert not chosen.ok and chosen.error
 
@@ -1550,6 +1583,30 @@ def test_first_good_serves_the_freshest_stale_answer_only_when_asked():
     assert fxcu.first_good(results, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "mindicador"
     with_good = [*results, fxcu.Result("seed", frame=fresh)]
     assert fxcu.first_good(with_good, now=NOW, max_age=timedelta(days=5), serve_stale=True).source == "seed"
+
+
+def test_first_good_never_serves_a_fresh_frame_of_null_closes_even_when_serving_stale():
+    """A fresh answer with null closes is broken, not stale: serve_stale serves the older good answer, or nothing."""
+    holes = fresh.with_columns(pl.lit(None, pl.Float64).alias(fxcu.CLOSE))
+    zeros = fresh.with_columns(pl.lit(0.0).alias(fxcu.CLOSE))
+    five = timedelta(days=5)
+    for broken in (holes, zeros):
+        results = [fxcu.Result("yahoo", frame=broken), fxcu.Result("cache", frame=stale)]
+        assert fxcu.first_good(results, now=NOW, max_age=five, serve_stale=True).source == "cache"
+        alone = fxcu.first_good(results[:1], now=NOW, max_age=five, serve_stale=True)
+        assert not alone.ok and alone.error == "yahoo: null or non-positive closes"
+
+
+@pytest.mark.parametrize(("age", "is_stale"), [(4, False), (5, False), (6, True)])
+def test_staleness_boundary_is_the_documented_day(age, is_stale):
+    """README: a series whose last date is older than FXCU_MAX_AGE_DAYS (5) is stale: 5 days old is fresh, 6 stale."""
+    now = datetime(2024, 7, 16, 12, tzinfo=UTC)
+    frame = pl.DataFrame({fxcu.DATE: [now.date() - timedelta(days=age + 1), now.date() - timedelta(days=age)]})
+    frame = frame.with_columns(pl.lit(900.0).alias(fxcu.CLOSE))
+    found = fxcu.problems(frame, now=now, max_age=timedelta(days=5))
+    assert [f.kind for f in found] == ([fxcu.Problem.STALE] if is_stale else [])
+    chosen = fxcu.first_good([fxcu.Result("yahoo", frame=frame)], now=now, max_age=timedelta(days=5))
+    assert chosen.ok is not is_stale
 
 
 # -- Core: plausibility ----------------------------------------------------------------
@@ -1595,6 +1652,25 @@ def test_implausible_names_every_hostile_answer(mode):
 def test_implausible_jump_needs_no_cache_and_dates_the_jump():
     found = vet(hostile_chart("last+50%"))
     assert [f.kind for f in found] == [fxcu.Problem.JUMP] and found[0].since == date(2024, 7, 15)
+
+
+def test_a_bad_print_after_a_five_business_day_gap_is_refused_and_a_real_move_is_kept():
+    """The credible move grows with the square root of the trading days between bars: over a 5-day gap USD/CLP may
+    move 0.16 x sqrt(5) = 0.358 (log). +50% (0.405) is refused by the check and cut by the repair; +30% (0.262,
+    beyond a 1-day 0.16) is kept by both."""
+    history = walk(20, 900.0, [0.001] * 19)  # weekdays from Monday 2024-01-01 to Friday 2024-01-26
+    friday = history[fxcu.DATE].max()
+    assert friday == date(2024, 1, 26) and friday.weekday() == 4
+    after_gap = friday + timedelta(days=7)  # the next Friday: 5 business days later
+    now = datetime.combine(after_gap, datetime.min.time(), UTC)
+    for factor, refused in ((1.5, True), (1.3, False)):
+        bar = pl.DataFrame({fxcu.DATE: [after_gap], fxcu.CLOSE: [history[fxcu.CLOSE][-1] * factor]})
+        found = fxcu.implausible(bar, bar, rules=fxcu.USDCLP_RULES, now=now, history=history)
+        assert [f.kind for f in found] == ([fxcu.Problem.JUMP] if refused else []), factor
+        stored = pl.concat([history, bar])
+        kept, dropped = fxcu.repair(stored, rules=fxcu.USDCLP_RULES, now=now)
+        assert kept.equals(history if refused else stored), factor
+        assert [f.kind for f in dropped] == ([fxcu.Problem.JUMP] if refused else []), factor
 
 
 def test_implausible_cached_days_revised_beyond_the_limit():
@@ -1654,6 +1730,37 @@ def test_implausible_refuses_any_last_bar_beyond_the_limit(n, level, moves, extr
     now = datetime.combine(frame[fxcu.DATE].max(), datetime.min.time(), UTC)
     kinds = {f.kind for f in fxcu.implausible(bad, bad, rules=fxcu.USDCLP_RULES, now=now, history=frame.head(n - 3))}
     assert kinds & {fxcu.Problem.JUMP, fxcu.Problem.OUT_OF_RANGE}
+
+
+@pytest.mark.slow
+@given(
+    st.integers(1, 15),
+    st.floats(0.0, 0.95),
+    st.floats(1.05, 3.0),
+    st.booleans(),
+    st.lists(st.floats(-0.01, 0.01), min_size=19, max_size=19),
+)
+@settings(max_examples=100, deadline=None)
+def test_the_credible_move_grows_with_the_square_root_of_the_gap(gap, inside, beyond, up, moves):
+    """After a gap of `gap` business days (counted here by hand: no holidays), a last bar moved by less than
+    jump x sqrt(gap) is accepted and one moved by more is refused, by the check and by the repair alike."""
+    history = walk(20, 900.0, moves)  # a quiet walk, Monday 2024-01-01 to Friday 2024-01-26
+    day, left = history[fxcu.DATE].max(), gap
+    while left:
+        day += timedelta(days=1)
+        left -= day.weekday() < 5
+    now = datetime.combine(day, datetime.min.time(), UTC)
+    limit = fxcu.USDCLP_RULES.jump * math.sqrt(gap)
+    for share, refused in ((inside, False), (beyond, True)):
+        last = history[fxcu.CLOSE][-1]
+        move = min(share * limit, math.log(1999 / last) if up else math.log(last / 301)) * (1 if up else -1)
+        if refused and abs(move) <= limit:
+            continue  # USD/CLP's range is refused before the jump: not this test's case
+        bar = pl.DataFrame({fxcu.DATE: [day], fxcu.CLOSE: [last * math.exp(move)]})
+        kinds = [f.kind for f in fxcu.implausible(bar, bar, rules=fxcu.USDCLP_RULES, now=now, history=history)]
+        assert kinds == ([fxcu.Problem.JUMP] if refused else []), (gap, move)
+        kept, _ = fxcu.repair(pl.concat([history, bar]), rules=fxcu.USDCLP_RULES, now=now)
+        assert kept.height == history.height + (0 if refused else 1), (gap, move)
 
 
 BAD_ROWS = {"null": None, "nan": math.nan, "inf": math.inf, "1e308": 1e308, "negative": -5.0, "tiny": 1.0}
@@ -2289,6 +2396,26 @@ def test_wis_is_bracher_et_al_at_any_price_level():
         bounds = {"lo95": -z95, "lo80": -z80, "mid": 0.0, "hi80": z80, "hi95": z95}
         row = pl.DataFrame({"actual": [1.0 + shift]} | {k: [v + shift] for k, v in bounds.items()})
         assert fxcu.wis(row, quantiles)["m"][0] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_wis_counts_the_median_term_by_hand():
+    """Bracher et al. (2021) eq. 2 by hand, median 4 and outcome 10 (above both intervals), then outcome 3 (inside):
+
+    y = 10: |y - m| / 2 = 3; IS80 = (6 - 2) + 2 / 0.2 x (10 - 6) = 44, weighted 0.2 / 2 -> 4.4; IS95 = (8 - 1)
+    + 2 / 0.05 x (10 - 8) = 87, weighted 0.05 / 2 -> 2.175; (3 + 4.4 + 2.175) / 2.5 = 3.83.
+    y = 3: 0.5 + 0.1 x 4 + 0.025 x 7 = 1.075; / 2.5 = 0.43. Without the median term they would be 2.63 and 0.23.
+    """
+    row = pl.DataFrame({"actual": [10.0, 3.0], "lo95": 1.0, "lo80": 2.0, "mid": 4.0, "hi80": 6.0, "hi95": 8.0})
+    scored = fxcu.wis(row, {"m": ["lo95", "lo80", "mid", "hi80", "hi95"]})
+    assert scored["m"].to_list() == pytest.approx([3.83, 0.43], rel=1e-12)
+    # the ledger's path: a live row forecast 4 with those bounds, its target closing at 10
+    entry = ledger_row(date(2024, 1, 2), date(2024, 1, 9), forecast=4.0, last=4.0)
+    entry |= {"lo_80": 2.0, "hi_80": 6.0, "lo_95": 1.0, "hi_95": 8.0}
+    entry |= {"rw_lo_80": 2.0, "rw_hi_80": 6.0, "rw_lo_95": 1.0, "rw_hi_95": 8.0}
+    ledger = fxcu.upsert_ledger(fxcu.empty_ledger(), [entry])
+    prices = pl.DataFrame({fxcu.DATE: [date(2024, 1, 9)], fxcu.CLOSE: [10.0]})
+    scored = fxcu.score_ledger(ledger, prices).row(0, named=True)
+    assert scored["wis"] == pytest.approx(3.83, rel=1e-12) and scored["rw_wis"] == pytest.approx(3.83, rel=1e-12)
 
 
 # -- Core: interval (variance) models and the weekly density backtest ------------------
