@@ -521,7 +521,9 @@ def synthetic_ledger(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """n daily 7d forecasts and the closes on their targets: the served error is sigma*u, the random walk's sigma*v.
 
-    With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction.
+    With z80/z95 the normal quantiles (1.2816, 1.96) the ranges are calibrated by construction. Every row
+    is scored here, by hand (`scored_by_hand`), not by `score_ledger`: the fixtures of `check_track`,
+    `track_stats` and `track_perf` hold scores fxcu did not compute.
     """
     rng = np.random.default_rng(seed)
     sigma, rows, closes = 10.0, [], {}
@@ -531,21 +533,33 @@ def synthetic_ledger(
         y = 800 + rng.normal(0, 30)
         point, last = y + served_scale * sigma * rng.normal(), y + sigma * rng.normal()
         closes[target] = y
-        rows.append(
-            ledger_row(
-                origin,
-                target,
-                forecast=point,
-                last=last,
-                half80=z80 * sigma * served_scale,
-                half95=z95 * sigma * served_scale,
-                rw_half80=1.2816 * sigma,
-                rw_half95=1.96 * sigma,
-                ratio=ratio,
-            )
+        row = ledger_row(
+            origin,
+            target,
+            forecast=point,
+            last=last,
+            half80=z80 * sigma * served_scale,
+            half95=z95 * sigma * served_scale,
+            rw_half80=1.2816 * sigma,
+            rw_half95=1.96 * sigma,
+            ratio=ratio,
         )
+        rows.append(row | scored_by_hand(row, target, y))
     prices = prices_on(dict(sorted(closes.items())))
-    return fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices), prices
+    return fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices
+
+
+def scored_by_hand(row: dict, actual_date: date, y: float) -> dict:
+    """The score columns of a ledger row whose target closed at `y` on `actual_date`, each written out here."""
+    out: dict = {"actual_date": actual_date, "actual": y}
+    for p, point in (("", row["forecast"]), ("rw_", row["last_close"])):
+        bounds = {lv: (row[f"{p}lo_{lv}"], row[f"{p}hi_{lv}"]) for lv in (80, 95)}
+        out[f"{p}error"] = point - y
+        out[f"{p}abs_error"] = abs(point - y)
+        out[f"{p}pct_error"] = (point - y) / y * 100
+        out |= {f"{p}hit_{lv}": lo <= y <= hi for lv, (lo, hi) in bounds.items()}
+        out[f"{p}wis"] = bracher_wis(y, point, bounds)
+    return out
 
 
 class SMTPServer:
@@ -2030,15 +2044,28 @@ def test_stale_copper_is_a_degraded_reason_and_leaves_the_forecast():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"])
 
 
+def copper_known_before(days: list[date], copper: pl.DataFrame, max_gap: int | None = None) -> list[float | None]:
+    """Per USD/CLP day, the last copper close dated strictly before it (none older than `max_gap` days): a plain loop
+    over the raw copper rows, the oracle of `align_copper`."""
+    stamps, closes = copper[fxcu.DATE].to_list(), copper[fxcu.CLOSE].to_list()
+    out = []
+    for day in days:
+        known = [(d, c) for d, c in zip(stamps, closes, strict=True) if d < day]
+        last = max(known) if known else None
+        out.append(None if last is None or (max_gap is not None and (day - last[0]).days > max_gap) else last[1])
+    return out
+
+
 def test_correlation_matches_numpy_on_real_data():
     copper, usdclp = real_copper(), real_usdclp()
-    aligned = fxcu.align_copper(usdclp, copper).drop_nulls()
     features = fxcu.copper_features(copper, usdclp)
-    day = aligned[fxcu.DATE][-1]
-    window = aligned.tail(91)
-    rc = np.diff(np.log(window["copper"].to_numpy()))
-    ru = np.diff(np.log(window["usdclp"].to_numpy()))
+    days = usdclp[fxcu.DATE].to_list()[-91:]
+    known = copper_known_before(days, copper.filter(pl.col(fxcu.DATE) >= days[0] - timedelta(days=30)), max_gap=7)
+    assert None not in known  # no gap in the last 91 days: the window holds 90 returns of both
+    rc = np.diff(np.log(known))
+    ru = np.diff(np.log(usdclp[fxcu.CLOSE].to_numpy()[-91:]))
     expected = np.corrcoef(rc, ru)[0, 1]
+    day = days[-1]
     assert features.filter(pl.col(fxcu.DATE) == day)["copper_usdclp_correlation_90d"].item() == pytest.approx(expected)
     in_range = features.filter(pl.col(fxcu.DATE).dt.year().is_between(2010, 2024))["copper_usdclp_correlation_90d"]
     assert in_range.median() < 0  # copper up, peso up: USD/CLP down
@@ -2230,13 +2257,14 @@ def test_final_and_online_weight_rules():
 def test_copper_frame_regressor_is_known_at_every_origin():
     usdclp, copper = make_prices(300, seed=1), make_prices(300, seed=2, level=4.0)
     uni, exog, dates = fxcu.univariate_frame(usdclp), fxcu.copper_frame(usdclp, copper, 5), fxcu.ds_dates(usdclp)
-    aligned = fxcu.align_copper(usdclp, copper)
+    days = usdclp[fxcu.DATE].to_list()
     date_of = dict(dates.iter_rows())
     lag_of = dict(exog.select("ds", "copper_lag").iter_rows())
     # the row dated D carries the copper known 5 trading days before D (itself from before that day)
     for ds in (10, 100, 250):
-        source_row = aligned[fxcu.DATE].to_list().index(date_of[ds]) - 5
-        assert lag_of[ds] == pytest.approx(math.log(aligned["copper"][source_row]))
+        five_before = days[days.index(date_of[ds]) - 5]
+        (known,) = copper_known_before([five_before], copper)
+        assert lag_of[ds] == pytest.approx(math.log(known))
     assert uni["ds"].to_list() == dates["ds"].to_list() and set(exog["ds"]) <= set(uni["ds"])
     assert exog["ds"].max() == uni["ds"].max()
     # no daily copper, no copper frame
@@ -2602,6 +2630,22 @@ def test_density_backtest_on_real_data(real_density_7d):
     assert db.live in fxcu.RUN_INTERVAL_MODELS
 
 
+def oracle_blend_variance(logp: np.ndarray, steps: int) -> np.ndarray:
+    """EWMA_5d_blend's variance of the k-day log return, k = 1..steps, in plain loops (docs/FORECASTING.md's recipe):
+    the EWMA (decay 0.97, started at the first) of squared overlapping 5-day returns, per day, blended with their
+    mean, today's weight (1 - 0.98^k) / (k (1 - 0.98)) as a variance shock decays, times k."""
+    weekly = [(logp[i] - logp[i - 5]) ** 2 for i in range(5, len(logp))]
+    level = weekly[0]
+    for x in weekly[1:]:
+        level = 0.97 * level + 0.03 * x
+    daily_now, daily_long = level / 5, sum(weekly) / len(weekly) / 5
+    out = []
+    for k in range(1, steps + 1):
+        weight = (1 - 0.98**k) / (k * (1 - 0.98))
+        out.append((weight * daily_now + (1 - weight) * daily_long) * k)
+    return np.array(out)
+
+
 @pytest.mark.slow
 def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     fc = real_forecast_7d
@@ -2619,8 +2663,7 @@ def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     chosen = dataclasses.replace(fc.density, live="EWMA_5d_blend")
     other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
     assert other.interval_model == "EWMA_5d_blend" and "EWMA of 5-day returns blended" in other.interval_label
-    logp, _, cu = fxcu.log_prices(real_usdclp(), real_copper())
-    var = fxcu.variance_paths(logp[-fxcu.HISTORY :], cu[-fxcu.HISTORY :], 5, ["EWMA_5d_blend"])["EWMA_5d_blend"]
+    var = oracle_blend_variance(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-fxcu.HISTORY :]), 5)
     ens2 = other.path.filter(pl.col("model") == fxcu.ENSEMBLE)
     assert np.log(ens2["hi_95"].to_numpy() / ens2["forecast"].to_numpy()) == pytest.approx(1.959964 * np.sqrt(var))
     assert np.log(ens2["forecast"].to_numpy() / ens2["lo_80"].to_numpy()) == pytest.approx(1.2815516 * np.sqrt(var))
@@ -2729,9 +2772,7 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
     for group in ("calm", "middle", "turbulent", "2022", "2019_10_2020_06"):
         assert f"7d_range_coverage_80_{group}" in m and f"range_Naive_coverage_95_{group}" in m
     report = Path(out["report"]).read_text()
-    assert (
-        "## Range backtest (252 weekly origins" in report and f"Served range: {fxcu.INTERVAL_MODELS[model]}" in report
-    )
+    assert "## Range backtest (252 weekly origins" in report and f"Served range: {words[model]}" in report
     assert f"served: {out['interval_label']}" in report
 
 
@@ -3162,10 +3203,19 @@ def test_check_track_grades_only_live_rows():
     assert fxcu.check_track(ledger.with_columns(kind=pl.lit("reconstructed")), today=date(2024, 1, 15))[0][1] == "OK"
 
 
+def test_score_ledger_matches_the_scores_written_out_by_hand():
+    """`score_ledger` on the unscored synthetic ledger gives, column by column, `scored_by_hand`'s scores."""
+    by_hand, prices = synthetic_ledger(60, z80=0.6, z95=1.0, seed=5)  # narrow ranges: hits and misses both
+    unscored = by_hand.with_columns(pl.lit(None).cast(by_hand.schema[c]).alias(c) for c in fxcu.SCORE_COLUMNS)
+    scored = fxcu.score_ledger(unscored, prices)
+    assert 0 < by_hand["hit_80"].sum() < 60 and 0 < by_hand["rw_hit_95"].sum() < 60
+    assert_frame_equal(scored, by_hand, check_exact=False, rel_tol=1e-9)
+
+
 def test_track_stats_last_n_and_misses_by_hand():
     ledger, _ = synthetic_ledger(30, z80=1.2816, z95=1.96, seed=3)
     stats = fxcu.track_record(ledger, ["7d"], last=20)["7d"]
-    tail = ledger.sort("origin").tail(20)
+    tail = ledger.sort("origin").tail(20)  # scored by hand in synthetic_ledger
     errors, walk = tail["error"].to_list(), tail["rw_error"].to_list()
     rmse = math.sqrt(sum(e * e for e in errors) / 20)
     assert stats["scored"] == 20 and stats["rmse"] == pytest.approx(rmse)
@@ -3639,7 +3689,7 @@ def test_check_findings_of_broken_facts_each_say_what_is_wrong():
 def test_track_perf_reports_live_coverage_of_the_last_scored_forecasts():
     ledger, _ = synthetic_ledger(200, z80=0.6, z95=1.0)
     scored = ledger.filter(pl.col("kind") == "live").drop_nulls("hit_80").sort("origin").tail(fxcu.CHECK_LAST)
-    want80 = 100 * sum(scored["hit_80"].to_list()) / scored.height  # counted here from the stored hits
+    want80 = 100 * sum(scored["hit_80"].to_list()) / scored.height  # counted here from the hits scored by hand
     perf = {p.label: p for p in fxcu.track_perf(ledger)}
     assert set(perf) == {"live_coverage_80_7d", "live_coverage_95_7d"}
     assert (
