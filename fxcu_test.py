@@ -2083,10 +2083,15 @@ def test_copper_features_monthly_copper_are_all_null():
 
 
 @pytest.mark.parametrize(
-    "bad", [lambda: fxcu.sma("close", 0), lambda: fxcu.rsi("close", -1), lambda: fxcu.trend_signal("close", 50, 20)]
+    ("bad", "words"),
+    [
+        (lambda: fxcu.sma("close", 0), "window must be at least 1, got 0"),
+        (lambda: fxcu.rsi("close", -1), "window must be at least 1, got -1"),
+        (lambda: fxcu.trend_signal("close", 50, 20), "fast window must be shorter than slow"),
+    ],
 )
-def test_feature_parameters_are_checked(bad):
-    with pytest.raises(ValueError):
+def test_feature_parameters_are_checked(bad, words):
+    with pytest.raises(ValueError, match=f"^{re.escape(words)}$"):
         bad()
 
 
@@ -2250,7 +2255,7 @@ def test_final_and_online_weight_rules():
     assert fxcu.final_weights(sq, "naive", names[::-1]) == pytest.approx([0, 1])
     assert fxcu.online_weights(sq, np.array([0, 10]), 5, "naive", names[::-1])[1] == pytest.approx([0, 1])
     assert fxcu.online_weights(sq, np.array([0, 10]), 5, "equal", names)[1] == pytest.approx([0.5, 0.5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown ensemble rule 'median'"):
         fxcu.online_weights(sq, np.array([0, 10]), 5, "median", names)
 
 
@@ -4620,7 +4625,7 @@ def test_write_parquet_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fxcu.os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         fxcu.write_parquet_atomic(make_prices(3), path)
     assert pl.read_parquet(path).equals(old)
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]  # no temp file left behind
@@ -5071,7 +5076,7 @@ def test_write_ledger_is_atomic_and_refuses_to_shrink(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fxcu.os, "replace", broken_replace)
     four = fxcu.upsert_ledger(three, [ledger_row(date(2024, 5, 6), date(2024, 5, 13))])
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         fxcu.write_ledger(four, path)
     assert_frame_equal(fxcu.read_ledger(path), three)
     assert [p.name for p in path.parent.iterdir()] == [fxcu.LEDGER]  # no temp file left behind
@@ -5434,8 +5439,8 @@ def test_stages_time_each_stage_in_order_and_add_repeats():
     stages = fxcu.Stages()
     with stages("fetch"):
         pass
-    with pytest.raises(ValueError), stages("backtest"):  # a failed stage still counts
-        raise ValueError
+    with pytest.raises(ValueError, match="the stage failed"), stages("backtest"):  # a failed stage still counts
+        raise ValueError("the stage failed")
     other = fxcu.Stages()
     with other("fetch"):
         time.sleep(0.01)  # a measured duration, not a retry
