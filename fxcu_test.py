@@ -2603,6 +2603,90 @@ def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
     assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
 
 
+def oracle_choice(frame: pl.DataFrame, models: list[str], steps: int) -> tuple[list[str], list[float], str, list[str]]:
+    """`choose_interval_model` in plain loops: at each origin (and after the last), the mean CRPS (scipy's closed
+    form, `oracle_crps_normal`) over the outcomes whose date ds + steps is on or before it; the lowest wins only by
+    beating Naive's (the first of equals; Naive when nothing is known). Returns picks, served sigmas, live, notes."""
+    rows = frame.to_dicts()
+    crps_of = [
+        {m: float(oracle_crps_normal(np.array(r["y"]), np.array(r["last"]), np.array(r[m]))) for m in models}
+        for r in rows
+    ]
+    chosen = []
+    for origin in [r["ds"] for r in rows] + [math.inf]:
+        known = [c for r, c in zip(rows, crps_of, strict=True) if r["ds"] + steps <= origin]
+        if not known:
+            chosen.append("Naive")
+            continue
+        mean = {m: sum(c[m] for c in known) / len(known) for m in models}
+        best = min(models, key=lambda m: mean[m])  # the first of equals
+        chosen.append(best if mean[best] < mean["Naive"] else "Naive")
+    picks, served = chosen[:-1], [r[m] for r, m in zip(rows, chosen, strict=False)]
+    served_crps = sum(
+        float(oracle_crps_normal(np.array(r["y"]), np.array(r["last"]), np.array(sd)))
+        for r, sd in zip(rows, served, strict=True)
+    ) / len(rows)
+    naive_crps = sum(c["Naive"] for c in crps_of) / len(rows)
+    if served_crps < naive_crps:
+        return picks, served, chosen[-1], []
+    if set(picks) == {"Naive"}:
+        return picks, served, "Naive", []
+    note = (
+        f"choosing a range model lost to Naive's range out of sample ({served_crps / naive_crps:.4f}x its CRPS): "
+        "serving Naive's range"
+    )
+    return picks, served, "Naive", [note]
+
+
+def choice_frame(n: int, seed: int, early: float = 1.0, late: float = 1.0) -> pl.DataFrame:
+    """Origins every 5 days (a 5-day outcome is known exactly at the next origin); outcomes of sd 0.02 x `early` in
+    the first half and x `late` in the second; Naive's sigma 0.02, its twin (a tie goes to Naive), a narrower and
+    a wider one."""
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "last": rng.normal(0, 0.001, n),
+            "y": rng.normal(0, 0.02, n) * np.where(np.arange(n) < n // 2, early, late),
+            "Naive": np.full(n, 0.02),
+            "twin": np.full(n, 0.02),
+            "narrow": rng.uniform(0.004, 0.012, n),
+            "wide": rng.uniform(0.03, 0.06, n),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("models", "early", "late", "live", "noted"),
+    [
+        (["twin", "Naive"], 1.0, 1.0, "Naive", False),  # a tie with Naive: Naive at every origin, nothing to say
+        (["Naive", "twin", "narrow", "wide"], 0.4, 0.4, "narrow", False),  # calm outcomes: narrow wins, served live
+        (["twin", "narrow", "Naive", "wide"], 0.3, 1.5, "Naive", True),  # narrow right early, wrong later: a note
+        (["wide", "Naive", "narrow"], 2.5, 2.5, "wide", False),
+    ],
+)
+def test_choose_interval_model_matches_the_plain_loop(models, early, late, live, noted):
+    """Every pick, every served sigma, the live model and the note, against `oracle_choice` on 30 origins."""
+    frame = choice_frame(30, 1, early, late)
+    picks, served, want_live, notes = oracle_choice(frame, models, 5)
+    assert (want_live, bool(notes)) == (live, noted)  # the cases cover a win, a tie and a loss with a note
+    got = fxcu.choose_interval_model(frame, models, 5)
+    assert list(got.picks) == picks and got.served_sigma.tolist() == pytest.approx(served, rel=1e-12)
+    assert (got.live, list(got.notes)) == (want_live, notes)
+    assert "twin" not in got.picks  # a tie with Naive never moves the pick
+
+
+@given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([0.3, 1.0, 2.0]), st.sampled_from([0.3, 1.0, 2.0]))
+@settings(max_examples=40, deadline=None)
+def test_choose_interval_model_matches_the_plain_loop_on_any_draw(seed, steps, early, late):
+    frame = choice_frame(24, seed, early, late)
+    models = ["twin", "Naive", "narrow", "wide"]
+    picks, served, live, notes = oracle_choice(frame, models, steps)
+    got = fxcu.choose_interval_model(frame, models, steps)
+    assert list(got.picks) == picks and got.served_sigma.tolist() == pytest.approx(served, rel=1e-12)
+    assert (got.live, list(got.notes)) == (live, notes)
+
+
 def test_density_origins_are_weekly_and_leave_the_longest_horizon_known():
     rows = fxcu.density_origins(1000, longest=65, origins=50, every=5, min_history=500)
     assert rows[-1] == 1000 - 1 - 65 and np.all(np.diff(rows) == 5) and len(rows) == 50
