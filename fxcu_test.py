@@ -1524,6 +1524,15 @@ def test_merge_prices_revised_values_replace_and_fallback_never_overwrites_prima
     assert merged[fxcu.SOURCE].to_list() == ["yahoo", "yahoo", "mindicador"]
 
 
+def test_merge_prices_into_no_cache_is_the_fetch_in_date_order():
+    days = [date(2024, 1, 4), date(2024, 1, 2), date(2024, 1, 3)]
+    fetched = provenance(pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [903.0, 901.0, 902.0]}), "mindicador")
+    in_order = fetched.sort(fxcu.DATE)
+    assert in_order[fxcu.CLOSE].to_list() == [901.0, 902.0, 903.0]
+    assert_frame_equal(fxcu.merge_prices(None, fetched), in_order)
+    assert_frame_equal(fxcu.merge_prices(fetched.clear(), fetched), in_order)
+
+
 # -- Core: choosing a source -----------------------------------------------------------
 
 
