@@ -1533,6 +1533,17 @@ def test_merge_prices_into_no_cache_is_the_fetch_in_date_order():
     assert_frame_equal(fxcu.merge_prices(fetched.clear(), fetched), in_order)
 
 
+def test_merge_prices_ranks_a_source_it_does_not_know_below_every_known_one():
+    """A row from a source name fxcu does not rank (a hand import) never replaces a known source's, nor the reverse."""
+    day = [date(2024, 1, 2), date(2024, 1, 3)]
+    seed = provenance(pl.DataFrame({fxcu.DATE: day, fxcu.CLOSE: [900.0, 901.0]}), "seed")
+    hand = provenance(pl.DataFrame({fxcu.DATE: [day[1], date(2024, 1, 4)], fxcu.CLOSE: [950.0, 951.0]}), "by hand")
+    for cached, fetched in ((seed, hand), (hand, seed)):
+        merged = fxcu.merge_prices(cached, fetched)
+        assert merged[fxcu.CLOSE].to_list() == [900.0, 901.0, 951.0]
+        assert merged[fxcu.SOURCE].to_list() == ["seed", "seed", "by hand"]
+
+
 # -- Core: choosing a source -----------------------------------------------------------
 
 
@@ -2686,7 +2697,7 @@ def test_choose_interval_model_matches_the_plain_loop(models, early, late, live,
 
 
 @given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([0.3, 1.0, 2.0]), st.sampled_from([0.3, 1.0, 2.0]))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 def test_choose_interval_model_matches_the_plain_loop_on_any_draw(seed, steps, early, late):
     frame = choice_frame(24, seed, early, late)
     models = ["twin", "Naive", "narrow", "wide"]
@@ -3246,6 +3257,24 @@ def test_check_track_coverage_at_and_just_outside_the_band(n, band):
         name, got, message = fxcu.check_track_coverage("15d", n, {80: cover, 95: 0.97}, level=0.99)
         assert (name, got) == ("track 15d coverage", level)
         assert message.endswith(f"over the last {n}" + ("" if level == "WARNING" else ", within chance"))
+
+
+def test_check_track_coverage_says_every_level_in_words():
+    """Both levels named, in the order given; bands by hand from scipy's binom.interval(0.99, 60, p): 80% [40, 55]
+    and 95% [52, 60] of 60."""
+    both_out = fxcu.check_track_coverage("30d", 60, {80: 0.6, 95: 0.8}, level=0.99)
+    assert both_out == (
+        "track 30d coverage",
+        "WARNING",
+        "80% coverage 60% outside [67%, 92%]; 95% coverage 80% outside [87%, 100%] over the last 60",
+    )
+    inside = fxcu.check_track_coverage("30d", 60, {80: 0.8, 95: 0.95}, level=0.99)
+    assert inside == ("track 30d coverage", "OK", "80% 80%, 95% 95% over the last 60, within chance")
+
+
+def test_overall_of_no_checks_is_ok():
+    assert fxcu.overall([]) == "OK"
+    assert fxcu.overall([("a", "WARNING", ""), ("b", "CRITICAL", ""), ("c", "OK", "")]) == "CRITICAL"
 
 
 def test_check_track_ratio_does_not_test_too_few():
