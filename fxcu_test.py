@@ -1533,6 +1533,15 @@ def test_merge_prices_into_no_cache_is_the_fetch_in_date_order():
     assert_frame_equal(fxcu.merge_prices(fetched.clear(), fetched), in_order)
 
 
+def test_merge_prices_a_revision_of_every_day_replaces_every_day():
+    """4,664 real days revised at once: every fresh close wins from the same source, none from a fallback (a tie in
+    rank and date is broken by freshness, never by the order a sort happens to leave)."""
+    cached = provenance(real_usdclp(), "yahoo")
+    revised = cached.with_columns(pl.col(fxcu.CLOSE) * 1.01)
+    assert_frame_equal(fxcu.merge_prices(cached, revised), revised)
+    assert_frame_equal(fxcu.merge_prices(cached, revised.with_columns(pl.lit("mindicador").alias(fxcu.SOURCE))), cached)
+
+
 def test_merge_prices_ranks_a_source_it_does_not_know_below_every_known_one():
     """A row from a source name fxcu does not rank (a hand import) never replaces a known source's, nor the reverse."""
     day = [date(2024, 1, 2), date(2024, 1, 3)]
@@ -1889,8 +1898,12 @@ def test_read_cache_drops_null_closes_instead_of_rejecting_the_cache(tmp_path):
     assert pl.read_parquet(next(tmp_path.glob(f"{fxcu.USDCLP_CACHE}.rejected-*"))).height == 3
 
 
-@pytest.mark.parametrize(("last", "level"), [(date(2099, 1, 5), "CRITICAL"), (date(2026, 11, 27), "OK")])
+@pytest.mark.parametrize(
+    ("last", "level"),
+    [(date(2099, 1, 5), "CRITICAL"), (date(2026, 11, 28), "CRITICAL"), (date(2026, 11, 27), "OK")],
+)
 def test_check_age_never_calls_a_future_date_fresh(last, level):
+    """Tomorrow's date is a bar already dated in its own time zone (OK); the day after is the future (CRITICAL)."""
     assert (
         fxcu.check_age("usdclp", last, today=date(2026, 11, 26), warn_days=5, critical_days=30, missing="CRITICAL")[1]
         == level
