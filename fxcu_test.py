@@ -1860,9 +1860,42 @@ def test_repair_cuts_a_poisoned_tail_and_keeps_a_real_crash():
     poisoned = pl.concat([history.head(history.height - 3), tail])
     kept, found = fxcu.repair(poisoned, rules=fxcu.USDCLP_RULES, now=CLP_END)
     assert kept.equals(history.head(history.height - 3)) and [f.kind for f in found] == [fxcu.Problem.JUMP]
+    closes, days = history[fxcu.CLOSE].to_list(), history[fxcu.DATE].to_list()
+    jump = abs(math.log(closes[-3] * 1.5 / closes[-4]))  # by hand: the first poisoned close over the last good one
+    assert found[0].since == days[-3] == date(2024, 7, 11)
+    assert (
+        str(found[0])
+        == f"3 rows from 2024-07-11 after a {jump:.0%} (log) jump"
+        == "3 rows from 2024-07-11 after a 38% (log) jump"
+    )
     copper = real_copper()  # HG=F fell 25% on 2025-07-31 (real): kept
     kept, found = fxcu.repair(copper, rules=fxcu.COPPER_RULES, now=datetime(2026, 2, 24, tzinfo=UTC))
     assert kept.equals(copper) and found == []
+
+
+def test_repair_keeps_a_move_of_exactly_the_limit_and_a_history_split_in_equal_halves():
+    """A move of exactly the credible limit is credible; a jump with as many rows after it as before cannot say
+    which side is wrong, so nothing is cut. The limit is the move polars computes, so equality is exact."""
+    days = [date(2024, 1, 1) + timedelta(days=k) for k in range(4)]  # Monday .. Thursday: one trading day apart
+    closes = [900.0, 901.0, 902.0, 1400.0]
+    moves = pl.DataFrame({fxcu.CLOSE: closes}).select(
+        (pl.col(fxcu.CLOSE).log() - pl.col(fxcu.CLOSE).shift(1).log()).abs()
+    )
+    limit = moves[fxcu.CLOSE][-1]
+    rules = dataclasses.replace(fxcu.USDCLP_RULES, jump=limit)
+    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: closes})
+    now = datetime(2024, 1, 5, tzinfo=UTC)
+    kept, found = fxcu.repair(frame, rules=rules, now=now)
+    assert kept.equals(frame) and found == []  # 0.44 (log) when 0.44 is allowed: kept
+    halves = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [900.0, 901.0, 1400.0, 1401.0]})  # the jump between 2 and 2
+    kept, found = fxcu.repair(halves, rules=fxcu.USDCLP_RULES, now=now)
+    assert kept.equals(halves) and found == []
+    longer_tail = pl.concat([halves, pl.DataFrame({fxcu.DATE: [date(2024, 1, 5)], fxcu.CLOSE: [1402.0]})])
+    kept, found = fxcu.repair(longer_tail, rules=fxcu.USDCLP_RULES, now=now)
+    assert kept.equals(longer_tail) and found == []  # three newer rows outnumber two older ones: the newer side stays
+    shorter_tail = pl.concat([pl.DataFrame({fxcu.DATE: [date(2023, 12, 29)], fxcu.CLOSE: [899.0]}), halves])
+    kept, found = fxcu.repair(shorter_tail, rules=fxcu.USDCLP_RULES, now=now)
+    assert kept.equals(shorter_tail.head(3)) and [f.since for f in found] == [date(2024, 1, 3)]
 
 
 def test_confirms_needs_the_same_closes_on_the_jumped_days():
