@@ -1873,6 +1873,28 @@ def test_repair_cuts_a_poisoned_tail_and_keeps_a_real_crash():
     assert kept.equals(copper) and found == []
 
 
+def test_repair_names_each_kind_of_row_it_drops():
+    """The warehouse an older release poisoned (docs/RELIABILITY.md): each rule's rows counted and named, in order."""
+    history = real_usdclp()
+    rows = pl.concat(
+        [
+            history.with_columns(
+                pl.when(pl.int_range(pl.len()) == 100).then(None).otherwise(pl.col(fxcu.CLOSE)).alias(fxcu.CLOSE)
+            ),
+            pl.DataFrame({fxcu.DATE: [date(2099, 1, 5), date(1983, 1, 3)], fxcu.CLOSE: [900.0, 900.0]}),
+            pl.DataFrame({fxcu.DATE: [date(2024, 7, 17)], fxcu.CLOSE: [math.inf]}),
+        ]
+    )
+    kept, found = fxcu.repair(rows, rules=fxcu.USDCLP_RULES, now=CLP_END)
+    assert kept.equals(history.filter(pl.int_range(pl.len()) != 100))
+    assert [(f.kind, str(f)) for f in found] == [
+        (fxcu.Problem.NULL_CLOSES, "1 rows null closes"),
+        (fxcu.Problem.NOT_FINITE, "1 rows non-finite closes"),
+        (fxcu.Problem.FUTURE_DATE, "1 rows dated after 2024-07-17"),
+        (fxcu.Problem.TOO_EARLY, "1 rows dated before 1984-01-01"),
+    ]
+
+
 def test_repair_keeps_a_move_of_exactly_the_limit_and_a_history_split_in_equal_halves():
     """A move of exactly the credible limit is credible; a jump with as many rows after it as before cannot say
     which side is wrong, so nothing is cut. The limit is the move polars computes, so equality is exact."""
