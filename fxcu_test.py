@@ -577,6 +577,9 @@ def scored_by_hand(row: dict, actual_date: date, y: float) -> dict:
         out[f"{p}pct_error"] = (point - y) / y * 100
         out |= {f"{p}hit_{lv}": lo <= y <= hi for lv, (lo, hi) in bounds.items()}
         out[f"{p}wis"] = bracher_wis(y, point, bounds)
+    # PIT: the served Gaussian's CDF at the close, in log price; a row without its scale takes its 95% width's
+    scale = row.get("scale") or math.log(row["hi_95"] / row["lo_95"]) / (2 * NormalDist().inv_cdf(0.975))
+    out["pit"] = NormalDist().cdf(math.log(y / row["forecast"]) / scale)
     return out
 
 
