@@ -1210,7 +1210,7 @@ def collected(folder: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_bare_clone_collects_every_test_reading_nothing_outside_it(tmp_path, request):
-    """The README's test command in a clone with nothing beside it: no `../shared`, no data dir, no cache.
+    """The README's test command in a clone with nothing beside it: no sibling folder, no data dir, no cache.
 
     The clone is git's tracked files as they are now (committed or not), so a file the tests need that was never
     added to git fails here as it would in a stranger's clone.
