@@ -1577,6 +1577,9 @@ def test_first_good_per_source_limits_and_monthly_leeway():
     results = [fxcu.Result("fred", frame=monthly, frequency="monthly")]
     assert fxcu.first_good(results, now=NOW, max_age={"fred": timedelta(days=5)}).source == "fred"
     assert fxcu.first_good([fxcu.Result("cache", frame=stale)], now=NOW, max_age={"yahoo": timedelta(days=5)}).ok
+    # a limit named for a source holds that source to it
+    results = [fxcu.Result("yahoo", frame=stale), fxcu.Result("cache", frame=fresh)]
+    assert fxcu.first_good(results, now=NOW, max_age={"yahoo": timedelta(days=5)}).source == "cache"
 
 
 def test_refusal_words_one_result_without_its_source_name():
