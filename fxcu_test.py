@@ -1570,6 +1570,9 @@ def test_first_good_all_failed_joins_reasons():
     results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("cache", frame=stale)]
     chosen = fxcu.first_good(results, now=NOW, max_age=timedelta(days=5))
     assert not chosen.ok and "yahoo: HTTP 503" in chosen.error and "cache: stale" in chosen.error
+    assert chosen.source == "none" and chosen.frame is None
+    nothing = fxcu.first_good([], now=NOW, max_age=timedelta(days=5), serve_stale=True)
+    assert (nothing.source, nothing.error, nothing.ok) == ("none", "no sources", False)
 
 
 def test_first_good_per_source_limits_and_monthly_leeway():
