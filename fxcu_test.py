@@ -1597,6 +1597,10 @@ def test_refusal_words_one_result_without_its_source_name():
     # a monthly series may lag 75 days whatever the limit asked
     monthly = make_prices(3, start=date(2023, 11, 1))
     assert fxcu.refusal(fxcu.Result("fred", frame=monthly, frequency="monthly"), now=NOW, max_age=five) is None
+    # but not more: a monthly series 76 days old is stale
+    old = pl.DataFrame({fxcu.DATE: [date(2023, 10, 1), date(2023, 10, 26)], fxcu.CLOSE: [4.0, 4.1]})
+    stale_monthly = fxcu.Result("fred", frame=old, frequency="monthly")
+    assert fxcu.refusal(stale_monthly, now=NOW, max_age=five) == "stale: last date 2023-10-26 is 76 days old"
 
 
 def aged(days: int, close: float | None = 900.0) -> pl.DataFrame:
