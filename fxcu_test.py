@@ -1601,6 +1601,11 @@ def test_refusal_words_one_result_without_its_source_name():
     old = pl.DataFrame({fxcu.DATE: [date(2023, 10, 1), date(2023, 10, 26)], fxcu.CLOSE: [4.0, 4.1]})
     stale_monthly = fxcu.Result("fred", frame=old, frequency="monthly")
     assert fxcu.refusal(stale_monthly, now=NOW, max_age=five) == "stale: last date 2023-10-26 is 76 days old"
+    holes = old.with_columns(pl.lit(None, pl.Float64).alias(fxcu.CLOSE))  # two problems: one line
+    assert (
+        fxcu.refusal(fxcu.Result("fred", frame=holes, frequency="monthly"), now=NOW, max_age=five)
+        == "null or non-positive closes; stale: last date 2023-10-26 is 76 days old"
+    )
 
 
 def aged(days: int, close: float | None = 900.0) -> pl.DataFrame:
