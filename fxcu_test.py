@@ -1748,6 +1748,21 @@ def test_a_bad_print_after_a_five_business_day_gap_is_refused_and_a_real_move_is
         assert [f.kind for f in dropped] == ([fxcu.Problem.JUMP] if refused else []), factor
 
 
+def test_the_credible_move_counts_trading_days_at_least_one():
+    """Over one trading day USD/CLP may move 0.16 (log): +20% (0.182) the next day is refused, +15% (0.140) kept.
+    A Saturday bar an older release stored, then Monday: no trading day between them, still one day's move."""
+    history = walk(5, 900.0, [0.001] * 4)  # Monday 2024-01-01 .. Friday 2024-01-05
+    now = datetime(2024, 1, 9, tzinfo=UTC)
+    for factor, refused in ((1.2, True), (1.15, False)):
+        bar = pl.DataFrame({fxcu.DATE: [date(2024, 1, 8)], fxcu.CLOSE: [history[fxcu.CLOSE][-1] * factor]})
+        found = fxcu.implausible(bar, bar, rules=fxcu.USDCLP_RULES, now=now, history=history)
+        assert [f.kind for f in found] == ([fxcu.Problem.JUMP] if refused else []), factor
+    saturday = pl.DataFrame({fxcu.DATE: [date(2024, 1, 6), date(2024, 1, 8)], fxcu.CLOSE: [905.0, 910.0]})
+    stored = pl.concat([history, saturday])
+    kept, found = fxcu.repair(stored, rules=fxcu.USDCLP_RULES, now=now)
+    assert kept.equals(stored) and found == []
+
+
 def test_implausible_cached_days_revised_beyond_the_limit():
     history = cached_usdclp().with_columns(
         pl.when(pl.col(fxcu.DATE) == CACHE_END)
