@@ -3591,6 +3591,8 @@ def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
         (2, 1, 0.1, "OK"),  # crit below warn: lower bounds, as free disk
         (0.5, 1, 0.1, "WARNING"),
         (0.05, 1, 0.1, "CRITICAL"),
+        (6, 5, 5, "CRITICAL"),  # equal limits are upper bounds: past both is CRITICAL
+        (4, 5, 5, "OK"),
     ],
 )
 def test_grade_upper_and_lower_limits(value, warn, crit, level):
