@@ -1421,6 +1421,15 @@ def test_clean_prices_never_keeps_a_zero_or_negative_close():
     assert cleaned.removed == {"null or non-positive bars": [days[1], days[3], days[4]]}
 
 
+def test_clean_prices_drops_saturday_and_sunday_rows_of_a_daily_series_only():
+    days = [date(2024, 1, 5), date(2024, 1, 6), date(2024, 1, 7), date(2024, 1, 8)]  # Friday .. Monday
+    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [900.0, 901.0, 902.0, 903.0]})
+    daily = fxcu.clean_prices(frame)
+    assert daily.frame[fxcu.DATE].to_list() == [days[0], days[3]]
+    assert daily.removed == {"weekend rows": [days[1], days[2]]}
+    assert fxcu.clean_prices(frame, frequency="monthly").frame[fxcu.DATE].to_list() == days
+
+
 def test_clean_prices_removes_an_isolated_spike():
     frame = make_prices(30)
     spiked = frame.with_columns(
