@@ -2803,6 +2803,7 @@ def test_choose_interval_model_matches_the_plain_loop(models, early, late, live,
     assert "twin" not in got.picks  # a tie with Naive never moves the pick
 
 
+@pytest.mark.slow
 @given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([0.3, 1.0, 2.0]), st.sampled_from([0.3, 1.0, 2.0]))
 @settings(max_examples=25, deadline=None)
 def test_choose_interval_model_matches_the_plain_loop_on_any_draw(seed, steps, early, late):
