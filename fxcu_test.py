@@ -1627,6 +1627,15 @@ def test_clean_prices_never_keeps_a_zero_or_negative_close():
     assert cleaned.removed == {"null or non-positive bars": [days[1], days[3], days[4]]}
 
 
+def test_clean_prices_drops_saturday_and_sunday_rows_of_a_daily_series_only():
+    days = [date(2024, 1, 5), date(2024, 1, 6), date(2024, 1, 7), date(2024, 1, 8)]  # Friday .. Monday
+    frame = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [900.0, 901.0, 902.0, 903.0]})
+    daily = fxcu.clean_prices(frame)
+    assert daily.frame[fxcu.DATE].to_list() == [days[0], days[3]]
+    assert daily.removed == {"weekend rows": [days[1], days[2]]}
+    assert fxcu.clean_prices(frame, frequency="monthly").frame[fxcu.DATE].to_list() == days
+
+
 def test_clean_prices_removes_an_isolated_spike():
     frame = make_prices(30)
     spiked = frame.with_columns(
@@ -1776,6 +1785,9 @@ def test_first_good_all_failed_joins_reasons():
     results = [fxcu.Result("yahoo", error="HTTP 503"), fxcu.Result("cache", frame=stale)]
     chosen = fxcu.first_good(results, now=NOW, max_age=timedelta(days=5))
     assert not chosen.ok and "yahoo: HTTP 503" in chosen.error and "cache: stale" in chosen.error
+    assert chosen.source == "none" and chosen.frame is None
+    nothing = fxcu.first_good([], now=NOW, max_age=timedelta(days=5), serve_stale=True)
+    assert (nothing.source, nothing.error, nothing.ok) == ("none", "no sources", False)
 
 
 def test_first_good_per_source_limits_and_monthly_leeway():
@@ -1783,6 +1795,9 @@ def test_first_good_per_source_limits_and_monthly_leeway():
     results = [fxcu.Result("fred", frame=monthly, frequency="monthly")]
     assert fxcu.first_good(results, now=NOW, max_age={"fred": timedelta(days=5)}).source == "fred"
     assert fxcu.first_good([fxcu.Result("cache", frame=stale)], now=NOW, max_age={"yahoo": timedelta(days=5)}).ok
+    # a limit named for a source holds that source to it
+    results = [fxcu.Result("yahoo", frame=stale), fxcu.Result("cache", frame=fresh)]
+    assert fxcu.first_good(results, now=NOW, max_age={"yahoo": timedelta(days=5)}).source == "cache"
 
 
 def test_refusal_words_one_result_without_its_source_name():
@@ -1797,6 +1812,15 @@ def test_refusal_words_one_result_without_its_source_name():
     # a monthly series may lag 75 days whatever the limit asked
     monthly = make_prices(3, start=date(2023, 11, 1))
     assert fxcu.refusal(fxcu.Result("fred", frame=monthly, frequency="monthly"), now=NOW, max_age=five) is None
+    # but not more: a monthly series 76 days old is stale
+    old = pl.DataFrame({fxcu.DATE: [date(2023, 10, 1), date(2023, 10, 26)], fxcu.CLOSE: [4.0, 4.1]})
+    stale_monthly = fxcu.Result("fred", frame=old, frequency="monthly")
+    assert fxcu.refusal(stale_monthly, now=NOW, max_age=five) == "stale: last date 2023-10-26 is 76 days old"
+    holes = old.with_columns(pl.lit(None, pl.Float64).alias(fxcu.CLOSE))  # two problems: one line
+    assert (
+        fxcu.refusal(fxcu.Result("fred", frame=holes, frequency="monthly"), now=NOW, max_age=five)
+        == "null or non-positive closes; stale: last date 2023-10-26 is 76 days old"
+    )
 
 
 def aged(days: int, close: float | None = 900.0) -> pl.DataFrame:
@@ -1937,6 +1961,21 @@ def test_a_bad_print_after_a_five_business_day_gap_is_refused_and_a_real_move_is
         kept, dropped = fxcu.repair(stored, rules=fxcu.USDCLP_RULES, now=now)
         assert kept.equals(history if refused else stored), factor
         assert [f.kind for f in dropped] == ([fxcu.Problem.JUMP] if refused else []), factor
+
+
+def test_the_credible_move_counts_trading_days_at_least_one():
+    """Over one trading day USD/CLP may move 0.16 (log): +20% (0.182) the next day is refused, +15% (0.140) kept.
+    A Saturday bar an older release stored, then Monday: no trading day between them, still one day's move."""
+    history = walk(5, 900.0, [0.001] * 4)  # Monday 2024-01-01 .. Friday 2024-01-05
+    now = datetime(2024, 1, 9, tzinfo=UTC)
+    for factor, refused in ((1.2, True), (1.15, False)):
+        bar = pl.DataFrame({fxcu.DATE: [date(2024, 1, 8)], fxcu.CLOSE: [history[fxcu.CLOSE][-1] * factor]})
+        found = fxcu.implausible(bar, bar, rules=fxcu.USDCLP_RULES, now=now, history=history)
+        assert [f.kind for f in found] == ([fxcu.Problem.JUMP] if refused else []), factor
+    saturday = pl.DataFrame({fxcu.DATE: [date(2024, 1, 6), date(2024, 1, 8)], fxcu.CLOSE: [905.0, 910.0]})
+    stored = pl.concat([history, saturday])
+    kept, found = fxcu.repair(stored, rules=fxcu.USDCLP_RULES, now=now)
+    assert kept.equals(stored) and found == []
 
 
 def test_implausible_cached_days_revised_beyond_the_limit():
@@ -3038,6 +3077,7 @@ def test_choose_interval_model_matches_the_plain_loop(models, early, late, live,
     assert "twin" not in got.picks  # a tie with Naive never moves the pick
 
 
+@pytest.mark.slow
 @given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([0.3, 1.0, 2.0]), st.sampled_from([0.3, 1.0, 2.0]))
 @settings(max_examples=25, deadline=None)
 def test_choose_interval_model_matches_the_plain_loop_on_any_draw(seed, steps, early, late):
@@ -3961,6 +4001,8 @@ def test_metric_rank_best_is_lowest_nominal_or_highest(name, values, best):
         (2, 1, 0.1, "OK"),  # crit below warn: lower bounds, as free disk
         (0.5, 1, 0.1, "WARNING"),
         (0.05, 1, 0.1, "CRITICAL"),
+        (6, 5, 5, "CRITICAL"),  # equal limits are upper bounds: past both is CRITICAL
+        (4, 5, 5, "OK"),
     ],
 )
 def test_grade_upper_and_lower_limits(value, warn, crit, level):
