@@ -7604,7 +7604,7 @@ def cmd_check(
 ) -> int:
     """Health probe in the Nagios plugin format; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the probe itself failed).
 
-    Imports neither mlflow, statsforecast nor scipy, so monitoring can call it often.
+    Imports neither mlflow nor statsforecast (scipy.stats only to grade a ledger), so monitoring can call it often.
     """
     try:
         limits = limits or Thresholds.from_env(environ, config)
