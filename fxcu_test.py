@@ -878,6 +878,28 @@ def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) ->
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
+def in_fresh_process(commands: list[list[str]], data_dir: Path) -> tuple[list[str], list[int], list[str]]:
+    """`fxcu.main` on each command in one fresh process: its stdout lines, the exit codes, and the mlflow and
+    statsforecast modules it imported by the end."""
+    code = (
+        "import json, sys, fxcu\n"
+        "codes = [fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) for c in json.loads(sys.argv[2])]\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'})\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir), json.dumps(commands)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    *lines, last = out.stdout.strip().splitlines() or [out.stderr]
+    found = json.loads(last)
+    return lines, found["codes"], found["heavy"]
+
+
 @pytest.fixture
 def inprocess(monkeypatch, capsys, caplog):
     """`fxcu.main(ARGS, env)` with retries that do not sleep; log records are added to stderr as the CLI prints them."""
@@ -1304,15 +1326,8 @@ def test_run_logs_its_inputs_as_datasets_digested_from_prices_only(offline_run):
 @pytest.mark.slow
 def test_track_does_not_import_mlflow_or_statsforecast(tmp_path):
     write_real_warehouse(tmp_path)
-    code = (
-        "import sys, fxcu; fxcu.main(['track', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-    assert set(json.loads("\n".join(out.stdout.strip().splitlines()[:-1]))) == set(fxcu.HORIZONS)
+    lines, _, heavy = in_fresh_process([["track", "--json"]], tmp_path)
+    assert heavy == [] and set(json.loads("\n".join(lines))) == set(fxcu.HORIZONS)
 
 
 # -- Values: levels, failures and degradations -----------------------------------------
@@ -3308,7 +3323,6 @@ def test_run_records_params_metrics_tags_and_artifacts_in_mlflow(offline_run):
     assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlflow.db").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run):
     folder, _, result = offline_run
@@ -5561,17 +5575,9 @@ def test_tracking_is_bounded_in_time(data_dir, monkeypatch):
 @pytest.mark.slow
 def test_dashboard_reads_sqlite_without_importing_mlflow(data_dir):
     fxcu.log_run(fxcu.Config.from_env(run_env(data_dir)), record("7d", 20.0), environ={})
-    code = (
-        "import sys, fxcu\n"
-        "for c in (['runs'], ['compare'], ['stats']): assert fxcu.main(c, {'FXCU_DATA_DIR': sys.argv[1]}) == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(data_dir)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert "903" not in out.stdout and "900.00" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", (
-        out.stderr
-    )
+    lines, codes, heavy = in_fresh_process([["runs"], ["compare"], ["stats"]], data_dir)
+    shown = "\n".join(lines)
+    assert codes == [0, 0, 0] and heavy == [] and "903" not in shown and "900.00" in shown
 
 
 @pytest.mark.parametrize(
@@ -6878,14 +6884,8 @@ def test_check_a_broken_status_entry_is_a_finding_not_a_traceback(tmp_path, caps
 
 @pytest.mark.slow
 def test_check_does_not_import_mlflow_or_statsforecast(tmp_path):
-    code = (
-        "import sys, fxcu; fxcu.main(['check'], {'FXCU_DATA_DIR': sys.argv[1]}); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    _, _, heavy = in_fresh_process([["check"]], tmp_path)
+    assert heavy == []
 
 
 def test_check_with_a_ledger_grades_live_coverage_and_the_t_test(tmp_path, capsys):
@@ -6990,15 +6990,8 @@ def test_odds_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
 @pytest.mark.slow
 def test_odds_reads_the_ledger_and_imports_no_statsforecast_or_mlflow(tmp_path):
     odds_ledger(tmp_path)
-    code = (
-        "import sys, fxcu; fxcu.main(['odds', '7d', '850', '--json'], {'FXCU_DATA_DIR': sys.argv[1]}); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'mlflow', 'statsforecast'}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=HERE, capture_output=True, text=True, timeout=60, check=False
-    )
-    lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "[]" and json.loads("\n".join(lines[:-1]))["origin"] == "2024-07-08"
+    lines, codes, heavy = in_fresh_process([["odds", "7d", "850", "--json"]], tmp_path)
+    assert codes == [0] and heavy == [] and json.loads("\n".join(lines))["origin"] == "2024-07-08"
 
 
 def test_track_without_prices_is_one_line(tmp_path, capsys):
