@@ -6449,7 +6449,7 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
             params=[Param(k, v[:6000]) for k, v in record.params.items()],
         )
         context = [InputTag("mlflow.data.context", "training")]
-        client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
+        log_datasets(client, run_id, [DatasetInput(Dataset(**d), tags=context) for d in record.datasets])
         with tempfile_dir(config.data_dir) as tmp:
             for path in record.artifacts:
                 for file in artifact_files(path, record.artifacts, tmp):
@@ -6469,6 +6469,25 @@ def write_run(config: Config, record: RunRecord, environ: Mapping[str, str], wri
         raise TimeoutError(writing.why)
     client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
     return run_id
+
+
+def log_datasets(client: Any, run_id: str, datasets: Sequence[Any], *, tries: int = 3) -> None:
+    """Log a run's input datasets; when another run inserted the same dataset at the same moment, log them again.
+
+    MLflow's store looks a dataset up, then inserts it: two analysts logging the same prices at once can both
+    insert, and one is refused with a unique-key error (`dataset_pk` on PostgreSQL). The row exists then, and the
+    next try links it. Any other error is raised at once.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            client.log_inputs(run_id, datasets=list(datasets))
+            return
+        except MlflowException as exc:
+            if attempt == tries or not re.search(r"duplicate key|unique constraint", str(exc.message), re.I):
+                raise
+            log.info("MLflow: the same dataset was logged by another run at once; logging it again")
 
 
 def server_failure(exc: BaseException) -> str:
