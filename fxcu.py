@@ -1671,9 +1671,9 @@ def coverage_table(frame: pl.DataFrame, models: Sequence[str], level: int, by: s
 
 # -- Core: interval (variance) models and the weekly density backtest ------------------
 
-# Candidate variance models for the served range, by name. Each gives the variance of the k-day
-# log return at an origin from data up to that origin only; the range is Gaussian in log price
-# around the served point.
+# Candidate range models for the served range, by name. Each gives the variance of the k-day log
+# return at an origin from data up to that origin only; the range is Gaussian in log price around
+# the served point, except FHS's, whose shape is that of past returns (`fhs_distribution`).
 INTERVAL_MODELS: dict[str, str] = {
     "Naive": "Naive's range (daily volatility times the square root of trading days)",
     "EWMA": "range from the EWMA of daily returns (RiskMetrics)",
@@ -1681,7 +1681,12 @@ INTERVAL_MODELS: dict[str, str] = {
     "EWMA_5d_blend": "range from the EWMA of 5-day returns blended with their long-run variance",
     "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
     "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
+    "FHS": "range from past returns rescaled to today's volatility (filtered historical simulation)",
 }
+FHS = "FHS"
+# A non-Gaussian density is stored as its standardised quantiles at these probabilities: its lowest value,
+# every percentile, its highest. Between them the quantile function is linear; beyond them nothing is expected.
+SHAPE_GRID = np.linspace(0.0, 1.0, 101)
 RUN_INTERVAL_MODELS = tuple(INTERVAL_MODELS)
 SERVED = "Served"  # the interval model chosen at each origin from outcomes known by then
 DENSITY_ORIGINS, DENSITY_EVERY = 252, 5  # weekly origins over the last five years, the same for every horizon
@@ -1784,16 +1789,37 @@ def recalibrated(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: in
     return out if "copper_rv" in features else {"Recal": out["Recal"]}
 
 
+def fhs_distribution(logp: np.ndarray, features: Mapping[str, np.ndarray], steps: int) -> tuple[float, list | None]:
+    """The filtered-historical-simulation density of the `steps`-day log return at the origin (the last day).
+
+    Barone-Adesi et al. (1999): every past `steps`-day log return whose outcome is known by the origin,
+    divided by the blended 5-day sd known on its own first day, is a draw of the standardised return;
+    today's blended sd (the scale) times those draws is the density. The draws are centred on their
+    median, so the served point stays the median. Returns (scale, the draws' quantiles at SHAPE_GRID);
+    with fewer than 50 draws after the warm-up (as `recalibrated`), (scale, None): the Gaussian.
+    """
+    weight = blend_weight(steps)
+    sd = np.sqrt((weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps)
+    start = np.arange(K_DAYS + 60, len(logp) - steps)  # the first K_DAYS + 60 days are warm-up
+    if len(start) < 50:
+        return float(sd[-1]), None
+    draws = (logp[start + steps] - logp[start]) / sd[start]
+    return float(sd[-1]), np.quantile(draws - np.median(draws), SHAPE_GRID).tolist()
+
+
 def variance_paths(
     logp: np.ndarray, copper_logp: np.ndarray | None, steps: int, models: Sequence[str] = RUN_INTERVAL_MODELS
 ) -> dict[str, np.ndarray]:
     """Variance of the k-day log return for k = 1..steps at the end of `logp`, per model in `models`.
 
-    The Recal models are fitted at k = steps and carried to shorter k in proportion to the blend.
+    The Recal models are fitted at k = steps, and FHS's scale found there; both are carried to shorter k in
+    proportion to the blend.
     """
     out = base_variances(logp, steps)
-    if {"Recal", "Recal_copper"} & set(models):
-        for name, var in recalibrated(logp, recal_features(logp, copper_logp), steps).items():
+    if {"Recal", "Recal_copper", FHS} & set(models):
+        features = recal_features(logp, copper_logp)
+        known = recalibrated(logp, features, steps) | {FHS: fhs_distribution(logp, features, steps)[0] ** 2}
+        for name, var in known.items():
             out[name] = out["EWMA_5d_blend"] * var / out["EWMA_5d_blend"][-1]
     return {name: out[name] for name in models if name in out}
 
@@ -1836,8 +1862,8 @@ def density_frame(
 
     Columns: horizon, steps, ds (the origin's row), origin, target, last and y (log price at the
     origin and at the horizon date), vol20 (trailing 20-day realised volatility), one column per
-    model. Every value at an origin comes from the last `history` rows up to it (copper as known
-    at the origin, `align_copper`); models are refitted at every origin.
+    model, and FHS's shape (`shape_column`). Every value at an origin comes from the last `history`
+    rows up to it (copper as known at the origin, `align_copper`); models are refitted at every origin.
     """
 
     logp, days, copper_logp = log_prices(usdclp, copper)
@@ -1854,6 +1880,8 @@ def density_frame(
         vol20 = realised_vol(window)
         for horizon, steps in steps_of.items():
             var = {m: v[steps - 1] for m, v in base.items()} | recalibrated(window, features, steps)
+            scale, shape = fhs_distribution(window, features, steps) if FHS in models else (math.nan, None)
+            var[FHS] = scale**2
             record = {
                 "horizon": horizon,
                 "steps": steps,
@@ -1864,8 +1892,10 @@ def density_frame(
                 "y": logp[i + steps],
                 "vol20": vol20,
             }
+            record |= {shape_column(FHS): shape} if FHS in models else {}
             records.append(record | {m: float(np.sqrt(var[m])) for m in models})
-    return pl.DataFrame(records)
+    shaped = {shape_column(FHS): pl.List(pl.Float64)} if FHS in models else None
+    return pl.DataFrame(records, schema_overrides=shaped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1910,6 +1940,7 @@ class IntervalChoice:
     served_sigma: np.ndarray
     live: str
     notes: tuple[str, ...]
+    served_shapes: tuple = ()  # per origin the served shape (None: Gaussian); empty when no candidate has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -1963,11 +1994,60 @@ def block_length(steps: int) -> int:
     return max(1, math.ceil(steps / DENSITY_EVERY)) + 1
 
 
-def pit(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Probability integral transform: the Gaussian forecast's CDF at each outcome (scipy.stats.norm)."""
+def shape_column(model: str) -> str:
+    """The column of a density frame holding `model`'s shapes (standardised quantiles at SHAPE_GRID, or null)."""
+    return f"{model}_shape"
+
+
+def frame_shapes(frame: pl.DataFrame, model: str) -> list | None:
+    """Each row's shape for `model` (None in a row whose density is Gaussian); None when the frame has none."""
+    column = shape_column(model)
+    return frame[column].to_list() if column in frame.columns else None
+
+
+def _shaped(shapes: Sequence | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(row, shape) for every row that has a shape."""
+    for i, shape in enumerate(shapes or ()):
+        if shape is not None:
+            yield i, np.asarray(shape, dtype=float)
+
+
+def pit(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray, shapes: Sequence | None = None) -> np.ndarray:
+    """Probability integral transform: the forecast's CDF at each outcome (Gaussian by scipy.stats.norm, or shaped)."""
     from scipy.stats import norm
 
-    return norm.cdf(y, centre, sigma)
+    out = np.array(norm.cdf(y, centre, sigma), dtype=float)
+    for i, shape in _shaped(shapes):
+        out[i] = np.interp((y[i] - centre[i]) / sigma[i], shape, SHAPE_GRID)
+    return out
+
+
+def density_bounds(
+    centre: np.ndarray, sigma: np.ndarray, level: int, shapes: Sequence | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The central `level`% interval per row: centre -/+ z * sigma, or a shaped row's own quantiles."""
+    tail = (100 - level) / 200
+    lo, hi = centre - z_value(level) * sigma, centre + z_value(level) * sigma
+    for i, shape in _shaped(shapes):
+        lo[i], hi[i] = centre[i] + sigma[i] * np.interp([tail, 1 - tail], SHAPE_GRID, shape)
+    return lo, hi
+
+
+CRPS_TAUS = (np.arange(1000) + 0.5) / 1000  # the probabilities a shaped density's CRPS is integrated over
+
+
+def density_crps(y: np.ndarray, centre: np.ndarray, sigma: np.ndarray, shapes: Sequence | None = None) -> np.ndarray:
+    """CRPS per outcome: the Gaussian's closed form (`crps`), or for a shaped row twice its mean pinball loss over
+    CRPS_TAUS (scoringrules' `crps_quantile`: the integral of the quantile scores, Berrisch & Ziel 2023)."""
+    import scoringrules as sr
+
+    out = np.array(crps(y, centre, sigma), dtype=float)
+    rows = list(_shaped(shapes))
+    if rows:
+        at = np.array([i for i, _ in rows])
+        quantiles = np.array([np.interp(CRPS_TAUS, SHAPE_GRID, shape) for _, shape in rows])
+        out[at] = sigma[at] * sr.crps_quantile((y[at] - centre[at]) / sigma[at], quantiles, CRPS_TAUS)
+    return out
 
 
 def _pit_bins(values: np.ndarray) -> np.ndarray:
@@ -2008,16 +2088,18 @@ def move_label(move: float) -> str:
     return f"{move * 100:+g}%"
 
 
-def brier_scores(y: np.ndarray, last: np.ndarray, sigma: np.ndarray, move: float) -> np.ndarray:
-    """Brier score per origin of the Gaussian forecast's odds of ending above `last` x (1 + move) (log prices)."""
-    from scipy.stats import norm
-
+def brier_scores(
+    y: np.ndarray, last: np.ndarray, sigma: np.ndarray, move: float, shapes: Sequence | None = None
+) -> np.ndarray:
+    """Brier score per origin of the forecast's odds of ending above `last` x (1 + move) (log prices)."""
     threshold = last + math.log1p(move)
-    return (norm.sf(threshold, last, sigma) - (y > threshold)) ** 2
+    return (1 - pit(threshold, last, sigma, shapes) - (y > threshold)) ** 2
 
 
 def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int) -> IntervalChoice:
     """Pick an interval model at each origin by mean CRPS over outcomes known by then; Naive unless one beats it.
+
+    A candidate with shapes in the frame (`frame_shapes`: FHS) is scored on them (`density_crps`).
 
     An origin's pick uses only origins whose horizon date (ds + steps) is on or before it; ties and
     the first origins go to Naive. The live model is the next pick if the picks' own CRPS beat
@@ -2026,7 +2108,8 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
 
     ds, y, last = frame["ds"].to_numpy(), frame["y"].to_numpy(), frame["last"].to_numpy()
     sigma = np.column_stack([frame[m].to_numpy() for m in models])
-    score = crps(y[:, None], last[:, None], sigma)
+    shapes = {m: frame_shapes(frame, m) for m in models}
+    score = np.column_stack([density_crps(y, last, sigma[:, j], shapes[m]) for j, m in enumerate(models)])
     naive, n = list(models).index("Naive"), len(ds)
     # origins are in time order, so the known outcomes at origin i are a prefix [0, known): cumsums
     total = np.vstack([np.zeros(len(models)), np.cumsum(score, axis=0)])
@@ -2037,16 +2120,17 @@ def choose_interval_model(frame: pl.DataFrame, models: Sequence[str], steps: int
     best = np.where((known > 0) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
     picks = [models[j] for j in best[:n]]
     served = sigma[np.arange(n), best[:n]]
-    served_crps, naive_crps = float(crps(y, last, served).mean()), float(score[:, naive].mean())
+    served_shapes = tuple((shapes[m] or [None] * n)[i] for i, m in enumerate(picks)) if any(shapes.values()) else ()
+    served_crps, naive_crps = float(score[np.arange(n), best[:n]].mean()), float(score[:, naive].mean())
     if served_crps < naive_crps:
-        return IntervalChoice(tuple(picks), served, models[best[n]], ())
+        return IntervalChoice(tuple(picks), served, models[best[n]], (), served_shapes)
     if set(picks) == {"Naive"}:
-        return IntervalChoice(tuple(picks), served, "Naive", ())
+        return IntervalChoice(tuple(picks), served, "Naive", (), served_shapes)
     note = (
         "choosing a range model lost to Naive's range out of sample "
         f"({served_crps / naive_crps:.4f}x its CRPS): serving Naive's range"
     )
-    return IntervalChoice(tuple(picks), served, "Naive", (note,))
+    return IntervalChoice(tuple(picks), served, "Naive", (note,), served_shapes)
 
 
 def _grouped_coverage(
@@ -2070,7 +2154,9 @@ def _grouped_coverage(
 def score_density(
     frame: pl.DataFrame, models: Sequence[str], steps: int, *, reps: int = BOOTSTRAP_REPS
 ) -> dict[str, DensityScore]:
-    """Score each model's Gaussian log-price distribution (centre `last`, sd the model's column) against `y`.
+    """Score each model's log-price distribution (centre `last`, scale the model's column) against `y`.
+
+    A model's distribution is Gaussian with that sd, or in rows with a shape (`frame_shapes`) that shape scaled.
 
     CRPS, WIS (`wis`: the median and the 80% and 95% intervals), IS80 and IS95 with ratios to Naive
     (block-bootstrap CIs), coverage overall with a CI, by volatility tercile of `vol20` (cut points
@@ -2079,12 +2165,13 @@ def score_density(
     """
 
     y, last = frame["y"].to_numpy(), frame["last"].to_numpy()
+    sigma = {m: frame[m].to_numpy() for m in models}
+    shapes = {m: frame_shapes(frame, m) for m in models}
     bounds = {}
     for m in models:
         for lv in LEVELS:
-            bounds[f"{m}-lo-{lv}"] = last - z_value(lv) * frame[m].to_numpy()
-            bounds[f"{m}-hi-{lv}"] = last + z_value(lv) * frame[m].to_numpy()
-    crps_of = {m: crps(y, last, frame[m].to_numpy()) for m in models}
+            bounds[f"{m}-lo-{lv}"], bounds[f"{m}-hi-{lv}"] = density_bounds(last, sigma[m], lv, shapes[m])
+    crps_of = {m: density_crps(y, last, sigma[m], shapes[m]) for m in models}
     quantiles = {m: [f"{m}-lo-95", f"{m}-lo-80", "last", f"{m}-hi-80", f"{m}-hi-95"] for m in models}
     wis_frame = wis(frame.select("y", "last").with_columns(pl.Series(k, v) for k, v in bounds.items()), quantiles, "y")
     wis_of = {m: wis_frame[m].to_numpy() for m in models}
@@ -2100,13 +2187,13 @@ def score_density(
     hits = {m: ((bounds[f"{m}-lo-80"] <= y) & (y <= bounds[f"{m}-hi-80"])).astype(float) for m in models}
     cover_ci = ratio_ci(hits | {"one": np.ones(len(y))}, "one", steps, reps=reps)
     groups = (*REGIMES, *NAMED_WINDOWS)
-    pits = {m: pit(y, last, frame[m].to_numpy()) for m in models}
+    pits = {m: pit(y, last, sigma[m], shapes[m]) for m in models}
     pit_p = dict(zip(models, pit_uniformity(np.column_stack(list(pits.values())), steps, reps=reps), strict=True))
     tail = (100 - TAIL_LEVEL) / 200
     # every event's Brier ratio to Naive's on one set of resamples, keyed "<event> <model>"
     events = {move_label(e): e for e in BRIER_MOVES}
     briers = {
-        f"{e} {m}": brier_scores(y, last, frame[m].to_numpy(), move) for e, move in events.items() for m in models
+        f"{e} {m}": brier_scores(y, last, sigma[m], move, shapes[m]) for e, move in events.items() for m in models
     }
     ratio = ratio_ci(briers, {f"{e} {m}": f"{e} Naive" for e in events for m in models}, steps, reps=reps)
     skill = {
@@ -2174,6 +2261,8 @@ def density_backtest_all(
         steps = int(sub["steps"][0])
         choice = choose_interval_model(sub, names, steps)
         sub = sub.with_columns(pl.Series(SERVED, choice.served_sigma), pl.Series("pick", choice.picks))
+        if choice.served_shapes:
+            sub = sub.with_columns(pl.Series(shape_column(SERVED), choice.served_shapes, pl.List(pl.Float64)))
         scores = score_density(sub, [*names, SERVED], steps, reps=reps)
         results[horizon] = DensityBacktest(
             horizon=horizon,
@@ -2199,7 +2288,8 @@ class Forecast:
     backtest: Backtest
     density: DensityBacktest | None = None  # the weekly density backtest that chose the range
     interval_model: str = "Naive"  # the interval model whose width the ensemble's range uses
-    scale: float = math.nan  # the served density's sd of the log price at the horizon date
+    scale: float = math.nan  # the served density's sd of the log price at the horizon date (FHS: its scale)
+    shape: tuple[float, ...] | None = None  # FHS's standardised quantiles at SHAPE_GRID; None: Gaussian
 
     @property
     def interval_label(self) -> str:
@@ -2223,15 +2313,15 @@ class Forecast:
         `quantile(0.10)` and `quantile(0.90)` are the 80% range's bounds, `quantile(0.025)` and
         `quantile(0.975)` the 95% range's; raises ValueError unless 0 < q < 1.
         """
-        return float(served_quantile(self.final["forecast"], self.scale, check_probability(q)))
+        return float(served_quantile(self.final["forecast"], self.scale, check_probability(q), self.shape))
 
     def prob_below(self, x: float) -> float:
         """The served density's probability that USD/CLP ends below `x` (CLP per USD) on the horizon date."""
-        return served_odds(self.final["forecast"], self.scale, x)[0]
+        return served_odds(self.final["forecast"], self.scale, x, self.shape)[0]
 
     def prob_above(self, x: float) -> float:
         """The served density's probability that USD/CLP ends above `x` (CLP per USD) on the horizon date."""
-        return served_odds(self.final["forecast"], self.scale, x)[1]
+        return served_odds(self.final["forecast"], self.scale, x, self.shape)[1]
 
 
 def check_probability(q: float) -> float:
@@ -2249,26 +2339,31 @@ def quantile_key(q: float) -> str:
     return f"{q * 100:g}%"
 
 
-def served_quantile(median: Any, scale: Any, q: Any) -> Any:
-    """The q-quantile of a Gaussian in log price with this median (CLP per USD) and sd: median * exp(sd * z_q).
+def served_quantile(median: Any, scale: Any, q: Any, shape: Sequence[float] | None = None) -> Any:
+    """The q-quantile of the served density in log price with this median (CLP per USD): median * exp(scale * z_q).
 
-    Every served bound is this function (scipy.stats.norm), so the ranges are quantiles, exactly.
+    z_q is the standard Gaussian's (scipy.stats.norm), or with a `shape` (FHS) its quantile, linear between
+    the SHAPE_GRID points. Every served bound is this function, so the ranges are quantiles, exactly.
     """
     from scipy.stats import norm
 
-    return median * np.exp(scale * norm.ppf(q))
+    return median * np.exp(scale * (norm.ppf(q) if shape is None else np.interp(q, SHAPE_GRID, shape)))
 
 
-def served_odds(median: float, scale: float, x: float) -> tuple[float, float]:
-    """(P(below x), P(above x)) under a Gaussian in log price with this median and sd (scipy.stats.norm).
+def served_odds(median: float, scale: float, x: float, shape: Sequence[float] | None = None) -> tuple[float, float]:
+    """(P(below x), P(above x)) under the served density in log price with this median and scale.
 
-    Raises ValueError unless x is a positive number.
+    Gaussian (scipy.stats.norm), or with a `shape` (FHS) the inverse of `served_quantile`'s: nil beyond the
+    lowest and highest past moves. Raises ValueError unless x is a positive number.
     """
     from scipy.stats import norm
 
     if not x > 0 or math.isinf(x):
         raise ValueError(f"level {x!r} is not a positive number")
     z = math.log(x / median) / scale
+    if shape is not None:
+        below = float(np.interp(z, shape, SHAPE_GRID))
+        return below, 1 - below
     return float(norm.cdf(z)), float(norm.sf(z))
 
 
@@ -2323,13 +2418,17 @@ def served_scales(fc: pl.DataFrame, variances: np.ndarray | None) -> np.ndarray:
 
 
 def _forecast_path(
-    fc: pl.DataFrame, weights: Mapping[str, float], dates: Sequence[date], variances: np.ndarray | None = None
+    fc: pl.DataFrame,
+    weights: Mapping[str, float],
+    dates: Sequence[date],
+    variances: np.ndarray | None = None,
+    shape: Sequence[float] | None = None,
 ) -> pl.DataFrame:
     """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
 
     The served range is Gaussian in log price around the ensemble's point: with Naive's width (its sd,
     as in `_score_backtest`) or, given `variances` (the chosen interval model's k-day log variances),
-    that model's. Its bounds are `served_quantile`s of that density.
+    that model's; with a `shape` (FHS), that shape at every step. Its bounds are `served_quantile`s.
     """
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
@@ -2343,7 +2442,8 @@ def _forecast_path(
     ensemble = {"forecast": point}
     for lv in LEVELS:
         tail = (100 - lv) / 200
-        ensemble |= {f"lo_{lv}": served_quantile(point, sd, tail), f"hi_{lv}": served_quantile(point, sd, 1 - tail)}
+        lo, hi = served_quantile(point, sd, tail, shape), served_quantile(point, sd, 1 - tail, shape)
+        ensemble |= {f"lo_{lv}": lo, f"hi_{lv}": hi}
     frames.append(pl.DataFrame({"model": [ENSEMBLE] * len(point), **ensemble}))
     steps = pl.DataFrame({"step": list(range(1, len(dates) + 1)), DATE: list(dates)})
     return pl.concat([pl.concat([steps, frame], how="horizontal") for frame in frames])
@@ -2383,12 +2483,14 @@ def forecast_all(
         if bt.copper_used:
             fc = fc.join(copper_forecast(usdclp, copper, steps, history), on=["unique_id", "ds"])
         model = densities[horizon].live
-        variances = None
+        variances, shape = None, None
         if model != "Naive":
             cu = None if copper_logp is None else copper_logp[-history:]
             variances = variance_paths(logp[-history:], cu, steps, [model])[model]
+        if model == FHS:
+            shape = fhs_distribution(logp[-history:], recal_features(logp[-history:], None), steps)[1]
         dates = trading_dates(last_day, days)
-        path = _forecast_path(fc, bt.weights, dates, variances)
+        path = _forecast_path(fc, bt.weights, dates, variances, shape)
         results[horizon] = Forecast(
             horizon=horizon,
             origin=last_day,
@@ -2398,6 +2500,7 @@ def forecast_all(
             density=densities[horizon],
             interval_model=model,
             scale=float(served_scales(fc.sort("ds").head(len(dates)), variances)[-1]),
+            shape=None if shape is None else tuple(shape),
         )
     return results
 
@@ -3117,6 +3220,7 @@ def ledger_schema() -> dict[str, Any]:
         "rw_lo_95": num,
         "rw_hi_95": num,
         "scale": num,  # the served density's sd of the log price at the target (`ledger_scale` fills older rows)
+        "shape": pl.List(pl.Float64),  # FHS's standardised quantiles at SHAPE_GRID; null: the density is Gaussian
         "point_model": pl.String,
         "interval_model": pl.String,
         "sources": pl.String,
@@ -3175,6 +3279,7 @@ def ledger_entry(
         **{k: final[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95")},
         **{f"rw_{k}": naive[k] for k in ("lo_80", "hi_80", "lo_95", "hi_95")},
         "scale": fc.scale,
+        "shape": None if fc.shape is None else list(fc.shape),
         "point_model": served_point_model(bt.rule),
         "interval_model": fc.interval_model,
         "sources": ",".join(f"{k}={v}" for k, v in sorted(bundle.sources.items())),
@@ -3218,7 +3323,7 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
     whose next close is more than SCORE_TOLERANCE later, or not there yet, stays unscored. For each
     row: error (forecast - actual), absolute and percentage error, 80/95% hits, WIS; the same for
     the random walk from the same origin (its point is the last close, its range Naive's); and the
-    served density's PIT at the close (scipy.stats.norm).
+    served density's PIT at the close (`pit`: Gaussian, or the row's FHS shape).
     """
 
     if ledger.is_empty():
@@ -3248,11 +3353,9 @@ def score_ledger(ledger: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
         "rw_wis": ["rw_lo_95", "rw_lo_80", "rw_point", "rw_hi_80", "rw_hi_95"],
     }
     if ready.height:
-        from scipy.stats import norm
-
         scored = wis(ready, quantiles)
         z = ready.select((pl.col("actual") / pl.col("forecast")).log() / ledger_scale())[:, 0].to_numpy()
-        pits = pl.Series("pit", norm.cdf(z), pl.Float64)
+        pits = pl.Series("pit", pit(z, np.zeros_like(z), np.ones_like(z), ready["shape"].to_list()), pl.Float64)
         ready = ready.select(*LEDGER_KEY).with_columns(scored["wis"], scored["rw_wis"], pits)
         joined = joined.join(ready, on=list(LEDGER_KEY), how="left")
     else:
@@ -3571,7 +3674,7 @@ def served_odds_table(
     """The odds of ending above and below each level, and the quantiles, from the horizon's last served forecast.
 
     The last live ledger row of the horizon (latest origin, then latest recorded) is the served
-    density: Gaussian in log price around its forecast with its `ledger_scale`. Pure; raises
+    density: in log price around its forecast with its `ledger_scale`, Gaussian or its FHS `shape`. Pure; raises
     NoServedForecast without such a row and ValueError for a level that is not a positive number or a
     quantile outside (0, 1).
     """
@@ -3579,8 +3682,8 @@ def served_odds_table(
     if rows.is_empty():
         raise NoServedForecast(f"no served {horizon} forecast in the ledger yet: run `fxcu run {horizon}` first")
     row = rows.with_columns(ledger_scale()).sort("origin", "recorded_at").row(-1, named=True)
-    median, scale = row["forecast"], row["scale"]
-    odds = [dict(zip(("prob_below", "prob_above"), served_odds(median, scale, x), strict=True)) for x in levels]
+    median, scale, shape = row["forecast"], row["scale"], row["shape"]
+    odds = [dict(zip(("prob_below", "prob_above"), served_odds(median, scale, x, shape), strict=True)) for x in levels]
     return {
         "horizon": horizon,
         "origin": str(row["origin"]),
@@ -3591,7 +3694,9 @@ def served_odds_table(
         "run_id": row["run_id"],
         "recorded_at": None if row["recorded_at"] is None else row["recorded_at"].isoformat(),
         "levels": [{"level": float(x), **o} for x, o in zip(levels, odds, strict=True)],
-        "quantiles": {quantile_key(q): float(served_quantile(median, scale, check_probability(q))) for q in quantiles},
+        "quantiles": {
+            quantile_key(q): float(served_quantile(median, scale, check_probability(q), shape)) for q in quantiles
+        },
     }
 
 

@@ -3259,6 +3259,141 @@ def test_forecast_serves_the_chosen_range_and_says_so(real_forecast_7d):
     assert_frame_equal(other.path.filter(pl.col("model") == "Naive"), naive)
 
 
+def oracle_fhs(logp: np.ndarray, steps: int) -> tuple[float, list[float]]:
+    """FHS (docs/FORECASTING.md's recipe) in plain loops: each day's blended 5-day sd, the past `steps`-day returns
+    over the sd of their first day (after 65 warm-up days), centred on their median, read at every percentile."""
+    weight, ewma_5d, total, sds = (1 - 0.98**steps) / (steps * (1 - 0.98)), 0.0, 0.0, []
+    for t in range(len(logp)):
+        sq = (logp[t] - logp[t - 5]) ** 2 if t >= 5 else 0.0
+        ewma_5d = sq if t == 0 else 0.97 * ewma_5d + 0.03 * sq
+        total += sq
+        long_run = total / max(t + 1 - 5, 1)
+        sds.append(math.sqrt((weight * ewma_5d / 5 + (1 - weight) * long_run / 5) * steps))
+    draws = sorted((logp[j + steps] - logp[j]) / sds[j] for j in range(65, len(logp) - steps))
+    middle = len(draws) // 2
+    median = draws[middle] if len(draws) % 2 else (draws[middle - 1] + draws[middle]) / 2
+    draws = [d - median for d in draws]
+    shape = []
+    for p in range(101):  # numpy's default ("linear") quantile: between the order statistics around p (n - 1)
+        at = p / 100 * (len(draws) - 1)
+        low = math.floor(at)
+        high = min(low + 1, len(draws) - 1)
+        shape.append(draws[low] + (at - low) * (draws[high] - draws[low]))
+    return sds[-1], shape
+
+
+def test_fhs_distribution_is_past_returns_over_their_own_scale_by_hand():
+    rng = np.random.default_rng(7)
+    logp = np.cumsum(rng.standard_t(3, 700) * 0.006) + math.log(900)
+    features = fxcu.recal_features(logp, None)
+    for steps in (5, 22):
+        scale, shape = fxcu.fhs_distribution(logp, features, steps)
+        want_scale, want_shape = oracle_fhs(logp, steps)
+        assert scale == pytest.approx(want_scale, rel=1e-9) and shape == pytest.approx(want_shape, rel=1e-9, abs=1e-12)
+        assert shape[50] == pytest.approx(0, abs=1e-12) and shape == sorted(shape)  # centred: the point is the median
+    # fewer than 50 draws after the warm-up: no shape, the Gaussian of the same scale
+    short = logp[: 65 + 5 + 49]
+    assert fxcu.fhs_distribution(short, fxcu.recal_features(short, None), 5)[1] is None
+    assert fxcu.fhs_distribution(short[:-1], fxcu.recal_features(short[:-1], None), 5)[1] is None
+    longer = logp[: 65 + 5 + 50]
+    assert len(fxcu.fhs_distribution(longer, fxcu.recal_features(longer, None), 5)[1]) == 101
+
+
+def normal_shape() -> list[float]:
+    """A standard normal tabulated as a shape: the percentiles of a large sample, its extremes at +-4.5."""
+    from scipy.stats import norm
+
+    return [-4.5, *norm.ppf(np.arange(1, 100) / 100), 4.5]
+
+
+def test_a_shape_tabulating_the_normal_scores_like_the_normal():
+    """A shaped density that is the Gaussian, tabulated: its CRPS, PIT, bounds and Brier match the closed forms."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    y, last, sigma = rng.normal(0, 0.02, 300), np.zeros(300), np.full(300, 0.02)
+    shapes = [normal_shape()] * 300
+    assert fxcu.density_crps(y, last, sigma, shapes) == pytest.approx(oracle_crps_normal(y, last, sigma), rel=0.02)
+    # linear between the percentiles: the CDF is off by under half a percent (more only beyond 2.33 sd)
+    assert fxcu.pit(y, last, sigma, shapes) == pytest.approx(norm.cdf(y, 0, 0.02), abs=0.006)
+    lo, hi = fxcu.density_bounds(last, sigma, 80, shapes)
+    assert hi == pytest.approx(0.02 * 1.2815515655446004) and lo == pytest.approx(-0.02 * 1.2815515655446004)
+    # a mix: Gaussian rows (None) keep their closed forms exactly
+    mixed = [None, *shapes[1:]]
+    assert fxcu.density_crps(y, last, sigma, mixed)[0] == oracle_crps_normal(y[:1], last[:1], sigma[:1])[0]
+    assert fxcu.pit(y, last, sigma, mixed)[0] == norm.cdf(y[0], 0, 0.02)
+    assert fxcu.brier_scores(y, last, sigma, 0.025, shapes) == pytest.approx(
+        (norm.sf(math.log1p(0.025), 0, 0.02) - (y > math.log1p(0.025))) ** 2, abs=0.01
+    )
+
+
+def test_a_shaped_candidate_that_is_the_truth_is_chosen_and_served():
+    """Skewed outcomes: FHS's shape is their true distribution; the Gaussian of the same sd loses, FHS is served."""
+    rng = np.random.default_rng(11)
+    n, sd = 260, 0.02
+    draws = rng.exponential(1.0, 200_000)
+    truth = np.quantile(draws - np.median(draws), fxcu.SHAPE_GRID)
+    spread = float(np.std(draws))
+    y = (rng.exponential(1.0, n) - math.log(2)) * sd / spread  # the median of Exp(1) is log 2
+    frame = pl.DataFrame(
+        {
+            "ds": np.arange(n) * 5,
+            "origin": [date(2015, 1, 5) + timedelta(weeks=i) for i in range(n)],
+            "vol20": rng.uniform(0.004, 0.01, n),
+            "y": y,
+            "last": np.zeros(n),
+            "Naive": np.full(n, sd),
+            "FHS": np.full(n, sd / spread),
+            "FHS_shape": [list(truth)] * n,
+        }
+    )
+    choice = fxcu.choose_interval_model(frame, ["Naive", "FHS"], 5)
+    assert choice.live == "FHS" and choice.picks[-1] == "FHS" and choice.notes == ()
+    assert choice.served_shapes[0] is None and choice.served_shapes[-1] == list(truth)  # Naive first: no outcome known
+    scores = fxcu.score_density(
+        frame.with_columns(pl.Series("Served", choice.served_sigma), pl.Series("Served_shape", choice.served_shapes)),
+        ["Naive", "FHS", "Served"],
+        5,
+        reps=50,
+    )
+    assert scores["FHS"].crps < scores["Naive"].crps and scores["Served"].crps < scores["Naive"].crps
+    assert scores["FHS"].pit_p > 0.01 and 0.95 <= scores["FHS"].coverage_98 <= 1.0
+
+
+@pytest.mark.slow
+def test_an_fhs_range_is_served_through_forecast_ledger_and_odds(real_forecast_7d, real_bundle, tmp_path):
+    """A density backtest that chose FHS: the range is its shape at today's scale, in the path, the quantiles,
+    the odds, the ledger, its PIT and `fxcu odds`."""
+    fc = real_forecast_7d
+    chosen = dataclasses.replace(fc.density, live="FHS")
+    other = fxcu.forecast(real_usdclp(), real_copper(), "7d", backtest_result=fc.backtest, density_result=chosen)
+    scale, shape = oracle_fhs(np.log(real_usdclp()[fxcu.CLOSE].to_numpy()[-fxcu.HISTORY :]), 5)
+    assert other.interval_model == "FHS" and "filtered historical simulation" in other.interval_label
+    assert other.scale == pytest.approx(scale, rel=1e-9) and other.shape == pytest.approx(shape, rel=1e-9, abs=1e-12)
+    final, point = other.final, other.final["forecast"]
+    for lv, tail in ((80, 0.10), (95, 0.025)):
+        z = np.interp([tail, 1 - tail], np.linspace(0, 1, 101), shape)
+        assert (final[f"lo_{lv}"], final[f"hi_{lv}"]) == pytest.approx(point * np.exp(scale * z), rel=1e-9)
+    assert (other.quantile(0.1), other.quantile(0.975)) == (final["lo_80"], final["hi_95"])
+    assert other.quantile(0.5) == pytest.approx(point, rel=1e-12)
+    assert other.prob_below(other.quantile(0.3)) == pytest.approx(0.3, abs=1e-9)
+    assert other.prob_above(point * math.exp(scale * shape[-1]) * 1.01) == 0  # beyond every past move
+    # the ledger keeps the shape; the odds and the PIT come from it
+    row = fxcu.ledger_entry(other, real_bundle, run_id=None, now=datetime(2024, 7, 16, tzinfo=UTC))
+    path = tmp_path / "ledger.parquet"
+    fxcu.write_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), [row]), path)
+    ledger = fxcu.read_ledger(path)
+    assert ledger["shape"].to_list()[0] == pytest.approx(shape, rel=1e-9, abs=1e-12)
+    odds = fxcu.served_odds_table(ledger, "7d", [900.0])
+    assert odds["levels"][0]["prob_below"] == pytest.approx(other.prob_below(900.0), abs=1e-12)
+    assert odds["quantiles"]["10%"] == pytest.approx(final["lo_80"], rel=1e-12)
+    actual = point * 1.01
+    prices = pl.DataFrame({fxcu.DATE: [final[fxcu.DATE]], fxcu.CLOSE: [actual]})
+    scored = fxcu.score_ledger(ledger, prices)
+    want = np.interp(math.log(1.01) / scale, shape, np.linspace(0, 1, 101))
+    assert scored["pit"][0] == pytest.approx(want, abs=1e-9)
+
+
 @pytest.mark.slow
 def test_run_offline_prints_json_summary_and_exits_0(offline_run):
     _, _, result = offline_run
@@ -3336,6 +3471,7 @@ def test_run_carries_the_served_range_through_json_mlflow_and_report(offline_run
         "EWMA_5d_blend": "range from the EWMA of 5-day returns blended with their long-run variance",
         "Recal": "range from the blended 5-day variance, recalibrated on past outcomes",
         "Recal_copper": "range from the blended 5-day variance and copper's volatility, recalibrated on past outcomes",
+        "FHS": "range from past returns rescaled to today's volatility (filtered historical simulation)",
     }
     assert model in fxcu.RUN_INTERVAL_MODELS and out["interval_label"] == f"random walk; {words[model]}"
     assert out["range_origins"] == fxcu.DENSITY_ORIGINS and 0.7 <= out["range_coverage_80"] <= 0.9
