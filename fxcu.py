@@ -2426,9 +2426,9 @@ def _forecast_path(
 ) -> pl.DataFrame:
     """The path frame: each model's own forecast and bounds, and the Ensemble's point with the served range.
 
-    The served range is Gaussian in log price around the ensemble's point: with Naive's width (its sd,
+    The served range is in log price around the ensemble's point: Gaussian with Naive's width (its sd,
     as in `_score_backtest`) or, given `variances` (the chosen interval model's k-day log variances),
-    that model's; with a `shape` (FHS), that shape at every step. Its bounds are `served_quantile`s.
+    that model's; with a `shape` (FHS), that shape scaled at every step. Its bounds are `served_quantile`s.
     """
 
     cols = {"": "forecast", "-lo-80": "lo_80", "-hi-80": "hi_80", "-lo-95": "lo_95", "-hi-95": "hi_95"}
@@ -2908,9 +2908,10 @@ def _odds_section(fc: Forecast) -> Section:
         + [f"{fc.prob_below(last * (1 - move)):.1%}", f"{fc.prob_above(last * (1 + move)):.1%}"]
         for move in ODDS_MOVES
     ]
+    density = "Gaussian in log price" if fc.shape is None else "past returns rescaled to today (FHS), in log price"
     lines = (
-        f"USD/CLP ends below each level with the probability above it (the served density: Gaussian in log price,"
-        f" sd {fc.scale:.4f}).",
+        f"USD/CLP ends below each level with the probability above it (the served density: {density},"
+        f" scale {fc.scale:.4f}).",
         "",
         *_table(["", *map(quantile_key, QUANTILES)], [["CLP per USD", *(f"{fc.quantile(q):.2f}" for q in QUANTILES)]]),
         "",

@@ -2776,6 +2776,34 @@ def test_forecast_quantiles_are_the_served_bounds_and_invert_the_odds(level, sd,
     assert fc.prob_above(price * (1 + dx)) <= fc.prob_above(price)
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0.001, 1.0), min_size=100, max_size=100),
+    level=st.floats(500, 1500),
+    scale=st.floats(0.001, 0.2),
+    q=st.floats(0.001, 0.999),
+    x=st.floats(0.5, 2.0),
+    dx=st.floats(0.001, 0.5),
+)
+def test_a_shaped_density_quantile_and_odds_are_inverse(gaps, level, scale, q, x, dx):
+    """Any increasing shape (101 percentiles): odds invert quantiles, above + below = 1, above falls as x rises."""
+    shape = list(np.cumsum([0.0, *gaps]) - sum(gaps) / 2)
+    price = fxcu.served_quantile(level, scale, q, shape)
+    # by hand: the percentile grid is linear, so q sits a fraction of the way between two of its points
+    low = min(int(q * 100), 99)
+    z = shape[low] + (q * 100 - low) * (shape[low + 1] - shape[low])
+    assert price == pytest.approx(level * math.exp(scale * z), rel=1e-9)
+    below, above = fxcu.served_odds(level, scale, price, shape)
+    assert below == pytest.approx(q, abs=1e-9) and below + above == pytest.approx(1.0)
+    assert (
+        fxcu.served_odds(level, scale, level * x * (1 + dx), shape)[1]
+        <= fxcu.served_odds(level, scale, level * x, shape)[1]
+    )
+    # nothing beyond the extremes
+    assert fxcu.served_odds(level, scale, level * math.exp(scale * shape[-1]) * 1.001, shape) == (1.0, 0.0)
+    assert fxcu.served_odds(level, scale, level * math.exp(scale * shape[0]) * 0.999, shape) == (0.0, 1.0)
+
+
 @pytest.mark.parametrize("q", [0, 1, -0.1, 1.5, math.nan])
 def test_forecast_quantile_outside_0_1_and_a_level_not_above_0_raise(q):
     fc = served_forecast(np.full(5, math.log(900.0)), None, np.full(5, 0.02))

@@ -217,21 +217,27 @@ def garch_sigmas(logp: np.ndarray, rows: Sequence[int], longest: int) -> dict[in
     return out
 
 
-def served_as_run(sub: pl.DataFrame, steps: int) -> tuple[np.ndarray, list[str]]:
-    """At each origin, the range a run on that day serves, and its name.
+def served_as_run(sub: pl.DataFrame, steps: int) -> pl.DataFrame:
+    """`sub` with `RUN` (the scale a run on each origin's day serves), its shape (FHS's, else null) and its name.
 
     `fxcu.choose_interval_model(...).live` over the last DENSITY_ORIGINS origins whose longest
     horizon was known by then: the run's own density backtest, choice and Naive fallback.
     """
     longest = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
-    ds, models = sub["ds"].to_numpy(), list(fxcu.RUN_INTERVAL_MODELS)
-    sigma, served = [], []
+    ds, models = sub["ds"].to_numpy(), [m for m in fxcu.RUN_INTERVAL_MODELS if m in sub.columns]
+    shapes = fxcu.frame_shapes(sub, fxcu.FHS) or [None] * sub.height
+    sigma, shape, served = [], [], []
     for i, origin in enumerate(ds):
         past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
         live = fxcu.choose_interval_model(sub[past], models, steps).live if len(past) else "Naive"
         served.append(live)
         sigma.append(sub[live][i])
-    return np.array(sigma), served
+        shape.append(shapes[i] if live == fxcu.FHS else None)
+    return sub.with_columns(
+        pl.Series(RUN, sigma),
+        pl.Series(fxcu.shape_column(RUN), shape, pl.List(pl.Float64)),
+        pl.Series("served", served),
+    )
 
 
 def cmd_density(args: argparse.Namespace) -> None:
@@ -267,9 +273,8 @@ def cmd_density(args: argparse.Namespace) -> None:
     for horizon in fxcu.HORIZONS:
         sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
         steps = int(sub["steps"][0])
-        run_sigma, run_served = served_as_run(sub, steps)
         garch_col = [garch[i][steps - 1] if i in garch else math.nan for i in sub["ds"].to_list()]
-        sub = sub.with_columns(pl.Series(RUN, run_sigma), pl.Series(GARCH, garch_col), pl.Series("served", run_served))
+        sub = served_as_run(sub, steps).with_columns(pl.Series(GARCH, garch_col))
         counts = sub.filter(pl.col("origin") >= first)["served"].value_counts(sort=True).iter_rows()
         print(f"#### {horizon} ({steps} trading days)\n\n`{RUN}` served: {', '.join(f'{m} {n}' for m, n in counts)}.\n")
         for period, (a, b) in periods.items():
@@ -290,69 +295,6 @@ def cmd_density(args: argparse.Namespace) -> None:
 
 
 # -- calibration: are the served odds right? -------------------------------------------------------
-
-
-FHS = "FHS"  # filtered historical simulation: a bench-only candidate (issue 25), not among a run's
-
-
-def fhs_ensembles(logp: np.ndarray, rows: Sequence[int], steps: int) -> dict[int, np.ndarray]:
-    """Per origin row, the filtered-historical-simulation ensemble of its `steps`-day log return.
-
-    Barone-Adesi et al. (1999): every past `steps`-day log return in the origin's last HISTORY days whose
-    outcome is known by the origin, each divided by the EWMA_5d_blend sd known on its own first day
-    (`fxcu.recal_features`, causal), times that sd at the origin. The first K_DAYS + 60 days are warm-up,
-    as in `fxcu.recalibrated`.
-    """
-    weight, out = fxcu.blend_weight(steps), {}
-    for i in rows:
-        window = logp[max(0, i + 1 - fxcu.HISTORY) : i + 1]
-        features = fxcu.recal_features(window, None)
-        sd = np.sqrt((weight * features["ewma_5d"] + (1 - weight) * features["long_run"]) * steps)
-        start = np.arange(fxcu.K_DAYS + 60, len(window) - steps)
-        out[i] = sd[-1] * (window[start + steps] - window[start]) / sd[start]
-    return out
-
-
-def live_pick(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> int:
-    """`fxcu.choose_interval_model`'s live pick, from a CRPS matrix (origins x candidates) instead of Gaussian sds."""
-    n = len(ds)
-    total = np.vstack([np.zeros(score.shape[1]), np.cumsum(score, axis=0)])
-    known = np.searchsorted(ds + steps, np.append(ds, np.inf), side="right")
-    mean = total[known] / np.maximum(known, 1)[:, None]
-    best = mean.argmin(axis=1)
-    best = np.where((known > 0) & (mean[np.arange(n + 1), best] < mean[:, naive]), best, naive)
-    return int(best[n]) if score[np.arange(n), best[:n]].mean() < score[:, naive].mean() else naive
-
-
-def picks_as_run(score: np.ndarray, ds: np.ndarray, steps: int, naive: int) -> np.ndarray:
-    """At each origin, the candidate (column of `score`) a run on that day would serve: `served_as_run` on scores."""
-    longest = fxcu.horizon_steps(max(fxcu.HORIZONS.values()))
-    picks = []
-    for origin in ds:
-        past = np.flatnonzero(ds + longest <= origin)[-fxcu.DENSITY_ORIGINS :]
-        picks.append(live_pick(score[past], ds[past], steps, naive) if len(past) else naive)
-    return np.array(picks)
-
-
-def fhs_calibration(sub: pl.DataFrame, steps: int, candidates: list[str], ensembles: dict[int, np.ndarray]) -> dict:
-    """Per origin, with FHS among the candidates: what a run would serve, its CRPS, PIT, and FHS's own CRPS and PIT."""
-    import scoringrules as sr
-
-    y, last, ds = sub["y"].to_numpy(), sub["last"].to_numpy(), sub["ds"].to_numpy()
-    gauss = np.column_stack([fxcu.crps(y, last, sub[m].to_numpy()) for m in candidates])
-    members = [ensembles[i] for i in ds]
-    fhs_crps = np.array([sr.crps_ensemble(v - m, e) for v, m, e in zip(y, last, members, strict=True)])
-    fhs_pit = np.array([np.mean(e <= v - m) for v, m, e in zip(y, last, members, strict=True)])
-    naive = candidates.index("Naive")
-    plain = picks_as_run(gauss, ds, steps, naive)  # the run's rule on the Gaussian candidates: `Run` again
-    assert [candidates[j] for j in plain] == sub["served"].to_list(), "the score-based chooser drifted from fxcu's"
-    picks = picks_as_run(np.column_stack([gauss, fhs_crps]), ds, steps, naive)
-    gauss_pit = np.column_stack([fxcu.pit(y, last, sub[m].to_numpy()) for m in candidates])
-    rows = np.arange(len(ds))
-    is_fhs = picks == len(candidates)
-    served_crps = np.where(is_fhs, fhs_crps, gauss[rows, np.minimum(picks, len(candidates) - 1)])
-    served_pit = np.where(is_fhs, fhs_pit, gauss_pit[rows, np.minimum(picks, len(candidates) - 1)])
-    return {"crps": served_crps, "pit": served_pit, "fhs_crps": fhs_crps, "fhs_pit": fhs_pit, "fhs_share": is_fhs}
 
 
 def pit_grid(panels: dict[tuple[str, str], fxcu.DensityScore], path: Path) -> None:
@@ -385,9 +327,8 @@ def cmd_calibration(args: argparse.Namespace) -> None:
     `Run` the range a run on each origin's day would have served. Per horizon and period,
     `fxcu.score_density` gives each model's PIT deciles, the block-bootstrap uniformity p-value, the
     98% central coverage and the Brier skill of the events "above the last close x (1 + move)"
-    against Naive's range (95% block-bootstrap CIs). Then `FHS` (`fhs_ensembles`, bench-only) scored
-    alone and as a candidate of the run's out-of-sample CRPS rule (`Run + FHS`: CRPS from the ensemble,
-    scoringrules' crps_ensemble; PIT its empirical CDF). Writes docs/img/pit_histograms.png. Then
+    against Naive's range (95% block-bootstrap CIs). Then FHS (the run's filtered-historical-simulation
+    candidate) alone, and how often the run's rule served it. Writes docs/img/pit_histograms.png. Then
     `fxcu odds 30d 950 880` on a ten-year ledger (2,600 days x 4 horizons, rows without a stored scale)
     against `python -c "import mlflow"`, interleaved rounds, medians. `--quick`: 2023-07 on, 100 resamples, 1 round.
     """
@@ -398,37 +339,25 @@ def cmd_calibration(args: argparse.Namespace) -> None:
     candidates = [m for m in fxcu.RUN_INTERVAL_MODELS if m in frame.columns]
     print("### Calibration of the served odds\n")
     print(
-        f"PIT = the Gaussian range's CDF at the outcome; deciles of `{RUN}` (the range a run would have served); "
+        f"PIT = the served range's CDF at the outcome; deciles of `{RUN}` (the range a run would have served); "
         f"p = uniformity of the deciles against a circular block bootstrap over origins ({reps} resamples); "
         "98% = coverage of the central 98% interval; Brier skill = 1 - Brier / Naive's range's Brier for the event "
         "'ends above the last close x (1 + move)', [95% block-bootstrap CI].\n"
     )
     panels, rows, skills, fhs_rows = {}, [], [], []
-    logp = np.log(usdclp.sort(fxcu.DATE)[fxcu.CLOSE].to_numpy())
     for horizon in fxcu.HORIZONS:
         sub = frame.filter(pl.col("horizon") == horizon).sort("ds")
         steps = int(sub["steps"][0])
-        sigma, served = served_as_run(sub, steps)
-        sub = sub.with_columns(pl.Series(RUN, sigma), pl.Series("served", served))
-        fhs = fhs_calibration(sub, steps, candidates, fhs_ensembles(logp, sub["ds"].to_list(), steps))
+        sub = served_as_run(sub, steps)
         for period, (a, b) in periods.items():
-            inside = sub["origin"].is_between(a, b).to_numpy()
-            part = sub.filter(pl.Series(inside))
+            part = sub.filter(pl.col("origin").is_between(a, b))
             scores = fxcu.score_density(part, [*candidates, RUN], steps, reps=reps)
-            run, naive = scores[RUN], scores["Naive"]
+            run, naive, fhs = scores[RUN], scores["Naive"], scores[fxcu.FHS]
             panels[(horizon, period)] = run
-            base = fxcu.crps(part["y"].to_numpy(), part["last"].to_numpy(), part["Naive"].to_numpy())
-            ratios = fxcu.ratio_ci(
-                {"Naive": base, FHS: fhs["fhs_crps"][inside], "served": fhs["crps"][inside]}, "Naive", steps, reps=reps
-            )
-            tail = lambda pits: f"{np.mean((pits >= 0.01) & (pits <= 0.99)):.1%}"  # noqa: E731
             fhs_rows.append(
-                [horizon, period, f"{fhs['fhs_share'][inside].mean():.0%}"]
-                + [with_ci(ratios[FHS].value, ratios[FHS].lo, ratios[FHS].hi), tail(fhs["fhs_pit"][inside])]
-                + [f"{fxcu.pit_uniformity(fhs['fhs_pit'][inside], steps, reps=reps)[0]:.3f}"]
-                + [with_ci(ratios["served"].value, ratios["served"].lo, ratios["served"].hi), tail(fhs["pit"][inside])]
-                + [f"{fxcu.pit_uniformity(fhs['pit'][inside], steps, reps=reps)[0]:.3f}"]
-                + [with_ci(run.crps_ratio.value, run.crps_ratio.lo, run.crps_ratio.hi), f"{run.coverage_98:.1%}"]
+                [horizon, period, f"{(part['served'] == fxcu.FHS).mean():.0%}"]
+                + [with_ci(fhs.crps_ratio.value, fhs.crps_ratio.lo, fhs.crps_ratio.hi), f"{fhs.coverage_98:.1%}"]
+                + [f"{fhs.pit_p:.3f}", with_ci(run.crps_ratio.value, run.crps_ratio.lo, run.crps_ratio.hi)]
             )
             best = min(candidates, key=lambda m: abs(scores[m].coverage_98 - 0.98))
             rows.append(
@@ -443,12 +372,11 @@ def cmd_calibration(args: argparse.Namespace) -> None:
     print(f"Brier skill of `{RUN}` against Naive's range:\n")
     print(table(["horizon", "period", *events], skills, "ll" + "l" * len(events)))
     print(
-        f"With {FHS} (filtered historical simulation, bench-only) among the candidates, chosen by the run's "
-        "out-of-sample CRPS rule (`Run + FHS`); CRPS ratios to Naive's range [95% CI]:\n"
+        f"{fxcu.FHS} (filtered historical simulation) is one of the run's candidates: how often the run's rule "
+        f"served it, and {fxcu.FHS} alone; CRPS ratios to Naive's range [95% CI]:\n"
     )
-    header = ["horizon", "period", f"origins serving {FHS}", f"{FHS} CRPS", f"{FHS} 98%", f"{FHS} p"]
-    header += ["Run + FHS CRPS", "Run + FHS 98%", "Run + FHS p", f"{RUN} CRPS", f"{RUN} 98%"]
-    print(table(header, fhs_rows, "llrlrrlrrlr"))
+    header = ["horizon", "period", f"origins {RUN} served {fxcu.FHS}", f"{fxcu.FHS} CRPS", f"{fxcu.FHS} 98%"]
+    print(table([*header, f"{fxcu.FHS} p", f"{RUN} CRPS"], fhs_rows, "llrlrrl"))
     path = ROOT / "docs" / "img" / "pit_histograms.png"
     pit_grid(panels, path)
     print(f"PIT histograms: `{path.relative_to(ROOT)}`.\n")
