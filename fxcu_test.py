@@ -2731,9 +2731,11 @@ def test_forecast_without_copper_has_no_copper_model():
     assert fxcu.COPPER_MODEL not in set(fc.path["model"]) and fc.backtest.copper_ablation_pct is None
 
 
-def served_forecast(point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarray) -> fxcu.Forecast:
+def served_forecast(
+    point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarray, shape: list[float] | None = None
+) -> fxcu.Forecast:
     """A Forecast as `forecast_all` builds it, from a statsforecast-like frame: the point (log) with Naive's range of
-    sd `naive_sd`, served with `sd` (the chosen model's) or, given None, with Naive's own."""
+    sd `naive_sd`, served with `sd` (the chosen model's) or, given None, with Naive's own; with FHS's `shape`."""
     steps, z = len(point), {80: 1.2815515655446004, 95: 1.959963984540054}  # scipy's norm.ppf(0.9), (0.975)
     frame = pl.DataFrame({"unique_id": ["usdclp"] * steps, "ds": np.arange(steps), "Naive": point})
     frame = frame.with_columns(
@@ -2742,9 +2744,10 @@ def served_forecast(point: np.ndarray, sd: np.ndarray | None, naive_sd: np.ndarr
         for side, sign in (("lo", -1), ("hi", 1))
     )
     dates = fxcu.trading_dates(date(2024, 7, 15), 7)[:steps]
-    path = fxcu._forecast_path(frame, {"Naive": 1.0}, dates, None if sd is None else sd**2)
+    path = fxcu._forecast_path(frame, {"Naive": 1.0}, dates, None if sd is None else sd**2, shape)
     scale = float(fxcu.served_scales(frame, None if sd is None else sd**2)[-1])
-    return fxcu.Forecast("7d", date(2024, 7, 15), float(np.exp(point[0])), path, None, scale=scale)  # type: ignore[arg-type]
+    shaped = None if shape is None else tuple(shape)
+    return fxcu.Forecast("7d", date(2024, 7, 15), float(np.exp(point[0])), path, None, scale=scale, shape=shaped)  # type: ignore[arg-type]
 
 
 @settings(max_examples=30, deadline=None)
@@ -2799,6 +2802,16 @@ def test_a_shaped_density_quantile_and_odds_are_inverse(gaps, level, scale, q, x
         fxcu.served_odds(level, scale, level * x * (1 + dx), shape)[1]
         <= fxcu.served_odds(level, scale, level * x, shape)[1]
     )
+    # a Forecast serving the shape: its 80% and 95% bounds are these quantiles, exactly
+    fc = served_forecast(np.full(5, math.log(level)), np.full(5, scale), np.full(5, scale), shape)
+    final = fc.final
+    assert (fc.quantile(0.10), fc.quantile(0.90), fc.quantile(0.025), fc.quantile(0.975)) == (
+        final["lo_80"],
+        final["hi_80"],
+        final["lo_95"],
+        final["hi_95"],
+    )
+    assert fc.prob_below(fc.quantile(q)) == pytest.approx(q, abs=1e-9)
     # nothing beyond the extremes
     assert fxcu.served_odds(level, scale, level * math.exp(scale * shape[-1]) * 1.001, shape) == (1.0, 0.0)
     assert fxcu.served_odds(level, scale, level * math.exp(scale * shape[0]) * 0.999, shape) == (0.0, 1.0)
