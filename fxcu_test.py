@@ -3369,7 +3369,8 @@ def test_a_shape_tabulating_the_normal_scores_like_the_normal():
 
 
 def test_a_shaped_candidate_that_is_the_truth_is_chosen_and_served():
-    """Skewed outcomes: FHS's shape is their true distribution; the Gaussian of the same sd loses, FHS is served."""
+    """Skewed outcomes: FHS's shape (at 1.5x its scale, so its column alone is a too-wide Gaussian) is their true
+    distribution; scored on its shape it beats Naive's right-sized Gaussian and is served."""
     rng = np.random.default_rng(11)
     n, sd = 260, 0.02
     draws = rng.exponential(1.0, 200_000)
@@ -3384,13 +3385,15 @@ def test_a_shaped_candidate_that_is_the_truth_is_chosen_and_served():
             "y": y,
             "last": np.zeros(n),
             "Naive": np.full(n, sd),
-            "FHS": np.full(n, sd / spread),
-            "FHS_shape": [list(truth)] * n,
+            "FHS": np.full(n, 1.5 * sd / spread),
+            "FHS_shape": [list(truth / 1.5)] * n,
         }
     )
     choice = fxcu.choose_interval_model(frame, ["Naive", "FHS"], 5)
     assert choice.live == "FHS" and choice.picks[-1] == "FHS" and choice.notes == ()
-    assert choice.served_shapes[0] is None and choice.served_shapes[-1] == list(truth)  # Naive first: no outcome known
+    assert choice.served_shapes[0] is None and choice.served_shapes[-1] == list(truth / 1.5)  # Naive first
+    # without shapes (Gaussian candidates only) nothing is shaped: the served shapes are empty
+    assert fxcu.choose_interval_model(frame.drop("FHS_shape"), ["Naive", "FHS"], 5).served_shapes == ()
     scores = fxcu.score_density(
         frame.with_columns(pl.Series("Served", choice.served_sigma), pl.Series("Served_shape", choice.served_shapes)),
         ["Naive", "FHS", "Served"],
@@ -4086,6 +4089,15 @@ def test_score_ledger_pit_from_the_served_scale_and_from_an_older_rows_95_width(
     decile = [int(p * 10) for p in expected[:2]]
     assert stats["pit_deciles"] == pytest.approx([decile.count(j) / 2 for j in range(10)])
     assert "PIT deciles" in fxcu.format_track({"7d": stats | {"reconstructed": fxcu.track_stats(scored[:0])}})
+
+
+def test_score_ledger_pit_of_an_fhs_row_reads_its_shape():
+    """A row served with an FHS shape: its PIT is the shape's CDF at the standardised log move, linear between
+    percentiles (here a shape whose percentiles are p - 0.5 in z units: the CDF at z is z + 0.5)."""
+    shape = [p / 100 - 0.5 for p in range(101)]
+    row = ledger_row(date(2024, 1, 2), date(2024, 1, 9), forecast=800.0, scale=0.02, shape=shape)
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), [row]), prices_on({date(2024, 1, 9): 802.0}))
+    assert scored["pit"][0] == pytest.approx(math.log(802 / 800) / 0.02 + 0.5)
 
 
 # -- Core: the run dashboard (runs, compare, stats) ------------------------------------
