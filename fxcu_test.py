@@ -3394,6 +3394,16 @@ def test_a_shaped_candidate_that_is_the_truth_is_chosen_and_served():
     assert choice.served_shapes[0] is None and choice.served_shapes[-1] == list(truth / 1.5)  # Naive first
     # without shapes (Gaussian candidates only) nothing is shaped: the served shapes are empty
     assert fxcu.choose_interval_model(frame.drop("FHS_shape"), ["Naive", "FHS"], 5).served_shapes == ()
+    # the picks lose to Naive overall (outcomes three times wider from the middle on): Naive is served live, and
+    # the picks' shapes are still each origin's served shape, FHS's where FHS was picked
+    wide = np.concatenate([y[: n // 2], rng.normal(0, 3 * sd, n - n // 2)])
+    lost = fxcu.choose_interval_model(frame.with_columns(pl.Series("y", wide)), ["Naive", "FHS"], 5)
+    assert lost.live == "Naive" and "lost to Naive's range" in lost.notes[0] and "FHS" in lost.picks
+    assert lost.served_shapes == tuple(list(truth / 1.5) if p == "FHS" else None for p in lost.picks)
+    # Naive's range right-sized for those outcomes: every pick is Naive, no note, and no origin is shaped
+    right = frame.with_columns(pl.Series("y", rng.normal(0, 3 * sd, n)), pl.Series("Naive", np.full(n, 3 * sd)))
+    naive = fxcu.choose_interval_model(right, ["Naive", "FHS"], 5)
+    assert set(naive.picks) == {"Naive"} and naive.notes == () and naive.served_shapes == (None,) * n
     scores = fxcu.score_density(
         frame.with_columns(pl.Series("Served", choice.served_sigma), pl.Series("Served_shape", choice.served_shapes)),
         ["Naive", "FHS", "Served"],
