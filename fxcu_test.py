@@ -2583,6 +2583,20 @@ def test_correlation_matches_numpy_on_real_data():
     assert in_range.median() < 0  # copper up, peso up: USD/CLP down
 
 
+def test_rolling_correlation_defaults_to_the_90_returns_its_column_names():
+    """Called without a window, the correlation is over the last 90 daily log returns (numpy's corrcoef): null on the
+    first 90 rows, which have fewer."""
+    rng = np.random.default_rng(7)
+    a, b = np.exp(np.cumsum(rng.normal(0, 0.01, 100))), np.exp(np.cumsum(rng.normal(0, 0.01, 100)))
+    out = pl.DataFrame({"a": a, "b": b}).select(fxcu.rolling_correlation("a", "b"))
+    assert out.columns == ["copper_usdclp_correlation_90d"]
+    got = out[:, 0].to_list()
+    ra, rb = np.diff(np.log(a)), np.diff(np.log(b))  # return i ends on row i + 1
+    assert got[:90] == [None] * 90
+    for row in (90, 99):
+        assert got[row] == pytest.approx(np.corrcoef(ra[row - 90 : row], rb[row - 90 : row])[0, 1], abs=1e-9), row
+
+
 def test_copper_features_monthly_copper_are_all_null():
     fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
     monthly = fxcu.parse_fred_observations(
