@@ -2583,6 +2583,13 @@ def test_correlation_matches_numpy_on_real_data():
     assert in_range.median() < 0  # copper up, peso up: USD/CLP down
 
 
+def test_log_return_defaults_to_one_row():
+    """Called without `n`, the log return is over one row, named for one day: ln(110/100), ln(99/110)."""
+    out = pl.DataFrame({"c": [100.0, 110.0, 99.0]}).select(fxcu.log_return("c"))
+    assert out.columns == ["copper_returns_1d"]
+    assert out[:, 0].to_list() == [None, pytest.approx(math.log(1.1)), pytest.approx(math.log(0.9))]
+
+
 def test_rolling_correlation_defaults_to_the_90_returns_its_column_names():
     """Called without a window, the correlation is over the last 90 daily log returns (numpy's corrcoef): null on the
     first 90 rows, which have fewer."""
