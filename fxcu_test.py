@@ -2590,6 +2590,24 @@ def test_log_return_defaults_to_one_row():
     assert out[:, 0].to_list() == [None, pytest.approx(math.log(1.1)), pytest.approx(math.log(0.9))]
 
 
+def test_rsi_and_zscore_default_to_wilders_14_and_a_252_day_year():
+    """Called without a window, RSI is Wilder's 14 and the z-score is over 252 rows: the plain loops of
+    `oracle_features` on 300 prices."""
+    prices = make_prices(300, seed=11, level=4.0)[fxcu.CLOSE].to_list()
+    out = pl.DataFrame({"c": prices}).select(fxcu.rsi("c"), fxcu.zscore("c"))
+    assert out.columns == ["copper_rsi_14", "copper_price_normalized"]
+    expected = oracle_features(prices)
+    for name in out.columns:
+        assert_matches(out[name].to_list(), expected[name], name, rel=1e-6, abs_=1e-6)
+
+
+def test_zscore_of_a_flat_price_is_zero_not_undefined():
+    """Three equal closes have no spread: their z-score is 0 (not NaN or null); then 6 after 5, 5 is 2 / sqrt(3)
+    sample deviations above their mean."""
+    out = pl.DataFrame({"c": [5.0, 5.0, 5.0, 5.0, 6.0]}).select(fxcu.zscore("c", 3))[:, 0].to_list()
+    assert out == [None, None, 0.0, 0.0, pytest.approx(2 / math.sqrt(3))]
+
+
 def test_rolling_correlation_defaults_to_the_90_returns_its_column_names():
     """Called without a window, the correlation is over the last 90 daily log returns (numpy's corrcoef): null on the
     first 90 rows, which have fewer."""
