@@ -2601,6 +2601,26 @@ def test_rsi_and_zscore_default_to_wilders_14_and_a_252_day_year():
         assert_matches(out[name].to_list(), expected[name], name, rel=1e-6, abs_=1e-6)
 
 
+def test_rsi_skips_a_missing_close_and_smooths_on_from_the_last_known_averages():
+    """A null close leaves two changes unknown: RSI is null there and Wilder's averages carry on from the last known
+    ones (a plain loop over the changes that exist, window 3)."""
+    prices = [10.0, 11.0, 10.5, 11.2, 11.0, None, 11.5, 11.4, 11.8, 11.6]
+    n, expected = 3, [None] * 3
+    changes = [None if a is None or b is None else b - a for a, b in zip(prices, prices[1:], strict=False)]
+    gain = sum(max(c, 0) for c in changes[:n]) / n
+    loss = sum(max(-c, 0) for c in changes[:n]) / n
+    expected.append(100 - 100 / (1 + gain / loss))
+    for c in changes[n:]:
+        if c is None:
+            expected.append(None)
+            continue
+        gain, loss = (gain * (n - 1) + max(c, 0)) / n, (loss * (n - 1) + max(-c, 0)) / n
+        expected.append(100 - 100 / (1 + gain / loss))
+    got = pl.DataFrame({"c": prices}).select(fxcu.rsi("c", n))[:, 0].to_list()
+    assert_matches(got, expected, "rsi", rel=1e-12)
+    assert expected[3] == pytest.approx(100 - 100 / (1 + 1.7 / 0.5))  # the seed: gains 1 + 0.7, loss 0.5 over 3
+
+
 def test_zscore_of_a_flat_price_is_zero_not_undefined():
     """Three equal closes have no spread: their z-score is 0 (not NaN or null); then 6 after 5, 5 is 2 / sqrt(3)
     sample deviations above their mean."""
