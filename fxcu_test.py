@@ -2621,6 +2621,14 @@ def test_rsi_skips_a_missing_close_and_smooths_on_from_the_last_known_averages()
     assert expected[3] == pytest.approx(100 - 100 / (1 + 1.7 / 0.5))  # the seed: gains 1 + 0.7, loss 0.5 over 3
 
 
+@pytest.mark.parametrize(
+    ("prices", "value"),
+    [([1.0, 2.0, 3.0, 4.0, 5.0], 100.0), ([5.0, 5.0, 5.0, 5.0, 5.0], 50.0), ([5.0, 4.0, 3.0, 2.0, 1.0], 0.0)],
+)
+def test_rsi_is_100_with_no_losses_50_when_nothing_moved_and_0_with_no_gains(prices, value):
+    assert pl.DataFrame({"c": prices}).select(fxcu.rsi("c", 3))[:, 0].to_list() == [None] * 3 + [value] * 2
+
+
 def test_zscore_of_a_flat_price_is_zero_not_undefined():
     """Three equal closes have no spread: their z-score is 0 (not NaN or null); then 6 after 5, 5 is 2 / sqrt(3)
     sample deviations above their mean."""
