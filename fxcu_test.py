@@ -2661,6 +2661,16 @@ def test_copper_features_monthly_copper_are_all_null():
     assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
 
 
+def test_copper_features_of_monthly_copper_keep_the_daily_column_types():
+    """Monthly copper (FRED) gets null features, typed as daily ones are (the trend signal an Int8, the rest
+    floats), so the two kinds of bundle stack and compare alike."""
+    monthly = pl.DataFrame({fxcu.DATE: [date(2024, m, 1) for m in range(1, 13)], fxcu.CLOSE: [4.0] * 12})
+    features = fxcu.copper_features(monthly)
+    types = {f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in fxcu.FEATURES}
+    assert dict(features.schema) == {fxcu.DATE: pl.Date, **types}
+    assert all(features[f].null_count() == 12 for f in fxcu.FEATURES)
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
