@@ -2009,6 +2009,153 @@ def test_implausible_cached_days_revised_beyond_the_limit():
     )
 
 
+def test_implausible_without_a_cache_checks_the_ten_newest_moves_and_no_older_one():
+    """Without a cache, the moves into the newest NEWEST_BARS = 10 bars are checked: a +30% level shift (0.262 log,
+    beyond one day's 0.16) into the 10th bar from the end is refused and dated; the same shift one bar earlier is
+    older history the check leaves alone."""
+    assert fxcu.NEWEST_BARS == 10
+    quiet = walk(20, 900.0, [0.001] * 19)
+    now = datetime.combine(quiet[fxcu.DATE].max(), datetime.min.time(), UTC)
+    for first_shifted, refused in ((10, True), (9, False)):  # row 10 of 20 is the 10th from the end
+        shifted = quiet.with_columns(
+            pl.when(pl.int_range(pl.len()) >= first_shifted)
+            .then(pl.col(fxcu.CLOSE) * 1.3)
+            .otherwise(pl.col(fxcu.CLOSE))
+            .alias(fxcu.CLOSE)
+        )
+        found = fxcu.implausible(shifted, shifted, rules=fxcu.USDCLP_RULES, now=now)
+        assert [(f.kind, f.since) for f in found] == (
+            [(fxcu.Problem.JUMP, quiet[fxcu.DATE][first_shifted])] if refused else []
+        ), first_shifted
+
+
+def test_implausible_names_the_first_of_several_revised_days_and_allows_a_revision_of_exactly_the_limit():
+    """Two cached days revised by +30%: the finding counts both and quotes the earlier one's closes. A revision of
+    exactly the jump limit (the limit set to that very log ratio) is allowed: only a larger one is refused."""
+    history = walk(20, 900.0, [0.001] * 19)
+    now = datetime.combine(history[fxcu.DATE].max(), datetime.min.time(), UTC)
+    days, closes = history[fxcu.DATE].to_list(), history[fxcu.CLOSE].to_list()
+    revised = [c * 1.3 if i in (5, 12) else c for i, c in enumerate(closes)]
+    fresh = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: revised})
+    found = fxcu.implausible(fresh, fresh, rules=fxcu.USDCLP_RULES, now=now, history=history)
+    assert [(f.kind, f.since) for f in found] == [(fxcu.Problem.JUMP, days[5])]
+    assert str(found[0]) == (
+        f"2 cached days revised by more than 16% (log), {days[5]}: {closes[5]:.6g} -> {revised[5]:.6g}"
+    )
+    one = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [c * 1.3 if i == 5 else c for i, c in enumerate(closes)]})
+    limit = abs(math.log(one[fxcu.CLOSE][5] / closes[5]))
+    at_limit = dataclasses.replace(fxcu.USDCLP_RULES, jump=limit)
+    assert fxcu.implausible(one, one, rules=at_limit, now=now, history=history) == []
+    just_under = dataclasses.replace(fxcu.USDCLP_RULES, jump=limit * (1 - 1e-9))
+    assert [f.kind for f in fxcu.implausible(one, one, rules=just_under, now=now, history=history)] == [
+        fxcu.Problem.JUMP
+    ]
+
+
+def test_implausible_dates_and_words_the_first_of_two_jumps_in_the_newest_bars():
+    """Two +30% level shifts (0.263 log each, over one day's credible 0.16) in the newest bars: one finding, dated
+    and worded for the first."""
+    quiet = walk(20, 900.0, [0.001] * 19)
+    now = datetime.combine(quiet[fxcu.DATE].max(), datetime.min.time(), UTC)
+    i = pl.int_range(pl.len())
+    twice = quiet.with_columns(
+        pl.col(fxcu.CLOSE) * pl.when(i >= 14).then(1.3).otherwise(1.0) * pl.when(i >= 17).then(1.3).otherwise(1.0)
+    )
+    found = fxcu.implausible(twice, twice, rules=fxcu.USDCLP_RULES, now=now)
+    day, close = quiet[fxcu.DATE][14], quiet[fxcu.CLOSE][14] * 1.3
+    assert [(f.kind, f.since) for f in found] == [(fxcu.Problem.JUMP, day)]
+    assert str(found[0]) == f"newest bars jump 26% (log) on {day} to {close:.6g}, over the credible 16%"
+
+
+def test_implausible_allows_a_newest_move_of_exactly_the_credible_limit():
+    """A next-day bar moved by exactly the jump limit (the limit set to that very log move) is credible; with the
+    limit a hair smaller it is refused."""
+    history = walk(20, 900.0, [0.001] * 19)
+    day = history[fxcu.DATE].max() + timedelta(days=3)  # Friday 2024-01-26, then Monday: one trading day
+    now = datetime.combine(day, datetime.min.time(), UTC)
+    last = history[fxcu.CLOSE][-1]
+    bar = pl.DataFrame({fxcu.DATE: [day], fxcu.CLOSE: [last * 1.3]})
+    limit = abs(math.log(bar[fxcu.CLOSE][0]) - math.log(last))
+    for jump, kinds in ((limit, []), (limit * (1 - 1e-9), [fxcu.Problem.JUMP])):
+        rules = dataclasses.replace(fxcu.USDCLP_RULES, jump=jump)
+        assert [f.kind for f in fxcu.implausible(bar, bar, rules=rules, now=now, history=history)] == kinds
+
+
+def test_implausible_measures_the_newest_bars_from_the_caches_last_close():
+    """The newest bars move from the cache's last close, and nothing older is judged again: a cache whose own last
+    move was +25% (a real move it kept) takes a quiet next bar; a fetch that revises the last cached day by +10%
+    (within the limit) and adds a bar at that level moves 10% from the cache, not 20% from the day before it."""
+    history = walk(20, 900.0, [0.001] * 19)
+    friday = history[fxcu.DATE].max()
+    monday = friday + timedelta(days=3)
+    now = datetime.combine(monday, datetime.min.time(), UTC)
+    rules = fxcu.USDCLP_RULES
+    crashed = history.with_columns(
+        pl.when(pl.col(fxcu.DATE) == friday).then(pl.col(fxcu.CLOSE) * 1.25).otherwise(pl.col(fxcu.CLOSE))
+    )
+    quiet_bar = pl.DataFrame({fxcu.DATE: [monday], fxcu.CLOSE: [crashed[fxcu.CLOSE][-1] * 1.001]})
+    assert fxcu.implausible(quiet_bar, quiet_bar, rules=rules, now=now, history=crashed) == []
+    up = history.with_columns(  # the cache's last move: +10% (log 0.1)
+        pl.when(pl.col(fxcu.DATE) == friday).then(pl.col(fxcu.CLOSE) * math.exp(0.1)).otherwise(pl.col(fxcu.CLOSE))
+    )
+    level = up[fxcu.CLOSE][-1] * math.exp(0.1)  # the revised Friday and the new Monday, both 0.1 above the cache
+    fetched = pl.DataFrame({fxcu.DATE: [friday, monday], fxcu.CLOSE: [level, level]})
+    assert fxcu.implausible(fetched, fetched, rules=rules, now=now, history=up) == []
+
+
+def test_implausible_words_every_impossible_row_it_finds():
+    """A parsed answer with two rows of each impossible kind: every finding counts them and names the row a person
+    looks for first (the first non-finite close, the latest future bar, the earliest too-early bar, the widest
+    conflict: log 1.5 = 41%), in that order."""
+    quiet = walk(20, 900.0, [0.001] * 19)  # weekdays 2024-01-01 .. 2024-01-26
+    days = quiet[fxcu.DATE].to_list()
+    infinite = (date(2024, 1, 10), date(2024, 1, 12))
+    closes = [math.inf if d in infinite else c for d, c in zip(days, quiet[fxcu.CLOSE], strict=True)]
+    extra = {
+        date(2030, 3, 1): 900.0,
+        date(2099, 1, 5): 900.0,
+        date(1980, 1, 2): 900.0,
+        date(1975, 6, 30): 900.0,
+        date(2024, 1, 15): quiet[fxcu.CLOSE][10] * 1.5,  # 2024-01-15 sent twice, 41% (log) apart
+        date(2024, 1, 16): quiet[fxcu.CLOSE][11] * 1.2,  # 2024-01-16 sent twice, 18% (log) apart
+    }
+    raw = pl.DataFrame({fxcu.DATE: days + list(extra), fxcu.CLOSE: closes + list(extra.values())})
+    now = datetime(2024, 1, 26, 12, tzinfo=UTC)
+    found = fxcu.implausible(raw, fxcu.clean_prices(raw).frame, rules=fxcu.USDCLP_RULES, now=now)
+    assert [(f.kind, str(f)) for f in found] == [
+        (fxcu.Problem.NOT_FINITE, "2 non-finite closes (first on 2024-01-10)"),
+        (fxcu.Problem.FUTURE_DATE, "2 bars dated after 2024-01-27 (last 2099-01-05)"),
+        (fxcu.Problem.TOO_EARLY, "2 bars dated before 1984-01-01 (first 1975-06-30)"),
+        (fxcu.Problem.CONFLICTING_DUPLICATES, "2 dates sent twice with closes 41% (log) apart"),
+    ]
+
+
+def test_implausible_a_date_sent_twice_once_as_zero_is_a_row_to_drop_not_a_conflict():
+    """Yahoo sends a missing close as 0 or null; a date sent twice, once real and once 0, null or NaN, is not two
+    prices far apart: cleaning drops the unusable row and the answer passes. A real close beside +inf is only a
+    non-finite close."""
+    quiet = walk(20, 900.0, [0.001] * 19)
+    now = datetime.combine(quiet[fxcu.DATE].max(), datetime.min.time(), UTC)
+    day = quiet[fxcu.DATE][10]
+    for unusable, kinds in ((0.0, []), (None, []), (math.nan, []), (math.inf, [fxcu.Problem.NOT_FINITE])):
+        raw = pl.concat([quiet, pl.DataFrame({fxcu.DATE: [day], fxcu.CLOSE: [unusable]}, schema=quiet.schema)])
+        found = fxcu.implausible(raw, fxcu.clean_prices(raw).frame, rules=fxcu.USDCLP_RULES, now=now)
+        assert [f.kind for f in found] == kinds, unusable
+
+
+def test_implausible_allows_a_date_sent_twice_exactly_the_jump_apart():
+    """Two closes for one date exactly the jump limit apart (the limit set to that very log ratio) are not a
+    conflict; with the limit a hair smaller they are."""
+    quiet = walk(20, 900.0, [0.001] * 19)
+    now = datetime.combine(quiet[fxcu.DATE].max(), datetime.min.time(), UTC)
+    first = quiet[fxcu.CLOSE][2]  # a day older than the ten newest bars: only the duplicate rule looks at it
+    raw = pl.concat([quiet, pl.DataFrame({fxcu.DATE: [quiet[fxcu.DATE][2]], fxcu.CLOSE: [first * 1.1]})])
+    limit = math.log(raw[fxcu.CLOSE][-1] / first)
+    for jump, kinds in ((limit, []), (limit * (1 - 1e-9), [fxcu.Problem.CONFLICTING_DUPLICATES])):
+        rules = dataclasses.replace(fxcu.USDCLP_RULES, jump=jump)
+        assert [f.kind for f in fxcu.implausible(raw, fxcu.clean_prices(raw).frame, rules=rules, now=now)] == kinds
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "rules"), [("usdclp", fxcu.USDCLP_RULES), ("copper", fxcu.COPPER_RULES)])
 def test_implausible_never_refuses_the_real_histories(name, rules):
@@ -2436,6 +2583,73 @@ def test_correlation_matches_numpy_on_real_data():
     assert in_range.median() < 0  # copper up, peso up: USD/CLP down
 
 
+def test_log_return_defaults_to_one_row():
+    """Called without `n`, the log return is over one row, named for one day: ln(110/100), ln(99/110)."""
+    out = pl.DataFrame({"c": [100.0, 110.0, 99.0]}).select(fxcu.log_return("c"))
+    assert out.columns == ["copper_returns_1d"]
+    assert out[:, 0].to_list() == [None, pytest.approx(math.log(1.1)), pytest.approx(math.log(0.9))]
+
+
+def test_rsi_and_zscore_default_to_wilders_14_and_a_252_day_year():
+    """Called without a window, RSI is Wilder's 14 and the z-score is over 252 rows: the plain loops of
+    `oracle_features` on 300 prices."""
+    prices = make_prices(300, seed=11, level=4.0)[fxcu.CLOSE].to_list()
+    out = pl.DataFrame({"c": prices}).select(fxcu.rsi("c"), fxcu.zscore("c"))
+    assert out.columns == ["copper_rsi_14", "copper_price_normalized"]
+    expected = oracle_features(prices)
+    for name in out.columns:
+        assert_matches(out[name].to_list(), expected[name], name, rel=1e-6, abs_=1e-6)
+
+
+def test_rsi_skips_a_missing_close_and_smooths_on_from_the_last_known_averages():
+    """A null close leaves two changes unknown: RSI is null there and Wilder's averages carry on from the last known
+    ones (a plain loop over the changes that exist, window 3)."""
+    prices = [10.0, 11.0, 10.5, 11.2, 11.0, None, 11.5, 11.4, 11.8, 11.6]
+    n, expected = 3, [None] * 3
+    changes = [None if a is None or b is None else b - a for a, b in zip(prices, prices[1:], strict=False)]
+    gain = sum(max(c, 0) for c in changes[:n]) / n
+    loss = sum(max(-c, 0) for c in changes[:n]) / n
+    expected.append(100 - 100 / (1 + gain / loss))
+    for c in changes[n:]:
+        if c is None:
+            expected.append(None)
+            continue
+        gain, loss = (gain * (n - 1) + max(c, 0)) / n, (loss * (n - 1) + max(-c, 0)) / n
+        expected.append(100 - 100 / (1 + gain / loss))
+    got = pl.DataFrame({"c": prices}).select(fxcu.rsi("c", n))[:, 0].to_list()
+    assert_matches(got, expected, "rsi", rel=1e-12)
+    assert expected[3] == pytest.approx(100 - 100 / (1 + 1.7 / 0.5))  # the seed: gains 1 + 0.7, loss 0.5 over 3
+
+
+@pytest.mark.parametrize(
+    ("prices", "value"),
+    [([1.0, 2.0, 3.0, 4.0, 5.0], 100.0), ([5.0, 5.0, 5.0, 5.0, 5.0], 50.0), ([5.0, 4.0, 3.0, 2.0, 1.0], 0.0)],
+)
+def test_rsi_is_100_with_no_losses_50_when_nothing_moved_and_0_with_no_gains(prices, value):
+    assert pl.DataFrame({"c": prices}).select(fxcu.rsi("c", 3))[:, 0].to_list() == [None] * 3 + [value] * 2
+
+
+def test_zscore_of_a_flat_price_is_zero_not_undefined():
+    """Three equal closes have no spread: their z-score is 0 (not NaN or null); then 6 after 5, 5 is 2 / sqrt(3)
+    sample deviations above their mean."""
+    out = pl.DataFrame({"c": [5.0, 5.0, 5.0, 5.0, 6.0]}).select(fxcu.zscore("c", 3))[:, 0].to_list()
+    assert out == [None, None, 0.0, 0.0, pytest.approx(2 / math.sqrt(3))]
+
+
+def test_rolling_correlation_defaults_to_the_90_returns_its_column_names():
+    """Called without a window, the correlation is over the last 90 daily log returns (numpy's corrcoef): null on the
+    first 90 rows, which have fewer."""
+    rng = np.random.default_rng(7)
+    a, b = np.exp(np.cumsum(rng.normal(0, 0.01, 100))), np.exp(np.cumsum(rng.normal(0, 0.01, 100)))
+    out = pl.DataFrame({"a": a, "b": b}).select(fxcu.rolling_correlation("a", "b"))
+    assert out.columns == ["copper_usdclp_correlation_90d"]
+    got = out[:, 0].to_list()
+    ra, rb = np.diff(np.log(a)), np.diff(np.log(b))  # return i ends on row i + 1
+    assert got[:90] == [None] * 90
+    for row in (90, 99):
+        assert got[row] == pytest.approx(np.corrcoef(ra[row - 90 : row], rb[row - 90 : row])[0, 1], abs=1e-9), row
+
+
 def test_copper_features_monthly_copper_are_all_null():
     fred = pl.read_csv(SHARED / "fred_pcoppusdm_monthly_1998_2026.csv")
     monthly = fxcu.parse_fred_observations(
@@ -2445,6 +2659,16 @@ def test_copper_features_monthly_copper_are_all_null():
     features = fxcu.copper_features(monthly, real_usdclp())
     assert features.columns == [fxcu.DATE, *fxcu.FEATURES]
     assert all(features[name].null_count() == features.height for name in fxcu.FEATURES)
+
+
+def test_copper_features_of_monthly_copper_keep_the_daily_column_types():
+    """Monthly copper (FRED) gets null features, typed as daily ones are (the trend signal an Int8, the rest
+    floats), so the two kinds of bundle stack and compare alike."""
+    monthly = pl.DataFrame({fxcu.DATE: [date(2024, m, 1) for m in range(1, 13)], fxcu.CLOSE: [4.0] * 12})
+    features = fxcu.copper_features(monthly)
+    types = {f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in fxcu.FEATURES}
+    assert dict(features.schema) == {fxcu.DATE: pl.Date, **types}
+    assert all(features[f].null_count() == 12 for f in fxcu.FEATURES)
 
 
 @pytest.mark.parametrize(
@@ -3059,6 +3283,21 @@ def test_choose_interval_model_serves_naive_unless_a_candidate_beats_it():
     flip = frame.with_columns(pl.Series("y", rng.normal(0, 0.03, n) * np.where(np.arange(n) < 100, 0.3, 1)))
     late = fxcu.choose_interval_model(flip, ["Naive", "right"], 5)  # right early, far too narrow later
     assert late.live == "Naive" and "serving Naive's range" in late.notes[0]
+
+
+def test_choose_interval_model_serves_naive_when_a_model_wins_only_after_the_last_origin():
+    """Three weekly origins: two calm outcomes, then a 30% move. The wide model loses on what is known at every
+    origin (each pick is Naive, so the picks' CRPS equals Naive's), and only wins once the last outcome is in: the
+    picks did not beat Naive, so Naive is served live, with nothing to say."""
+    frame = pl.DataFrame(
+        {"ds": [0, 5, 10], "last": [0.0, 0.0, 0.0], "y": [0.001, -0.002, 0.3], "Naive": [0.02] * 3, "wide": [0.05] * 3}
+    )
+    y = frame["y"].to_numpy()
+    naive, wide = (oracle_crps_normal(y, np.zeros(3), np.full(3, s)) for s in (0.02, 0.05))
+    assert naive[0] < wide[0] and naive[:2].mean() < wide[:2].mean() and wide.mean() < naive.mean()
+    got = fxcu.choose_interval_model(frame, ["Naive", "wide"], 5)
+    assert got.picks == ("Naive", "Naive", "Naive") and got.served_sigma.tolist() == [0.02] * 3
+    assert (got.live, got.notes) == ("Naive", ())
 
 
 def oracle_choice(frame: pl.DataFrame, models: list[str], steps: int) -> tuple[list[str], list[float], str, list[str]]:
@@ -3864,6 +4103,32 @@ def test_score_ledger_by_hand_weekends_holidays_and_unrealised_targets():
         assert out["rw_wis"] == pytest.approx(bracher_wis(y, row["last_close"], walk))
     holiday = got[date(2024, 9, 11)]
     assert holiday["hit_80"] is False and holiday["hit_95"] is False  # 925 is outside [931, 941] and [927, 945]
+
+
+def test_score_ledger_scores_a_ledger_that_has_no_score_columns_yet():
+    """A ledger of forecasts only (no score column at all, as a frame built by hand) is scored like any other:
+    forecast 805 against the close of 810 on the target, random walk 800."""
+    rows = [ledger_row(date(2024, 1, 2), date(2024, 1, 9), forecast=805.0, last=800.0)]
+    forecasts_only = fxcu.upsert_ledger(fxcu.empty_ledger(), rows).drop(fxcu.SCORE_COLUMNS)
+    scored = fxcu.score_ledger(forecasts_only, prices_on({date(2024, 1, 9): 810.0}))
+    assert scored.columns == list(fxcu.ledger_schema())
+    row = scored.row(0, named=True)
+    assert (row["actual_date"], row["actual"], row["error"], row["rw_error"]) == (date(2024, 1, 9), 810.0, -5.0, -10.0)
+    assert (row["hit_80"], row["rw_hit_80"]) == (True, True)  # 810 in [795, 815] and in [790, 810]
+
+
+def test_score_ledger_before_any_target_is_reached_leaves_every_score_empty_and_typed():
+    """The first forecasts of a fresh ledger: no target has a close yet. Every score is null, and the WIS and PIT
+    columns are still floats (the ledger's parquet schema), so later scored rows stack onto these."""
+    rows = [
+        ledger_row(date(2024, 1, 5), date(2024, 1, 12)),
+        ledger_row(date(2024, 1, 5), date(2024, 1, 26), horizon="15d"),
+    ]
+    scored = fxcu.score_ledger(fxcu.upsert_ledger(fxcu.empty_ledger(), rows), prices_on({date(2024, 1, 5): 800.0}))
+    assert scored.columns == list(fxcu.ledger_schema()) and scored.height == 2
+    for column in ("actual", "error", "hit_80", "wis", "rw_wis", "pit"):
+        assert scored[column].to_list() == [None, None], column
+    assert [scored.schema[c] for c in ("wis", "rw_wis", "pit")] == [pl.Float64] * 3
 
 
 def test_upsert_ledger_same_origin_replaces_and_kinds_stay_apart():
