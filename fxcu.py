@@ -4754,8 +4754,11 @@ def _gunzip(chunks: Iterable[bytes], wbits: int = zlib.MAX_WBITS | 32) -> Iterat
 def _inflate(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """`deflate` as servers send it: zlib-wrapped as the RFC says, or raw deflate as some servers do (browsers and
     httpx accept both)."""
-    chunks = iter(chunks)
-    first = next(chunks, b"")
+    chunks, first = iter(chunks), b""
+    for chunk in chunks:  # the header is two bytes, which may come in two chunks
+        first += chunk
+        if len(first) >= 2:
+            break
     wrapped = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0  # RFC 1950 header
     return _gunzip(itertools.chain([first], chunks), zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 

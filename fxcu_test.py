@@ -5259,6 +5259,15 @@ def test_decoded_gives_back_the_body_in_any_chunking(data, cuts, encoding):
     assert b"".join(fxcu.decoded([*chunks, sent], encoding)) == data
 
 
+def test_decoded_reads_a_deflate_header_split_across_two_chunks():
+    """Found by hypothesis: a zlib body whose two-byte header came one byte at a time was read as raw deflate."""
+    sent = zlib.compress(b"[1,2]")
+    assert b"".join(fxcu.decoded([sent[:1], sent[1:]], "deflate")) == b"[1,2]"
+    assert b"".join(fxcu.decoded([b"", sent[:1], b"", sent[1:]], "deflate")) == b"[1,2]"
+    empty = zlib.compress(b"")
+    assert b"".join(fxcu.decoded([empty[:1], empty[1:]], "deflate")) == b""
+
+
 def test_decoded_reads_every_gzip_member_every_zstd_frame_and_raw_deflate():
     import zstandard
 
