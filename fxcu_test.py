@@ -2669,6 +2669,12 @@ def test_copper_features_of_monthly_copper_keep_the_daily_column_types():
     types = {f: pl.Int8 if f == "copper_trend_signal" else pl.Float64 for f in fxcu.FEATURES}
     assert dict(features.schema) == {fxcu.DATE: pl.Date, **types}
     assert all(features[f].null_count() == 12 for f in fxcu.FEATURES)
+    # keyed by USD/CLP's dates too (the correlation then comes from its own branch), typed alike and all null
+    days = [d for d in (date(2024, 1, 1) + timedelta(days=i) for i in range(366)) if d.weekday() < 5]
+    usdclp = pl.DataFrame({fxcu.DATE: days, fxcu.CLOSE: [900.0 + i % 7 for i in range(len(days))]})
+    on_usdclp = fxcu.copper_features(monthly, usdclp)
+    assert dict(on_usdclp.schema) == {fxcu.DATE: pl.Date, **types} and on_usdclp[fxcu.DATE].to_list() == days
+    assert all(on_usdclp[f].null_count() == len(days) for f in fxcu.FEATURES)
 
 
 @pytest.mark.parametrize(
